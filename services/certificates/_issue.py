@@ -1,0 +1,239 @@
+"""Issuing the market's certificates and CRLs (Ed25519, real X.509).
+
+Pure functions: keys and ``now`` come in, objects go out. Every certificate is one
+that ``openssl verify -CAfile root.pem`` accepts and that serves as both TLS client
+and TLS server, because every agent both dials and listens.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ..money import Amount
+from ._oids import (
+    LIABLE_QUALIFIER_PREFIX,
+    ROLE_POLICY,
+    ROLE_QUALIFIER_PREFIX,
+    Level,
+    level_oid,
+)
+
+__all__ = [
+    "CertificateAuthority",
+    "Revocation",
+    "check_name",
+    "create_ca",
+    "issue_agent_certificate",
+    "issue_crl",
+]
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}\Z")
+
+
+def check_name(kind: str, value: str) -> str:
+    """Agent ids and roles are short lowercase tokens, safe in URIs and file names.
+
+    Raises:
+        ValueError: ``value`` is not such a token.
+    """
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(
+            f"{kind} must be 1-63 characters of a-z, 0-9, '.', '_', '-' "
+            f"starting with a letter or digit, got {value!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateAuthority:
+    """The market root: its signing key and self-signed certificate."""
+
+    key: ed25519.Ed25519PrivateKey
+    certificate: x509.Certificate
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    serial: int
+    revoked_at: dt.datetime
+
+
+def create_ca(
+    name: str, *, now: dt.datetime, days: int = 3650, key: ed25519.Ed25519PrivateKey | None = None
+) -> CertificateAuthority:
+    key = key or ed25519.Ed25519PrivateKey.generate()
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "semper market"),
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+        ]
+    )
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .sign(key, None)
+    )
+    return CertificateAuthority(key=key, certificate=cert)
+
+
+def _policies(role: str, level: Level, liability: Amount | None) -> x509.CertificatePolicies:
+    level_qualifiers: list[str] | None = None
+    if level is Level.LIABLE:
+        if liability is None or liability.minor_units <= 0:
+            raise ValueError("level 'liable' needs a positive liability amount")
+        level_qualifiers = [
+            f"{LIABLE_QUALIFIER_PREFIX}{liability.currency}/{liability.minor_units}"
+        ]
+    elif liability is not None:
+        raise ValueError("a liability amount is only carried at level 'liable'")
+    return x509.CertificatePolicies(
+        [
+            x509.PolicyInformation(ROLE_POLICY, [f"{ROLE_QUALIFIER_PREFIX}{role}"]),
+            x509.PolicyInformation(level_oid(level), level_qualifiers),
+        ]
+    )
+
+
+def issue_agent_certificate(
+    ca: CertificateAuthority,
+    *,
+    agent_id: str,
+    role: str,
+    public_key: ed25519.Ed25519PublicKey,
+    now: dt.datetime,
+    level: Level = Level.SELF_ASSERTED,
+    liability: Amount | None = None,
+    days: int = 365,
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+) -> x509.Certificate:
+    """Issue an agent's certificate: CN and SAN name the agent, policies its role and level.
+
+    ``not_before``/``not_after`` override the validity window (tests make expired ones).
+
+    Raises:
+        ValueError: a bad id or role, or a liability amount that does not fit the level.
+    """
+    check_name("agent id", agent_id)
+    check_name("role", role)
+    if not isinstance(public_key, ed25519.Ed25519PublicKey):
+        raise TypeError("agent keys are Ed25519")
+    start = not_before or now - dt.timedelta(minutes=5)
+    end = not_after or now + dt.timedelta(days=days)
+    ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, agent_id)]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=True,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(f"semper:agent/{agent_id}")]
+            ),
+            critical=False,
+        )
+        .add_extension(_policies(role, level, liability), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+        .sign(ca.key, None)
+    )
+
+
+def issue_crl(
+    ca: CertificateAuthority,
+    revoked: Iterable[Revocation],
+    *,
+    now: dt.datetime,
+    number: int,
+    next_update: dt.timedelta = dt.timedelta(days=30),
+) -> x509.CertificateRevocationList:
+    """Sign a complete CRL. ``number`` must grow with every CRL the CA publishes."""
+    ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.certificate.subject)
+        .last_update(now)
+        .next_update(now + next_update)
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+    )
+    for entry in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(entry.serial)
+            .revocation_date(entry.revoked_at)
+            .build()
+        )
+    return builder.sign(ca.key, None)
+
+
+def private_key_pem(key: ed25519.Ed25519PrivateKey, passphrase: bytes | None = None) -> bytes:
+    """PKCS#8 PEM, encrypted with the best available scheme when a passphrase is given."""
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption()
+    )
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )

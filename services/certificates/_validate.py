@@ -1,0 +1,268 @@
+"""The one validation function for agent certificates.
+
+Used twice for every channel (after OpenSSL has checked the chain during the TLS
+handshake, we check again here, so a logic slip in either place is caught by the
+other) and offline for statements and evidence. ``cryptography.x509.verification``
+refuses Ed25519 and checks no CRLs, so the checks are explicit, in this order:
+
+1. issued by the root (name and signature), the root itself within its validity;
+2. the certificate within its validity at ``now``;
+3. the CRL signed by the root and not stale, and the serial not on it;
+4. key usage fit for TLS client and server and for signing statements, not a CA;
+5. the identity (CN = SAN URI = agent id), role and level; what the caller expected.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ..money import Amount, BadAmount
+from ._errors import (
+    BadCertificate,
+    BadCrl,
+    BadKeyUsage,
+    Expired,
+    InsufficientLevel,
+    NotYetValid,
+    Revoked,
+    Untrusted,
+    WrongPeer,
+    WrongRole,
+)
+from ._oids import (
+    LIABLE_QUALIFIER_PREFIX,
+    ROLE_POLICY,
+    ROLE_QUALIFIER_PREFIX,
+    Level,
+    level_from_oid,
+)
+
+__all__ = [
+    "AgentIdentity",
+    "fingerprint",
+    "identity_of",
+    "load_certificate",
+    "load_crl",
+    "validate_certificate",
+    "validate_crl",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentIdentity:
+    """Who a validated certificate names, and how far the CA vouches for it."""
+
+    agent_id: str
+    role: str
+    level: Level
+    liability: Amount | None
+    serial: int
+    fingerprint: bytes
+    not_after: dt.datetime
+    certificate: x509.Certificate
+
+
+def fingerprint(cert: x509.Certificate) -> bytes:
+    """SHA-256 over the DER encoding, as ``openssl x509 -fingerprint -sha256`` shows it."""
+    return hashlib.sha256(cert.public_bytes(_DER)).digest()
+
+
+def load_certificate(data: bytes) -> x509.Certificate:
+    """Parse one PEM or DER certificate.
+
+    Raises:
+        BadCertificate: the bytes are not a certificate.
+    """
+    try:
+        if data.lstrip().startswith(b"-----"):
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        raise BadCertificate(f"not a certificate: {exc}") from exc
+
+
+def load_crl(data: bytes) -> x509.CertificateRevocationList:
+    """Parse one PEM or DER CRL.
+
+    Raises:
+        BadCrl: the bytes are not a CRL.
+    """
+    try:
+        if data.lstrip().startswith(b"-----"):
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+    except ValueError as exc:
+        raise BadCrl(f"not a CRL: {exc}") from exc
+
+
+def validate_crl(
+    crl: x509.CertificateRevocationList, *, root: x509.Certificate, now: dt.datetime
+) -> None:
+    """Check that the root signed ``crl`` and that it is not past its next update.
+
+    Raises:
+        BadCrl: the CRL is forged, from another CA, or stale.
+    """
+    if crl.issuer != root.subject or not crl.is_signature_valid(root.public_key()):
+        raise BadCrl("the CRL is not signed by the market root")
+    next_update = crl.next_update_utc
+    if next_update is None or now > next_update:
+        raise BadCrl("the CRL is stale; fetch a fresh one from the CA")
+    if now < crl.last_update_utc - _SKEW:
+        raise BadCrl("the CRL is dated in the future")
+
+
+def validate_certificate(
+    cert: x509.Certificate,
+    *,
+    root: x509.Certificate,
+    crl: x509.CertificateRevocationList,
+    now: dt.datetime,
+    expected_id: str | None = None,
+    expected_role: str | None = None,
+    min_level: Level | None = None,
+) -> AgentIdentity:
+    """Validate an agent certificate against the market root and CRL at ``now``.
+
+    Returns:
+        The identity the certificate proves.
+
+    Raises:
+        CertificateError: a subclass naming the first check that failed.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware (UTC)")
+    _check_issuer(cert, root, now)
+    if now < cert.not_valid_before_utc:
+        start = cert.not_valid_before_utc
+        raise NotYetValid(f"certificate valid only from {start:%Y-%m-%d %H:%M}Z")
+    if now > cert.not_valid_after_utc:
+        raise Expired(f"certificate expired at {cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z")
+    validate_crl(crl, root=root, now=now)
+    if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+        raise Revoked(f"certificate {cert.serial_number:x} is revoked")
+    _check_usage(cert)
+    identity = identity_of(cert)
+    if expected_id is not None and identity.agent_id != expected_id:
+        raise WrongPeer(
+            f"expected agent {expected_id!r}, the certificate names {identity.agent_id!r}"
+        )
+    if expected_role is not None and identity.role != expected_role:
+        raise WrongRole(f"expected role {expected_role!r}, the certificate says {identity.role!r}")
+    if min_level is not None and identity.level < min_level:
+        raise InsufficientLevel(
+            f"level {identity.level.label!r} is below the required {min_level.label!r}"
+        )
+    return identity
+
+
+_DER = serialization.Encoding.DER
+_SKEW = dt.timedelta(minutes=5)
+
+
+def _check_issuer(cert: x509.Certificate, root: x509.Certificate, now: dt.datetime) -> None:
+    if cert.issuer != root.subject:
+        raise Untrusted("certificate not issued by this market's root")
+    try:
+        cert.verify_directly_issued_by(root)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise Untrusted("certificate signature does not verify under the market root") from exc
+    if not root.not_valid_before_utc <= now <= root.not_valid_after_utc:
+        raise Untrusted("the market root is outside its validity period")
+
+
+def _ext(cert: x509.Certificate, kind: type) -> object | None:
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+    except ValueError as exc:  # duplicate or malformed extensions
+        raise BadCertificate(f"malformed extensions: {exc}") from exc
+
+
+def _check_usage(cert: x509.Certificate) -> None:
+    basic = _ext(cert, x509.BasicConstraints)
+    if isinstance(basic, x509.BasicConstraints) and basic.ca:
+        raise BadKeyUsage("a CA certificate cannot act as an agent")
+    usage = _ext(cert, x509.KeyUsage)
+    if not isinstance(usage, x509.KeyUsage) or not usage.digital_signature:
+        raise BadKeyUsage("key usage must include digitalSignature")
+    eku = _ext(cert, x509.ExtendedKeyUsage)
+    wanted = {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    if not isinstance(eku, x509.ExtendedKeyUsage) or not wanted <= set(eku):
+        raise BadKeyUsage("extended key usage must include serverAuth and clientAuth")
+    if not isinstance(cert.public_key(), ed25519.Ed25519PublicKey):
+        raise BadKeyUsage("agent keys are Ed25519")
+
+
+def identity_of(cert: x509.Certificate) -> AgentIdentity:
+    """Read id, role and level from a certificate without judging its validity.
+
+    Raises:
+        BadCertificate: the semper fields are missing or inconsistent.
+    """
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(cns) != 1 or not isinstance(cns[0].value, str):
+        raise BadCertificate("certificate subject needs exactly one common name")
+    agent_id = cns[0].value
+    san = _ext(cert, x509.SubjectAlternativeName)
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier) if isinstance(
+        san, x509.SubjectAlternativeName
+    ) else []
+    if uris != [f"semper:agent/{agent_id}"]:
+        raise BadCertificate(f"SAN must be exactly the URI semper:agent/{agent_id}")
+    role, level, liability = _read_policies(cert)
+    return AgentIdentity(
+        agent_id=agent_id,
+        role=role,
+        level=level,
+        liability=liability,
+        serial=cert.serial_number,
+        fingerprint=fingerprint(cert),
+        not_after=cert.not_valid_after_utc,
+        certificate=cert,
+    )
+
+
+def _read_policies(cert: x509.Certificate) -> tuple[str, Level, Amount | None]:
+    policies = _ext(cert, x509.CertificatePolicies)
+    if not isinstance(policies, x509.CertificatePolicies):
+        raise BadCertificate("certificate carries no semper policies")
+    roles: list[str] = []
+    levels: list[tuple[Level, list[str]]] = []
+    for info in policies:
+        qualifiers = [q for q in info.policy_qualifiers or [] if isinstance(q, str)]
+        if info.policy_identifier == ROLE_POLICY:
+            roles += [q.removeprefix(ROLE_QUALIFIER_PREFIX) for q in qualifiers
+                      if q.startswith(ROLE_QUALIFIER_PREFIX)]
+        elif (level := level_from_oid(info.policy_identifier)) is not None:
+            levels.append((level, qualifiers))
+    if len(roles) != 1 or len(levels) != 1:
+        raise BadCertificate("certificate needs exactly one semper role and one level")
+    level, qualifiers = levels[0]
+    liability = None
+    if level is Level.LIABLE:
+        liability = _read_liability(qualifiers)
+    return roles[0], level, liability
+
+
+def _read_liability(qualifiers: list[str]) -> Amount:
+    found = [q.removeprefix(LIABLE_QUALIFIER_PREFIX) for q in qualifiers
+             if q.startswith(LIABLE_QUALIFIER_PREFIX)]
+    if len(found) != 1:
+        raise BadCertificate("level 'liable' needs exactly one liability amount")
+    currency, _, units = found[0].partition("/")
+    try:
+        if not units.isdigit():
+            raise BadAmount(units)
+        return Amount(currency, int(units))
+    except BadAmount as exc:
+        raise BadCertificate(f"bad liability amount {found[0]!r}") from exc

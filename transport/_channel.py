@@ -1,0 +1,496 @@
+"""A semper channel: an authenticated TLS 1.3 stream carrying envelope messages.
+
+Theory of operation. After ``establish`` has run the TLS handshake, checked the
+peer's certificate and exchanged ``hello``, the channel runs two tasks:
+
+* the **writer** owns ``send_all``. Everyone else appends whole frames to a queue
+  (a plain list, no await); the writer wakes, joins every queued frame into one
+  buffer and sends it: one TLS record and one syscall for many frames. Only the
+  writer ever awaits ``send_all``, so cancelling a caller never tears a frame.
+* the **reader** owns ``receive_some``. It feeds what arrives to a ``FrameDecoder``
+  and handles every whole frame in it before receiving again. Responses wake the
+  waiting ``request``; requests start a handler task in the channel's nursery.
+
+Closing is one path (``_begin_close``): note why, queue a last frame (``bye`` or a
+fatal ``err``), fail the pending requests, let the writer flush within a deadline,
+then cancel the reader and handlers and close the TLS stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import trio
+
+from ._codec import NEED_DATA, CodecLimits, FrameDecoder, encode_frame
+from ._errors import (
+    BadMessage,
+    ChannelClosed,
+    IdleTimeout,
+    InternalError,
+    ProtocolError,
+    RemoteError,
+    RequestTimeout,
+    ReusedId,
+    TooManyRequests,
+    TransportError,
+    UnexpectedMessage,
+)
+from ._messages import (
+    Bye,
+    ErrorMessage,
+    Hello,
+    Note,
+    Request,
+    Response,
+    parse_message,
+)
+from ._registry import RequestContext, ServiceRegistry
+
+__all__ = ["Channel", "ChannelConfig", "PeerIdentity", "PeerVerifier"]
+
+log = logging.getLogger("semper.transport")
+
+RECEIVE_SIZE: Final = 1 << 16
+MAX_QUEUED_NOTES: Final = 64
+WRITE_BATCH: Final = 262144
+_DEFAULT: Final = object()
+
+
+class PeerIdentity(Protocol):
+    """What the transport needs from the peer verifier's answer."""
+
+    @property
+    def agent_id(self) -> str: ...
+
+    @property
+    def role(self) -> str: ...
+
+
+#: Called with the peer's DER certificate and the agent id we expected (None on the
+#: accepting side); returns the peer's identity or raises an error with a ``code``.
+PeerVerifier = Callable[[bytes, str | None], PeerIdentity]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelConfig:
+    """Timeouts (seconds) and limits. ``math.inf`` turns a timeout off."""
+
+    handshake_timeout: float = 10.0
+    request_timeout: float = 30.0
+    idle_timeout: float = 300.0
+    close_timeout: float = 2.0
+    max_frame: int = 1 << 20
+    max_in_flight: int = 1024
+    write_high_water: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        for name in ("handshake_timeout", "request_timeout", "idle_timeout", "close_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        if self.max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        CodecLimits(max_frame=self.max_frame)  # validates the range
+
+
+class _Pending:
+    __slots__ = ("event", "message")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.message: Response | ErrorMessage | None = None
+
+
+class Channel:
+    """One open channel to one verified peer. Made by ``open_channel`` or ``serve``.
+
+    Safe to use from many tasks at once: ``request`` calls run concurrently and are
+    correlated by id; the peer's ``max_in_flight`` is respected by waiting.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        peer: PeerIdentity,
+        our_hello: Hello,
+        their_hello: Hello,
+        registry: ServiceRegistry,
+        config: ChannelConfig,
+        decoder: FrameDecoder,
+    ) -> None:
+        self._stream = stream
+        self.peer = peer
+        self.our_hello = our_hello
+        self.their_hello = their_hello
+        self._registry = registry
+        self._config = config
+        self._decoder = decoder
+        self._out_limits = CodecLimits(max_frame=their_hello.limits.max_frame)
+        # writer state
+        self._outq: list[bytes] = []
+        self._outq_bytes = 0
+        self._wake = trio.Event()
+        self._writable = trio.lowlevel.ParkingLot()
+        # requests we sent
+        self._next_id = 1
+        self._pending: dict[int, _Pending] = {}
+        self._slots = trio.lowlevel.ParkingLot()
+        # requests the peer sent
+        self._last_peer_id = 0
+        self._active = 0
+        self._last_rx = trio.current_time()
+        self._notes: deque[tuple[Any, Note]] = deque()
+        self._notes_ready = trio.Event()
+        self._notes_drained = trio.Event()
+        # lifecycle
+        self._nursery: trio.Nursery | None = None
+        self._close_reason: TransportError | None = None
+        self._closed = trio.Event()
+
+    # -- public API -------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._close_reason is not None
+
+    @property
+    def close_reason(self) -> TransportError | None:
+        return self._close_reason
+
+    async def request(
+        self, service: str, op: str, body: Any = None, *, timeout: float | object = _DEFAULT
+    ) -> Any:
+        """Send a request and return the peer's response body.
+
+        Raises:
+            RemoteError: the peer answered with `err` (``.code`` is the peer's).
+            RequestTimeout: no answer within ``timeout`` (default: the config's).
+            ChannelClosed: the channel closed before the answer came.
+            ValueError: ``body`` is outside the wire's value model or too large.
+        Cancellation forgets the request; a late answer is dropped.
+        """
+        limit = self._config.request_timeout if timeout is _DEFAULT else timeout
+        assert isinstance(limit, (int, float))
+        pending: _Pending | None = None
+        with trio.move_on_after(limit) as scope:
+            while len(self._pending) >= self.their_hello.limits.max_in_flight:
+                self._check_open()
+                await self._slots.park()
+            await self._wait_writable()
+            rid = self._next_id
+            frame = encode_frame(
+                {"type": "req", "id": rid, "service": service, "op": op, "body": body},
+                self._out_limits,
+            )
+            self._next_id = rid + 1
+            pending = _Pending()
+            self._pending[rid] = pending
+            try:
+                self._enqueue(frame)
+                await pending.event.wait()
+            finally:
+                del self._pending[rid]
+                self._slots.unpark()
+        message = pending.message if pending is not None else None
+        if message is None:
+            if scope.cancelled_caught and not self.closed:
+                raise RequestTimeout(
+                    f"{service}.{op}: no answer from {self.peer.agent_id} in {limit:g}s",
+                    detail={"service": service, "op": op},
+                )
+            raise self._closed_error()
+        if type(message) is ErrorMessage:
+            raise RemoteError(message.code, message.message, detail=message.detail)
+        return message.body
+
+    async def notify(self, service: str, op: str, body: Any = None) -> None:
+        """Send a one-way ``note``. Returns once it is queued for sending."""
+        await self._wait_writable()
+        self._enqueue(encode_frame(Note(service=service, op=op, body=body).to_wire(),
+                                   self._out_limits))
+
+    async def aclose(self, reason: str = "") -> None:
+        """Say ``bye``, flush, and close. Idempotent; waits until fully closed."""
+        self._begin_close(ChannelClosed(f"closed locally{': ' + reason if reason else ''}"),
+                          Bye(reason=reason).to_wire())
+        await self._closed.wait()
+
+    async def wait_closed(self) -> TransportError:
+        """Wait until the channel has closed, and say why."""
+        await self._closed.wait()
+        assert self._close_reason is not None
+        return self._close_reason
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run reader and writer until the channel closes. Used by ``establish``."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._reader)
+                nursery.start_soon(self._note_worker)
+                task_status.started()
+                await self._writer()
+                nursery.cancel_scope.cancel()
+        finally:
+            if self._close_reason is None:
+                self._close_reason = ChannelClosed("channel cancelled")
+            self._fail_pending()
+            self._closed.set()
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(self._config.close_timeout):
+                    try:
+                        await self._stream.aclose()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+                await trio.aclose_forcefully(self._stream)
+
+    def _begin_close(self, reason: TransportError, last: dict[str, Any] | None = None) -> None:
+        if self._close_reason is not None:
+            return
+        self._close_reason = reason
+        if last is not None:
+            try:
+                self._enqueue(encode_frame(last, self._out_limits))
+            except ValueError:  # pragma: no cover - our own frames always encode
+                log.exception("could not encode closing frame")
+        self._fail_pending()
+        self._wake.set()
+
+    def _fail_pending(self) -> None:
+        for pending in self._pending.values():
+            pending.event.set()
+        self._slots.unpark_all()
+        self._writable.unpark_all()
+
+    def _check_open(self) -> None:
+        if self._close_reason is not None:
+            raise self._closed_error()
+
+    def _closed_error(self) -> ChannelClosed:
+        reason = self._close_reason
+        return ChannelClosed(
+            f"channel to {self.peer.agent_id} is closed ({reason})",
+            detail={"reason": reason.code if reason else "transport.closed"},
+        )
+
+    # -- writer -----------------------------------------------------------------
+
+    def _enqueue(self, frame: bytes) -> None:
+        self._outq.append(frame)
+        self._outq_bytes += len(frame)
+        self._wake.set()
+
+    async def _wait_writable(self) -> None:
+        self._check_open()
+        while self._outq_bytes > self._config.write_high_water:
+            await self._writable.park()
+            self._check_open()
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self._outq:
+                data = self._take_batch()
+                closing = self._close_reason is not None
+                try:
+                    with trio.move_on_after(
+                        self._config.close_timeout if closing else math.inf
+                    ):
+                        await self._stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    self._begin_close(ChannelClosed(f"connection broke while sending: {exc}"))
+                    return
+                if self._outq_bytes <= self._config.write_high_water:
+                    self._writable.unpark_all()
+            if self._close_reason is not None:
+                return
+
+    def _take_batch(self) -> bytes:
+        """Up to WRITE_BATCH bytes of whole frames from the queue, as one buffer.
+
+        The cap keeps each send cache-sized: one 2 MiB buffer costs more to encrypt
+        and copy than sixteen of 128 KiB.
+        """
+        queue = self._outq
+        if len(queue) == 1 or len(queue[0]) >= WRITE_BATCH:
+            data = queue.pop(0) if len(queue) > 1 else queue.pop()
+        else:
+            size, count = 0, 0
+            for frame in queue:
+                if size and size + len(frame) > WRITE_BATCH:
+                    break
+                size += len(frame)
+                count += 1
+            data = b"".join(queue[:count])
+            del queue[:count]
+        self._outq_bytes -= len(data)
+        return data
+
+    # -- reader -----------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        try:
+            self._drain()
+            idle = self._config.idle_timeout
+            receive = self._stream.receive_some
+            while self._close_reason is None:
+                # The deadline is moved only when it fires: updating it on every
+                # receive would cost a heap operation per record.
+                with trio.CancelScope(deadline=self._last_rx + idle) as scope:
+                    while self._close_reason is None:
+                        data = await receive(RECEIVE_SIZE)
+                        if not data:
+                            self._begin_close(ChannelClosed("the peer closed the connection"))
+                            return
+                        self._last_rx = trio.current_time()
+                        self._decoder.feed(data)
+                        self._drain()
+                        while len(self._notes) > MAX_QUEUED_NOTES:
+                            self._notes_drained = trio.Event()
+                            await self._notes_drained.wait()
+                if not scope.cancelled_caught:
+                    return
+                if trio.current_time() - self._last_rx >= idle and not (
+                    self._pending or self._active
+                ):
+                    self._begin_close(IdleTimeout(f"no traffic for {idle:g}s"),
+                                      Bye(reason="idle").to_wire())
+                elif trio.current_time() - self._last_rx >= idle:
+                    self._last_rx = trio.current_time()  # busy: count idleness afresh
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._begin_close(ChannelClosed(f"connection broke: {exc.__cause__ or exc}"))
+        except ProtocolError as exc:  # fatal by construction: see _drain
+            log.warning("closing channel to %s: %s", self.peer.agent_id, exc)
+            self._begin_close(exc, _error_wire(None, exc))
+
+    def _drain(self) -> None:
+        """Handle every whole frame buffered. Raises only fatal ProtocolErrors."""
+        decoder = self._decoder
+        while self._close_reason is None:
+            obj = decoder.next_object()
+            if obj is NEED_DATA:
+                return
+            try:
+                message = parse_message(obj)
+            except BadMessage as exc:
+                self._send_error(exc.detail.get("id"), exc)
+                continue
+            kind = type(message)
+            if kind is Response or kind is ErrorMessage:
+                self._on_answer(message)  # type: ignore[arg-type]
+            elif kind is Request:
+                self._on_request(message)  # type: ignore[arg-type]
+            elif kind is Note:
+                self._on_note(message)  # type: ignore[arg-type]
+            elif kind is Bye:
+                reason = message.reason or "no reason"  # type: ignore[union-attr]
+                self._begin_close(ChannelClosed(f"the peer said bye ({reason})"))
+            else:
+                raise UnexpectedMessage("hello is allowed only as the first message")
+
+    def _on_answer(self, message: Response | ErrorMessage) -> None:
+        if message.id is None:
+            # A fatal complaint about our stream: the peer is about to close.
+            assert isinstance(message, ErrorMessage)
+            self._begin_close(RemoteError(message.code, message.message, detail=message.detail))
+            return
+        pending = self._pending.get(message.id)
+        if pending is None:
+            if message.id >= self._next_id:
+                self._send_error(message.id, BadMessage(f"answer to request {message.id}, "
+                                                        "which was never sent"))
+            return  # a late answer to a request that timed out or was cancelled
+        pending.message = message
+        pending.event.set()
+
+    def _on_request(self, request: Request) -> None:
+        if request.id <= self._last_peer_id:
+            self._send_error(request.id, ReusedId(
+                f"request id {request.id} is not above {self._last_peer_id}, "
+                "the last id used on this channel"))
+            return
+        self._last_peer_id = request.id
+        if self._active >= self._config.max_in_flight:
+            self._send_error(request.id, TooManyRequests(
+                f"more than {self._config.max_in_flight} requests in flight"))
+            return
+        try:
+            handler = self._registry.lookup(request.service, request.op)
+        except ProtocolError as exc:
+            self._send_error(request.id, exc)
+            return
+        self._active += 1
+        assert self._nursery is not None
+        self._nursery.start_soon(self._serve, handler, request)
+
+    async def _serve(self, handler: Any, request: Request) -> None:
+        context = RequestContext(self, request.id, request.service, request.op)
+        try:
+            body = await handler(context, request.body)
+            frame = encode_frame({"type": "res", "id": request.id, "body": body},
+                                 self._out_limits)
+        except Exception as exc:
+            frame = encode_frame(_error_wire(request.id, exc, context), self._out_limits)
+        finally:
+            self._active -= 1
+        if self._close_reason is None:
+            self._enqueue(frame)
+
+    def _on_note(self, note: Note) -> None:
+        try:
+            handler = self._registry.lookup(note.service, note.op)
+        except ProtocolError as exc:
+            log.info("note %s.%s from %s dropped: %s", note.service, note.op,
+                     self.peer.agent_id, exc)
+            return
+        self._notes.append((handler, note))
+        self._notes_ready.set()
+
+    async def _note_worker(self) -> None:
+        """Run note handlers one at a time, in arrival order (a stream of chunks
+        stays a stream), without a task per note."""
+        while True:
+            await self._notes_ready.wait()
+            self._notes_ready = trio.Event()
+            while self._notes:
+                handler, note = self._notes.popleft()
+                try:
+                    await handler(RequestContext(self, None, note.service, note.op), note.body)
+                except Exception:
+                    log.exception("note handler %s.%s failed", note.service, note.op)
+            self._notes_drained.set()
+
+    def _send_error(self, rid: int | None, exc: TransportError) -> None:
+        self._enqueue(encode_frame(_error_wire(rid, exc), self._out_limits))
+
+
+def _error_wire(rid: int | None, exc: BaseException,
+                context: RequestContext | None = None) -> dict[str, Any]:
+    """The `err` for an exception: its own code if it has one, else internal.error."""
+    code = getattr(exc, "code", None)
+    message = getattr(exc, "message", None)
+    detail = getattr(exc, "detail", None)
+    if isinstance(exc, ValueError) and code is None and context is not None:
+        message = f"the response could not be encoded: {exc}"
+        code, detail = InternalError.code, {}
+        log.error("%s.%s: %s", context.service, context.op, message)
+    elif not isinstance(code, str) or not isinstance(message, str):
+        if context is not None:
+            log.error("handler %s.%s failed", context.service, context.op, exc_info=exc)
+        code, message, detail = InternalError.code, "the handler failed", {}
+    wire = ErrorMessage(id=rid, code=code, message=message,
+                        detail=detail if isinstance(detail, dict) else {}).to_wire()
+    try:
+        encode_frame(wire)
+    except ValueError:
+        wire["detail"] = {}
+    return wire

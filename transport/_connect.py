@@ -1,0 +1,259 @@
+"""Opening channels: the TLS handshake, the peer check, the hello exchange.
+
+Order matters and is the same on both sides: (1) TLS 1.3 handshake, in which
+OpenSSL checks the chain and the CRL; (2) the peer verifier checks the certificate
+again, with the agent id we expected; (3) only then do we write our ``hello`` and
+read theirs, which must name the same agent and role as the certificate. Nothing
+the peer sends is parsed before (2) passed. All of it runs under one handshake
+deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from ._channel import RECEIVE_SIZE, Channel, ChannelConfig, PeerIdentity, PeerVerifier
+from ._codec import NEED_DATA, CodecLimits, FrameDecoder, encode_frame
+from ._errors import (
+    BadMessage,
+    ChannelClosed,
+    HandshakeFailed,
+    HandshakeTimeout,
+    HelloMismatch,
+    ProtocolError,
+    TransportError,
+    UnexpectedMessage,
+    UnsupportedVersion,
+)
+from ._messages import PROTOCOL_VERSION, Hello, PeerLimits, parse_message
+from ._registry import ServiceRegistry
+from ._tls import TlsConfig, describe_tls_failure
+
+__all__ = ["ConnectFailed", "TlsContexts", "establish", "open_channel", "serve"]
+
+log = logging.getLogger("semper.transport")
+
+_MIN_PEER_FRAME = 1 << 12
+
+
+class ConnectFailed(TransportError):
+    """No TCP connection to the peer's address."""
+
+    code = "transport.connect_failed"
+
+
+class TlsContexts:
+    """The current client and server contexts; ``update_crl`` swaps in new ones.
+
+    Connections already open keep the context they started with; the agent closes
+    the ones whose peer a new CRL revokes.
+    """
+
+    def __init__(self, config: TlsConfig) -> None:
+        self.config = config
+        self.server = config.server_context()
+        self.client = config.client_context()
+
+    def update_crl(self, crl_pem: bytes) -> None:
+        config = self.config.with_crl(crl_pem)
+        server, client = config.server_context(), config.client_context()
+        self.config, self.server, self.client = config, server, client
+
+
+def make_hello(
+    agent: str, role: str, registry: ServiceRegistry, config: ChannelConfig
+) -> Hello:
+    return Hello(
+        agent=agent,
+        role=role,
+        version=PROTOCOL_VERSION,
+        services=registry.services(),
+        limits=PeerLimits(max_frame=config.max_frame, max_in_flight=config.max_in_flight),
+    )
+
+
+async def _tls_call(fn: Callable[[], Awaitable[Any]], during: str) -> Any:
+    try:
+        return await fn()
+    except trio.BrokenResourceError as exc:
+        raise describe_tls_failure(exc, during=during) from exc
+
+
+async def _exchange_hellos(
+    stream: trio.SSLStream[Any], our: Hello, peer: PeerIdentity, config: ChannelConfig
+) -> tuple[Hello, FrameDecoder]:
+    await _tls_call(lambda: stream.send_all(encode_frame(our.to_wire())), "sending hello")
+    decoder = FrameDecoder(CodecLimits(max_frame=config.max_frame))
+    while (obj := decoder.next_object()) is NEED_DATA:
+        data = await _tls_call(lambda: stream.receive_some(RECEIVE_SIZE), "awaiting hello")
+        if not data:
+            raise HandshakeFailed("the peer closed the connection before its hello",
+                                  detail={"reason": "EOF"})
+        decoder.feed(data)
+    message = parse_message(obj)
+    if not isinstance(message, Hello):
+        raise UnexpectedMessage("the first message must be hello")
+    if message.version != PROTOCOL_VERSION:
+        raise UnsupportedVersion(
+            f"protocol version {message.version} is not supported (we speak {PROTOCOL_VERSION})",
+            detail={"supported": [PROTOCOL_VERSION]},
+        )
+    if message.agent != peer.agent_id or message.role != peer.role:
+        raise HelloMismatch(
+            f"hello says {message.agent}/{message.role}, "
+            f"the certificate says {peer.agent_id}/{peer.role}"
+        )
+    if message.limits.max_frame < _MIN_PEER_FRAME or message.limits.max_in_flight < 1:
+        raise BadMessage("hello limits too small to carry any request")
+    return message, decoder
+
+
+async def _refuse(stream: trio.SSLStream[Any], exc: ProtocolError) -> None:
+    """Best effort: tell the peer why, then let the caller close."""
+    wire = {"type": "err", "id": None, "code": exc.code, "message": exc.message,
+            "detail": exc.detail}
+    with trio.move_on_after(1), trio.CancelScope(shield=True):
+        try:
+            await stream.send_all(encode_frame(wire))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
+            pass
+
+
+@asynccontextmanager
+async def establish(
+    stream: trio.SSLStream[Any],
+    *,
+    verify_peer: PeerVerifier,
+    expected_id: str | None,
+    hello: Hello,
+    registry: ServiceRegistry,
+    config: ChannelConfig,
+) -> AsyncIterator[Channel]:
+    """Authenticate ``stream`` and run a channel over it for the ``async with`` body.
+
+    Raises:
+        HandshakeFailed: TLS refused us or the peer (``detail["reason"]``).
+        HandshakeTimeout: not done within ``config.handshake_timeout``.
+        CertificateError-like (any exception with a ``code``): the peer verifier
+            refused the certificate, e.g. ``auth.wrong_peer``.
+        ProtocolError: the peer's hello was malformed or incompatible.
+    """
+    try:
+        with trio.fail_after(config.handshake_timeout):
+            await _tls_call(stream.do_handshake, "in the handshake")
+            der = stream.getpeercert(binary_form=True)
+            if not der:
+                raise HandshakeFailed("the peer presented no certificate",
+                                      detail={"reason": "NO_CERTIFICATE"})
+            peer = verify_peer(der, expected_id)
+            try:
+                their_hello, decoder = await _exchange_hellos(stream, hello, peer, config)
+            except ProtocolError as exc:
+                await _refuse(stream, exc)
+                raise
+            except HelloMismatch as exc:
+                await _refuse(stream, exc)  # type: ignore[arg-type]
+                raise
+    except trio.TooSlowError:
+        await trio.aclose_forcefully(stream)
+        raise HandshakeTimeout(
+            f"handshake not done within {config.handshake_timeout:g}s") from None
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    channel = Channel(stream, peer=peer, our_hello=hello, their_hello=their_hello,
+                      registry=registry, config=config, decoder=decoder)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(channel.run)
+        try:
+            yield channel
+        finally:
+            with trio.CancelScope(shield=True):
+                await channel.aclose()
+
+
+@asynccontextmanager
+async def open_channel(
+    host: str,
+    port: int,
+    *,
+    tls: TlsContexts | ssl.SSLContext,
+    verify_peer: PeerVerifier,
+    expected_id: str,
+    hello: Hello,
+    registry: ServiceRegistry | None = None,
+    config: ChannelConfig | None = None,
+) -> AsyncIterator[Channel]:
+    """Connect to ``host:port`` and open a channel to the agent ``expected_id``.
+
+    Raises:
+        ConnectFailed: no TCP connection.
+        and everything ``establish`` raises.
+    """
+    config = config or ChannelConfig()
+    context = tls.client if isinstance(tls, TlsContexts) else tls
+    try:
+        with trio.fail_after(config.handshake_timeout):
+            tcp = await trio.open_tcp_stream(host, port)
+    except trio.TooSlowError:
+        raise HandshakeTimeout(f"no connection to {host}:{port} within "
+                               f"{config.handshake_timeout:g}s") from None
+    except OSError as exc:
+        raise ConnectFailed(f"cannot connect to {expected_id} at {host}:{port}: "
+                            f"{exc.strerror or exc}") from exc
+    stream = trio.SSLStream(tcp, context, server_side=False)
+    async with establish(stream, verify_peer=verify_peer, expected_id=expected_id,
+                         hello=hello, registry=registry or ServiceRegistry(),
+                         config=config) as channel:
+        yield channel
+
+
+async def serve(
+    host: str,
+    port: int,
+    *,
+    tls: TlsContexts | ssl.SSLContext,
+    verify_peer: PeerVerifier,
+    hello: Hello,
+    registry: ServiceRegistry,
+    config: ChannelConfig | None = None,
+    handler: Callable[[Channel], Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept channels on ``host:port`` until cancelled.
+
+    Reports the bound ``(host, port)`` through ``task_status.started`` (port 0 picks
+    a free one). Each accepted channel runs ``handler(channel)`` (default: wait until
+    it closes). A refused or failed connection is logged and never stops the server.
+    """
+    config = config or ChannelConfig()
+    listeners = await trio.open_tcp_listeners(port, host=host)
+
+    async def on_connection(tcp: trio.SocketStream) -> None:
+        context = tls.server if isinstance(tls, TlsContexts) else tls
+        stream = trio.SSLStream(tcp, context, server_side=True)
+        try:
+            async with establish(stream, verify_peer=verify_peer, expected_id=None,
+                                 hello=hello, registry=registry, config=config) as channel:
+                if handler is None:
+                    await channel.wait_closed()
+                else:
+                    await handler(channel)
+        except ChannelClosed:
+            pass
+        except Exception as exc:
+            code = getattr(exc, "code", None)
+            if isinstance(code, str):
+                log.info("refused connection: %s", exc)
+            else:
+                log.exception("connection handler failed")
+
+    sockname = listeners[0].socket.getsockname()
+    task_status.started((sockname[0], sockname[1]))
+    await trio.serve_listeners(on_connection, listeners)

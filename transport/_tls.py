@@ -1,0 +1,110 @@
+"""TLS 1.3 contexts with mutual authentication against the market root and CRL.
+
+OpenSSL is the first line: it refuses a missing, foreign, expired or revoked
+certificate during the handshake, on both sides. The peer verifier that the channel
+calls afterwards is the second (identity, role, our own CRL reading). Two pitfalls:
+an ``SSLContext`` cannot drop a CRL once loaded, so a new CRL means new contexts
+(``TlsConfig.with_crl``); and ``ssl`` loads CRLs only from a file, so the PEM is
+written to a private temporary file for the moment of loading.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import trio
+
+from ._errors import HandshakeFailed
+
+__all__ = ["TlsConfig", "describe_tls_failure"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig:
+    """Our certificate and key (files), the market root and the current CRL (PEM)."""
+
+    cert_path: Path
+    key_path: Path
+    root_pem: bytes
+    crl_pem: bytes | None
+    password: bytes | None = None
+
+    def with_crl(self, crl_pem: bytes) -> TlsConfig:
+        return replace(self, crl_pem=crl_pem)
+
+    def server_context(self) -> ssl.SSLContext:
+        ctx = self._context(ssl.PROTOCOL_TLS_SERVER)
+        ctx.num_tickets = 0  # no resumption: every connection shows its certificate
+        return ctx
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = self._context(ssl.PROTOCOL_TLS_CLIENT)
+        # Agents are named by the SAN URI semper:agent/<id>, checked by the peer
+        # verifier, not by a DNS host name.
+        ctx.check_hostname = False
+        return ctx
+
+    def _context(self, protocol: int) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(protocol)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.options |= ssl.OP_NO_COMPRESSION
+        ctx.load_cert_chain(self.cert_path, self.key_path, password=self._password())
+        ctx.load_verify_locations(cadata=self.root_pem.decode("ascii"))
+        if self.crl_pem is not None:
+            _load_crl(ctx, self.crl_pem)
+            ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+        ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+        return ctx
+
+    def _password(self) -> Callable[[], bytes] | None:
+        if self.password is None:
+            return None
+        password = self.password
+        return lambda: password
+
+
+def _load_crl(ctx: ssl.SSLContext, crl_pem: bytes) -> None:
+    fd, name = tempfile.mkstemp(prefix="semper-crl-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(crl_pem)
+        ctx.load_verify_locations(cafile=name)
+    finally:
+        os.unlink(name)
+
+
+# OpenSSL's reasons, as ssl.SSLError.reason, turned into words a user can act on.
+_REASONS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the peer requires a client certificate",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": "the peer says our certificate is revoked",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the peer says our certificate has expired",
+    "TLSV1_ALERT_UNKNOWN_CA": "the peer does not trust our certificate's issuer",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the peer rejected our certificate",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "the peer rejected our certificate",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "the peer speaks no TLS version we accept (1.3 only)",
+    "UNSUPPORTED_PROTOCOL": "the peer speaks no TLS version we accept (1.3 only)",
+    "WRONG_VERSION_NUMBER": "the peer does not speak TLS 1.3",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "the peer sent no certificate",
+}
+
+
+def describe_tls_failure(exc: BaseException, *, during: str) -> HandshakeFailed:
+    """Turn trio's BrokenResourceError around an SSLError into a HandshakeFailed."""
+    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
+    reason = "connection closed"
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        reason = f"the peer's certificate did not verify: {cause.verify_message}"
+        code = cause.reason or "CERTIFICATE_VERIFY_FAILED"
+    elif isinstance(cause, ssl.SSLError):
+        code = cause.reason or cause.__class__.__name__
+        reason = _REASONS.get(code, code.lower().replace("_", " "))
+    else:
+        code = type(cause).__name__ if cause is not None else "EOF"
+    return HandshakeFailed(f"TLS failed {during}: {reason}", detail={"reason": code})
