@@ -1,0 +1,190 @@
+"""The agent runtime: identity, listener, channels to peers, CRL refresh.
+
+An ``Agent`` composes the pieces (STYLE.md section 9: no god objects): credentials
+from ``_identity``, channels from ``semper.transport``, the service registry that
+roles fill in. ``run`` owns one nursery holding the listener, the CRL watcher and
+every cached outbound channel, so cancelling it closes everything with a ``bye``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+from cryptography import x509
+
+from semper.services.certificates import AgentIdentity, CertificateError
+from semper.transport import (
+    Channel,
+    RequestContext,
+    ServiceRegistry,
+    TlsContexts,
+    make_hello,
+    open_channel,
+    serve,
+)
+
+from ._config import AgentConfig
+from ._identity import Credentials, check_crl, peer_verifier
+
+__all__ = ["Agent"]
+
+log = logging.getLogger("semper.agent")
+
+
+class Agent:
+    """One market participant. Build it, then ``await nursery.start(agent.run)``."""
+
+    def __init__(self, config: AgentConfig, *, passphrase: bytes | None = None) -> None:
+        self.config = config
+        self.credentials = Credentials.load(
+            cert=config.cert, key=config.key, root=config.ca_root, crl=config.crl,
+            passphrase=passphrase,
+        )
+        self.identity: AgentIdentity = self.credentials.identity
+        if self.identity.agent_id != config.id or self.identity.role != config.role:
+            raise CertificateError(
+                f"config says {config.id}/{config.role}, the certificate says "
+                f"{self.identity.agent_id}/{self.identity.role}"
+            )
+        self.tls = TlsContexts(self.credentials.tls_config())
+        self._crl: x509.CertificateRevocationList = self.credentials.crl
+        self._crl_pem = self.credentials.crl_pem
+        self.verify_peer = peer_verifier(self.credentials.root, lambda: self._crl)
+        self.channel_config = config.timeouts.channel_config()
+        self.registry = ServiceRegistry()
+        self.registry.add_service("sys", version=1)
+        self.registry.add_op("sys", "ping", self._ping)
+        self._inbound: set[Channel] = set()
+        self._outbound: dict[str, Channel] = {}
+        self._connecting: dict[str, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    def hello(self) -> Any:
+        return make_hello(self.config.id, self.config.role, self.registry, self.channel_config)
+
+    # -- serving ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Listen and serve until cancelled. Reports the bound ``(host, port)``."""
+        host, port = self.config.listen_address
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._watch_crl)
+            address = await nursery.start(functools.partial(
+                serve, host, port, tls=self.tls, verify_peer=self.verify_peer,
+                hello=self.hello(), registry=self.registry, config=self.channel_config,
+                handler=self._on_inbound,
+            ))
+            task_status.started(address)
+
+    async def _on_inbound(self, channel: Channel) -> None:
+        self._inbound.add(channel)
+        try:
+            await channel.wait_closed()
+        finally:
+            self._inbound.discard(channel)
+
+    async def _ping(self, context: RequestContext, body: Any) -> dict[str, Any]:
+        return {"agent": self.config.id, "role": self.config.role, "echo": body,
+                "time_ns": time.time_ns()}
+
+    # -- talking to peers ------------------------------------------------------------
+
+    @asynccontextmanager
+    async def connect(self, peer_id: str) -> AsyncIterator[Channel]:
+        """A channel to ``peer_id`` for the ``async with`` body only (one-off use)."""
+        host, port = self.config.peer_address(peer_id)
+        async with open_channel(host, port, tls=self.tls, verify_peer=self.verify_peer,
+                                expected_id=peer_id, hello=self.hello(),
+                                registry=self.registry, config=self.channel_config) as channel:
+            yield channel
+
+    async def channel(self, peer_id: str) -> Channel:
+        """The cached channel to ``peer_id``, opened (or reopened) as needed.
+
+        Only while ``run`` is running: the channel lives in the agent's nursery.
+        """
+        if self._nursery is None:
+            raise RuntimeError("Agent.channel needs the agent running (Agent.run)")
+        while True:
+            existing = self._outbound.get(peer_id)
+            if existing is not None and not existing.closed:
+                return existing
+            pending = self._connecting.get(peer_id)
+            if pending is None:
+                break
+            await pending.wait()
+        done = self._connecting[peer_id] = trio.Event()
+        try:
+            channel = await self._nursery.start(self._hold_channel, peer_id)
+        finally:
+            del self._connecting[peer_id]
+            done.set()
+        return channel
+
+    async def _hold_channel(self, peer_id: str, *, task_status: trio.TaskStatus[Channel]) -> None:
+        async with self.connect(peer_id) as channel:
+            self._outbound[peer_id] = channel
+            task_status.started(channel)
+            try:
+                await channel.wait_closed()
+            finally:
+                if self._outbound.get(peer_id) is channel:
+                    del self._outbound[peer_id]
+
+    # -- revocation ------------------------------------------------------------------
+
+    async def _watch_crl(self) -> None:
+        """Reread the CRL file every ``crl_refresh`` seconds; apply a newer one."""
+        while True:
+            await trio.sleep(self.config.timeouts.crl_refresh)
+            try:
+                pem = await trio.Path(self.config.crl).read_bytes()
+            except OSError as exc:
+                log.warning("cannot read CRL %s: %s", self.config.crl, exc)
+                continue
+            if pem != self._crl_pem:
+                self.apply_crl(pem)
+
+    def apply_crl(self, pem: bytes) -> bool:
+        """Use a new CRL for new connections, and close channels it revokes.
+
+        Returns False (and keeps the old CRL) if the new one is forged, stale or
+        older than the one in use.
+        """
+        try:
+            crl = check_crl(pem, self.credentials.root)
+        except CertificateError as exc:
+            log.warning("ignoring CRL: %s", exc)
+            return False
+        if _crl_number(crl) < _crl_number(self._crl):
+            log.warning("ignoring CRL number %d, older than %d", _crl_number(crl),
+                        _crl_number(self._crl))
+            return False
+        self.tls.update_crl(pem)
+        self._crl, self._crl_pem = crl, pem
+        for channel in [*self._inbound, *self._outbound.values()]:
+            serial = getattr(channel.peer, "serial", None)
+            if serial is not None and crl.get_revoked_certificate_by_serial_number(serial):
+                log.info("closing channel to revoked %s", channel.peer.agent_id)
+                assert self._nursery is not None
+                self._nursery.start_soon(channel.aclose, "certificate revoked")
+        return True
+
+
+def _crl_number(crl: x509.CertificateRevocationList) -> int:
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        return 0

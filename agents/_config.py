@@ -1,0 +1,178 @@
+"""An agent's TOML configuration: one file, paths relative to the file itself.
+
+Relative paths keep a market folder movable: ``semper market init`` writes
+``ca_root = "../ca/root.pem"`` and the agent resolves it against its own folder.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import tomli_w
+
+from semper.services.certificates import check_name
+from semper.transport import ChannelConfig
+
+__all__ = ["AgentConfig", "ConfigError", "Timeouts", "parse_address"]
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, not TOML, or says something impossible."""
+
+    code: ClassVar[str] = "agent.bad_config"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def parse_address(text: str, *, what: str = "address") -> tuple[str, int]:
+    """``"127.0.0.1:4000"`` -> ``("127.0.0.1", 4000)``; ``"[::1]:4000"`` for IPv6."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what} must be HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeouts:
+    """Seconds. ``crl_refresh`` is how often a running agent rereads the CRL."""
+
+    handshake: float = 10.0
+    request: float = 30.0
+    idle: float = 300.0
+    crl_refresh: float = 2.0
+
+    def channel_config(self) -> ChannelConfig:
+        return ChannelConfig(handshake_timeout=self.handshake, request_timeout=self.request,
+                             idle_timeout=self.idle)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentConfig:
+    id: str
+    role: str
+    listen: str
+    data_dir: Path
+    ca_root: Path
+    crl: Path
+    cert: Path
+    key: Path
+    passphrase_file: Path | None = None
+    peers: dict[str, str] = field(default_factory=dict)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    path: Path | None = None  # the file it was read from
+
+    def __post_init__(self) -> None:
+        try:
+            check_name("agent id", self.id)
+            check_name("role", self.role)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        parse_address(self.listen, what="listen")
+        for peer, address in self.peers.items():
+            parse_address(address, what=f"peers.{peer}")
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return parse_address(self.listen, what="listen")
+
+    def peer_address(self, peer_id: str) -> tuple[str, int]:
+        try:
+            return parse_address(self.peers[peer_id], what=f"peers.{peer_id}")
+        except KeyError:
+            known = ", ".join(sorted(self.peers)) or "none"
+            raise ConfigError(f"unknown peer {peer_id!r} (known peers: {known})") from None
+
+    @classmethod
+    def load(cls, path: Path) -> AgentConfig:
+        """Read and check a config file.
+
+        Raises:
+            ConfigError: with a one-line reason for every problem found.
+        """
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"no config file at {path}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        return cls.from_dict(raw, base=path.parent.resolve(), path=path)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, base: Path, path: Path | None = None) -> AgentConfig:
+        def text(key: str, default: str | None = None) -> str:
+            value = raw.get(key, default)
+            if not isinstance(value, str):
+                raise ConfigError(f"{path or 'config'}: {key!r} must be a string")
+            return value
+
+        def file(key: str, default: str | None = None) -> Path:
+            return base / text(key, default)
+
+        peers = raw.get("peers", {})
+        if not isinstance(peers, dict) or not all(isinstance(v, str) for v in peers.values()):
+            raise ConfigError(f"{path or 'config'}: [peers] maps agent ids to 'HOST:PORT'")
+        times = raw.get("timeouts", {})
+        if not isinstance(times, dict):
+            raise ConfigError(f"{path or 'config'}: [timeouts] must be a table")
+        try:
+            timeouts = Timeouts(**{k: _seconds(k, v) for k, v in times.items()})
+        except TypeError as exc:
+            raise ConfigError(f"{path or 'config'}: unknown timeout in [timeouts]: {exc}") from None
+        passphrase = raw.get("passphrase_file")
+        return cls(
+            id=text("id"),
+            role=text("role"),
+            listen=text("listen"),
+            data_dir=file("data_dir", "data"),
+            ca_root=file("ca_root"),
+            crl=file("crl"),
+            cert=file("cert", "cert.pem"),
+            key=file("key", "key.pem"),
+            passphrase_file=base / passphrase if isinstance(passphrase, str) else None,
+            peers=dict(peers),
+            timeouts=timeouts,
+            path=path,
+        )
+
+    def to_toml(self, *, base: Path) -> str:
+        """Render with paths relative to ``base`` (the folder the file goes in)."""
+
+        def rel(p: Path) -> str:
+            return os.path.relpath(p.resolve(), base.resolve())
+
+        data: dict[str, Any] = {
+            "id": self.id,
+            "role": self.role,
+            "listen": self.listen,
+            "data_dir": rel(self.data_dir),
+            "ca_root": rel(self.ca_root),
+            "crl": rel(self.crl),
+            "cert": rel(self.cert),
+            "key": rel(self.key),
+        }
+        if self.passphrase_file is not None:
+            data["passphrase_file"] = rel(self.passphrase_file)
+        data["peers"] = dict(sorted(self.peers.items()))
+        t = self.timeouts
+        data["timeouts"] = {"handshake": t.handshake, "request": t.request, "idle": t.idle,
+                            "crl_refresh": t.crl_refresh}
+        return tomli_w.dumps(data)
+
+
+def _seconds(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"timeouts.{key} must be a positive number of seconds")
+    if math.isinf(value):
+        raise ConfigError(f"timeouts.{key} must be finite")
+    return float(value)
+

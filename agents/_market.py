@@ -1,0 +1,225 @@
+"""A local market on disk: the root CA, its CRL, and one folder per agent.
+
+Layout written by ``init_market(DIR)`` (used from outside; keep it exactly):
+
+    DIR/ca/root.pem  root-key.pem (0600)  crl.pem
+    DIR/<id>/agent.toml  cert.pem  key.pem (0600)   for ca, bank, seller, buyer, notary
+
+Every write goes to a temporary file first and is renamed into place, so a reader
+(an agent polling the CRL) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from semper.services.certificates import (
+    CertificateAuthority,
+    Level,
+    Revocation,
+    create_ca,
+    issue_agent_certificate,
+    issue_crl,
+    load_certificate,
+    load_crl,
+    private_key_pem,
+)
+
+from ._config import AgentConfig
+from ._identity import load_private_key, utcnow
+
+__all__ = ["DEFAULT_AGENTS", "MarketError", "init_market", "revoke_agent", "write_file"]
+
+#: (agent id, role, level) of the agents a new local market has.
+DEFAULT_AGENTS: tuple[tuple[str, str, Level], ...] = (
+    ("ca", "ca", Level.VERIFIED_IDENTITY),
+    ("bank", "bank", Level.VERIFIED_IDENTITY),
+    ("seller", "seller", Level.VERIFIED_CONTACT),
+    ("buyer", "buyer", Level.VERIFIED_CONTACT),
+    ("notary", "notary", Level.VERIFIED_IDENTITY),
+)
+
+
+class MarketError(Exception):
+    """A market folder operation that cannot be done as asked."""
+
+    code: ClassVar[str] = "agent.market"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class MarketPaths:
+    root: Path
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.root / "ca"
+
+    @property
+    def root_cert(self) -> Path:
+        return self.ca_dir / "root.pem"
+
+    @property
+    def root_key(self) -> Path:
+        return self.ca_dir / "root-key.pem"
+
+    @property
+    def crl(self) -> Path:
+        return self.ca_dir / "crl.pem"
+
+    def agent_dir(self, agent_id: str) -> Path:
+        return self.root / agent_id
+
+
+def write_file(path: Path, data: bytes, *, private: bool = False) -> None:
+    """Write atomically; ``private`` files are created 0600 from the first byte."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports the kernel says are free now. Held open together so they differ."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def init_market(
+    folder: Path,
+    *,
+    passphrase: bytes | None = None,
+    agents: Iterable[tuple[str, str, Level]] = DEFAULT_AGENTS,
+    now: dt.datetime | None = None,
+) -> list[AgentConfig]:
+    """Create a complete local market in ``folder`` (which must be empty or absent).
+
+    Returns:
+        The configs written, in the order of ``agents``.
+
+    Raises:
+        MarketError: ``folder`` exists and is not empty.
+    """
+    now = now or utcnow()
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise MarketError(f"{folder} exists and is not empty; choose a new folder")
+    agents = list(agents)
+    paths = MarketPaths(folder)
+    paths.ca_dir.mkdir(parents=True, exist_ok=True)
+    ca = create_ca("semper market root", now=now)
+    write_file(paths.root_cert, _pem(ca.certificate))
+    write_file(paths.root_key, private_key_pem(ca.key, passphrase), private=True)
+    crl = issue_crl(ca, [], now=now, number=1)
+    write_file(paths.crl, crl.public_bytes(serialization.Encoding.PEM))
+
+    ports = _free_ports(len(agents))
+    addresses = {agent_id: f"127.0.0.1:{port}" for (agent_id, _, _), port in zip(agents, ports,
+                                                                                strict=True)}
+    configs = []
+    for agent_id, role, level in agents:
+        configs.append(_write_agent(paths, ca, agent_id, role, level, addresses, passphrase, now))
+    return configs
+
+
+def _write_agent(
+    paths: MarketPaths,
+    ca: CertificateAuthority,
+    agent_id: str,
+    role: str,
+    level: Level,
+    addresses: dict[str, str],
+    passphrase: bytes | None,
+    now: dt.datetime,
+) -> AgentConfig:
+    home = paths.agent_dir(agent_id)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "data").mkdir(exist_ok=True)
+    key = ed25519.Ed25519PrivateKey.generate()
+    cert = issue_agent_certificate(ca, agent_id=agent_id, role=role, level=level,
+                                   public_key=key.public_key(), now=now)
+    write_file(home / "cert.pem", _pem(cert))
+    write_file(home / "key.pem", private_key_pem(key, passphrase), private=True)
+    config = AgentConfig(
+        id=agent_id,
+        role=role,
+        listen=addresses[agent_id],
+        data_dir=home / "data",
+        ca_root=paths.root_cert,
+        crl=paths.crl,
+        cert=home / "cert.pem",
+        key=home / "key.pem",
+        peers={peer: address for peer, address in addresses.items() if peer != agent_id},
+        path=home / "agent.toml",
+    )
+    write_file(home / "agent.toml", config.to_toml(base=home).encode())
+    return config
+
+
+def revoke_agent(
+    folder: Path, agent_id: str, *, passphrase: bytes | None = None,
+    now: dt.datetime | None = None,
+) -> x509.CertificateRevocationList:
+    """Put ``DIR/<agent_id>/cert.pem`` on the market's CRL and publish the new CRL.
+
+    Idempotent: revoking a revoked agent republishes the same entries.
+
+    Raises:
+        MarketError: no such market or agent.
+        KeyError_: the root key cannot be read (e.g. wrong passphrase).
+    """
+    now = now or utcnow()
+    paths = MarketPaths(folder)
+    if not paths.root_cert.is_file() or not paths.crl.is_file():
+        raise MarketError(f"{folder} is not a market folder (no ca/root.pem or ca/crl.pem)")
+    cert_path = paths.agent_dir(agent_id) / "cert.pem"
+    if not cert_path.is_file():
+        raise MarketError(f"no agent {agent_id!r} in {folder} (missing {cert_path})")
+    root = load_certificate(paths.root_cert.read_bytes())
+    key = load_private_key(paths.root_key, passphrase)
+    if key.public_key() != root.public_key():
+        raise MarketError(f"{paths.root_key} does not belong to {paths.root_cert}")
+    ca = CertificateAuthority(key=key, certificate=root)
+    old = load_crl(paths.crl.read_bytes())
+    entries = {r.serial_number: r.revocation_date_utc for r in old}
+    serial = load_certificate(cert_path.read_bytes()).serial_number
+    entries.setdefault(serial, now)
+    try:
+        number = old.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
+    except x509.ExtensionNotFound:
+        number = 1
+    crl = issue_crl(ca, [Revocation(s, t) for s, t in sorted(entries.items())], now=now,
+                    number=number)
+    write_file(paths.crl, crl.public_bytes(serialization.Encoding.PEM))
+    return crl

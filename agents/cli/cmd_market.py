@@ -1,0 +1,33 @@
+"""``semper market init DIR``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .._market import init_market
+from ._common import passphrase_option, read_passphrase
+
+
+@click.group("market")
+def command() -> None:
+    """Create and inspect local markets."""
+
+
+@command.command("init")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@passphrase_option
+def init(folder: Path, passphrase_file: Path | None) -> None:
+    """Create a local market in FOLDER: root CA, CRL, and five agents ready to run."""
+    configs = init_market(folder, passphrase=read_passphrase(passphrase_file))
+    table = Table(title=f"market in {folder}", title_justify="left")
+    for column in ("agent", "role", "listen", "config"):
+        table.add_column(column)
+    for config in configs:
+        table.add_row(config.id, config.role, config.listen, str(config.path))
+    Console().print(table)
+    click.echo(f"root certificate: {folder / 'ca' / 'root.pem'}")
+    click.echo(f"start an agent:   semper agent run {folder / 'bank' / 'agent.toml'}")
