@@ -174,6 +174,7 @@ class Agent:
             return False
         self.tls.update_crl(pem)
         self._crl, self._crl_pem = crl, pem
+        log.info("applied CRL number %d with %d revoked", _crl_number(crl), len(list(crl)))
         for channel in [*self._inbound, *self._outbound.values()]:
             serial = getattr(channel.peer, "serial", None)
             if serial is not None and crl.get_revoked_certificate_by_serial_number(serial):
