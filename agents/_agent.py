@@ -175,6 +175,8 @@ class Agent:
         self.tls.update_crl(pem)
         self._crl, self._crl_pem = crl, pem
         log.info("applied CRL number %d with %d revoked", _crl_number(crl), len(list(crl)))
+        if crl.get_revoked_certificate_by_serial_number(self.identity.serial):
+            log.warning("our own certificate (%s) is revoked: peers will refuse us", self.id)
         for channel in [*self._inbound, *self._outbound.values()]:
             serial = getattr(channel.peer, "serial", None)
             if serial is not None and crl.get_revoked_certificate_by_serial_number(serial):
