@@ -15,6 +15,7 @@ from ._errors import ServiceError
 __all__ = ["Amount", "CurrencyMismatch", "BadAmount"]
 
 _CURRENCY = re.compile(r"[A-Z]{3}\Z")
+_UNITS = re.compile(r"-?[0-9]+\Z")
 # ISO 4217 minor-unit exponents that are not 2; everything else is shown with 2.
 _EXPONENTS = {"JPY": 0, "KRW": 0, "ISK": 0, "CLP": 0, "BHD": 3, "KWD": 3, "OMR": 3, "TND": 3}
 
@@ -49,7 +50,8 @@ class Amount:
             BadAmount: the text is not ``CCY:INTEGER``.
         """
         currency, sep, units = text.partition(":")
-        if not sep or not units.lstrip("-").isdigit():
+        # ASCII digits only: str.isdigit() admits "²" and "٣", and "--5" would pass lstrip.
+        if not sep or not _UNITS.match(units):
             raise BadAmount(f"expected CURRENCY:MINOR_UNITS such as EUR:50000, got {text!r}")
         return cls(currency, int(units))
 

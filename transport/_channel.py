@@ -144,7 +144,8 @@ class Channel:
         # requests the peer sent
         self._last_peer_id = 0
         self._active = 0
-        self._last_rx = trio.current_time()
+        self._last_traffic = trio.current_time()
+        self._peer_complaint: RemoteError | None = None
         self._notes: deque[tuple[Any, Note]] = deque()
         self._notes_ready = trio.Event()
         self._notes_drained = trio.Event()
@@ -306,6 +307,7 @@ class Channel:
                         self._config.close_timeout if closing else math.inf
                     ):
                         await self._stream.send_all(data)
+                    self._last_traffic = trio.current_time()  # sending is not idle either
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     self._begin_close(ChannelClosed(f"connection broke while sending: {exc}"))
                     return
@@ -345,13 +347,15 @@ class Channel:
             while self._close_reason is None:
                 # The deadline is moved only when it fires: updating it on every
                 # receive would cost a heap operation per record.
-                with trio.CancelScope(deadline=self._last_rx + idle) as scope:
+                with trio.CancelScope(deadline=self._last_traffic + idle) as scope:
                     while self._close_reason is None:
                         data = await receive(RECEIVE_SIZE)
                         if not data:
-                            self._begin_close(ChannelClosed("the peer closed the connection"))
+                            complaint = self._peer_complaint
+                            self._begin_close(complaint or ChannelClosed(
+                                "the peer closed the connection"))
                             return
-                        self._last_rx = trio.current_time()
+                        self._last_traffic = trio.current_time()
                         self._decoder.feed(data)
                         self._drain()
                         while len(self._notes) > MAX_QUEUED_NOTES:
@@ -359,13 +363,13 @@ class Channel:
                             await self._notes_drained.wait()
                 if not scope.cancelled_caught:
                     return
-                if trio.current_time() - self._last_rx >= idle and not (
+                if trio.current_time() - self._last_traffic >= idle and not (
                     self._pending or self._active
                 ):
                     self._begin_close(IdleTimeout(f"no traffic for {idle:g}s"),
                                       Bye(reason="idle").to_wire())
-                elif trio.current_time() - self._last_rx >= idle:
-                    self._last_rx = trio.current_time()  # busy: count idleness afresh
+                elif trio.current_time() - self._last_traffic >= idle:
+                    self._last_traffic = trio.current_time()  # busy: count idleness afresh
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._begin_close(ChannelClosed(f"connection broke: {exc.__cause__ or exc}"))
         except ProtocolError as exc:  # fatal by construction: see _drain
@@ -399,16 +403,22 @@ class Channel:
 
     def _on_answer(self, message: Response | ErrorMessage) -> None:
         if message.id is None:
-            # A fatal complaint about our stream: the peer is about to close.
+            # A complaint about our stream as a whole. If it was fatal the peer closes
+            # next; keep it so that the close reason can say why.
             assert isinstance(message, ErrorMessage)
-            self._begin_close(RemoteError(message.code, message.message, detail=message.detail))
+            log.warning("%s reports %s: %s", self.peer.agent_id, message.code, message.message)
+            self._peer_complaint = RemoteError(message.code, message.message,
+                                               detail=message.detail)
             return
         pending = self._pending.get(message.id)
         if pending is None:
+            # A late answer to a request that timed out or was cancelled, or (id not
+            # yet used) a broken peer. Never answered: ids are per direction, so an
+            # `err` carrying this id would read as an answer to the peer's own request.
             if message.id >= self._next_id:
-                self._send_error(message.id, BadMessage(f"answer to request {message.id}, "
-                                                        "which was never sent"))
-            return  # a late answer to a request that timed out or was cancelled
+                log.warning("%s answered request %d, which was never sent",
+                            self.peer.agent_id, message.id)
+            return
         pending.message = message
         pending.event.set()
 
@@ -483,7 +493,9 @@ def _error_wire(rid: int | None, exc: BaseException,
         message = f"the response could not be encoded: {exc}"
         code, detail = InternalError.code, {}
         log.error("%s.%s: %s", context.service, context.op, message)
-    elif not isinstance(code, str) or not isinstance(message, str):
+    elif isinstance(code, str) and not isinstance(message, str):
+        message = str(exc) or code
+    elif not isinstance(code, str):
         if context is not None:
             log.error("handler %s.%s failed", context.service, context.op, exc_info=exc)
         code, message, detail = InternalError.code, "the handler failed", {}

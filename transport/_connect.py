@@ -33,13 +33,14 @@ from ._errors import (
 )
 from ._messages import PROTOCOL_VERSION, Hello, PeerLimits, parse_message
 from ._registry import ServiceRegistry
-from ._tls import TlsConfig, describe_tls_failure
+from ._tls import TlsConfig, describe_tls_failure, send_pending_alert
 
 __all__ = ["ConnectFailed", "TlsContexts", "establish", "open_channel", "serve"]
 
 log = logging.getLogger("semper.transport")
 
 _MIN_PEER_FRAME = 1 << 12
+_MAX_PEER_FRAME = 0xFFFFFFFF  # what a 4-byte length prefix can say
 
 
 class ConnectFailed(TransportError):
@@ -89,7 +90,10 @@ async def _exchange_hellos(
     stream: trio.SSLStream[Any], our: Hello, peer: PeerIdentity, config: ChannelConfig
 ) -> tuple[Hello, FrameDecoder]:
     await _tls_call(lambda: stream.send_all(encode_frame(our.to_wire())), "sending hello")
-    decoder = FrameDecoder(CodecLimits(max_frame=config.max_frame))
+    # str/bin bounds follow max_frame: their 1 MiB defaults would refuse, as a fatal
+    # bad_frame, a value inside the max_frame this side announced.
+    limit = config.max_frame
+    decoder = FrameDecoder(CodecLimits(max_frame=limit, max_str=limit, max_bin=limit))
     while (obj := decoder.next_object()) is NEED_DATA:
         data = await _tls_call(lambda: stream.receive_some(RECEIVE_SIZE), "awaiting hello")
         if not data:
@@ -109,8 +113,11 @@ async def _exchange_hellos(
             f"hello says {message.agent}/{message.role}, "
             f"the certificate says {peer.agent_id}/{peer.role}"
         )
-    if message.limits.max_frame < _MIN_PEER_FRAME or message.limits.max_in_flight < 1:
-        raise BadMessage("hello limits too small to carry any request")
+    if not _MIN_PEER_FRAME <= message.limits.max_frame <= _MAX_PEER_FRAME or not (
+        1 <= message.limits.max_in_flight
+    ):
+        raise BadMessage(f"hello limits out of range: max_frame must be {_MIN_PEER_FRAME} to "
+                         f"{_MAX_PEER_FRAME}, max_in_flight at least 1")
     return message, decoder
 
 
@@ -118,7 +125,7 @@ async def _refuse(stream: trio.SSLStream[Any], exc: ProtocolError) -> None:
     """Best effort: tell the peer why, then let the caller close."""
     wire = {"type": "err", "id": None, "code": exc.code, "message": exc.message,
             "detail": exc.detail}
-    with trio.move_on_after(1), trio.CancelScope(shield=True):
+    with trio.CancelScope(shield=True), trio.move_on_after(1):  # shield outside the deadline
         try:
             await stream.send_all(encode_frame(wire))
         except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
@@ -164,18 +171,39 @@ async def establish(
         await trio.aclose_forcefully(stream)
         raise HandshakeTimeout(
             f"handshake not done within {config.handshake_timeout:g}s") from None
+    except HandshakeFailed:
+        await send_pending_alert(stream)  # the peer learns why
+        await trio.aclose_forcefully(stream)
+        raise
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
     channel = Channel(stream, peer=peer, our_hello=hello, their_hello=their_hello,
                       registry=registry, config=config, decoder=decoder)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(channel.run)
-        try:
-            yield channel
-        finally:
-            with trio.CancelScope(shield=True):
-                await channel.aclose()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(channel.run)
+            try:
+                yield channel
+            finally:
+                with trio.CancelScope(shield=True):
+                    await channel.aclose()
+    except BaseExceptionGroup as group:
+        # The body's own exception (say RemoteError) comes out of the channel's
+        # nursery wrapped in a group; callers of a context manager expect it bare.
+        leaf = _sole_exception(group)
+        if leaf is None:
+            raise
+        raise leaf from None
+
+
+def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    while len(group.exceptions) == 1:
+        inner = group.exceptions[0]
+        if not isinstance(inner, BaseExceptionGroup):
+            return inner
+        group = inner
+    return None
 
 
 @asynccontextmanager

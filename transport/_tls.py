@@ -16,12 +16,13 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from ._errors import HandshakeFailed
 
-__all__ = ["TlsConfig", "describe_tls_failure"]
+__all__ = ["TlsConfig", "describe_tls_failure", "send_pending_alert"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,12 +100,35 @@ def describe_tls_failure(exc: BaseException, *, during: str) -> HandshakeFailed:
     """Turn trio's BrokenResourceError around an SSLError into a HandshakeFailed."""
     cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
     reason = "connection closed"
+    detail: dict[str, object] = {}
     if isinstance(cause, ssl.SSLCertVerificationError):
         reason = f"the peer's certificate did not verify: {cause.verify_message}"
         code = cause.reason or "CERTIFICATE_VERIFY_FAILED"
+        # OpenSSL's X509_V_ERR_* number tells expired (10) from revoked (23) and so on.
+        detail = {"verify_code": cause.verify_code, "verify_message": cause.verify_message}
     elif isinstance(cause, ssl.SSLError):
         code = cause.reason or cause.__class__.__name__
         reason = _REASONS.get(code, code.lower().replace("_", " "))
     else:
         code = type(cause).__name__ if cause is not None else "EOF"
-    return HandshakeFailed(f"TLS failed {during}: {reason}", detail={"reason": code})
+    return HandshakeFailed(f"TLS failed {during}: {reason}", detail={"reason": code, **detail})
+
+
+async def send_pending_alert(stream: trio.SSLStream[Any]) -> None:
+    """Send the alert OpenSSL queued when the handshake failed, so the peer learns why.
+
+    trio raises BrokenResourceError without writing out what is left in the
+    SSLStream's outgoing BIO (python-trio/trio#3413), so without this the peer sees
+    a bare EOF instead of ``certificate required``/``unknown ca``/... Best effort,
+    shielded and bounded; reads trio's private ``_outgoing``.
+    """
+    outgoing = getattr(stream, "_outgoing", None)
+    pending = outgoing.read() if isinstance(outgoing, ssl.MemoryBIO) else b""
+    if not pending:
+        return
+    # Shield outside, deadline inside: the deadline must still apply.
+    with trio.CancelScope(shield=True), trio.move_on_after(1):
+        try:
+            await stream.transport_stream.send_all(pending)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass

@@ -184,7 +184,7 @@ def _ext(cert: x509.Certificate, kind: type) -> object | None:
         return cert.extensions.get_extension_for_class(kind).value
     except x509.ExtensionNotFound:
         return None
-    except ValueError as exc:  # duplicate or malformed extensions
+    except (ValueError, x509.DuplicateExtension) as exc:  # duplicate or malformed
         raise BadCertificate(f"malformed extensions: {exc}") from exc
 
 
