@@ -33,6 +33,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from pki import Market
+
 from semper.transport import Channel, ServiceRegistry, open_channel, serve
 
 BODY = b"x" * 200
