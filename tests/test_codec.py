@@ -329,13 +329,14 @@ def test_string_and_bin_limits_on_decode() -> None:
         decode_body(b"\xc4\x04abcd", limits)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: nested str and any bin escape the encoder's "
-                   "max_str/max_bin check (_codec._check), see report")
 def test_encoder_enforces_string_limits_like_the_decoder() -> None:
     limits = CodecLimits(max_str=3, max_bin=3)
-    for value in ({"k": "abcd"}, ["abcd"], b"abcd", [b"abcd"]):
+    for value in ({"k": "abcd"}, ["abcd"], b"abcd", [b"abcd"], {"abcd": 1}, {"k": b"abcd"},
+                  "\u00e9\u00e9", ["\u00e9\u00e9"]):  # two code points, four UTF-8 bytes
         with pytest.raises(ValueError):
             encode_frame(value, limits)
+    for value in ({"k": "abc"}, ["abc"], b"abc", [b"abc"], {"abc": 1}, "\u00e9a"):
+        assert decode_body(encode_body(value, limits), limits) == value
 
 
 # -- the length prefix ---------------------------------------------------------------

@@ -38,6 +38,7 @@ _PREFIX: Final = 4
 _INT_MIN: Final = -(1 << 63)
 _INT_MAX: Final = (1 << 64) - 1
 _LEAVES: Final = frozenset({str, bytes, int, bool, type(None)})
+_SIZED: Final = frozenset({str, bytes})
 
 
 class _NeedData:
@@ -71,7 +72,11 @@ _DEFAULT_LIMITS: Final = CodecLimits()
 
 
 def _check(obj: Any, depth: int, limits: CodecLimits, *, encoding: bool) -> None:
-    """Walk a value and refuse anything outside the value model."""
+    """Walk a value and refuse anything outside the value model.
+
+    When encoding, str and bin lengths are checked too, since the decoder's msgpack
+    refuses them by the same limits: we never send what a strict peer must refuse.
+    """
     t = type(obj)
     if t is dict:
         if depth >= limits.max_depth:
@@ -81,7 +86,10 @@ def _check(obj: Any, depth: int, limits: CodecLimits, *, encoding: bool) -> None
         for key, value in obj.items():
             if type(key) is not str:
                 raise BadFrame(f"map keys must be str, not {type(key).__name__}")
-            if type(value) in _LEAVES and type(value) is not int:
+            if encoding and _too_long(key, str, limits):
+                raise BadFrame("string too long")
+            vt = type(value)
+            if vt is bool or value is None or (vt in _SIZED and not encoding):
                 continue
             _check(value, depth + 1, limits, encoding=encoding)
     elif t is list:
@@ -90,7 +98,8 @@ def _check(obj: Any, depth: int, limits: CodecLimits, *, encoding: bool) -> None
         if len(obj) > limits.max_container:
             raise BadFrame(f"array longer than {limits.max_container}")
         for value in obj:
-            if type(value) in _LEAVES and type(value) is not int:
+            vt = type(value)
+            if vt is bool or value is None or (vt in _SIZED and not encoding):
                 continue
             _check(value, depth + 1, limits, encoding=encoding)
     elif t is int:
@@ -98,8 +107,20 @@ def _check(obj: Any, depth: int, limits: CodecLimits, *, encoding: bool) -> None
             raise BadFrame("integer outside msgpack's 64-bit range")
     elif t not in _LEAVES:
         raise BadFrame(f"{t.__name__} is not allowed in a frame (no floats, no ext types)")
-    elif encoding and t is str and len(obj) > limits.max_str:
-        raise BadFrame("string too long")
+    elif encoding and t in _SIZED and _too_long(obj, t, limits):
+        raise BadFrame("string too long" if t is str else "bin too long")
+
+
+def _too_long(value: str | bytes, t: type, limits: CodecLimits) -> bool:
+    """msgpack's limits count bytes: UTF-8 bytes for a str."""
+    if t is bytes:
+        return len(value) > limits.max_bin
+    n = len(value)
+    if n * 4 <= limits.max_str:  # no str of n code points is longer than 4n bytes
+        return False
+    if n > limits.max_str:
+        return True
+    return len(value.encode("utf-8", "surrogatepass")) > limits.max_str  # type: ignore[union-attr]
 
 
 _packer_local = msgpack.Packer(use_bin_type=True, strict_types=True, autoreset=True)
