@@ -3,7 +3,8 @@
 An ``Agent`` composes the pieces (STYLE.md section 9: no god objects): credentials
 from ``_identity``, channels from ``semper.transport``, the service registry that
 roles fill in. ``run`` owns one nursery holding the listener, the CRL watcher and
-every cached outbound channel, so cancelling it closes everything with a ``bye``.
+every cached outbound channel. Cancelling it closes everything, but cancels the
+channels' writers too, so no ``bye`` goes out: call ``close_channels`` first.
 """
 
 from __future__ import annotations
@@ -87,6 +88,16 @@ class Agent:
                 handler=self._on_inbound,
             ))
             task_status.started(address)
+
+    async def close_channels(self, reason: str = "shutting down") -> None:
+        """Say ``bye`` on every open channel, in and out, and wait until all are closed.
+
+        Each close is bounded by the channel's close timeout. Channels opened while
+        this runs are not closed by it.
+        """
+        async with trio.open_nursery() as nursery:
+            for channel in [*self._inbound, *self._outbound.values()]:
+                nursery.start_soon(channel.aclose, reason)
 
     async def _on_inbound(self, channel: Channel) -> None:
         self._inbound.add(channel)

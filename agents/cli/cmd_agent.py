@@ -38,5 +38,7 @@ async def _run(agent: Agent) -> None:
             click.get_text_stream("stdout").flush()
             async for _ in signals:
                 break
-            # Cancelling the agent's nursery closes every channel with a bye.
+            # Say bye first: cancelling alone would cancel the channels' writers too.
+            with trio.move_on_after(agent.channel_config.close_timeout + 1):
+                await agent.close_channels()
             nursery.cancel_scope.cancel()
