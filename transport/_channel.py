@@ -56,7 +56,7 @@ __all__ = ["Channel", "ChannelConfig", "PeerIdentity", "PeerVerifier"]
 
 log = logging.getLogger("semper.transport")
 
-RECEIVE_SIZE: Final = 1 << 16
+RECEIVE_SIZE: Final = 1 << 18
 MAX_QUEUED_NOTES: Final = 64
 WRITE_BATCH: Final = 262144
 _DEFAULT: Final = object()
@@ -125,13 +125,17 @@ class Channel:
         decoder: FrameDecoder,
     ) -> None:
         self._stream = stream
+        # TlsStream can send synchronously when the line is free (see _enqueue).
+        self._send_nowait = getattr(stream, "send_nowait", None)
         self.peer = peer
         self.our_hello = our_hello
         self.their_hello = their_hello
         self._registry = registry
         self._config = config
         self._decoder = decoder
-        self._out_limits = CodecLimits(max_frame=their_hello.limits.max_frame)
+        # The peer's decoder bounds str and bin by its max_frame (see _connect).
+        limit = their_hello.limits.max_frame
+        self._out_limits = CodecLimits(max_frame=limit, max_str=limit, max_bin=limit)
         # writer state
         self._outq: list[bytes] = []
         self._outq_bytes = 0
@@ -193,7 +197,7 @@ class Channel:
             pending = _Pending()
             self._pending[rid] = pending
             try:
-                self._enqueue(frame)
+                self._enqueue(frame, direct=True)
                 await pending.event.wait()
             finally:
                 del self._pending[rid]
@@ -284,7 +288,26 @@ class Channel:
 
     # -- writer -----------------------------------------------------------------
 
-    def _enqueue(self, frame: bytes) -> None:
+    def _enqueue(self, frame: bytes, *, direct: bool = False) -> None:
+        """Queue a frame for the writer, or send it right here.
+
+        Sending here saves a wake-up of the writer per frame, which is most of the
+        cost of a lone round trip; queueing lets the writer coalesce many frames
+        into one TLS record. So a request or response goes out directly only when
+        it is the one operation in progress on this channel and nothing is queued.
+        """
+        if (direct and not self._outq and self._send_nowait is not None
+                and len(self._pending) + self._active <= 1):
+            try:
+                sent = self._send_nowait(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._begin_close(ChannelClosed(f"connection broke while sending: {exc}"))
+                return
+            if sent:
+                self._last_traffic = trio.current_time()
+                if self._stream.needs_flush:  # type: ignore[attr-defined]
+                    self._wake.set()  # the writer sends the rest
+                return
         self._outq.append(frame)
         self._outq_bytes += len(frame)
         self._wake.set()
@@ -299,6 +322,12 @@ class Channel:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
+            if self._send_nowait is not None and self._stream.needs_flush:  # type: ignore[attr-defined]
+                try:
+                    await self._stream.flush()  # type: ignore[attr-defined]
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    self._begin_close(ChannelClosed(f"connection broke while sending: {exc}"))
+                    return
             while self._outq:
                 data = self._take_batch()
                 closing = self._close_reason is not None
@@ -453,7 +482,7 @@ class Channel:
         finally:
             self._active -= 1
         if self._close_reason is None:
-            self._enqueue(frame)
+            self._enqueue(frame, direct=True)
 
     def _on_note(self, note: Note) -> None:
         try:

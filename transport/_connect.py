@@ -34,6 +34,7 @@ from ._errors import (
 from ._messages import PROTOCOL_VERSION, Hello, PeerLimits, parse_message
 from ._registry import ServiceRegistry
 from ._tls import TlsConfig, describe_tls_failure, send_pending_alert
+from ._tls_stream import TlsStream
 
 __all__ = ["ConnectFailed", "TlsContexts", "establish", "open_channel", "serve"]
 
@@ -87,7 +88,7 @@ async def _tls_call(fn: Callable[[], Awaitable[Any]], during: str) -> Any:
 
 
 async def _exchange_hellos(
-    stream: trio.SSLStream[Any], our: Hello, peer: PeerIdentity, config: ChannelConfig
+    stream: TlsStream | trio.SSLStream[Any], our: Hello, peer: PeerIdentity, config: ChannelConfig
 ) -> tuple[Hello, FrameDecoder]:
     await _tls_call(lambda: stream.send_all(encode_frame(our.to_wire())), "sending hello")
     # str/bin bounds follow max_frame: their 1 MiB defaults would refuse, as a fatal
@@ -121,7 +122,7 @@ async def _exchange_hellos(
     return message, decoder
 
 
-async def _refuse(stream: trio.SSLStream[Any], exc: ProtocolError) -> None:
+async def _refuse(stream: TlsStream | trio.SSLStream[Any], exc: ProtocolError) -> None:
     """Best effort: tell the peer why, then let the caller close."""
     wire = {"type": "err", "id": None, "code": exc.code, "message": exc.message,
             "detail": exc.detail}
@@ -134,7 +135,7 @@ async def _refuse(stream: trio.SSLStream[Any], exc: ProtocolError) -> None:
 
 @asynccontextmanager
 async def establish(
-    stream: trio.SSLStream[Any],
+    stream: TlsStream | trio.SSLStream[Any],
     *,
     verify_peer: PeerVerifier,
     expected_id: str | None,
@@ -235,7 +236,7 @@ async def open_channel(
     except OSError as exc:
         raise ConnectFailed(f"cannot connect to {expected_id} at {host}:{port}: "
                             f"{exc.strerror or exc}") from exc
-    stream = trio.SSLStream(tcp, context, server_side=False)
+    stream = TlsStream(tcp, context, server_side=False)
     async with establish(stream, verify_peer=verify_peer, expected_id=expected_id,
                          hello=hello, registry=registry or ServiceRegistry(),
                          config=config) as channel:
@@ -265,7 +266,7 @@ async def serve(
 
     async def on_connection(tcp: trio.SocketStream) -> None:
         context = tls.server if isinstance(tls, TlsContexts) else tls
-        stream = trio.SSLStream(tcp, context, server_side=True)
+        stream = TlsStream(tcp, context, server_side=True)
         try:
             async with establish(stream, verify_peer=verify_peer, expected_id=None,
                                  hello=hello, registry=registry, config=config) as channel:

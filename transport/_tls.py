@@ -114,7 +114,7 @@ def describe_tls_failure(exc: BaseException, *, during: str) -> HandshakeFailed:
     return HandshakeFailed(f"TLS failed {during}: {reason}", detail={"reason": code, **detail})
 
 
-async def send_pending_alert(stream: trio.SSLStream[Any]) -> None:
+async def send_pending_alert(stream: Any) -> None:
     """Send the alert OpenSSL queued when the handshake failed, so the peer learns why.
 
     trio raises BrokenResourceError without writing out what is left in the
@@ -122,6 +122,10 @@ async def send_pending_alert(stream: trio.SSLStream[Any]) -> None:
     a bare EOF instead of ``certificate required``/``unknown ca``/... Best effort,
     shielded and bounded; reads trio's private ``_outgoing``.
     """
+    own = getattr(stream, "send_pending_alert", None)
+    if own is not None:  # our TlsStream knows how
+        await own()
+        return
     outgoing = getattr(stream, "_outgoing", None)
     pending = outgoing.read() if isinstance(outgoing, ssl.MemoryBIO) else b""
     if not pending:
