@@ -31,7 +31,10 @@ from semper.transport import (
 )
 
 from ._config import AgentConfig
+from ._events import EventLog
 from ._identity import Credentials, check_crl, peer_verifier
+from ._roles import Role, load_role
+from ._storage import Database
 
 __all__ = ["Agent"]
 
@@ -60,7 +63,11 @@ class Agent:
         self.channel_config = config.timeouts.channel_config()
         self.registry = ServiceRegistry()
         self.registry.add_service("sys", version=1)
-        self.registry.add_op("sys", "ping", self._ping)
+        self.events = EventLog(config.id, config.data_dir / "events.jsonl")
+        self.add_op("sys", "ping", self._ping)
+        self._database: Database | None = None
+        self.role: Role = load_role(config.role)(self)
+        self.role.setup()
         self._inbound: set[Channel] = set()
         self._outbound: dict[str, Channel] = {}
         self._connecting: dict[str, trio.Event] = {}
@@ -69,6 +76,50 @@ class Agent:
     @property
     def id(self) -> str:
         return self.config.id
+
+    @property
+    def database(self) -> Database:
+        """The agent's SQLite database; open while ``run`` runs."""
+        if self._database is None:
+            raise RuntimeError("the agent's database is open only while Agent.run runs")
+        return self._database
+
+    def migrations(self) -> dict[str, Any]:
+        return dict(self.role.migrations())
+
+    def add_op(self, service: str, op: str, handler: Any) -> None:
+        """Register a handler whose every call goes into the event log."""
+        events = self.events
+
+        async def logged(context: RequestContext, body: Any) -> Any:
+            started = time.perf_counter()
+            outcome = "ok"
+            try:
+                return await handler(context, body)
+            except BaseException as exc:
+                outcome = getattr(exc, "code", None) or type(exc).__name__
+                raise
+            finally:
+                events.emit("served", peer=context.peer.agent_id, service=service, op=op,
+                            request_id=context.request_id, outcome=outcome,
+                            ms=round((time.perf_counter() - started) * 1000, 3))
+
+        self.registry.add_op(service, op, logged)
+
+    async def request(self, peer_id: str, service: str, op: str, body: Any = None) -> Any:
+        """One request to ``peer_id`` over the cached channel, logged like ours."""
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            channel = await self.channel(peer_id)
+            return await channel.request(service, op, body)
+        except BaseException as exc:
+            outcome = getattr(exc, "code", None) or type(exc).__name__
+            raise
+        finally:
+            self.events.emit("requested", peer=peer_id, service=service, op=op,
+                             outcome=outcome,
+                             ms=round((time.perf_counter() - started) * 1000, 3))
 
     def hello(self) -> Any:
         return make_hello(self.config.id, self.config.role, self.registry, self.channel_config)
@@ -79,15 +130,26 @@ class Agent:
                   ) -> None:
         """Listen and serve until cancelled. Reports the bound ``(host, port)``."""
         host, port = self.config.listen_address
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._watch_crl)
-            address = await nursery.start(functools.partial(
-                serve, host, port, tls=self.tls, verify_peer=self.verify_peer,
-                hello=self.hello(), registry=self.registry, config=self.channel_config,
-                handler=self._on_inbound,
-            ))
-            task_status.started(address)
+        self._database = await Database.open(self.config.data_dir / "agent.sqlite",
+                                             self.migrations())
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._watch_crl)
+                await nursery.start(self.role.run)
+                address = await nursery.start(functools.partial(
+                    serve, host, port, tls=self.tls, verify_peer=self.verify_peer,
+                    hello=self.hello(), registry=self.registry, config=self.channel_config,
+                    handler=self._on_inbound,
+                ))
+                self.events.emit("listening", address=f"{address[0]}:{address[1]}")
+                task_status.started(address)
+        finally:
+            self._nursery = None
+            database, self._database = self._database, None
+            with trio.CancelScope(shield=True):
+                await database.aclose()
+            self.events.close()
 
     async def close_channels(self, reason: str = "shutting down") -> None:
         """Say ``bye`` on every open channel, in and out, and wait until all are closed.

@@ -1,0 +1,79 @@
+"""Roles: what an agent does in the market, found through the ``semper.roles``
+entry-point group so that a package of its own can add one.
+
+A role is a small class. The agent builds it with itself as the argument, asks it
+for the tables it needs (``migrations``), lets it register its service handlers
+(``setup``), and runs its background work (``run``) in the agent's nursery. The
+built-in roles (``ca``, ``bank``, ``seller``, ``buyer``, ``notary``, ``arbiter``)
+are registered the same way, in our own pyproject.toml.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import trio
+
+if TYPE_CHECKING:
+    from ._agent import Agent
+
+__all__ = ["ROLE_GROUP", "Role", "RoleNotFound", "available_roles", "load_role"]
+
+ROLE_GROUP = "semper.roles"
+
+
+class RoleNotFound(Exception):
+    """No installed package offers the role the configuration names."""
+
+    code: ClassVar[str] = "agent.unknown_role"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Role:
+    """Base class of every role. Override what the role needs; all are optional."""
+
+    #: The name the certificate and configuration use.
+    name: ClassVar[str] = ""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def migrations(self) -> dict[str, Sequence[str]]:
+        """Tables this role keeps in the agent's database: component -> SQL steps."""
+        return {}
+
+    def setup(self) -> None:
+        """Register service handlers (``self.agent.add_op``). Runs before listening."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Background work for as long as the agent runs; report readiness first."""
+        task_status.started()
+
+
+def available_roles() -> list[str]:
+    return sorted({ep.name for ep in entry_points(group=ROLE_GROUP)})
+
+
+def load_role(name: str) -> type[Role]:
+    """The role class registered under ``name``.
+
+    Raises:
+        RoleNotFound: none is installed, or what is installed is not a Role.
+    """
+    found = [ep for ep in entry_points(group=ROLE_GROUP) if ep.name == name]
+    if not found:
+        known = ", ".join(available_roles()) or "none"
+        raise RoleNotFound(f"no role {name!r} is installed (installed roles: {known})")
+    try:
+        cls: Any = found[0].load()
+    except Exception as exc:
+        raise RoleNotFound(f"role {name!r} ({found[0].value}) failed to load: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Role)):
+        raise RoleNotFound(f"role {name!r} ({found[0].value}) is not a semper Role class")
+    return cls

@@ -1,0 +1,155 @@
+"""One SQLite database per agent: WAL, fsync'd commits, versioned schemas.
+
+Theory of operation. SQLite is blocking, so every call runs in a worker thread
+(``trio.to_thread.run_sync``); one ``trio.Lock`` serialises them, so the one
+connection is only ever used by one thread at a time (hence
+``check_same_thread=False``). ``synchronous=FULL`` with WAL makes a commit durable
+once it returns: anything acknowledged to a peer after ``transaction`` returned
+survives SIGKILL and power loss.
+
+Each component (archive, enrollment, directory, bank, ...) owns its tables and
+lists its migrations, a sequence of SQL scripts; ``schema_versions`` records how
+many of each have been applied, so components evolve independently and a newer
+build opens an older file by running the missing steps, each in its own
+transaction. A file from a newer build (more steps applied than this build knows)
+is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import trio
+
+__all__ = ["Database", "StorageError"]
+
+T = TypeVar("T")
+
+
+class StorageError(Exception):
+    """The database cannot be opened or migrated."""
+
+    code: ClassVar[str] = "agent.storage"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Database:
+    """An agent's SQLite file. Open with ``await Database.open(path, migrations)``."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._connection = connection
+        self._lock = trio.Lock()
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: Path, migrations: Mapping[str, Sequence[str]]) -> Database:
+        """Open (creating) the file and bring every component's schema up to date.
+
+        Raises:
+            StorageError: the file is not a database, or is from a newer build.
+        """
+        return await trio.to_thread.run_sync(cls._open_sync, path, migrations)
+
+    @classmethod
+    def open_sync(cls, path: Path, migrations: Mapping[str, Sequence[str]]) -> Database:
+        """For command-line tools that run outside trio."""
+        return cls._open_sync(path, migrations)
+
+    @classmethod
+    def _open_sync(cls, path: Path, migrations: Mapping[str, Sequence[str]]) -> Database:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                         timeout=10.0)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA foreign_keys=ON")
+            _migrate(connection, migrations)
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"cannot open database {path}: {exc}") from exc
+        return cls(connection, path)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` in the worker thread, outside a transaction."""
+        async with self._lock:
+            return await trio.to_thread.run_sync(fn, self._connection)
+
+    async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` in one write transaction; durable when this returns.
+
+        If ``fn`` raises, nothing it wrote stays. Cancellation cannot interrupt a
+        transaction half way: the thread runs to the commit or rollback, and the
+        cancel takes effect afterwards.
+        """
+        async with self._lock:
+            with trio.CancelScope(shield=True):
+                return await trio.to_thread.run_sync(self.transaction_sync, fn)
+
+    def transaction_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """The blocking form, for command-line tools and the worker thread."""
+        connection = self._connection
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(connection)
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+        return result
+
+    def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return fn(self._connection)
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            await trio.to_thread.run_sync(self._connection.close)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def _migrate(connection: sqlite3.Connection, migrations: Mapping[str, Sequence[str]]) -> None:
+    connection.execute("CREATE TABLE IF NOT EXISTS schema_versions ("
+                       "component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+    for component, steps in migrations.items():
+        row = connection.execute("SELECT version FROM schema_versions WHERE component = ?",
+                                 (component,)).fetchone()
+        applied = row[0] if row else 0
+        if applied > len(steps):
+            raise StorageError(
+                f"the {component} schema is at version {applied}, newer than this build "
+                f"knows ({len(steps)}): upgrade semper")
+        for version in range(applied + 1, len(steps) + 1):
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(steps[version - 1]):
+                    connection.execute(statement)
+                connection.execute(
+                    "INSERT INTO schema_versions (component, version) VALUES (?, ?) "
+                    "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                    (component, version))
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script on ';' (our scripts hold no ';' inside literals)."""
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
+def schema_version(connection: sqlite3.Connection, component: str) -> int:
+    row = connection.execute("SELECT version FROM schema_versions WHERE component = ?",
+                             (component,)).fetchone()
+    return row[0] if row else 0
+
+
+def rows(connection: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    return connection.execute(sql, params).fetchall()

@@ -1,0 +1,1 @@
+"""The built-in roles, registered under ``semper.roles`` in pyproject.toml."""

@@ -1,0 +1,79 @@
+"""The agent's SQLite file: pragmas, migrations, transactions (agents/_storage.py)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from semper.agents._storage import Database, StorageError, schema_version
+
+NOTES = {"notes": ["CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT NOT NULL)"]}
+
+
+async def test_pragmas_make_commits_durable(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "a.sqlite", NOTES)
+    mode = await db.read(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0])
+    sync = await db.read(lambda c: c.execute("PRAGMA synchronous").fetchone()[0])
+    assert (mode, sync) == ("wal", 2)  # 2 is FULL
+    await db.aclose()
+
+
+async def test_migrations_run_once_and_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "a.sqlite"
+    db = await Database.open(path, NOTES)
+    await db.transaction(lambda c: c.execute("INSERT INTO notes (text) VALUES ('kept')"))
+    await db.aclose()
+    grown = {"notes": [*NOTES["notes"], "ALTER TABLE notes ADD COLUMN stars INTEGER DEFAULT 0; "
+                                        "CREATE INDEX notes_stars ON notes (stars)"],
+             "other": ["CREATE TABLE other (x INTEGER)"]}
+    db = await Database.open(path, grown)
+    assert await db.read(lambda c: schema_version(c, "notes")) == 2
+    assert await db.read(lambda c: schema_version(c, "other")) == 1
+    assert await db.read(lambda c: c.execute("SELECT text, stars FROM notes").fetchall()) == [
+        ("kept", 0)]
+    await db.aclose()
+
+
+async def test_a_file_from_a_newer_build_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "a.sqlite"
+    two = {"notes": [*NOTES["notes"], "ALTER TABLE notes ADD COLUMN stars INTEGER"]}
+    await (await Database.open(path, two)).aclose()
+    with pytest.raises(StorageError, match="newer than this build"):
+        await Database.open(path, NOTES)
+
+
+async def test_a_failed_migration_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "a.sqlite"
+    bad = {"notes": [*NOTES["notes"], "ALTER TABLE notes ADD COLUMN a INTEGER; NOT SQL"]}
+    with pytest.raises(StorageError, match="syntax error"):
+        await Database.open(path, bad)
+    db = await Database.open(path, NOTES)  # still at step 1, column a not added
+    columns = await db.read(lambda c: [r[1] for r in c.execute("PRAGMA table_info(notes)")])
+    assert columns == ["id", "text"]
+    await db.aclose()
+
+
+async def test_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "a.sqlite"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StorageError, match="cannot open database"):
+        await Database.open(path, NOTES)
+
+
+async def test_a_failing_transaction_leaves_no_trace(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "a.sqlite", NOTES)
+
+    def half(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO notes (text) VALUES ('first')")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await db.transaction(half)
+    assert await db.read(lambda c: c.execute("SELECT count(*) FROM notes").fetchone()[0]) == 0
+    # and the connection is usable afterwards
+    await db.transaction(lambda c: c.execute("INSERT INTO notes (text) VALUES ('second')"))
+    assert await db.read(lambda c: c.execute("SELECT text FROM notes").fetchall()) == [
+        ("second",)]
+    await db.aclose()
