@@ -1,0 +1,11 @@
+"""The runtime that composes services over transport: Agent, roles, config, storage.
+
+What a custom role needs is here; see examples/custom_role/.
+"""
+
+from ._agent import Agent
+from ._config import AgentConfig, ConfigError
+from ._roles import ROLE_GROUP, Role, RoleNotFound, available_roles, load_role
+
+__all__ = ["ROLE_GROUP", "Agent", "AgentConfig", "ConfigError", "Role", "RoleNotFound",
+           "available_roles", "load_role"]
