@@ -1,0 +1,158 @@
+"""Canonical msgpack: one value, exactly one byte string.
+
+Theory of operation. A signature covers bytes, but statements travel as values:
+inside messages, in SQLite, in evidence bundles, decoded and re-encoded on the way.
+So the signed bytes must be a function of the value alone. The canonical encoding:
+
+- the wire's value model (docs/protocol.md section 3.3): maps with str keys, lists,
+  str, bytes, int in msgpack's range (-2**63 .. 2**64-1), bool and nil. No floats, no
+  ext types, no tuples and no subclasses (an IntEnum or StrEnum is converted by the
+  caller): a value that could be written two ways is refused rather than guessed;
+- map keys sorted by their UTF-8 bytes. This is code point order, which is what
+  Python's sort gives, but not what a UTF-16 language's default sort gives, so the
+  rule names bytes;
+- every integer, length and header in its shortest msgpack form, text in the str
+  family and byte strings in the bin family: what msgpack-python's ``Packer`` writes
+  with ``use_bin_type=True, strict_types=True``;
+- the bounds of the transport: nesting at most 32 deep (the top container is at
+  depth 0), containers at most 65536 elements, str and bin at most 1 MiB.
+
+Decoding is strict and then re-encodes: bytes that differ from the canonical
+encoding of the value they decode to are refused as ``NotCanonical``. That one
+comparison catches unsorted and duplicate keys, long-form ints and lengths and
+trailing bytes, with no parser of our own to get wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgpack
+
+from ._errors import MalformedStatement, NotCanonical
+
+__all__ = ["MAX_CONTAINER", "MAX_DEPTH", "MAX_STRING", "canonical_decode", "canonical_encode"]
+
+#: Containers nested deeper than this are refused (the top container is at depth 0).
+MAX_DEPTH: Final = 32
+#: Elements in one list, or pairs in one map.
+MAX_CONTAINER: Final = 1 << 16
+#: Encoded bytes of one str (UTF-8) or one bytes value.
+MAX_STRING: Final = 1 << 20
+
+_INT_MIN: Final = -(1 << 63)
+_INT_MAX: Final = (1 << 64) - 1
+
+
+def canonical_encode(value: Any) -> bytes:
+    """Encode ``value`` canonically.
+
+    Raises:
+        ValueError: ``value`` is outside the value model (a float, a tuple, a subclass
+            of a model type, a non-str key, an int out of range, text that is not
+            valid UTF-8) or beyond the bounds.
+    """
+    normal = _normalize(value, 0)
+    try:
+        return msgpack.packb(normal, use_bin_type=True, strict_types=True)
+    except (TypeError, OverflowError, ValueError) as exc:  # unreachable after _normalize
+        raise ValueError(f"cannot encode canonically: {exc}") from None
+
+
+def canonical_decode(data: bytes | bytearray | memoryview) -> Any:
+    """Decode bytes that must be the canonical encoding of one value.
+
+    Raises:
+        MalformedStatement: not exactly one msgpack value of the value model.
+        NotCanonical: a valid value, encoded other than canonically;
+            ``detail["offset"]`` is the first byte that differs.
+        Never any other exception, whatever the bytes.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"canonical_decode needs bytes, not {type(data).__name__}")
+    data = bytes(data)
+    try:
+        value = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            unicode_errors="strict",
+            max_str_len=MAX_STRING,
+            max_bin_len=MAX_STRING,
+            max_array_len=MAX_CONTAINER,
+            max_map_len=MAX_CONTAINER,
+            max_ext_len=0,
+            timestamp=0,
+        )
+    except Exception as exc:  # msgpack raises a zoo of types; all mean "bad bytes"
+        raise MalformedStatement(f"not one msgpack value: {type(exc).__name__}") from None
+    try:
+        again = canonical_encode(value)
+    except ValueError as exc:
+        raise MalformedStatement(str(exc)) from None
+    if again != data:
+        offset = next((i for i, (a, b) in enumerate(zip(again, data, strict=False)) if a != b),
+                      min(len(again), len(data)))
+        raise NotCanonical(
+            f"not the canonical encoding of its value (first difference at byte {offset})",
+            detail={"offset": offset},
+        )
+    return value
+
+
+def _normalize(value: Any, depth: int) -> Any:
+    """Check ``value`` against the model and return it with every map's keys sorted.
+
+    Exact type checks on purpose: ``bool`` is tested before ``int`` would match it,
+    and subclasses (enums, OrderedDict) are refused instead of silently flattened.
+    """
+    t = type(value)
+    if value is None or t is bool:
+        return value
+    if t is int:
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise ValueError(f"integer {value} outside msgpack's 64-bit range")
+        return value
+    if t is str:
+        _check_length(_utf8(value), "str")
+        return value
+    if t is bytes:
+        _check_length(value, "bytes")
+        return value
+    if t is list:
+        _check_container(value, depth, "list")
+        return [_normalize(item, depth + 1) for item in value]
+    if t is dict:
+        _check_container(value, depth, "map")
+        keyed = []
+        for key, item in value.items():
+            if type(key) is not str:
+                raise ValueError(f"map keys must be str, not {type(key).__name__}")
+            encoded = _utf8(key)
+            _check_length(encoded, "str")
+            keyed.append((encoded, key, item))
+        keyed.sort(key=lambda entry: entry[0])
+        return {key: _normalize(item, depth + 1) for _, key, item in keyed}
+    raise ValueError(
+        f"{t.__name__} is outside the value model (int, bytes, str, bool, None, list, dict)"
+    )
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("str is not valid Unicode text (lone surrogate)") from None
+
+
+def _check_length(data: bytes, kind: str) -> None:
+    if len(data) > MAX_STRING:
+        raise ValueError(f"{kind} of {len(data)} bytes is longer than {MAX_STRING}")
+
+
+def _check_container(value: list[Any] | dict[str, Any], depth: int, kind: str) -> None:
+    if depth >= MAX_DEPTH:
+        raise ValueError(f"containers nested deeper than {MAX_DEPTH}")
+    if len(value) > MAX_CONTAINER:
+        raise ValueError(f"{kind} of {len(value)} elements is longer than {MAX_CONTAINER}")
