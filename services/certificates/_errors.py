@@ -1,4 +1,4 @@
-"""Why a certificate or CRL was refused; one class per stable code."""
+"""Why a certificate, CRL or enrollment was refused; one class per stable code."""
 
 from __future__ import annotations
 
@@ -9,13 +9,24 @@ from .._errors import ServiceError
 __all__ = [
     "BadCertificate",
     "BadCrl",
+    "BadCsr",
+    "BadEnrollRequest",
     "BadKeyUsage",
+    "BadProof",
+    "BadStatusQuery",
     "CertificateError",
+    "CsrKeyMismatch",
+    "EnrollmentError",
     "Expired",
     "InsufficientLevel",
+    "MalformedToken",
     "NotYetValid",
     "Revoked",
+    "TokenExpired",
+    "TokenUsed",
+    "UnknownToken",
     "Untrusted",
+    "WrongCa",
     "WrongPeer",
     "WrongRole",
 ]
@@ -65,3 +76,71 @@ class WrongRole(CertificateError):
 
 class InsufficientLevel(CertificateError):
     code: ClassVar[str] = "auth.insufficient_level"
+
+
+# -- enrollment ---------------------------------------------------------------------
+
+
+class EnrollmentError(ServiceError):
+    """Joining the market with a token was refused. Subclasses name the reason."""
+
+    code: ClassVar[str] = "enroll.error"
+
+
+class BadEnrollRequest(EnrollmentError):
+    """An ``enroll.request`` body that is not the map the protocol defines."""
+
+    code: ClassVar[str] = "enroll.bad_request"
+
+
+class MalformedToken(EnrollmentError):
+    """Not a token this version of semper can read (prefix, base64url, msgpack, fields)."""
+
+    code: ClassVar[str] = "enroll.malformed_token"
+
+
+class UnknownToken(EnrollmentError):
+    """The CA has no token with this id."""
+
+    code: ClassVar[str] = "enroll.unknown_token"
+
+
+class BadProof(EnrollmentError):
+    """The proof is not the token secret's MAC over this request's CSR."""
+
+    code: ClassVar[str] = "enroll.bad_proof"
+
+
+class TokenUsed(EnrollmentError):
+    """The token was redeemed already; tokens are single-use."""
+
+    code: ClassVar[str] = "enroll.token_used"
+
+
+class TokenExpired(EnrollmentError):
+    code: ClassVar[str] = "enroll.token_expired"
+
+
+class WrongCa(EnrollmentError):
+    """The server's certificate is not the one whose fingerprint the token pins."""
+
+    code: ClassVar[str] = "enroll.wrong_ca"
+
+
+class BadCsr(EnrollmentError):
+    """Not a CSR, not an Ed25519 key, or a subject other than the token's agent id."""
+
+    code: ClassVar[str] = "enroll.bad_csr"
+
+
+class CsrKeyMismatch(EnrollmentError):
+    """The CSR's signature does not verify under the key it carries: no proof of
+    possession of that key."""
+
+    code: ClassVar[str] = "enroll.csr_key_mismatch"
+
+
+class BadStatusQuery(ServiceError):
+    """A ``certificates.status`` question (or answer) that is not the defined map."""
+
+    code: ClassVar[str] = "certificates.bad_status_query"
