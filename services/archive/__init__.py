@@ -1,0 +1,36 @@
+"""The evidence archive's pure logic: hash-chained records and offline evidence bundles.
+
+Storage is the agent's (SQLite); this package decides what a record is, whether a
+chain holds, and whether a bundle proves what it claims with only the CA root.
+"""
+
+from ._bundle import EvidenceBundle, VerifiedStatement, collect_bundle, verify_bundle
+from ._errors import (
+    ArchiveError,
+    ChainBroken,
+    InvalidEvidence,
+    MalformedEvidence,
+    MissingCertificate,
+    RecordTampered,
+    WrongRoot,
+)
+from ._record import ZERO_HASH, ArchiveRecord, Direction, next_record, verify_chain
+
+__all__ = [
+    "ZERO_HASH",
+    "ArchiveError",
+    "ArchiveRecord",
+    "ChainBroken",
+    "Direction",
+    "EvidenceBundle",
+    "InvalidEvidence",
+    "MalformedEvidence",
+    "MissingCertificate",
+    "RecordTampered",
+    "VerifiedStatement",
+    "WrongRoot",
+    "collect_bundle",
+    "next_record",
+    "verify_bundle",
+    "verify_chain",
+]

@@ -1,0 +1,223 @@
+"""The evidence archive: an append-only, hash-chained log of every statement.
+
+Theory of operation. Each record holds one statement an agent sent or received, with
+whom, for which transaction and when it was recorded. Its hash covers all of that
+and the previous record's hash:
+
+    hash = SHA-256(b"semper-archive-record-v1\\x00" + canonical({"direction", "peer",
+                   "prev", "recorded_at", "seq", "statement", "transaction"}))
+
+``seq`` counts from 0 and ``prev`` of record 0 is 32 zero bytes. A record stores its
+hash, so a record edited in place no longer matches its own hash; one edited with
+its hash recomputed no longer matches the ``prev`` of the record after it; a record
+deleted leaves a gap in ``seq``; records swapped are out of ``seq`` order. Only the
+last record has no successor to betray it, and whoever deletes the tail leaves a
+shorter chain that is still whole: that takes a ``head`` hash kept elsewhere (a
+timestamp, a counterparty's receipt), which ``verify_chain`` accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final, NoReturn
+
+from ..certificates import check_name
+from ..statements import MAX_STRING, Statement, StatementError, canonical_encode
+from ._errors import ChainBroken, MalformedEvidence
+
+__all__ = ["ZERO_HASH", "ArchiveRecord", "Direction", "next_record", "verify_chain"]
+
+#: ``prev`` of the first record.
+ZERO_HASH: Final = bytes(32)
+DOMAIN: Final = b"semper-archive-record-v1\x00"
+MAX_TRANSACTION: Final = 256
+MAX_SEQ: Final = (1 << 63) - 1
+
+_FIELDS: Final = ("direction", "peer", "prev", "recorded_at", "seq", "statement", "transaction")
+
+
+class Direction(StrEnum):
+    SENT = "sent"
+    RECEIVED = "received"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArchiveRecord:
+    """One archived statement. ``hash`` is computed when not given; a stored hash is
+    kept as given, so that ``verify_chain`` can tell a record that was edited.
+
+    Raises (construction):
+        ValueError: a field of the wrong type or size.
+    """
+
+    seq: int
+    prev: bytes
+    direction: Direction
+    peer: str
+    transaction: str
+    statement: bytes
+    recorded_at: int
+    hash: bytes = b""
+
+    def __post_init__(self) -> None:
+        if type(self.seq) is not int or not 0 <= self.seq <= MAX_SEQ:
+            raise ValueError("seq must be a non-negative int")
+        _check_hash("prev", self.prev)
+        object.__setattr__(self, "direction", Direction(self.direction))
+        check_name("peer", self.peer)
+        t = self.transaction
+        if type(t) is not str or not 1 <= len(t) <= MAX_TRANSACTION or not t.isprintable():
+            raise ValueError(f"transaction must be 1-{MAX_TRANSACTION} printable characters")
+        if type(self.statement) is not bytes or not 1 <= len(self.statement) <= MAX_STRING:
+            raise ValueError("statement must be the bytes of a statement")
+        if type(self.recorded_at) is not int or not 0 <= self.recorded_at <= MAX_SEQ:
+            raise ValueError("recorded_at must be an int of Unix milliseconds")
+        if self.hash == b"":
+            object.__setattr__(self, "hash", self.content_hash())
+        _check_hash("hash", self.hash)
+
+    def content_hash(self) -> bytes:
+        """What ``hash`` must be: SHA-256 over the domain prefix and the other fields."""
+        return hashlib.sha256(DOMAIN + canonical_encode(self._content())).digest()
+
+    def to_wire(self) -> dict[str, Any]:
+        """Every field, ``hash`` included, as one map of the value model."""
+        return {**self._content(), "hash": self.hash}
+
+    @classmethod
+    def from_wire(cls, value: object) -> ArchiveRecord:
+        """Read a record stored or sent with ``to_wire``; its hash is kept, not checked.
+
+        Raises:
+            MalformedEvidence: not a map of exactly the record's fields, or a bad field.
+        """
+        if type(value) is not dict or set(value) != {*_FIELDS, "hash"}:
+            raise MalformedEvidence("not an archive record: wrong keys")
+        try:
+            return cls(**value)
+        except (ValueError, TypeError) as exc:
+            raise MalformedEvidence(f"bad archive record: {exc}") from None
+
+    def _content(self) -> dict[str, Any]:
+        return {
+            "direction": str(self.direction),  # the canonical encoding refuses a StrEnum
+            "peer": self.peer,
+            "prev": self.prev,
+            "recorded_at": self.recorded_at,
+            "seq": self.seq,
+            "statement": self.statement,
+            "transaction": self.transaction,
+        }
+
+
+def next_record(
+    previous: ArchiveRecord | None,
+    *,
+    direction: Direction | str,
+    peer: str,
+    transaction: str,
+    statement: Statement | bytes,
+    recorded_at: int,
+) -> ArchiveRecord:
+    """The record that follows ``previous`` (``None`` starts a chain at seq 0).
+
+    Raises:
+        StatementError: ``statement`` as bytes is not a canonical statement; the
+            archive never holds what it could not later show as evidence.
+        ValueError: a bad field.
+    """
+    if isinstance(statement, Statement):
+        data = statement.to_bytes()
+    else:
+        Statement.from_bytes(statement)
+        data = bytes(statement)
+    return ArchiveRecord(
+        seq=0 if previous is None else previous.seq + 1,
+        prev=ZERO_HASH if previous is None else previous.hash,
+        direction=Direction(direction),
+        peer=peer,
+        transaction=transaction,
+        statement=data,
+        recorded_at=recorded_at,
+    )
+
+
+def verify_chain(records: Iterable[ArchiveRecord], *, head: bytes | None = None) -> None:
+    """Check a whole archive, from seq 0, in the order it is stored.
+
+    Args:
+        head: the hash the last record must have, if known from elsewhere; without it
+            a deleted tail cannot be noticed (see the module docstring).
+
+    Raises:
+        ChainBroken: the first fault found, first in seq order, then per record. Its
+            ``detail`` holds ``kind``: ``"reordered"``, ``"duplicated"``, ``"deleted"``,
+            ``"edited"`` or ``"head_mismatch"``, ``seq``: the record at fault (for
+            ``deleted``, the first missing seq) and ``position``: its index in
+            ``records``.
+    """
+    chain = list(records)
+    for record in chain:
+        if not isinstance(record, ArchiveRecord):
+            raise TypeError(f"verify_chain takes ArchiveRecords, not {type(record).__name__}")
+    _check_order(chain)
+    previous: ArchiveRecord | None = None
+    for position, record in enumerate(chain):
+        _check_record(record, position)
+        if previous is not None and record.prev != previous.hash:
+            _broken("edited", previous.seq, position - 1,
+                    f"record {previous.seq} was edited: its hash is not the prev that "
+                    f"record {record.seq} recorded")
+        previous = record
+    last = previous.hash if previous is not None else ZERO_HASH
+    if head is not None and last != head:
+        seq = previous.seq if previous is not None else -1
+        _broken("head_mismatch", seq, len(chain) - 1,
+                f"the chain ends at record {seq}, whose hash is not the known head: "
+                f"records after it were deleted, or it was edited")
+
+
+def _check_order(chain: list[ArchiveRecord]) -> None:
+    """Seqs must be exactly 0, 1, 2, ... in storage order; say which way they are not."""
+    seqs = [record.seq for record in chain]
+    for position, seq in enumerate(seqs):
+        if seq == position:
+            continue
+        # seqs[:position] are exactly 0..position-1, so a smaller seq is a repeat.
+        if seq < position:
+            _broken("duplicated", seq, position,
+                    f"record {seq} appears again at position {position}")
+        if position in seqs[position + 1 :]:
+            _broken("reordered", seq, position,
+                    f"record {seq} is at position {position}, where record {position} "
+                    f"belongs: records were reordered")
+        missing = f"{position}" if seq == position + 1 else f"{position} to {seq - 1}"
+        after = f"record {position - 1} is followed by" if position else "the chain starts at"
+        _broken("deleted", position, position,
+                f"record {missing} deleted: {after} record {seq}", last_missing=seq - 1)
+
+
+def _check_record(record: ArchiveRecord, position: int) -> None:
+    if record.seq == 0 and record.prev != ZERO_HASH:
+        _broken("edited", 0, position, "record 0 was edited: its prev is not zero")
+    if record.content_hash() != record.hash:
+        _broken("edited", record.seq, position,
+                f"record {record.seq} was edited: its fields no longer match its hash")
+    try:
+        Statement.from_bytes(record.statement)
+    except StatementError as exc:
+        _broken("edited", record.seq, position,
+                f"record {record.seq} was edited: its statement is not a canonical "
+                f"statement ({exc.code})")
+
+
+def _broken(kind: str, seq: int, position: int, message: str, **extra: int) -> NoReturn:
+    raise ChainBroken(message, detail={"kind": kind, "seq": seq, "position": position, **extra})
+
+
+def _check_hash(name: str, value: object) -> None:
+    if type(value) is not bytes or len(value) != 32:
+        raise ValueError(f"{name} must be a 32-byte SHA-256 hash")
