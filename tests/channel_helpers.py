@@ -1,7 +1,8 @@
 """Plumbing for the transport tests: channel pairs, a real server, raw TLS peers.
 
-``channel_pair`` runs two real channels (real certificates, real TLS 1.3) over
-``trio.testing.memory_stream_pair``, so it works under the autojump clock.
+``channel_pair`` runs two real channels (real certificates, real TLS 1.3, the
+production ``TlsStream``) over ``trio.testing.memory_stream_pair``, so it works
+under the autojump clock.
 ``running_server`` runs ``serve`` on 127.0.0.1 port 0; ``RawClient`` completes the
 TLS handshake against it and then writes whatever bytes a test wants.
 """
@@ -30,6 +31,7 @@ from semper.transport import (
     open_channel,
     serve,
 )
+from semper.transport._tls_stream import TlsStream
 
 #: Bound on every wait on a real socket, so a bug fails the test instead of hanging it.
 REAL_WAIT = 10.0
@@ -97,7 +99,7 @@ async def channel_pair(
     ready = {"client": trio.Event(), "server": trio.Event()}
     release = trio.Event()
 
-    async def side(name: str, stream: trio.SSLStream[Any], agent: TestAgent,
+    async def side(name: str, stream: TlsStream, agent: TestAgent,
                    expected: str | None, registry: ServiceRegistry,
                    config: ChannelConfig) -> None:
         async with establish(stream, verify_peer=market.verifier(), expected_id=expected,
@@ -107,10 +109,11 @@ async def channel_pair(
             ready[name].set()
             await release.wait()
 
-    client_tls = trio.SSLStream(client_transport, market.tls(client_agent).client,
-                                server_side=False)
-    server_tls = trio.SSLStream(server_transport, market.tls(server_agent).server,
-                                server_side=True)
+    # The production stream, on its generic path (no socket: send_all/receive_some).
+    client_tls = TlsStream(client_transport, market.tls(client_agent).client,
+                           server_side=False)
+    server_tls = TlsStream(server_transport, market.tls(server_agent).server,
+                           server_side=True)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(side, "client", client_tls, client_agent, server_agent.agent_id,
                            client_registry, client_config)
