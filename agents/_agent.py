@@ -30,8 +30,11 @@ from semper.transport import (
     serve,
 )
 
+from . import _archive
+from ._archive import Archive
 from ._config import AgentConfig
 from ._events import EventLog
+from ._evidence import EvidenceService
 from ._identity import Credentials, check_crl, peer_verifier
 from ._roles import Role, load_role
 from ._storage import Database
@@ -66,6 +69,9 @@ class Agent:
         self.events = EventLog(config.id, config.data_dir / "events.jsonl")
         self.add_op("sys", "ping", self._ping)
         self._database: Database | None = None
+        self._archive: Archive | None = None
+        self.evidence = EvidenceService(self)
+        self.evidence.register()
         self.role: Role = load_role(config.role)(self)
         self.role.setup()
         self._inbound: set[Channel] = set()
@@ -84,8 +90,20 @@ class Agent:
             raise RuntimeError("the agent's database is open only while Agent.run runs")
         return self._database
 
+    @property
+    def archive(self) -> Archive:
+        """The evidence archive; open while ``run`` runs."""
+        if self._archive is None:
+            raise RuntimeError("the agent's archive is open only while Agent.run runs")
+        return self._archive
+
+    @property
+    def crl(self) -> x509.CertificateRevocationList:
+        """The newest CRL this agent has applied."""
+        return self._crl
+
     def migrations(self) -> dict[str, Any]:
-        return dict(self.role.migrations())
+        return {**_archive.MIGRATIONS, **self.role.migrations()}
 
     def add_op(self, service: str, op: str, handler: Any) -> None:
         """Register a handler whose every call goes into the event log."""
@@ -132,6 +150,7 @@ class Agent:
         host, port = self.config.listen_address
         self._database = await Database.open(self.config.data_dir / "agent.sqlite",
                                              self.migrations())
+        self._archive = Archive(self._database)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -146,7 +165,7 @@ class Agent:
                 task_status.started(address)
         finally:
             self._nursery = None
-            database, self._database = self._database, None
+            database, self._database, self._archive = self._database, None, None
             with trio.CancelScope(shield=True):
                 await database.aclose()
             self.events.close()

@@ -62,6 +62,7 @@ class Credentials:
     crl_pem: bytes
     passphrase: bytes | None
     identity: AgentIdentity
+    key: ed25519.Ed25519PrivateKey  # signs statements; TLS reads the key file itself
 
     @classmethod
     def load(cls, *, cert: Path, key: Path, root: Path, crl: Path,
@@ -79,7 +80,8 @@ class Credentials:
         if private.public_key() != own.public_key():
             raise KeyError_(f"key {key} does not belong to certificate {cert}")
         identity = validate_certificate(own, root=root_cert, crl=crl_obj, now=now or utcnow())
-        return cls(cert, key, root_cert, root_pem, crl_obj, crl_pem, passphrase, identity)
+        return cls(cert, key, root_cert, root_pem, crl_obj, crl_pem, passphrase, identity,
+                   private)
 
     def tls_config(self) -> TlsConfig:
         return TlsConfig(cert_path=self.cert_path, key_path=self.key_path,

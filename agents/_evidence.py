@@ -1,0 +1,124 @@
+"""Saying things one cannot later deny: the ``evidence`` service every agent runs.
+
+``evidence.deliver`` carries one signed statement to a peer, which checks it (signed
+by the channel's peer, whose certificate the CA vouches for, not seen before),
+archives it and answers with its own signed ``evidence.receipt`` naming the
+statement's digest. The receiver's archive holds both in one commit before the
+answer leaves, and the sender archives its statement and the receipt before
+``deliver`` returns: when either side says "done", both hold the evidence.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+from semper.services.archive import Direction
+from semper.services.statements import (
+    MalformedStatement,
+    Replayed,
+    ReplayGuard,
+    Statement,
+    sign_statement,
+    verify_statement,
+)
+
+from ._archive import entry
+from ._identity import utcnow
+
+if TYPE_CHECKING:
+    from semper.transport import RequestContext
+
+    from ._agent import Agent
+
+__all__ = ["RECEIPT", "EvidenceService", "ReceiptMismatch"]
+
+RECEIPT: Final = "evidence.receipt"
+#: How far a delivered statement's issue time may be from ours.
+REPLAY_WINDOW_MS: Final = 10 * 60 * 1000
+
+
+class ReceiptMismatch(Exception):
+    """The peer's receipt is not a receipt for what we delivered."""
+
+    code: ClassVar[str] = "evidence.bad_receipt"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class EvidenceService:
+    """Sign, deliver and receive statements, archiving each side's evidence."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.guard = ReplayGuard(REPLAY_WINDOW_MS)
+
+    def register(self) -> None:
+        self.agent.registry.add_service("evidence", version=1)
+        self.agent.add_op("evidence", "deliver", self._deliver)
+
+    def sign(self, type: str, body: dict[str, Any]) -> Statement:
+        credentials = self.agent.credentials
+        return sign_statement(type, body, key=credentials.key,
+                              certificate=credentials.identity.certificate,
+                              now_ms=now_ms(), nonce=os.urandom(16))
+
+    async def deliver(self, peer_id: str, transaction: str, statement: Statement) -> Statement:
+        """Deliver ``statement`` to ``peer_id``; returns its verified, archived receipt.
+
+        Raises:
+            RemoteError: the peer refused the statement (its code says why).
+            ReceiptMismatch, StatementError, CertificateError: the receipt is bad.
+        """
+        channel = await self.agent.channel(peer_id)
+        answer = await self.agent.request(peer_id, "evidence", "deliver", {
+            "transaction": transaction, "statement": statement.to_wire()})
+        if not isinstance(answer, dict):
+            raise ReceiptMismatch("the answer carries no receipt")
+        receipt = Statement.from_wire(answer.get("receipt"))
+        certificate = channel.peer.certificate
+        verify_statement(receipt, certificate=certificate, root=self.agent.credentials.root,
+                         crl=self.agent.crl, now=utcnow(), expected_type=RECEIPT,
+                         expected_signer=peer_id)
+        if receipt.body.get("statement") != statement.digest or (
+            receipt.body.get("transaction") != transaction
+        ):
+            raise ReceiptMismatch(f"{peer_id}'s receipt is for another statement")
+        await self.agent.archive.record_all([
+            entry(statement, direction=Direction.SENT, peer=peer_id, transaction=transaction,
+                  certificate=self.agent.credentials.identity.certificate),
+            entry(receipt, direction=Direction.RECEIVED, peer=peer_id,
+                  transaction=transaction, certificate=certificate),
+        ])
+        return receipt
+
+    async def _deliver(self, context: RequestContext, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("transaction"), str):
+            raise MalformedStatement("deliver takes {transaction: str, statement: map}")
+        transaction = body["transaction"]
+        statement = Statement.from_wire(body.get("statement"))
+        peer = context.peer
+        verify_statement(statement, certificate=peer.certificate,
+                         root=self.agent.credentials.root, crl=self.agent.crl, now=utcnow(),
+                         expected_signer=peer.agent_id)
+        archive = self.agent.archive
+        if await archive.contains(statement.digest):
+            raise Replayed("this statement was delivered before",
+                           detail={"digest": statement.digest})
+        self.guard.check(statement, now_ms())
+        receipt = self.sign(RECEIPT, {"transaction": transaction, "statement": statement.digest,
+                                      "from": peer.agent_id})
+        await archive.record_all([
+            entry(statement, direction=Direction.RECEIVED, peer=peer.agent_id,
+                  transaction=transaction, certificate=peer.certificate),
+            entry(receipt, direction=Direction.SENT, peer=peer.agent_id,
+                  transaction=transaction, certificate=self.agent.credentials.identity.certificate),
+        ])
+        return {"receipt": receipt.to_wire()}
