@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -39,6 +39,8 @@ from semper.services.certificates import (
 )
 from semper.services.money import Amount
 from semper.transport import (
+    NEED_DATA,
+    FrameDecoder,
     HandshakeFailed,
     ServiceRegistry,
     TlsContexts,
@@ -167,6 +169,29 @@ async def raw_refusal(port: int, ctx: ssl.SSLContext) -> tuple[bool, ssl.SSLErro
     return handshake_done, cause
 
 
+async def raw_frames_then_refusal(port: int, ctx: ssl.SSLContext
+                                  ) -> tuple[list[Any], ssl.SSLError]:
+    """Handshake, then read frames until the connection fails; return both."""
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = trio.SSLStream(tcp, ctx, server_side=False)
+    decoder = FrameDecoder()
+    frames: list[Any] = []
+    try:
+        with pytest.raises(trio.BrokenResourceError) as info, trio.fail_after(DEADLINE):
+            await stream.do_handshake()
+            while True:
+                data = await stream.receive_some()
+                assert data, "closed with close_notify"
+                decoder.feed(data)
+                while (frame := decoder.next_object()) is not NEED_DATA:
+                    frames.append(frame)
+    finally:
+        await trio.aclose_forcefully(stream)
+    cause = info.value.__cause__
+    assert isinstance(cause, ssl.SSLError), repr(cause)
+    return frames, cause
+
+
 def assert_tls_refusal(exc: BaseException, reason: str, fragment: str) -> None:
     assert isinstance(exc, HandshakeFailed), repr(exc)
     assert exc.code == "auth.handshake_failed"
@@ -252,12 +277,23 @@ async def test_update_crl_refuses_new_connections_of_a_revoked_client(
     market.revoke(client)
     # The running server's SSLContext still holds the old CRL, so OpenSSL lets the
     # handshake through; the peer verifier (our second line, reading the current CRL)
-    # refuses before any hello is read.
-    done, error = await raw_refusal(server.port, raw_context(market, client))
-    assert done is True
-    assert error.reason == "UNEXPECTED_EOF_WHILE_READING"  # closed without an alert
+    # refuses before any hello is read, says why in one `err` frame, and closes
+    # without close_notify.
+    frames, error = await raw_frames_then_refusal(server.port, raw_context(market, client))
+    assert [(f["type"], f["id"], f["code"]) for f in frames] == [("err", None, "auth.revoked")]
+    assert error.reason == "UNEXPECTED_EOF_WHILE_READING"  # no close_notify
     refusal = await server.next_refusal()
     assert getattr(refusal, "code", None) == "auth.revoked", repr(refusal)
+
+    # A semper client reports the server's reason as a failed handshake.
+    with pytest.raises(HandshakeFailed) as info, trio.fail_after(DEADLINE):
+        async with open_channel("127.0.0.1", server.port, tls=market.tls(client),
+                                verify_peer=market.verifier(), expected_id="seller",
+                                hello=market.hello(client, ServiceRegistry())):
+            pytest.fail("a revoked client got a channel")
+    assert info.value.detail["reason"] == "auth.revoked"
+    assert "refused the channel before its hello: auth.revoked" in info.value.message
+    await server.next_refusal()
 
     server.tls.update_crl(market.crl_pem)  # new contexts for new connections
     done, error = await raw_refusal(server.port, raw_context(market, client))

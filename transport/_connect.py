@@ -31,7 +31,7 @@ from ._errors import (
     UnexpectedMessage,
     UnsupportedVersion,
 )
-from ._messages import PROTOCOL_VERSION, Hello, PeerLimits, parse_message
+from ._messages import PROTOCOL_VERSION, ErrorMessage, Hello, PeerLimits, parse_message
 from ._registry import ServiceRegistry
 from ._tls import TlsConfig, describe_tls_failure, send_pending_alert
 from ._tls_stream import TlsStream
@@ -102,6 +102,11 @@ async def _exchange_hellos(
                                   detail={"reason": "EOF"})
         decoder.feed(data)
     message = parse_message(obj)
+    if isinstance(message, ErrorMessage):
+        # The peer refused us after TLS (our certificate, our hello): say its reason.
+        raise HandshakeFailed(
+            f"the peer refused the channel before its hello: {message.code}: {message.message}",
+            detail={"reason": message.code, "peer_detail": message.detail})
     if not isinstance(message, Hello):
         raise UnexpectedMessage("the first message must be hello")
     if message.version != PROTOCOL_VERSION:
@@ -122,14 +127,20 @@ async def _exchange_hellos(
     return message, decoder
 
 
-async def _refuse(stream: TlsStream | trio.SSLStream[Any], exc: ProtocolError) -> None:
-    """Best effort: tell the peer why, then let the caller close."""
-    wire = {"type": "err", "id": None, "code": exc.code, "message": exc.message,
-            "detail": exc.detail}
+async def _refuse(stream: TlsStream | trio.SSLStream[Any], exc: Exception) -> None:
+    """Best effort: tell the peer why in one ``err`` frame, then let the caller close."""
+    detail = getattr(exc, "detail", None)
+    wire = ErrorMessage(id=None, code=exc.code,  # type: ignore[attr-defined]
+                        message=getattr(exc, "message", None) or str(exc),
+                        detail=detail if isinstance(detail, dict) else {}).to_wire()
+    try:
+        frame = encode_frame(wire)
+    except ValueError:  # a detail outside the value model: the code and message suffice
+        frame = encode_frame({**wire, "detail": {}})
     with trio.CancelScope(shield=True), trio.move_on_after(1):  # shield outside the deadline
         try:
-            await stream.send_all(encode_frame(wire))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
+            await stream.send_all(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
 
@@ -159,7 +170,12 @@ async def establish(
             if not der:
                 raise HandshakeFailed("the peer presented no certificate",
                                       detail={"reason": "NO_CERTIFICATE"})
-            peer = verify_peer(der, expected_id)
+            try:
+                peer = verify_peer(der, expected_id)
+            except Exception as exc:
+                if isinstance(getattr(exc, "code", None), str):
+                    await _refuse(stream, exc)  # auth.revoked, auth.wrong_peer, ...
+                raise
             try:
                 their_hello, decoder = await _exchange_hellos(stream, hello, peer, config)
             except ProtocolError as exc:

@@ -16,7 +16,9 @@ OpenSSL through ``ssl.SSLObject`` and two memory BIOs, and:
 Sending order is the one invariant: ciphertext leaves in the order OpenSSL wrote it
 to the outgoing BIO. One flag (``_sending``) marks a flush in progress; only its
 holder takes bytes out of the BIO, and it loops until the BIO and the leftover are
-empty, so bytes a read produced meanwhile (a TLS 1.3 KeyUpdate answer) go out too.
+empty, so bytes a read produced meanwhile go out too. (Reads that produce output
+are rare: OpenSSL 3.0 holds a KeyUpdate answer until our next write, but answers a
+post-handshake certificate request at once.)
 A reader never waits for that flag, so it can never be stuck behind a writer that
 waits for the peer to read.
 
@@ -270,7 +272,7 @@ class TlsStream(trio.abc.Stream):
                 self._leftover = None
 
     def _kick_flush(self) -> None:
-        """Bytes a read produced (a KeyUpdate answer) go out with the flush in
+        """Bytes a read produced (a post-handshake auth answer) go out with the flush in
         progress, or with a new one; the reader itself never waits to send."""
         if self._outgoing.pending and not self._sending and self._broken is None:
             trio.lowlevel.spawn_system_task(self._background_flush)
