@@ -5,7 +5,9 @@ Theory of operation. SQLite is blocking, so every call runs in a worker thread
 connection is only ever used by one thread at a time (hence
 ``check_same_thread=False``). ``synchronous=FULL`` with WAL makes a commit durable
 once it returns: anything acknowledged to a peer after ``transaction`` returned
-survives SIGKILL and power loss.
+survives SIGKILL and power loss. Writers that queue up while a commit runs share the
+next one (group commit, one fsync for all), each in its own SAVEPOINT so that one
+failing writer rolls back only its own work.
 
 Each component (archive, enrollment, directory, bank, ...) owns its tables and
 lists its migrations, a sequence of SQL scripts; ``schema_versions`` records how
@@ -45,6 +47,9 @@ class Database:
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
         self._connection = connection
         self._lock = trio.Lock()
+        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], list[Any]]] = []
+        self._committing = False
+        self._committed = trio.lowlevel.ParkingLot()
         self.path = path
 
     @classmethod
@@ -81,15 +86,65 @@ class Database:
             return await trio.to_thread.run_sync(fn, self._connection)
 
     async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(connection)`` in one write transaction; durable when this returns.
+        """Run ``fn(connection)`` in a write transaction; durable when this returns.
 
-        If ``fn`` raises, nothing it wrote stays. Cancellation cannot interrupt a
-        transaction half way: the thread runs to the commit or rollback, and the
-        cancel takes effect afterwards.
+        Group commit: calls that arrive while a commit is in progress are run
+        together in the next transaction, each inside its own SAVEPOINT, and share
+        one fsync. If ``fn`` raises, what it wrote is rolled back and the exception
+        is raised here; the others in its group are not affected. Cancellation cannot
+        interrupt a transaction half way: the caller waits for its commit, then the
+        cancel takes effect.
         """
-        async with self._lock:
-            with trio.CancelScope(shield=True):
-                return await trio.to_thread.run_sync(self.transaction_sync, fn)
+        slot: list[tuple[bool, Any]] = []
+        self._pending.append((fn, slot))
+        with trio.CancelScope(shield=True):
+            while not slot:
+                if self._committing:
+                    await self._committed.park()
+                else:
+                    await self._commit_group()
+        ok, value = slot[0]
+        if ok:
+            return value  # type: ignore[no-any-return]
+        raise value
+
+    async def _commit_group(self) -> None:
+        self._committing = True
+        group, self._pending = self._pending, []
+        try:
+            async with self._lock:
+                results = await trio.to_thread.run_sync(self._run_group, [fn for fn, _ in group])
+        except BaseException as exc:  # pragma: no cover - the thread itself failed
+            results = [(False, exc)] * len(group)
+            raise
+        finally:
+            for (_, slot), result in zip(group, results, strict=False):
+                slot.append(result)
+            self._committing = False
+            self._committed.unpark_all()
+
+    def _run_group(self, fns: list[Callable[[sqlite3.Connection], Any]]
+                   ) -> list[tuple[bool, Any]]:
+        connection = self._connection
+        connection.execute("BEGIN IMMEDIATE")
+        results: list[tuple[bool, Any]] = []
+        try:
+            for fn in fns:
+                connection.execute("SAVEPOINT op")
+                try:
+                    results.append((True, fn(connection)))
+                except Exception as exc:
+                    connection.execute("ROLLBACK TO op")
+                    results.append((False, exc))
+                connection.execute("RELEASE op")
+            connection.execute("COMMIT")
+        except BaseException as exc:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            if not isinstance(exc, Exception):
+                raise
+            return [(False, exc)] * len(fns)  # the commit failed: nothing is durable
+        return results
 
     def transaction_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """The blocking form, for command-line tools and the worker thread."""

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import trio
 
 from semper.agents._storage import Database, StorageError, schema_version
 
@@ -76,4 +77,38 @@ async def test_a_failing_transaction_leaves_no_trace(tmp_path: Path) -> None:
     await db.transaction(lambda c: c.execute("INSERT INTO notes (text) VALUES ('second')"))
     assert await db.read(lambda c: c.execute("SELECT text FROM notes").fetchall()) == [
         ("second",)]
+    await db.aclose()
+
+
+async def test_group_commit_isolates_a_failing_writer(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "a.sqlite", NOTES)
+    results: dict[int, object] = {}
+
+    async def write(n: int) -> None:
+        def fn(c: sqlite3.Connection) -> int:
+            c.execute("INSERT INTO notes (text) VALUES (?)", (f"note {n}",))
+            if n % 3 == 0:
+                raise ValueError(n)
+            return n
+
+        try:
+            results[n] = await db.transaction(fn)
+        except ValueError as exc:
+            results[n] = exc
+
+    async with trio.open_nursery() as nursery:
+        for n in range(30):
+            nursery.start_soon(write, n)
+    texts = await db.read(lambda c: {t for (t,) in c.execute("SELECT text FROM notes")})
+    assert texts == {f"note {n}" for n in range(30) if n % 3}
+    assert all(isinstance(results[n], ValueError) == (n % 3 == 0) for n in range(30))
+    await db.aclose()
+
+
+async def test_a_cancelled_caller_still_gets_its_write_committed(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "a.sqlite", NOTES)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await db.transaction(lambda c: c.execute("INSERT INTO notes (text) VALUES ('x')"))
+    assert await db.read(lambda c: c.execute("SELECT count(*) FROM notes").fetchone()[0]) == 1
     await db.aclose()
