@@ -3,6 +3,7 @@
 Knows nothing of commerce; the peer verifier and the handlers come from outside.
 """
 
+from ._anonymous import ANONYMOUS_MAX_FRAME, AnonymousHandler, request_pinned, serve_anonymous
 from ._channel import Channel, ChannelConfig, PeerIdentity, PeerVerifier
 from ._codec import (
     DEFAULT_MAX_FRAME,
@@ -49,12 +50,14 @@ from ._messages import (
     parse_message,
 )
 from ._registry import Handler, RequestContext, ServiceRegistry
-from ._tls import TlsConfig
+from ._tls import TlsConfig, pinned_client_context
 
 __all__ = [
+    "ANONYMOUS_MAX_FRAME",
     "DEFAULT_MAX_FRAME",
     "NEED_DATA",
     "PROTOCOL_VERSION",
+    "AnonymousHandler",
     "BadFrame",
     "BadMessage",
     "Bye",
@@ -101,6 +104,9 @@ __all__ = [
     "make_hello",
     "open_channel",
     "parse_message",
+    "pinned_client_context",
+    "request_pinned",
     "serve",
+    "serve_anonymous",
     "transport_error_classes",
 ]

@@ -22,7 +22,7 @@ import trio
 
 from ._errors import HandshakeFailed
 
-__all__ = ["TlsConfig", "describe_tls_failure", "send_pending_alert"]
+__all__ = ["TlsConfig", "describe_tls_failure", "pinned_client_context", "send_pending_alert"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,6 +43,16 @@ class TlsConfig:
         ctx.num_tickets = 0  # no resumption: every connection shows its certificate
         return ctx
 
+    def server_only_context(self) -> ssl.SSLContext:
+        """A server context that asks for no client certificate (enrollment only:
+        the client has none yet). Never use it for a channel."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        _tls13_only(ctx)
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.num_tickets = 0
+        ctx.load_cert_chain(self.cert_path, self.key_path, password=self._password())
+        return ctx
+
     def client_context(self) -> ssl.SSLContext:
         ctx = self._context(ssl.PROTOCOL_TLS_CLIENT)
         # Agents are named by the SAN URI semper:agent/<id>, checked by the peer
@@ -52,10 +62,8 @@ class TlsConfig:
 
     def _context(self, protocol: int) -> ssl.SSLContext:
         ctx = ssl.SSLContext(protocol)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+        _tls13_only(ctx)
         ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.options |= ssl.OP_NO_COMPRESSION
         ctx.load_cert_chain(self.cert_path, self.key_path, password=self._password())
         ctx.load_verify_locations(cadata=self.root_pem.decode("ascii"))
         if self.crl_pem is not None:
@@ -69,6 +77,24 @@ class TlsConfig:
             return None
         password = self.password
         return lambda: password
+
+
+def _tls13_only(ctx: ssl.SSLContext) -> None:
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    ctx.options |= ssl.OP_NO_COMPRESSION
+
+
+def pinned_client_context() -> ssl.SSLContext:
+    """A client context with no certificate of its own that does not check the
+    server's chain: the caller MUST pin the server's certificate right after the
+    handshake (``request_pinned`` does). TLS 1.3's CertificateVerify still proves
+    that the server holds the key of the certificate it showed."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    _tls13_only(ctx)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def _load_crl(ctx: ssl.SSLContext, crl_pem: bytes) -> None:
