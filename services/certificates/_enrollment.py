@@ -25,6 +25,7 @@ padding) of a canonical msgpack map (keys sorted, shortest forms): see
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import re
@@ -34,7 +35,7 @@ from typing import Any, Final
 
 import msgpack
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
@@ -42,8 +43,10 @@ from cryptography.x509.oid import NameOID
 from ..money import Amount
 from ._errors import (
     BadCsr,
+    BadEnrollAnswer,
     BadEnrollRequest,
     BadProof,
+    CertificateError,
     CsrKeyMismatch,
     MalformedToken,
     TokenExpired,
@@ -53,14 +56,18 @@ from ._errors import (
 )
 from ._issue import check_name
 from ._oids import Level
+from ._validate import AgentIdentity, load_certificate, load_crl, validate_certificate
 
 __all__ = [
     "PROOF_DOMAIN",
     "TOKEN_PREFIX",
+    "EnrollAnswer",
     "EnrollRequest",
+    "Enrolled",
     "EnrollmentToken",
     "Invitation",
     "check_ca_certificate",
+    "check_enroll_answer",
     "check_csr",
     "check_redemption",
     "enrollment_proof",
@@ -340,3 +347,95 @@ class EnrollRequest:
         if type(csr) is not bytes or not 0 < len(csr) <= MAX_CSR:
             raise BadEnrollRequest(f"csr must be 1 to {MAX_CSR} bytes", detail={"key": "csr"})
         return cls(token_id=body["token"], csr_der=csr, proof=body["proof"])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnrollAnswer:
+    """The answer to ``enroll.request``: ``{"certificate": bin, "root": bin, "crl": bin,
+    "ca": {"id": str, "address": str}}``, certificates and CRL in DER; ``ca.address``
+    is the CA agent's channel address (``HOST:PORT``, mutual TLS)."""
+
+    certificate: bytes
+    root: bytes
+    crl: bytes
+    ca_id: str
+    ca_address: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"certificate": self.certificate, "root": self.root, "crl": self.crl,
+                "ca": {"id": self.ca_id, "address": self.ca_address}}
+
+    @classmethod
+    def from_wire(cls, body: object) -> EnrollAnswer:
+        """Raises BadEnrollAnswer for anything but the map above."""
+        if not isinstance(body, dict) or not isinstance(body.get("ca"), dict):
+            raise BadEnrollAnswer("the answer to enroll.request must be a map with 'ca'")
+        for key in ("certificate", "root", "crl"):
+            if type(body.get(key)) is not bytes:
+                raise BadEnrollAnswer(f"{key} must be DER bytes", detail={"key": key})
+        ca = body["ca"]
+        ca_id, address = ca.get("id"), ca.get("address")
+        if not isinstance(ca_id, str) or not isinstance(address, str) \
+                or not _ADDRESS.match(address):
+            raise BadEnrollAnswer("ca must be {id, address: HOST:PORT}", detail={"key": "ca"})
+        return cls(certificate=body["certificate"], root=body["root"], crl=body["crl"],
+                   ca_id=ca_id, ca_address=address)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Enrolled:
+    """What a newcomer keeps from a checked answer."""
+
+    certificate: x509.Certificate
+    root: x509.Certificate
+    crl: x509.CertificateRevocationList
+    identity: AgentIdentity
+    ca_id: str
+    ca_address: str
+
+
+def check_enroll_answer(
+    answer: EnrollAnswer,
+    *,
+    token: EnrollmentToken,
+    ca_certificate: bytes,
+    public_key: ed25519.Ed25519PublicKey,
+    now: dt.datetime,
+) -> Enrolled:
+    """The newcomer's checks once it has a root: the root is a self-signed CA, the
+    pinned CA agent certificate (``ca_certificate``, DER, as seen in TLS) and our new
+    certificate both validate under it and its CRL, with the ids and role the token
+    names, and the new certificate certifies our key.
+
+    Raises:
+        BadEnrollAnswer: unreadable parts, a root that is not a self-signed CA, a
+            certificate for another key or another CA agent than the token's.
+        CertificateError: a subclass, from validating the two certificates.
+    """
+    try:
+        root = load_certificate(answer.root)
+        crl = load_crl(answer.crl)
+        certificate = load_certificate(answer.certificate)
+        ca_cert = load_certificate(ca_certificate)
+    except CertificateError as exc:
+        raise BadEnrollAnswer(f"the CA's answer is not readable: {exc.message}") from exc
+    try:
+        root.verify_directly_issued_by(root)
+        basic = root.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        basic = None
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise BadEnrollAnswer("the root the CA sent is not self-signed") from exc
+    if basic is None or not basic.ca:
+        raise BadEnrollAnswer("the root the CA sent is not a CA certificate")
+    if answer.ca_id != token.ca_id:
+        raise BadEnrollAnswer(f"the answer names CA agent {answer.ca_id!r}, the token "
+                              f"{token.ca_id!r}")
+    validate_certificate(ca_cert, root=root, crl=crl, now=now, expected_id=token.ca_id,
+                         expected_role="ca")
+    identity = validate_certificate(certificate, root=root, crl=crl, now=now,
+                                    expected_id=token.agent_id, expected_role=token.role)
+    if certificate.public_key() != public_key:
+        raise BadEnrollAnswer("the certificate the CA sent is for another key")
+    return Enrolled(certificate=certificate, root=root, crl=crl, identity=identity,
+                    ca_id=answer.ca_id, ca_address=answer.ca_address)

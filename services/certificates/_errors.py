@@ -10,6 +10,7 @@ __all__ = [
     "BadCertificate",
     "BadCrl",
     "BadCsr",
+    "BadEnrollAnswer",
     "BadEnrollRequest",
     "BadKeyUsage",
     "BadProof",
@@ -91,6 +92,12 @@ class BadEnrollRequest(EnrollmentError):
     """An ``enroll.request`` body that is not the map the protocol defines."""
 
     code: ClassVar[str] = "enroll.bad_request"
+
+
+class BadEnrollAnswer(EnrollmentError):
+    """The CA's answer to ``enroll.request`` is malformed or does not fit the request."""
+
+    code: ClassVar[str] = "enroll.bad_answer"
 
 
 class MalformedToken(EnrollmentError):
