@@ -18,10 +18,12 @@ from typing import Any
 
 import trio
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from semper.services.certificates import AgentIdentity, CertificateError
+from semper.services.certificates import AgentIdentity, CertificateError, load_crl
 from semper.transport import (
     Channel,
+    ConnectFailed,
     RequestContext,
     ServiceRegistry,
     TlsContexts,
@@ -33,9 +35,11 @@ from semper.transport import (
 from . import _archive
 from ._archive import Archive
 from ._config import AgentConfig
+from ._directory import PEER_MIGRATIONS, PeerBook
 from ._events import EventLog
 from ._evidence import EvidenceService
 from ._identity import Credentials, check_crl, peer_verifier
+from ._market import write_file
 from ._roles import Role, load_role
 from ._storage import Database
 
@@ -62,7 +66,11 @@ class Agent:
         self.tls = TlsContexts(self.credentials.tls_config())
         self._crl: x509.CertificateRevocationList = self.credentials.crl
         self._crl_pem = self.credentials.crl_pem
+        self._crl_file_pem = self.credentials.crl_pem  # the CRL file as last read
+        self._crl_fetch_failures = 0
         self.verify_peer = peer_verifier(self.credentials.root, lambda: self._crl)
+        self.peers = PeerBook(self)
+        self.address: tuple[str, int] | None = None  # bound while run runs
         self.channel_config = config.timeouts.channel_config()
         self.registry = ServiceRegistry()
         self.registry.add_service("sys", version=1)
@@ -78,6 +86,7 @@ class Agent:
         self._outbound: dict[str, Channel] = {}
         self._connecting: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
+        self._use_cached_crl()
 
     @property
     def id(self) -> str:
@@ -102,8 +111,21 @@ class Agent:
         """The newest CRL this agent has applied."""
         return self._crl
 
+    @property
+    def running(self) -> bool:
+        return self._nursery is not None and self._database is not None
+
+    def advertised_address(self) -> str:
+        """Where peers reach us: ``advertise``, else the bound (or configured) address."""
+        if self.config.advertise is not None:
+            return self.config.advertise
+        if self.address is None:
+            return self.config.listen
+        host, port = self.address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
     def migrations(self) -> dict[str, Any]:
-        return {**_archive.MIGRATIONS, **self.role.migrations()}
+        return {**_archive.MIGRATIONS, **PEER_MIGRATIONS, **self.role.migrations()}
 
     def add_op(self, service: str, op: str, handler: Any) -> None:
         """Register a handler whose every call goes into the event log."""
@@ -161,10 +183,13 @@ class Agent:
                     hello=self.hello(), registry=self.registry, config=self.channel_config,
                     handler=self._on_inbound,
                 ))
+                self.address = address
                 self.events.emit("listening", address=f"{address[0]}:{address[1]}")
+                await nursery.start(self.peers.run)  # our card, the cards we learned
                 task_status.started(address)
         finally:
             self._nursery = None
+            self.address = None
             database, self._database, self._archive = self._database, None, None
             with trio.CancelScope(shield=True):
                 await database.aclose()
@@ -193,14 +218,24 @@ class Agent:
 
     # -- talking to peers ------------------------------------------------------------
 
+    async def peer_address(self, peer_id: str) -> tuple[str, int]:
+        """Where ``peer_id`` listens: from the config, a card learned before, or the
+        CA agent's directory (``PeerBook.address``)."""
+        return await self.peers.address(peer_id)
+
     @asynccontextmanager
     async def connect(self, peer_id: str) -> AsyncIterator[Channel]:
         """A channel to ``peer_id`` for the ``async with`` body only (one-off use)."""
-        host, port = self.config.peer_address(peer_id)
-        async with open_channel(host, port, tls=self.tls, verify_peer=self.verify_peer,
-                                expected_id=peer_id, hello=self.hello(),
-                                registry=self.registry, config=self.channel_config) as channel:
-            yield channel
+        host, port = await self.peer_address(peer_id)
+        try:
+            async with open_channel(host, port, tls=self.tls, verify_peer=self.verify_peer,
+                                    expected_id=peer_id, hello=self.hello(),
+                                    registry=self.registry,
+                                    config=self.channel_config) as channel:
+                yield channel
+        except ConnectFailed:
+            self.peers.forget(peer_id)  # a learned address gone stale: ask again next time
+            raise
 
     async def channel(self, peer_id: str) -> Channel:
         """The cached channel to ``peer_id``, opened (or reopened) as needed.
@@ -238,16 +273,58 @@ class Agent:
     # -- revocation ------------------------------------------------------------------
 
     async def _watch_crl(self) -> None:
-        """Reread the CRL file every ``crl_refresh`` seconds; apply a newer one."""
+        """Every ``crl_refresh`` seconds: reread the CRL file, then ask the CA agent
+        (``ca_agent``) for a newer CRL; apply what is newer."""
+        ca = self.config.ca_agent
         while True:
             await trio.sleep(self.config.timeouts.crl_refresh)
-            try:
-                pem = await trio.Path(self.config.crl).read_bytes()
-            except OSError as exc:
-                log.warning("cannot read CRL %s: %s", self.config.crl, exc)
-                continue
+            await self.reread_crl_file()
+            if ca is not None and ca != self.id:
+                await self._fetch_crl(ca)
+
+    async def reread_crl_file(self) -> None:
+        """Apply the CRL file (``config.crl``) if it changed since it was last read."""
+        try:
+            pem = await trio.Path(self.config.crl).read_bytes()
+        except OSError as exc:
+            log.warning("cannot read CRL %s: %s", self.config.crl, exc)
+            return
+        if pem != self._crl_file_pem:
+            self._crl_file_pem = pem
             if pem != self._crl_pem:
                 self.apply_crl(pem)
+
+    async def _fetch_crl(self, ca: str) -> None:
+        """Ask the CA agent for a CRL newer than ours (``certificates.crl``); apply it
+        and cache it as ``data_dir/crl.pem``. An unreachable CA is logged once."""
+        try:
+            channel = await self.channel(ca)
+            answer = await channel.request("certificates", "crl",
+                                           {"known": _crl_number(self._crl)})
+            der = answer.get("crl") if isinstance(answer, dict) else None
+            pem = load_crl(der).public_bytes(serialization.Encoding.PEM) if der else None
+        except Exception as exc:
+            if not isinstance(getattr(exc, "code", None), str):
+                raise
+            self._crl_fetch_failures += 1
+            (log.warning if self._crl_fetch_failures == 1 else log.debug)(
+                "cannot fetch the CRL from %s (will retry): %s", ca, exc)
+            return
+        if self._crl_fetch_failures:
+            log.info("fetching the CRL from %s again", ca)
+            self._crl_fetch_failures = 0
+        if pem is not None and self.apply_crl(pem):
+            await trio.to_thread.run_sync(write_file, self.config.data_dir / "crl.pem", pem)
+
+    def _use_cached_crl(self) -> None:
+        """Start from the CRL fetched in an earlier run when it is newer than the file."""
+        try:
+            pem = (self.config.data_dir / "crl.pem").read_bytes()
+            cached = check_crl(pem, self.credentials.root)
+        except (OSError, CertificateError):
+            return
+        if _crl_number(cached) > _crl_number(self._crl):
+            self.apply_crl(pem)
 
     def apply_crl(self, pem: bytes) -> bool:
         """Use a new CRL for new connections, and close channels it revokes.

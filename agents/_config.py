@@ -18,7 +18,7 @@ import tomli_w
 from semper.services.certificates import check_name
 from semper.transport import ChannelConfig
 
-__all__ = ["AgentConfig", "ConfigError", "Timeouts", "parse_address"]
+__all__ = ["AgentConfig", "CaSettings", "ConfigError", "Timeouts", "parse_address"]
 
 
 class ConfigError(Exception):
@@ -55,7 +55,32 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CaSettings:
+    """The ``[ca]`` table, only in the CA agent's file.
+
+    ``enroll_listen`` is the second, server-authenticated-only address where
+    newcomers redeem enrollment tokens; ``root_key`` is the market root's private
+    key (encrypted under the agent's passphrase when there is one).
+    """
+
+    enroll_listen: str
+    root_key: Path
+
+    def __post_init__(self) -> None:
+        parse_address(self.enroll_listen, what="ca.enroll_listen")
+
+    @property
+    def enroll_address(self) -> tuple[str, int]:
+        return parse_address(self.enroll_listen, what="ca.enroll_listen")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AgentConfig:
+    """One agent's configuration. ``ca_agent`` names the market's CA agent (a peer):
+    where a running agent fetches the CRL, publishes its contact card and looks up
+    peers its ``[peers]`` table does not list. ``advertise`` is the address put on
+    the card when ``listen`` is not one peers can dial (say ``0.0.0.0:4000``)."""
+
     id: str
     role: str
     listen: str
@@ -65,19 +90,28 @@ class AgentConfig:
     cert: Path
     key: Path
     passphrase_file: Path | None = None
+    ca_agent: str | None = None
+    advertise: str | None = None
     peers: dict[str, str] = field(default_factory=dict)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    ca: CaSettings | None = None
     path: Path | None = None  # the file it was read from
 
     def __post_init__(self) -> None:
         try:
             check_name("agent id", self.id)
             check_name("role", self.role)
+            if self.ca_agent is not None:
+                check_name("ca_agent", self.ca_agent)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         parse_address(self.listen, what="listen")
+        if self.advertise is not None:
+            parse_address(self.advertise, what="advertise")
         for peer, address in self.peers.items():
             parse_address(address, what=f"peers.{peer}")
+        if self.ca_agent not in (None, self.id) and self.ca_agent not in self.peers:
+            raise ConfigError(f"ca_agent {self.ca_agent!r} needs its address in [peers]")
 
     @property
     def listen_address(self) -> tuple[str, int]:
@@ -129,6 +163,10 @@ class AgentConfig:
         except TypeError as exc:
             raise ConfigError(f"{path or 'config'}: unknown timeout in [timeouts]: {exc}") from None
         passphrase = raw.get("passphrase_file")
+
+        def optional(key: str) -> str | None:
+            return None if raw.get(key) is None else text(key)
+
         return cls(
             id=text("id"),
             role=text("role"),
@@ -139,8 +177,11 @@ class AgentConfig:
             cert=file("cert", "cert.pem"),
             key=file("key", "key.pem"),
             passphrase_file=base / passphrase if isinstance(passphrase, str) else None,
+            ca_agent=optional("ca_agent"),
+            advertise=optional("advertise"),
             peers=dict(peers),
             timeouts=timeouts,
+            ca=_ca_settings(raw.get("ca"), base=base, where=str(path or "config")),
             path=path,
         )
 
@@ -162,11 +203,32 @@ class AgentConfig:
         }
         if self.passphrase_file is not None:
             data["passphrase_file"] = rel(self.passphrase_file)
+        for key in ("ca_agent", "advertise"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
         data["peers"] = dict(sorted(self.peers.items()))
         t = self.timeouts
         data["timeouts"] = {"handshake": t.handshake, "request": t.request, "idle": t.idle,
                             "crl_refresh": t.crl_refresh}
+        if self.ca is not None:
+            data["ca"] = {"enroll_listen": self.ca.enroll_listen,
+                          "root_key": rel(self.ca.root_key)}
         return tomli_w.dumps(data)
+
+
+def _ca_settings(raw: object, *, base: Path, where: str) -> CaSettings | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: [ca] must be a table")
+    unknown = set(raw) - {"enroll_listen", "root_key"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) in [ca]: {', '.join(sorted(unknown))}")
+    listen, root_key = raw.get("enroll_listen"), raw.get("root_key", "root-key.pem")
+    if not isinstance(listen, str) or not isinstance(root_key, str):
+        raise ConfigError(f"{where}: [ca] needs enroll_listen = 'HOST:PORT' and "
+                          "root_key = 'PATH'")
+    return CaSettings(enroll_listen=listen, root_key=base / root_key)
 
 
 def _seconds(key: str, value: object) -> float:

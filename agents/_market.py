@@ -5,6 +5,12 @@ Layout written by ``init_market(DIR)`` (used from outside; keep it exactly):
     DIR/ca/root.pem  root-key.pem (0600)  crl.pem
     DIR/<id>/agent.toml  cert.pem  key.pem (0600)   for ca, bank, seller, buyer, notary
 
+The CA agent's own folder is ``DIR/ca`` too; its ``agent.toml`` has a ``[ca]`` table
+(the enrollment address and the root key), and its database
+(``DIR/ca/data/agent.sqlite``) records every certificate issued, here and later
+through enrollment tokens, so ``ca status`` and ``ca revoke`` find them all. Every
+other agent names the CA agent in ``ca_agent``.
+
 Every write goes to a temporary file first and is renamed into place, so a reader
 (an agent polling the CRL) never sees half a file.
 """
@@ -35,10 +41,12 @@ from semper.services.certificates import (
     private_key_pem,
 )
 
-from ._config import AgentConfig
+from ._castore import issued_for, open_ca_database, record_issued
+from ._config import AgentConfig, CaSettings, ConfigError
 from ._identity import load_private_key, utcnow
 
-__all__ = ["DEFAULT_AGENTS", "MarketError", "init_market", "revoke_agent", "write_file"]
+__all__ = ["DEFAULT_AGENTS", "MarketError", "MarketPaths", "ca_config", "free_ports",
+           "init_market", "load_authority", "revoke_agent", "write_file"]
 
 #: (agent id, role, level) of the agents a new local market has.
 DEFAULT_AGENTS: tuple[tuple[str, str, Level], ...] = (
@@ -99,7 +107,7 @@ def write_file(path: Path, data: bytes, *, private: bool = False) -> None:
         raise
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """Ports the kernel says are free now. Held open together so they differ."""
     sockets = []
     try:
@@ -144,12 +152,27 @@ def init_market(
     crl = issue_crl(ca, [], now=now, number=1)
     write_file(paths.crl, crl.public_bytes(serialization.Encoding.PEM))
 
-    ports = _free_ports(len(agents))
+    *ports, enroll_port = free_ports(len(agents) + 1)
     addresses = {agent_id: f"127.0.0.1:{port}" for (agent_id, _, _), port in zip(agents, ports,
                                                                                 strict=True)}
-    configs = []
+    ca_agent = next((agent_id for agent_id, role, _ in agents if role == "ca"), None)
+    configs, issued = [], []
     for agent_id, role, level in agents:
-        configs.append(_write_agent(paths, ca, agent_id, role, level, addresses, passphrase, now))
+        settings = None
+        if agent_id == ca_agent:
+            settings = CaSettings(enroll_listen=f"127.0.0.1:{enroll_port}",
+                                  root_key=paths.root_key)
+        config, cert = _write_agent(paths, ca, agent_id, role, level, addresses, passphrase,
+                                    now, ca_agent=ca_agent, settings=settings)
+        configs.append(config)
+        issued.append(cert)
+    if ca_agent is not None:
+        database = open_ca_database(paths.agent_dir(ca_agent) / "data")
+        try:
+            database.transaction_sync(lambda c: [
+                record_issued(c, cert, via="market-init", now=now) for cert in issued])
+        finally:
+            database.close()
     return configs
 
 
@@ -162,7 +185,10 @@ def _write_agent(
     addresses: dict[str, str],
     passphrase: bytes | None,
     now: dt.datetime,
-) -> AgentConfig:
+    *,
+    ca_agent: str | None,
+    settings: CaSettings | None,
+) -> tuple[AgentConfig, x509.Certificate]:
     home = paths.agent_dir(agent_id)
     home.mkdir(parents=True, exist_ok=True)
     (home / "data").mkdir(exist_ok=True)
@@ -180,20 +206,56 @@ def _write_agent(
         crl=paths.crl,
         cert=home / "cert.pem",
         key=home / "key.pem",
+        ca_agent=ca_agent if ca_agent != agent_id else None,
         peers={peer: address for peer, address in addresses.items() if peer != agent_id},
+        ca=settings,
         path=home / "agent.toml",
     )
     write_file(home / "agent.toml", config.to_toml(base=home).encode())
+    return config, cert
+
+
+def ca_config(folder: Path) -> AgentConfig:
+    """The CA agent's configuration, ``DIR/ca/agent.toml``.
+
+    Raises:
+        MarketError: no market there, or a CA agent without a ``[ca]`` table.
+    """
+    path = MarketPaths(folder).ca_dir / "agent.toml"
+    if not path.is_file():
+        raise MarketError(f"{folder} is not a market folder (no {path})")
+    try:
+        config = AgentConfig.load(path)
+    except ConfigError as exc:
+        raise MarketError(exc.message) from exc
+    if config.ca is None:
+        raise MarketError(f"{path} has no [ca] table (made by an older semper?)")
     return config
+
+
+def load_authority(root_cert: Path, root_key: Path, passphrase: bytes | None
+                   ) -> CertificateAuthority:
+    """The root certificate and its key, checked to belong together.
+
+    Raises:
+        MarketError: they do not. KeyError_: the key cannot be read.
+    """
+    root = load_certificate(root_cert.read_bytes())
+    key = load_private_key(root_key, passphrase)
+    if key.public_key() != root.public_key():
+        raise MarketError(f"{root_key} does not belong to {root_cert}")
+    return CertificateAuthority(key=key, certificate=root)
 
 
 def revoke_agent(
     folder: Path, agent_id: str, *, passphrase: bytes | None = None,
     now: dt.datetime | None = None,
 ) -> x509.CertificateRevocationList:
-    """Put ``DIR/<agent_id>/cert.pem`` on the market's CRL and publish the new CRL.
+    """Put every certificate issued to ``agent_id`` on the market's CRL and publish it.
 
-    Idempotent: revoking a revoked agent republishes the same entries.
+    The certificates are those the CA's database records (issued by ``market init``
+    or through enrollment), or else ``DIR/<agent_id>/cert.pem``. Idempotent:
+    revoking a revoked agent republishes the same entries.
 
     Raises:
         MarketError: no such market or agent.
@@ -203,18 +265,12 @@ def revoke_agent(
     paths = MarketPaths(folder)
     if not paths.root_cert.is_file() or not paths.crl.is_file():
         raise MarketError(f"{folder} is not a market folder (no ca/root.pem or ca/crl.pem)")
-    cert_path = paths.agent_dir(agent_id) / "cert.pem"
-    if not cert_path.is_file():
-        raise MarketError(f"no agent {agent_id!r} in {folder} (missing {cert_path})")
-    root = load_certificate(paths.root_cert.read_bytes())
-    key = load_private_key(paths.root_key, passphrase)
-    if key.public_key() != root.public_key():
-        raise MarketError(f"{paths.root_key} does not belong to {paths.root_cert}")
-    ca = CertificateAuthority(key=key, certificate=root)
+    serials = _serials_of(paths, agent_id)
+    ca = load_authority(paths.root_cert, paths.root_key, passphrase)
     old = load_crl(paths.crl.read_bytes())
     entries = {r.serial_number: r.revocation_date_utc for r in old}
-    serial = load_certificate(cert_path.read_bytes()).serial_number
-    entries.setdefault(serial, now)
+    for serial in serials:
+        entries.setdefault(serial, now)
     try:
         number = old.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
     except x509.ExtensionNotFound:
@@ -223,3 +279,20 @@ def revoke_agent(
                     number=number)
     write_file(paths.crl, crl.public_bytes(serialization.Encoding.PEM))
     return crl
+
+
+def _serials_of(paths: MarketPaths, agent_id: str) -> list[int]:
+    data = paths.ca_dir / "data"
+    if (data / "agent.sqlite").is_file():
+        database = open_ca_database(data)
+        try:
+            serials = [r.serial for r in database.read_sync(lambda c: issued_for(c, agent_id))]
+        finally:
+            database.close()
+        if serials:
+            return serials
+    cert_path = paths.agent_dir(agent_id) / "cert.pem"
+    if not cert_path.is_file():
+        raise MarketError(f"no agent {agent_id!r} in {paths.root}: the CA issued it "
+                          "no certificate")
+    return [load_certificate(cert_path.read_bytes()).serial_number]

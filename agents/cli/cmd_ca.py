@@ -1,14 +1,27 @@
-"""``semper ca revoke DIR AGENT_ID``."""
+"""``semper ca invite|status|revoke DIR ...``: the market operator's commands."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import re
 from pathlib import Path
 
 import click
 from cryptography import x509
 
+from semper.services.certificates import CertStatus, Level, StatusReport
+from semper.services.money import Amount
+
 from .._market import revoke_agent
+from .._operator import certificate_status_in, invite_agent
 from ._common import passphrase_option, read_passphrase
+
+_DURATION = re.compile(r"([0-9]+)([smhd])\Z")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+folder_argument = click.argument("folder", metavar="DIR",
+                                 type=click.Path(file_okay=False, path_type=Path))
 
 
 @click.group("ca")
@@ -16,8 +29,98 @@ def command() -> None:
     """The market operator's certificate authority."""
 
 
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> dt.timedelta:
+    match = _DURATION.match(value.strip())
+    if not match or int(match.group(1)) == 0:
+        raise click.BadParameter("a positive duration such as 90s, 30m, 24h or 7d")
+    return dt.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def _level(ctx: click.Context, param: click.Parameter, value: str) -> Level:
+    try:
+        return Level.from_label(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@command.command("invite")
+@folder_argument
+@click.argument("agent_id")
+@click.option("--role", required=True, help="The role the certificate will carry.")
+@click.option("--level", required=True, callback=_level,
+              help="self-asserted, verified-contact, verified-identity or liable.")
+@click.option("--liable-amount", "liability", metavar="CCY:MINOR_UNITS",
+              help="With --level liable: how far the CA vouches, e.g. EUR:5000000 "
+                   "(EUR 50,000.00).")
+@click.option("--expires-in", default="24h", show_default=True, callback=_duration,
+              help="How long the token can be redeemed: 90s, 30m, 24h, 7d.")
+def invite(folder: Path, agent_id: str, role: str, level: Level, liability: str | None,
+           expires_in: dt.timedelta) -> None:
+    """Create a one-time enrollment token for AGENT_ID; it is the last line printed.
+
+    Give it to the new agent's operator, who runs
+    `semper agent enroll --token TOKEN --data-dir D`.
+    """
+    amount = Amount.parse(liability) if liability is not None else None
+    try:
+        invited = invite_agent(folder, agent_id, role=role, level=level, liability=amount,
+                               expires_in=expires_in)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    token = invited.token
+    expires = dt.datetime.fromtimestamp(token.expires_ms / 1000, dt.UTC)
+    vouch = f", liable up to {amount}" if amount is not None else ""
+    click.echo(f"invited {agent_id} as {role} at level {level.label}{vouch}")
+    click.echo(f"enrollment at {token.ca_address} (CA agent {token.ca_id}); the token is "
+               f"single-use and expires {expires:%Y-%m-%d %H:%M:%S}Z")
+    click.echo("join with: semper agent enroll --token TOKEN --data-dir DIR")
+    click.echo(token.encode())
+
+
+@command.command("status")
+@folder_argument
+@click.argument("agent_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def status(folder: Path, agent_id: str, as_json: bool) -> None:
+    """Print the status of AGENT_ID's certificate: good, revoked, expired or unknown."""
+    try:
+        report = certificate_status_in(folder, agent_id)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(_json(report)))
+    else:
+        click.echo(_line(report))
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _json(report: StatusReport) -> dict[str, object]:
+    wire = report.to_wire()
+    wire["not_after"], wire["revoked_at"] = _iso(report.not_after_ms), _iso(report.revoked_ms)
+    return wire
+
+
+def _line(report: StatusReport) -> str:
+    who = report.agent_id
+    serial = f"serial {report.serial:x}" if report.serial is not None else ""
+    if report.status is CertStatus.UNKNOWN:
+        return f"{who}: unknown (the CA has issued it no certificate)"
+    if report.status is CertStatus.REVOKED:
+        return f"{who}: revoked on {_iso(report.revoked_ms)} ({serial}, CRL number " \
+               f"{report.crl_number})"
+    if report.status is CertStatus.EXPIRED:
+        return f"{who}: expired on {_iso(report.not_after_ms)} ({serial})"
+    return f"{who}: good until {_iso(report.not_after_ms)} ({serial}, CRL number " \
+           f"{report.crl_number})"
+
+
 @command.command("revoke")
-@click.argument("folder", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@folder_argument
 @click.argument("agent_id")
 @passphrase_option
 def revoke(folder: Path, agent_id: str, passphrase_file: Path | None) -> None:

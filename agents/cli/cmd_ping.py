@@ -61,7 +61,7 @@ async def ping(agent: Agent, peer: str) -> dict[str, Any]:
         if not isinstance(answer, dict) or answer.get("echo") != nonce:
             raise PingMismatch(f"{peer} answered the ping with something else")
         hello = channel.their_hello
-        host, port = agent.config.peer_address(peer)
+        host, port = await agent.peer_address(peer)  # learned while connecting
         return {
             "peer": hello.agent,
             "address": f"{host}:{port}",

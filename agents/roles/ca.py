@@ -1,11 +1,140 @@
-"""The certification authority's agent (role ``ca``)."""
+"""The certification authority's agent (role ``ca``).
+
+Besides its channel listener (mutual TLS, like every agent) the CA agent listens on a
+second address, ``[ca] enroll_listen``, where TLS authenticates only the server:
+newcomers without a certificate redeem their enrollment tokens there, and nothing
+else is offered (``transport.serve_anonymous``). On its channels it offers:
+
+* ``certificates.crl`` and ``certificates.status``: its current CRL (reread from its
+  CRL file, which ``semper ca revoke`` rewrites, at every request) and one
+  certificate's status;
+* ``directory.publish`` and ``directory.lookup``: the market's contact cards
+  (``agents/_directory.py``).
+
+Everything it issues goes into its database (``agents/_castore.py``), shared through
+WAL with the operator's ``semper ca invite``/``status``/``revoke``.
+"""
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
+import trio
+from cryptography.hazmat.primitives import serialization
+
+from semper.services.certificates import (
+    CertificateAuthority,
+    EnrollAnswer,
+    EnrollRequest,
+    StatusQuery,
+    certificate_status,
+    crl_number,
+)
+from semper.transport import Request as WireRequest
+from semper.transport import RequestContext, UnknownOp, UnknownService, serve_anonymous
+
+from .._castore import CA_MIGRATIONS, issued_by_serial, latest_issued, redeem
+from .._config import CaSettings, ConfigError
+from .._directory import DirectoryService
+from .._identity import utcnow
+from .._market import load_authority
 from .._roles import Role
 
 __all__ = ["CertificationAuthority"]
 
+_DER = serialization.Encoding.DER
+
 
 class CertificationAuthority(Role):
     name = "ca"
+
+    def __init__(self, agent: Any) -> None:
+        super().__init__(agent)
+        settings: CaSettings | None = agent.config.ca
+        if settings is None:
+            raise ConfigError(f"{agent.config.path or 'config'}: the ca role needs a [ca] "
+                              "table (enroll_listen, root_key)")
+        self.settings = settings
+        # Loaded at start, so a wrong passphrase or a foreign key fails at once.
+        self.authority: CertificateAuthority = load_authority(
+            agent.config.ca_root, settings.root_key, agent.credentials.passphrase)
+        self.directory = DirectoryService(agent)
+        self.enroll_address: tuple[str, int] | None = None
+
+    def migrations(self) -> dict[str, Any]:
+        return dict(CA_MIGRATIONS)
+
+    def setup(self) -> None:
+        agent = self.agent
+        agent.registry.add_service("certificates", version=1)
+        # Polled by every agent every crl_refresh seconds: kept out of the event log.
+        agent.registry.add_op("certificates", "crl", self._crl)
+        agent.add_op("certificates", "status", self._status)
+        self.directory.setup()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        host, port = self.settings.enroll_address
+        context = self.agent.tls.config.server_only_context()
+        async with trio.open_nursery() as nursery:
+            self.enroll_address = await nursery.start(functools.partial(
+                serve_anonymous, host, port, context=context, handler=self._enroll,
+                timeout=self.agent.channel_config.handshake_timeout))
+            bound = self.enroll_address
+            self.agent.events.emit("enroll_listening", address=f"{bound[0]}:{bound[1]}")
+            task_status.started()
+
+    # -- enrollment (the anonymous listener) --------------------------------------------
+
+    async def _enroll(self, request: WireRequest) -> dict[str, Any]:
+        if request.service != "enroll":
+            raise UnknownService(f"only the enroll service is offered here, not "
+                                 f"{request.service!r}", detail={"service": request.service})
+        if request.op != "request":
+            raise UnknownOp(f"service 'enroll' has no op {request.op!r}",
+                            detail={"service": "enroll", "op": request.op})
+        body = EnrollRequest.from_wire(request.body)
+        agent = self.agent
+        await agent.reread_crl_file()
+        try:
+            certificate = await agent.database.transaction(functools.partial(
+                redeem, request=body, ca=self.authority, now=utcnow()))
+        except Exception as exc:
+            agent.events.emit("enroll_refused", token=body.token_id.hex()[:8],
+                              outcome=getattr(exc, "code", type(exc).__name__))
+            raise
+        agent.events.emit("enrolled", token=body.token_id.hex()[:8],
+                          serial=f"{certificate.serial_number:x}",
+                          agent_id=certificate.subject.rfc4514_string())
+        return EnrollAnswer(
+            certificate=certificate.public_bytes(_DER),
+            root=self.authority.certificate.public_bytes(_DER),
+            crl=agent.crl.public_bytes(_DER),
+            ca_id=agent.id, ca_address=agent.advertised_address(),
+        ).to_wire()
+
+    # -- certificates ---------------------------------------------------------------------
+
+    async def _crl(self, context: RequestContext, body: Any) -> dict[str, Any]:
+        """``{"known": n}`` -> ``{"number": m, "crl": DER or nil}`` (nil when m <= n)."""
+        known = body.get("known", 0) if isinstance(body, dict) else 0
+        known = known if type(known) is int else 0
+        await self.agent.reread_crl_file()
+        crl = self.agent.crl
+        number = crl_number(crl)
+        return {"number": number, "crl": crl.public_bytes(_DER) if number > known else None}
+
+    async def _status(self, context: RequestContext, body: Any) -> dict[str, Any]:
+        query = StatusQuery.from_wire(body)
+        await self.agent.reread_crl_file()
+
+        def find(connection: Any) -> Any:
+            if query.agent_id is not None:
+                return latest_issued(connection, query.agent_id)
+            assert query.serial is not None
+            return issued_by_serial(connection, query.serial)
+
+        issued = await self.agent.database.read(find)
+        return certificate_status(issued, query, crl=self.agent.crl,
+                                  now=utcnow()).to_wire()

@@ -1,0 +1,136 @@
+"""Joining a market with a token: the newcomer's side of ``enroll.request``.
+
+``enroll`` makes a fresh Ed25519 key, connects to the CA agent's enrollment address
+from the token with TLS that authenticates only the server, pins the server by the
+token's fingerprint before sending anything, sends the CSR with the proof, checks
+the answer against the root it brings (``check_enroll_answer``), and only then writes
+a ready agent folder:
+
+    D/agent.toml  cert.pem  key.pem (0600, encrypted under a passphrase if given)
+      root.pem  crl.pem  data/
+
+``agent.toml`` names the CA agent (``ca_agent``, with its channel address in
+``[peers]``), so ``semper agent run D/agent.toml`` starts the agent, which then
+fetches the CRL from the CA, publishes its card and finds its peers there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from pathlib import Path
+from typing import ClassVar
+
+import trio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from semper.services.certificates import (
+    EnrollAnswer,
+    Enrolled,
+    EnrollmentToken,
+    EnrollRequest,
+    check_ca_certificate,
+    check_enroll_answer,
+    enrollment_proof,
+    make_csr,
+    private_key_pem,
+)
+from semper.transport import request_pinned
+
+from ._config import AgentConfig, parse_address
+from ._identity import utcnow
+from ._market import free_ports, write_file
+
+__all__ = ["EnrollFolderError", "enroll"]
+
+_PEM = serialization.Encoding.PEM
+
+
+class EnrollFolderError(Exception):
+    """The folder to enroll into is not empty: enrolling never overwrites an agent."""
+
+    code: ClassVar[str] = "agent.enroll_folder"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+async def enroll(
+    token: EnrollmentToken,
+    folder: Path,
+    *,
+    listen: str | None = None,
+    passphrase: bytes | None = None,
+    passphrase_file: Path | None = None,
+    timeout: float = 10.0,
+    now: dt.datetime | None = None,
+) -> tuple[AgentConfig, Enrolled]:
+    """Redeem ``token`` and write a ready agent folder at ``folder``.
+
+    ``listen`` defaults to a free port on 127.0.0.1. With ``passphrase`` the key is
+    encrypted, and ``passphrase_file`` (if given) is named in ``agent.toml``.
+
+    Raises:
+        EnrollFolderError: ``folder`` exists and is not empty (nothing is sent).
+        WrongCa: the server is not the CA the token pins (nothing is sent).
+        RemoteError: the CA refused (``enroll.token_used``, ``enroll.token_expired``...).
+        BadEnrollAnswer, CertificateError: the answer does not check out.
+        ConnectFailed, HandshakeFailed, HandshakeTimeout: the CA cannot be reached.
+    Nothing is written unless enrollment succeeded.
+    """
+    await trio.to_thread.run_sync(_check_folder, folder)
+    if listen is not None:
+        parse_address(listen, what="--listen")
+    key = ed25519.Ed25519PrivateKey.generate()
+    csr = make_csr(key, token.agent_id)
+    request = EnrollRequest(token_id=token.token_id, csr_der=csr,
+                            proof=enrollment_proof(token.secret, token.token_id, csr))
+    seen: list[bytes] = []
+
+    def pin(der: bytes) -> None:
+        check_ca_certificate(token, der)
+        seen.append(der)
+
+    host, port = parse_address(token.ca_address, what="the token's CA address")
+    body = await request_pinned(host, port, check_server=pin, service="enroll", op="request",
+                                body=request.to_wire(), timeout=timeout)
+    enrolled = check_enroll_answer(EnrollAnswer.from_wire(body), token=token,
+                                   ca_certificate=seen[0], public_key=key.public_key(),
+                                   now=now or utcnow())
+    config = await trio.to_thread.run_sync(functools.partial(
+        _write_folder, folder, token, enrolled, key, listen=listen, passphrase=passphrase,
+        passphrase_file=passphrase_file))
+    return config, enrolled
+
+
+def _check_folder(folder: Path) -> None:
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise EnrollFolderError(f"{folder} exists and is not empty; choose a new folder")
+
+
+def _write_folder(folder: Path, token: EnrollmentToken, enrolled: Enrolled,
+                  key: ed25519.Ed25519PrivateKey, *, listen: str | None,
+                  passphrase: bytes | None, passphrase_file: Path | None) -> AgentConfig:
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    write_file(folder / "key.pem", private_key_pem(key, passphrase), private=True)
+    write_file(folder / "cert.pem", enrolled.certificate.public_bytes(_PEM))
+    write_file(folder / "root.pem", enrolled.root.public_bytes(_PEM))
+    write_file(folder / "crl.pem", enrolled.crl.public_bytes(_PEM))
+    config = AgentConfig(
+        id=token.agent_id,
+        role=token.role,
+        listen=listen or f"127.0.0.1:{free_ports(1)[0]}",
+        data_dir=folder / "data",
+        ca_root=folder / "root.pem",
+        crl=folder / "crl.pem",
+        cert=folder / "cert.pem",
+        key=folder / "key.pem",
+        passphrase_file=passphrase_file.resolve() if passphrase_file else None,
+        ca_agent=enrolled.ca_id,
+        peers={enrolled.ca_id: enrolled.ca_address},
+        path=folder / "agent.toml",
+    )
+    write_file(folder / "agent.toml", config.to_toml(base=folder).encode())
+    return config

@@ -1,0 +1,54 @@
+"""In-process markets for agent tests: ``semper market init`` on disk, agents run in
+the test's own trio loop over real loopback TLS, real SQLite."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+from semper.agents._agent import Agent
+from semper.agents._config import AgentConfig
+from semper.agents._market import init_market
+
+DEADLINE = 10.0  # real seconds: a bound on every wait, never reached when things work
+
+
+def make_market(folder: Path) -> Path:
+    init_market(folder)
+    return folder
+
+
+def config_of(folder: Path, agent_id: str, **changes: Any) -> AgentConfig:
+    config = AgentConfig.load(folder / agent_id / "agent.toml")
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+@asynccontextmanager
+async def running(agent: Agent) -> AsyncIterator[Agent]:
+    """Run ``agent`` for the body; then say bye on its channels and stop it."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.run)
+        try:
+            yield agent
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(DEADLINE):
+                await agent.close_channels()
+            nursery.cancel_scope.cancel()
+
+
+async def wait_until(predicate: Callable[[], bool], what: str,
+                     timeout: float = DEADLINE) -> None:
+    """Wait until ``predicate()`` holds, bounded in real time (so it works under a
+    MockClock that never advances by itself): every task idle for 5 ms, then look."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        await trio.testing.wait_all_tasks_blocked(cushion=0.005)
