@@ -59,15 +59,20 @@ class CaSettings:
     """The ``[ca]`` table, only in the CA agent's file.
 
     ``enroll_listen`` is the second, server-authenticated-only address where
-    newcomers redeem enrollment tokens; ``root_key`` is the market root's private
-    key (encrypted under the agent's passphrase when there is one).
+    newcomers redeem enrollment tokens; ``enroll_advertise`` is the address put in
+    tokens when newcomers must dial another one (say ``enroll_listen`` is
+    ``0.0.0.0:4100``); ``root_key`` is the market root's private key (encrypted
+    under the agent's passphrase when there is one).
     """
 
     enroll_listen: str
     root_key: Path
+    enroll_advertise: str | None = None
 
     def __post_init__(self) -> None:
         parse_address(self.enroll_listen, what="ca.enroll_listen")
+        if self.enroll_advertise is not None:
+            parse_address(self.enroll_advertise, what="ca.enroll_advertise")
 
     @property
     def enroll_address(self) -> tuple[str, int]:
@@ -213,6 +218,8 @@ class AgentConfig:
         if self.ca is not None:
             data["ca"] = {"enroll_listen": self.ca.enroll_listen,
                           "root_key": rel(self.ca.root_key)}
+            if self.ca.enroll_advertise is not None:
+                data["ca"]["enroll_advertise"] = self.ca.enroll_advertise
         return tomli_w.dumps(data)
 
 
@@ -221,14 +228,17 @@ def _ca_settings(raw: object, *, base: Path, where: str) -> CaSettings | None:
         return None
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: [ca] must be a table")
-    unknown = set(raw) - {"enroll_listen", "root_key"}
+    unknown = set(raw) - {"enroll_listen", "enroll_advertise", "root_key"}
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) in [ca]: {', '.join(sorted(unknown))}")
     listen, root_key = raw.get("enroll_listen"), raw.get("root_key", "root-key.pem")
-    if not isinstance(listen, str) or not isinstance(root_key, str):
+    advertise = raw.get("enroll_advertise")
+    if not isinstance(listen, str) or not isinstance(root_key, str) \
+            or not isinstance(advertise, str | None):
         raise ConfigError(f"{where}: [ca] needs enroll_listen = 'HOST:PORT' and "
-                          "root_key = 'PATH'")
-    return CaSettings(enroll_listen=listen, root_key=base / root_key)
+                          "root_key = 'PATH' (and optionally enroll_advertise = 'HOST:PORT')")
+    return CaSettings(enroll_listen=listen, root_key=base / root_key,
+                      enroll_advertise=advertise)
 
 
 def _seconds(key: str, value: object) -> float:

@@ -74,7 +74,8 @@ def invite_agent(
     invitation, token = invite(
         agent_id=agent_id, role=role, level=level, liability=liability, now_ms=to_ms(now),
         expires_in_ms=int(expires_in.total_seconds() * 1000), ca_id=config.id,
-        ca_address=config.ca.enroll_listen, ca_fingerprint=fingerprint(ca_cert))
+        ca_address=config.ca.enroll_advertise or config.ca.enroll_listen,
+        ca_fingerprint=fingerprint(ca_cert))
     database = open_ca_database(config.data_dir)
     try:
         database.transaction_sync(lambda c: add_invitation(c, invitation))

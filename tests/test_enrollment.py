@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import sqlite3
 import stat
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,14 @@ def test_invite_refuses_an_agent_with_a_good_certificate(market: Path) -> None:
 def test_a_malformed_token_is_refused_before_any_network() -> None:
     with pytest.raises(MalformedToken):
         EnrollmentToken.parse("semper-enroll-1.bm90IGEgdG9rZW4")
+
+
+def test_tokens_carry_the_advertised_enrollment_address(market: Path) -> None:
+    path = market / "ca" / "agent.toml"
+    path.write_text(path.read_text().replace(
+        "[ca]\n", '[ca]\nenroll_advertise = "ca.market.example:4100"\n'))
+    config = AgentConfig.load(path)
+    assert config.ca is not None and config.ca.enroll_advertise == "ca.market.example:4100"
+    assert AgentConfig.from_dict(tomllib.loads(config.to_toml(base=path.parent)),
+                                 base=path.parent, path=path) == config
+    assert _invite(market).ca_address == "ca.market.example:4100"

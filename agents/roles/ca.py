@@ -30,6 +30,7 @@ from semper.services.certificates import (
     StatusQuery,
     certificate_status,
     crl_number,
+    identity_of,
 )
 from semper.transport import Request as WireRequest
 from semper.transport import RequestContext, UnknownOp, UnknownService, serve_anonymous
@@ -106,7 +107,7 @@ class CertificationAuthority(Role):
             raise
         agent.events.emit("enrolled", token=body.token_id.hex()[:8],
                           serial=f"{certificate.serial_number:x}",
-                          agent_id=certificate.subject.rfc4514_string())
+                          agent_id=identity_of(certificate).agent_id)
         return EnrollAnswer(
             certificate=certificate.public_bytes(_DER),
             root=self.authority.certificate.public_bytes(_DER),
