@@ -1,0 +1,134 @@
+"""Why a payment was refused; one class per stable code.
+
+Signature and certificate problems are not repeated here: the checks raise the
+statement layer's (``statement.*``) and the certificate layer's (``auth.*``) own
+errors, so one code means one thing across the protocol. Codes are API.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from .._errors import ServiceError
+
+__all__ = [
+    "BadCheque",
+    "BadConfirmation",
+    "BadRequest",
+    "ChequeExpired",
+    "ChequeReused",
+    "ChequeStopped",
+    "IdempotencyConflict",
+    "InsufficientFunds",
+    "NoCommonInstrument",
+    "PaymentError",
+    "RefundExceedsPayment",
+    "UnknownAccount",
+    "UnknownModule",
+    "UnknownPayment",
+    "WrongCurrency",
+    "WrongPayee",
+]
+
+
+class PaymentError(ServiceError):
+    """A payment was refused. Subclasses name the reason."""
+
+    code: ClassVar[str] = "payment.error"
+
+
+class BadRequest(PaymentError):
+    """A payment statement body or bank op body that is not the defined map, or an
+    order the bank cannot act on (another bank, signed by someone other than the
+    requester). ``detail["field"]`` names the field at fault when there is one."""
+
+    code: ClassVar[str] = "payment.bad_request"
+
+
+class NoCommonInstrument(PaymentError):
+    """No module both sides accept for this currency and amount; ``detail`` lists
+    what each side offered (``payer``, ``payee``: capabilities wire) and the ``amount``."""
+
+    code: ClassVar[str] = "payment.no_common_instrument"
+
+
+class UnknownModule(PaymentError):
+    """A proof for a payment module this side does not offer; ``detail["module"]``."""
+
+    code: ClassVar[str] = "payment.unknown_module"
+
+
+class IdempotencyConflict(PaymentError):
+    """An idempotency key already used for a request with other content."""
+
+    code: ClassVar[str] = "payment.idempotency_conflict"
+
+
+class BadConfirmation(PaymentError):
+    """A bank statement (transfer confirmation, cleared cheque, refund confirmation)
+    that is malformed, not signed by a bank, or not the one expected;
+    ``detail["field"]`` names the first field that differs."""
+
+    code: ClassVar[str] = "payment.bad_confirmation"
+
+
+class BadCheque(PaymentError):
+    """A cheque handed to the payee that is malformed, not signed by its payer, or
+    not for the amount and reference expected; ``detail["field"]``."""
+
+    code: ClassVar[str] = "payment.bad_cheque"
+
+
+class InsufficientFunds(PaymentError):
+    """The payer's balance does not cover the amount. The balance is not disclosed."""
+
+    code: ClassVar[str] = "payment.insufficient_funds"
+
+
+class WrongCurrency(PaymentError):
+    """Amounts of different currencies met in a payment (a cheque in USD on a EUR
+    balance, a refund in another currency than the payment). The payment's own code,
+    not a subclass of ``money.CurrencyMismatch``: each error class has one place in
+    the tree."""
+
+    code: ClassVar[str] = "payment.currency_mismatch"
+
+
+class ChequeExpired(PaymentError):
+    code: ClassVar[str] = "payment.cheque_expired"
+
+
+class WrongPayee(PaymentError):
+    """The cheque is payable to another agent than the one depositing it."""
+
+    code: ClassVar[str] = "payment.wrong_payee"
+
+
+class ChequeStopped(PaymentError):
+    """The payer stopped the cheque's serial before it was deposited."""
+
+    code: ClassVar[str] = "payment.cheque_stopped"
+
+
+class ChequeReused(PaymentError):
+    """Another cheque with this payer's serial cleared before: a serial clears once."""
+
+    code: ClassVar[str] = "payment.cheque_reused"
+
+
+class RefundExceedsPayment(PaymentError):
+    """The refund asked for is more than what remains refundable of the payment."""
+
+    code: ClassVar[str] = "payment.refund_exceeds_payment"
+
+
+class UnknownAccount(PaymentError):
+    """The bank holds no account for this agent (and currency); ``detail["account"]``."""
+
+    code: ClassVar[str] = "payment.unknown_account"
+
+
+class UnknownPayment(PaymentError):
+    """A refund of a payment this bank did not settle; ``detail["original"]`` (hex)."""
+
+    code: ClassVar[str] = "payment.unknown_payment"

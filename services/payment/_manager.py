@@ -1,0 +1,140 @@
+"""The payment manager: one interface over the installed modules.
+
+Modules are found through the ``semper.payment_modules`` entry-point group; each
+entry point names a ``PaymentModule`` class (instantiated with no arguments) or
+instance, under the module's name::
+
+    [project.entry-points."semper.payment_modules"]
+    transfer = "semper.services.payment:TransferModule"
+
+The manager holds this side's ``Capabilities``, restricted to the modules it has.
+As payer it asks the payee's ``payment.capabilities``, negotiates and runs the
+chosen module; as payee it answers ``payment.capabilities`` and routes a
+``payment.accept`` to its module after checking it against the invoice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib.metadata import entry_points
+from typing import Any, Final
+
+from ._errors import BadRequest, NoCommonInstrument, UnknownModule
+from ._modules import (
+    Invoice,
+    PayeeContext,
+    PayerContext,
+    PaymentModule,
+    PaymentRequest,
+    PaymentResult,
+)
+from ._negotiation import Capabilities, negotiate
+from ._wire import PAYMENT_CAPABILITIES, PAYMENT_SERVICE, AcceptRequest
+
+__all__ = ["MODULES_GROUP", "PaymentManager", "load_modules"]
+
+MODULES_GROUP: Final = "semper.payment_modules"
+
+
+def load_modules(group: str = MODULES_GROUP) -> dict[str, PaymentModule]:
+    """Load every payment module registered in the entry-point ``group``.
+
+    Returns:
+        Module name -> module, in the order of the names.
+
+    Raises:
+        TypeError: an entry point that is not a ``PaymentModule`` (class or instance),
+            or whose module's ``name`` is not the entry point's name.
+        ValueError: two installed distributions register the same name.
+        Whatever importing a registered module raises.
+    """
+    found: dict[str, PaymentModule] = {}
+    for point in sorted(entry_points(group=group), key=lambda p: p.name):
+        obj = point.load()
+        module = obj() if isinstance(obj, type) else obj
+        if not isinstance(module, PaymentModule):
+            raise TypeError(f"payment module {point.name!r} ({point.value}) is not a PaymentModule")
+        if module.name != point.name:
+            raise TypeError(f"payment module {point.value} calls itself {module.name!r}, "
+                            f"registered as {point.name!r}")
+        if point.name in found:
+            raise ValueError(f"two payment modules are registered as {point.name!r}")
+        found[point.name] = module
+    return found
+
+
+class PaymentManager:
+    """Negotiates an instrument and drives its module, for either side.
+
+    Args:
+        modules: name -> module (``load_modules()``).
+        capabilities: what this side accepts, in its order of preference; modules
+            not in ``modules`` are dropped from it.
+    """
+
+    def __init__(self, *, modules: Mapping[str, PaymentModule],
+                 capabilities: Capabilities) -> None:
+        self._modules = dict(modules)
+        self._capabilities = capabilities.restricted_to(frozenset(self._modules))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this side accepts: the ``payment.capabilities`` answer is its wire."""
+        return self._capabilities
+
+    def module(self, name: str) -> PaymentModule:
+        """Raises UnknownModule for a module this side does not offer."""
+        if self._capabilities.offer(name) is None:
+            raise UnknownModule(f"no payment module {name!r} here", detail={"module": name})
+        return self._modules[name]
+
+    def choose(self, payee: Capabilities, request: PaymentRequest,
+               *, only: str | None = None) -> str:
+        """The module to pay ``request`` with (``negotiate``), ``only`` that one if given.
+
+        Raises:
+            NoCommonInstrument: none fits.
+        """
+        ours = self._capabilities
+        if only is not None:
+            ours = ours.restricted_to(frozenset({only}))
+        return negotiate(ours, payee, request.amount)
+
+    async def pay(self, ctx: PayerContext, request: PaymentRequest,
+                  *, only: str | None = None) -> PaymentResult:
+        """Ask the payee's capabilities, choose a module, and pay with it.
+
+        Raises:
+            NoCommonInstrument: the two sides have no module in common for the amount.
+            BadRequest: the payee's capabilities are malformed.
+            Whatever the module's ``pay`` raises.
+        """
+        answer = await ctx.request(request.payee, PAYMENT_SERVICE, PAYMENT_CAPABILITIES, {})
+        name = self.choose(Capabilities.from_wire(answer), request, only=only)
+        return await self._modules[name].pay(ctx, request)
+
+    async def accept(self, ctx: PayeeContext, request: AcceptRequest, *,
+                     invoice: Invoice) -> PaymentResult:
+        """Handle a ``payment.accept``: the agent decoded ``request`` and found the
+        ``invoice`` it issued for ``request.reference``.
+
+        Raises:
+            UnknownModule: the module is not one we offer.
+            NoCommonInstrument: we do not take the invoice's amount with that module.
+            BadRequest: the invoice is for another reference.
+            Whatever the module's ``accept`` raises.
+        """
+        module = self.module(request.module)
+        if request.reference != invoice.reference:
+            raise BadRequest("the proof is for another reference than the invoice",
+                             detail={"type": "payment.accept", "field": "reference"})
+        if not self._capabilities.admits(request.module, invoice.amount):
+            raise NoCommonInstrument(
+                f"{request.module} is not accepted here for {invoice.amount}",
+                detail={"amount": invoice.amount.to_wire(), "payer": [],
+                        "payee": self._capabilities.to_wire()["modules"]})
+        return await module.accept(ctx, request.proof, invoice=invoice)
+
+    def answer_capabilities(self, body: Any = None) -> dict[str, Any]:
+        """The ``payment.capabilities`` answer (the request body is ignored)."""
+        return self._capabilities.to_wire()
