@@ -616,3 +616,96 @@ async def test_a_refund_of_an_unknown_payment(m: Market3) -> None:
     with pytest.raises(UnknownPayment):
         await m.payee.manager.module("transfer").refund(m.seller, other, eur(1), "?", "r-1")
     assert m.total() == TOTAL
+
+
+# --- values and loading edge cases -----------------------------------------------------
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"payee": "Seller Books"}, "payee"),
+    ({"amount": eur(0)}, "amount"),
+    ({"amount": 1250}, "amount"),
+    ({"reference": b""}, "reference"),
+    ({"reference": "text"}, "reference"),
+    ({"idempotency_key": "x" * 129}, "idempotency_key"),
+])
+def test_a_payment_request_validates_its_fields(changes: dict[str, Any], field: str) -> None:
+    fields: dict[str, Any] = dict(payee="seller.books", amount=eur(5), reference=REF,
+                                  idempotency_key="k")
+    with pytest.raises(BadRequest) as info:
+        PaymentRequest(**{**fields, **changes})
+    assert info.value.detail["field"] == field
+
+
+def test_an_invoice_validates_its_fields() -> None:
+    assert Invoice(amount=eur(5), reference=REF).payer is None
+    for changes in ({"amount": eur(-1)}, {"reference": bytes(257)}, {"payer": ""}):
+        with pytest.raises(BadRequest):
+            Invoice(**{"amount": eur(5), "reference": REF, **changes})  # type: ignore[arg-type]
+
+
+async def test_a_payment_result_refuses_malformed_wire(m: Market3) -> None:
+    wire = (await m.payer.pay(m.buyer, m.request())).to_wire()
+    for changes in ({"amount": 1250}, {"payer": "x y"}, {"bank_certificate": b"junk"},
+                    {"module": ""}, {"reference": b""}):
+        with pytest.raises(BadRequest):
+            PaymentResult.from_wire({**wire, **changes})
+    with pytest.raises(BadRequest):
+        PaymentResult.from_wire({k: v for k, v in wire.items() if k != "settlement"})
+
+
+def test_the_manager_offers_only_modules_it_has() -> None:
+    manager = PaymentManager(modules={"cheque": ChequeModule()},
+                             capabilities=caps("transfer", "cheque", "ecash"))
+    assert [o.name for o in manager.capabilities.modules] == ["cheque"]
+    assert manager.answer_capabilities({}) == caps("cheque").to_wire()
+    with pytest.raises(UnknownModule):
+        manager.module("transfer")
+
+
+@dataclass
+class FakeEntryPoint:
+    name: str
+    value: str
+    obj: Any
+
+    def load(self) -> Any:
+        return self.obj
+
+
+@pytest.mark.parametrize(("points", "error"), [
+    ([FakeEntryPoint("transfer", "x:Nothing", object)], TypeError),           # not a module
+    ([FakeEntryPoint("wire", "x:TransferModule", TransferModule)], TypeError),  # misnamed
+    ([FakeEntryPoint("cheque", "a:C", ChequeModule), FakeEntryPoint("cheque", "b:C",
+                                                                    ChequeModule())], ValueError),
+])
+def test_load_modules_refuses_bad_entry_points(monkeypatch: pytest.MonkeyPatch,
+                                               points: list[FakeEntryPoint],
+                                               error: type[Exception]) -> None:
+    import semper.services.payment._manager as manager
+
+    monkeypatch.setattr(manager, "entry_points", lambda group: points)
+    with pytest.raises(error):
+        load_modules()
+
+
+def test_load_modules_takes_classes_and_instances(monkeypatch: pytest.MonkeyPatch) -> None:
+    import semper.services.payment._manager as manager
+
+    slow = ChequeModule(validity_ms=1)
+    monkeypatch.setattr(manager, "entry_points", lambda group: [
+        FakeEntryPoint("transfer", "x:T", TransferModule), FakeEntryPoint("cheque", "x:c", slow)])
+    modules = load_modules()
+    assert modules["cheque"] is slow and isinstance(modules["transfer"], TransferModule)
+
+
+async def test_a_refund_result_refuses_malformed_wire(m: Market3) -> None:
+    paid = await m.payer.pay(m.buyer, m.request())
+    wire = (await m.payee.manager.module("transfer").refund(
+        m.seller, paid, eur(5), "", "r-1")).to_wire()
+    assert RefundResult.from_wire(wire).amount == eur(5)
+    for changes in ({"original": bytes(31)}, {"payee": "seller.books"}, {"reason": "\n"},
+                    {"amount": {"currency": "EUR", "minor_units": 0}},
+                    {"bank_certificate": None}):
+        with pytest.raises(BadRequest):
+            RefundResult.from_wire({**wire, **changes})

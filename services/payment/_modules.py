@@ -296,6 +296,15 @@ class RefundResult:
     confirmation: Statement
     bank_certificate: x509.Certificate
 
+    def __post_init__(self) -> None:
+        # The fields a refund order has are checked as a refund order checks them.
+        RefundOrder(original=self.original, payer=self.payer, payee=self.payee,
+                    amount=self.amount, reason=self.reason, idempotency_key="-")
+        if not isinstance(self.confirmation, Statement):
+            raise _bad("refund result", "confirmation", "confirmation must be a Statement")
+        if not isinstance(self.bank_certificate, x509.Certificate):
+            raise _bad("refund result", "bank_certificate", "must be a certificate")
+
     def to_wire(self) -> dict[str, Any]:
         return {"original": self.original, "payer": self.payer, "payee": self.payee,
                 "amount": self.amount.to_wire(), "reason": self.reason,
@@ -309,12 +318,8 @@ class RefundResult:
                 "bank_certificate"}
         if type(value) is not dict or set(value) != keys:
             raise _bad("refund result", "keys", f"a refund result has the keys {sorted(keys)}")
-        # The same checks as the refund order's body, by building one.
-        order = RefundOrder(original=value["original"], payer=value["payer"],
-                            payee=value["payee"], amount=_amount(value["amount"], "refund result"),
-                            reason=value["reason"], idempotency_key="-")
-        return cls(original=order.original, payer=order.payer, payee=order.payee,
-                   amount=order.amount, reason=order.reason,
+        return cls(original=value["original"], payer=value["payer"], payee=value["payee"],
+                   amount=_amount(value["amount"], "refund result"), reason=value["reason"],
                    confirmation=Statement.from_wire(value["confirmation"]),
                    bank_certificate=_certificate(value["bank_certificate"], "bank_certificate",
                                                  "refund result"))
