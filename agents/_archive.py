@@ -37,7 +37,7 @@ from semper.services.statements import Statement
 
 from ._storage import Database
 
-__all__ = ["MIGRATIONS", "Archive", "entry"]
+__all__ = ["MIGRATIONS", "Archive", "append", "entry"]
 
 MIGRATIONS: Final = {
     "archive": [
@@ -121,7 +121,7 @@ class Archive:
         batch, self._queue = self._queue, []
         try:
             records = await self._db.transaction(
-                lambda c: _append(c, [entry for entries, _ in batch for entry in entries]))
+                lambda c: append(c, [entry for entries, _ in batch for entry in entries]))
             for entries, slot in batch:
                 slot.append(records[:len(entries)])
                 records = records[len(entries):]
@@ -168,7 +168,9 @@ class Archive:
                               crl=crl, root=root)
 
 
-def _append(connection: sqlite3.Connection, entries: Iterable[_Entry]) -> list[ArchiveRecord]:
+def append(connection: sqlite3.Connection, entries: Iterable[_Entry]) -> list[ArchiveRecord]:
+    """Append to the chain inside the caller's transaction (so that evidence commits
+    with whatever else the caller writes, e.g. a bank's journal entry)."""
     head = connection.execute(
         f"SELECT {_COLUMNS} FROM archive_records ORDER BY seq DESC LIMIT 1").fetchone()
     previous = _row_to_record(head) if head else None
