@@ -18,7 +18,8 @@ import tomli_w
 from semper.services.certificates import check_name
 from semper.transport import ChannelConfig
 
-__all__ = ["AgentConfig", "CaSettings", "ConfigError", "Timeouts", "parse_address"]
+__all__ = ["AgentConfig", "CaSettings", "ConfigError", "PaymentSettings", "Timeouts",
+           "parse_address"]
 
 
 class ConfigError(Exception):
@@ -80,6 +81,30 @@ class CaSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PaymentSettings:
+    """``[payment]``: ``bank`` is the agent id of the bank that holds our accounts;
+    ``modules`` the payment modules we accept, most preferred first; ``limit`` the
+    largest single payment we take or make, per currency, in minor units."""
+
+    bank: str | None = None
+    modules: tuple[str, ...] = ("transfer", "cheque")
+    limit: dict[str, int] = field(default_factory=lambda: {"EUR": 100_000_000})
+
+    def __post_init__(self) -> None:
+        try:
+            if self.bank is not None:
+                check_name("payment.bank", self.bank)
+            for name in self.modules:
+                check_name("payment module", name)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        for currency, units in self.limit.items():
+            if not (isinstance(units, int) and not isinstance(units, bool) and units > 0
+                    and len(currency) == 3 and currency.isupper()):
+                raise ConfigError("payment.limit maps currency codes to positive minor units")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AgentConfig:
     """One agent's configuration. ``ca_agent`` names the market's CA agent (a peer):
     where a running agent fetches the CRL, publishes its contact card and looks up
@@ -100,6 +125,8 @@ class AgentConfig:
     peers: dict[str, str] = field(default_factory=dict)
     timeouts: Timeouts = field(default_factory=Timeouts)
     ca: CaSettings | None = None
+    payment: PaymentSettings = field(default_factory=PaymentSettings)
+    catalogue: Path | None = None  # a seller's offers (TOML), relative to this file
     path: Path | None = None  # the file it was read from
 
     def __post_init__(self) -> None:
@@ -187,6 +214,8 @@ class AgentConfig:
             peers=dict(peers),
             timeouts=timeouts,
             ca=_ca_settings(raw.get("ca"), base=base, where=str(path or "config")),
+            payment=_payment_settings(raw.get("payment"), where=str(path or "config")),
+            catalogue=file("catalogue") if raw.get("catalogue") is not None else None,
             path=path,
         )
 
@@ -215,6 +244,12 @@ class AgentConfig:
         t = self.timeouts
         data["timeouts"] = {"handshake": t.handshake, "request": t.request, "idle": t.idle,
                             "crl_refresh": t.crl_refresh}
+        if self.catalogue is not None:
+            data["catalogue"] = rel(self.catalogue)
+        pay = self.payment
+        data["payment"] = {"modules": list(pay.modules), "limit": dict(pay.limit)}
+        if pay.bank is not None:
+            data["payment"]["bank"] = pay.bank
         if self.ca is not None:
             data["ca"] = {"enroll_listen": self.ca.enroll_listen,
                           "root_key": rel(self.ca.root_key)}
@@ -239,6 +274,25 @@ def _ca_settings(raw: object, *, base: Path, where: str) -> CaSettings | None:
                           "root_key = 'PATH' (and optionally enroll_advertise = 'HOST:PORT')")
     return CaSettings(enroll_listen=listen, root_key=base / root_key,
                       enroll_advertise=advertise)
+
+
+def _payment_settings(raw: object, *, where: str) -> PaymentSettings:
+    if raw is None:
+        return PaymentSettings()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: [payment] must be a table")
+    unknown = set(raw) - {"bank", "modules", "limit"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) in [payment]: {', '.join(sorted(unknown))}")
+    bank, modules, limit = raw.get("bank"), raw.get("modules"), raw.get("limit")
+    if not isinstance(bank, str | None) or not (
+        modules is None or (isinstance(modules, list) and all(isinstance(m, str) for m in modules))
+    ) or not isinstance(limit, dict | None):
+        raise ConfigError(f"{where}: [payment] has bank = 'ID', modules = ['transfer', ...] "
+                          "and a [payment.limit] table of currency = minor units")
+    defaults = PaymentSettings()
+    return PaymentSettings(bank=bank, modules=tuple(modules) if modules else defaults.modules,
+                           limit=dict(limit) if limit else defaults.limit)
 
 
 def _seconds(key: str, value: object) -> float:

@@ -20,15 +20,17 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from semper.services import Amount
 from semper.services.certificates import (
     CertificateAuthority,
     Level,
@@ -41,9 +43,12 @@ from semper.services.certificates import (
     private_key_pem,
 )
 
+from . import _bank, _ledger
 from ._castore import issued_for, open_ca_database, record_issued
-from ._config import AgentConfig, CaSettings, ConfigError
+from ._catalogue import write_catalogue
+from ._config import AgentConfig, CaSettings, ConfigError, PaymentSettings
 from ._identity import load_private_key, utcnow
+from ._storage import Database
 
 __all__ = ["DEFAULT_AGENTS", "MarketError", "MarketPaths", "ca_config", "free_ports",
            "init_market", "load_authority", "revoke_agent", "write_file"]
@@ -156,6 +161,7 @@ def init_market(
     addresses = {agent_id: f"127.0.0.1:{port}" for (agent_id, _, _), port in zip(agents, ports,
                                                                                 strict=True)}
     ca_agent = next((agent_id for agent_id, role, _ in agents if role == "ca"), None)
+    bank = next((agent_id for agent_id, role, _ in agents if role == "bank"), None)
     configs, issued = [], []
     for agent_id, role, level in agents:
         settings = None
@@ -163,9 +169,10 @@ def init_market(
             settings = CaSettings(enroll_listen=f"127.0.0.1:{enroll_port}",
                                   root_key=paths.root_key)
         config, cert = _write_agent(paths, ca, agent_id, role, level, addresses, passphrase,
-                                    now, ca_agent=ca_agent, settings=settings)
+                                    now, ca_agent=ca_agent, settings=settings, bank=bank)
         configs.append(config)
         issued.append(cert)
+    _open_for_business(paths, configs, now)
     if ca_agent is not None:
         database = open_ca_database(paths.agent_dir(ca_agent) / "data")
         try:
@@ -188,6 +195,7 @@ def _write_agent(
     *,
     ca_agent: str | None,
     settings: CaSettings | None,
+    bank: str | None = None,
 ) -> tuple[AgentConfig, x509.Certificate]:
     home = paths.agent_dir(agent_id)
     home.mkdir(parents=True, exist_ok=True)
@@ -209,10 +217,51 @@ def _write_agent(
         ca_agent=ca_agent if ca_agent != agent_id else None,
         peers={peer: address for peer, address in addresses.items() if peer != agent_id},
         ca=settings,
+        payment=PaymentSettings(bank=bank if role != "bank" else None),
+        catalogue=write_catalogue(home, DEMO_CATALOGUE) if role == "seller" else None,
         path=home / "agent.toml",
     )
     write_file(home / "agent.toml", config.to_toml(base=home).encode())
     return config, cert
+
+
+#: What a new local market's seller offers (prices in minor units).
+DEMO_CATALOGUE: Final = [
+    {"sku": "guide-001", "title": "Field guide to secure commerce", "price": "EUR:1250",
+     "terms": "digital copy; refundable within 14 days", "valid_days": 30,
+     "goods": b"Field guide to secure commerce\n\n1. Sign what you mean.\n"},
+    {"sku": "map-002", "title": "Map of the market", "price": "EUR:480",
+     "terms": "digital copy", "valid_days": 30,
+     "goods": b"ca -- bank -- seller -- buyer -- notary\n"},
+    {"sku": "song-003", "title": "A song about receipts", "price": "EUR:99",
+     "terms": "digital copy; no refunds", "valid_days": 30,
+     "goods": b"la la la, every step leaves a signature\n"},
+]
+
+#: What the buyer of a new local market starts with at the bank.
+DEMO_FUNDS: Final = Amount("EUR", 100_000)
+
+
+def _open_for_business(paths: MarketPaths, configs: list[AgentConfig],
+                       now: dt.datetime) -> None:
+    """Open EUR accounts at the bank for the buyers and sellers, and fund the buyers."""
+    bank = next((c for c in configs if c.role == "bank"), None)
+    if bank is None:
+        return
+    database = Database.open_sync(bank.data_dir / "agent.sqlite", _bank.MIGRATIONS)
+    time_ms = int(now.timestamp() * 1000)
+
+    def open_accounts(c: sqlite3.Connection) -> None:
+        for config in configs:
+            if config.role in ("buyer", "seller"):
+                _ledger.open_account(c, config.id, DEMO_FUNDS.currency)
+            if config.role == "buyer":
+                _ledger.mint(c, config.id, DEMO_FUNDS, time_ms=time_ms, memo="market init")
+
+    try:
+        database.transaction_sync(open_accounts)
+    finally:
+        database.close()
 
 
 def ca_config(folder: Path) -> AgentConfig:

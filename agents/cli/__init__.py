@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import click
 
-from . import cmd_agent, cmd_archive, cmd_ca, cmd_demo, cmd_market, cmd_ping
+from . import cmd_agent, cmd_archive, cmd_bank, cmd_ca, cmd_demo, cmd_market, cmd_ping
 
 __all__ = ["cli", "main"]
 
@@ -29,7 +29,7 @@ def cli(verbose: int) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-for module in (cmd_market, cmd_agent, cmd_ping, cmd_ca, cmd_archive, cmd_demo):
+for module in (cmd_market, cmd_agent, cmd_ping, cmd_ca, cmd_bank, cmd_archive, cmd_demo):
     cli.add_command(module.command)
 
 

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 from .._roles import Role
 
-__all__ = ["Arbiter", "Bank", "Buyer", "Notary", "Seller"]
-
-
-class Bank(Role):
-    name = "bank"
+__all__ = ["Arbiter", "Buyer", "Notary", "Seller"]
 
 
 class Seller(Role):

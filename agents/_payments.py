@@ -1,0 +1,83 @@
+"""The payment manager wired to an agent: its context, capabilities and modules.
+
+``AgentPaymentContext`` is what ``services.payment`` modules run against (the
+``PaymentContext`` protocol): it signs with the agent's key and archives what it
+signs and what it verified, under the transaction the caller names, and reaches
+peers over the agent's cached channels.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+
+from semper.services import Amount
+from semper.services.archive import Direction
+from semper.services.payment import (
+    Capabilities,
+    Limits,
+    ModuleOffer,
+    PaymentManager,
+    load_modules,
+)
+from semper.services.statements import Statement, sign_statement
+
+if TYPE_CHECKING:
+    from ._agent import Agent
+
+__all__ = ["AgentPaymentContext", "capabilities_of", "payment_manager"]
+
+
+def capabilities_of(agent: Agent) -> Capabilities:
+    """What ``[payment]`` says this agent takes: modules in order, 1 minor unit up to
+    the limit, per currency."""
+    settings = agent.config.payment
+    limits = tuple(Limits(minimum=Amount(currency, 1), maximum=Amount(currency, units))
+                   for currency, units in sorted(settings.limit.items()))
+    return Capabilities(modules=tuple(ModuleOffer(name=name, limits=limits)
+                                      for name in settings.modules))
+
+
+def payment_manager(agent: Agent) -> PaymentManager:
+    return PaymentManager(modules=load_modules(), capabilities=capabilities_of(agent))
+
+
+class AgentPaymentContext:
+    """One payment's context: ``transaction`` names it in both archives."""
+
+    def __init__(self, agent: Agent, transaction: str, peer: str) -> None:
+        self._agent = agent
+        self.transaction = transaction
+        self.peer = peer  # the counterparty, for the archive
+        self.our_id = agent.id
+        self.bank_id = agent.config.payment.bank or "bank"
+        self.certificate: x509.Certificate = agent.credentials.identity.certificate
+        self.root = agent.credentials.root
+
+    @property
+    def crl(self) -> x509.CertificateRevocationList:
+        return self._agent.crl
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    async def sign(self, type: str, body: dict[str, Any]) -> Statement:
+        credentials = self._agent.credentials
+        statement = sign_statement(type, body, key=credentials.key,
+                                   certificate=self.certificate, now_ms=self.now_ms(),
+                                   nonce=os.urandom(16))
+        await self._agent.archive.record(statement, direction=Direction.SENT, peer=self.peer,
+                                         transaction=self.transaction,
+                                         certificate=self.certificate)
+        return statement
+
+    async def record(self, statement: Statement, certificate: x509.Certificate) -> None:
+        await self._agent.archive.record(statement, direction=Direction.RECEIVED,
+                                         peer=self.peer, transaction=self.transaction,
+                                         certificate=certificate)
+
+    async def request(self, peer: str, service: str, op: str, body: Any) -> Any:
+        return await self._agent.request(peer, service, op, body)

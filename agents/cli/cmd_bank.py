@@ -1,0 +1,82 @@
+"""``semper bank mint|accounts``: the bank operator's commands, run beside the bank
+agent on its own database (WAL lets both use it at once)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from semper.services import Amount
+
+from .. import _bank, _ledger
+from .._config import AgentConfig, ConfigError
+from .._storage import Database
+from ._common import config_option
+
+
+@click.group("bank")
+def command() -> None:
+    """The bank operator's commands (on the bank's own database)."""
+
+
+def _open(config_path: Path) -> tuple[AgentConfig, Database]:
+    config = AgentConfig.load(config_path)
+    if config.role != "bank":
+        raise ConfigError(f"{config_path} is the config of a {config.role}, not of a bank")
+    return config, Database.open_sync(config.data_dir / "agent.sqlite", _bank.MIGRATIONS)
+
+
+@command.command("mint")
+@config_option
+@click.argument("holder")
+@click.argument("amount", metavar="CCY:MINOR_UNITS")
+def mint(config_path: Path, holder: str, amount: str) -> None:
+    """Create AMOUNT in HOLDER's account (opened if need be), recorded in the journal."""
+    value = Amount.parse(amount)
+    if value.minor_units <= 0:
+        raise click.BadParameter("mint a positive amount", param_hint="AMOUNT")
+    _, database = _open(config_path)
+    try:
+        entry = database.transaction_sync(lambda c: _ledger.mint(
+            c, holder, value, time_ms=time.time_ns() // 1_000_000, memo="operator mint"))
+        now = database.read_sync(lambda c: _ledger.balance(c, holder, value.currency))
+    finally:
+        database.close()
+    click.echo(f"minted {value} to {holder} (journal entry {entry}); balance {now}")
+
+
+@command.command("accounts")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def accounts(config_path: Path, as_json: bool) -> None:
+    """Every account, the total per currency, and whether the books balance."""
+    config, database = _open(config_path)
+    try:
+        rows = database.read_sync(lambda c: c.execute(
+            "SELECT holder, currency, balance FROM ledger_accounts ORDER BY currency, holder"
+        ).fetchall())
+        database.read_sync(_ledger.check_books)  # raises naming the broken invariant
+        minted = {cur: database.read_sync(lambda c, cur=cur: _ledger.minted_total(c, cur))
+                  for cur in {r[1] for r in rows}}
+    finally:
+        database.close()
+    customers = [r for r in rows if r[0] != _ledger.ISSUANCE]
+    if as_json:
+        click.echo(json.dumps({
+            "accounts": [{"holder": h, "currency": c, "minor_units": b} for h, c, b in customers],
+            "minted": minted, "balanced": True}))
+        return
+    table = Table(title=f"accounts at {config.id}", title_justify="left")
+    for column, justify in (("holder", "left"), ("currency", "left"), ("balance", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for holder, currency, units in customers:
+        table.add_row(holder, currency, str(Amount(currency, units)))
+    Console().print(table)
+    for currency, units in sorted(minted.items()):
+        click.echo(f"{currency}: {Amount(currency, units)} minted, all of it in customer "
+                   "accounts; the books balance")
