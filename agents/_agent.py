@@ -195,6 +195,28 @@ class Agent:
                 await database.aclose()
             self.events.close()
 
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Agent]:
+        """The agent's storage and outbound channels, without listening: for commands
+        that act as the agent (``semper buy``) beside, or instead of, its process."""
+        self._database = await Database.open(self.config.data_dir / "agent.sqlite",
+                                             self.migrations())
+        self._archive = Archive(self._database)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    yield self
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self.close_channels("done")
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            database, self._database, self._archive = self._database, None, None
+            with trio.CancelScope(shield=True):
+                await database.aclose()
+
     async def close_channels(self, reason: str = "shutting down") -> None:
         """Say ``bye`` on every open channel, in and out, and wait until all are closed.
 

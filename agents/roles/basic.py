@@ -5,15 +5,7 @@ from __future__ import annotations
 
 from .._roles import Role
 
-__all__ = ["Arbiter", "Buyer", "Notary", "Seller"]
-
-
-class Seller(Role):
-    name = "seller"
-
-
-class Buyer(Role):
-    name = "buyer"
+__all__ = ["Arbiter", "Notary"]
 
 
 class Notary(Role):

@@ -1,0 +1,320 @@
+"""The buyer's side of a purchase: the ``Purchase`` machine driven over channels.
+
+Theory of operation. ``Shopper.buy`` persists the machine (``commerce_purchases``,
+keyed by the purchase's idempotency key) after every step and before any statement
+it holds leaves, then does what ``pending()`` asks: send the order, pay, fetch the
+goods. Called again with the same key it resumes where the last call stopped, or,
+when that purchase is done, returns its outcome without paying again: the order is
+the stored one, the bank applies one transfer per (payer, key) and one cheque per
+serial derived from the key, and the seller answers a repeated payment with the
+first result. The same key with another seller, item or instrument is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+from semper.services.certificates import load_certificate
+from semper.services.commerce import (
+    Archive,
+    Catalogue,
+    GoodsDelivered,
+    OfferChosen,
+    Order,
+    OrderAccepted,
+    OrderSent,
+    Pay,
+    PaymentConfirmed,
+    Purchase,
+    PurchaseState,
+    ReceiptIssued,
+    RefundNoteIssued,
+    RefundRequested,
+    RequestDelivery,
+    RequestRefund,
+    SendOrder,
+    UnknownOffer,
+    sign_body,
+)
+from semper.services.payment import IdempotencyConflict, PaymentRequest, PaymentResult
+from semper.services.statements import (
+    Statement,
+    canonical_decode,
+    canonical_encode,
+    verify_statement,
+)
+
+from . import _archive
+from ._identity import utcnow
+from ._payments import AgentPaymentContext, payment_manager
+
+if TYPE_CHECKING:
+    from ._agent import Agent
+
+__all__ = ["MIGRATIONS", "PurchaseOutcome", "Shopper"]
+
+MIGRATIONS: Final = {
+    "commerce_purchases": [
+        "CREATE TABLE commerce_purchases ("
+        " key TEXT PRIMARY KEY, seller TEXT NOT NULL, sku TEXT NOT NULL, module TEXT NOT NULL,"
+        " state TEXT NOT NULL, machine BLOB NOT NULL, payment BLOB, refund BLOB,"
+        " goods BLOB, updated_ms INTEGER NOT NULL)"
+    ],
+}
+
+#: How many machine steps one call may take: a bound on the driving loop.
+_MAX_STEPS: Final = 32
+
+
+class PurchaseStuck(Exception):
+    code: ClassVar[str] = "commerce.purchase_stuck"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class PurchaseOutcome:
+    """What ``semper buy --json`` prints: ``receipt`` and ``payment`` are the keys."""
+
+    key: str
+    seller: str
+    sku: str
+    state: str
+    order: bytes
+    receipt: Statement | None
+    payment: PaymentResult | None
+    goods: bytes | None
+    refund: dict[str, Any] | None
+    replayed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        receipt = None
+        if self.receipt is not None:
+            body = self.receipt.body
+            receipt = {"order": self.order.hex(), "seller": self.seller, "sku": self.sku,
+                       "buyer": body["buyer"], "amount": body["amount"],
+                       "payment": body["payment"].hex(), "payment_type": body["payment_type"],
+                       "content_digest": body["content_digest"].hex(),
+                       "digest": self.receipt.digest.hex(),
+                       "issued_at": self.receipt.issued_at}
+        payment = None
+        if self.payment is not None:
+            payment = {"module": self.payment.module, "payer": self.payment.payer,
+                       "payee": self.payment.payee, "amount": self.payment.amount.to_wire(),
+                       "bank": self.payment.bank, "settlement": self.payment.settlement.type,
+                       "settlement_digest": self.payment.settlement.digest.hex()}
+        return {"idempotency_key": self.key, "state": self.state, "receipt": receipt,
+                "payment": payment, "goods_size": None if self.goods is None else len(self.goods),
+                "refunded": self.refund is not None, "replayed": self.replayed}
+
+
+class Shopper:
+    """Buys from sellers for ``agent`` (whose database and archive must be open)."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.payments = payment_manager(agent)
+
+    async def catalogue(self, seller: str) -> tuple[Catalogue, Any]:
+        """The seller's verified offers and its certificate.
+
+        Raises a ``statement.*``/``auth.*`` error if an offer does not verify.
+        """
+        answer = await self.agent.request(seller, "commerce", "catalogue", {})
+        certificate = load_certificate(answer["certificate"])
+        offers = tuple(Statement.from_wire(o) for o in answer["offers"])
+        for offer in offers:
+            verify_statement(offer, certificate=certificate, root=self.agent.credentials.root,
+                             crl=self.agent.crl, now=utcnow(), expected_type="commerce.offer",
+                             expected_signer=seller)
+        return Catalogue(offers=offers), certificate
+
+    async def buy(self, seller: str, sku: str, module: str, key: str) -> PurchaseOutcome:
+        """Buy ``sku`` from ``seller``, paying with ``module``; idempotent per ``key``.
+
+        Raises:
+            IdempotencyConflict: ``key`` was used for another purchase.
+            UnknownOffer: the seller offers no ``sku``.
+            and the seller's, the bank's or a verification's refusal, with its code.
+        """
+        row = await self._row(key)
+        if row is not None and (row["seller"], row["sku"], row["module"]) != (seller, sku, module):
+            raise IdempotencyConflict(f"idempotency key {key!r} was used for another purchase",
+                                      detail={"key": key})
+        replayed = row is not None and row["state"] in (PurchaseState.DONE.value,
+                                                        PurchaseState.REFUNDED.value)
+        purchase = Purchase.from_state(canonical_decode(row["machine"])) if row else None
+        certificate = None
+        if purchase is None:
+            catalogue, certificate = await self.catalogue(seller)
+            offer = _find(catalogue, sku)
+            purchase = Purchase(buyer=self.agent.id)
+            decisions = purchase.receive(OfferChosen(offer=offer, payment_module=module,
+                                                     idempotency_key=key), now_ms=_now_ms())
+            await self._record(decisions, seller, purchase, certificate)
+            await self._save(key, seller, sku, module, purchase)
+        await self._drive(purchase, key, seller, sku, module, certificate)
+        return await self.outcome(key, replayed=replayed)
+
+    async def refund(self, key: str, reason: str = "returned") -> PurchaseOutcome:
+        """Ask the seller to refund the purchase ``key`` in full; idempotent."""
+        row = await self._row(key)
+        if row is None:
+            raise UnknownOffer(f"no purchase with idempotency key {key!r}", detail={"key": key})
+        purchase = Purchase.from_state(canonical_decode(row["machine"]))
+        replayed = purchase.state is PurchaseState.REFUNDED
+        if purchase.state in (PurchaseState.PAID, PurchaseState.DELIVERED, PurchaseState.DONE):
+            purchase.receive(RefundRequested(reason=reason), now_ms=_now_ms())
+            await self._save(key, row["seller"], row["sku"], row["module"], purchase)
+        await self._drive(purchase, key, row["seller"], row["sku"], row["module"], None)
+        return await self.outcome(key, replayed=replayed)
+
+    async def _drive(self, purchase: Purchase, key: str, seller: str, sku: str, module: str,
+                     certificate: Any) -> None:
+        for _ in range(_MAX_STEPS):
+            if purchase.state is PurchaseState.ORDERED:  # the seller has to accept it
+                assert purchase.order is not None
+                await self.agent.request(seller, "commerce", "order",
+                                         {"order": purchase.order.to_wire()})
+                purchase.receive(OrderAccepted(), now_ms=_now_ms())
+                await self._save(key, seller, sku, module, purchase)
+                continue
+            pending = purchase.pending()
+            if not pending:
+                return
+            decision = pending[0]
+            if isinstance(decision, SendOrder):
+                order = await self._sign(decision.order)
+                decisions = purchase.receive(OrderSent(order=order), now_ms=_now_ms())
+                await self._record(decisions, seller, purchase, None)
+                await self._save(key, seller, sku, module, purchase)  # before it leaves
+            elif isinstance(decision, Pay):
+                result = await self._pay(decision, purchase)
+                purchase.receive(PaymentConfirmed(payment=result.settlement.digest,
+                                                  payment_type=result.settlement.type,
+                                                  amount=result.amount), now_ms=_now_ms())
+                await self._save(key, seller, sku, module, purchase, payment=result)
+            elif isinstance(decision, RequestDelivery):
+                answer = await self.agent.request(seller, "commerce", "fetch",
+                                                  {"order": decision.order})
+                delivery = Statement.from_wire(answer["delivery"])
+                receipt = Statement.from_wire(answer["receipt"])
+                seller_cert = await self._seller_certificate(seller, certificate)
+                for statement in (delivery, receipt):
+                    verify_statement(statement, certificate=seller_cert,
+                                     root=self.agent.credentials.root, crl=self.agent.crl,
+                                     now=utcnow(), expected_signer=seller)
+                decisions = purchase.receive(
+                    GoodsDelivered(delivery=delivery, goods=answer["goods"]), now_ms=_now_ms())
+                decisions += purchase.receive(ReceiptIssued(receipt=receipt), now_ms=_now_ms())
+                await self._record(decisions, seller, purchase, seller_cert)
+                await self._save(key, seller, sku, module, purchase, goods=answer["goods"])
+            elif isinstance(decision, RequestRefund):
+                assert purchase.order is not None
+                answer = await self.agent.request(seller, "commerce", "refund", {
+                    "order": decision.order, "reason": decision.reason})
+                note = Statement.from_wire(answer["note"])
+                seller_cert = await self._seller_certificate(seller, certificate)
+                verify_statement(note, certificate=seller_cert, root=self.agent.credentials.root,
+                                 crl=self.agent.crl, now=utcnow(), expected_signer=seller)
+                decisions = purchase.receive(RefundNoteIssued(note=note), now_ms=_now_ms())
+                await self._record(decisions, seller, purchase, seller_cert)
+                await self._save(key, seller, sku, module, purchase, refund=answer)
+            else:  # pragma: no cover - a decision this driver does not know
+                raise PurchaseStuck(f"no way to act on {type(decision).__name__}")
+        raise PurchaseStuck(f"purchase {key!r} did not settle in {_MAX_STEPS} steps")
+
+    async def _pay(self, decision: Pay, purchase: Purchase) -> PaymentResult:
+        assert purchase.order is not None
+        ctx = AgentPaymentContext(self.agent, purchase.order.digest.hex(), decision.payee)
+        request = PaymentRequest(payee=decision.payee, amount=decision.amount,
+                                 reference=decision.reference,
+                                 idempotency_key=decision.idempotency_key)
+        return await self.payments.pay(ctx, request, only=decision.module)
+
+    async def _sign(self, order: Order) -> Statement:
+        credentials = self.agent.credentials
+        return sign_body(order, key=credentials.key,
+                         certificate=credentials.identity.certificate, now_ms=_now_ms(),
+                         nonce=os.urandom(16))
+
+    async def _seller_certificate(self, seller: str, known: Any) -> Any:
+        if known is not None:
+            return known
+        channel = await self.agent.channel(seller)
+        return channel.peer.certificate
+
+    async def _record(self, decisions: list[Any], seller: str, purchase: Purchase,
+                      certificate: Any) -> None:
+        own = self.agent.credentials.identity
+        transaction = purchase.order.digest.hex() if purchase.order is not None else "offers"
+        entries = [_archive.entry(
+            d.statement, direction=d.direction, peer=seller, transaction=transaction,
+            certificate=own.certificate if d.statement.signer == own.fingerprint
+            else certificate)
+            for d in decisions if isinstance(d, Archive)]
+        if entries:
+            await self.agent.archive.record_all(entries)
+
+    # -- persistence ------------------------------------------------------------------
+
+    async def _row(self, key: str) -> dict[str, Any] | None:
+        def read(c: sqlite3.Connection) -> dict[str, Any] | None:
+            cursor = c.execute("SELECT * FROM commerce_purchases WHERE key = ?", (key,))
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            return dict(zip([d[0] for d in cursor.description], row, strict=True))
+
+        return await self.agent.database.read(read)
+
+    async def _save(self, key: str, seller: str, sku: str, module: str, purchase: Purchase, *,
+                    payment: PaymentResult | None = None, goods: bytes | None = None,
+                    refund: dict[str, Any] | None = None) -> None:
+        machine = canonical_encode(purchase.to_state())
+        paid = None if payment is None else canonical_encode(payment.to_wire())
+        refunded = None if refund is None else canonical_encode(refund)
+
+        def write(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO commerce_purchases (key, seller, sku, module, state, machine,"
+                " payment, refund, goods, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET state = excluded.state,"
+                " machine = excluded.machine, payment = coalesce(excluded.payment, payment),"
+                " refund = coalesce(excluded.refund, refund),"
+                " goods = coalesce(excluded.goods, goods), updated_ms = excluded.updated_ms",
+                (key, seller, sku, module, purchase.state.value, machine, paid, refunded, goods,
+                 _now_ms()))
+
+        await self.agent.database.transaction(write)
+
+    async def outcome(self, key: str, *, replayed: bool = False) -> PurchaseOutcome:
+        row = await self._row(key)
+        assert row is not None
+        purchase = Purchase.from_state(canonical_decode(row["machine"]))
+        assert purchase.order is not None
+        return PurchaseOutcome(
+            key=key, seller=row["seller"], sku=row["sku"], state=row["state"],
+            order=purchase.order.digest, receipt=purchase.receipt,
+            payment=None if row["payment"] is None else PaymentResult.from_wire(
+                canonical_decode(row["payment"])),
+            goods=row["goods"],
+            refund=None if row["refund"] is None else canonical_decode(row["refund"]),
+            replayed=replayed)
+
+
+def _find(catalogue: Catalogue, sku: str) -> Statement:
+    for offer in catalogue.offers:
+        if offer.body.get("sku") == sku:
+            return offer
+    raise UnknownOffer(f"the seller offers no {sku!r}", detail={"sku": sku})

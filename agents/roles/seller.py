@@ -1,0 +1,310 @@
+"""The seller (role ``seller``): a catalogue of signed offers, orders, payment,
+delivery, receipts and refunds.
+
+Each sale is a ``services.commerce.Sale`` machine persisted in the seller's SQLite
+after every step (``commerce_sales``), driven under a per-order lock, so a retried
+request finds the sale where the last one left it and the machine never sees an
+event twice. Ops (the ``commerce`` and ``payment`` services, docs/protocol.md):
+
+    commerce.catalogue {}                       -> {offers: [offer], certificate: DER}
+    commerce.order     {order}                  -> {order: digest, amount, payment_module}
+    payment.capabilities {}                     -> Capabilities
+    payment.accept     {module, reference, proof} -> PaymentResult   (reference = order)
+    commerce.fetch     {order: digest}          -> {delivery, goods, receipt}
+    commerce.refund    {order: digest, reason}  -> {note, refund: RefundResult}
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections import defaultdict
+from typing import Any
+
+import trio
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from semper.services.commerce import Archive as ArchiveDecision
+from semper.services.commerce import (
+    Catalogue,
+    Deliver,
+    Delivery,
+    GoodsDelivered,
+    IssueReceipt,
+    IssueRefundNote,
+    Offer,
+    Order,
+    OrderReceived,
+    PaymentConfirmed,
+    ReceiptIssued,
+    Refund,
+    RefundConfirmed,
+    RefundNoteIssued,
+    RefundRequested,
+    Sale,
+    UnknownOffer,
+    sign_body,
+)
+from semper.services.payment import (
+    AcceptRequest,
+    BadRequest,
+    Invoice,
+    PaymentResult,
+    refund_payment,
+)
+from semper.services.statements import (
+    Statement,
+    canonical_decode,
+    canonical_encode,
+    verify_statement,
+)
+
+from .. import _archive
+from .._catalogue import CatalogueItem, load_catalogue
+from .._identity import utcnow
+from .._payments import AgentPaymentContext, payment_manager
+from .._roles import Role
+
+__all__ = ["Seller"]
+
+MIGRATIONS = {
+    "commerce_sales": [
+        "CREATE TABLE commerce_sales ("
+        " order_digest BLOB PRIMARY KEY, buyer TEXT NOT NULL, state TEXT NOT NULL,"
+        " machine BLOB NOT NULL, payment BLOB, refund BLOB, updated_ms INTEGER NOT NULL)"
+    ],
+}
+
+_DAY_MS = 86_400_000
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Seller(Role):
+    name = "seller"
+
+    def migrations(self) -> dict[str, Any]:
+        return dict(MIGRATIONS)
+
+    def setup(self) -> None:
+        agent = self.agent
+        path = agent.config.catalogue
+        self.items: dict[str, CatalogueItem] = (
+            {item.sku: item for item in load_catalogue(path)} if path else {})
+        self._catalogue: Catalogue | None = None
+        self._locks: defaultdict[bytes, trio.Lock] = defaultdict(trio.Lock)
+        self.payments = payment_manager(agent)
+        agent.registry.add_service("commerce", version=1)
+        agent.add_op("commerce", "catalogue", self.catalogue)
+        agent.add_op("commerce", "order", self.order)
+        agent.add_op("commerce", "fetch", self.fetch)
+        agent.add_op("commerce", "refund", self.refund)
+        agent.registry.add_service("payment", version=1,
+                                   modules=tuple(agent.config.payment.modules))
+        agent.add_op("payment", "capabilities", self.capabilities)
+        agent.add_op("payment", "accept", self.accept)
+
+    # -- the catalogue --------------------------------------------------------------
+
+    def current_catalogue(self) -> Catalogue:
+        """Signed offers, re-signed when the oldest has less than a day to run."""
+        now = _now_ms()
+        cat = self._catalogue
+        if cat is None or any(Offer.from_statement(s).valid_until < now + _DAY_MS
+                              for s in cat.offers):
+            credentials = self.agent.credentials
+            offers = tuple(sign_body(
+                Offer(seller=self.agent.id, sku=item.sku, title=item.title, price=item.price,
+                      terms=item.terms, content_digest=item.content_digest,
+                      valid_until=now + item.valid_days * _DAY_MS),
+                key=credentials.key, certificate=credentials.identity.certificate,
+                now_ms=now, nonce=os.urandom(16)) for item in self.items.values())
+            self._catalogue = cat = Catalogue(offers=offers)
+        return cat
+
+    async def catalogue(self, context: Any, body: Any) -> dict[str, Any]:
+        return {"offers": [offer.to_wire() for offer in self.current_catalogue().offers],
+                "certificate": self.agent.credentials.identity.certificate.public_bytes(
+                    Encoding.DER)}
+
+    # -- orders ---------------------------------------------------------------------
+
+    async def order(self, context: Any, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or set(body) != {"order"}:
+            raise BadRequest("commerce.order takes {order: statement}")
+        order = Statement.from_wire(body["order"])
+        self._verify(order, context.peer)
+        async with self._locks[order.digest]:
+            sale = await self._load(order.digest)
+            if sale is None:
+                sale = Sale(seller=self.agent.id,
+                            certificate=self.agent.credentials.identity.certificate,
+                            payment_modules=tuple(self.agent.config.payment.modules))
+                decisions = sale.receive(OrderReceived(order=order,
+                                                       catalogue=self.current_catalogue()),
+                                         now_ms=_now_ms())
+                await self._archive(decisions, context.peer, order.digest)
+                await self._save(sale, context.peer.agent_id)
+        terms = _terms(sale)
+        return {"order": order.digest, "amount": terms.amount.to_wire(),
+                "payment_module": terms.payment_module}
+
+    def _verify(self, statement: Statement, peer: Any) -> None:
+        verify_statement(statement, certificate=peer.certificate,
+                         root=self.agent.credentials.root, crl=self.agent.crl, now=utcnow(),
+                         expected_signer=peer.agent_id)
+
+    # -- payment ----------------------------------------------------------------------
+
+    async def capabilities(self, context: Any, body: Any) -> dict[str, Any]:
+        return self.payments.capabilities.to_wire()
+
+    async def accept(self, context: Any, body: Any) -> dict[str, Any]:
+        request = AcceptRequest.from_wire(body)
+        buyer = context.peer.agent_id
+        async with self._locks[request.reference]:
+            sale = await self._sale_of(request.reference, buyer)
+            stored = await self.agent.database.read(lambda c: c.execute(
+                "SELECT payment FROM commerce_sales WHERE order_digest = ?",
+                (request.reference,)).fetchone()[0])
+            if stored is not None:  # paid before: the same answer, nothing settled again
+                return canonical_decode(stored)  # type: ignore[no-any-return]
+            terms = _terms(sale)
+            ctx = AgentPaymentContext(self.agent, request.reference.hex(), buyer)
+            result = await self.payments.accept(
+                ctx, request, invoice=Invoice(amount=terms.amount, reference=request.reference,
+                                              payer=buyer))
+            decisions = sale.receive(PaymentConfirmed(
+                payment=result.settlement.digest, payment_type=result.settlement.type,
+                amount=result.amount), now_ms=_now_ms())
+            await self._fulfil(sale, decisions, context.peer, request.reference)
+            await self._save(sale, buyer, payment=result)
+        return result.to_wire()
+
+    async def _fulfil(self, sale: Sale, decisions: list[Any], buyer: Any, order: bytes
+                      ) -> None:
+        """Sign the delivery and the receipt the machine asks for, in order."""
+        credentials = self.agent.credentials
+        sign = {"key": credentials.key, "certificate": credentials.identity.certificate}
+        while decisions:
+            decision = decisions.pop(0)
+            if isinstance(decision, Deliver):
+                item = self.items[_terms(sale).offer_terms().sku]
+                delivery = sign_body(Delivery(order=decision.order,
+                                              content_digest=item.content_digest,
+                                              size=len(item.goods)),
+                                     now_ms=_now_ms(), nonce=os.urandom(16), **sign)
+                decisions += sale.receive(GoodsDelivered(delivery=delivery, goods=item.goods),
+                                          now_ms=_now_ms())
+            elif isinstance(decision, IssueReceipt):
+                receipt = sign_body(decision.receipt, now_ms=_now_ms(), nonce=os.urandom(16),
+                                    **sign)
+                decisions += sale.receive(ReceiptIssued(receipt=receipt), now_ms=_now_ms())
+            else:
+                await self._archive([decision], buyer, order)
+
+    async def fetch(self, context: Any, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or type(body.get("order")) is not bytes:
+            raise BadRequest("commerce.fetch takes {order: digest}")
+        sale = await self._sale_of(body["order"], context.peer.agent_id)
+        if sale.delivery is None or sale.receipt is None:
+            raise BadRequest("the order is not paid yet", detail={"state": sale.state.value})
+        item = self.items[_terms(sale).offer_terms().sku]
+        return {"delivery": sale.delivery.to_wire(), "goods": item.goods,
+                "receipt": sale.receipt.to_wire()}
+
+    # -- refunds ----------------------------------------------------------------------
+
+    async def refund(self, context: Any, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or type(body.get("order")) is not bytes \
+                or not isinstance(body.get("reason", ""), str):
+            raise BadRequest("commerce.refund takes {order: digest, reason: str}")
+        buyer, order = context.peer.agent_id, body["order"]
+        async with self._locks[order]:
+            sale = await self._sale_of(order, buyer)
+            row = await self.agent.database.read(lambda c: c.execute(
+                "SELECT payment, refund FROM commerce_sales WHERE order_digest = ?",
+                (order,)).fetchone())
+            if row[1] is not None:
+                return canonical_decode(row[1])  # type: ignore[no-any-return]
+            if row[0] is None:
+                raise BadRequest("nothing was paid for this order",
+                                 detail={"state": sale.state.value})
+            paid = PaymentResult.from_wire(canonical_decode(row[0]))
+            decisions = sale.receive(RefundRequested(reason=body.get("reason", "")[:512]),
+                                     now_ms=_now_ms())
+            ctx = AgentPaymentContext(self.agent, order.hex(), buyer)
+            answer: dict[str, Any] = {}
+            while decisions:
+                decision = decisions.pop(0)
+                if isinstance(decision, Refund):
+                    result = await refund_payment(ctx, paid, decision.amount,
+                                                  body.get("reason", "") or "refund",
+                                                  "refund-" + order.hex()[:32])
+                    answer["refund"] = result.to_wire()
+                    decisions += sale.receive(RefundConfirmed(
+                        refund=result.confirmation.digest,
+                        refund_type=result.confirmation.type, amount=result.amount),
+                        now_ms=_now_ms())
+                elif isinstance(decision, IssueRefundNote):
+                    credentials = self.agent.credentials
+                    note = sign_body(decision.note, key=credentials.key,
+                                     certificate=credentials.identity.certificate,
+                                     now_ms=_now_ms(), nonce=os.urandom(16))
+                    answer["note"] = note.to_wire()
+                    decisions += sale.receive(RefundNoteIssued(note=note), now_ms=_now_ms())
+                else:
+                    await self._archive([decision], context.peer, order)
+            await self._save(sale, buyer, refund=answer)
+        return answer
+
+    # -- persistence ------------------------------------------------------------------
+
+    async def _sale_of(self, order: bytes, buyer: str) -> Sale:
+        sale = await self._load(order)
+        if sale is None or _terms(sale).buyer != buyer:
+            raise UnknownOffer("no such order from you", detail={"order": order})
+        return sale
+
+    async def _load(self, order: bytes) -> Sale | None:
+        row = await self.agent.database.read(lambda c: c.execute(
+            "SELECT machine FROM commerce_sales WHERE order_digest = ?", (order,)).fetchone())
+        return None if row is None else Sale.from_state(canonical_decode(row[0]))
+
+    async def _save(self, sale: Sale, buyer: str, *, payment: PaymentResult | None = None,
+                    refund: dict[str, Any] | None = None) -> None:
+        order = sale.order
+        assert order is not None
+        machine = canonical_encode(sale.to_state())
+        paid = None if payment is None else canonical_encode(payment.to_wire())
+        refunded = None if refund is None else canonical_encode(refund)
+
+        def write(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO commerce_sales (order_digest, buyer, state, machine, payment,"
+                " refund, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (order_digest)"
+                " DO UPDATE SET state = excluded.state, machine = excluded.machine,"
+                " payment = coalesce(excluded.payment, payment),"
+                " refund = coalesce(excluded.refund, refund), updated_ms = excluded.updated_ms",
+                (order.digest, buyer, sale.state.value, machine, paid, refunded, _now_ms()))
+
+        await self.agent.database.transaction(write)
+
+    async def _archive(self, decisions: list[Any], peer: Any, order: bytes) -> None:
+        """Archive what the machine asks to; ``peer`` is the buyer's identity."""
+        own = self.agent.credentials.identity
+        entries = [_archive.entry(
+            d.statement, direction=d.direction, peer=peer.agent_id, transaction=order.hex(),
+            certificate=own.certificate if d.statement.signer == own.fingerprint
+            else peer.certificate)
+            for d in decisions if isinstance(d, ArchiveDecision)]
+        if entries:
+            await self.agent.archive.record_all(entries)
+
+
+def _terms(sale: Sale) -> Order:
+    assert sale.order is not None
+    return Order.from_statement(sale.order)
