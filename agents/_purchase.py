@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -121,9 +122,10 @@ class PurchaseOutcome:
 class Shopper:
     """Buys from sellers for ``agent`` (whose database and archive must be open)."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, progress: Callable[[str], None] | None = None) -> None:
         self.agent = agent
         self.payments = payment_manager(agent)
+        self._progress = progress or (lambda step: None)
 
     async def catalogue(self, seller: str) -> tuple[Catalogue, Any]:
         """The seller's verified offers and its certificate.
@@ -184,6 +186,7 @@ class Shopper:
         for _ in range(_MAX_STEPS):
             if purchase.state is PurchaseState.ORDERED:  # the seller has to accept it
                 assert purchase.order is not None
+                self._progress(f"order {purchase.order.digest.hex()[:12]} sent to {seller}")
                 await self.agent.request(seller, "commerce", "order",
                                          {"order": purchase.order.to_wire()})
                 purchase.receive(OrderAccepted(), now_ms=_now_ms())
@@ -194,17 +197,21 @@ class Shopper:
                 return
             decision = pending[0]
             if isinstance(decision, SendOrder):
+                self._progress(f"signing the order for {sku}")
                 order = await self._sign(decision.order)
                 decisions = purchase.receive(OrderSent(order=order), now_ms=_now_ms())
                 await self._record(decisions, seller, purchase, None)
                 await self._save(key, seller, sku, module, purchase)  # before it leaves
             elif isinstance(decision, Pay):
+                self._progress(f"paying {decision.amount} by {decision.module} "
+                               f"through {self.agent.config.payment.bank or 'bank'}")
                 result = await self._pay(decision, purchase)
                 purchase.receive(PaymentConfirmed(payment=result.settlement.digest,
                                                   payment_type=result.settlement.type,
                                                   amount=result.amount), now_ms=_now_ms())
                 await self._save(key, seller, sku, module, purchase, payment=result)
             elif isinstance(decision, RequestDelivery):
+                self._progress("payment confirmed by the bank; fetching goods and receipt")
                 answer = await self.agent.request(seller, "commerce", "fetch",
                                                   {"order": decision.order})
                 delivery = Statement.from_wire(answer["delivery"])
@@ -221,6 +228,7 @@ class Shopper:
                 await self._save(key, seller, sku, module, purchase, goods=answer["goods"])
             elif isinstance(decision, RequestRefund):
                 assert purchase.order is not None
+                self._progress(f"asking {seller} for a refund of {decision.amount}")
                 answer = await self.agent.request(seller, "commerce", "refund", {
                     "order": decision.order, "reason": decision.reason})
                 note = Statement.from_wire(answer["note"])

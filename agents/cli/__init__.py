@@ -14,7 +14,16 @@ from collections.abc import Sequence
 
 import click
 
-from . import cmd_agent, cmd_archive, cmd_bank, cmd_ca, cmd_demo, cmd_market, cmd_ping
+from . import (
+    cmd_agent,
+    cmd_archive,
+    cmd_bank,
+    cmd_ca,
+    cmd_commerce,
+    cmd_demo,
+    cmd_market,
+    cmd_ping,
+)
 
 __all__ = ["cli", "main"]
 
@@ -31,6 +40,9 @@ def cli(verbose: int) -> None:
 
 for module in (cmd_market, cmd_agent, cmd_ping, cmd_ca, cmd_bank, cmd_archive, cmd_demo):
     cli.add_command(module.command)
+for command in (cmd_commerce.catalogue, cmd_commerce.buy, cmd_commerce.refund,
+                cmd_commerce.wallet):
+    cli.add_command(command)
 
 
 def _leaf(exc: BaseException) -> BaseException:

@@ -1,0 +1,204 @@
+"""``semper catalogue``, ``semper buy``, ``semper refund``, ``semper wallet``.
+
+Each runs the agent of ``--config`` for the length of the command (its database and
+archive, channels out, no listener), so it works whether or not that agent's own
+process is running. The ``--json`` forms are read by scripts: keep their keys.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+import click
+import trio
+from rich.console import Console
+from rich.table import Table
+
+from semper.services import Amount
+from semper.services.statements import canonical_decode
+
+from .._agent import Agent
+from .._purchase import Shopper
+from ._common import config_option, load_config, passphrase_option
+
+__all__ = ["buy", "catalogue", "refund", "wallet"]
+
+
+def _agent(config_path: Path, passphrase_file: Path | None) -> Agent:
+    config, passphrase = load_config(config_path, passphrase_file)
+    return Agent(config, passphrase=passphrase)
+
+
+def _amount(wire: dict[str, Any]) -> str:
+    return str(Amount(wire["currency"], wire["minor_units"]))
+
+
+@click.command("catalogue")
+@config_option
+@click.option("--seller", required=True, help="The seller's agent id.")
+@passphrase_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of offers.")
+def catalogue(config_path: Path, seller: str, passphrase_file: Path | None,
+              as_json: bool) -> None:
+    """The seller's signed offers, each verified against the market root."""
+    agent = _agent(config_path, passphrase_file)
+
+    async def fetch() -> list[dict[str, Any]]:
+        async with agent.session():
+            cat, _ = await Shopper(agent).catalogue(seller)
+        return [{"sku": o.body["sku"], "title": o.body["title"], "price": o.body["price"],
+                 "terms": o.body["terms"], "valid_until": o.body["valid_until"],
+                 "content_digest": o.body["content_digest"].hex()} for o in cat.offers]
+
+    offers = trio.run(fetch)
+    if as_json:
+        click.echo(json.dumps(offers))
+        return
+    table = Table(title=f"catalogue of {seller} (offers signed by {seller}, verified)",
+                  title_justify="left")
+    for column, justify in (("sku", "left"), ("title", "left"), ("price", "right"),
+                            ("terms", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for offer in offers:
+        table.add_row(offer["sku"], offer["title"], _amount(offer["price"]), offer["terms"])
+    Console().print(table)
+
+
+@click.command("buy")
+@config_option
+@click.option("--seller", required=True, help="The seller's agent id.")
+@click.option("--item", "sku", required=True, help="The SKU to buy.")
+@click.option("--pay", "module", required=True, type=click.Choice(["transfer", "cheque"]),
+              help="How to pay.")
+@click.option("--idempotency-key", "key", default=None,
+              help="Repeat a purchase safely: the same key returns the first outcome.")
+@passphrase_option
+@click.option("--json", "as_json", is_flag=True, help="Print {receipt, payment, ...} as JSON.")
+def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
+        passphrase_file: Path | None, as_json: bool) -> None:
+    """Order SKU from SELLER, pay, take delivery, and print the signed receipt."""
+    agent = _agent(config_path, passphrase_file)
+    key = key or f"buy-{secrets.token_hex(12)}"
+    console = Console(stderr=as_json)
+
+    async def run() -> Any:
+        with console.status(f"buying {sku} from {seller}") as status:
+            def step(text: str) -> None:
+                status.update(text)
+                if not as_json:
+                    console.print(f"  [dim]-[/dim] {text}")
+
+            async with agent.session():
+                return await Shopper(agent, progress=step).buy(seller, sku, module, key)
+
+    outcome = trio.run(run)
+    result = outcome.to_json()
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    _print_purchase(console, result)
+
+
+@click.command("refund")
+@config_option
+@click.option("--idempotency-key", "key", required=True, help="The purchase to refund.")
+@click.option("--reason", default="returned", help="Why, for the seller's refund note.")
+@passphrase_option
+@click.option("--json", "as_json", is_flag=True, help="Print the purchase as JSON.")
+def refund(config_path: Path, key: str, reason: str, passphrase_file: Path | None,
+           as_json: bool) -> None:
+    """Ask the seller to refund a purchase in full; repeating it refunds nothing more."""
+    agent = _agent(config_path, passphrase_file)
+
+    async def run() -> Any:
+        async with agent.session():
+            return await Shopper(agent).refund(key, reason)
+
+    result = trio.run(run).to_json()
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    _print_purchase(Console(), result)
+
+
+def _print_purchase(console: Console, result: dict[str, Any]) -> None:
+    receipt, payment = result["receipt"], result["payment"]
+    table = Table(show_header=False, title="receipt" + (" (replayed: nothing paid again)"
+                                                        if result["replayed"] else ""),
+                  title_justify="left")
+    table.add_row("state", result["state"])
+    table.add_row("idempotency key", result["idempotency_key"])
+    if receipt is not None:
+        table.add_row("item", f"{receipt['sku']} from {receipt['seller']}")
+        table.add_row("amount", _amount(receipt["amount"]))
+        table.add_row("order", receipt["order"][:32] + "...")
+        table.add_row("receipt", receipt["digest"][:32] + "... (signed by the seller)")
+    if payment is not None:
+        table.add_row("paid by", f"{payment['module']} through {payment['bank']} "
+                                 f"({payment['settlement']})")
+    if result["goods_size"] is not None:
+        table.add_row("goods", f"{result['goods_size']} bytes, digest matches the offer")
+    if result["refunded"]:
+        table.add_row("refund", "refunded in full (seller's refund note kept)")
+    console.print(table)
+
+
+@click.command("wallet")
+@config_option
+@passphrase_option
+@click.option("--json", "as_json", is_flag=True, help="Print {balances, recent, purchases}.")
+def wallet(config_path: Path, passphrase_file: Path | None, as_json: bool) -> None:
+    """Balances at our bank, its latest entries, and our recent purchases."""
+    agent = _agent(config_path, passphrase_file)
+    bank = agent.config.payment.bank or "bank"
+
+    async def run() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        async with agent.session():
+            account = await agent.request(bank, "bank", "account", {})
+            purchases = await agent.database.read(_purchases) if agent.role.name == "buyer" \
+                else []
+        return account, purchases
+
+    account, purchases = trio.run(run)
+    if as_json:
+        click.echo(json.dumps({"agent": agent.id, "bank": bank,
+                               "balances": account["balances"], "recent": account["recent"],
+                               "purchases": purchases}))
+        return
+    console = Console()
+    table = Table(title=f"{agent.id} at {bank}", title_justify="left")
+    table.add_column("currency")
+    table.add_column("balance", justify="right")
+    for currency, units in sorted(account["balances"].items()):
+        table.add_row(currency, str(Amount(currency, units)))
+    console.print(table)
+    recent = Table(title="recent entries", title_justify="left")
+    for column in ("entry", "kind", "amount"):
+        recent.add_column(column)
+    for entry in account["recent"]:
+        recent.add_row(str(entry["entry"]), entry["kind"], _amount(entry["amount"]))
+    console.print(recent)
+    if purchases:
+        table = Table(title="purchases", title_justify="left")
+        for column in ("key", "seller", "sku", "state"):
+            table.add_column(column)
+        for p in purchases:
+            table.add_row(p["key"], p["seller"], p["sku"], p["state"])
+        console.print(table)
+
+
+def _purchases(c: Any) -> list[dict[str, Any]]:
+    try:
+        rows = c.execute("SELECT key, seller, sku, module, state, payment FROM commerce_purchases"
+                         " ORDER BY updated_ms DESC LIMIT 20").fetchall()
+    except Exception:  # pragma: no cover - not a buyer's database
+        return []
+    out = []
+    for key, seller, sku, module, state, payment in rows:
+        amount = canonical_decode(payment)["amount"] if payment else None
+        out.append({"key": key, "seller": seller, "sku": sku, "module": module, "state": state,
+                    "amount": amount})
+    return out
