@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from semper.services.certificates import (
+    AgentHasCertificate,
     CertificateAuthority,
     EnrollRequest,
     Invitation,
@@ -133,19 +134,30 @@ def find_invitation(connection: sqlite3.Connection, token_id: bytes) -> Invitati
 
 
 def redeem(connection: sqlite3.Connection, request: EnrollRequest, *,
-           ca: CertificateAuthority, now: dt.datetime) -> x509.Certificate:
+           ca: CertificateAuthority, now: dt.datetime,
+           crl: x509.CertificateRevocationList | None = None) -> x509.Certificate:
     """Check an enrollment request, issue its certificate, record it and mark the
     token used: one transaction, so a token yields at most one certificate even when
     two requests race (``BEGIN IMMEDIATE`` serialises them).
 
     Raises:
         EnrollmentError: every refusal of ``check_redemption``; nothing is written.
+        AgentHasCertificate: the id holds a certificate that is still good (two
+            tokens issued for one id cannot both be redeemed).
     """
     now_ms = to_ms(now)
     invitation = find_invitation(connection, request.token_id)
     key = check_redemption(invitation, proof=request.proof, csr_der=request.csr_der,
                            now_ms=now_ms)
     assert invitation is not None  # check_redemption raised otherwise
+    current = latest_issued(connection, invitation.agent_id)
+    if current is not None and current.not_after_ms > now_ms and (
+        crl is None or crl.get_revoked_certificate_by_serial_number(current.serial) is None
+    ):
+        raise AgentHasCertificate(
+            f"{invitation.agent_id} holds a good certificate (serial {current.serial:x}); "
+            "it must be revoked before the id is enrolled again",
+            detail={"agent_id": invitation.agent_id})
     certificate = issue_agent_certificate(
         ca, agent_id=invitation.agent_id, role=invitation.role, level=invitation.level,
         liability=invitation.liability, public_key=key, now=now)

@@ -119,6 +119,17 @@ async def test_a_token_works_once(market: Path, tmp_path: Path) -> None:
     assert _used(market, token) == used
 
 
+async def test_two_tokens_for_one_id_yield_one_identity(market: Path, tmp_path: Path) -> None:
+    first, second = _invite(market), _invite(market)  # both issued before either is used
+    with trio.fail_after(DEADLINE):
+        async with running(Agent(config_of(market, "ca"))):
+            await enroll(first, tmp_path / "first")
+            with pytest.raises(RemoteError) as caught:
+                await enroll(second, tmp_path / "second")
+    assert caught.value.code == "enroll.agent_has_certificate"
+    assert _used(market, second) is None and not (tmp_path / "second").exists()
+
+
 async def test_an_expired_token_is_refused(market: Path, tmp_path: Path) -> None:
     a_day_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
     token = invite_agent(market, "shop", role="seller", level=Level.SELF_ASSERTED,

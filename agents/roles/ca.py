@@ -100,7 +100,7 @@ class CertificationAuthority(Role):
         await agent.reread_crl_file()
         try:
             certificate = await agent.database.transaction(functools.partial(
-                redeem, request=body, ca=self.authority, now=utcnow()))
+                redeem, request=body, ca=self.authority, now=utcnow(), crl=agent.crl))
         except Exception as exc:
             agent.events.emit("enroll_refused", token=body.token_id.hex()[:8],
                               outcome=getattr(exc, "code", type(exc).__name__))

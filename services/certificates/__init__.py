@@ -21,6 +21,7 @@ from ._enrollment import (
     make_csr,
 )
 from ._errors import (
+    AgentHasCertificate,
     BadCertificate,
     BadCrl,
     BadCsr,
@@ -108,6 +109,7 @@ __all__ = [
     "Revoked",
     "StatusQuery",
     "StatusReport",
+    "AgentHasCertificate",
     "TokenExpired",
     "TokenUsed",
     "UnknownToken",

@@ -124,6 +124,13 @@ class TokenUsed(EnrollmentError):
     code: ClassVar[str] = "enroll.token_used"
 
 
+class AgentHasCertificate(EnrollmentError):
+    """The agent id holds a certificate that is still good (neither expired nor
+    revoked): a second token for the same id cannot mint a second identity."""
+
+    code: ClassVar[str] = "enroll.agent_has_certificate"
+
+
 class TokenExpired(EnrollmentError):
     code: ClassVar[str] = "enroll.token_expired"
 
