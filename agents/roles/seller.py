@@ -19,7 +19,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -95,7 +96,7 @@ class Seller(Role):
         self.items: dict[str, CatalogueItem] = (
             {item.sku: item for item in load_catalogue(path)} if path else {})
         self._catalogue: Catalogue | None = None
-        self._locks: defaultdict[bytes, trio.Lock] = defaultdict(trio.Lock)
+        self._locks: dict[bytes, tuple[trio.Lock, list[int]]] = {}
         self.payments = payment_manager(agent)
         agent.registry.add_service("commerce", version=1)
         agent.add_op("commerce", "catalogue", self.catalogue)
@@ -137,7 +138,7 @@ class Seller(Role):
             raise BadRequest("commerce.order takes {order: statement}")
         order = Statement.from_wire(body["order"])
         self._verify(order, context.peer)
-        async with self._locks[order.digest]:
+        async with self._lock(order.digest):
             sale = await self._load(order.digest)
             if sale is None:
                 sale = Sale(seller=self.agent.id,
@@ -165,7 +166,7 @@ class Seller(Role):
     async def accept(self, context: Any, body: Any) -> dict[str, Any]:
         request = AcceptRequest.from_wire(body)
         buyer = context.peer.agent_id
-        async with self._locks[request.reference]:
+        async with self._lock(request.reference):
             sale = await self._sale_of(request.reference, buyer)
             stored = await self.agent.database.read(lambda c: c.execute(
                 "SELECT payment FROM commerce_sales WHERE order_digest = ?",
@@ -223,7 +224,7 @@ class Seller(Role):
                 or not isinstance(body.get("reason", ""), str):
             raise BadRequest("commerce.refund takes {order: digest, reason: str}")
         buyer, order = context.peer.agent_id, body["order"]
-        async with self._locks[order]:
+        async with self._lock(order):
             sale = await self._sale_of(order, buyer)
             row = await self.agent.database.read(lambda c: c.execute(
                 "SELECT payment, refund FROM commerce_sales WHERE order_digest = ?",
@@ -262,6 +263,20 @@ class Seller(Role):
         return answer
 
     # -- persistence ------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _lock(self, order: bytes) -> AsyncIterator[None]:
+        """One step of one sale at a time; the lock lives only while someone holds or
+        waits for it, so the table does not grow with the number of orders."""
+        lock, users = self._locks.setdefault(order, (trio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[order]
 
     async def _sale_of(self, order: bytes, buyer: str) -> Sale:
         sale = await self._load(order)
