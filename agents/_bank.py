@@ -51,6 +51,7 @@ from semper.services.payment import (
 from semper.services.statements import Statement
 
 from . import _archive, _ledger
+from ._faults import crash_point
 
 __all__ = ["MIGRATIONS", "BankBook", "Outcome"]
 
@@ -115,6 +116,7 @@ class BankBook:
                     confirmation)
         self._payment(c, confirmation, body.payer, body.payee, body.amount, entry)
         self._archive(c, body.payer, order, confirmation, payer_certificate)
+        crash_point("transfer.applied")  # all written, not committed
         return Outcome(confirmation, True)
 
     # -- cheques ------------------------------------------------------------------------
@@ -143,6 +145,7 @@ class BankBook:
                   (body.payer, body.serial, cheque_retry_digest(body), cleared.to_bytes()))
         self._payment(c, cleared, body.payer, body.payee, body.amount, entry)
         self._archive(c, depositor, cheque, cleared, drawer_certificate)
+        crash_point("cheque.applied")  # all written, not committed
         return Outcome(cleared, True)
 
     def stop_cheque(self, c: sqlite3.Connection, payer: str, serial: str) -> None:

@@ -34,6 +34,7 @@ from semper.services.payment import (
 from semper.services.statements import Statement, sign_statement
 
 from .. import _bank, _ledger
+from .._faults import crash_point
 from .._identity import utcnow
 from .._roles import Role
 
@@ -68,24 +69,30 @@ class Bank(Role):
 
     async def transfer(self, context: Any, body: Any) -> dict[str, Any]:
         request = TransferRequest.from_wire(body)
+        crash_point("transfer.received")
         peer = context.peer
         order = check_transfer_order(request.order, payer_certificate=peer.certificate,
                                      bank_id=self.agent.id, requester=peer.agent_id,
                                      **self._checks())
+        crash_point("transfer.checked")
         outcome = await self.agent.database.transaction(lambda c: self.book.transfer(
             c, request.order, order, payer_certificate=peer.certificate))
+        crash_point("transfer.committed")
         return TransferProof(confirmation=outcome.statement,
                              bank_certificate=self.agent.credentials.identity.certificate
                              ).to_wire()
 
     async def deposit_cheque(self, context: Any, body: Any) -> dict[str, Any]:
         proof = ChequeProof.from_wire(body)
+        crash_point("cheque.received")
         cheque = check_cheque(proof.cheque, drawer_certificate=proof.drawer_certificate,
                               bank_id=self.agent.id, **self._checks())
+        crash_point("cheque.checked")
         depositor = context.peer.agent_id
         outcome = await self.agent.database.transaction(lambda c: self.book.deposit_cheque(
             c, proof.cheque, cheque, depositor=depositor,
             drawer_certificate=proof.drawer_certificate))
+        crash_point("cheque.committed")
         return DepositAnswer(cleared=outcome.statement,
                              bank_certificate=self.agent.credentials.identity.certificate
                              ).to_wire()

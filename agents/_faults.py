@@ -1,0 +1,41 @@
+"""Crash points: kill this process at a named step, like a power cut, for tests.
+
+``crash_point(name)`` does nothing unless the environment variable
+``SEMPER_CRASH_AT`` (read once, at import) equals ``name``; then it sends SIGKILL to
+the current process: no ``finally``, no ``atexit``, no SQLite rollback or close, no
+flush of any buffer. It may be called from the trio thread or a worker thread.
+``tests/test_bank_crash.py`` runs the bank as a subprocess with the variable set, once
+per point, restarts it without, retries, and checks that each payment was applied
+exactly once or not at all.
+
+The points, in the order a request reaches them (``transfer`` is ``bank.transfer``,
+``cheque`` is ``bank.deposit_cheque``; ``roles/bank.py`` and ``_bank.py``):
+
+``transfer.received`` / ``cheque.received``
+    the request decoded from the wire, nothing checked or written yet.
+``transfer.checked`` / ``cheque.checked``
+    the statement and its certificate verified, before the transaction starts.
+``transfer.applied`` / ``cheque.applied``
+    inside the transaction function (worker thread), after the journal entry, the
+    signed answer, the idempotency record and the evidence were written, before
+    COMMIT.
+``transfer.committed`` / ``cheque.committed``
+    the transaction committed (durable), before the handler returns its answer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Final
+
+__all__ = ["CRASH_AT", "crash_point"]
+
+#: The point this process dies at, or None (the usual case).
+CRASH_AT: Final = os.environ.get("SEMPER_CRASH_AT") or None
+
+
+def crash_point(name: str) -> None:
+    """SIGKILL this process if ``SEMPER_CRASH_AT`` names ``name``."""
+    if name == CRASH_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
