@@ -170,11 +170,8 @@ class Agent:
                   ) -> None:
         """Listen and serve until cancelled. Reports the bound ``(host, port)``."""
         host, port = self.config.listen_address
-        self._database = await Database.open(self.config.data_dir / "agent.sqlite",
-                                             self.migrations())
-        self._archive = Archive(self._database)
         try:
-            async with trio.open_nursery() as nursery:
+            async with self._storage(), trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._watch_crl)
                 await nursery.start(self.role.run)
@@ -190,20 +187,14 @@ class Agent:
         finally:
             self._nursery = None
             self.address = None
-            database, self._database, self._archive = self._database, None, None
-            with trio.CancelScope(shield=True):
-                await database.aclose()
             self.events.close()
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[Agent]:
         """The agent's storage and outbound channels, without listening: for commands
         that act as the agent (``semper buy``) beside, or instead of, its process."""
-        self._database = await Database.open(self.config.data_dir / "agent.sqlite",
-                                             self.migrations())
-        self._archive = Archive(self._database)
         try:
-            async with trio.open_nursery() as nursery:
+            async with self._storage(), trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
                     yield self
@@ -213,6 +204,16 @@ class Agent:
                     nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
+
+    @asynccontextmanager
+    async def _storage(self) -> AsyncIterator[None]:
+        """The database and the archive, open for the body; closed however it ends."""
+        self._database = await Database.open(self.config.data_dir / "agent.sqlite",
+                                             self.migrations())
+        self._archive = Archive(self._database)
+        try:
+            yield
+        finally:
             database, self._database, self._archive = self._database, None, None
             with trio.CancelScope(shield=True):
                 await database.aclose()
