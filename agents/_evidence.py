@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["RECEIPT", "EvidenceService", "ReceiptMismatch"]
 
 RECEIPT: Final = "evidence.receipt"
+#: Characters of a transaction name, as the archive keeps them.
+MAX_TRANSACTION: Final = 256
 #: How far a delivered statement's issue time may be from ours.
 REPLAY_WINDOW_MS: Final = 10 * 60 * 1000
 
@@ -100,9 +102,13 @@ class EvidenceService:
         return receipt
 
     async def _deliver(self, context: RequestContext, body: Any) -> dict[str, Any]:
-        if not isinstance(body, dict) or not isinstance(body.get("transaction"), str):
-            raise MalformedStatement("deliver takes {transaction: str, statement: map}")
-        transaction = body["transaction"]
+        transaction = body.get("transaction") if isinstance(body, dict) else None
+        if not isinstance(transaction, str) or not 0 < len(transaction) <= MAX_TRANSACTION \
+                or not transaction.isprintable():
+            # Refused before the replay guard remembers the nonce: a statement refused
+            # here can be delivered again under a good transaction name.
+            raise MalformedStatement("deliver takes {transaction: str of 1 to "
+                                     f"{MAX_TRANSACTION} printable characters, statement: map}}")
         statement = Statement.from_wire(body.get("statement"))
         peer = context.peer
         verify_statement(statement, certificate=peer.certificate,

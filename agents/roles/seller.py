@@ -56,6 +56,7 @@ from semper.services.payment import (
 )
 from semper.services.statements import (
     Statement,
+    WrongSigner,
     canonical_decode,
     canonical_encode,
     verify_statement,
@@ -138,6 +139,13 @@ class Seller(Role):
             raise BadRequest("commerce.order takes {order: statement}")
         order = Statement.from_wire(body["order"])
         self._verify(order, context.peer)
+        named = order.body.get("buyer")
+        if isinstance(named, str) and named != context.peer.agent_id:
+            # Signed by the peer, but in another buyer's name: the signer expected is
+            # the order's buyer (docs/protocol.md 9.3).
+            raise WrongSigner(f"the order names {named!r} as its buyer; "
+                              f"{context.peer.agent_id!r} signed it",
+                              detail={"expected": named, "signer": context.peer.agent_id})
         async with self._lock(order.digest):
             sale = await self._load(order.digest)
             if sale is None:
