@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -23,6 +24,7 @@ from semper.services.certificates import load_certificate
 from semper.services.commerce import (
     Archive,
     Catalogue,
+    Failed,
     GoodsDelivered,
     OfferChosen,
     Order,
@@ -48,6 +50,7 @@ from semper.services.statements import (
     canonical_encode,
     verify_statement,
 )
+from semper.transport import RemoteError
 
 from . import _archive
 from ._identity import utcnow
@@ -77,6 +80,27 @@ class PurchaseStuck(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+#: Refusals that mean "this will not happen, and no money moved": any refusal of the
+#: order, and of a payment only those raised before anything is applied (the bank
+#: applies nothing it refuses; negotiation happens before paying). A payee refusing a
+#: transfer's confirmation is not among them: the bank moved the money already, so the
+#: purchase stays PAYING for a retry or a dispute. Timeouts and closed channels retry.
+_ORDER_REFUSALS: Final = ("commerce.", "payment.", "statement.")
+_PAYMENT_REFUSALS: Final = frozenset({
+    "payment.insufficient_funds", "payment.unknown_account", "payment.no_common_instrument",
+    "payment.unknown_module", "payment.currency_mismatch", "commerce.unsupported_payment",
+})
+
+
+class PurchaseFailed(Exception):
+    """A purchase that failed before money moved, reported again with its first code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = f"this purchase failed before any money moved: {message}"
 
 
 def _now_ms() -> int:
@@ -156,6 +180,8 @@ class Shopper:
         replayed = row is not None and row["state"] in (PurchaseState.DONE.value,
                                                         PurchaseState.REFUNDED.value)
         purchase = Purchase.from_state(canonical_decode(row["machine"])) if row else None
+        if purchase is not None and purchase.failure is not None:
+            raise PurchaseFailed(purchase.failure.code, purchase.failure.message)
         certificate = None
         if purchase is None:
             catalogue, certificate = await self.catalogue(seller)
@@ -187,8 +213,9 @@ class Shopper:
             if purchase.state is PurchaseState.ORDERED:  # the seller has to accept it
                 assert purchase.order is not None
                 self._progress(f"order {purchase.order.digest.hex()[:12]} sent to {seller}")
-                await self.agent.request(seller, "commerce", "order",
-                                         {"order": purchase.order.to_wire()})
+                async with self._fail_on_refusal(purchase, key, seller, sku, module):
+                    await self.agent.request(seller, "commerce", "order",
+                                             {"order": purchase.order.to_wire()})
                 purchase.receive(OrderAccepted(), now_ms=_now_ms())
                 await self._save(key, seller, sku, module, purchase)
                 continue
@@ -205,7 +232,8 @@ class Shopper:
             elif isinstance(decision, Pay):
                 self._progress(f"paying {decision.amount} by {decision.module} "
                                f"through {self.agent.config.payment.bank or 'bank'}")
-                result = await self._pay(decision, purchase)
+                async with self._fail_on_refusal(purchase, key, seller, sku, module):
+                    result = await self._pay(decision, purchase)
                 purchase.receive(PaymentConfirmed(payment=result.settlement.digest,
                                                   payment_type=result.settlement.type,
                                                   amount=result.amount), now_ms=_now_ms())
@@ -241,6 +269,25 @@ class Shopper:
             else:  # pragma: no cover - a decision this driver does not know
                 raise PurchaseStuck(f"no way to act on {type(decision).__name__}")
         raise PurchaseStuck(f"purchase {key!r} did not settle in {_MAX_STEPS} steps")
+
+    @asynccontextmanager
+    async def _fail_on_refusal(self, purchase: Purchase, key: str, seller: str, sku: str,
+                               module: str) -> AsyncIterator[None]:
+        """A peer's definite refusal before money moved ends the purchase (FAILED, kept
+        under its key, so a retry reports the same refusal). A timeout or a broken
+        channel is not a refusal: the purchase stays where it is, for a retry."""
+        try:
+            yield
+        except RemoteError as exc:
+            definite = (exc.code.startswith(_ORDER_REFUSALS)
+                        if purchase.state is PurchaseState.ORDERED
+                        else exc.code in _PAYMENT_REFUSALS)
+            if not definite:
+                raise
+            purchase.receive(Failed(code=exc.code, message=exc.message[:4096]),
+                             now_ms=_now_ms())
+            await self._save(key, seller, sku, module, purchase)
+            raise
 
     async def _pay(self, decision: Pay, purchase: Purchase) -> PaymentResult:
         assert purchase.order is not None

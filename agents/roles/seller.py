@@ -44,7 +44,8 @@ from semper.services.commerce import (
     RefundNoteIssued,
     RefundRequested,
     Sale,
-    UnknownOffer,
+    UnknownOrder,
+    UnsupportedPayment,
     sign_body,
 )
 from semper.services.payment import (
@@ -182,6 +183,10 @@ class Seller(Role):
             if stored is not None:  # paid before: the same answer, nothing settled again
                 return canonical_decode(stored)  # type: ignore[no-any-return]
             terms = _terms(sale)
+            if request.module != terms.payment_module:
+                raise UnsupportedPayment(
+                    f"the order is to be paid by {terms.payment_module}, not {request.module}",
+                    detail={"expected": terms.payment_module, "module": request.module})
             ctx = AgentPaymentContext(self.agent, request.reference.hex(), buyer)
             result = await self.payments.accept(
                 ctx, request, invoice=Invoice(amount=terms.amount, reference=request.reference,
@@ -289,7 +294,7 @@ class Seller(Role):
     async def _sale_of(self, order: bytes, buyer: str) -> Sale:
         sale = await self._load(order)
         if sale is None or _terms(sale).buyer != buyer:
-            raise UnknownOffer("no such order from you", detail={"order": order})
+            raise UnknownOrder("no such order from you", detail={"order": order})
         return sale
 
     async def _load(self, order: bytes) -> Sale | None:

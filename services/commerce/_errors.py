@@ -64,6 +64,14 @@ class WrongSeller(CommerceError):
     code: ClassVar[str] = "commerce.wrong_seller"
 
 
+class UnknownOrder(CommerceError):
+    """The seller holds no such order from the requester (``commerce.fetch``,
+    ``commerce.refund``, ``payment.accept``); a buyer learns nothing of others'
+    orders. ``detail``: ``order``."""
+
+    code: ClassVar[str] = "commerce.unknown_order"
+
+
 class UnknownOffer(CommerceError):
     """The catalogue has no offer for that SKU, or the quoted offer was withdrawn or
     replaced. ``detail``: ``sku``."""
