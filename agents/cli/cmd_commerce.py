@@ -20,7 +20,9 @@ from rich.table import Table
 from semper.services import Amount
 from semper.services.statements import canonical_decode
 
+from .. import _purchase
 from .._agent import Agent
+from .._config import ConfigError
 from .._purchase import Shopper
 from ._common import config_option, load_config, passphrase_option
 
@@ -30,6 +32,15 @@ __all__ = ["buy", "catalogue", "refund", "wallet"]
 def _agent(config_path: Path, passphrase_file: Path | None) -> Agent:
     config, passphrase = load_config(config_path, passphrase_file)
     return Agent(config, passphrase=passphrase)
+
+
+def _shopper_agent(config_path: Path, passphrase_file: Path | None) -> Agent:
+    """An agent whose role keeps purchases (a buyer): ``buy`` and ``refund`` need it."""
+    agent = _agent(config_path, passphrase_file)
+    if not set(_purchase.MIGRATIONS) <= set(agent.migrations()):
+        raise ConfigError(f"{config_path} is the config of a {agent.config.role}, which keeps "
+                          "no purchases: buy and refund with a buyer's config")
+    return agent
 
 
 def _amount(wire: dict[str, Any]) -> str:
@@ -80,7 +91,7 @@ def catalogue(config_path: Path, seller: str, passphrase_file: Path | None,
 def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
         passphrase_file: Path | None, as_json: bool) -> None:
     """Order SKU from SELLER, pay, take delivery, and print the signed receipt."""
-    agent = _agent(config_path, passphrase_file)
+    agent = _shopper_agent(config_path, passphrase_file)
     key = key or f"buy-{secrets.token_hex(12)}"
     console = Console(stderr=as_json)
 
@@ -111,7 +122,7 @@ def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
 def refund(config_path: Path, key: str, reason: str, passphrase_file: Path | None,
            as_json: bool) -> None:
     """Ask the seller to refund a purchase in full; repeating it refunds nothing more."""
-    agent = _agent(config_path, passphrase_file)
+    agent = _shopper_agent(config_path, passphrase_file)
 
     async def run() -> Any:
         async with agent.session():
