@@ -1,109 +1,521 @@
-"""The local market demo: real processes, real TLS, a table of who reached whom.
+"""The local market demo: real processes, real TLS, money moving through a real bank.
 
-Each agent is its own ``semper agent run`` process; each ping is its own
-``semper ping`` process using the pinging agent's identity. Nothing is simulated.
+``run_demo`` makes a market in a temporary folder (``market init``: the bank opens EUR
+accounts for buyer and seller and funds the buyer) and starts every agent as its own
+``semper agent run`` process: ca, bank, seller, buyer, notary. Then, in order:
+
+1. Every agent reaches every other. The demo opens each channel itself, holding the
+   dialling agent's own key and certificate (what ``semper ping`` does, without
+   starting twenty interpreters), to the target's running process over mutually
+   authenticated TLS 1.3, and times one request.
+2. Commerce runs through the real command line, each command a process of its own
+   acting as the buyer (or the bank's operator) over its own channels:
+   ``semper bank accounts --json`` (balances before), ``semper catalogue --json``,
+   one ``semper buy ... --json`` per entry of ``PURCHASES`` (by transfer and by
+   cheque), ``semper refund`` of one of them, and one bought again with the same
+   ``--idempotency-key`` between two ``semper wallet --json``: the same receipt comes
+   back and the buyer's balance does not move.
+3. ``semper bank accounts --json`` again. Each account must have changed by exactly
+   what the payments and the refund the commands reported imply, the total over all
+   customer accounts must not have changed, and the bank must report balanced books.
+4. Every agent is stopped with SIGTERM and must exit 0.
+
+Each of these is a ``Check``; the demo passes only if every one holds. A
+``Reporter`` hears of each step as it happens, so the command line can show them live.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import trio
 
+from semper.services import Amount
+
+from ._agent import Agent
 from ._config import AgentConfig
 from ._market import init_market
 
-__all__ = ["DemoResult", "run_demo"]
+__all__ = ["PURCHASES", "REFUND", "REPLAY", "Check", "DemoResult", "Reporter", "run_demo"]
 
 READY_TIMEOUT = 30.0
-PING_TIMEOUT = 30.0
+PING_TIMEOUT = 10.0
+COMMAND_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+
+#: What the buyer buys: (idempotency key, SKU, instrument), in this order.
+PURCHASES: Final = (
+    ("demo-guide", "guide-001", "transfer"),
+    ("demo-map", "map-002", "cheque"),
+    ("demo-song", "song-003", "transfer"),
+)
+#: The purchase refunded (its offer's terms allow refunds).
+REFUND: Final = "demo-guide"
+#: The purchase bought again with the same idempotency key.
+REPLAY: Final = "demo-map"
+
+Account = tuple[str, str]  # (holder, currency)
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One thing the demo showed, or failed to."""
+
+    what: str
+    ok: bool
+    detail: str = ""
 
 
 @dataclass
 class DemoResult:
     agents: list[str]
+    folder: Path | None = None
     pings: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     exit_codes: dict[str, int | None] = field(default_factory=dict)
+    #: What ``semper bank accounts --json`` said before and after the purchases.
+    before: dict[Account, int] = field(default_factory=dict)
+    after: dict[Account, int] = field(default_factory=dict)
+    #: The change of each account that the payments and refunds reported imply.
+    expected: dict[Account, int] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+    seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return all(p.get("ok") for p in self.pings.values()) and all(
-            code == 0 for code in self.exit_codes.values())
+        return bool(self.checks) and all(check.ok for check in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [check for check in self.checks if not check.ok]
+
+
+class Reporter:
+    """Hears of the demo as it runs; this one ignores it all."""
+
+    def doing(self, text: str) -> None:
+        """A step starts."""
+
+    def checked(self, check: Check) -> None:
+        """A step ended, well or not."""
+
+    def pinged(self, result: DemoResult) -> None:
+        """Every agent has tried to reach every other: ``result.pings`` is complete."""
 
 
 def _semper(*args: str) -> list[str]:
     return [sys.executable, "-m", "semper.agents.cli", *args]
 
 
-async def _start(config: AgentConfig, nursery: trio.Nursery,
-                 *, task_status: trio.TaskStatus[trio.Process]) -> None:
-    """Start one agent process and report it once it printed its ready line."""
-    assert config.path is not None
-    process = await nursery.start(functools.partial(
-        trio.run_process, _semper("agent", "run", str(config.path)),
-        stdout=subprocess.PIPE, check=False))
-    assert process.stdout is not None
-    buffer = b""
-    with trio.fail_after(READY_TIMEOUT):
-        while b"\n" not in buffer:
-            chunk = await process.stdout.receive_some(4096)
-            if not chunk:
-                raise RuntimeError(f"agent {config.id} exited before it was ready")
-            buffer += chunk
-    line = buffer.split(b"\n", 1)[0].decode()
-    if not line.startswith(f"ready {config.id} "):
-        raise RuntimeError(f"agent {config.id} printed {line!r} instead of its ready line")
-    task_status.started(process)
+def _describe(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    code = getattr(exc, "code", None)
+    if isinstance(code, str):
+        return f"{code}: {getattr(exc, 'message', exc)}"
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}"
 
 
-async def _ping(config: AgentConfig, peer: str, limiter: trio.CapacityLimiter,
-                result: DemoResult) -> None:
-    assert config.path is not None
-    async with limiter:
-        with trio.move_on_after(PING_TIMEOUT):
-            done = await trio.run_process(
-                _semper("ping", "--config", str(config.path), "--json", peer),
-                capture_stdout=True, capture_stderr=True, check=False)
-            if done.returncode == 0:
-                result.pings[(config.id, peer)] = {"ok": True, **json.loads(done.stdout)}
-            else:
-                result.pings[(config.id, peer)] = {
-                    "ok": False, "error": done.stderr.decode().strip().splitlines()[-1:]}
+def _money(units: int, currency: str, *, sign: bool = False) -> str:
+    text = str(Amount(currency, units))
+    return text.replace(f"{currency} ", f"{currency} +", 1) if sign and units > 0 else text
+
+
+def _changes(changes: dict[Account, int]) -> str:
+    return ", ".join(f"{holder} {_money(units, currency, sign=True)}"
+                     for (holder, currency), units in sorted(changes.items())) or "none"
+
+
+@dataclass
+class _Command:
+    argv: list[str]
+    code: int | None
+    stdout: str
+    stderr: str
+
+    @property
+    def error(self) -> str:
+        """The command's one-line reason (``semper: <code>: ...``), or its exit code."""
+        if self.code is None:
+            return f"did not finish in {COMMAND_TIMEOUT:.0f} s"
+        lines = [line for line in self.stderr.splitlines() if line.strip()]
+        return lines[-1].strip() if lines else f"exit code {self.code}"
+
+
+class _Demo:
+    def __init__(self, market: Path, configs: list[AgentConfig], reporter: Reporter) -> None:
+        self.market = market
+        self.configs = configs
+        self.reporter = reporter
+        self.result = DemoResult(agents=[c.id for c in configs], folder=market)
+        self.processes: dict[str, trio.Process] = {}
+        self.by_role = {c.role: c for c in reversed(configs)}  # the first of each role
+
+    def check(self, what: str, ok: bool, detail: str = "") -> bool:
+        check = Check(what, ok, detail)
+        self.result.checks.append(check)
+        self.reporter.checked(check)
+        return ok
+
+    def config(self, role: str) -> str:
+        path = self.by_role[role].path
+        assert path is not None
+        return str(path)
+
+    def id(self, role: str) -> str:
+        return self.by_role[role].id
+
+    # -- processes ------------------------------------------------------------------
+
+    async def start_all(self, nursery: trio.Nursery) -> bool:
+        names = ", ".join(self.result.agents)
+        self.reporter.doing(f"starting {names}: one `semper agent run` process each")
+        ready: dict[str, str] = {}
+        # The CA agent first: the others publish their contact cards to it as they start.
+        first = [c for c in self.configs if c.role == "ca"]
+        for group in (first, [c for c in self.configs if c not in first]):
+            async with trio.open_nursery() as starters:
+                for config in group:
+                    starters.start_soon(self._start, config, nursery, ready)
+        return self.check(
+            f"{len(ready)} of {len(self.configs)} agents running, one process each",
+            len(ready) == len(self.configs),
+            ", ".join(f"{agent} at {ready[agent]}" for agent in self.result.agents
+                      if agent in ready))
+
+    async def _start(self, config: AgentConfig, nursery: trio.Nursery,
+                     ready: dict[str, str]) -> None:
+        """Start one agent process and wait for its ready line."""
+        assert config.path is not None
+        process: trio.Process = await nursery.start(functools.partial(
+            trio.run_process, _semper("agent", "run", str(config.path)),
+            stdout=subprocess.PIPE, check=False))
+        self.processes[config.id] = process
+        assert process.stdout is not None
+        buffer = b""
+        with trio.move_on_after(READY_TIMEOUT):
+            while b"\n" not in buffer:
+                chunk = await process.stdout.receive_some(4096)
+                if not chunk:
+                    break
+                buffer += chunk
+        line = buffer.split(b"\n", 1)[0].decode(errors="replace")
+        if line.startswith(f"ready {config.id} "):
+            ready[config.id] = line.split(" ", 2)[2]
+        else:
+            self.check(f"{config.id} did not start", False,
+                       f"printed {line!r} instead of its ready line")
+
+    async def stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(STOP_TIMEOUT):
+            for agent_id in self.result.agents:
+                if agent_id in self.processes:
+                    self.result.exit_codes[agent_id] = await self.processes[agent_id].wait()
+        for agent_id, process in self.processes.items():
+            if process.returncode is None:
+                process.kill()
+                self.result.exit_codes[agent_id] = None
+        codes = self.result.exit_codes
+        self.check("every agent stopped by SIGTERM exited 0",
+                   bool(codes) and all(code == 0 for code in codes.values()),
+                   ", ".join(f"{agent} {'killed' if code is None else code}"
+                             for agent, code in codes.items()))
+
+    # -- who reaches whom -----------------------------------------------------------
+
+    async def ping_all(self) -> None:
+        self.reporter.doing("every agent opening a TLS 1.3 channel to every other")
+        limiter = trio.CapacityLimiter(4)
+        async with trio.open_nursery() as nursery:
+            for config in self.configs:
+                try:
+                    agent = Agent(config)
+                except Exception as exc:
+                    for peer in config.peers:
+                        self.result.pings[(config.id, peer)] = {
+                            "ok": False, "error": _describe(exc)}
+                    continue
+                for peer in config.peers:
+                    nursery.start_soon(self._ping, agent, peer, limiter)
+        pings = self.result.pings
+        reached = sum(1 for ping in pings.values() if ping["ok"])
+        self.reporter.pinged(self.result)
+        self.check(f"{reached} of {len(pings)} channels opened over mutually authenticated "
+                   "TLS 1.3", reached == len(pings) > 0,
+                   "; ".join(f"{a} -> {b}: {p['error']}" for (a, b), p in sorted(pings.items())
+                             if not p["ok"]))
+
+    async def _ping(self, agent: Agent, peer: str, limiter: trio.CapacityLimiter) -> None:
+        async with limiter:
+            try:
+                with trio.fail_after(PING_TIMEOUT):
+                    started = time.perf_counter()
+                    async with agent.connect(peer) as channel:
+                        connected = time.perf_counter()
+                        nonce = os.urandom(16)
+                        answer = await channel.request("sys", "ping", nonce)
+                        rtt = time.perf_counter() - connected
+                if not isinstance(answer, dict) or answer.get("echo") != nonce \
+                        or answer.get("agent") != peer:
+                    raise ValueError(f"{peer} answered the ping with something else")
+                self.result.pings[(agent.config.id, peer)] = {
+                    "ok": True, "connect_ms": (connected - started) * 1000,
+                    "rtt_ms": rtt * 1000}
+            except Exception as exc:
+                self.result.pings[(agent.config.id, peer)] = {"ok": False,
+                                                              "error": _describe(exc)}
+
+    # -- commands -------------------------------------------------------------------
+
+    async def semper(self, *args: str) -> _Command:
+        argv = _semper(*args)
+        with trio.move_on_after(COMMAND_TIMEOUT):
+            done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True,
+                                          stdin=b"", check=False)
+            return _Command(argv, done.returncode, done.stdout.decode(errors="replace"),
+                            done.stderr.decode(errors="replace"))
+        return _Command(argv, None, "", "")
+
+    async def semper_json(self, *args: str) -> tuple[Any, str]:
+        """The JSON a ``semper ... --json`` printed, or None and the reason it did not."""
+        done = await self.semper(*args)
+        if done.code != 0:
+            return None, done.error
+        try:
+            return json.loads(done.stdout), ""
+        except ValueError:
+            return None, f"printed no JSON: {done.stdout[:200]!r}"
+
+    async def accounts(self, when: str) -> dict[str, Any] | None:
+        self.reporter.doing(f"balances {when}: semper bank accounts --json")
+        books, error = await self.semper_json("bank", "accounts", "--config",
+                                              self.config("bank"), "--json")
+        if books is None:
+            self.check(f"semper bank accounts --json ({when})", False, error)
+            return None
+        return books
+
+    async def wallet(self) -> dict[str, int] | None:
+        wallet, error = await self.semper_json("wallet", "--config", self.config("buyer"),
+                                               "--json")
+        if wallet is None:
+            self.check("semper wallet --json (buyer)", False, error)
+            return None
+        return wallet["balances"]  # type: ignore[no-any-return]
+
+    # -- commerce -------------------------------------------------------------------
+
+    async def commerce(self) -> None:
+        buyer, seller = self.id("buyer"), self.id("seller")
+        books = await self.accounts("before")
+        if books is None:
             return
-    result.pings[(config.id, peer)] = {"ok": False, "error": ["timed out"]}
+        self.result.before = _balances(books)
+        self.check("balances before (semper bank accounts --json)", True,
+                   ", ".join(f"{h} {_money(u, c)}"
+                             for (h, c), u in sorted(self.result.before.items())))
+        minted_before = books["minted"]
+
+        self.reporter.doing(f"semper catalogue --seller {seller} --json")
+        offers, error = await self.semper_json("catalogue", "--config", self.config("buyer"),
+                                               "--seller", seller, "--json")
+        prices: dict[str, Amount] = {}
+        if offers is not None:
+            prices = {o["sku"]: Amount(o["price"]["currency"], o["price"]["minor_units"])
+                      for o in offers}
+            error = ", ".join(f"{sku} {price}" for sku, price in prices.items())
+        self.check(f"semper catalogue: {len(prices)} offers signed by {seller}, verified",
+                   bool(prices), error)
+
+        bought: dict[str, dict[str, Any]] = {}
+        for key, sku, module in PURCHASES:
+            what = f"semper buy --item {sku} --pay {module}"
+            self.reporter.doing(f"{what} --idempotency-key {key} --json")
+            outcome, error = await self.semper_json(
+                "buy", "--config", self.config("buyer"), "--seller", seller, "--item", sku,
+                "--pay", module, "--idempotency-key", key, "--json")
+            problems = [error] if outcome is None else _purchase_problems(
+                outcome, sku=sku, module=module, price=prices.get(sku), buyer=buyer,
+                seller=seller)
+            if not problems:
+                bought[key] = outcome
+                payment = outcome["payment"]
+                paid = _money(payment["amount"]["minor_units"], payment["amount"]["currency"])
+                error = (f"{paid} from {buyer} to {seller} ({payment['settlement']}), receipt "
+                         f"{outcome['receipt']['digest'][:16]}... signed by {seller}")
+            self.check(what, not problems, error if not problems else "; ".join(problems))
+
+        refunded = await self.refund(bought)
+        await self.replay(bought)
+
+        books = await self.accounts("after")
+        if books is None:
+            return
+        self.result.after = after = _balances(books)
+        self.result.expected = expected = _implied(
+            [bought[key]["payment"] for key in bought],
+            [bought[REFUND]["payment"]] if refunded else [])
+        before = self.result.before
+        changes = {account: after.get(account, 0) - before.get(account, 0)
+                   for account in {*before, *after}}
+        wrong = {account for account in {*changes, *expected}
+                 if changes.get(account, 0) != expected.get(account, 0)}
+        self.check("each account changed by what the payments and the refund imply",
+                   not wrong,
+                   f"expected {_changes(expected)}; the bank says {_changes(changes)}")
+        totals = _totals(before), _totals(after)
+        self.check("the total over all customer accounts is unchanged",
+                   totals[0] == totals[1] and bool(totals[0]),
+                   ", ".join(f"{_money(units, currency)} before, "
+                             f"{_money(totals[1].get(currency, 0), currency)} after"
+                             for currency, units in sorted(totals[0].items())))
+        self.check("semper bank accounts: the books balance, nothing minted meanwhile",
+                   books.get("balanced") is True and books.get("minted") == minted_before,
+                   f"balanced: {json.dumps(books.get('balanced'))}, minted "
+                   + ", ".join(f"{_money(u, c)}" for c, u in sorted(books["minted"].items())))
+
+    async def refund(self, bought: dict[str, dict[str, Any]]) -> bool:
+        self.reporter.doing(f"semper refund --idempotency-key {REFUND}")
+        if REFUND not in bought:
+            return self.check(f"semper refund --idempotency-key {REFUND}", False,
+                              "that purchase failed, nothing to refund")
+        outcome, error = await self.semper_json(
+            "refund", "--config", self.config("buyer"), "--idempotency-key", REFUND,
+            "--reason", "demo: changed my mind", "--json")
+        problems = [error] if outcome is None else []
+        if outcome is not None:
+            if outcome.get("state") != "refunded" or outcome.get("refunded") is not True:
+                problems.append(f"state {outcome.get('state')!r}, not refunded")
+            if (outcome.get("receipt") or {}).get("digest") != bought[REFUND]["receipt"][
+                    "digest"]:
+                problems.append("a receipt other than the purchase's")
+        amount = bought[REFUND]["payment"]["amount"]
+        return self.check(
+            f"semper refund --idempotency-key {REFUND}", not problems,
+            "; ".join(problems) or f"{_money(amount['minor_units'], amount['currency'])} back "
+            f"to {self.id('buyer')}, refund note signed by {self.id('seller')}")
+
+    async def replay(self, bought: dict[str, dict[str, Any]]) -> None:
+        key, sku, module = next(p for p in PURCHASES if p[0] == REPLAY)
+        what = f"semper buy again with --idempotency-key {key}"
+        self.reporter.doing(f"{what}, between two semper wallet --json")
+        if key not in bought:
+            self.check(what, False, "the first purchase failed")
+            return
+        before = await self.wallet()
+        outcome, error = await self.semper_json(
+            "buy", "--config", self.config("buyer"), "--seller", self.id("seller"),
+            "--item", sku, "--pay", module, "--idempotency-key", key, "--json")
+        after = await self.wallet()
+        if before is None or after is None:
+            return
+        first = bought[key]
+        problems = [error] if outcome is None else []
+        if outcome is not None:
+            if outcome.get("replayed") is not True:
+                problems.append("not reported as replayed")
+            if outcome.get("receipt") != first["receipt"]:
+                problems.append("a receipt other than the first")
+            if outcome.get("payment") != first["payment"]:
+                problems.append("a payment other than the first")
+        if before != after:
+            problems.append(f"the buyer's balances moved from {before} to {after}")
+        self.check(f"{what}: paid nothing more", not problems, "; ".join(problems) or (
+            f"same receipt {first['receipt']['digest'][:16]}..., the buyer's balance "
+            + ", ".join(_money(u, c) for c, u in sorted(after.items()))
+            + " before and after"))
 
 
-async def run_demo(folder: Path | None = None) -> DemoResult:
-    """Init a market, run every agent, ping every pair, stop them all with SIGTERM."""
+def _balances(books: dict[str, Any]) -> dict[Account, int]:
+    return {(a["holder"], a["currency"]): a["minor_units"] for a in books["accounts"]}
+
+
+def _totals(balances: dict[Account, int]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for (_, currency), units in balances.items():
+        totals[currency] = totals.get(currency, 0) + units
+    return totals
+
+
+def _implied(payments: Iterable[dict[str, Any]], refunds: Iterable[dict[str, Any]]
+             ) -> dict[Account, int]:
+    """How much each account should have changed: payments out of the payer into the
+    payee, refunds of a payment back the other way."""
+    changes: dict[Account, int] = {}
+    for sign, group in ((1, payments), (-1, refunds)):
+        for payment in group:
+            currency, units = payment["amount"]["currency"], payment["amount"]["minor_units"]
+            for holder, direction in ((payment["payer"], -sign), (payment["payee"], sign)):
+                account = (holder, currency)
+                changes[account] = changes.get(account, 0) + direction * units
+    return changes
+
+
+def _purchase_problems(outcome: dict[str, Any], *, sku: str, module: str,
+                       price: Amount | None, buyer: str, seller: str) -> list[str]:
+    """What is wrong with a ``semper buy --json`` outcome of a first purchase."""
+    problems = []
+    receipt, payment = outcome.get("receipt"), outcome.get("payment")
+    if outcome.get("state") != "done":
+        problems.append(f"state {outcome.get('state')!r}")
+    if outcome.get("replayed") is not False:
+        problems.append("reported as replayed")
+    if not receipt or not payment:
+        return [*problems, "no receipt or no payment"]
+    if price is None:
+        problems.append(f"{sku} is not in the catalogue")
+    elif receipt["amount"] != price.to_wire() or payment["amount"] != price.to_wire():
+        problems.append(f"paid {payment['amount']}, the offer says {price}")
+    if (receipt["sku"], receipt["seller"], receipt["buyer"]) != (sku, seller, buyer):
+        problems.append("the receipt names another item, seller or buyer")
+    if (payment["module"], payment["payer"], payment["payee"]) != (module, buyer, seller):
+        problems.append(f"paid by {payment['module']} from {payment['payer']} "
+                        f"to {payment['payee']}")
+    if receipt["payment"] != payment["settlement_digest"]:
+        problems.append("the receipt quotes another payment")
+    if not outcome.get("goods_size"):
+        problems.append("no goods delivered")
+    return problems
+
+
+async def run_demo(folder: Path | None = None, reporter: Reporter | None = None
+                   ) -> DemoResult:
+    """Init a market, run every agent, reach every pair, buy, refund, replay, check the
+    books, and stop them all with SIGTERM. Raises nothing that a check can report."""
+    reporter = reporter or Reporter()
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="semper-demo-") as tmp:
         market = (folder or Path(tmp)) / "market"
+        reporter.doing("semper market init: a root CA, five agents, bank accounts")
         configs = init_market(market)
-        result = DemoResult(agents=[c.id for c in configs])
+        demo = _Demo(market, configs, reporter)
+        demo.check(f"semper market init {market}", True,
+                   f"a root CA and its CRL, a certificate and config for each of "
+                   f"{', '.join(demo.result.agents)}; the bank opened EUR accounts for buyer "
+                   "and seller and funded the buyer")
         async with trio.open_nursery() as nursery:
-            processes = {}
-            for config in configs:
-                processes[config.id] = await nursery.start(_start, config, nursery)
-            limiter = trio.CapacityLimiter(4)
-            async with trio.open_nursery() as pings:
-                for config in configs:
-                    for peer in config.peers:
-                        pings.start_soon(_ping, config, peer, limiter, result)
-            for process in processes.values():
-                process.send_signal(signal.SIGTERM)
-            with trio.move_on_after(STOP_TIMEOUT):
-                for agent_id, process in processes.items():
-                    result.exit_codes[agent_id] = await process.wait()
-            for agent_id, process in processes.items():
-                if process.returncode is None:
-                    process.kill()
-                    result.exit_codes[agent_id] = None
-        return result
+            try:
+                if await demo.start_all(nursery):
+                    await demo.ping_all()
+                    await demo.commerce()
+            finally:
+                with trio.CancelScope(shield=True):
+                    reporter.doing("stopping every agent with SIGTERM")
+                    await demo.stop_all()
+        demo.result.seconds = time.monotonic() - started
+        return demo.result
