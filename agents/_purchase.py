@@ -43,7 +43,13 @@ from semper.services.commerce import (
     UnknownOffer,
     sign_body,
 )
-from semper.services.payment import IdempotencyConflict, PaymentRequest, PaymentResult
+from semper.services.payment import (
+    IdempotencyConflict,
+    PaymentRequest,
+    PaymentResult,
+    RefundResult,
+    verify_refund_confirmation,
+)
 from semper.services.statements import (
     Statement,
     canonical_decode,
@@ -263,8 +269,19 @@ class Shopper:
                 seller_cert = await self._seller_certificate(seller, certificate)
                 verify_statement(note, certificate=seller_cert, root=self.agent.credentials.root,
                                  crl=self.agent.crl, now=utcnow(), expected_signer=seller)
+                refund = RefundResult.from_wire(answer["refund"])
+                assert purchase.payment is not None
+                # The bank's word that the money came back, checked and kept as evidence.
+                verify_refund_confirmation(
+                    refund.confirmation, bank_certificate=refund.bank_certificate,
+                    root=self.agent.credentials.root, crl=self.agent.crl, now=utcnow(),
+                    expected_original=purchase.payment.payment, expected_payee=self.agent.id,
+                    expected_amount=decision.amount)
                 decisions = purchase.receive(RefundNoteIssued(note=note), now_ms=_now_ms())
                 await self._record(decisions, seller, purchase, seller_cert)
+                await self.agent.archive.record(
+                    refund.confirmation, direction="received", peer=seller,
+                    transaction=purchase.order.digest.hex(), certificate=refund.bank_certificate)
                 await self._save(key, seller, sku, module, purchase, refund=answer)
             else:  # pragma: no cover - a decision this driver does not know
                 raise PurchaseStuck(f"no way to act on {type(decision).__name__}")
