@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import math
@@ -10,12 +11,24 @@ import re
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 import semper.services
 import semper.services.certificates
 import semper.transport
+from semper.agents._evidence import REPLAY_WINDOW_MS
 from semper.services import ServiceError
+from semper.services.archive import _record as record_module
 from semper.services.certificates import ARC, ROLE_POLICY, Level, level_oid
+from semper.services.statements import (
+    MAX_CONTAINER,
+    MAX_DEPTH,
+    MAX_SKEW_MS,
+    MAX_STRING,
+    Statement,
+    verify_ed25519,
+)
+from semper.services.statements import _statement as statement_module
 from semper.transport import (
     NEED_DATA,
     ChannelConfig,
@@ -158,3 +171,80 @@ def test_documented_defaults(doc: str) -> None:
     assert f"at most {limits.max_depth} deep" in doc
     assert f"at most {limits.max_container} elements" in doc
     assert f"`version: {semper.transport.PROTOCOL_VERSION}`" in doc
+
+
+def _subsection(text: str, heading: str) -> str:
+    """The text of the `### ` subsection whose heading starts with ``heading``."""
+    match = re.search(rf"^### {re.escape(heading)}.*?$(.*?)(?=^###? |\Z)", text, re.M | re.S)
+    assert match, f"no subsection {heading!r} in {DOC}"
+    return match.group(1)
+
+
+def _hex_dumps(text: str) -> list[bytes]:
+    """Every ```hex block of ``text``, as bytes (each line: an offset, then the bytes)."""
+    dumps = []
+    for block in re.findall(r"```hex\n(.*?)```", text, re.S):
+        lines = [line.split(None, 1) for line in block.splitlines() if line.strip()]
+        for index, (offset, _) in enumerate(lines):
+            assert int(offset, 16) == 16 * index, f"offset {offset} out of step"
+        dumps.append(bytes.fromhex(" ".join(rest for _, rest in lines)))
+    return dumps
+
+
+def test_statement_example_is_what_the_code_computes(doc: str) -> None:
+    """Section 6A.6: the signed bytes, the signature, the canonical bytes and the digest
+    of the worked example are exactly what semper computes from its inputs."""
+    example = _subsection(doc, "6A.6 ")
+    seed = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"  # RFC 8032 TEST 1
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes.fromhex(seed))
+    public = key.public_key().public_bytes_raw()
+    assert public.hex() == "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+    times = "\u00d7"  # the doc's multiplication sign
+    for shown in (f"`{seed}`", f"`{public.hex()}`", '`"evidence.receipt"`',
+                  f'`{{"transaction": "demo-1", "statement": h\'33\' {times} 32, '
+                  f'"from": "buyer-7"}}`',
+                  f"`h'11'` {times} 32", "`1764053911000`", f"`h'22'` {times} 16"):
+        assert shown in example, f"the example does not show the input {shown}"
+    fields = {"type": "evidence.receipt",
+              "body": {"transaction": "demo-1", "statement": b"\x33" * 32, "from": "buyer-7"},
+              "signer": b"\x11" * 32, "issued_at": 1764053911000, "nonce": b"\x22" * 16}
+    draft = Statement(**fields, signature=bytes(64))
+    signature = key.sign(draft.signed_bytes())
+    statement = Statement(**fields, signature=signature)
+
+    signed, shown_signature, canonical, digest = _hex_dumps(example)
+    assert signed == statement.signed_bytes()
+    assert signed.startswith(b"semper-statement-v1\x00")
+    assert shown_signature == signature
+    verify_ed25519(public, signed, shown_signature)
+    assert canonical == statement.to_bytes()
+    assert Statement.from_bytes(canonical) == statement
+    assert digest == statement.digest == hashlib.sha256(canonical).digest()
+    assert f"({len(signed)} bytes" in example
+    assert f"({len(canonical)} bytes" in example
+    assert f"SHA-256 of those {len(canonical)} bytes" in example
+
+
+def test_statement_constants_are_the_code_constants(doc: str) -> None:
+    """Section 6A states the prefixes, sizes, skew, window and bounds the code uses."""
+    section = _section(doc, "6A. ")
+    signed_prefix = statement_module.DOMAIN.removesuffix(b"\x00").decode("ascii")
+    assert f"`{signed_prefix}` ({len(signed_prefix)} bytes), one byte `0x00`" in section
+    record_prefix = record_module.DOMAIN.removesuffix(b"\x00").decode("ascii")
+    assert f'"{record_prefix}" || 0x00' in section
+    assert f"the ASCII prefix ({len(record_prefix)} bytes)" in section
+    assert f"now + {MAX_SKEW_MS // 60_000} minutes ({MAX_SKEW_MS} ms)" in section
+    assert f"W = {REPLAY_WINDOW_MS // 60_000} minutes, {REPLAY_WINDOW_MS} ms" in section
+    latest = statement_module.Statement(
+        type="a.b", body={}, signer=bytes(32), issued_at=statement_module.MAX_TIME_MS,
+        nonce=bytes(16), signature=bytes(64)).issued_at_datetime
+    shown = latest.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
+    assert f"0 to {statement_module.MAX_TIME_MS} ({shown})" in section
+    sizes = (("signer", Statement.SIGNER_SIZE), ("nonce", Statement.NONCE_SIZE),
+             ("signature", Statement.SIGNATURE_SIZE))
+    for key, size in sizes:
+        assert f"| `{key}` | bin, {size} bytes |" in section, key
+    assert f"1 to {statement_module._MAX_TYPE} characters" in section
+    assert f"1 MiB ({MAX_STRING} bytes)" in section
+    assert f"at most {MAX_CONTAINER} elements" in section
+    assert f"nested at most {MAX_DEPTH} deep" in section
