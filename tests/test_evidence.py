@@ -3,6 +3,7 @@ SIGKILL of the receiver in the middle of a burst (agents/_evidence.py, _archive.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -173,3 +174,40 @@ async def test_sigkill_in_a_burst_loses_no_acknowledged_statement(market: Path) 
         market / "seller" / "data" / "agent.sqlite").execute(
         "SELECT digest FROM archive_records WHERE direction = 'received'")}
     assert set(acknowledged) <= archived
+
+
+def test_a_bundle_is_exported_and_checked_from_the_command_line(market: Path,
+                                                                 tmp_path: Path) -> None:
+    async def fill() -> None:
+        buyer, seller = Agent(config(market, "buyer")), Agent(config(market, "seller"))
+        async with running(buyer, seller):
+            await buyer.evidence.deliver("seller", "tx-9",
+                                         buyer.evidence.sign("test.note", {"n": 9}))
+
+    trio.run(fill)
+    semper = [sys.executable, "-m", "semper.agents.cli"]
+    bundle = tmp_path / "tx-9.bundle"
+    done = subprocess.run([*semper, "archive", "export", "--config",
+                           str(market / "seller" / "agent.toml"), "tx-9", "-o", str(bundle)],
+                          capture_output=True, text=True, timeout=DEADLINE)
+    assert done.returncode == 0, done.stderr
+    root = str(market / "ca" / "root.pem")
+    done = subprocess.run([*semper, "archive", "check", str(bundle), "--root", root, "--json"],
+                          capture_output=True, text=True, timeout=DEADLINE)
+    assert done.returncode == 0, done.stderr
+    verified = json.loads(done.stdout)["verified"]
+    assert [(v["type"], v["signer"]) for v in verified] == [
+        ("test.note", "buyer"), ("evidence.receipt", "seller")]
+    # A newer CRL of the same root may stand in for the bundle's; another root's may not.
+    subprocess.run([*semper, "ca", "revoke", str(market), "notary"], check=True,
+                   capture_output=True, timeout=DEADLINE)
+    newer = str(market / "ca" / "crl.pem")
+    done = subprocess.run([*semper, "archive", "check", str(bundle), "--root", root,
+                           "--crl", newer], capture_output=True, text=True, timeout=DEADLINE)
+    assert done.returncode == 0, done.stderr
+    init_market(tmp_path / "other")
+    foreign = str(tmp_path / "other" / "ca" / "crl.pem")
+    done = subprocess.run([*semper, "archive", "check", str(bundle), "--root", root,
+                           "--crl", foreign], capture_output=True, text=True, timeout=DEADLINE)
+    assert done.returncode == 1 and done.stderr.startswith("semper: archive.invalid_evidence")
+    assert "Traceback" not in done.stderr

@@ -93,7 +93,9 @@ class Statement:
         _check_type(self.type)
         if type(self.body) is not dict:
             raise ValueError(f"body must be a dict, not {type(self.body).__name__}")
-        canonical_encode(self.body)  # in the value model and within the bounds
+        # In the value model and within the bounds one level down, where the body sits
+        # in the statement map: what is built here can always be encoded and signed.
+        canonical_encode({"body": self.body})
         _check_bytes("signer", self.signer, self.SIGNER_SIZE)
         _check_bytes("nonce", self.nonce, self.NONCE_SIZE)
         _check_bytes("signature", self.signature, self.SIGNATURE_SIZE)
