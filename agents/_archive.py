@@ -140,6 +140,8 @@ class Archive:
 
     async def records(self, transaction: str | None = None) -> list[ArchiveRecord]:
         """The chain in order, or the records of one transaction."""
+        if transaction is None:  # the whole chain: off the event loop
+            return await self._db.scan(read_records)
         return await self._db.read(lambda c: read_records(c, transaction))
 
     async def contains(self, digest: bytes) -> bool:

@@ -1,13 +1,20 @@
 """One SQLite database per agent: WAL, fsync'd commits, versioned schemas.
 
-Theory of operation. SQLite is blocking, so every call runs in a worker thread
-(``trio.to_thread.run_sync``); one ``trio.Lock`` serialises them, so the one
+Theory of operation. Writes run in a worker thread (``trio.to_thread.run_sync``):
+a commit waits for an fsync. One ``trio.Lock`` serialises them, so the writing
 connection is only ever used by one thread at a time (hence
 ``check_same_thread=False``). ``synchronous=FULL`` with WAL makes a commit durable
 once it returns: anything acknowledged to a peer after ``transaction`` returned
 survives SIGKILL and power loss. Writers that queue up while a commit runs share the
 next one (group commit, one fsync for all), each in its own SAVEPOINT so that one
 failing writer rolls back only its own work.
+
+Reads go through a second, read-only connection. In WAL mode a reader never waits
+for the writer and sees every commit that has returned, so ``read`` runs its
+function right on the event loop thread: a lookup by key takes microseconds, where
+a hop to a worker thread and back costs a hundred (and it would queue behind the
+commit in progress). ``scan`` is the same read in a worker thread, for reads that
+may touch many rows (a whole archive chain).
 
 Each component (archive, enrollment, directory, bank, ...) owns its tables and
 lists its migrations, a sequence of SQL scripts; ``schema_versions`` records how
@@ -44,8 +51,10 @@ class StorageError(Exception):
 class Database:
     """An agent's SQLite file. Open with ``await Database.open(path, migrations)``."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, connection: sqlite3.Connection, reader: sqlite3.Connection,
+                 path: Path) -> None:
         self._connection = connection
+        self._reader = reader
         self._lock = trio.Lock()
         self._pending: list[tuple[Callable[[sqlite3.Connection], Any], list[Any]]] = []
         self._committing = False
@@ -76,14 +85,30 @@ class Database:
             connection.execute("PRAGMA synchronous=FULL")
             connection.execute("PRAGMA foreign_keys=ON")
             _migrate(connection, migrations)
+            reader = _open_reader(path)
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"cannot open database {path}: {exc}") from exc
-        return cls(connection, path)
+        return cls(connection, reader, path)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(connection)`` in the worker thread, outside a transaction."""
-        async with self._lock:
-            return await trio.to_thread.run_sync(fn, self._connection)
+        """Run ``fn(connection)`` over the read-only connection, on the event loop
+        thread: for short reads (rows by key). It sees every ``transaction`` that has
+        returned, never waits for one in progress, and must not keep a cursor past
+        its return (an unfinished statement would hold its snapshot)."""
+        await trio.lowlevel.checkpoint()
+        return fn(self._reader)
+
+    async def scan(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``read`` in a worker thread (over a connection of its own), for reads that
+        may touch many rows."""
+        def run() -> T:
+            reader = _open_reader(self.path)
+            try:
+                return fn(reader)
+            finally:
+                reader.close()
+
+        return await trio.to_thread.run_sync(run)
 
     async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(connection)`` in a write transaction; durable when this returns.
@@ -163,10 +188,22 @@ class Database:
 
     async def aclose(self) -> None:
         async with self._lock:
+            self._reader.close()
             await trio.to_thread.run_sync(self._connection.close)
 
     def close(self) -> None:
+        self._reader.close()
         self._connection.close()
+
+
+def _open_reader(path: Path) -> sqlite3.Connection:
+    # A WAL reader waits only in rare cases (another connection recovering the WAL);
+    # it runs on the event loop thread, so it gives up sooner than the writer.
+    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                             timeout=1.0)
+    reader.execute("PRAGMA synchronous=FULL")  # as the writer (it never writes)
+    reader.execute("PRAGMA query_only=ON")
+    return reader
 
 
 def _migrate(connection: sqlite3.Connection, migrations: Mapping[str, Sequence[str]]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -111,4 +112,32 @@ async def test_a_cancelled_caller_still_gets_its_write_committed(tmp_path: Path)
         scope.cancel()
         await db.transaction(lambda c: c.execute("INSERT INTO notes (text) VALUES ('x')"))
     assert await db.read(lambda c: c.execute("SELECT count(*) FROM notes").fetchone()[0]) == 1
+    await db.aclose()
+
+
+async def test_a_read_sees_every_returned_commit_and_waits_for_none(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "a.sqlite", NOTES)
+    count = "SELECT count(*) FROM notes"
+    for n in range(1, 4):
+        await db.transaction(lambda c: c.execute("INSERT INTO notes (text) VALUES ('x')"))
+        assert await db.read(lambda c: c.execute(count).fetchone()[0]) == n
+    seen: list[int] = []
+    started = trio.Event()
+
+    def slow(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO notes (text) VALUES ('slow')")
+        trio.from_thread.run_sync(started.set)
+        time.sleep(0.3)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(db.transaction, slow)
+        await started.wait()  # a commit is in progress and holds the write lock
+        begun = time.perf_counter()
+        seen.append(await db.read(lambda c: c.execute(count).fetchone()[0]))
+        assert time.perf_counter() - begun < 0.2  # did not wait for it
+    assert seen == [3]  # and did not see it before it committed
+    assert await db.read(lambda c: c.execute(count).fetchone()[0]) == 4
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        await db.read(lambda c: c.execute("INSERT INTO notes (text) VALUES ('no')"))
+    assert await db.scan(lambda c: c.execute(count).fetchone()[0]) == 4
     await db.aclose()
