@@ -29,6 +29,7 @@ from semper.services.certificates import (
 )
 from semper.services.statements import (
     MAX_SKEW_MS,
+    MAX_STRING,
     BadSignature,
     MalformedStatement,
     NotCanonical,
@@ -187,6 +188,25 @@ def test_canonical_bounds_match_the_transport() -> None:
     encode_body(_nest(32))  # the transport agrees on the limit
     with pytest.raises(ValueError):
         encode_body(_nest(33))
+
+
+def test_text_is_bounded_by_its_utf8_bytes() -> None:
+    for char in ("a", "\u00e9", "\u20ac", "\U0001f600"):  # 1 to 4 bytes each
+        size = len(char.encode())
+        fits = char * (MAX_STRING // size)
+        assert len(canonical_decode(canonical_encode(fits))) == len(fits)
+        assert canonical_encode({fits: 1})
+        for too_long in (fits + "a" * size, {fits + "a" * size: 1}):
+            with pytest.raises(ValueError, match="longer than"):
+                canonical_encode(too_long)
+    with pytest.raises(ValueError, match="lone surrogate"):
+        canonical_encode({"ok": 1, "\ud800": 2})
+
+
+@given(st.dictionaries(st.text(max_size=6), st.none(), min_size=2, max_size=8))
+def test_keys_sort_by_their_utf8_bytes(mapping: dict[str, Any]) -> None:
+    keys = list(msgpack.unpackb(canonical_encode(mapping), raw=True))
+    assert keys == sorted(key.encode() for key in mapping)
 
 
 @pytest.mark.parametrize(

@@ -106,37 +106,48 @@ def _normalize(value: Any, depth: int) -> Any:
 
     Exact type checks on purpose: ``bool`` is tested before ``int`` would match it,
     and subclasses (enums, OrderedDict) are refused instead of silently flattened.
+    Keys are sorted as str: for valid text (``_check_text`` refuses the rest first)
+    code point order is UTF-8 byte order.
     """
     t = type(value)
-    if value is None or t is bool:
+    if t is str:
+        _check_text(value)
+        return value
+    if t is bytes:
+        _check_length(value, "bytes")
         return value
     if t is int:
         if not _INT_MIN <= value <= _INT_MAX:
             raise ValueError(f"integer {value} outside msgpack's 64-bit range")
         return value
-    if t is str:
-        _check_length(_utf8(value), "str")
-        return value
-    if t is bytes:
-        _check_length(value, "bytes")
-        return value
-    if t is list:
-        _check_container(value, depth, "list")
-        return [_normalize(item, depth + 1) for item in value]
     if t is dict:
         _check_container(value, depth, "map")
-        keyed = []
-        for key, item in value.items():
+        for key in value:
             if type(key) is not str:
                 raise ValueError(f"map keys must be str, not {type(key).__name__}")
-            encoded = _utf8(key)
-            _check_length(encoded, "str")
-            keyed.append((encoded, key, item))
-        keyed.sort(key=lambda entry: entry[0])
-        return {key: _normalize(item, depth + 1) for _, key, item in keyed}
+            _check_text(key)
+        depth += 1
+        return {key: _normalize(value[key], depth) for key in sorted(value)}
+    if t is list:
+        _check_container(value, depth, "list")
+        depth += 1
+        return [_normalize(item, depth) for item in value]
+    if value is None or t is bool:
+        return value
     raise ValueError(
         f"{t.__name__} is outside the value model (int, bytes, str, bool, None, list, dict)"
     )
+
+
+def _check_text(text: str) -> None:
+    """Valid Unicode (no lone surrogate) of at most ``MAX_STRING`` UTF-8 bytes. ASCII
+    text, the common case, is checked without encoding it: one byte a character."""
+    if text.isascii():
+        _check_length(text, "str")
+    elif len(text) > MAX_STRING // 4:  # might be too long: count the bytes
+        _check_length(_utf8(text), "str")
+    else:
+        _utf8(text)
 
 
 def _utf8(text: str) -> bytes:
@@ -146,7 +157,7 @@ def _utf8(text: str) -> bytes:
         raise ValueError("str is not valid Unicode text (lone surrogate)") from None
 
 
-def _check_length(data: bytes, kind: str) -> None:
+def _check_length(data: bytes | str, kind: str) -> None:
     if len(data) > MAX_STRING:
         raise ValueError(f"{kind} of {len(data)} bytes is longer than {MAX_STRING}")
 
