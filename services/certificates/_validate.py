@@ -15,6 +15,7 @@ refuses Ed25519 and checks no CRLs, so the checks are explicit, in this order:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -70,6 +71,13 @@ class AgentIdentity:
     certificate: x509.Certificate
 
 
+# Certificates are immutable values (hashed and compared by their DER), and each
+# statement checked names one: fingerprint and identity_of are asked about the same
+# few certificates over and over, so the answers are kept.
+_CACHE_SIZE = 1024
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def fingerprint(cert: x509.Certificate) -> bytes:
     """SHA-256 over the DER encoding, as ``openssl x509 -fingerprint -sha256`` shows it."""
     return hashlib.sha256(cert.public_bytes(_DER)).digest()
@@ -203,6 +211,7 @@ def _check_usage(cert: x509.Certificate) -> None:
         raise BadKeyUsage("agent keys are Ed25519")
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def identity_of(cert: x509.Certificate) -> AgentIdentity:
     """Read id, role and level from a certificate without judging its validity.
 
