@@ -24,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/channel.py
+	$(BIN)/python bench/payments.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

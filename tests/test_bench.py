@@ -20,3 +20,23 @@ def test_channel_bench_json_keys() -> None:
     for key in ("rr1", "rr32", "bulk"):
         assert report[f"{key}_ratio"] > 0
         assert report[f"semper_{key}"] > 0 and report[f"baseline_{key}"] > 0
+
+
+def test_payments_bench_json_keys() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "payments.py"), "--json", "--seconds", "0.3",
+         "--concurrency", "4"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    report = json.loads(done.stdout)
+    assert report["pay"] == "transfer"
+    assert report["purchases"] > 0 and report["failed"] == 0
+    assert report["purchases_per_s"] > 0 and report["floor_purchases_per_s"] > 0
+    assert abs(report["floor_ratio"]
+               - report["purchases_per_s"] / report["floor_purchases_per_s"]) < 0.02
+    assert report["bank_payments"] >= report["purchases"]
+    floor = report["floor"]
+    for part in ("sign", "verify", "verify_certificate", "verify_crl", "commits",
+                 "round_trips"):
+        assert floor[part]["count"] > 0 and floor[part]["us_each"] > 0
+    assert floor["signatures"] >= 10  # order, transfer order, confirmation, receipt, ...
