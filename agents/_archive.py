@@ -4,7 +4,7 @@ Appending reads the chain's head and inserts the next record in one ``BEGIN
 IMMEDIATE`` transaction, so concurrent writers (one per request handler) still
 form one chain; the commit is fsync'd (``synchronous=FULL``) before ``record``
 returns, and callers acknowledge a statement to a peer only after that. Writes that
-arrive while a commit is in progress are batched into the next one (group commit):
+arrive while a commit is in progress share the next one (the database's group commit):
 one fsync for the batch, each caller still waits for its own record to be durable.
 
 The certificates of every signer seen are kept beside the chain, so that an
@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import trio
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -80,9 +79,6 @@ class Archive:
 
     def __init__(self, database: Database) -> None:
         self._db = database
-        self._queue: list[tuple[_Entry, list[Any]]] = []
-        self._flushing = False
-        self._flushed = trio.lowlevel.ParkingLot()
 
     async def record(
         self,
@@ -102,35 +98,11 @@ class Archive:
         return (await self.record_all([entry]))[0]
 
     async def record_all(self, entries: list[_Entry]) -> list[ArchiveRecord]:
-        """Append several entries in one commit, in order (see ``entry``)."""
-        slot: list[Any] = []
-        self._queue.append((entries, slot))
-        with trio.CancelScope(shield=True):
-            while not slot:
-                if self._flushing:
-                    await self._flushed.park()
-                else:
-                    await self._flush()
-        if isinstance(slot[0], BaseException):
-            raise slot[0]
-        return slot[0]
+        """Append several entries in one commit, in order (see ``entry``).
 
-    async def _flush(self) -> None:
-        """Commit every queued entry in one transaction (one fsync for all)."""
-        self._flushing = True
-        batch, self._queue = self._queue, []
-        try:
-            records = await self._db.transaction(
-                lambda c: append(c, [entry for entries, _ in batch for entry in entries]))
-            for entries, slot in batch:
-                slot.append(records[:len(entries)])
-                records = records[len(entries):]
-        except Exception as exc:
-            for _, slot in batch:
-                slot.append(exc)
-        finally:
-            self._flushing = False
-            self._flushed.unpark_all()
+        ``Database.transaction`` batches concurrent callers into one commit (one
+        fsync), each appending after the records the earlier ones wrote."""
+        return await self._db.transaction(lambda c: append(c, entries))
 
     async def remember_certificate(self, certificate: x509.Certificate) -> None:
         der = certificate.public_bytes(Encoding.DER)

@@ -67,6 +67,8 @@ class EvidenceService:
         self.agent.add_op("evidence", "deliver", self._deliver)
 
     def sign(self, type: str, body: dict[str, Any]) -> Statement:
+        """Sign ``body`` as a statement of ``type`` by this agent, now, with a fresh
+        nonce: the one place an agent signs."""
         credentials = self.agent.credentials
         return sign_statement(type, body, key=credentials.key,
                               certificate=credentials.identity.certificate,

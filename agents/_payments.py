@@ -8,7 +8,6 @@ peers over the agent's cached channels.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +22,7 @@ from semper.services.payment import (
     PaymentManager,
     load_modules,
 )
-from semper.services.statements import Statement, sign_statement
+from semper.services.statements import Statement
 
 if TYPE_CHECKING:
     from ._agent import Agent
@@ -65,10 +64,7 @@ class AgentPaymentContext:
         return time.time_ns() // 1_000_000
 
     async def sign(self, type: str, body: dict[str, Any]) -> Statement:
-        credentials = self._agent.credentials
-        statement = sign_statement(type, body, key=credentials.key,
-                                   certificate=self.certificate, now_ms=self.now_ms(),
-                                   nonce=os.urandom(16))
+        statement = self._agent.evidence.sign(type, body)
         await self._agent.archive.record(statement, direction=Direction.SENT, peer=self.peer,
                                          transaction=self.transaction,
                                          certificate=self.certificate)

@@ -12,7 +12,6 @@ first result. The same key with another seller, item or instrument is refused.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -41,7 +40,6 @@ from semper.services.commerce import (
     RequestRefund,
     SendOrder,
     UnknownOffer,
-    sign_body,
 )
 from semper.services.payment import (
     IdempotencyConflict,
@@ -315,10 +313,7 @@ class Shopper:
         return await self.payments.pay(ctx, request, only=decision.module)
 
     async def _sign(self, order: Order) -> Statement:
-        credentials = self.agent.credentials
-        return sign_body(order, key=credentials.key,
-                         certificate=credentials.identity.certificate, now_ms=_now_ms(),
-                         nonce=os.urandom(16))
+        return self.agent.evidence.sign(order.TYPE, order.to_body())
 
     async def _seller_certificate(self, seller: str, known: Any) -> Any:
         if known is not None:

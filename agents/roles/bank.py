@@ -9,8 +9,6 @@ requests). The op answers only after that commit.
 
 from __future__ import annotations
 
-import os
-import time
 from typing import Any
 
 from semper.services.payment import (
@@ -31,7 +29,6 @@ from semper.services.payment import (
     check_refund_order,
     check_transfer_order,
 )
-from semper.services.statements import Statement, sign_statement
 
 from .. import _bank, _ledger
 from .._faults import crash_point
@@ -49,19 +46,14 @@ class Bank(Role):
 
     def setup(self) -> None:
         agent = self.agent
-        self.book = _bank.BankBook(agent.id, self._sign, agent.credentials.identity.certificate)
+        self.book = _bank.BankBook(agent.id, agent.evidence.sign,
+                                   agent.credentials.identity.certificate)
         agent.registry.add_service(BANK_SERVICE, version=1, modules=("transfer", "cheque"))
         agent.add_op(BANK_SERVICE, BANK_TRANSFER, self.transfer)
         agent.add_op(BANK_SERVICE, BANK_DEPOSIT_CHEQUE, self.deposit_cheque)
         agent.add_op(BANK_SERVICE, BANK_REFUND, self.refund)
         agent.add_op(BANK_SERVICE, BANK_STOP_CHEQUE, self.stop_cheque)
         agent.add_op(BANK_SERVICE, "account", self.account)
-
-    def _sign(self, type_: str, body: dict[str, Any]) -> Statement:
-        credentials = self.agent.credentials
-        return sign_statement(type_, body, key=credentials.key,
-                              certificate=credentials.identity.certificate,
-                              now_ms=time.time_ns() // 1_000_000, nonce=os.urandom(16))
 
     def _checks(self) -> dict[str, Any]:
         return {"root": self.agent.credentials.root, "crl": self.agent.crl, "now": utcnow()}

@@ -16,7 +16,6 @@ event twice. Ops (the ``commerce`` and ``payment`` services, docs/protocol.md):
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -46,7 +45,6 @@ from semper.services.commerce import (
     Sale,
     UnknownOrder,
     UnsupportedPayment,
-    sign_body,
 )
 from semper.services.payment import (
     AcceptRequest,
@@ -118,13 +116,11 @@ class Seller(Role):
         cat = self._catalogue
         if cat is None or any(Offer.from_statement(s).valid_until < now + _DAY_MS
                               for s in cat.offers):
-            credentials = self.agent.credentials
-            offers = tuple(sign_body(
+            offers = tuple(self._sign(
                 Offer(seller=self.agent.id, sku=item.sku, title=item.title, price=item.price,
                       terms=item.terms, content_digest=item.content_digest,
-                      valid_until=now + item.valid_days * _DAY_MS),
-                key=credentials.key, certificate=credentials.identity.certificate,
-                now_ms=now, nonce=os.urandom(16)) for item in self.items.values())
+                      valid_until=now + item.valid_days * _DAY_MS))
+                for item in self.items.values())
             self._catalogue = cat = Catalogue(offers=offers)
         return cat
 
@@ -201,21 +197,17 @@ class Seller(Role):
     async def _fulfil(self, sale: Sale, decisions: list[Any], buyer: Any, order: bytes
                       ) -> None:
         """Sign the delivery and the receipt the machine asks for, in order."""
-        credentials = self.agent.credentials
-        sign = {"key": credentials.key, "certificate": credentials.identity.certificate}
         while decisions:
             decision = decisions.pop(0)
             if isinstance(decision, Deliver):
                 item = self.items[_terms(sale).offer_terms().sku]
-                delivery = sign_body(Delivery(order=decision.order,
-                                              content_digest=item.content_digest,
-                                              size=len(item.goods)),
-                                     now_ms=_now_ms(), nonce=os.urandom(16), **sign)
+                delivery = self._sign(Delivery(order=decision.order,
+                                               content_digest=item.content_digest,
+                                               size=len(item.goods)))
                 decisions += sale.receive(GoodsDelivered(delivery=delivery, goods=item.goods),
                                           now_ms=_now_ms())
             elif isinstance(decision, IssueReceipt):
-                receipt = sign_body(decision.receipt, now_ms=_now_ms(), nonce=os.urandom(16),
-                                    **sign)
+                receipt = self._sign(decision.receipt)
                 decisions += sale.receive(ReceiptIssued(receipt=receipt), now_ms=_now_ms())
             else:
                 await self._archive([decision], buyer, order)
@@ -264,16 +256,16 @@ class Seller(Role):
                         refund_type=result.confirmation.type, amount=result.amount),
                         now_ms=_now_ms())
                 elif isinstance(decision, IssueRefundNote):
-                    credentials = self.agent.credentials
-                    note = sign_body(decision.note, key=credentials.key,
-                                     certificate=credentials.identity.certificate,
-                                     now_ms=_now_ms(), nonce=os.urandom(16))
+                    note = self._sign(decision.note)
                     answer["note"] = note.to_wire()
                     decisions += sale.receive(RefundNoteIssued(note=note), now_ms=_now_ms())
                 else:
                     await self._archive([decision], context.peer, order)
             await self._save(sale, buyer, refund=answer)
         return answer
+
+    def _sign(self, body: Any) -> Statement:
+        return self.agent.evidence.sign(body.TYPE, body.to_body())
 
     # -- persistence ------------------------------------------------------------------
 
