@@ -31,7 +31,7 @@ from semper.services.archive import (
     next_record,
     verify_chain,
 )
-from semper.services.certificates import fingerprint, load_certificate
+from semper.services.certificates import AgentIdentity, fingerprint, load_certificate
 from semper.services.statements import Statement
 
 from ._storage import Database
@@ -103,6 +103,23 @@ class Archive:
         ``Database.transaction`` batches concurrent callers into one commit (one
         fsync), each appending after the records the earlier ones wrote."""
         return await self._db.transaction(lambda c: append(c, entries))
+
+    async def record_exchange(
+        self,
+        statements: list[tuple[Statement, Direction | str]],
+        *,
+        peer: str,
+        transaction: str,
+        ours: AgentIdentity,
+        theirs: x509.Certificate | None,
+    ) -> None:
+        """Archive statements of one exchange with ``peer``: each kept with our
+        certificate if we signed it, else with ``theirs``."""
+        if statements:
+            await self.record_all([
+                entry(s, direction=d, peer=peer, transaction=transaction,
+                      certificate=ours.certificate if s.signer == ours.fingerprint else theirs)
+                for s, d in statements])
 
     async def remember_certificate(self, certificate: x509.Certificate) -> None:
         der = certificate.public_bytes(Encoding.DER)

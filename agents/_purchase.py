@@ -56,7 +56,6 @@ from semper.services.statements import (
 )
 from semper.transport import RemoteError
 
-from . import _archive
 from ._identity import utcnow
 from ._payments import AgentPaymentContext, payment_manager
 
@@ -323,15 +322,11 @@ class Shopper:
 
     async def _record(self, decisions: list[Any], seller: str, purchase: Purchase,
                       certificate: Any) -> None:
-        own = self.agent.credentials.identity
-        transaction = purchase.order.digest.hex() if purchase.order is not None else "offers"
-        entries = [_archive.entry(
-            d.statement, direction=d.direction, peer=seller, transaction=transaction,
-            certificate=own.certificate if d.statement.signer == own.fingerprint
-            else certificate)
-            for d in decisions if isinstance(d, Archive)]
-        if entries:
-            await self.agent.archive.record_all(entries)
+        await self.agent.archive.record_exchange(
+            [(d.statement, d.direction) for d in decisions if isinstance(d, Archive)],
+            peer=seller,
+            transaction=purchase.order.digest.hex() if purchase.order is not None else "offers",
+            ours=self.agent.credentials.identity, theirs=certificate)
 
     # -- persistence ------------------------------------------------------------------
 

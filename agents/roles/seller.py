@@ -61,7 +61,6 @@ from semper.services.statements import (
     verify_statement,
 )
 
-from .. import _archive
 from .._catalogue import CatalogueItem, load_catalogue
 from .._identity import utcnow
 from .._payments import AgentPaymentContext, payment_manager
@@ -315,14 +314,10 @@ class Seller(Role):
 
     async def _archive(self, decisions: list[Any], peer: Any, order: bytes) -> None:
         """Archive what the machine asks to; ``peer`` is the buyer's identity."""
-        own = self.agent.credentials.identity
-        entries = [_archive.entry(
-            d.statement, direction=d.direction, peer=peer.agent_id, transaction=order.hex(),
-            certificate=own.certificate if d.statement.signer == own.fingerprint
-            else peer.certificate)
-            for d in decisions if isinstance(d, ArchiveDecision)]
-        if entries:
-            await self.agent.archive.record_all(entries)
+        await self.agent.archive.record_exchange(
+            [(d.statement, d.direction) for d in decisions if isinstance(d, ArchiveDecision)],
+            peer=peer.agent_id, transaction=order.hex(),
+            ours=self.agent.credentials.identity, theirs=peer.certificate)
 
 
 def _terms(sale: Sale) -> Order:
