@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import trio
@@ -38,7 +39,7 @@ from ._config import AgentConfig
 from ._directory import PEER_MIGRATIONS, PeerBook
 from ._events import EventLog
 from ._evidence import EvidenceService
-from ._identity import Credentials, check_crl, peer_verifier
+from ._identity import Credentials, ca_verifier, check_crl, crl_is_stale, peer_verifier
 from ._market import write_file
 from ._roles import Role, load_role
 from ._storage import Database
@@ -297,13 +298,21 @@ class Agent:
 
     async def _watch_crl(self) -> None:
         """Every ``crl_refresh`` seconds: reread the CRL file, then ask the CA agent
-        (``ca_agent``) for a newer CRL; apply what is newer."""
+        (``ca_agent``) for a newer CRL; apply what is newer. With a stale CRL (the
+        market was left alone past its nextUpdate) it asks at once: until a fresh CRL
+        arrives every peer is refused (``auth.crl_stale``)."""
         ca = self.config.ca_agent
-        while True:
+        if crl_is_stale(self._crl):
+            log.warning("our CRL (number %d) is past its nextUpdate: peers are refused "
+                        "until a fresh one arrives from %s", _crl_number(self._crl),
+                        ca or "the CRL file")
+        else:
             await trio.sleep(self.config.timeouts.crl_refresh)
+        while True:
             await self.reread_crl_file()
             if ca is not None and ca != self.id:
                 await self._fetch_crl(ca)
+            await trio.sleep(self.config.timeouts.crl_refresh)
 
     async def reread_crl_file(self) -> None:
         """Apply the CRL file (``config.crl``) if it changed since it was last read."""
@@ -321,9 +330,12 @@ class Agent:
         """Ask the CA agent for a CRL newer than ours (``certificates.crl``); apply it
         and cache it as ``data_dir/crl.pem``. An unreachable CA is logged once."""
         try:
-            channel = await self.channel(ca)
-            answer = await channel.request("certificates", "crl",
-                                           {"known": _crl_number(self._crl)})
+            query = {"known": _crl_number(self._crl)}
+            if crl_is_stale(self._crl):
+                answer = await self._fetch_crl_while_stale(ca, query)
+            else:
+                channel = await self.channel(ca)
+                answer = await channel.request("certificates", "crl", query)
             der = answer.get("crl") if isinstance(answer, dict) else None
             pem = load_crl(der).public_bytes(serialization.Encoding.PEM) if der else None
         except Exception as exc:
@@ -338,6 +350,25 @@ class Agent:
             self._crl_fetch_failures = 0
         if pem is not None and self.apply_crl(pem):
             await trio.to_thread.run_sync(write_file, self.config.data_dir / "crl.pem", pem)
+
+    async def _fetch_crl_while_stale(self, ca: str, query: dict[str, int]) -> Any:
+        """``certificates.crl`` from the CA agent while our CRL is stale.
+
+        Our TLS contexts hold the stale CRL, and OpenSSL refuses every certificate
+        against it (X509_V_ERR_CRL_HAS_EXPIRED), the CA's included. So this one-off
+        channel checks the CA agent's chain without a CRL in OpenSSL, and
+        ``ca_verifier`` checks it against the stale CRL (it still names whom the CA
+        revoked). It serves nothing and carries one request, whose answer needs no
+        trust in the channel: ``apply_crl`` checks the root's signature.
+        """
+        host, port = await self.peer_address(ca)
+        context = replace(self.tls.config, crl_pem=None).client_context()
+        nothing = ServiceRegistry()
+        hello = make_hello(self.id, self.config.role, nothing, self.channel_config)
+        async with open_channel(host, port, tls=context, expected_id=ca, hello=hello,
+                                verify_peer=ca_verifier(self.credentials.root, lambda: self._crl),
+                                registry=nothing, config=self.channel_config) as channel:
+            return await channel.request("certificates", "crl", query)
 
     def _use_cached_crl(self) -> None:
         """Start from the CRL fetched in an earlier run when it is newer than the file."""

@@ -13,8 +13,10 @@ SQLite integer holds.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import os
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -23,15 +25,19 @@ from cryptography.hazmat.primitives import serialization
 
 from semper.services.certificates import (
     AgentHasCertificate,
+    BadCrl,
     CertificateAuthority,
     EnrollRequest,
     Invitation,
     IssuedCertificate,
     Level,
     check_redemption,
+    crl_renewal_due,
     identity_of,
     issue_agent_certificate,
     load_certificate,
+    load_crl,
+    renew_crl,
     to_ms,
 )
 from semper.services.directory import ContactCard, OutdatedCard, SignedCard
@@ -50,6 +56,7 @@ __all__ = [
     "issued_by_serial",
     "latest_issued",
     "open_ca_database",
+    "publish_crl",
     "record_issued",
     "redeem",
     "store_card",
@@ -216,6 +223,43 @@ def issued_for(connection: sqlite3.Connection, agent_id: str) -> list[IssuedCert
 def issued_by_serial(connection: sqlite3.Connection, serial: int) -> IssuedCertificate | None:
     row = connection.execute(_ISSUED + "WHERE serial = ?", (f"{serial:x}",)).fetchone()
     return _issued(row) if row else None
+
+
+# -- the CRL ----------------------------------------------------------------------------
+
+
+def publish_crl(
+    path: Path, ca: CertificateAuthority, *, now: dt.datetime, revoke: Iterable[int] = (),
+    if_due: bool = False,
+) -> x509.CertificateRevocationList | None:
+    """Issue the CRL that follows the one at ``path`` (its entries plus ``revoke``'s
+    serials) and write it there atomically; with ``if_due``, only when the one there
+    is due for renewal (``crl_renewal_due``), else return None.
+
+    Under an exclusive lock on the CRL's folder: the CA agent's renewal timer,
+    ``semper ca crl`` and ``semper ca revoke`` are separate processes, and a renewal
+    must not publish over a revocation published a moment before.
+
+    Raises:
+        OSError: the file cannot be read or written.
+        BadCrl: the file holds no CRL signed by ``ca``'s root (nothing is written).
+    """
+    from ._market import write_file  # _market imports this module
+
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        old = load_crl(path.read_bytes())
+        root = ca.certificate
+        if old.issuer != root.subject or not old.is_signature_valid(root.public_key()):
+            raise BadCrl(f"{path} is not a CRL of this market's root")
+        if if_due and not crl_renewal_due(old, now):
+            return None
+        crl = renew_crl(ca, old, now=now, revoke=revoke)
+        write_file(path, crl.public_bytes(serialization.Encoding.PEM))
+        return crl
+    finally:
+        os.close(folder)  # releases the lock
 
 
 # -- the directory --------------------------------------------------------------------

@@ -20,7 +20,8 @@ from semper.services.certificates import (
 )
 from semper.transport import PeerVerifier, TlsConfig
 
-__all__ = ["Credentials", "KeyError_", "load_private_key", "peer_verifier", "utcnow"]
+__all__ = ["Credentials", "KeyError_", "ca_verifier", "check_crl", "crl_is_stale",
+           "load_private_key", "peer_verifier", "utcnow"]
 
 
 def utcnow() -> dt.datetime:
@@ -71,7 +72,8 @@ class Credentials:
 
         Raises:
             OSError: a file is missing. KeyError_: the key is unreadable.
-            CertificateError: our certificate does not validate (revoked, expired...).
+            CertificateError: our certificate does not validate (revoked, expired...),
+                or the CRL is not the root's (a merely stale one is accepted).
         """
         root_pem, crl_pem = root.read_bytes(), crl.read_bytes()
         root_cert, crl_obj = load_certificate(root_pem), load_crl(crl_pem)
@@ -79,7 +81,10 @@ class Credentials:
         private = load_private_key(key, passphrase)
         if private.public_key() != own.public_key():
             raise KeyError_(f"key {key} does not belong to certificate {cert}")
-        identity = validate_certificate(own, root=root_cert, crl=crl_obj, now=now or utcnow())
+        # A stale CRL does not stop the start: the agent fetches a fresh one from its
+        # CA agent and refuses peers until it has one. A forged or foreign one does.
+        identity = validate_certificate(own, root=root_cert, crl=crl_obj, now=now or utcnow(),
+                                        stale_crl_ok=True)
         return cls(cert, key, root_cert, root_pem, crl_obj, crl_pem, passphrase, identity,
                    private)
 
@@ -102,8 +107,37 @@ def peer_verifier(
     return verify
 
 
-def check_crl(pem: bytes, root: x509.Certificate) -> x509.CertificateRevocationList:
-    """Parse a CRL and check it came from our root, before it replaces the old one."""
+def ca_verifier(
+    root: x509.Certificate,
+    crl: Callable[[], x509.CertificateRevocationList],
+    now: Callable[[], dt.datetime] = utcnow,
+) -> PeerVerifier:
+    """The check of the CA agent's certificate on the channel that fetches a fresh CRL
+    while ours is stale: everything ``peer_verifier`` checks, on the stale CRL.
+
+    Safe because that channel only carries ``certificates.crl``, whose answer is
+    self-authenticating (``check_crl`` checks the root's signature), and serves
+    nothing to the CA.
+    """
+
+    def verify(der: bytes, expected_id: str | None) -> AgentIdentity:
+        return validate_certificate(load_certificate(der), root=root, crl=crl(), now=now(),
+                                    expected_id=expected_id, expected_role="ca",
+                                    stale_crl_ok=True)
+
+    return verify
+
+
+def crl_is_stale(crl: x509.CertificateRevocationList, now: dt.datetime | None = None) -> bool:
+    """Past its nextUpdate: peers are refused (``auth.crl_stale``) until a fresh one."""
+    next_update = crl.next_update_utc
+    return next_update is None or (now or utcnow()) > next_update
+
+
+def check_crl(pem: bytes, root: x509.Certificate, now: dt.datetime | None = None
+              ) -> x509.CertificateRevocationList:
+    """Parse a CRL and check it came from our root and is current, before it replaces
+    the old one."""
     crl = load_crl(pem)
-    validate_crl(crl, root=root, now=utcnow())
+    validate_crl(crl, root=root, now=now or utcnow())
     return crl

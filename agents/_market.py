@@ -34,17 +34,15 @@ from semper.services import Amount
 from semper.services.certificates import (
     CertificateAuthority,
     Level,
-    Revocation,
     create_ca,
     issue_agent_certificate,
     issue_crl,
     load_certificate,
-    load_crl,
     private_key_pem,
 )
 
 from . import _bank, _ledger
-from ._castore import issued_for, open_ca_database, record_issued
+from ._castore import issued_for, open_ca_database, publish_crl, record_issued
 from ._catalogue import write_catalogue
 from ._config import AgentConfig, CaSettings, ConfigError, PaymentSettings
 from ._identity import load_private_key, utcnow
@@ -316,17 +314,9 @@ def revoke_agent(
         raise MarketError(f"{folder} is not a market folder (no ca/root.pem or ca/crl.pem)")
     serials = _serials_of(paths, agent_id)
     ca = load_authority(paths.root_cert, paths.root_key, passphrase)
-    old = load_crl(paths.crl.read_bytes())
-    entries = {r.serial_number: r.revocation_date_utc for r in old}
-    for serial in serials:
-        entries.setdefault(serial, now)
-    try:
-        number = old.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
-    except x509.ExtensionNotFound:
-        number = 1
-    crl = issue_crl(ca, [Revocation(s, t) for s, t in sorted(entries.items())], now=now,
-                    number=number)
-    write_file(paths.crl, crl.public_bytes(serialization.Encoding.PEM))
+    # Locked against the CA agent's renewal, which rewrites the same file.
+    crl = publish_crl(paths.crl, ca, now=now, revoke=serials)
+    assert crl is not None
     return crl
 
 

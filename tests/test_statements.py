@@ -462,7 +462,7 @@ def test_certificate_is_judged_at_issue_time_and_the_crl_at_now(market: Market) 
                          crl=newer_crl, now=later)
     with pytest.raises(CertificateError) as info:  # the CRL must be current at now
         verify(market, statement, short, now=NOW + dt.timedelta(days=31))
-    assert info.value.code == "auth.bad_crl"
+    assert info.value.code == "auth.crl_stale"
 
 
 # --- replay protection --------------------------------------------------------------

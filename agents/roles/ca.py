@@ -8,6 +8,11 @@ else is offered (``transport.serve_anonymous``). On its channels it offers:
 * ``certificates.crl`` and ``certificates.status``: its current CRL (reread from its
   CRL file, which ``semper ca revoke`` rewrites, at every request) and one
   certificate's status;
+
+It keeps the CRL current: at start (before it listens) and then every
+``CRL_CHECK_INTERVAL`` seconds it issues the next CRL when less than half of the
+current one's validity is left (``publish_crl``), so a market left alone never finds
+its CRL stale, and a CA started after a long pause renews it first.
 * ``directory.publish`` and ``directory.lookup``: the market's contact cards
   (``agents/_directory.py``).
 
@@ -17,7 +22,10 @@ WAL with the operator's ``semper ca invite``/``status``/``revoke``.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -25,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 
 from semper.services.certificates import (
     CertificateAuthority,
+    CertificateError,
     EnrollAnswer,
     EnrollRequest,
     StatusQuery,
@@ -35,14 +44,20 @@ from semper.services.certificates import (
 from semper.transport import Request as WireRequest
 from semper.transport import RequestContext, UnknownOp, UnknownService, serve_anonymous
 
-from .._castore import CA_MIGRATIONS, issued_by_serial, latest_issued, redeem
+from .._castore import CA_MIGRATIONS, issued_by_serial, latest_issued, publish_crl, redeem
 from .._config import CaSettings, ConfigError
 from .._directory import DirectoryService
 from .._identity import utcnow
 from .._market import load_authority
 from .._roles import Role
 
-__all__ = ["CertificationAuthority"]
+__all__ = ["CRL_CHECK_INTERVAL", "CertificationAuthority"]
+
+log = logging.getLogger("semper.ca")
+
+#: Seconds between two looks at whether the CRL is due for renewal. The renewal
+#: comes half a validity (15 days) before nextUpdate, so an hour is plenty.
+CRL_CHECK_INTERVAL = 3600.0
 
 _DER = serialization.Encoding.DER
 
@@ -62,6 +77,9 @@ class CertificationAuthority(Role):
             agent.config.ca_root, settings.root_key, agent.credentials.passphrase)
         self.directory = DirectoryService(agent)
         self.enroll_address: tuple[str, int] | None = None
+        #: The CA's clock for CRL renewal; tests move it.
+        self.clock: Callable[[], dt.datetime] = utcnow
+        self.crl_check_interval = CRL_CHECK_INTERVAL
 
     def migrations(self) -> dict[str, Any]:
         return dict(CA_MIGRATIONS)
@@ -76,15 +94,50 @@ class CertificationAuthority(Role):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
+        # Before anything listens: a CA started after a long pause serves a fresh CRL
+        # to its first caller (and accepts channels at all: a stale CRL refuses all).
+        await self.renew_crl_if_due()
         host, port = self.settings.enroll_address
         context = self.agent.tls.config.server_only_context()
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._keep_crl_current)
             self.enroll_address = await nursery.start(functools.partial(
                 serve_anonymous, host, port, context=context, handler=self._enroll,
                 timeout=self.agent.channel_config.handshake_timeout))
             bound = self.enroll_address
             self.agent.events.emit("enroll_listening", address=f"{bound[0]}:{bound[1]}")
             task_status.started()
+
+    # -- the CRL's renewal ----------------------------------------------------------
+
+    async def renew_crl_if_due(self) -> bool:
+        """Issue and publish the next CRL if less than half of the current one's
+        validity is left at ``clock()``; apply it to ourselves. True if it did.
+
+        A failure (the file unreadable, the disk full) is logged and the next look
+        tries again: the current CRL stays good for days yet.
+        """
+        agent = self.agent
+        try:
+            crl = await trio.to_thread.run_sync(functools.partial(
+                publish_crl, agent.config.crl, self.authority, now=self.clock(), if_due=True))
+        except (OSError, CertificateError) as exc:
+            log.error("cannot renew the CRL %s (will retry): %s", agent.config.crl, exc)
+            return False
+        if crl is None:
+            return False
+        number = crl_number(crl)
+        log.info("renewed the CRL: number %d, next update %s", number,
+                 f"{crl.next_update_utc:%Y-%m-%dT%H:%M:%SZ}")
+        agent.events.emit("crl_renewed", number=number,
+                          next_update=f"{crl.next_update_utc:%Y-%m-%dT%H:%M:%SZ}")
+        await agent.reread_crl_file()
+        return True
+
+    async def _keep_crl_current(self) -> None:
+        while True:
+            await trio.sleep(self.crl_check_interval)
+            await self.renew_crl_if_due()
 
     # -- enrollment (the anonymous listener) --------------------------------------------
 

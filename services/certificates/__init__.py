@@ -31,6 +31,7 @@ from ._errors import (
     BadProof,
     BadStatusQuery,
     CertificateError,
+    CrlStale,
     CsrKeyMismatch,
     EnrollmentError,
     Expired,
@@ -47,13 +48,17 @@ from ._errors import (
     WrongRole,
 )
 from ._issue import (
+    CLOCK_SKEW,
+    CRL_VALIDITY,
     CertificateAuthority,
     Revocation,
     check_name,
     create_ca,
+    crl_renewal_due,
     issue_agent_certificate,
     issue_crl,
     private_key_pem,
+    renew_crl,
 )
 from ._oids import ARC, ROLE_POLICY, Level, level_oid
 from ._status import (
@@ -77,6 +82,8 @@ from ._validate import (
 
 __all__ = [
     "ARC",
+    "CLOCK_SKEW",
+    "CRL_VALIDITY",
     "PROOF_DOMAIN",
     "ROLE_POLICY",
     "TOKEN_PREFIX",
@@ -92,6 +99,7 @@ __all__ = [
     "CertStatus",
     "CertificateAuthority",
     "CertificateError",
+    "CrlStale",
     "CsrKeyMismatch",
     "EnrollAnswer",
     "EnrollRequest",
@@ -125,6 +133,7 @@ __all__ = [
     "check_redemption",
     "create_ca",
     "crl_number",
+    "crl_renewal_due",
     "enrollment_proof",
     "fingerprint",
     "identity_of",
@@ -136,6 +145,7 @@ __all__ = [
     "load_crl",
     "make_csr",
     "private_key_pem",
+    "renew_crl",
     "to_ms",
     "validate_certificate",
     "validate_crl",

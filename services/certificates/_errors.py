@@ -16,6 +16,7 @@ __all__ = [
     "BadProof",
     "BadStatusQuery",
     "CertificateError",
+    "CrlStale",
     "CsrKeyMismatch",
     "EnrollmentError",
     "Expired",
@@ -61,6 +62,13 @@ class Revoked(CertificateError):
 
 class BadCrl(CertificateError):
     code: ClassVar[str] = "auth.bad_crl"
+
+
+class CrlStale(BadCrl):
+    """The CRL is genuine but past its nextUpdate: fetch a fresh one, nothing is
+    wrong with the peer. A subclass, so code that refuses any bad CRL still does."""
+
+    code: ClassVar[str] = "auth.crl_stale"
 
 
 class BadKeyUsage(CertificateError):

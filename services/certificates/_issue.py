@@ -11,6 +11,7 @@ import datetime as dt
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -27,13 +28,28 @@ from ._oids import (
 )
 
 __all__ = [
+    "CLOCK_SKEW",
+    "CRL_VALIDITY",
     "CertificateAuthority",
     "Revocation",
     "check_name",
     "create_ca",
+    "crl_renewal_due",
     "issue_agent_certificate",
     "issue_crl",
+    "renew_crl",
 ]
+
+#: How far a verifier's clock may be behind the CA's. Every date the CA signs as a
+#: start (a certificate's notBefore, a CRL's thisUpdate) is backdated by it, because
+#: OpenSSL allows no skew at all; ``validate_crl`` allows it too, for a CRL issued
+#: before thisUpdate was backdated.
+CLOCK_SKEW: Final = dt.timedelta(minutes=5)
+
+#: How long a CRL is good for (its nextUpdate - now at issue). The CA agent issues
+#: the next one when less than half of it is left (``crl_renewal_due``).
+CRL_VALIDITY: Final = dt.timedelta(days=30)
+
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}\Z")
 
@@ -83,7 +99,7 @@ def create_ca(
         .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
@@ -148,7 +164,7 @@ def issue_agent_certificate(
     check_name("role", role)
     if not isinstance(public_key, ed25519.Ed25519PublicKey):
         raise TypeError("agent keys are Ed25519")
-    start = not_before or now - dt.timedelta(minutes=5)
+    start = not_before or now - CLOCK_SKEW
     end = not_after or now + dt.timedelta(days=days)
     ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return (
@@ -202,14 +218,18 @@ def issue_crl(
     *,
     now: dt.datetime,
     number: int,
-    next_update: dt.timedelta = dt.timedelta(days=30),
+    next_update: dt.timedelta = CRL_VALIDITY,
 ) -> x509.CertificateRevocationList:
-    """Sign a complete CRL. ``number`` must grow with every CRL the CA publishes."""
+    """Sign a complete CRL. ``number`` must grow with every CRL the CA publishes.
+
+    thisUpdate is ``now - CLOCK_SKEW``, so a verifier whose clock is behind ours by
+    up to that much already accepts it (OpenSSL refuses a CRL from the future).
+    """
     ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca.certificate.subject)
-        .last_update(now)
+        .last_update(now - CLOCK_SKEW)
         .next_update(now + next_update)
         .add_extension(x509.CRLNumber(number), critical=False)
         .add_extension(
@@ -225,6 +245,35 @@ def issue_crl(
             .build()
         )
     return builder.sign(ca.key, None)
+
+
+def renew_crl(
+    ca: CertificateAuthority,
+    old: x509.CertificateRevocationList,
+    *,
+    now: dt.datetime,
+    revoke: Iterable[int] = (),
+) -> x509.CertificateRevocationList:
+    """The CRL after ``old``: its entries (and their dates) plus ``revoke``'s serials
+    revoked at ``now``, numbered one more, good for ``CRL_VALIDITY`` from ``now``."""
+    entries = {r.serial_number: r.revocation_date_utc for r in old}
+    for serial in revoke:
+        entries.setdefault(serial, now)
+    try:
+        number = old.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
+    except x509.ExtensionNotFound:
+        number = 1
+    return issue_crl(ca, [Revocation(s, t) for s, t in sorted(entries.items())], now=now,
+                     number=number)
+
+
+def crl_renewal_due(crl: x509.CertificateRevocationList, now: dt.datetime) -> bool:
+    """Whether less than half of ``crl``'s validity is left at ``now`` (or none):
+    the CA agent then issues the next one, long before anyone finds it stale."""
+    next_update = crl.next_update_utc
+    if next_update is None:
+        return True
+    return now >= crl.last_update_utc + (next_update - crl.last_update_utc) / 2
 
 
 def private_key_pem(key: ed25519.Ed25519PrivateKey, passphrase: bytes | None = None) -> bytes:

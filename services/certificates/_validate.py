@@ -30,6 +30,7 @@ from ._errors import (
     BadCertificate,
     BadCrl,
     BadKeyUsage,
+    CrlStale,
     Expired,
     InsufficientLevel,
     NotYetValid,
@@ -38,6 +39,7 @@ from ._errors import (
     WrongPeer,
     WrongRole,
 )
+from ._issue import CLOCK_SKEW
 from ._oids import (
     LIABLE_QUALIFIER_PREFIX,
     ROLE_POLICY,
@@ -112,20 +114,27 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
 
 
 def validate_crl(
-    crl: x509.CertificateRevocationList, *, root: x509.Certificate, now: dt.datetime
+    crl: x509.CertificateRevocationList, *, root: x509.Certificate, now: dt.datetime,
+    stale_ok: bool = False,
 ) -> None:
-    """Check that the root signed ``crl`` and that it is not past its next update.
+    """Check that the root signed ``crl`` and that it is not past its next update
+    (unless ``stale_ok``: an agent starts with a stale CRL and fetches a fresh one).
 
     Raises:
-        BadCrl: the CRL is forged, from another CA, or stale.
+        BadCrl: the CRL is forged, from another CA, or dated in the future.
+        CrlStale: the CRL is genuine but past its nextUpdate.
     """
     if crl.issuer != root.subject or not crl.is_signature_valid(root.public_key()):
         raise BadCrl("the CRL is not signed by the market root")
-    next_update = crl.next_update_utc
-    if next_update is None or now > next_update:
-        raise BadCrl("the CRL is stale; fetch a fresh one from the CA")
-    if now < crl.last_update_utc - _SKEW:
+    if now < crl.last_update_utc - CLOCK_SKEW:
         raise BadCrl("the CRL is dated in the future")
+    next_update = crl.next_update_utc
+    if next_update is None:
+        raise BadCrl("the CRL has no nextUpdate")
+    if now > next_update and not stale_ok:
+        raise CrlStale(f"the CRL is stale (its nextUpdate was {next_update:%Y-%m-%d %H:%M}Z); "
+                       "fetch a fresh one from the CA",
+                       detail={"next_update": next_update.strftime("%Y-%m-%dT%H:%M:%SZ")})
 
 
 def validate_certificate(
@@ -137,8 +146,13 @@ def validate_certificate(
     expected_id: str | None = None,
     expected_role: str | None = None,
     min_level: Level | None = None,
+    stale_crl_ok: bool = False,
 ) -> AgentIdentity:
     """Validate an agent certificate against the market root and CRL at ``now``.
+
+    ``stale_crl_ok`` accepts a CRL past its nextUpdate (still signed by the root and
+    still consulted): for our own certificate at start, and for the CA agent's when
+    fetching a fresh CRL, never for a peer's.
 
     Returns:
         The identity the certificate proves.
@@ -154,7 +168,7 @@ def validate_certificate(
         raise NotYetValid(f"certificate valid only from {start:%Y-%m-%d %H:%M}Z")
     if now > cert.not_valid_after_utc:
         raise Expired(f"certificate expired at {cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z")
-    validate_crl(crl, root=root, now=now)
+    validate_crl(crl, root=root, now=now, stale_ok=stale_crl_ok)
     if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
         raise Revoked(f"certificate {cert.serial_number:x} is revoked")
     _check_usage(cert)
@@ -173,7 +187,6 @@ def validate_certificate(
 
 
 _DER = serialization.Encoding.DER
-_SKEW = dt.timedelta(minutes=5)
 
 
 def _check_issuer(cert: x509.Certificate, root: x509.Certificate, now: dt.datetime) -> None:
