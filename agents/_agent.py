@@ -197,6 +197,7 @@ class Agent:
         try:
             async with self._storage(), trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await self.refresh_stale_crl()  # no watcher runs here to do it
                 try:
                     yield self
                 finally:
@@ -313,6 +314,17 @@ class Agent:
             if ca is not None and ca != self.id:
                 await self._fetch_crl(ca)
             await trio.sleep(self.config.timeouts.crl_refresh)
+
+    async def refresh_stale_crl(self) -> None:
+        """If our CRL is stale, get a fresh one now (the CRL file, else the CA agent):
+        for a command that runs no watcher (``semper buy`` weeks after the agent last
+        ran). A failure is logged; peers then refuse with ``auth.crl_stale``."""
+        if not crl_is_stale(self._crl):
+            return
+        await self.reread_crl_file()
+        ca = self.config.ca_agent
+        if crl_is_stale(self._crl) and ca is not None and ca != self.id:
+            await self._fetch_crl(ca)
 
     async def reread_crl_file(self) -> None:
         """Apply the CRL file (``config.crl``) if it changed since it was last read."""

@@ -130,3 +130,29 @@ def revoke(folder: Path, agent_id: str, passphrase_file: Path | None) -> None:
     number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     click.echo(f"revoked {agent_id}: CRL number {number} with {len(list(crl))} entries "
                f"published to {folder / 'ca' / 'crl.pem'}")
+
+
+@command.command("crl")
+@folder_argument
+@passphrase_option
+def crl_command(folder: Path, passphrase_file: Path | None) -> None:
+    """Re-issue the market's CRL now (same entries, next number, good for 30 days) and
+    publish it to DIR/ca/crl.pem. The running CA agent does this by itself 15 days
+    before the CRL's next update; this is for a market whose CA agent is not running."""
+    # Imported here, not at the top, to keep this command one self-contained block.
+    from semper.services.certificates import crl_number
+
+    from .._castore import publish_crl
+    from .._identity import utcnow
+    from .._market import MarketError, MarketPaths, load_authority
+
+    paths = MarketPaths(folder)
+    if not paths.root_cert.is_file() or not paths.crl.is_file():
+        raise MarketError(f"{folder} is not a market folder (no ca/root.pem or ca/crl.pem)")
+    authority = load_authority(paths.root_cert, paths.root_key,
+                               read_passphrase(passphrase_file))
+    crl = publish_crl(paths.crl, authority, now=utcnow())
+    assert crl is not None  # not if_due: always issued
+    click.echo(f"re-issued the CRL: number {crl_number(crl)}, {len(list(crl))} revoked, "
+               f"good until {crl.next_update_utc:%Y-%m-%dT%H:%M:%SZ}; published to "
+               f"{paths.crl}")

@@ -14,7 +14,7 @@ from ._common import passphrase_option, read_passphrase
 
 @click.group("market")
 def command() -> None:
-    """Create and inspect local markets."""
+    """Create a local market (a folder holding its CA and its agents)."""
 
 
 @command.command("init")
@@ -30,4 +30,6 @@ def init(folder: Path, passphrase_file: Path | None) -> None:
         table.add_row(config.id, config.role, config.listen, str(config.path))
     Console().print(table)
     click.echo(f"root certificate: {folder / 'ca' / 'root.pem'}")
-    click.echo(f"start an agent:   semper agent run {folder / 'bank' / 'agent.toml'}")
+    click.echo(f"start the CA first (the others publish their cards to it):  semper agent run "
+               f"{folder / 'ca' / 'agent.toml'}")
+    click.echo(f"then each other agent, e.g.:  semper agent run {folder / 'bank' / 'agent.toml'}")
