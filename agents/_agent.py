@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -69,7 +70,9 @@ class Agent:
         self._crl_pem = self.credentials.crl_pem
         self._crl_file_pem = self.credentials.crl_pem  # the CRL file as last read
         self._crl_fetch_failures = 0
-        self.verify_peer = peer_verifier(self.credentials.root, lambda: self._crl)
+        self.verify_peer = CurrentVerifier(peer_verifier(self.credentials.root,
+                                                         lambda: self._crl))
+        self._tls_crl_pending: bytes | None = None  # a CRL the TLS contexts still lack
         self.peers = PeerBook(self)
         self.address: tuple[str, int] | None = None  # bound while run runs
         self.channel_config = config.timeouts.channel_config()
@@ -144,6 +147,7 @@ class Agent:
                 events.emit("served", peer=context.peer.agent_id, service=service, op=op,
                             request_id=context.request_id, outcome=outcome,
                             ms=round((time.perf_counter() - started) * 1000, 3))
+                log.debug("served %s.%s to %s: %s", service, op, context.peer.agent_id, outcome)
 
         self.registry.add_op(service, op, logged)
 
@@ -161,6 +165,7 @@ class Agent:
             self.events.emit("requested", peer=peer_id, service=service, op=op,
                              outcome=outcome,
                              ms=round((time.perf_counter() - started) * 1000, 3))
+            log.debug("request %s.%s to %s: %s", service, op, peer_id, outcome)
 
     def hello(self) -> Any:
         return make_hello(self.config.id, self.config.role, self.registry, self.channel_config)
@@ -174,7 +179,7 @@ class Agent:
         try:
             async with self._storage(), trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._watch_crl)
+                nursery.start_soon(self._keep_running, self._watch_crl)
                 await nursery.start(self.role.run)
                 address = await nursery.start(functools.partial(
                     serve, host, port, tls=self.tls, verify_peer=self.verify_peer,
@@ -230,8 +235,22 @@ class Agent:
             for channel in [*self._inbound, *self._outbound.values()]:
                 nursery.start_soon(channel.aclose, reason)
 
+    async def _keep_running(self, task: Any) -> None:
+        """Run a background task of ours; if it fails, log it and start it again a
+        little later. Revocation must not stop because one pass failed (say, out of
+        file descriptors while writing the CRL)."""
+        while True:
+            try:
+                await task()
+                return
+            except Exception as exc:
+                log.error("%s failed (restarting): %s", task.__name__, exc, exc_info=exc)
+            await trio.sleep(self.config.timeouts.crl_refresh)
+
     async def _on_inbound(self, channel: Channel) -> None:
         self._inbound.add(channel)
+        log.debug("channel from %s (%s) open", channel.peer.agent_id, channel.peer.role)
+        channel.recheck()  # a CRL applied since the channel's hello counts too
         try:
             await channel.wait_closed()
         finally:
@@ -252,11 +271,14 @@ class Agent:
     async def connect(self, peer_id: str) -> AsyncIterator[Channel]:
         """A channel to ``peer_id`` for the ``async with`` body only (one-off use)."""
         host, port = await self.peer_address(peer_id)
+        log.debug("connecting to %s at %s:%d", peer_id, host, port)
         try:
             async with open_channel(host, port, tls=self.tls, verify_peer=self.verify_peer,
                                     expected_id=peer_id, hello=self.hello(),
                                     registry=self.registry,
                                     config=self.channel_config) as channel:
+                log.debug("channel to %s open: hello says role %s, services %s", peer_id,
+                          channel.their_hello.role, ", ".join(channel.their_hello.services))
                 yield channel
         except ConnectFailed:
             self.peers.forget(peer_id)  # a learned address gone stale: ask again next time
@@ -286,14 +308,23 @@ class Agent:
         return channel
 
     async def _hold_channel(self, peer_id: str, *, task_status: trio.TaskStatus[Channel]) -> None:
-        async with self.connect(peer_id) as channel:
-            self._outbound[peer_id] = channel
-            task_status.started(channel)
-            try:
-                await channel.wait_closed()
-            finally:
-                if self._outbound.get(peer_id) is channel:
-                    del self._outbound[peer_id]
+        started = False
+        try:
+            async with self.connect(peer_id) as channel:
+                self._outbound[peer_id] = channel
+                channel.recheck()
+                task_status.started(channel)
+                started = True
+                try:
+                    await channel.wait_closed()
+                finally:
+                    if self._outbound.get(peer_id) is channel:
+                        del self._outbound[peer_id]
+        except Exception as exc:
+            if not started:
+                raise  # the caller of ``channel`` learns why
+            # One channel's failure ends that channel, never the agent.
+            log.error("channel to %s failed: %s", peer_id, exc, exc_info=exc)
 
     # -- revocation ------------------------------------------------------------------
 
@@ -310,6 +341,7 @@ class Agent:
         else:
             await trio.sleep(self.config.timeouts.crl_refresh)
         while True:
+            self.retry_tls_update()
             await self.reread_crl_file()
             if ca is not None and ca != self.id:
                 await self._fetch_crl(ca)
@@ -393,10 +425,13 @@ class Agent:
             self.apply_crl(pem)
 
     def apply_crl(self, pem: bytes) -> bool:
-        """Use a new CRL for new connections, and close channels it revokes.
+        """Use a new CRL for every check from now on, and close the channels it revokes.
 
-        Returns False (and keeps the old CRL) if the new one is forged, stale or
-        older than the one in use.
+        Every channel, whatever its state, verifies its peer against the new CRL
+        before it handles another frame (the verifier's epoch grows); the open ones are
+        checked here and now. Returns False (and keeps the old CRL) if the new one is
+        forged, stale or older than the one in use. Never raises: TLS contexts that
+        cannot be built now (out of file descriptors) are retried by ``_watch_crl``.
         """
         try:
             crl = check_crl(pem, self.credentials.root)
@@ -407,18 +442,45 @@ class Agent:
             log.warning("ignoring CRL number %d, older than %d", _crl_number(crl),
                         _crl_number(self._crl))
             return False
-        self.tls.update_crl(pem)
         self._crl, self._crl_pem = crl, pem
-        log.info("applied CRL number %d with %d revoked", _crl_number(crl), len(list(crl)))
+        self.verify_peer.epoch += 1
+        revoked = len(list(crl))
+        log.info("applied CRL number %d with %d revoked %s", _crl_number(crl), revoked,
+                 "certificate" if revoked == 1 else "certificates")
         if crl.get_revoked_certificate_by_serial_number(self.identity.serial):
             log.warning("our own certificate (%s) is revoked: peers will refuse us", self.id)
         for channel in [*self._inbound, *self._outbound.values()]:
-            serial = getattr(channel.peer, "serial", None)
-            if serial is not None and crl.get_revoked_certificate_by_serial_number(serial):
-                log.info("closing channel to revoked %s", channel.peer.agent_id)
-                assert self._nursery is not None
-                self._nursery.start_soon(channel.aclose, "certificate revoked")
+            channel.recheck()  # refuses and closes a channel whose peer is revoked
+        self._tls_crl_pending = pem
+        self.retry_tls_update()
         return True
+
+    def retry_tls_update(self) -> None:
+        """Give the TLS contexts the CRL in use, if an earlier try failed."""
+        pem = self._tls_crl_pending
+        if pem is None:
+            return
+        try:
+            self.tls.update_crl(pem)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("cannot load CRL number %d into TLS yet (will retry): %s",
+                        _crl_number(self._crl), exc)
+            return
+        self._tls_crl_pending = None
+
+
+class CurrentVerifier:
+    """The peer check with the CRL in use. ``epoch`` grows with every CRL applied, and
+    each channel verifies its peer again when it sees the epoch change."""
+
+    __slots__ = ("_check", "epoch")
+
+    def __init__(self, check: Any) -> None:
+        self._check = check
+        self.epoch = 0
+
+    def __call__(self, der: bytes, expected_id: str | None) -> Any:
+        return self._check(der, expected_id)
 
 
 def _crl_number(crl: x509.CertificateRevocationList) -> int:

@@ -660,7 +660,7 @@ async def test_notes_are_delivered_in_order(market: Market) -> None:
 
     registry = echo_registry()
     registry.add_service("feed")
-    registry.add_op("feed", "item", record)
+    registry.add_note("feed", "item", record)
     async with channel_pair(market, server_registry=registry) as pair:
         with trio.fail_after(30):
             for i in range(n):

@@ -4,7 +4,7 @@ Knows nothing of commerce; the peer verifier and the handlers come from outside.
 """
 
 from ._anonymous import ANONYMOUS_MAX_FRAME, AnonymousHandler, request_pinned, serve_anonymous
-from ._channel import Channel, ChannelConfig, PeerIdentity, PeerVerifier
+from ._channel import Channel, ChannelConfig, LogBudget, PeerIdentity, PeerVerifier
 from ._codec import (
     DEFAULT_MAX_FRAME,
     NEED_DATA,
@@ -25,6 +25,7 @@ from ._errors import (
     HelloMismatch,
     IdleTimeout,
     InternalError,
+    PeerNotValid,
     ProtocolError,
     RemoteError,
     RequestTimeout,
@@ -35,6 +36,7 @@ from ._errors import (
     UnknownOp,
     UnknownService,
     UnsupportedVersion,
+    WriteTimeout,
     transport_error_classes,
 )
 from ._messages import (
@@ -76,9 +78,11 @@ __all__ = [
     "HelloMismatch",
     "IdleTimeout",
     "InternalError",
+    "LogBudget",
     "Note",
     "PeerIdentity",
     "PeerLimits",
+    "PeerNotValid",
     "PeerVerifier",
     "ProtocolError",
     "RemoteError",
@@ -97,6 +101,7 @@ __all__ = [
     "UnknownOp",
     "UnknownService",
     "UnsupportedVersion",
+    "WriteTimeout",
     "decode_body",
     "encode_body",
     "encode_frame",

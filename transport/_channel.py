@@ -14,10 +14,25 @@ peer's certificate and exchanged ``hello``, the channel runs two tasks:
 Closing is one path (``_begin_close``): note why, queue a last frame (``bye`` or a
 fatal ``err``), fail the pending requests, let the writer flush within a deadline,
 then cancel the reader and handlers and close the TLS stream.
+
+Bounds against a peer that misbehaves (docs/protocol.md 5.4, 5.8):
+
+* the outgoing queue is bounded: while more than ``write_high_water`` bytes wait to
+  be sent, the reader stops reading (so a peer that sends requests and never reads
+  our answers stops being served) and ``request``/``notify`` wait;
+* every write must make progress within ``write_timeout``, and closing never waits
+  on a stuck write for longer than ``close_timeout``;
+* the peer is authenticated again before the next frame is handled whenever the
+  verifier's answers may have changed (a new CRL: the verifier's ``epoch`` grew);
+  a peer that no longer verifies is refused with its code and the channel closes,
+  cancelling the handlers it started;
+* any failure inside the channel's own tasks closes this channel, is logged (within
+  a per-channel log budget) and never propagates to the caller's nursery.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections import deque
@@ -33,6 +48,7 @@ from ._errors import (
     ChannelClosed,
     IdleTimeout,
     InternalError,
+    PeerNotValid,
     ProtocolError,
     RemoteError,
     RequestTimeout,
@@ -40,6 +56,7 @@ from ._errors import (
     TooManyRequests,
     TransportError,
     UnexpectedMessage,
+    WriteTimeout,
 )
 from ._messages import (
     Bye,
@@ -49,6 +66,7 @@ from ._messages import (
     Request,
     Response,
     parse_message,
+    shown,
 )
 from ._registry import RequestContext, ServiceRegistry
 
@@ -74,7 +92,43 @@ class PeerIdentity(Protocol):
 
 #: Called with the peer's DER certificate and the agent id we expected (None on the
 #: accepting side); returns the peer's identity or raises an error with a ``code``.
+#: A verifier whose answers can change (it reads the current CRL) has an integer
+#: ``epoch`` attribute that grows with every change; channels then verify their
+#: peer again before handling the next frame (``Channel.recheck``).
 PeerVerifier = Callable[[bytes, str | None], PeerIdentity]
+
+
+def verifier_epoch(verify_peer: PeerVerifier | None) -> int:
+    epoch = getattr(verify_peer, "epoch", 0)
+    return epoch if type(epoch) is int else 0
+
+
+class LogBudget:
+    """At most ``burst`` log lines, then one per ``interval`` seconds: what a peer
+    can make us write is bounded. Counts what it held back."""
+
+    __slots__ = ("_burst", "_interval", "_left", "_next", "dropped")
+
+    def __init__(self, burst: int = 20, interval: float = 10.0) -> None:
+        self._burst, self._interval = burst, interval
+        self._left = burst
+        self._next = -math.inf
+        self.dropped = 0
+
+    def allow(self) -> bool:
+        if self._left > 0:
+            self._left -= 1
+            return True
+        now = trio.current_time()
+        if now >= self._next:
+            self._next = now + self._interval
+            return True
+        self.dropped += 1
+        return False
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,16 +139,27 @@ class ChannelConfig:
     request_timeout: float = 30.0
     idle_timeout: float = 300.0
     close_timeout: float = 2.0
+    #: a write that makes no progress for this long closes the channel
+    write_timeout: float = 30.0
     max_frame: int = 1 << 20
     max_in_flight: int = 1024
+    #: bytes queued for sending above which we stop reading and senders wait
     write_high_water: int = 1 << 20
+    #: connections accepted but not yet past hello (``serve``); the oldest is dropped
+    #: to make room for a new one
+    max_unauthenticated: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("handshake_timeout", "request_timeout", "idle_timeout", "close_timeout"):
+        for name in ("handshake_timeout", "request_timeout", "idle_timeout", "close_timeout",
+                     "write_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+        if self.max_unauthenticated < 1:
+            raise ValueError("max_unauthenticated must be at least 1")
+        if self.write_high_water < 1:
+            raise ValueError("write_high_water must be at least 1")
         CodecLimits(max_frame=self.max_frame)  # validates the range
 
 
@@ -123,8 +188,18 @@ class Channel:
         registry: ServiceRegistry,
         config: ChannelConfig,
         decoder: FrameDecoder,
+        verify_peer: PeerVerifier | None = None,
+        peer_certificate: bytes | None = None,
+        expected_id: str | None = None,
+        epoch: int | None = None,
     ) -> None:
         self._stream = stream
+        # Re-authentication (``recheck``): the verifier, what it was given, and the
+        # epoch at which it last said yes.
+        self._verify = verify_peer
+        self._peer_der = peer_certificate
+        self._expected_id = expected_id
+        self._epoch = verifier_epoch(verify_peer) if epoch is None else epoch
         # TlsStream can send synchronously when the line is free (see _enqueue).
         self._send_nowait = getattr(stream, "send_nowait", None)
         self.peer = peer
@@ -154,9 +229,12 @@ class Channel:
         self._notes_ready = trio.Event()
         self._notes_drained = trio.Event()
         # lifecycle
-        self._nursery: trio.Nursery | None = None
+        self._nursery: trio.Nursery | None = None  # handlers and the note worker
+        self._handlers_scope = trio.CancelScope()
+        self._abort = False  # close without flushing (a stuck write, a refused peer)
         self._close_reason: TransportError | None = None
         self._closed = trio.Event()
+        self.log_budget = LogBudget()
 
     # -- public API -------------------------------------------------------------
 
@@ -182,6 +260,7 @@ class Channel:
         """
         limit = self._config.request_timeout if timeout is _DEFAULT else timeout
         assert isinstance(limit, (int, float))
+        self.recheck()
         pending: _Pending | None = None
         with trio.move_on_after(limit) as scope:
             while len(self._pending) >= self.their_hello.limits.max_in_flight:
@@ -216,6 +295,7 @@ class Channel:
 
     async def notify(self, service: str, op: str, body: Any = None) -> None:
         """Send a one-way ``note``. Returns once it is queued for sending."""
+        self.recheck()
         await self._wait_writable()
         self._enqueue(encode_frame(Note(service=service, op=op, body=body).to_wire(),
                                    self._out_limits))
@@ -226,6 +306,42 @@ class Channel:
                           Bye(reason=reason).to_wire())
         await self._closed.wait()
 
+    def recheck(self) -> bool:
+        """Authenticate the peer again if the verifier's answers may have changed
+        since it last said yes; refuse and close the channel if it now says no.
+
+        Cheap when nothing changed (one integer compare), so it runs before every
+        frame handled and every request sent. Returns whether the channel is usable.
+        """
+        verify = self._verify
+        if verify is None or self._close_reason is not None:
+            return self._close_reason is None
+        epoch = verifier_epoch(verify)
+        if epoch == self._epoch:
+            return True
+        try:
+            assert self._peer_der is not None
+            verify(self._peer_der, self._expected_id)
+        except Exception as exc:
+            code = getattr(exc, "code", None)
+            if not isinstance(code, str):
+                log.exception("the peer verifier failed on %s", self.peer.agent_id)
+                code = "auth.peer_invalid"
+            self.refuse(PeerNotValid(code, getattr(exc, "message", None) or str(exc)))
+            return False
+        self._epoch = epoch
+        return True
+
+    def refuse(self, reason: TransportError) -> None:
+        """Close at once: cancel the handlers this peer started, send one fatal `err`
+        naming ``reason`` (best effort, bounded by ``close_timeout``) and close.
+        For a peer that lost its authentication (revoked) or broke its bounds."""
+        if self._close_reason is not None:
+            return
+        log.info("refusing %s from now on: %s", self.peer.agent_id, reason)
+        self._handlers_scope.cancel()
+        self._begin_close(reason, _error_wire(None, reason))
+
     async def wait_closed(self) -> TransportError:
         """Wait until the channel has closed, and say why."""
         await self._closed.wait()
@@ -235,14 +351,17 @@ class Channel:
     # -- lifecycle --------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run reader and writer until the channel closes. Used by ``establish``."""
+        """Run reader and writer until the channel closes. Used by ``establish``.
+
+        Never raises because of what the peer did: a failure in any of the channel's
+        own tasks closes this channel and is logged.
+        """
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._reader)
-                nursery.start_soon(self._note_worker)
+                await nursery.start(self._host_handlers)
+                nursery.start_soon(self._guarded, self._reader)
                 task_status.started()
-                await self._writer()
+                await self._guarded(self._writer)
                 nursery.cancel_scope.cancel()
         finally:
             if self._close_reason is None:
@@ -250,12 +369,33 @@ class Channel:
             self._fail_pending()
             self._closed.set()
             with trio.CancelScope(shield=True):
-                with trio.move_on_after(self._config.close_timeout):
-                    try:
-                        await self._stream.aclose()
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass
+                if not self._abort:
+                    with trio.move_on_after(self._config.close_timeout):
+                        try:
+                            await self._stream.aclose()
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            pass
                 await trio.aclose_forcefully(self._stream)
+
+    async def _host_handlers(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """The nursery of request handlers and the note worker, in a scope of its own
+        so that refusing a peer cancels its handlers without waiting for a flush."""
+        with self._handlers_scope:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._guarded, self._note_worker)
+                task_status.started()
+                await trio.sleep_forever()
+
+    async def _guarded(self, task: Callable[[], Any]) -> None:
+        try:
+            await task()
+        except Exception as exc:
+            # A bug, or a case we did not foresee: it ends this channel, not the agent.
+            log.error("channel to %s failed: %s", self.peer.agent_id, exc, exc_info=exc)
+            self._abort = True
+            self._handlers_scope.cancel()
+            self._begin_close(InternalError(f"the channel failed: {clip(str(exc), 200)}"))
 
     def _begin_close(self, reason: TransportError, last: dict[str, Any] | None = None) -> None:
         if self._close_reason is not None:
@@ -323,27 +463,37 @@ class Channel:
             await self._wake.wait()
             self._wake = trio.Event()
             if self._send_nowait is not None and self._stream.needs_flush:  # type: ignore[attr-defined]
-                try:
-                    await self._stream.flush()  # type: ignore[attr-defined]
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    self._begin_close(ChannelClosed(f"connection broke while sending: {exc}"))
+                if not await self._write(self._stream.flush):  # type: ignore[attr-defined]
                     return
             while self._outq:
                 data = self._take_batch()
-                closing = self._close_reason is not None
-                try:
-                    with trio.move_on_after(
-                        self._config.close_timeout if closing else math.inf
-                    ):
-                        await self._stream.send_all(data)
-                    self._last_traffic = trio.current_time()  # sending is not idle either
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    self._begin_close(ChannelClosed(f"connection broke while sending: {exc}"))
+                if not await self._write(functools.partial(self._stream.send_all, data)):
                     return
                 if self._outq_bytes <= self._config.write_high_water:
                     self._writable.unpark_all()
             if self._close_reason is not None:
                 return
+
+    async def _write(self, send: Callable[[], Any]) -> bool:
+        """One write under its deadline: ``write_timeout`` while open, ``close_timeout``
+        once closing. False when the channel must stop writing."""
+        closing = self._close_reason is not None
+        limit = self._config.close_timeout if closing else self._config.write_timeout
+        try:
+            with trio.move_on_after(limit) as scope:
+                await send()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._begin_close(ChannelClosed(f"connection broke while sending: {exc}"))
+            return False
+        if scope.cancelled_caught:
+            # The peer does not read. Part of a record may be out: no clean close.
+            self._abort = True
+            self._handlers_scope.cancel()
+            self._begin_close(WriteTimeout(
+                f"{self.peer.agent_id} read nothing for {limit:g}s"))
+            return False
+        self._last_traffic = trio.current_time()  # sending is not idle either
+        return True
 
     def _take_batch(self) -> bytes:
         """Up to WRITE_BATCH bytes of whole frames from the queue, as one buffer.
@@ -372,6 +522,7 @@ class Channel:
         try:
             self._drain()
             idle = self._config.idle_timeout
+            high_water = self._config.write_high_water
             receive = self._stream.receive_some
             while self._close_reason is None:
                 # The deadline is moved only when it fires: updating it on every
@@ -387,9 +538,18 @@ class Channel:
                         self._last_traffic = trio.current_time()
                         self._decoder.feed(data)
                         self._drain()
-                        while len(self._notes) > MAX_QUEUED_NOTES:
-                            self._notes_drained = trio.Event()
-                            await self._notes_drained.wait()
+                        # Backpressure: handle and read nothing more while our answers
+                        # to this peer are not drained (the writer's deadline bounds
+                        # the wait), or while its notes wait for their handler.
+                        while self._close_reason is None:
+                            if len(self._notes) > MAX_QUEUED_NOTES:
+                                self._notes_drained = trio.Event()
+                                await self._notes_drained.wait()
+                            elif self._outq_bytes > high_water:
+                                await self._writable.park()
+                            else:
+                                break
+                            self._drain()
                 if not scope.cancelled_caught:
                     return
                 if trio.current_time() - self._last_traffic >= idle and not (
@@ -402,15 +562,20 @@ class Channel:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._begin_close(ChannelClosed(f"connection broke: {exc.__cause__ or exc}"))
         except ProtocolError as exc:  # fatal by construction: see _drain
-            log.warning("closing channel to %s: %s", self.peer.agent_id, exc)
+            if self.log_budget.allow():
+                log.warning("closing channel to %s: %s", self.peer.agent_id, exc)
             self._begin_close(exc, _error_wire(None, exc))
 
     def _drain(self) -> None:
-        """Handle every whole frame buffered. Raises only fatal ProtocolErrors."""
+        """Handle every whole frame buffered, or stop early while our outgoing queue
+        is past its high-water mark. Raises only fatal ProtocolErrors."""
         decoder = self._decoder
-        while self._close_reason is None:
+        high_water = self._config.write_high_water
+        while self._close_reason is None and self._outq_bytes <= high_water:
             obj = decoder.next_object()
             if obj is NEED_DATA:
+                return
+            if self._epoch != verifier_epoch(self._verify) and not self.recheck():
                 return
             try:
                 message = parse_message(obj)
@@ -435,7 +600,9 @@ class Channel:
             # A complaint about our stream as a whole. If it was fatal the peer closes
             # next; keep it so that the close reason can say why.
             assert isinstance(message, ErrorMessage)
-            log.warning("%s reports %s: %s", self.peer.agent_id, message.code, message.message)
+            if self.log_budget.allow():
+                log.warning("%s reports %s: %s", self.peer.agent_id, shown(message.code),
+                            shown(message.message, 200))
             self._peer_complaint = RemoteError(message.code, message.message,
                                                detail=message.detail)
             return
@@ -444,7 +611,7 @@ class Channel:
             # A late answer to a request that timed out or was cancelled, or (id not
             # yet used) a broken peer. Never answered: ids are per direction, so an
             # `err` carrying this id would read as an answer to the peer's own request.
-            if message.id >= self._next_id:
+            if message.id >= self._next_id and self.log_budget.allow():
                 log.warning("%s answered request %d, which was never sent",
                             self.peer.agent_id, message.id)
             return
@@ -478,18 +645,25 @@ class Channel:
             frame = encode_frame({"type": "res", "id": request.id, "body": body},
                                  self._out_limits)
         except Exception as exc:
-            frame = encode_frame(_error_wire(request.id, exc, context), self._out_limits)
+            frame = self._error_frame(request.id, exc, context)
         finally:
             self._active -= 1
         if self._close_reason is None:
             self._enqueue(frame, direct=True)
 
+    def _error_frame(self, rid: int | None, exc: BaseException,
+                     context: RequestContext | None = None) -> bytes:
+        """The `err` frame for ``exc``; always encodes (see ``_error_wire``)."""
+        log_it = self.log_budget.allow()
+        return encode_frame(_error_wire(rid, exc, context if log_it else None),
+                            self._out_limits)
+
     def _on_note(self, note: Note) -> None:
         try:
-            handler = self._registry.lookup(note.service, note.op)
+            handler = self._registry.lookup_note(note.service, note.op)
         except ProtocolError as exc:
-            log.info("note %s.%s from %s dropped: %s", note.service, note.op,
-                     self.peer.agent_id, exc)
+            if self.log_budget.allow():
+                log.info("note from %s dropped: %s", self.peer.agent_id, exc)
             return
         self._notes.append((handler, note))
         self._notes_ready.set()
@@ -504,34 +678,70 @@ class Channel:
                 handler, note = self._notes.popleft()
                 try:
                     await handler(RequestContext(self, None, note.service, note.op), note.body)
-                except Exception:
-                    log.exception("note handler %s.%s failed", note.service, note.op)
+                except Exception as exc:
+                    if not self.log_budget.allow():
+                        continue
+                    if isinstance(getattr(exc, "code", None), str):
+                        log.info("note %s.%s from %s refused: %s", note.service, note.op,
+                                 self.peer.agent_id, clip(str(exc), 200))
+                    else:
+                        log.error("note handler %s.%s failed", note.service, note.op,
+                                  exc_info=exc)
             self._notes_drained.set()
 
     def _send_error(self, rid: int | None, exc: TransportError) -> None:
-        self._enqueue(encode_frame(_error_wire(rid, exc), self._out_limits))
+        self._enqueue(self._error_frame(rid, exc))
+
+
+#: Bounds on what an `err` we send carries, far inside the smallest max_frame a peer
+#: may announce (4 KiB): whatever the exception says, its `err` encodes.
+ERR_MAX_CODE: Final = 64
+ERR_MAX_MESSAGE: Final = 512
+ERR_MAX_DETAIL: Final = 2048
+_CODE_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
 def _error_wire(rid: int | None, exc: BaseException,
                 context: RequestContext | None = None) -> dict[str, Any]:
-    """The `err` for an exception: its own code if it has one, else internal.error."""
+    """The `err` for an exception: its own code if it has one, else internal.error.
+
+    Always encodable: the code must look like a code, the message is clipped and a
+    detail that does not fit is dropped, since an exception may carry what a peer
+    sent (a relayed RemoteError, a huge name quoted in a message).
+    """
     code = getattr(exc, "code", None)
     message = getattr(exc, "message", None)
     detail = getattr(exc, "detail", None)
-    if isinstance(exc, ValueError) and code is None and context is not None:
-        message = f"the response could not be encoded: {exc}"
+    if isinstance(exc, ValueError) and code is None:
+        message = f"the response could not be encoded: {clip(str(exc), 200)}"
         code, detail = InternalError.code, {}
-        log.error("%s.%s: %s", context.service, context.op, message)
+        if context is not None:
+            log.error("%s.%s: %s", context.service, context.op, message)
     elif isinstance(code, str) and not isinstance(message, str):
         message = str(exc) or code
     elif not isinstance(code, str):
         if context is not None:
             log.error("handler %s.%s failed", context.service, context.op, exc_info=exc)
         code, message, detail = InternalError.code, "the handler failed", {}
-    wire = ErrorMessage(id=rid, code=code, message=message,
-                        detail=detail if isinstance(detail, dict) else {}).to_wire()
+    if not (0 < len(code) <= ERR_MAX_CODE and _CODE_CHARS.issuperset(code)):
+        message = f"unreadable error code {shown(code)}: {message}"
+        code = InternalError.code
+    assert isinstance(message, str)
+    message = clip(message, ERR_MAX_MESSAGE)
+    if not isinstance(detail, dict):
+        detail = {}
+    elif detail:
+        try:
+            if len(encode_frame(detail)) > ERR_MAX_DETAIL:
+                detail = {"clipped": True}
+        except ValueError:
+            detail = {}
+    wire = ErrorMessage(id=rid, code=code, message=message, detail=detail).to_wire()
     try:
         encode_frame(wire)
-    except ValueError:
-        wire["detail"] = {}
+    except ValueError:  # say, a lone surrogate in the message
+        wire["message"] = message.encode("ascii", "backslashreplace").decode("ascii")
     return wire
+
+
+error_wire = _error_wire

@@ -3,22 +3,39 @@
 Order matters and is the same on both sides: (1) TLS 1.3 handshake, in which
 OpenSSL checks the chain and the CRL; (2) the peer verifier checks the certificate
 again, with the agent id we expected; (3) only then do we write our ``hello`` and
-read theirs, which must name the same agent and role as the certificate. Nothing
-the peer sends is parsed before (2) passed. All of it runs under one handshake
-deadline.
+read theirs, which must name the same agent and role as the certificate; (4) the
+peer verifier runs again, so that a CRL applied while the peer held back its hello
+counts. Nothing the peer sends is parsed before (2) passed. All of it runs under
+one handshake deadline.
+
+``serve`` bounds what unauthenticated peers cost: at most ``max_unauthenticated``
+connections may be short of a hello at once (the oldest is dropped for a new one),
+nothing large is allocated for them, ``accept`` backs off when the process is out
+of file descriptors, and what refused connections make us log is budgeted.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import ssl
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 import trio
 
-from ._channel import RECEIVE_SIZE, Channel, ChannelConfig, PeerIdentity, PeerVerifier
+from ._channel import (
+    RECEIVE_SIZE,
+    Channel,
+    ChannelConfig,
+    LogBudget,
+    PeerIdentity,
+    PeerVerifier,
+    error_wire,
+    verifier_epoch,
+)
 from ._codec import NEED_DATA, CodecLimits, FrameDecoder, encode_frame
 from ._errors import (
     BadMessage,
@@ -129,14 +146,7 @@ async def _exchange_hellos(
 
 async def _refuse(stream: TlsStream | trio.SSLStream[Any], exc: Exception) -> None:
     """Best effort: tell the peer why in one ``err`` frame, then let the caller close."""
-    detail = getattr(exc, "detail", None)
-    wire = ErrorMessage(id=None, code=exc.code,  # type: ignore[attr-defined]
-                        message=getattr(exc, "message", None) or str(exc),
-                        detail=detail if isinstance(detail, dict) else {}).to_wire()
-    try:
-        frame = encode_frame(wire)
-    except ValueError:  # a detail outside the value model: the code and message suffice
-        frame = encode_frame({**wire, "detail": {}})
+    frame = encode_frame(error_wire(None, exc))
     with trio.CancelScope(shield=True), trio.move_on_after(1):  # shield outside the deadline
         try:
             await stream.send_all(frame)
@@ -153,8 +163,12 @@ async def establish(
     hello: Hello,
     registry: ServiceRegistry,
     config: ChannelConfig,
+    on_authenticated: Callable[[], None] | None = None,
 ) -> AsyncIterator[Channel]:
     """Authenticate ``stream`` and run a channel over it for the ``async with`` body.
+
+    ``on_authenticated`` is called once the peer's hello passed every check, before
+    the channel handles anything (``serve`` counts unauthenticated connections).
 
     Raises:
         HandshakeFailed: TLS refused us or the peer (``detail["reason"]``).
@@ -176,6 +190,7 @@ async def establish(
                 if isinstance(getattr(exc, "code", None), str):
                     await _refuse(stream, exc)  # auth.revoked, auth.wrong_peer, ...
                 raise
+            epoch = verifier_epoch(verify_peer)
             try:
                 their_hello, decoder = await _exchange_hellos(stream, hello, peer, config)
             except ProtocolError as exc:
@@ -183,6 +198,14 @@ async def establish(
                 raise
             except HelloMismatch as exc:
                 await _refuse(stream, exc)  # type: ignore[arg-type]
+                raise
+            # The peer chose when to send its hello: check it against the CRL of now.
+            epoch = verifier_epoch(verify_peer)
+            try:
+                peer = verify_peer(der, expected_id)
+            except Exception as exc:
+                if isinstance(getattr(exc, "code", None), str):
+                    await _refuse(stream, exc)
                 raise
     except trio.TooSlowError:
         await trio.aclose_forcefully(stream)
@@ -195,8 +218,12 @@ async def establish(
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
+    if on_authenticated is not None:
+        on_authenticated()
     channel = Channel(stream, peer=peer, our_hello=hello, their_hello=their_hello,
-                      registry=registry, config=config, decoder=decoder)
+                      registry=registry, config=config, decoder=decoder,
+                      verify_peer=verify_peer, peer_certificate=der, expected_id=expected_id,
+                      epoch=epoch)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(channel.run)
@@ -259,6 +286,39 @@ async def open_channel(
         yield channel
 
 
+class _Gate:
+    """Connections accepted and not yet authenticated, oldest first. Admitting one
+    over the limit drops the oldest (cancels its scope): a flood of idle connections
+    cannot lock out a peer that completes its handshake promptly."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._waiting: OrderedDict[int, trio.CancelScope] = OrderedDict()
+        self._next = 0
+        self.dropped = 0
+
+    def admit(self, scope: trio.CancelScope) -> Callable[[], None]:
+        while len(self._waiting) >= self.limit:
+            self.drop_oldest()
+        key = self._next = self._next + 1
+        self._waiting[key] = scope
+        return lambda: self._waiting.pop(key, None) and None
+
+    def drop_oldest(self, count: int = 1) -> None:
+        for _ in range(min(count, len(self._waiting))):
+            _key, scope = self._waiting.popitem(last=False)
+            scope.cancel()
+            self.dropped += 1
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+
+#: accept(2) errors that mean "out of resources now", not "the listener is broken".
+_ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM,
+                                            errno.ENOBUFS})
+
+
 async def serve(
     host: str,
     port: int,
@@ -275,30 +335,72 @@ async def serve(
 
     Reports the bound ``(host, port)`` through ``task_status.started`` (port 0 picks
     a free one). Each accepted channel runs ``handler(channel)`` (default: wait until
-    it closes). A refused or failed connection is logged and never stops the server.
+    it closes). A refused or failed connection is logged (within a budget) and never
+    stops the server.
     """
     config = config or ChannelConfig()
     listeners = await trio.open_tcp_listeners(port, host=host)
+    gate = _Gate(config.max_unauthenticated)
+    budget = LogBudget()
 
     async def on_connection(tcp: trio.SocketStream) -> None:
         context = tls.server if isinstance(tls, TlsContexts) else tls
-        stream = TlsStream(tcp, context, server_side=True)
-        try:
-            async with establish(stream, verify_peer=verify_peer, expected_id=None,
-                                 hello=hello, registry=registry, config=config) as channel:
-                if handler is None:
-                    await channel.wait_closed()
+        with trio.CancelScope() as scope:
+            authenticated = gate.admit(scope)
+            try:
+                stream = TlsStream(tcp, context, server_side=True)
+                async with establish(stream, verify_peer=verify_peer, expected_id=None,
+                                     hello=hello, registry=registry, config=config,
+                                     on_authenticated=authenticated) as channel:
+                    if handler is None:
+                        await channel.wait_closed()
+                    else:
+                        await handler(channel)
+            except ChannelClosed:
+                pass
+            except Exception as exc:
+                code = getattr(exc, "code", None)
+                if not budget.allow():
+                    pass
+                elif isinstance(code, str):
+                    log.info("refused connection: %s", exc)
                 else:
-                    await handler(channel)
-        except ChannelClosed:
-            pass
-        except Exception as exc:
-            code = getattr(exc, "code", None)
-            if isinstance(code, str):
-                log.info("refused connection: %s", exc)
-            else:
-                log.exception("connection handler failed")
+                    log.error("connection handler failed", exc_info=exc)
+            finally:
+                authenticated()
+        if scope.cancelled_caught and budget.allow():
+            log.info("dropped an unauthenticated connection: %d others waiting", len(gate))
+
+    async def run_one(tcp: trio.SocketStream) -> None:
+        try:
+            await on_connection(tcp)
+        finally:
+            await trio.aclose_forcefully(tcp)
+
+    async def accept_loop(listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        backoff = 0.0
+        async with listener:
+            while True:
+                try:
+                    tcp = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    if not backoff:
+                        log.warning("accept: %s; backing off (established channels are "
+                                    "still served)", exc.strerror)
+                    # Free descriptors held by peers that have not authenticated.
+                    gate.drop_oldest(max(1, len(gate) // 4))
+                    backoff = min(max(backoff * 2, 0.05), 1.0)
+                    await trio.sleep(backoff)
+                    continue
+                if backoff:
+                    log.info("accept works again")
+                    backoff = 0.0
+                nursery.start_soon(run_one, tcp)
 
     sockname = listeners[0].socket.getsockname()
-    task_status.started((sockname[0], sockname[1]))
-    await trio.serve_listeners(on_connection, listeners)
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(accept_loop, listener, nursery)
+        task_status.started((sockname[0], sockname[1]))

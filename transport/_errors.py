@@ -30,6 +30,8 @@ __all__ = [
     "UnknownOp",
     "UnknownService",
     "UnsupportedVersion",
+    "PeerNotValid",
+    "WriteTimeout",
     "transport_error_classes",
 ]
 
@@ -143,6 +145,25 @@ class RemoteError(TransportError):
     def __init__(self, code: str, message: str, *, detail: dict[str, Any] | None = None) -> None:
         super().__init__(message, detail=detail)
         self.code = code  # type: ignore[misc]  # the instance carries the peer's code
+
+
+class PeerNotValid(TransportError):
+    """The peer no longer passes the peer check (say a new CRL revokes it); the
+    instance carries the verifier's code, e.g. ``auth.revoked``."""
+
+    code: ClassVar[str] = "auth.peer_invalid"
+    fatal: ClassVar[bool] = True
+
+    def __init__(self, code: str, message: str, *, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(message, detail=detail)
+        self.code = code  # type: ignore[misc]
+
+
+class WriteTimeout(TransportError):
+    """The peer read nothing of what we sent for ``write_timeout`` seconds."""
+
+    code: ClassVar[str] = "timeout.write"
+    fatal: ClassVar[bool] = True
 
 
 class ChannelClosed(TransportError):

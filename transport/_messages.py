@@ -124,11 +124,18 @@ class Bye:
 Message = Hello | Request | Response | ErrorMessage | Note | Bye
 
 
+def shown(value: Any, limit: int = 64) -> str:
+    """A peer's value in a message or log line: its repr, clipped, so that an error
+    about a huge value is never huge itself (and always encodes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"...({len(text)} chars)"
+
+
 def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     value = obj.get(key)
     # bool is an int subclass: an id of True is a type error, not 1.
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise BadMessage(f"{obj.get('type')!r} needs {key!r} of type "
+        raise BadMessage(f"{shown(obj.get('type'))} needs {shown(key)} of type "
                          f"{getattr(kind, '__name__', kind)}", detail={"key": key})
     return value
 
@@ -144,10 +151,10 @@ def _parse_hello(obj: dict[str, Any]) -> Hello:
     services: dict[str, ServiceInfo] = {}
     for name, info in _get(obj, "services", dict).items():
         if not isinstance(info, dict):
-            raise BadMessage(f"service {name!r} must be a map")
+            raise BadMessage(f"service {shown(name)} must be a map")
         modules = _get(info, "modules", list)
         if not all(isinstance(m, str) for m in modules):
-            raise BadMessage(f"service {name!r} modules must be strings")
+            raise BadMessage(f"service {shown(name)} modules must be strings")
         services[name] = ServiceInfo(version=_get(info, "version", int), modules=tuple(modules))
     limits = _get(obj, "limits", dict)
     return Hello(
@@ -205,4 +212,4 @@ def parse_message(obj: Any) -> Message:
         if kind == "req" and type(rid) is int and 1 <= rid <= _MAX_ID:
             exc.detail["id"] = rid
         raise
-    raise BadMessage(f"unknown message type {kind!r}")
+    raise BadMessage(f"unknown message type {shown(kind)}")

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import threading
 from typing import Any, Final
 
 import trio
@@ -49,6 +50,15 @@ __all__ = ["RECEIVE_SIZE", "TlsStream"]
 RECEIVE_SIZE: Final = 1 << 18
 
 _TLS_ERRORS: Final = (ssl.SSLError, ssl.CertificateError)
+
+_local = threading.local()
+
+
+def _receive_view() -> memoryview:
+    view = getattr(_local, "view", None)
+    if view is None:
+        view = _local.view = memoryview(bytearray(RECEIVE_SIZE))
+    return view
 
 
 class TlsStream(trio.abc.Stream):
@@ -63,8 +73,6 @@ class TlsStream(trio.abc.Stream):
         self._fd = -1
         if isinstance(transport, trio.SocketStream) and os.name == "posix":
             self._fd = transport.socket.fileno()
-            self._rbuf = bytearray(RECEIVE_SIZE)
-            self._rview = memoryview(self._rbuf)
         self._leftover: memoryview | None = None  # ciphertext read from the BIO, unsent
         self._sending = False
         self._send_done = trio.lowlevel.ParkingLot()
@@ -178,8 +186,12 @@ class TlsStream(trio.abc.Stream):
             self._incoming.write(raw)
             return True
         while True:
+            # One receive buffer per thread, shared by every stream: what is read is
+            # copied into the BIO before the next await, and an idle connection (say,
+            # one that never starts its handshake) costs no buffer of its own.
+            view = _receive_view()
             try:
-                n = os.readv(self._fd, [self._rbuf])
+                n = os.readv(self._fd, [view])
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self._fd)
                 continue
@@ -188,7 +200,7 @@ class TlsStream(trio.abc.Stream):
             if n == 0:
                 self._incoming.write_eof()
                 return False
-            self._incoming.write(self._rview[:n])
+            self._incoming.write(view[:n])
             return True
 
     # -- sending ----------------------------------------------------------------------
