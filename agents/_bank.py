@@ -13,6 +13,8 @@ no money twice.
 Idempotency: a transfer or refund is applied once per ``(payer, idempotency_key)``;
 the same key with the same body returns the stored answer, with another body
 ``payment.idempotency_conflict``. A cheque is applied once per ``(payer, serial)``.
+And one payment stands per ``(payer, payee, reference)``: another key or serial for
+the same is ``payment.already_paid`` until the first is refunded in full.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from cryptography import x509
 from semper.services import Amount
 from semper.services.archive import Direction
 from semper.services.payment import (
+    AlreadyPaid,
     Cheque,
     ChequeReused,
     Cleared,
@@ -58,6 +61,14 @@ __all__ = ["MIGRATIONS", "BankBook", "Outcome"]
 MIGRATIONS: Final = {
     **_archive.MIGRATIONS,
     **_ledger.MIGRATIONS,
+    # The payment standing for each (payer, payee, reference): a second one under
+    # another key or serial is refused while the first is not refunded in full.
+    "bank_references": [
+        "CREATE TABLE bank_references ("
+        " payer TEXT NOT NULL, payee TEXT NOT NULL, reference BLOB NOT NULL,"
+        " request TEXT NOT NULL, confirmation BLOB NOT NULL,"
+        " PRIMARY KEY (payer, payee, reference)) STRICT"
+    ],
     "bank": [
         # One row per applied transfer or refund: the idempotency record.
         "CREATE TABLE bank_requests ("
@@ -131,6 +142,8 @@ class BankBook:
         cleared_digest = stored_digest if status == "cleared" else None
         if is_cheque_retry(body, depositor=depositor, stored_digest=cleared_digest):
             return Outcome(Statement.from_bytes(answer), False)
+        request = "transfer:" + body.idempotency_key
+        _one_payment_per_reference(c, body.payer, body.payee, body.reference, request)
         decision: Cleared = decide_cheque_deposit(
             body, depositor=depositor, now_ms=_now_ms() if now_ms is None else now_ms,
             balance=_balance_or_zero(c, body.payer, body.amount),
@@ -139,6 +152,7 @@ class BankBook:
         _ledger.account(c, cheque_body.payee, cheque_body.amount.currency)
         entry = _ledger.move(c, cheque_body.payer, cheque_body.payee, cheque_body.amount,
                              kind="cheque", time_ms=_now_ms(), reference=cheque.digest)
+        _stand(c, body.payer, body.payee, body.reference, request, confirmation)
         cleared = self._sign(*_typed(clear_cheque(cheque, entry)))
         c.execute("INSERT INTO bank_cheques (payer, serial, status, retry_digest, answer)"
                   " VALUES (?, ?, 'cleared', ?, ?)",
@@ -160,6 +174,8 @@ class BankBook:
 
     # -- refunds ------------------------------------------------------------------------
 
+        request = "cheque:" + body.serial
+        _one_payment_per_reference(c, body.payer, body.payee, body.reference, request)
     def refund(self, c: sqlite3.Connection, refund_order: Statement, body: RefundOrder, *,
                certificate: x509.Certificate) -> Outcome:
         """Give back part or all of a payment the requester received."""
@@ -168,6 +184,7 @@ class BankBook:
             return replay
         row = c.execute("SELECT payer, payee, currency, amount, refunded FROM bank_payments"
                         " WHERE confirmation = ?", (body.original,)).fetchone()
+        _stand(c, body.payer, body.payee, body.reference, request, cleared)
         if row is None:
             raise UnknownPayment("no payment with that confirmation at this bank",
                                  detail={"original": body.original})
@@ -233,4 +250,29 @@ def _balance_or_zero(c: sqlite3.Connection, holder: str, amount: Amount) -> Amou
         return _ledger.balance(c, holder, amount.currency)
     except _ledger.UnknownAccount:
         return Amount(amount.currency, 0)
+
+def _one_payment_per_reference(c: sqlite3.Connection, payer: str, payee: str,
+                               reference: bytes, request: str) -> None:
+    """Refuse a second payment for what ``payer`` already paid ``payee`` (the same
+    ``reference``) under another key or serial: the money would reach a payee that
+    has nothing to use it for. A payment refunded in full no longer stands."""
+    row = c.execute("SELECT request, confirmation FROM bank_references"
+                    " WHERE payer = ? AND payee = ? AND reference = ?",
+                    (payer, payee, reference)).fetchone()
+    if row is None or row[0] == request:
+        return
+    paid = c.execute("SELECT amount, refunded FROM bank_payments WHERE confirmation = ?",
+                     (row[1],)).fetchone()
+    if paid is not None and paid[1] >= paid[0]:
+        return
+    raise AlreadyPaid(f"{payer} paid {payee} for this reference already",
+                      detail={"reference": reference})
+
+
+def _stand(c: sqlite3.Connection, payer: str, payee: str, reference: bytes, request: str,
+           settlement: Statement) -> None:
+    c.execute("INSERT OR REPLACE INTO bank_references (payer, payee, reference, request,"
+              " confirmation) VALUES (?, ?, ?, ?, ?)",
+              (payer, payee, reference, request, settlement.digest))
+
 

@@ -16,11 +16,15 @@ from cryptography import x509
 from semper.services import Amount
 from semper.services.archive import Direction
 from semper.services.payment import (
+    BANK_ROLE,
+    BANK_SERVICE,
     Capabilities,
     Limits,
     ModuleOffer,
     PaymentManager,
+    WrongBank,
     load_modules,
+    our_bank,
 )
 from semper.services.statements import Statement
 
@@ -76,4 +80,13 @@ class AgentPaymentContext:
                                          certificate=certificate)
 
     async def request(self, peer: str, service: str, op: str, body: Any) -> Any:
+        """A bank op goes only to our configured bank (checked before dialing), and
+        only once the channel's certificate says the peer is a bank."""
+        if service == BANK_SERVICE:
+            our_bank(self, peer)
+            channel = await self._agent.channel(peer)
+            if channel.peer.role != BANK_ROLE:
+                raise WrongBank(f"{peer!r} is not a bank (its certificate says "
+                                f"{channel.peer.role!r})",
+                                detail={"bank": peer, "expected": self.bank_id})
         return await self._agent.request(peer, service, op, body)

@@ -10,7 +10,8 @@ currency the payee has no account for. After every step:
   and customers hold exactly what was minted: no money created or lost;
 * a call that raised moved nothing, and one answered from the idempotency store
   moved nothing; each applied call moved exactly its amount from payer to payee;
-* the balances equal a model that applies each payment at most once.
+* the balances equal a model that applies each payment at most once, and at most
+  one payment per (payer, payee, reference) that is not refunded in full (issue 7).
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ class BankMachine(RuleBasedStateMachine):
         self.cheques: list[tuple[Statement, Cheque]] = []
         self.payments: list[tuple[Statement, str, str, Amount]] = []  # confirmation, payer..
         self.refunded: dict[bytes, int] = {}
+        #: (payer, payee, reference) -> (request, settlement digest, amount): the payment
+        #: that stands for it (``payment.already_paid`` for another request).
+        self.standing: dict[tuple[str, str, bytes], tuple[str, bytes, int]] = {}
 
     def teardown(self) -> None:
         self.db.close()
@@ -111,6 +115,11 @@ class BankMachine(RuleBasedStateMachine):
         if not outcome.applied:
             assert self.balances() == before, "a replayed request moved money"
         return outcome, None
+
+    def paid_already(self, payer: str, payee: str, reference: bytes, request: str) -> bool:
+        standing = self.standing.get((payer, payee, reference))
+        return standing is not None and standing[0] != request \
+            and self.refunded.get(standing[1], 0) < standing[2]
 
     def moved(self, payer: str, payee: str, amount: Amount) -> None:
         self.model[(payer, amount.currency)] -= amount.minor_units
@@ -140,7 +149,9 @@ class BankMachine(RuleBasedStateMachine):
                 assert error is not None and error.code == "payment.idempotency_conflict"
             return
         have = self.model.get((payer, currency))
-        if have is None:
+        if self.paid_already(payer, payee, reference, "transfer:" + key):
+            assert error is not None and error.code == "payment.already_paid"
+        elif have is None:
             assert error is not None and error.code == "payment.unknown_account"
         elif have < units:
             assert error is not None and error.code == "payment.insufficient_funds"
@@ -151,6 +162,8 @@ class BankMachine(RuleBasedStateMachine):
             self.moved(payer, payee, amount)
             self.requests[(payer, key)] = (body.to_body(), outcome.statement)
             self.payments.append((outcome.statement, payer, payee, amount))
+            self.standing[(payer, payee, reference)] = (
+                "transfer:" + key, outcome.statement.digest, units)
 
     @rule(payer=st.sampled_from(HOLDERS), payee=st.sampled_from(HOLDERS),
           depositor=st.sampled_from(HOLDERS), units=st.integers(1, 30_000),
@@ -187,7 +200,11 @@ class BankMachine(RuleBasedStateMachine):
         if error is not None:
             assert error.code in {"payment.wrong_payee", "payment.cheque_reused",
                                   "payment.cheque_stopped", "payment.cheque_expired",
-                                  "payment.insufficient_funds"}, error.code
+                                  "payment.insufficient_funds", "payment.already_paid"}, \
+                error.code
+            if error.code == "payment.already_paid":
+                assert self.paid_already(body.payer, body.payee, body.reference,
+                                         "cheque:" + body.serial)
             if depositor != body.payee:
                 assert error.code == "payment.wrong_payee"
             elif cleared is not None:
@@ -198,6 +215,10 @@ class BankMachine(RuleBasedStateMachine):
         assert outcome is not None and outcome.applied
         assert cleared is None and stopped is None and depositor == body.payee
         assert self.model[(body.payer, "EUR")] >= body.amount.minor_units
+        assert not self.paid_already(body.payer, body.payee, body.reference,
+                                     "cheque:" + body.serial)
+        self.standing[(body.payer, body.payee, body.reference)] = (
+            "cheque:" + body.serial, outcome.statement.digest, body.amount.minor_units)
         self.moved(body.payer, body.payee, body.amount)
         self.cleared[(body.payer, body.serial)] = outcome.statement
         self.payments.append((outcome.statement, body.payer, body.payee, body.amount))

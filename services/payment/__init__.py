@@ -26,6 +26,7 @@ from ._checks import (
     verify_transfer_confirmation,
 )
 from ._errors import (
+    AlreadyPaid,
     BadCheque,
     BadConfirmation,
     BadRequest,
@@ -40,6 +41,7 @@ from ._errors import (
     UnknownAccount,
     UnknownModule,
     UnknownPayment,
+    WrongBank,
     WrongCurrency,
     WrongPayee,
 )
@@ -64,6 +66,7 @@ from ._modules import (
     RefundResult,
     TransferModule,
     cheque_serial,
+    our_bank,
     refund_payment,
 )
 from ._negotiation import Capabilities, Limits, ModuleOffer, negotiate
@@ -120,6 +123,7 @@ __all__ = [
     "TRANSFER_CONFIRMATION",
     "TRANSFER_ORDER",
     "AcceptRequest",
+    "AlreadyPaid",
     "BadCheque",
     "BadConfirmation",
     "BadRequest",
@@ -166,6 +170,7 @@ __all__ = [
     "UnknownAccount",
     "UnknownModule",
     "UnknownPayment",
+    "WrongBank",
     "WrongCurrency",
     "WrongPayee",
     "amount_from_wire",
@@ -185,6 +190,7 @@ __all__ = [
     "is_cheque_retry",
     "load_modules",
     "negotiate",
+    "our_bank",
     "refund_payment",
     "request_digest",
     "verify_cheque",

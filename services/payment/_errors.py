@@ -12,6 +12,7 @@ from typing import ClassVar
 from .._errors import ServiceError
 
 __all__ = [
+    "AlreadyPaid",
     "BadCheque",
     "BadConfirmation",
     "BadRequest",
@@ -27,6 +28,7 @@ __all__ = [
     "UnknownModule",
     "UnknownPayment",
     "WrongCurrency",
+    "WrongBank",
     "WrongPayee",
 ]
 
@@ -132,3 +134,19 @@ class UnknownPayment(PaymentError):
     """A refund of a payment this bank did not settle; ``detail["original"]`` (hex)."""
 
     code: ClassVar[str] = "payment.unknown_payment"
+
+
+class WrongBank(PaymentError):
+    """A statement names, or was signed by, a bank this agent does not deal with (its
+    configured ``[payment] bank``), or an agent that is not a bank: refused before
+    any connection to it is opened. ``detail``: ``bank``, ``expected``."""
+
+    code: ClassVar[str] = "payment.wrong_bank"
+
+
+class AlreadyPaid(PaymentError):
+    """A second payment from one payer to one payee for one reference, under another
+    idempotency key or cheque serial, while the first stands (is not refunded in
+    full). ``detail``: ``reference``."""
+
+    code: ClassVar[str] = "payment.already_paid"

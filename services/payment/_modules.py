@@ -48,7 +48,7 @@ from ._checks import (
     verify_refund_confirmation,
     verify_transfer_confirmation,
 )
-from ._errors import BadConfirmation, BadRequest
+from ._errors import BadConfirmation, BadRequest, WrongBank
 from ._schema import (
     CHEQUE,
     MAX_AMOUNT,
@@ -91,6 +91,7 @@ __all__ = [
     "RefundResult",
     "TransferModule",
     "cheque_serial",
+    "our_bank",
     "refund_payment",
 ]
 
@@ -392,6 +393,7 @@ async def refund_payment(ctx: PayeeContext, original: PaymentResult, amount: Amo
         raise _bad(REFUND_ORDER, "payer", "only the payee of a payment refunds it")
     decide_refund(original.amount, Amount(original.amount.currency, 0), amount)
     bank = original.bank
+    our_bank(ctx, bank)
     body = RefundOrder(original=original.settlement.digest, payer=ctx.our_id,
                        payee=original.payer, amount=amount, reason=reason, idempotency_key=key)
     order = await ctx.sign(REFUND_ORDER, body.to_body())
@@ -405,6 +407,16 @@ async def refund_payment(ctx: PayeeContext, original: PaymentResult, amount: Amo
     return RefundResult(original=body.original, payer=body.payer, payee=body.payee, amount=amount,
                         reason=reason, confirmation=answer.confirmation,
                         bank_certificate=answer.bank_certificate)
+
+
+def our_bank(ctx: PaymentContext, bank: str) -> None:
+    """Raise WrongBank unless ``bank`` (named in, or signing, a statement we were
+    handed) is the bank we deal with: checked before anything is sent to it, so a
+    payer cannot make us dial an agent of its choosing, and before we count on a
+    settlement, which is worth something only at our own bank."""
+    if bank != ctx.bank_id:
+        raise WrongBank(f"{bank!r} is not the bank this agent deals with ({ctx.bank_id!r})",
+                        detail={"bank": bank, "expected": ctx.bank_id})
 
 
 async def _hand_over(ctx: PayerContext, request: PaymentRequest, module: str,
@@ -455,6 +467,8 @@ class TransferModule:
             got.confirmation, bank_certificate=got.bank_certificate, root=ctx.root, crl=ctx.crl,
             now=_now(ctx), expected_payee=ctx.our_id, expected_amount=invoice.amount,
             expected_reference=invoice.reference, expected_payer=invoice.payer)
+        # Signed by a bank (checked above), but money only at our own bank is ours.
+        our_bank(ctx, identity_of(got.bank_certificate).agent_id)
         await ctx.record(got.confirmation, got.bank_certificate)
         return PaymentResult(module=self.name, payer=body.payer, payee=body.payee,
                              amount=body.amount, reference=body.reference,
@@ -507,6 +521,7 @@ class ChequeModule:
             got.cheque, drawer_certificate=got.drawer_certificate, root=ctx.root, crl=ctx.crl,
             now=now, expected_payee=ctx.our_id, expected_amount=invoice.amount,
             expected_reference=invoice.reference, expected_payer=invoice.payer)
+        our_bank(ctx, cheque.bank)  # before dialing the agent the cheque names
         await ctx.record(got.cheque, got.drawer_certificate)
         answer = DepositAnswer.from_wire(await ctx.request(
             cheque.bank, BANK_SERVICE, BANK_DEPOSIT_CHEQUE, got.to_wire()))
