@@ -118,6 +118,8 @@ class BankBook:
         replay = self._replay(c, body.payer, body.idempotency_key, "transfer", body.to_body())
         if replay is not None:
             return replay
+        request = "transfer:" + body.idempotency_key
+        _one_payment_per_reference(c, body.payer, body.payee, body.reference, request)
         decide_transfer(body, balance=_ledger.balance(c, body.payer, body.amount.currency))
         _ledger.account(c, body.payee, body.amount.currency)  # UnknownAccount before moving
         entry = _ledger.move(c, body.payer, body.payee, body.amount, kind="transfer",
@@ -126,6 +128,7 @@ class BankBook:
         self._store(c, body.payer, body.idempotency_key, "transfer", body.to_body(),
                     confirmation)
         self._payment(c, confirmation, body.payer, body.payee, body.amount, entry)
+        _stand(c, body.payer, body.payee, body.reference, request, confirmation)
         self._archive(c, body.payer, order, confirmation, payer_certificate)
         crash_point("transfer.applied")  # all written, not committed
         return Outcome(confirmation, True)
@@ -142,22 +145,22 @@ class BankBook:
         cleared_digest = stored_digest if status == "cleared" else None
         if is_cheque_retry(body, depositor=depositor, stored_digest=cleared_digest):
             return Outcome(Statement.from_bytes(answer), False)
-        request = "transfer:" + body.idempotency_key
-        _one_payment_per_reference(c, body.payer, body.payee, body.reference, request)
         decision: Cleared = decide_cheque_deposit(
             body, depositor=depositor, now_ms=_now_ms() if now_ms is None else now_ms,
             balance=_balance_or_zero(c, body.payer, body.amount),
             stopped=status == "stopped", already_cleared=status == "cleared")
         cheque_body = decision.cheque
+        request = "cheque:" + body.serial
+        _one_payment_per_reference(c, body.payer, body.payee, body.reference, request)
         _ledger.account(c, cheque_body.payee, cheque_body.amount.currency)
         entry = _ledger.move(c, cheque_body.payer, cheque_body.payee, cheque_body.amount,
                              kind="cheque", time_ms=_now_ms(), reference=cheque.digest)
-        _stand(c, body.payer, body.payee, body.reference, request, confirmation)
         cleared = self._sign(*_typed(clear_cheque(cheque, entry)))
         c.execute("INSERT INTO bank_cheques (payer, serial, status, retry_digest, answer)"
                   " VALUES (?, ?, 'cleared', ?, ?)",
                   (body.payer, body.serial, cheque_retry_digest(body), cleared.to_bytes()))
         self._payment(c, cleared, body.payer, body.payee, body.amount, entry)
+        _stand(c, body.payer, body.payee, body.reference, request, cleared)
         self._archive(c, depositor, cheque, cleared, drawer_certificate)
         crash_point("cheque.applied")  # all written, not committed
         return Outcome(cleared, True)
@@ -174,8 +177,6 @@ class BankBook:
 
     # -- refunds ------------------------------------------------------------------------
 
-        request = "cheque:" + body.serial
-        _one_payment_per_reference(c, body.payer, body.payee, body.reference, request)
     def refund(self, c: sqlite3.Connection, refund_order: Statement, body: RefundOrder, *,
                certificate: x509.Certificate) -> Outcome:
         """Give back part or all of a payment the requester received."""
@@ -184,7 +185,6 @@ class BankBook:
             return replay
         row = c.execute("SELECT payer, payee, currency, amount, refunded FROM bank_payments"
                         " WHERE confirmation = ?", (body.original,)).fetchone()
-        _stand(c, body.payer, body.payee, body.reference, request, cleared)
         if row is None:
             raise UnknownPayment("no payment with that confirmation at this bank",
                                  detail={"original": body.original})
@@ -241,16 +241,6 @@ class BankBook:
         ])
 
 
-def _typed(body: Any) -> tuple[str, dict[str, Any]]:
-    return body.TYPE, body.to_body()
-
-
-def _balance_or_zero(c: sqlite3.Connection, holder: str, amount: Amount) -> Amount:
-    try:
-        return _ledger.balance(c, holder, amount.currency)
-    except _ledger.UnknownAccount:
-        return Amount(amount.currency, 0)
-
 def _one_payment_per_reference(c: sqlite3.Connection, payer: str, payee: str,
                                reference: bytes, request: str) -> None:
     """Refuse a second payment for what ``payer`` already paid ``payee`` (the same
@@ -275,4 +265,14 @@ def _stand(c: sqlite3.Connection, payer: str, payee: str, reference: bytes, requ
               " confirmation) VALUES (?, ?, ?, ?, ?)",
               (payer, payee, reference, request, settlement.digest))
 
+
+def _typed(body: Any) -> tuple[str, dict[str, Any]]:
+    return body.TYPE, body.to_body()
+
+
+def _balance_or_zero(c: sqlite3.Connection, holder: str, amount: Amount) -> Amount:
+    try:
+        return _ledger.balance(c, holder, amount.currency)
+    except _ledger.UnknownAccount:
+        return Amount(amount.currency, 0)
 
