@@ -9,9 +9,12 @@
     terms = "digital copy; refundable within 14 days"
     goods = "goods/guide-001.txt"   # the bytes delivered, relative to this file
     valid_days = 30             # how long each signed offer stays valid
+    refund_days = 14            # refunds granted this long after payment; 0: none
 
 The seller signs the offers when it starts; the content digest in each offer is the
-SHA-256 of the goods file, so the buyer can check what it receives.
+SHA-256 of the goods file, so the buyer can check what it receives. ``refund_days``
+(default 0: no refunds) goes into the signed offer: the seller grants only the
+refunds it signed for.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 import tomli_w
 
 from semper.services import Amount
+from semper.services.commerce import MAX_REFUND_DAYS
 
 from ._config import ConfigError
 
@@ -41,6 +45,7 @@ class CatalogueItem:
     terms: str
     goods: bytes
     valid_days: int
+    refund_days: int = 0
 
     @property
     def content_digest(self) -> bytes:
@@ -72,17 +77,26 @@ def _item(entry: Any, path: Path, n: int) -> CatalogueItem:
         goods = goods_path.read_bytes()
         item = CatalogueItem(sku=str(entry["sku"]), title=str(entry["title"]), price=price,
                              terms=str(entry.get("terms", "")), goods=goods,
-                             valid_days=int(entry.get("valid_days", 30)))
+                             valid_days=int(entry.get("valid_days", 30)),
+                             refund_days=_whole(entry.get("refund_days", 0), "refund_days"))
     except KeyError as exc:
         raise ConfigError(f"{where} has no {exc.args[0]!r}") from None
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read goods: {exc.strerror}") from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where}: {getattr(exc, 'message', exc)}") from None
+    if not 0 <= item.refund_days <= MAX_REFUND_DAYS:
+        raise ConfigError(f"{where}: refund_days is 0 to {MAX_REFUND_DAYS}")
     if len(item.goods) > MAX_GOODS or item.price.minor_units <= 0 or item.valid_days <= 0:
         raise ConfigError(f"{where}: goods up to {MAX_GOODS} bytes, a positive price "
                           "and positive valid_days")
     return item
+
+
+def _whole(value: Any, name: str) -> int:
+    if type(value) is not int:
+        raise ValueError(f"{name} must be a whole number of days")
+    return value
 
 
 def write_catalogue(folder: Path, offers: list[dict[str, Any]]) -> Path:

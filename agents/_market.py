@@ -227,12 +227,14 @@ def _write_agent(
 DEMO_CATALOGUE: Final = [
     {"sku": "guide-001", "title": "Field guide to secure commerce", "price": "EUR:1250",
      "terms": "digital copy; refundable within 14 days", "valid_days": 30,
+     "refund_days": 14,
      "goods": b"Field guide to secure commerce\n\n1. Sign what you mean.\n"},
     {"sku": "map-002", "title": "Map of the market", "price": "EUR:480",
-     "terms": "digital copy", "valid_days": 30,
+     "terms": "digital copy; refundable within 14 days", "valid_days": 30,
+     "refund_days": 14,
      "goods": b"ca -- bank -- seller -- buyer -- notary\n"},
     {"sku": "song-003", "title": "A song about receipts", "price": "EUR:99",
-     "terms": "digital copy; no refunds", "valid_days": 30,
+     "terms": "digital copy; no refunds", "valid_days": 30, "refund_days": 0,
      "goods": b"la la la, every step leaves a signature\n"},
 ]
 

@@ -19,6 +19,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+import trio
+
+from semper.services import Amount
 from semper.services.certificates import load_certificate
 from semper.services.commerce import (
     Archive,
@@ -62,7 +65,7 @@ from ._payments import AgentPaymentContext, payment_manager
 if TYPE_CHECKING:
     from ._agent import Agent
 
-__all__ = ["MIGRATIONS", "PurchaseOutcome", "Shopper"]
+__all__ = ["MIGRATIONS", "PurchaseBusy", "PurchaseOutcome", "Shopper"]
 
 MIGRATIONS: Final = {
     "commerce_purchases": [
@@ -88,13 +91,26 @@ class PurchaseStuck(Exception):
 #: Refusals that mean "this will not happen, and no money moved": any refusal of the
 #: order, and of a payment only those raised before anything is applied (the bank
 #: applies nothing it refuses; negotiation happens before paying). A payee refusing a
-#: transfer's confirmation is not among them: the bank moved the money already, so the
-#: purchase stays PAYING for a retry or a dispute. Timeouts and closed channels retry.
+#: transfer's confirmation is not among them (the bank moved the money already, so the
+#: purchase stays PAYING for a retry or a dispute) unless the seller says it gave the
+#: money back (detail ``returned``). Timeouts and closed channels retry.
 _ORDER_REFUSALS: Final = ("commerce.", "payment.", "statement.")
 _PAYMENT_REFUSALS: Final = frozenset({
     "payment.insufficient_funds", "payment.unknown_account", "payment.no_common_instrument",
     "payment.unknown_module", "payment.currency_mismatch", "commerce.unsupported_payment",
+    "payment.already_paid", "payment.wrong_bank",
 })
+
+
+class PurchaseBusy(Exception):
+    """Another run (another ``semper buy`` with the same key) moved the purchase on
+    since this one read it: this run stops; running it again resumes from there."""
+
+    code: ClassVar[str] = "commerce.purchase_busy"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"purchase {key!r} is being carried on by another run")
+        self.message = str(self)
 
 
 class PurchaseFailed(Exception):
@@ -103,7 +119,7 @@ class PurchaseFailed(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-        self.message = f"this purchase failed before any money moved: {message}"
+        self.message = f"this purchase failed, the seller kept no money: {message}"
 
 
 def _now_ms() -> int:
@@ -153,6 +169,8 @@ class Shopper:
         self.agent = agent
         self.payments = payment_manager(agent)
         self._progress = progress or (lambda step: None)
+        #: key -> the machine as this shopper last wrote or read it (see ``_save``).
+        self._versions: dict[str, bytes] = {}
 
     async def catalogue(self, seller: str) -> tuple[Catalogue, Any]:
         """The seller's verified offers and its certificate.
@@ -176,36 +194,72 @@ class Shopper:
             UnknownOffer: the seller offers no ``sku``.
             and the seller's, the bank's or a verification's refusal, with its code.
         """
-        row = await self._row(key)
-        if row is not None and (row["seller"], row["sku"], row["module"]) != (seller, sku, module):
-            raise IdempotencyConflict(f"idempotency key {key!r} was used for another purchase",
-                                      detail={"key": key})
-        replayed = row is not None and row["state"] in (PurchaseState.DONE.value,
-                                                        PurchaseState.REFUNDED.value)
-        purchase = Purchase.from_state(canonical_decode(row["machine"])) if row else None
-        if purchase is not None and purchase.failure is not None:
+        row = await self._reserve(key, seller, sku, module)
+        replayed = row["state"] in (PurchaseState.DONE.value, PurchaseState.REFUNDED.value)
+        purchase = Purchase.from_state(canonical_decode(row["machine"]))
+        if purchase.failure is not None:
             raise PurchaseFailed(purchase.failure.code, purchase.failure.message)
         certificate = None
-        if purchase is None:
-            catalogue, certificate = await self.catalogue(seller)
-            offer = _find(catalogue, sku)
-            purchase = Purchase(buyer=self.agent.id)
-            decisions = purchase.receive(OfferChosen(offer=offer, payment_module=module,
-                                                     idempotency_key=key), now_ms=_now_ms())
-            await self._record(decisions, seller, purchase, certificate)
-            await self._save(key, seller, sku, module, purchase)
+        if purchase.state is PurchaseState.IDLE:
+            try:
+                catalogue, certificate = await self.catalogue(seller)
+                offer = _find(catalogue, sku)
+                decisions = purchase.receive(OfferChosen(offer=offer, payment_module=module,
+                                                         idempotency_key=key),
+                                             now_ms=_now_ms())
+                await self._record(decisions, seller, purchase, certificate)
+                await self._save(key, seller, sku, module, purchase)
+            except BaseException:
+                await self._release(key, row["machine"])
+                raise
         await self._drive(purchase, key, seller, sku, module, certificate)
         return await self.outcome(key, replayed=replayed)
 
-    async def refund(self, key: str, reason: str = "returned") -> PurchaseOutcome:
-        """Ask the seller to refund the purchase ``key`` in full; idempotent."""
+    async def _reserve(self, key: str, seller: str, sku: str, module: str) -> dict[str, Any]:
+        """The purchase's row, inserted (an idle machine) when the key is new: the key
+        is checked and taken in one transaction, before any step, so two runs with one
+        key cannot both take it for different purchases.
+
+        Raises:
+            IdempotencyConflict: the key was taken for another seller, item or module.
+        """
+        idle = canonical_encode(Purchase(buyer=self.agent.id).to_state())
+
+        def reserve(c: sqlite3.Connection) -> dict[str, Any]:
+            c.execute("INSERT OR IGNORE INTO commerce_purchases (key, seller, sku, module,"
+                      " state, machine, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      (key, seller, sku, module, PurchaseState.IDLE.value, idle, _now_ms()))
+            row = _read_row(c, key)
+            assert row is not None
+            if (row["seller"], row["sku"], row["module"]) != (seller, sku, module):
+                raise IdempotencyConflict(
+                    f"idempotency key {key!r} was used for another purchase",
+                    detail={"key": key})
+            return row
+
+        row = await self.agent.database.transaction(reserve)
+        self._versions[key] = row["machine"]
+        return row
+
+    async def _release(self, key: str, idle: bytes) -> None:
+        """Give the key back when this run fails before its first step was recorded
+        (nothing signed, nothing sent): the user may use it for another item."""
+        with trio.CancelScope(shield=True):
+            await self.agent.database.transaction(lambda c: c.execute(
+                "DELETE FROM commerce_purchases WHERE key = ? AND machine = ?", (key, idle)))
+
+    async def refund(self, key: str, reason: str = "returned",
+                     amount: Amount | None = None) -> PurchaseOutcome:
+        """Ask the seller to refund the purchase ``key``, in full or ``amount`` of it;
+        idempotent (once refunded, asking again refunds nothing more)."""
         row = await self._row(key)
         if row is None:
             raise UnknownOffer(f"no purchase with idempotency key {key!r}", detail={"key": key})
+        self._versions[key] = row["machine"]
         purchase = Purchase.from_state(canonical_decode(row["machine"]))
         replayed = purchase.state is PurchaseState.REFUNDED
         if purchase.state in (PurchaseState.PAID, PurchaseState.DELIVERED, PurchaseState.DONE):
-            purchase.receive(RefundRequested(reason=reason), now_ms=_now_ms())
+            purchase.receive(RefundRequested(reason=reason, amount=amount), now_ms=_now_ms())
             await self._save(key, row["seller"], row["sku"], row["module"], purchase)
         await self._drive(purchase, key, row["seller"], row["sku"], row["module"], None)
         return await self.outcome(key, replayed=replayed)
@@ -261,7 +315,8 @@ class Shopper:
                 assert purchase.order is not None
                 self._progress(f"asking {seller} for a refund of {decision.amount}")
                 answer = await self.agent.request(seller, "commerce", "refund", {
-                    "order": decision.order, "reason": decision.reason})
+                    "order": decision.order, "reason": decision.reason,
+                    "amount": decision.amount.to_wire()})
                 note = Statement.from_wire(answer["note"])
                 seller_cert = await self._seller_certificate(seller, certificate)
                 verify_statement(note, certificate=seller_cert, root=self.agent.credentials.root,
@@ -295,11 +350,13 @@ class Shopper:
         except RemoteError as exc:
             definite = (exc.code.startswith(_ORDER_REFUSALS)
                         if purchase.state is PurchaseState.ORDERED
-                        else exc.code in _PAYMENT_REFUSALS)
+                        else exc.code in _PAYMENT_REFUSALS or _returned(exc))
             if not definite:
                 raise
-            purchase.receive(Failed(code=exc.code, message=exc.message[:4096]),
-                             now_ms=_now_ms())
+            message = exc.message[:4000]
+            if _returned(exc):  # the bank moved it, the seller gave it back
+                message += " (the payment was returned to us)"
+            purchase.receive(Failed(code=exc.code, message=message), now_ms=_now_ms())
             await self._save(key, seller, sku, module, purchase)
             raise
 
@@ -331,14 +388,7 @@ class Shopper:
     # -- persistence ------------------------------------------------------------------
 
     async def _row(self, key: str) -> dict[str, Any] | None:
-        def read(c: sqlite3.Connection) -> dict[str, Any] | None:
-            cursor = c.execute("SELECT * FROM commerce_purchases WHERE key = ?", (key,))
-            row = cursor.fetchone()
-            if row is None:
-                return None
-            return dict(zip([d[0] for d in cursor.description], row, strict=True))
-
-        return await self.agent.database.read(read)
+        return await self.agent.database.read(lambda c: _read_row(c, key))
 
     async def _save(self, key: str, seller: str, sku: str, module: str, purchase: Purchase, *,
                     payment: PaymentResult | None = None, goods: bytes | None = None,
@@ -347,18 +397,23 @@ class Shopper:
         paid = None if payment is None else canonical_encode(payment.to_wire())
         refunded = None if refund is None else canonical_encode(refund)
 
+        # Only over the row as this run last wrote or read it: a row another run
+        # changed meanwhile (the same key, twice at once) is never overwritten.
+        expected = self._versions.get(key)
+
         def write(c: sqlite3.Connection) -> None:
-            c.execute(
-                "INSERT INTO commerce_purchases (key, seller, sku, module, state, machine,"
-                " payment, refund, goods, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET state = excluded.state,"
-                " machine = excluded.machine, payment = coalesce(excluded.payment, payment),"
-                " refund = coalesce(excluded.refund, refund),"
-                " goods = coalesce(excluded.goods, goods), updated_ms = excluded.updated_ms",
-                (key, seller, sku, module, purchase.state.value, machine, paid, refunded, goods,
-                 _now_ms()))
+            changed = c.execute(
+                "UPDATE commerce_purchases SET state = ?, machine = ?,"
+                " payment = coalesce(?, payment), refund = coalesce(?, refund),"
+                " goods = coalesce(?, goods), updated_ms = ?"
+                " WHERE key = ? AND seller = ? AND sku = ? AND module = ? AND machine = ?",
+                (purchase.state.value, machine, paid, refunded, goods, _now_ms(), key, seller,
+                 sku, module, expected)).rowcount
+            if changed != 1:
+                raise PurchaseBusy(key)
 
         await self.agent.database.transaction(write)
+        self._versions[key] = machine
 
     async def outcome(self, key: str, *, replayed: bool = False) -> PurchaseOutcome:
         row = await self._row(key)
@@ -373,6 +428,19 @@ class Shopper:
             goods=row["goods"],
             refund=None if row["refund"] is None else canonical_decode(row["refund"]),
             replayed=replayed)
+
+
+def _returned(exc: RemoteError) -> bool:
+    """The seller refused a payment the bank had moved, and gave it back."""
+    return isinstance(exc.detail.get("returned"), dict)
+
+
+def _read_row(c: sqlite3.Connection, key: str) -> dict[str, Any] | None:
+    cursor = c.execute("SELECT * FROM commerce_purchases WHERE key = ?", (key,))
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    return dict(zip([d[0] for d in cursor.description], row, strict=True))
 
 
 def _find(catalogue: Catalogue, sku: str) -> Statement:

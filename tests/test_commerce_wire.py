@@ -450,9 +450,13 @@ async def test_payment_refusals_at_the_seller(market: Market) -> None:
                                {"module": module, "reference": ref, "proof": proof})
 
     # A transfer for another amount, citing the order: the bank moves what it was
-    # told, the seller refuses it as payment.
+    # told, the seller refuses it as payment and gives it back (issue 7, kind 8), so
+    # that the order can still be paid.
     short = await m["buyer"].request("bank", "bank", "transfer", m.transfer_order(
         "buyer", "seller", price - 1, key="short", reference=reference))
+    error = await accept_refused(short)
+    assert (error.code, error.detail["field"]) == ("payment.bad_confirmation", "amount")
+    assert error.detail["returned"]["amount"] == eur(price - 1).to_wire()
     # A transfer of the right amount for another reference.
     elsewhere = await m["buyer"].request("bank", "bank", "transfer", m.transfer_order(
         "buyer", "seller", price, key="elsewhere", reference=b"something else"))
@@ -467,8 +471,6 @@ async def test_payment_refusals_at_the_seller(market: Market) -> None:
 
     error = await accept_refused(tampered)
     assert error.code == "statement.bad_signature"
-    error = await accept_refused(short)
-    assert (error.code, error.detail["field"]) == ("payment.bad_confirmation", "amount")
     error = await accept_refused(elsewhere)
     assert (error.code, error.detail["field"]) == ("payment.bad_confirmation", "reference")
     # The bank's confirmation handed over by someone who is not the order's buyer.
@@ -477,7 +479,9 @@ async def test_payment_refusals_at_the_seller(market: Market) -> None:
     # For an order the seller never accepted, or by another module than the order's.
     error = await accept_refused(honest, ref=b"\x00" * 32)
     assert error.code == "commerce.unknown_order"
-    error = await accept_refused(honest, module="card")
+    # (A transfer for another reference: a genuine one for this order, handed over
+    # as another module, would be given back.)
+    error = await accept_refused(elsewhere, module="card", ref=reference)
     assert (error.code, error.detail) == ("commerce.unsupported_payment",
                                           {"expected": "transfer", "module": "card"})
     error = await accept_refused({"confirmation": honest["confirmation"]})
@@ -537,10 +541,11 @@ async def test_payment_refusals_at_the_seller(market: Market) -> None:
         ("order_accepted", 0), ("receipted", 1)]
     assert await m["buyer"].request("seller", "payment", "accept", {
         "module": "transfer", "reference": reference, "proof": honest}) == result
-    # Once paid, another proof is answered with the first result: nothing settles again.
+    # Once paid, another payment is refused (issue 7): the cheque is not deposited.
     cheque = m.cheque("buyer", "seller", price, serial="c-late", reference=reference)
-    assert await m["buyer"].request("seller", "payment", "accept", {
-        "module": "cheque", "reference": reference, "proof": cheque}) == result
+    error = await m.refused("buyer", "seller", "payment", "accept", {
+        "module": "cheque", "reference": reference, "proof": cheque})
+    assert (error.code, error.detail) == ("commerce.already_paid", {"state": "receipted"})
     await m.unchanged(paid)
 
 

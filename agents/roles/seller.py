@@ -16,6 +16,7 @@ event twice. Ops (the ``commerce`` and ``payment`` services, docs/protocol.md):
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -25,9 +26,12 @@ from typing import Any
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from semper.services.commerce import Archive as ArchiveDecision
+from semper.services import ServiceError
+from semper.services.certificates import identity_of
 from semper.services.commerce import (
+    AlreadyPaid,
     Catalogue,
+    CommerceError,
     Deliver,
     Delivery,
     GoodsDelivered,
@@ -40,18 +44,27 @@ from semper.services.commerce import (
     ReceiptIssued,
     Refund,
     RefundConfirmed,
+    Refunded,
     RefundNoteIssued,
     RefundRequested,
     Sale,
+    SaleState,
     UnknownOrder,
     UnsupportedPayment,
+    check_refund_window,
 )
+from semper.services.commerce import Archive as ArchiveDecision
 from semper.services.payment import (
     AcceptRequest,
     BadRequest,
+    ChequeProof,
     Invoice,
     PaymentResult,
+    TransferProof,
+    amount_from_wire,
+    our_bank,
     refund_payment,
+    verify_transfer_confirmation,
 )
 from semper.services.statements import (
     Statement,
@@ -68,11 +81,20 @@ from .._roles import Role
 
 __all__ = ["Seller"]
 
+log = logging.getLogger("semper.seller")
+
 MIGRATIONS = {
     "commerce_sales": [
         "CREATE TABLE commerce_sales ("
         " order_digest BLOB PRIMARY KEY, buyer TEXT NOT NULL, state TEXT NOT NULL,"
-        " machine BLOB NOT NULL, payment BLOB, refund BLOB, updated_ms INTEGER NOT NULL)"
+        " machine BLOB NOT NULL, payment BLOB, refund BLOB, updated_ms INTEGER NOT NULL)",
+        # 2: transfers handed over for an order and given back instead of used: by the
+        # digest of the bank's confirmation, with the refusal that said why.
+        "CREATE TABLE commerce_returns ("
+        " settlement BLOB PRIMARY KEY, order_digest BLOB NOT NULL, buyer TEXT NOT NULL,"
+        " currency TEXT NOT NULL, amount INTEGER NOT NULL, code TEXT NOT NULL,"
+        " refusal BLOB NOT NULL, state TEXT NOT NULL, refund BLOB, result BLOB,"
+        " updated_ms INTEGER NOT NULL) STRICT",
     ],
 }
 
@@ -118,7 +140,8 @@ class Seller(Role):
             offers = tuple(self._sign(
                 Offer(seller=self.agent.id, sku=item.sku, title=item.title, price=item.price,
                       terms=item.terms, content_digest=item.content_digest,
-                      valid_until=now + item.valid_days * _DAY_MS))
+                      valid_until=now + item.valid_days * _DAY_MS,
+                      refund_days=item.refund_days))
                 for item in self.items.values())
             self._catalogue = cat = Catalogue(offers=offers)
         return cat
@@ -172,26 +195,107 @@ class Seller(Role):
         buyer = context.peer.agent_id
         async with self._lock(request.reference):
             sale = await self._sale_of(request.reference, buyer)
-            stored = await self.agent.database.read(lambda c: c.execute(
-                "SELECT payment FROM commerce_sales WHERE order_digest = ?",
-                (request.reference,)).fetchone()[0])
-            if stored is not None:  # paid before: the same answer, nothing settled again
-                return canonical_decode(stored)  # type: ignore[no-any-return]
-            terms = _terms(sale)
-            if request.module != terms.payment_module:
-                raise UnsupportedPayment(
-                    f"the order is to be paid by {terms.payment_module}, not {request.module}",
-                    detail={"expected": terms.payment_module, "module": request.module})
-            ctx = AgentPaymentContext(self.agent, request.reference.hex(), buyer)
-            result = await self.payments.accept(
-                ctx, request, invoice=Invoice(amount=terms.amount, reference=request.reference,
-                                              payer=buyer))
-            decisions = sale.receive(PaymentConfirmed(
-                payment=result.settlement.digest, payment_type=result.settlement.type,
-                amount=result.amount), now_ms=_now_ms())
-            await self._fulfil(sale, decisions, context.peer, request.reference)
-            await self._save(sale, buyer, payment=result)
+            transfer = _transfer_proof(request.proof)
+            if transfer is not None:
+                await self._returned_before(transfer)
+            try:
+                answer = await self._settle(sale, request, context.peer)
+            except ServiceError as exc:
+                if transfer is not None:
+                    await self._give_back(transfer, request, buyer, exc)
+                raise
+        return answer
+
+    async def _settle(self, sale: Sale, request: AcceptRequest, peer: Any) -> dict[str, Any]:
+        """Check the payment against the sale and settle it, or raise why not."""
+        buyer = peer.agent_id
+        stored = await self.agent.database.read(lambda c: c.execute(
+            "SELECT payment FROM commerce_sales WHERE order_digest = ?",
+            (request.reference,)).fetchone()[0])
+        if stored is not None:
+            paid = PaymentResult.from_wire(canonical_decode(stored))
+            if _same_payment(paid, request):  # a retry: the same answer, nothing settled
+                return paid.to_wire()
+            raise AlreadyPaid(f"order {request.reference.hex()[:16]} was paid already, "
+                              "by another payment", detail={"state": sale.state.value})
+        terms = _terms(sale)
+        if request.module != terms.payment_module:
+            raise UnsupportedPayment(
+                f"the order is to be paid by {terms.payment_module}, not {request.module}",
+                detail={"expected": terms.payment_module, "module": request.module})
+        ctx = AgentPaymentContext(self.agent, request.reference.hex(), buyer)
+        result = await self.payments.accept(
+            ctx, request, invoice=Invoice(amount=terms.amount, reference=request.reference,
+                                          payer=buyer))
+        decisions = sale.receive(PaymentConfirmed(
+            payment=result.settlement.digest, payment_type=result.settlement.type,
+            amount=result.amount), now_ms=_now_ms())
+        await self._fulfil(sale, decisions, peer, request.reference)
+        await self._save(sale, buyer, payment=result)
         return result.to_wire()
+
+    # -- payments not used: given back ----------------------------------------------
+
+    async def _returned_before(self, transfer: TransferProof) -> None:
+        """A transfer given back once is never used: its first refusal again."""
+        digest = transfer.confirmation.digest
+        row = await self.agent.database.read(lambda c: c.execute(
+            "SELECT refusal FROM commerce_returns WHERE settlement = ? AND state = 'returned'",
+            (digest,)).fetchone())
+        if row is not None:
+            refusal = canonical_decode(row[0])
+            raise _refusal(refusal["code"], refusal["message"], refusal["detail"])
+
+    async def _give_back(self, transfer: TransferProof, request: AcceptRequest, buyer: str,
+                         refusal: ServiceError) -> None:
+        """Refund a transfer that the bank confirmed to us from ``buyer`` for this
+        order, and that ``refusal`` keeps from settling it, and say so in the
+        refusal's ``returned``. Anything else handed over is not money for us."""
+        ctx = AgentPaymentContext(self.agent, request.reference.hex(), buyer)
+        try:
+            our_bank(ctx, identity_of(transfer.bank_certificate).agent_id)
+            body = verify_transfer_confirmation(
+                transfer.confirmation, bank_certificate=transfer.bank_certificate,
+                root=ctx.root, crl=ctx.crl, now=utcnow(), expected_payee=self.agent.id,
+                expected_amount=None,  # type: ignore[arg-type] # any amount: it is ours
+                expected_reference=request.reference, expected_payer=buyer,
+                expected_bank=ctx.bank_id)
+        except ServiceError:
+            return
+        digest = transfer.confirmation.digest
+        paid = PaymentResult(module="transfer", payer=buyer, payee=self.agent.id,
+                             amount=body.amount, reference=body.reference,
+                             settlement=transfer.confirmation,
+                             bank_certificate=transfer.bank_certificate)
+        why = canonical_encode({"code": refusal.code, "message": refusal.message[:512],
+                                "detail": refusal.detail})
+
+        def note(c: sqlite3.Connection) -> str:
+            c.execute("INSERT OR IGNORE INTO commerce_returns (settlement, order_digest, buyer,"
+                      " currency, amount, code, refusal, state, updated_ms)"
+                      " VALUES (?, ?, ?, ?, ?, ?, ?, 'returning', ?)",
+                      (digest, request.reference, buyer, body.amount.currency,
+                       body.amount.minor_units, refusal.code, why, _now_ms()))
+            return str(c.execute("SELECT code FROM commerce_returns WHERE settlement = ?",
+                                 (digest,)).fetchone()[0])
+
+        code = await self.agent.database.transaction(note)
+        try:
+            result = await refund_payment(ctx, paid, body.amount, f"returned: {code}",
+                                          "return-" + digest.hex())
+        except Exception as exc:  # kept as 'returning': handing it over again retries
+            log.warning("could not give back transfer %s of %s: %s", digest.hex()[:16],
+                        buyer, exc)
+            return
+        refusal.detail["returned"] = {"refund": result.confirmation.digest,
+                                      "amount": body.amount.to_wire()}
+        why = canonical_encode({"code": refusal.code, "message": refusal.message[:512],
+                                "detail": refusal.detail})
+        await self.agent.database.transaction(lambda c: c.execute(
+            "UPDATE commerce_returns SET state = 'returned', refund = ?, result = ?,"
+            " refusal = ?, updated_ms = ? WHERE settlement = ?",
+            (result.confirmation.digest, canonical_encode(result.to_wire()), why, _now_ms(),
+             digest)))
 
     async def _fulfil(self, sale: Sale, decisions: list[Any], buyer: Any, order: bytes
                       ) -> None:
@@ -215,6 +319,9 @@ class Seller(Role):
         if not isinstance(body, dict) or type(body.get("order")) is not bytes:
             raise BadRequest("commerce.fetch takes {order: digest}")
         sale = await self._sale_of(body["order"], context.peer.agent_id)
+        if sale.state in (SaleState.REFUNDING, SaleState.REFUND_CONFIRMED, SaleState.REFUNDED):
+            raise Refunded("the order was refunded: its goods are not delivered again",
+                           detail={"state": sale.state.value})
         if sale.delivery is None or sale.receipt is None:
             raise BadRequest("the order is not paid yet", detail={"state": sale.state.value})
         item = self.items[_terms(sale).offer_terms().sku]
@@ -226,7 +333,15 @@ class Seller(Role):
     async def refund(self, context: Any, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict) or type(body.get("order")) is not bytes \
                 or not isinstance(body.get("reason", ""), str):
-            raise BadRequest("commerce.refund takes {order: digest, reason: str}")
+            raise BadRequest("commerce.refund takes {order: digest, reason: str, "
+                             "amount: amount}")
+        asked = None
+        if body.get("amount") is not None:
+            try:
+                asked = amount_from_wire(body["amount"])
+            except Exception:  # BadAmount or a shape that is not an amount
+                raise BadRequest("amount is not {currency, minor_units}",
+                                 detail={"field": "amount"}) from None
         buyer, order = context.peer.agent_id, body["order"]
         async with self._lock(order):
             sale = await self._sale_of(order, buyer)
@@ -239,8 +354,11 @@ class Seller(Role):
                 raise BadRequest("nothing was paid for this order",
                                  detail={"state": sale.state.value})
             paid = PaymentResult.from_wire(canonical_decode(row[0]))
-            decisions = sale.receive(RefundRequested(reason=body.get("reason", "")[:512]),
-                                     now_ms=_now_ms())
+            # The refund policy is the one the seller signed in the offer.
+            check_refund_window(_terms(sale).offer_terms(), paid_at_ms=paid.settlement.issued_at,
+                                now_ms=_now_ms())
+            decisions = sale.receive(RefundRequested(reason=body.get("reason", "")[:512],
+                                                     amount=asked), now_ms=_now_ms())
             ctx = AgentPaymentContext(self.agent, order.hex(), buyer)
             answer: dict[str, Any] = {}
             while decisions:
@@ -318,6 +436,40 @@ class Seller(Role):
             [(d.statement, d.direction) for d in decisions if isinstance(d, ArchiveDecision)],
             peer=peer.agent_id, transaction=order.hex(),
             ours=self.agent.credentials.identity, theirs=peer.certificate)
+
+
+def _transfer_proof(proof: Any) -> TransferProof | None:
+    """``proof`` read as a transfer's, whatever module it was handed over as."""
+    try:
+        return TransferProof.from_wire(proof)
+    except Exception:  # not a transfer proof: nothing the bank moved for it
+        return None
+
+
+def _same_payment(paid: PaymentResult, request: AcceptRequest) -> bool:
+    """Whether ``request`` hands over again the payment that settled the sale: the
+    same transfer confirmation, or a cheque of the same payer and serial (a payer
+    retrying re-signs it; the bank cleared the serial once)."""
+    if request.module != paid.module:
+        return False
+    try:
+        if paid.module == "transfer":
+            return TransferProof.from_wire(request.proof).confirmation == paid.settlement
+        cheque = ChequeProof.from_wire(request.proof).cheque.body
+        return bool(cheque.get("payer") == paid.payer
+                    and cheque.get("serial") == paid.settlement.body.get("serial"))
+    except Exception:  # a proof that does not parse is not the payment
+        return False
+
+
+def _refusal(code: str, message: str, detail: dict[str, Any]) -> ServiceError:
+    """The error of ``code`` (a stored refusal, raised again as it was first)."""
+    classes: list[type[ServiceError]] = [ServiceError]
+    for cls in classes:
+        if cls.code == code:
+            return cls(message, detail=detail)
+        classes.extend(cls.__subclasses__())
+    return CommerceError(message, detail=detail)  # pragma: no cover - codes are API
 
 
 def _terms(sale: Sale) -> Order:

@@ -37,6 +37,7 @@ __all__ = [
     "DIGEST_SIZE",
     "MAX_MINOR_UNITS",
     "MAX_QUANTITY",
+    "MAX_REFUND_DAYS",
     "OFFER_TYPE",
     "ORDER_TYPE",
     "RECEIPT_TYPE",
@@ -67,6 +68,8 @@ MAX_TITLE: Final = 256
 MAX_TERMS: Final = 4096
 MAX_KEY: Final = 128
 MAX_OFFERS: Final = 1024
+#: An offer's refund window: 0 (no refunds) to ten years, in days.
+MAX_REFUND_DAYS: Final = 3650
 MAX_SIZE: Final = 1 << 53
 #: Unix milliseconds of 9999-12-31T23:59:59.999Z, as for statements.
 MAX_TIME_MS: Final = 253_402_300_799_999
@@ -179,7 +182,12 @@ class _Body:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Offer(_Body):
-    """``commerce.offer``, signed by the seller: one item of its catalogue."""
+    """``commerce.offer``, signed by the seller: one item of its catalogue.
+
+    ``refund_days`` is the refund policy the seller signs: refunds are granted for
+    that many days after the payment, none when 0. None (the key absent) is an
+    offer signed before the policy was part of the body: no machine-readable term.
+    """
 
     TYPE: ClassVar[str] = OFFER_TYPE
     _KEYS: ClassVar[frozenset[str]] = frozenset(
@@ -192,6 +200,7 @@ class Offer(_Body):
     terms: str
     content_digest: bytes
     valid_until: int
+    refund_days: int | None = None
 
     def __post_init__(self) -> None:
         _agent(OFFER_TYPE, "seller", self.seller)
@@ -201,19 +210,26 @@ class Offer(_Body):
         _text(OFFER_TYPE, "terms", self.terms, max_chars=MAX_TERMS, empty=True, lines=True)
         _digest(OFFER_TYPE, "content_digest", self.content_digest)
         _int(OFFER_TYPE, "valid_until", self.valid_until, 0, MAX_TIME_MS)
+        if self.refund_days is not None:
+            _int(OFFER_TYPE, "refund_days", self.refund_days, 0, MAX_REFUND_DAYS)
 
     def to_body(self) -> dict[str, Any]:
-        return {"seller": self.seller, "sku": self.sku, "title": self.title,
+        body = {"seller": self.seller, "sku": self.sku, "title": self.title,
                 "price": self.price.to_wire(), "terms": self.terms,
                 "content_digest": self.content_digest, "valid_until": self.valid_until}
+        if self.refund_days is not None:
+            body["refund_days"] = self.refund_days
+        return body
 
     @classmethod
     def from_body(cls, body: object) -> Offer:
         """Raises BadBody."""
-        b = _keys(OFFER_TYPE, body, cls._KEYS)
+        policy = type(body) is dict and "refund_days" in body
+        b = _keys(OFFER_TYPE, body, cls._KEYS | {"refund_days"} if policy else cls._KEYS)
         return cls(seller=b["seller"], sku=b["sku"], title=b["title"],
                    price=_money_from_wire(OFFER_TYPE, "price", b["price"]), terms=b["terms"],
-                   content_digest=b["content_digest"], valid_until=b["valid_until"])
+                   content_digest=b["content_digest"], valid_until=b["valid_until"],
+                   refund_days=b.get("refund_days"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

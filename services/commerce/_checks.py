@@ -29,6 +29,7 @@ from ._errors import (
     BadRefundNote,
     OfferAltered,
     OfferExpired,
+    RefundNotAllowed,
     UnknownOffer,
     UnsupportedPayment,
     WrongAmount,
@@ -43,6 +44,7 @@ __all__ = [
     "check_receipt",
     "check_refund_note",
     "check_refund_amount",
+    "check_refund_window",
 ]
 
 #: The quantity a seller accepts in one order, for now.
@@ -227,6 +229,29 @@ def check_refund_amount(amount: Amount, paid: Amount) -> None:
             or not 0 < amount.minor_units <= paid.minor_units:
         raise WrongAmount(f"a refund is 1 to {paid.minor_units} minor units of {paid.currency}",
                           detail={"expected": paid.to_wire(), "got": _wire(amount)})
+
+
+#: A day in Unix milliseconds: the unit of an offer's refund window.
+DAY_MS = 86_400_000
+
+
+def check_refund_window(offer: Offer, *, paid_at_ms: int, now_ms: int) -> None:
+    """Whether the offer's signed refund policy grants a refund asked at ``now_ms`` of
+    a payment settled at ``paid_at_ms``: within ``refund_days`` days of it, never
+    when 0. An offer without the term (signed before it existed) grants any.
+
+    Raises:
+        RefundNotAllowed: outside the window; ``detail``: ``refund_days``,
+            ``paid_at``, ``now_ms``.
+    """
+    days = offer.refund_days
+    if days is None:
+        return
+    if days == 0 or now_ms > paid_at_ms + days * DAY_MS:
+        raise RefundNotAllowed(
+            "the offer grants no refunds" if days == 0 else
+            f"the offer grants refunds for {days} days after payment; that time has passed",
+            detail={"refund_days": days, "paid_at": paid_at_ms, "now_ms": now_ms})
 
 
 def check_refund_note(note: Statement, *, order: Statement, amount: Amount | None = None,

@@ -12,6 +12,7 @@ from typing import ClassVar
 from .._errors import ServiceError
 
 __all__ = [
+    "AlreadyPaid",
     "BadBody",
     "BadDelivery",
     "BadGoods",
@@ -21,6 +22,8 @@ __all__ = [
     "CommerceError",
     "OfferAltered",
     "OfferExpired",
+    "RefundNotAllowed",
+    "Refunded",
     "UnexpectedEvent",
     "UnknownOffer",
     "UnsupportedPayment",
@@ -131,3 +134,26 @@ class UnexpectedEvent(CommerceError):
     ``ERROR`` and refuses every later event. ``detail``: ``state``, ``event``."""
 
     code: ClassVar[str] = "commerce.unexpected_event"
+
+
+class AlreadyPaid(CommerceError):
+    """A payment for an order that was paid (and perhaps refunded) by another
+    payment: not used. A bank transfer handed over this way is given back (detail
+    ``returned``). ``detail``: ``state``."""
+
+    code: ClassVar[str] = "commerce.already_paid"
+
+
+class RefundNotAllowed(CommerceError):
+    """A refund the offer's signed terms do not grant: ``refund_days`` is 0, or the
+    window after the payment has passed. ``detail``: ``refund_days``, ``paid_at``,
+    ``now_ms``."""
+
+    code: ClassVar[str] = "commerce.refund_not_allowed"
+
+
+class Refunded(CommerceError):
+    """The order was refunded: its goods are not delivered again.
+    ``detail``: ``state``."""
+
+    code: ClassVar[str] = "commerce.refunded"

@@ -1,0 +1,355 @@
+"""Issue 7, kinds 8, 9 and 2 (roles), over real channels between running agents.
+
+Kind 8: a payment that reaches a payee is either used or returned. Every transfer
+the bank confirms to the seller citing one of its orders either settles that sale or
+is refunded to its payer, and the buyer's records describe what was paid; the bank
+and the buyer refuse before money moves where they can.
+
+Kind 9: signed terms are honoured: an offer's refund window (``refund_days``) is in
+its signed body, a refund outside it is refused, a refund may be partial, and goods
+are not delivered again after a refund.
+
+Kind 2 (second half): an agent id inside a statement that the receiver would dial
+(a cheque's bank, a settlement's bank) is checked before any connection is opened:
+it must be the bank the receiver deals with (its ``[payment] bank``), and a bank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from test_commerce_wire import AGENTS, DEADLINE, GUIDE, RUN, Market, eur
+
+from semper.agents import Agent, AgentConfig
+from semper.agents._market import init_market
+from semper.agents._payments import AgentPaymentContext, payment_manager
+from semper.agents._purchase import Shopper
+from semper.services.certificates import Level
+from semper.services.commerce import Order
+from semper.services.payment import (
+    TRANSFER_CONFIRMATION,
+    PaymentRequest,
+    PaymentResult,
+    TransferConfirmation,
+)
+from semper.services.statements import Statement, canonical_decode
+from semper.transport import RemoteError
+
+SONG = "song-003"  # EUR 0.99, signed "no refunds" (refund_days 0)
+MAP = "map-002"    # EUR 4.80
+
+
+@pytest.fixture
+async def m(tmp_path: Path) -> AsyncIterator[Market]:
+    """bank, seller, buyer, mallory, notary and a second bank (``bank2``) the seller
+    does not deal with."""
+    folder = tmp_path / "m"
+    init_market(folder, agents=(*AGENTS, ("bank2", "bank", Level.VERIFIED_CONTACT)))
+    agents = {name: Agent(AgentConfig.load(folder / name / "agent.toml"))
+              for name in (*RUN, "bank2")}
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            for agent in agents.values():
+                await nursery.start(agent.run)
+            try:
+                yield Market(agents)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(10):
+                    for agent in agents.values():
+                        await agent.close_channels()
+                nursery.cancel_scope.cancel()
+
+
+# -- the invariant ------------------------------------------------------------------
+
+
+async def money_reaching_the_seller_is_used_or_returned(m: Market) -> None:
+    """Every transfer the bank confirmed to the seller citing one of its orders
+    settled that sale or was refunded in full; every cheque it cleared settled one."""
+    def bank(c: Any) -> list[tuple[Statement, int, int]]:
+        rows = c.execute("SELECT answer FROM bank_requests WHERE kind = 'transfer'").fetchall()
+        out = []
+        for (answer,) in rows:
+            statement = Statement.from_bytes(answer)
+            amount, refunded = c.execute(
+                "SELECT amount, refunded FROM bank_payments WHERE confirmation = ?",
+                (statement.digest,)).fetchone()
+            out.append((statement, amount, refunded))
+        return out
+
+    def sales(c: Any) -> dict[bytes, bytes | None]:
+        return {order: None if payment is None else PaymentResult.from_wire(
+                    canonical_decode(payment)).settlement.digest
+                for order, payment in c.execute(
+                    "SELECT order_digest, payment FROM commerce_sales")}
+
+    settled = await m["seller"].database.read(sales)
+    for confirmation, amount, refunded in await m["bank"].database.read(bank):
+        body = TransferConfirmation.from_statement(confirmation)
+        if body.payee != "seller" or body.reference not in settled:
+            continue
+        assert settled[body.reference] == confirmation.digest or refunded == amount, (
+            f"a transfer of {amount} for order {body.reference.hex()[:12]} was neither "
+            "used nor returned")
+
+
+async def buyer_records_describe_what_was_paid(agent: Agent) -> None:
+    def rows(c: Any) -> list[tuple[str, str, bytes, bytes | None]]:
+        return c.execute("SELECT key, sku, machine, payment FROM commerce_purchases").fetchall()
+
+    for key, sku, machine, payment in await agent.database.read(rows):
+        state = canonical_decode(machine)
+        if state["order"] is None:
+            continue
+        order = Statement.from_wire(state["order"])
+        assert Order.from_statement(order).offer_terms().sku == sku, key
+        if payment is not None:
+            assert PaymentResult.from_wire(canonical_decode(payment)).reference == order.digest
+
+
+async def returned_to(m: Market, refusal: RemoteError, units: int) -> None:
+    """The refusal says the money came back, and the seller recorded why."""
+    returned = refusal.detail["returned"]
+    assert returned["amount"] == eur(units).to_wire()
+    rows = await m["seller"].database.read(lambda c: c.execute(
+        "SELECT code, state FROM commerce_returns WHERE refund = ?",
+        (returned["refund"],)).fetchall())
+    assert rows == [(refusal.code, "returned")]
+
+
+# -- kind 8: instances ----------------------------------------------------------------
+
+
+async def test_a_transfer_for_a_cheque_order_is_returned(m: Market) -> None:
+    """Instance 1: the order names cheque; the buyer pays by transfer anyway."""
+    order = await m.place(await m.offer(), key="by-cheque", module="cheque")
+    before = await m.balances()
+    proof = await m["buyer"].request("bank", "bank", "transfer", m.transfer_order(
+        "buyer", "seller", 1250, key="by-transfer", reference=order.digest))
+    refusal = await m.refused("buyer", "seller", "payment", "accept", {
+        "module": "transfer", "reference": order.digest, "proof": proof})
+    assert refusal.code == "commerce.unsupported_payment"
+    await returned_to(m, refusal, 1250)
+    assert await m.balances() == before
+    # Handing the same proof again returns nothing twice, and says the same.
+    again = await m.refused("buyer", "seller", "payment", "accept", {
+        "module": "transfer", "reference": order.digest, "proof": proof})
+    assert (again.code, again.detail) == (refusal.code, refusal.detail)
+    assert await m.balances() == before
+    await money_reaching_the_seller_is_used_or_returned(m)
+    # The order can still be paid as it says: by cheque (the bank lets a returned
+    # payment's reference be paid again).
+    cheque = m.cheque("buyer", "seller", 1250, serial="c-1", reference=order.digest)
+    result = await m["buyer"].request("seller", "payment", "accept", {
+        "module": "cheque", "reference": order.digest, "proof": cheque})
+    assert result["module"] == "cheque"
+    assert (await m.balances())["buyer"] == before["buyer"] - 1250
+    await money_reaching_the_seller_is_used_or_returned(m)
+
+
+async def test_a_paid_order_paid_again_under_a_new_key_is_refused_by_the_bank(
+        m: Market) -> None:
+    """Instance 2: through the library API, a second transfer under a new key."""
+    bought = await Shopper(m["buyer"]).buy("seller", GUIDE, "transfer", "once")
+    before = await m.balances()
+    ctx = AgentPaymentContext(m["buyer"], bought.order.hex(), "seller")
+    request = PaymentRequest(payee="seller", amount=eur(1250), reference=bought.order,
+                             idempotency_key="twice")
+    with pytest.raises(RemoteError) as info:
+        await payment_manager(m["buyer"]).pay(ctx, request, only="transfer")
+    assert info.value.code == "payment.already_paid"
+    assert await m.balances() == before
+    # By cheque, the seller refuses before depositing: nothing moves either.
+    with pytest.raises(RemoteError) as info:
+        await payment_manager(m["buyer"]).pay(ctx, request, only="cheque")
+    assert info.value.code == "commerce.already_paid"
+    assert await m.balances() == before
+    await money_reaching_the_seller_is_used_or_returned(m)
+    await buyer_records_describe_what_was_paid(m["buyer"])
+
+
+async def test_one_key_for_two_items_at_once(m: Market) -> None:
+    """Instance 3: two runs (two agents on the buyer's database, as two ``semper buy``
+    processes) with one idempotency key for different items, at the same moment."""
+    config = m["buyer"].config
+    results: dict[str, Any] = {}
+    # The bad interleaving, forced: the run for the map passes its key check, then
+    # waits for the run for the guide to finish before it goes on.
+    map_checked, guide_over = trio.Event(), trio.Event()
+
+    class Racing(Shopper):
+        async def catalogue(self, seller: str) -> Any:
+            if self.sku == MAP:
+                map_checked.set()
+                await guide_over.wait()
+            else:
+                await map_checked.wait()
+            return await super().catalogue(seller)
+
+    async def buy(sku: str) -> None:
+        agent = Agent(config)
+        async with agent.session():
+            shopper = Racing(agent)
+            shopper.sku = sku  # type: ignore[attr-defined]
+            try:
+                results[sku] = await shopper.buy("seller", sku, "transfer", "shared")
+            except Exception as exc:
+                results[sku] = exc
+            finally:
+                (guide_over if sku == GUIDE else map_checked).set()
+
+    before = await m.balances()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(buy, GUIDE)
+        nursery.start_soon(buy, MAP)
+    done = {sku: r for sku, r in results.items() if not isinstance(r, Exception)}
+    refused = {sku: r for sku, r in results.items() if isinstance(r, Exception)}
+    assert len(done) == 1 and len(refused) == 1, results
+    (sku, outcome), (error,) = next(iter(done.items())), refused.values()
+    assert getattr(error, "code", None) == "payment.idempotency_conflict"
+    assert outcome.state == "done" and outcome.sku == sku
+    price = {GUIDE: 1250, MAP: 480}[sku]
+    assert (await m.balances())["buyer"] == before["buyer"] - price
+    await buyer_records_describe_what_was_paid(m["buyer"])
+    again = await Shopper(m["buyer"]).buy("seller", sku, "transfer", "shared")
+    assert again.replayed and again.receipt == outcome.receipt and again.sku == sku
+    assert (await m.balances())["buyer"] == before["buyer"] - price
+
+
+# -- kind 8: more members ---------------------------------------------------------------
+
+
+async def test_a_short_transfer_citing_an_order_is_returned(m: Market) -> None:
+    order = await m.place(await m.offer(), key="short")
+    before = await m.balances()
+    proof = await m["buyer"].request("bank", "bank", "transfer", m.transfer_order(
+        "buyer", "seller", 1249, key="short-1", reference=order.digest))
+    refusal = await m.refused("buyer", "seller", "payment", "accept", {
+        "module": "transfer", "reference": order.digest, "proof": proof})
+    assert (refusal.code, refusal.detail["field"]) == ("payment.bad_confirmation", "amount")
+    await returned_to(m, refusal, 1249)
+    assert await m.balances() == before
+    await money_reaching_the_seller_is_used_or_returned(m)
+
+
+async def test_a_refunded_order_paid_again_is_returned(m: Market) -> None:
+    shopper = Shopper(m["buyer"])
+    bought = await shopper.buy("seller", GUIDE, "transfer", "again")
+    await shopper.refund("again")
+    before = await m.balances()
+    # The first payment was refunded in full, so the bank lets the reference be paid
+    # again; the seller, whose sale is over, gives it back.
+    proof = await m["buyer"].request("bank", "bank", "transfer", m.transfer_order(
+        "buyer", "seller", 1250, key="again-2", reference=bought.order))
+    refusal = await m.refused("buyer", "seller", "payment", "accept", {
+        "module": "transfer", "reference": bought.order, "proof": proof})
+    assert (refusal.code, refusal.detail["state"]) == ("commerce.already_paid", "refunded")
+    await returned_to(m, refusal, 1250)
+    assert await m.balances() == before
+    await money_reaching_the_seller_is_used_or_returned(m)
+
+
+async def test_the_bank_refuses_a_second_cheque_for_a_paid_reference(m: Market) -> None:
+    first = m.cheque("buyer", "seller", 100, serial="s-1", reference=b"invoice-7")
+    await m["seller"].request("bank", "bank", "deposit_cheque", first)
+    before = await m.state()
+    second = m.cheque("buyer", "seller", 100, serial="s-2", reference=b"invoice-7")
+    refusal = await m.refused("seller", "bank", "bank", "deposit_cheque", second)
+    assert refusal.code == "payment.already_paid"
+    await m.unchanged(before)
+    # A payment for another reference, or to another payee, is not affected.
+    other = m.cheque("buyer", "seller", 100, serial="s-3", reference=b"invoice-8")
+    await m["seller"].request("bank", "bank", "deposit_cheque", other)
+
+
+# -- kind 9 ---------------------------------------------------------------------------
+
+
+async def test_a_no_refunds_offer_is_not_refunded_and_goods_stay(m: Market) -> None:
+    """Instance: an offer signed "no refunds" was refunded in full, and its goods could
+    still be fetched after."""
+    song = await m.offer(SONG)
+    assert song.body["refund_days"] == 0
+    assert (await m.offer(GUIDE)).body["refund_days"] == 14
+    shopper = Shopper(m["buyer"])
+    bought = await shopper.buy("seller", SONG, "transfer", "song")
+    before = await m.state()
+    refusal = await m.refused("buyer", "seller", "commerce", "refund",
+                              {"order": bought.order, "reason": "changed my mind"})
+    assert refusal.code == "commerce.refund_not_allowed"
+    assert refusal.detail["refund_days"] == 0
+    await m.unchanged(before)
+    fetched = await m["buyer"].request("seller", "commerce", "fetch", {"order": bought.order})
+    assert fetched["goods"] == bought.goods
+
+
+async def test_a_partial_refund_then_no_goods(m: Market) -> None:
+    shopper = Shopper(m["buyer"])
+    bought = await shopper.buy("seller", GUIDE, "transfer", "part")
+    before = await m.balances()
+    refunded = await shopper.refund("part", "scratched", amount=eur(500))
+    assert refunded.state == "refunded"
+    assert refunded.refund is not None and refunded.refund["refund"]["amount"] == \
+        eur(500).to_wire()
+    after = await m.balances()
+    assert (after["buyer"], after["seller"]) == (before["buyer"] + 500, before["seller"] - 500)
+    refusal = await m.refused("buyer", "seller", "commerce", "fetch", {"order": bought.order})
+    assert (refusal.code, refusal.detail["state"]) == ("commerce.refunded", "refunded")
+    # More than was paid is refused by the seller before anything is signed.
+    other = await shopper.buy("seller", MAP, "transfer", "part-2")
+    refusal = await m.refused("buyer", "seller", "commerce", "refund",
+                              {"order": other.order, "amount": eur(481).to_wire()})
+    assert refusal.code == "commerce.wrong_amount"
+
+
+# -- kind 2: the bank named in a statement ------------------------------------------------
+
+
+async def test_a_cheque_naming_the_buyer_as_its_bank_is_refused_without_dialing(
+        m: Market) -> None:
+    """Instance: a buyer names itself as the bank in a cheque; the seller must not dial
+    it to deposit."""
+    order = await m.place(await m.offer(), key="own-bank", module="cheque")
+    body = m.cheque("buyer", "seller", 1250, serial="own", reference=order.digest)
+    cheque = Statement.from_wire(body["cheque"])
+    forged = m.sign("buyer", cheque.type, {**cheque.body, "bank": "buyer"})
+    before = await m.state()
+    refusal = await m.refused("buyer", "seller", "payment", "accept", {
+        "module": "cheque", "reference": order.digest,
+        "proof": {**body, "cheque": forged.to_wire()}})
+    assert (refusal.code, refusal.detail["bank"]) == ("payment.wrong_bank", "buyer")
+    assert "buyer" not in m["seller"]._outbound
+    assert not [c for c in m["buyer"]._inbound if c.peer.agent_id == "seller"]
+    await m.unchanged(before, archived=("seller",))
+
+
+async def test_a_confirmation_from_a_bank_the_seller_does_not_use_is_refused(
+        m: Market) -> None:
+    """Another member: a transfer's bank is likewise checked; a real bank's
+    confirmation is worth nothing to a seller that holds no account there."""
+    order = await m.place(await m.offer(), key="elsewhere-bank")
+    body = TransferConfirmation(order=b"\x07" * 32, payer="buyer", payee="seller",
+                                amount=eur(1250), reference=order.digest, entry=1)
+    confirmation = m.sign("bank2", TRANSFER_CONFIRMATION, body.to_body())
+    before = await m.state()
+    refusal = await m.refused("buyer", "seller", "payment", "accept", {
+        "module": "transfer", "reference": order.digest,
+        "proof": {"confirmation": confirmation.to_wire(), "bank_certificate": m.der("bank2")}})
+    assert (refusal.code, refusal.detail["bank"]) == ("payment.wrong_bank", "bank2")
+    await m.unchanged(before, archived=("seller",))
+    assert "bank2" not in m["seller"]._outbound
+
+
+async def test_bank_ops_go_only_to_our_bank(m: Market) -> None:
+    """Another member: the payment context refuses a bank op to any agent but the
+    configured bank, before dialing."""
+    ctx = AgentPaymentContext(m["seller"], "t", "buyer")
+    for peer in ("buyer", "bank2"):
+        with pytest.raises(Exception) as info:
+            await ctx.request(peer, "bank", "deposit_cheque", {})
+        assert getattr(info.value, "code", None) == "payment.wrong_bank"
+        assert peer not in m["seller"]._outbound
