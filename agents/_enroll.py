@@ -12,6 +12,11 @@ a ready agent folder:
 ``agent.toml`` names the CA agent (``ca_agent``, with its channel address in
 ``[peers]``), so ``semper agent run D/agent.toml`` starts the agent, which then
 fetches the CRL from the CA, publishes its card and finds its peers there.
+
+A seller also gets ``D/catalogue.toml``, commented and empty (it offers nothing
+until its operator stocks it), and every agent that pays or is paid a commented
+``bank = ...`` line in ``[payment]``: enrollment cannot know the market's bank,
+nor open an account there (the bank's operator does, ``semper bank open``).
 """
 
 from __future__ import annotations
@@ -118,6 +123,10 @@ def _write_folder(folder: Path, token: EnrollmentToken, enrolled: Enrolled,
     write_file(folder / "cert.pem", enrolled.certificate.public_bytes(_PEM))
     write_file(folder / "root.pem", enrolled.root.public_bytes(_PEM))
     write_file(folder / "crl.pem", enrolled.crl.public_bytes(_PEM))
+    catalogue = None
+    if token.role == "seller":
+        catalogue = folder / "catalogue.toml"
+        write_file(catalogue, CATALOGUE_STUB.encode())
     config = AgentConfig(
         id=token.agent_id,
         role=token.role,
@@ -130,7 +139,37 @@ def _write_folder(folder: Path, token: EnrollmentToken, enrolled: Enrolled,
         passphrase_file=passphrase_file.resolve() if passphrase_file else None,
         ca_agent=enrolled.ca_id,
         peers={enrolled.ca_id: enrolled.ca_address},
+        catalogue=catalogue,
         path=folder / "agent.toml",
     )
-    write_file(folder / "agent.toml", config.to_toml(base=folder).encode())
+    text = config.to_toml(base=folder)
+    if token.role not in _UNPAID_ROLES:
+        text = text.replace("\n[payment]\n", "\n[payment]\n" + PAYMENT_STUB, 1)
+    write_file(folder / "agent.toml", text.encode())
     return config
+
+
+#: Roles that neither pay nor are paid: no [payment] stub for them.
+_UNPAID_ROLES = frozenset({"ca", "bank"})
+
+#: Written into [payment] of a new agent's agent.toml (comment lines only).
+PAYMENT_STUB = """\
+# bank = "bank"        # the agent id of the bank that holds your account: uncomment
+#                      # and set it, and ask that bank's operator to open the account
+#                      # (semper bank open --config BANK/agent.toml YOUR_ID EUR)
+"""
+
+#: A new seller's catalogue.toml: no offers until its operator adds some.
+CATALOGUE_STUB = """\
+# This seller's catalogue: the offers it signs when `semper agent run` starts it
+# (restart the agent after an edit). One [[offer]] table per item; uncomment the
+# example below and change it. Buyers see the offers with `semper catalogue`.
+#
+# [[offer]]
+# sku = "guide-001"                  # what buyers name in `semper buy --item`
+# title = "Field guide to secure commerce"
+# price = "EUR:1250"                 # CURRENCY:MINOR_UNITS, here EUR 12.50
+# terms = "digital copy; refundable within 14 days"
+# goods = "goods/guide-001.txt"      # the file delivered, relative to this file
+# valid_days = 30                    # how long each signed offer stays valid
+"""

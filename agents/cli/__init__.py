@@ -7,7 +7,6 @@ prints one line ``semper: <code>: <message>`` and exits 1; usage errors exit 2
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -19,26 +18,28 @@ from . import (
     cmd_archive,
     cmd_bank,
     cmd_ca,
+    cmd_call,
     cmd_commerce,
     cmd_demo,
     cmd_market,
     cmd_ping,
 )
+from ._logging import configure_logging
 
 __all__ = ["cli", "main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) to stderr.")
+@click.option("-v", "--verbose", count=True,
+              help="Log to stderr: -v each step (connect, hello, requests), -vv everything.")
 @click.version_option(package_name="semper")
 def cli(verbose: int) -> None:
     """semper: secure electronic commerce between peers."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(verbose)
 
 
-for module in (cmd_market, cmd_agent, cmd_ping, cmd_ca, cmd_bank, cmd_archive, cmd_demo):
+for module in (cmd_market, cmd_agent, cmd_ping, cmd_call, cmd_ca, cmd_bank, cmd_archive,
+               cmd_demo):
     cli.add_command(module.command)
 for command in (cmd_commerce.catalogue, cmd_commerce.buy, cmd_commerce.refund,
                 cmd_commerce.wallet):

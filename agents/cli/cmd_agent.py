@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import errno
 import signal
+import socket
 from pathlib import Path
+from typing import ClassVar
 
 import click
 import trio
@@ -12,8 +15,28 @@ import trio
 from semper.services.certificates import EnrollmentToken
 
 from .._agent import Agent
+from .._config import AgentConfig, parse_address
 from .._enroll import enroll
 from ._common import load_config, passphrase_option, read_passphrase
+
+
+class CannotListen(Exception):
+    """An address the agent must listen on cannot be bound; ``address`` names it."""
+
+    code: ClassVar[str] = "agent.cannot_listen"
+
+    def __init__(self, message: str, address: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.address = address
+
+
+class AddressInUse(CannotListen):
+    code: ClassVar[str] = "agent.address_in_use"
+
+
+#: bind() failures that mean "this address", not "this machine is broken".
+_BIND_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
 
 
 @click.group("agent")
@@ -31,7 +54,58 @@ def run(config_path: Path, passphrase_file: Path | None) -> None:
     """
     config, passphrase = load_config(config_path, passphrase_file)
     agent = Agent(config, passphrase=passphrase)
-    trio.run(_run, agent)
+    try:
+        trio.run(_run, agent)
+    except BaseException as exc:
+        refused = _bind_failure(exc, config)
+        if refused is None:
+            raise
+        raise refused from exc
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _bind_failure(exc: BaseException, config: AgentConfig) -> CannotListen | None:
+    """The bind error behind ``exc``, naming the address: the OS error does not say
+    which of the agent's addresses (channels, the CA's enrollment) failed, so each
+    is tried again here, and the first that cannot be bound is named."""
+    leaf = _leaf(exc)
+    if not isinstance(leaf, OSError) or leaf.errno not in _BIND_ERRORS:
+        return None
+    addresses = [("listen", config.listen)]
+    if config.ca is not None:
+        addresses.append(("[ca] enroll_listen", config.ca.enroll_listen))
+    for key, address in addresses:
+        failed = _try_bind(address)
+        if failed is None:
+            continue
+        if failed.errno == errno.EADDRINUSE:
+            return AddressInUse(f"{address} ({key} in {config.path}) is already in use: "
+                                "is this agent already running?", address)
+        return CannotListen(f"cannot listen on {address} ({key} in {config.path}): "
+                            f"{failed.strerror}", address)
+    return None
+
+
+def _try_bind(address: str) -> OSError | None:
+    host, port = parse_address(address)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return exc
+    for family, kind, proto, _, where in infos:
+        with socket.socket(family, kind, proto) as probe:
+            if hasattr(socket, "SO_REUSEADDR"):  # as trio's listeners set it
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(where)
+            except OSError as exc:
+                return exc
+    return None
 
 
 async def _run(agent: Agent) -> None:
@@ -60,10 +134,13 @@ async def _run(agent: Agent) -> None:
 @passphrase_option
 def enroll_command(token: str, folder: Path, listen: str | None, timeout: float,
                    passphrase_file: Path | None) -> None:
-    """Join a market: make a key, redeem TOKEN at the CA, write a ready DIR/agent.toml.
+    """Join a market: make a key, redeem the --token at the CA, and write a ready
+    agent.toml (and key, certificate, root, CRL) into --data-dir.
 
     The CA is pinned by the certificate fingerprint inside the token. With
-    --passphrase-file the key is encrypted and agent.toml names that file.
+    --passphrase-file the key is encrypted and agent.toml names that file. A
+    seller's folder gets an empty, commented catalogue.toml to stock; agents that
+    pay or are paid get a commented `bank = ...` line in [payment].
     """
     parsed = EnrollmentToken.parse(token)
     passphrase = read_passphrase(passphrase_file)
@@ -75,4 +152,11 @@ def enroll_command(token: str, folder: Path, listen: str | None, timeout: float,
                f"{identity.level.label} (certificate serial {identity.serial:x}, valid until "
                f"{identity.not_after:%Y-%m-%d}) with CA agent {enrolled.ca_id} at "
                f"{enrolled.ca_address}")
+    if config.catalogue is not None:
+        click.echo(f"stock it:  edit {config.catalogue} (one [[offer]] per item; it offers "
+                   "nothing until then)")
+    if identity.role not in ("ca", "bank"):
+        click.echo(f"its bank:  set bank in [payment] of {config.path}; the bank's operator "
+                   f"opens the account (semper bank open --config BANK/agent.toml "
+                   f"{identity.agent_id} EUR)")
     click.echo(f"start it:  semper agent run {config.path}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -15,6 +16,8 @@ from rich.table import Table
 
 from .._agent import Agent
 from ._common import config_option, load_config, passphrase_option
+
+log = logging.getLogger("semper.cli")
 
 
 class PingMismatch(Exception):
@@ -58,6 +61,7 @@ async def ping(agent: Agent, peer: str) -> dict[str, Any]:
         nonce = os.urandom(16)
         answer = await channel.request("sys", "ping", nonce)
         rtt = time.perf_counter() - connected
+        log.debug("request sys.ping to %s: answered in %.3f ms", peer, rtt * 1000)
         if not isinstance(answer, dict) or answer.get("echo") != nonce:
             raise PingMismatch(f"{peer} answered the ping with something else")
         hello = channel.their_hello
