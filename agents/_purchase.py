@@ -8,6 +8,12 @@ when that purchase is done, returns its outcome without paying again: the order 
 the stored one, the bank applies one transfer per (payer, key) and one cheque per
 serial derived from the key, and the seller answers a repeated payment with the
 first result. The same key with another seller, item or instrument is refused.
+
+The key is checked and reserved (a row with an idle machine) in one SQLite
+transaction before any step, and every later write is conditional on the row being
+as this run last left it: two runs with one key (two ``semper buy`` at once) cannot
+both take it, nor overwrite each other (``PurchaseBusy``), so the record of a key
+always describes the purchase that was paid under it.
 """
 
 from __future__ import annotations
@@ -159,7 +165,9 @@ class PurchaseOutcome:
                        "settlement_digest": self.payment.settlement.digest.hex()}
         return {"idempotency_key": self.key, "state": self.state, "receipt": receipt,
                 "payment": payment, "goods_size": None if self.goods is None else len(self.goods),
-                "refunded": self.refund is not None, "replayed": self.replayed}
+                "refunded": self.refund is not None, "replayed": self.replayed,
+                "refund_amount": None if self.refund is None
+                else self.refund["refund"]["amount"]}
 
 
 class Shopper:

@@ -353,3 +353,46 @@ async def test_bank_ops_go_only_to_our_bank(m: Market) -> None:
             await ctx.request(peer, "bank", "deposit_cheque", {})
         assert getattr(info.value, "code", None) == "payment.wrong_bank"
         assert peer not in m["seller"]._outbound
+
+
+def test_refund_amount_on_the_command_line_is_an_amount(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    from semper.agents.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["refund", "--config", str(tmp_path / "absent.toml"), "--idempotency-key", "k",
+              "--amount", "EUR:ten"])
+    assert info.value.code != 0
+    err = capsys.readouterr().err
+    assert err.startswith("semper: money.bad_amount:") and err.count("\n") == 1, err
+
+
+def test_the_refund_window_is_the_one_signed() -> None:
+    from semper.services.commerce import (
+        BadBody,
+        Offer,
+        RefundNotAllowed,
+        check_refund_window,
+    )
+
+    day = 86_400_000
+    fields = dict(seller="seller", sku="a", title="t", price=eur(100), terms="",
+                  content_digest=b"\0" * 32, valid_until=10)
+    offer = Offer(**fields, refund_days=14)
+    assert Offer.from_body(offer.to_body()) == offer
+    check_refund_window(offer, paid_at_ms=5, now_ms=5 + 14 * day)  # the last instant
+    with pytest.raises(RefundNotAllowed) as info:
+        check_refund_window(offer, paid_at_ms=5, now_ms=5 + 14 * day + 1)
+    assert info.value.detail == {"refund_days": 14, "paid_at": 5, "now_ms": 5 + 14 * day + 1}
+    with pytest.raises(RefundNotAllowed):
+        check_refund_window(Offer(**fields, refund_days=0), paid_at_ms=5, now_ms=5)
+    # An offer signed before the term existed has no key, and reads back as it was.
+    legacy = Offer(**fields)
+    assert "refund_days" not in legacy.to_body()
+    assert Offer.from_body(legacy.to_body()) == legacy
+    check_refund_window(legacy, paid_at_ms=0, now_ms=10**12)
+    for bad in (-1, 3651, True, "14"):
+        with pytest.raises(BadBody) as bad_info:
+            Offer.from_body({**offer.to_body(), "refund_days": bad})
+        assert bad_info.value.detail["field"] == "refund_days"

@@ -62,6 +62,7 @@ def catalogue(config_path: Path, seller: str, passphrase_file: Path | None,
             cat, _ = await Shopper(agent).catalogue(seller)
         return [{"sku": o.body["sku"], "title": o.body["title"], "price": o.body["price"],
                  "terms": o.body["terms"], "valid_until": o.body["valid_until"],
+                 "refund_days": o.body.get("refund_days"),
                  "content_digest": o.body["content_digest"].hex()} for o in cat.offers]
 
     offers = trio.run(fetch)
@@ -71,10 +72,13 @@ def catalogue(config_path: Path, seller: str, passphrase_file: Path | None,
     table = Table(title=f"catalogue of {seller} (offers signed by {seller}, verified)",
                   title_justify="left")
     for column, justify in (("sku", "left"), ("title", "left"), ("price", "right"),
-                            ("terms", "left")):
+                            ("refunds", "left"), ("terms", "left")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for offer in offers:
-        table.add_row(offer["sku"], offer["title"], _amount(offer["price"]), offer["terms"])
+        days = offer["refund_days"]
+        table.add_row(offer["sku"], offer["title"], _amount(offer["price"]),
+                      "-" if days is None else "none" if days == 0 else f"{days} days",
+                      offer["terms"])
     Console().print(table)
 
 
@@ -117,16 +121,20 @@ def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
 @config_option
 @click.option("--idempotency-key", "key", required=True, help="The purchase to refund.")
 @click.option("--reason", default="returned", help="Why, for the seller's refund note.")
+@click.option("--amount", "amount_text", default=None, metavar="CCY:MINOR_UNITS",
+              help="Refund only this much of what was paid (default: all of it).")
 @passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Print the purchase as JSON.")
-def refund(config_path: Path, key: str, reason: str, passphrase_file: Path | None,
-           as_json: bool) -> None:
-    """Ask the seller to refund a purchase in full; repeating it refunds nothing more."""
+def refund(config_path: Path, key: str, reason: str, amount_text: str | None,
+           passphrase_file: Path | None, as_json: bool) -> None:
+    """Ask the seller to refund a purchase, in full or --amount of it, as its offer's
+    signed refund terms allow; repeating it refunds nothing more."""
+    amount = None if amount_text is None else Amount.parse(amount_text)  # money.bad_amount
     agent = _shopper_agent(config_path, passphrase_file)
 
     async def run() -> Any:
         async with agent.session():
-            return await Shopper(agent).refund(key, reason)
+            return await Shopper(agent).refund(key, reason, amount=amount)
 
     result = trio.run(run).to_json()
     if as_json:
@@ -153,7 +161,8 @@ def _print_purchase(console: Console, result: dict[str, Any]) -> None:
     if result["goods_size"] is not None:
         table.add_row("goods", f"{result['goods_size']} bytes, digest matches the offer")
     if result["refunded"]:
-        table.add_row("refund", "refunded in full (seller's refund note kept)")
+        table.add_row("refund", f"{_amount(result['refund_amount'])} refunded "
+                                "(seller's refund note kept)")
     console.print(table)
 
 

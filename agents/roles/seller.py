@@ -11,7 +11,13 @@ event twice. Ops (the ``commerce`` and ``payment`` services, docs/protocol.md):
     payment.capabilities {}                     -> Capabilities
     payment.accept     {module, reference, proof} -> PaymentResult   (reference = order)
     commerce.fetch     {order: digest}          -> {delivery, goods, receipt}
-    commerce.refund    {order: digest, reason}  -> {note, refund: RefundResult}
+    commerce.refund    {order: digest, reason, amount} -> {note, refund: RefundResult}
+
+A payment handed over that does not settle its sale is not kept: a bank transfer
+confirmed to us for one of the buyer's orders is refunded at once and recorded in
+``commerce_returns`` with the refusal that said why (docs/protocol.md 8.3). Refunds
+follow the offer's signed ``refund_days``; a refunded order's goods are not
+delivered again.
 """
 
 from __future__ import annotations
@@ -188,7 +194,9 @@ class Seller(Role):
     # -- payment ----------------------------------------------------------------------
 
     async def capabilities(self, context: Any, body: Any) -> dict[str, Any]:
-        return self.payments.capabilities.to_wire()
+        # Our bank, so a buyer learns on the wire which bank to pay through.
+        return {**self.payments.capabilities.to_wire(),
+                "bank": self.agent.config.payment.bank or "bank"}
 
     async def accept(self, context: Any, body: Any) -> dict[str, Any]:
         request = AcceptRequest.from_wire(body)
