@@ -17,7 +17,7 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -28,15 +28,49 @@ from semper.services.archive import (
     Direction,
     EvidenceBundle,
     collect_bundle,
+    named_digests,
     next_record,
     verify_chain,
 )
 from semper.services.certificates import AgentIdentity, fingerprint, load_certificate
-from semper.services.statements import Statement
+from semper.services.statements import Statement, StatementError
 
 from ._storage import Database
 
-__all__ = ["MIGRATIONS", "Archive", "append", "entry"]
+__all__ = [
+    "MIGRATIONS",
+    "RECORD_OVERHEAD",
+    "AmbiguousTransaction",
+    "Archive",
+    "UnknownTransaction",
+    "append",
+    "bundle_records",
+    "entry",
+    "peer_usage",
+    "resolve_transaction",
+    "transaction_peers",
+]
+
+#: Bytes a record costs beyond its statement (row, hash, prev, indexes), counted
+#: against a peer's quota, so that many tiny statements cost what they take.
+RECORD_OVERHEAD: Final = 256
+
+
+class UnknownTransaction(Exception):
+    """No transaction, purchase idempotency key or transaction prefix of that name."""
+
+    code: ClassVar[str] = "archive.unknown_transaction"
+
+    def __init__(self, message: str, *, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail or {}
+
+
+class AmbiguousTransaction(UnknownTransaction):
+    """The name is a prefix of (or an idempotency key of) more than one transaction."""
+
+    code: ClassVar[str] = "archive.ambiguous_transaction"
 
 MIGRATIONS: Final = {
     "archive": [
@@ -46,7 +80,36 @@ MIGRATIONS: Final = {
         " statement BLOB NOT NULL, digest BLOB NOT NULL, recorded_at INTEGER NOT NULL);"
         "CREATE INDEX archive_records_txn ON archive_records (txn);"
         "CREATE INDEX archive_records_digest ON archive_records (digest);"
-        "CREATE TABLE archive_certificates (fingerprint BLOB PRIMARY KEY, der BLOB NOT NULL)"
+        "CREATE TABLE archive_certificates (fingerprint BLOB PRIMARY KEY, der BLOB NOT NULL)",
+        # 2: STRICT tables, so that a column can hold nothing but its type; existing
+        # rows are copied with CAST, which leaves honest rows as they are and turns a
+        # hand-edited value into one whose record hash no longer matches (so `semper
+        # archive verify` still names the edit instead of the file failing to open).
+        # The (txn, peer) index answers "whose transaction is this" (evidence.deliver);
+        # archive_usage counts each peer's records and statement bytes (its quota).
+        "CREATE TABLE archive_records_v2 ("
+        " seq INTEGER PRIMARY KEY, prev BLOB NOT NULL, hash BLOB NOT NULL UNIQUE,"
+        " direction TEXT NOT NULL,"
+        " peer TEXT NOT NULL, txn TEXT NOT NULL, statement BLOB NOT NULL,"
+        " digest BLOB NOT NULL, recorded_at INTEGER NOT NULL) STRICT;"
+        "INSERT INTO archive_records_v2 SELECT CAST(seq AS INTEGER), CAST(prev AS BLOB),"
+        " CAST(hash AS BLOB), CAST(direction AS TEXT), CAST(peer AS TEXT), CAST(txn AS TEXT),"
+        " CAST(statement AS BLOB), CAST(digest AS BLOB), CAST(recorded_at AS INTEGER)"
+        " FROM archive_records;"
+        "DROP TABLE archive_records;"
+        "ALTER TABLE archive_records_v2 RENAME TO archive_records;"
+        "CREATE INDEX archive_records_txn ON archive_records (txn, peer);"
+        "CREATE INDEX archive_records_digest ON archive_records (digest);"
+        "CREATE TABLE archive_certificates_v2 ("
+        " fingerprint BLOB PRIMARY KEY, der BLOB NOT NULL) STRICT;"
+        "INSERT OR IGNORE INTO archive_certificates_v2 SELECT CAST(fingerprint AS BLOB),"
+        " CAST(der AS BLOB) FROM archive_certificates;"
+        "DROP TABLE archive_certificates;"
+        "ALTER TABLE archive_certificates_v2 RENAME TO archive_certificates;"
+        "CREATE TABLE archive_usage (peer TEXT PRIMARY KEY, records INTEGER NOT NULL,"
+        " bytes INTEGER NOT NULL) STRICT;"
+        "INSERT INTO archive_usage SELECT peer, count(*), sum(length(statement))"
+        " FROM archive_records GROUP BY peer",
     ],
 }
 
@@ -152,11 +215,16 @@ class Archive:
     async def export_bundle(
         self, transaction: str, *, crl: x509.CertificateRevocationList, root: x509.Certificate
     ) -> EvidenceBundle:
-        """The statements of ``transaction`` with what is needed to check them offline."""
-        records = await self.records(transaction)
+        """The statements of ``transaction`` (and those they name, e.g. the offer an
+        order quotes) with what is needed to check them offline."""
+        records = await self._db.scan(lambda c: bundle_records(c, transaction))
         certificates = await self._db.read(read_certificates)
         return collect_bundle(records, transaction=transaction, certificates=certificates,
                               crl=crl, root=root)
+
+    async def usage(self, peer: str) -> tuple[int, int]:
+        """``(records, statement bytes)`` archived with ``peer``."""
+        return await self._db.read(lambda c: peer_usage(c, peer))
 
 
 def append(connection: sqlite3.Connection, entries: Iterable[_Entry]) -> list[ArchiveRecord]:
@@ -167,6 +235,7 @@ def append(connection: sqlite3.Connection, entries: Iterable[_Entry]) -> list[Ar
     previous = _row_to_record(head) if head else None
     now_ms = time.time_ns() // 1_000_000
     records = []
+    usage: dict[str, list[int]] = {}
     for entry in entries:
         record = next_record(previous, direction=entry.direction, peer=entry.peer,
                              transaction=entry.transaction, statement=entry.statement,
@@ -183,7 +252,105 @@ def append(connection: sqlite3.Connection, entries: Iterable[_Entry]) -> list[Ar
                 (fingerprint(entry.certificate), entry.certificate.public_bytes(Encoding.DER)))
         records.append(record)
         previous = record
+        growth = usage.setdefault(entry.peer, [0, 0])
+        growth[0] += 1
+        growth[1] += len(record.statement)
+    for peer, (count, size) in usage.items():
+        connection.execute(
+            "INSERT INTO archive_usage (peer, records, bytes) VALUES (?, ?, ?)"
+            " ON CONFLICT (peer) DO UPDATE SET records = records + excluded.records,"
+            " bytes = bytes + excluded.bytes", (peer, count, size))
     return records
+
+
+def peer_usage(connection: sqlite3.Connection, peer: str) -> tuple[int, int]:
+    """``(records, statement bytes)`` the archive holds with ``peer``."""
+    row = connection.execute("SELECT records, bytes FROM archive_usage WHERE peer = ?",
+                             (peer,)).fetchone()
+    return (0, 0) if row is None else (row[0], row[1])
+
+
+def transaction_peers(connection: sqlite3.Connection, transaction: str, peer: str
+                      ) -> tuple[bool, bool]:
+    """``(exists, only_with_peer)``: whether ``transaction`` has records, and whether
+    every one of them is with ``peer``. Two index look-ups, however many records."""
+    exists = connection.execute("SELECT 1 FROM archive_records WHERE txn = ? LIMIT 1",
+                                (transaction,)).fetchone() is not None
+    other = connection.execute(
+        "SELECT 1 FROM archive_records WHERE txn = ? AND (peer < ? OR peer > ?) LIMIT 1",
+        (transaction, peer, peer)).fetchone() is not None
+    return exists, exists and not other
+
+
+def resolve_transaction(connection: sqlite3.Connection, name: str) -> str:
+    """The transaction ``name`` means: a transaction of the archive, else the one of
+    the purchase whose idempotency key it is (its ``commerce.order``), else the one
+    transaction it is a prefix of.
+
+    Raises:
+        UnknownTransaction: none of these.
+        AmbiguousTransaction: several purchases or transactions match.
+    """
+    if connection.execute("SELECT 1 FROM archive_records WHERE txn = ? LIMIT 1",
+                          (name,)).fetchone():
+        return name
+    by_key = _transactions_of_key(connection, name)
+    if len(by_key) == 1:
+        return by_key.pop()
+    if by_key:
+        raise AmbiguousTransaction(
+            f"idempotency key {name!r} names orders of {len(by_key)} transactions: give "
+            f"the transaction", detail={"name": name, "matches": sorted(by_key)[:8]})
+    # A range over the (txn, peer) index: every name that starts with ``name``.
+    found = [txn for (txn,) in connection.execute(
+        "SELECT DISTINCT txn FROM archive_records WHERE txn > ? AND txn < ? LIMIT 9",
+        (name, name + "\U0010ffff"))]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise AmbiguousTransaction(
+            f"{name!r} is the start of {'more than 8' if len(found) > 8 else len(found)} "
+            f"transactions: give more of it", detail={"name": name, "matches": found[:8]})
+    raise UnknownTransaction(
+        f"no transaction, purchase idempotency key or transaction prefix {name!r} in the "
+        f"archive", detail={"name": name})
+
+
+def _transactions_of_key(connection: sqlite3.Connection, key: str) -> set[str]:
+    """Transactions holding a ``commerce.order`` whose ``idempotency_key`` is ``key``
+    (found by the key's bytes, then read properly)."""
+    needle = key.encode("utf-8")
+    if not needle:
+        return set()
+    found = set()
+    for txn, data in connection.execute(
+            "SELECT txn, statement FROM archive_records WHERE instr(statement, ?) > 0",
+            (needle,)):
+        try:
+            statement = Statement.from_bytes(data)
+        except StatementError:
+            continue
+        if statement.type == "commerce.order" and statement.body.get("idempotency_key") == key:
+            found.add(txn)
+    return found
+
+
+def bundle_records(connection: sqlite3.Connection, transaction: str) -> list[ArchiveRecord]:
+    """The records of ``transaction`` and those (of any transaction) whose statement
+    one of them names by digest: what ``collect_bundle`` picks a bundle from."""
+    records = read_records(connection, transaction)
+    named: set[bytes] = set()
+    for record in records:
+        try:
+            named |= named_digests(Statement.from_bytes(record.statement))
+        except StatementError:
+            continue
+    related = []
+    for digest in sorted(named):
+        related += [_row_to_record(row) for row in connection.execute(
+            f"SELECT {_COLUMNS} FROM archive_records WHERE digest = ? AND txn != ?",
+            (digest, transaction))]
+    return records + related
 
 
 def read_records(connection: sqlite3.Connection, transaction: str | None = None

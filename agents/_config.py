@@ -127,6 +127,9 @@ class AgentConfig:
     ca: CaSettings | None = None
     payment: PaymentSettings = field(default_factory=PaymentSettings)
     catalogue: Path | None = None  # a seller's offers (TOML), relative to this file
+    #: ``[evidence] peer_quota_bytes``: how much each peer may grow our archive (its
+    #: statements' bytes plus a fixed cost per record) before evidence.deliver refuses.
+    evidence_peer_quota: int = 64 * 1024 * 1024  # DEFAULT_EVIDENCE_QUOTA
     path: Path | None = None  # the file it was read from
 
     def __post_init__(self) -> None:
@@ -216,6 +219,7 @@ class AgentConfig:
             ca=_ca_settings(raw.get("ca"), base=base, where=str(path or "config")),
             payment=_payment_settings(raw.get("payment"), where=str(path or "config")),
             catalogue=file("catalogue") if raw.get("catalogue") is not None else None,
+            **_evidence_settings(raw.get("evidence"), where=str(path or "config")),
             path=path,
         )
 
@@ -250,6 +254,8 @@ class AgentConfig:
         data["payment"] = {"modules": list(pay.modules), "limit": dict(pay.limit)}
         if pay.bank is not None:
             data["payment"]["bank"] = pay.bank
+        if self.evidence_peer_quota != DEFAULT_EVIDENCE_QUOTA:
+            data["evidence"] = {"peer_quota_bytes": self.evidence_peer_quota}
         if self.ca is not None:
             data["ca"] = {"enroll_listen": self.ca.enroll_listen,
                           "root_key": rel(self.ca.root_key)}
@@ -293,6 +299,20 @@ def _payment_settings(raw: object, *, where: str) -> PaymentSettings:
     defaults = PaymentSettings()
     return PaymentSettings(bank=bank, modules=tuple(modules) if modules else defaults.modules,
                            limit=dict(limit) if limit else defaults.limit)
+
+
+DEFAULT_EVIDENCE_QUOTA = 64 * 1024 * 1024
+
+
+def _evidence_settings(raw: object, *, where: str) -> dict[str, int]:
+    """``[evidence]``: ``peer_quota_bytes``, a positive int (agents/_evidence.py)."""
+    if raw is None:
+        return {}
+    quota = raw.get("peer_quota_bytes") if isinstance(raw, dict) else None
+    if not isinstance(raw, dict) or set(raw) - {"peer_quota_bytes"} or (
+            quota is not None and (type(quota) is not int or quota <= 0)):
+        raise ConfigError(f"{where}: [evidence] takes only peer_quota_bytes, a positive int")
+    return {} if quota is None else {"evidence_peer_quota": quota}
 
 
 def _seconds(key: str, value: object) -> float:

@@ -6,6 +6,12 @@ archives it and answers with its own signed ``evidence.receipt`` naming the
 statement's digest. The receiver's archive holds both in one commit before the
 answer leaves, and the sender archives its statement and the receipt before
 ``deliver`` returns: when either side says "done", both hold the evidence.
+
+A peer writes only into its own transactions (docs/protocol.md section 7.5): one
+whose every record is with that peer, or a new one named ``<its agent id>/...``.
+Otherwise a stranger could file statements under a purchase of ours and ship them
+inside its evidence bundle. And each peer may grow the archive only up to a quota
+(``[evidence] peer_quota_bytes``).
 """
 
 from __future__ import annotations
@@ -24,15 +30,18 @@ from semper.services.statements import (
     verify_statement,
 )
 
-from ._archive import entry
+from ._archive import RECORD_OVERHEAD, append, entry, peer_usage, transaction_peers
 from ._identity import utcnow
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from semper.transport import RequestContext
 
     from ._agent import Agent
 
-__all__ = ["RECEIPT", "EvidenceService", "ReceiptMismatch"]
+__all__ = ["RECEIPT", "EvidenceService", "ForeignTransaction", "QuotaExceeded",
+           "ReceiptMismatch", "own_transaction"]
 
 RECEIPT: Final = "evidence.receipt"
 #: Characters of a transaction name, as the archive keeps them.
@@ -49,6 +58,33 @@ class ReceiptMismatch(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class _Refusal(Exception):
+    code: ClassVar[str] = "evidence.error"
+
+    def __init__(self, message: str, *, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail: dict[str, Any] = dict(detail or {})
+
+
+class ForeignTransaction(_Refusal):
+    """``evidence.deliver`` into a transaction the requester does not share with us
+    alone, and that is not new in its own name space."""
+
+    code: ClassVar[str] = "evidence.foreign_transaction"
+
+
+class QuotaExceeded(_Refusal):
+    """The requester has grown our archive by its quota already."""
+
+    code: ClassVar[str] = "evidence.quota_exceeded"
+
+
+def own_transaction(peer: str, label: str) -> str:
+    """The name of a new transaction ``peer`` may open with us: ``peer/label``."""
+    return f"{peer}/{label}"
 
 
 def now_ms() -> int:
@@ -111,8 +147,10 @@ class EvidenceService:
             # here can be delivered again under a good transaction name.
             raise MalformedStatement("deliver takes {transaction: str of 1 to "
                                      f"{MAX_TRANSACTION} printable characters, statement: map}}")
-        statement = Statement.from_wire(body.get("statement"))
         peer = context.peer
+        database = self.agent.database
+        await database.read(lambda c: _check_transaction(c, transaction, peer.agent_id))
+        statement = Statement.from_wire(body.get("statement"))
         verify_statement(statement, certificate=peer.certificate,
                          root=self.agent.credentials.root, crl=self.agent.crl, now=utcnow(),
                          expected_signer=peer.agent_id)
@@ -120,13 +158,44 @@ class EvidenceService:
         if await archive.contains(statement.digest):
             raise Replayed("this statement was delivered before",
                            detail={"digest": statement.digest})
-        self.guard.check(statement, now_ms())
         receipt = self.sign(RECEIPT, {"transaction": transaction, "statement": statement.digest,
                                       "from": peer.agent_id})
-        await archive.record_all([
+        entries = [
             entry(statement, direction=Direction.RECEIVED, peer=peer.agent_id,
                   transaction=transaction, certificate=peer.certificate),
             entry(receipt, direction=Direction.SENT, peer=peer.agent_id,
                   transaction=transaction, certificate=self.agent.credentials.identity.certificate),
-        ])
+        ]
+        quota = self.agent.config.evidence_peer_quota
+        cost = sum(len(e.statement.to_bytes()) + RECORD_OVERHEAD for e in entries)
+        await database.read(lambda c: _check_quota(c, peer.agent_id, cost, quota))
+        # Last, so that a refusal above leaves the nonce unspent (section 6A.5).
+        self.guard.check(statement, now_ms())
+
+        def write(c: sqlite3.Connection) -> None:
+            # Again inside the write: concurrent deliveries must not pass together.
+            _check_transaction(c, transaction, peer.agent_id)
+            _check_quota(c, peer.agent_id, cost, quota)
+            append(c, entries)
+
+        await database.transaction(write)
         return {"receipt": receipt.to_wire()}
+
+
+def _check_transaction(connection: sqlite3.Connection, transaction: str, peer: str) -> None:
+    """Raises ForeignTransaction unless ``transaction`` is ``peer``'s to write into."""
+    exists, only_theirs = transaction_peers(connection, transaction, peer)
+    if only_theirs or (not exists and transaction.startswith(own_transaction(peer, ""))):
+        return
+    raise ForeignTransaction(
+        f"transaction {transaction[:80]!r} is not ours with {peer!r} alone: deliver into "
+        f"one we share only with you, or open a new one named '{peer}/...'",
+        detail={"transaction": transaction})
+
+
+def _check_quota(connection: sqlite3.Connection, peer: str, cost: int, quota: int) -> None:
+    records, size = peer_usage(connection, peer)
+    used = size + records * RECORD_OVERHEAD
+    if used + cost > quota:
+        raise QuotaExceeded(f"{peer!r} has used {used} of its {quota} bytes of our archive",
+                            detail={"used": used, "quota": quota, "cost": cost})

@@ -36,6 +36,7 @@ from semper.services.archive import (
     verify_bundle,
     verify_chain,
 )
+from semper.services.certificates import issue_crl
 from semper.services.statements import (
     MalformedStatement,
     Statement,
@@ -87,10 +88,24 @@ def _chain(seller: Agent, buyer: Agent) -> list[ArchiveRecord]:
     return chain
 
 
+def _crl_after_the_trade(market: Market) -> None:
+    """A CRL whose thisUpdate (whole seconds) follows every statement of ``_chain``: a
+    CRL speaks for no time after its thisUpdate (docs/protocol.md 6A.8). issue_crl may
+    backdate thisUpdate by the clock skew it allows, so measure that first."""
+    wanted = NOW + dt.timedelta(seconds=2)
+    probe = issue_crl(market.ca, [], now=wanted, number=1)
+    market.crl_number += 1
+    market.crl = issue_crl(market.ca, market.revoked,
+                           now=wanted + (wanted.replace(microsecond=0) - probe.last_update_utc),
+                           number=market.crl_number)
+
+
 @pytest.fixture
 def trade(market: Market) -> Trade:
     seller, buyer = market.agent("seller.books", "seller"), market.agent("buyer-1")
-    return Trade(market, seller, buyer, _chain(seller, buyer))
+    chain = _chain(seller, buyer)
+    _crl_after_the_trade(market)
+    return Trade(market, seller, buyer, chain)
 
 
 def _broken(records: list[ArchiveRecord], **kw: Any) -> ChainBroken:
@@ -309,6 +324,7 @@ def test_bundle_from_a_foreign_root_is_refused(trade: Trade, tmp_path: Path) -> 
 
 def test_bundle_with_a_revoked_signer_is_refused(trade: Trade) -> None:
     trade.market.revoke(trade.buyer)
+    _crl_after_the_trade(trade.market)
     error = _refused(trade.bundle(), trade, InvalidEvidence)
     assert (error.detail["seq"], error.detail["cause"]) == (1, "auth.revoked")
 
@@ -316,23 +332,38 @@ def test_bundle_with_a_revoked_signer_is_refused(trade: Trade) -> None:
 def test_bundle_bytes_are_checked(trade: Trade) -> None:
     data = trade.bundle().to_bytes()
     wire = canonical_decode(data)
-    assert data.endswith(b"\xa1v\x01")
+    assert data.endswith(b"\xa1v\x02")
     for bad, cause in [
         (data + b"\x00", "statement.malformed"),
         (data[:-1], "statement.malformed"),
-        (data[:-1] + b"\xcc\x01", "statement.not_canonical"),  # "v": 1 (last key) as uint 8
+        (data[:-1] + b"\xcc\x02", "statement.not_canonical"),  # "v": 2 (last key) as uint 8
     ]:
         with pytest.raises(MalformedEvidence) as info:
             EvidenceBundle.from_bytes(bad)
         assert info.value.detail["cause"] == cause
+    records = wire["records"][0]
     for bad_wire in [
-        {**wire, "v": 2},
-        {**wire, "records": [{**wire["records"][0], "transaction": "tx-2"}]},
-        {**wire, "records": wire["records"][::-1]},
+        {**wire, "v": 3},
+        {**wire, "records": [records[::-1]]},
+        {**wire, "records": records},  # version 2 chunks its lists
+        {**wire, "records": [records, []]},  # no empty chunk
+        {**wire, "records": [records[:1], records[1:]]},  # only the last chunk is short
         {**wire, "certificates": "nope"},
+        # version 1: flat lists, and only records of the bundle's own transaction
+        {**wire, "v": 1, "records": [{**records[0], "transaction": "tx-2"}],
+         "certificates": wire["certificates"][0]},
     ]:
         with pytest.raises(MalformedEvidence):
             EvidenceBundle.from_bytes(canonical_encode(bad_wire))
+    old = {**wire, "v": 1, "records": records, "certificates": wire["certificates"][0]}
+    assert EvidenceBundle.from_bytes(canonical_encode(old)) == trade.bundle()  # still read
+    # In version 2 a record of another transaction reads, but verifies only when a
+    # statement of the bundle's transaction names it (as an order names its offer).
+    stray = EvidenceBundle.from_bytes(canonical_encode(
+        {**wire, "records": [[*records[:-1], {**records[-1], "transaction": "tx-2"}]]}))
+    with pytest.raises(MalformedEvidence) as info:
+        verify_bundle(stray, root=trade.market.ca.certificate, now=NOW)
+    assert "no statement of 'tx-1' names it" in info.value.message
     with pytest.raises(MalformedEvidence):  # a certificate that is not one
         verify_bundle(replace(trade.bundle(), certificates=[b"junk"]),
                       root=trade.market.ca.certificate, now=NOW)

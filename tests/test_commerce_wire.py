@@ -664,22 +664,22 @@ async def test_evidence_refusals(market: Market) -> None:
         assert error.code == "statement.malformed", body
     # Someone else's statement, and one changed after signing.
     error = await m.refused("mallory", "seller", "evidence", "deliver",
-                            {"transaction": "tx", "statement": note.to_wire()})
+                            {"transaction": "mallory/tx", "statement": note.to_wire()})
     assert error.code == "statement.wrong_signer"
     tampered = note.to_wire()
     tampered["body"] = {"text": "I was not here"}
     error = await m.refused("buyer", "seller", "evidence", "deliver",
-                            {"transaction": "tx", "statement": tampered})
+                            {"transaction": "buyer/tx", "statement": tampered})
     assert error.code == "statement.bad_signature"
     await m.unchanged(before)
     # The statement refused above for its transaction name is still deliverable, once.
-    receipt = await m["buyer"].evidence.deliver("seller", "tx", note)
-    assert receipt.body == {"transaction": "tx", "statement": note.digest, "from": "buyer"}
+    receipt = await m["buyer"].evidence.deliver("seller", "buyer/tx", note)
+    assert receipt.body == {"transaction": "buyer/tx", "statement": note.digest, "from": "buyer"}
     delivered = await m.state()
     error = await m.refused("buyer", "seller", "evidence", "deliver",
-                            {"transaction": "tx", "statement": note.to_wire()})
+                            {"transaction": "buyer/tx", "statement": note.to_wire()})
     assert (error.code, error.detail["digest"]) == ("statement.replayed", note.digest)
     error = await m.refused("buyer", "seller", "evidence", "deliver",
-                            {"transaction": "tx-2", "statement": note.to_wire()})
+                            {"transaction": "buyer/tx-2", "statement": note.to_wire()})
     assert error.code == "statement.replayed"
     await m.unchanged(delivered)

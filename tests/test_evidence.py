@@ -3,6 +3,7 @@ SIGKILL of the receiver in the middle of a burst (agents/_evidence.py, _archive.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -15,11 +16,15 @@ from pathlib import Path
 
 import pytest
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from semper.agents import Agent, AgentConfig, _archive
-from semper.agents._market import init_market
+from semper.agents._identity import utcnow
+from semper.agents._market import init_market, load_authority
 from semper.agents._storage import Database
 from semper.services.archive import ChainBroken, EvidenceBundle, verify_bundle, verify_chain
+from semper.services.certificates import Revocation, issue_crl, load_crl
 from semper.transport import RemoteError
 
 DEADLINE = 30.0
@@ -29,6 +34,24 @@ DEADLINE = 30.0
 def market(tmp_path: Path) -> Path:
     init_market(tmp_path / "m")
     return tmp_path / "m"
+
+
+def newer_crl(market: Path) -> Path:
+    """Publish a CRL (same entries, next number) whose thisUpdate follows everything
+    signed so far, as the CA would later: a bundle's statements count only up to its
+    CRL's thisUpdate (docs/protocol.md 6A.8). thisUpdate is whole seconds, one ahead;
+    issue_crl may backdate it by the clock skew every verifier allows, so that is
+    measured first."""
+    crl_path = market / "ca" / "crl.pem"
+    old = load_crl(crl_path.read_bytes())
+    ca = load_authority(market / "ca" / "root.pem", market / "ca" / "root-key.pem", None)
+    number = old.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
+    wanted = utcnow().replace(microsecond=0) + dt.timedelta(seconds=1)
+    shift = wanted - issue_crl(ca, [], now=wanted, number=number).last_update_utc
+    crl = issue_crl(ca, [Revocation(r.serial_number, r.revocation_date_utc) for r in old],
+                    now=wanted + shift, number=number)
+    crl_path.write_bytes(crl.public_bytes(Encoding.PEM))
+    return crl_path
 
 
 def config(market: Path, agent_id: str) -> AgentConfig:
@@ -49,20 +72,21 @@ async def test_delivered_statement_is_archived_by_both_with_a_receipt(market: Pa
     with trio.fail_after(DEADLINE):
         async with running(buyer, seller):
             note = buyer.evidence.sign("test.note", {"text": "I will buy 3 books"})
-            receipt = await buyer.evidence.deliver("seller", "tx-1", note)
+            receipt = await buyer.evidence.deliver("seller", "buyer/tx-1", note)
             assert receipt.type == "evidence.receipt"
-            assert receipt.body == {"transaction": "tx-1", "statement": note.digest,
+            assert receipt.body == {"transaction": "buyer/tx-1", "statement": note.digest,
                                     "from": "buyer"}
             for agent, first in ((buyer, "sent"), (seller, "received")):
-                records = await agent.archive.records("tx-1")
+                records = await agent.archive.records("buyer/tx-1")
                 assert [str(r.direction) for r in records] == [
                     first, "received" if first == "sent" else "sent"]
                 assert await agent.archive.verify() == 2
             bundle = await seller.archive.export_bundle(
-                "tx-1", crl=seller.crl, root=seller.credentials.root)
+                "buyer/tx-1", crl=seller.crl, root=seller.credentials.root)
             again = EvidenceBundle.from_bytes(bundle.to_bytes())
+            newer = load_crl(newer_crl(market).read_bytes())
             verified = verify_bundle(again, root=seller.credentials.root,
-                                     now=note.issued_at_datetime)
+                                     now=note.issued_at_datetime, crls=[newer])
             assert [(v.statement.type, v.signer.agent_id) for v in verified] == [
                 ("test.note", "buyer"), ("evidence.receipt", "seller")]
 
@@ -74,12 +98,12 @@ async def test_a_replayed_or_foreign_statement_is_refused_and_not_archived(
     with trio.fail_after(DEADLINE):
         async with running(buyer, seller, bank):
             note = buyer.evidence.sign("test.note", {"n": 1})
-            await buyer.evidence.deliver("seller", "tx-1", note)
+            await buyer.evidence.deliver("seller", "buyer/tx-1", note)
             with pytest.raises(RemoteError) as info:  # the very same statement again
-                await buyer.evidence.deliver("seller", "tx-1", note)
+                await buyer.evidence.deliver("seller", "buyer/tx-1", note)
             assert info.value.code == "statement.replayed"
             with pytest.raises(RemoteError) as info:  # bank forwards buyer's statement
-                await bank.evidence.deliver("seller", "tx-2", buyer.evidence.sign(
+                await bank.evidence.deliver("seller", "bank/tx-2", buyer.evidence.sign(
                     "test.note", {"n": 2}))
             assert info.value.code == "statement.wrong_signer"
             assert await seller.archive.verify() == 2  # note and receipt of tx-1 only
@@ -94,7 +118,7 @@ def test_an_edited_archive_is_named_by_the_cli(market: Path) -> None:
         buyer, seller = Agent(config(market, "buyer")), Agent(config(market, "seller"))
         async with running(buyer, seller):
             for n in range(3):
-                await buyer.evidence.deliver("seller", f"tx-{n}",
+                await buyer.evidence.deliver("seller", f"buyer/tx-{n}",
                                              buyer.evidence.sign("test.note", {"n": n}))
 
     trio.run(fill)
@@ -146,7 +170,7 @@ async def test_sigkill_in_a_burst_loses_no_acknowledged_statement(market: Path) 
                     for n in range(1000):  # on until the dead seller refuses us
                         note = buyer.evidence.sign("test.note", {"worker": number, "n": n})
                         try:
-                            await buyer.evidence.deliver("seller", f"tx-{number}", note)
+                            await buyer.evidence.deliver("seller", f"buyer/tx-{number}", note)
                         except Exception:
                             failed += 1
                             return
@@ -179,30 +203,31 @@ def test_a_bundle_is_exported_and_checked_from_the_command_line(market: Path,
     async def fill() -> None:
         buyer, seller = Agent(config(market, "buyer")), Agent(config(market, "seller"))
         async with running(buyer, seller):
-            await buyer.evidence.deliver("seller", "tx-9",
+            await buyer.evidence.deliver("seller", "buyer/tx-9",
                                          buyer.evidence.sign("test.note", {"n": 9}))
 
     trio.run(fill)
     semper = [sys.executable, "-m", "semper.agents.cli"]
     bundle = tmp_path / "tx-9.bundle"
     done = subprocess.run([*semper, "archive", "export", "--config",
-                           str(market / "seller" / "agent.toml"), "tx-9", "-o", str(bundle)],
+                           str(market / "seller" / "agent.toml"), "buyer/tx", "-o", str(bundle)],
                           capture_output=True, text=True, timeout=DEADLINE)
     assert done.returncode == 0, done.stderr
     root = str(market / "ca" / "root.pem")
     done = subprocess.run([*semper, "archive", "check", str(bundle), "--root", root, "--json"],
                           capture_output=True, text=True, timeout=DEADLINE)
+    # The bundle's CRL is older than its statements: nothing yet shows their signers
+    # were not revoked when they signed.
+    assert done.returncode == 1 and done.stderr.startswith("semper: archive.crl_too_old:")
+    done = subprocess.run([*semper, "archive", "check", str(bundle), "--root", root, "--json",
+                           "--crl", str(newer_crl(market))],
+                          capture_output=True, text=True, timeout=DEADLINE)
     assert done.returncode == 0, done.stderr
     verified = json.loads(done.stdout)["verified"]
     assert [(v["type"], v["signer"]) for v in verified] == [
         ("test.note", "buyer"), ("evidence.receipt", "seller")]
-    # A newer CRL of the same root may stand in for the bundle's; another root's may not.
-    subprocess.run([*semper, "ca", "revoke", str(market), "notary"], check=True,
-                   capture_output=True, timeout=DEADLINE)
-    newer = str(market / "ca" / "crl.pem")
-    done = subprocess.run([*semper, "archive", "check", str(bundle), "--root", root,
-                           "--crl", newer], capture_output=True, text=True, timeout=DEADLINE)
-    assert done.returncode == 0, done.stderr
+    # A newer CRL of the same root stands in for the bundle's (above); another root's
+    # may not.
     init_market(tmp_path / "other")
     foreign = str(tmp_path / "other" / "ca" / "crl.pem")
     done = subprocess.run([*semper, "archive", "check", str(bundle), "--root", root,

@@ -4,10 +4,19 @@ Storage is the agent's (SQLite); this package decides what a record is, whether 
 chain holds, and whether a bundle proves what it claims with only the CA root.
 """
 
-from ._bundle import EvidenceBundle, VerifiedStatement, collect_bundle, verify_bundle
+from ._bundle import (
+    CHUNK,
+    EvidenceBundle,
+    VerifiedStatement,
+    collect_bundle,
+    named_digests,
+    newest_crl,
+    verify_bundle,
+)
 from ._errors import (
     ArchiveError,
     ChainBroken,
+    CrlTooOld,
     InvalidEvidence,
     MalformedEvidence,
     MissingCertificate,
@@ -17,10 +26,12 @@ from ._errors import (
 from ._record import ZERO_HASH, ArchiveRecord, Direction, next_record, verify_chain
 
 __all__ = [
+    "CHUNK",
     "ZERO_HASH",
     "ArchiveError",
     "ArchiveRecord",
     "ChainBroken",
+    "CrlTooOld",
     "Direction",
     "EvidenceBundle",
     "InvalidEvidence",
@@ -30,6 +41,8 @@ __all__ = [
     "VerifiedStatement",
     "WrongRoot",
     "collect_bundle",
+    "named_digests",
+    "newest_crl",
     "next_record",
     "verify_bundle",
     "verify_chain",

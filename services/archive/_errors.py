@@ -9,6 +9,7 @@ from .._errors import ServiceError
 __all__ = [
     "ArchiveError",
     "ChainBroken",
+    "CrlTooOld",
     "InvalidEvidence",
     "MalformedEvidence",
     "MissingCertificate",
@@ -61,3 +62,11 @@ class InvalidEvidence(ArchiveError):
     the statement or certificate error, ``detail["seq"]`` the record."""
 
     code: ClassVar[str] = "archive.invalid_evidence"
+
+
+class CrlTooOld(ArchiveError):
+    """A statement was signed after the newest CRL at hand was issued: nothing shows
+    its signer was not revoked by then. ``detail``: ``seq``, ``issued_at``,
+    ``crl_this_update`` (Unix ms), ``crl_number``. A newer CRL settles it."""
+
+    code: ClassVar[str] = "archive.crl_too_old"
