@@ -82,7 +82,31 @@ MIGRATIONS: Final = {
         "CREATE TABLE bank_payments ("
         " confirmation BLOB PRIMARY KEY, payer TEXT NOT NULL, payee TEXT NOT NULL,"
         " currency TEXT NOT NULL, amount INTEGER NOT NULL,"
-        " refunded INTEGER NOT NULL DEFAULT 0, entry INTEGER NOT NULL)"
+        " refunded INTEGER NOT NULL DEFAULT 0, entry INTEGER NOT NULL)",
+        # 2: STRICT tables (only integers in amount and refunded, only text in ids);
+        # a file holding anything else fails the copy and the migration rolls back.
+        "ALTER TABLE bank_requests RENAME TO bank_requests_old;"
+        "ALTER TABLE bank_cheques RENAME TO bank_cheques_old;"
+        "ALTER TABLE bank_payments RENAME TO bank_payments_old;"
+        "CREATE TABLE bank_requests ("
+        " holder TEXT NOT NULL, key TEXT NOT NULL, kind TEXT NOT NULL,"
+        " digest BLOB NOT NULL, answer BLOB NOT NULL, PRIMARY KEY (holder, key)) STRICT;"
+        "CREATE TABLE bank_cheques ("
+        " payer TEXT NOT NULL, serial TEXT NOT NULL, status TEXT NOT NULL,"
+        " retry_digest BLOB, answer BLOB, PRIMARY KEY (payer, serial)) STRICT;"
+        "CREATE TABLE bank_payments ("
+        " confirmation BLOB PRIMARY KEY, payer TEXT NOT NULL, payee TEXT NOT NULL,"
+        " currency TEXT NOT NULL, amount INTEGER NOT NULL,"
+        " refunded INTEGER NOT NULL DEFAULT 0, entry INTEGER NOT NULL) STRICT;"
+        "INSERT INTO bank_requests SELECT holder, key, kind, digest, answer"
+        " FROM bank_requests_old;"
+        "INSERT INTO bank_cheques SELECT payer, serial, status, retry_digest, answer"
+        " FROM bank_cheques_old;"
+        "INSERT INTO bank_payments SELECT confirmation, payer, payee, currency, amount,"
+        " refunded, entry FROM bank_payments_old;"
+        "DROP TABLE bank_requests_old;"
+        "DROP TABLE bank_cheques_old;"
+        "DROP TABLE bank_payments_old",
     ],
 }
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import tomli_w
 
-from semper.services.certificates import check_name
+from semper.services.certificates import check_agent_id, check_name
 from semper.transport import ChannelConfig
 
 __all__ = ["AgentConfig", "CaSettings", "ConfigError", "PaymentSettings", "Timeouts",
@@ -49,10 +49,16 @@ class Timeouts:
     request: float = 30.0
     idle: float = 300.0
     crl_refresh: float = 2.0
+    #: a write to a peer that makes no progress for this long closes the channel
+    write: float = 30.0
+    #: connections accepted and not yet past hello; not seconds, but a bound of the
+    #: same kind (what an unauthenticated peer may hold), so it lives here
+    max_unauthenticated: float = 256
 
     def channel_config(self) -> ChannelConfig:
         return ChannelConfig(handshake_timeout=self.handshake, request_timeout=self.request,
-                             idle_timeout=self.idle)
+                             idle_timeout=self.idle, write_timeout=self.write,
+                             max_unauthenticated=max(1, int(self.max_unauthenticated)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,7 +99,7 @@ class PaymentSettings:
     def __post_init__(self) -> None:
         try:
             if self.bank is not None:
-                check_name("payment.bank", self.bank)
+                check_agent_id(self.bank, "payment.bank")
             for name in self.modules:
                 check_name("payment module", name)
         except ValueError as exc:
@@ -134,10 +140,12 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         try:
-            check_name("agent id", self.id)
+            check_agent_id(self.id, "id")
             check_name("role", self.role)
             if self.ca_agent is not None:
-                check_name("ca_agent", self.ca_agent)
+                check_agent_id(self.ca_agent, "ca_agent")
+            for peer in self.peers:  # a look-alike key would shadow a real peer's address
+                check_agent_id(peer, "a [peers] key")
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         parse_address(self.listen, what="listen")
@@ -248,6 +256,8 @@ class AgentConfig:
         t = self.timeouts
         data["timeouts"] = {"handshake": t.handshake, "request": t.request, "idle": t.idle,
                             "crl_refresh": t.crl_refresh}
+        if (t.write, t.max_unauthenticated) != (Timeouts().write, Timeouts().max_unauthenticated):
+            data["timeouts"].update(write=t.write, max_unauthenticated=t.max_unauthenticated)
         if self.catalogue is not None:
             data["catalogue"] = rel(self.catalogue)
         pay = self.payment

@@ -11,6 +11,13 @@ spend the same balance.
 
 ``check_books`` recomputes all of it from the postings: each account's balance is
 the sum of its postings, each entry sums to zero, each currency sums to zero.
+
+Range. Every balance, the issuance account's included, stays within signed 64-bit
+(``money.check_range``): ``_post`` computes each new balance in Python and refuses
+before it writes anything. Because the issuance account holds minus the sum of the
+customers' balances, that one check also bounds the minted total and the customer
+total. The tables are STRICT, so SQLite itself refuses a value that is not an
+integer (an overflowing ``balance + ?`` would otherwise turn the column REAL).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Final
 
 from semper.services import Amount
+from semper.services.certificates import check_agent_id
+from semper.services.money import check_range
 from semper.services.payment import InsufficientFunds, UnknownAccount
 
 __all__ = [
@@ -54,7 +63,34 @@ MIGRATIONS: Final = {
         " entry INTEGER NOT NULL REFERENCES ledger_entries (entry),"
         " account INTEGER NOT NULL REFERENCES ledger_accounts (id),"
         " amount INTEGER NOT NULL, PRIMARY KEY (entry, account));"
-        "CREATE INDEX ledger_postings_account ON ledger_postings (account)"
+        "CREATE INDEX ledger_postings_account ON ledger_postings (account)",
+        # 2: STRICT tables, so that only integers are ever stored in money columns. A
+        # file holding a non-integer (the REAL balances of the old overflow) makes the
+        # copy fail and the migration roll back: such books need a human, not rounding.
+        # The old tables are renamed away first (which carries the foreign keys along
+        # to the old names), so dropping them never orphans a row of the new ones.
+        "ALTER TABLE ledger_postings RENAME TO ledger_postings_old;"
+        "ALTER TABLE ledger_entries RENAME TO ledger_entries_old;"
+        "ALTER TABLE ledger_accounts RENAME TO ledger_accounts_old;"
+        "CREATE TABLE ledger_accounts ("
+        " id INTEGER PRIMARY KEY, holder TEXT NOT NULL, currency TEXT NOT NULL,"
+        " balance INTEGER NOT NULL DEFAULT 0, UNIQUE (holder, currency)) STRICT;"
+        "CREATE TABLE ledger_entries ("
+        " entry INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, kind TEXT NOT NULL,"
+        " reference BLOB, memo TEXT NOT NULL DEFAULT '') STRICT;"
+        "CREATE TABLE ledger_postings ("
+        " entry INTEGER NOT NULL REFERENCES ledger_entries (entry),"
+        " account INTEGER NOT NULL REFERENCES ledger_accounts (id),"
+        " amount INTEGER NOT NULL, PRIMARY KEY (entry, account)) STRICT;"
+        "INSERT INTO ledger_accounts SELECT id, holder, currency, balance"
+        " FROM ledger_accounts_old;"
+        "INSERT INTO ledger_entries SELECT entry, time_ms, kind, reference, memo"
+        " FROM ledger_entries_old;"
+        "INSERT INTO ledger_postings SELECT entry, account, amount FROM ledger_postings_old;"
+        "DROP TABLE ledger_postings_old;"
+        "DROP TABLE ledger_entries_old;"
+        "DROP TABLE ledger_accounts_old;"
+        "CREATE INDEX ledger_postings_account ON ledger_postings (account)",
     ],
 }
 
@@ -79,7 +115,15 @@ class Account:
 
 
 def open_account(connection: sqlite3.Connection, holder: str, currency: str) -> Account:
-    """The holder's account in ``currency``, opened if it does not exist."""
+    """The holder's account in ``currency``, opened if it does not exist.
+
+    Raises:
+        BadAgentId: ``holder`` is neither an agent id nor the issuance account.
+        BadAmount: ``currency`` is not an ISO 4217 code.
+    """
+    if holder != ISSUANCE:
+        check_agent_id(holder, "an account holder")
+    Amount(currency, 0)  # checks the code
     connection.execute("INSERT OR IGNORE INTO ledger_accounts (holder, currency) VALUES (?, ?)",
                        (holder, currency))
     return account(connection, holder, currency)
@@ -110,6 +154,10 @@ def _post(connection: sqlite3.Connection, *, kind: str, time_ms: int, reference:
           memo: str, postings: Sequence[tuple[Account, int]]) -> int:
     if sum(amount for _, amount in postings) != 0:
         raise BooksUnbalanced(f"a {kind} entry would not sum to zero")
+    if len({acct.id for acct, _ in postings}) != len(postings):
+        raise ValueError(f"a {kind} entry posts to one account twice")
+    for acct, amount in postings:  # every new balance in range before anything is written
+        check_range(acct.balance + amount, f"{acct.holder}'s {acct.currency} balance")
     entry = connection.execute(
         "INSERT INTO ledger_entries (time_ms, kind, reference, memo) VALUES (?, ?, ?, ?)",
         (time_ms, kind, reference, memo)).lastrowid
@@ -126,10 +174,17 @@ def mint(connection: sqlite3.Connection, holder: str, amount: Amount, *, time_ms
          memo: str = "") -> int:
     """Create money in ``holder``'s account, recorded against the issuance account.
 
-    Returns the journal entry. Raises ValueError for a non-positive amount.
+    Returns the journal entry.
+
+    Raises:
+        ValueError: a non-positive amount.
+        BadAgentId: ``holder`` is not an agent id (the issuance account is not one).
+        AmountOutOfRange: a balance, the issuance account's included, would leave
+            signed 64-bit; nothing is written.
     """
     if amount.minor_units <= 0:
         raise ValueError("mint a positive amount")
+    check_agent_id(holder, "an account holder")
     source = open_account(connection, ISSUANCE, amount.currency)
     target = open_account(connection, holder, amount.currency)
     return _post(connection, kind="mint", time_ms=time_ms, reference=None, memo=memo,

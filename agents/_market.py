@@ -12,13 +12,17 @@ through enrollment tokens, so ``ca status`` and ``ca revoke`` find them all. Eve
 other agent names the CA agent in ``ca_agent``.
 
 Every write goes to a temporary file first and is renamed into place, so a reader
-(an agent polling the CRL) never sees half a file.
+(an agent polling the CRL) never sees half a file. ``init_market`` builds the whole
+market in a temporary sibling folder and renames it into place at the end, so a
+failed init leaves no half-made market behind.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import secrets
+import shutil
 import socket
 import sqlite3
 from collections.abc import Iterable
@@ -137,16 +141,36 @@ def init_market(
 ) -> list[AgentConfig]:
     """Create a complete local market in ``folder`` (which must be empty or absent).
 
+    All of it or nothing: the market is built in a temporary folder beside ``folder``
+    and renamed into place once complete; on any failure the temporary folder is
+    removed and ``folder`` is as it was.
+
     Returns:
-        The configs written, in the order of ``agents``.
+        The configs written, in the order of ``agents`` (read back from ``folder``).
 
     Raises:
         MarketError: ``folder`` exists and is not empty.
     """
-    now = now or utcnow()
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise MarketError(f"{folder} exists and is not empty; choose a new folder")
     agents = list(agents)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    building = folder.parent / f".{folder.name}.init-{secrets.token_hex(4)}"
+    try:
+        configs = _build_market(building, passphrase=passphrase, agents=agents, now=now)
+        if folder.exists():
+            folder.rmdir()  # empty (checked above); rename will not replace a folder
+        os.rename(building, folder)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return [AgentConfig.load(folder / c.id / "agent.toml") for c in configs]
+
+
+def _build_market(folder: Path, *, passphrase: bytes | None,
+                  agents: list[tuple[str, str, Level]], now: dt.datetime | None
+                  ) -> list[AgentConfig]:
+    now = now or utcnow()
     paths = MarketPaths(folder)
     paths.ca_dir.mkdir(parents=True, exist_ok=True)
     ca = create_ca("semper market root", now=now)

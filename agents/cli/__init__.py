@@ -1,15 +1,20 @@
 """The ``semper`` command line: thin commands over the ``semper.agents`` API.
 
-Every failure ends here, in ``main``: an exception that carries a stable ``code``
-prints one line ``semper: <code>: <message>`` and exits 1; usage errors exit 2
-(click's convention); nothing prints a traceback unless SEMPER_DEBUG is set.
+Every failure ends here, in ``SemperGroup.main`` (so ``main`` and click's test
+runner alike): whatever was raised prints exactly one line ``semper: <code>: <reason>``
+on stderr. An exception that carries a stable ``code`` shows it; a usage error
+(a bad option, a missing or refused argument) is ``cli.usage`` unless it carries a
+code of its own, and exits 2 (click's convention); any other failure exits 1, an
+unexpected one as ``internal.error``. Nothing prints a traceback unless
+SEMPER_DEBUG is set.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 import click
 
@@ -26,10 +31,20 @@ from . import (
 )
 from ._logging import configure_logging
 
-__all__ = ["cli", "main"]
+__all__ = ["SemperGroup", "cli", "describe", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class SemperGroup(click.Group):
+    """The top group: its ``main`` turns every failure into one line (see above)."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> NoReturn:
+        run_command(lambda: click.Group.main(self, args, prog_name, complete_var,
+                                             standalone_mode=False, **extra))
+
+
+@click.group(cls=SemperGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True,
               help="Log to stderr: -v each step (connect, hello, requests), -vv everything.")
 @click.version_option(package_name="semper")
@@ -53,36 +68,51 @@ def _leaf(exc: BaseException) -> BaseException:
     return exc
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "(no reason given)"
+
+
 def describe(exc: BaseException) -> str:
-    """One line for a user: the stable code when there is one."""
+    """One line for a user, ``<code>: <reason>``: the stable code when there is one."""
     exc = _leaf(exc)
     code, message = getattr(exc, "code", None), getattr(exc, "message", None)
+    if isinstance(exc, click.ClickException):  # its own code (CliError), or the kind's
+        if not isinstance(code, str):
+            code = "cli.usage" if isinstance(exc, click.UsageError) else "cli.failed"
+        return f"{code}: {_one_line(exc.format_message())}"
     if isinstance(code, str):
-        return f"{code}: {message if isinstance(message, str) else exc}"
+        return f"{code}: {_one_line(message if isinstance(message, str) else str(exc))}"
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
-        return f"{exc.strerror or exc}{where}"
-    return f"internal error: {type(exc).__name__}: {exc}"
+        return f"os.error: {_one_line(exc.strerror or str(exc))}{where}"
+    return f"internal.error: {type(exc).__name__}: {_one_line(str(exc))}"
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def run_command(body: Callable[[], object]) -> NoReturn:
+    """Run ``body`` (a click main in non-standalone mode) and exit: 0, or one line on
+    stderr and 1 (2 for a usage error)."""
     try:
-        status = cli.main(args=argv, prog_name="semper", standalone_mode=False)
+        status = body()
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        sys.exit(0)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
     except click.Abort:
-        click.echo("semper: aborted", err=True)
+        click.echo("semper: cli.aborted: aborted", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except SystemExit:
+        raise
     except BaseException as exc:
-        if isinstance(exc, SystemExit):
-            raise
         if os.environ.get("SEMPER_DEBUG"):
             raise
         click.echo(f"semper: {describe(exc)}", err=True)
-        sys.exit(1)
+        leaf = _leaf(exc)
+        sys.exit(2 if isinstance(leaf, click.UsageError) else 1)
     sys.exit(status if isinstance(status, int) else 0)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    cli.main(args=argv, prog_name="semper")

@@ -1,14 +1,76 @@
-"""Pieces several commands share: config and passphrase options."""
+"""Pieces several commands share: config and passphrase options, and the parameter
+types that check an input where it enters (agent ids, amounts), so that a refused
+input is one line with a stable code before anything is read or written."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, ClassVar
 
 import click
 
+from semper.services import Amount
+from semper.services.certificates import BadAgentId, check_agent_id
+from semper.services.money import BadAmount
+
 from .._config import AgentConfig
 
-__all__ = ["config_option", "load_config", "passphrase_option", "read_passphrase"]
+__all__ = ["AGENT_ID", "AMOUNT", "MAX_PASSPHRASE", "CliError", "CodedBadParameter",
+           "config_option", "load_config", "passphrase_option", "read_passphrase"]
+
+#: The longest passphrase the key encryption takes (OpenSSL's PEM limit).
+MAX_PASSPHRASE = 1023
+
+
+class CliError(click.ClickException):
+    """A command refused with a stable code: ``semper: <code>: <message>``, exit 1."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CodedBadParameter(click.BadParameter):
+    """A refused argument or option value with a stable code (a usage error, exit 2):
+    ``semper: <code>: Invalid value for 'HOLDER': ...``."""
+
+    def __init__(self, code: str, message: str, ctx: click.Context | None,
+                 param: click.Parameter | None) -> None:
+        super().__init__(message, ctx, param)
+        self.code = code
+
+
+class AgentIdType(click.ParamType):
+    """An agent id (docs/protocol.md section 2.1): ``agent.bad_id`` otherwise."""
+
+    name: ClassVar[str] = "agent id"  # type: ignore[misc]
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        try:
+            return check_agent_id(value)
+        except BadAgentId as exc:
+            raise CodedBadParameter(exc.code, exc.message, ctx, param) from None
+
+
+class AmountType(click.ParamType):
+    """``CCY:MINOR_UNITS`` as an Amount: ``money.bad_amount`` or
+    ``money.out_of_range`` otherwise."""
+
+    name: ClassVar[str] = "amount"  # type: ignore[misc]
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Amount:
+        if isinstance(value, Amount):
+            return value
+        try:
+            return Amount.parse(value)
+        except BadAmount as exc:
+            raise CodedBadParameter(exc.code, exc.message, ctx, param) from None
+
+
+AGENT_ID = AgentIdType()
+AMOUNT = AmountType()
 
 passphrase_option = click.option(
     "--passphrase-file",
@@ -24,14 +86,26 @@ config_option = click.option(
 
 
 def read_passphrase(path: Path | None) -> bytes | None:
+    """The first line of ``path`` (None for no path).
+
+    Raises:
+        CliError: ``agent.bad_passphrase``: unreadable, empty, or longer than the key
+            encryption takes (checked here, before any file is written with it).
+    """
     if path is None:
         return None
     try:
-        text = path.read_bytes().splitlines()
+        with path.open("rb") as f:
+            head = f.read(MAX_PASSPHRASE + 2)  # a passphrase file is read no further
     except OSError as exc:
-        raise click.ClickException(f"cannot read passphrase file {path}: {exc.strerror}") from None
+        raise CliError("agent.bad_passphrase",
+                       f"cannot read passphrase file {path}: {exc.strerror}") from None
+    text = head.splitlines()
     if not text or not text[0]:
-        raise click.ClickException(f"passphrase file {path} is empty")
+        raise CliError("agent.bad_passphrase", f"passphrase file {path} is empty")
+    if len(text[0]) > MAX_PASSPHRASE:
+        raise CliError("agent.bad_passphrase", f"the passphrase in {path} is longer than "
+                       f"{MAX_PASSPHRASE} bytes")
     return text[0]
 
 

@@ -26,7 +26,7 @@ from .. import _archive
 from .._config import AgentConfig
 from .._identity import utcnow
 from .._storage import Database
-from ._common import config_option, load_config, passphrase_option
+from ._common import CliError, config_option, load_config, passphrase_option
 
 
 @click.group("archive")
@@ -37,7 +37,7 @@ def command() -> None:
 def _open(config: AgentConfig) -> Database:
     path = config.data_dir / "agent.sqlite"
     if not path.exists():
-        raise click.ClickException(f"{config.id} has no archive yet ({path} does not exist)")
+        raise CliError("archive.empty", f"{config.id} has no archive yet ({path} does not exist)")
     return Database.open_sync(path, _archive.MIGRATIONS)
 
 

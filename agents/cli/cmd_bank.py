@@ -16,7 +16,7 @@ from semper.services import Amount
 from .. import _bank, _ledger
 from .._config import AgentConfig, ConfigError
 from .._storage import Database
-from ._common import config_option
+from ._common import AGENT_ID, AMOUNT, CodedBadParameter, config_option
 
 
 @click.group("bank")
@@ -33,13 +33,19 @@ def _open(config_path: Path) -> tuple[AgentConfig, Database]:
 
 @command.command("mint")
 @config_option
-@click.argument("holder")
-@click.argument("amount", metavar="CCY:MINOR_UNITS")
-def mint(config_path: Path, holder: str, amount: str) -> None:
-    """Create AMOUNT in HOLDER's account (opened if need be), recorded in the journal."""
-    value = Amount.parse(amount)
+@click.argument("holder", type=AGENT_ID)
+@click.argument("amount", metavar="AMOUNT", type=AMOUNT)
+@click.pass_context
+def mint(ctx: click.Context, config_path: Path, holder: str, amount: Amount) -> None:
+    """Create AMOUNT in HOLDER's account (opened if need be), recorded in the journal.
+
+    HOLDER is an agent id; AMOUNT is in minor units, e.g. EUR:2500 for EUR 25.00. The
+    mint is refused (money.out_of_range) if any balance would leave signed 64-bit.
+    """
+    value = amount
     if value.minor_units <= 0:
-        raise click.BadParameter("mint a positive amount", param_hint="AMOUNT")
+        raise CodedBadParameter("money.bad_amount", "mint a positive amount", ctx,
+                                next(p for p in mint.params if p.name == "amount"))
     _, database = _open(config_path)
     try:
         entry = database.transaction_sync(lambda c: _ledger.mint(
@@ -80,3 +86,23 @@ def accounts(config_path: Path, as_json: bool) -> None:
     for currency, units in sorted(minted.items()):
         click.echo(f"{currency}: {Amount(currency, units)} minted, all of it in customer "
                    "accounts; the books balance")
+
+
+@command.command("open")
+@config_option
+@click.argument("holder", type=AGENT_ID)
+@click.argument("currency", metavar="CCY")
+def open_account(config_path: Path, holder: str, currency: str) -> None:
+    """Open HOLDER's account in currency CCY (e.g. EUR), empty: what a newly enrolled
+    buyer or seller needs before it can pay or be paid. Opening it again changes
+    nothing."""
+    if not (len(currency) == 3 and currency.isascii() and currency.isupper()):
+        raise click.BadParameter("an ISO 4217 code such as EUR", param_hint="CCY")
+    _, database = _open(config_path)
+    try:
+        account = database.transaction_sync(
+            lambda c: _ledger.open_account(c, holder, currency))
+    finally:
+        database.close()
+    click.echo(f"{holder} has a {currency} account at this bank (balance "
+               f"{Amount(currency, account.balance)})")

@@ -15,7 +15,7 @@ from semper.services.money import Amount
 
 from .._market import revoke_agent
 from .._operator import certificate_status_in, invite_agent
-from ._common import passphrase_option, read_passphrase
+from ._common import AGENT_ID, AMOUNT, passphrase_option, read_passphrase
 
 _DURATION = re.compile(r"([0-9]+)([smhd])\Z")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -45,23 +45,23 @@ def _level(ctx: click.Context, param: click.Parameter, value: str) -> Level:
 
 @command.command("invite")
 @folder_argument
-@click.argument("agent_id")
+@click.argument("agent_id", type=AGENT_ID)
 @click.option("--role", required=True, help="The role the certificate will carry.")
 @click.option("--level", required=True, callback=_level,
               help="self-asserted, verified-contact, verified-identity or liable.")
-@click.option("--liable-amount", "liability", metavar="CCY:MINOR_UNITS",
+@click.option("--liable-amount", "liability", metavar="CCY:MINOR_UNITS", type=AMOUNT,
               help="With --level liable: how far the CA vouches, e.g. EUR:5000000 "
                    "(EUR 50,000.00).")
 @click.option("--expires-in", default="24h", show_default=True, callback=_duration,
               help="How long the token can be redeemed: 90s, 30m, 24h, 7d.")
-def invite(folder: Path, agent_id: str, role: str, level: Level, liability: str | None,
+def invite(folder: Path, agent_id: str, role: str, level: Level, liability: Amount | None,
            expires_in: dt.timedelta) -> None:
     """Create a one-time enrollment token for AGENT_ID; it is the last line printed.
 
     Give it to the new agent's operator, who runs
     `semper agent enroll --token TOKEN --data-dir D`.
     """
-    amount = Amount.parse(liability) if liability is not None else None
+    amount = liability
     try:
         invited = invite_agent(folder, agent_id, role=role, level=level, liability=amount,
                                expires_in=expires_in)
@@ -79,7 +79,7 @@ def invite(folder: Path, agent_id: str, role: str, level: Level, liability: str 
 
 @command.command("status")
 @folder_argument
-@click.argument("agent_id")
+@click.argument("agent_id", type=AGENT_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def status(folder: Path, agent_id: str, as_json: bool) -> None:
     """Print the status of AGENT_ID's certificate: good, revoked, expired or unknown."""
@@ -121,7 +121,7 @@ def _line(report: StatusReport) -> str:
 
 @command.command("revoke")
 @folder_argument
-@click.argument("agent_id")
+@click.argument("agent_id", type=AGENT_ID)
 @passphrase_option
 def revoke(folder: Path, agent_id: str, passphrase_file: Path | None) -> None:
     """Put AGENT_ID's certificate on the market's CRL; running agents refuse it within

@@ -24,7 +24,7 @@ from .. import _purchase
 from .._agent import Agent
 from .._config import ConfigError
 from .._purchase import Shopper
-from ._common import config_option, load_config, passphrase_option
+from ._common import AGENT_ID, config_option, load_config, passphrase_option
 
 __all__ = ["buy", "catalogue", "refund", "wallet"]
 
@@ -49,7 +49,7 @@ def _amount(wire: dict[str, Any]) -> str:
 
 @click.command("catalogue")
 @config_option
-@click.option("--seller", required=True, help="The seller's agent id.")
+@click.option("--seller", required=True, type=AGENT_ID, help="The seller's agent id.")
 @passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of offers.")
 def catalogue(config_path: Path, seller: str, passphrase_file: Path | None,
@@ -84,7 +84,7 @@ def catalogue(config_path: Path, seller: str, passphrase_file: Path | None,
 
 @click.command("buy")
 @config_option
-@click.option("--seller", required=True, help="The seller's agent id.")
+@click.option("--seller", required=True, type=AGENT_ID, help="The seller's agent id.")
 @click.option("--item", "sku", required=True, help="The SKU to buy.")
 @click.option("--pay", "module", required=True, type=click.Choice(["transfer", "cheque"]),
               help="How to pay.")

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .._agent import Agent
-from ._common import config_option, load_config, passphrase_option
+from ._common import AGENT_ID, config_option, load_config, passphrase_option
 
 log = logging.getLogger("semper.cli")
 
@@ -30,7 +30,7 @@ class PingMismatch(Exception):
 
 @click.command("ping")
 @config_option
-@click.argument("peer")
+@click.argument("peer", type=AGENT_ID)
 @passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def command(config_path: Path, peer: str, passphrase_file: Path | None, as_json: bool) -> None:

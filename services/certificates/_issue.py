@@ -11,13 +11,14 @@ import datetime as dt
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import ClassVar, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .._errors import ServiceError
 from ..money import Amount
 from ._oids import (
     LIABLE_QUALIFIER_PREFIX,
@@ -30,8 +31,12 @@ from ._oids import (
 __all__ = [
     "CLOCK_SKEW",
     "CRL_VALIDITY",
+    "NAME_PATTERN",
+    "BadAgentId",
+    "BadName",
     "CertificateAuthority",
     "Revocation",
+    "check_agent_id",
     "check_name",
     "create_ca",
     "crl_renewal_due",
@@ -51,20 +56,54 @@ CLOCK_SKEW: Final = dt.timedelta(minutes=5)
 CRL_VALIDITY: Final = dt.timedelta(days=30)
 
 
-_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}\Z")
+#: The grammar of agent ids and role names (docs/protocol.md section 2.1). Defined here
+#: once: certificates, configs, wire bodies and the command line all check with it.
+NAME_PATTERN: Final = r"[a-z0-9][a-z0-9._-]{0,62}"
+_NAME = re.compile(NAME_PATTERN + r"\Z")  # \Z, not $: "buyer\n" is not an id
+
+
+class BadName(ServiceError, ValueError):
+    """A name (role, module, service) that is not of the grammar of section 2.1.
+
+    A ValueError too, so callers that turn a bad name into their own code keep doing so.
+    """
+
+    code: ClassVar[str] = "name.malformed"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BadAgentId(BadName):
+    """An agent id that is not of the grammar (a look-alike, a path, upper case...)."""
+
+    code: ClassVar[str] = "agent.bad_id"
+
+
+def _describe(kind: str, value: object) -> str:
+    return (f"{kind} must be 1-63 characters of a-z, 0-9, '.', '_', '-' "
+            f"starting with a letter or digit, got {value!r:.80}")
 
 
 def check_name(kind: str, value: str) -> str:
     """Agent ids and roles are short lowercase tokens, safe in URIs and file names.
 
     Raises:
-        ValueError: ``value`` is not such a token.
+        BadName: ``value`` is not such a token (a ValueError).
     """
     if not isinstance(value, str) or not _NAME.match(value):
-        raise ValueError(
-            f"{kind} must be 1-63 characters of a-z, 0-9, '.', '_', '-' "
-            f"starting with a letter or digit, got {value!r}"
-        )
+        raise BadName(_describe(kind, value), detail={"kind": kind})
+    return value
+
+
+def check_agent_id(value: object, kind: str = "agent id") -> str:
+    """``value`` if it is a well-formed agent id; ``kind`` names it in the message.
+
+    Raises:
+        BadAgentId: it is not (a ValueError).
+    """
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise BadAgentId(_describe(kind, value), detail={"kind": kind})
     return value
 
 
@@ -160,7 +199,7 @@ def issue_agent_certificate(
     Raises:
         ValueError: a bad id or role, or a liability amount that does not fit the level.
     """
-    check_name("agent id", agent_id)
+    check_agent_id(agent_id)
     check_name("role", role)
     if not isinstance(public_key, ed25519.Ed25519PublicKey):
         raise TypeError("agent keys are Ed25519")

@@ -40,6 +40,7 @@ from ._errors import (
     WrongRole,
 )
 from ._issue import CLOCK_SKEW
+from ._issue import BadAgentId, BadName, check_agent_id, check_name
 from ._oids import (
     LIABLE_QUALIFIER_PREFIX,
     ROLE_POLICY,
@@ -235,6 +236,10 @@ def identity_of(cert: x509.Certificate) -> AgentIdentity:
     if len(cns) != 1 or not isinstance(cns[0].value, str):
         raise BadCertificate("certificate subject needs exactly one common name")
     agent_id = cns[0].value
+    try:
+        check_agent_id(agent_id, "the certificate's CN")
+    except BadAgentId as exc:
+        raise BadCertificate(exc.message) from None
     san = _ext(cert, x509.SubjectAlternativeName)
     uris = san.get_values_for_type(x509.UniformResourceIdentifier) if isinstance(
         san, x509.SubjectAlternativeName
@@ -269,6 +274,10 @@ def _read_policies(cert: x509.Certificate) -> tuple[str, Level, Amount | None]:
             levels.append((level, qualifiers))
     if len(roles) != 1 or len(levels) != 1:
         raise BadCertificate("certificate needs exactly one semper role and one level")
+    try:
+        check_name("the certificate's role", roles[0])
+    except BadName as exc:
+        raise BadCertificate(exc.message) from None
     level, qualifiers = levels[0]
     liability = None
     if level is Level.LIABLE:
@@ -283,7 +292,8 @@ def _read_liability(qualifiers: list[str]) -> Amount:
         raise BadCertificate("level 'liable' needs exactly one liability amount")
     currency, _, units = found[0].partition("/")
     try:
-        if not units.isdigit():
+        # ASCII digits, bounded: str.isdigit() admits "²", which int() then refuses.
+        if not (units.isascii() and units.isdigit() and len(units) <= 19):
             raise BadAmount(units)
         return Amount(currency, int(units))
     except BadAmount as exc:
