@@ -55,7 +55,6 @@ CLOCK_SKEW: Final = dt.timedelta(minutes=5)
 #: the next one when less than half of it is left (``crl_renewal_due``).
 CRL_VALIDITY: Final = dt.timedelta(days=30)
 
-
 #: The grammar of agent ids and role names (docs/protocol.md section 2.1). Defined here
 #: once: certificates, configs, wire bodies and the command line all check with it.
 NAME_PATTERN: Final = r"[a-z0-9][a-z0-9._-]{0,62}"

@@ -39,8 +39,7 @@ from ._errors import (
     WrongPeer,
     WrongRole,
 )
-from ._issue import CLOCK_SKEW
-from ._issue import BadAgentId, BadName, check_agent_id, check_name
+from ._issue import CLOCK_SKEW, BadAgentId, BadName, check_agent_id, check_name
 from ._oids import (
     LIABLE_QUALIFIER_PREFIX,
     ROLE_POLICY,
