@@ -36,7 +36,7 @@ from semper.transport import (
 
 from . import _archive
 from ._archive import Archive
-from ._config import AgentConfig
+from ._config import AgentConfig, ConfigError, parse_address
 from ._directory import PEER_MIGRATIONS, PeerBook
 from ._events import EventLog
 from ._evidence import EvidenceService
@@ -70,6 +70,8 @@ class Agent:
         self._crl_pem = self.credentials.crl_pem
         self._crl_file_pem = self.credentials.crl_pem  # the CRL file as last read
         self._crl_fetch_failures = 0
+        self._crl_refresh = trio.Lock()  # one refresh of a stale CRL at a time
+        self._crl_cache = trio.Lock()  # one write of data_dir/crl.pem at a time
         self.verify_peer = CurrentVerifier(peer_verifier(self.credentials.root,
                                                          lambda: self._crl))
         self._tls_crl_pending: bytes | None = None  # a CRL the TLS contexts still lack
@@ -202,7 +204,6 @@ class Agent:
         try:
             async with self._storage(), trio.open_nursery() as nursery:
                 self._nursery = nursery
-                await self.refresh_stale_crl()  # no watcher runs here to do it
                 try:
                     yield self
                 finally:
@@ -270,6 +271,7 @@ class Agent:
     @asynccontextmanager
     async def connect(self, peer_id: str) -> AsyncIterator[Channel]:
         """A channel to ``peer_id`` for the ``async with`` body only (one-off use)."""
+        await self.refresh_stale_crl()  # else OpenSSL refuses every peer
         host, port = await self.peer_address(peer_id)
         log.debug("connecting to %s at %s:%d", peer_id, host, port)
         try:
@@ -348,15 +350,20 @@ class Agent:
             await trio.sleep(self.config.timeouts.crl_refresh)
 
     async def refresh_stale_crl(self) -> None:
-        """If our CRL is stale, get a fresh one now (the CRL file, else the CA agent):
-        for a command that runs no watcher (``semper buy`` weeks after the agent last
-        ran). A failure is logged; peers then refuse with ``auth.crl_stale``."""
+        """If our CRL is stale, get a fresh one now (the CRL file, else the CA agent),
+        before dialing a peer: commands run no watcher (``semper buy``, ``ping``,
+        ``call`` weeks after the agent last ran), and a running agent need not wait
+        for its next refresh. A failure is logged; the dial then fails in TLS."""
         if not crl_is_stale(self._crl):
             return
-        await self.reread_crl_file()
-        ca = self.config.ca_agent
-        if crl_is_stale(self._crl) and ca is not None and ca != self.id:
-            await self._fetch_crl(ca)
+        async with self._crl_refresh:
+            if not crl_is_stale(self._crl):  # another caller just refreshed it
+                return
+            await self.reread_crl_file()
+            ca = self.config.ca_agent
+            if crl_is_stale(self._crl) and ca is not None and ca != self.id:
+                # Never through Agent.channel: its dial would wait for this lock.
+                await self._fetch_crl(ca, stale=True)
 
     async def reread_crl_file(self) -> None:
         """Apply the CRL file (``config.crl``) if it changed since it was last read."""
@@ -370,12 +377,16 @@ class Agent:
             if pem != self._crl_pem:
                 self.apply_crl(pem)
 
-    async def _fetch_crl(self, ca: str) -> None:
+    async def _fetch_crl(self, ca: str, *, stale: bool | None = None) -> None:
         """Ask the CA agent for a CRL newer than ours (``certificates.crl``); apply it
-        and cache it as ``data_dir/crl.pem``. An unreachable CA is logged once."""
+        and cache it as ``data_dir/crl.pem``. An unreachable CA is logged once.
+
+        ``stale`` (default: whether our CRL is) fetches over the one-off channel that
+        needs no current CRL, instead of the cached channel.
+        """
         try:
             query = {"known": _crl_number(self._crl)}
-            if crl_is_stale(self._crl):
+            if crl_is_stale(self._crl) if stale is None else stale:
                 answer = await self._fetch_crl_while_stale(ca, query)
             else:
                 channel = await self.channel(ca)
@@ -392,8 +403,12 @@ class Agent:
         if self._crl_fetch_failures:
             log.info("fetching the CRL from %s again", ca)
             self._crl_fetch_failures = 0
-        if pem is not None and self.apply_crl(pem):
-            await trio.to_thread.run_sync(write_file, self.config.data_dir / "crl.pem", pem)
+        if pem is None:
+            return
+        async with self._crl_cache:  # two fetches (watcher, a dial) must not race here
+            if pem != self._crl_pem and self.apply_crl(pem):  # not twice the same
+                await trio.to_thread.run_sync(write_file, self.config.data_dir / "crl.pem",
+                                              pem)
 
     async def _fetch_crl_while_stale(self, ca: str, query: dict[str, int]) -> Any:
         """``certificates.crl`` from the CA agent while our CRL is stale.
@@ -405,7 +420,14 @@ class Agent:
         revoked). It serves nothing and carries one request, whose answer needs no
         trust in the channel: ``apply_crl`` checks the root's signature.
         """
-        host, port = await self.peer_address(ca)
+        # Not through the directory: that is the CA agent, which we cannot reach yet.
+        if ca in self.config.peers:
+            host, port = self.config.peer_address(ca)
+        elif (card := self.peers.learned(ca)) is not None:
+            host, port = parse_address(card.addresses[0], what=f"the card of {ca}")
+        else:
+            raise ConfigError(f"our CRL is stale and the CA agent {ca!r} is not in [peers]: "
+                              "give its address there to fetch a fresh CRL")
         context = replace(self.tls.config, crl_pem=None).client_context()
         nothing = ServiceRegistry()
         hello = make_hello(self.id, self.config.role, nothing, self.channel_config)

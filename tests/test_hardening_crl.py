@@ -323,6 +323,27 @@ async def test_a_command_acting_as_a_stale_agent_fetches_a_crl_first(tmp_path: P
             await wait_until(lambda: _fresh(bank) and _fresh(seller), "bank, seller fresh")
             assert not _fresh(buyer)
             async with buyer.session():
-                assert _fresh(buyer)
                 done = await Shopper(buyer).buy("seller", "song-003", "transfer", "k")
                 assert done.state == "done"
+                assert _fresh(buyer)
+
+
+async def test_a_one_off_dial_by_a_stale_agent_fetches_a_crl_first(tmp_path: Path) -> None:
+    """``semper ping``/``call``/``archive check --config`` dial with Agent.connect and
+    no watcher; with the CA agent down the dial fails with a coded TLS error."""
+    market = tmp_path / "m"
+    init_market(market, now=_now() - 31 * DAY)
+    ca, bank = Agent(config_of(market, "ca")), Agent(_private_crl(market, "bank"))
+    lost = Agent(_private_crl(market, "seller"))
+    buyer = Agent(_private_crl(market, "buyer"))
+    with trio.fail_after(DEADLINE):
+        async with running(ca), running(bank):
+            await wait_until(lambda: _fresh(bank), "the bank fetched a fresh CRL")
+            async with buyer.connect("bank") as channel:
+                assert (await channel.request("sys", "ping", None))["agent"] == "bank"
+            assert _fresh(buyer)
+        async with running(bank):  # the CA agent is down now
+            with pytest.raises(HandshakeFailed):
+                async with lost.connect("bank") as channel:
+                    await channel.request("sys", "ping", None)
+            assert not _fresh(lost)
