@@ -396,3 +396,20 @@ def test_the_refund_window_is_the_one_signed() -> None:
         with pytest.raises(BadBody) as bad_info:
             Offer.from_body({**offer.to_body(), "refund_days": bad})
         assert bad_info.value.detail["field"] == "refund_days"
+
+
+async def test_a_transfer_for_an_item_withdrawn_since_the_order_is_returned(
+        m: Market) -> None:
+    """Another member: the seller cannot deliver what it took the money for (the item
+    left its catalogue after the order), so it must not keep the money."""
+    order = await m.place(await m.offer(), key="withdrawn")
+    m["seller"].role.items.pop(GUIDE)  # type: ignore[attr-defined]
+    before = await m.balances()
+    proof = await m["buyer"].request("bank", "bank", "transfer", m.transfer_order(
+        "buyer", "seller", 1250, key="withdrawn", reference=order.digest))
+    refusal = await m.refused("buyer", "seller", "payment", "accept", {
+        "module": "transfer", "reference": order.digest, "proof": proof})
+    assert refusal.code == "commerce.unknown_offer"
+    await returned_to(m, refusal, 1250)
+    assert await m.balances() == before
+    await money_reaching_the_seller_is_used_or_returned(m)

@@ -55,6 +55,7 @@ from semper.services.commerce import (
     RefundRequested,
     Sale,
     SaleState,
+    UnknownOffer,
     UnknownOrder,
     UnsupportedPayment,
     check_refund_window,
@@ -231,6 +232,9 @@ class Seller(Role):
             raise UnsupportedPayment(
                 f"the order is to be paid by {terms.payment_module}, not {request.module}",
                 detail={"expected": terms.payment_module, "module": request.module})
+        sku = terms.offer_terms().sku
+        if sku not in self.items:  # withdrawn since the order: nothing to deliver
+            raise UnknownOffer(f"{sku!r} is no longer sold here", detail={"sku": sku})
         ctx = AgentPaymentContext(self.agent, request.reference.hex(), buyer)
         result = await self.payments.accept(
             ctx, request, invoice=Invoice(amount=terms.amount, reference=request.reference,
