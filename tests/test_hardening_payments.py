@@ -413,3 +413,38 @@ async def test_a_transfer_for_an_item_withdrawn_since_the_order_is_returned(
     await returned_to(m, refusal, 1250)
     assert await m.balances() == before
     await money_reaching_the_seller_is_used_or_returned(m)
+
+
+async def test_a_return_the_bank_did_not_apply_is_retried_and_never_used(
+        m: Market, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bank cannot be reached when the seller gives a transfer back: the seller
+    keeps it due, never lets it settle the sale, and gives it back later by itself."""
+    import semper.agents.roles.seller as seller_module
+
+    order = await m.place(await m.offer(), key="later", module="cheque")
+    before = await m.balances()
+    real = seller_module.refund_payment
+    calls: list[int] = []
+
+    async def bank_down_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RemoteError("transport.connect_failed", "the bank is down")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(seller_module, "refund_payment", bank_down_once)
+    proof = await m["buyer"].request("bank", "bank", "transfer", m.transfer_order(
+        "buyer", "seller", 1250, key="later", reference=order.digest))
+    refusal = await m.refused("buyer", "seller", "payment", "accept", {
+        "module": "transfer", "reference": order.digest, "proof": proof})
+    assert refusal.code == "commerce.unsupported_payment" and "returned" not in refusal.detail
+    assert (await m.balances())["seller"] == before["seller"] + 1250
+    seller = m["seller"].role
+    assert await seller.retry_returns() == 0  # type: ignore[attr-defined]
+    assert await m.balances() == before
+    await money_reaching_the_seller_is_used_or_returned(m)
+    again = await m.refused("buyer", "seller", "payment", "accept", {
+        "module": "transfer", "reference": order.digest, "proof": proof})
+    assert again.code == refusal.code
+    await returned_to(m, again, 1250)
+    assert await m.balances() == before

@@ -67,6 +67,7 @@ from semper.services.payment import (
     ChequeProof,
     Invoice,
     PaymentResult,
+    TransferConfirmation,
     TransferProof,
     amount_from_wire,
     our_bank,
@@ -102,8 +103,14 @@ MIGRATIONS = {
         " currency TEXT NOT NULL, amount INTEGER NOT NULL, code TEXT NOT NULL,"
         " refusal BLOB NOT NULL, state TEXT NOT NULL, refund BLOB, result BLOB,"
         " updated_ms INTEGER NOT NULL) STRICT",
+        # 3: the proof handed over (TransferProof wire), so that a return the bank did
+        # not apply at once is retried by the seller itself.
+        "ALTER TABLE commerce_returns ADD COLUMN proof BLOB",
     ],
 }
+
+#: How often a running seller retries the returns its bank did not apply yet.
+RETURN_RETRY_S = 60.0
 
 _DAY_MS = 86_400_000
 
@@ -249,14 +256,22 @@ class Seller(Role):
     # -- payments not used: given back ----------------------------------------------
 
     async def _returned_before(self, transfer: TransferProof) -> None:
-        """A transfer given back once is never used: its first refusal again."""
+        """A transfer refused once is never used (it is given back, or being given
+        back: try again now): its first refusal again."""
         digest = transfer.confirmation.digest
-        row = await self.agent.database.read(lambda c: c.execute(
-            "SELECT refusal FROM commerce_returns WHERE settlement = ? AND state = 'returned'",
-            (digest,)).fetchone())
-        if row is not None:
-            refusal = canonical_decode(row[0])
-            raise _refusal(refusal["code"], refusal["message"], refusal["detail"])
+
+        def refusal_of(c: sqlite3.Connection) -> Any:
+            return c.execute("SELECT refusal, state FROM commerce_returns"
+                             " WHERE settlement = ?", (digest,)).fetchone()
+
+        row = await self.agent.database.read(refusal_of)
+        if row is None:
+            return
+        if row[1] != "returned":
+            await self._return(digest)
+            row = await self.agent.database.read(refusal_of)
+        refusal = canonical_decode(row[0])
+        raise _refusal(refusal["code"], refusal["message"], refusal["detail"])
 
     async def _give_back(self, transfer: TransferProof, request: AcceptRequest, buyer: str,
                          refusal: ServiceError) -> None:
@@ -275,39 +290,79 @@ class Seller(Role):
         except ServiceError:
             return
         digest = transfer.confirmation.digest
+        why = canonical_encode({"code": refusal.code, "message": refusal.message[:512],
+                                "detail": refusal.detail})
+
+        def note(c: sqlite3.Connection) -> None:
+            c.execute("INSERT OR IGNORE INTO commerce_returns (settlement, order_digest, buyer,"
+                      " currency, amount, code, refusal, state, updated_ms, proof)"
+                      " VALUES (?, ?, ?, ?, ?, ?, ?, 'returning', ?, ?)",
+                      (digest, request.reference, buyer, body.amount.currency,
+                       body.amount.minor_units, refusal.code, why, _now_ms(),
+                       canonical_encode(transfer.to_wire())))
+
+        await self.agent.database.transaction(note)
+        returned = await self._return(digest)
+        if returned is not None:
+            refusal.detail["returned"] = returned
+
+    async def _return(self, digest: bytes) -> dict[str, Any] | None:
+        """Refund the recorded transfer ``digest`` (idempotent at the bank: one key per
+        transfer, the reason of its first refusal) and mark it returned. Returns the
+        ``returned`` detail, or None when the bank did not apply it (kept as
+        'returning': retried by ``retry_returns`` and when handed over again)."""
+        row = await self.agent.database.read(lambda c: c.execute(
+            "SELECT order_digest, buyer, code, refusal, proof FROM commerce_returns"
+            " WHERE settlement = ?", (digest,)).fetchone())
+        order, buyer, code, refusal, proof = row
+        if proof is None:  # pragma: no cover - recorded before proofs were kept
+            return None
+        transfer = TransferProof.from_wire(canonical_decode(proof))
+        body = TransferConfirmation.from_statement(transfer.confirmation)
         paid = PaymentResult(module="transfer", payer=buyer, payee=self.agent.id,
                              amount=body.amount, reference=body.reference,
                              settlement=transfer.confirmation,
                              bank_certificate=transfer.bank_certificate)
-        why = canonical_encode({"code": refusal.code, "message": refusal.message[:512],
-                                "detail": refusal.detail})
-
-        def note(c: sqlite3.Connection) -> str:
-            c.execute("INSERT OR IGNORE INTO commerce_returns (settlement, order_digest, buyer,"
-                      " currency, amount, code, refusal, state, updated_ms)"
-                      " VALUES (?, ?, ?, ?, ?, ?, ?, 'returning', ?)",
-                      (digest, request.reference, buyer, body.amount.currency,
-                       body.amount.minor_units, refusal.code, why, _now_ms()))
-            return str(c.execute("SELECT code FROM commerce_returns WHERE settlement = ?",
-                                 (digest,)).fetchone()[0])
-
-        code = await self.agent.database.transaction(note)
+        ctx = AgentPaymentContext(self.agent, order.hex(), buyer)
         try:
             result = await refund_payment(ctx, paid, body.amount, f"returned: {code}",
                                           "return-" + digest.hex())
-        except Exception as exc:  # kept as 'returning': handing it over again retries
-            log.warning("could not give back transfer %s of %s: %s", digest.hex()[:16],
+        except Exception as exc:  # the bank down or refusing: kept for a retry
+            log.warning("could not give back transfer %s of %s yet: %s", digest.hex()[:16],
                         buyer, exc)
-            return
-        refusal.detail["returned"] = {"refund": result.confirmation.digest,
-                                      "amount": body.amount.to_wire()}
-        why = canonical_encode({"code": refusal.code, "message": refusal.message[:512],
-                                "detail": refusal.detail})
+            return None
+        returned = {"refund": result.confirmation.digest, "amount": body.amount.to_wire()}
+        first = canonical_decode(refusal)
+        why = canonical_encode({**first, "detail": {**first["detail"], "returned": returned}})
         await self.agent.database.transaction(lambda c: c.execute(
             "UPDATE commerce_returns SET state = 'returned', refund = ?, result = ?,"
             " refusal = ?, updated_ms = ? WHERE settlement = ?",
             (result.confirmation.digest, canonical_encode(result.to_wire()), why, _now_ms(),
              digest)))
+        return returned
+
+    async def retry_returns(self) -> int:
+        """Try again every return the bank has not applied; how many are still due."""
+        due = await self.agent.database.read(lambda c: [r[0] for r in c.execute(
+            "SELECT settlement FROM commerce_returns WHERE state = 'returning'"
+            " AND proof IS NOT NULL ORDER BY updated_ms LIMIT 1000")])
+        left = 0
+        for digest in due:
+            lock_key = await self.agent.database.read(lambda c, d=digest: c.execute(
+                "SELECT order_digest FROM commerce_returns WHERE settlement = ?",
+                (d,)).fetchone()[0])
+            async with self._lock(lock_key):
+                if await self._return(digest) is None:
+                    left += 1
+        return left
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Retry, now and then, the returns the bank did not apply at once."""
+        task_status.started()
+        while True:
+            await trio.sleep(RETURN_RETRY_S)
+            await self.retry_returns()
 
     async def _fulfil(self, sale: Sale, decisions: list[Any], buyer: Any, order: bytes
                       ) -> None:
