@@ -411,7 +411,7 @@ def test_revocation_reaches_running_agents(plain_market: Market, tmp_path: Path)
         revoked_at = time.monotonic()
         done = semper("ca", "revoke", market.root, "buyer")
         assert done.returncode == 0, done.stderr
-        assert done.stdout.startswith("revoked buyer: CRL number 2 with 1 entries")
+        assert done.stdout.startswith("revoked buyer: CRL number 2 with 1 entry ")
 
         # Poll with fresh ping processes until the running seller refuses buyer.
         deadline = revoked_at + REVOCATION_BOUND

@@ -21,6 +21,7 @@ bank's books directly (``bank_balances``) except where the wallet is what is tes
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -105,6 +106,15 @@ def bank_balances(market: Market) -> dict[str, int]:
         return {holder: _ledger.balance(c, holder, "EUR").minor_units
                 for holder in ("buyer", "seller")}
     return with_bank_books(market, read)  # type: ignore[no-any-return]
+
+
+def assert_buy_failure(done: subprocess.CompletedProcess[str], code: str) -> str:
+    """A failed `buy` without --idempotency-key says the key it made first (one line,
+    before any network step, so the purchase can be resumed), then fails in one line."""
+    first, _, rest = done.stderr.partition("\n")
+    if first.startswith("idempotency key: buy-"):
+        done = subprocess.CompletedProcess(done.args, done.returncode, done.stdout, rest)
+    return assert_one_line_failure(done, code)
 
 
 def fresh_key(name: str) -> str:
@@ -269,7 +279,7 @@ def test_buy_user_errors_are_one_line(case: str, code: str, market: Market, tmp_
         config = market.config("seller")
     done = semper("buy", "--config", config, "--seller", seller, "--item", item,
                   "--pay", "transfer")
-    line = assert_one_line_failure(done, code)
+    line = assert_buy_failure(done, code)
     assert {"unknown_item": item, "unknown_seller": seller, "missing_config": str(config),
             "not_a_buyer": "config of a seller"}[case] in line
     assert bank_balances(market) == before
@@ -282,7 +292,7 @@ def test_buy_from_a_seller_that_is_not_running(market: Market, tmp_path: Path,
         before = bank_balances(market)
         done = semper("buy", "--config", buyer(market), "--seller", "seller", "--item",
                       "guide-001", "--pay", "transfer", "--json")
-        line = assert_one_line_failure(done, "transport.connect_failed")
+        line = assert_buy_failure(done, "transport.connect_failed")
         assert "seller" in line
         assert bank_balances(market) == before
     finally:
@@ -306,7 +316,7 @@ def test_insufficient_funds(pay: str, market: Market, agents: dict[str, AgentPro
         assert before["buyer"] == 100
         done = semper("buy", "--config", buyer(market), "--seller", "seller", "--item",
                       "guide-001", "--pay", pay, "--json")
-        assert_one_line_failure(done, "payment.insufficient_funds")
+        assert_buy_failure(done, "payment.insufficient_funds")
         assert bank_balances(market) == before
     finally:
         with_bank_books(market, lambda c: _ledger.move(

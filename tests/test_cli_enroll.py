@@ -217,9 +217,8 @@ def _public(csr_der: bytes) -> bytes:
 
 
 def test_status_of_unknown_and_original_agents(market: Market) -> None:
-    unknown = semper("ca", "status", market.root, "nobody")
-    assert (unknown.returncode, unknown.stdout) == (
-        0, "nobody: unknown (the CA has issued it no certificate)\n")
+    unknown = semper("ca", "status", market.root, "nobody")  # never issued: an error
+    assert_one_line_failure(unknown, "agent.unknown_agent")
     good = json.loads(semper("ca", "status", market.root, "seller", "--json").stdout)
     assert good["status"] == "good" and good["not_after"].endswith("Z")
     assert good["crl_number"] >= 1

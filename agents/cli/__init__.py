@@ -57,7 +57,7 @@ for module in (cmd_market, cmd_agent, cmd_ping, cmd_call, cmd_ca, cmd_bank, cmd_
                cmd_demo):
     cli.add_command(module.command)
 for command in (cmd_commerce.catalogue, cmd_commerce.buy, cmd_commerce.refund,
-                cmd_commerce.wallet):
+                cmd_commerce.wallet, cmd_commerce.goods):
     cli.add_command(command)
 
 

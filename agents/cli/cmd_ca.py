@@ -1,10 +1,11 @@
-"""``semper ca invite|status|revoke DIR ...``: the market operator's commands."""
+"""``semper ca invite|issue|status|revoke DIR ...``: the market operator's commands."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import re
+import shutil
 from pathlib import Path
 
 import click
@@ -13,9 +14,46 @@ from cryptography import x509
 from semper.services.certificates import CertStatus, Level, StatusReport
 from semper.services.money import Amount
 
-from .._market import revoke_agent
+from .._castore import open_ca_database, record_issued
+from .._config import AgentConfig, ConfigError, parse_address
+from .._identity import utcnow
+from .._market import (
+    MarketError,
+    MarketPaths,
+    _write_agent,
+    ca_config,
+    free_ports,
+    load_authority,
+    revoke_agent,
+)
 from .._operator import certificate_status_in, invite_agent
+from .._roles import RoleNotFound, available_roles
 from ._common import AGENT_ID, AMOUNT, passphrase_option, read_passphrase
+from ._text import counted
+
+
+class UnknownAgent(Exception):
+    """``ca status`` of an id the CA never issued a certificate to."""
+
+    code = "agent.unknown_agent"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def check_role_installed(role: str) -> None:
+    """A certificate for a role no installed package provides makes an agent that
+    cannot start here: refuse it before anything is written.
+
+    Raises:
+        RoleNotFound: listing the installed roles (``semper.roles`` entry points).
+    """
+    installed = available_roles()
+    if role not in installed:
+        raise RoleNotFound(f"no installed package provides the role {role!r} (installed "
+                           f"roles: {', '.join(installed) or 'none'}); pip install the "
+                           "package that registers it under semper.roles first")
 
 _DURATION = re.compile(r"([0-9]+)([smhd])\Z")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -61,6 +99,7 @@ def invite(folder: Path, agent_id: str, role: str, level: Level, liability: Amou
     Give it to the new agent's operator, who runs
     `semper agent enroll --token TOKEN --data-dir D`.
     """
+    check_role_installed(role)
     amount = liability
     try:
         invited = invite_agent(folder, agent_id, role=role, level=level, liability=amount,
@@ -77,16 +116,107 @@ def invite(folder: Path, agent_id: str, role: str, level: Level, liability: Amou
     click.echo(token.encode())
 
 
+@command.command("issue")
+@folder_argument
+@click.argument("agent_id", type=AGENT_ID)
+@click.option("--role", required=True, help="The role the certificate will carry (installed).")
+@click.option("--level", required=True, callback=_level,
+              help="self-asserted, verified-contact or verified-identity.")
+@click.option("--listen", metavar="HOST:PORT",
+              help="Where the agent will accept channels (default: a free 127.0.0.1 port).")
+@passphrase_option
+def issue(folder: Path, agent_id: str, role: str, level: Level, listen: str | None,
+          passphrase_file: Path | None) -> None:
+    """Issue AGENT_ID a certificate offline and write a ready folder DIR/AGENT_ID.
+
+    As `market init` does for its agents: no running CA and no token, so a role
+    just written can be tried at once. Needs the root key (--passphrase-file if
+    the market's keys are encrypted; the new key is encrypted under it too).
+    """
+    if listen is not None:
+        try:
+            parse_address(listen, what="--listen")
+        except ConfigError as exc:
+            raise click.BadParameter(exc.message, param_hint="--listen") from None
+    if level is Level.LIABLE:
+        raise click.UsageError("ca issue makes no liable certificates: use "
+                               "`semper ca invite --level liable --liable-amount ...`")
+    check_role_installed(role)
+    config = ca_config(folder)
+    home = issue_agent_folder(folder, config, agent_id, role=role, level=level, listen=listen,
+                              passphrase=read_passphrase(passphrase_file))
+    click.echo(f"issued {agent_id} a certificate as {role} at level {level.label}; its "
+               f"folder is {home}")
+    click.echo(f"start it:  semper agent run {home / 'agent.toml'}")
+
+
+def issue_agent_folder(folder: Path, config: AgentConfig, agent_id: str, *, role: str,
+                       level: Level, listen: str | None, passphrase: bytes | None) -> Path:
+    """``market init``'s own steps for one more agent: key, certificate, agent.toml
+    (peers: the CA agent and those it knows), recorded in the CA's database.
+
+    Raises:
+        MarketError: the id holds a good certificate, or DIR/<id> is not empty.
+    Nothing is left behind when it fails.
+    """
+    assert config.ca is not None  # ca_config checked it
+    now = utcnow()
+    current = certificate_status_in(folder, agent_id, now=now)
+    if current.status is CertStatus.GOOD:
+        raise MarketError(f"{agent_id} already holds a good certificate (serial "
+                          f"{current.serial:x}); revoke it first (semper ca revoke {folder} "
+                          f"{agent_id})")
+    paths = MarketPaths(folder)
+    home = paths.agent_dir(agent_id)
+    if home.exists() and (not home.is_dir() or any(home.iterdir())):
+        raise MarketError(f"{home} exists and is not empty")
+    ca = load_authority(paths.root_cert, config.ca.root_key, passphrase)
+    addresses = {config.id: config.listen, **config.peers,
+                 agent_id: listen or f"127.0.0.1:{free_ports(1)[0]}"}
+    try:
+        _, certificate = _write_agent(paths, ca, agent_id, role, level, addresses, passphrase,
+                                      now, ca_agent=config.id, settings=None,
+                                      bank=_bank_of(paths, config))
+        database = open_ca_database(config.data_dir)
+        try:
+            database.transaction_sync(lambda c: record_issued(c, certificate, via="ca-issue",
+                                                              now=now))
+        finally:
+            database.close()
+    except BaseException:
+        shutil.rmtree(home, ignore_errors=True)
+        raise
+    return home
+
+
+def _bank_of(paths: MarketPaths, config: AgentConfig) -> str | None:
+    """The market's bank, as `market init` wires it: the first peer whose folder
+    holds a bank's agent.toml."""
+    for peer in sorted(config.peers):
+        try:
+            if AgentConfig.load(paths.agent_dir(peer) / "agent.toml").role == "bank":
+                return peer
+        except ConfigError:
+            continue
+    return None
+
+
 @command.command("status")
 @folder_argument
 @click.argument("agent_id", type=AGENT_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def status(folder: Path, agent_id: str, as_json: bool) -> None:
-    """Print the status of AGENT_ID's certificate: good, revoked, expired or unknown."""
+    """Print the status of AGENT_ID's certificate: good, revoked or expired.
+
+    An id the CA never issued a certificate to is an error (agent.unknown_agent,
+    exit 1).
+    """
     try:
         report = certificate_status_in(folder, agent_id)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if report.status is CertStatus.UNKNOWN:
+        raise UnknownAgent(f"{agent_id}: the CA has issued it no certificate")
     if as_json:
         click.echo(json.dumps(_json(report)))
     else:
@@ -128,8 +258,9 @@ def revoke(folder: Path, agent_id: str, passphrase_file: Path | None) -> None:
     their CRL refresh interval (2 s by default)."""
     crl = revoke_agent(folder, agent_id, passphrase=read_passphrase(passphrase_file))
     number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-    click.echo(f"revoked {agent_id}: CRL number {number} with {len(list(crl))} entries "
-               f"published to {folder / 'ca' / 'crl.pem'}")
+    click.echo(f"revoked {agent_id}: CRL number {number} with "
+               f"{counted(len(list(crl)), 'entry', 'entries')} published to "
+               f"{folder / 'ca' / 'crl.pem'}")
 
 
 @command.command("crl")

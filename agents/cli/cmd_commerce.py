@@ -1,4 +1,5 @@
-"""``semper catalogue``, ``semper buy``, ``semper refund``, ``semper wallet``.
+"""``semper catalogue``, ``semper buy``, ``semper refund``, ``semper wallet``,
+``semper goods``.
 
 Each runs the agent of ``--config`` for the length of the command (its database and
 archive, channels out, no listener), so it works whether or not that agent's own
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,59 @@ from semper.services.statements import canonical_decode
 from .. import _purchase
 from .._agent import Agent
 from .._config import ConfigError
+from .._market import write_file
 from .._purchase import Shopper
 from ._common import AGENT_ID, config_option, load_config, passphrase_option
+from ._text import counted
 
-__all__ = ["buy", "catalogue", "refund", "wallet"]
+__all__ = ["buy", "catalogue", "goods", "refund", "wallet"]
+
+
+class UnknownPurchase(Exception):
+    """``semper goods`` of a key this buyer has no purchase under."""
+
+    code = "agent.unknown_purchase"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NoGoods(Exception):
+    """A purchase that has not (yet) received its goods: nothing to write."""
+
+    code = "agent.no_goods"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class CannotWrite(Exception):
+    code = "agent.cannot_write"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _check_writable(output: Path) -> None:
+    """Before paying: the goods must have somewhere to go."""
+    if str(output) != "-" and not output.resolve().parent.is_dir():
+        raise CannotWrite(f"cannot write {output}: no folder {output.parent}")
+
+
+def _write_goods(output: Path, goods: bytes, *, after: str = "") -> None:
+    """Write atomically (a failed write leaves no half file); ``-`` is stdout."""
+    if str(output) == "-":
+        sys.stdout.flush()
+        sys.stdout.buffer.write(goods)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        write_file(output, goods)
+    except OSError as exc:
+        raise CannotWrite(f"cannot write {output}: {exc.strerror or exc}{after}") from exc
 
 
 def _agent(config_path: Path, passphrase_file: Path | None) -> Agent:
@@ -89,14 +140,23 @@ def catalogue(config_path: Path, seller: str, passphrase_file: Path | None,
 @click.option("--pay", "module", required=True, type=click.Choice(["transfer", "cheque"]),
               help="How to pay.")
 @click.option("--idempotency-key", "key", default=None,
-              help="Repeat a purchase safely: the same key returns the first outcome.")
+              help="Repeat a purchase safely: the same key returns the first outcome. "
+                   "Without it a fresh key is made and printed on stderr first.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the goods bought to this file (also on a replay).")
 @passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Print {receipt, payment, ...} as JSON.")
 def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
-        passphrase_file: Path | None, as_json: bool) -> None:
-    """Order SKU from SELLER, pay, take delivery, and print the signed receipt."""
+        output: Path | None, passphrase_file: Path | None, as_json: bool) -> None:
+    """Order --item from --seller, pay with --pay, take delivery, and print the
+    signed receipt."""
     agent = _shopper_agent(config_path, passphrase_file)
-    key = key or f"buy-{secrets.token_hex(12)}"
+    if output is not None:
+        _check_writable(output)
+    if key is None:
+        key = f"buy-{secrets.token_hex(12)}"
+        # Before any network step: a purchase that fails halfway is resumed with it.
+        click.echo(f"idempotency key: {key}", err=True)
     console = Console(stderr=as_json)
 
     async def run() -> Any:
@@ -110,11 +170,53 @@ def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
                 return await Shopper(agent, progress=step).buy(seller, sku, module, key)
 
     outcome = trio.run(run)
+    if output is not None:
+        if outcome.goods is None:
+            raise NoGoods(f"purchase {key!r} ended {outcome.state} without goods; "
+                          f"nothing written to {output}")
+        _write_goods(output, outcome.goods, after=f"; the purchase is {outcome.state}: "
+                     f"semper goods --config {config_path} {key} -o FILE writes them")
     result = outcome.to_json()
     if as_json:
         click.echo(json.dumps(result))
         return
     _print_purchase(console, result)
+    if output is not None:
+        click.echo(f"goods written to {output}")
+
+
+@click.command("goods")
+@config_option
+@click.argument("key", metavar="KEY")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The file to write the goods to ('-' for stdout).")
+@passphrase_option
+def goods(config_path: Path, key: str, output: Path, passphrase_file: Path | None) -> None:
+    """Write the goods of a past purchase (KEY: its idempotency key) to a file.
+
+    Reads the buyer's own records only: no channel is opened.
+    """
+    agent = _shopper_agent(config_path, passphrase_file)
+
+    async def run() -> tuple[str, bytes | None] | None:
+        async with agent.session():
+            return await agent.database.read(lambda c: c.execute(
+                "SELECT state, goods FROM commerce_purchases WHERE key = ?",
+                (key,)).fetchone())
+
+    row = trio.run(run)
+    if row is None:
+        raise UnknownPurchase(f"{agent.id} has no purchase with idempotency key {key!r} "
+                              "(semper wallet lists them)")
+    state, content = row
+    if content is None:
+        raise NoGoods(f"purchase {key!r} is {state} and holds no goods (run the same "
+                      "semper buy with --idempotency-key to finish it)")
+    _check_writable(output)
+    _write_goods(output, content)
+    if str(output) != "-":
+        click.echo(f"wrote {counted(len(content), 'byte')} of purchase {key} ({state}) to "
+                   f"{output}")
 
 
 @click.command("refund")
@@ -169,27 +271,60 @@ def _print_purchase(console: Console, result: dict[str, Any]) -> None:
 @click.command("wallet")
 @config_option
 @passphrase_option
-@click.option("--json", "as_json", is_flag=True, help="Print {balances, recent, purchases}.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {balances, recent, purchases, balance_unavailable}.")
 def wallet(config_path: Path, passphrase_file: Path | None, as_json: bool) -> None:
-    """Balances at our bank, its latest entries, and our recent purchases."""
+    """Balances at our bank, its latest entries, and our recent purchases.
+
+    The purchases are local: when the bank cannot be asked, they are still shown,
+    with the reason the balance is unavailable (exit 0).
+    """
     agent = _agent(config_path, passphrase_file)
     bank = agent.config.payment.bank or "bank"
 
-    async def run() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    async def run() -> tuple[dict[str, Any] | None, dict[str, str] | None,
+                             list[dict[str, Any]]]:
         async with agent.session():
-            account = await agent.request(bank, "bank", "account", {})
             purchases = await agent.database.read(_purchases) if agent.role.name == "buyer" \
                 else []
-        return account, purchases
+            try:
+                account = await agent.request(bank, "bank", "account", {})
+            except Exception as exc:
+                code = getattr(exc, "code", None)
+                if not isinstance(code, str):
+                    raise
+                message = getattr(exc, "message", None)
+                return None, {"code": code, "message": message if isinstance(message, str)
+                              else str(exc)}, purchases
+        return account, None, purchases
 
-    account, purchases = trio.run(run)
+    account, unavailable, purchases = trio.run(run)
     if as_json:
         click.echo(json.dumps({"agent": agent.id, "bank": bank,
-                               "balances": account["balances"], "recent": account["recent"],
-                               "purchases": purchases}))
+                               "balances": None if account is None else account["balances"],
+                               "recent": None if account is None else account["recent"],
+                               "purchases": purchases,
+                               "balance_unavailable": unavailable}))
         return
     console = Console()
-    table = Table(title=f"{agent.id} at {bank}", title_justify="left")
+    if account is None:
+        assert unavailable is not None
+        console.print(f"{agent.id} at {bank}: balance unavailable "
+                      f"({unavailable['code']}: {unavailable['message']})")
+    else:
+        _print_account(console, agent.id, bank, account)
+    if purchases:
+        table = Table(title="purchases", title_justify="left")
+        for column in ("key", "seller", "sku", "state"):
+            table.add_column(column)
+        for p in purchases:
+            table.add_row(p["key"], p["seller"], p["sku"], p["state"])
+        console.print(table)
+
+
+def _print_account(console: Console, agent_id: str, bank: str,
+                   account: dict[str, Any]) -> None:
+    table = Table(title=f"{agent_id} at {bank}", title_justify="left")
     table.add_column("currency")
     table.add_column("balance", justify="right")
     for currency, units in sorted(account["balances"].items()):
@@ -201,13 +336,6 @@ def wallet(config_path: Path, passphrase_file: Path | None, as_json: bool) -> No
     for entry in account["recent"]:
         recent.add_row(str(entry["entry"]), entry["kind"], _amount(entry["amount"]))
     console.print(recent)
-    if purchases:
-        table = Table(title="purchases", title_justify="left")
-        for column in ("key", "seller", "sku", "state"):
-            table.add_column(column)
-        for p in purchases:
-            table.add_row(p["key"], p["seller"], p["sku"], p["state"])
-        console.print(table)
 
 
 def _purchases(c: Any) -> list[dict[str, Any]]:

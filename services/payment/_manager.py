@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any, Final
 
-from ._errors import BadRequest, NoCommonInstrument, UnknownModule
+from ._errors import BadRequest, NoCommonInstrument, UnknownModule, WrongBank
 from ._modules import (
     Invoice,
     PayeeContext,
@@ -106,11 +106,17 @@ class PaymentManager:
 
         Raises:
             NoCommonInstrument: the two sides have no module in common for the amount.
+            WrongBank: the payee names another bank than ours (nothing is signed).
             BadRequest: the payee's capabilities are malformed.
             Whatever the module's ``pay`` raises.
         """
         answer = await ctx.request(request.payee, PAYMENT_SERVICE, PAYMENT_CAPABILITIES, {})
-        name = self.choose(Capabilities.from_wire(answer), request, only=only)
+        payee = Capabilities.from_wire(answer)
+        if payee.bank is not None and payee.bank != ctx.bank_id:
+            raise WrongBank(f"{request.payee} is paid through {payee.bank}, we pay through "
+                            f"{ctx.bank_id}", detail={"bank": payee.bank,
+                                                       "expected": ctx.bank_id})
+        name = self.choose(payee, request, only=only)
         return await self._modules[name].pay(ctx, request)
 
     async def accept(self, ctx: PayeeContext, request: AcceptRequest, *,

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ..certificates import check_agent_id
 from ..money import Amount, BadAmount
 from ._errors import BadRequest, NoCommonInstrument
 from ._schema import MAX_AMOUNT, amount_from_wire
@@ -124,13 +125,17 @@ class ModuleOffer:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Capabilities:
-    """What one side accepts, most preferred module first.
+    """What one side accepts, most preferred module first; ``bank``, in a payee's
+    answer, the bank it is paid through (optional on the wire): a payer that pays
+    through another bank learns it before anything is signed.
 
     Raises (construction):
-        BadRequest: more than ``MAX_MODULES`` modules, or a module listed twice.
+        BadRequest: more than ``MAX_MODULES`` modules, a module listed twice, or a
+            ``bank`` that is not an agent id.
     """
 
     modules: tuple[ModuleOffer, ...]
+    bank: str | None = None
 
     def __post_init__(self) -> None:
         if type(self.modules) is not tuple or len(self.modules) > MAX_MODULES \
@@ -139,6 +144,11 @@ class Capabilities:
         names = [m.name for m in self.modules]
         if len(set(names)) != len(names):
             raise _bad("a module is listed twice", "modules")
+        if self.bank is not None:
+            try:
+                check_agent_id(self.bank, "bank")
+            except ValueError:
+                raise _bad("bank must be an agent id", "bank") from None
 
     def offer(self, name: str) -> ModuleOffer | None:
         """This side's offer for module ``name``, if it has one."""
@@ -151,19 +161,25 @@ class Capabilities:
 
     def restricted_to(self, names: set[str] | frozenset[str]) -> Capabilities:
         """The same offers, keeping only modules in ``names`` (those actually loaded)."""
-        return Capabilities(modules=tuple(m for m in self.modules if m.name in names))
+        return Capabilities(modules=tuple(m for m in self.modules if m.name in names),
+                            bank=self.bank)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"modules": [m.to_wire() for m in self.modules]}
+        wire: dict[str, Any] = {"modules": [m.to_wire() for m in self.modules]}
+        if self.bank is not None:
+            wire["bank"] = self.bank
+        return wire
 
     @classmethod
     def from_wire(cls, value: object) -> Capabilities:
         """Raises BadRequest for anything but the capabilities map."""
-        if type(value) is not dict or set(value) != {"modules"} \
+        if type(value) is not dict or set(value) - {"bank"} != {"modules"} \
                 or type(value["modules"]) is not list:
-            raise _bad('capabilities are {"modules": [...]}', "modules")
+            raise _bad('capabilities are {"modules": [...], "bank": str (optional)}',
+                       "modules")
         return cls(modules=tuple(ModuleOffer.from_wire(m)
-                                 for m in value["modules"][:MAX_MODULES + 1]))
+                                 for m in value["modules"][:MAX_MODULES + 1]),
+                   bank=value.get("bank"))
 
 
 def negotiate(payer: Capabilities, payee: Capabilities, amount: Amount) -> str:
