@@ -172,52 +172,75 @@ async def test_a_paid_order_paid_again_under_a_new_key_is_refused_by_the_bank(
     await buyer_records_describe_what_was_paid(m["buyer"])
 
 
-async def test_one_key_for_two_items_at_once(m: Market) -> None:
-    """Instance 3: two runs (two agents on the buyer's database, as two ``semper buy``
-    processes) with one idempotency key for different items, at the same moment."""
+async def race(m: Market, first: str, second: str) -> dict[str, Any]:
+    """Two runs with one key (two agents on the buyer's database, as two ``semper buy``
+    processes), the bad interleaving forced: run "b" (for ``second``) passes its key
+    check, then waits for run "a" (for ``first``) to finish before it goes on.
+    Returns each run's outcome or exception, by "a" and "b"."""
     config = m["buyer"].config
     results: dict[str, Any] = {}
-    # The bad interleaving, forced: the run for the map passes its key check, then
-    # waits for the run for the guide to finish before it goes on.
-    map_checked, guide_over = trio.Event(), trio.Event()
+    b_checked, a_over = trio.Event(), trio.Event()
 
     class Racing(Shopper):
+        run = ""
+
         async def catalogue(self, seller: str) -> Any:
-            if self.sku == MAP:
-                map_checked.set()
-                await guide_over.wait()
+            if self.run == "b":
+                b_checked.set()
+                await a_over.wait()
             else:
-                await map_checked.wait()
+                await b_checked.wait()
             return await super().catalogue(seller)
 
-    async def buy(sku: str) -> None:
+    async def buy(run: str, sku: str) -> None:
         agent = Agent(config)
         async with agent.session():
             shopper = Racing(agent)
-            shopper.sku = sku  # type: ignore[attr-defined]
+            shopper.run = run
             try:
-                results[sku] = await shopper.buy("seller", sku, "transfer", "shared")
+                results[run] = await shopper.buy("seller", sku, "transfer", "shared")
             except Exception as exc:
-                results[sku] = exc
+                results[run] = exc
             finally:
-                (guide_over if sku == GUIDE else map_checked).set()
+                (a_over if run == "a" else b_checked).set()
 
-    before = await m.balances()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(buy, GUIDE)
-        nursery.start_soon(buy, MAP)
-    done = {sku: r for sku, r in results.items() if not isinstance(r, Exception)}
-    refused = {sku: r for sku, r in results.items() if isinstance(r, Exception)}
+        nursery.start_soon(buy, "a", first)
+        nursery.start_soon(buy, "b", second)
+    return results
+
+
+async def test_one_key_for_two_items_at_once(m: Market) -> None:
+    """Instance 3: two ``semper buy`` with one idempotency key for different items, at
+    the same moment: the second overwrote the paid purchase's record."""
+    before = await m.balances()
+    results = await race(m, GUIDE, MAP)
+    done = [r for r in results.values() if not isinstance(r, Exception)]
+    refused = [r for r in results.values() if isinstance(r, Exception)]
     assert len(done) == 1 and len(refused) == 1, results
-    (sku, outcome), (error,) = next(iter(done.items())), refused.values()
+    outcome, error = done[0], refused[0]
     assert getattr(error, "code", None) == "payment.idempotency_conflict"
-    assert outcome.state == "done" and outcome.sku == sku
+    assert outcome.state == "done"
+    sku = outcome.sku
     price = {GUIDE: 1250, MAP: 480}[sku]
     assert (await m.balances())["buyer"] == before["buyer"] - price
     await buyer_records_describe_what_was_paid(m["buyer"])
     again = await Shopper(m["buyer"]).buy("seller", sku, "transfer", "shared")
     assert again.replayed and again.receipt == outcome.receipt and again.sku == sku
     assert (await m.balances())["buyer"] == before["buyer"] - price
+
+
+async def test_one_key_for_one_item_twice_at_once(m: Market) -> None:
+    """Another member: the same purchase run twice at once. One run carries it on, the
+    other stops without writing over it; the item is paid once."""
+    before = await m.balances()
+    results = await race(m, GUIDE, GUIDE)
+    assert results["a"].state == "done"
+    assert getattr(results["b"], "code", None) == "commerce.purchase_busy"
+    assert (await m.balances())["buyer"] == before["buyer"] - 1250
+    await buyer_records_describe_what_was_paid(m["buyer"])
+    again = await Shopper(m["buyer"]).buy("seller", GUIDE, "transfer", "shared")
+    assert again.replayed and again.receipt == results["a"].receipt
 
 
 # -- kind 8: more members ---------------------------------------------------------------
