@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 import trio
 
 from semper.services import Amount
-from semper.services.certificates import load_certificate
+from semper.services.certificates import identity_of, load_certificate
 from semper.services.commerce import (
     Archive,
     Catalogue,
@@ -55,6 +55,7 @@ from semper.services.payment import (
     PaymentRequest,
     PaymentResult,
     RefundResult,
+    our_bank,
     verify_refund_confirmation,
 )
 from semper.services.statements import (
@@ -337,6 +338,9 @@ class Shopper:
                     root=self.agent.credentials.root, crl=self.agent.crl, now=utcnow(),
                     expected_original=purchase.payment.payment, expected_payee=self.agent.id,
                     expected_amount=decision.amount)
+                # Signed by a bank, and by ours: money back elsewhere is not back.
+                ctx = AgentPaymentContext(self.agent, purchase.order.digest.hex(), seller)
+                our_bank(ctx, identity_of(refund.bank_certificate).agent_id)
                 decisions = purchase.receive(RefundNoteIssued(note=note), now_ms=_now_ms())
                 await self._record(decisions, seller, purchase, seller_cert)
                 await self.agent.archive.record(

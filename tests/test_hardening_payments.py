@@ -471,3 +471,34 @@ async def test_a_return_the_bank_did_not_apply_is_retried_and_never_used(
     assert again.code == refusal.code
     await returned_to(m, again, 1250)
     assert await m.balances() == before
+
+
+async def test_a_refund_confirmed_by_another_bank_is_not_taken_for_money_back(
+        m: Market) -> None:
+    """Another member of kind 2: the buyer relies on the bank named in a refund
+    confirmation the seller hands over; one from a bank it does not deal with (a real
+    bank, where it holds nothing) is refused, and the purchase is not marked refunded."""
+    shopper = Shopper(m["buyer"])
+    bought = await shopper.buy("seller", GUIDE, "transfer", "forged-refund")
+    assert bought.payment is not None
+    genuine = m["buyer"].request
+
+    async def forged(peer: str, service: str, op: str, body: Any = None) -> Any:
+        answer = await genuine(peer, service, op, body)
+        if (service, op) == ("commerce", "refund"):
+            refund = dict(answer["refund"])
+            confirmation = Statement.from_wire(refund["confirmation"])
+            refund["confirmation"] = m.sign("bank2", confirmation.type,
+                                            confirmation.body).to_wire()
+            refund["bank_certificate"] = m.der("bank2")
+            answer = {**answer, "refund": refund}
+        return answer
+
+    m["buyer"].request = forged  # type: ignore[method-assign]
+    with pytest.raises(Exception) as info:
+        await shopper.refund("forged-refund")
+    assert getattr(info.value, "code", None) == "payment.wrong_bank"
+    m["buyer"].request = genuine  # type: ignore[method-assign]
+    row = await m["buyer"].database.read(lambda c: c.execute(
+        "SELECT state FROM commerce_purchases WHERE key = 'forged-refund'").fetchone())
+    assert row[0] == "refund_requested"
