@@ -263,3 +263,67 @@ def test_the_newest_crl_must_be_current_and_every_crl_the_roots(world: World,
     foreign = issue_crl(other, [], now=world.at(3), number=99)
     error = _refused(world.bundle(world.crl(2)), world, InvalidEvidence, crls=(foreign,))
     assert (error.detail["seq"], error.detail["cause"]) == (None, "auth.bad_crl")
+
+
+# -- the verifier's own CRL, fetched from the CA agent ---------------------------------
+
+
+async def test_check_with_config_fetches_the_ca_agents_crl(tmp_path: Path) -> None:
+    """``--config``: the agent's CRL files (here a stale copy) and the CA agent's
+    current CRL, fetched over a channel; when the CA cannot be reached the check goes
+    on with what is at hand and says the fetch failed. The market is made ten minutes
+    ago and the statements a minute ago, so that the CA's newer CRL can postdate them
+    and still be in the past (OpenSSL takes no CRL from the future)."""
+    import shutil
+
+    import trio
+
+    from semper.agents import Agent, AgentConfig, _archive
+    from semper.agents._market import init_market, load_authority
+    from semper.agents._storage import Database
+    from semper.services.certificates import load_crl
+
+    market = tmp_path / "m"
+    now = dt.datetime.now(dt.UTC)
+    init_market(market, now=now - 10 * dt.timedelta(minutes=1))
+    shutil.copy(market / "ca" / "crl.pem", market / "seller" / "stale-crl.pem")
+    stale = market / "seller" / "stale.toml"
+    stale.write_text((market / "seller" / "agent.toml").read_text().replace(
+        'crl = "../ca/crl.pem"', 'crl = "stale-crl.pem"'))
+    buyer = Agent(AgentConfig.load(market / "buyer" / "agent.toml")).credentials
+    notes = [sign_statement("test.note", {"n": n}, key=buyer.key,
+                            certificate=buyer.identity.certificate,
+                            now_ms=ms(now) - 60_000 + n, nonce=bytes([n]) * 16)
+             for n in range(3)]
+    database = Database.open_sync(market / "seller" / "data" / "agent.sqlite",
+                                  _archive.MIGRATIONS)
+    database.transaction_sync(lambda c: _archive.append(c, [
+        _archive.entry(note, direction="received", peer="buyer", transaction="buyer/t",
+                       certificate=buyer.identity.certificate) for note in notes]))
+    database.close()
+    out = tmp_path / "tx.bundle"
+    runner = CliRunner()
+    done = runner.invoke(cli, ["archive", "export", "--config", str(stale), "buyer/t", "-o",
+                               str(out)])
+    assert done.exit_code == 0, done.stderr
+    # The CA publishes CRL 2, thisUpdate 30 s ago (issue_crl may backdate: measured).
+    ca_key = load_authority(market / "ca" / "root.pem", market / "ca" / "root-key.pem", None)
+    wanted = (now - dt.timedelta(seconds=30)).replace(microsecond=0)
+    shift = wanted - issue_crl(ca_key, [], now=wanted, number=2).last_update_utc
+    (market / "ca" / "crl.pem").write_bytes(
+        issue_crl(ca_key, [], now=wanted + shift, number=2).public_bytes(Encoding.PEM))
+    assert load_crl((market / "ca" / "crl.pem").read_bytes()).last_update_utc == wanted
+    args = ["archive", "check", str(out), "--root", str(market / "ca" / "root.pem"),
+            "--config", str(stale), "--json"]
+    done = runner.invoke(cli, args)  # no CA agent running: the stale CRL is all there is
+    assert done.exit_code == 1
+    assert done.stderr.startswith("semper: archive.crl_too_old: ")
+    assert "could not be fetched" in done.stderr
+    ca = Agent(AgentConfig.load(market / "ca" / "agent.toml"))
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ca.run)
+            done = await trio.to_thread.run_sync(runner.invoke, cli, args)
+            nursery.cancel_scope.cancel()
+    assert done.exit_code == 0, done.stderr
+    assert __import__("json").loads(done.stdout)["crl"]["number"] == 2
