@@ -58,7 +58,9 @@ async def test_a_running_peer_refuses_a_revoked_agent_within_one_refresh(
         mock_clock.jump(refresh)  # one refresh interval
         await wait_until(lambda: channel.closed, "seller closed the channel to buyer")
         assert crl_number(seller.crl) == 2
-        cached = load_crl((seller.config.data_dir / "crl.pem").read_bytes())
+        cache = seller.config.data_dir / "crl.pem"  # written (in a thread) once applied
+        await wait_until(cache.exists, "seller cached the CRL")
+        cached = load_crl(cache.read_bytes())
         assert crl_number(cached) == 2  # kept for the next start
 
         # New channels from buyer are refused in the handshake.

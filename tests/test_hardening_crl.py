@@ -144,7 +144,9 @@ async def test_a_stale_agent_starts_refuses_peers_and_recovers_from_its_ca(
             async with running(Agent(config_of(market, "ca"))):
                 await wait_until(lambda: _fresh(seller), "the seller fetched a fresh CRL")
             assert crl_number(seller.crl) == 2  # the CA renewed its own at start
-            cached = load_crl((seller.config.data_dir / "crl.pem").read_bytes())
+            cache = seller.config.data_dir / "crl.pem"  # written in a thread after
+            await wait_until(cache.exists, "the seller cached the CRL")
+            cached = load_crl(cache.read_bytes())
             assert crl_number(cached) == 2  # kept for its next start
             async with seller.connect("buyer") as channel:
                 assert (await channel.request("sys", "ping", None))["agent"] == "buyer"
