@@ -454,3 +454,27 @@ async def test_a_crl_that_cannot_reach_tls_is_applied_and_retried(
         async with Agent(config_of(folder, "seller")).session() as seller:
             pong = await seller.request("bank", "sys", "ping", b"x")
             assert pong["echo"] == b"x"
+
+
+def test_resource_bounds_measured_on_a_real_agent_process() -> None:
+    # The "Done when" figures, on a real `semper agent run` process (bench/hardening.py,
+    # smaller numbers): a peer that never reads, idle unauthenticated connections, and
+    # a 1,024 open-file limit with 1,100 idle connections and a CRL update.
+    import json
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parent.parent / "bench" / "hardening.py"
+    done = subprocess.run([sys.executable, str(bench), "--json", "--quick"],
+                          capture_output=True, text=True, timeout=240, check=True)
+    report = json.loads(done.stdout)
+    never = report["never_reads"]
+    assert never["closed"] and never["agent_alive"]
+    assert never["rss_increase_mib"] < 32  # the queue bound plus buffers, not GiB
+    assert never["closed_after_s"] < never["write_timeout_s"] + 5
+    idle = report["idle_unauth"]
+    assert idle["agent_alive"] and idle["rss_increase_mib"] < 100
+    assert idle["ping_during_max_ms"] < 1000
+    fd = report["fd_limit"]
+    assert fd["agent_alive"] and fd["established_channel_ok"] and fd["crl_applied"]
+    assert fd["tracebacks_in_log"] == 0
