@@ -193,7 +193,7 @@ class AgentConfig:
             return value
 
         def file(key: str, default: str | None = None) -> Path:
-            return base / text(key, default)
+            return base / _path_text(text(key, default), key, path)
 
         peers = raw.get("peers", {})
         if not isinstance(peers, dict) or not all(isinstance(v, str) for v in peers.values()):
@@ -219,7 +219,8 @@ class AgentConfig:
             crl=file("crl"),
             cert=file("cert", "cert.pem"),
             key=file("key", "key.pem"),
-            passphrase_file=base / passphrase if isinstance(passphrase, str) else None,
+            passphrase_file=(base / _path_text(passphrase, "passphrase_file", path)
+                             if isinstance(passphrase, str) else None),
             ca_agent=optional("ca_agent"),
             advertise=optional("advertise"),
             peers=dict(peers),
@@ -288,7 +289,8 @@ def _ca_settings(raw: object, *, base: Path, where: str) -> CaSettings | None:
             or not isinstance(advertise, str | None):
         raise ConfigError(f"{where}: [ca] needs enroll_listen = 'HOST:PORT' and "
                           "root_key = 'PATH' (and optionally enroll_advertise = 'HOST:PORT')")
-    return CaSettings(enroll_listen=listen, root_key=base / root_key,
+    return CaSettings(enroll_listen=listen, root_key=base / _path_text(root_key, "ca.root_key",
+                                                                      where),
                       enroll_advertise=advertise)
 
 
@@ -323,6 +325,14 @@ def _evidence_settings(raw: object, *, where: str) -> dict[str, int]:
             quota is not None and (type(quota) is not int or quota <= 0)):
         raise ConfigError(f"{where}: [evidence] takes only peer_quota_bytes, a positive int")
     return {} if quota is None else {"evidence_peer_quota": quota}
+
+
+def _path_text(value: str, key: str, where: object) -> str:
+    """A path from the file: TOML can spell a NUL (\\u0000), which no file name holds
+    (the OS call would raise ValueError, not say which key is wrong)."""
+    if "\0" in value or not value:
+        raise ConfigError(f"{where or 'config'}: {key!r} must be a non-empty path without NUL")
+    return value
 
 
 def _seconds(key: str, value: object) -> float:

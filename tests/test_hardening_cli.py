@@ -185,3 +185,44 @@ def test_help_and_no_arguments_exit_0() -> None:
     for args in ([], ["bank"], ["--help"], ["bank", "mint", "--help"]):
         status, out, err = semper(*args)
         assert status == 0 and "Usage:" in out and err == "", (args, status, err)
+
+
+# -- members the fuzzer found (tests/test_hardening_cli_fuzz.py) -------------------------
+
+
+def test_a_nul_in_an_argument_is_a_usage_error(market: Path) -> None:
+    """Was `internal.error: ValueError: embedded null byte` from the first open()."""
+    refused(semper("archive", "check", "bundle", "--root", market / "ca" / "root.pem",
+                   "--passphrase-file", "\x00"), "cli.usage", 2)
+
+
+def test_a_nul_in_a_config_path_is_a_config_error(market: Path) -> None:
+    """TOML can spell a NUL (\\u0000); no file name holds one."""
+    config = market / "bank" / "agent.toml"
+    config.write_text(config.read_text().replace('cert = "cert.pem"', 'cert = "cert\\u0000.pem"'))
+    refused(semper("bank", "accounts", "--config", config), "agent.bad_config", 1)
+
+
+def test_control_characters_in_a_reason_stay_on_one_line(tmp_path: Path) -> None:
+    """A form feed or an escape sequence in a file name: str.splitlines() broke the line
+    at the form feed; the terminal would have obeyed the escape."""
+    line = refused(semper("archive", "check", "\x0cbundle\x1b[2J", "--root",
+                          tmp_path / "root.pem"), "os.error", 1)
+    assert "\x1b" not in line and "\\x1b" in line
+
+
+def test_a_duration_beyond_timedelta_is_a_usage_error(market: Path) -> None:
+    """Was `internal.error: OverflowError`."""
+    refused(semper("ca", "invite", market, "newcomer", "--role", "buyer", "--level",
+                   "self-asserted", "--expires-in", "99999999999999999999d"), "cli.usage", 2)
+
+
+def test_market_init_into_an_undecodable_folder_name(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder name with a byte that is not UTF-8 (a lone surrogate in Python): the
+    market was made, then printing its path failed the command (UnicodeEncodeError)."""
+    monkeypatch.chdir(tmp_path)
+    status, out, err = semper("market", "init", "m\udcff")
+    assert status == 0, err
+    assert "\\udcff" in out
+    assert os.listdir(tmp_path) == ["m\udcff"]

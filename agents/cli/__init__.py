@@ -12,6 +12,7 @@ SEMPER_DEBUG is set.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -40,8 +41,15 @@ class SemperGroup(click.Group):
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
              **extra: Any) -> NoReturn:
-        run_command(lambda: click.Group.main(self, args, prog_name, complete_var,
-                                             standalone_mode=False, **extra))
+        def body() -> object:
+            # A real command line cannot hold a NUL (argv is C strings); refuse one from
+            # anywhere else here, once, rather than as a ValueError from the first open().
+            if any("\0" in arg for arg in (sys.argv[1:] if args is None else args)):
+                raise click.UsageError("an argument contains a NUL character")
+            return click.Group.main(self, args, prog_name, complete_var,
+                                    standalone_mode=False, **extra)
+
+        run_command(body)
 
 
 @click.group(cls=SemperGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,8 +76,19 @@ def _leaf(exc: BaseException) -> BaseException:
     return exc
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split()) or "(no reason given)"
+_CODE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+\Z")
+
+
+def _one_line(text: object) -> str:
+    """``text`` on one printable line: runs of white space (newlines, form feeds, the
+    Unicode line separators) become one space, and any other character that is not
+    printable (an escape sequence from a peer's message, a NUL, a lone surrogate from
+    an undecodable file name) is shown escaped, never sent to the terminal."""
+    words = " ".join(str(text).split())
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape",
+                                                       "backslashreplace").decode("ascii")
+                    for c in words)
+    return shown or "(no reason given)"
 
 
 def describe(exc: BaseException) -> str:
@@ -79,18 +98,28 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, click.ClickException):  # its own code (CliError), or the kind's
         if not isinstance(code, str):
             code = "cli.usage" if isinstance(exc, click.UsageError) else "cli.failed"
-        return f"{code}: {_one_line(exc.format_message())}"
-    if isinstance(code, str):
-        return f"{code}: {_one_line(message if isinstance(message, str) else str(exc))}"
-    if isinstance(exc, OSError):
-        where = f": {exc.filename}" if exc.filename else ""
-        return f"os.error: {_one_line(exc.strerror or str(exc))}{where}"
-    return f"internal.error: {type(exc).__name__}: {_one_line(str(exc))}"
+        reason: object = exc.format_message()
+    elif isinstance(code, str):
+        reason = message if isinstance(message, str) else str(exc)
+    elif isinstance(exc, OSError):
+        code = "os.error"
+        reason = (exc.strerror or str(exc)) + (f": {exc.filename}" if exc.filename else "")
+    else:
+        code, reason = "internal.error", f"{type(exc).__name__}: {exc}"
+    if not _CODE.match(code):  # a peer's code is shown, not trusted to be well formed
+        code, reason = "remote.bad_code", f"{code!r}: {reason}"
+    return f"{code}: {_one_line(reason)}"
 
 
 def run_command(body: Callable[[], object]) -> NoReturn:
     """Run ``body`` (a click main in non-standalone mode) and exit: 0, or one line on
     stderr and 1 (2 for a usage error)."""
+    for stream in (sys.stdout, sys.stderr):
+        # A file name from the command line may hold an undecodable byte (a lone
+        # surrogate): printing it must not fail the command after its work is done.
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     try:
         status = body()
     except click.exceptions.NoArgsIsHelpError as exc:

@@ -71,7 +71,13 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> dt.time
     match = _DURATION.match(value.strip())
     if not match or int(match.group(1)) == 0:
         raise click.BadParameter("a positive duration such as 90s, 30m, 24h or 7d")
-    return dt.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:  # a huge count overflows timedelta (OverflowError), not only a year
+        duration = dt.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    except OverflowError:
+        duration = dt.timedelta.max
+    if duration > dt.timedelta(days=366):
+        raise click.BadParameter("at most a year (366d)")
+    return duration
 
 
 def _level(ctx: click.Context, param: click.Parameter, value: str) -> Level:
