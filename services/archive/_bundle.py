@@ -58,6 +58,7 @@ from ..certificates import (
 # revocation check with the same private building block the statement layer uses.
 from ..certificates._validate import _check_usage
 from ..statements import (
+    MAX_SKEW_MS,
     BadSignature,
     Statement,
     StatementError,
@@ -368,8 +369,9 @@ def verify_bundle(
     certificates = _load_certificates(bundle)
     statements = [_parse(record) for record in bundle.records]
     _check_related(bundle, statements)
-    outcomes = [_verify_record(bundle, record, statement, certificates, root=root, crl=crl,
-                               now=now)
+    checked: dict[bytes, _Checked] = {}
+    outcomes = [_verify_record(bundle, record, statement, certificates, checked, root=root,
+                               crl=crl, now=now)
                 for record, statement in zip(bundle.records, statements, strict=True)]
     _resolve_witnesses(bundle, outcomes)
     for outcome in outcomes:
@@ -387,6 +389,17 @@ class _RevokedSigner:
 
 
 _Outcome = VerifiedStatement | _RevokedSigner | ArchiveError
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A certificate that signed a statement of the bundle which passed every check
+    but the signature's own: what holds for its next statements, whatever their time,
+    so that those take only the time checks and an Ed25519 verify (a bundle of
+    66,000 records of one signer: 64 s -> a third of it)."""
+
+    signer: AgentIdentity
+    revoked: Revoked | None
 
 
 def _crl_number(crl: x509.CertificateRevocationList) -> int:
@@ -437,6 +450,7 @@ def _verify_record(
     record: ArchiveRecord,
     statement: Statement | StatementError,
     certificates: dict[bytes, x509.Certificate],
+    checked: dict[bytes, _Checked],
     *,
     root: x509.Certificate,
     crl: x509.CertificateRevocationList,
@@ -453,13 +467,28 @@ def _verify_record(
             f"the bundle lacks the certificate that signed record {record.seq}",
             detail={"seq": record.seq, "signer": statement.signer.hex()},
         )
-    try:
-        signer = verify_statement(statement, certificate=certificate, root=root, crl=crl,
-                                  now=now)
-    except Revoked as exc:
-        return _revoked(bundle, record, statement, certificate, crl, exc)
-    except (StatementError, CertificateError) as exc:
-        return _invalid(bundle, record.seq, exc)
+    known = checked.get(statement.signer)
+    if known is not None and _in_time(statement, certificate, root, now):
+        try:
+            verify_ed25519(_raw_key(certificate), statement.signed_bytes(),
+                           statement.signature)
+        except StatementError as exc:
+            return _invalid(bundle, record.seq, exc)
+        if known.revoked is not None:
+            return _revoked(bundle, record, statement, certificate, crl, known.revoked)
+        signer = known.signer
+    else:
+        try:
+            signer = verify_statement(statement, certificate=certificate, root=root, crl=crl,
+                                      now=now)
+        except Revoked as exc:
+            outcome = _revoked(bundle, record, statement, certificate, crl, exc)
+            if isinstance(outcome, _RevokedSigner):
+                checked[statement.signer] = _Checked(outcome.verified.signer, exc)
+            return outcome
+        except (StatementError, CertificateError) as exc:
+            return _invalid(bundle, record.seq, exc)
+        checked[statement.signer] = _Checked(signer, None)
     this_update = _ms(crl.last_update_utc)
     if statement.issued_at > this_update:
         return CrlTooOld(
@@ -472,6 +501,23 @@ def _verify_record(
                     "issued_at": statement.issued_at, "crl_this_update": this_update,
                     "crl_number": _crl_number(crl)})
     return VerifiedStatement(record=record, statement=statement, signer=signer)
+
+
+def _in_time(statement: Statement, certificate: x509.Certificate, root: x509.Certificate,
+             now: dt.datetime) -> bool:
+    """The checks of section 6A.4 that depend on the statement's time (steps 3, 4):
+    when they hold, a certificate that passed the rest once passes it again."""
+    issued = statement.issued_at_datetime
+    return (statement.issued_at <= _ms(now) + MAX_SKEW_MS
+            and root.not_valid_before_utc <= issued <= root.not_valid_after_utc
+            and certificate.not_valid_before_utc <= issued <= certificate.not_valid_after_utc)
+
+
+def _raw_key(certificate: x509.Certificate) -> bytes:
+    public = certificate.public_key()
+    if not isinstance(public, ed25519.Ed25519PublicKey):
+        raise BadSignature("the signature does not verify")
+    return public.public_bytes_raw()
 
 
 def _revoked(
@@ -487,11 +533,7 @@ def _revoked(
     try:
         _check_usage(certificate)
         signer = identity_of(certificate)
-        public = certificate.public_key()
-        if not isinstance(public, ed25519.Ed25519PublicKey):
-            raise BadSignature("the signature does not verify")
-        verify_ed25519(public.public_bytes_raw(), statement.signed_bytes(),
-                       statement.signature)
+        verify_ed25519(_raw_key(certificate), statement.signed_bytes(), statement.signature)
     except (StatementError, CertificateError) as exc:
         return _invalid(bundle, record.seq, exc)
     entry = crl.get_revoked_certificate_by_serial_number(certificate.serial_number)
