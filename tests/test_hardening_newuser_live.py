@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from test_cli import (
     AgentProcess,
     Market,
@@ -33,6 +34,7 @@ from test_cli import (
 from semper.agents._catalogue import load_catalogue
 from semper.agents._config import AgentConfig
 from semper.agents._market import DEMO_CATALOGUE
+from semper.agents.cli import cli
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "custom_role"
 GOODS = {item["sku"]: item["goods"] for item in DEMO_CATALOGUE}
@@ -267,9 +269,16 @@ def test_a_custom_role_tried_from_the_shell(market: Market, agents: dict[str, Ag
         assert json.loads(done.stdout)["echo"] == {"$hex": "00ff"}
     finally:
         auditor.kill()
-    for bad in ("1.5", "{not json", '{"$hex": "zz"}'):
-        done = run("call", "--config", buyer(market), "seller", "sys.ping", bad)
-        assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    # Bodies outside the wire's value model are usage errors, never internal ones.
+    # Refused before any channel opens (in this process: no agent needed).
+    for peer, operation, body in [("seller", "sys.ping", bad) for bad in (
+            "1.5", "{not json", '{"$hex": "zz"}', str(2**64), "[" * 40 + "]" * 40)] + [
+            ("BAD PEER", "sys.ping", "{}"), ("seller", "Sys.Ping", "{}"),
+            ("seller", "ping", "{}")]:
+        result = CliRunner().invoke(cli, ["call", "--config", str(buyer(market)), peer,
+                                          operation, body], prog_name="semper")
+        assert result.exit_code == 2, result.output
+        assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
     done = run("call", "--config", buyer(market), "seller", "nosuch.op")
     assert_one_line_failure(done, "protocol.unknown_service")
 

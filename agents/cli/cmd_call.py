@@ -21,8 +21,10 @@ from typing import Any
 import click
 import trio
 
+from semper.transport import encode_frame
+
 from .._agent import Agent
-from ._common import config_option, load_config, passphrase_option
+from ._common import AGENT_ID, config_option, load_config, passphrase_option
 
 __all__ = ["command", "from_json", "to_json"]
 
@@ -67,7 +69,7 @@ def to_json(value: Any) -> Any:
 
 @click.command("call")
 @config_option
-@click.argument("peer")
+@click.argument("peer", type=AGENT_ID)
 @click.argument("operation", metavar="SERVICE.OP")
 @click.argument("body", metavar="[JSON]", required=False)
 @passphrase_option
@@ -84,6 +86,7 @@ def command(config_path: Path, peer: str, operation: str, body: str | None,
                                  param_hint="SERVICE.OP")
     try:
         value = from_json(json.loads(body)) if body is not None else {}
+        encode_frame(value)  # in the value model (depth, integer range) and 1 MiB
     except ValueError as exc:  # json.JSONDecodeError is a ValueError too
         raise click.BadParameter(str(exc), param_hint="JSON") from None
     config, passphrase = load_config(config_path, passphrase_file)
