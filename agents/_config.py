@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import tomli_w
 
 from semper.services.certificates import check_agent_id, check_name
+from semper.services.money import MAX_MINOR_UNITS
 from semper.transport import ChannelConfig
 
 __all__ = ["AgentConfig", "CaSettings", "ConfigError", "PaymentSettings", "Timeouts",
@@ -105,9 +106,11 @@ class PaymentSettings:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         for currency, units in self.limit.items():
-            if not (isinstance(units, int) and not isinstance(units, bool) and units > 0
-                    and len(currency) == 3 and currency.isupper()):
-                raise ConfigError("payment.limit maps currency codes to positive minor units")
+            if not (isinstance(units, int) and not isinstance(units, bool)
+                    and 0 < units <= MAX_MINOR_UNITS
+                    and len(currency) == 3 and currency.isascii() and currency.isupper()):
+                raise ConfigError("payment.limit maps currency codes to positive minor units "
+                                  f"(at most {MAX_MINOR_UNITS})")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -222,3 +222,66 @@ def test_the_fuzzed_market_still_balances(market: Path) -> None:
                                       str(market / "bank" / "agent.toml"), "--json"])
     assert result.exit_code == 0, result.stderr
 
+
+
+# -- configs: what `--config` reads is input too ---------------------------------------
+
+TOML_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(1 << 63), (1 << 63) - 1)
+    | st.floats(allow_nan=True) | st.text(max_size=20)
+    | st.sampled_from(["", "\x00", "127.0.0.1:99999", "../../etc", "BUYER", "x:1", "[::1]:1"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                              max_size=3),
+    max_leaves=6)
+
+
+@settings(max_examples=10 * EXAMPLES, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.lists(st.tuples(st.sampled_from(
+    ["id", "role", "listen", "data_dir", "ca_root", "crl", "cert", "key", "passphrase_file",
+     "ca_agent", "advertise", "peers", "timeouts", "ca", "payment", "catalogue", "extra",
+     "peers.bank", "timeouts.idle", "payment.bank", "payment.limit", "payment.modules",
+     "payment.limit.EUR", "timeouts.handshake"]), TOML_VALUES | st.just(None)),
+    min_size=1, max_size=4))
+def test_a_config_loads_or_is_refused_with_agent_bad_config(
+        changes: list[tuple[str, object]], market: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    import tomllib
+
+    import tomli_w
+
+    from semper.agents._config import AgentConfig, ConfigError
+
+    raw = tomllib.loads((market / "buyer" / "agent.toml").read_text())
+    for dotted, value in changes:
+        *parents, key = dotted.split(".")
+        table = raw
+        for parent in parents:
+            if not isinstance(table.get(parent), dict):
+                table[parent] = {}
+            table = table[parent]
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
+    folder = tmp_path_factory.mktemp("config")
+    path = folder / "agent.toml"
+    try:
+        path.write_text(tomli_w.dumps(_no_nones(raw)))
+    except (TypeError, ValueError):
+        return  # not representable in TOML
+    try:
+        config = AgentConfig.load(path)
+    except ConfigError as exc:
+        assert exc.code == "agent.bad_config" and exc.message
+        return
+    config.to_toml(base=folder)  # a config that loads can be written back
+    config.listen_address  # noqa: B018 - checked once more, as the agent does
+
+
+def _no_nones(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _no_nones(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_no_nones(v) for v in value if v is not None]
+    return value

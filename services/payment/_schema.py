@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Self
 
-from ..certificates import check_name
+from ..certificates import check_agent_id
 from ..money import Amount, BadAmount
 from ..statements import Statement
 from ._errors import BadRequest
@@ -111,7 +111,7 @@ def amount_from_wire(value: object) -> Amount:
 
 def _agent(value: object) -> bool:
     try:
-        check_name("agent id", value)  # type: ignore[arg-type]
+        check_agent_id(value)  # the one grammar of section 2.1
     except ValueError:
         return False
     return True
