@@ -172,4 +172,5 @@ CATALOGUE_STUB = """\
 # terms = "digital copy; refundable within 14 days"
 # goods = "goods/guide-001.txt"      # the file delivered, relative to this file
 # valid_days = 30                    # how long each signed offer stays valid
+# refund_days = 14                   # refunds granted this long after payment; 0: none
 """

@@ -278,12 +278,13 @@ def test_the_catalogue_stub_is_empty_and_its_example_is_a_valid_offer(tmp_path: 
     example = "\n".join(line[2:] if line.startswith("# ") and not line.startswith("#  ")
                         else "" for line in CATALOGUE_STUB.splitlines()
                         if line.startswith(("# [", "# sku", "# title", "# price", "# terms",
-                                            "# goods", "# valid")))
+                                            "# goods", "# valid", "# refund")))
     stub.write_text(example)
     (tmp_path / "goods").mkdir()
     (tmp_path / "goods" / "guide-001.txt").write_bytes(b"the guide")
     [item] = load_catalogue(stub)
     assert (item.sku, str(item.price), item.goods) == ("guide-001", "EUR 12.50", b"the guide")
+    assert (item.valid_days, item.refund_days) == (30, 14)
 
 
 def test_the_payment_stub_names_the_key_the_config_reads(tmp_path: Path) -> None:
