@@ -276,9 +276,10 @@ def transaction_peers(connection: sqlite3.Connection, transaction: str, peer: st
     every one of them is with ``peer``. Two index look-ups, however many records."""
     exists = connection.execute("SELECT 1 FROM archive_records WHERE txn = ? LIMIT 1",
                                 (transaction,)).fetchone() is not None
-    other = connection.execute(
-        "SELECT 1 FROM archive_records WHERE txn = ? AND (peer < ? OR peer > ?) LIMIT 1",
-        (transaction, peer, peer)).fetchone() is not None
+    # Two range look-ups on (txn, peer): one "OR" would scan the transaction's records.
+    other = any(connection.execute(
+        f"SELECT 1 FROM archive_records WHERE txn = ? AND peer {op} ? LIMIT 1",
+        (transaction, peer)).fetchone() is not None for op in ("<", ">"))
     return exists, exists and not other
 
 

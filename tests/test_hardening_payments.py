@@ -502,3 +502,10 @@ async def test_a_refund_confirmed_by_another_bank_is_not_taken_for_money_back(
     row = await m["buyer"].database.read(lambda c: c.execute(
         "SELECT state FROM commerce_purchases WHERE key = 'forged-refund'").fetchone())
     assert row[0] == "refund_requested"
+
+
+async def test_fetch_after_the_item_was_withdrawn_is_a_refusal(m: Market) -> None:
+    bought = await Shopper(m["buyer"]).buy("seller", MAP, "transfer", "gone")
+    m["seller"].role.items.pop(MAP)  # type: ignore[attr-defined]
+    refusal = await m.refused("buyer", "seller", "commerce", "fetch", {"order": bought.order})
+    assert (refusal.code, refusal.detail) == ("commerce.unknown_offer", {"sku": MAP})

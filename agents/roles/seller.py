@@ -391,7 +391,13 @@ class Seller(Role):
                            detail={"state": sale.state.value})
         if sale.delivery is None or sale.receipt is None:
             raise BadRequest("the order is not paid yet", detail={"state": sale.state.value})
-        item = self.items[_terms(sale).offer_terms().sku]
+        sold = _terms(sale).offer_terms()
+        item = self.items.get(sold.sku)
+        if item is None or item.content_digest != sold.content_digest:
+            # The catalogue changed since the sale: refuse rather than fail, or send
+            # other goods than the ones sold (the buyer may ask for a refund).
+            raise UnknownOffer(f"the goods sold as {sold.sku!r} are no longer held here",
+                               detail={"sku": sold.sku})
         return {"delivery": sale.delivery.to_wire(), "goods": item.goods,
                 "receipt": sale.receipt.to_wire()}
 
