@@ -347,10 +347,12 @@ def bundle_records(connection: sqlite3.Connection, transaction: str) -> list[Arc
         except StatementError:
             continue
     related = []
-    for digest in sorted(named):
-        related += [_row_to_record(row) for row in connection.execute(
-            f"SELECT {_COLUMNS} FROM archive_records WHERE digest = ? AND txn != ?",
-            (digest, transaction))]
+    for digest in sorted(named):  # the first record of each (an offer bought twice)
+        row = connection.execute(
+            f"SELECT {_COLUMNS} FROM archive_records WHERE digest = ? AND txn != ?"
+            " ORDER BY seq LIMIT 1", (digest, transaction)).fetchone()
+        if row is not None:
+            related.append(_row_to_record(row))
     return records + related
 
 

@@ -224,6 +224,7 @@ async def test_export_by_idempotency_key_or_prefix_includes_the_offer(tmp_path: 
     async with running_market(tmp_path / "m") as m:
         await Shopper(m["buyer"]).buy("seller", GUIDE, "transfer", "my-first-book")
         await Shopper(m["buyer"]).buy("seller", "song-003", "transfer", "my-second")
+        await Shopper(m["buyer"]).buy("seller", GUIDE, "transfer", "my-third")  # again
     market = tmp_path / "m"
     buyer_cfg = str(market / "buyer" / "agent.toml")
     runner = CliRunner()
@@ -252,6 +253,13 @@ async def test_export_by_idempotency_key_or_prefix_includes_the_offer(tmp_path: 
         assert EvidenceBundle.from_bytes((tmp_path / "p.bundle").read_bytes()).transaction \
             == bundle.transaction
     assert order.seq > rows[0]["seq"]
+    # The guide bought again: its bundle holds the offer once, not each time it was kept.
+    done = runner.invoke(cli, ["archive", "export", "--config", buyer_cfg, "my-third", "-o",
+                               str(tmp_path / "third.bundle")])
+    assert done.exit_code == 0, done.stderr
+    third = EvidenceBundle.from_bytes((tmp_path / "third.bundle").read_bytes())
+    offers = [r for r in third.records if r.transaction == "offers"]
+    assert len(offers) == 1 and offers[0].statement == bundle.records[0].statement
     # Nothing of that name, or a name that fits several: one line with a code.
     for name, code in (("nothing-like-it", "archive.unknown_transaction"),
                        ("", "archive.ambiguous_transaction")):  # "" starts every name
