@@ -276,3 +276,40 @@ def _records(folder: Path) -> list[Any]:
         return database.read_sync(_archive.read_records)
     finally:
         database.close()
+
+
+async def test_concurrent_deliveries_do_not_pass_the_quota_together(tmp_path: Path) -> None:
+    """Both pass the check before the commit; the check inside the commit lets one in."""
+    init_market(tmp_path / "m")
+    seller = Agent(AgentConfig.load(tmp_path / "m" / "seller" / "agent.toml"))
+    buyer = Agent(AgentConfig.load(tmp_path / "m" / "buyer" / "agent.toml"))
+    outcomes: list[str] = []
+
+    async def deliver(n: int) -> None:
+        try:
+            await buyer.evidence.deliver("seller", "buyer/race",
+                                         buyer.evidence.sign("test.note", {"n": n}))
+            outcomes.append("ok")
+        except RemoteError as exc:
+            outcomes.append(exc.code)
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            for agent in (seller, buyer):
+                await nursery.start(agent.run)
+            await deliver(0)
+            records, size = await seller.archive.usage("buyer")
+            used = size + records * _archive.RECORD_OVERHEAD
+            seller.config = dataclasses.replace(seller.config,
+                                                evidence_peer_quota=used * 5 // 2)
+            async with trio.open_nursery() as racers:
+                for n in (1, 2):
+                    racers.start_soon(deliver, n)
+            nursery.cancel_scope.cancel()
+    assert sorted(outcomes) == ["evidence.quota_exceeded", "ok", "ok"]
+    database = Database.open_sync(tmp_path / "m" / "seller" / "data" / "agent.sqlite",
+                                  _archive.MIGRATIONS)
+    try:
+        assert len(database.read_sync(_archive.read_records)) == 4
+    finally:
+        database.close()
