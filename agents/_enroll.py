@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
+import secrets
+import shutil
 from pathlib import Path
 from typing import ClassVar
 
@@ -118,6 +121,26 @@ def _check_folder(folder: Path) -> None:
 def _write_folder(folder: Path, token: EnrollmentToken, enrolled: Enrolled,
                   key: ed25519.Ed25519PrivateKey, *, listen: str | None,
                   passphrase: bytes | None, passphrase_file: Path | None) -> AgentConfig:
+    """Write the agent folder whole or not at all: it is built in a temporary sibling
+    and renamed into place, so a failure half way (a full disk) leaves no half-made
+    agent behind (the token is spent by then: the operator asks for a new one)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    building = folder.parent / f".{folder.name}.enroll-{secrets.token_hex(4)}"
+    try:
+        _fill_folder(building, token, enrolled, key, listen=listen, passphrase=passphrase,
+                     passphrase_file=passphrase_file)
+        if folder.exists():
+            folder.rmdir()  # empty (checked before enrolling); rename replaces no folder
+        os.rename(building, folder)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return AgentConfig.load(folder / "agent.toml")
+
+
+def _fill_folder(folder: Path, token: EnrollmentToken, enrolled: Enrolled,
+                 key: ed25519.Ed25519PrivateKey, *, listen: str | None,
+                 passphrase: bytes | None, passphrase_file: Path | None) -> AgentConfig:
     (folder / "data").mkdir(parents=True, exist_ok=True)
     write_file(folder / "key.pem", private_key_pem(key, passphrase), private=True)
     write_file(folder / "cert.pem", enrolled.certificate.public_bytes(_PEM))

@@ -226,3 +226,43 @@ def test_market_init_into_an_undecodable_folder_name(tmp_path: Path,
     assert status == 0, err
     assert "\\udcff" in out
     assert os.listdir(tmp_path) == ["m\udcff"]
+
+
+def test_enrollment_that_fails_while_writing_leaves_no_folder(
+        prebuilt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another member: `agent enroll` wrote the agent folder file by file after the CA
+    answered; a failure half way (here the fourth file) left a folder with a key and
+    no config. It is now built aside and renamed into place."""
+    from types import SimpleNamespace
+
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from semper.agents import _enroll
+    from semper.services.certificates import load_certificate, load_crl
+
+    token = SimpleNamespace(agent_id="newcomer", role="buyer")
+    enrolled = SimpleNamespace(
+        certificate=load_certificate((prebuilt / "buyer" / "cert.pem").read_bytes()),
+        root=load_certificate((prebuilt / "ca" / "root.pem").read_bytes()),
+        crl=load_crl((prebuilt / "ca" / "crl.pem").read_bytes()),
+        ca_id="ca", ca_address="127.0.0.1:1")
+    key = ed25519.Ed25519PrivateKey.generate()
+    calls = []
+    real = _enroll.write_file
+
+    def failing(path: Path, data: bytes, **kw: object) -> None:
+        calls.append(path.name)
+        if len(calls) == 4:
+            raise OSError(28, "No space left on device")
+        real(path, data, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_enroll, "write_file", failing)
+    with pytest.raises(OSError):
+        _enroll._write_folder(tmp_path / "agent", token, enrolled, key,  # type: ignore[arg-type]
+                              listen=None, passphrase=None, passphrase_file=None)
+    assert os.listdir(tmp_path) == []
+    monkeypatch.setattr(_enroll, "write_file", real)
+    config = _enroll._write_folder(tmp_path / "agent", token, enrolled,  # type: ignore[arg-type]
+                                   key, listen=None, passphrase=None, passphrase_file=None)
+    assert config.id == "newcomer" and (tmp_path / "agent" / "agent.toml").is_file()
+    assert os.listdir(tmp_path) == ["agent"]
