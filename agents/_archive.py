@@ -9,6 +9,8 @@ one fsync for the batch, each caller still waits for its own record to be durabl
 
 The certificates of every signer seen are kept beside the chain, so that an
 evidence bundle can be exported long after the channel that carried them closed.
+``archive_usage`` counts each peer's records and bytes in the same commit as the
+records (the quota of ``evidence.deliver``); the tables are STRICT.
 """
 
 from __future__ import annotations
