@@ -160,7 +160,7 @@ async def test_a_channel_checks_its_peer_again_before_the_next_frame(market: Mar
     verifier = EpochVerifier(market)
     registry = echo_registry()
     async with channel_pair(market, server_registry=registry) as pair:
-        pair.server._verify = verifier  # as establish would have given it
+        pair.server._verify = pair.server._epochs = verifier  # as establish would
         assert await pair.client.request("echo", "echo", 1) == 1
         market.revoke(pair.client_agent)
         verifier._verify = market.verifier()  # reads the new CRL
@@ -184,7 +184,7 @@ async def test_our_own_requests_to_a_revoked_peer_are_not_sent(market: Market) -
     registry.add_service("echo")
     registry.add_op("echo", "echo", record)
     async with channel_pair(market, server_registry=registry) as pair:
-        pair.client._verify = verifier
+        pair.client._verify = pair.client._epochs = verifier
         assert await pair.client.request("echo", "echo", 1) == 1
         market.revoke(pair.server_agent)
         verifier._verify = market.verifier()

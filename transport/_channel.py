@@ -200,6 +200,8 @@ class Channel:
         self._peer_der = peer_certificate
         self._expected_id = expected_id
         self._epoch = verifier_epoch(verify_peer) if epoch is None else epoch
+        # Only a verifier with an epoch can change its mind: the hot paths look here.
+        self._epochs: Any = verify_peer if hasattr(verify_peer, "epoch") else None
         # TlsStream can send synchronously when the line is free (see _enqueue).
         self._send_nowait = getattr(stream, "send_nowait", None)
         self.peer = peer
@@ -260,7 +262,8 @@ class Channel:
         """
         limit = self._config.request_timeout if timeout is _DEFAULT else timeout
         assert isinstance(limit, (int, float))
-        self.recheck()
+        if self._epochs is not None and self._epochs.epoch != self._epoch:
+            self.recheck()
         pending: _Pending | None = None
         with trio.move_on_after(limit) as scope:
             while len(self._pending) >= self.their_hello.limits.max_in_flight:
@@ -575,7 +578,8 @@ class Channel:
             obj = decoder.next_object()
             if obj is NEED_DATA:
                 return
-            if self._epoch != verifier_epoch(self._verify) and not self.recheck():
+            epochs = self._epochs
+            if epochs is not None and epochs.epoch != self._epoch and not self.recheck():
                 return
             try:
                 message = parse_message(obj)
