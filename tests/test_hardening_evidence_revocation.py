@@ -327,3 +327,48 @@ async def test_check_with_config_fetches_the_ca_agents_crl(tmp_path: Path) -> No
             nursery.cancel_scope.cancel()
     assert done.exit_code == 0, done.stderr
     assert __import__("json").loads(done.stdout)["crl"]["number"] == 2
+
+
+async def test_check_with_config_has_the_ca_agent_issue_a_crl_after_the_statements(
+        tmp_path: Path) -> None:
+    """A bundle checked right after its statements: ``--config`` asks the CA agent for
+    a CRL issued after the last of them (``fresh_after``), which it issues then and
+    there, at most once per ``fresh_crl_interval``."""
+    import trio
+
+    from semper.agents import Agent, AgentConfig, _archive
+    from semper.agents._market import init_market
+    from semper.agents._storage import Database
+
+    market = tmp_path / "m"
+    now = dt.datetime.now(dt.UTC)
+    init_market(market, now=now - 10 * dt.timedelta(minutes=1))
+    buyer = Agent(AgentConfig.load(market / "buyer" / "agent.toml")).credentials
+    note = sign_statement("test.note", {"n": 1}, key=buyer.key,
+                          certificate=buyer.identity.certificate, now_ms=ms(now) - 1000,
+                          nonce=b"\x01" * 16)
+    database = Database.open_sync(market / "seller" / "data" / "agent.sqlite",
+                                  _archive.MIGRATIONS)
+    database.transaction_sync(lambda c: _archive.append(c, [
+        _archive.entry(note, direction="received", peer="buyer", transaction="buyer/t",
+                       certificate=buyer.identity.certificate)]))
+    database.close()
+    out = tmp_path / "tx.bundle"
+    config = str(market / "seller" / "agent.toml")
+    runner = CliRunner()
+    done = runner.invoke(cli, ["archive", "export", "--config", config, "buyer/t", "-o",
+                               str(out)])
+    assert done.exit_code == 0, done.stderr
+    args = ["archive", "check", str(out), "--root", str(market / "ca" / "root.pem"),
+            "--json"]
+    done = runner.invoke(cli, args)  # the market's own CRL is from before the note
+    assert done.stderr.startswith("semper: archive.crl_too_old: ")
+    ca = Agent(AgentConfig.load(market / "ca" / "agent.toml"))
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ca.run)
+            done = await trio.to_thread.run_sync(runner.invoke, cli, [*args, "--config",
+                                                                      config])
+            nursery.cancel_scope.cancel()
+    assert done.exit_code == 0, done.stderr
+    assert __import__("json").loads(done.stdout)["crl"]["number"] == 2

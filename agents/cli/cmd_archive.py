@@ -21,6 +21,7 @@ from semper.services.archive import (
     verify_chain,
 )
 from semper.services.certificates import CertificateError, load_certificate, load_crl
+from semper.services.statements import Statement, StatementError
 
 from .. import _archive
 from .._config import AgentConfig
@@ -116,8 +117,10 @@ def check(bundle_path: Path, root_path: Path, crl_paths: tuple[Path, ...],
     if config_path is not None:
         config, passphrase = load_config(config_path, passphrase_file)
         crls += _local_crls(config)
+        # A CRL issued after the bundle's last statement settles every one of them.
+        latest = _latest_statement(bundle)
         try:
-            fetched = trio.run(_fetch_crl, config, passphrase)
+            fetched = trio.run(_fetch_crl, config, passphrase, latest)
         except Exception as exc:  # the check goes on with the CRLs at hand
             fetch_failure = f"{getattr(exc, 'code', type(exc).__name__)}: " \
                             f"{getattr(exc, 'message', str(exc))}"
@@ -168,6 +171,19 @@ def _number(crl: x509.CertificateRevocationList) -> int:
         return -1
 
 
+def _latest_statement(bundle: EvidenceBundle) -> int | None:
+    """When the bundle's last statement was signed, by its own say (the fetched CRL
+    must have been issued after it); unreadable statements are verify_bundle's to
+    report."""
+    times = []
+    for record in bundle.records:
+        try:
+            times.append(Statement.from_bytes(record.statement).issued_at)
+        except StatementError:
+            continue
+    return max(times, default=None)
+
+
 def _local_crls(config: AgentConfig) -> list[x509.CertificateRevocationList]:
     """The agent's CRL file and the newer one its process fetched (``data/crl.pem``)."""
     found = [load_crl(config.crl.read_bytes())]
@@ -179,9 +195,10 @@ def _local_crls(config: AgentConfig) -> list[x509.CertificateRevocationList]:
     return found
 
 
-async def _fetch_crl(config: AgentConfig, passphrase: bytes | None
+async def _fetch_crl(config: AgentConfig, passphrase: bytes | None, fresh_after: int | None
                      ) -> x509.CertificateRevocationList | None:
-    """The CA agent's current CRL (``certificates.crl``), or None without a CA agent."""
+    """The CA agent's current CRL (``certificates.crl``), issued after ``fresh_after``
+    if the CA agent agrees to issue one now, or None without a CA agent."""
     from .._agent import Agent  # the agent runtime, only for this option
 
     if config.ca_agent is None or config.ca_agent == config.id:
@@ -189,6 +206,9 @@ async def _fetch_crl(config: AgentConfig, passphrase: bytes | None
     agent = Agent(config, passphrase=passphrase)
     with trio.fail_after(config.timeouts.handshake + config.timeouts.request):
         async with agent.connect(config.ca_agent) as channel:
-            answer = await channel.request("certificates", "crl", {"known": 0})
+            query: dict[str, int] = {"known": 0}
+            if fresh_after is not None:
+                query["fresh_after"] = fresh_after
+            answer = await channel.request("certificates", "crl", query)
     der = answer.get("crl") if isinstance(answer, dict) else None
     return load_crl(der) if isinstance(der, bytes) else None

@@ -31,6 +31,7 @@ from typing import Any
 import trio
 from cryptography.hazmat.primitives import serialization
 
+from semper.services.archive import crl_covers_until
 from semper.services.certificates import (
     CertificateAuthority,
     CertificateError,
@@ -59,6 +60,10 @@ log = logging.getLogger("semper.ca")
 #: comes half a validity (15 days) before nextUpdate, so an hour is plenty.
 CRL_CHECK_INTERVAL = 3600.0
 
+#: At most one CRL issued on request (``certificates.crl`` ``fresh_after``) per this
+#: many seconds.
+FRESH_CRL_INTERVAL = 10.0
+
 _DER = serialization.Encoding.DER
 
 
@@ -80,6 +85,10 @@ class CertificationAuthority(Role):
         #: The CA's clock for CRL renewal; tests move it.
         self.clock: Callable[[], dt.datetime] = utcnow
         self.crl_check_interval = CRL_CHECK_INTERVAL
+        #: Seconds between two CRLs issued on a verifier's request (``fresh_after``).
+        self.fresh_crl_interval = FRESH_CRL_INTERVAL
+        self._last_fresh_ms = 0
+        self._fresh_lock = trio.Lock()
 
     def migrations(self) -> dict[str, Any]:
         return dict(CA_MIGRATIONS)
@@ -134,6 +143,26 @@ class CertificationAuthority(Role):
         await agent.reread_crl_file()
         return True
 
+    async def _issue_fresh_crl(self, fresh_after: int) -> None:
+        """Issue the next CRL now, for a verifier that needs one issued after
+        ``fresh_after`` (not in our future); rate-limited, so that peers cannot make
+        us sign, and every agent fetch, a CRL per request."""
+        now = self.clock()
+        now_ms = int(now.timestamp() * 1000)
+        if fresh_after > now_ms or now_ms - self._last_fresh_ms < self.fresh_crl_interval * 1000:
+            return
+        async with self._fresh_lock:
+            if crl_covers_until(self.agent.crl) >= fresh_after:
+                return  # another request had one issued meanwhile
+            self._last_fresh_ms = now_ms
+            try:
+                await trio.to_thread.run_sync(functools.partial(
+                    publish_crl, self.agent.config.crl, self.authority, now=now))
+            except (OSError, CertificateError) as exc:
+                log.error("cannot issue a fresh CRL %s: %s", self.agent.config.crl, exc)
+                return
+            await self.agent.reread_crl_file()
+
     async def _keep_crl_current(self) -> None:
         while True:
             await trio.sleep(self.crl_check_interval)
@@ -171,10 +200,19 @@ class CertificationAuthority(Role):
     # -- certificates ---------------------------------------------------------------------
 
     async def _crl(self, context: RequestContext, body: Any) -> dict[str, Any]:
-        """``{"known": n}`` -> ``{"number": m, "crl": DER or nil}`` (nil when m <= n)."""
+        """``{"known": n, "fresh_after": ms?}`` -> ``{"number": m, "crl": DER or nil}``
+        (nil when m <= n).
+
+        ``fresh_after`` asks for a CRL issued after that moment (a verifier checking
+        a statement signed then, protocol.md 6A.8): the CA issues one now if its
+        current CRL is older, at most once per ``fresh_crl_interval`` seconds.
+        """
         known = body.get("known", 0) if isinstance(body, dict) else 0
         known = known if type(known) is int else 0
+        fresh_after = body.get("fresh_after") if isinstance(body, dict) else None
         await self.agent.reread_crl_file()
+        if type(fresh_after) is int and crl_covers_until(self.agent.crl) < fresh_after:
+            await self._issue_fresh_crl(fresh_after)
         crl = self.agent.crl
         number = crl_number(crl)
         return {"number": number, "crl": crl.public_bytes(_DER) if number > known else None}

@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..certificates import (
+    CLOCK_SKEW,
     AgentIdentity,
     BadCrl,
     CertificateError,
@@ -83,6 +84,7 @@ __all__ = [
     "EvidenceBundle",
     "VerifiedStatement",
     "collect_bundle",
+    "crl_covers_until",
     "named_digests",
     "newest_crl",
     "verify_bundle",
@@ -490,13 +492,13 @@ def _verify_record(
             return _invalid(bundle, record.seq, exc)
         checked[statement.signer] = _Checked(signer, None)
     this_update = _ms(crl.last_update_utc)
-    if statement.issued_at > this_update:
+    if statement.issued_at > crl_covers_until(crl):
         return CrlTooOld(
             f"record {record.seq} was signed at {_when(statement.issued_at)}, after the "
             f"newest CRL at hand (number {_crl_number(crl)}, issued "
-            f"{_when(this_update)}): nothing shows its signer was not revoked by then; "
-            f"check again with a CRL issued after it (--crl FILE, or --config to fetch "
-            f"the CA agent's)",
+            f"{_when(crl_covers_until(crl))}): nothing shows its signer was not revoked "
+            f"by then; check again with a CRL issued after it (--crl FILE, or --config "
+            f"to have the CA agent issue one)",
             detail={"seq": record.seq, "transaction": bundle.transaction,
                     "issued_at": statement.issued_at, "crl_this_update": this_update,
                     "crl_number": _crl_number(crl)})
@@ -589,3 +591,10 @@ def _invalid(
         detail={"seq": seq, "transaction": bundle.transaction, "cause": exc.code,
                 "cause_detail": exc.detail},
     )
+
+
+def crl_covers_until(crl: x509.CertificateRevocationList) -> int:
+    """Up to when (Unix ms) a CRL vouches for the certificates it does not name: the
+    moment its CA issued it, which is its thisUpdate plus CLOCK_SKEW (a semper CA
+    backdates thisUpdate by exactly that, for verifiers whose clocks are behind)."""
+    return _ms(crl.last_update_utc) + int(CLOCK_SKEW.total_seconds() * 1000)
