@@ -1,0 +1,1072 @@
+"""A hostile peer for semper agents, driven by Hypothesis (issue 7).
+
+Theory of operation. One local market (``init_market``) runs its CA, bank and seller
+in one trio loop, in a thread of its own (``Harness``), for the whole run: starting
+agents per example would cost seconds each. The peer holds the buyer's real
+credentials, so it gets past TLS and the certificate check and reaches the code that
+reads frames. Hypothesis draws one ``Case`` per example (in the caller's thread) and
+the harness plays it over real TLS on loopback, on either kind of channel:
+
+* **inbound**: the peer dials the target agent, reads its hello, sends ours (or a
+  fuzzed one) and then the case's frames: arbitrary bytes and length prefixes,
+  truncated frames, msgpack outside the value model, envelopes of every type with
+  arbitrary fields, requests for the agents' real ops with arbitrary bodies, and
+  valid request bodies the real buyer sent (recorded while it bought something
+  once, at start) with one field perturbed and the statement re-signed by its real
+  signer, so that the checks behind the signature are reached too;
+* **outbound**: the target agent dials the peer (its ``[peers]`` says the buyer
+  listens where the peer does) for a request of its own, and the peer answers with
+  a fuzzed hello or the case's frames, answers to the agent's request among them.
+
+Each case ends with a well-formed ``sys.ping``; the peer reads until every request
+it sent that the agent could parse has its answer (``expected_answers`` runs the
+agent's own decoder over our bytes to know which), or until the agent closes.
+What counts as a **finding**: an ``err`` with ``internal.error``; a log record at
+ERROR or above from a ``semper`` logger; an exception without a stable ``code``
+from the agent's own request on an outbound channel; a case that does not end
+within ``CASE_DEADLINE`` (a hang); an agent that stopped or does not answer a fresh
+channel's ``sys.ping`` within 1 s; the bank's books out of balance, or balances
+moved with no money-moving request answered ``res``.
+
+Run it: ``python bench/fuzz_peer.py --frames 100000`` (``--json`` for programs);
+tests/test_hardening_fuzzpeer.py runs a short version in the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import functools
+import json
+import logging
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import trio
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from semper.agents._agent import Agent
+from semper.agents._config import AgentConfig
+from semper.agents._identity import Credentials
+from semper.agents._market import init_market
+from semper.agents._purchase import Shopper
+from semper.services.certificates import fingerprint
+from semper.services.statements import sign_statement
+from semper.transport import (
+    NEED_DATA,
+    ChannelConfig,
+    CodecLimits,
+    FrameDecoder,
+    ServiceRegistry,
+    TlsContexts,
+    encode_frame,
+    make_hello,
+)
+from semper.transport import _channel as channel_module
+from semper.transport._errors import BadMessage, ProtocolError
+from semper.transport._messages import Bye, Hello, Request, parse_message
+
+__all__ = ["Case", "Harness", "cases", "main"]
+
+MAX_ID = (1 << 63) - 1
+MAX_FRAME = ChannelConfig().max_frame
+#: Real seconds one case may take before it counts as a hang.
+CASE_DEADLINE = 15.0
+PING_DEADLINE = 1.0
+TARGETS = ("bank", "seller", "ca")
+#: Who serves what, so that most requests reach a handler.
+SERVES = {
+    "bank": ("bank", "sys", "evidence"),
+    "seller": ("commerce", "payment", "sys", "evidence"),
+    "ca": ("certificates", "directory", "sys", "evidence"),
+}
+OPS = (
+    ("sys", "ping"), ("bank", "transfer"), ("bank", "deposit_cheque"), ("bank", "refund"),
+    ("bank", "stop_cheque"), ("bank", "account"), ("commerce", "catalogue"),
+    ("commerce", "order"), ("commerce", "fetch"), ("commerce", "refund"),
+    ("payment", "capabilities"), ("payment", "accept"), ("evidence", "deliver"),
+    ("certificates", "crl"), ("certificates", "status"), ("directory", "lookup"),
+    ("directory", "publish"), ("enroll", "request"),
+)
+MONEY_OPS = {("bank", "transfer"), ("bank", "deposit_cheque"), ("bank", "refund"),
+             ("payment", "accept"), ("commerce", "refund")}
+STATEMENT_KEYS = frozenset({"v", "type", "body", "signer", "issued_at", "nonce", "signature"})
+FRESH = "\x00fresh-id\x00"  # stands for "the next request id" until the case is encoded
+THEIRS = "\x00their-id\x00"  # stands for the id of the agent's own request (outbound)
+
+
+# -- strategies ----------------------------------------------------------------------
+
+_SIZES = (0, 1, 31, 32, 33, 64, 127, 128, 129, 255, 256, 257, 4095, 4096, 65535, 65536,
+          65537)
+_NEAR_LIMIT = tuple(MAX_FRAME + d for d in (-64, -40, -16, -9, -5, 0, 1, 16))
+
+
+@functools.cache
+def ints() -> st.SearchStrategy[int]:
+    return st.one_of(
+        st.integers(-(1 << 63), (1 << 64) - 1),
+        st.integers(-2, 300),
+        st.sampled_from([0, 1, -1, 1 << 31, 1 << 32, 1 << 53, MAX_ID, 1 << 63, (1 << 64) - 1,
+                         -(1 << 63), 253402300799999, 253402300800000]),
+    )
+
+
+@functools.cache
+def texts() -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.text(max_size=24),
+        st.sampled_from(["", "buyer", "seller", "bank", "ca", "BUYER", "buyer\u200b", "../x",
+                         "EUR", "eur", "XXX", "transfer", "cheque", "card", "commerce.order",
+                         "payment.transfer_order", "a" * 129, "\x00", "guide-001"]),
+        st.builds(lambda n, c: c * n, st.sampled_from(_SIZES), st.sampled_from("a\u00e9\u20ac")),
+    )
+
+
+@functools.cache
+def model_leaves() -> st.SearchStrategy[Any]:
+    """Leaves of the value model (docs/protocol.md 3.3)."""
+    return st.one_of(
+        st.none(), st.booleans(), ints(), texts(),
+        st.binary(max_size=40),
+        st.builds(lambda n: bytes(n), st.sampled_from((16, 32, 64, 65, 256))),
+    )
+
+
+@functools.cache
+def outside_leaves() -> st.SearchStrategy[Any]:
+    """Leaves msgpack can carry that the value model refuses."""
+    return st.one_of(
+        st.floats(),
+        st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=16)),
+        st.builds(msgpack.Timestamp, st.integers(0, 1 << 33), st.integers(0, 999_999_999)),
+    )
+
+
+@functools.cache
+def values(*, outside: bool = True) -> st.SearchStrategy[Any]:
+    leaves = st.one_of(model_leaves(), outside_leaves()) if outside else model_leaves()
+    keys: st.SearchStrategy[Any] = texts()
+    if outside:
+        keys = st.one_of(texts(), texts(), ints(), st.binary(max_size=8), st.none(),
+                         st.booleans())
+    tree = st.recursive(
+        leaves,
+        lambda kids: st.one_of(st.lists(kids, max_size=5),
+                               st.dictionaries(keys, kids, max_size=5)),
+        max_leaves=16,
+    )
+    return st.one_of(tree, tree, tree, deep(leaves), huge())
+
+
+@functools.cache
+def deep(leaves: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Nesting around the decoder's depth bound (32)."""
+
+    def nest(depth: int, leaf: Any, maps: bool) -> Any:
+        value = leaf
+        for _ in range(depth):
+            value = {"k": value} if maps else [value]
+        return value
+
+    return st.builds(nest, st.integers(28, 40), leaves, st.booleans())
+
+
+@functools.cache
+def huge() -> st.SearchStrategy[Any]:
+    """A str, bin or container near the frame and container limits."""
+    return st.one_of(
+        st.builds(lambda n, c: c * n, st.sampled_from(_NEAR_LIMIT), st.sampled_from("a\u00e9")),
+        st.builds(lambda n: b"\xff" * n, st.sampled_from(_NEAR_LIMIT)),
+        st.builds(lambda n: [0] * n, st.sampled_from((65535, 65536, 65537))),
+        st.builds(lambda n: {str(i): None for i in range(n)}, st.sampled_from((65536, 65537))),
+    )
+
+
+@functools.cache
+def envelopes(target: str) -> st.SearchStrategy[dict[Any, Any]]:
+    return _envelopes(target)
+
+
+@st.composite
+def _envelopes(draw: Any, target: str) -> dict[Any, Any]:
+    """A map shaped like an envelope, most often a request for a real op."""
+    kind = draw(st.sampled_from(["req"] * 24 + ["res", "err", "note"] * 2
+                                + ["bye", "hello", "other", "other"]))
+    if kind == "other":
+        kind = draw(st.one_of(texts(), ints(), st.none()))
+    message: dict[Any, Any] = {"type": kind}
+    fresh_or_any = st.one_of(st.just(FRESH), st.just(FRESH), st.just(FRESH), ints(),
+                             st.none(), st.booleans(), texts())
+    if kind in ("req", "res", "err"):
+        message["id"] = draw(fresh_or_any if kind == "req" else st.one_of(
+            st.just(THEIRS), st.just(THEIRS), ints(), st.none()))
+    if kind in ("req", "note"):
+        own = [op for op in OPS if op[0] in SERVES[target]]
+        service, op = draw(st.sampled_from(own + own + list(OPS)))
+        message["service"] = draw(st.one_of(st.just(service), st.just(service), texts(),
+                                            ints()))
+        message["op"] = draw(st.one_of(st.just(op), st.just(op), texts(), st.none()))
+        message["body"] = draw(st.one_of(values(outside=False), values(outside=False),
+                                         values()))
+    elif kind == "res":
+        message["body"] = draw(values())
+    elif kind == "err":
+        message["code"] = draw(st.one_of(texts(), ints(), st.just("internal.error")))
+        message["message"] = draw(st.one_of(texts(), st.none()))
+        message["detail"] = draw(values())
+    elif kind == "bye":
+        message["reason"] = draw(st.one_of(texts(), ints()))
+    elif kind == "hello":
+        message.update(draw(hellos()))
+    # One key missing, or one more, now and then.
+    if draw(st.integers(0, 7)) == 0 and len(message) > 1:
+        message.pop(draw(st.sampled_from(sorted(message, key=repr))))
+    if draw(st.integers(0, 7)) == 0:
+        message[draw(st.one_of(texts(), ints()))] = draw(values())
+    return message
+
+
+@functools.cache
+def hellos() -> st.SearchStrategy[dict[Any, Any]]:
+    return _hellos()
+
+
+@st.composite
+def _hellos(draw: Any) -> dict[Any, Any]:
+    """A hello near the valid one: the buyer's, with fields replaced."""
+    hello: dict[Any, Any] = make_hello("buyer", "buyer", ServiceRegistry(),
+                                       ChannelConfig()).to_wire()
+    for _ in range(draw(st.integers(0, 3))):
+        key = draw(st.sampled_from(["type", "agent", "role", "version", "services", "limits",
+                                    "extra"]))
+        hello[key] = draw(st.one_of(
+            values(),
+            st.fixed_dictionaries({"max_frame": ints(), "max_in_flight": ints()}),
+            st.dictionaries(texts(), st.fixed_dictionaries(
+                {"version": ints(), "modules": st.lists(texts(), max_size=3)}), max_size=3),
+        ))
+    return hello
+
+
+@functools.cache
+def raw_frames() -> st.SearchStrategy[bytes]:
+    """Bytes as they go on the wire, not necessarily a frame."""
+    prefix = st.one_of(st.integers(0, 0xFFFFFFFF), st.integers(0, 64),
+                       st.sampled_from([MAX_FRAME, MAX_FRAME + 1, 0xFFFFFFFF]))
+    return st.one_of(
+        st.binary(max_size=64),  # no frame at all
+        st.builds(lambda n, b: n.to_bytes(4, "big") + b, prefix, st.binary(max_size=64)),
+        st.builds(lambda b: len(b).to_bytes(4, "big") + b, st.binary(max_size=64)),
+        st.builds(lambda b: len(b).to_bytes(4, "big") + b,
+                  st.sampled_from([b"\xc1", b"\xc0\xc0", b"\x81", b"\x91\x91", b"\xd9\x05ab",
+                                   b"\xdd\xff\xff\xff\xff", b"\xdf\xff\xff\xff\xff",
+                                   b"\xc7\x01\x05a", b"\xca\x00\x00\x00\x00",
+                                   b"\xd6\xff\x00\x00\x00\x01", b"\xd4\x80\x00"])),
+    )
+
+
+def frames(target: str, mutants: st.SearchStrategy[Any] | None, *, clean: bool
+           ) -> st.SearchStrategy[Any]:
+    """One frame: bytes to write as they are, or a value to pack and frame. A clean
+    frame is a well-formed envelope (so the frames after it are read too)."""
+    options = [envelopes(target)] * 3
+    if mutants is not None:
+        options += [mutants] * 4
+    if not clean:
+        options += [raw_frames(), values().map(lambda v: ("value", v))]
+    return st.one_of(*options)
+
+
+@dataclass
+class Case:
+    """One example: a target agent, a direction, an opening and frames."""
+
+    target: str
+    outbound: bool
+    hello: Any  # None: the valid hello; else a fuzzed frame in its place
+    frames: list[Any]
+    truncate: int | None = None  # cut the last frame's bytes here
+
+    def __repr__(self) -> str:
+        return (f"Case(target={self.target!r}, outbound={self.outbound}, "
+                f"hello={_short(self.hello)}, frames={_short(self.frames, 4000)}, "
+                f"truncate={self.truncate})")
+
+
+def _short(value: Any, limit: int = 400) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"...({len(text)} chars)"
+
+
+def cases(mutants: st.SearchStrategy[Any] | None = None, *, max_frames: int = 12,
+          targets: tuple[str, ...] = TARGETS) -> st.SearchStrategy[Case]:
+    @st.composite
+    def build(draw: Any) -> Case:
+        target = draw(st.sampled_from(targets))
+        outbound = draw(st.integers(0, 3)) == 0
+        hello = None
+        if draw(st.integers(0, 9)) == 0:
+            hello = draw(st.one_of(hellos(), envelopes(target), raw_frames(),
+                                   values().map(lambda v: ("value", v))))
+        clean = draw(st.integers(0, 4)) > 1
+        body = draw(st.lists(frames(target, mutants, clean=clean), min_size=1,
+                             max_size=max_frames))
+        truncate = draw(st.integers(0, 40)) if draw(st.integers(0, 15)) == 0 else None
+        return Case(target=target, outbound=outbound, hello=hello, frames=body,
+                    truncate=truncate)
+
+    return build()
+
+
+# -- valid bodies, perturbed ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recorded:
+    sender: str
+    service: str
+    op: str
+    body: Any
+
+
+MUTATIONS = ("type", "huge_int", "negative", "zero", "bytes_str", "missing", "extra", "empty",
+             "long", "wrap", "any", "odd_text")
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if type(value) is dict:
+        for key, child in value.items():
+            out += _paths(child, (*prefix, key))
+    elif type(value) is list:
+        for i, child in enumerate(value[:8]):
+            out += _paths(child, (*prefix, i))
+    return out
+
+
+def _get(value: Any, path: tuple[Any, ...]) -> Any:
+    for step in path:
+        value = value[step]
+    return value
+
+
+def _perturb(draw: Any, old: Any, how: str) -> Any:
+    """The new value for one field (``missing`` and ``extra`` are handled by the caller)."""
+    if how == "type":
+        return draw(model_leaves().filter(lambda v: type(v) is not type(old)))
+    if how == "huge_int":
+        return draw(st.sampled_from([MAX_ID, 1 << 63, (1 << 64) - 1, -(1 << 63),
+                                     99999999999999999999 % (1 << 64)]))
+    if how == "negative":
+        return -old if type(old) is int and old > 0 else -1
+    if how == "zero":
+        return 0
+    if how == "bytes_str":
+        if type(old) is bytes:
+            return old.decode("latin-1")
+        if type(old) is str:
+            return old.encode()
+        return draw(st.sampled_from([b"", "", b"x", "x"]))
+    if how == "empty":
+        return draw(st.sampled_from(["", b"", [], {}, None]))
+    if how == "long":
+        n = draw(st.sampled_from((*_SIZES, 1 << 16, 1 << 19)))
+        return (old[:1] or b"x") * n if type(old) is bytes else "x" * n
+    if how == "wrap":
+        return draw(st.sampled_from([[old], {"value": old}]))
+    if how == "odd_text":
+        base = old if type(old) is str else "x"
+        return draw(st.sampled_from([base.upper(), base + "\u200b", " " + base, base + "\x00",
+                                     "../" + base, base * 3, "\u0130" + base]))
+    return draw(values(outside=draw(st.booleans())))
+
+
+class Signers:
+    """Every agent key of the market, by certificate fingerprint: a perturbed
+    statement is signed again by whoever signed the original."""
+
+    def __init__(self, credentials: list[Credentials]) -> None:
+        self._by_fp = {fingerprint(c.identity.certificate): c for c in credentials}
+
+    def resign(self, statement: dict[str, Any]) -> dict[str, Any] | None:
+        credentials = self._by_fp.get(statement.get("signer"))  # type: ignore[arg-type]
+        if credentials is None:
+            return None
+        try:
+            signed = sign_statement(
+                statement["type"], statement["body"], key=credentials.key,
+                certificate=credentials.identity.certificate, now_ms=time.time_ns() // 10**6,
+                nonce=os.urandom(16))
+        except Exception:  # a body outside the statement model: leave it unsigned
+            return None
+        return signed.to_wire()
+
+
+def mutants(recorded: list[Recorded], signers: Signers, target: str | None = None
+            ) -> st.SearchStrategy[Any]:
+    """A request for a real op whose body is a recorded valid one with one field
+    perturbed; each statement around the change signed again (or not)."""
+    pool = [r for r in recorded if target is None or r.service in SERVES[target]] or recorded
+
+    @st.composite
+    def build(draw: Any) -> dict[str, Any]:
+        record = draw(st.sampled_from(pool))
+        body = copy.deepcopy(record.body)
+        paths = _paths(body)
+        path = draw(st.sampled_from(paths))
+        how = draw(st.sampled_from(MUTATIONS))
+        if not path:
+            body = _perturb(draw, body, how)
+        else:
+            parent = _get(body, path[:-1])
+            last = path[-1]
+            if how == "missing":
+                del parent[last]
+            elif how == "extra" and type(parent) is dict:
+                parent[draw(texts())] = draw(model_leaves())
+            else:
+                parent[last] = _perturb(draw, parent[last], how)
+            if draw(st.integers(0, 3)) > 0:
+                _resign_around(body, path, signers)
+        return {"type": "req", "id": FRESH, "service": record.service, "op": record.op,
+                "body": body}
+
+    return build()
+
+
+def _resign_around(body: Any, path: tuple[Any, ...], signers: Signers) -> None:
+    """Sign again every statement map on ``path`` whose ``body`` holds the change,
+    innermost first."""
+    for depth in range(len(path) - 1, -1, -1):
+        node = _get(body, path[:depth])
+        if (type(node) is dict and STATEMENT_KEYS <= node.keys() and depth < len(path)
+                and path[depth] == "body"):
+            fresh = signers.resign(node)
+            if fresh is None:
+                return
+            node.clear()
+            node.update(fresh)
+
+
+# -- encoding a case, and what the agent must answer ---------------------------------
+
+
+def pack(frame: Any) -> bytes:
+    """The wire bytes of one frame of a case (never raises)."""
+    if type(frame) is bytes:
+        return frame
+    value = frame[1] if type(frame) is tuple else frame
+    try:
+        body = msgpack.packb(value, use_bin_type=True)
+    except Exception:
+        return b""
+    return len(body).to_bytes(4, "big") + body
+
+
+def resolve_ids(frames: list[Any], start: int, theirs: Any = 1) -> tuple[list[Any], int]:
+    """Replace FRESH request ids by increasing ones from ``start``, and THEIRS by
+    ``theirs``."""
+    out = []
+    next_id = start
+    for frame in frames:
+        if type(frame) is dict and frame.get("id") == FRESH:
+            frame = {**frame, "id": next_id}
+            next_id += 1
+        elif type(frame) is dict and frame.get("id") == THEIRS:
+            frame = {**frame, "id": theirs}
+        elif type(frame) is dict and type(frame.get("id")) is int and frame["id"] >= next_id:
+            next_id = min(frame["id"] + 1, MAX_ID)
+        out.append(frame)
+    return out, next_id
+
+
+def ping_frame(rid: int) -> bytes:
+    return encode_frame({"type": "req", "id": rid, "service": "sys", "op": "ping",
+                         "body": b"fuzz"})
+
+
+@dataclass
+class Expectation:
+    """What the agent will answer to the bytes we send, by its own decoder."""
+
+    answers: Counter[Any]  # request id (or None) -> how many answers
+    requests: dict[int, Any]  # request id -> the request, for the report
+    ends: str  # "open": everything read; "closes": it will close; "waits": mid-frame
+
+
+def expected_answers(data: bytes, limits: CodecLimits) -> Expectation:
+    decoder = FrameDecoder(limits)
+    decoder.feed(data)
+    answers: Counter[Any] = Counter()
+    requests: dict[int, Any] = {}
+    while True:
+        try:
+            obj = decoder.next_object()
+        except ProtocolError:
+            return Expectation(answers, requests, "closes")
+        if obj is NEED_DATA:
+            return Expectation(answers, requests, "waits" if decoder.buffered else "open")
+        try:
+            message = parse_message(obj)
+        except BadMessage as exc:
+            answers[exc.detail.get("id")] += 1
+            continue
+        kind = type(message)
+        if kind is Request:
+            answers[message.id] += 1
+            requests.setdefault(message.id, obj)
+        elif kind is Bye or kind is Hello:
+            return Expectation(answers, requests, "closes")
+
+
+# -- the harness -----------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    cases: int = 0
+    frames: int = 0
+    inbound_frames: int = 0
+    outbound_frames: int = 0
+    answers: int = 0
+    codes: Counter[str] = field(default_factory=Counter)
+    findings: list[str] = field(default_factory=list)
+
+
+class Findings(logging.Handler):
+    """Log records at ERROR or above from semper's loggers."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("semper"):
+            self.records.append(record)
+
+
+class Harness:
+    """The market and its agents, in a trio loop in a thread of its own.
+
+    ``start()`` returns once the agents run; ``play(case)`` plays one case there and
+    returns the findings of that case (``[]`` when none); ``stop()`` ends it all.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.report = Report()
+        self.recorded: list[Recorded] = []
+        self.agents: dict[str, Agent] = {}
+        self.dead: dict[str, BaseException] = {}
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._ready = threading.Event()
+        self._failed: BaseException | None = None
+        self._stop: trio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._accepted: trio.MemorySendChannel[Any] | None = None
+        self._accepted_rx: trio.MemoryReceiveChannel[Any] | None = None
+        self.log = Findings()
+        self.signers: Signers | None = None
+        self._limits = CodecLimits(max_frame=MAX_FRAME, max_str=MAX_FRAME, max_bin=MAX_FRAME)
+
+    # -- lifecycle, from the caller's thread
+
+    def start(self) -> None:
+        logging.getLogger("semper").addHandler(self.log)
+        self._thread = threading.Thread(target=self._thread_main, name="fuzz-market",
+                                        daemon=True)
+        self._thread.start()
+        self._ready.wait(120)
+        if self._failed is not None:
+            raise RuntimeError("the market did not start") from self._failed
+        if self._token is None:
+            raise RuntimeError("the market did not start within 120 s")
+
+    def stop(self) -> None:
+        if self._token is not None and self._stop is not None:
+            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        if self._thread is not None:
+            self._thread.join(60)
+        logging.getLogger("semper").removeHandler(self.log)
+
+    def play(self, case: Case) -> list[str]:
+        assert self._token is not None
+        return trio.from_thread.run(self._play, case, trio_token=self._token)
+
+    def mutants(self, target: str | None = None) -> st.SearchStrategy[Any]:
+        assert self.signers is not None
+        return mutants(self.recorded, self.signers, target)
+
+    def _thread_main(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as exc:
+            self._failed = exc
+            self._ready.set()
+
+    # -- in the trio thread
+
+    def config(self, agent_id: str, **changes: Any) -> AgentConfig:
+        config = AgentConfig.load(self.folder / agent_id / "agent.toml")
+        return dataclasses.replace(config, **changes) if changes else config
+
+    def credentials(self, agent_id: str) -> Credentials:
+        c = self.config(agent_id)
+        return Credentials.load(cert=c.cert, key=c.key, root=c.ca_root, crl=c.crl)
+
+    async def _main(self) -> None:
+        self._stop = trio.Event()
+        init_market(self.folder)
+        everyone = ("ca", "bank", "seller", "buyer", "notary")
+        self.signers = Signers([self.credentials(a) for a in everyone])
+        buyer = self.credentials("buyer")
+        self._client_tls = TlsContexts(buyer.tls_config()).client
+        self._server_tls = TlsContexts(buyer.tls_config()).server
+        self._accepted, self._accepted_rx = trio.open_memory_channel[Any](16)
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self._listen_port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, self._on_accept, listeners)
+            await self._record_valid_bodies(nursery)
+            fuzz_address = f"127.0.0.1:{self._listen_port}"
+            for name in ("ca", "bank", "seller"):  # the CA first: the others publish there
+                config = self.config(name)
+                # The agents reach "buyer" at the fuzzer.
+                config = dataclasses.replace(config, peers={**config.peers,
+                                                            "buyer": fuzz_address})
+                agent = Agent(config)
+                self.agents[name] = agent
+                await nursery.start(self._keep, agent)
+            self._token = trio.lowlevel.current_trio_token()
+            self._ready.set()
+            await self._stop.wait()
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                for agent in self.agents.values():
+                    if agent.running:
+                        await agent.close_channels()
+            nursery.cancel_scope.cancel()
+
+    async def _keep(self, agent: Agent, *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run one agent; if it ever stops, that is a finding (the others go on)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(agent.run)
+                task_status.started()
+        except BaseException as exc:
+            self.dead[agent.id] = exc
+            if isinstance(exc, trio.Cancelled):
+                raise
+        else:
+            self.dead[agent.id] = RuntimeError("the agent returned")
+
+    async def _record_valid_bodies(self, nursery: trio.Nursery) -> None:
+        """Run the market once with the honest buyer, recording every request body
+        any agent sends: the bodies the mutants start from."""
+        original = channel_module.Channel.request
+        recorded = self.recorded
+
+        async def recording(channel: Any, service: str, op: str, body: Any = None,
+                            **kwargs: Any) -> Any:
+            recorded.append(Recorded(channel.our_hello.agent, service, op,
+                                     copy.deepcopy(body)))
+            return await original(channel, service, op, body, **kwargs)
+
+        channel_module.Channel.request = recording  # type: ignore[method-assign]
+        try:
+            async with AsyncExitStack() as stack:
+                agents = [Agent(self.config(name)) for name in ("ca", "bank", "seller", "buyer")]
+                for agent in agents:
+                    await stack.enter_async_context(_running(agent))
+                buyer = agents[-1]
+                shopper = Shopper(buyer)
+                catalogue, _ = await shopper.catalogue("seller")
+                sku = catalogue.offers[0].body["sku"]
+                await shopper.buy("seller", sku, "transfer", "fuzz-transfer")
+                await shopper.buy("seller", sku, "cheque", "fuzz-cheque")
+                await shopper.refund("fuzz-transfer")
+                await buyer.request("bank", "bank", "account", {})
+                await buyer.request("bank", "bank", "stop_cheque", {"serial": "never-drawn"})
+                note = buyer.evidence.sign("test.note", {"text": "recorded"})
+                await buyer.evidence.deliver("seller", "buyer/fuzz", note)
+                await buyer.request("ca", "certificates", "status", {"agent": "seller"})
+                await buyer.request("ca", "certificates", "crl", {"known": 0})
+                await buyer.request("ca", "directory", "lookup", {"agent": "seller"})
+                await buyer.request("ca", "directory", "lookup", {"role": "bank"})
+                await buyer.request("seller", "payment", "capabilities", {})
+        finally:
+            channel_module.Channel.request = original  # type: ignore[method-assign]
+        # Keep the buyer's own bodies, and the others' ones for their services.
+        self.recorded = [r for r in recorded if r.service != "sys"]
+
+    async def _on_accept(self, tcp: trio.SocketStream) -> None:
+        done = trio.Event()
+        assert self._accepted is not None
+        try:
+            self._accepted.send_nowait((tcp, done))
+        except trio.WouldBlock:
+            await trio.aclose_forcefully(tcp)
+            return
+        await done.wait()  # the case owns the connection until it is done with it
+
+    async def _play(self, case: Case) -> list[str]:
+        findings: list[str] = []
+        self.log.records.clear()
+        before = await self._books()
+        with trio.move_on_after(CASE_DEADLINE) as scope:
+            try:
+                if case.outbound:
+                    money = await self._outbound(case, findings)
+                else:
+                    money = await self._inbound(case, findings)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                money = True  # the agent hung up: we cannot know what it did
+        if scope.cancelled_caught:
+            findings.append(f"hang: the case did not end within {CASE_DEADLINE:g}s")
+            money = True
+        await self._check_alive(case.target, findings)
+        after = await self._books()
+        if not after["balanced"]:
+            findings.append(f"books out of balance: {after['balanced']}")
+        if not money and after["balances"] != before["balances"]:
+            findings.append("balances changed though no money-moving request succeeded")
+        for record in self.log.records:
+            findings.append(f"log {record.levelname} {record.name}: {record.getMessage()}"
+                            + (" (with traceback)" if record.exc_info else ""))
+        self.report.cases += 1
+        self.report.findings.extend(findings)
+        return findings
+
+    async def _books(self) -> dict[str, Any]:
+        from semper.agents import _ledger
+
+        def read(c: Any) -> dict[str, Any]:
+            try:
+                _ledger.check_books(c)
+                balanced: Any = True
+            except Exception as exc:
+                balanced = repr(exc)
+            return {"balanced": balanced, "balances": sorted(c.execute(
+                "SELECT holder, currency, balance FROM ledger_accounts"))}
+
+        bank = self.agents["bank"]
+        if not bank.running:
+            return {"balanced": True, "balances": None}
+        return await bank.database.read(read)
+
+    async def _check_alive(self, target: str, findings: list[str]) -> None:
+        for name, exc in self.dead.items():
+            findings.append(f"agent {name} stopped: {exc!r}")
+        if self.dead:
+            return
+        agent = self.agents[target]
+        assert agent.address is not None
+        try:
+            with trio.fail_after(PING_DEADLINE):
+                stream = await self._dial(agent.address)
+                try:
+                    decoder = FrameDecoder(self._limits)
+                    await _next(stream, decoder)  # their hello
+                    await stream.send_all(encode_frame(self._hello()) + ping_frame(1))
+                    answer = await _next(stream, decoder)
+                finally:
+                    await trio.aclose_forcefully(stream)
+            if not (type(answer) is dict and answer.get("type") == "res"):
+                findings.append(f"{target} answered a fresh ping with {_short(answer)}")
+        except (trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+            findings.append(f"{target} did not answer a fresh channel's ping within "
+                            f"{PING_DEADLINE:g}s: {exc!r}")
+
+    def _hello(self) -> dict[str, Any]:
+        return make_hello("buyer", "buyer", ServiceRegistry(), ChannelConfig()).to_wire()
+
+    async def _dial(self, address: tuple[str, int]) -> trio.SSLStream[Any]:
+        tcp = await trio.open_tcp_stream(*address)
+        stream = trio.SSLStream(tcp, self._client_tls, server_side=False)
+        await stream.do_handshake()
+        return stream
+
+    def _opening(self, case: Case) -> bytes:
+        if case.hello is None:
+            return encode_frame(self._hello())
+        frame, _ = resolve_ids([case.hello], 1)
+        return pack(frame[0])
+
+    def _body(self, case: Case, first_id: int, theirs: Any = 1) -> tuple[bytes, int, int]:
+        """The case's frames as bytes, the sentinel ping's id, and the frame count."""
+        frames, next_id = resolve_ids(case.frames, first_id, theirs)
+        parts = [pack(f) for f in frames]
+        if case.truncate is not None and parts:
+            parts[-1] = parts[-1][:case.truncate]
+        sentinel = max(next_id, 1)
+        parts.append(ping_frame(sentinel))
+        return b"".join(parts), sentinel, len(parts)
+
+    async def _inbound(self, case: Case, findings: list[str]) -> bool:
+        agent = self.agents[case.target]
+        assert agent.address is not None
+        stream = await self._dial(agent.address)
+        try:
+            decoder = FrameDecoder(self._limits)
+            their = await _next(stream, decoder)
+            if not (type(their) is dict and their.get("type") == "hello"):
+                findings.append(f"{case.target} opened with {_short(their)}")
+                return False
+            opening = self._opening(case)
+            data, _sentinel, count = self._body(case, 1)
+            self.report.inbound_frames += count + 1
+            self.report.frames += count + 1
+            expect = expected_answers(data, self._limits)
+            if case.hello is not None:
+                # Its hello exchange refuses what is not a valid hello, as fatal.
+                expect = self._after_fuzzed_hello(opening, data)
+            await _send(stream, opening + data)
+            return await self._collect(stream, decoder, expect, findings, case.target)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    def _after_fuzzed_hello(self, opening: bytes, data: bytes) -> Expectation:
+        decoder = FrameDecoder(self._limits)
+        decoder.feed(opening)
+        obj: Any = None
+        try:
+            obj = decoder.next_object()
+            hello = parse_message(obj) if obj is not NEED_DATA else None
+        except ProtocolError:
+            hello = None
+        if obj is NEED_DATA:
+            return Expectation(Counter(), {}, "waits")
+        valid = (type(hello) is Hello and hello.agent == "buyer" and hello.role == "buyer"
+                 and hello.version == 1 and 4096 <= hello.limits.max_frame <= 0xFFFFFFFF
+                 and hello.limits.max_in_flight >= 1 and decoder.buffered == 0)
+        if not valid:
+            return Expectation(Counter(), {}, "closes")
+        return expected_answers(data, self._limits)
+
+    async def _collect(self, stream: Any, decoder: FrameDecoder, expect: Expectation,
+                       findings: list[str], target: str, *,
+                       on_request: Callable[[Any], Any] | None = None) -> bool:
+        """Read the agent's answers until every expected one came (or it closed).
+        Returns whether a money-moving request may have succeeded."""
+        waiting = Counter(expect.answers)
+        money = False
+        while expect.ends == "closes" or +waiting:
+            obj = await _next(stream, decoder)
+            if obj is None:
+                break
+            if type(obj) is not dict:
+                findings.append(f"{target} sent a frame that is not a map: {_short(obj)}")
+                continue
+            kind = obj.get("type")
+            if kind == "req" and on_request is not None:
+                await on_request(obj)
+                continue
+            if kind not in ("res", "err"):
+                continue
+            self.report.answers += 1
+            rid = obj.get("id")
+            if waiting[rid] > 0:
+                waiting[rid] -= 1
+            request = expect.requests.get(rid) if type(rid) is int else None
+            if kind == "err":
+                code = obj.get("code")
+                self.report.codes[str(code)] += 1
+                if code == "internal.error":
+                    findings.append(
+                        f"internal.error from {target} for "
+                        f"{_short(request, 1500)}: {obj.get('message')!r}")
+            elif request is not None and (request.get("service"), request.get("op")) in MONEY_OPS:
+                money = True
+                self.report.codes["ok"] += 1
+            else:
+                self.report.codes["ok"] += 1
+        if expect.ends == "waits":
+            pass  # it waits for the rest of a frame we never send: we hang up
+        return money
+
+    async def _outbound(self, case: Case, findings: list[str]) -> bool:
+        """The target dials us (it thinks we are the buyer) for a request of its own."""
+        agent = self.agents[case.target]
+        old = agent._outbound.get("buyer")
+        if old is not None:
+            await old.aclose("fuzz: next case")
+        outcome: list[Any] = []
+
+        async def ask() -> None:
+            try:
+                outcome.append(await agent.request("buyer", "sys", "ping", b"out"))
+            except Exception as exc:
+                outcome.append(exc)
+
+        assert self._accepted_rx is not None
+        money = False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            tcp, done = await self._accepted_rx.receive()
+            try:
+                stream = trio.SSLStream(tcp, self._server_tls, server_side=True)
+                try:
+                    money = await self._serve_case(stream, case, findings)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    money = False  # it hung up in the handshake: nothing served
+                finally:
+                    await trio.aclose_forcefully(stream)
+            finally:
+                done.set()
+        result = outcome[0] if outcome else None
+        if isinstance(result, BaseException) and not isinstance(
+                getattr(result, "code", None), str):
+            findings.append(f"{case.target}'s request to the fuzzer raised {result!r} "
+                            "(no stable code)")
+        return money
+
+    async def _serve_case(self, stream: trio.SSLStream[Any], case: Case,
+                          findings: list[str]) -> bool:
+        await stream.do_handshake()
+        decoder = FrameDecoder(self._limits)
+        opening = self._opening(case)
+        await _send(stream, opening)
+        their = await _next(stream, decoder)
+        if case.hello is not None and self._after_fuzzed_hello(opening, b"").ends != "open":
+            return False  # it refused our hello (or waits for the rest of it)
+        if not (type(their) is dict and their.get("type") == "hello"):
+            return False
+        request = await _next(stream, decoder)  # its ping
+        rid = request.get("id") if type(request) is dict else None
+        data, _sentinel, count = self._body(case, 1, theirs=rid)
+        self.report.outbound_frames += count + 1
+        self.report.frames += count + 1
+        expect = expected_answers(data, self._limits)
+        await _send(stream, data)
+        return await self._collect(stream, decoder, expect, findings, case.target)
+
+
+@dataclasses.dataclass
+class _running:
+    agent: Agent
+
+    async def __aenter__(self) -> Agent:
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        await self._nursery.start(self.agent.run)
+        return self.agent
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        with trio.CancelScope(shield=True), trio.move_on_after(10):
+            await self.agent.close_channels()
+        self._nursery.cancel_scope.cancel()
+        return await self._nursery_manager.__aexit__(*exc)
+
+
+async def _send(stream: Any, data: bytes) -> None:
+    """Send what we can: an agent that closes on us mid-way is no error of ours (what
+    it sent before closing is still read)."""
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+async def _next(stream: Any, decoder: FrameDecoder) -> Any:
+    """The next frame, or None at EOF (or when the peer's bytes are not frames)."""
+    while True:
+        try:
+            obj = decoder.next_object()
+        except ProtocolError:
+            return None
+        if obj is not NEED_DATA:
+            return obj
+        try:
+            data = await stream.receive_some(1 << 16)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        if not data:
+            return None
+        decoder.feed(data)
+
+
+# -- the long run ------------------------------------------------------------------------
+
+
+def fuzz(harness: Harness, frames: int, *, batch: int = 200, seed: int | None = None,
+         on_progress: Callable[[Report], None] | None = None) -> Report:
+    """Play Hypothesis-drawn cases until ``frames`` frames went out; findings are
+    collected, not raised (a long run reports them all)."""
+    report = harness.report
+    strategies = {t: cases(harness.mutants(t), targets=(t,)) for t in TARGETS}
+
+    @given(data=st.data())
+    def one(data: Any) -> None:
+        target = data.draw(st.sampled_from(TARGETS))
+        harness.play(data.draw(strategies[target]))
+
+    while report.frames < frames:
+        per_case = report.frames / report.cases if report.cases else 8
+        examples = max(1, min(batch, int((frames - report.frames) / per_case) + 1))
+        settings(max_examples=examples, deadline=None, database=None,
+                 phases=[Phase.generate], suppress_health_check=list(HealthCheck))(one)()
+        if on_progress is not None:
+            on_progress(report)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=100_000,
+                        help="stop after this many frames sent (inbound + outbound)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.CRITICAL)
+    started = time.monotonic()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with tempfile.TemporaryDirectory() as tmp:
+        harness = Harness(Path(tmp) / "market")
+        harness.start()
+        try:
+            def progress(r: Report) -> None:
+                if not args.json:
+                    print(f"  {r.frames} frames, {r.cases} cases, {len(r.findings)} findings, "
+                          f"{time.monotonic() - started:.0f}s", file=sys.stderr)
+
+            report = fuzz(harness, args.frames, on_progress=progress)
+        finally:
+            harness.stop()
+    took = time.monotonic() - started
+    summary = {
+        "frames": report.frames, "inbound_frames": report.inbound_frames,
+        "outbound_frames": report.outbound_frames, "cases": report.cases,
+        "answers": report.answers, "seconds": round(took, 1),
+        "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_before_mib": round(rss_before / 1024, 1),
+        "codes": dict(report.codes.most_common()),
+        "findings": sorted(Counter(report.findings).items(), key=lambda kv: -kv[1]),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{summary['frames']} frames ({summary['inbound_frames']} inbound, "
+              f"{summary['outbound_frames']} outbound) in {summary['cases']} cases, "
+              f"{took:.0f}s; max RSS {summary['max_rss_mib']} MiB")
+        print(f"answers by code: {summary['codes']}")
+        print(f"findings: {len(report.findings)}")
+        for text, n in summary["findings"]:
+            print(f"  {n} x {text}")
+    return 1 if report.findings else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
