@@ -342,11 +342,17 @@ class Agent:
                         ca or "the CRL file")
         else:
             await trio.sleep(self.config.timeouts.crl_refresh)
+        stale = False
         while True:
             self.retry_tls_update()
             await self.reread_crl_file()
             if ca is not None and ca != self.id:
                 await self._fetch_crl(ca)
+            if crl_is_stale(self._crl) and not stale:
+                # Gone stale while running (the CA agent away past nextUpdate): the
+                # channels already open are refused too, not only new handshakes.
+                self._recheck_channels()
+            stale = crl_is_stale(self._crl)
             await trio.sleep(self.config.timeouts.crl_refresh)
 
     async def refresh_stale_crl(self) -> None:
@@ -465,17 +471,23 @@ class Agent:
                         _crl_number(self._crl))
             return False
         self._crl, self._crl_pem = crl, pem
-        self.verify_peer.epoch += 1
         revoked = len(list(crl))
         log.info("applied CRL number %d with %d revoked %s", _crl_number(crl), revoked,
                  "certificate" if revoked == 1 else "certificates")
         if crl.get_revoked_certificate_by_serial_number(self.identity.serial):
             log.warning("our own certificate (%s) is revoked: peers will refuse us", self.id)
-        for channel in [*self._inbound, *self._outbound.values()]:
-            channel.recheck()  # refuses and closes a channel whose peer is revoked
+        self._recheck_channels()
         self._tls_crl_pending = pem
         self.retry_tls_update()
         return True
+
+    def _recheck_channels(self) -> None:
+        """What the peer check answers may have changed: every channel verifies its
+        peer again before its next frame, and the open ones do so now (refusing and
+        closing those whose peer no longer passes)."""
+        self.verify_peer.epoch += 1
+        for channel in [*self._inbound, *self._outbound.values()]:
+            channel.recheck()
 
     def retry_tls_update(self) -> None:
         """Give the TLS contexts the CRL in use, if an earlier try failed."""

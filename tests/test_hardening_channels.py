@@ -478,3 +478,27 @@ def test_resource_bounds_measured_on_a_real_agent_process() -> None:
     fd = report["fd_limit"]
     assert fd["agent_alive"] and fd["established_channel_ok"] and fd["crl_applied"]
     assert fd["tracebacks_in_log"] == 0
+
+
+async def test_open_channels_are_refused_when_our_crl_goes_stale_while_running(
+        tmp_path: Path) -> None:
+    # Another member of kind 1: nothing new arrives, but what the check answers
+    # changes with time (our CRL passes its nextUpdate and no CA agent renews it).
+    import dataclasses
+    import datetime as dt
+
+    from semper.agents._config import Timeouts
+    from semper.agents._market import init_market
+    from semper.services.certificates import CRL_VALIDITY
+
+    folder = tmp_path / "market"
+    init_market(folder, now=dt.datetime.now(dt.UTC) - CRL_VALIDITY + dt.timedelta(seconds=3))
+    fast = Timeouts(crl_refresh=0.2)
+    seller = Agent(dataclasses.replace(config_of(folder, "seller"), timeouts=fast))
+    buyer = Agent(config_of(folder, "buyer"))
+    async with running(seller), running(buyer):
+        channel = await buyer.channel("seller")
+        assert (await channel.request("sys", "ping", b"fresh"))["echo"] == b"fresh"
+        with trio.fail_after(DEADLINE):
+            reason = await channel.wait_closed()
+        assert reason.code == "auth.crl_stale"  # the seller's refusal, as the buyer heard it

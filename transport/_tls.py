@@ -111,7 +111,9 @@ def _load_crl(ctx: ssl.SSLContext, crl_pem: bytes) -> None:
 _REASONS = {
     "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the peer requires a client certificate",
     "SSLV3_ALERT_CERTIFICATE_REVOKED": "the peer says our certificate is revoked",
-    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the peer says our certificate has expired",
+    # OpenSSL sends this alert for a stale CRL on its side too.
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the peer says our certificate has expired "
+                                       "(or its own CRL is stale)",
     "TLSV1_ALERT_UNKNOWN_CA": "the peer does not trust our certificate's issuer",
     "SSLV3_ALERT_BAD_CERTIFICATE": "the peer rejected our certificate",
     "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "the peer rejected our certificate",
