@@ -266,3 +266,19 @@ def test_enrollment_that_fails_while_writing_leaves_no_folder(
                                    key, listen=None, passphrase=None, passphrase_file=None)
     assert config.id == "newcomer" and (tmp_path / "agent" / "agent.toml").is_file()
     assert os.listdir(tmp_path) == ["agent"]
+
+
+@pytest.mark.parametrize("args", [
+    ["archive", "export", "--config", "BANK", "\udcff", "--out", "OUT"],  # was found
+    ["buy", "--config", "CFG", "--seller", "seller", "--item", "x\udcff", "--pay", "transfer"],
+    ["refund", "--config", "CFG", "--idempotency-key", "\udcff"],
+    ["bank", "open", "--config", "BANK", "buyer", "\udcff"],
+])
+def test_text_that_is_not_utf8_is_a_usage_error(args: list[str], market: Path,
+                                                tmp_path: Path) -> None:
+    """A byte that is not UTF-8 on the command line (a lone surrogate in Python) in a
+    text argument: was `internal.error: UnicodeEncodeError` from SQLite. File names keep
+    such bytes (test_market_init_into_an_undecodable_folder_name)."""
+    where = {"CFG": str(market / "buyer" / "agent.toml"),
+             "BANK": str(market / "bank" / "agent.toml"), "OUT": str(tmp_path / "out")}
+    refused(semper(*[where.get(a, a) for a in args]), "cli.usage", 2)

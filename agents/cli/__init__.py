@@ -30,6 +30,7 @@ from . import (
     cmd_market,
     cmd_ping,
 )
+from ._common import text_everywhere
 from ._logging import configure_logging
 
 __all__ = ["SemperGroup", "cli", "describe", "main"]
@@ -67,6 +68,7 @@ for module in (cmd_market, cmd_agent, cmd_ping, cmd_call, cmd_ca, cmd_bank, cmd_
 for command in (cmd_commerce.catalogue, cmd_commerce.buy, cmd_commerce.refund,
                 cmd_commerce.wallet, cmd_commerce.goods):
     cli.add_command(command)
+text_everywhere(cli)  # no text argument reaches SQLite or msgpack unencodable
 
 
 def _leaf(exc: BaseException) -> BaseException:

@@ -15,7 +15,7 @@ from semper.services.money import BadAmount
 
 from .._config import AgentConfig
 
-__all__ = ["AGENT_ID", "AMOUNT", "MAX_PASSPHRASE", "CliError", "CodedBadParameter",
+__all__ = ["AGENT_ID", "AMOUNT", "MAX_PASSPHRASE", "TEXT", "CliError", "CodedBadParameter",
            "config_option", "load_config", "passphrase_option", "read_passphrase"]
 
 #: The longest passphrase the key encryption takes (OpenSSL's PEM limit).
@@ -69,8 +69,38 @@ class AmountType(click.ParamType):
             raise CodedBadParameter(exc.code, exc.message, ctx, param) from None
 
 
+class TextType(click.types.StringParamType):
+    """Text that can be stored and sent: valid Unicode. A command line may hold a byte
+    that is not UTF-8 (Python keeps it as a lone surrogate); that is fine in a file
+    name (click.Path keeps it) but not in text that goes into SQLite or msgpack, which
+    would fail with UnicodeEncodeError half way through the command."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        value = super().convert(value, param, ctx)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            self.fail(f"{value!r:.80} is not valid text (it holds a byte that is not UTF-8)",
+                      param, ctx)
+        return value
+
+
 AGENT_ID = AgentIdType()
 AMOUNT = AmountType()
+TEXT = TextType()
+
+
+def text_everywhere(command: click.Command) -> None:
+    """Give every plain text parameter of ``command`` (and of its subcommands) the
+    TEXT type: one place, so a command added later is covered too."""
+    for param in command.params:
+        if type(param.type) is click.types.StringParamType:
+            param.type = TEXT
+    for sub in getattr(command, "commands", {}).values():
+        text_everywhere(sub)
 
 passphrase_option = click.option(
     "--passphrase-file",
