@@ -300,10 +300,14 @@ class Case:
     hello: Any  # None: the valid hello; else a fuzzed frame in its place
     frames: list[Any]
     truncate: int | None = None  # cut the last frame's bytes here
+    #: outbound: what the agent asks of us (FLOWS), and our answer's body if any
+    flow: str = "ping"
+    answer: Any = None
 
     def __repr__(self) -> str:
         return (f"Case(target={self.target!r}, outbound={self.outbound}, "
-                f"hello={_short(self.hello)}, frames={_short(self.frames, 4000)}, "
+                f"flow={self.flow!r}, hello={_short(self.hello)}, "
+                f"answer={_short(self.answer, 1000)}, frames={_short(self.frames, 4000)}, "
                 f"truncate={self.truncate})")
 
 
@@ -312,12 +316,26 @@ def _short(value: Any, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit] + f"...({len(text)} chars)"
 
 
+#: What an agent asks of the peer on an outbound channel (see Harness._ask), by op.
+FLOWS = {"ping": ("sys", "ping"), "crl": ("certificates", "crl"),
+         "deliver": ("evidence", "deliver")}
+
+
 def cases(mutants: st.SearchStrategy[Any] | None = None, *, max_frames: int = 12,
-          targets: tuple[str, ...] = TARGETS) -> st.SearchStrategy[Case]:
+          targets: tuple[str, ...] = TARGETS,
+          answers: Callable[[str], st.SearchStrategy[Any]] | None = None
+          ) -> st.SearchStrategy[Case]:
+    """Cases against ``targets``; ``mutants`` perturbs recorded requests, ``answers``
+    (by flow) recorded responses."""
+
     @st.composite
     def build(draw: Any) -> Case:
         target = draw(st.sampled_from(targets))
         outbound = draw(st.integers(0, 3)) == 0
+        flow = draw(st.sampled_from(sorted(FLOWS)))
+        answer = None
+        if outbound and draw(st.integers(0, 2)) > 0:
+            answer = draw(answers(flow) if answers is not None else values(outside=False))
         hello = None
         if draw(st.integers(0, 9)) == 0:
             hello = draw(st.one_of(hellos(), envelopes(target), raw_frames(),
@@ -327,7 +345,7 @@ def cases(mutants: st.SearchStrategy[Any] | None = None, *, max_frames: int = 12
                              max_size=max_frames))
         truncate = draw(st.integers(0, 40)) if draw(st.integers(0, 15)) == 0 else None
         return Case(target=target, outbound=outbound, hello=hello, frames=body,
-                    truncate=truncate)
+                    truncate=truncate, flow=flow, answer=answer)
 
     return build()
 
@@ -341,6 +359,7 @@ class Recorded:
     service: str
     op: str
     body: Any
+    response: Any = None
 
 
 MUTATIONS = ("type", "huge_int", "negative", "zero", "bytes_str", "missing", "extra", "empty",
@@ -425,27 +444,47 @@ def mutants(recorded: list[Recorded], signers: Signers, target: str | None = Non
     @st.composite
     def build(draw: Any) -> dict[str, Any]:
         record = draw(st.sampled_from(pool))
-        body = copy.deepcopy(record.body)
-        paths = _paths(body)
-        path = draw(st.sampled_from(paths))
-        how = draw(st.sampled_from(MUTATIONS))
-        if not path:
-            body = _perturb(draw, body, how)
-        else:
-            parent = _get(body, path[:-1])
-            last = path[-1]
-            if how == "missing":
-                del parent[last]
-            elif how == "extra" and type(parent) is dict:
-                parent[draw(texts())] = draw(model_leaves())
-            else:
-                parent[last] = _perturb(draw, parent[last], how)
-            if draw(st.integers(0, 3)) > 0:
-                _resign_around(body, path, signers)
+        body = perturbed(draw, record.body, signers)
         return {"type": "req", "id": FRESH, "service": record.service, "op": record.op,
                 "body": body}
 
     return build()
+
+
+def answer_mutants(recorded: list[Recorded], signers: Signers, service: str, op: str
+                   ) -> st.SearchStrategy[Any]:
+    """A response body for ``service.op``: a recorded valid one, one field perturbed
+    (or, with no recording, any value)."""
+    pool = [r.response for r in recorded if (r.service, r.op) == (service, op)]
+    if not pool:
+        return values(outside=False)
+
+    @st.composite
+    def build(draw: Any) -> Any:
+        return perturbed(draw, draw(st.sampled_from(pool)), signers)
+
+    return build()
+
+
+def perturbed(draw: Any, original: Any, signers: Signers) -> Any:
+    """A copy of ``original`` with one field changed (or removed, or one added), and
+    (mostly) each statement around the change signed again by its real signer."""
+    body = copy.deepcopy(original)
+    path = draw(st.sampled_from(_paths(body)))
+    how = draw(st.sampled_from(MUTATIONS))
+    if not path:
+        return _perturb(draw, body, how)
+    parent = _get(body, path[:-1])
+    last = path[-1]
+    if how == "missing":
+        del parent[last]
+    elif how == "extra" and type(parent) is dict:
+        parent[draw(texts())] = draw(model_leaves())
+    else:
+        parent[last] = _perturb(draw, parent[last], how)
+    if draw(st.integers(0, 3)) > 0:
+        _resign_around(body, path, signers)
+    return body
 
 
 def _resign_around(body: Any, path: tuple[Any, ...], signers: Signers) -> None:
@@ -581,6 +620,7 @@ class Harness:
         self._accepted_rx: trio.MemoryReceiveChannel[Any] | None = None
         self.log = Findings()
         self.signers: Signers | None = None
+        self._delivered = 0
         self._limits = CodecLimits(max_frame=MAX_FRAME, max_str=MAX_FRAME, max_bin=MAX_FRAME)
 
     # -- lifecycle, from the caller's thread
@@ -610,6 +650,13 @@ class Harness:
     def mutants(self, target: str | None = None) -> st.SearchStrategy[Any]:
         assert self.signers is not None
         return mutants(self.recorded, self.signers, target)
+
+    def answers(self, flow: str) -> st.SearchStrategy[Any]:
+        assert self.signers is not None
+        return answer_mutants(self.recorded, self.signers, *FLOWS[flow])
+
+    def cases(self, target: str) -> st.SearchStrategy[Case]:
+        return cases(self.mutants(target), targets=(target,), answers=self.answers)
 
     def _thread_main(self) -> None:
         try:
@@ -682,9 +729,11 @@ class Harness:
 
         async def recording(channel: Any, service: str, op: str, body: Any = None,
                             **kwargs: Any) -> Any:
-            recorded.append(Recorded(channel.our_hello.agent, service, op,
-                                     copy.deepcopy(body)))
-            return await original(channel, service, op, body, **kwargs)
+            sent = copy.deepcopy(body)
+            response = await original(channel, service, op, body, **kwargs)
+            recorded.append(Recorded(channel.our_hello.agent, service, op, sent,
+                                     copy.deepcopy(response)))
+            return response
 
         channel_module.Channel.request = recording  # type: ignore[method-assign]
         try:
@@ -908,7 +957,7 @@ class Harness:
 
         async def ask() -> None:
             try:
-                outcome.append(await agent.request("buyer", "sys", "ping", b"out"))
+                outcome.append(await self._ask(agent, case.flow))
             except Exception as exc:
                 outcome.append(exc)
 
@@ -934,6 +983,17 @@ class Harness:
                             "(no stable code)")
         return money
 
+    async def _ask(self, agent: Agent, flow: str) -> Any:
+        """The agent's own request to the peer, through the code that reads the answer."""
+        if flow == "crl":
+            return await agent._fetch_crl("buyer")  # as if the buyer were its CA agent
+        if flow == "deliver":
+            self._delivered += 1
+            note = agent.evidence.sign("fuzz.note", {"n": self._delivered})
+            return await agent.evidence.deliver("buyer", f"{agent.id}/fuzz-{self._delivered}",
+                                                note)
+        return await agent.request("buyer", "sys", "ping", b"out")
+
     async def _serve_case(self, stream: trio.SSLStream[Any], case: Case,
                           findings: list[str]) -> bool:
         await stream.do_handshake()
@@ -947,7 +1007,11 @@ class Harness:
             return False
         request = await _next(stream, decoder)  # its ping
         rid = request.get("id") if type(request) is dict else None
-        data, _sentinel, count = self._body(case, 1, theirs=rid)
+        frames = case.frames
+        if case.answer is not None:
+            frames = [{"type": "res", "id": THEIRS, "body": case.answer}, *frames]
+        data, _sentinel, count = self._body(dataclasses.replace(case, frames=frames), 1,
+                                            theirs=rid)
         self.report.outbound_frames += count + 1
         self.report.frames += count + 1
         expect = expected_answers(data, self._limits)
@@ -1007,9 +1071,8 @@ def fuzz(harness: Harness, frames: int, *, batch: int = 200, seed: int | None = 
     """Play Hypothesis-drawn cases until ``frames`` frames went out; findings are
     collected, not raised (a long run reports them all)."""
     report = harness.report
-    strategies = {t: cases(harness.mutants(t), targets=(t,)) for t in TARGETS}
+    strategies = {t: harness.cases(t) for t in TARGETS}
 
-    @given(data=st.data())
     def one(data: Any) -> None:
         target = data.draw(st.sampled_from(TARGETS))
         harness.play(data.draw(strategies[target]))
@@ -1017,8 +1080,10 @@ def fuzz(harness: Harness, frames: int, *, batch: int = 200, seed: int | None = 
     while report.frames < frames:
         per_case = report.frames / report.cases if report.cases else 8
         examples = max(1, min(batch, int((frames - report.frames) / per_case) + 1))
+        # A fresh test function per round: settings apply to one function once.
         settings(max_examples=examples, deadline=None, database=None,
-                 phases=[Phase.generate], suppress_health_check=list(HealthCheck))(one)()
+                 phases=[Phase.generate], suppress_health_check=list(HealthCheck))(
+            given(data=st.data())(lambda data: one(data)))()
         if on_progress is not None:
             on_progress(report)
     return report

@@ -50,7 +50,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def strategies(harness: Any) -> dict[str, Any]:
-    return {t: fuzz_peer.cases(harness.mutants(t), targets=(t,)) for t in fuzz_peer.TARGETS}
+    return {t: harness.cases(t) for t in fuzz_peer.TARGETS}
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
@@ -85,3 +85,29 @@ def test_a_long_run(harness: Any, request: pytest.FixtureRequest) -> None:
     report = fuzz_peer.fuzz(harness, start + frames)
     assert report.frames - start >= frames
     assert report.findings == []
+
+
+# -- findings, each kept as a regression test ------------------------------------------
+
+
+@pytest.mark.parametrize("crl", [-1, "cheque", {"a": 1}, [b"x"], True])
+def test_a_crl_answer_that_is_not_bytes_is_refused_with_a_code(harness: Any, crl: Any) -> None:
+    # Found by the peer: an agent asks its CA agent for a newer CRL and gets a
+    # `crl` that is not bytes; load_crl raised AttributeError/TypeError, which the
+    # CRL watcher logged as a failure with a traceback and restarted on.
+    case = fuzz_peer.Case(target="bank", outbound=True, flow="crl", hello=None, frames=[],
+                          answer={"number": 99, "crl": crl})
+    assert harness.play(case) == []
+
+
+@pytest.mark.parametrize("value", [None, 5, "-----BEGIN", ["x"], {"der": b"x"}, 1.5])
+def test_certificate_and_crl_loaders_refuse_what_is_not_bytes(value: Any) -> None:
+    # The kind: a parser of peer-supplied values raises its own coded error for any
+    # input, never AttributeError/TypeError. load_certificate reads the certificates
+    # peers send in answers (a catalogue's, a bank's) as load_crl reads CRLs.
+    from semper.services.certificates import load_certificate, load_crl
+
+    for load, code in ((load_certificate, "auth.bad_certificate"), (load_crl, "auth.bad_crl")):
+        with pytest.raises(Exception) as refused:
+            load(value)
+        assert getattr(refused.value, "code", None) == code, (load, refused.value)

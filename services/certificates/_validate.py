@@ -89,8 +89,11 @@ def load_certificate(data: bytes) -> x509.Certificate:
     """Parse one PEM or DER certificate.
 
     Raises:
-        BadCertificate: the bytes are not a certificate.
+        BadCertificate: the bytes are not a certificate, or ``data`` is not bytes
+            (a peer's answer may carry anything in its place).
     """
+    if not isinstance(data, (bytes, bytearray)):
+        raise BadCertificate(f"not a certificate: {type(data).__name__}, not bytes")
     try:
         if data.lstrip().startswith(b"-----"):
             return x509.load_pem_x509_certificate(data)
@@ -103,8 +106,10 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
     """Parse one PEM or DER CRL.
 
     Raises:
-        BadCrl: the bytes are not a CRL.
+        BadCrl: the bytes are not a CRL, or ``data`` is not bytes.
     """
+    if not isinstance(data, (bytes, bytearray)):
+        raise BadCrl(f"not a CRL: {type(data).__name__}, not bytes")
     try:
         if data.lstrip().startswith(b"-----"):
             return x509.load_pem_x509_crl(data)
