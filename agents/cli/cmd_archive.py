@@ -28,6 +28,7 @@ from .._config import AgentConfig
 from .._identity import utcnow
 from .._storage import Database
 from ._common import CliError, config_option, load_config, passphrase_option
+from ._text import counted
 
 
 @click.group("archive")
@@ -58,7 +59,7 @@ def verify(config_path: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"agent": config.id, "records": len(records), "head": head}))
     else:
-        click.echo(f"archive of {config.id}: {len(records)} records, chain intact"
+        click.echo(f"archive of {config.id}: {counted(len(records), 'record')}, chain intact"
                    + (f", head {head[:16]}" if head else ""))
 
 
@@ -89,7 +90,7 @@ def export(config_path: Path, transaction: str, out: Path) -> None:
     partial = out.with_name(out.name + ".partial")  # never a half-written bundle at `out`
     partial.write_bytes(data)
     partial.replace(out)
-    click.echo(f"wrote {len(bundle.records)} statements of {name} to {out}")
+    click.echo(f"wrote {counted(len(bundle.records), 'statement')} of {name} to {out}")
 
 
 @command.command("check")
@@ -151,7 +152,8 @@ def _report(bundle: EvidenceBundle, verified: list[Any], crl: x509.CertificateRe
         click.echo(json.dumps({"transaction": bundle.transaction, "verified": rows,
                                "crl": {"number": _number(crl), "this_update": this_update}}))
         return
-    table = Table(title=f"transaction {bundle.transaction}: {len(rows)} statements verified "
+    table = Table(title=f"transaction {bundle.transaction}: {counted(len(rows), 'statement')} "
+                        "verified "
                         f"(revocation as of CRL {_number(crl)}, {this_update})",
                   title_justify="left")
     for column in ("seq", "type", "signer", "direction", "peer"):
