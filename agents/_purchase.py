@@ -79,7 +79,16 @@ MIGRATIONS: Final = {
         "CREATE TABLE commerce_purchases ("
         " key TEXT PRIMARY KEY, seller TEXT NOT NULL, sku TEXT NOT NULL, module TEXT NOT NULL,"
         " state TEXT NOT NULL, machine BLOB NOT NULL, payment BLOB, refund BLOB,"
-        " goods BLOB, updated_ms INTEGER NOT NULL)"
+        " goods BLOB, updated_ms INTEGER NOT NULL)",
+        # 2: a STRICT table (it holds what was paid and the evidence of it).
+        "ALTER TABLE commerce_purchases RENAME TO commerce_purchases_old;"
+        "CREATE TABLE commerce_purchases ("
+        " key TEXT PRIMARY KEY, seller TEXT NOT NULL, sku TEXT NOT NULL, module TEXT NOT NULL,"
+        " state TEXT NOT NULL, machine BLOB NOT NULL, payment BLOB, refund BLOB,"
+        " goods BLOB, updated_ms INTEGER NOT NULL) STRICT;"
+        "INSERT INTO commerce_purchases SELECT key, seller, sku, module, state, machine,"
+        " payment, refund, goods, updated_ms FROM commerce_purchases_old;"
+        "DROP TABLE commerce_purchases_old",
     ],
 }
 

@@ -106,6 +106,16 @@ MIGRATIONS = {
         # 3: the proof handed over (TransferProof wire), so that a return the bank did
         # not apply at once is retried by the seller itself.
         "ALTER TABLE commerce_returns ADD COLUMN proof BLOB",
+        # 4: sales as a STRICT table too (payment and refund evidence live in it):
+        # a value of another type can never be stored.
+        "ALTER TABLE commerce_sales RENAME TO commerce_sales_old;"
+        "CREATE TABLE commerce_sales ("
+        " order_digest BLOB PRIMARY KEY, buyer TEXT NOT NULL, state TEXT NOT NULL,"
+        " machine BLOB NOT NULL, payment BLOB, refund BLOB, updated_ms INTEGER NOT NULL)"
+        " STRICT;"
+        "INSERT INTO commerce_sales SELECT order_digest, buyer, state, machine, payment,"
+        " refund, updated_ms FROM commerce_sales_old;"
+        "DROP TABLE commerce_sales_old",
     ],
 }
 
