@@ -31,6 +31,7 @@ from semper.services import Amount
 from semper.services.certificates import identity_of, load_certificate
 from semper.services.commerce import (
     Archive,
+    BadBody,
     Catalogue,
     Failed,
     GoodsDelivered,
@@ -138,6 +139,19 @@ class PurchaseFailed(Exception):
         self.message = f"this purchase failed, the seller kept no money: {message}"
 
 
+def _fields(answer: Any, what: str, **kinds: type) -> dict[str, Any]:
+    """``answer`` if it is a map holding each of ``kinds`` with its type: a seller's
+    answer is read only after this, so a malformed one is refused with
+    ``commerce.bad_body`` instead of failing on a missing key or a wrong type."""
+    if not isinstance(answer, dict):
+        raise BadBody(f"the answer to {what} is not a map", detail={"type": what, "field": ""})
+    for name, kind in kinds.items():
+        if not isinstance(answer.get(name), kind):
+            raise BadBody(f"the answer to {what} needs {name} of type {kind.__name__}",
+                          detail={"type": what, "field": name})
+    return answer
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -195,7 +209,8 @@ class Shopper:
 
         Raises a ``statement.*``/``auth.*`` error if an offer does not verify.
         """
-        answer = await self.agent.request(seller, "commerce", "catalogue", {})
+        answer = _fields(await self.agent.request(seller, "commerce", "catalogue", {}),
+                         "commerce.catalogue", certificate=bytes, offers=list)
         certificate = load_certificate(answer["certificate"])
         offers = tuple(Statement.from_wire(o) for o in answer["offers"])
         for offer in offers:
@@ -315,8 +330,9 @@ class Shopper:
                 await self._save(key, seller, sku, module, purchase, payment=result)
             elif isinstance(decision, RequestDelivery):
                 self._progress("payment confirmed by the bank; fetching goods and receipt")
-                answer = await self.agent.request(seller, "commerce", "fetch",
-                                                  {"order": decision.order})
+                answer = _fields(await self.agent.request(seller, "commerce", "fetch",
+                                                          {"order": decision.order}),
+                                 "commerce.fetch", delivery=dict, receipt=dict, goods=bytes)
                 delivery = Statement.from_wire(answer["delivery"])
                 receipt = Statement.from_wire(answer["receipt"])
                 seller_cert = await self._seller_certificate(seller, certificate)
@@ -332,9 +348,10 @@ class Shopper:
             elif isinstance(decision, RequestRefund):
                 assert purchase.order is not None
                 self._progress(f"asking {seller} for a refund of {decision.amount}")
-                answer = await self.agent.request(seller, "commerce", "refund", {
+                answer = _fields(await self.agent.request(seller, "commerce", "refund", {
                     "order": decision.order, "reason": decision.reason,
-                    "amount": decision.amount.to_wire()})
+                    "amount": decision.amount.to_wire()}), "commerce.refund", note=dict,
+                    refund=dict)
                 note = Statement.from_wire(answer["note"])
                 seller_cert = await self._seller_certificate(seller, certificate)
                 verify_statement(note, certificate=seller_cert, root=self.agent.credentials.root,

@@ -215,7 +215,7 @@ def _envelopes(draw: Any, target: str) -> dict[Any, Any]:
         message["id"] = draw(fresh_or_any if kind == "req" else st.one_of(
             st.just(THEIRS), st.just(THEIRS), ints(), st.none()))
     if kind in ("req", "note"):
-        own = [op for op in OPS if op[0] in SERVES[target]]
+        own = [op for op in OPS if op[0] in SERVES.get(target, ("sys", "evidence"))]
         service, op = draw(st.sampled_from(own + own + list(OPS)))
         message["service"] = draw(st.one_of(st.just(service), st.just(service), texts(),
                                             ints()))
@@ -316,9 +316,18 @@ def _short(value: Any, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit] + f"...({len(text)} chars)"
 
 
-#: What an agent asks of the peer on an outbound channel (see Harness._ask), by op.
-FLOWS = {"ping": ("sys", "ping"), "crl": ("certificates", "crl"),
-         "deliver": ("evidence", "deliver")}
+#: What an agent asks of the peer on an outbound channel (Harness._ask): the op, whom
+#: the peer poses as, and which agents ask it. "deposit": the seller deposits a real
+#: buyer's cheque at its bank (the peer); "catalogue": the buyer's Shopper reads a
+#: seller's catalogue (the peer).
+FLOWS: dict[str, tuple[tuple[str, str], str, tuple[str, ...]]] = {
+    "ping": (("sys", "ping"), "buyer", TARGETS),
+    "crl": (("certificates", "crl"), "buyer", TARGETS),
+    "deliver": (("evidence", "deliver"), "buyer", TARGETS),
+    "deposit": (("bank", "deposit_cheque"), "bank", ("seller",)),
+    "catalogue": (("commerce", "catalogue"), "seller", ("buyer",)),
+}
+ROLES = {"buyer": "buyer", "bank": "bank", "seller": "seller"}
 
 
 def cases(mutants: st.SearchStrategy[Any] | None = None, *, max_frames: int = 12,
@@ -331,8 +340,10 @@ def cases(mutants: st.SearchStrategy[Any] | None = None, *, max_frames: int = 12
     @st.composite
     def build(draw: Any) -> Case:
         target = draw(st.sampled_from(targets))
-        outbound = draw(st.integers(0, 3)) == 0
-        flow = draw(st.sampled_from(sorted(FLOWS)))
+        # The buyer serves nothing worth fuzzing here: it is fuzzed as a client.
+        outbound = target == "buyer" or draw(st.integers(0, 3)) == 0
+        flow = draw(st.sampled_from(sorted(f for f, (_, _, who) in FLOWS.items()
+                                           if target in who)))
         answer = None
         if outbound and draw(st.integers(0, 2)) > 0:
             answer = draw(answers(flow) if answers is not None else values(outside=False))
@@ -616,8 +627,11 @@ class Harness:
         self._failed: BaseException | None = None
         self._stop: trio.Event | None = None
         self._thread: threading.Thread | None = None
-        self._accepted: trio.MemorySendChannel[Any] | None = None
-        self._accepted_rx: trio.MemoryReceiveChannel[Any] | None = None
+        self._server_tls: dict[str, Any] = {}
+        self._waiting: dict[str, trio.MemorySendChannel[Any]] = {}
+        self.buyer: Agent | None = None
+        self.payer: Agent | None = None
+        self._sku = ""
         self.log = Findings()
         self.signers: Signers | None = None
         self._delivered = 0
@@ -653,10 +667,11 @@ class Harness:
 
     def answers(self, flow: str) -> st.SearchStrategy[Any]:
         assert self.signers is not None
-        return answer_mutants(self.recorded, self.signers, *FLOWS[flow])
+        return answer_mutants(self.recorded, self.signers, *FLOWS[flow][0])
 
     def cases(self, target: str) -> st.SearchStrategy[Case]:
-        return cases(self.mutants(target), targets=(target,), answers=self.answers)
+        mutants = self.mutants(target) if target in SERVES else None
+        return cases(mutants, targets=(target,), answers=self.answers)
 
     def _thread_main(self) -> None:
         try:
@@ -682,22 +697,35 @@ class Harness:
         self.signers = Signers([self.credentials(a) for a in everyone])
         buyer = self.credentials("buyer")
         self._client_tls = TlsContexts(buyer.tls_config()).client
-        self._server_tls = TlsContexts(buyer.tls_config()).server
-        self._accepted, self._accepted_rx = trio.open_memory_channel[Any](16)
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self._listen_port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, self._on_accept, listeners)
+            # One listener for each identity the peer poses as on outbound channels.
+            addresses = {}
+            for identity in ROLES:
+                tls = TlsContexts(self.credentials(identity).tls_config()).server
+                listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+                port = listeners[0].socket.getsockname()[1]
+                addresses[identity] = f"127.0.0.1:{port}"
+                self._server_tls[identity] = tls
+                nursery.start_soon(trio.serve_listeners,
+                                   functools.partial(self._on_accept, identity), listeners)
             await self._record_valid_bodies(nursery)
-            fuzz_address = f"127.0.0.1:{self._listen_port}"
             for name in ("ca", "bank", "seller"):  # the CA first: the others publish there
                 config = self.config(name)
-                # The agents reach "buyer" at the fuzzer.
-                config = dataclasses.replace(config, peers={**config.peers,
-                                                            "buyer": fuzz_address})
-                agent = Agent(config)
+                # The agents reach "buyer" at the peer, and the seller its bank.
+                peers = {**config.peers, "buyer": addresses["buyer"]}
+                if name == "seller":
+                    peers["bank"] = addresses["bank"]
+                agent = Agent(dataclasses.replace(config, peers=peers))
                 self.agents[name] = agent
                 await nursery.start(self._keep, agent)
+            # The buyer, as a client only, whose seller is the peer; and a second
+            # buyer (same identity, real seller) that pays the seller by cheque.
+            config = self.config("buyer")
+            self.buyer = Agent(dataclasses.replace(config, peers={
+                **config.peers, "seller": addresses["seller"]}))
+            await nursery.start(self._session, self.buyer)
+            self.payer = Agent(self.config("buyer"))
+            await nursery.start(self._session, self.payer)
             self._token = trio.lowlevel.current_trio_token()
             self._ready.set()
             await self._stop.wait()
@@ -706,6 +734,12 @@ class Harness:
                     if agent.running:
                         await agent.close_channels()
             nursery.cancel_scope.cancel()
+
+    async def _session(self, agent: Agent, *,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with agent.session():
+            task_status.started()
+            await trio.sleep_forever()
 
     async def _keep(self, agent: Agent, *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -744,7 +778,7 @@ class Harness:
                 buyer = agents[-1]
                 shopper = Shopper(buyer)
                 catalogue, _ = await shopper.catalogue("seller")
-                sku = catalogue.offers[0].body["sku"]
+                sku = self._sku = catalogue.offers[0].body["sku"]
                 await shopper.buy("seller", sku, "transfer", "fuzz-transfer")
                 await shopper.buy("seller", sku, "cheque", "fuzz-cheque")
                 await shopper.refund("fuzz-transfer")
@@ -762,12 +796,15 @@ class Harness:
         # Keep the buyer's own bodies, and the others' ones for their services.
         self.recorded = [r for r in recorded if r.service != "sys"]
 
-    async def _on_accept(self, tcp: trio.SocketStream) -> None:
+    async def _on_accept(self, identity: str, tcp: trio.SocketStream) -> None:
         done = trio.Event()
-        assert self._accepted is not None
+        waiting = self._waiting.get(identity)
+        if waiting is None:  # no case asked for it (say, a cheque of an inbound case)
+            await trio.aclose_forcefully(tcp)
+            return
         try:
-            self._accepted.send_nowait((tcp, done))
-        except trio.WouldBlock:
+            waiting.send_nowait((tcp, done))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             await trio.aclose_forcefully(tcp)
             return
         await done.wait()  # the case owns the connection until it is done with it
@@ -820,7 +857,7 @@ class Harness:
     async def _check_alive(self, target: str, findings: list[str]) -> None:
         for name, exc in self.dead.items():
             findings.append(f"agent {name} stopped: {exc!r}")
-        if self.dead:
+        if self.dead or target not in self.agents:
             return
         agent = self.agents[target]
         assert agent.address is not None
@@ -840,8 +877,9 @@ class Harness:
             findings.append(f"{target} did not answer a fresh channel's ping within "
                             f"{PING_DEADLINE:g}s: {exc!r}")
 
-    def _hello(self) -> dict[str, Any]:
-        return make_hello("buyer", "buyer", ServiceRegistry(), ChannelConfig()).to_wire()
+    def _hello(self, identity: str = "buyer") -> dict[str, Any]:
+        return make_hello(identity, ROLES[identity], ServiceRegistry(),
+                          ChannelConfig()).to_wire()
 
     async def _dial(self, address: tuple[str, int]) -> trio.SSLStream[Any]:
         tcp = await trio.open_tcp_stream(*address)
@@ -849,9 +887,9 @@ class Harness:
         await stream.do_handshake()
         return stream
 
-    def _opening(self, case: Case) -> bytes:
+    def _opening(self, case: Case, identity: str = "buyer") -> bytes:
         if case.hello is None:
-            return encode_frame(self._hello())
+            return encode_frame(self._hello(identity))
         frame, _ = resolve_ids([case.hello], 1)
         return pack(frame[0])
 
@@ -888,7 +926,8 @@ class Harness:
         finally:
             await trio.aclose_forcefully(stream)
 
-    def _after_fuzzed_hello(self, opening: bytes, data: bytes) -> Expectation:
+    def _after_fuzzed_hello(self, opening: bytes, data: bytes, identity: str = "buyer"
+                            ) -> Expectation:
         decoder = FrameDecoder(self._limits)
         decoder.feed(opening)
         obj: Any = None
@@ -899,7 +938,8 @@ class Harness:
             hello = None
         if obj is NEED_DATA:
             return Expectation(Counter(), {}, "waits")
-        valid = (type(hello) is Hello and hello.agent == "buyer" and hello.role == "buyer"
+        valid = (type(hello) is Hello and hello.agent == identity
+                 and hello.role == ROLES[identity]
                  and hello.version == 1 and 4096 <= hello.limits.max_frame <= 0xFFFFFFFF
                  and hello.limits.max_in_flight >= 1 and decoder.buffered == 0)
         if not valid:
@@ -949,8 +989,10 @@ class Harness:
 
     async def _outbound(self, case: Case, findings: list[str]) -> bool:
         """The target dials us (it thinks we are the buyer) for a request of its own."""
-        agent = self.agents[case.target]
-        old = agent._outbound.get("buyer")
+        agent = self.buyer if case.target == "buyer" else self.agents[case.target]
+        assert agent is not None
+        _op, identity, _ = FLOWS[case.flow]
+        old = agent._outbound.get(identity)
         if old is not None:
             await old.aclose("fuzz: next case")
         outcome: list[Any] = []
@@ -960,22 +1002,33 @@ class Harness:
                 outcome.append(await self._ask(agent, case.flow))
             except Exception as exc:
                 outcome.append(exc)
-
-        assert self._accepted_rx is not None
-        money = False
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(ask)
-            tcp, done = await self._accepted_rx.receive()
-            try:
-                stream = trio.SSLStream(tcp, self._server_tls, server_side=True)
-                try:
-                    money = await self._serve_case(stream, case, findings)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    money = False  # it hung up in the handshake: nothing served
-                finally:
-                    await trio.aclose_forcefully(stream)
             finally:
-                done.set()
+                send.close()  # no connection will come now
+
+        money = False
+        send, receive = trio.open_memory_channel[Any](1)
+        self._waiting[identity] = send
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask)
+                try:
+                    tcp, done = await receive.receive()
+                except trio.EndOfChannel:
+                    tcp = None  # it gave up before dialing (refused the cheque, say)
+                if tcp is not None:
+                    try:
+                        stream = trio.SSLStream(tcp, self._server_tls[identity],
+                                                server_side=True)
+                        try:
+                            money = await self._serve_case(stream, case, findings, identity)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            money = False  # it hung up in the handshake: nothing served
+                        finally:
+                            await trio.aclose_forcefully(stream)
+                    finally:
+                        done.set()
+        finally:
+            del self._waiting[identity]
         result = outcome[0] if outcome else None
         if isinstance(result, BaseException) and not isinstance(
                 getattr(result, "code", None), str):
@@ -985,6 +1038,14 @@ class Harness:
 
     async def _ask(self, agent: Agent, flow: str) -> Any:
         """The agent's own request to the peer, through the code that reads the answer."""
+        if flow == "catalogue":
+            return await Shopper(agent).catalogue("seller")
+        if flow == "deposit":
+            # The real buyer pays the seller by cheque; the seller deposits it at us.
+            self._delivered += 1
+            assert self.payer is not None
+            return await Shopper(self.payer).buy("seller", self._sku, "cheque",
+                                                 f"fuzz-deposit-{self._delivered}")
         if flow == "crl":
             return await agent._fetch_crl("buyer")  # as if the buyer were its CA agent
         if flow == "deliver":
@@ -995,13 +1056,14 @@ class Harness:
         return await agent.request("buyer", "sys", "ping", b"out")
 
     async def _serve_case(self, stream: trio.SSLStream[Any], case: Case,
-                          findings: list[str]) -> bool:
+                          findings: list[str], identity: str) -> bool:
         await stream.do_handshake()
         decoder = FrameDecoder(self._limits)
-        opening = self._opening(case)
+        opening = self._opening(case, identity)
         await _send(stream, opening)
         their = await _next(stream, decoder)
-        if case.hello is not None and self._after_fuzzed_hello(opening, b"").ends != "open":
+        if case.hello is not None and self._after_fuzzed_hello(
+                opening, b"", identity).ends != "open":
             return False  # it refused our hello (or waits for the rest of it)
         if not (type(their) is dict and their.get("type") == "hello"):
             return False

@@ -111,3 +111,21 @@ def test_certificate_and_crl_loaders_refuse_what_is_not_bytes(value: Any) -> Non
         with pytest.raises(Exception) as refused:
             load(value)
         assert getattr(refused.value, "code", None) == code, (load, refused.value)
+
+
+@pytest.mark.parametrize("answer", [
+    {"offers": []},                   # no certificate
+    [1],                              # not a map
+    {"certificate": "CERT", "offers": 5},  # offers not a list
+    {"certificate": "CERT", "offers": [1]},  # an offer not a statement
+])
+def test_a_catalogue_answer_of_the_wrong_shape_is_refused_with_a_code(
+        harness: Any, answer: Any) -> None:
+    # Found by the peer posing as the seller: the buyer's Shopper read the
+    # catalogue answer's fields unchecked (KeyError, TypeError: `semper catalogue`
+    # and `semper buy` ended in an internal error).
+    if isinstance(answer, dict) and answer.get("certificate") == "CERT":
+        answer = {**answer, "certificate": harness.config("seller").cert.read_bytes()}
+    case = fuzz_peer.Case(target="buyer", outbound=True, flow="catalogue", hello=None,
+                          frames=[], answer=answer)
+    assert harness.play(case) == []
