@@ -595,6 +595,17 @@ class Report:
     answers: int = 0
     codes: Counter[str] = field(default_factory=Counter)
     findings: list[str] = field(default_factory=list)
+    #: (frames sent so far, resident set size in MiB) after each round of the long run
+    rss: list[tuple[int, float]] = field(default_factory=list)
+
+
+def rss_mib() -> float:
+    """This process's resident set size now (Linux), in MiB."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20), 1)
 
 
 class Findings(logging.Handler):
@@ -1128,15 +1139,15 @@ async def _next(stream: Any, decoder: FrameDecoder) -> Any:
 # -- the long run ------------------------------------------------------------------------
 
 
-def fuzz(harness: Harness, frames: int, *, batch: int = 200, seed: int | None = None,
+def fuzz(harness: Harness, frames: int, *, batch: int = 200,
          on_progress: Callable[[Report], None] | None = None) -> Report:
     """Play Hypothesis-drawn cases until ``frames`` frames went out; findings are
     collected, not raised (a long run reports them all)."""
     report = harness.report
-    strategies = {t: harness.cases(t) for t in TARGETS}
+    strategies = {t: harness.cases(t) for t in (*TARGETS, "buyer")}
 
     def one(data: Any) -> None:
-        target = data.draw(st.sampled_from(TARGETS))
+        target = data.draw(st.sampled_from([*TARGETS, *TARGETS, "buyer"]))
         harness.play(data.draw(strategies[target]))
 
     while report.frames < frames:
@@ -1146,6 +1157,7 @@ def fuzz(harness: Harness, frames: int, *, batch: int = 200, seed: int | None = 
         settings(max_examples=examples, deadline=None, database=None,
                  phases=[Phase.generate], suppress_health_check=list(HealthCheck))(
             given(data=st.data())(lambda data: one(data)))()
+        report.rss.append((report.frames, rss_mib()))
         if on_progress is not None:
             on_progress(report)
     return report
@@ -1167,7 +1179,8 @@ def main(argv: list[str] | None = None) -> int:
             def progress(r: Report) -> None:
                 if not args.json:
                     print(f"  {r.frames} frames, {r.cases} cases, {len(r.findings)} findings, "
-                          f"{time.monotonic() - started:.0f}s", file=sys.stderr)
+                          f"{time.monotonic() - started:.0f}s, RSS {r.rss[-1][1]} MiB",
+                          file=sys.stderr)
 
             report = fuzz(harness, args.frames, on_progress=progress)
         finally:
@@ -1179,6 +1192,7 @@ def main(argv: list[str] | None = None) -> int:
         "answers": report.answers, "seconds": round(took, 1),
         "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rss_before_mib": round(rss_before / 1024, 1),
+        "rss_by_frames": report.rss[:: max(1, len(report.rss) // 10)] + report.rss[-1:],
         "codes": dict(report.codes.most_common()),
         "findings": sorted(Counter(report.findings).items(), key=lambda kv: -kv[1]),
     }
@@ -1188,6 +1202,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{summary['frames']} frames ({summary['inbound_frames']} inbound, "
               f"{summary['outbound_frames']} outbound) in {summary['cases']} cases, "
               f"{took:.0f}s; max RSS {summary['max_rss_mib']} MiB")
+        print(f"RSS (frames, MiB): {summary['rss_by_frames']}")
         print(f"answers by code: {summary['codes']}")
         print(f"findings: {len(report.findings)}")
         for text, n in summary["findings"]:
