@@ -29,6 +29,7 @@ from semper.transport import (
     RequestContext,
     ServiceRegistry,
     TlsContexts,
+    TooManyChannels,
     make_hello,
     open_channel,
     serve,
@@ -89,6 +90,7 @@ class Agent:
         self.role: Role = load_role(config.role)(self)
         self.role.setup()
         self._inbound: set[Channel] = set()
+        self._inbound_per_peer: dict[str, int] = {}
         self._outbound: dict[str, Channel] = {}
         self._connecting: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
@@ -186,7 +188,7 @@ class Agent:
                 address = await nursery.start(functools.partial(
                     serve, host, port, tls=self.tls, verify_peer=self.verify_peer,
                     hello=self.hello(), registry=self.registry, config=self.channel_config,
-                    handler=self._on_inbound,
+                    handler=self._on_inbound, admit=self._admit,
                 ))
                 self.address = address
                 self.events.emit("listening", address=f"{address[0]}:{address[1]}")
@@ -247,6 +249,22 @@ class Agent:
             except Exception as exc:
                 log.error("%s failed (restarting): %s", task.__name__, exc, exc_info=exc)
             await trio.sleep(self.config.timeouts.crl_refresh)
+
+    def _admit(self, peer: Any) -> Any:
+        """One more inbound channel from ``peer``, within what one peer may hold."""
+        agent_id = peer.agent_id
+        held = self._inbound_per_peer.get(agent_id, 0)
+        if held >= self.config.timeouts.max_channels_per_peer:
+            raise TooManyChannels(f"{agent_id} holds {held} channels to {self.id} already, "
+                                  "the most one peer may")
+        self._inbound_per_peer[agent_id] = held + 1
+
+        def release() -> None:
+            left = self._inbound_per_peer.pop(agent_id) - 1
+            if left:
+                self._inbound_per_peer[agent_id] = left
+
+        return release
 
     async def _on_inbound(self, channel: Channel) -> None:
         self._inbound.add(channel)

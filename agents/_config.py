@@ -55,6 +55,9 @@ class Timeouts:
     #: connections accepted and not yet past hello; not seconds, but a bound of the
     #: same kind (what an unauthenticated peer may hold), so it lives here
     max_unauthenticated: float = 256
+    #: channels one peer may hold to us at once (its agent, its commands); one more
+    #: is refused (protocol.too_many_channels)
+    max_channels_per_peer: float = 64
 
     def channel_config(self) -> ChannelConfig:
         return ChannelConfig(handshake_timeout=self.handshake, request_timeout=self.request,
@@ -260,8 +263,10 @@ class AgentConfig:
         t = self.timeouts
         data["timeouts"] = {"handshake": t.handshake, "request": t.request, "idle": t.idle,
                             "crl_refresh": t.crl_refresh}
-        if (t.write, t.max_unauthenticated) != (Timeouts().write, Timeouts().max_unauthenticated):
-            data["timeouts"].update(write=t.write, max_unauthenticated=t.max_unauthenticated)
+        default = Timeouts()
+        for key in ("write", "max_unauthenticated", "max_channels_per_peer"):
+            if getattr(t, key) != getattr(default, key):
+                data["timeouts"][key] = getattr(t, key)
         if self.catalogue is not None:
             data["catalogue"] = rel(self.catalogue)
         pay = self.payment

@@ -502,3 +502,51 @@ async def test_open_channels_are_refused_when_our_crl_goes_stale_while_running(
         with trio.fail_after(DEADLINE):
             reason = await channel.wait_closed()
         assert reason.code == "auth.crl_stale"  # the seller's refusal, as the buyer heard it
+
+
+async def test_one_peer_holds_at_most_its_share_of_channels(folder: Path) -> None:
+    # Another member of kind 3, from an authenticated peer: channels are not free.
+    # One more than the limit is refused in the handshake; closing one frees a place.
+    import dataclasses
+
+    from semper.agents._config import Timeouts
+    from semper.transport import HandshakeFailed
+
+    seller = Agent(dataclasses.replace(config_of(folder, "seller"),
+                                       timeouts=Timeouts(max_channels_per_peer=3)))
+    buyer = Agent(config_of(folder, "buyer"))
+    async with running(seller), running(buyer), trio.open_nursery() as nursery:
+        held: list[Any] = []
+        release = trio.Event()
+
+        async def hold(*, task_status: trio.TaskStatus[Any]) -> None:
+            async with buyer.connect("seller") as channel:
+                task_status.started(channel)
+                await release.wait()
+
+        for _ in range(3):
+            held.append(await nursery.start(hold))
+        # The seller's hello may be out before it refuses (TLS 1.3 and hellos are
+        # sent before they are read), so the refusal comes as the handshake's
+        # failure or as the reason the channel closed: the code says which.
+        with trio.fail_after(DEADLINE), pytest.raises((HandshakeFailed,
+                                                       ChannelClosed)) as refused:
+            async with buyer.connect("seller") as channel:
+                await channel.request("sys", "ping")
+        assert refused.value.detail["reason"] == "protocol.too_many_channels"
+        # The ones it holds still work; another peer is not affected.
+        assert (await held[0].request("sys", "ping", b"x"))["echo"] == b"x"
+        async with Agent(config_of(folder, "bank")).session() as bank:
+            assert (await bank.request("seller", "sys", "ping", b"y"))["echo"] == b"y"
+        await held[2].aclose()
+        await seller_sees_fewer(seller, "buyer", 3)
+        async with buyer.connect("seller") as channel:
+            assert (await channel.request("sys", "ping", b"z"))["echo"] == b"z"
+        release.set()
+
+
+async def seller_sees_fewer(agent: Agent, peer: str, than: int) -> None:
+    from market_helpers import wait_until
+
+    await wait_until(lambda: agent._inbound_per_peer.get(peer, 0) < than,
+                     f"{agent.id} released a channel of {peer}")

@@ -563,7 +563,10 @@ class Channel:
                 elif trio.current_time() - self._last_traffic >= idle:
                     self._last_traffic = trio.current_time()  # busy: count idleness afresh
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._begin_close(ChannelClosed(f"connection broke: {exc.__cause__ or exc}"))
+            # A peer that refused us says why in an `err` and then drops the TCP
+            # connection without close_notify: its reason beats "connection broke".
+            self._begin_close(self._peer_complaint or ChannelClosed(
+                f"connection broke: {exc.__cause__ or exc}"))
         except ProtocolError as exc:  # fatal by construction: see _drain
             if self.log_budget.allow():
                 log.warning("closing channel to %s: %s", self.peer.agent_id, exc)

@@ -164,11 +164,15 @@ async def establish(
     registry: ServiceRegistry,
     config: ChannelConfig,
     on_authenticated: Callable[[], None] | None = None,
+    admit: Callable[[PeerIdentity], Callable[[], None]] | None = None,
 ) -> AsyncIterator[Channel]:
     """Authenticate ``stream`` and run a channel over it for the ``async with`` body.
 
     ``on_authenticated`` is called once the peer's hello passed every check, before
     the channel handles anything (``serve`` counts unauthenticated connections).
+    ``admit(peer)``, called then too, may refuse the peer (raise an error with a
+    ``code``, sent to the peer) or return what to call when the channel has closed:
+    a bound on what one peer may hold.
 
     Raises:
         HandshakeFailed: TLS refused us or the peer (``detail["reason"]``).
@@ -203,6 +207,7 @@ async def establish(
             epoch = verifier_epoch(verify_peer)
             try:
                 peer = verify_peer(der, expected_id)
+                release = admit(peer) if admit is not None else None
             except Exception as exc:
                 if isinstance(getattr(exc, "code", None), str):
                     await _refuse(stream, exc)
@@ -218,13 +223,13 @@ async def establish(
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
-    if on_authenticated is not None:
-        on_authenticated()
-    channel = Channel(stream, peer=peer, our_hello=hello, their_hello=their_hello,
-                      registry=registry, config=config, decoder=decoder,
-                      verify_peer=verify_peer, peer_certificate=der, expected_id=expected_id,
-                      epoch=epoch)
     try:
+        if on_authenticated is not None:
+            on_authenticated()
+        channel = Channel(stream, peer=peer, our_hello=hello, their_hello=their_hello,
+                          registry=registry, config=config, decoder=decoder,
+                          verify_peer=verify_peer, peer_certificate=der,
+                          expected_id=expected_id, epoch=epoch)
         async with trio.open_nursery() as nursery:
             await nursery.start(channel.run)
             try:
@@ -239,6 +244,9 @@ async def establish(
         if leaf is None:
             raise
         raise leaf from None
+    finally:
+        if release is not None:
+            release()
 
 
 def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
@@ -329,6 +337,7 @@ async def serve(
     registry: ServiceRegistry,
     config: ChannelConfig | None = None,
     handler: Callable[[Channel], Awaitable[None]] | None = None,
+    admit: Callable[[PeerIdentity], Callable[[], None]] | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept channels on ``host:port`` until cancelled.
@@ -351,7 +360,8 @@ async def serve(
                 stream = TlsStream(tcp, context, server_side=True)
                 async with establish(stream, verify_peer=verify_peer, expected_id=None,
                                      hello=hello, registry=registry, config=config,
-                                     on_authenticated=authenticated) as channel:
+                                     on_authenticated=authenticated,
+                                     admit=admit) as channel:
                     if handler is None:
                         await channel.wait_closed()
                     else:

@@ -24,6 +24,7 @@ __all__ = [
     "RemoteError",
     "RequestTimeout",
     "ReusedId",
+    "TooManyChannels",
     "TooManyRequests",
     "TransportError",
     "UnexpectedMessage",
@@ -109,6 +110,13 @@ class TooManyRequests(ProtocolError):
     """More requests in flight than the `max_in_flight` our hello announced."""
 
     code: ClassVar[str] = "protocol.too_many_requests"
+
+
+class TooManyChannels(ProtocolError):
+    """The peer already holds as many channels to us as we allow one peer."""
+
+    code: ClassVar[str] = "protocol.too_many_channels"
+    fatal: ClassVar[bool] = True
 
 
 class InternalError(TransportError):
