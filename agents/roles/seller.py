@@ -300,6 +300,12 @@ class Seller(Role):
         except ServiceError:
             return
         digest = transfer.confirmation.digest
+        stored = await self.agent.database.read(lambda c: c.execute(
+            "SELECT payment FROM commerce_sales WHERE order_digest = ?",
+            (request.reference,)).fetchone())
+        if stored is not None and stored[0] is not None and PaymentResult.from_wire(
+                canonical_decode(stored[0])).settlement.digest == digest:
+            return  # the payment that settled this sale, handed over again: it is used
         why = canonical_encode({"code": refusal.code, "message": refusal.message[:512],
                                 "detail": refusal.detail})
 

@@ -1,0 +1,35 @@
+"""Issue 7 review: faults found reviewing the hardening work, each as a test.
+
+The fixture ``m`` (a running bank, seller and buyers) is the one of
+test_hardening_payments.
+"""
+
+from __future__ import annotations
+
+from test_commerce_wire import Market
+from test_hardening_payments import m, money_reaching_the_seller_is_used_or_returned
+
+__all__ = ["m"]
+
+
+async def test_the_transfer_that_settled_a_sale_is_not_given_back(m: Market) -> None:
+    """The transfer that paid an order, handed over again under another module name,
+    is refused as paid already, and NOT refunded: the sale it settled stays paid, so
+    giving it back would hand the buyer its goods for nothing."""
+    order = await m.place(await m.offer(), key="paid-once")
+    proof = await m["buyer"].request("bank", "bank", "transfer", m.transfer_order(
+        "buyer", "seller", 1250, key="paid-once-t", reference=order.digest))
+    paid = await m["buyer"].request("seller", "payment", "accept", {
+        "module": "transfer", "reference": order.digest, "proof": proof})
+    assert paid["module"] == "transfer"
+    before = await m.balances()
+    for module in ("cheque", "no-such-module"):
+        refusal = await m.refused("buyer", "seller", "payment", "accept", {
+            "module": module, "reference": order.digest, "proof": proof})
+        assert refusal.code == "commerce.already_paid"
+        assert "returned" not in refusal.detail
+        assert await m.balances() == before
+    returns = await m["seller"].database.read(lambda c: c.execute(
+        "SELECT count(*) FROM commerce_returns").fetchone()[0])
+    assert returns == 0
+    await money_reaching_the_seller_is_used_or_returned(m)
