@@ -27,7 +27,7 @@ from .._agent import Agent
 from .._config import ConfigError
 from .._market import write_file
 from .._purchase import Shopper
-from ._common import AGENT_ID, config_option, load_config, passphrase_option
+from ._common import AGENT_ID, AMOUNT, config_option, load_config, passphrase_option
 from ._text import counted
 
 __all__ = ["buy", "catalogue", "goods", "refund", "wallet"]
@@ -223,15 +223,14 @@ def goods(config_path: Path, key: str, output: Path, passphrase_file: Path | Non
 @config_option
 @click.option("--idempotency-key", "key", required=True, help="The purchase to refund.")
 @click.option("--reason", default="returned", help="Why, for the seller's refund note.")
-@click.option("--amount", "amount_text", default=None, metavar="CCY:MINOR_UNITS",
+@click.option("--amount", default=None, metavar="CCY:MINOR_UNITS", type=AMOUNT,
               help="Refund only this much of what was paid (default: all of it).")
 @passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Print the purchase as JSON.")
-def refund(config_path: Path, key: str, reason: str, amount_text: str | None,
+def refund(config_path: Path, key: str, reason: str, amount: Amount | None,
            passphrase_file: Path | None, as_json: bool) -> None:
     """Ask the seller to refund a purchase, in full or --amount of it, as its offer's
     signed refund terms allow; repeating it refunds nothing more."""
-    amount = None if amount_text is None else Amount.parse(amount_text)  # money.bad_amount
     agent = _shopper_agent(config_path, passphrase_file)
 
     async def run() -> Any:
