@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import resource
+import ssl
 import sys
 import tempfile
 import threading
@@ -55,6 +56,7 @@ from typing import Any
 
 import msgpack
 import trio
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -62,8 +64,15 @@ from semper.agents._agent import Agent
 from semper.agents._config import AgentConfig
 from semper.agents._identity import Credentials
 from semper.agents._market import init_market
+from semper.agents._operator import invite_agent
 from semper.agents._purchase import Shopper
-from semper.services.certificates import fingerprint
+from semper.services.certificates import (
+    EnrollRequest,
+    Level,
+    enrollment_proof,
+    fingerprint,
+    make_csr,
+)
 from semper.services.statements import sign_statement
 from semper.transport import (
     NEED_DATA,
@@ -92,6 +101,7 @@ SERVES = {
     "bank": ("bank", "sys", "evidence"),
     "seller": ("commerce", "payment", "sys", "evidence"),
     "ca": ("certificates", "directory", "sys", "evidence"),
+    "enroll": ("enroll",),  # the CA's enrollment listener: no client certificate, no hello
 }
 OPS = (
     ("sys", "ping"), ("bank", "transfer"), ("bank", "deposit_cheque"), ("bank", "refund"),
@@ -340,10 +350,11 @@ def cases(mutants: st.SearchStrategy[Any] | None = None, *, max_frames: int = 12
     @st.composite
     def build(draw: Any) -> Case:
         target = draw(st.sampled_from(targets))
-        # The buyer serves nothing worth fuzzing here: it is fuzzed as a client.
-        outbound = target == "buyer" or draw(st.integers(0, 3)) == 0
+        # The buyer serves nothing worth fuzzing here: it is fuzzed as a client; the
+        # enrollment listener only serves.
+        outbound = target == "buyer" or (target != "enroll" and draw(st.integers(0, 3)) == 0)
         flow = draw(st.sampled_from(sorted(f for f, (_, _, who) in FLOWS.items()
-                                           if target in who)))
+                                           if target in who) or ["ping"]))
         answer = None
         if outbound and draw(st.integers(0, 2)) > 0:
             answer = draw(answers(flow) if answers is not None else values(outside=False))
@@ -682,6 +693,8 @@ class Harness:
 
     def cases(self, target: str) -> st.SearchStrategy[Case]:
         mutants = self.mutants(target) if target in SERVES else None
+        if target == "enroll":  # one request per connection
+            return cases(mutants, targets=(target,), max_frames=1, answers=self.answers)
         return cases(mutants, targets=(target,), answers=self.answers)
 
     def _thread_main(self) -> None:
@@ -708,6 +721,10 @@ class Harness:
         self.signers = Signers([self.credentials(a) for a in everyone])
         buyer = self.credentials("buyer")
         self._client_tls = TlsContexts(buyer.tls_config()).client
+        self._anonymous_tls = ssl.create_default_context()
+        self._anonymous_tls.check_hostname = False
+        self._anonymous_tls.verify_mode = ssl.CERT_NONE
+        self._anonymous_tls.minimum_version = ssl.TLSVersion.TLSv1_3
         async with trio.open_nursery() as nursery:
             # One listener for each identity the peer poses as on outbound channels.
             addresses = {}
@@ -770,7 +787,7 @@ class Harness:
         """Run the market once with the honest buyer, recording every request body
         any agent sends: the bodies the mutants start from."""
         original = channel_module.Channel.request
-        recorded = self.recorded
+        recorded = self.recorded = []
 
         async def recording(channel: Any, service: str, op: str, body: Any = None,
                             **kwargs: Any) -> Any:
@@ -802,10 +819,20 @@ class Harness:
                 await buyer.request("ca", "directory", "lookup", {"agent": "seller"})
                 await buyer.request("ca", "directory", "lookup", {"role": "bank"})
                 await buyer.request("seller", "payment", "capabilities", {})
+                for n in range(3):  # enrollment requests, with tokens good for one use
+                    self.recorded.append(Recorded("newbie", "enroll", "request",
+                                                  self._enroll_request(f"newbie{n}")))
         finally:
             channel_module.Channel.request = original  # type: ignore[method-assign]
         # Keep the buyer's own bodies, and the others' ones for their services.
-        self.recorded = [r for r in recorded if r.service != "sys"]
+        self.recorded = [r for r in self.recorded if r.service != "sys"]
+
+    def _enroll_request(self, agent_id: str) -> dict[str, Any]:
+        token = invite_agent(self.folder, agent_id, role="buyer",
+                             level=Level.VERIFIED_CONTACT).token
+        csr = make_csr(ed25519.Ed25519PrivateKey.generate(), token.agent_id)
+        return EnrollRequest(token_id=token.token_id, csr_der=csr, proof=enrollment_proof(
+            token.secret, token.token_id, csr)).to_wire()
 
     async def _on_accept(self, identity: str, tcp: trio.SocketStream) -> None:
         done = trio.Event()
@@ -826,7 +853,9 @@ class Harness:
         before = await self._books()
         with trio.move_on_after(CASE_DEADLINE) as scope:
             try:
-                if case.outbound:
+                if case.target == "enroll":
+                    money = await self._enroll(case, findings)
+                elif case.outbound:
                     money = await self._outbound(case, findings)
                 else:
                     money = await self._inbound(case, findings)
@@ -835,7 +864,7 @@ class Harness:
         if scope.cancelled_caught:
             findings.append(f"hang: the case did not end within {CASE_DEADLINE:g}s")
             money = True
-        await self._check_alive(case.target, findings)
+        await self._check_alive("ca" if case.target == "enroll" else case.target, findings)
         after = await self._books()
         if not after["balanced"]:
             findings.append(f"books out of balance: {after['balanced']}")
@@ -913,6 +942,44 @@ class Harness:
         sentinel = max(next_id, 1)
         parts.append(ping_frame(sentinel))
         return b"".join(parts), sentinel, len(parts)
+
+    async def _enroll(self, case: Case, findings: list[str]) -> bool:
+        """The CA's enrollment listener: TLS without a client certificate, then one
+        request, one answer, and the CA closes."""
+        role = self.agents["ca"].role
+        address = role.enroll_address  # type: ignore[attr-defined]
+        tcp = await trio.open_tcp_stream(*address)
+        stream = trio.SSLStream(tcp, self._anonymous_tls, server_side=False)
+        try:
+            await stream.do_handshake()
+            opening = b"" if case.hello is None else self._opening(case)
+            data, _sentinel, count = self._body(case, 1)
+            self.report.inbound_frames += count
+            self.report.frames += count
+            first = FrameDecoder(CodecLimits(max_frame=1 << 16, max_str=1 << 16,
+                                             max_bin=1 << 16))
+            first.feed(opening + data)
+            try:
+                whole = first.next_object() is not NEED_DATA
+            except ProtocolError:
+                whole = True  # refused at once
+            await _send(stream, opening + data)
+            if not whole:
+                return False  # it waits for the rest of a frame we never send
+            decoder = FrameDecoder(self._limits)
+            answer = await _next(stream, decoder)
+            if type(answer) is dict and answer.get("type") == "err":
+                self.report.codes[str(answer.get("code"))] += 1
+                if answer.get("code") == "internal.error":
+                    findings.append(f"internal.error from the enrollment listener: "
+                                    f"{answer.get('message')!r}")
+            elif type(answer) is dict and answer.get("type") == "res":
+                self.report.codes["ok"] += 1
+            if await _next(stream, decoder) is not None:
+                findings.append("the enrollment listener sent more than one frame")
+            return False
+        finally:
+            await trio.aclose_forcefully(stream)
 
     async def _inbound(self, case: Case, findings: list[str]) -> bool:
         agent = self.agents[case.target]
@@ -1144,10 +1211,10 @@ def fuzz(harness: Harness, frames: int, *, batch: int = 200,
     """Play Hypothesis-drawn cases until ``frames`` frames went out; findings are
     collected, not raised (a long run reports them all)."""
     report = harness.report
-    strategies = {t: harness.cases(t) for t in (*TARGETS, "buyer")}
+    strategies = {t: harness.cases(t) for t in (*TARGETS, "buyer", "enroll")}
 
     def one(data: Any) -> None:
-        target = data.draw(st.sampled_from([*TARGETS, *TARGETS, "buyer"]))
+        target = data.draw(st.sampled_from([*TARGETS, *TARGETS, "buyer", "enroll"]))
         harness.play(data.draw(strategies[target]))
 
     while report.frames < frames:

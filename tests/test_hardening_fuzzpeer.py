@@ -50,7 +50,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def strategies(harness: Any) -> dict[str, Any]:
-    return {t: harness.cases(t) for t in (*fuzz_peer.TARGETS, "buyer")}
+    return {t: harness.cases(t) for t in (*fuzz_peer.TARGETS, "buyer", "enroll")}
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
