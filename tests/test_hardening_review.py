@@ -6,8 +6,13 @@ test_hardening_payments.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from click.testing import CliRunner
 from test_commerce_wire import Market
 from test_hardening_payments import m, money_reaching_the_seller_is_used_or_returned
+
+from semper.agents.cli import cli
 
 __all__ = ["m"]
 
@@ -33,3 +38,15 @@ async def test_the_transfer_that_settled_a_sale_is_not_given_back(m: Market) -> 
         "SELECT count(*) FROM commerce_returns").fetchone()[0])
     assert returns == 0
     await money_reaching_the_seller_is_used_or_returned(m)
+
+
+def test_call_with_json_nested_past_the_parser_is_a_usage_error(tmp_path: Path) -> None:
+    """``semper call`` refused a body nested past 32 levels only once parsed: JSON
+    nested a few thousand deep failed inside json.loads (RecursionError), an
+    internal.error. Now a usage error, before any config is read."""
+    body = "[" * 5000 + "]" * 5000
+    result = CliRunner().invoke(cli, ["call", "--config", str(tmp_path / "absent.toml"),
+                                      "seller", "sys.ping", body], prog_name="semper")
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.startswith("semper: cli.usage: ") and result.stderr.count("\n") == 1
+    assert "nested too deeply" in result.stderr

@@ -89,6 +89,9 @@ def command(config_path: Path, peer: str, operation: str, body: str | None,
         encode_frame(value)  # in the value model (depth, integer range) and 1 MiB
     except ValueError as exc:  # json.JSONDecodeError is a ValueError too
         raise click.BadParameter(str(exc), param_hint="JSON") from None
+    except RecursionError:  # json.loads itself recurses: a few thousand brackets
+        raise click.BadParameter("nested too deeply (the wire allows 32 levels)",
+                                 param_hint="JSON") from None
     config, passphrase = load_config(config_path, passphrase_file)
     agent = Agent(config, passphrase=passphrase)
     answer = trio.run(call, agent, peer, match.group(1), match.group(2), value)
