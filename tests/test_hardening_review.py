@@ -6,8 +6,11 @@ test_hardening_payments.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
+import pytest
+import trio
 from click.testing import CliRunner
 from test_commerce_wire import Market
 from test_hardening_payments import m, money_reaching_the_seller_is_used_or_returned
@@ -50,3 +53,35 @@ def test_call_with_json_nested_past_the_parser_is_a_usage_error(tmp_path: Path) 
     assert result.exit_code == 2, result.stderr
     assert result.stderr.startswith("semper: cli.usage: ") and result.stderr.count("\n") == 1
     assert "nested too deeply" in result.stderr
+
+
+async def test_a_failed_pass_of_the_sellers_return_retries_does_not_stop_the_agent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seller's background retry of returns ran in the agent's own nursery: one
+    pass that raised (the database busy, say) ended the whole agent. Now it is
+    logged and the next pass runs; the agent keeps serving."""
+    from market_helpers import DEADLINE, config_of, make_market, running
+
+    from semper.agents import Agent
+    from semper.agents.roles import seller as seller_module
+
+    folder = make_market(tmp_path / "m")
+    calls = 0
+    second = trio.Event()
+
+    async def flaky(self: object) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise sqlite3.OperationalError("database is locked")
+        second.set()
+        return 0
+
+    monkeypatch.setattr(seller_module, "RETURN_RETRY_S", 0)
+    monkeypatch.setattr(seller_module.Seller, "retry_returns", flaky)
+    with trio.fail_after(DEADLINE):
+        async with running(Agent(config_of(folder, "seller"))):
+            await second.wait()
+            async with Agent(config_of(folder, "buyer")).session() as buyer:
+                pong = await buyer.request("seller", "sys", "ping", b"alive")
+    assert pong["echo"] == b"alive" and calls >= 2

@@ -378,7 +378,11 @@ class Seller(Role):
         task_status.started()
         while True:
             await trio.sleep(RETURN_RETRY_S)
-            await self.retry_returns()
+            try:
+                await self.retry_returns()
+            except Exception as exc:  # the database busy, a bug: never the agent's end
+                log.error("retrying the returns due failed (next try in %g s): %s",
+                          RETURN_RETRY_S, exc, exc_info=exc)
 
     async def _fulfil(self, sale: Sale, decisions: list[Any], buyer: Any, order: bytes
                       ) -> None:
