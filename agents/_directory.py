@@ -30,6 +30,7 @@ import trio
 
 from semper.services.certificates import to_ms
 from semper.services.directory import (
+    BadCard,
     CardMismatch,
     ContactCard,
     Lookup,
@@ -138,8 +139,12 @@ class PeerBook:
     async def lookup_role(self, role: str) -> list[ContactCard]:
         """Every current card of ``role`` in the directory that checks out here."""
         body = await self._ask("lookup", Lookup(role=role).to_wire())
+        wires = body.get("cards") if isinstance(body, dict) else None
+        if not isinstance(wires, list):  # read only once its shape is known
+            raise BadCard(f"the directory's answer for role {role!r} is not "
+                          '{"cards": [card, ...]}')
         cards = []
-        for wire in body.get("cards", []) if isinstance(body, dict) else []:
+        for wire in wires:
             try:
                 signed = SignedCard.from_wire(wire)
                 card = self._verify(signed)

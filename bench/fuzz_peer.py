@@ -329,15 +329,18 @@ def _short(value: Any, limit: int = 400) -> str:
 #: What an agent asks of the peer on an outbound channel (Harness._ask): the op, whom
 #: the peer poses as, and which agents ask it. "deposit": the seller deposits a real
 #: buyer's cheque at its bank (the peer); "catalogue": the buyer's Shopper reads a
-#: seller's catalogue (the peer).
+#: seller's catalogue (the peer); "lookup", "lookup_role": the buyer asks its
+#: directory (the peer, posing as the CA agent) for a card, or the cards of a role.
 FLOWS: dict[str, tuple[tuple[str, str], str, tuple[str, ...]]] = {
     "ping": (("sys", "ping"), "buyer", TARGETS),
     "crl": (("certificates", "crl"), "buyer", TARGETS),
     "deliver": (("evidence", "deliver"), "buyer", TARGETS),
     "deposit": (("bank", "deposit_cheque"), "bank", ("seller",)),
     "catalogue": (("commerce", "catalogue"), "seller", ("buyer",)),
+    "lookup": (("directory", "lookup"), "ca", ("buyer",)),
+    "lookup_role": (("directory", "lookup"), "ca", ("buyer",)),
 }
-ROLES = {"buyer": "buyer", "bank": "bank", "seller": "seller"}
+ROLES = {"buyer": "buyer", "bank": "bank", "seller": "seller", "ca": "ca"}
 
 
 def cases(mutants: st.SearchStrategy[Any] | None = None, *, max_frames: int = 12,
@@ -750,7 +753,7 @@ class Harness:
             # buyer (same identity, real seller) that pays the seller by cheque.
             config = self.config("buyer")
             self.buyer = Agent(dataclasses.replace(config, peers={
-                **config.peers, "seller": addresses["seller"]}))
+                **config.peers, "seller": addresses["seller"], "ca": addresses["ca"]}))
             await nursery.start(self._session, self.buyer)
             self.payer = Agent(self.config("buyer"))
             await nursery.start(self._session, self.payer)
@@ -1118,6 +1121,10 @@ class Harness:
         """The agent's own request to the peer, through the code that reads the answer."""
         if flow == "catalogue":
             return await Shopper(agent).catalogue("seller")
+        if flow == "lookup":
+            return await agent.peers.lookup("notary")
+        if flow == "lookup_role":
+            return await agent.peers.lookup_role("bank")
         if flow == "deposit":
             # The real buyer pays the seller by cheque; the seller deposits it at us.
             self._delivered += 1

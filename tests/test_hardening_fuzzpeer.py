@@ -129,3 +129,14 @@ def test_a_catalogue_answer_of_the_wrong_shape_is_refused_with_a_code(
     case = fuzz_peer.Case(target="buyer", outbound=True, flow="catalogue", hello=None,
                           frames=[], answer=answer)
     assert harness.play(case) == []
+
+
+@pytest.mark.parametrize("answer", [{"cards": 5}, {"cards": {"card": 1}}, {"cards": "abc"},
+                                    [], 7])
+def test_a_role_lookup_answer_that_is_not_a_list_of_cards_is_refused_with_a_code(
+        harness: Any, answer: Any) -> None:
+    # Found by the peer posing as the CA agent: PeerBook.lookup_role iterated the
+    # answer's `cards` unchecked (TypeError for an int).
+    case = fuzz_peer.Case(target="buyer", outbound=True, flow="lookup_role", hello=None,
+                          frames=[], answer=answer)
+    assert harness.play(case) == []
