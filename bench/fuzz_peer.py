@@ -60,12 +60,14 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from semper.agents import _ledger
 from semper.agents._agent import Agent
 from semper.agents._config import AgentConfig
 from semper.agents._identity import Credentials
 from semper.agents._market import init_market
 from semper.agents._operator import invite_agent
 from semper.agents._purchase import Shopper
+from semper.services import Amount
 from semper.services.certificates import (
     EnrollRequest,
     Level,
@@ -328,14 +330,17 @@ def _short(value: Any, limit: int = 400) -> str:
 
 #: What an agent asks of the peer on an outbound channel (Harness._ask): the op, whom
 #: the peer poses as, and which agents ask it. "deposit": the seller deposits a real
-#: buyer's cheque at its bank (the peer); "catalogue": the buyer's Shopper reads a
-#: seller's catalogue (the peer); "lookup", "lookup_role": the buyer asks its
-#: directory (the peer, posing as the CA agent) for a card, or the cards of a role.
+#: buyer's cheque at its bank (the peer); "refund": the seller refunds a real buyer's
+#: purchase (paid by transfer at the real bank) through its bank (the peer);
+#: "catalogue": the buyer's Shopper reads a seller's catalogue (the peer); "lookup",
+#: "lookup_role": the buyer asks its directory (the peer, posing as the CA agent) for
+#: a card, or the cards of a role.
 FLOWS: dict[str, tuple[tuple[str, str], str, tuple[str, ...]]] = {
     "ping": (("sys", "ping"), "buyer", TARGETS),
     "crl": (("certificates", "crl"), "buyer", TARGETS),
     "deliver": (("evidence", "deliver"), "buyer", TARGETS),
     "deposit": (("bank", "deposit_cheque"), "bank", ("seller",)),
+    "refund": (("bank", "refund"), "bank", ("seller",)),
     "catalogue": (("commerce", "catalogue"), "seller", ("buyer",)),
     "lookup": (("directory", "lookup"), "ca", ("buyer",)),
     "lookup_role": (("directory", "lookup"), "ca", ("buyer",)),
@@ -881,8 +886,6 @@ class Harness:
         return findings
 
     async def _books(self) -> dict[str, Any]:
-        from semper.agents import _ledger
-
         def read(c: Any) -> dict[str, Any]:
             try:
                 _ledger.check_books(c)
@@ -1110,6 +1113,7 @@ class Harness:
                         done.set()
         finally:
             del self._waiting[identity]
+        money = money or case.flow == "refund"  # it bought at the real bank first
         result = outcome[0] if outcome else None
         if isinstance(result, BaseException) and not isinstance(
                 getattr(result, "code", None), str):
@@ -1131,6 +1135,16 @@ class Harness:
             assert self.payer is not None
             return await Shopper(self.payer).buy("seller", self._sku, "cheque",
                                                  f"fuzz-deposit-{self._delivered}")
+        if flow == "refund":
+            self._delivered += 1
+            assert self.payer is not None
+            key = f"fuzz-refund-{self._delivered}"
+            bank = self.agents["bank"]
+            await bank.database.transaction(lambda c: _ledger.mint(
+                c, "buyer", Amount("EUR", 100_000), time_ms=time.time_ns() // 10**6))
+            shopper = Shopper(self.payer)
+            await shopper.buy("seller", self._sku, "transfer", key)
+            return await shopper.refund(key)
         if flow == "crl":
             return await agent._fetch_crl("buyer")  # as if the buyer were its CA agent
         if flow == "deliver":
@@ -1250,7 +1264,13 @@ def main(argv: list[str] | None = None) -> int:
         harness = Harness(Path(tmp) / "market")
         harness.start()
         try:
+            shown: set[str] = set()
+
             def progress(r: Report) -> None:
+                for text in r.findings:  # each new one at once: a long run is long
+                    if text[:200] not in shown:
+                        shown.add(text[:200])
+                        print(f"  FINDING: {text[:3000]}", file=sys.stderr)
                 if not args.json:
                     print(f"  {r.frames} frames, {r.cases} cases, {len(r.findings)} findings, "
                           f"{time.monotonic() - started:.0f}s, RSS {r.rss[-1][1]} MiB",
