@@ -26,6 +26,7 @@ from semper.services.statements import Statement, StatementError
 from .. import _archive
 from .._config import AgentConfig
 from .._identity import utcnow
+from .._market import write_file
 from .._storage import Database
 from ._common import CliError, config_option, load_config, passphrase_option
 from ._text import counted
@@ -86,10 +87,7 @@ def export(config_path: Path, transaction: str, out: Path) -> None:
     crl = max(_local_crls(config), key=lambda c: (_number(c), c.last_update_utc))
     bundle = collect_bundle(records, transaction=name, certificates=certificates,
                             crl=crl, root=root)
-    data = bundle.to_bytes()
-    partial = out.with_name(out.name + ".partial")  # never a half-written bundle at `out`
-    partial.write_bytes(data)
-    partial.replace(out)
+    write_file(out, bundle.to_bytes())  # atomic, and no temporary file left on a failure
     click.echo(f"wrote {counted(len(bundle.records), 'statement')} of {name} to {out}")
 
 
