@@ -11,10 +11,10 @@ from pathlib import Path
 import click
 from cryptography import x509
 
-from semper.services.certificates import CertStatus, Level, StatusReport
+from semper.services.certificates import CertStatus, Level, StatusReport, crl_number
 from semper.services.money import Amount
 
-from .._castore import open_ca_database, record_issued
+from .._castore import open_ca_database, publish_crl, record_issued
 from .._config import AgentConfig, ConfigError, parse_address
 from .._identity import utcnow
 from .._market import (
@@ -276,13 +276,6 @@ def crl_command(folder: Path, passphrase_file: Path | None) -> None:
     """Re-issue the market's CRL now (same entries, next number, good for 30 days) and
     publish it to DIR/ca/crl.pem. The running CA agent does this by itself 15 days
     before the CRL's next update; this is for a market whose CA agent is not running."""
-    # Imported here, not at the top, to keep this command one self-contained block.
-    from semper.services.certificates import crl_number
-
-    from .._castore import publish_crl
-    from .._identity import utcnow
-    from .._market import MarketError, MarketPaths, load_authority
-
     paths = MarketPaths(folder)
     if not paths.root_cert.is_file() or not paths.crl.is_file():
         raise MarketError(f"{folder} is not a market folder (no ca/root.pem or ca/crl.pem)")
