@@ -85,3 +85,40 @@ async def test_a_failed_pass_of_the_sellers_return_retries_does_not_stop_the_age
             async with Agent(config_of(folder, "buyer")).session() as buyer:
                 pong = await buyer.request("seller", "sys", "ping", b"alive")
     assert pong["echo"] == b"alive" and calls >= 2
+
+
+async def test_a_refund_asked_in_time_is_honoured_when_retried_after_the_window(
+        m: Market, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refund window is judged when the refund was asked (the seller's first refund
+    order), not at each retry. Else: the bank applies a refund asked on the window's
+    last day, the seller fails before recording it, and the buyer's retry a day later
+    is refused (commerce.refund_not_allowed) with the money back at the buyer but the
+    sale still paid, its goods fetchable, and no refund in the seller's records."""
+    from test_commerce_wire import GUIDE
+
+    from semper.agents._purchase import Shopper
+    from semper.agents.roles import seller as seller_module
+    from semper.transport import RemoteError
+
+    shopper = Shopper(m["buyer"])
+    bought = await shopper.buy("seller", GUIDE, "transfer", "late-refund")
+    paid_balance = (await m.balances())["buyer"]
+    original = seller_module.refund_payment
+
+    async def applied_then_lost(*args: object, **kwargs: object) -> object:
+        await original(*args, **kwargs)  # the bank applies it...
+        raise RuntimeError("the seller stops before recording the refund")
+
+    monkeypatch.setattr(seller_module, "refund_payment", applied_then_lost)
+    with pytest.raises(RemoteError):
+        await shopper.refund("late-refund")
+    assert (await m.balances())["buyer"] == paid_balance + 1250  # money is back
+    monkeypatch.setattr(seller_module, "refund_payment", original)
+    later = seller_module._now_ms() + 15 * 86_400_000  # GUIDE grants 14 days
+    monkeypatch.setattr(seller_module, "_now_ms", lambda: later)
+    outcome = await shopper.refund("late-refund")  # the retry, a day after the window
+    assert outcome.state == "refunded" and outcome.order == bought.order
+    assert (await m.balances())["buyer"] == paid_balance + 1250  # refunded once
+    fetched = await m.refused("buyer", "seller", "commerce", "fetch",
+                              {"order": bought.order})
+    assert fetched.code == "commerce.refunded"

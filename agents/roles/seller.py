@@ -62,6 +62,7 @@ from semper.services.commerce import (
 )
 from semper.services.commerce import Archive as ArchiveDecision
 from semper.services.payment import (
+    REFUND_ORDER,
     AcceptRequest,
     BadRequest,
     ChequeProof,
@@ -82,7 +83,9 @@ from semper.services.statements import (
     verify_statement,
 )
 
+from .._archive import RECORD_OVERHEAD, append, entry, peer_usage
 from .._catalogue import CatalogueItem, load_catalogue
+from .._evidence import QuotaExceeded
 from .._identity import utcnow
 from .._payments import AgentPaymentContext, payment_manager
 from .._roles import Role
@@ -198,11 +201,37 @@ class Seller(Role):
                 decisions = sale.receive(OrderReceived(order=order,
                                                        catalogue=self.current_catalogue()),
                                          now_ms=_now_ms())
-                await self._archive(decisions, context.peer, order.digest)
+                await self._archive_within_quota(decisions, context.peer, order.digest)
                 await self._save(sale, context.peer.agent_id)
         terms = _terms(sale)
         return {"order": order.digest, "amount": terms.amount.to_wire(),
                 "payment_module": terms.payment_module}
+
+    async def _archive_within_quota(self, decisions: list[Any], peer: Any, order: bytes
+                                    ) -> None:
+        """Archive a new order as ``_archive`` does, counted against the buyer's
+        ``[evidence] peer_quota_bytes`` inside the commit: an order costs the buyer
+        one signature, so unbounded orders would grow our archive without bound
+        (``evidence.quota_exceeded``, docs/protocol.md 9.3)."""
+        ours = self.agent.credentials.identity
+        entries = [entry(d.statement, direction=d.direction, peer=peer.agent_id,
+                         transaction=order.hex(),
+                         certificate=ours.certificate if d.statement.signer == ours.fingerprint
+                         else peer.certificate)
+                   for d in decisions if isinstance(d, ArchiveDecision)]
+        quota = self.agent.config.evidence_peer_quota
+        cost = sum(len(e.statement.to_bytes()) + RECORD_OVERHEAD for e in entries)
+
+        def write(c: sqlite3.Connection) -> None:
+            records, size = peer_usage(c, peer.agent_id)
+            used = size + records * RECORD_OVERHEAD
+            if used + cost > quota:
+                raise QuotaExceeded(f"{peer.agent_id!r} has used {used} of its {quota} bytes "
+                                    "of our archive: no new orders",
+                                    detail={"used": used, "quota": quota, "cost": cost})
+            append(c, entries)
+
+        await self.agent.database.transaction(write)
 
     def _verify(self, statement: Statement, peer: Any) -> None:
         verify_statement(statement, certificate=peer.certificate,
@@ -447,9 +476,12 @@ class Seller(Role):
                 raise BadRequest("nothing was paid for this order",
                                  detail={"state": sale.state.value})
             paid = PaymentResult.from_wire(canonical_decode(row[0]))
-            # The refund policy is the one the seller signed in the offer.
+            # The refund policy is the one the seller signed in the offer, judged when the
+            # refund was first asked: a retry of one the bank may have applied already
+            # (the answer lost) must not be refused for the time the retry took.
+            asked_at = await self._refund_asked_at(order)
             check_refund_window(_terms(sale).offer_terms(), paid_at_ms=paid.settlement.issued_at,
-                                now_ms=_now_ms())
+                                now_ms=_now_ms() if asked_at is None else asked_at)
             decisions = sale.receive(RefundRequested(reason=body.get("reason", "")[:512],
                                                      amount=asked), now_ms=_now_ms())
             ctx = AgentPaymentContext(self.agent, order.hex(), buyer)
@@ -473,6 +505,20 @@ class Seller(Role):
                     await self._archive([decision], context.peer, order)
             await self._save(sale, buyer, refund=answer)
         return answer
+
+    async def _refund_asked_at(self, order: bytes) -> int | None:
+        """When we signed our first refund order for ``order`` (Unix ms), if ever: the
+        refund was granted then, whatever became of it at the bank."""
+        def first(c: sqlite3.Connection) -> int | None:
+            times = []
+            for (data,) in c.execute("SELECT statement FROM archive_records"
+                                     " WHERE txn = ? AND direction = 'sent'", (order.hex(),)):
+                statement = Statement.from_bytes(data)
+                if statement.type == REFUND_ORDER:
+                    times.append(statement.issued_at)
+            return min(times, default=None)
+
+        return await self.agent.database.scan(first)  # a buyer may have filed many
 
     def _sign(self, body: Any) -> Statement:
         return self.agent.evidence.sign(body.TYPE, body.to_body())
