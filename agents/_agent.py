@@ -72,6 +72,7 @@ class Agent:
         self._crl_file_pem = self.credentials.crl_pem  # the CRL file as last read
         self._crl_fetch_failures = 0
         self._crl_refresh = trio.Lock()  # one refresh of a stale CRL at a time
+        self._crl_asked = False  # a command (no watcher) asked the CA agent once
         self._crl_cache = trio.Lock()  # one write of data_dir/crl.pem at a time
         self.verify_peer = CurrentVerifier(peer_verifier(self.credentials.root,
                                                          lambda: self._crl))
@@ -290,6 +291,7 @@ class Agent:
     async def connect(self, peer_id: str) -> AsyncIterator[Channel]:
         """A channel to ``peer_id`` for the ``async with`` body only (one-off use)."""
         await self.refresh_stale_crl()  # else OpenSSL refuses every peer
+        await self._ask_ca_once(peer_id)
         host, port = await self.peer_address(peer_id)
         log.debug("connecting to %s at %s:%d", peer_id, host, port)
         try:
@@ -388,6 +390,34 @@ class Agent:
             if crl_is_stale(self._crl) and ca is not None and ca != self.id:
                 # Never through Agent.channel: its dial would wait for this lock.
                 await self._fetch_crl(ca, stale=True)
+
+    async def _ask_ca_once(self, peer_id: str) -> None:
+        """Before the first dial of an agent that is not running (``semper buy``,
+        ``ping``, ``call``: no watcher), ask the CA agent for a newer CRL, as a running
+        agent does every ``crl_refresh`` seconds. Else an enrolled agent, whose CRL
+        file is its own copy, would deal with a peer revoked since it last ran until
+        that copy went stale. Best effort, bounded: the CA may be down, and trade
+        goes on with the CRL we have."""
+        ca = self.config.ca_agent
+        if self._crl_asked or self.address is not None or ca in (None, self.id, peer_id):
+            return
+        self._crl_asked = True
+        with trio.move_on_after(min(3.0, self.config.timeouts.handshake)):
+            try:
+                answer = await self._fetch_crl_while_stale(ca, {"known": _crl_number(self._crl)})
+                der = answer.get("crl") if isinstance(answer, dict) else None
+                pem = load_crl(der).public_bytes(serialization.Encoding.PEM) if der else None
+            except Exception as exc:
+                if not isinstance(getattr(exc, "code", None), str):
+                    raise
+                log.info("cannot ask %s for a newer CRL (using ours): %s", ca, exc)
+                return
+            if pem is None:
+                return
+            async with self._crl_cache:  # as _fetch_crl: applied, and kept for next time
+                if pem != self._crl_pem and self.apply_crl(pem):
+                    await trio.to_thread.run_sync(write_file,
+                                                  self.config.data_dir / "crl.pem", pem)
 
     async def reread_crl_file(self) -> None:
         """Apply the CRL file (``config.crl``) if it changed since it was last read."""

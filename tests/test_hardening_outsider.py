@@ -1,0 +1,106 @@
+"""Issue 7 checked again from outside, kind by kind, by a new user and a hostile
+peer with valid market credentials: each test is a hole found that way (the member
+of a kind the first round had not covered) or a probe worth keeping.
+
+Real loopback TLS, real SQLite, agents in the test's trio loop (market_helpers).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+from market_helpers import DEADLINE, config_of, make_market, running
+
+from semper.agents._agent import Agent
+from semper.agents._market import revoke_agent
+from semper.agents._purchase import Shopper
+from semper.services.commerce import Order
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return make_market(tmp_path / "market")
+
+
+def _private_crl(folder: Path, agent_id: str) -> Path:
+    """A copy of the CRL as it is now, as an enrolled agent keeps (``agent enroll``
+    writes crl.pem in the agent's own folder): only the CA agent can tell it of a
+    revocation published later."""
+    copy = folder / agent_id / "own-crl.pem"
+    shutil.copy(folder / "ca" / "crl.pem", copy)
+    return copy
+
+
+# -- kind 1: a revocation reaches a command acting as an agent ------------------------
+
+
+async def test_a_command_asks_the_ca_agent_for_revocations_before_its_first_dial(
+        folder: Path) -> None:
+    # The hole: an enrolled buyer (its own CRL copy, no agent running: `semper buy`)
+    # bought from a seller the CA had revoked since, and paid it (only a CRL past its
+    # nextUpdate made a command ask the CA agent).
+    own = _private_crl(folder, "buyer")
+    ca = Agent(config_of(folder, "ca"))
+    seller = Agent(config_of(folder, "seller"))
+    async with running(ca), running(seller):
+        revoke_agent(folder, "seller")  # published to the CA's file, not to the copy
+        buyer = Agent(config_of(folder, "buyer", crl=own))
+        async with buyer.session():
+            with trio.fail_after(DEADLINE), pytest.raises(Exception) as refused:
+                await Shopper(buyer).catalogue("seller")
+        assert "revoked" in str(refused.value)
+        assert getattr(refused.value, "code", "").startswith("auth.")
+
+
+# -- kind 3 and 5: what a peer can make us archive is bounded ------------------------
+
+
+async def test_orders_count_against_the_buyers_archive_quota(folder: Path) -> None:
+    # The hole: evidence.deliver kept within [evidence] peer_quota_bytes, but every
+    # commerce.order (free to send, one signature each) archived its order and a sale
+    # without any bound: 300 orders grew the seller's archive by 224 KB past a 20 KB
+    # quota, at ~300 orders/s.
+    quota = 20_000
+    seller = Agent(config_of(folder, "seller", evidence_peer_quota=quota))
+    async with running(seller):
+        buyer = Agent(config_of(folder, "buyer"))
+        async with buyer.session():
+            catalogue, _ = await Shopper(buyer).catalogue("seller")
+
+            async def order(key: str) -> tuple[object, dict]:
+                body = Order.for_offer(catalogue.offers[0], buyer="buyer",
+                                       payment_module="transfer", idempotency_key=key)
+                signed = buyer.evidence.sign(body.TYPE, body.to_body())
+                return signed, await buyer.request("seller", "commerce", "order",
+                                                   {"order": signed.to_wire()})
+
+            first, _ = await order("spam-0")
+            codes = []
+            for i in range(1, 60):
+                try:
+                    await order(f"spam-{i}")
+                except Exception as exc:
+                    codes.append(getattr(exc, "code", None))
+            # An order accepted before is still answered: nothing new is kept for it.
+            again = await buyer.request("seller", "commerce", "order", {"order": first.to_wire()})
+            assert again["order"] == first.digest
+        records, size = await seller.archive.usage("buyer")
+    assert codes and set(codes) == {"evidence.quota_exceeded"}
+    assert size + records * 256 <= quota
+
+
+# -- kind 10: a failed or odd command leaves nothing half-written ---------------------
+
+
+def _read_fifo(path: Path, into: list[bytes]) -> threading.Thread:
+    def reader() -> None:
+        with open(path, "rb") as f:
+            into.append(f.read())
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    return thread
