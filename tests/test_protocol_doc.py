@@ -248,3 +248,22 @@ def test_statement_constants_are_the_code_constants(doc: str) -> None:
     assert f"1 MiB ({MAX_STRING} bytes)" in section
     assert f"at most {MAX_CONTAINER} elements" in section
     assert f"nested at most {MAX_DEPTH} deep" in section
+
+
+def test_every_local_code_of_the_agents_is_documented(doc: str) -> None:
+    """Codes that only the command line and the agents raise (not in section 6's
+    table, which the test above keeps exact) are listed in docs/protocol.md or the
+    README: a user who reads `semper: <code>: ...` can look it up."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    agents = Path(__file__).resolve().parent.parent / "agents"
+    found: set[str] = set()
+    patterns = (r'code(?:: ClassVar\[str\])? = "([a-z_]+\.[a-z_.]+)"',
+                r'CliError\(\s*"([a-z_]+\.[a-z_.]+)"',
+                r'code(?:, reason)? = "([a-z_]+\.[a-z_.]+)"')
+    for path in agents.rglob("*.py"):
+        text = path.read_text()
+        for pattern in patterns:
+            found.update(re.findall(pattern, text))
+    assert len(found) > 15  # the scan sees the codes at all
+    missing = sorted(c for c in found if f"`{c}`" not in doc and f"`{c}`" not in readme)
+    assert not missing, f"codes raised in agents/ but documented nowhere: {missing}"
