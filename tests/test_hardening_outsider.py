@@ -7,17 +7,21 @@ Real loopback TLS, real SQLite, agents in the test's trio loop (market_helpers).
 
 from __future__ import annotations
 
+import os
 import shutil
-import threading
+import stat
 from pathlib import Path
 
 import pytest
 import trio
+from click.testing import CliRunner
 from market_helpers import DEADLINE, config_of, make_market, running
 
 from semper.agents._agent import Agent
 from semper.agents._market import revoke_agent
 from semper.agents._purchase import Shopper
+from semper.agents.cli import cli
+from semper.services.archive import EvidenceBundle
 from semper.services.commerce import Order
 
 
@@ -96,11 +100,37 @@ async def test_orders_count_against_the_buyers_archive_quota(folder: Path) -> No
 # -- kind 10: a failed or odd command leaves nothing half-written ---------------------
 
 
-def _read_fifo(path: Path, into: list[bytes]) -> threading.Thread:
-    def reader() -> None:
-        with open(path, "rb") as f:
-            into.append(f.read())
+def test_goods_and_bundles_written_to_a_pipe_leave_the_pipe_in_place(folder: Path) -> None:
+    # The hole: `-o` wrote a temporary file and renamed it over the path, so
+    # `semper goods ... -o PIPE` (or `archive export -o PIPE`, or `-o /dev/stdout`)
+    # replaced the pipe with a regular file and the reader got nothing; run as root,
+    # `-o /dev/null` replaced the device node itself.
+    async def buy() -> bytes:
+        async with running(Agent(config_of(folder, "bank"))), \
+                running(Agent(config_of(folder, "seller"))):
+            buyer = Agent(config_of(folder, "buyer"))
+            async with buyer.session():
+                outcome = await Shopper(buyer).buy("seller", "song-003", "transfer", "k-1")
+                assert outcome.goods
+                return outcome.goods
 
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    return thread
+    goods = trio.run(buy)
+    config = str(folder / "buyer" / "agent.toml")
+    for args in (["goods", "--config", config, "k-1"],
+                 ["archive", "export", "--config", config, "k-1"]):
+        pipe = folder / "pipe"
+        os.mkfifo(pipe)
+        reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # so the writer's open returns
+        try:
+            result = CliRunner().invoke(cli, [*args, "-o", str(pipe)], prog_name="semper")
+            assert result.exit_code == 0, result.output
+            assert stat.S_ISFIFO(os.lstat(pipe).st_mode)
+            got = os.read(reader, 1 << 16)
+        finally:
+            os.close(reader)
+            pipe.unlink()
+        if args[0] == "goods":
+            assert got == goods
+        else:
+            assert EvidenceBundle.from_bytes(got).records
+        assert not list(folder.glob(".pipe*"))
