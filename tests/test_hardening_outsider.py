@@ -16,6 +16,8 @@ import pytest
 import trio
 from click.testing import CliRunner
 from market_helpers import DEADLINE, config_of, make_market, running
+from test_commerce_wire import Market
+from test_hardening_payments import m, returned_to  # noqa: F401 (m: the fixture)
 
 from semper.agents._agent import Agent
 from semper.agents._market import revoke_agent
@@ -134,3 +136,32 @@ def test_goods_and_bundles_written_to_a_pipe_leave_the_pipe_in_place(folder: Pat
         else:
             assert EvidenceBundle.from_bytes(got).records
         assert not list(folder.glob(".pipe*"))
+
+
+# -- kind 8: a payment that reaches the seller is used or returned --------------------
+
+
+@pytest.mark.parametrize("cited", ["no order", "another buyer's order"])
+async def test_a_transfer_citing_no_order_of_the_payer_is_returned(
+        m: Market, cited: str) -> None:  # noqa: F811 (the fixture imported above)
+    # The hole: the seller gave back a transfer it would not use only when it cited one
+    # of the payer's orders; one citing a reference that is no order of the payer's
+    # (mistyped, an order the seller lost, another buyer's order) was refused with
+    # commerce.unknown_order and the money stayed with the seller.
+    reference = b"\x07" * 32
+    if cited != "no order":
+        reference = (await m.place(await m.offer(), key="theirs")).digest
+    before = await m.balances()
+    proof = await m["mallory"].request("bank", "bank", "transfer", m.transfer_order(
+        "mallory", "seller", 700, key="lost-1", reference=reference))
+    assert (await m.balances())["seller"] == before["seller"] + 700
+    refusal = await m.refused("mallory", "seller", "payment", "accept", {
+        "module": "transfer", "reference": reference, "proof": proof})
+    assert refusal.code == "commerce.unknown_order"
+    await returned_to(m, refusal, 700)
+    assert await m.balances() == before
+    # Handed over again: the first refusal, nothing more moves.
+    again = await m.refused("mallory", "seller", "payment", "accept", {
+        "module": "transfer", "reference": reference, "proof": proof})
+    assert again.code == "commerce.unknown_order"
+    assert await m.balances() == before

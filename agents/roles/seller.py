@@ -249,11 +249,13 @@ class Seller(Role):
         request = AcceptRequest.from_wire(body)
         buyer = context.peer.agent_id
         async with self._lock(request.reference):
-            sale = await self._sale_of(request.reference, buyer)
             transfer = _transfer_proof(request.proof)
             if transfer is not None:
                 await self._returned_before(transfer)
             try:
+                # Inside: a transfer citing no order of this buyer's (one we lost, a
+                # mistyped reference, another buyer's order) reached us all the same.
+                sale = await self._sale_of(request.reference, buyer)
                 answer = await self._settle(sale, request, context.peer)
             except ServiceError as exc:
                 if transfer is not None:
