@@ -198,6 +198,13 @@ class Archive:
             return await self._db.scan(read_records)
         return await self._db.read(lambda c: read_records(c, transaction))
 
+    async def certificate(self, fingerprint: bytes) -> x509.Certificate | None:
+        """A signer's certificate kept with the records, by its SHA-256 fingerprint."""
+        der = await self._db.read(lambda c: c.execute(
+            "SELECT der FROM archive_certificates WHERE fingerprint = ?",
+            (fingerprint,)).fetchone())
+        return None if der is None else load_certificate(der[0])
+
     async def contains(self, digest: bytes) -> bool:
         """Whether a statement with this digest is archived."""
         return await self._db.read(lambda c: c.execute(

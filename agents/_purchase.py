@@ -18,6 +18,7 @@ always describes the purchase that was paid under it.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 import trio
 
 from semper.services import Amount
-from semper.services.certificates import identity_of, load_certificate
+from semper.services.certificates import CertificateError, identity_of, load_certificate
 from semper.services.commerce import (
     Archive,
     BadBody,
@@ -52,15 +53,20 @@ from semper.services.commerce import (
     UnknownOffer,
 )
 from semper.services.payment import (
+    TRANSFER_CONFIRMATION,
+    BadConfirmation,
     IdempotencyConflict,
     PaymentRequest,
     PaymentResult,
+    RefundConfirmation,
     RefundResult,
+    TransferConfirmation,
     our_bank,
     verify_refund_confirmation,
 )
 from semper.services.statements import (
     Statement,
+    StatementError,
     canonical_decode,
     canonical_encode,
     verify_statement,
@@ -72,6 +78,8 @@ from ._payments import AgentPaymentContext, payment_manager
 
 if TYPE_CHECKING:
     from ._agent import Agent
+
+log = logging.getLogger("semper.buyer")
 
 __all__ = ["MIGRATIONS", "PurchaseBusy", "PurchaseOutcome", "Shopper"]
 
@@ -392,11 +400,47 @@ class Shopper:
             if not definite:
                 raise
             message = exc.message[:4000]
-            if _returned(exc):  # the bank moved it, the seller gave it back
+            if _returned(exc):  # the bank moved it, and the seller says it gave it back
+                if not await self._returned_to_us(exc, purchase):
+                    # Not the bank's word that it is back: the purchase stays where it
+                    # is (a retry asks again), never FAILED with the money elsewhere.
+                    raise
                 message += " (the payment was returned to us)"
             purchase.receive(Failed(code=exc.code, message=message), now_ms=_now_ms())
             await self._save(key, seller, sku, module, purchase)
             raise
+
+    async def _returned_to_us(self, exc: RemoteError, purchase: Purchase) -> bool:
+        """Whether the refusal carries our bank's refund confirmation, to us, of the
+        whole of a transfer we made for this order (our archive holds its bank
+        confirmation and the bank's certificate): the seller's word alone is not it."""
+        assert purchase.order is not None
+        transaction = purchase.order.digest.hex()
+        try:
+            refund = Statement.from_bytes(exc.detail["returned"]["confirmation"])
+            body = RefundConfirmation.from_statement(refund)
+            ours = [Statement.from_bytes(r.statement)
+                    for r in await self.agent.archive.records(transaction)]
+            paid = next(s for s in ours
+                        if s.type == TRANSFER_CONFIRMATION and s.digest == body.original)
+            amount = TransferConfirmation.from_statement(paid).amount
+            certificate = await self.agent.archive.certificate(refund.signer)
+            if certificate is None:
+                return False
+            verify_refund_confirmation(
+                refund, bank_certificate=certificate, root=self.agent.credentials.root,
+                crl=self.agent.crl, now=utcnow(), expected_original=paid.digest,
+                expected_payee=self.agent.id, expected_amount=amount,
+                expected_bank=self.agent.config.payment.bank)
+        except (KeyError, TypeError, ValueError, StopIteration, StatementError,
+                CertificateError, BadConfirmation) as refused:
+            log.warning("%s says it returned our payment for %s, without our bank's proof "
+                        "(%s): kept for a retry", exc.code, transaction[:16], refused)
+            return False
+        await self.agent.archive.record(refund, direction="received",
+                                        peer=identity_of(certificate).agent_id,
+                                        transaction=transaction, certificate=certificate)
+        return True
 
     async def _pay(self, decision: Pay, purchase: Purchase) -> PaymentResult:
         assert purchase.order is not None

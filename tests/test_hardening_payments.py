@@ -509,3 +509,49 @@ async def test_fetch_after_the_item_was_withdrawn_is_a_refusal(m: Market) -> Non
     m["seller"].role.items.pop(MAP)  # type: ignore[attr-defined]
     refusal = await m.refused("buyer", "seller", "commerce", "fetch", {"order": bought.order})
     assert (refusal.code, refusal.detail) == ("commerce.unknown_offer", {"sku": MAP})
+
+
+class _WithdrawnBeforePaying(Shopper):
+    """A buyer whose seller withdraws the item between the order and the payment."""
+
+    withdraw: Any = None
+
+    async def _pay(self, decision: Any, purchase: Any) -> Any:
+        self.withdraw()
+        return await super()._pay(decision, purchase)
+
+
+async def test_the_buyer_ends_a_purchase_as_returned_only_on_its_banks_word(
+        m: Market, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The buyer's records describe what was paid: a refusal saying the money was
+    returned ends the purchase only with our bank's refund confirmation in it (kept
+    as evidence); a seller that says so while keeping the money leaves it open."""
+    shopper = _WithdrawnBeforePaying(m["buyer"])
+    shopper.withdraw = lambda: m["seller"].role.items.pop(GUIDE, None)  # type: ignore[attr-defined]
+    item = m["seller"].role.items[GUIDE]  # type: ignore[attr-defined]
+    with pytest.raises(RemoteError) as refused:
+        await shopper.buy("seller", GUIDE, "transfer", "returned-for-real")
+    assert refused.value.code == "commerce.unknown_offer"
+    outcome = await shopper.outcome("returned-for-real")
+    assert outcome.state == "failed"
+    kept = [Statement.from_bytes(r.statement).type
+            for r in await m["buyer"].archive.records(outcome.order.hex())]
+    assert "payment.refund_confirmation" in kept
+    await money_reaching_the_seller_is_used_or_returned(m)
+
+    # A seller that claims a return it did not make (the money stays with it).
+    m["seller"].role.items[GUIDE] = item  # type: ignore[attr-defined]
+    before = await m.balances()
+
+    async def keep_it(digest: bytes) -> dict[str, Any]:
+        return {"refund": b"\x00" * 32, "amount": eur(1250).to_wire(),
+                "confirmation": b"not a statement"}
+
+    monkeypatch.setattr(m["seller"].role, "_return", keep_it)
+    liar = _WithdrawnBeforePaying(m["buyer"])
+    liar.withdraw = shopper.withdraw
+    with pytest.raises(RemoteError):
+        await liar.buy("seller", GUIDE, "transfer", "returned-in-words")
+    after = await liar.outcome("returned-in-words")
+    assert after.state != "failed"  # paid, not ended: a retry or a dispute goes on
+    assert (await m.balances())["buyer"] == before["buyer"] - 1250

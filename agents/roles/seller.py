@@ -378,7 +378,9 @@ class Seller(Role):
             log.warning("could not give back transfer %s of %s yet: %s", digest.hex()[:16],
                         buyer, exc)
             return None
-        returned = {"refund": result.confirmation.digest, "amount": body.amount.to_wire()}
+        # The bank's own word, so that the buyer need not take ours (it checks it).
+        returned = {"refund": result.confirmation.digest, "amount": body.amount.to_wire(),
+                    "confirmation": result.confirmation.to_bytes()}
         first = canonical_decode(refusal)
         why = canonical_encode({**first, "detail": {**first["detail"], "returned": returned}})
         await self.agent.database.transaction(lambda c: c.execute(
