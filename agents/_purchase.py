@@ -115,10 +115,10 @@ class PurchaseStuck(Exception):
 
 #: Refusals that mean "this will not happen, and no money moved": any refusal of the
 #: order, and of a payment only those raised before anything is applied (the bank
-#: applies nothing it refuses; negotiation happens before paying). A payee refusing a
-#: transfer's confirmation is not among them (the bank moved the money already, so the
-#: purchase stays PAYING for a retry or a dispute) unless the seller says it gave the
-#: money back (detail ``returned``). Timeouts and closed channels retry.
+#: applies nothing it refuses; negotiation happens before paying). Once our bank has
+#: confirmed a transfer, no refusal is definite unless it carries the bank's proof
+#: that the money came back (detail ``returned``): the purchase stays PAYING for a
+#: retry or a dispute. Timeouts and closed channels retry.
 _ORDER_REFUSALS: Final = ("commerce.", "payment.", "statement.")
 _PAYMENT_REFUSALS: Final = frozenset({
     "payment.insufficient_funds", "payment.unknown_account", "payment.no_common_instrument",
@@ -394,9 +394,15 @@ class Shopper:
         try:
             yield
         except RemoteError as exc:
-            definite = (exc.code.startswith(_ORDER_REFUSALS)
-                        if purchase.state is PurchaseState.ORDERED
-                        else exc.code in _PAYMENT_REFUSALS or _returned(exc))
+            if purchase.state is PurchaseState.ORDERED:
+                definite = exc.code.startswith(_ORDER_REFUSALS)
+            elif await self._transferred(purchase):
+                # Our bank moved the money (its confirmation is in our archive): only
+                # its word that the money came back ends the purchase, whatever the
+                # refusal's code (payment.wrong_bank, commerce.unsupported_payment...).
+                definite = _returned(exc)
+            else:
+                definite = exc.code in _PAYMENT_REFUSALS or _returned(exc)
             if not definite:
                 raise
             message = exc.message[:4000]
@@ -409,6 +415,14 @@ class Shopper:
             purchase.receive(Failed(code=exc.code, message=message), now_ms=_now_ms())
             await self._save(key, seller, sku, module, purchase)
             raise
+
+    async def _transferred(self, purchase: Purchase) -> bool:
+        """Whether our bank confirmed a transfer for this order (kept in our archive
+        before the proof went to the payee)."""
+        assert purchase.order is not None
+        records = await self.agent.archive.records(purchase.order.digest.hex())
+        return any(Statement.from_bytes(r.statement).type == TRANSFER_CONFIRMATION
+                   for r in records)
 
     async def _returned_to_us(self, exc: RemoteError, purchase: Purchase) -> bool:
         """Whether the refusal carries our bank's refund confirmation, to us, of the

@@ -555,3 +555,32 @@ async def test_the_buyer_ends_a_purchase_as_returned_only_on_its_banks_word(
     after = await liar.outcome("returned-in-words")
     assert after.state != "failed"  # paid, not ended: a retry or a dispute goes on
     assert (await m.balances())["buyer"] == before["buyer"] - 1250
+
+
+async def test_after_a_transfer_only_the_banks_word_of_a_return_ends_the_purchase(
+        m: Market, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refusal code that means "nothing moved" before paying does not once our bank
+    has moved the money: the order names cheque, this buyer pays by transfer, and the
+    seller cannot give it back yet (its bank call fails): the purchase stays open."""
+    import semper.agents.roles.seller as seller_module
+
+    async def bank_down(*args: Any, **kwargs: Any) -> Any:
+        raise RemoteError("transport.connect_failed", "the bank is down")
+
+    monkeypatch.setattr(seller_module, "refund_payment", bank_down)
+
+    class PaysByTransfer(Shopper):
+        async def _pay(self, decision: Any, purchase: Any) -> Any:
+            ctx = AgentPaymentContext(self.agent, purchase.order.digest.hex(),
+                                      decision.payee)
+            request = PaymentRequest(payee=decision.payee, amount=decision.amount,
+                                     reference=decision.reference,
+                                     idempotency_key=decision.idempotency_key)
+            return await self.payments.pay(ctx, request, only="transfer")
+
+    shopper = PaysByTransfer(m["buyer"])
+    with pytest.raises(RemoteError) as refused:
+        await shopper.buy("seller", GUIDE, "cheque", "mismatch")
+    assert refused.value.code == "commerce.unsupported_payment"
+    assert "returned" not in refused.value.detail
+    assert (await shopper.outcome("mismatch")).state != "failed"
