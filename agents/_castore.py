@@ -140,6 +140,15 @@ def find_invitation(connection: sqlite3.Connection, token_id: bytes) -> Invitati
                       expires_ms=row[8], used_ms=row[9])
 
 
+def cancel_invitations(connection: sqlite3.Connection, agent_id: str, *, now_ms: int) -> int:
+    """Mark every token of ``agent_id`` not yet redeemed as used (``used_serial``
+    ``revoked``), so that none enrolls the id again: revoking an agent revokes what
+    it was invited with too. Returns how many there were."""
+    return connection.execute(
+        "UPDATE enroll_invitations SET used_ms = ?, used_serial = 'revoked' "
+        "WHERE agent_id = ? AND used_ms IS NULL", (now_ms, agent_id)).rowcount
+
+
 def redeem(connection: sqlite3.Connection, request: EnrollRequest, *,
            ca: CertificateAuthority, now: dt.datetime,
            crl: x509.CertificateRevocationList | None = None) -> x509.Certificate:

@@ -47,14 +47,20 @@ from semper.services.certificates import (
 )
 
 from . import _bank, _ledger
-from ._castore import issued_for, open_ca_database, publish_crl, record_issued
+from ._castore import (
+    cancel_invitations,
+    issued_for,
+    open_ca_database,
+    publish_crl,
+    record_issued,
+)
 from ._catalogue import write_catalogue
 from ._config import AgentConfig, CaSettings, ConfigError, PaymentSettings
 from ._identity import load_private_key, utcnow
 from ._storage import Database
 
 __all__ = ["DEFAULT_AGENTS", "MarketError", "MarketPaths", "ca_config", "free_ports",
-           "init_market", "load_authority", "revoke_agent", "write_file"]
+           "init_market", "load_authority", "revoke", "revoke_agent", "write_file"]
 
 #: (agent id, role, level) of the agents a new local market has.
 DEFAULT_AGENTS: tuple[tuple[str, str, Level], ...] = (
@@ -338,29 +344,62 @@ def revoke_agent(
     folder: Path, agent_id: str, *, passphrase: bytes | None = None,
     now: dt.datetime | None = None,
 ) -> x509.CertificateRevocationList:
-    """Put every certificate issued to ``agent_id`` on the market's CRL and publish it.
-
-    The certificates are those the CA's database records (issued by ``market init``
-    or through enrollment), or else ``DIR/<agent_id>/cert.pem``. Idempotent:
-    revoking a revoked agent republishes the same entries.
+    """Put every certificate issued to ``agent_id`` on the market's CRL and publish it,
+    and cancel the tokens it was invited with and has not redeemed (``revoke``).
 
     Raises:
-        MarketError: no such market or agent.
+        MarketError: no such market, or no certificate issued to the agent.
         KeyError_: the root key cannot be read (e.g. wrong passphrase).
+    """
+    crl, _cancelled = revoke(folder, agent_id, passphrase=passphrase, now=now)
+    if crl is None:
+        raise MarketError(f"no agent {agent_id!r} in {folder}: the CA issued it no "
+                          "certificate (its outstanding invitations are cancelled)")
+    return crl
+
+
+def revoke(
+    folder: Path, agent_id: str, *, passphrase: bytes | None = None,
+    now: dt.datetime | None = None,
+) -> tuple[x509.CertificateRevocationList | None, int]:
+    """Revoke ``agent_id``: every certificate issued to it goes on the market's CRL,
+    which is published, and every token it was invited with and has not redeemed is
+    cancelled (else an agent revoked before it enrolled, or holding a second token,
+    would enroll afterwards with a fresh certificate). Idempotent.
+
+    Returns:
+        The CRL published (None when the CA issued the agent no certificate, only
+        invitations), and how many invitations were cancelled.
+
+    Raises:
+        MarketError: no such market, or neither a certificate nor an outstanding
+            invitation for the agent.
+        KeyError_: the root key cannot be read (e.g. wrong passphrase); nothing changes.
     """
     now = now or utcnow()
     paths = MarketPaths(folder)
     if not paths.root_cert.is_file() or not paths.crl.is_file():
         raise MarketError(f"{folder} is not a market folder (no ca/root.pem or ca/crl.pem)")
-    serials = _serials_of(paths, agent_id)
     ca = load_authority(paths.root_cert, paths.root_key, passphrase)
+    cancelled = 0
+    data = paths.ca_dir / "data"
+    if (data / "agent.sqlite").is_file():
+        database = open_ca_database(data)
+        try:
+            cancelled = database.transaction_sync(lambda c: cancel_invitations(
+                c, agent_id, now_ms=int(now.timestamp() * 1000)))
+        finally:
+            database.close()
+    serials = _serials_of(paths, agent_id, required=not cancelled)
+    if not serials:
+        return None, cancelled
     # Locked against the CA agent's renewal, which rewrites the same file.
     crl = publish_crl(paths.crl, ca, now=now, revoke=serials)
     assert crl is not None
-    return crl
+    return crl, cancelled
 
 
-def _serials_of(paths: MarketPaths, agent_id: str) -> list[int]:
+def _serials_of(paths: MarketPaths, agent_id: str, *, required: bool = True) -> list[int]:
     data = paths.ca_dir / "data"
     if (data / "agent.sqlite").is_file():
         database = open_ca_database(data)
@@ -372,6 +411,8 @@ def _serials_of(paths: MarketPaths, agent_id: str) -> list[int]:
             return serials
     cert_path = paths.agent_dir(agent_id) / "cert.pem"
     if not cert_path.is_file():
+        if not required:
+            return []
         raise MarketError(f"no agent {agent_id!r} in {paths.root}: the CA issued it "
                           "no certificate")
     return [load_certificate(cert_path.read_bytes()).serial_number]

@@ -20,10 +20,13 @@ from test_commerce_wire import Market
 from test_hardening_payments import m, returned_to  # noqa: F401 (m: the fixture)
 
 from semper.agents._agent import Agent
+from semper.agents._enroll import enroll
 from semper.agents._market import revoke_agent
+from semper.agents._operator import invite_agent
 from semper.agents._purchase import Shopper
 from semper.agents.cli import cli
 from semper.services.archive import EvidenceBundle
+from semper.services.certificates import EnrollmentToken, Level
 from semper.services.commerce import Order
 
 
@@ -60,6 +63,34 @@ async def test_a_command_asks_the_ca_agent_for_revocations_before_its_first_dial
                 await Shopper(buyer).catalogue("seller")
         assert "revoked" in str(refused.value)
         assert getattr(refused.value, "code", "").startswith("auth.")
+
+
+async def test_revoking_an_agent_cancels_the_tokens_it_has_not_redeemed(
+        folder: Path, tmp_path: Path) -> None:
+    # The hole: `semper ca revoke DIR X` of an agent invited but not enrolled yet said
+    # "the CA issued it no certificate" (exit 1) and X enrolled afterwards with a good
+    # certificate; and an agent holding a second token enrolled again, fresh, right
+    # after it was revoked.
+    def invite(agent_id: str) -> EnrollmentToken:
+        return invite_agent(folder, agent_id, role="buyer", level=Level.VERIFIED_CONTACT).token
+
+    first, second = invite("shop"), invite("shop")
+    later = invite("late")
+    async with running(Agent(config_of(folder, "ca"))):
+        with trio.fail_after(DEADLINE):
+            await enroll(first, tmp_path / "shop")
+        revoke_agent(folder, "shop")
+        result = CliRunner().invoke(cli, ["ca", "revoke", str(folder), "late"],
+                                    prog_name="semper")
+        assert result.exit_code == 0, result.output
+        assert "1 outstanding invitation cancelled" in result.output
+        for token, home in ((second, "shop-again"), (later, "late")):
+            with trio.fail_after(DEADLINE), pytest.raises(Exception) as refused:
+                await enroll(token, tmp_path / home)
+            assert getattr(refused.value, "code", None) == "enroll.token_used"
+            assert not (tmp_path / home).exists()
+    status = CliRunner().invoke(cli, ["ca", "status", str(folder), "shop"], prog_name="semper")
+    assert "revoked" in status.output
 
 
 # -- kind 3 and 5: what a peer can make us archive is bounded ------------------------

@@ -24,8 +24,8 @@ from .._market import (
     ca_config,
     free_ports,
     load_authority,
-    revoke_agent,
 )
+from .._market import revoke as revoke_in
 from .._operator import certificate_status_in, invite_agent
 from .._roles import RoleNotFound, available_roles
 from ._common import AGENT_ID, AMOUNT, passphrase_option, read_passphrase
@@ -261,12 +261,18 @@ def _line(report: StatusReport) -> str:
 @passphrase_option
 def revoke(folder: Path, agent_id: str, passphrase_file: Path | None) -> None:
     """Put AGENT_ID's certificate on the market's CRL; running agents refuse it within
-    their CRL refresh interval (2 s by default)."""
-    crl = revoke_agent(folder, agent_id, passphrase=read_passphrase(passphrase_file))
+    their CRL refresh interval (2 s by default). Tokens AGENT_ID was invited with and
+    has not redeemed are cancelled too: none enrolls it again."""
+    crl, cancelled = revoke_in(folder, agent_id, passphrase=read_passphrase(passphrase_file))
+    tokens = counted(cancelled, "outstanding invitation")
+    if crl is None:
+        click.echo(f"revoked {agent_id}: the CA issued it no certificate yet; {tokens} "
+                   "cancelled, so its token no longer enrolls it")
+        return
     number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     click.echo(f"revoked {agent_id}: CRL number {number} with "
                f"{counted(len(list(crl)), 'entry', 'entries')} published to "
-               f"{folder / 'ca' / 'crl.pem'}")
+               f"{folder / 'ca' / 'crl.pem'}" + (f"; {tokens} cancelled" if cancelled else ""))
 
 
 @command.command("crl")
