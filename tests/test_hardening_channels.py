@@ -550,3 +550,65 @@ async def seller_sees_fewer(agent: Agent, peer: str, than: int) -> None:
 
     await wait_until(lambda: agent._inbound_per_peer.get(peer, 0) < than,
                      f"{agent.id} released a channel of {peer}")
+
+
+async def test_a_burst_for_large_answers_is_served_a_few_at_a_time(market: Market) -> None:
+    # Another member of "a peer that never reads": a burst of requests whose answers
+    # are large. The handlers already running all answer into the queue, so once the
+    # channel has seen large answers it starts only as many as fit under the mark.
+    queued: list[int] = []
+    running: list[int] = []
+    active = 0
+
+    async def big(ctx: RequestContext, body: Any) -> Any:
+        nonlocal active
+        active += 1
+        running.append(active)
+        queued.append(ctx.channel._outq_bytes)
+        await trio.lowlevel.checkpoint()
+        active -= 1
+        return b"a" * 65536
+
+    registry = echo_registry()
+    registry.add_service("big")
+    registry.add_op("big", "one", big)
+    high_water = 1 << 18
+    config = ChannelConfig(write_timeout=0.5, write_high_water=high_water, close_timeout=0.5)
+    done = trio.Event()
+
+    async def handler(channel: Any) -> None:
+        await channel.wait_closed()
+        done.set()
+
+    async with running_server(market, registry, config, handler=handler) as server:
+        async with raw_client(server) as client:
+            sock = client.stream.transport_stream.socket
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+            await client.send({"type": "req", "id": 1, "service": "big", "op": "one"})
+            assert (await client.receive())["id"] == 1  # the channel learns their size
+            running.clear()
+            burst = b"".join(encode_frame({"type": "req", "id": i, "service": "big",
+                                           "op": "one", "body": None})
+                             for i in range(2, 1002))
+            with trio.move_on_after(REAL_WAIT):
+                try:
+                    await client.stream.send_all(burst)
+                except trio.BrokenResourceError:
+                    pass
+                await done.wait()
+    assert done.is_set()
+    assert max(running) <= high_water // 65536  # not 1000 at once
+    assert max(queued) <= high_water + 2 * 65600, max(queued)
+
+
+def test_a_tls_failure_we_raised_ourselves_is_described() -> None:
+    # Found by the fuzzing peer: an SSLError made by our own code (EOF in the
+    # handshake) has no `reason`, and describing it raised AttributeError.
+    import ssl
+
+    from semper.transport._tls import describe_tls_failure
+
+    failure = describe_tls_failure(ssl.SSLEOFError(8, "EOF in the handshake"),
+                                   during="in the handshake")
+    assert failure.code == "auth.handshake_failed"
+    assert failure.detail["reason"] == "SSLEOFError"

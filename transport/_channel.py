@@ -76,6 +76,11 @@ log = logging.getLogger("semper.transport")
 
 RECEIVE_SIZE: Final = 1 << 18
 MAX_QUEUED_NOTES: Final = 64
+#: Requests received but not yet started before the reader stops reading.
+MAX_WAITING_REQUESTS: Final = 64
+#: The size of an answer assumed until answers tell: none, so that a fresh channel
+#: runs all of ``max_in_flight`` at once, as its hello promised.
+INITIAL_ANSWER_ESTIMATE: Final = 0
 WRITE_BATCH: Final = 262144
 _DEFAULT: Final = object()
 
@@ -225,6 +230,11 @@ class Channel:
         # requests the peer sent
         self._last_peer_id = 0
         self._active = 0
+        # Requests received and not yet started (``_room_for_an_answer``), and what
+        # an answer costs lately: a guess at first, then what answers were.
+        self._waiting: deque[tuple[Any, Request]] = deque()
+        self._dispatchable = trio.lowlevel.ParkingLot()
+        self._answer_estimate = INITIAL_ANSWER_ESTIMATE
         self._last_traffic = trio.current_time()
         self._peer_complaint: RemoteError | None = None
         self._notes: deque[tuple[Any, Note]] = deque()
@@ -417,6 +427,7 @@ class Channel:
             pending.event.set()
         self._slots.unpark_all()
         self._writable.unpark_all()
+        self._dispatchable.unpark_all()
 
     def _check_open(self) -> None:
         if self._close_reason is not None:
@@ -474,6 +485,8 @@ class Channel:
                     return
                 if self._outq_bytes <= self._config.write_high_water:
                     self._writable.unpark_all()
+                    if self._waiting:
+                        self._start_waiting()
             if self._close_reason is not None:
                 return
 
@@ -550,13 +563,15 @@ class Channel:
                                 await self._notes_drained.wait()
                             elif self._outq_bytes > high_water:
                                 await self._writable.park()
+                            elif len(self._waiting) >= MAX_WAITING_REQUESTS:
+                                await self._dispatchable.park()
                             else:
                                 break
                             self._drain()
                 if not scope.cancelled_caught:
                     return
                 if trio.current_time() - self._last_traffic >= idle and not (
-                    self._pending or self._active
+                    self._pending or self._active or self._waiting
                 ):
                     self._begin_close(IdleTimeout(f"no traffic for {idle:g}s"),
                                       Bye(reason="idle").to_wire())
@@ -577,7 +592,9 @@ class Channel:
         is past its high-water mark. Raises only fatal ProtocolErrors."""
         decoder = self._decoder
         high_water = self._config.write_high_water
-        while self._close_reason is None and self._outq_bytes <= high_water:
+        waiting = self._waiting
+        while (self._close_reason is None and self._outq_bytes <= high_water
+               and len(waiting) < MAX_WAITING_REQUESTS):
             obj = decoder.next_object()
             if obj is NEED_DATA:
                 return
@@ -632,7 +649,7 @@ class Channel:
                 "the last id used on this channel"))
             return
         self._last_peer_id = request.id
-        if self._active >= self._config.max_in_flight:
+        if self._active + len(self._waiting) >= self._config.max_in_flight:
             self._send_error(request.id, TooManyRequests(
                 f"more than {self._config.max_in_flight} requests in flight"))
             return
@@ -641,9 +658,32 @@ class Channel:
         except ProtocolError as exc:
             self._send_error(request.id, exc)
             return
+        if self._waiting or not self._room_for_an_answer():
+            self._waiting.append((handler, request))
+            return
         self._active += 1
         assert self._nursery is not None
         self._nursery.start_soon(self._serve, handler, request)
+
+    def _room_for_an_answer(self) -> bool:
+        """Whether one more handler may run: what is queued plus the answers of those
+        running, at the size answers have had lately, must fit under the high-water
+        mark (one always runs while the queue is under it).
+        So a burst of requests for large answers is served a few at a time instead of
+        all at once into the outgoing queue."""
+        queued, high_water = self._outq_bytes, self._config.write_high_water
+        return queued <= high_water and (
+            not self._active or queued + (self._active + 1) * self._answer_estimate <= high_water)
+
+    def _start_waiting(self) -> None:
+        nursery = self._nursery
+        while self._waiting and self._room_for_an_answer() and self._close_reason is None:
+            handler, request = self._waiting.popleft()
+            self._active += 1
+            assert nursery is not None
+            nursery.start_soon(self._serve, handler, request)
+        if len(self._waiting) < MAX_WAITING_REQUESTS:
+            self._dispatchable.unpark_all()
 
     async def _serve(self, handler: Any, request: Request) -> None:
         context = RequestContext(self, request.id, request.service, request.op)
@@ -655,8 +695,14 @@ class Channel:
             frame = self._error_frame(request.id, exc, context)
         finally:
             self._active -= 1
+        # What answers cost lately: up at once to a large one, down by an eighth of
+        # the difference per smaller one.
+        size, estimate = len(frame), self._answer_estimate
+        self._answer_estimate = size if size >= estimate else estimate - (estimate - size) // 8
         if self._close_reason is None:
             self._enqueue(frame, direct=True)
+            if self._waiting:
+                self._start_waiting()
 
     def _error_frame(self, rid: int | None, exc: BaseException,
                      context: RequestContext | None = None) -> bytes:

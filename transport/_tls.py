@@ -131,11 +131,11 @@ def describe_tls_failure(exc: BaseException, *, during: str) -> HandshakeFailed:
     detail: dict[str, object] = {}
     if isinstance(cause, ssl.SSLCertVerificationError):
         reason = f"the peer's certificate did not verify: {cause.verify_message}"
-        code = cause.reason or "CERTIFICATE_VERIFY_FAILED"
+        code = getattr(cause, "reason", None) or "CERTIFICATE_VERIFY_FAILED"
         # OpenSSL's X509_V_ERR_* number tells expired (10) from revoked (23) and so on.
         detail = {"verify_code": cause.verify_code, "verify_message": cause.verify_message}
     elif isinstance(cause, ssl.SSLError):
-        code = cause.reason or cause.__class__.__name__
+        code = getattr(cause, "reason", None) or cause.__class__.__name__
         reason = _REASONS.get(code, code.lower().replace("_", " "))
     else:
         code = type(cause).__name__ if cause is not None else "EOF"
