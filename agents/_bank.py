@@ -37,7 +37,9 @@ from semper.services.payment import (
     IdempotencyRecord,
     RefundOrder,
     Replay,
+    TooManyStopped,
     TransferOrder,
+    UnknownAccount,
     UnknownPayment,
     WrongPayee,
     cheque_retry_digest,
@@ -57,6 +59,10 @@ from . import _archive, _ledger
 from ._faults import crash_point
 
 __all__ = ["MIGRATIONS", "BankBook", "Outcome"]
+
+#: Serials one payer may hold stopped (a stop is for a cheque lost or disputed).
+MAX_STOPPED: Final = 10_000
+
 
 MIGRATIONS: Final = {
     **_archive.MIGRATIONS,
@@ -190,12 +196,29 @@ class BankBook:
         return Outcome(cleared, True)
 
     def stop_cheque(self, c: sqlite3.Connection, payer: str, serial: str) -> None:
-        """The payer stops a serial before it clears; stopping twice is harmless."""
+        """The payer stops a serial before it clears; stopping twice is harmless.
+
+        Only a customer may, and at most ``MAX_STOPPED`` serials that never cleared:
+        each is a row kept for good, and a stop costs its sender nothing (any serial
+        will do), so stops without bounds would grow our books without bounds.
+        """
         row = c.execute("SELECT status FROM bank_cheques WHERE payer = ? AND serial = ?",
                         (payer, serial)).fetchone()
         if row and row[0] == "cleared":
             raise ChequeReused(f"cheque serial {serial} has cleared already",
                                detail={"serial": serial})
+        if row:
+            return  # stopped already
+        if c.execute("SELECT 1 FROM ledger_accounts WHERE holder = ? LIMIT 1",
+                     (payer,)).fetchone() is None:
+            raise UnknownAccount(f"{payer} has no account at this bank, so no cheques "
+                                 "to stop", detail={"holder": payer})
+        stopped = c.execute("SELECT count(*) FROM bank_cheques WHERE payer = ? AND"
+                            " status = 'stopped'", (payer,)).fetchone()[0]
+        if stopped >= MAX_STOPPED:
+            raise TooManyStopped(f"{payer} has stopped {stopped} serials that never "
+                                 "cleared, as many as this bank keeps",
+                                 detail={"stopped": stopped, "max": MAX_STOPPED})
         c.execute("INSERT OR IGNORE INTO bank_cheques (payer, serial, status)"
                   " VALUES (?, ?, 'stopped')", (payer, serial))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from market_helpers import DEADLINE, config_of, make_market, running
 from test_commerce_wire import Market
 from test_hardening_payments import m, returned_to  # noqa: F401 (m: the fixture)
 
+from semper.agents import _bank
 from semper.agents._agent import Agent
 from semper.agents._enroll import enroll
 from semper.agents._market import revoke_agent
@@ -28,6 +30,9 @@ from semper.agents.cli import cli
 from semper.services.archive import EvidenceBundle
 from semper.services.certificates import EnrollmentToken, Level
 from semper.services.commerce import Order
+from semper.services.payment import CHEQUE, Cheque, ChequeProof, amount_from_wire
+from semper.services.statements import Statement
+from semper.transport import RemoteError
 
 
 @pytest.fixture
@@ -128,6 +133,72 @@ async def test_orders_count_against_the_buyers_archive_quota(folder: Path) -> No
         records, size = await seller.archive.usage("buyer")
     assert codes and set(codes) == {"evidence.quota_exceeded"}
     assert size + records * 256 <= quota
+
+
+async def test_stopping_cheques_is_for_customers_and_bounded(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The hole: bank.stop_cheque kept a row for every serial any market agent named,
+    # an account or not, without bound (500 rows in 1.5 s from the notary, which has
+    # no account): free, unbounded growth of the bank's books.
+    monkeypatch.setattr(_bank, "MAX_STOPPED", 3)
+    bank = Agent(config_of(folder, "bank"))
+    async with running(bank):
+        notary = Agent(config_of(folder, "notary"))
+        async with notary.session():
+            with pytest.raises(RemoteError) as refused:
+                await notary.request("bank", "bank", "stop_cheque", {"serial": "s0"})
+            assert refused.value.code == "payment.unknown_account"
+        buyer = Agent(config_of(folder, "buyer"))
+        async with buyer.session():
+            for i in range(3):
+                await buyer.request("bank", "bank", "stop_cheque", {"serial": f"s{i}"})
+            await buyer.request("bank", "bank", "stop_cheque", {"serial": "s1"})  # again: ok
+            with pytest.raises(RemoteError) as refused:
+                await buyer.request("bank", "bank", "stop_cheque", {"serial": "s3"})
+            assert refused.value.code == "payment.too_many_stopped"
+            assert refused.value.detail == {"stopped": 3, "max": 3}
+        rows = await bank.database.read(lambda c: c.execute(
+            "SELECT payer, count(*) FROM bank_cheques GROUP BY payer").fetchall())
+    assert rows == [("buyer", 3)]
+
+
+async def test_a_cheque_that_bounces_is_not_archived_by_the_payee(folder: Path) -> None:
+    # The hole: the seller archived each cheque handed over before depositing it, so
+    # a buyer handing over cheque after cheque on stopped serials (free) grew the
+    # seller's archive without bound, past its quota.
+    seller = Agent(config_of(folder, "seller"))
+    async with running(Agent(config_of(folder, "bank"))), running(seller):
+        buyer = Agent(config_of(folder, "buyer"))
+        async with buyer.session():
+            catalogue, _ = await Shopper(buyer).catalogue("seller")
+            body = Order.for_offer(catalogue.offers[0], buyer="buyer", payment_module="cheque",
+                                   idempotency_key="o-1")
+            order = buyer.evidence.sign(body.TYPE, body.to_body())
+            answer = await buyer.request("seller", "commerce", "order",
+                                         {"order": order.to_wire()})
+            before = await seller.archive.usage("buyer")
+            for i in range(5):
+                serial = f"bounce-{i}"
+                await buyer.request("bank", "bank", "stop_cheque", {"serial": serial})
+                cheque = Cheque(payer="buyer", payee="seller", bank="bank",
+                                amount=amount_from_wire(answer["amount"]), serial=serial,
+                                expires_at=time.time_ns() // 1_000_000 + 86_400_000,
+                                reference=order.digest)
+                proof = ChequeProof(cheque=buyer.evidence.sign(CHEQUE, cheque.to_body()),
+                                    drawer_certificate=buyer.identity.certificate)
+                with pytest.raises(RemoteError) as refused:
+                    await buyer.request("seller", "payment", "accept", {
+                        "module": "cheque", "reference": order.digest,
+                        "proof": proof.to_wire()})
+                assert refused.value.code == "payment.cheque_stopped"
+            assert await seller.archive.usage("buyer") == before
+            # A cheque that clears is archived, with the bank's word that it cleared.
+            outcome = await Shopper(buyer).buy("seller", catalogue.offers[0].body["sku"],
+                                               "cheque", "o-2")
+            assert outcome.state == "done"
+        kept = {Statement.from_bytes(r.statement).type
+                for r in await seller.archive.records(outcome.order.hex())}
+    assert {"payment.cheque", "payment.cheque_cleared"} <= kept
 
 
 # -- kind 10: a failed or odd command leaves nothing half-written ---------------------

@@ -808,4 +808,5 @@ def test_every_payment_code_is_stable() -> None:
         "payment.bad_cheque", "payment.insufficient_funds", "payment.currency_mismatch",
         "payment.cheque_expired", "payment.wrong_payee", "payment.cheque_stopped",
         "payment.cheque_reused", "payment.refund_exceeds_payment", "payment.unknown_account",
-        "payment.unknown_payment", "payment.wrong_bank", "payment.already_paid"}
+        "payment.unknown_payment", "payment.wrong_bank", "payment.already_paid",
+        "payment.too_many_stopped"}

@@ -112,6 +112,14 @@ class ChequeStopped(PaymentError):
     code: ClassVar[str] = "payment.cheque_stopped"
 
 
+class TooManyStopped(PaymentError):
+    """``bank.stop_cheque`` past the serials one payer may hold stopped and never
+    cleared (each is kept for good, and a stop costs nothing); ``detail``
+    ``stopped``, ``max``."""
+
+    code: ClassVar[str] = "payment.too_many_stopped"
+
+
 class ChequeReused(PaymentError):
     """Another cheque with this payer's serial cleared before: a serial clears once."""
 

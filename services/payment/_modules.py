@@ -522,13 +522,16 @@ class ChequeModule:
             now=now, expected_payee=ctx.our_id, expected_amount=invoice.amount,
             expected_reference=invoice.reference, expected_payer=invoice.payer)
         our_bank(ctx, cheque.bank)  # before dialing the agent the cheque names
-        await ctx.record(got.cheque, got.drawer_certificate)
         answer = DepositAnswer.from_wire(await ctx.request(
             cheque.bank, BANK_SERVICE, BANK_DEPOSIT_CHEQUE, got.to_wire()))
         verify_cheque_cleared(
             answer.cleared, bank_certificate=answer.bank_certificate, root=ctx.root, crl=ctx.crl,
             now=_now(ctx), expected_payee=ctx.our_id, expected_amount=cheque.amount,
             expected_serial=cheque.serial, expected_payer=cheque.payer, expected_bank=cheque.bank)
+        # Archived once it cleared, not before: a payer handing over cheque after
+        # cheque that bounces (a stopped serial costs it nothing) would otherwise grow
+        # our archive for free. A retry is cleared again with the stored statement.
+        await ctx.record(got.cheque, got.drawer_certificate)
         await ctx.record(answer.cleared, answer.bank_certificate)
         return PaymentResult(module=self.name, payer=cheque.payer, payee=cheque.payee,
                              amount=cheque.amount, reference=cheque.reference,
