@@ -20,7 +20,7 @@ from market_helpers import DEADLINE, config_of, make_market, running
 from test_commerce_wire import Market
 from test_hardening_payments import m, returned_to  # noqa: F401 (m: the fixture)
 
-from semper.agents import _bank
+from semper.agents import _bank, _events
 from semper.agents._agent import Agent
 from semper.agents._enroll import enroll
 from semper.agents._market import revoke_agent
@@ -267,3 +267,21 @@ async def test_a_transfer_citing_no_order_of_the_payer_is_returned(
         "module": "transfer", "reference": reference, "proof": proof})
     assert again.code == "commerce.unknown_order"
     assert await m.balances() == before
+
+
+async def test_the_event_log_one_peer_can_fill_is_bounded(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The hole: every request served is a line in data/events.jsonl, with no bound:
+    # one peer pinging from one channel grew it by 7.4 MB in 5 s (~130 GB a day).
+    monkeypatch.setattr(_events, "MAX_BYTES", 20_000)
+    seller = Agent(config_of(folder, "seller"))
+    log = folder / "seller" / "data" / "events.jsonl"
+    async with running(seller):
+        buyer = Agent(config_of(folder, "buyer"))
+        async with buyer.session(), buyer.connect("seller") as channel:
+            for i in range(400):
+                await channel.request("sys", "ping", i)
+    old = log.with_name("events.jsonl.1")
+    assert old.stat().st_size <= 20_000 and log.stat().st_size <= 20_000
+    last = log.read_text().splitlines()[-1]
+    assert '"event"' in last  # whole lines, the newest kept
