@@ -35,7 +35,7 @@ fuzz_peer = importlib.util.module_from_spec(_spec)
 sys.modules["fuzz_peer"] = fuzz_peer
 _spec.loader.exec_module(fuzz_peer)
 
-EXAMPLES = 200
+EXAMPLES = 300
 
 
 @pytest.fixture(scope="module")
