@@ -12,11 +12,15 @@ import shutil
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+import trio.testing
+from channel_helpers import channel_pair, echo_registry
 from click.testing import CliRunner
 from market_helpers import DEADLINE, config_of, make_market, running
+from pki import Market as PkiMarket
 from test_commerce_wire import Market
 from test_hardening_payments import m, returned_to  # noqa: F401 (m: the fixture)
 
@@ -32,7 +36,7 @@ from semper.services.certificates import EnrollmentToken, Level
 from semper.services.commerce import Order
 from semper.services.payment import CHEQUE, Cheque, ChequeProof, amount_from_wire
 from semper.services.statements import Statement
-from semper.transport import RemoteError
+from semper.transport import ChannelConfig, RemoteError, RequestContext
 
 
 @pytest.fixture
@@ -285,3 +289,41 @@ async def test_the_event_log_one_peer_can_fill_is_bounded(
     assert old.stat().st_size <= 20_000 and log.stat().st_size <= 20_000
     last = log.read_text().splitlines()[-1]
     assert '"event"' in last  # whole lines, the newest kept
+
+
+# -- kind 3: what one peer's requests make us hold ------------------------------------
+
+
+async def test_the_requests_a_peer_makes_us_hold_are_bounded(market: PkiMarket) -> None:
+    # The hole: a peer with 1,024 requests of 1 MB in flight per channel, each waiting
+    # on a lock in its handler (payment.accept naming one reference), made the seller
+    # hold them all: 4 channels for 10 s took a real seller from 55 MiB to 1.6 GiB.
+    # The reader now stops while the requests held pass write_high_water.
+    started = 0
+    release = trio.Event()
+
+    async def slow(_ctx: RequestContext, body: Any) -> Any:
+        nonlocal started
+        started += 1
+        await release.wait()
+        return len(body)
+
+    registry = echo_registry()
+    registry.add_service("slow")
+    registry.add_op("slow", "hold", slow)
+    config = ChannelConfig(write_high_water=100_000)
+    async with channel_pair(market, server_registry=registry, server_config=config) as pair:
+        answers: list[int] = []
+
+        async def ask() -> None:
+            answers.append(await pair.client.request("slow", "hold", b"x" * 30_000))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(40):
+                nursery.start_soon(ask)
+            await trio.testing.wait_all_tasks_blocked()
+            assert started <= 100_000 // 30_000 + 1  # not 40
+            assert pair.server._held <= 100_000 + 30_100
+            release.set()
+        assert answers == [30_000] * 40
+        assert pair.server._held == 0

@@ -20,6 +20,9 @@ Bounds against a peer that misbehaves (docs/protocol.md 5.4, 5.8):
 * the outgoing queue is bounded: while more than ``write_high_water`` bytes wait to
   be sent, the reader stops reading (so a peer that sends requests and never reads
   our answers stops being served) and ``request``/``notify`` wait;
+* so are the requests we hold: while the peer's requests being handled or waiting
+  (their frames) add up to more than ``write_high_water`` bytes, the reader stops
+  too (1,024 requests of 1 MB in flight, each waiting on a lock, held 1 GiB);
 * every write must make progress within ``write_timeout``, and closing never waits
   on a stuck write for longer than ``close_timeout``;
 * the peer is authenticated again before the next frame is handled whenever the
@@ -232,7 +235,8 @@ class Channel:
         self._active = 0
         # Requests received and not yet started (``_room_for_an_answer``), and what
         # an answer costs lately: a guess at first, then what answers were.
-        self._waiting: deque[tuple[Any, Request]] = deque()
+        self._waiting: deque[tuple[Any, Request, int]] = deque()
+        self._held = 0  # bytes of the peer's requests running or waiting
         self._dispatchable = trio.lowlevel.ParkingLot()
         self._answer_estimate = INITIAL_ANSWER_ESTIMATE
         self._last_traffic = trio.current_time()
@@ -563,7 +567,8 @@ class Channel:
                                 await self._notes_drained.wait()
                             elif self._outq_bytes > high_water:
                                 await self._writable.park()
-                            elif len(self._waiting) >= MAX_WAITING_REQUESTS:
+                            elif (len(self._waiting) >= MAX_WAITING_REQUESTS
+                                  or self._held > high_water):
                                 await self._dispatchable.park()
                             else:
                                 break
@@ -594,7 +599,7 @@ class Channel:
         high_water = self._config.write_high_water
         waiting = self._waiting
         while (self._close_reason is None and self._outq_bytes <= high_water
-               and len(waiting) < MAX_WAITING_REQUESTS):
+               and len(waiting) < MAX_WAITING_REQUESTS and self._held <= high_water):
             obj = decoder.next_object()
             if obj is NEED_DATA:
                 return
@@ -610,7 +615,7 @@ class Channel:
             if kind is Response or kind is ErrorMessage:
                 self._on_answer(message)  # type: ignore[arg-type]
             elif kind is Request:
-                self._on_request(message)  # type: ignore[arg-type]
+                self._on_request(message, decoder.last_size)  # type: ignore[arg-type]
             elif kind is Note:
                 self._on_note(message)  # type: ignore[arg-type]
             elif kind is Bye:
@@ -642,7 +647,7 @@ class Channel:
         pending.message = message
         pending.event.set()
 
-    def _on_request(self, request: Request) -> None:
+    def _on_request(self, request: Request, size: int) -> None:
         if request.id <= self._last_peer_id:
             self._send_error(request.id, ReusedId(
                 f"request id {request.id} is not above {self._last_peer_id}, "
@@ -658,12 +663,13 @@ class Channel:
         except ProtocolError as exc:
             self._send_error(request.id, exc)
             return
+        self._held += size
         if self._waiting or not self._room_for_an_answer():
-            self._waiting.append((handler, request))
+            self._waiting.append((handler, request, size))
             return
         self._active += 1
         assert self._nursery is not None
-        self._nursery.start_soon(self._serve, handler, request)
+        self._nursery.start_soon(self._serve, handler, request, size)
 
     def _room_for_an_answer(self) -> bool:
         """Whether one more handler may run: what is queued plus the answers of those
@@ -678,14 +684,14 @@ class Channel:
     def _start_waiting(self) -> None:
         nursery = self._nursery
         while self._waiting and self._room_for_an_answer() and self._close_reason is None:
-            handler, request = self._waiting.popleft()
+            handler, request, size = self._waiting.popleft()
             self._active += 1
             assert nursery is not None
-            nursery.start_soon(self._serve, handler, request)
+            nursery.start_soon(self._serve, handler, request, size)
         if len(self._waiting) < MAX_WAITING_REQUESTS:
             self._dispatchable.unpark_all()
 
-    async def _serve(self, handler: Any, request: Request) -> None:
+    async def _serve(self, handler: Any, request: Request, size: int) -> None:
         context = RequestContext(self, request.id, request.service, request.op)
         try:
             body = await handler(context, request.body)
@@ -695,6 +701,9 @@ class Channel:
             frame = self._error_frame(request.id, exc, context)
         finally:
             self._active -= 1
+            self._held -= size
+            if self._dispatchable and self._held <= self._config.write_high_water:
+                self._dispatchable.unpark_all()  # the reader, if our requests held it
         # What answers cost lately: up at once to a large one, down by an eighth of
         # the difference per smaller one.
         size, estimate = len(frame), self._answer_estimate

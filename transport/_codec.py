@@ -184,13 +184,15 @@ def decode_body(body: bytes | bytearray | memoryview, limits: CodecLimits = _DEF
 class FrameDecoder:
     """Sans-IO frame parser: ``feed(bytes)``, then ``next_object()`` until ``NEED_DATA``."""
 
-    __slots__ = ("_broken", "_buf", "_limits", "_pos")
+    __slots__ = ("_broken", "_buf", "_limits", "_pos", "last_size")
 
     def __init__(self, limits: CodecLimits = _DEFAULT_LIMITS) -> None:
         self._limits = limits
         self._buf = bytearray()
         self._pos = 0
         self._broken: BadFrame | FrameTooLarge | None = None
+        #: the size of the frame ``next_object`` returned last, prefix included
+        self.last_size = 0
 
     @property
     def buffered(self) -> int:
@@ -227,6 +229,7 @@ class FrameDecoder:
         if len(buf) < end:
             return NEED_DATA
         self._pos = end
+        self.last_size = end - pos  # what the object cost on the wire (the channel's bound)
         try:
             return decode_body(buf[pos + _PREFIX : end], self._limits)
         except BadFrame as exc:
