@@ -36,7 +36,7 @@ from semper.services.certificates import EnrollmentToken, Level
 from semper.services.commerce import Order
 from semper.services.payment import CHEQUE, Cheque, ChequeProof, amount_from_wire
 from semper.services.statements import Statement
-from semper.transport import ChannelConfig, RemoteError, RequestContext
+from semper.transport import ChannelClosed, ChannelConfig, RemoteError, RequestContext
 
 
 @pytest.fixture
@@ -327,3 +327,54 @@ async def test_the_requests_a_peer_makes_us_hold_are_bounded(market: PkiMarket) 
             release.set()
         assert answers == [30_000] * 40
         assert pair.server._held == 0
+
+
+# -- kinds 1 and 8: a revocation in the middle of a payment -----------------------------
+
+
+async def test_a_buyer_revoked_while_its_cheque_clears_still_gets_its_sale(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The hole: a CRL naming the buyer cancels the handlers of its channels, and so
+    # cancelled payment.accept after the bank had cleared the cheque and before the
+    # sale was settled: the money stayed with the seller, the sale unpaid, and the
+    # revoked buyer could not come back to settle it. A step that moves money now
+    # finishes what it started (settles the sale) before the channel's handlers stop.
+    bank, seller = Agent(config_of(folder, "bank")), Agent(config_of(folder, "seller"))
+    cleared, go_on = trio.Event(), trio.Event()
+    role = seller.role
+    fulfil = role._fulfil
+
+    async def slow_fulfil(*args: Any, **kwargs: Any) -> None:
+        cleared.set()  # the bank has moved the money
+        await go_on.wait()
+        await fulfil(*args, **kwargs)
+
+    save, settled = role._save, trio.Event()
+
+    async def watched_save(*args: Any, **kwargs: Any) -> None:
+        await save(*args, **kwargs)
+        if kwargs.get("payment") is not None:
+            settled.set()
+
+    monkeypatch.setattr(role, "_fulfil", slow_fulfil)
+    monkeypatch.setattr(role, "_save", watched_save)
+    async with running(bank), running(seller):
+        buyer = Agent(config_of(folder, "buyer"))
+        async with buyer.session():
+            async def buy() -> None:
+                with pytest.raises((ChannelClosed, RemoteError)):  # revoked: closed
+                    await Shopper(buyer).buy("seller", "map-002", "cheque", "k-rev")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(buy)
+                with trio.fail_after(DEADLINE):
+                    await cleared.wait()
+                revoke_agent(folder, "buyer")
+                assert seller.apply_crl((folder / "ca" / "crl.pem").read_bytes())
+                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+                go_on.set()
+        with trio.fail_after(DEADLINE):
+            await settled.wait()  # the settling step ran to its end
+        states = await seller.database.read(lambda c: c.execute(
+            "SELECT state, payment IS NOT NULL FROM commerce_sales").fetchall())
+    assert states == [("receipted", 1)]

@@ -284,14 +284,19 @@ class Seller(Role):
         if sku not in self.items:  # withdrawn since the order: nothing to deliver
             raise UnknownOffer(f"{sku!r} is no longer sold here", detail={"sku": sku})
         ctx = AgentPaymentContext(self.agent, request.reference.hex(), buyer)
-        result = await self.payments.accept(
-            ctx, request, invoice=Invoice(amount=terms.amount, reference=request.reference,
-                                          payer=buyer))
-        decisions = sale.receive(PaymentConfirmed(
-            payment=result.settlement.digest, payment_type=result.settlement.type,
-            amount=result.amount), now_ms=_now_ms())
-        await self._fulfil(sale, decisions, peer, request.reference)
-        await self._save(sale, buyer, payment=result)
+        # Shielded: once the bank may move the money (a cheque's deposit), the step
+        # runs to its end (bounded by the request timeout) even if the buyer's channel
+        # closes meanwhile (revoked, or a write deadline): cancelled in between, the
+        # money stayed with us and the sale unpaid, and a revoked buyer never retries.
+        with trio.CancelScope(shield=True):
+            result = await self.payments.accept(
+                ctx, request, invoice=Invoice(amount=terms.amount, reference=request.reference,
+                                              payer=buyer))
+            decisions = sale.receive(PaymentConfirmed(
+                payment=result.settlement.digest, payment_type=result.settlement.type,
+                amount=result.amount), now_ms=_now_ms())
+            await self._fulfil(sale, decisions, peer, request.reference)
+            await self._save(sale, buyer, payment=result)
         return result.to_wire()
 
     # -- payments not used: given back ----------------------------------------------
@@ -490,24 +495,27 @@ class Seller(Role):
                                                      amount=asked), now_ms=_now_ms())
             ctx = AgentPaymentContext(self.agent, order.hex(), buyer)
             answer: dict[str, Any] = {}
-            while decisions:
-                decision = decisions.pop(0)
-                if isinstance(decision, Refund):
-                    result = await refund_payment(ctx, paid, decision.amount,
-                                                  body.get("reason", "") or "refund",
-                                                  "refund-" + order.hex()[:32])
-                    answer["refund"] = result.to_wire()
-                    decisions += sale.receive(RefundConfirmed(
-                        refund=result.confirmation.digest,
-                        refund_type=result.confirmation.type, amount=result.amount),
-                        now_ms=_now_ms())
-                elif isinstance(decision, IssueRefundNote):
-                    note = self._sign(decision.note)
-                    answer["note"] = note.to_wire()
-                    decisions += sale.receive(RefundNoteIssued(note=note), now_ms=_now_ms())
-                else:
-                    await self._archive([decision], context.peer, order)
-            await self._save(sale, buyer, refund=answer)
+            # Shielded as in _settle: once the bank may give the money back, the sale
+            # records it even if the buyer's channel closes meanwhile.
+            with trio.CancelScope(shield=True):
+                while decisions:
+                    decision = decisions.pop(0)
+                    if isinstance(decision, Refund):
+                        result = await refund_payment(ctx, paid, decision.amount,
+                                                      body.get("reason", "") or "refund",
+                                                      "refund-" + order.hex()[:32])
+                        answer["refund"] = result.to_wire()
+                        decisions += sale.receive(RefundConfirmed(
+                            refund=result.confirmation.digest,
+                            refund_type=result.confirmation.type, amount=result.amount),
+                            now_ms=_now_ms())
+                    elif isinstance(decision, IssueRefundNote):
+                        note = self._sign(decision.note)
+                        answer["note"] = note.to_wire()
+                        decisions += sale.receive(RefundNoteIssued(note=note), now_ms=_now_ms())
+                    else:
+                        await self._archive([decision], context.peer, order)
+                await self._save(sale, buyer, refund=answer)
         return answer
 
     async def _refund_asked_at(self, order: bytes) -> int | None:
