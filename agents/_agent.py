@@ -506,7 +506,8 @@ class Agent:
         Every channel, whatever its state, verifies its peer against the new CRL
         before it handles another frame (the verifier's epoch grows); the open ones are
         checked here and now. Returns False (and keeps the old CRL) if the new one is
-        forged, stale or older than the one in use. Never raises: TLS contexts that
+        forged, stale, older than the one in use, or
+        another CRL under its number. Never raises: TLS contexts that
         cannot be built now (out of file descriptors) are retried by ``_watch_crl``.
         """
         try:
@@ -517,6 +518,12 @@ class Agent:
         if _crl_number(crl) < _crl_number(self._crl):
             log.warning("ignoring CRL number %d, older than %d", _crl_number(crl),
                         _crl_number(self._crl))
+            return False
+        if _crl_number(crl) == _crl_number(self._crl) and crl != self._crl:
+            # A CA never issues two CRLs under one number: this one comes from a CA
+            # folder restored from a backup, say, and may lack revocations we hold.
+            log.warning("ignoring another CRL numbered %d, the number of ours",
+                        _crl_number(crl))
             return False
         self._crl, self._crl_pem = crl, pem
         revoked = len(list(crl))

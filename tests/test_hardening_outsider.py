@@ -19,6 +19,8 @@ import trio
 import trio.testing
 from channel_helpers import channel_pair, echo_registry
 from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from market_helpers import DEADLINE, config_of, make_market, running
 from pki import Market as PkiMarket
 from test_commerce_wire import Market
@@ -378,3 +380,25 @@ async def test_a_buyer_revoked_while_its_cheque_clears_still_gets_its_sale(
         states = await seller.database.read(lambda c: c.execute(
             "SELECT state, payment IS NOT NULL FROM commerce_sales").fetchall())
     assert states == [("receipted", 1)]
+
+
+async def test_a_second_crl_with_the_number_of_ours_does_not_undo_a_revocation(
+        folder: Path) -> None:
+    # The hole: the operator restores ca/crl.pem from a backup taken before a
+    # revocation and re-issues it (`semper ca crl`): the new CRL has the number of the
+    # one that revoked the seller, without the seller, and running agents applied it
+    # (only a lower number was refused): the seller was good again.
+    backup = (folder / "ca" / "crl.pem").read_bytes()
+    bank = Agent(config_of(folder, "bank"))
+    seller_der = x509.load_pem_x509_certificate(
+        (folder / "seller" / "cert.pem").read_bytes()).public_bytes(serialization.Encoding.DER)
+    async with running(bank):
+        revoke_agent(folder, "seller")
+        assert bank.apply_crl((folder / "ca" / "crl.pem").read_bytes())
+        (folder / "ca" / "crl.pem").write_bytes(backup)
+        result = CliRunner().invoke(cli, ["ca", "crl", str(folder)], prog_name="semper")
+        assert result.exit_code == 0, result.output
+        await bank.reread_crl_file()
+        with pytest.raises(Exception) as refused:
+            bank.verify_peer(seller_der, "seller")
+        assert getattr(refused.value, "code", None) == "auth.revoked"
