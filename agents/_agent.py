@@ -506,8 +506,8 @@ class Agent:
         Every channel, whatever its state, verifies its peer against the new CRL
         before it handles another frame (the verifier's epoch grows); the open ones are
         checked here and now. Returns False (and keeps the old CRL) if the new one is
-        forged, stale, older than the one in use, or
-        another CRL under its number. Never raises: TLS contexts that
+        forged, stale, older than the one in use,
+        another CRL under its number, or one that drops a revocation of ours. Never raises: TLS contexts that
         cannot be built now (out of file descriptors) are retried by ``_watch_crl``.
         """
         try:
@@ -524,6 +524,16 @@ class Agent:
             # folder restored from a backup, say, and may lack revocations we hold.
             log.warning("ignoring another CRL numbered %d, the number of ours",
                         _crl_number(crl))
+            return False
+        revoked_now = {r.serial_number for r in crl}
+        dropped = [r.serial_number for r in self._crl if r.serial_number not in revoked_now]
+        if dropped:
+            # Nor does it take a revocation back (semper's CRLs only grow): a CRL
+            # without one is from a CA that lost it, and would make a revoked peer good.
+            log.error("ignoring CRL number %d: it drops the revocation of %d certificate(s) "
+                      "(serial %x, ...) that CRL number %d revokes; was the CA's folder "
+                      "restored from a backup?", _crl_number(crl), len(dropped), dropped[0],
+                      _crl_number(self._crl))
             return False
         self._crl, self._crl_pem = crl, pem
         revoked = len(list(crl))

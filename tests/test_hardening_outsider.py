@@ -402,3 +402,10 @@ async def test_a_second_crl_with_the_number_of_ours_does_not_undo_a_revocation(
         with pytest.raises(Exception) as refused:
             bank.verify_peer(seller_der, "seller")
         assert getattr(refused.value, "code", None) == "auth.revoked"
+        # Nor does the next one, issued from the restored file: it lacks the revocation.
+        result = CliRunner().invoke(cli, ["ca", "crl", str(folder)], prog_name="semper")
+        assert result.exit_code == 0, result.output
+        await bank.reread_crl_file()
+        with pytest.raises(Exception) as refused:
+            bank.verify_peer(seller_der, "seller")
+        assert getattr(refused.value, "code", None) == "auth.revoked"
