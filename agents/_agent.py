@@ -506,9 +506,9 @@ class Agent:
         Every channel, whatever its state, verifies its peer against the new CRL
         before it handles another frame (the verifier's epoch grows); the open ones are
         checked here and now. Returns False (and keeps the old CRL) if the new one is
-        forged, stale, older than the one in use,
-        another CRL under its number, or one that drops a revocation of ours. Never raises: TLS contexts that
-        cannot be built now (out of file descriptors) are retried by ``_watch_crl``.
+        forged, stale, older than the one in use, another CRL under its number, or
+        one that drops a revocation of ours. Never raises: TLS contexts that cannot
+        be built now (out of file descriptors) are retried by ``_watch_crl``.
         """
         try:
             crl = check_crl(pem, self.credentials.root)
