@@ -18,7 +18,10 @@ listener of its own:
 
 Everything runs under one deadline per connection, on both sides. Frames use the
 channel's framing and value model; the server's frames are bounded by
-``max_frame`` (small: a request carries a token id, a CSR and a proof).
+``max_frame`` (small: a request carries a token id, a CSR and a proof). Anyone may
+connect, so at most ``max_connections`` connections are served at once; a new one
+past that drops the oldest (3,000 idle connections held 145 MiB and 3,000 file
+descriptors of the CA agent, which its own listener and CRL file then lacked).
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ from typing import Any
 
 import trio
 
-from ._channel import RECEIVE_SIZE, _error_wire
+from ._channel import RECEIVE_SIZE, LogBudget, _error_wire
 from ._codec import DEFAULT_MAX_FRAME, NEED_DATA, CodecLimits, FrameDecoder, encode_frame
-from ._connect import ConnectFailed, _tls_call
+from ._connect import ConnectFailed, _Gate, _tls_call
 from ._errors import (
     BadMessage,
     ChannelClosed,
@@ -76,33 +79,55 @@ async def serve_anonymous(
     handler: AnonymousHandler,
     timeout: float = 10.0,
     max_frame: int = ANONYMOUS_MAX_FRAME,
+    max_connections: int = 256,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Answer one request per connection on ``host:port`` until cancelled.
 
     ``context`` is a server context that does not request client certificates
     (``TlsConfig.server_only_context``). Reports the bound ``(host, port)``; port 0
-    picks a free one. A failed connection is logged and never stops the server.
+    picks a free one. A failed connection is logged and never stops the server. At
+    most ``max_connections`` are open at once: one more drops the oldest.
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
     limits = CodecLimits(max_frame=max_frame, max_str=max_frame, max_bin=max_frame)
+    gate = _Gate(max_connections)
+    budget = LogBudget()  # what strangers make us log is bounded
 
     async def on_connection(tcp: trio.SocketStream) -> None:
+        with trio.CancelScope() as scope:
+            release = gate.admit(scope)
+            try:
+                await answer_one(tcp, release)
+            finally:
+                release()
+        if scope.cancelled_caught:
+            await trio.aclose_forcefully(tcp)
+
+    async def answer_one(tcp: trio.SocketStream, release: Callable[[], None]) -> None:
         stream = TlsStream(tcp, context, server_side=True)
         try:
             with trio.fail_after(timeout):
                 await _tls_call(stream.do_handshake, "in the handshake")
-                answer = await _answer(stream, FrameDecoder(limits), handler)
+                answer = await _answer(stream, FrameDecoder(limits), handler, release)
                 await stream.send_all(encode_frame(answer))
             with trio.move_on_after(1):
                 await stream.aclose()
         except trio.TooSlowError:
-            log.info("anonymous connection dropped: not done within %gs", timeout)
+            if budget.allow():
+                log.info("anonymous connection dropped: not done within %gs", timeout)
         except HandshakeFailed as exc:
             await send_pending_alert(stream)
-            log.info("anonymous connection refused: %s", exc)
+            if budget.allow():
+                log.info("anonymous connection refused: %s", exc)
         except (TransportError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.info("anonymous connection failed: %s", exc)
+            if budget.allow():
+                log.info("anonymous connection failed: %s", exc)
+        except Exception as exc:
+            # A bug met by one connection ends that connection, never the listener
+            # and the agent it runs in (the CA agent, for enrollment).
+            if budget.allow():
+                log.error("anonymous connection handler failed", exc_info=exc)
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -111,9 +136,12 @@ async def serve_anonymous(
     await trio.serve_listeners(on_connection, listeners)
 
 
-async def _answer(stream: TlsStream, decoder: FrameDecoder,
-                  handler: AnonymousHandler) -> dict[str, Any]:
-    """The one frame to send back: the handler's answer, or an ``err`` with id nil."""
+async def _answer(stream: TlsStream, decoder: FrameDecoder, handler: AnonymousHandler,
+                  started: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """The one frame to send back: the handler's answer, or an ``err`` with id nil.
+    ``started`` is called once the request is read, before the handler runs: from
+    then on the connection is no longer idle, and must not be dropped for a newer
+    one (a token being redeemed would be spent with its certificate never sent)."""
     try:
         message = await _read_message(stream, decoder)
         if not isinstance(message, Request):
@@ -121,6 +149,7 @@ async def _answer(stream: TlsStream, decoder: FrameDecoder,
     except ProtocolError as exc:  # bad frame, too large, bad message, unexpected
         return ErrorMessage(id=exc.detail.get("id"), code=exc.code, message=exc.message,
                             detail=exc.detail).to_wire()
+    started()
     try:
         body = await handler(message)
         frame = {"type": "res", "id": message.id, "body": body}

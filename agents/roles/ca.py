@@ -112,7 +112,8 @@ class CertificationAuthority(Role):
             nursery.start_soon(self._keep_crl_current)
             self.enroll_address = await nursery.start(functools.partial(
                 serve_anonymous, host, port, context=context, handler=self._enroll,
-                timeout=self.agent.channel_config.handshake_timeout))
+                timeout=self.agent.channel_config.handshake_timeout,
+                max_connections=self.agent.channel_config.max_unauthenticated))
             bound = self.enroll_address
             self.agent.events.emit("enroll_listening", address=f"{bound[0]}:{bound[1]}")
             task_status.started()
