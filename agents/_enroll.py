@@ -116,6 +116,15 @@ async def enroll(
 def _check_folder(folder: Path) -> None:
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise EnrollFolderError(f"{folder} exists and is not empty; choose a new folder")
+    # And it can be made, checked before the token is spent: a folder that cannot be
+    # written after the CA answered leaves a certificate issued, its key lost, and
+    # the id taken until the operator revokes it.
+    ancestor = folder.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise EnrollFolderError(f"cannot make {folder}: {ancestor} is not a folder this "
+                                "user can write in; choose another")
 
 
 def _write_folder(folder: Path, token: EnrollmentToken, enrolled: Enrolled,

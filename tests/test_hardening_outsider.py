@@ -30,7 +30,7 @@ from test_hardening_payments import m, returned_to  # noqa: F401 (m: the fixture
 
 from semper.agents import _bank, _events
 from semper.agents._agent import Agent
-from semper.agents._enroll import enroll
+from semper.agents._enroll import EnrollFolderError, enroll
 from semper.agents._market import revoke_agent
 from semper.agents._operator import invite_agent
 from semper.agents._purchase import Shopper
@@ -483,3 +483,18 @@ async def test_a_bug_on_one_enrollment_connection_never_reaches_the_ca_agent(
             await enroll(token, tmp_path / "shop")  # the agent and its listener live
         async with Agent(config_of(folder, "bank")).session() as bank:
             assert (await bank.request("ca", "sys", "ping", b"x"))["echo"] == b"x"
+
+
+async def test_an_enrollment_folder_that_cannot_be_made_is_refused_before_the_token_is_spent(
+        folder: Path, tmp_path: Path) -> None:
+    # The hole: `agent enroll --data-dir FILE/x` redeemed the token, then failed to
+    # make the folder (os.error): the certificate issued, its key lost, the token
+    # spent and the id taken ("revoke it first") -- a half-made state at the CA.
+    token = invite_agent(folder, "shop", role="buyer", level=Level.VERIFIED_CONTACT).token
+    a_file = tmp_path / "a-file"
+    a_file.write_bytes(b"")
+    async with running(Agent(config_of(folder, "ca"))):
+        with trio.fail_after(DEADLINE):
+            with pytest.raises(EnrollFolderError):
+                await enroll(token, a_file / "shop")
+            await enroll(token, tmp_path / "shop")  # the token still works
