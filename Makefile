@@ -25,6 +25,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/channel.py
 	$(BIN)/python bench/payments.py
+	$(BIN)/python bench/hardening.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
