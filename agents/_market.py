@@ -358,6 +358,14 @@ def revoke_agent(
     return crl
 
 
+def _ca_agent_id(paths: MarketPaths) -> str | None:
+    """The id in the CA agent's own agent.toml, if the market has one."""
+    try:
+        return AgentConfig.load(paths.ca_dir / "agent.toml").id
+    except (OSError, ConfigError):
+        return None
+
+
 def revoke(
     folder: Path, agent_id: str, *, passphrase: bytes | None = None,
     now: dt.datetime | None = None,
@@ -380,6 +388,12 @@ def revoke(
     paths = MarketPaths(folder)
     if not paths.root_cert.is_file() or not paths.crl.is_file():
         raise MarketError(f"{folder} is not a market folder (no ca/root.pem or ca/crl.pem)")
+    if agent_id == _ca_agent_id(paths):
+        # Its own CRL would then refuse it: it could never start again, and with it
+        # renewal, enrollment and revocation over the network would stop for good.
+        raise MarketError(f"{agent_id!r} is the market's CA agent: revoking it would stop "
+                          "the market's CA for good (to replace its key, issue it a new "
+                          "certificate first)")
     ca = load_authority(paths.root_cert, paths.root_key, passphrase)
     cancelled = 0
     data = paths.ca_dir / "data"

@@ -44,3 +44,21 @@ def test_an_existing_commerce_table_becomes_strict_with_its_rows(
                 f"INSERT INTO {table} VALUES ({marks})", bad))
     finally:
         database.close()
+
+
+def test_revoking_the_ca_agent_itself_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    # Found from outside (kind 10, a command that leaves a broken state): `ca revoke
+    # DIR ca` exited 0, and the CA agent could never start again.
+    from click.testing import CliRunner
+
+    from semper.agents._market import init_market
+    from semper.agents.cli import cli
+
+    market = tmp_path / "m"
+    init_market(market)
+    before = (market / "ca" / "crl.pem").read_bytes()
+    done = CliRunner().invoke(cli, ["ca", "revoke", str(market), "ca"])
+    assert done.exit_code == 1
+    assert done.stderr.startswith("semper: agent.market: ") and "CA agent" in done.stderr
+    assert len(done.stderr.splitlines()) == 1
+    assert (market / "ca" / "crl.pem").read_bytes() == before
