@@ -9,49 +9,13 @@ nothing half-written. The instances of the issue first, then other members.
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from cli_helpers import market, prebuilt, refused, semper  # noqa: F401 (fixtures)
 
 from semper.agents import _market
-from semper.agents._market import init_market
-from semper.agents.cli import cli
-
-LINE = re.compile(r"semper: [a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+: \S.*\Z")
-
-
-@pytest.fixture(scope="module")
-def prebuilt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("cli") / "market"
-    init_market(folder)
-    return folder
-
-
-@pytest.fixture
-def market(prebuilt: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(prebuilt, tmp_path / "market"))
-
-
-def semper(*args: str | Path) -> tuple[int, str, str]:
-    env = {"SEMPER_DEBUG": ""}
-    result = CliRunner(env=env).invoke(cli, [str(a) for a in args], prog_name="semper")
-    return result.exit_code, result.stdout, result.stderr
-
-
-def refused(args: tuple[int, str, str], code: str, exit_code: int | None = None) -> str:
-    """One line ``semper: <code>: <reason>`` on stderr, nothing on stdout, exit != 0."""
-    status, out, err = args
-    assert status != 0 and (exit_code is None or status == exit_code), (status, out, err)
-    assert out == "", out
-    lines = err.splitlines()
-    assert len(lines) == 1 and err.endswith("\n"), err
-    assert LINE.match(lines[0]), lines[0]
-    assert lines[0].startswith(f"semper: {code}: "), lines[0]
-    return lines[0]
 
 
 def bank_rows(market: Path) -> list[tuple[object, ...]]:

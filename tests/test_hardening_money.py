@@ -9,47 +9,19 @@
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from cli_helpers import market, prebuilt, refused, semper  # noqa: F401 (fixtures)
 
 from semper.agents import _bank, _ledger
-from semper.agents._market import init_market
 from semper.agents._storage import Database, StorageError
-from semper.agents.cli import cli
 from semper.services import Amount
 from semper.services.certificates import BadAgentId, check_agent_id
 from semper.services.money import MAX_MINOR_UNITS, AmountOutOfRange, BadAmount
 
 TOP = (1 << 63) - 1
-
-
-@pytest.fixture(scope="module")
-def prebuilt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("money") / "market"
-    init_market(folder)
-    return folder
-
-
-@pytest.fixture
-def market(prebuilt: Path, tmp_path: Path) -> Path:
-    """A fresh copy of the prebuilt market (configs use relative paths)."""
-    return Path(shutil.copytree(prebuilt, tmp_path / "market"))
-
-
-def semper(*args: str | Path) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, [str(a) for a in args], prog_name="semper")
-    return result.exit_code, result.stdout, result.stderr
-
-
-def one_line(code: int, out: str, err: str, prefix: str) -> None:
-    assert code != 0, (out, err)
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"semper: {prefix}"), err
 
 
 def accounts(market: Path) -> list[tuple[str, str, object, str]]:
@@ -68,7 +40,7 @@ def test_mint_past_signed_64_bit_is_refused_and_changes_nothing(market: Path) ->
     before = accounts(market)
     code, out, err = semper("bank", "mint", "--config", market / "bank" / "agent.toml",
                             "buyer", f"EUR:{TOP}")
-    one_line(code, out, err, "money.out_of_range: ")
+    refused((code, out, err), "money.out_of_range")
     assert accounts(market) == before
     assert all(kind == "integer" for *_, kind in accounts(market))
     code, out, err = semper("bank", "accounts", "--config", market / "bank" / "agent.toml",
@@ -85,7 +57,7 @@ def test_mint_up_to_the_top_then_one_more(market: Path) -> None:
     assert code == 0, err
     before = accounts(market)
     code, out, err = semper("bank", "mint", "--config", config, "notary", "EUR:1")
-    one_line(code, out, err, "money.out_of_range: ")  # the issuance account would pass -TOP
+    refused((code, out, err), "money.out_of_range")  # the issuance account would pass -TOP
     assert accounts(market) == before
     code, _, err = semper("bank", "accounts", "--config", config)
     assert code == 0, err
@@ -232,7 +204,7 @@ def test_mint_refuses_a_holder_that_is_not_an_agent_id(holder: str, market: Path
     before = accounts(market)
     code, out, err = semper("bank", "mint", "--config", market / "bank" / "agent.toml",
                             "--", holder, "EUR:100")
-    one_line(code, out, err, "agent.bad_id: ")
+    refused((code, out, err), "agent.bad_id")
     assert accounts(market) == before
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -21,13 +20,12 @@ from typing import Any
 
 import click
 import pytest
-from click.testing import CliRunner
+from cli_helpers import market, prebuilt, refused, semper  # noqa: F401 (fixtures)
 
 from semper.agents import _purchase
 from semper.agents._catalogue import load_catalogue
 from semper.agents._config import AgentConfig
 from semper.agents._enroll import CATALOGUE_STUB, PAYMENT_STUB
-from semper.agents._market import init_market
 from semper.agents._roles import available_roles
 from semper.agents._storage import Database
 from semper.agents.cli import cli
@@ -35,33 +33,6 @@ from semper.agents.cli._text import counted
 from semper.services.certificates import identity_of, load_certificate
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def prebuilt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("newuser") / "market"
-    init_market(folder)
-    return folder
-
-
-@pytest.fixture
-def market(prebuilt: Path, tmp_path: Path) -> Path:
-    """A fresh copy of the prebuilt market (configs use relative paths)."""
-    return Path(shutil.copytree(prebuilt, tmp_path / "market"))
-
-
-def semper(*args: str | Path) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, [str(a) for a in args], prog_name="semper")
-    return result.exit_code, result.stdout, result.stderr
-
-
-def one_line(done: tuple[int, str, str], code: str) -> str:
-    status, out, err = done
-    assert status != 0, (out, err)
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"semper: {code}: "), err
-    return lines[0]
 
 
 def tree(folder: Path) -> list[str]:
@@ -74,9 +45,9 @@ def tree(folder: Path) -> list[str]:
 
 def test_ca_status_of_an_id_never_issued_is_an_error(market: Path) -> None:
     """The instance: `semper ca status DIR nobody` printed `unknown` and exited 0."""
-    line = one_line(semper("ca", "status", market, "nobody"), "agent.unknown_agent")
+    line = refused(semper("ca", "status", market, "nobody"), "agent.unknown_agent")
     assert "nobody" in line
-    one_line(semper("ca", "status", market, "nobody", "--json"), "agent.unknown_agent")
+    refused(semper("ca", "status", market, "nobody", "--json"), "agent.unknown_agent")
     status, out, _ = semper("ca", "status", market, "seller")
     assert status == 0 and out.startswith("seller: good until ")
 
@@ -102,7 +73,7 @@ def test_a_role_no_installed_package_provides_is_refused(market: Path, command: 
     """The instance is `ca invite`; `ca issue` (new) is the other door to the same
     certificate. Refused before anything is written, naming the installed roles."""
     before = tree(market)
-    line = one_line(semper("ca", command, market, "odd", "--role", "sellr", "--level",
+    line = refused(semper("ca", command, market, "odd", "--role", "sellr", "--level",
                            "verified-contact"), "agent.unknown_role")
     assert "'sellr'" in line
     for role in available_roles():
@@ -135,7 +106,7 @@ def test_ca_issue_writes_a_ready_agent_folder_offline(market: Path) -> None:
     assert status == 0 and out.startswith("aud-1: good until"), out
     # Once is enough: a second issue while the first is good is refused.
     before = tree(market)
-    one_line(semper("ca", "issue", market, "aud-1", "--role", "buyer", "--level",
+    refused(semper("ca", "issue", market, "aud-1", "--role", "buyer", "--level",
                     "verified-contact"), "agent.market")
     assert tree(market) == before
 
@@ -148,7 +119,7 @@ def test_ca_issue_failures_leave_nothing(market: Path, tmp_path: Path) -> None:
     status, _, err = semper("ca", "issue", market, "Bad Id", "--role", "buyer", "--level",
                             "self-asserted")
     assert status == 2 and "Traceback" not in err
-    one_line(semper("ca", "issue", tmp_path / "nowhere", "x2", "--role", "buyer", "--level",
+    refused(semper("ca", "issue", tmp_path / "nowhere", "x2", "--role", "buyer", "--level",
                     "self-asserted"), "agent.market")
     # A root key that cannot be read: nothing is left of the new folder.
     (market / "ca" / "root-key.pem").write_bytes(b"not a key")
@@ -251,17 +222,17 @@ def test_goods_writes_a_past_purchase_and_counts_in_good_english(market: Path,
     assert status == 0 and out == "x"
 
 
-def test_goods_refusals_are_one_line(market: Path, tmp_path: Path) -> None:
+def test_goods_refusals_are_refused(market: Path, tmp_path: Path) -> None:
     config = market / "buyer" / "agent.toml"
     _put_purchase(market, "k-unpaid", "ordered", None)
-    one_line(semper("goods", "--config", config, "nokey", "-o", tmp_path / "a"),
+    refused(semper("goods", "--config", config, "nokey", "-o", tmp_path / "a"),
              "agent.unknown_purchase")
-    one_line(semper("goods", "--config", config, "k-unpaid", "-o", tmp_path / "b"),
+    refused(semper("goods", "--config", config, "k-unpaid", "-o", tmp_path / "b"),
              "agent.no_goods")
-    one_line(semper("goods", "--config", market / "seller" / "agent.toml", "k", "-o",
+    refused(semper("goods", "--config", market / "seller" / "agent.toml", "k", "-o",
                     tmp_path / "c"), "agent.bad_config")
     _put_purchase(market, "k-two", "done", b"yz")
-    one_line(semper("goods", "--config", config, "k-two", "-o", tmp_path / "no" / "d"),
+    refused(semper("goods", "--config", config, "k-two", "-o", tmp_path / "no" / "d"),
              "agent.cannot_write")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["market"]
 
