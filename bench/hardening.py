@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,17 +135,31 @@ def address_of(config: Path) -> tuple[str, int]:
     return host, port
 
 
+Attack = Callable[[subprocess.Popen, Client], Awaitable[dict[str, Any]]]
+
+
+def against_agent(config: Path, attack: Attack, *, nofile: int | None = None
+                  ) -> tuple[dict[str, Any], str]:
+    """Start the agent of ``config``, run ``attack(agent, client)`` in trio, stop the
+    agent; the attack's figures and the agent's log."""
+    agent = start_agent(config, nofile=nofile)
+    client = Client(config.parent.parent, address_of(config))
+    try:
+        report = trio.run(attack, agent, client)
+    finally:
+        log = stop(agent)
+    if "--verbose" in sys.argv:
+        print(log, file=sys.stderr)
+    return report, log
+
+
 # -- never_reads --------------------------------------------------------------------
 
 
 def never_reads(market: Path, quick: bool) -> dict[str, Any]:
-    config = configure(market, write=WRITE_TIMEOUT)
-    agent = start_agent(config)
-    client = Client(market, address_of(config))
     body = b"p" * 1024
-    report: dict[str, Any] = {}
 
-    async def run() -> None:
+    async def attack(agent: subprocess.Popen, client: Client) -> dict[str, Any]:
         await client.ping_ms()
         base = rss_mib(agent.pid)
         peak = base
@@ -183,7 +198,7 @@ def never_reads(market: Path, quick: bool) -> dict[str, Any]:
             nursery.cancel_scope.cancel()
         await trio.aclose_forcefully(stream)
         after_ping = await client.ping_ms()
-        report.update(
+        return dict(
             requests_sent=sent,
             rss_base_mib=round(base, 1), rss_peak_mib=round(peak, 1),
             rss_increase_mib=round(peak - base, 1),
@@ -197,23 +212,14 @@ def never_reads(market: Path, quick: bool) -> dict[str, Any]:
             agent_alive=agent.poll() is None,
         )
 
-    try:
-        trio.run(run)
-    finally:
-        stop(agent)
-    return report
+    return against_agent(configure(market, write=WRITE_TIMEOUT), attack)[0]
 
 
 # -- idle_unauth ---------------------------------------------------------------------
 
 
-def idle_unauth(market: Path, quick: bool, count: int) -> dict[str, Any]:
-    config = configure(market)
-    agent = start_agent(config)
-    client = Client(market, address_of(config))
-    report: dict[str, Any] = {}
-
-    async def run() -> None:
+def idle_unauth(market: Path, count: int) -> dict[str, Any]:
+    async def attack(agent: subprocess.Popen, client: Client) -> dict[str, Any]:
         before = [await client.ping_ms() for _ in range(3)]
         base = rss_mib(agent.pid)
         idle = []
@@ -226,7 +232,7 @@ def idle_unauth(market: Path, quick: bool, count: int) -> dict[str, Any]:
             await trio.aclose_forcefully(stream)
         await trio.sleep(1.0)
         released = rss_mib(agent.pid)
-        report.update(
+        return dict(
             connections=count,
             rss_base_mib=round(base, 1), rss_open_mib=round(held, 1),
             rss_increase_mib=round(held - base, 1),
@@ -236,23 +242,14 @@ def idle_unauth(market: Path, quick: bool, count: int) -> dict[str, Any]:
             agent_alive=agent.poll() is None,
         )
 
-    try:
-        trio.run(run)
-    finally:
-        stop(agent)
-    return report
+    return against_agent(configure(market), attack)[0]
 
 
 # -- fd_limit ----------------------------------------------------------------------------
 
 
-def fd_limit(market: Path, quick: bool, count: int) -> dict[str, Any]:
-    config = configure(market, max_unauthenticated=100_000, crl_refresh=1.0)
-    agent = start_agent(config, nofile=1024)
-    client = Client(market, address_of(config))
-    report: dict[str, Any] = {}
-
-    async def run() -> None:
+def fd_limit(market: Path, count: int) -> dict[str, Any]:
+    async def attack(agent: subprocess.Popen, client: Client) -> dict[str, Any]:
         async with open_channel(*client.address, tls=client.tls, verify_peer=client.verify,
                                 expected_id=AGENT, hello=client.hello) as channel:
             await channel.request("sys", "ping", b"before")
@@ -277,7 +274,7 @@ def fd_limit(market: Path, quick: bool, count: int) -> dict[str, Any]:
             for stream in idle:
                 await trio.aclose_forcefully(stream)
         fresh_ms = await client.ping_ms()
-        report.update(
+        return dict(
             open_file_limit=1024, connections=count, refused_by_os=refused,
             agent_alive=agent.poll() is None,
             established_channel_ok=established_ok,
@@ -285,15 +282,11 @@ def fd_limit(market: Path, quick: bool, count: int) -> dict[str, Any]:
             fresh_ping_after_ms=round(fresh_ms, 1),
         )
 
-    try:
-        trio.run(run)
-    finally:
-        log = stop(agent)
+    config = configure(market, max_unauthenticated=100_000, crl_refresh=1.0)
+    report, log = against_agent(config, attack, nofile=1024)
     report["crl_applied"] = "applied CRL number 2" in log
     report["accept_backed_off"] = "backing off" in log
     report["tracebacks_in_log"] = log.count("Traceback")
-    if "--verbose" in sys.argv:
-        print(log, file=sys.stderr)
     return report
 
 
@@ -310,8 +303,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         scenarios = {
             "never_reads": lambda m: never_reads(m, args.quick),
-            "idle_unauth": lambda m: idle_unauth(m, args.quick, 300 if args.quick else 2000),
-            "fd_limit": lambda m: fd_limit(m, args.quick, 1100),
+            "idle_unauth": lambda m: idle_unauth(m, 300 if args.quick else 2000),
+            "fd_limit": lambda m: fd_limit(m, 1100),
         }
         for name, scenario in scenarios.items():
             if args.only not in (None, name):
