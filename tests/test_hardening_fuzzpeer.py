@@ -56,7 +56,10 @@ def strategies(harness: Any) -> dict[str, Any]:
     return {t: harness.cases(t) for t in (*fuzz_peer.TARGETS, "buyer", "enroll")}
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+# Derandomized in the suite: the same 300 cases every run, so that a green run is
+# repeatable (the long run in bench/fuzz_peer.py draws afresh each time).
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
+          derandomize=True, database=None)
 @given(data=st.data())
 def test_a_hostile_peer_meets_no_internal_error(harness: Any, strategies: dict[str, Any],
                                                  data: Any) -> None:
@@ -68,15 +71,19 @@ def test_a_hostile_peer_meets_no_internal_error(harness: Any, strategies: dict[s
 def test_the_peer_reached_handlers_in_both_directions(harness: Any) -> None:
     # The examples above (or, run alone, a short run here) were not all refused at
     # the framing: requests reached the services' own checks, both ways.
+    wanted = {"payment", "statement", "commerce", "directory", "certificates", "bank",
+              "money"}
     if harness.report.cases < 100:
-        fuzz_peer.fuzz(harness, harness.report.frames + 1000)
+        for _ in range(5):  # drawn afresh: a few rounds reach the services' checks
+            fuzz_peer.fuzz(harness, harness.report.frames + 1000)
+            if wanted & {code.split(".")[0] for code in harness.report.codes}:
+                break
     report = harness.report
     assert report.findings == []
     assert report.inbound_frames > 0 and report.outbound_frames > 0
     services = {code.split(".")[0] for code in report.codes}
     assert report.codes["ok"] > 0
-    assert services & {"payment", "statement", "commerce", "directory", "certificates",
-                       "bank", "money"}, report.codes
+    assert services & wanted, report.codes
 
 
 def _slow_requested(config: pytest.Config) -> bool:
