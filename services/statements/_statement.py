@@ -29,6 +29,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..certificates import (
+    CLOCK_SKEW,
     AgentIdentity,
     Expired,
     NotYetValid,
@@ -62,8 +63,9 @@ __all__ = [
 
 DOMAIN: Final = b"semper-statement-v1\x00"
 VERSION: Final = 1
-#: How far a statement's issue time may lie ahead of the verifier's clock.
-MAX_SKEW_MS: Final = 5 * 60 * 1000
+#: How far a statement's issue time may lie ahead of the verifier's clock: the one
+#: clock skew the market allows (certificates and CRLs are backdated by it too).
+MAX_SKEW_MS: Final = int(CLOCK_SKEW.total_seconds() * 1000)
 #: Unix milliseconds of 9999-12-31T23:59:59.999Z: every issue time is a datetime.
 MAX_TIME_MS: Final = 253_402_300_799_999
 
