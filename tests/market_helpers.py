@@ -4,6 +4,7 @@ the test's own trio loop over real loopback TLS, real SQLite."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -12,10 +13,13 @@ from typing import Any
 
 import trio
 import trio.testing
+from cryptography import x509
 
 from semper.agents._agent import Agent
+from semper.agents._castore import publish_crl
 from semper.agents._config import AgentConfig
-from semper.agents._market import init_market
+from semper.agents._identity import utcnow
+from semper.agents._market import init_market, load_authority
 
 DEADLINE = 10.0  # real seconds: a bound on every wait, never reached when things work
 
@@ -23,6 +27,15 @@ DEADLINE = 10.0  # real seconds: a bound on every wait, never reached when thing
 def make_market(folder: Path) -> Path:
     init_market(folder)
     return folder
+
+
+def newer_crl(folder: Path) -> x509.CertificateRevocationList:
+    """Publish the CA's next CRL (same entries), issued a second from now: it vouches
+    for everything signed so far (docs/protocol.md 6A.8), as the CA agent's would."""
+    ca = load_authority(folder / "ca" / "root.pem", folder / "ca" / "root-key.pem", None)
+    crl = publish_crl(folder / "ca" / "crl.pem", ca, now=utcnow() + dt.timedelta(seconds=1))
+    assert crl is not None
+    return crl
 
 
 def config_of(folder: Path, agent_id: str, **changes: Any) -> AgentConfig:

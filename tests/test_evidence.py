@@ -3,7 +3,6 @@ SIGKILL of the receiver in the middle of a burst (agents/_evidence.py, _archive.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import signal
@@ -16,15 +15,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from market_helpers import newer_crl
 
 from semper.agents import Agent, AgentConfig, _archive
-from semper.agents._identity import utcnow
-from semper.agents._market import init_market, load_authority
+from semper.agents._market import init_market
 from semper.agents._storage import Database
 from semper.services.archive import ChainBroken, EvidenceBundle, verify_bundle, verify_chain
-from semper.services.certificates import Revocation, issue_crl, load_crl
 from semper.transport import RemoteError
 
 DEADLINE = 30.0
@@ -34,24 +30,6 @@ DEADLINE = 30.0
 def market(tmp_path: Path) -> Path:
     init_market(tmp_path / "m")
     return tmp_path / "m"
-
-
-def newer_crl(market: Path) -> Path:
-    """Publish a CRL (same entries, next number) whose thisUpdate follows everything
-    signed so far, as the CA would later: a bundle's statements count only up to its
-    CRL's thisUpdate (docs/protocol.md 6A.8). thisUpdate is whole seconds, one ahead;
-    issue_crl may backdate it by the clock skew every verifier allows, so that is
-    measured first."""
-    crl_path = market / "ca" / "crl.pem"
-    old = load_crl(crl_path.read_bytes())
-    ca = load_authority(market / "ca" / "root.pem", market / "ca" / "root-key.pem", None)
-    number = old.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
-    wanted = utcnow().replace(microsecond=0) + dt.timedelta(seconds=1)
-    shift = wanted - issue_crl(ca, [], now=wanted, number=number).last_update_utc
-    crl = issue_crl(ca, [Revocation(r.serial_number, r.revocation_date_utc) for r in old],
-                    now=wanted + shift, number=number)
-    crl_path.write_bytes(crl.public_bytes(Encoding.PEM))
-    return crl_path
 
 
 def config(market: Path, agent_id: str) -> AgentConfig:
@@ -84,7 +62,7 @@ async def test_delivered_statement_is_archived_by_both_with_a_receipt(market: Pa
             bundle = await seller.archive.export_bundle(
                 "buyer/tx-1", crl=seller.crl, root=seller.credentials.root)
             again = EvidenceBundle.from_bytes(bundle.to_bytes())
-            newer = load_crl(newer_crl(market).read_bytes())
+            newer = newer_crl(market)
             verified = verify_bundle(again, root=seller.credentials.root,
                                      now=note.issued_at_datetime, crls=[newer])
             assert [(v.statement.type, v.signer.agent_id) for v in verified] == [
@@ -220,7 +198,7 @@ def test_a_bundle_is_exported_and_checked_from_the_command_line(market: Path,
     # were not revoked when they signed.
     assert done.returncode == 1 and done.stderr.startswith("semper: archive.crl_too_old:")
     done = subprocess.run([*semper, "archive", "check", str(bundle), "--root", root, "--json",
-                           "--crl", str(newer_crl(market))],
+                           "--crl", str(_published(market))],
                           capture_output=True, text=True, timeout=DEADLINE)
     assert done.returncode == 0, done.stderr
     verified = json.loads(done.stdout)["verified"]
@@ -234,3 +212,8 @@ def test_a_bundle_is_exported_and_checked_from_the_command_line(market: Path,
                            "--crl", foreign], capture_output=True, text=True, timeout=DEADLINE)
     assert done.returncode == 1 and done.stderr.startswith("semper: archive.invalid_evidence")
     assert "Traceback" not in done.stderr
+
+
+def _published(market: Path) -> Path:
+    newer_crl(market)
+    return market / "ca" / "crl.pem"

@@ -12,45 +12,27 @@ idempotency key or prefix with the purchase's offer inside.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from click.testing import CliRunner
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from market_helpers import newer_crl
 from test_commerce_wire import GUIDE, running_market
 
 from semper.agents import Agent, AgentConfig, _archive
 from semper.agents._identity import utcnow
-from semper.agents._market import init_market, load_authority
+from semper.agents._market import init_market
 from semper.agents._purchase import Shopper
 from semper.agents._storage import Database
 from semper.agents.cli import cli
 from semper.services.archive import EvidenceBundle, verify_bundle
 from semper.services.archive import _bundle as bundle_module
-from semper.services.certificates import Revocation, issue_crl, load_crl
 from semper.services.statements import _canonical
 from semper.transport import RemoteError
 
 DEADLINE = 60.0
-
-
-def newer_crl(market: Path) -> x509.CertificateRevocationList:
-    """Publish a CRL whose thisUpdate follows everything signed so far (see
-    tests/test_evidence.py ``newer_crl``); returns it."""
-    crl_path = market / "ca" / "crl.pem"
-    old = load_crl(crl_path.read_bytes())
-    ca = load_authority(market / "ca" / "root.pem", market / "ca" / "root-key.pem", None)
-    number = old.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
-    wanted = utcnow().replace(microsecond=0) + dt.timedelta(seconds=1)
-    shift = wanted - issue_crl(ca, [], now=wanted, number=number).last_update_utc
-    crl = issue_crl(ca, [Revocation(r.serial_number, r.revocation_date_utc) for r in old],
-                    now=wanted + shift, number=number)
-    crl_path.write_bytes(crl.public_bytes(Encoding.PEM))
-    return crl
 
 
 async def _refused(agent: Agent, peer: str, transaction: str, body: dict[str, Any]) -> Any:
