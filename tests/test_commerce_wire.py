@@ -175,9 +175,12 @@ def order_buyer(order: Statement) -> str:
 
 
 @asynccontextmanager
-async def running_market(folder: Path) -> AsyncIterator[Market]:
-    init_market(folder, agents=AGENTS)
-    agents = {name: Agent(AgentConfig.load(folder / name / "agent.toml")) for name in RUN}
+async def running_market(folder: Path, extra: tuple[tuple[str, str, Any], ...] = ()
+                         ) -> AsyncIterator[Market]:
+    """AGENTS, plus ``extra`` (id, role, level), each running in this trio loop."""
+    init_market(folder, agents=(*AGENTS, *extra))
+    agents = {name: Agent(AgentConfig.load(folder / name / "agent.toml"))
+              for name in (*RUN, *(agent_id for agent_id, _, _ in extra))}
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             for agent in agents.values():

@@ -14,9 +14,7 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +28,8 @@ from test_cli import (
     semper_argv,
     start_agents,
 )
+from test_cli_commerce import agents
+from test_custom_role import site
 
 from semper.agents._catalogue import load_catalogue
 from semper.agents._config import AgentConfig
@@ -38,6 +38,8 @@ from semper.agents.cli import cli
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "custom_role"
 GOODS = {item["sku"]: item["goods"] for item in DEMO_CATALOGUE}
+__all__ = ["agents", "site"]  # fixtures shared with test_cli_commerce, test_custom_role
+
 KEY_LINE = re.compile(r"idempotency key: (buy-[0-9a-f]{24})\Z")
 
 
@@ -47,21 +49,6 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Market:
     done = semper("market", "init", market.root, timeout=30)
     assert done.returncode == 0, done.stderr
     return market
-
-
-@pytest.fixture(scope="module")
-def agents(market: Market, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[dict[str, AgentProcess]]:
-    logs = tmp_path_factory.mktemp("logs")
-    running = start_agents(market, ["ca"], logs)
-    running.update(start_agents(market, ["bank", "seller"], logs))
-    try:
-        yield running
-    finally:
-        for agent in running.values():
-            agent.kill()
-        for agent in running.values():
-            assert "Traceback" not in agent.stderr(), agent.stderr()
 
 
 def buyer(market: Market) -> Path:
@@ -217,17 +204,6 @@ def test_the_cas_enrollment_address_in_use_is_named_too(
 
 
 # -- a role of one's own: ca issue, agent run, semper call --------------------------------
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-         "--no-build-isolation", "--no-index", "--target", str(target), str(EXAMPLE)],
-        check=True, timeout=120, capture_output=True,
-    )
-    return target
 
 
 def test_a_custom_role_tried_from_the_shell(market: Market, agents: dict[str, AgentProcess],

@@ -22,10 +22,9 @@ from typing import Any
 
 import pytest
 import trio
-from test_commerce_wire import AGENTS, DEADLINE, GUIDE, RUN, Market, eur
+from test_commerce_wire import GUIDE, Market, eur, running_market
 
-from semper.agents import Agent, AgentConfig
-from semper.agents._market import init_market
+from semper.agents import Agent
 from semper.agents._payments import AgentPaymentContext, payment_manager
 from semper.agents._purchase import Shopper
 from semper.services.certificates import Level
@@ -47,21 +46,9 @@ MAP = "map-002"    # EUR 4.80
 async def m(tmp_path: Path) -> AsyncIterator[Market]:
     """bank, seller, buyer, mallory, notary and a second bank (``bank2``) the seller
     does not deal with."""
-    folder = tmp_path / "m"
-    init_market(folder, agents=(*AGENTS, ("bank2", "bank", Level.VERIFIED_CONTACT)))
-    agents = {name: Agent(AgentConfig.load(folder / name / "agent.toml"))
-              for name in (*RUN, "bank2")}
-    with trio.fail_after(DEADLINE):
-        async with trio.open_nursery() as nursery:
-            for agent in agents.values():
-                await nursery.start(agent.run)
-            try:
-                yield Market(agents)
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(10):
-                    for agent in agents.values():
-                        await agent.close_channels()
-                nursery.cancel_scope.cancel()
+    async with running_market(tmp_path / "m",
+                              (("bank2", "bank", Level.VERIFIED_CONTACT),)) as market:
+        yield market
 
 
 # -- the invariant ------------------------------------------------------------------
