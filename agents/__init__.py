@@ -3,9 +3,9 @@
 What a custom role needs is here; see examples/custom_role/.
 """
 
-from ._agent import Agent
-from ._config import AgentConfig, ConfigError
-from ._roles import ROLE_GROUP, Role, RoleNotFound, available_roles, load_role
+from semper.agents.runtime._agent import Agent
+from semper.agents.runtime._config import AgentConfig, ConfigError
+from semper.agents.runtime._roles import ROLE_GROUP, Role, RoleNotFound, available_roles, load_role
 
 __all__ = ["ROLE_GROUP", "Agent", "AgentConfig", "ConfigError", "Role", "RoleNotFound",
            "available_roles", "load_role"]

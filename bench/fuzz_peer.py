@@ -60,13 +60,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from semper.agents import _ledger
-from semper.agents._agent import Agent
-from semper.agents._config import AgentConfig
-from semper.agents._identity import Credentials
-from semper.agents._market import init_market
-from semper.agents._operator import invite_agent
-from semper.agents._purchase import Shopper
+from semper.agents.components import _ledger
+from semper.agents.components._purchase import Shopper
+from semper.agents.operator._market import init_market
+from semper.agents.operator._operator import invite_agent
+from semper.agents.runtime._agent import Agent
+from semper.agents.runtime._config import AgentConfig
+from semper.agents.runtime._identity import Credentials
 from semper.services import Amount
 from semper.services.certificates import (
     EnrollRequest,

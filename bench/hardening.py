@@ -39,9 +39,10 @@ from typing import Any
 
 import trio
 
-from semper.agents._config import AgentConfig, Timeouts
-from semper.agents._identity import Credentials, peer_verifier
-from semper.agents._market import init_market, revoke_agent, write_file
+from semper.agents.operator._market import init_market, revoke_agent
+from semper.agents.runtime._config import AgentConfig, Timeouts
+from semper.agents.runtime._files import write_file
+from semper.agents.runtime._identity import Credentials, peer_verifier
 from semper.transport import (
     ChannelClosed,
     ChannelConfig,

@@ -59,10 +59,11 @@ from typing import Any
 
 import trio
 
-from semper.agents import Agent, AgentConfig, _bank, _ledger
-from semper.agents._market import init_market
-from semper.agents._purchase import Shopper
-from semper.agents._storage import Database
+from semper.agents import Agent, AgentConfig
+from semper.agents.components import _bank, _ledger
+from semper.agents.components._purchase import Shopper
+from semper.agents.operator._market import init_market
+from semper.agents.runtime._storage import Database
 from semper.services import Amount
 from semper.services.certificates import Level, load_certificate, load_crl
 from semper.transport import Channel, ServiceRegistry, make_hello, open_channel, serve

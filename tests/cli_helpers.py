@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from semper.agents._market import init_market
 from semper.agents.cli import cli
+from semper.agents.operator._market import init_market
 
 __all__ = ["LINE", "market", "prebuilt", "refused", "semper"]
 

@@ -15,11 +15,11 @@ import trio
 import trio.testing
 from cryptography import x509
 
-from semper.agents._agent import Agent
-from semper.agents._castore import publish_crl
-from semper.agents._config import AgentConfig
-from semper.agents._identity import utcnow
-from semper.agents._market import init_market, load_authority
+from semper.agents.components._castore import publish_crl
+from semper.agents.operator._market import init_market, load_authority
+from semper.agents.runtime._agent import Agent
+from semper.agents.runtime._config import AgentConfig
+from semper.agents.runtime._identity import utcnow
 
 DEADLINE = 10.0  # real seconds: a bound on every wait, never reached when things work
 

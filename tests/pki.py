@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from semper.agents._identity import peer_verifier
+from semper.agents.runtime._identity import peer_verifier
 from semper.services.certificates import (
     CertificateAuthority,
     Level,

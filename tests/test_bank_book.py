@@ -1,4 +1,4 @@
-"""The bank's books under random traffic (agents/_bank.py, _ledger.py on real SQLite).
+"""The bank's books under random traffic (agents/components/_bank.py, _ledger.py on real SQLite).
 
 A Hypothesis state machine signs transfer orders, cheques and refund orders with
 real keys and applies them through ``BankBook`` in real transactions, mixing in
@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from pki import Market
 
-from semper.agents import _bank, _ledger
-from semper.agents._storage import Database
+from semper.agents.components import _bank, _ledger
+from semper.agents.runtime._storage import Database
 from semper.services import Amount
 from semper.services.payment import (
     Cheque,

@@ -1,5 +1,5 @@
 """The bank killed with SIGKILL at each step of a transfer and of a cheque deposit
-(agents/_faults.py crash points in roles/bank.py and _bank.py).
+(agents/runtime/_faults.py crash points in roles/bank.py and _bank.py).
 
 Each case makes a fresh market, starts the bank as its own process with
 ``SEMPER_CRASH_AT`` naming one point, and sends one payment from an in-process agent
@@ -41,8 +41,9 @@ import pytest
 import trio
 from market_helpers import config_of, make_market, running
 
-from semper.agents import Agent, _archive, _ledger
-from semper.agents._market import DEMO_FUNDS
+from semper.agents import Agent
+from semper.agents.components import _archive, _ledger
+from semper.agents.operator._market import DEMO_FUNDS
 from semper.services import Amount
 from semper.services.archive import verify_chain
 from semper.services.payment import (

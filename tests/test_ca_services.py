@@ -15,9 +15,9 @@ import trio.testing
 from cryptography import x509
 from market_helpers import DEADLINE, config_of, make_market, running, wait_until
 
-from semper.agents._agent import Agent
-from semper.agents._config import Timeouts
-from semper.agents._market import revoke_agent
+from semper.agents.operator._market import revoke_agent
+from semper.agents.runtime._agent import Agent
+from semper.agents.runtime._config import Timeouts
 from semper.services.certificates import Revoked, crl_number, load_crl, to_ms
 from semper.services.directory import ContactCard, SignedCard, sign_card, verify_card
 from semper.services.statements import Statement

@@ -4,7 +4,7 @@ The contract tested here is used from outside the project (scripts start agents 
 read their ready line, parse ``ping --json``, revoke with ``ca revoke``), so it must
 hold exactly:
 
-* ``market init DIR`` writes the layout in ``agents/_market.py``: keys PKCS#8 and
+* ``market init DIR`` writes the layout in ``agents/operator/_market.py``: keys PKCS#8 and
   0600, encrypted under ``--passphrase-file``; certificates issued by the root.
 * ``agent run`` prints exactly one line ``ready <id> <host:port>`` once it listens,
   flushed at once (we read it from a pipe while the agent runs), and exits 0 on
@@ -43,8 +43,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
-from semper.agents._agent import Agent
-from semper.agents._config import AgentConfig
+from semper.agents.runtime._agent import Agent
+from semper.agents.runtime._config import AgentConfig
 
 AGENTS = ("ca", "bank", "seller", "buyer", "notary")
 PASSPHRASE = b"correct horse battery staple"

@@ -36,9 +36,9 @@ from test_cli import (
     start_agents,
 )
 
-from semper.agents import _bank, _ledger
-from semper.agents._market import DEMO_CATALOGUE
-from semper.agents._storage import Database
+from semper.agents.components import _bank, _ledger
+from semper.agents.operator._market import DEMO_CATALOGUE
+from semper.agents.runtime._storage import Database
 from semper.services import Amount
 
 PRICES = {item["sku"]: int(item["price"].split(":")[1]) for item in DEMO_CATALOGUE}

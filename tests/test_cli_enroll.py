@@ -42,7 +42,7 @@ from test_cli import (
     start_agents,
 )
 
-from semper.agents._config import parse_address
+from semper.agents.runtime._config import parse_address
 from semper.services.certificates import (
     EnrollmentToken,
     EnrollRequest,

@@ -23,9 +23,10 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from semper.agents import Agent, AgentConfig, _ledger
-from semper.agents._market import DEFAULT_AGENTS, init_market
-from semper.agents._purchase import Shopper
+from semper.agents import Agent, AgentConfig
+from semper.agents.components import _ledger
+from semper.agents.components._purchase import Shopper
+from semper.agents.operator._market import DEFAULT_AGENTS, init_market
 from semper.services import Amount
 from semper.services.certificates import Level
 from semper.services.commerce import Offer, Order, sign_body

@@ -14,7 +14,7 @@ import trio
 from pki import Market
 
 from semper.agents import RoleNotFound, load_role
-from semper.agents._config import AgentConfig
+from semper.agents.runtime._config import AgentConfig
 from semper.transport import RemoteError, ServiceRegistry, open_channel
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "custom_role"

@@ -11,7 +11,7 @@ from typing import Any
 
 from test_cli import _env, semper_argv
 
-from semper.agents._demo import PURCHASES, _implied, _purchase_problems
+from semper.agents.operator._demo import PURCHASES, _implied, _purchase_problems
 from semper.services import Amount
 
 DEMO_BOUND = 60.0  # seconds; the demo takes well under 20 s on 2 cores

@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from market_helpers import DEADLINE, config_of, make_market, running
 
-from semper.agents._agent import Agent
-from semper.agents._config import AgentConfig
-from semper.agents._enroll import EnrollFolderError, enroll
-from semper.agents._operator import invite_agent
+from semper.agents.operator._enroll import EnrollFolderError, enroll
+from semper.agents.operator._operator import invite_agent
+from semper.agents.runtime._agent import Agent
+from semper.agents.runtime._config import AgentConfig
 from semper.services.certificates import (
     EnrollmentToken,
     EnrollRequest,
@@ -231,7 +231,7 @@ async def test_enroll_never_overwrites_a_folder(market: Path, tmp_path: Path) ->
 
 
 def test_invite_refuses_an_agent_with_a_good_certificate(market: Path) -> None:
-    from semper.agents._market import MarketError
+    from semper.agents.operator._market import MarketError
 
     with pytest.raises(MarketError, match="already holds a good certificate"):
         _invite(market, "seller")

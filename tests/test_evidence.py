@@ -1,5 +1,5 @@
 """Statements delivered between running agents, archived on both sides, surviving a
-SIGKILL of the receiver in the middle of a burst (agents/_evidence.py, _archive.py)."""
+SIGKILL of the receiver in the middle of a burst (agents/components/_evidence.py, _archive.py)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ import pytest
 import trio
 from market_helpers import newer_crl
 
-from semper.agents import Agent, AgentConfig, _archive
-from semper.agents._market import init_market
-from semper.agents._storage import Database
+from semper.agents import Agent, AgentConfig
+from semper.agents.components import _archive
+from semper.agents.operator._market import init_market
+from semper.agents.runtime._storage import Database
 from semper.services.archive import ChainBroken, EvidenceBundle, verify_bundle, verify_chain
 from semper.transport import RemoteError
 

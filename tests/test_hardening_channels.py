@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from market_helpers import DEADLINE, config_of, make_market, running
 from pki import Market
 
-from semper.agents._agent import Agent
-from semper.agents._identity import Credentials
-from semper.agents._market import revoke_agent
+from semper.agents.operator._market import revoke_agent
+from semper.agents.runtime._agent import Agent
+from semper.agents.runtime._identity import Credentials
 from semper.transport import (
     NEED_DATA,
     ChannelClosed,
@@ -487,8 +487,8 @@ async def test_open_channels_are_refused_when_our_crl_goes_stale_while_running(
     import dataclasses
     import datetime as dt
 
-    from semper.agents._config import Timeouts
-    from semper.agents._market import init_market
+    from semper.agents.operator._market import init_market
+    from semper.agents.runtime._config import Timeouts
     from semper.services.certificates import CRL_VALIDITY
 
     folder = tmp_path / "market"
@@ -509,7 +509,7 @@ async def test_one_peer_holds_at_most_its_share_of_channels(folder: Path) -> Non
     # One more than the limit is refused in the handshake; closing one frees a place.
     import dataclasses
 
-    from semper.agents._config import Timeouts
+    from semper.agents.runtime._config import Timeouts
     from semper.transport import HandshakeFailed
 
     seller = Agent(dataclasses.replace(config_of(folder, "seller"),

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import market, prebuilt, refused, semper  # noqa: F401 (fixtures)
 
-from semper.agents import _market
+from semper.agents.operator import _market
 
 
 def bank_rows(market: Path) -> list[tuple[object, ...]]:
@@ -201,7 +201,7 @@ def test_enrollment_that_fails_while_writing_leaves_no_folder(
 
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from semper.agents import _enroll
+    from semper.agents.operator import _enroll
     from semper.services.certificates import load_certificate, load_crl
 
     token = SimpleNamespace(agent_id="newcomer", role="buyer")

@@ -26,8 +26,8 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from semper.agents._market import init_market
 from semper.agents.cli import cli
+from semper.agents.operator._market import init_market
 
 LINE = re.compile(r"semper: [a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+: \S.*\Z")
 #: Per command; the whole file stays within seconds. SEMPER_FUZZ_EXAMPLES=500 for a long run.
@@ -250,7 +250,7 @@ def test_a_config_loads_or_is_refused_with_agent_bad_config(
 
     import tomli_w
 
-    from semper.agents._config import AgentConfig, ConfigError
+    from semper.agents.runtime._config import AgentConfig, ConfigError
 
     raw = tomllib.loads((market / "buyer" / "agent.toml").read_text())
     for dotted, value in changes:

@@ -27,14 +27,14 @@ from cryptography.hazmat.primitives import serialization
 from market_helpers import DEADLINE, config_of, running, wait_until
 from pki import NOW, Market
 
-from semper.agents._agent import Agent
-from semper.agents._castore import publish_crl
-from semper.agents._config import Timeouts
-from semper.agents._identity import peer_verifier
-from semper.agents._market import init_market, load_authority, revoke_agent
-from semper.agents._purchase import Shopper
 from semper.agents.cli import main
+from semper.agents.components._castore import publish_crl
+from semper.agents.components._purchase import Shopper
+from semper.agents.operator._market import init_market, load_authority, revoke_agent
 from semper.agents.roles.ca import CertificationAuthority
+from semper.agents.runtime._agent import Agent
+from semper.agents.runtime._config import Timeouts
+from semper.agents.runtime._identity import peer_verifier
 from semper.services.certificates import (
     CLOCK_SKEW,
     CRL_VALIDITY,

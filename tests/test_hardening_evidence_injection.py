@@ -21,12 +21,13 @@ from click.testing import CliRunner
 from market_helpers import newer_crl
 from test_commerce_wire import GUIDE, running_market
 
-from semper.agents import Agent, AgentConfig, _archive
-from semper.agents._identity import utcnow
-from semper.agents._market import init_market
-from semper.agents._purchase import Shopper
-from semper.agents._storage import Database
+from semper.agents import Agent, AgentConfig
 from semper.agents.cli import cli
+from semper.agents.components import _archive
+from semper.agents.components._purchase import Shopper
+from semper.agents.operator._market import init_market
+from semper.agents.runtime._identity import utcnow
+from semper.agents.runtime._storage import Database
 from semper.services.archive import EvidenceBundle, verify_bundle
 from semper.services.archive import _bundle as bundle_module
 from semper.services.statements import _canonical

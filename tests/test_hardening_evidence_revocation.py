@@ -278,9 +278,10 @@ async def test_check_with_config_fetches_the_ca_agents_crl(tmp_path: Path) -> No
 
     import trio
 
-    from semper.agents import Agent, AgentConfig, _archive
-    from semper.agents._market import init_market, load_authority
-    from semper.agents._storage import Database
+    from semper.agents import Agent, AgentConfig
+    from semper.agents.components import _archive
+    from semper.agents.operator._market import init_market, load_authority
+    from semper.agents.runtime._storage import Database
     from semper.services.certificates import load_crl
 
     market = tmp_path / "m"
@@ -336,9 +337,10 @@ async def test_check_with_config_has_the_ca_agent_issue_a_crl_after_the_statemen
     there, at most once per ``fresh_crl_interval``."""
     import trio
 
-    from semper.agents import Agent, AgentConfig, _archive
-    from semper.agents._market import init_market
-    from semper.agents._storage import Database
+    from semper.agents import Agent, AgentConfig
+    from semper.agents.components import _archive
+    from semper.agents.operator._market import init_market
+    from semper.agents.runtime._storage import Database
 
     market = tmp_path / "m"
     now = dt.datetime.now(dt.UTC)

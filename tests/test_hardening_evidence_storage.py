@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from pki import NOW, Market
 
-from semper.agents import _archive
-from semper.agents._storage import Database
+from semper.agents.components import _archive
+from semper.agents.runtime._storage import Database
 from semper.services.archive import ChainBroken, verify_chain
 from semper.services.statements import sign_statement
 

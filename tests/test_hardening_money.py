@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from cli_helpers import market, prebuilt, refused, semper  # noqa: F401 (fixtures)
 
-from semper.agents import _bank, _ledger
-from semper.agents._storage import Database, StorageError
+from semper.agents.components import _bank, _ledger
+from semper.agents.runtime._storage import Database, StorageError
 from semper.services import Amount
 from semper.services.certificates import BadAgentId, check_agent_id
 from semper.services.money import MAX_MINOR_UNITS, AmountOutOfRange, BadAmount

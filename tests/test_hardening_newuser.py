@@ -22,14 +22,14 @@ import click
 import pytest
 from cli_helpers import market, prebuilt, refused, semper  # noqa: F401 (fixtures)
 
-from semper.agents import _purchase
-from semper.agents._catalogue import load_catalogue
-from semper.agents._config import AgentConfig
-from semper.agents._enroll import CATALOGUE_STUB, PAYMENT_STUB
-from semper.agents._roles import available_roles
-from semper.agents._storage import Database
 from semper.agents.cli import cli
 from semper.agents.cli._text import counted
+from semper.agents.components import _purchase
+from semper.agents.components._catalogue import load_catalogue
+from semper.agents.operator._enroll import CATALOGUE_STUB, PAYMENT_STUB
+from semper.agents.runtime._config import AgentConfig
+from semper.agents.runtime._roles import available_roles
+from semper.agents.runtime._storage import Database
 from semper.services.certificates import identity_of, load_certificate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -370,7 +370,7 @@ async def test_a_client_that_serves_nothing_announces_empty_services(market: Pat
     import trio
     from market_helpers import config_of, running
 
-    from semper.agents._agent import Agent
+    from semper.agents.runtime._agent import Agent
     from semper.transport import RemoteError, ServiceRegistry, make_hello, open_channel
 
     seller = Agent(config_of(market, "seller"))

@@ -31,10 +31,10 @@ from test_cli import (
 from test_cli_commerce import agents
 from test_custom_role import site
 
-from semper.agents._catalogue import load_catalogue
-from semper.agents._config import AgentConfig
-from semper.agents._market import DEMO_CATALOGUE
 from semper.agents.cli import cli
+from semper.agents.components._catalogue import load_catalogue
+from semper.agents.operator._market import DEMO_CATALOGUE
+from semper.agents.runtime._config import AgentConfig
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "custom_role"
 GOODS = {item["sku"]: item["goods"] for item in DEMO_CATALOGUE}

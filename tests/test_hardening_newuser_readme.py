@@ -13,9 +13,9 @@ import pytest
 import trio
 from pki import Market
 
-from semper.agents import _agent
-from semper.agents._agent import Agent
-from semper.agents._config import AgentConfig
+from semper.agents.runtime import _agent
+from semper.agents.runtime._agent import Agent
+from semper.agents.runtime._config import AgentConfig
 from semper.transport import RemoteError, ServiceRegistry, open_channel
 
 ROOT = Path(__file__).resolve().parent.parent

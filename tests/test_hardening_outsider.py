@@ -28,13 +28,14 @@ from pki import Market as PkiMarket
 from test_commerce_wire import Market
 from test_hardening_payments import m, returned_to  # noqa: F401 (m: the fixture)
 
-from semper.agents import _bank, _events
-from semper.agents._agent import Agent
-from semper.agents._enroll import EnrollFolderError, enroll
-from semper.agents._market import revoke_agent
-from semper.agents._operator import invite_agent
-from semper.agents._purchase import Shopper
 from semper.agents.cli import cli
+from semper.agents.components import _bank
+from semper.agents.components._purchase import Shopper
+from semper.agents.operator._enroll import EnrollFolderError, enroll
+from semper.agents.operator._market import revoke_agent
+from semper.agents.operator._operator import invite_agent
+from semper.agents.runtime import _events
+from semper.agents.runtime._agent import Agent
 from semper.services.archive import EvidenceBundle
 from semper.services.certificates import EnrollmentToken, Level
 from semper.services.commerce import Order

@@ -25,8 +25,8 @@ import trio
 from test_commerce_wire import GUIDE, Market, eur, running_market
 
 from semper.agents import Agent
-from semper.agents._payments import AgentPaymentContext, payment_manager
-from semper.agents._purchase import Shopper
+from semper.agents.components._payments import AgentPaymentContext, payment_manager
+from semper.agents.components._purchase import Shopper
 from semper.services.certificates import Level
 from semper.services.commerce import Order
 from semper.services.payment import (

@@ -96,7 +96,7 @@ async def test_a_refund_asked_in_time_is_honoured_when_retried_after_the_window(
     sale still paid, its goods fetchable, and no refund in the seller's records."""
     from test_commerce_wire import GUIDE
 
-    from semper.agents._purchase import Shopper
+    from semper.agents.components._purchase import Shopper
     from semper.agents.roles import seller as seller_module
     from semper.transport import RemoteError
 

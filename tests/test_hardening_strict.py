@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from semper.agents import _purchase
-from semper.agents._storage import Database
+from semper.agents.components import _purchase
 from semper.agents.roles import seller
+from semper.agents.runtime._storage import Database
 
 
 @pytest.mark.parametrize(("component", "table", "row"), [
@@ -51,8 +51,8 @@ def test_revoking_the_ca_agent_itself_is_refused_and_changes_nothing(tmp_path: P
     # DIR ca` exited 0, and the CA agent could never start again.
     from click.testing import CliRunner
 
-    from semper.agents._market import init_market
     from semper.agents.cli import cli
+    from semper.agents.operator._market import init_market
 
     market = tmp_path / "m"
     init_market(market)

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 import semper.services
 import semper.services.certificates
 import semper.transport
-from semper.agents._evidence import REPLAY_WINDOW_MS
+from semper.agents.components._evidence import REPLAY_WINDOW_MS
 from semper.services import ServiceError
 from semper.services.archive import _record as record_module
 from semper.services.certificates import ARC, ROLE_POLICY, Level, level_oid

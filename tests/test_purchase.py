@@ -1,4 +1,4 @@
-"""The buyer's driver (agents/_purchase.py) against real agents: a refusal before any
+"""The buyer's driver (agents/components/_purchase.py) against real agents: a refusal before any
 money moved ends the purchase, and a retry under its key reports it again."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from semper.agents import Agent, AgentConfig, _bank, _ledger
-from semper.agents._market import init_market
-from semper.agents._purchase import PurchaseFailed, Shopper
-from semper.agents._storage import Database
+from semper.agents import Agent, AgentConfig
+from semper.agents.components import _bank, _ledger
+from semper.agents.components._purchase import PurchaseFailed, Shopper
+from semper.agents.operator._market import init_market
+from semper.agents.runtime._storage import Database
 from semper.services import Amount
 from semper.transport import RemoteError
 

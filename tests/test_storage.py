@@ -1,4 +1,4 @@
-"""The agent's SQLite file: pragmas, migrations, transactions (agents/_storage.py)."""
+"""The agent's SQLite file: pragmas, migrations, transactions (agents/runtime/_storage.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from semper.agents._storage import Database, StorageError, schema_version
+from semper.agents.runtime._storage import Database, StorageError, schema_version
 
 NOTES = {"notes": ["CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT NOT NULL)"]}
 

@@ -19,6 +19,9 @@ from typing import Any, NoReturn
 
 import click
 
+from semper.agents.cli._common import text_everywhere
+from semper.agents.cli._logging import configure_logging
+
 from . import (
     cmd_agent,
     cmd_archive,
@@ -30,8 +33,6 @@ from . import (
     cmd_market,
     cmd_ping,
 )
-from ._common import text_everywhere
-from ._logging import configure_logging
 
 __all__ = ["SemperGroup", "cli", "describe", "main"]
 

@@ -1,3 +1,3 @@
-from . import main
+from semper.agents.cli import main
 
 main()

@@ -9,11 +9,10 @@ from typing import Any, ClassVar
 
 import click
 
+from semper.agents.runtime._config import AgentConfig
 from semper.services import Amount
 from semper.services.certificates import BadAgentId, check_agent_id
 from semper.services.money import BadAmount
-
-from .._config import AgentConfig
 
 __all__ = ["AGENT_ID", "AMOUNT", "MAX_PASSPHRASE", "TEXT", "CliError", "CodedBadParameter",
            "config_option", "load_config", "passphrase_option", "read_passphrase"]

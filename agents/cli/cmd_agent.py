@@ -12,12 +12,11 @@ from typing import ClassVar
 import click
 import trio
 
+from semper.agents.cli._common import load_config, passphrase_option, read_passphrase
+from semper.agents.operator._enroll import enroll
+from semper.agents.runtime._agent import Agent
+from semper.agents.runtime._config import AgentConfig, parse_address
 from semper.services.certificates import EnrollmentToken
-
-from .._agent import Agent
-from .._config import AgentConfig, parse_address
-from .._enroll import enroll
-from ._common import load_config, passphrase_option, read_passphrase
 
 
 class CannotListen(Exception):

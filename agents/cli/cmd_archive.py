@@ -12,6 +12,13 @@ from cryptography import x509
 from rich.console import Console
 from rich.table import Table
 
+from semper.agents.cli._common import CliError, config_option, load_config, passphrase_option
+from semper.agents.cli._text import counted
+from semper.agents.components import _archive
+from semper.agents.runtime._config import AgentConfig
+from semper.agents.runtime._files import write_file
+from semper.agents.runtime._identity import utcnow
+from semper.agents.runtime._storage import Database
 from semper.services.archive import (
     CrlTooOld,
     EvidenceBundle,
@@ -22,14 +29,6 @@ from semper.services.archive import (
 )
 from semper.services.certificates import CertificateError, load_certificate, load_crl
 from semper.services.statements import Statement, StatementError
-
-from .. import _archive
-from .._config import AgentConfig
-from .._identity import utcnow
-from .._market import write_file
-from .._storage import Database
-from ._common import CliError, config_option, load_config, passphrase_option
-from ._text import counted
 
 
 @click.group("archive")
@@ -199,7 +198,7 @@ async def _fetch_crl(config: AgentConfig, passphrase: bytes | None, fresh_after:
                      ) -> x509.CertificateRevocationList | None:
     """The CA agent's current CRL (``certificates.crl``), issued after ``fresh_after``
     if the CA agent agrees to issue one now, or None without a CA agent."""
-    from .._agent import Agent  # the agent runtime, only for this option
+    from semper.agents.runtime._agent import Agent  # the agent runtime, only for this option
 
     if config.ca_agent is None or config.ca_agent == config.id:
         return None

@@ -11,12 +11,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from semper.agents.cli._common import AGENT_ID, AMOUNT, CodedBadParameter, config_option
+from semper.agents.components import _bank, _ledger
+from semper.agents.runtime._config import AgentConfig, ConfigError
+from semper.agents.runtime._storage import Database
 from semper.services import Amount
-
-from .. import _bank, _ledger
-from .._config import AgentConfig, ConfigError
-from .._storage import Database
-from ._common import AGENT_ID, AMOUNT, CodedBadParameter, config_option
 
 
 @click.group("bank")

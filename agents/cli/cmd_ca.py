@@ -11,13 +11,10 @@ from pathlib import Path
 import click
 from cryptography import x509
 
-from semper.services.certificates import CertStatus, Level, StatusReport, crl_number
-from semper.services.money import Amount
-
-from .._castore import open_ca_database, publish_crl, record_issued
-from .._config import AgentConfig, ConfigError, parse_address
-from .._identity import utcnow
-from .._market import (
+from semper.agents.cli._common import AGENT_ID, AMOUNT, passphrase_option, read_passphrase
+from semper.agents.cli._text import counted
+from semper.agents.components._castore import open_ca_database, publish_crl, record_issued
+from semper.agents.operator._market import (
     MarketError,
     MarketPaths,
     _write_agent,
@@ -25,11 +22,13 @@ from .._market import (
     free_ports,
     load_authority,
 )
-from .._market import revoke as revoke_in
-from .._operator import certificate_status_in, invite_agent
-from .._roles import RoleNotFound, available_roles
-from ._common import AGENT_ID, AMOUNT, passphrase_option, read_passphrase
-from ._text import counted
+from semper.agents.operator._market import revoke as revoke_in
+from semper.agents.operator._operator import certificate_status_in, invite_agent
+from semper.agents.runtime._config import AgentConfig, ConfigError, parse_address
+from semper.agents.runtime._identity import utcnow
+from semper.agents.runtime._roles import RoleNotFound, available_roles
+from semper.services.certificates import CertStatus, Level, StatusReport, crl_number
+from semper.services.money import Amount
 
 
 class UnknownAgent(Exception):

@@ -21,10 +21,9 @@ from typing import Any
 import click
 import trio
 
+from semper.agents.cli._common import AGENT_ID, config_option, load_config, passphrase_option
+from semper.agents.runtime._agent import Agent
 from semper.transport import encode_frame
-
-from .._agent import Agent
-from ._common import AGENT_ID, config_option, load_config, passphrase_option
 
 __all__ = ["command", "from_json", "to_json"]
 

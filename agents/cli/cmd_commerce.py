@@ -19,16 +19,21 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
+from semper.agents.cli._common import (
+    AGENT_ID,
+    AMOUNT,
+    config_option,
+    load_config,
+    passphrase_option,
+)
+from semper.agents.cli._text import counted
+from semper.agents.components import _purchase
+from semper.agents.components._purchase import Shopper
+from semper.agents.runtime._agent import Agent
+from semper.agents.runtime._config import ConfigError
+from semper.agents.runtime._files import write_file
 from semper.services import Amount
 from semper.services.statements import canonical_decode
-
-from .. import _purchase
-from .._agent import Agent
-from .._config import ConfigError
-from .._market import write_file
-from .._purchase import Shopper
-from ._common import AGENT_ID, AMOUNT, config_option, load_config, passphrase_option
-from ._text import counted
 
 __all__ = ["buy", "catalogue", "goods", "refund", "wallet"]
 

@@ -17,9 +17,8 @@ from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
 
+from semper.agents.operator._demo import Check, DemoResult, Reporter, run_demo
 from semper.services import Amount
-
-from .._demo import Check, DemoResult, Reporter, run_demo
 
 
 class _Live(Reporter):

@@ -8,8 +8,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .._market import init_market
-from ._common import passphrase_option, read_passphrase
+from semper.agents.cli._common import passphrase_option, read_passphrase
+from semper.agents.operator._market import init_market
 
 
 @click.group("market")

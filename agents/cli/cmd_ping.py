@@ -14,8 +14,8 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from .._agent import Agent
-from ._common import AGENT_ID, config_option, load_config, passphrase_option
+from semper.agents.cli._common import AGENT_ID, config_option, load_config, passphrase_option
+from semper.agents.runtime._agent import Agent
 
 log = logging.getLogger("semper.cli")
 

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from semper.agents.components import _bank, _ledger
+from semper.agents.runtime._faults import crash_point
+from semper.agents.runtime._identity import utcnow
+from semper.agents.runtime._roles import Role
 from semper.services.payment import (
     BANK_DEPOSIT_CHEQUE,
     BANK_REFUND,
@@ -29,11 +33,6 @@ from semper.services.payment import (
     check_refund_order,
     check_transfer_order,
 )
-
-from .. import _bank, _ledger
-from .._faults import crash_point
-from .._identity import utcnow
-from .._roles import Role
 
 __all__ = ["Bank"]
 

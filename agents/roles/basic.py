@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .._roles import Role
+from semper.agents.runtime._roles import Role
 
 __all__ = ["Arbiter", "Notary"]
 

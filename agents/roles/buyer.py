@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _purchase
-from .._roles import Role
+from semper.agents.components import _purchase
+from semper.agents.runtime._roles import Role
 
 __all__ = ["Buyer"]
 

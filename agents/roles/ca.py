@@ -14,9 +14,9 @@ It keeps the CRL current: at start (before it listens) and then every
 current one's validity is left (``publish_crl``), so a market left alone never finds
 its CRL stale, and a CA started after a long pause renews it first.
 * ``directory.publish`` and ``directory.lookup``: the market's contact cards
-  (``agents/_directory.py``).
+  (``agents/components/_directory.py``).
 
-Everything it issues goes into its database (``agents/_castore.py``), shared through
+Everything it issues goes into its database (``agents/components/_castore.py``), shared through
 WAL with the operator's ``semper ca invite``/``status``/``revoke``.
 """
 
@@ -31,6 +31,18 @@ from typing import Any
 import trio
 from cryptography.hazmat.primitives import serialization
 
+from semper.agents.components._castore import (
+    CA_MIGRATIONS,
+    issued_by_serial,
+    latest_issued,
+    publish_crl,
+    redeem,
+)
+from semper.agents.components._directory import DirectoryService
+from semper.agents.operator._market import load_authority
+from semper.agents.runtime._config import CaSettings, ConfigError
+from semper.agents.runtime._identity import utcnow
+from semper.agents.runtime._roles import Role
 from semper.services.archive import crl_covers_until
 from semper.services.certificates import (
     CertificateAuthority,
@@ -44,13 +56,6 @@ from semper.services.certificates import (
 )
 from semper.transport import Request as WireRequest
 from semper.transport import RequestContext, UnknownOp, UnknownService, serve_anonymous
-
-from .._castore import CA_MIGRATIONS, issued_by_serial, latest_issued, publish_crl, redeem
-from .._config import CaSettings, ConfigError
-from .._directory import DirectoryService
-from .._identity import utcnow
-from .._market import load_authority
-from .._roles import Role
 
 __all__ = ["CRL_CHECK_INTERVAL", "CertificationAuthority"]
 

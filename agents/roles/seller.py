@@ -32,6 +32,12 @@ from typing import Any
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from semper.agents.components._archive import RECORD_OVERHEAD, append, entry, peer_usage
+from semper.agents.components._catalogue import CatalogueItem, load_catalogue
+from semper.agents.components._evidence import QuotaExceeded
+from semper.agents.components._payments import AgentPaymentContext, payment_manager
+from semper.agents.runtime._identity import utcnow
+from semper.agents.runtime._roles import Role
 from semper.services import ServiceError
 from semper.services.certificates import identity_of
 from semper.services.commerce import (
@@ -82,13 +88,6 @@ from semper.services.statements import (
     canonical_encode,
     verify_statement,
 )
-
-from .._archive import RECORD_OVERHEAD, append, entry, peer_usage
-from .._catalogue import CatalogueItem, load_catalogue
-from .._evidence import QuotaExceeded
-from .._identity import utcnow
-from .._payments import AgentPaymentContext, payment_manager
-from .._roles import Role
 
 __all__ = ["Seller"]
 

@@ -25,7 +25,6 @@ import secrets
 import shutil
 import socket
 import sqlite3
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from semper.agents.components import _bank, _ledger
+from semper.agents.components._castore import (
+    cancel_invitations,
+    issued_for,
+    open_ca_database,
+    publish_crl,
+    record_issued,
+)
+from semper.agents.components._catalogue import write_catalogue
+from semper.agents.runtime._config import AgentConfig, CaSettings, ConfigError, PaymentSettings
+from semper.agents.runtime._files import write_file
+from semper.agents.runtime._identity import load_private_key, utcnow
+from semper.agents.runtime._storage import Database
 from semper.services import Amount
 from semper.services.certificates import (
     CertificateAuthority,
@@ -46,21 +58,8 @@ from semper.services.certificates import (
     private_key_pem,
 )
 
-from . import _bank, _ledger
-from ._castore import (
-    cancel_invitations,
-    issued_for,
-    open_ca_database,
-    publish_crl,
-    record_issued,
-)
-from ._catalogue import write_catalogue
-from ._config import AgentConfig, CaSettings, ConfigError, PaymentSettings
-from ._identity import load_private_key, utcnow
-from ._storage import Database
-
 __all__ = ["DEFAULT_AGENTS", "MarketError", "MarketPaths", "ca_config", "free_ports",
-           "init_market", "load_authority", "revoke", "revoke_agent", "write_file"]
+           "init_market", "load_authority", "revoke", "revoke_agent"]
 
 #: (agent id, role, level) of the agents a new local market has.
 DEFAULT_AGENTS: tuple[tuple[str, str, Level], ...] = (
@@ -104,34 +103,6 @@ class MarketPaths:
 
     def agent_dir(self, agent_id: str) -> Path:
         return self.root / agent_id
-
-
-def write_file(path: Path, data: bytes, *, private: bool = False) -> None:
-    """Write atomically; ``private`` files are created 0600 from the first byte.
-
-    A path that exists and is not a regular file (a pipe, ``/dev/stdout``, a
-    terminal) is written into as it is: renaming over it would put a regular file
-    where the pipe or device was (run as root, ``-o /dev/null`` replaced the device).
-    """
-    try:
-        special = not stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:  # no such file yet (or not ours to look at): the atomic way
-        special = False
-    if special:
-        with open(path, "wb") as f:
-            f.write(data)
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def free_ports(count: int) -> list[int]:

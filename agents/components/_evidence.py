@@ -20,6 +20,14 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+from semper.agents.components._archive import (
+    RECORD_OVERHEAD,
+    append,
+    entry,
+    peer_usage,
+    transaction_peers,
+)
+from semper.agents.runtime._identity import utcnow
 from semper.services.archive import Direction
 from semper.services.statements import (
     MalformedStatement,
@@ -30,15 +38,11 @@ from semper.services.statements import (
     verify_statement,
 )
 
-from ._archive import RECORD_OVERHEAD, append, entry, peer_usage, transaction_peers
-from ._identity import utcnow
-
 if TYPE_CHECKING:
     import sqlite3
 
+    from semper.agents.runtime._agent import Agent
     from semper.transport import RequestContext
-
-    from ._agent import Agent
 
 __all__ = ["RECEIPT", "EvidenceService", "ForeignTransaction", "QuotaExceeded",
            "ReceiptMismatch", "own_transaction"]

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import trio
 
+from semper.agents.components._payments import AgentPaymentContext, payment_manager
+from semper.agents.runtime._identity import utcnow
 from semper.services import Amount
 from semper.services.certificates import CertificateError, identity_of, load_certificate
 from semper.services.commerce import (
@@ -73,11 +75,8 @@ from semper.services.statements import (
 )
 from semper.transport import RemoteError
 
-from ._identity import utcnow
-from ._payments import AgentPaymentContext, payment_manager
-
 if TYPE_CHECKING:
-    from ._agent import Agent
+    from semper.agents.runtime._agent import Agent
 
 log = logging.getLogger("semper.buyer")
 

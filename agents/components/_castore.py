@@ -23,6 +23,8 @@ from typing import Any, Final
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from semper.agents.runtime._files import write_file
+from semper.agents.runtime._storage import Database
 from semper.services.certificates import (
     AgentHasCertificate,
     BadCrl,
@@ -43,8 +45,6 @@ from semper.services.certificates import (
 from semper.services.directory import ContactCard, OutdatedCard, SignedCard
 from semper.services.money import Amount
 from semper.services.statements import Statement
-
-from ._storage import Database
 
 __all__ = [
     "CA_MIGRATIONS",
@@ -253,7 +253,6 @@ def publish_crl(
         OSError: the file cannot be read or written.
         BadCrl: the file holds no CRL signed by ``ca``'s root (nothing is written).
     """
-    from ._market import write_file  # _market imports this module
 
     folder = os.open(path.parent, os.O_RDONLY)
     try:

@@ -33,6 +33,10 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from semper.agents.operator._market import free_ports
+from semper.agents.runtime._config import AgentConfig, parse_address
+from semper.agents.runtime._files import write_file
+from semper.agents.runtime._identity import utcnow
 from semper.services.certificates import (
     EnrollAnswer,
     Enrolled,
@@ -45,10 +49,6 @@ from semper.services.certificates import (
     private_key_pem,
 )
 from semper.transport import request_pinned
-
-from ._config import AgentConfig, parse_address
-from ._identity import utcnow
-from ._market import free_ports, write_file
 
 __all__ = ["EnrollFolderError", "enroll"]
 

@@ -41,11 +41,10 @@ from typing import Any, Final
 
 import trio
 
+from semper.agents.operator._market import init_market
+from semper.agents.runtime._agent import Agent
+from semper.agents.runtime._config import AgentConfig
 from semper.services import Amount
-
-from ._agent import Agent
-from ._config import AgentConfig
-from ._market import init_market
 
 __all__ = ["PURCHASES", "REFUND", "REPLAY", "Check", "DemoResult", "Reporter", "run_demo"]
 

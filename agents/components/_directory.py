@@ -28,6 +28,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from semper.agents.components._castore import cards_of_role, find_card, store_card
+from semper.agents.runtime._config import ConfigError, parse_address
+from semper.agents.runtime._identity import utcnow
 from semper.services.certificates import to_ms
 from semper.services.directory import (
     BadCard,
@@ -42,12 +45,8 @@ from semper.services.directory import (
 from semper.services.statements import Statement
 from semper.transport import RemoteError, RequestContext, TransportError
 
-from ._castore import cards_of_role, find_card, store_card
-from ._config import ConfigError, parse_address
-from ._identity import utcnow
-
 if TYPE_CHECKING:
-    from ._agent import Agent
+    from semper.agents.runtime._agent import Agent
 
 __all__ = ["CARD_VALIDITY", "PEER_MIGRATIONS", "DirectoryService", "PeerBook"]
 

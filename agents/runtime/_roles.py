@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import trio
 
 if TYPE_CHECKING:
-    from ._agent import Agent
+    from semper.agents.runtime._agent import Agent
 
 __all__ = ["ROLE_GROUP", "Role", "RoleNotFound", "available_roles", "load_role"]
 

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Final
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from semper.agents.runtime._storage import Database
 from semper.services.archive import (
     ArchiveRecord,
     ChainBroken,
@@ -36,8 +37,6 @@ from semper.services.archive import (
 )
 from semper.services.certificates import AgentIdentity, fingerprint, load_certificate
 from semper.services.statements import Statement, StatementError
-
-from ._storage import Database
 
 __all__ = [
     "MIGRATIONS",

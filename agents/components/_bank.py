@@ -27,6 +27,8 @@ from typing import Any, Final
 
 from cryptography import x509
 
+from semper.agents.components import _archive, _ledger
+from semper.agents.runtime._faults import crash_point
 from semper.services import Amount
 from semper.services.archive import Direction
 from semper.services.payment import (
@@ -54,9 +56,6 @@ from semper.services.payment import (
     request_digest,
 )
 from semper.services.statements import Statement
-
-from . import _archive, _ledger
-from ._faults import crash_point
 
 __all__ = ["MIGRATIONS", "BankBook", "Outcome"]
 

@@ -27,10 +27,9 @@ from typing import Any
 
 import tomli_w
 
+from semper.agents.runtime._config import ConfigError
 from semper.services import Amount
 from semper.services.commerce import MAX_REFUND_DAYS
-
-from ._config import ConfigError
 
 __all__ = ["CatalogueItem", "load_catalogue", "write_catalogue"]
 

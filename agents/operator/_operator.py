@@ -11,6 +11,10 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
+from semper.agents.components._castore import add_invitation, latest_issued, open_ca_database
+from semper.agents.operator._market import MarketError, MarketPaths, ca_config
+from semper.agents.runtime._config import AgentConfig
+from semper.agents.runtime._identity import utcnow
 from semper.services.certificates import (
     CertStatus,
     EnrollmentToken,
@@ -29,11 +33,6 @@ from semper.services.certificates import (
     to_ms,
 )
 from semper.services.money import Amount
-
-from ._castore import add_invitation, latest_issued, open_ca_database
-from ._config import AgentConfig
-from ._identity import utcnow
-from ._market import MarketError, MarketPaths, ca_config
 
 __all__ = ["Invited", "certificate_status_in", "invite_agent"]
 

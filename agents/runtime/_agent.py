@@ -22,6 +22,22 @@ import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from semper.agents.components import _archive
+from semper.agents.components._archive import Archive
+from semper.agents.components._directory import PEER_MIGRATIONS, PeerBook
+from semper.agents.components._evidence import EvidenceService
+from semper.agents.runtime._config import AgentConfig, ConfigError, parse_address
+from semper.agents.runtime._events import EventLog
+from semper.agents.runtime._files import write_file
+from semper.agents.runtime._identity import (
+    Credentials,
+    ca_verifier,
+    check_crl,
+    crl_is_stale,
+    peer_verifier,
+)
+from semper.agents.runtime._roles import Role, load_role
+from semper.agents.runtime._storage import Database
 from semper.services.certificates import AgentIdentity, CertificateError, load_crl
 from semper.transport import (
     Channel,
@@ -34,17 +50,6 @@ from semper.transport import (
     open_channel,
     serve,
 )
-
-from . import _archive
-from ._archive import Archive
-from ._config import AgentConfig, ConfigError, parse_address
-from ._directory import PEER_MIGRATIONS, PeerBook
-from ._events import EventLog
-from ._evidence import EvidenceService
-from ._identity import Credentials, ca_verifier, check_crl, crl_is_stale, peer_verifier
-from ._market import write_file
-from ._roles import Role, load_role
-from ._storage import Database
 
 __all__ = ["Agent"]
 

@@ -29,7 +29,7 @@ from semper.services.payment import (
 from semper.services.statements import Statement
 
 if TYPE_CHECKING:
-    from ._agent import Agent
+    from semper.agents.runtime._agent import Agent
 
 __all__ = ["AgentPaymentContext", "capabilities_of", "payment_manager"]
 

@@ -325,7 +325,7 @@ DEFAULT_EVIDENCE_QUOTA = 64 * 1024 * 1024
 
 
 def _evidence_settings(raw: object, *, where: str) -> dict[str, int]:
-    """``[evidence]``: ``peer_quota_bytes``, a positive int (agents/_evidence.py)."""
+    """``[evidence]``: ``peer_quota_bytes``, a positive int (agents/components/_evidence.py)."""
     if raw is None:
         return {}
     quota = raw.get("peer_quota_bytes") if isinstance(raw, dict) else None
