@@ -17,13 +17,21 @@ from ._errors import (
     WrongType,
 )
 from ._replay import ReplayGuard
-from ._statement import MAX_SKEW_MS, Statement, sign_statement, verify_ed25519, verify_statement
+from ._statement import (
+    MAX_SKEW_MS,
+    MAX_TIME_MS,
+    Statement,
+    sign_statement,
+    verify_ed25519,
+    verify_statement,
+)
 
 __all__ = [
     "MAX_CONTAINER",
     "MAX_DEPTH",
     "MAX_SKEW_MS",
     "MAX_STRING",
+    "MAX_TIME_MS",
     "BadSignature",
     "FromTheFuture",
     "MalformedStatement",
