@@ -21,11 +21,12 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ..money import Amount, BadAmount
+from ._cache import SignatureCache
 from ._errors import (
     BadCertificate,
     BadCrl,
@@ -79,6 +80,11 @@ class AgentIdentity:
 _CACHE_SIZE = 1024
 
 
+#: Signatures (certificates' and CRLs', under a root) and key usages checked already,
+#: by the digests of the bytes checked: each is verified once (see ``_cache``).
+SIGNATURES: SignatureCache = SignatureCache()
+
+
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def fingerprint(cert: x509.Certificate) -> bytes:
     """SHA-256 over the DER encoding, as ``openssl x509 -fingerprint -sha256`` shows it."""
@@ -129,8 +135,10 @@ def validate_crl(
         BadCrl: the CRL is forged, from another CA, or dated in the future.
         CrlStale: the CRL is genuine but past its nextUpdate.
     """
-    if crl.issuer != root.subject or not crl.is_signature_valid(root.public_key()):
+    if crl.issuer != root.subject:
         raise BadCrl("the CRL is not signed by the market root")
+    SIGNATURES.check(b"crl" + _crl_digest(crl) + fingerprint(root),
+                     lambda: _verify_crl_signature(crl, root))
     if now < crl.last_update_utc - CLOCK_SKEW:
         raise BadCrl("the CRL is dated in the future")
     next_update = crl.next_update_utc
@@ -197,12 +205,37 @@ _DER = serialization.Encoding.DER
 def _check_issuer(cert: x509.Certificate, root: x509.Certificate, now: dt.datetime) -> None:
     if cert.issuer != root.subject:
         raise Untrusted("certificate not issued by this market's root")
+    SIGNATURES.check(b"certificate" + fingerprint(cert) + fingerprint(root),
+                     lambda: _verify_issued(cert, root))
+    if not root.not_valid_before_utc <= now <= root.not_valid_after_utc:
+        raise Untrusted("the market root is outside its validity period")
+
+
+def _verify_issued(cert: x509.Certificate, root: x509.Certificate) -> None:
     try:
         cert.verify_directly_issued_by(root)
     except (ValueError, TypeError, InvalidSignature) as exc:
         raise Untrusted("certificate signature does not verify under the market root") from exc
-    if not root.not_valid_before_utc <= now <= root.not_valid_after_utc:
-        raise Untrusted("the market root is outside its validity period")
+
+
+def _verify_crl_signature(crl: x509.CertificateRevocationList, root: x509.Certificate) -> None:
+    if not crl.is_signature_valid(root.public_key()):
+        raise BadCrl("the CRL is not signed by the market root")
+
+
+#: The CRL last digested and its SHA-256 (CRL objects are unhashable; an agent checks
+#: one CRL over and over). Holding the object keeps its id from being reused.
+_last_crl: tuple[x509.CertificateRevocationList, bytes] | None = None
+
+
+def _crl_digest(crl: x509.CertificateRevocationList) -> bytes:
+    global _last_crl
+    last = _last_crl
+    if last is not None and last[0] is crl:
+        return last[1]
+    digest = crl.fingerprint(hashes.SHA256())
+    _last_crl = (crl, digest)
+    return digest
 
 
 def _ext(cert: x509.Certificate, kind: type) -> object | None:
@@ -215,6 +248,10 @@ def _ext(cert: x509.Certificate, kind: type) -> object | None:
 
 
 def _check_usage(cert: x509.Certificate) -> None:
+    SIGNATURES.check(b"usage" + fingerprint(cert), lambda: _check_usage_now(cert))
+
+
+def _check_usage_now(cert: x509.Certificate) -> None:
     basic = _ext(cert, x509.BasicConstraints)
     if isinstance(basic, x509.BasicConstraints) and basic.ca:
         raise BadKeyUsage("a CA certificate cannot act as an agent")
