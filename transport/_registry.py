@@ -31,7 +31,8 @@ class RequestContext:
 
 
 #: A handler returns the response body (a value in the wire's value model), or
-#: raises an exception with a string ``code`` attribute to answer with that error.
+#: raises an exception with a string ``code`` attribute and ``wire = True`` to answer
+#: with that error (any other exception is answered ``internal.error``).
 Handler = Callable[[RequestContext, Any], Awaitable[Any]]
 
 

@@ -66,6 +66,7 @@ class ReceiptMismatch(Exception):
 
 class _Refusal(Exception):
     code: ClassVar[str] = "evidence.error"
+    wire: ClassVar[bool] = True  # refusals of evidence.deliver, meant for the peer
 
     def __init__(self, message: str, *, detail: dict[str, Any] | None = None) -> None:
         super().__init__(message)
