@@ -39,6 +39,7 @@ DEADLINE = 10
 
 class Refused(Exception):
     code = "test.refused"
+    wire = True
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

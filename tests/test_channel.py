@@ -54,6 +54,7 @@ class OutOfStock(Exception):
     """A handler's own error: code, message and detail go back to the peer."""
 
     code = "shop.out_of_stock"
+    wire = True  # meant for the peer (transport/_errors.py is_wire_error)
 
     def __init__(self, sku: str) -> None:
         super().__init__(f"{sku} is out of stock")
@@ -62,9 +63,10 @@ class OutOfStock(Exception):
 
 
 class Refused(Exception):
-    """Only a ``code``, as the Handler contract in _registry.py allows."""
+    """Only a ``code`` (and ``wire``), as the Handler contract in _registry.py allows."""
 
     code = "shop.refused"
+    wire = True
 
 
 async def never(_ctx: RequestContext, _body: Any) -> Any:
@@ -182,8 +184,8 @@ async def test_handler_error_with_code_is_returned(server: Server) -> None:
 
 
 async def test_handler_error_with_only_a_code_is_returned(server: Server) -> None:
-    # _registry.Handler: "raises an exception with a string ``code`` attribute to
-    # answer with that error".
+    # _registry.Handler: "raises an exception with a string ``code`` attribute (and
+    # ``wire = True``) to answer with that error".
     async with server.connect() as channel:
         with pytest.raises(RemoteError) as info:
             await channel.request("shop", "refused")

@@ -38,6 +38,7 @@ from ._errors import (
     UnknownService,
     UnsupportedVersion,
     WriteTimeout,
+    is_wire_error,
     transport_error_classes,
 )
 from ._messages import (
@@ -108,6 +109,7 @@ __all__ = [
     "encode_body",
     "encode_frame",
     "establish",
+    "is_wire_error",
     "make_hello",
     "open_channel",
     "parse_message",

@@ -45,6 +45,7 @@ from ._errors import (
     RemoteError,
     TransportError,
     UnexpectedMessage,
+    is_wire_error,
 )
 from ._messages import ErrorMessage, Request, Response, parse_message
 from ._tls import pinned_client_context, send_pending_alert
@@ -156,7 +157,7 @@ async def _answer(stream: TlsStream, decoder: FrameDecoder, handler: AnonymousHa
         encode_frame(frame)  # an answer outside the value model is internal.error
         return frame
     except Exception as exc:
-        if not isinstance(getattr(exc, "code", None), str):
+        if not is_wire_error(exc):  # answered as internal.error: the detail stays here
             log.error("anonymous %s.%s failed", message.service, message.op, exc_info=exc)
         return _error_wire(message.id, exc)
 

@@ -60,6 +60,7 @@ from ._errors import (
     TransportError,
     UnexpectedMessage,
     WriteTimeout,
+    is_wire_error,
 )
 from ._messages import (
     Bye,
@@ -340,11 +341,12 @@ class Channel:
             assert self._peer_der is not None
             verify(self._peer_der, self._expected_id)
         except Exception as exc:
-            code = getattr(exc, "code", None)
-            if not isinstance(code, str):
-                log.exception("the peer verifier failed on %s", self.peer.agent_id)
-                code = "auth.peer_invalid"
-            self.refuse(PeerNotValid(code, getattr(exc, "message", None) or str(exc)))
+            if is_wire_error(exc):  # auth.revoked, auth.crl_stale, ...
+                self.refuse(PeerNotValid(exc.code,  # type: ignore[attr-defined]
+                                         getattr(exc, "message", None) or str(exc)))
+            else:  # a local failure of the check: the peer learns only the code
+                log.error("the peer verifier failed on %s", self.peer.agent_id, exc_info=exc)
+                self.refuse(PeerNotValid(PeerNotValid.code, "the peer check failed"))
             return False
         self._epoch = epoch
         return True
@@ -743,7 +745,7 @@ class Channel:
                 except Exception as exc:
                     if not self.log_budget.allow():
                         continue
-                    if isinstance(getattr(exc, "code", None), str):
+                    if is_wire_error(exc):  # a refusal; anything else is our failure
                         log.info("note %s.%s from %s refused: %s", note.service, note.op,
                                  self.peer.agent_id, clip(str(exc), 200))
                     else:
@@ -765,7 +767,9 @@ _CODE_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 def _error_wire(rid: int | None, exc: BaseException,
                 context: RequestContext | None = None) -> dict[str, Any]:
-    """The `err` for an exception: its own code if it has one, else internal.error.
+    """The `err` for an exception: its own code if it is meant for the wire
+    (``is_wire_error``), else internal.error with a fixed message: a local error's
+    message may name our files or other peers (logged here in full instead).
 
     Always encodable: the code must look like a code, the message is clipped and a
     detail that does not fit is dropped, since an exception may carry what a peer
@@ -779,12 +783,13 @@ def _error_wire(rid: int | None, exc: BaseException,
         code, detail = InternalError.code, {}
         if context is not None:
             log.error("%s.%s: %s", context.service, context.op, message)
-    elif isinstance(code, str) and not isinstance(message, str):
-        message = str(exc) or code
-    elif not isinstance(code, str):
+    elif not is_wire_error(exc):
         if context is not None:
             log.error("handler %s.%s failed", context.service, context.op, exc_info=exc)
         code, message, detail = InternalError.code, "the handler failed", {}
+    elif not isinstance(message, str):
+        message = str(exc) or code
+    assert isinstance(code, str)
     if not (0 < len(code) <= ERR_MAX_CODE and _CODE_CHARS.issuperset(code)):
         message = f"unreadable error code {shown(code)}: {message}"
         code = InternalError.code

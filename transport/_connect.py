@@ -43,10 +43,12 @@ from ._errors import (
     HandshakeFailed,
     HandshakeTimeout,
     HelloMismatch,
+    InternalError,
     ProtocolError,
     TransportError,
     UnexpectedMessage,
     UnsupportedVersion,
+    is_wire_error,
 )
 from ._messages import PROTOCOL_VERSION, ErrorMessage, Hello, PeerLimits, parse_message
 from ._registry import ServiceRegistry
@@ -145,7 +147,11 @@ async def _exchange_hellos(
 
 
 async def _refuse(stream: TlsStream | trio.SSLStream[Any], exc: Exception) -> None:
-    """Best effort: tell the peer why in one ``err`` frame, then let the caller close."""
+    """Best effort: tell the peer why in one ``err`` frame, then let the caller close.
+    A local error (not ``is_wire_error``) goes as ``internal.error`` and is logged."""
+    if not is_wire_error(exc):
+        log.error("refusing a peer after a local failure", exc_info=exc)
+        exc = InternalError("the peer check failed")
     frame = encode_frame(error_wire(None, exc))
     with trio.CancelScope(shield=True), trio.move_on_after(1):  # shield outside the deadline
         try:
@@ -210,7 +216,7 @@ async def establish(
                 release = admit(peer) if admit is not None else None
             except Exception as exc:
                 if isinstance(getattr(exc, "code", None), str):
-                    await _refuse(stream, exc)
+                    await _refuse(stream, exc)  # too many channels, ...
                 raise
     except trio.TooSlowError:
         await trio.aclose_forcefully(stream)

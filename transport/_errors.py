@@ -4,6 +4,13 @@ Split by who is at fault (h11's LocalProtocolError / RemoteProtocolError, trio's
 ClosedResourceError / BrokenResourceError): a peer that sends garbage gets a
 ``ProtocolError`` sent back as ``err``; a request the peer refused surfaces here as
 ``RemoteError`` carrying the peer's code. Codes are API: never reuse one.
+
+Only an error that declares ``wire = True`` goes to a peer with its code, message
+and detail (``is_wire_error``); any other exception a handler raises, coded or not,
+goes as ``internal.error`` with a fixed message, so that a local error (a config
+error naming our files, a timeout on the way to a third agent) never reaches a peer
+by accident. Services and agents, which may not import this module, declare it the
+same way on their own error bases.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ __all__ = [
     "UnsupportedVersion",
     "PeerNotValid",
     "WriteTimeout",
+    "is_wire_error",
     "transport_error_classes",
 ]
 
@@ -43,6 +51,9 @@ class TransportError(Exception):
     code: ClassVar[str] = "transport.error"
     #: True when the byte stream can no longer be trusted and must be closed.
     fatal: ClassVar[bool] = False
+    #: True when the error is meant for the peer (see ``is_wire_error``); the local
+    #: outcomes (closed, timeouts, TLS refusals) are not.
+    wire: ClassVar[bool] = False
 
     def __init__(self, message: str, *, detail: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -58,6 +69,7 @@ class TransportError(Exception):
 
 class ProtocolError(TransportError):
     code: ClassVar[str] = "protocol.error"
+    wire: ClassVar[bool] = True
 
 
 class BadFrame(ProtocolError):
@@ -123,6 +135,7 @@ class InternalError(TransportError):
     """A handler failed in a way it did not describe; the peer learns only this code."""
 
     code: ClassVar[str] = "internal.error"
+    wire: ClassVar[bool] = True
 
 
 # -- authentication -----------------------------------------------------------------
@@ -140,15 +153,18 @@ class HelloMismatch(TransportError):
 
     code: ClassVar[str] = "auth.hello_mismatch"
     fatal: ClassVar[bool] = True
+    wire: ClassVar[bool] = True
 
 
 # -- local outcomes -----------------------------------------------------------------
 
 
 class RemoteError(TransportError):
-    """The peer answered a request with `err`; ``code`` is the peer's code."""
+    """The peer answered a request with `err`; ``code`` is the peer's code. A handler
+    that lets it through relays it: code and message came from a peer, not from us."""
 
     code: ClassVar[str] = "remote.error"
+    wire: ClassVar[bool] = True
 
     def __init__(self, code: str, message: str, *, detail: dict[str, Any] | None = None) -> None:
         super().__init__(message, detail=detail)
@@ -161,6 +177,7 @@ class PeerNotValid(TransportError):
 
     code: ClassVar[str] = "auth.peer_invalid"
     fatal: ClassVar[bool] = True
+    wire: ClassVar[bool] = True
 
     def __init__(self, code: str, message: str, *, detail: dict[str, Any] | None = None) -> None:
         super().__init__(message, detail=detail)
@@ -191,6 +208,12 @@ class RequestTimeout(TransportError):
 
 class IdleTimeout(TransportError):
     code: ClassVar[str] = "timeout.idle"
+
+
+def is_wire_error(exc: BaseException) -> bool:
+    """Whether ``exc`` may go to a peer as it is: it declares ``wire = True`` (exactly
+    True, a declaration rather than a guess) and has a str ``code``."""
+    return getattr(exc, "wire", False) is True and isinstance(getattr(exc, "code", None), str)
 
 
 def transport_error_classes() -> list[type[TransportError]]:

@@ -13,6 +13,7 @@ from semper.agents import Role
 
 class NotAllowed(Exception):
     code = "audit.not_allowed"  # a stable code: the peer receives it as an `err`
+    wire = True  # meant for the peer: an error without it reaches it as internal.error
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
