@@ -21,12 +21,13 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final, NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from .._schema import AGENT, TIME, Body, Kind, Schema, wire
 from ..certificates import (
     CertificateError,
     check_name,
@@ -55,82 +56,81 @@ MAX_MODULES: Final = 32
 MAX_VALIDITY_MS: Final = 31 * 86_400_000
 
 _ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253}):[0-9]{1,5}\Z")
-_KEYS: Final = frozenset({"agent", "role", "addresses", "services", "not_before", "not_after"})
+
+
+def _services_from_wire(value: object) -> dict[str, tuple[int, tuple[str, ...]]]:
+    if type(value) is not dict:
+        raise ValueError("a map of service name -> {version, modules}")
+    parsed: dict[str, tuple[int, tuple[str, ...]]] = {}
+    for name, info in value.items():
+        if type(info) is not dict or info.keys() != {"version", "modules"} \
+                or type(info["modules"]) is not list:
+            raise ValueError(f"service {name!r:.80} must be {{version, modules}}")
+        parsed[name] = (info["version"], tuple(info["modules"]))
+    return parsed
+
+
+def _services_to_wire(services: dict[str, tuple[int, tuple[str, ...]]]) -> dict[str, Any]:
+    return {name: {"version": version, "modules": list(modules)}
+            for name, (version, modules) in sorted(services.items())}
+
+
+def _good_services(services: object) -> bool:
+    if type(services) is not dict or len(services) > MAX_SERVICES:
+        return False
+    for name, entry in services.items():
+        version, modules = entry if type(entry) is tuple and len(entry) == 2 else (None, None)
+        if not _is_name(name) or type(version) is not int or not 0 <= version < 1 << 31 \
+                or type(modules) is not tuple or len(modules) > MAX_MODULES \
+                or not all(type(m) is str and 0 < len(m) <= 64 for m in modules):
+            return False
+    return True
+
+
+def _is_name(value: object) -> bool:
+    return AGENT.check(value)  # roles and service names share the agent id grammar
+
+
+#: Every key of a card body has its one kind (``services._schema``).
+SCHEMA: Final = Schema(BadCard, {
+    "agent": AGENT,
+    "role": Kind("a role (1-63 of a-z 0-9 . _ -)", _is_name),
+    "addresses": Kind(
+        f"1 to {MAX_ADDRESSES} 'HOST:PORT' strings",
+        lambda v: type(v) is tuple and 1 <= len(v) <= MAX_ADDRESSES
+        and all(type(a) is str and _ADDRESS.match(a) for a in v),
+        decode=lambda v: tuple(v) if type(v) is list else _refuse("a list"), encode=list),
+    "services": Kind(
+        f"a map of at most {MAX_SERVICES} services, each (version, at most {MAX_MODULES} "
+        "module names)", _good_services, decode=_services_from_wire, encode=_services_to_wire),
+    "not_before": TIME, "not_after": TIME,
+})
+
+
+def _refuse(what: str) -> NoReturn:
+    raise ValueError(what)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ContactCard:
-    """What a card says. Construction validates every field (``BadCard``)."""
+class ContactCard(Body):
+    """What a card says. Construction validates every field (``BadCard``, detail
+    ``type`` ``directory.card`` and ``field``, the wire key)."""
 
-    agent_id: str
+    TYPE: ClassVar[str] = CARD_TYPE
+    SCHEMA: ClassVar[Schema] = SCHEMA
+
+    agent_id: str = field(metadata=wire(key="agent"))
     role: str
     addresses: tuple[str, ...]
-    not_before_ms: int
-    not_after_ms: int
+    not_before_ms: int = field(metadata=wire(key="not_before"))
+    not_after_ms: int = field(metadata=wire(key="not_after"))
     #: service name -> (version, modules)
     services: dict[str, tuple[int, tuple[str, ...]]] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        try:
-            check_name("agent id", self.agent_id)
-            check_name("role", self.role)
-        except ValueError as exc:
-            raise BadCard(str(exc)) from None
-        if type(self.addresses) is not tuple or not 1 <= len(self.addresses) <= MAX_ADDRESSES \
-                or not all(isinstance(a, str) and _ADDRESS.match(a) for a in self.addresses):
-            raise BadCard(f"addresses must be 1 to {MAX_ADDRESSES} 'HOST:PORT' strings")
-        for key in ("not_before_ms", "not_after_ms"):
-            value = getattr(self, key)
-            if type(value) is not int or not 0 <= value < 1 << 62:
-                raise BadCard(f"{key.removesuffix('_ms')} must be Unix milliseconds")
+    def _check(self) -> None:
         if not 0 < self.not_after_ms - self.not_before_ms <= MAX_VALIDITY_MS:
-            raise BadCard("a card is valid for a positive period of at most 31 days")
-        _check_services(self.services)
-
-    def to_body(self) -> dict[str, Any]:
-        return {
-            "agent": self.agent_id,
-            "role": self.role,
-            "addresses": list(self.addresses),
-            "services": {name: {"version": version, "modules": list(modules)}
-                         for name, (version, modules) in sorted(self.services.items())},
-            "not_before": self.not_before_ms,
-            "not_after": self.not_after_ms,
-        }
-
-    @classmethod
-    def from_body(cls, body: object) -> ContactCard:
-        """Raises BadCard for anything but a card body."""
-        if not isinstance(body, dict) or set(body) != _KEYS:
-            raise BadCard(f"a card body has exactly the keys {sorted(_KEYS)}")
-        addresses, services = body["addresses"], body["services"]
-        if not isinstance(addresses, list) or not isinstance(services, dict):
-            raise BadCard("addresses must be a list and services a map")
-        parsed: dict[str, tuple[int, tuple[str, ...]]] = {}
-        for name, info in services.items():
-            if not isinstance(info, dict) or set(info) != {"version", "modules"} \
-                    or not isinstance(info["modules"], list):
-                raise BadCard(f"service {name!r} must be {{version, modules}}")
-            parsed[name] = (info["version"], tuple(info["modules"]))
-        return cls(agent_id=body["agent"], role=body["role"], addresses=tuple(addresses),
-                   services=parsed, not_before_ms=body["not_before"],
-                   not_after_ms=body["not_after"])
-
-
-def _check_services(services: object) -> None:
-    if not isinstance(services, dict) or len(services) > MAX_SERVICES:
-        raise BadCard(f"services must be a map of at most {MAX_SERVICES}")
-    for name, entry in services.items():
-        try:
-            check_name("service name", name)
-        except ValueError as exc:
-            raise BadCard(str(exc)) from None
-        version, modules = entry if isinstance(entry, tuple) and len(entry) == 2 else (None, None)
-        if type(version) is not int or not 0 <= version < 1 << 31:
-            raise BadCard(f"service {name!r}: version must be a small non-negative int")
-        if not isinstance(modules, tuple) or len(modules) > MAX_MODULES \
-                or not all(isinstance(m, str) and 0 < len(m) <= 64 for m in modules):
-            raise BadCard(f"service {name!r}: modules must be at most {MAX_MODULES} names")
+            SCHEMA.fail(CARD_TYPE, "not_after",
+                        "must be after not_before, by at most 31 days")
 
 
 @dataclass(frozen=True, slots=True)
