@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,13 +32,17 @@ from semper.agents.runtime._storage import StorageError
 from semper.services.payment import InsufficientFunds
 from semper.transport import (
     ChannelClosed,
+    ConnectFailed,
     RemoteError,
     RequestContext,
     RequestTimeout,
     ServiceRegistry,
     TooManyChannels,
     is_wire_error,
+    transport_error_classes,
 )
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
 SECRET = "/home/operator/market/bank/agent.toml"
 
@@ -135,6 +140,24 @@ def test_the_marker_is_declared_not_guessed() -> None:
     assert not is_wire_error(Coded()) and not is_wire_error(Truthy())
     assert is_wire_error(Declared())
     assert not is_wire_error(ConfigError("x")) and not is_wire_error(ValueError("x"))
+
+
+def _where(doc: str) -> dict[str, str]:
+    """Code -> the Where cell of docs/protocol.md section 6."""
+    section = doc.split("\n## 6. Error codes", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("| `")]
+    return {cells[0].strip("`"): cells[2] for cells in rows}
+
+
+def test_the_transport_declares_what_the_protocol_says() -> None:
+    # Section 6's "Where": a wire code is sent in `err`, a local one never; the class
+    # says the same (a local code such as timeout.request no longer travels).
+    where = _where(DOC.read_text(encoding="utf-8"))
+    for cls in [*transport_error_classes(), ConnectFailed]:
+        assert cls.code in where, cls
+        assert cls.wire is where[cls.code].startswith("wire"), (cls, where[cls.code])
+    assert RemoteError.wire  # a peer's refusal passed on is the peer's, not ours
 
 
 class _LosesItsFiles:
