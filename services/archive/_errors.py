@@ -24,9 +24,10 @@ class ArchiveError(ServiceError):
     code: ClassVar[str] = "archive.error"
 
 
-class MalformedEvidence(ArchiveError):
+class MalformedEvidence(ArchiveError, ValueError):
     """Not an archive record or bundle: undecodable, not canonical, a field missing or
-    mistyped, or a bundle at odds with itself (a record of another transaction)."""
+    mistyped, or a bundle at odds with itself (a record of another transaction).
+    A ValueError too: an ``ArchiveRecord`` made with a bad field raises it."""
 
     code: ClassVar[str] = "archive.malformed"
 

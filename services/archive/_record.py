@@ -22,9 +22,9 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final, NoReturn
+from typing import Any, ClassVar, Final, NoReturn
 
-from ..certificates import check_name
+from .._schema import AGENT, Body, Kind, Schema, binary, integer
 from ..statements import MAX_STRING, Statement, StatementError, canonical_encode
 from ._errors import ChainBroken, MalformedEvidence
 
@@ -36,7 +36,6 @@ DOMAIN: Final = b"semper-archive-record-v1\x00"
 MAX_TRANSACTION: Final = 256
 MAX_SEQ: Final = (1 << 63) - 1
 
-_FIELDS: Final = ("direction", "peer", "prev", "recorded_at", "seq", "statement", "transaction")
 
 
 class Direction(StrEnum):
@@ -44,14 +43,40 @@ class Direction(StrEnum):
     RECEIVED = "received"
 
 
+_DIRECTIONS: Final = frozenset(d.value for d in Direction)
+
+
+#: A record's SHA-256 hashes (``prev``, ``hash``).
+_HASH: Final = binary(32, 32, "a 32-byte SHA-256 hash")
+
+#: Every key of a record has its one kind (``services._schema``).
+SCHEMA: Final = Schema(MalformedEvidence, {
+    "seq": integer(0, MAX_SEQ, "a non-negative int"),
+    "prev": _HASH,
+    "hash": _HASH,
+    "direction": Kind("'sent' or 'received'", lambda v: type(v) is Direction,
+                      decode=Direction, encode=str),
+    "peer": AGENT,
+    "transaction": Kind(f"1-{MAX_TRANSACTION} printable characters",
+                        lambda v: type(v) is str and 1 <= len(v) <= MAX_TRANSACTION
+                        and v.isprintable()),
+    "statement": binary(1, MAX_STRING, "the bytes of a statement"),
+    "recorded_at": integer(0, MAX_SEQ, "an int of Unix milliseconds"),
+})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ArchiveRecord:
+class ArchiveRecord(Body):
     """One archived statement. ``hash`` is computed when not given; a stored hash is
     kept as given, so that ``verify_chain`` can tell a record that was edited.
 
     Raises (construction):
-        ValueError: a field of the wrong type or size.
+        MalformedEvidence: a field of the wrong type or size (a ValueError, as
+            construction raised before the record was a schema body).
     """
+
+    TYPE: ClassVar[str] = "archive.record"
+    SCHEMA: ClassVar[Schema] = SCHEMA
 
     seq: int
     prev: bytes
@@ -63,43 +88,18 @@ class ArchiveRecord:
     hash: bytes = b""
 
     def __post_init__(self) -> None:
-        if type(self.seq) is not int or not 0 <= self.seq <= MAX_SEQ:
-            raise ValueError("seq must be a non-negative int")
-        _check_hash("prev", self.prev)
-        object.__setattr__(self, "direction", Direction(self.direction))
-        check_name("peer", self.peer)
-        t = self.transaction
-        if type(t) is not str or not 1 <= len(t) <= MAX_TRANSACTION or not t.isprintable():
-            raise ValueError(f"transaction must be 1-{MAX_TRANSACTION} printable characters")
-        if type(self.statement) is not bytes or not 1 <= len(self.statement) <= MAX_STRING:
-            raise ValueError("statement must be the bytes of a statement")
-        if type(self.recorded_at) is not int or not 0 <= self.recorded_at <= MAX_SEQ:
-            raise ValueError("recorded_at must be an int of Unix milliseconds")
-        if self.hash == b"":
+        if type(self.direction) is str and self.direction in _DIRECTIONS:
+            object.__setattr__(self, "direction", Direction(self.direction))
+        compute = self.hash == b""
+        if compute:  # a stand-in that passes the field check until the fields are known
+            object.__setattr__(self, "hash", ZERO_HASH)
+        Body.__post_init__(self)
+        if compute:
             object.__setattr__(self, "hash", self.content_hash())
-        _check_hash("hash", self.hash)
 
     def content_hash(self) -> bytes:
         """What ``hash`` must be: SHA-256 over the domain prefix and the other fields."""
         return hashlib.sha256(DOMAIN + canonical_encode(self._content())).digest()
-
-    def to_wire(self) -> dict[str, Any]:
-        """Every field, ``hash`` included, as one map of the value model."""
-        return {**self._content(), "hash": self.hash}
-
-    @classmethod
-    def from_wire(cls, value: object) -> ArchiveRecord:
-        """Read a record stored or sent with ``to_wire``; its hash is kept, not checked.
-
-        Raises:
-            MalformedEvidence: not a map of exactly the record's fields, or a bad field.
-        """
-        if type(value) is not dict or set(value) != {*_FIELDS, "hash"}:
-            raise MalformedEvidence("not an archive record: wrong keys")
-        try:
-            return cls(**value)
-        except (ValueError, TypeError) as exc:
-            raise MalformedEvidence(f"bad archive record: {exc}") from None
 
     def _content(self) -> dict[str, Any]:
         return {
@@ -216,8 +216,3 @@ def _check_record(record: ArchiveRecord, position: int) -> None:
 
 def _broken(kind: str, seq: int, position: int, message: str, **extra: int) -> NoReturn:
     raise ChainBroken(message, detail={"kind": kind, "seq": seq, "position": position, **extra})
-
-
-def _check_hash(name: str, value: object) -> None:
-    if type(value) is not bytes or len(value) != 32:
-        raise ValueError(f"{name} must be a 32-byte SHA-256 hash")
