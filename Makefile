@@ -27,8 +27,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/payments.py
 	$(BIN)/python bench/hardening.py
 
+# ruff on everything, then mypy --strict on transport/ and services/ ([tool.mypy]).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info

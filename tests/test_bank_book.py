@@ -32,12 +32,9 @@ from pki import Market
 from semper.agents.components import _bank, _ledger
 from semper.agents.runtime._storage import Database
 from semper.services import Amount
-from semper.services.payment import (
-    Cheque,
-    PaymentError,
-    RefundOrder,
-    TransferOrder,
-)
+from semper.services.payment import PaymentError, RefundOrder
+from semper.services.payment.cheque import Cheque
+from semper.services.payment.transfer import TransferOrder
 from semper.services.statements import Statement, sign_statement
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it

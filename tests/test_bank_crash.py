@@ -46,20 +46,22 @@ from semper.agents.components import _archive, _ledger
 from semper.agents.operator._market import DEMO_FUNDS
 from semper.services import Amount
 from semper.services.archive import verify_chain
-from semper.services.payment import (
+from semper.services.payment import BANK_SERVICE
+from semper.services.payment.cheque import (
     BANK_DEPOSIT_CHEQUE,
-    BANK_SERVICE,
-    BANK_TRANSFER,
     CHEQUE,
-    TRANSFER_ORDER,
     Cheque,
     ChequeProof,
     DepositAnswer,
+    cheque_serial,
+    verify_cheque_cleared,
+)
+from semper.services.payment.transfer import (
+    BANK_TRANSFER,
+    TRANSFER_ORDER,
     TransferOrder,
     TransferProof,
     TransferRequest,
-    cheque_serial,
-    verify_cheque_cleared,
     verify_transfer_confirmation,
 )
 from semper.services.statements import Statement, sign_statement

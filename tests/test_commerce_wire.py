@@ -30,14 +30,9 @@ from semper.agents.operator._market import DEFAULT_AGENTS, init_market
 from semper.services import Amount
 from semper.services.certificates import Level
 from semper.services.commerce import Offer, Order, sign_body
-from semper.services.payment import (
-    CHEQUE,
-    REFUND_ORDER,
-    TRANSFER_ORDER,
-    Cheque,
-    RefundOrder,
-    TransferOrder,
-)
+from semper.services.payment import REFUND_ORDER, RefundOrder
+from semper.services.payment.cheque import CHEQUE, Cheque
+from semper.services.payment.transfer import TRANSFER_ORDER, TransferOrder
 from semper.services.statements import Statement, sign_statement
 from semper.transport import RemoteError
 

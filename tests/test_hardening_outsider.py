@@ -39,7 +39,8 @@ from semper.agents.runtime._agent import Agent
 from semper.services.archive import EvidenceBundle
 from semper.services.certificates import EnrollmentToken, Level
 from semper.services.commerce import Order
-from semper.services.payment import CHEQUE, Cheque, ChequeProof, amount_from_wire
+from semper.services.payment import amount_from_wire
+from semper.services.payment.cheque import CHEQUE, Cheque, ChequeProof
 from semper.services.statements import Statement
 from semper.transport import (
     ChannelClosed,

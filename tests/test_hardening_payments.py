@@ -29,12 +29,8 @@ from semper.agents.components._payments import AgentPaymentContext, payment_mana
 from semper.agents.components._purchase import Shopper
 from semper.services.certificates import Level
 from semper.services.commerce import Order
-from semper.services.payment import (
-    TRANSFER_CONFIRMATION,
-    PaymentRequest,
-    PaymentResult,
-    TransferConfirmation,
-)
+from semper.services.payment import PaymentRequest, PaymentResult
+from semper.services.payment.transfer import TRANSFER_CONFIRMATION, TransferConfirmation
 from semper.services.statements import Statement, canonical_decode
 from semper.transport import RemoteError
 

@@ -17,25 +17,12 @@ from pki import TestAgent as Agent  # not collected as a test class
 from semper.services import Amount, ServiceError
 from semper.services.certificates import Revoked
 from semper.services.payment import (
-    CHEQUE,
-    CHEQUE_CLEARED,
     REFUND_CONFIRMATION,
     REFUND_ORDER,
-    TRANSFER_CONFIRMATION,
-    TRANSFER_ORDER,
     AcceptRequest,
-    BadCheque,
     BadConfirmation,
     BadRequest,
     Capabilities,
-    Cheque,
-    ChequeCleared,
-    ChequeExpired,
-    ChequeProof,
-    ChequeReused,
-    ChequeStopped,
-    Cleared,
-    DepositAnswer,
     Fresh,
     IdempotencyConflict,
     IdempotencyRecord,
@@ -49,31 +36,48 @@ from semper.services.payment import (
     RefundOrder,
     RefundRequest,
     Replay,
+    WrongCurrency,
+    WrongPayee,
+    check_idempotency_key,
+    check_refund_order,
+    confirm_refund,
+    decide_idempotency,
+    decide_refund,
+    negotiate,
+    request_digest,
+    verify_refund_confirmation,
+)
+from semper.services.payment.cheque import (
+    CHEQUE,
+    CHEQUE_CLEARED,
+    BadCheque,
+    Cheque,
+    ChequeCleared,
+    ChequeExpired,
+    ChequeProof,
+    ChequeReused,
+    ChequeStopped,
+    Cleared,
+    DepositAnswer,
     StopCheque,
+    check_cheque,
+    cheque_retry_digest,
+    clear_cheque,
+    decide_cheque_deposit,
+    is_cheque_retry,
+    verify_cheque,
+    verify_cheque_cleared,
+)
+from semper.services.payment.transfer import (
+    TRANSFER_CONFIRMATION,
+    TRANSFER_ORDER,
     TransferConfirmation,
     TransferOrder,
     TransferProof,
     TransferRequest,
-    WrongCurrency,
-    WrongPayee,
-    check_cheque,
-    check_idempotency_key,
-    check_refund_order,
     check_transfer_order,
-    cheque_retry_digest,
-    clear_cheque,
-    confirm_refund,
     confirm_transfer,
-    decide_cheque_deposit,
-    decide_idempotency,
-    decide_refund,
     decide_transfer,
-    is_cheque_retry,
-    negotiate,
-    request_digest,
-    verify_cheque,
-    verify_cheque_cleared,
-    verify_refund_confirmation,
     verify_transfer_confirmation,
 )
 from semper.services.statements import (
@@ -799,9 +803,11 @@ def test_a_proof_with_an_unreadable_certificate(w: World) -> None:
 
 def test_every_payment_code_is_stable() -> None:
     import semper.services.payment as payment
+    import semper.services.payment.cheque as cheque
+    import semper.services.payment.transfer as transfer
 
-    codes = {cls.code for name in payment.__all__
-             if isinstance(cls := getattr(payment, name), type) and issubclass(cls, ServiceError)}
+    codes = {cls.code for package in (payment, cheque, transfer) for name in package.__all__
+             if isinstance(cls := getattr(package, name), type) and issubclass(cls, ServiceError)}
     assert codes == {
         "payment.error", "payment.bad_request", "payment.no_common_instrument",
         "payment.unknown_module", "payment.idempotency_conflict", "payment.bad_confirmation",

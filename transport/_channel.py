@@ -307,7 +307,7 @@ class Channel:
                     detail={"service": service, "op": op},
                 )
             raise self._closed_error()
-        if type(message) is ErrorMessage:
+        if isinstance(message, ErrorMessage):
             raise RemoteError(message.code, message.message, detail=message.detail)
         return message.body
 

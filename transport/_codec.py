@@ -134,7 +134,8 @@ def encode_body(obj: Any, limits: CodecLimits = _DEFAULT_LIMITS) -> bytes:
     """
     try:
         _check(obj, 0, limits, encoding=True)
-        return _packer_local.pack(obj)
+        packed: bytes = _packer_local.pack(obj)  # msgpack is untyped
+        return packed
     except BadFrame as exc:
         raise ValueError(f"cannot encode: {exc.message}") from None
     except (TypeError, OverflowError, ValueError) as exc:

@@ -207,7 +207,7 @@ async def establish(
                 await _refuse(stream, exc)
                 raise
             except HelloMismatch as exc:
-                await _refuse(stream, exc)  # type: ignore[arg-type]
+                await _refuse(stream, exc)
                 raise
             # The peer chose when to send its hello: check it against the CRL of now.
             epoch = verifier_epoch(verify_peer)

@@ -141,7 +141,7 @@ def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
 
 
 def _get_id(obj: dict[str, Any]) -> int:
-    value = _get(obj, "id", int)
+    value: int = _get(obj, "id", int)
     if not 1 <= value <= _MAX_ID:
         raise BadMessage("request ids are integers from 1 to 2**63-1", detail={"key": "id"})
     return value

@@ -33,28 +33,28 @@ from semper.services import Amount
 from semper.services.archive import Direction
 from semper.services.payment import (
     AlreadyPaid,
-    Cheque,
-    ChequeReused,
-    Cleared,
     IdempotencyRecord,
     RefundOrder,
     Replay,
-    TooManyStopped,
-    TransferOrder,
     UnknownAccount,
     UnknownPayment,
     WrongPayee,
-    cheque_retry_digest,
-    clear_cheque,
     confirm_refund,
-    confirm_transfer,
-    decide_cheque_deposit,
     decide_idempotency,
     decide_refund,
-    decide_transfer,
-    is_cheque_retry,
     request_digest,
 )
+from semper.services.payment.cheque import (
+    Cheque,
+    ChequeReused,
+    Cleared,
+    TooManyStopped,
+    cheque_retry_digest,
+    clear_cheque,
+    decide_cheque_deposit,
+    is_cheque_retry,
+)
+from semper.services.payment.transfer import TransferOrder, confirm_transfer, decide_transfer
 from semper.services.statements import Statement
 
 __all__ = ["MIGRATIONS", "BankBook", "Outcome"]

@@ -55,17 +55,16 @@ from semper.services.commerce import (
     UnknownOffer,
 )
 from semper.services.payment import (
-    TRANSFER_CONFIRMATION,
     BadConfirmation,
     IdempotencyConflict,
     PaymentRequest,
     PaymentResult,
     RefundConfirmation,
     RefundResult,
-    TransferConfirmation,
     our_bank,
     verify_refund_confirmation,
 )
+from semper.services.payment.transfer import TRANSFER_CONFIRMATION, TransferConfirmation
 from semper.services.statements import (
     Statement,
     StatementError,

@@ -16,21 +16,25 @@ from semper.agents.runtime._faults import crash_point
 from semper.agents.runtime._identity import utcnow
 from semper.agents.runtime._roles import Role
 from semper.services.payment import (
-    BANK_DEPOSIT_CHEQUE,
     BANK_REFUND,
     BANK_SERVICE,
-    BANK_STOP_CHEQUE,
-    BANK_TRANSFER,
     BadRequest,
-    ChequeProof,
-    DepositAnswer,
     RefundAnswer,
     RefundRequest,
+    check_refund_order,
+)
+from semper.services.payment.cheque import (
+    BANK_DEPOSIT_CHEQUE,
+    BANK_STOP_CHEQUE,
+    ChequeProof,
+    DepositAnswer,
     StopCheque,
+    check_cheque,
+)
+from semper.services.payment.transfer import (
+    BANK_TRANSFER,
     TransferProof,
     TransferRequest,
-    check_cheque,
-    check_refund_order,
     check_transfer_order,
 )
 

@@ -71,14 +71,16 @@ from semper.services.payment import (
     REFUND_ORDER,
     AcceptRequest,
     BadRequest,
-    ChequeProof,
     Invoice,
     PaymentResult,
-    TransferConfirmation,
-    TransferProof,
     amount_from_wire,
     our_bank,
     refund_payment,
+)
+from semper.services.payment.cheque import ChequeProof
+from semper.services.payment.transfer import (
+    TransferConfirmation,
+    TransferProof,
     verify_transfer_confirmation,
 )
 from semper.services.statements import (

@@ -2,7 +2,8 @@
 
 Signature and certificate problems are not repeated here: the checks raise the
 statement layer's (``statement.*``) and the certificate layer's (``auth.*``) own
-errors, so one code means one thing across the protocol. Codes are API.
+errors, so one code means one thing across the protocol. Codes are API. The codes
+only one instrument raises are in its package's ``_errors`` (``payment.*`` too).
 """
 
 from __future__ import annotations
@@ -13,12 +14,8 @@ from .._errors import ServiceError
 
 __all__ = [
     "AlreadyPaid",
-    "BadCheque",
     "BadConfirmation",
     "BadRequest",
-    "ChequeExpired",
-    "ChequeReused",
-    "ChequeStopped",
     "IdempotencyConflict",
     "InsufficientFunds",
     "NoCommonInstrument",
@@ -74,12 +71,6 @@ class BadConfirmation(PaymentError):
     code: ClassVar[str] = "payment.bad_confirmation"
 
 
-class BadCheque(PaymentError):
-    """A cheque handed to the payee that is malformed, not signed by its payer, or
-    not for the amount and reference expected; ``detail["field"]``."""
-
-    code: ClassVar[str] = "payment.bad_cheque"
-
 
 class InsufficientFunds(PaymentError):
     """The payer's balance does not cover the amount. The balance is not disclosed."""
@@ -96,9 +87,6 @@ class WrongCurrency(PaymentError):
     code: ClassVar[str] = "payment.currency_mismatch"
 
 
-class ChequeExpired(PaymentError):
-    code: ClassVar[str] = "payment.cheque_expired"
-
 
 class WrongPayee(PaymentError):
     """The cheque is payable to another agent than the one depositing it."""
@@ -106,24 +94,7 @@ class WrongPayee(PaymentError):
     code: ClassVar[str] = "payment.wrong_payee"
 
 
-class ChequeStopped(PaymentError):
-    """The payer stopped the cheque's serial before it was deposited."""
 
-    code: ClassVar[str] = "payment.cheque_stopped"
-
-
-class TooManyStopped(PaymentError):
-    """``bank.stop_cheque`` past the serials one payer may hold stopped and never
-    cleared (each is kept for good, and a stop costs nothing); ``detail``
-    ``stopped``, ``max``."""
-
-    code: ClassVar[str] = "payment.too_many_stopped"
-
-
-class ChequeReused(PaymentError):
-    """Another cheque with this payer's serial cleared before: a serial clears once."""
-
-    code: ClassVar[str] = "payment.cheque_reused"
 
 
 class RefundExceedsPayment(PaymentError):

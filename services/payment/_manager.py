@@ -5,7 +5,7 @@ entry point names a ``PaymentModule`` class (instantiated with no arguments) or
 instance, under the module's name::
 
     [project.entry-points."semper.payment_modules"]
-    transfer = "semper.services.payment:TransferModule"
+    transfer = "semper.services.payment.transfer:TransferModule"
 
 The manager holds this side's ``Capabilities``, restricted to the modules it has.
 As payer it asks the payee's ``payment.capabilities``, negotiates and runs the

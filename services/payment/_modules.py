@@ -1,4 +1,4 @@
-"""Payment modules: the ``transfer`` and ``cheque`` instruments behind one interface.
+"""Payment modules: every instrument behind one interface, and what they share.
 
 Theory of operation. A module is the protocol logic of one instrument, written
 against two context protocols that the agents layer implements: a module signs
@@ -6,81 +6,59 @@ through the context (the agent holds the key and archives what it signs), asks i
 peers through the context (``await ctx.request(peer, service, op, body)``: the agent
 owns the channels), and reads the clock, the market root and the CRL from it. So a
 module holds no I/O and no state, and a test drives it with in-memory contexts.
+Each instrument is a package beside this module (``services.payment.<name>``)
+with its statements, checks and module class, found through the
+``semper.payment_modules`` entry points; what they share is here:
 
-    transfer  payer: sign payment.transfer_order -> bank.transfer at the payer's bank
-              -> verify the payment.transfer_confirmation -> payment.accept at the
-              payee, proof = {confirmation, bank_certificate}
-              payee: verify the confirmation offline; nothing else to do
-    cheque    payer: sign payment.cheque -> payment.accept at the payee,
-              proof = {cheque, drawer_certificate}; verify the cleared statement the
-              payee answers with
-              payee: verify the cheque -> bank.deposit_cheque at the cheque's bank ->
-              verify the payment.cheque_cleared
-    refunds   (both) the payee signs payment.refund_order -> bank.refund at the bank
-              that settled the payment -> verify the payment.refund_confirmation
+    pay       the payer settles with its bank as the instrument says, then hands
+              the proof to the payee (``hand_over``: ``payment.accept``)
+    accept    the payee checks the proof against its ``Invoice``
+    refunds   (every instrument) the payee signs payment.refund_order ->
+              bank.refund at the bank that settled the payment -> verify the
+              payment.refund_confirmation (``refund_payment``)
 
 Retries. Every step may be repeated after a crash or a lost answer and pays at most
-once: the bank applies one transfer and one refund per ``(signer, idempotency_key)``
-and one cheque per ``(payer, serial)``, and answers a repeat with the statement it
-signed the first time. A cheque's serial is derived from the payer and the
-idempotency key (``cheque_serial``), so a payer that retries writes the same serial.
-Because a repeat is answered with the *first* statement, the modules match bank
-answers by content (payer, payee, amount, reference or serial), never by the digest
-of the statement they just re-signed.
+once: the bank applies each payment and each refund once per the instrument's key
+(``(signer, idempotency_key)`` for a refund), and answers a repeat with the
+statement it signed the first time. Because a repeat is answered with the *first*
+statement, the modules match bank answers by content (payer, payee, amount,
+reference), never by the digest of the statement they just re-signed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 from cryptography import x509
 
 from ..certificates import check_name, identity_of
 from ..money import Amount
-from ..statements import Statement, canonical_encode
-from ._checks import (
-    decide_refund,
-    verify_cheque,
-    verify_cheque_cleared,
-    verify_refund_confirmation,
-    verify_transfer_confirmation,
-)
+from ..statements import Statement
+from ._checks import decide_refund, verify_refund_confirmation
 from ._errors import BadConfirmation, BadRequest, WrongBank
 from ._schema import (
-    CHEQUE,
     MAX_AMOUNT,
     MAX_REFERENCE,
     REFUND_ORDER,
-    TRANSFER_ORDER,
-    Cheque,
     RefundOrder,
-    TransferOrder,
     amount_from_wire,
     check_idempotency_key,
 )
 from ._wire import (
-    BANK_DEPOSIT_CHEQUE,
     BANK_REFUND,
     BANK_SERVICE,
-    BANK_TRANSFER,
     PAYMENT_ACCEPT,
     PAYMENT_SERVICE,
     AcceptRequest,
-    ChequeProof,
-    DepositAnswer,
     RefundAnswer,
     RefundRequest,
-    TransferProof,
-    TransferRequest,
     _certificate,
     der,
 )
 
 __all__ = [
-    "ChequeModule",
     "Invoice",
     "PayeeContext",
     "PayerContext",
@@ -89,14 +67,13 @@ __all__ = [
     "PaymentRequest",
     "PaymentResult",
     "RefundResult",
-    "TransferModule",
-    "cheque_serial",
+    "hand_over",
+    "now_of",
     "our_bank",
     "refund_payment",
 ]
 
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_SERIAL_DOMAIN: Final = b"semper-cheque-serial-v1\x00"
 
 
 # -- what the agents layer provides ---------------------------------------------------
@@ -333,14 +310,6 @@ def _amount(value: object, what: str) -> Amount:
         raise _bad(what, "amount", "amount is not {currency, minor_units}") from None
 
 
-def cheque_serial(payer: str, idempotency_key: str) -> str:
-    """The serial of the cheque ``payer`` writes for ``idempotency_key``: 32 hex digits
-    of SHA-256 over a domain prefix and the canonical ``[payer, key]``. A retry writes
-    the same serial, which the bank clears at most once."""
-    data = _SERIAL_DOMAIN + canonical_encode([payer, idempotency_key])
-    return hashlib.sha256(data).hexdigest()[:32]
-
-
 # -- the module interface -------------------------------------------------------------
 
 
@@ -374,7 +343,8 @@ class PaymentModule(Protocol):
         the bank that settled it; ``key`` is the refund's idempotency key."""
 
 
-def _now(ctx: PaymentContext) -> dt.datetime:
+def now_of(ctx: PaymentContext) -> dt.datetime:
+    """The context's clock as an aware datetime, for the checks' ``now``."""
     return _EPOCH + dt.timedelta(milliseconds=ctx.now_ms())
 
 
@@ -400,7 +370,7 @@ async def refund_payment(ctx: PayeeContext, original: PaymentResult, amount: Amo
     ask = RefundRequest(refund_order=order).to_wire()
     answer = RefundAnswer.from_wire(await ctx.request(bank, BANK_SERVICE, BANK_REFUND, ask))
     verify_refund_confirmation(answer.confirmation, bank_certificate=answer.bank_certificate,
-                               root=ctx.root, crl=ctx.crl, now=_now(ctx),
+                               root=ctx.root, crl=ctx.crl, now=now_of(ctx),
                                expected_original=body.original, expected_payee=body.payee,
                                expected_amount=amount, expected_bank=bank)
     await ctx.record(answer.confirmation, answer.bank_certificate)
@@ -419,9 +389,10 @@ def our_bank(ctx: PaymentContext, bank: str) -> None:
                         detail={"bank": bank, "expected": ctx.bank_id})
 
 
-async def _hand_over(ctx: PayerContext, request: PaymentRequest, module: str,
+async def hand_over(ctx: PayerContext, request: PaymentRequest, module: str,
                      proof: dict[str, Any]) -> PaymentResult:
-    """``payment.accept`` at the payee; its answer, checked to name this payment."""
+    """``payment.accept`` at the payee with the proof of ``module``; its answer,
+    checked to name this payment. Every module's ``pay`` ends with it."""
     body = AcceptRequest(module=module, reference=request.reference, proof=proof).to_wire()
     result = PaymentResult.from_wire(
         await ctx.request(request.payee, PAYMENT_SERVICE, PAYMENT_ACCEPT, body))
@@ -430,113 +401,3 @@ async def _hand_over(ctx: PayerContext, request: PaymentRequest, module: str,
         raise BadConfirmation("the payee acknowledged another payment than ours",
                               detail={"type": "payment result", "field": "payment"})
     return result
-
-
-# -- transfer -------------------------------------------------------------------------
-
-
-class TransferModule:
-    """``transfer``: an account-to-account transfer confirmed by the bank."""
-
-    name: ClassVar[str] = "transfer"
-
-    async def pay(self, ctx: PayerContext, request: PaymentRequest) -> PaymentResult:
-        order = TransferOrder(payer=ctx.our_id, payee=request.payee, bank=ctx.bank_id,
-                              amount=request.amount, reference=request.reference,
-                              idempotency_key=request.idempotency_key)
-        signed = await ctx.sign(TRANSFER_ORDER, order.to_body())
-        proof = TransferProof.from_wire(await ctx.request(
-            ctx.bank_id, BANK_SERVICE, BANK_TRANSFER, TransferRequest(order=signed).to_wire()))
-        # Not expected_order=signed.digest: a retry is confirmed with the first order's.
-        verify_transfer_confirmation(
-            proof.confirmation, bank_certificate=proof.bank_certificate, root=ctx.root,
-            crl=ctx.crl, now=_now(ctx), expected_payee=request.payee,
-            expected_amount=request.amount, expected_reference=request.reference,
-            expected_payer=ctx.our_id, expected_bank=ctx.bank_id)
-        await ctx.record(proof.confirmation, proof.bank_certificate)
-        result = await _hand_over(ctx, request, self.name, proof.to_wire())
-        if result.settlement != proof.confirmation:
-            raise BadConfirmation("the payee acknowledged another confirmation",
-                                  detail={"type": "payment result", "field": "settlement"})
-        return result
-
-    async def accept(self, ctx: PayeeContext, proof: dict[str, Any], *,
-                     invoice: Invoice) -> PaymentResult:
-        got = TransferProof.from_wire(proof)
-        body = verify_transfer_confirmation(
-            got.confirmation, bank_certificate=got.bank_certificate, root=ctx.root, crl=ctx.crl,
-            now=_now(ctx), expected_payee=ctx.our_id, expected_amount=invoice.amount,
-            expected_reference=invoice.reference, expected_payer=invoice.payer)
-        # Signed by a bank (checked above), but money only at our own bank is ours.
-        our_bank(ctx, identity_of(got.bank_certificate).agent_id)
-        await ctx.record(got.confirmation, got.bank_certificate)
-        return PaymentResult(module=self.name, payer=body.payer, payee=body.payee,
-                             amount=body.amount, reference=body.reference,
-                             settlement=got.confirmation, bank_certificate=got.bank_certificate)
-
-    async def refund(self, ctx: PayeeContext, original: PaymentResult, amount: Amount,
-                     reason: str, key: str) -> RefundResult:
-        return await refund_payment(ctx, original, amount, reason, key)
-
-
-# -- cheque ---------------------------------------------------------------------------
-
-
-class ChequeModule:
-    """``cheque``: a signed cheque drawn on the payer's account, deposited by the payee.
-
-    Args:
-        validity_ms: how long a cheque written now can be deposited (default 7 days).
-    """
-
-    name: ClassVar[str] = "cheque"
-    DEFAULT_VALIDITY_MS: ClassVar[int] = 7 * 86_400_000
-
-    def __init__(self, *, validity_ms: int = DEFAULT_VALIDITY_MS) -> None:
-        if type(validity_ms) is not int or validity_ms <= 0:
-            raise ValueError("validity_ms must be a positive int")
-        self.validity_ms = validity_ms
-
-    async def pay(self, ctx: PayerContext, request: PaymentRequest) -> PaymentResult:
-        serial = cheque_serial(ctx.our_id, request.idempotency_key)
-        cheque = Cheque(payer=ctx.our_id, payee=request.payee, bank=ctx.bank_id,
-                        amount=request.amount, serial=serial,
-                        expires_at=ctx.now_ms() + self.validity_ms, reference=request.reference)
-        signed = await ctx.sign(CHEQUE, cheque.to_body())
-        proof = ChequeProof(cheque=signed, drawer_certificate=ctx.certificate)
-        result = await _hand_over(ctx, request, self.name, proof.to_wire())
-        verify_cheque_cleared(
-            result.settlement, bank_certificate=result.bank_certificate, root=ctx.root,
-            crl=ctx.crl, now=_now(ctx), expected_payee=request.payee,
-            expected_amount=request.amount, expected_serial=serial, expected_payer=ctx.our_id,
-            expected_bank=ctx.bank_id)
-        await ctx.record(result.settlement, result.bank_certificate)
-        return result
-
-    async def accept(self, ctx: PayeeContext, proof: dict[str, Any], *,
-                     invoice: Invoice) -> PaymentResult:
-        got = ChequeProof.from_wire(proof)
-        now = _now(ctx)
-        cheque = verify_cheque(
-            got.cheque, drawer_certificate=got.drawer_certificate, root=ctx.root, crl=ctx.crl,
-            now=now, expected_payee=ctx.our_id, expected_amount=invoice.amount,
-            expected_reference=invoice.reference, expected_payer=invoice.payer)
-        our_bank(ctx, cheque.bank)  # before dialing the agent the cheque names
-        answer = DepositAnswer.from_wire(await ctx.request(
-            cheque.bank, BANK_SERVICE, BANK_DEPOSIT_CHEQUE, got.to_wire()))
-        verify_cheque_cleared(
-            answer.cleared, bank_certificate=answer.bank_certificate, root=ctx.root, crl=ctx.crl,
-            now=_now(ctx), expected_payee=ctx.our_id, expected_amount=cheque.amount,
-            expected_serial=cheque.serial, expected_payer=cheque.payer, expected_bank=cheque.bank)
-        # Archived once it cleared, not before: a payer handing over cheque after
-        # cheque that bounces (a stopped serial costs it nothing) would otherwise grow
-        # our archive for free. A retry is cleared again with the stored statement.
-        await ctx.record(got.cheque, got.drawer_certificate)
-        await ctx.record(answer.cleared, answer.bank_certificate)
-        return PaymentResult(module=self.name, payer=cheque.payer, payee=cheque.payee,
-                             amount=cheque.amount, reference=cheque.reference,
-                             settlement=answer.cleared, bank_certificate=answer.bank_certificate)
-
-    async def refund(self, ctx: PayeeContext, original: PaymentResult, amount: Amount,
-                     reason: str, key: str) -> RefundResult:
-        return await refund_payment(ctx, original, amount, reason, key)

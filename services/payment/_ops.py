@@ -1,30 +1,29 @@
-"""The payment ops, each declared once (``services._ops.Op``)."""
+"""The shared payment ops, each declared once (``services._ops.Op``); each
+instrument declares its own ops in its package (``transfer._ops``, ``cheque._ops``)."""
 
 from __future__ import annotations
 
 from .._ops import Op
 from ._wire import (
-    BANK_DEPOSIT_CHEQUE,
     BANK_REFUND,
     BANK_SERVICE,
-    BANK_STOP_CHEQUE,
-    BANK_TRANSFER,
-    ChequeProof,
-    DepositAnswer,
+    PAYMENT_ACCEPT,
+    PAYMENT_CAPABILITIES,
+    PAYMENT_SERVICE,
+    AcceptRequest,
     RefundAnswer,
     RefundRequest,
-    StopCheque,
-    TransferProof,
-    TransferRequest,
 )
 
-__all__ = ["ACCOUNT", "DEPOSIT_CHEQUE", "REFUND", "STOP_CHEQUE", "TRANSFER"]
+__all__ = ["ACCEPT", "ACCOUNT", "CAPABILITIES", "REFUND"]
 
 #: The caller's balances and latest postings; an empty map both ways in type terms
 #: (the handler checks the body).
 ACCOUNT = Op(BANK_SERVICE, "account")
 REFUND = Op(BANK_SERVICE, BANK_REFUND, RefundRequest, RefundAnswer)
-# Each instrument's ops move into its own package with it.
-TRANSFER = Op(BANK_SERVICE, BANK_TRANSFER, TransferRequest, TransferProof)
-DEPOSIT_CHEQUE = Op(BANK_SERVICE, BANK_DEPOSIT_CHEQUE, ChequeProof, DepositAnswer)
-STOP_CHEQUE = Op(BANK_SERVICE, BANK_STOP_CHEQUE, StopCheque, StopCheque)
+
+#: A payee's modules and limits (``Capabilities``); a seller adds its ``bank``, so
+#: the response is not typed here.
+CAPABILITIES = Op(PAYMENT_SERVICE, PAYMENT_CAPABILITIES)
+#: A payer hands over a module's proof; the answer is the module's payment result.
+ACCEPT = Op(PAYMENT_SERVICE, PAYMENT_ACCEPT, AcceptRequest)

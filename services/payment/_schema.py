@@ -7,20 +7,16 @@ has exactly its keys. Money is ``{"currency": str, "minor_units": int}``
 canonical bytes (``Statement.digest``), so a confirmation names exactly the one
 statement it answers, signature included.
 
-    payment.transfer_order        payer -> its bank: "move this amount to payee"
-        payer, payee, bank: agent ids; amount; reference: bin; idempotency_key: str
-    payment.transfer_confirmation bank -> payer (and on to the payee): "done"
-        order: digest of the order statement; payer; payee; amount; reference; entry: int
-    payment.cheque                payer -> payee: "my bank pays you on deposit"
-        payer; payee; bank; amount; serial: str; expires_at: Unix ms; reference
-    payment.cheque_cleared        bank -> payee: "the cheque cleared"
-        cheque: digest of the cheque statement; payer; payee; amount; serial; entry
     payment.refund_order          original payee -> its bank: "give this back"
         original: digest of the settlement refunded (a transfer confirmation or a
         cleared cheque); payer: the original payee; payee: the original payer;
         amount; reason: str; idempotency_key
     payment.refund_confirmation   bank -> original payee (and on to the payer)
         refund_order: digest of the refund order; original; payer; payee; amount; entry
+
+Each instrument's own statements are bodies of this kind in its package
+(``services.payment.<instrument>._schema``); a key it adds is registered once with
+``add_field``.
 
 Construction validates every field and raises ``BadRequest`` (``payment.bad_request``)
 with ``detail`` ``{"type", "field"}``: these values are built from hostile bytes.
@@ -39,30 +35,19 @@ from ..statements import Statement
 from ._errors import BadRequest
 
 __all__ = [
-    "CHEQUE",
-    "CHEQUE_CLEARED",
     "MAX_AMOUNT",
     "MAX_IDEMPOTENCY_KEY",
     "MAX_REASON",
     "MAX_REFERENCE",
     "REFUND_CONFIRMATION",
     "REFUND_ORDER",
-    "TRANSFER_CONFIRMATION",
-    "TRANSFER_ORDER",
-    "Cheque",
-    "ChequeCleared",
     "RefundConfirmation",
     "RefundOrder",
-    "TransferConfirmation",
-    "TransferOrder",
+    "add_field",
     "amount_from_wire",
     "check_idempotency_key",
 ]
 
-TRANSFER_ORDER: Final = "payment.transfer_order"
-TRANSFER_CONFIRMATION: Final = "payment.transfer_confirmation"
-CHEQUE: Final = "payment.cheque"
-CHEQUE_CLEARED: Final = "payment.cheque_cleared"
 REFUND_ORDER: Final = "payment.refund_order"
 REFUND_CONFIRMATION: Final = "payment.refund_confirmation"
 
@@ -166,7 +151,7 @@ _KINDS: Final = {
 _FIELD_KINDS: Final = {
     "payer": "agent", "payee": "agent", "bank": "agent",
     "amount": "amount",
-    "order": "digest", "cheque": "digest", "original": "digest", "refund_order": "digest",
+    "order": "digest", "original": "digest", "refund_order": "digest",
     "reference": "reference",
     "idempotency_key": "key",
     "serial": "serial",
@@ -174,6 +159,16 @@ _FIELD_KINDS: Final = {
     "entry": "entry",
     "reason": "reason",
 }
+
+
+def add_field(key: str, kind: str) -> None:
+    """Give the wire key ``key`` the field kind ``kind`` in every body, for a key that
+    only one instrument's statements use. A key keeps one meaning: registering it
+    again with another kind is a programming error (ValueError)."""
+    if kind not in _KINDS:
+        raise ValueError(f"unknown field kind {kind!r}")
+    if _FIELD_KINDS.setdefault(key, kind) != kind:
+        raise ValueError(f"field {key!r} is a {_FIELD_KINDS[key]}, not a {kind}")
 
 
 class _Body:
@@ -243,70 +238,6 @@ class _Body:
             raise BadRequest(f"expected a {cls.TYPE} statement, got {statement.type!r}",
                              detail={"type": cls.TYPE, "field": "type"})
         return cls.from_body(statement.body)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TransferOrder(_Body):
-    """``payment.transfer_order``, signed by ``payer``: move ``amount`` from the payer's
-    account at ``bank`` to ``payee``'s account there. ``reference`` ties the payment
-    to what it pays for (e.g. the digest of a commerce order). The bank applies one
-    order per ``(payer, idempotency_key)``."""
-
-    TYPE: ClassVar[str] = TRANSFER_ORDER
-
-    payer: str
-    payee: str
-    bank: str
-    amount: Amount
-    reference: bytes
-    idempotency_key: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TransferConfirmation(_Body):
-    """``payment.transfer_confirmation``, signed by the bank: ``order`` was applied as
-    journal entry ``entry``; the other fields repeat the order's."""
-
-    TYPE: ClassVar[str] = TRANSFER_CONFIRMATION
-
-    order: bytes
-    payer: str
-    payee: str
-    amount: Amount
-    reference: bytes
-    entry: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Cheque(_Body):
-    """``payment.cheque``, signed by ``payer``: ``bank`` pays ``amount`` from the
-    payer's account to ``payee`` when the payee deposits this before ``expires_at``
-    (Unix ms, inclusive). A payer's ``serial`` clears at most once."""
-
-    TYPE: ClassVar[str] = CHEQUE
-
-    payer: str
-    payee: str
-    bank: str
-    amount: Amount
-    serial: str
-    expires_at: int
-    reference: bytes
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ChequeCleared(_Body):
-    """``payment.cheque_cleared``, signed by the bank: the cheque with digest
-    ``cheque`` was paid as journal entry ``entry``."""
-
-    TYPE: ClassVar[str] = CHEQUE_CLEARED
-
-    cheque: bytes
-    payer: str
-    payee: str
-    amount: Amount
-    serial: str
-    entry: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,4 +1,5 @@
-"""The bodies of the ``bank`` and ``payment`` service ops, typed.
+"""The bodies of the shared ``bank`` and ``payment`` service ops, typed (each
+instrument's own ``bank`` ops are in its package's ``_wire``).
 
 The bank role (agents/) answers the ``bank`` ops; a payee answers the ``payment``
 ops. Every request body and every response body below is a map with exactly the
@@ -7,17 +8,9 @@ docs/protocol.md section 8 is the normative text; this module is its code.
 
 ``bank`` service (offered by agents whose role is ``bank``)::
 
-    bank.transfer        {"order": statement}                 # payment.transfer_order
-                      -> {"confirmation": statement,          # payment.transfer_confirmation
-                          "bank_certificate": bin}
-    bank.deposit_cheque  {"cheque": statement,                # payment.cheque
-                          "drawer_certificate": bin}
-                      -> {"cleared": statement,               # payment.cheque_cleared
-                          "bank_certificate": bin}
     bank.refund          {"refund_order": statement}          # payment.refund_order
                       -> {"confirmation": statement,          # payment.refund_confirmation
                           "bank_certificate": bin}
-    bank.stop_cheque     {"serial": str} -> {"serial": str}
 
 ``payment`` service (offered by payees)::
 
@@ -25,8 +18,7 @@ docs/protocol.md section 8 is the normative text; this module is its code.
     payment.accept       {"module": str, "reference": bin, "proof": map}
                       -> PaymentResult wire
 
-A transfer's proof is the ``bank.transfer`` response; a cheque's proof is the
-``bank.deposit_cheque`` request.
+A proof is what the module named in ``payment.accept`` defines.
 """
 
 from __future__ import annotations
@@ -40,33 +32,22 @@ from cryptography.hazmat.primitives import serialization
 from ..certificates import CertificateError, load_certificate
 from ..statements import Statement
 from ._errors import BadRequest
-from ._schema import MAX_REFERENCE, _serial
+from ._schema import MAX_REFERENCE
 
 __all__ = [
-    "BANK_DEPOSIT_CHEQUE",
     "BANK_REFUND",
     "BANK_SERVICE",
-    "BANK_STOP_CHEQUE",
-    "BANK_TRANSFER",
     "PAYMENT_ACCEPT",
     "PAYMENT_CAPABILITIES",
     "PAYMENT_SERVICE",
     "AcceptRequest",
-    "ChequeProof",
-    "DepositAnswer",
     "RefundAnswer",
     "RefundRequest",
-    "StopCheque",
-    "TransferProof",
-    "TransferRequest",
 ]
 
 BANK_SERVICE: Final = "bank"
 #: Ops of the ``bank`` service.
-BANK_TRANSFER: Final = "transfer"
-BANK_DEPOSIT_CHEQUE: Final = "deposit_cheque"
 BANK_REFUND: Final = "refund"
-BANK_STOP_CHEQUE: Final = "stop_cheque"
 
 PAYMENT_SERVICE: Final = "payment"
 #: Ops of the ``payment`` service.
@@ -106,84 +87,6 @@ def der(certificate: x509.Certificate) -> bytes:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TransferRequest:
-    """``bank.transfer`` request: the payer's signed ``payment.transfer_order``."""
-
-    order: Statement
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"order": self.order.to_wire()}
-
-    @classmethod
-    def from_wire(cls, value: object) -> TransferRequest:
-        """Raises BadRequest, or ``statement.*`` for a malformed statement."""
-        body = _map(value, {"order"}, "bank.transfer")
-        return cls(order=_statement(body["order"]))
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TransferProof:
-    """``bank.transfer`` response, and the ``transfer`` module's proof of payment:
-    the bank's confirmation with the certificate that signed it."""
-
-    confirmation: Statement
-    bank_certificate: x509.Certificate
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"confirmation": self.confirmation.to_wire(),
-                "bank_certificate": der(self.bank_certificate)}
-
-    @classmethod
-    def from_wire(cls, value: object) -> TransferProof:
-        """Raises BadRequest, or ``statement.*`` for a malformed statement."""
-        body = _map(value, {"confirmation", "bank_certificate"}, "transfer proof")
-        return cls(confirmation=_statement(body["confirmation"]),
-                   bank_certificate=_certificate(body["bank_certificate"], "bank_certificate",
-                                                 "transfer proof"))
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ChequeProof:
-    """The ``cheque`` module's proof, and the ``bank.deposit_cheque`` request: the
-    payer's signed cheque with the certificate that signed it (the bank cannot
-    take it from a channel: the payee deposits it)."""
-
-    cheque: Statement
-    drawer_certificate: x509.Certificate
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"cheque": self.cheque.to_wire(),
-                "drawer_certificate": der(self.drawer_certificate)}
-
-    @classmethod
-    def from_wire(cls, value: object) -> ChequeProof:
-        """Raises BadRequest, or ``statement.*`` for a malformed statement."""
-        body = _map(value, {"cheque", "drawer_certificate"}, "bank.deposit_cheque")
-        return cls(cheque=_statement(body["cheque"]),
-                   drawer_certificate=_certificate(body["drawer_certificate"],
-                                                   "drawer_certificate", "bank.deposit_cheque"))
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DepositAnswer:
-    """``bank.deposit_cheque`` response: the bank's ``payment.cheque_cleared``."""
-
-    cleared: Statement
-    bank_certificate: x509.Certificate
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"cleared": self.cleared.to_wire(), "bank_certificate": der(self.bank_certificate)}
-
-    @classmethod
-    def from_wire(cls, value: object) -> DepositAnswer:
-        """Raises BadRequest, or ``statement.*`` for a malformed statement."""
-        body = _map(value, {"cleared", "bank_certificate"}, "bank.deposit_cheque answer")
-        return cls(cleared=_statement(body["cleared"]),
-                   bank_certificate=_certificate(body["bank_certificate"], "bank_certificate",
-                                                 "bank.deposit_cheque answer"))
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class RefundRequest:
     """``bank.refund`` request: the original payee's signed ``payment.refund_order``."""
 
@@ -217,27 +120,6 @@ class RefundAnswer:
         return cls(confirmation=_statement(body["confirmation"]),
                    bank_certificate=_certificate(body["bank_certificate"], "bank_certificate",
                                                  "bank.refund answer"))
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StopCheque:
-    """``bank.stop_cheque`` request and response: ``{"serial": str}``; the requester
-    (the channel peer) is the payer whose serial is stopped."""
-
-    serial: str
-
-    def __post_init__(self) -> None:
-        if not _serial(self.serial):
-            raise BadRequest("a serial is 1 to 64 characters of A-Z a-z 0-9 . _ -",
-                             detail={"type": "bank.stop_cheque", "field": "serial"})
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"serial": self.serial}
-
-    @classmethod
-    def from_wire(cls, value: object) -> StopCheque:
-        """Raises BadRequest."""
-        return cls(serial=_map(value, {"serial"}, "bank.stop_cheque")["serial"])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

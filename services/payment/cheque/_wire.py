@@ -1,0 +1,91 @@
+"""The bodies of the cheque's ``bank`` ops, typed (docs/protocol.md section 8)::
+
+    bank.deposit_cheque  {"cheque": statement,                # payment.cheque
+                          "drawer_certificate": bin}
+                      -> {"cleared": statement,               # payment.cheque_cleared
+                          "bank_certificate": bin}
+    bank.stop_cheque     {"serial": str} -> {"serial": str}
+
+A cheque's proof of payment (``payment.accept``) is the ``bank.deposit_cheque`` request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+from cryptography import x509
+
+from ...statements import Statement
+from .._errors import BadRequest
+from .._schema import _serial
+from .._wire import _certificate, _map, _statement, der
+
+__all__ = ["BANK_DEPOSIT_CHEQUE", "BANK_STOP_CHEQUE", "ChequeProof", "DepositAnswer",
+           "StopCheque"]
+
+#: Ops of the ``bank`` service for cheques.
+BANK_DEPOSIT_CHEQUE: Final = "deposit_cheque"
+BANK_STOP_CHEQUE: Final = "stop_cheque"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChequeProof:
+    """The ``cheque`` module's proof, and the ``bank.deposit_cheque`` request: the
+    payer's signed cheque with the certificate that signed it (the bank cannot
+    take it from a channel: the payee deposits it)."""
+
+    cheque: Statement
+    drawer_certificate: x509.Certificate
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"cheque": self.cheque.to_wire(),
+                "drawer_certificate": der(self.drawer_certificate)}
+
+    @classmethod
+    def from_wire(cls, value: object) -> ChequeProof:
+        """Raises BadRequest, or ``statement.*`` for a malformed statement."""
+        body = _map(value, {"cheque", "drawer_certificate"}, "bank.deposit_cheque")
+        return cls(cheque=_statement(body["cheque"]),
+                   drawer_certificate=_certificate(body["drawer_certificate"],
+                                                   "drawer_certificate", "bank.deposit_cheque"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DepositAnswer:
+    """``bank.deposit_cheque`` response: the bank's ``payment.cheque_cleared``."""
+
+    cleared: Statement
+    bank_certificate: x509.Certificate
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"cleared": self.cleared.to_wire(), "bank_certificate": der(self.bank_certificate)}
+
+    @classmethod
+    def from_wire(cls, value: object) -> DepositAnswer:
+        """Raises BadRequest, or ``statement.*`` for a malformed statement."""
+        body = _map(value, {"cleared", "bank_certificate"}, "bank.deposit_cheque answer")
+        return cls(cleared=_statement(body["cleared"]),
+                   bank_certificate=_certificate(body["bank_certificate"], "bank_certificate",
+                                                 "bank.deposit_cheque answer"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopCheque:
+    """``bank.stop_cheque`` request and response: ``{"serial": str}``; the requester
+    (the channel peer) is the payer whose serial is stopped."""
+
+    serial: str
+
+    def __post_init__(self) -> None:
+        if not _serial(self.serial):
+            raise BadRequest("a serial is 1 to 64 characters of A-Z a-z 0-9 . _ -",
+                             detail={"type": "bank.stop_cheque", "field": "serial"})
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"serial": self.serial}
+
+    @classmethod
+    def from_wire(cls, value: object) -> StopCheque:
+        """Raises BadRequest."""
+        return cls(serial=_map(value, {"serial"}, "bank.stop_cheque")["serial"])

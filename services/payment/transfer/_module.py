@@ -1,0 +1,81 @@
+"""The ``transfer`` module: payer and payee halves (the bank half is an agents/
+component that serves ``bank.transfer`` with this package's checks).
+
+    payer: sign payment.transfer_order -> bank.transfer at the payer's bank
+           -> verify the payment.transfer_confirmation -> payment.accept at the
+           payee, proof = {confirmation, bank_certificate}
+    payee: verify the confirmation offline; nothing else to do
+
+A retried order (same idempotency key) is confirmed with the first order's
+confirmation, so the payer matches the answer by content, not by its new digest.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ...certificates import identity_of
+from ...money import Amount
+from .._errors import BadConfirmation
+from .._modules import (
+    Invoice,
+    PayeeContext,
+    PayerContext,
+    PaymentRequest,
+    PaymentResult,
+    RefundResult,
+    hand_over,
+    now_of,
+    our_bank,
+    refund_payment,
+)
+from .._wire import BANK_SERVICE
+from ._checks import verify_transfer_confirmation
+from ._schema import TRANSFER_ORDER, TransferOrder
+from ._wire import BANK_TRANSFER, TransferProof, TransferRequest
+
+__all__ = ["TransferModule"]
+
+
+class TransferModule:
+    """``transfer``: an account-to-account transfer confirmed by the bank."""
+
+    name: ClassVar[str] = "transfer"
+
+    async def pay(self, ctx: PayerContext, request: PaymentRequest) -> PaymentResult:
+        order = TransferOrder(payer=ctx.our_id, payee=request.payee, bank=ctx.bank_id,
+                              amount=request.amount, reference=request.reference,
+                              idempotency_key=request.idempotency_key)
+        signed = await ctx.sign(TRANSFER_ORDER, order.to_body())
+        proof = TransferProof.from_wire(await ctx.request(
+            ctx.bank_id, BANK_SERVICE, BANK_TRANSFER, TransferRequest(order=signed).to_wire()))
+        # Not expected_order=signed.digest: a retry is confirmed with the first order's.
+        verify_transfer_confirmation(
+            proof.confirmation, bank_certificate=proof.bank_certificate, root=ctx.root,
+            crl=ctx.crl, now=now_of(ctx), expected_payee=request.payee,
+            expected_amount=request.amount, expected_reference=request.reference,
+            expected_payer=ctx.our_id, expected_bank=ctx.bank_id)
+        await ctx.record(proof.confirmation, proof.bank_certificate)
+        result = await hand_over(ctx, request, self.name, proof.to_wire())
+        if result.settlement != proof.confirmation:
+            raise BadConfirmation("the payee acknowledged another confirmation",
+                                  detail={"type": "payment result", "field": "settlement"})
+        return result
+
+    async def accept(self, ctx: PayeeContext, proof: dict[str, Any], *,
+                     invoice: Invoice) -> PaymentResult:
+        got = TransferProof.from_wire(proof)
+        body = verify_transfer_confirmation(
+            got.confirmation, bank_certificate=got.bank_certificate, root=ctx.root, crl=ctx.crl,
+            now=now_of(ctx), expected_payee=ctx.our_id, expected_amount=invoice.amount,
+            expected_reference=invoice.reference, expected_payer=invoice.payer)
+        # Signed by a bank (checked above), but money only at our own bank is ours.
+        our_bank(ctx, identity_of(got.bank_certificate).agent_id)
+        await ctx.record(got.confirmation, got.bank_certificate)
+        return PaymentResult(module=self.name, payer=body.payer, payee=body.payee,
+                             amount=body.amount, reference=body.reference,
+                             settlement=got.confirmation, bank_certificate=got.bank_certificate)
+
+    async def refund(self, ctx: PayeeContext, original: PaymentResult, amount: Amount,
+                     reason: str, key: str) -> RefundResult:
+        return await refund_payment(ctx, original, amount, reason, key)
