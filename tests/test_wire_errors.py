@@ -9,6 +9,8 @@ message names files of the agent, went to the peer as it was.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 import trio
 from channel_helpers import channel_pair, echo_registry
+from cryptography.hazmat.primitives import serialization
 from pki import Market
 
 from semper.agents.cli._common import CliError
@@ -34,11 +37,15 @@ from semper.transport import (
     ChannelClosed,
     ConnectFailed,
     RemoteError,
+    Request,
     RequestContext,
     RequestTimeout,
     ServiceRegistry,
+    TlsConfig,
     TooManyChannels,
     is_wire_error,
+    request_pinned,
+    serve_anonymous,
     transport_error_classes,
 )
 
@@ -185,3 +192,35 @@ async def test_a_local_error_in_the_peer_check_is_not_sent(market: Market) -> No
             reason = await pair.server.wait_closed()
         assert reason.code == "auth.peer_invalid", reason
         assert "/home" not in str(reason)
+
+
+async def test_the_anonymous_listener_sends_no_local_error(market: Market) -> None:
+    # The CA's enrollment listener answers newcomers nobody has authenticated: a
+    # storage failure naming the CA's files reaches them as internal.error.
+    ca = market.agent("ca", "ca")
+    tls = TlsConfig(cert_path=ca.cert_path, key_path=ca.key_path,
+                    root_pem=market.root_pem, crl_pem=market.crl_pem)
+    pin = hashlib.sha256(ca.cert.public_bytes(serialization.Encoding.DER)).digest()
+
+    async def handler(request: Request) -> Any:
+        if request.op == "local":
+            raise StorageError(f"cannot open database {SECRET}")
+        raise QuotaExceeded("refused", detail={"used": 1})
+
+    def check(der: bytes) -> None:
+        assert hashlib.sha256(der).digest() == pin
+
+    async with trio.open_nursery() as nursery:
+        _, port = await nursery.start(functools.partial(
+            serve_anonymous, "127.0.0.1", 0, context=tls.server_only_context(),
+            handler=handler, timeout=10))
+        with trio.fail_after(10):
+            with pytest.raises(RemoteError) as local:
+                await request_pinned("127.0.0.1", port, check_server=check,
+                                     service="enroll", op="local", body=None)
+            with pytest.raises(RemoteError) as refused:
+                await request_pinned("127.0.0.1", port, check_server=check,
+                                     service="enroll", op="wire", body=None)
+        nursery.cancel_scope.cancel()
+    assert local.value.code == "internal.error" and "/home" not in local.value.message
+    assert (refused.value.code, refused.value.detail) == ("evidence.quota_exceeded", {"used": 1})
