@@ -8,12 +8,14 @@ the value itself, as for an ``Amount`` or a ``Statement``).
 
 Kinds are found by the field's wire key in the package's ``Schema``, so that a key
 means the same in every body of that package (STYLE.md section 11); a field whose
-key must mean something else there names its own kind with ``field(kind)``. The
+key must mean something else there names its own kind (``wire(kind)``). The
 ``Schema`` also names the package's coded error (``commerce.bad_body``,
 ``directory.bad_card``, ...), so every package refuses bad bodies the same way:
 
 * construction checks every field, then ``_check`` (rules across fields); a body
   value that exists is a valid body;
+* a field's kind and wire key come from ``dataclasses.field(metadata=wire(...))``
+  when the package's key does not fit;
 * ``from_wire`` takes a map with exactly the body's keys (a field whose default is
   ``None`` may be absent, and is then left out by ``to_wire`` too), decodes each
   field and constructs;
@@ -52,10 +54,10 @@ __all__ = [
     "Schema",
     "amount",
     "binary",
-    "field",
     "form",
     "integer",
     "text",
+    "wire",
 ]
 
 # MAX_TIME_MS (Unix ms of 9999-12-31T23:59:59.999Z, the latest time any body may name)
@@ -108,11 +110,11 @@ class Schema:
                          detail={"type": body_type, "field": key, **detail})
 
 
-def field(kind: Kind | None = None, *, wire: str | None = None,
-          default: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with its own ``kind`` (else the schema's for its key) and
-    wire key ``wire`` (else its name). ``default=None`` makes it optional."""
-    return dataclasses.field(default=default, metadata={"kind": kind, "wire": wire})
+def wire(kind: Kind | None = None, *, key: str | None = None) -> dict[str, Any]:
+    """A field's metadata: its own ``kind`` (else the schema's for its key) and its
+    wire ``key`` (else its name). Use as ``x: T = dataclasses.field(metadata=wire(K))``;
+    a field whose default is ``None`` is optional."""
+    return {"kind": kind, "wire": key}
 
 
 # (attribute, wire key, kind, optional) per body class, computed once: from_wire runs
