@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, Self
 
-__all__ = ["Body", "Op", "declared_ops"]
+__all__ = ["PING", "Body", "Op", "declared_ops"]
 
 _DECLARED: Final[dict[tuple[str, str], Op]] = {}
 
@@ -74,3 +74,8 @@ class Op:
 def declared_ops() -> list[Op]:
     """Every op declared by the modules imported so far, sorted by name."""
     return sorted(_DECLARED.values(), key=lambda op: (op.service, op.name))
+
+
+#: ``sys.ping``, which every agent serves (protocol.md 7.1): any body, echoed back with
+#: the responder's id, role and clock. The runtime's own op, so declared here.
+PING: Final = Op("sys", "ping")
