@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+import semper.agents
 import semper.services
 import semper.services.certificates
 import semper.transport
@@ -89,6 +90,18 @@ def _subclasses(root: type) -> list[type]:
     return seen
 
 
+def _agents_wire_classes() -> list[type]:
+    """The agents' own refusals that go to a peer with their code (``wire = True``,
+    e.g. ``evidence.quota_exceeded``): a peer sees them as it sees the services'
+    codes, so section 6 lists them too."""
+    for info in pkgutil.walk_packages(semper.agents.__path__, "semper.agents."):
+        if not info.name.endswith("__main__"):  # the CLI's, which runs on import
+            importlib.import_module(info.name)
+    return [cls for cls in _subclasses(Exception)
+            if cls.__module__.startswith("semper.agents.")
+            and getattr(cls, "wire", False) is True and isinstance(getattr(cls, "code", None), str)]
+
+
 def _error_classes() -> list[type]:
     _import_all()
     classes = [*transport_error_classes(), ConnectFailed, *_subclasses(ServiceError)]
@@ -99,6 +112,8 @@ def _error_classes() -> list[type]:
             continue
         if cls not in unique:
             unique.append(cls)
+    # ... except the agents' refusals that declare themselves meant for the wire.
+    unique.extend(cls for cls in _agents_wire_classes() if cls not in unique)
     return unique
 
 
