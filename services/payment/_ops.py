@@ -10,7 +10,6 @@ from ._wire import (
     PAYMENT_ACCEPT,
     PAYMENT_CAPABILITIES,
     PAYMENT_SERVICE,
-    AcceptRequest,
     RefundAnswer,
     RefundRequest,
 )
@@ -25,5 +24,6 @@ REFUND = Op(BANK_SERVICE, BANK_REFUND, RefundRequest, RefundAnswer)
 #: A payee's modules and limits (``Capabilities``); a seller adds its ``bank``, so
 #: the response is not typed here.
 CAPABILITIES = Op(PAYMENT_SERVICE, PAYMENT_CAPABILITIES)
-#: A payer hands over a module's proof; the answer is the module's payment result.
-ACCEPT = Op(PAYMENT_SERVICE, PAYMENT_ACCEPT, AcceptRequest)
+#: A payer hands over a module's proof (``AcceptRequest``); the answer is the module's
+#: payment result. Untyped while the payee's handler reads the body itself.
+ACCEPT = Op(PAYMENT_SERVICE, PAYMENT_ACCEPT)
