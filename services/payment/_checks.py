@@ -35,7 +35,7 @@ from ._errors import (
     RefundExceedsPayment,
     WrongCurrency,
 )
-from ._schema import RefundConfirmation, RefundOrder, _Body
+from ._schema import PaymentBody, RefundConfirmation, RefundOrder
 
 __all__ = [
     "BANK_ROLE",
@@ -49,7 +49,7 @@ __all__ = [
 BANK_ROLE: Final = "bank"
 
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-B = TypeVar("B", bound=_Body)
+B = TypeVar("B", bound=PaymentBody)
 Trust = tuple[x509.Certificate, x509.CertificateRevocationList, dt.datetime]
 
 
@@ -184,7 +184,7 @@ def _from_bank(
     return body
 
 
-def _expect(body: _Body, error: type[PaymentError], **expected: object) -> None:
+def _expect(body: PaymentBody, error: type[PaymentError], **expected: object) -> None:
     """Compare fields with their expected values (None: not checked), in order."""
     for name, wanted in expected.items():
         if wanted is not None:
@@ -192,7 +192,7 @@ def _expect(body: _Body, error: type[PaymentError], **expected: object) -> None:
                      f"{name} is not the one expected")
 
 
-def _require(ok: bool, error: type[PaymentError], body: _Body, field: str, why: str) -> None:
+def _require(ok: bool, error: type[PaymentError], body: PaymentBody, field: str, why: str) -> None:
     if not ok:
         raise error(f"{body.TYPE}: {why}", detail={"type": body.TYPE, "field": field})
 

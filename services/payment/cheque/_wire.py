@@ -18,8 +18,8 @@ from cryptography import x509
 
 from ...statements import Statement
 from .._errors import BadRequest
-from .._schema import _serial
 from .._wire import _certificate, _map, _statement, der
+from ._schema import SERIAL
 
 __all__ = ["BANK_DEPOSIT_CHEQUE", "BANK_STOP_CHEQUE", "ChequeProof", "DepositAnswer",
            "StopCheque"]
@@ -78,7 +78,7 @@ class StopCheque:
     serial: str
 
     def __post_init__(self) -> None:
-        if not _serial(self.serial):
+        if not SERIAL.check(self.serial):
             raise BadRequest("a serial is 1 to 64 characters of A-Z a-z 0-9 . _ -",
                              detail={"type": "bank.stop_cheque", "field": "serial"})
 
