@@ -46,6 +46,7 @@ __all__ = [
     "IDEMPOTENCY_KEY",
     "MAX_IDEMPOTENCY_KEY",
     "MAX_INT64",
+    "MAX_REASON",
     "MAX_TIME_MS",
     "STATEMENT",
     "TIME",
@@ -70,6 +71,9 @@ DIGEST_SIZE: Final = 32
 #: Characters of an idempotency key (printable ASCII): an order's key becomes its
 #: payment's key, so commerce and payment share it.
 MAX_IDEMPOTENCY_KEY: Final = 128
+#: Characters of a refund's reason: the buyer's (commerce) becomes the refund order's
+#: (payment).
+MAX_REASON: Final = 512
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

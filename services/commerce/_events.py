@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from .._schema import MAX_REASON
 from ..archive import Direction
 from ..money import Amount
 from ..statements import Statement
@@ -53,8 +54,6 @@ __all__ = [
 ]
 
 _DOTTED: Final = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+\Z")
-#: As the payment layer's refund reasons.
-MAX_REASON: Final = 512
 
 
 def _statement(name: str, value: object) -> None:
