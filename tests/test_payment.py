@@ -380,8 +380,8 @@ def _malformed() -> list[Any]:
         name = body.TYPE.removeprefix("payment.")
         first = next(iter(wire))
         cases += [
-            pytest.param(type(body), None, None, id=f"{name}-not-a-map"),
-            pytest.param(type(body), [*wire.items()], None, id=f"{name}-a-list"),
+            pytest.param(type(body), None, "body", id=f"{name}-not-a-map"),
+            pytest.param(type(body), [*wire.items()], "body", id=f"{name}-a-list"),
             pytest.param(type(body), {k: v for k, v in wire.items() if k != first}, first,
                          id=f"{name}-missing-{first}"),
             pytest.param(type(body), {**wire, "extra": 1}, "extra", id=f"{name}-extra-key"),
