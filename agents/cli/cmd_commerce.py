@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from rich.table import Table
 from semper.agents.cli._common import (
     AGENT_ID,
     AMOUNT,
+    CodedBadParameter,
     config_option,
     load_config,
     passphrase_option,
@@ -33,6 +35,7 @@ from semper.agents.runtime._agent import Agent
 from semper.agents.runtime._config import ConfigError
 from semper.agents.runtime._files import write_file
 from semper.services import Amount
+from semper.services.payment import MODULES_GROUP
 from semper.services.statements import canonical_decode
 
 __all__ = ["buy", "catalogue", "goods", "refund", "wallet"]
@@ -138,12 +141,31 @@ def catalogue(config_path: Path, seller: str, passphrase_file: Path | None,
     Console().print(table)
 
 
+class PaymentModuleName(click.ParamType):
+    """The name of a payment module installed (entry-point group
+    ``semper.payment_modules``), so that an instrument a package adds is accepted
+    without a change here; any other name is ``payment.unknown_module``. Only the
+    names are read: a module is loaded when it pays."""
+
+    name = "module"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        installed = sorted({point.name for point in entry_points(group=MODULES_GROUP)})
+        if value not in installed:
+            raise CodedBadParameter(
+                "payment.unknown_module", f"no payment module {value!r:.80} is installed "
+                f"(installed: {', '.join(installed) or 'none'})", ctx, param)
+        return str(value)
+
+
 @click.command("buy")
 @config_option
 @click.option("--seller", required=True, type=AGENT_ID, help="The seller's agent id.")
 @click.option("--item", "sku", required=True, help="The SKU to buy.")
-@click.option("--pay", "module", required=True, type=click.Choice(["transfer", "cheque"]),
-              help="How to pay.")
+@click.option("--pay", "module", required=True, type=PaymentModuleName(),
+              help="How to pay: a payment module installed (transfer, cheque, or one a "
+                   "package adds).")
 @click.option("--idempotency-key", "key", default=None,
               help="Repeat a purchase safely: the same key returns the first outcome. "
                    "Without it a fresh key is made and printed on stderr first.")

@@ -1,0 +1,116 @@
+"""The payer and payee halves of ``voucher`` (a ``PaymentModule``, registered in the
+``semper.payment_modules`` entry-point group).
+
+    payer: choose a secret -> bank.buy_voucher at its bank with lock = H(secret) ->
+           verify the voucher -> payment.accept at the payee, proof = {voucher,
+           secret, bank_certificate} -> verify the redemption the payee answers with
+    payee: verify the voucher and the secret -> bank.redeem_voucher at its bank ->
+           verify the redemption: the settlement
+
+Like every module it holds no state: the secret lives for one ``pay`` call, and a
+retried ``pay`` (same idempotency key) buys nothing twice: the bank relocks the
+unspent voucher under the retry's secret.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, ClassVar
+
+from semper.services import Amount
+from semper.services.payment import (
+    Invoice,
+    PayeeContext,
+    PayerContext,
+    PaymentContext,
+    PaymentRequest,
+    PaymentResult,
+    RefundResult,
+    hand_over,
+    now_of,
+    our_bank,
+    refund_payment,
+)
+
+from .protocol import (
+    BUY,
+    MODULE,
+    PURCHASE_ORDER,
+    REDEEM,
+    SECRET_SIZE,
+    BuyAnswer,
+    BuyRequest,
+    PurchaseOrder,
+    RedeemAnswer,
+    RedeemRequest,
+    Trust,
+    VoucherProof,
+    check_secret,
+    lock_of,
+    verify_redemption,
+    verify_voucher,
+)
+
+__all__ = ["VoucherModule"]
+
+
+def _trust(ctx: PaymentContext) -> Trust:
+    return ctx.root, ctx.crl, now_of(ctx)
+
+
+class VoucherModule:
+    """``voucher``: a prepaid voucher bought at the payer's bank, redeemed by the payee."""
+
+    name: ClassVar[str] = MODULE
+
+    async def pay(self, ctx: PayerContext, request: PaymentRequest) -> PaymentResult:
+        secret = secrets.token_bytes(SECRET_SIZE)
+        order = PurchaseOrder(payer=ctx.our_id, bank=ctx.bank_id, amount=request.amount,
+                              reference=request.reference, lock=lock_of(secret),
+                              idempotency_key=request.idempotency_key)
+        signed = await ctx.sign(PURCHASE_ORDER, order.to_wire())
+        answer = BuyAnswer.from_wire(await ctx.request(
+            ctx.bank_id, BUY.service, BUY.name, BuyRequest(order=signed).to_wire()))
+        verify_voucher(answer.voucher, bank_certificate=answer.bank_certificate,
+                       trust=_trust(ctx), expected_bank=ctx.bank_id, expected_payer=ctx.our_id,
+                       expected_amount=request.amount, expected_reference=request.reference,
+                       expected_lock=order.lock)
+        await ctx.record(answer.voucher, answer.bank_certificate)
+        proof = VoucherProof(voucher=answer.voucher, secret=secret,
+                             bank_certificate=answer.bank_certificate)
+        result = await hand_over(ctx, request, self.name, proof.to_wire())
+        verify_redemption(result.settlement, bank_certificate=result.bank_certificate,
+                          trust=_trust(ctx), expected_voucher=answer.voucher.digest,
+                          expected_payee=request.payee, expected_amount=request.amount,
+                          expected_bank=ctx.bank_id)
+        await ctx.record(result.settlement, result.bank_certificate)
+        return result
+
+    async def accept(self, ctx: PayeeContext, proof: dict[str, Any], *,
+                     invoice: Invoice) -> PaymentResult:
+        got = VoucherProof.from_wire(proof)
+        voucher = verify_voucher(got.voucher, bank_certificate=got.bank_certificate,
+                                 trust=_trust(ctx), expected_payer=invoice.payer,
+                                 expected_amount=invoice.amount,
+                                 expected_reference=invoice.reference)
+        our_bank(ctx, voucher.bank)  # before dialing the agent the voucher names
+        check_secret(voucher, got.secret)  # refused here, not by a round trip
+        answer = RedeemAnswer.from_wire(await ctx.request(
+            voucher.bank, REDEEM.service, REDEEM.name,
+            RedeemRequest(voucher=got.voucher, secret=got.secret).to_wire()))
+        verify_redemption(answer.redemption, bank_certificate=answer.bank_certificate,
+                          trust=_trust(ctx), expected_voucher=got.voucher.digest,
+                          expected_payee=ctx.our_id, expected_amount=voucher.amount,
+                          expected_bank=voucher.bank)
+        # Archived once redeemed: vouchers that never pay cost us nothing to keep.
+        await ctx.record(got.voucher, got.bank_certificate)
+        await ctx.record(answer.redemption, answer.bank_certificate)
+        return PaymentResult(module=self.name, payer=voucher.payer, payee=ctx.our_id,
+                             amount=voucher.amount, reference=voucher.reference,
+                             settlement=answer.redemption,
+                             bank_certificate=answer.bank_certificate)
+
+    async def refund(self, ctx: PayeeContext, original: PaymentResult, amount: Amount,
+                     reason: str, key: str) -> RefundResult:
+        """A redeemed voucher is a settled payment like any other: ``bank.refund``."""
+        return await refund_payment(ctx, original, amount, reason, key)

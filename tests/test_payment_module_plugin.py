@@ -1,0 +1,304 @@
+"""examples/payment_module (prepaid vouchers) is a payment instrument from outside
+semper: its sans-IO protocol here, and the Done-when of issue 8 item 4: pip-installed
+into a market that was made and running before, found through entry points alone
+after a restart, a purchase paid with it between separate agent processes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_helpers import refused
+from cli_helpers import semper as semper_in_process
+from pki import NOW, Market
+from pki import TestAgent as PkiAgent
+from test_cli import AgentProcess, assert_one_line_failure, semper, start_agents
+from test_cli import Market as CliMarket
+
+from semper.agents.cli.cmd_call import from_json, to_json
+from semper.agents.operator._market import DEMO_CATALOGUE, init_market
+from semper.services import Amount
+from semper.services.statements import BadSignature, Statement, sign_statement
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "payment_module"
+
+
+def _load_package() -> None:
+    """Import semper_voucher from the example's folder for the unit tests, without
+    putting the folder on sys.path: a build leaves its egg-info there, and its entry
+    points would then install the instrument into every test of this session."""
+    folder = EXAMPLE / "semper_voucher"
+    spec = importlib.util.spec_from_file_location(
+        "semper_voucher", folder / "__init__.py", submodule_search_locations=[str(folder)])
+    assert spec is not None and spec.loader is not None
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["semper_voucher"] = package
+    spec.loader.exec_module(package)
+
+
+_load_package()
+
+from semper_voucher.protocol import (  # noqa: E402
+    PURCHASE_ORDER,
+    VOUCHER,
+    AlreadyRedeemed,
+    BadVoucher,
+    BadVoucherRequest,
+    PurchaseOrder,
+    Redeem,
+    Spent,
+    Superseded,
+    VoucherProof,
+    VoucherRecord,
+    WrongSecret,
+    WrongVoucherBank,
+    check_own_voucher,
+    check_purchase_order,
+    check_secret,
+    decide_purchase_retry,
+    decide_redemption,
+    issue_voucher,
+    lock_of,
+    verify_voucher,
+    voucher_serial,
+)
+
+NOW_MS = int(NOW.timestamp() * 1000)
+SECRET = b"\x5a" * 32
+PRICE = Amount("EUR", 1250)
+REFERENCE = b"order-digest-0123456789abcdef012"
+
+
+# -- the protocol, sans-IO -----------------------------------------------------------
+
+
+class Parties:
+    """A market root with two banks, a buyer and a seller; signs as any of them."""
+
+    def __init__(self, market: Market) -> None:
+        self.market = market
+        self.bank = market.agent("bank", "bank")
+        self.other_bank = market.agent("bank-2", "bank")
+        self.buyer = market.agent("buyer", "buyer")
+        self.seller = market.agent("seller", "seller")
+
+    @property
+    def trust(self) -> Any:
+        return self.market.ca.certificate, self.market.crl, NOW
+
+    def sign(self, who: PkiAgent, type: str, body: dict[str, Any]) -> Statement:
+        return sign_statement(type, body, key=who.key, certificate=who.cert, now_ms=NOW_MS,
+                              nonce=os.urandom(16))
+
+    def order(self, *, bank: str = "bank", secret: bytes = SECRET) -> tuple[Statement,
+                                                                             PurchaseOrder]:
+        body = PurchaseOrder(payer="buyer", bank=bank, amount=PRICE, reference=REFERENCE,
+                             lock=lock_of(secret), idempotency_key="pay-1")
+        return self.sign(self.buyer, PURCHASE_ORDER, body.to_wire()), body
+
+    def voucher(self, *, by: PkiAgent | None = None, secret: bytes = SECRET) -> Statement:
+        """A voucher as the bank sells it (``by``: signed by another agent)."""
+        signed, body = self.order(secret=secret)
+        voucher = issue_voucher(signed, body, serial=voucher_serial("buyer", "pay-1"), entry=7)
+        return self.sign(by or self.bank, VOUCHER, voucher.to_wire())
+
+    def record(self, voucher: Statement, **extra: Any) -> VoucherRecord:
+        return VoucherRecord(serial=voucher.body["serial"], digest=voucher.digest,
+                             lock=voucher.body["lock"], **extra)
+
+
+@pytest.fixture
+def parties(market: Market) -> Parties:
+    return Parties(market)
+
+
+def test_a_voucher_is_redeemed_once_and_its_redeemer_may_ask_again(parties: Parties) -> None:
+    signed, _ = parties.order()
+    order = check_purchase_order(signed, payer_certificate=parties.buyer.cert,
+                                 trust=parties.trust, bank_id="bank", requester="buyer")
+    voucher = parties.voucher()
+    body = check_own_voucher(voucher, trust=parties.trust, bank_certificate=parties.bank.cert)
+    assert (body.amount, body.lock, body.payer) == (order.amount, order.lock, "buyer")
+    record = parties.record(voucher)
+    assert decide_redemption(voucher.digest, body, record=record, redeemer="seller",
+                             secret=SECRET) == Redeem()
+    spent = parties.record(voucher, redeemer="seller", answer=b"the redemption")
+    with pytest.raises(Spent) as info:  # the secret right, the voucher spent
+        decide_redemption(voucher.digest, body, record=spent, redeemer="buyer", secret=SECRET)
+    assert info.value.code == "voucher.spent"
+    # Its redeemer asking again (a lost answer) gets the redemption it was given.
+    assert decide_redemption(voucher.digest, body, record=spent, redeemer="seller",
+                             secret=b"\x00" * 32) == AlreadyRedeemed(b"the redemption")
+
+
+def test_a_wrong_secret_opens_nothing(parties: Parties) -> None:
+    voucher = parties.voucher()
+    body = check_own_voucher(voucher, trust=parties.trust, bank_certificate=parties.bank.cert)
+    for secret in (b"\x00" * 32, SECRET[:-1] + b"\x5b"):
+        with pytest.raises(WrongSecret) as info:
+            decide_redemption(voucher.digest, body, record=parties.record(voucher),
+                              redeemer="seller", secret=secret)
+        assert info.value.code == "voucher.wrong_secret"
+        with pytest.raises(WrongSecret):  # the payee's own check, before the bank
+            check_secret(body, secret)
+
+
+def test_a_voucher_of_another_bank_is_refused(parties: Parties) -> None:
+    foreign = parties.voucher(by=parties.other_bank)
+    with pytest.raises(WrongVoucherBank) as info:  # presented at our bank
+        check_own_voucher(foreign, trust=parties.trust, bank_certificate=parties.bank.cert)
+    assert info.value.code == "voucher.wrong_bank"
+    with pytest.raises(WrongVoucherBank):  # the payer expected its own bank's
+        verify_voucher(foreign, bank_certificate=parties.other_bank.cert, trust=parties.trust,
+                       expected_bank="bank")
+    # bank-2 signed a voucher that names "bank": signed by another than the bank it names.
+    with pytest.raises(BadVoucher) as bad:
+        verify_voucher(foreign, bank_certificate=parties.other_bank.cert, trust=parties.trust)
+    assert bad.value.detail["field"] == "bank"
+    signed, _ = parties.order(bank="bank-2")  # an order for another bank
+    with pytest.raises(WrongVoucherBank):
+        check_purchase_order(signed, payer_certificate=parties.buyer.cert, trust=parties.trust,
+                             bank_id="bank", requester="buyer")
+
+
+def test_a_tampered_voucher_is_refused(parties: Parties) -> None:
+    voucher = parties.voucher()
+    worth_more = {**voucher.body, "amount": {"currency": "EUR", "minor_units": 999_999}}
+    tampered = Statement(type=voucher.type, body=worth_more, signer=voucher.signer,
+                         issued_at=voucher.issued_at, nonce=voucher.nonce,
+                         signature=voucher.signature)
+    with pytest.raises(BadSignature):
+        check_own_voucher(tampered, trust=parties.trust, bank_certificate=parties.bank.cert)
+    with pytest.raises(BadSignature):
+        verify_voucher(tampered, bank_certificate=parties.bank.cert, trust=parties.trust)
+    # A voucher the buyer wrote itself, naming the bank: not the bank's signature.
+    forged = parties.voucher(by=parties.buyer)
+    with pytest.raises(WrongVoucherBank):
+        check_own_voucher(forged, trust=parties.trust, bank_certificate=parties.bank.cert)
+    with pytest.raises(BadVoucher) as info:  # the payee: not signed by a bank
+        verify_voucher(forged, bank_certificate=parties.buyer.cert, trust=parties.trust)
+    assert info.value.detail["field"] == "signer"
+
+
+def test_a_retried_purchase_relocks_an_unspent_voucher(parties: Parties) -> None:
+    first = parties.voucher()
+    record = parties.record(first)
+    new_secret = b"\x11" * 32
+    assert decide_purchase_retry(record, lock_of(SECRET)) is False  # the same lock: keep
+    assert decide_purchase_retry(record, lock_of(new_secret)) is True
+    spent = parties.record(first, redeemer="seller", answer=b"r")
+    assert decide_purchase_retry(spent, lock_of(new_secret)) is False  # spent: as it is
+    relocked = parties.voucher(secret=new_secret)
+    now = parties.record(relocked)
+    body = check_own_voucher(first, trust=parties.trust, bank_certificate=parties.bank.cert)
+    with pytest.raises(Superseded) as info:  # the first voucher, with its own secret
+        decide_redemption(first.digest, body, record=now, redeemer="seller", secret=SECRET)
+    assert info.value.code == "voucher.superseded"
+
+
+@pytest.mark.parametrize("proof, field", [
+    ("not a map", "body"),
+    ({"voucher": b"", "secret": SECRET}, "bank_certificate"),  # a key missing
+    ({"voucher": b"x", "secret": SECRET, "bank_certificate": b"x", "more": 1}, "more"),
+])
+def test_a_malformed_proof_is_the_plugins_bad_request(proof: Any, field: str) -> None:
+    with pytest.raises(BadVoucherRequest) as info:
+        VoucherProof.from_wire(proof)
+    assert info.value.code == "voucher.bad_request"
+    assert info.value.detail["field"] == field
+
+
+# -- the Done-when: installed into a running market, then paid with --------------------
+
+
+def test_buy_refuses_a_module_that_is_not_installed(tmp_path: Path) -> None:
+    folder = tmp_path / "market"
+    init_market(folder)
+    line = refused(semper_in_process("buy", "--config", folder / "buyer" / "agent.toml",
+                                     "--seller", "seller", "--item", "x", "--pay", "nosuch"),
+                   "payment.unknown_module", 2)
+    assert "'nosuch'" in line and "transfer" in line  # it lists what is installed
+
+
+def _books(market: CliMarket) -> dict[str, Any]:
+    done = semper("bank", "accounts", "--config", market.config("bank"), "--json")
+    assert done.returncode == 0, done.stderr
+    books = json.loads(done.stdout)
+    assert books["balanced"] is True
+    held = {a["holder"]: a["minor_units"] for a in books["accounts"] if a["currency"] == "EUR"}
+    assert sum(held.values()) == books["minted"]["EUR"]  # every cent minted is somewhere
+    return held
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[tuple[CliMarket, dict[str, AgentProcess]]]:
+    market = CliMarket(tmp_path / "market", None)
+    done = semper("market", "init", market.root, timeout=30)
+    assert done.returncode == 0, done.stderr
+    agents = start_agents(market, ["ca", "bank", "seller"], tmp_path)
+    try:
+        yield market, agents
+    finally:
+        for agent in agents.values():
+            agent.kill()
+
+
+def test_an_installed_voucher_module_pays_between_agent_processes(
+        running: tuple[CliMarket, dict[str, AgentProcess]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    market, agents = running
+    sku = DEMO_CATALOGUE[0]["sku"]
+    price = int(DEMO_CATALOGUE[0]["price"].split(":")[1])
+    refuse = semper("buy", "--config", market.config("buyer"), "--seller", "seller",
+                    "--item", sku, "--pay", "voucher")
+    assert_one_line_failure(refuse, "payment.unknown_module")  # not installed yet
+
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--no-index", "--target", str(site), str(EXAMPLE)],
+                   check=True, timeout=120, capture_output=True)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(site), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    for agent_id in ("bank", "seller"):  # a plugin is picked up on restart
+        assert agents[agent_id].stop()[0] == 0, agents[agent_id].stderr()
+        agents.update(start_agents(market, [agent_id], tmp_path))
+    before = _books(market)
+
+    done = semper("buy", "--config", market.config("buyer"), "--seller", "seller",
+                  "--item", sku, "--pay", "voucher", "--json", timeout=30)
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["state"] == "done", outcome
+    assert outcome["payment"]["module"] == "voucher"
+    assert outcome["payment"]["settlement"] == "voucher.redeemed"
+    after = _books(market)
+    assert after["buyer"] == before["buyer"] - price  # exactly the price
+    assert after["seller"] == before["seller"] + price
+    assert after["@vouchers"] == 0  # sold, then redeemed
+
+    # The voucher again: refused to anyone else, its redemption again to its payee.
+    with sqlite3.connect(market.root / "bank" / "data" / "agent.sqlite") as db:
+        (voucher,) = db.execute("SELECT voucher FROM voucher_vouchers").fetchone()
+    wire = Statement.from_bytes(voucher).to_wire()
+
+    def redeem(config: str, secret: bytes) -> subprocess.CompletedProcess[str]:
+        body = json.dumps(to_json({"voucher": wire, "secret": secret}))
+        return semper("call", "--config", market.config(config), "bank",
+                      "bank.redeem_voucher", body)
+
+    assert_one_line_failure(redeem("buyer", b"\x00" * 32), "voucher.spent")
+    again = redeem("seller", b"\x00" * 32)
+    assert again.returncode == 0, again.stderr
+    redemption = Statement.from_wire(from_json(json.loads(again.stdout))["redemption"])
+    assert redemption.digest.hex() == outcome["payment"]["settlement_digest"]
+    assert _books(market) == after
+    for agent in agents.values():
+        assert "Traceback" not in agent.stderr(), agent.stderr()
