@@ -321,9 +321,12 @@ def newest_crl(
         raise MalformedEvidence(f"the bundle holds {exc.message}",
                                 detail={"cause": exc.code}) from exc
     candidates = [own, *crls]
+    root_key = root.public_key()
     try:
         for crl in candidates:  # a forged CRL is an error even if it is not the newest
-            if crl.issuer != root.subject or not crl.is_signature_valid(root.public_key()):
+            # The market root is Ed25519 (protocol.md 2.4): no other key signs a CRL.
+            if crl.issuer != root.subject or not isinstance(root_key, ed25519.Ed25519PublicKey) \
+                    or not crl.is_signature_valid(root_key):
                 raise BadCrl("the CRL is not signed by the market root")
         newest = max(candidates, key=lambda crl: (_crl_number(crl), crl.last_update_utc))
         validate_crl(newest, root=root, now=now)

@@ -54,7 +54,8 @@ def canonical_encode(value: Any) -> bytes:
     """
     normal = _normalize(value, 0)
     try:
-        return msgpack.packb(normal, use_bin_type=True, strict_types=True)
+        packed: bytes = msgpack.packb(normal, use_bin_type=True, strict_types=True)
+        return packed
     except (TypeError, OverflowError, ValueError) as exc:  # unreachable after _normalize
         raise ValueError(f"cannot encode canonically: {exc}") from None
 
