@@ -34,6 +34,7 @@ from .._schema import (
     IDEMPOTENCY_KEY,
     MAX_IDEMPOTENCY_KEY,
     MAX_INT64,
+    MAX_REASON,
     Body,
     Schema,
     amount,
@@ -67,8 +68,6 @@ REFUND_CONFIRMATION: Final = "payment.refund_confirmation"
 MAX_AMOUNT: Final = MAX_INT64
 #: Bytes of a reference (a digest is 32).
 MAX_REFERENCE: Final = 256
-#: Characters of a refund reason.
-MAX_REASON: Final = 512
 
 #: A payment's amount: positive, at most ``MAX_AMOUNT`` minor units.
 AMOUNT: Final = amount(MAX_AMOUNT)
