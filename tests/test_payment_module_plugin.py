@@ -238,42 +238,66 @@ def _books(market: CliMarket) -> dict[str, Any]:
     return held
 
 
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[tuple[CliMarket, dict[str, AgentProcess]]]:
-    market = CliMarket(tmp_path / "market", None)
+def _buy(market: CliMarket, sku: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return semper("buy", "--config", market.config("buyer"), "--seller", "seller",
+                  "--item", sku, "--pay", "voucher", *extra, timeout=30)
+
+
+class Installed:
+    """A market made and running before the plugin was installed, then restarted with
+    it: the ca, bank and seller agents as processes (the buyer acts through commands,
+    which see the plugin through PYTHONPATH too)."""
+
+    def __init__(self, root: Path, logs: Path) -> None:
+        self.market = CliMarket(root, None)
+        self.logs = logs
+        self.agents: dict[str, AgentProcess] = {}
+
+    def restart(self, agent_id: str, **env: str) -> None:
+        """Stop ``agent_id`` and start it again, with ``env`` set while it starts."""
+        assert self.agents[agent_id].stop()[0] == 0, self.agents[agent_id].stderr()
+        self.start(agent_id, **env)
+
+    def start(self, agent_id: str, **env: str) -> None:
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            self.agents.update(start_agents(self.market, [agent_id], self.logs))
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+    folder = tmp_path_factory.mktemp("voucher")
+    state = Installed(folder / "market", folder)
+    market = state.market
     done = semper("market", "init", market.root, timeout=30)
     assert done.returncode == 0, done.stderr
-    agents = start_agents(market, ["ca", "bank", "seller"], tmp_path)
-    try:
-        yield market, agents
-    finally:
-        for agent in agents.values():
-            agent.kill()
+    with pytest.MonkeyPatch.context() as patch:
+        try:
+            state.agents.update(start_agents(market, ["ca", "bank", "seller"], folder))
+            refuse = _buy(market, DEMO_CATALOGUE[0]["sku"])
+            assert_one_line_failure(refuse, "payment.unknown_module")  # not installed yet
+
+            site = folder / "site"
+            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                            "--no-build-isolation", "--no-index", "--target", str(site),
+                            str(EXAMPLE)], check=True, timeout=120, capture_output=True)
+            patch.setenv("PYTHONPATH", os.pathsep.join(
+                [str(site), *filter(None, [os.environ.get("PYTHONPATH")])]))
+            for agent_id in ("bank", "seller"):  # a plugin is picked up on restart
+                state.restart(agent_id)
+            yield state
+        finally:
+            for agent in state.agents.values():
+                agent.kill()
 
 
 def test_an_installed_voucher_module_pays_between_agent_processes(
-        running: tuple[CliMarket, dict[str, AgentProcess]], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    market, agents = running
-    sku = DEMO_CATALOGUE[0]["sku"]
-    price = int(DEMO_CATALOGUE[0]["price"].split(":")[1])
-    refuse = semper("buy", "--config", market.config("buyer"), "--seller", "seller",
-                    "--item", sku, "--pay", "voucher")
-    assert_one_line_failure(refuse, "payment.unknown_module")  # not installed yet
-
-    site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--no-index", "--target", str(site), str(EXAMPLE)],
-                   check=True, timeout=120, capture_output=True)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(site), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    for agent_id in ("bank", "seller"):  # a plugin is picked up on restart
-        assert agents[agent_id].stop()[0] == 0, agents[agent_id].stderr()
-        agents.update(start_agents(market, [agent_id], tmp_path))
+        installed: Installed) -> None:
+    market = installed.market
+    sku, price = DEMO_CATALOGUE[0]["sku"], int(DEMO_CATALOGUE[0]["price"].split(":")[1])
     before = _books(market)
-
-    done = semper("buy", "--config", market.config("buyer"), "--seller", "seller",
-                  "--item", sku, "--pay", "voucher", "--json", timeout=30)
+    done = _buy(market, sku, "--json")
     assert done.returncode == 0, done.stderr
     outcome = json.loads(done.stdout)
     assert outcome["state"] == "done", outcome
@@ -300,5 +324,29 @@ def test_an_installed_voucher_module_pays_between_agent_processes(
     redemption = Statement.from_wire(from_json(json.loads(again.stdout))["redemption"])
     assert redemption.digest.hex() == outcome["payment"]["settlement_digest"]
     assert _books(market) == after
-    for agent in agents.values():
+    for agent in installed.agents.values():
         assert "Traceback" not in agent.stderr(), agent.stderr()
+
+
+def test_a_purchase_whose_redemption_answer_was_lost_resumes_and_pays_once(
+        installed: Installed) -> None:
+    """The bank dies after it paid the seller and before it answered: the seller's
+    accept fails, so does the buy. Resumed with its key, the buyer buys the (spent)
+    voucher again under a new secret, the seller redeems it again and its bank
+    answers with the first redemption: the purchase completes, paid once."""
+    market = installed.market
+    sku, price = DEMO_CATALOGUE[1]["sku"], int(DEMO_CATALOGUE[1]["price"].split(":")[1])
+    before = _books(market)
+    installed.restart("bank", SEMPER_CRASH_AT="voucher.redeem_committed")
+    first = _buy(market, sku, "--idempotency-key", "voucher-crash-1")
+    assert first.returncode != 0
+    assert installed.agents["bank"].process.wait(10) == -9  # it died where it should
+    installed.start("bank")
+    paid = _books(market)
+    assert paid["buyer"] == before["buyer"] - price and paid["@vouchers"] == before["@vouchers"]
+
+    done = _buy(market, sku, "--idempotency-key", "voucher-crash-1", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["state"] == "done"
+    assert _books(market) == paid  # nothing moved again
+    assert paid["seller"] == before["seller"] + price

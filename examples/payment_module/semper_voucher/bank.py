@@ -19,6 +19,7 @@ from typing import Any, Final
 from semper.agents.components import _ledger
 from semper.agents.components._bank import BankBook, BankService, Outcome
 from semper.agents.runtime._component import Component, handles
+from semper.agents.runtime._faults import crash_point
 from semper.services.statements import Statement
 
 from .protocol import (
@@ -92,6 +93,8 @@ class VoucherBank(Component):
         outcome = await self.context.database.transaction(
             lambda c: apply_redemption(book, c, request.voucher, voucher, request.secret,
                                        redeemer=redeemer.agent_id))
+        # A test kills the bank here: paid, the answer lost; the payee's retry gets it.
+        crash_point("voucher.redeem_committed")
         return RedeemAnswer(redemption=outcome.statement,
                             bank_certificate=self.context.certificate)
 
