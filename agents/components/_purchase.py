@@ -9,11 +9,13 @@ the stored one, the bank applies one transfer per (payer, key) and one cheque pe
 serial derived from the key, and the seller answers a repeated payment with the
 first result. The same key with another seller, item or instrument is refused.
 
-The key is checked and reserved (a row with an idle machine) in one SQLite
-transaction before any step, and every later write is conditional on the row being
-as this run last left it: two runs with one key (two ``semper buy`` at once) cannot
-both take it, nor overwrite each other (``PurchaseBusy``), so the record of a key
-always describes the purchase that was paid under it.
+A new key is taken (its row inserted only if absent) in the one commit that keeps
+the signed order, with the offer and the order archived, before the order leaves; a
+key in use is checked against its row first. Every later write is conditional on
+the row being as this run last left it: two runs with one key (two ``semper buy`` at
+once) cannot both take it, nor overwrite each other (``PurchaseBusy``), so the
+record of a key always describes the purchase that was paid under it. One commit a
+step: each step's archive entries go in the commit that saves the machine.
 """
 
 from __future__ import annotations
@@ -21,17 +23,23 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import trio
 
+from semper.agents.components._archive import append, entry
 from semper.agents.components._payments import AgentPaymentContext, payment_manager
 from semper.agents.runtime._identity import utcnow
 from semper.services import Amount
-from semper.services.certificates import CertificateError, identity_of, load_certificate
+from semper.services.certificates import (
+    CertificateError,
+    identity_of,
+    load_certificate,
+    validate_certificate,
+)
 from semper.services.commerce import (
     Archive,
     BadBody,
@@ -101,6 +109,8 @@ MIGRATIONS: Final = {
 
 #: How many machine steps one call may take: a bound on the driving loop.
 _MAX_STEPS: Final = 32
+#: Sellers whose last verified catalogue a shopper keeps (see ``Shopper.catalogue``).
+_MAX_CATALOGUES: Final = 64
 
 
 class PurchaseStuck(Exception):
@@ -209,21 +219,42 @@ class Shopper:
         self._progress = progress or (lambda step: None)
         #: key -> the machine as this shopper last wrote or read it (see ``_save``).
         self._versions: dict[str, bytes] = {}
+        #: seller -> (certificate DER, offers as received, the verified catalogue and
+        #: certificate): the last catalogue of each seller that verified.
+        self._catalogues: dict[str, tuple[bytes, list[Any], Catalogue, Any]] = {}
 
     async def catalogue(self, seller: str) -> tuple[Catalogue, Any]:
         """The seller's verified offers and its certificate.
+
+        A seller answers with the same signed offers until it re-signs them: a
+        catalogue equal to the last one that verified (the same certificate, the same
+        offers, byte for byte) is not verified again, offer by offer, every purchase;
+        its certificate is still judged at every call (valid now, not on the CRL in
+        use, the CRL current).
 
         Raises a ``statement.*``/``auth.*`` error if an offer does not verify.
         """
         answer = _fields(await self.agent.request(seller, "commerce", "catalogue", {}),
                          "commerce.catalogue", certificate=bytes, offers=list)
+        root, crl = self.agent.credentials.root, self.agent.crl
+        known = self._catalogues.get(seller)
+        if known is not None and known[0] == answer["certificate"] \
+                and known[1] == answer["offers"]:
+            validate_certificate(known[3], root=root, crl=crl, now=utcnow(),
+                                 expected_id=seller)
+            return known[2], known[3]
         certificate = load_certificate(answer["certificate"])
         offers = tuple(Statement.from_wire(o) for o in answer["offers"])
         for offer in offers:
-            verify_statement(offer, certificate=certificate, root=self.agent.credentials.root,
-                             crl=self.agent.crl, now=utcnow(), expected_type="commerce.offer",
-                             expected_signer=seller)
-        return Catalogue(offers=offers), certificate
+            verify_statement(offer, certificate=certificate, root=root, crl=crl, now=utcnow(),
+                             expected_type="commerce.offer", expected_signer=seller)
+        catalogue = Catalogue(offers=offers)
+        self._catalogues.pop(seller, None)
+        if len(self._catalogues) >= _MAX_CATALOGUES:
+            del self._catalogues[next(iter(self._catalogues))]
+        self._catalogues[seller] = (answer["certificate"], answer["offers"], catalogue,
+                                    certificate)
+        return catalogue, certificate
 
     async def buy(self, seller: str, sku: str, module: str, key: str) -> PurchaseOutcome:
         """Buy ``sku`` from ``seller``, paying with ``module``; idempotent per ``key``.
@@ -233,6 +264,14 @@ class Shopper:
             UnknownOffer: the seller offers no ``sku``.
             and the seller's, the bank's or a verification's refusal, with its code.
         """
+        if await self._row(key) is None:
+            started = await self._start(key, seller, sku, module)
+            if started is None:  # another run took the key since we looked
+                await self._reserve(key, seller, sku, module)  # for another purchase?
+                raise PurchaseBusy(key)
+            purchase, certificate = started
+            await self._drive(purchase, key, seller, sku, module, certificate)
+            return await self.outcome(key)
         row = await self._reserve(key, seller, sku, module)
         replayed = row["state"] in (PurchaseState.DONE.value, PurchaseState.REFUNDED.value)
         purchase = Purchase.from_state(canonical_decode(row["machine"]))
@@ -253,6 +292,43 @@ class Shopper:
                 raise
         await self._drive(purchase, key, seller, sku, module, certificate)
         return await self.outcome(key, replayed=replayed)
+
+    async def _start(self, key: str, seller: str, sku: str, module: str
+                     ) -> tuple[Purchase, Any] | None:
+        """A new purchase up to its signed order, taken under ``key`` in one commit
+        with the offer and the order archived, before the order leaves. None when
+        another run took the key meanwhile (then its row is the purchase's).
+
+        Nothing is written until that commit: a failure before it leaves the key
+        free, as it was.
+        """
+        catalogue, certificate = await self.catalogue(seller)
+        offer = _find(catalogue, sku)
+        purchase = Purchase(buyer=self.agent.id)
+        chosen = purchase.receive(OfferChosen(offer=offer, payment_module=module,
+                                              idempotency_key=key), now_ms=_now_ms())
+        entries = self._entries(chosen, seller, purchase, certificate)
+        pending = purchase.pending()
+        if pending and isinstance(pending[0], SendOrder):
+            self._progress(f"signing the order for {sku}")
+            order = await self._sign(pending[0].order)
+            sent = purchase.receive(OrderSent(order=order), now_ms=_now_ms())
+            entries += self._entries(sent, seller, purchase, None)
+        machine = canonical_encode(purchase.to_state())
+
+        def create(c: sqlite3.Connection) -> bool:
+            taken = c.execute(
+                "INSERT OR IGNORE INTO commerce_purchases (key, seller, sku, module, state,"
+                " machine, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key, seller, sku, module, purchase.state.value, machine, _now_ms())).rowcount
+            if taken == 1:
+                append(c, entries)
+            return taken == 1
+
+        if not await self.agent.database.transaction(create):
+            return None
+        self._versions[key] = machine
+        return purchase, certificate
 
     async def _reserve(self, key: str, seller: str, sku: str, module: str) -> dict[str, Any]:
         """The purchase's row, inserted (an idle machine) when the key is new: the key
@@ -323,8 +399,8 @@ class Shopper:
                 self._progress(f"signing the order for {sku}")
                 order = await self._sign(decision.order)
                 decisions = purchase.receive(OrderSent(order=order), now_ms=_now_ms())
-                await self._record(decisions, seller, purchase, None)
-                await self._save(key, seller, sku, module, purchase)  # before it leaves
+                await self._save(key, seller, sku, module, purchase,  # before it leaves
+                                 entries=self._entries(decisions, seller, purchase, None))
             elif isinstance(decision, Pay):
                 self._progress(f"paying {decision.amount} by {decision.module} "
                                f"through {self.agent.config.payment.bank or 'bank'}")
@@ -349,8 +425,9 @@ class Shopper:
                 decisions = purchase.receive(
                     GoodsDelivered(delivery=delivery, goods=answer["goods"]), now_ms=_now_ms())
                 decisions += purchase.receive(ReceiptIssued(receipt=receipt), now_ms=_now_ms())
-                await self._record(decisions, seller, purchase, seller_cert)
-                await self._save(key, seller, sku, module, purchase, goods=answer["goods"])
+                await self._save(key, seller, sku, module, purchase, goods=answer["goods"],
+                                 entries=self._entries(decisions, seller, purchase,
+                                                       seller_cert))
             elif isinstance(decision, RequestRefund):
                 assert purchase.order is not None
                 self._progress(f"asking {seller} for a refund of {decision.amount}")
@@ -374,11 +451,12 @@ class Shopper:
                 ctx = AgentPaymentContext(self.agent, purchase.order.digest.hex(), seller)
                 our_bank(ctx, identity_of(refund.bank_certificate).agent_id)
                 decisions = purchase.receive(RefundNoteIssued(note=note), now_ms=_now_ms())
-                await self._record(decisions, seller, purchase, seller_cert)
-                await self.agent.archive.record(
-                    refund.confirmation, direction="received", peer=seller,
-                    transaction=purchase.order.digest.hex(), certificate=refund.bank_certificate)
-                await self._save(key, seller, sku, module, purchase, refund=answer)
+                entries = self._entries(decisions, seller, purchase, seller_cert)
+                entries.append(entry(refund.confirmation, direction="received", peer=seller,
+                                     transaction=purchase.order.digest.hex(),
+                                     certificate=refund.bank_certificate))
+                await self._save(key, seller, sku, module, purchase, refund=answer,
+                                 entries=entries)
             else:  # pragma: no cover - a decision this driver does not know
                 raise PurchaseStuck(f"no way to act on {type(decision).__name__}")
         raise PurchaseStuck(f"purchase {key!r} did not settle in {_MAX_STEPS} steps")
@@ -473,11 +551,21 @@ class Shopper:
 
     async def _record(self, decisions: list[Any], seller: str, purchase: Purchase,
                       certificate: Any) -> None:
-        await self.agent.archive.record_exchange(
-            [(d.statement, d.direction) for d in decisions if isinstance(d, Archive)],
-            peer=seller,
-            transaction=purchase.order.digest.hex() if purchase.order is not None else "offers",
-            ours=self.agent.credentials.identity, theirs=certificate)
+        entries = self._entries(decisions, seller, purchase, certificate)
+        if entries:
+            await self.agent.archive.record_all(entries)
+
+    def _entries(self, decisions: list[Any], seller: str, purchase: Purchase,
+                 certificate: Any) -> list[Any]:
+        """The archive entries ``decisions`` ask for, to be written in the commit that
+        saves the machine (``_save``'s ``entries``): each kept with our certificate
+        if we signed it, else with ``certificate`` (the seller's)."""
+        ours = self.agent.credentials.identity
+        transaction = purchase.order.digest.hex() if purchase.order is not None else "offers"
+        return [entry(d.statement, direction=d.direction, peer=seller, transaction=transaction,
+                      certificate=ours.certificate if d.statement.signer == ours.fingerprint
+                      else certificate)
+                for d in decisions if isinstance(d, Archive)]
 
     # -- persistence ------------------------------------------------------------------
 
@@ -486,7 +574,9 @@ class Shopper:
 
     async def _save(self, key: str, seller: str, sku: str, module: str, purchase: Purchase, *,
                     payment: PaymentResult | None = None, goods: bytes | None = None,
-                    refund: dict[str, Any] | None = None) -> None:
+                    refund: dict[str, Any] | None = None, entries: Sequence[Any] = ()
+                    ) -> None:
+        """Write the machine, and ``entries`` into the archive, in one commit."""
         machine = canonical_encode(purchase.to_state())
         paid = None if payment is None else canonical_encode(payment.to_wire())
         refunded = None if refund is None else canonical_encode(refund)
@@ -505,6 +595,8 @@ class Shopper:
                  sku, module, expected)).rowcount
             if changed != 1:
                 raise PurchaseBusy(key)
+            if entries:
+                append(c, entries)
 
         await self.agent.database.transaction(write)
         self._versions[key] = machine

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -35,7 +35,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from semper.agents.components._archive import RECORD_OVERHEAD, append, entry, peer_usage
 from semper.agents.components._catalogue import CatalogueItem, load_catalogue
 from semper.agents.components._evidence import QuotaExceeded
-from semper.agents.components._payments import AgentPaymentContext, payment_manager
+from semper.agents.components._payments import (
+    AgentPaymentContext,
+    offered_modules,
+    payment_manager,
+)
 from semper.agents.runtime._identity import utcnow
 from semper.agents.runtime._roles import Role
 from semper.services import ServiceError
@@ -145,6 +149,10 @@ class Seller(Role):
         self.items: dict[str, CatalogueItem] = (
             {item.sku: item for item in load_catalogue(path)} if path else {})
         self._catalogue: Catalogue | None = None
+        #: When the catalogue is re-signed (Unix ms), and its ``commerce.catalogue``
+        #: answer: both made once per version, not per request.
+        self._renew_at = 0
+        self._catalogue_answer: dict[str, Any] = {}
         self._locks: dict[bytes, tuple[trio.Lock, list[int]]] = {}
         self.payments = payment_manager(agent)
         agent.registry.add_service("commerce", version=1)
@@ -152,8 +160,10 @@ class Seller(Role):
         agent.add_op("commerce", "order", self.order)
         agent.add_op("commerce", "fetch", self.fetch)
         agent.add_op("commerce", "refund", self.refund)
-        agent.registry.add_service("payment", version=1,
-                                   modules=tuple(agent.config.payment.modules))
+        #: Read once (installed entry points, picked up on restart): reading them cost
+        #: ~5 ms, and every order asked.
+        self.payment_modules = offered_modules(agent)
+        agent.registry.add_service("payment", version=1, modules=self.payment_modules)
         agent.add_op("payment", "capabilities", self.capabilities)
         agent.add_op("payment", "accept", self.accept)
 
@@ -163,21 +173,24 @@ class Seller(Role):
         """Signed offers, re-signed when the oldest has less than a day to run."""
         now = _now_ms()
         cat = self._catalogue
-        if cat is None or any(Offer.from_statement(s).valid_until < now + _DAY_MS
-                              for s in cat.offers):
-            offers = tuple(self._sign(
-                Offer(seller=self.agent.id, sku=item.sku, title=item.title, price=item.price,
-                      terms=item.terms, content_digest=item.content_digest,
-                      valid_until=now + item.valid_days * _DAY_MS,
-                      refund_days=item.refund_days))
-                for item in self.items.values())
-            self._catalogue = cat = Catalogue(offers=offers)
+        if cat is None or now >= self._renew_at:
+            bodies = [Offer(seller=self.agent.id, sku=item.sku, title=item.title,
+                            price=item.price, terms=item.terms,
+                            content_digest=item.content_digest,
+                            valid_until=now + item.valid_days * _DAY_MS,
+                            refund_days=item.refund_days)
+                      for item in self.items.values()]
+            self._catalogue = cat = Catalogue(offers=tuple(self._sign(b) for b in bodies))
+            self._renew_at = min((b.valid_until for b in bodies), default=now) - _DAY_MS
+            self._catalogue_answer = {
+                "offers": [offer.to_wire() for offer in cat.offers],
+                "certificate": self.agent.credentials.identity.certificate.public_bytes(
+                    Encoding.DER)}
         return cat
 
     async def catalogue(self, context: Any, body: Any) -> dict[str, Any]:
-        return {"offers": [offer.to_wire() for offer in self.current_catalogue().offers],
-                "certificate": self.agent.credentials.identity.certificate.public_bytes(
-                    Encoding.DER)}
+        self.current_catalogue()
+        return self._catalogue_answer
 
     # -- orders ---------------------------------------------------------------------
 
@@ -193,33 +206,30 @@ class Seller(Role):
             raise WrongSigner(f"the order names {named!r} as its buyer; "
                               f"{context.peer.agent_id!r} signed it",
                               detail={"expected": named, "signer": context.peer.agent_id})
-        async with self._lock(order.digest):
-            sale = await self._load(order.digest)
+        digest = order.digest  # a canonical encoding and a hash: once
+        async with self._lock(digest):
+            sale = await self._load(digest)
             if sale is None:
                 sale = Sale(seller=self.agent.id,
                             certificate=self.agent.credentials.identity.certificate,
-                            payment_modules=tuple(self.agent.config.payment.modules))
+                            payment_modules=self.payment_modules)
                 decisions = sale.receive(OrderReceived(order=order,
                                                        catalogue=self.current_catalogue()),
                                          now_ms=_now_ms())
-                await self._archive_within_quota(decisions, context.peer, order.digest)
-                await self._save(sale, context.peer.agent_id)
+                await self._archive_within_quota(decisions, context.peer, digest, save=sale)
         terms = _terms(sale)
-        return {"order": order.digest, "amount": terms.amount.to_wire(),
+        return {"order": digest, "amount": terms.amount.to_wire(),
                 "payment_module": terms.payment_module}
 
-    async def _archive_within_quota(self, decisions: list[Any], peer: Any, order: bytes
-                                    ) -> None:
+    async def _archive_within_quota(self, decisions: list[Any], peer: Any, order: bytes, *,
+                                    save: Sale) -> None:
         """Archive a new order as ``_archive`` does, counted against the buyer's
         ``[evidence] peer_quota_bytes`` inside the commit: an order costs the buyer
         one signature, so unbounded orders would grow our archive without bound
-        (``evidence.quota_exceeded``, docs/protocol.md 9.3)."""
-        ours = self.agent.credentials.identity
-        entries = [entry(d.statement, direction=d.direction, peer=peer.agent_id,
-                         transaction=order.hex(),
-                         certificate=ours.certificate if d.statement.signer == ours.fingerprint
-                         else peer.certificate)
-                   for d in decisions if isinstance(d, ArchiveDecision)]
+        (``evidence.quota_exceeded``, docs/protocol.md 9.3). The sale ``save`` is
+        written in the same commit (one commit per order)."""
+        entries = self._entries(decisions, peer, order)
+        save_sale = self._writer(save, peer.agent_id)
         quota = self.agent.config.evidence_peer_quota
         cost = sum(len(e.statement.to_bytes()) + RECORD_OVERHEAD for e in entries)
 
@@ -231,6 +241,7 @@ class Seller(Role):
                                     "of our archive: no new orders",
                                     detail={"used": used, "quota": quota, "cost": cost})
             append(c, entries)
+            save_sale(c)
 
         await self.agent.database.transaction(write)
 
@@ -296,8 +307,8 @@ class Seller(Role):
             decisions = sale.receive(PaymentConfirmed(
                 payment=result.settlement.digest, payment_type=result.settlement.type,
                 amount=result.amount), now_ms=_now_ms())
-            await self._fulfil(sale, decisions, peer, request.reference)
-            await self._save(sale, buyer, payment=result)
+            entries = self._fulfil(sale, decisions, peer, request.reference)
+            await self._save(sale, buyer, payment=result, entries=entries)
         return result.to_wire()
 
     # -- payments not used: given back ----------------------------------------------
@@ -423,9 +434,11 @@ class Seller(Role):
                 log.error("retrying the returns due failed (next try in %g s): %s",
                           RETURN_RETRY_S, exc, exc_info=exc)
 
-    async def _fulfil(self, sale: Sale, decisions: list[Any], buyer: Any, order: bytes
-                      ) -> None:
-        """Sign the delivery and the receipt the machine asks for, in order."""
+    def _fulfil(self, sale: Sale, decisions: list[Any], buyer: Any, order: bytes
+                ) -> list[Any]:
+        """Sign the delivery and the receipt the machine asks for, in order; returns
+        the archive entries to write in the commit that saves the sale."""
+        entries: list[Any] = []
         while decisions:
             decision = decisions.pop(0)
             if isinstance(decision, Deliver):
@@ -439,7 +452,8 @@ class Seller(Role):
                 receipt = self._sign(decision.receipt)
                 decisions += sale.receive(ReceiptIssued(receipt=receipt), now_ms=_now_ms())
             else:
-                await self._archive([decision], buyer, order)
+                entries += self._entries([decision], buyer, order)
+        return entries
 
     async def fetch(self, context: Any, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict) or type(body.get("order")) is not bytes:
@@ -564,7 +578,21 @@ class Seller(Role):
         return None if row is None else Sale.from_state(canonical_decode(row[0]))
 
     async def _save(self, sale: Sale, buyer: str, *, payment: PaymentResult | None = None,
-                    refund: dict[str, Any] | None = None) -> None:
+                    refund: dict[str, Any] | None = None, entries: list[Any] | None = None
+                    ) -> None:
+        """Write the sale, and ``entries`` into the archive, in one commit."""
+        write = self._writer(sale, buyer, payment=payment, refund=refund)
+
+        def both(c: sqlite3.Connection) -> None:
+            if entries:
+                append(c, entries)
+            write(c)
+
+        await self.agent.database.transaction(both)
+
+    def _writer(self, sale: Sale, buyer: str, *, payment: PaymentResult | None = None,
+                refund: dict[str, Any] | None = None) -> Callable[[sqlite3.Connection], None]:
+        """What writes the sale's row, to run inside a transaction."""
         order = sale.order
         assert order is not None
         machine = canonical_encode(sale.to_state())
@@ -580,7 +608,16 @@ class Seller(Role):
                 " refund = coalesce(excluded.refund, refund), updated_ms = excluded.updated_ms",
                 (order.digest, buyer, sale.state.value, machine, paid, refunded, _now_ms()))
 
-        await self.agent.database.transaction(write)
+        return write
+
+    def _entries(self, decisions: list[Any], peer: Any, order: bytes) -> list[Any]:
+        """The archive entries ``decisions`` ask for; ``peer`` is the buyer's identity."""
+        ours = self.agent.credentials.identity
+        return [entry(d.statement, direction=d.direction, peer=peer.agent_id,
+                      transaction=order.hex(),
+                      certificate=ours.certificate if d.statement.signer == ours.fingerprint
+                      else peer.certificate)
+                for d in decisions if isinstance(d, ArchiveDecision)]
 
     async def _archive(self, decisions: list[Any], peer: Any, order: bytes) -> None:
         """Archive what the machine asks to; ``peer`` is the buyer's identity."""

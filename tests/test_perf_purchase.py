@@ -1,0 +1,173 @@
+"""The purchase path at protocol cost (issue 8, item 6): a catalogue is verified once
+per version, and each party commits once per protocol step.
+
+Before: the buyer verified every offer of the catalogue at every purchase, and a
+purchase took 17 transactions (buyer 10, seller 6, bank 1).
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import trio
+from cryptography.hazmat.primitives.serialization import Encoding
+from pki import NOW, Market
+
+import semper.agents.components._purchase as purchase_module
+from semper.agents import Agent, AgentConfig
+from semper.agents.components._purchase import Shopper
+from semper.agents.operator._market import init_market
+from semper.agents.runtime._storage import Database
+from semper.services import Amount
+from semper.services.certificates import Expired, Revoked
+from semper.services.commerce import Offer
+from semper.services.statements import BadSignature, Statement, sign_statement
+
+DEADLINE = 30.0
+GUIDE = "guide-001"
+
+
+@asynccontextmanager
+async def market(tmp_path: Path) -> AsyncIterator[dict[str, Agent]]:
+    init_market(tmp_path / "m")
+    agents = {n: Agent(AgentConfig.load(tmp_path / "m" / n / "agent.toml"))
+              for n in ("bank", "seller", "buyer")}
+    async with trio.open_nursery() as nursery:
+        for name in ("bank", "seller"):
+            await nursery.start(agents[name].run)
+        async with agents["buyer"].session():
+            yield agents
+        nursery.cancel_scope.cancel()
+
+
+def count_verifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statement types the buyer's driver verifies, in order."""
+    seen: list[str] = []
+    real = purchase_module.verify_statement
+
+    def counting(statement: Statement, **kwargs: Any) -> Any:
+        seen.append(statement.type)
+        return real(statement, **kwargs)
+
+    monkeypatch.setattr(purchase_module, "verify_statement", counting)
+    return seen
+
+
+async def test_the_buyer_verifies_a_catalogue_once_per_version(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as agents:
+            seen = count_verifications(monkeypatch)
+            shopper = Shopper(agents["buyer"])
+            await shopper.buy("seller", GUIDE, "transfer", "k1")
+            offers = seen.count("commerce.offer")
+            assert offers >= 2  # the demo catalogue: every offer, once
+            seen.clear()
+            await shopper.buy("seller", GUIDE, "transfer", "k2")
+            assert "commerce.offer" not in seen and len(seen) == 2  # delivery, receipt
+            # The seller re-signs its offers (a new version): verified again.
+            agents["seller"].role._renew_at = 0  # type: ignore[attr-defined]
+            seen.clear()
+            done = await shopper.buy("seller", GUIDE, "transfer", "k3")
+            assert seen.count("commerce.offer") == offers and done.state == "done"
+
+
+async def test_each_party_commits_once_per_protocol_step(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Buyer: the signed order (with the offer, the key taken), the order accepted,
+    the payment (the payer module's transfer order and confirmation, then the paid
+    machine), the goods and receipt. Seller: the order, the payment module's record
+    of the proof, the paid sale with its delivery and receipt. Bank: the transfer."""
+    commits: collections.Counter[str] = collections.Counter()
+    run_group = Database._run_group
+
+    def counting(self: Database, fns: list[Any]) -> Any:
+        commits[self.path.parent.parent.name] += len(fns)  # <agent>/data/agent.sqlite
+        return run_group(self, fns)
+
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as agents:
+            shopper = Shopper(agents["buyer"])
+            await shopper.buy("seller", GUIDE, "transfer", "warm")  # channels, catalogue
+            monkeypatch.setattr(Database, "_run_group", counting)
+            done = await shopper.buy("seller", GUIDE, "transfer", "counted")
+            monkeypatch.setattr(Database, "_run_group", run_group)
+    assert done.state == "done"
+    assert commits["bank"] == 1
+    assert commits["seller"] <= 3, commits
+    assert commits["buyer"] <= 6, commits
+
+
+# -- the catalogue cache keeps judging the certificate ----------------------------------
+
+
+def _offer(seller: Any, sku: str, valid_until: int) -> Statement:
+    body = Offer(seller="seller", sku=sku, title=sku, price=Amount("EUR", 100), terms="",
+                 content_digest=hashlib.sha256(sku.encode()).digest(),
+                 valid_until=valid_until).to_body()
+    return sign_statement(Offer.TYPE, body, key=seller.key, certificate=seller.cert,
+                          now_ms=int(NOW.timestamp() * 1000), nonce=bytes(16))
+
+
+class _Seller:
+    """A seller's catalogue answers, to a shopper whose agent is only what it reads."""
+
+    def __init__(self, pki: Market, seller: Any) -> None:
+        later = int(time.time() * 1000) + 86_400_000
+        self.answer = {"offers": [_offer(seller, s, later).to_wire() for s in ("a", "b")],
+                       "certificate": seller.cert.public_bytes(Encoding.DER)}
+        self.shopper = object.__new__(Shopper)
+        self.shopper.agent = SimpleNamespace(  # type: ignore[assignment]
+            request=self.request, credentials=SimpleNamespace(root=pki.ca.certificate))
+        self.shopper._catalogues = {}
+        self.pki = pki
+
+    async def request(self, *args: Any) -> Any:
+        self.shopper.agent.crl = self.pki.crl  # the CRL the agent holds now
+        return self.answer
+
+
+async def test_a_revoked_seller_is_refused_with_its_catalogue_known(market_pki: Market) -> None:
+    seller = market_pki.agent("seller", "seller")
+    stub = _Seller(market_pki, seller)
+    catalogue, _ = await stub.shopper.catalogue("seller")
+    assert len(catalogue.offers) == 2
+    market_pki.revoke(seller)
+    with pytest.raises(Revoked):
+        await stub.shopper.catalogue("seller")
+
+
+async def test_an_expired_seller_is_refused_with_its_catalogue_known(
+        market_pki: Market, monkeypatch: pytest.MonkeyPatch) -> None:
+    seller = market_pki.agent("seller", "seller")
+    stub = _Seller(market_pki, seller)
+    await stub.shopper.catalogue("seller")
+    later = seller.cert.not_valid_after_utc + dt.timedelta(seconds=1)
+    monkeypatch.setattr(purchase_module, "utcnow", lambda: later)
+    with pytest.raises(Expired):
+        await stub.shopper.catalogue("seller")
+
+
+async def test_a_changed_offer_is_verified_again(market_pki: Market) -> None:
+    seller = market_pki.agent("seller", "seller")
+    stub = _Seller(market_pki, seller)
+    await stub.shopper.catalogue("seller")
+    forged = dict(stub.answer["offers"][0])
+    forged["body"] = {**forged["body"], "title": "cheaper"}  # not what the seller signed
+    stub.answer = {**stub.answer, "offers": [forged, stub.answer["offers"][1]]}
+    with pytest.raises(BadSignature):
+        await stub.shopper.catalogue("seller")
+
+
+@pytest.fixture
+def market_pki(tmp_path: Path) -> Market:
+    return Market(tmp_path)
