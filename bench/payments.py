@@ -27,14 +27,24 @@ no concurrency and no batching:
 ``floor_ratio`` = purchases_per_s / floor_purchases_per_s: above 1, concurrency and
 group commit beat doing the work one purchase at a time.
 
+The crypto floor is what the protocol itself costs: the Ed25519 work a purchase by
+transfer needs whatever the implementation (5 signatures: order, transfer order,
+confirmation, delivery, receipt; 6 verifications: the seller checks the order and the
+confirmation, the bank the transfer order, the buyer the offer, the delivery and the
+receipt), timed here in the same run, on every core the machine gives this process:
+``crypto_floor_purchases_per_s`` = cores / (5 signs + 6 verifies), and
+``crypto_floor_ratio`` = purchases_per_s / crypto_floor_purchases_per_s.
+
     python bench/payments.py [--json] [--seconds S] [--buyers B] [--concurrency C]
                              [--pay transfer|cheque|both] [--profile DIR]
 
 Defaults: 2 buyer processes of 32 purchases in flight, 20 s, ``transfer``.
 ``--json`` prints one object with ``purchases_per_s``, ``floor_purchases_per_s``,
-``floor_ratio``, the floor's parts (``floor``: per purchase, the count of each kind
+``floor_ratio``, ``crypto_floor_purchases_per_s``, ``crypto_floor_ratio`` (and the
+``cores`` it counts), the floor's parts (``floor``: per purchase, the count of each kind
 of operation, microseconds each and milliseconds in all), the CPU milliseconds each
-process spent per purchase (``cpu_ms_per_purchase``, from /proc) and how many
+process spent per purchase (``cpu_ms_per_purchase``, from /proc), the transactions
+each agent committed per purchase (``commits_per_purchase``, from the census) and how many
 payments the bank applied meanwhile (``bank_payments``: the purchases counted, plus
 each buyer's warm-up and those still in flight when the window closed); with
 ``--pay both``, the cheque run's figures are under ``cheque``. ``--profile DIR`` runs
@@ -73,6 +83,11 @@ SELLER = "seller"
 FUNDS = Amount("EUR", 100_000_000)  # minted for each buyer: a million purchases
 CENSUS_PURCHASES = 3
 HERE = Path(__file__).resolve()
+
+#: The Ed25519 operations the protocol needs for one purchase by transfer (the crypto
+#: floor): signs of order, transfer order, confirmation, delivery, receipt; verifies of
+#: the offer, the order, the transfer order, the confirmation, the delivery, the receipt.
+PROTOCOL_OPS = {"sign": 5, "verify": 6}
 
 #: The calls into ``cryptography`` that are Ed25519 signatures, by the census's names.
 ED25519_OPS = {
@@ -130,11 +145,13 @@ def census(market: Path, module: str) -> dict[str, float]:
     def counting_group(self: Database, fns: list[Any]) -> Any:
         if active[0]:
             counts["commits"] += len(fns)
+            counts[f"commits.{self.path.parent.parent.name}"] += len(fns)  # <agent>/data/
         return run_group(self, fns)
 
     def counting_sync(self: Database, fn: Any) -> Any:
         if active[0]:
             counts["commits"] += 1
+            counts[f"commits.{self.path.parent.parent.name}"] += 1
         return transaction_sync(self, fn)
 
     async def counting_request(self: Channel, *args: Any, **kwargs: Any) -> Any:
@@ -442,15 +459,35 @@ def time_floor(market: Path, folder: Path) -> dict[str, float]:
     return times
 
 
+def cores() -> int:
+    """The cores this process may run on (the purchases' processes share them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def crypto_floor(times: dict[str, float]) -> float:
+    """Purchases per second if every core did nothing but the protocol's Ed25519 work."""
+    return cores() / sum(count * times[name] for name, count in PROTOCOL_OPS.items())
+
+
 def report_of(module: str, counts: dict[str, float], run: dict[str, Any],
               times: dict[str, float]) -> dict[str, Any]:
     floor = floor_of(counts, times)
+    crypto = crypto_floor(times)
     return {"pay": module, "purchases_per_s": round(run["purchases_per_s"], 2),
             "floor_purchases_per_s": round(floor["purchases_per_s"], 2),
             "floor_ratio": round(run["purchases_per_s"] / floor["purchases_per_s"], 2),
+            "crypto_floor_purchases_per_s": round(crypto, 2),
+            "crypto_floor_ratio": round(run["purchases_per_s"] / crypto, 3),
+            "cores": cores(),
             "purchases": run["purchases"], "failed": run["failed"],
             "bank_payments": run["bank_payments"],
             "cpu_ms_per_purchase": run["cpu_ms_per_purchase"],
+            "commits_per_purchase": {
+                name.removeprefix("commits."): round(count, 2)
+                for name, count in sorted(counts.items()) if name.startswith("commits.")},
             "latency_ms_p50": run["latency_ms_p50"], "latency_ms_p99": run["latency_ms_p99"],
             "floor": {"ms_per_purchase": floor["ms_per_purchase"],
                       "signatures": floor["signatures"], **floor["parts"]}}
@@ -466,6 +503,12 @@ def print_report(report: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"  floor purchases/s {report['floor_purchases_per_s']:10.1f}   "
           f"({floor['ms_per_purchase']:.2f} ms of work per purchase, back to back)")
     print(f"  floor_ratio       {report['floor_ratio']:10.2f}x")
+    print(f"  crypto floor/s    {report['crypto_floor_purchases_per_s']:10.1f}   "
+          f"({PROTOCOL_OPS['sign']} signs and {PROTOCOL_OPS['verify']} verifies per purchase "
+          f"on {report['cores']} cores)")
+    print(f"  crypto_floor_ratio {report['crypto_floor_ratio']:9.3f}x")
+    commits = report["commits_per_purchase"]
+    print("  commits per purchase: " + ", ".join(f"{k} {v:g}" for k, v in commits.items()))
     cpu = report["cpu_ms_per_purchase"]
     print("  CPU ms per purchase: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
           + f" (total {sum(cpu.values()):.2f})")
