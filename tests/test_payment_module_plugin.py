@@ -5,6 +5,7 @@ after a restart, a purchase paid with it between separate agent processes."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -28,7 +29,9 @@ from test_cli import Market as CliMarket
 from semper.agents.cli.cmd_call import from_json, to_json
 from semper.agents.operator._market import DEMO_CATALOGUE, init_market
 from semper.services import Amount
+from semper.services.payment import PaymentRequest
 from semper.services.statements import BadSignature, Statement, sign_statement
+from semper.transport import RemoteError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "payment_module"
 
@@ -48,14 +51,20 @@ def _load_package() -> None:
 
 _load_package()
 
+from semper_voucher.module import VoucherModule  # noqa: E402
 from semper_voucher.protocol import (  # noqa: E402
     PURCHASE_ORDER,
+    REDEMPTION,
     VOUCHER,
     AlreadyRedeemed,
     BadVoucher,
     BadVoucherRequest,
+    BuyAnswer,
+    BuyRequest,
     PurchaseOrder,
     Redeem,
+    RedeemAnswer,
+    RedeemRequest,
     Spent,
     Superseded,
     VoucherProof,
@@ -69,6 +78,7 @@ from semper_voucher.protocol import (  # noqa: E402
     decide_redemption,
     issue_voucher,
     lock_of,
+    redeem,
     verify_voucher,
     voucher_serial,
 )
@@ -204,6 +214,91 @@ def test_a_retried_purchase_relocks_an_unspent_voucher(parties: Parties) -> None
     with pytest.raises(Superseded) as info:  # the first voucher, with its own secret
         decide_redemption(first.digest, body, record=now, redeemer="seller", secret=SECRET)
     assert info.value.code == "voucher.superseded"
+
+
+class PayerContext:
+    """The buyer's side of a voucher payment in memory: its bank applies the plugin's
+    own checks and decisions to a dict of records; ``payee`` answers payment.accept."""
+
+    def __init__(self, parties: Parties, payee: Any) -> None:
+        self.parties, self.payee = parties, payee
+        self.our_id, self.bank_id = "buyer", "bank"
+        self.certificate = parties.buyer.cert
+        self.root, self.crl = parties.market.ca.certificate, parties.market.crl
+        self.records: dict[str, VoucherRecord] = {}
+
+    def now_ms(self) -> int:
+        return NOW_MS
+
+    async def sign(self, type: str, body: dict[str, Any]) -> Statement:
+        return self.parties.sign(self.parties.buyer, type, body)
+
+    async def record(self, statement: Statement, certificate: Any) -> None:
+        pass
+
+    async def request(self, peer: str, service: str, op: str, body: Any) -> Any:
+        if (service, op) == ("payment", "accept"):
+            return await self.payee(self, body)
+        return getattr(self, op)(body, "buyer")
+
+    def buy_voucher(self, body: Any, requester: str) -> Any:
+        signed = BuyRequest.from_wire(body).order
+        order = check_purchase_order(signed, payer_certificate=self.parties.buyer.cert,
+                                     trust=self.parties.trust, bank_id="bank",
+                                     requester=requester)
+        serial = voucher_serial(order.payer, order.idempotency_key)
+        voucher = self.parties.sign(self.parties.bank, VOUCHER, issue_voucher(
+            signed, order, serial=serial, entry=1).to_wire())
+        self.records[serial] = self.parties.record(voucher)
+        return BuyAnswer(voucher=voucher, bank_certificate=self.parties.bank.cert).to_wire()
+
+    def redeem_voucher(self, body: Any, redeemer: str) -> Any:
+        request = RedeemRequest.from_wire(body)
+        voucher = check_own_voucher(request.voucher, trust=self.parties.trust,
+                                    bank_certificate=self.parties.bank.cert)
+        decide_redemption(request.voucher.digest, voucher, redeemer=redeemer,
+                          record=self.records.get(voucher.serial), secret=request.secret)
+        redemption = self.parties.sign(self.parties.bank, REDEMPTION, redeem(
+            request.voucher, voucher, redeemer=redeemer, entry=2).to_wire())
+        self.records[voucher.serial] = dataclasses.replace(
+            self.records[voucher.serial], redeemer=redeemer, answer=redemption.to_bytes())
+        return RedeemAnswer(redemption=redemption,
+                            bank_certificate=self.parties.bank.cert).to_wire()
+
+
+def _request() -> PaymentRequest:
+    return PaymentRequest(payee="seller", amount=PRICE, reference=REFERENCE,
+                          idempotency_key="pay-1")
+
+
+async def test_a_voucher_the_payee_refuses_goes_back_to_its_buyer(parties: Parties) -> None:
+    """The instance: the seller refused the voucher after the buyer bought it; the
+    secret died with the call, and the money stayed in @vouchers for nobody."""
+    async def refuse(ctx: PayerContext, body: Any) -> Any:
+        raise RemoteError("commerce.unsupported_payment", "not today")
+
+    ctx = PayerContext(parties, refuse)
+    with pytest.raises(RemoteError) as info:
+        await VoucherModule().pay(ctx, _request())  # type: ignore[arg-type]
+    assert info.value.code == "commerce.unsupported_payment"  # the refusal stands
+    (record,) = ctx.records.values()
+    assert record.redeemer == "buyer"  # redeemed by its buyer: the money is back
+
+
+async def test_a_voucher_the_payee_redeemed_before_refusing_stays_with_it(
+        parties: Parties) -> None:
+    async def redeem_then_refuse(ctx: PayerContext, body: Any) -> Any:
+        proof = VoucherProof.from_wire(body["proof"])
+        ctx.redeem_voucher(RedeemRequest(voucher=proof.voucher, secret=proof.secret)
+                           .to_wire(), "seller")
+        raise RemoteError("commerce.unknown_offer", "withdrawn meanwhile")
+
+    ctx = PayerContext(parties, redeem_then_refuse)
+    with pytest.raises(RemoteError) as info:
+        await VoucherModule().pay(ctx, _request())  # type: ignore[arg-type]
+    assert info.value.code == "commerce.unknown_offer"  # not the take-back's voucher.spent
+    (record,) = ctx.records.values()
+    assert record.redeemer == "seller"
 
 
 @pytest.mark.parametrize("proof, field", [
@@ -356,7 +451,7 @@ def test_a_purchase_whose_redemption_answer_was_lost_resumes_and_pays_once(
 
 @pytest.mark.xfail(strict=True, reason="agents/roles/seller.py _same_payment knows only "
                    "transfer and cheque proofs: any other instrument's retry is "
-                   "payment.already_paid (reported to the lead, not fixed here)")
+                   "commerce.already_paid (reported to the lead, not fixed here)")
 def test_a_payment_handed_over_again_is_answered_with_the_stored_result(
         installed: Installed) -> None:
     """The buyer lost the seller's answer to payment.accept and hands the same voucher

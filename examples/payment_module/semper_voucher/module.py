@@ -4,8 +4,11 @@
     payer: choose a secret -> bank.buy_voucher at its bank with lock = H(secret) ->
            verify the voucher -> payment.accept at the payee, proof = {voucher,
            secret, bank_certificate} -> verify the redemption the payee answers with
-    payee: verify the voucher and the secret -> bank.redeem_voucher at its bank ->
+    payee: verify the voucher -> bank.redeem_voucher at its bank with the secret ->
            verify the redemption: the settlement
+
+A payee that refuses the voucher leaves it unspent, and the secret with nobody else:
+the payer redeems it itself, which takes the money back (``_take_back``).
 
 Like every module it holds no state: the secret lives for one ``pay`` call, and a
 retried ``pay`` (same idempotency key) buys nothing twice: the bank relocks the
@@ -32,6 +35,7 @@ from semper.services.payment import (
     our_bank,
     refund_payment,
 )
+from semper.transport import RemoteError
 
 from .protocol import (
     BUY,
@@ -45,6 +49,7 @@ from .protocol import (
     RedeemAnswer,
     RedeemRequest,
     Trust,
+    Voucher,
     VoucherProof,
     lock_of,
     verify_redemption,
@@ -79,13 +84,36 @@ class VoucherModule:
         await ctx.record(answer.voucher, answer.bank_certificate)
         proof = VoucherProof(voucher=answer.voucher, secret=secret,
                              bank_certificate=answer.bank_certificate)
-        result = await hand_over(ctx, request, self.name, proof.to_wire())
+        try:
+            result = await hand_over(ctx, request, self.name, proof.to_wire())
+        except RemoteError:
+            await self._take_back(ctx, answer, secret)
+            raise
         verify_redemption(result.settlement, bank_certificate=result.bank_certificate,
                           trust=_trust(ctx), expected_voucher=answer.voucher.digest,
                           expected_payee=request.payee, expected_amount=request.amount,
                           expected_bank=ctx.bank_id)
         await ctx.record(result.settlement, result.bank_certificate)
         return result
+
+    async def _take_back(self, ctx: PayerContext, bought: BuyAnswer, secret: bytes) -> None:
+        """The payee refused the voucher (it answered: it is done with it), and only we
+        hold its secret now: redeem it ourselves, so the money is back in our account
+        rather than held for nobody in ``@vouchers``. If the payee redeemed it before
+        refusing, the bank refuses us (``voucher.spent``) and the payee has the money:
+        the refusal stands either way, and the bank alone decides who was first."""
+        try:
+            back = RedeemAnswer.from_wire(await ctx.request(
+                ctx.bank_id, REDEEM.service, REDEEM.name,
+                RedeemRequest(voucher=bought.voucher, secret=secret).to_wire()))
+            verify_redemption(back.redemption, bank_certificate=back.bank_certificate,
+                              trust=_trust(ctx), expected_voucher=bought.voucher.digest,
+                              expected_payee=ctx.our_id,
+                              expected_amount=Voucher.from_statement(bought.voucher).amount,
+                              expected_bank=ctx.bank_id)
+        except Exception:  # spent, or the bank out of reach: the payee's refusal stands
+            return
+        await ctx.record(back.redemption, back.bank_certificate)
 
     async def accept(self, ctx: PayeeContext, proof: dict[str, Any], *,
                      invoice: Invoice) -> PaymentResult:
