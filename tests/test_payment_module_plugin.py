@@ -332,6 +332,7 @@ def _books(market: CliMarket) -> dict[str, Any]:
     assert books["balanced"] is True
     held = {a["holder"]: a["minor_units"] for a in books["accounts"] if a["currency"] == "EUR"}
     assert sum(held.values()) == books["minted"]["EUR"]  # every cent minted is somewhere
+    held.setdefault("@vouchers", 0)  # opened by the first voucher sold
     return held
 
 
@@ -447,6 +448,13 @@ def test_a_purchase_whose_redemption_answer_was_lost_resumes_and_pays_once(
     assert json.loads(done.stdout)["state"] == "done"
     assert _books(market) == paid  # nothing moved again
     assert paid["seller"] == before["seller"] + price
+
+    # A redeemed voucher is a settled payment: refunded by semper's bank.refund.
+    done = semper("refund", "--config", market.config("buyer"), "--idempotency-key",
+                  "voucher-crash-1", "--json", timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["state"] == "refunded"
+    assert _books(market) == before
 
 
 @pytest.mark.xfail(strict=True, reason="agents/roles/seller.py _same_payment knows only "
