@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
 from cryptography import x509
@@ -90,6 +90,9 @@ class Statement:
     NONCE_SIZE: ClassVar[int] = 16
     SIGNER_SIZE: ClassVar[int] = 32
     SIGNATURE_SIZE: ClassVar[int] = 64
+    #: ``to_bytes()`` once made: a purchase asks a statement's digest many times, each
+    #: a canonical encoding (the fields never change; the body is never mutated).
+    _bytes: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_type(self.type)
@@ -114,7 +117,11 @@ class Statement:
 
     def to_bytes(self) -> bytes:
         """The canonical encoding of ``to_wire()``: what archives store and digests hash."""
-        return canonical_encode(self.to_wire())
+        encoded = self._bytes
+        if encoded is None:
+            encoded = canonical_encode(self.to_wire())
+            object.__setattr__(self, "_bytes", encoded)
+        return encoded
 
     @property
     def digest(self) -> bytes:
