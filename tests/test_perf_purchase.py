@@ -72,8 +72,11 @@ async def test_the_buyer_verifies_a_catalogue_once_per_version(
             offers = seen.count("commerce.offer")
             assert offers >= 2  # the demo catalogue: every offer, once
             seen.clear()
-            await shopper.buy("seller", GUIDE, "transfer", "k2")
+            bought = await shopper.buy("seller", GUIDE, "transfer", "k2")
             assert "commerce.offer" not in seen and len(seen) == 2  # delivery, receipt
+            # The outcome a purchase returns is what its record says, read back.
+            assert bought == await shopper.outcome("k2")
+            assert bought.to_json() == (await shopper.outcome("k2")).to_json()
             # The seller re-signs its offers (a new version): verified again.
             agents["seller"].role._renew_at = 0  # type: ignore[attr-defined]
             seen.clear()
@@ -105,6 +108,29 @@ async def test_each_party_commits_once_per_protocol_step(
     assert commits["bank"] == 1
     assert commits["seller"] <= 3, commits
     assert commits["buyer"] <= 6, commits
+
+
+async def test_a_sellers_capabilities_are_asked_once_per_channel(tmp_path: Path) -> None:
+    """Another member of the kind (the same answer fetched again every purchase): the
+    seller's payment capabilities. A new channel (a restarted seller) asks again."""
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as agents:
+            buyer = agents["buyer"]
+            asked: list[tuple[str, str]] = []
+            real = buyer.request
+
+            async def counting(peer: str, service: str, op: str, body: Any = None) -> Any:
+                asked.append((service, op))
+                return await real(peer, service, op, body)
+
+            buyer.request = counting  # type: ignore[method-assign]
+            shopper = Shopper(buyer)
+            for key in ("k1", "k2", "k3"):
+                await shopper.buy("seller", GUIDE, "transfer", key)
+            assert asked.count(("payment", "capabilities")) == 1
+            await buyer.close_channels()
+            assert (await shopper.buy("seller", GUIDE, "transfer", "k4")).state == "done"
+            assert asked.count(("payment", "capabilities")) == 2
 
 
 # -- the catalogue cache keeps judging the certificate ----------------------------------

@@ -63,6 +63,8 @@ from semper.services.commerce import (
     UnknownOffer,
 )
 from semper.services.payment import (
+    PAYMENT_CAPABILITIES,
+    PAYMENT_SERVICE,
     BadConfirmation,
     IdempotencyConflict,
     PaymentRequest,
@@ -222,6 +224,8 @@ class Shopper:
         #: seller -> (certificate DER, offers as received, the verified catalogue and
         #: certificate): the last catalogue of each seller that verified.
         self._catalogues: dict[str, tuple[bytes, list[Any], Catalogue, Any]] = {}
+        #: seller -> (the channel it answered on, its payment capabilities).
+        self._capabilities: dict[str, tuple[Any, Any]] = {}
 
     async def catalogue(self, seller: str) -> tuple[Catalogue, Any]:
         """The seller's verified offers and its certificate.
@@ -270,7 +274,14 @@ class Shopper:
                 await self._reserve(key, seller, sku, module)  # for another purchase?
                 raise PurchaseBusy(key)
             purchase, certificate = started
-            await self._drive(purchase, key, seller, sku, module, certificate)
+            kept = await self._drive(purchase, key, seller, sku, module, certificate)
+            if purchase.state is PurchaseState.DONE and kept.keys() == {"payment", "goods"}:
+                # What this run saved, as ``outcome`` would read it back.
+                assert purchase.order is not None
+                return PurchaseOutcome(
+                    key=key, seller=seller, sku=sku, state=purchase.state.value,
+                    order=purchase.order.digest, receipt=purchase.receipt,
+                    payment=kept["payment"], goods=kept["goods"], refund=None, replayed=False)
             return await self.outcome(key)
         row = await self._reserve(key, seller, sku, module)
         replayed = row["state"] in (PurchaseState.DONE.value, PurchaseState.REFUNDED.value)
@@ -380,7 +391,10 @@ class Shopper:
         return await self.outcome(key, replayed=replayed)
 
     async def _drive(self, purchase: Purchase, key: str, seller: str, sku: str, module: str,
-                     certificate: Any) -> None:
+                     certificate: Any) -> dict[str, Any]:
+        """Take the steps the machine asks for until none is left; returns the payment
+        and goods this run saved (by ``payment`` and ``goods``)."""
+        kept: dict[str, Any] = {}
         for _ in range(_MAX_STEPS):
             if purchase.state is PurchaseState.ORDERED:  # the seller has to accept it
                 assert purchase.order is not None
@@ -393,7 +407,7 @@ class Shopper:
                 continue
             pending = purchase.pending()
             if not pending:
-                return
+                return kept
             decision = pending[0]
             if isinstance(decision, SendOrder):
                 self._progress(f"signing the order for {sku}")
@@ -410,6 +424,7 @@ class Shopper:
                                                   payment_type=result.settlement.type,
                                                   amount=result.amount), now_ms=_now_ms())
                 await self._save(key, seller, sku, module, purchase, payment=result)
+                kept["payment"] = result
             elif isinstance(decision, RequestDelivery):
                 self._progress("payment confirmed by the bank; fetching goods and receipt")
                 answer = _fields(await self.agent.request(seller, "commerce", "fetch",
@@ -425,6 +440,7 @@ class Shopper:
                 decisions = purchase.receive(
                     GoodsDelivered(delivery=delivery, goods=answer["goods"]), now_ms=_now_ms())
                 decisions += purchase.receive(ReceiptIssued(receipt=receipt), now_ms=_now_ms())
+                kept["goods"] = answer["goods"]
                 await self._save(key, seller, sku, module, purchase, goods=answer["goods"],
                                  entries=self._entries(decisions, seller, purchase,
                                                        seller_cert))
@@ -534,7 +550,7 @@ class Shopper:
 
     async def _pay(self, decision: Pay, purchase: Purchase) -> PaymentResult:
         assert purchase.order is not None
-        ctx = AgentPaymentContext(self.agent, purchase.order.digest.hex(), decision.payee)
+        ctx = _ShopperContext(self, purchase.order.digest.hex(), decision.payee)
         request = PaymentRequest(payee=decision.payee, amount=decision.amount,
                                  reference=decision.reference,
                                  idempotency_key=decision.idempotency_key)
@@ -614,6 +630,30 @@ class Shopper:
             goods=row["goods"],
             refund=None if row["refund"] is None else canonical_decode(row["refund"]),
             replayed=replayed)
+
+
+class _ShopperContext(AgentPaymentContext):
+    """The payment context of a shopper's purchases: a seller's capabilities are
+    asked once per channel to it, not once per purchase. They are its configuration
+    (modules, limits, bank), which changes only with a restart, and a restarted
+    seller is reached over a new channel."""
+
+    def __init__(self, shopper: Shopper, transaction: str, peer: str) -> None:
+        super().__init__(shopper.agent, transaction, peer)
+        self._known = shopper._capabilities
+
+    async def request(self, peer: str, service: str, op: str, body: Any) -> Any:
+        if (service, op) != (PAYMENT_SERVICE, PAYMENT_CAPABILITIES):
+            return await super().request(peer, service, op, body)
+        channel = await self._agent.channel(peer)
+        known = self._known.get(peer)
+        if known is not None and known[0] is channel and not channel.closed:
+            return known[1]
+        answer = await super().request(peer, service, op, body)
+        if len(self._known) >= _MAX_CATALOGUES:
+            del self._known[next(iter(self._known))]
+        self._known[peer] = (channel, answer)
+        return answer
 
 
 def _returned(exc: RemoteError) -> bool:
