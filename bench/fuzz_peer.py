@@ -64,6 +64,7 @@ from semper.agents.components import _ledger
 from semper.agents.components._purchase import Shopper
 from semper.agents.operator._market import init_market
 from semper.agents.operator._operator import invite_agent
+from semper.agents.roles.ca import CertificationAuthority
 from semper.agents.runtime._agent import Agent
 from semper.agents.runtime._config import AgentConfig
 from semper.agents.runtime._identity import Credentials
@@ -952,8 +953,7 @@ class Harness:
     async def _enroll(self, case: Case, findings: list[str]) -> bool:
         """The CA's enrollment listener: TLS without a client certificate, then one
         request, one answer, and the CA closes."""
-        role = self.agents["ca"].role
-        address = role.enroll_address  # type: ignore[attr-defined]
+        address = self.agents["ca"].component(CertificationAuthority).enroll_address
         tcp = await trio.open_tcp_stream(*address)
         stream = trio.SSLStream(tcp, self._anonymous_tls, server_side=False)
         try:

@@ -76,6 +76,7 @@ def declared_ops() -> list[Op]:
     return sorted(_DECLARED.values(), key=lambda op: (op.service, op.name))
 
 
+
 #: ``sys.ping``, which every agent serves (protocol.md 7.1): any body, echoed back with
 #: the responder's id, role and clock. The runtime's own op, so declared here.
 PING: Final = Op("sys", "ping")

@@ -30,6 +30,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from pki import Market
 
 from semper.agents.components import _bank, _ledger
+from semper.agents.instruments import cheque as cheque_bank
+from semper.agents.instruments import transfer as transfer_bank
 from semper.agents.runtime._storage import Database
 from semper.services import Amount
 from semper.services.payment import PaymentError, RefundOrder
@@ -73,8 +75,10 @@ class BankMachine(RuleBasedStateMachine):
         self.agents: dict[str, TestAgent] = shared["agents"]
         bank: TestAgent = shared["bank"]
         self.folder = Path(tempfile.mkdtemp(prefix="semper-book-"))
-        self.db = Database.open_sync(self.folder / "bank.sqlite", _bank.MIGRATIONS)
-        self.book = _bank.BankBook("bank", lambda t, b: sign(bank, t, b), bank.cert)
+        self.db = Database.open_sync(self.folder / "bank.sqlite",
+                                     {**_bank.MIGRATIONS, **cheque_bank.MIGRATIONS})
+        self.book = _bank.BankBook("bank", lambda t, b: sign(bank, t, b), bank.cert,
+                                   lambda: time.time_ns() // 1_000_000)
         def fund(c: sqlite3.Connection) -> None:
             for (holder, currency), units in MINTED.items():
                 _ledger.open_account(c, holder, currency)
@@ -135,8 +139,8 @@ class BankMachine(RuleBasedStateMachine):
         body = TransferOrder(payer=payer, payee=payee, bank="bank", amount=amount,
                              reference=reference, idempotency_key=key)
         order = sign(self.agents[payer], "payment.transfer_order", body.to_body())
-        outcome, error = self.apply(lambda c: self.book.transfer(
-            c, order, body, payer_certificate=self.agents[payer].cert))
+        outcome, error = self.apply(lambda c: transfer_bank.apply_transfer(
+            self.book, c, order, body, payer_certificate=self.agents[payer].cert))
         stored = self.requests.get((payer, key))
         if stored is not None:
             if stored[0] == body.to_body():
@@ -187,7 +191,8 @@ class BankMachine(RuleBasedStateMachine):
         stopped = self.db.read_sync(lambda c: c.execute(
             "SELECT status FROM bank_cheques WHERE payer = ? AND serial = ?",
             (body.payer, body.serial)).fetchone())
-        outcome, error = self.apply(lambda c: self.book.deposit_cheque(
+        outcome, error = self.apply(lambda c: cheque_bank.deposit_cheque(
+            self.book,
             c, statement, body, depositor=depositor,
             drawer_certificate=self.agents[body.payer].cert))
         cleared = self.cleared.get((body.payer, body.serial))
@@ -223,7 +228,7 @@ class BankMachine(RuleBasedStateMachine):
     @rule(payer=st.sampled_from(HOLDERS), serial=st.sampled_from(SERIALS))
     def stop(self, payer: str, serial: str) -> None:
         try:
-            self.db.transaction_sync(lambda c: self.book.stop_cheque(c, payer, serial))
+            self.db.transaction_sync(lambda c: cheque_bank.stop_cheque(c, payer, serial))
         except PaymentError as exc:
             assert exc.code == "payment.cheque_reused"
             assert (payer, serial) in self.cleared

@@ -24,6 +24,7 @@ from market_helpers import DEADLINE, config_of, make_market, running
 
 from semper.agents.operator._enroll import EnrollFolderError, enroll
 from semper.agents.operator._operator import invite_agent
+from semper.agents.roles.ca import CertificationAuthority
 from semper.agents.runtime._agent import Agent
 from semper.agents.runtime._config import AgentConfig
 from semper.services.certificates import (
@@ -156,7 +157,7 @@ async def test_a_token_pinning_another_ca_sends_nothing(market: Path, tmp_path: 
 
 
 async def _raw_enroll(ca: Agent, token: EnrollmentToken, csr: bytes, proof: bytes) -> object:
-    host, port = ca.role.enroll_address  # type: ignore[attr-defined]
+    host, port = ca.component(CertificationAuthority).enroll_address
     return await request_pinned(
         host, port, check_server=lambda der: None, service="enroll", op="request",
         body=EnrollRequest(token_id=token.token_id, csr_der=csr, proof=proof).to_wire())
@@ -199,7 +200,7 @@ async def test_refused_requests_leave_the_token_unused(market: Path, case: str) 
         async with running(Agent(config_of(market, "ca"))) as ca:
             with pytest.raises(RemoteError) as caught:
                 if case == "bad_request":
-                    host, port = ca.role.enroll_address  # type: ignore[attr-defined]
+                    host, port = ca.component(CertificationAuthority).enroll_address
                     await request_pinned(host, port, check_server=lambda der: None,
                                          service="enroll", op="request", body={"token": 1})
                 else:
@@ -212,7 +213,7 @@ async def test_refused_requests_leave_the_token_unused(market: Path, case: str) 
 async def test_only_enrollment_is_offered_on_the_enrollment_listener(market: Path) -> None:
     with trio.fail_after(DEADLINE):
         async with running(Agent(config_of(market, "ca"))) as ca:
-            host, port = ca.role.enroll_address  # type: ignore[attr-defined]
+            host, port = ca.component(CertificationAuthority).enroll_address
             for service, op, code in [("certificates", "crl", "protocol.unknown_service"),
                                       ("enroll", "crl", "protocol.unknown_op")]:
                 with pytest.raises(RemoteError) as caught:

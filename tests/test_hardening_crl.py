@@ -200,8 +200,7 @@ async def test_the_ca_agent_renews_on_its_timer_with_its_clock(
     ca = Agent(config_of(market, "ca"))
     async with running(ca):
         assert crl_number(ca.crl) == 1
-        role = ca.role
-        assert isinstance(role, CertificationAuthority)
+        role = ca.component(CertificationAuthority)
         mock_clock.jump(role.crl_check_interval)
         await trio.testing.wait_all_tasks_blocked(cushion=0.02)
         assert crl_number(ca.crl) == 1  # looked, not due yet

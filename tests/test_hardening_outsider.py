@@ -29,8 +29,8 @@ from test_commerce_wire import Market
 from test_hardening_payments import m, returned_to  # noqa: F401 (m: the fixture)
 
 from semper.agents.cli import cli
-from semper.agents.components import _bank
 from semper.agents.components._purchase import Shopper
+from semper.agents.instruments import cheque as cheque_bank
 from semper.agents.operator._enroll import EnrollFolderError, enroll
 from semper.agents.operator._market import revoke_agent
 from semper.agents.operator._operator import invite_agent
@@ -160,7 +160,7 @@ async def test_stopping_cheques_is_for_customers_and_bounded(
     # The hole: bank.stop_cheque kept a row for every serial any market agent named,
     # an account or not, without bound (500 rows in 1.5 s from the notary, which has
     # no account): free, unbounded growth of the bank's books.
-    monkeypatch.setattr(_bank, "MAX_STOPPED", 3)
+    monkeypatch.setattr(cheque_bank, "MAX_STOPPED", 3)
     bank = Agent(config_of(folder, "bank"))
     async with running(bank):
         notary = Agent(config_of(folder, "notary"))

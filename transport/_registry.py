@@ -54,6 +54,13 @@ class ServiceRegistry:
         self._services[name] = (ServiceInfo(version=version, modules=tuple(modules)), {})
         self._notes[name] = {}
 
+    def add_modules(self, name: str, modules: Iterable[str]) -> None:
+        """Advertise more modules of a registered service (each once, in order)."""
+        info, ops = self._services[name]
+        more = tuple(m for m in modules if m not in info.modules)
+        self._services[name] = (ServiceInfo(version=info.version,
+                                            modules=info.modules + more), ops)
+
     def add_op(self, service: str, op: str, handler: Handler) -> None:
         self._add(self._ops(service), service, op, handler)
 

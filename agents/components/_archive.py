@@ -235,13 +235,16 @@ class Archive:
         return await self._db.read(lambda c: peer_usage(c, peer))
 
 
-def append(connection: sqlite3.Connection, entries: Iterable[_Entry]) -> list[ArchiveRecord]:
+def append(connection: sqlite3.Connection, entries: Iterable[_Entry], *,
+           now_ms: int | None = None) -> list[ArchiveRecord]:
     """Append to the chain inside the caller's transaction (so that evidence commits
-    with whatever else the caller writes, e.g. a bank's journal entry)."""
+    with whatever else the caller writes, e.g. a bank's journal entry), recorded at
+    ``now_ms`` (the agent's clock; the machine's if not given)."""
     head = connection.execute(
         f"SELECT {_COLUMNS} FROM archive_records ORDER BY seq DESC LIMIT 1").fetchone()
     previous = _row_to_record(head) if head else None
-    now_ms = time.time_ns() // 1_000_000
+    if now_ms is None:
+        now_ms = time.time_ns() // 1_000_000
     records = []
     usage: dict[str, list[int]] = {}
     for entry in entries:

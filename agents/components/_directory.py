@@ -30,7 +30,6 @@ import trio
 
 from semper.agents.components._castore import cards_of_role, find_card, store_card
 from semper.agents.runtime._config import ConfigError, parse_address
-from semper.agents.runtime._identity import utcnow
 from semper.services.certificates import to_ms
 from semper.services.directory import (
     BadCard,
@@ -90,7 +89,7 @@ class PeerBook:
 
     def learned(self, peer_id: str) -> ContactCard | None:
         card = self._learned.get(peer_id)
-        if card is not None and card.not_after_ms < to_ms(utcnow()):
+        if card is not None and card.not_after_ms < to_ms(self.agent.context.now()):
             del self._learned[peer_id]
             return None
         return card
@@ -159,7 +158,8 @@ class PeerBook:
 
     def _verify(self, signed: SignedCard) -> ContactCard:
         agent = self.agent
-        return verify_card(signed, root=agent.credentials.root, crl=agent.crl, now=utcnow())
+        return verify_card(signed, root=agent.credentials.root, crl=agent.crl,
+                           now=agent.context.now())
 
     async def _ask(self, op: str, body: Any) -> Any:
         agent = self.agent
@@ -207,11 +207,12 @@ class PeerBook:
                 delay = min(delay * 2, RETRY_MAX)
                 continue
             delay, failures = RETRY_FIRST, 0
-            await trio.sleep(max(1.0, (not_after - utcnow() - REPUBLISH_MARGIN).total_seconds()))
+            left = not_after - self.agent.context.now() - REPUBLISH_MARGIN
+            await trio.sleep(max(1.0, left.total_seconds()))
 
     def own_card(self) -> SignedCard:
         agent = self.agent
-        now = utcnow()
+        now = self.agent.context.now()
         address = agent.config.advertise or _format_address(*agent.address)
         services = {name: (info.version, tuple(info.modules))
                     for name, info in agent.registry.services().items()}
@@ -233,7 +234,7 @@ class PeerBook:
     async def _load(self) -> None:
         rows = await self.agent.database.read(lambda c: c.execute(
             "SELECT card, certificate FROM peer_cards WHERE not_after_ms >= ?",
-            (to_ms(utcnow()),)).fetchall())
+            (to_ms(self.agent.context.now()),)).fetchall())
         for card_bytes, certificate in rows:
             try:
                 signed = SignedCard.from_wire({"card": Statement.from_bytes(card_bytes).to_wire(),
@@ -251,17 +252,18 @@ class DirectoryService:
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
-
-    def setup(self) -> None:
-        agent = self.agent
-        agent.registry.add_service("directory", version=1)
-        agent.add_op("directory", "publish", self._publish)
-        agent.add_op("directory", "lookup", self._lookup)
         agent.peers.local_directory = self.find
+
+    async def publish_handler(self, context: RequestContext, body: Any) -> dict[str, Any]:
+        return await self._publish(context, body)
+
+    async def lookup_handler(self, context: RequestContext, body: Any) -> dict[str, Any]:
+        return await self._lookup(context, body)
 
     def _check(self, signed: SignedCard) -> ContactCard:
         agent = self.agent
-        return verify_card(signed, root=agent.credentials.root, crl=agent.crl, now=utcnow())
+        return verify_card(signed, root=agent.credentials.root, crl=agent.crl,
+                           now=agent.context.now())
 
     async def _publish(self, context: RequestContext, body: Any) -> dict[str, Any]:
         signed = SignedCard.from_wire(body)
@@ -281,7 +283,7 @@ class DirectoryService:
         Raises:
             UnknownAgent: none, or none that still checks out.
         """
-        now_ms = to_ms(utcnow())
+        now_ms = to_ms(self.agent.context.now())
         signed = await self.agent.database.read(lambda c: find_card(c, agent_id, now_ms))
         if signed is not None:
             try:
@@ -298,7 +300,7 @@ class DirectoryService:
         if lookup.agent_id is not None:
             return (await self.find(lookup.agent_id)).to_wire()
         assert lookup.role is not None
-        role, now_ms = lookup.role, to_ms(utcnow())
+        role, now_ms = lookup.role, to_ms(self.agent.context.now())
 
         def read(connection: sqlite3.Connection) -> list[SignedCard]:
             return cards_of_role(connection, role, now_ms)

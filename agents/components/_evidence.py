@@ -17,7 +17,6 @@ inside its evidence bundle. And each peer may grow the archive only up to a quot
 from __future__ import annotations
 
 import os
-import time
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from semper.agents.components._archive import (
@@ -27,7 +26,6 @@ from semper.agents.components._archive import (
     peer_usage,
     transaction_peers,
 )
-from semper.agents.runtime._identity import utcnow
 from semper.services.archive import Direction
 from semper.services.statements import (
     MalformedStatement,
@@ -92,10 +90,6 @@ def own_transaction(peer: str, label: str) -> str:
     return f"{peer}/{label}"
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class EvidenceService:
     """Sign, deliver and receive statements, archiving each side's evidence."""
 
@@ -103,9 +97,9 @@ class EvidenceService:
         self.agent = agent
         self.guard = ReplayGuard(REPLAY_WINDOW_MS)
 
-    def register(self) -> None:
-        self.agent.registry.add_service("evidence", version=1)
-        self.agent.add_op("evidence", "deliver", self._deliver)
+    async def deliver_handler(self, context: RequestContext, body: Any) -> dict[str, Any]:
+        """``evidence.deliver``, served through the ``Evidence`` component."""
+        return await self._deliver(context, body)
 
     def sign(self, type: str, body: dict[str, Any]) -> Statement:
         """Sign ``body`` as a statement of ``type`` by this agent, now, with a fresh
@@ -113,7 +107,7 @@ class EvidenceService:
         credentials = self.agent.credentials
         return sign_statement(type, body, key=credentials.key,
                               certificate=credentials.identity.certificate,
-                              now_ms=now_ms(), nonce=os.urandom(16))
+                              now_ms=self.agent.clock.now_ms(), nonce=os.urandom(16))
 
     async def deliver(self, peer_id: str, transaction: str, statement: Statement) -> Statement:
         """Deliver ``statement`` to ``peer_id``; returns its verified, archived receipt.
@@ -130,7 +124,7 @@ class EvidenceService:
         receipt = Statement.from_wire(answer.get("receipt"))
         certificate = channel.peer.certificate
         verify_statement(receipt, certificate=certificate, root=self.agent.credentials.root,
-                         crl=self.agent.crl, now=utcnow(), expected_type=RECEIPT,
+                         crl=self.agent.crl, now=self.agent.context.now(), expected_type=RECEIPT,
                          expected_signer=peer_id)
         if receipt.body.get("statement") != statement.digest or (
             receipt.body.get("transaction") != transaction
@@ -157,7 +151,8 @@ class EvidenceService:
         await database.read(lambda c: _check_transaction(c, transaction, peer.agent_id))
         statement = Statement.from_wire(body.get("statement"))
         verify_statement(statement, certificate=peer.certificate,
-                         root=self.agent.credentials.root, crl=self.agent.crl, now=utcnow(),
+                         root=self.agent.credentials.root, crl=self.agent.crl,
+                         now=self.agent.context.now(),
                          expected_signer=peer.agent_id)
         archive = self.agent.archive
         if await archive.contains(statement.digest):
@@ -175,7 +170,7 @@ class EvidenceService:
         cost = sum(len(e.statement.to_bytes()) + RECORD_OVERHEAD for e in entries)
         await database.read(lambda c: _check_quota(c, peer.agent_id, cost, quota))
         # Last, so that a refusal above leaves the nonce unspent (section 6A.5).
-        self.guard.check(statement, now_ms())
+        self.guard.check(statement, self.agent.clock.now_ms())
 
         def write(c: sqlite3.Connection) -> None:
             # Again inside the write: concurrent deliveries must not pass together.

@@ -22,11 +22,13 @@ integer (an overflowing ``balance + ?`` would otherwise turn the column REAL).
 
 from __future__ import annotations
 
+import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
+from semper.agents.runtime._component import Component
 from semper.services import Amount
 from semper.services.certificates import check_agent_id
 from semper.services.money import check_range
@@ -35,6 +37,8 @@ from semper.services.payment import InsufficientFunds, UnknownAccount
 __all__ = [
     "ISSUANCE",
     "MIGRATIONS",
+    "Ledger",
+    "system_account",
     "BooksUnbalanced",
     "InsufficientFunds",
     "UnknownAccount",
@@ -50,6 +54,7 @@ __all__ = [
 ]
 
 ISSUANCE: Final = "@issuance"
+_SYSTEM: Final = re.compile(r"@[a-z][a-z0-9_-]{0,31}\Z")
 
 MIGRATIONS: Final = {
     "ledger": [
@@ -121,12 +126,23 @@ def open_account(connection: sqlite3.Connection, holder: str, currency: str) -> 
         BadAgentId: ``holder`` is neither an agent id nor the issuance account.
         BadAmount: ``currency`` is not an ISO 4217 code.
     """
-    if holder != ISSUANCE:
+    if not _SYSTEM.match(holder):
         check_agent_id(holder, "an account holder")
     Amount(currency, 0)  # checks the code
     connection.execute("INSERT OR IGNORE INTO ledger_accounts (holder, currency) VALUES (?, ?)",
                        (holder, currency))
     return account(connection, holder, currency)
+
+
+def system_account(name: str) -> str:
+    """The holder name of the bank's own account ``name`` (``@name``): where an
+    instrument keeps money that is no customer's while it is in flight (vouchers
+    sold and not redeemed, purse reservations). It may not go below zero, and
+    ``customer_total`` counts it: it is money the bank owes."""
+    holder = "@" + name
+    if not _SYSTEM.match(holder) or holder == ISSUANCE:
+        raise ValueError(f"{name!r} is not a system account name")
+    return holder
 
 
 def account(connection: sqlite3.Connection, holder: str, currency: str) -> Account:
@@ -255,3 +271,13 @@ def check_books(connection: sqlite3.Connection) -> None:
     for (currency,) in connection.execute("SELECT DISTINCT currency FROM ledger_accounts"):
         if customer_total(connection, currency) != minted_total(connection, currency):
             raise BooksUnbalanced(f"{currency} held by customers differs from {currency} minted")
+
+
+class Ledger(Component):
+    """The bank's books as a component: its tables. The bank halves of payment
+    instruments post through this module's functions inside their transactions."""
+
+    name = "ledger"
+
+    def migrations(self) -> Mapping[str, Sequence[str]]:
+        return MIGRATIONS

@@ -8,8 +8,7 @@ peers over the agent's cached channels.
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from cryptography import x509
 
@@ -31,17 +30,32 @@ from semper.services.statements import Statement
 if TYPE_CHECKING:
     from semper.agents.runtime._agent import Agent
 
-__all__ = ["AgentPaymentContext", "capabilities_of", "payment_manager"]
+__all__ = ["AgentPaymentContext", "capabilities_of", "offered_modules", "payment_manager"]
+
+
+#: Which instruments come first when ``[payment] modules`` does not say: the
+#: built-in ones, then the others installed by name.
+PREFERRED: Final = ("transfer", "cheque")
+
+
+def offered_modules(agent: Agent) -> tuple[str, ...]:
+    """The payment modules this agent offers, most preferred first: ``[payment]
+    modules`` if it restricts them, else every module installed."""
+    chosen = agent.config.payment.modules
+    if chosen is not None:
+        return chosen
+    installed = sorted(load_modules())
+    return (*[m for m in PREFERRED if m in installed],
+            *[m for m in installed if m not in PREFERRED])
 
 
 def capabilities_of(agent: Agent) -> Capabilities:
-    """What ``[payment]`` says this agent takes: modules in order, 1 minor unit up to
-    the limit, per currency."""
-    settings = agent.config.payment
+    """What this agent takes: its modules in order, 1 minor unit up to the
+    ``[payment]`` limit, per currency."""
     limits = tuple(Limits(minimum=Amount(currency, 1), maximum=Amount(currency, units))
-                   for currency, units in sorted(settings.limit.items()))
+                   for currency, units in sorted(agent.config.payment.limit.items()))
     return Capabilities(modules=tuple(ModuleOffer(name=name, limits=limits)
-                                      for name in settings.modules))
+                                      for name in offered_modules(agent)))
 
 
 def payment_manager(agent: Agent) -> PaymentManager:
@@ -65,7 +79,7 @@ class AgentPaymentContext:
         return self._agent.crl
 
     def now_ms(self) -> int:
-        return time.time_ns() // 1_000_000
+        return self._agent.clock.now_ms()
 
     async def sign(self, type: str, body: dict[str, Any]) -> Statement:
         statement = self._agent.evidence.sign(type, body)

@@ -176,6 +176,8 @@ def _fill_folder(folder: Path, token: EnrollmentToken, enrolled: Enrolled,
     )
     text = config.to_toml(base=folder)
     if token.role not in _UNPAID_ROLES:
+        if "\n[payment]\n" not in text:  # no key of its own is set: only the limit table
+            text = text.replace("\n[payment.limit]\n", "\n[payment]\n\n[payment.limit]\n", 1)
         text = text.replace("\n[payment]\n", "\n[payment]\n" + PAYMENT_STUB, 1)
     write_file(folder / "agent.toml", text.encode())
     return config
@@ -189,6 +191,8 @@ PAYMENT_STUB = """\
 # bank = "bank"        # the agent id of the bank that holds your account: uncomment
 #                      # and set it, and ask that bank's operator to open the account
 #                      # (semper bank open --config BANK/agent.toml YOUR_ID EUR)
+# modules = ["transfer", "cheque"]  # the instruments you offer, most preferred first:
+#                      # every one installed (a plugin too) if you leave this out
 """
 
 #: A new seller's catalogue.toml: no offers until its operator adds some.

@@ -1,5 +1,5 @@
-"""Roles whose services come with later issues: for now they run the agent runtime
-(channels, archive, directory card) and answer ``sys.ping``."""
+"""Roles whose services come with later issues: for now they run what every agent
+runs (channels, archive, evidence, directory card) and answer ``sys.ping``."""
 
 from __future__ import annotations
 

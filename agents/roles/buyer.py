@@ -3,16 +3,24 @@ its own beyond what every agent serves. Its purchases live in ``commerce_purchas
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 from semper.agents.components import _purchase
+from semper.agents.runtime._component import Component
 from semper.agents.runtime._roles import Role
 
-__all__ = ["Buyer"]
+__all__ = ["Buyer", "Purchases"]
+
+
+class Purchases(Component):
+    """The purchases a buyer keeps (the driver, ``Shopper``, runs in the commands)."""
+
+    name = "purchases"
+
+    def migrations(self) -> Mapping[str, Sequence[str]]:
+        return _purchase.MIGRATIONS
 
 
 class Buyer(Role):
     name = "buyer"
-
-    def migrations(self) -> dict[str, Any]:
-        return dict(_purchase.MIGRATIONS)
+    components = (Purchases,)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import trio
@@ -40,9 +40,10 @@ from semper.agents.components._castore import (
 )
 from semper.agents.components._directory import DirectoryService
 from semper.agents.operator._market import load_authority
+from semper.agents.runtime._component import Component, Context
 from semper.agents.runtime._config import CaSettings, ConfigError
-from semper.agents.runtime._identity import utcnow
 from semper.agents.runtime._roles import Role
+from semper.services._ops import Op
 from semper.services.archive import crl_covers_until
 from semper.services.certificates import (
     CertificateAuthority,
@@ -54,6 +55,8 @@ from semper.services.certificates import (
     crl_number,
     identity_of,
 )
+from semper.services.certificates._ops import CRL, STATUS
+from semper.services.directory._ops import LOOKUP, PUBLISH
 from semper.transport import Request as WireRequest
 from semper.transport import RequestContext, UnknownOp, UnknownService, serve_anonymous
 
@@ -72,11 +75,14 @@ FRESH_CRL_INTERVAL = 10.0
 _DER = serialization.Encoding.DER
 
 
-class CertificationAuthority(Role):
+class CertificationAuthority(Component):
     name = "ca"
+    # Polled by every agent every crl_refresh seconds: kept out of the event log.
+    unlogged = frozenset({"crl"})
 
-    def __init__(self, agent: Any) -> None:
-        super().__init__(agent)
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
+        self.agent = agent = context.agent
         settings: CaSettings | None = agent.config.ca
         if settings is None:
             raise ConfigError(f"{agent.config.path or 'config'}: the ca role needs a [ca] "
@@ -85,10 +91,9 @@ class CertificationAuthority(Role):
         # Loaded at start, so a wrong passphrase or a foreign key fails at once.
         self.authority: CertificateAuthority = load_authority(
             agent.config.ca_root, settings.root_key, agent.credentials.passphrase)
-        self.directory = DirectoryService(agent)
         self.enroll_address: tuple[str, int] | None = None
         #: The CA's clock for CRL renewal; tests move it.
-        self.clock: Callable[[], dt.datetime] = utcnow
+        self.clock: Callable[[], dt.datetime] = agent.context.now
         self.crl_check_interval = CRL_CHECK_INTERVAL
         #: Seconds between two CRLs issued on a verifier's request (``fresh_after``).
         self.fresh_crl_interval = FRESH_CRL_INTERVAL
@@ -98,13 +103,9 @@ class CertificationAuthority(Role):
     def migrations(self) -> dict[str, Any]:
         return dict(CA_MIGRATIONS)
 
-    def setup(self) -> None:
-        agent = self.agent
-        agent.registry.add_service("certificates", version=1)
-        # Polled by every agent every crl_refresh seconds: kept out of the event log.
-        agent.registry.add_op("certificates", "crl", self._crl)
-        agent.add_op("certificates", "status", self._status)
-        self.directory.setup()
+    def handlers(self) -> Iterator[tuple[Op, Callable[..., Awaitable[Any]]]]:
+        yield CRL, self._crl
+        yield STATUS, self._status
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -188,7 +189,8 @@ class CertificationAuthority(Role):
         await agent.reread_crl_file()
         try:
             certificate = await agent.database.transaction(functools.partial(
-                redeem, request=body, ca=self.authority, now=utcnow(), crl=agent.crl))
+                redeem, request=body, ca=self.authority, now=agent.context.now(),
+                crl=agent.crl))
         except Exception as exc:
             agent.events.emit("enroll_refused", token=body.token_id.hex()[:8],
                               outcome=getattr(exc, "code", type(exc).__name__))
@@ -235,4 +237,26 @@ class CertificationAuthority(Role):
 
         issued = await self.agent.database.read(find)
         return certificate_status(issued, query, crl=self.agent.crl,
-                                  now=utcnow()).to_wire()
+                                  now=self.agent.context.now()).to_wire()
+
+
+class Directory(Component):
+    """``directory.publish`` and ``directory.lookup``: the market's contact cards."""
+
+    name = "directory"
+
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
+        self.service = DirectoryService(context.agent)
+
+    def handlers(self) -> Iterator[tuple[Op, Callable[..., Awaitable[Any]]]]:
+        yield PUBLISH, self.service.publish_handler
+        yield LOOKUP, self.service.lookup_handler
+
+
+class Ca(Role):
+    """The certification authority: certificates, their revocation, enrollment and
+    the directory of contact cards."""
+
+    name = "ca"
+    components = (CertificationAuthority, Directory)

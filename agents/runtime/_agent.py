@@ -22,10 +22,10 @@ import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from semper.agents.components import _archive
 from semper.agents.components._archive import Archive
-from semper.agents.components._directory import PEER_MIGRATIONS, PeerBook
+from semper.agents.components._directory import PeerBook
 from semper.agents.components._evidence import EvidenceService
+from semper.agents.runtime._component import C, Clock, Component, Context, SystemClock
 from semper.agents.runtime._config import AgentConfig, ConfigError, parse_address
 from semper.agents.runtime._events import EventLog
 from semper.agents.runtime._files import write_file
@@ -37,7 +37,9 @@ from semper.agents.runtime._identity import (
     peer_verifier,
 )
 from semper.agents.runtime._roles import Role, load_role
+from semper.agents.runtime._services import RUNTIME_COMPONENTS
 from semper.agents.runtime._storage import Database
+from semper.services._ops import Op
 from semper.services.certificates import AgentIdentity, CertificateError, load_crl
 from semper.transport import (
     Channel,
@@ -59,8 +61,10 @@ log = logging.getLogger("semper.agent")
 class Agent:
     """One market participant. Build it, then ``await nursery.start(agent.run)``."""
 
-    def __init__(self, config: AgentConfig, *, passphrase: bytes | None = None) -> None:
+    def __init__(self, config: AgentConfig, *, passphrase: bytes | None = None,
+                 clock: Clock | None = None) -> None:
         self.config = config
+        self.clock: Clock = SystemClock() if clock is None else clock
         self.credentials = Credentials.load(
             cert=config.cert, key=config.key, root=config.ca_root, crl=config.crl,
             passphrase=passphrase,
@@ -86,14 +90,15 @@ class Agent:
         self.address: tuple[str, int] | None = None  # bound while run runs
         self.channel_config = config.timeouts.channel_config()
         self.registry = ServiceRegistry()
-        self.registry.add_service("sys", version=1)
         self.events = EventLog(config.id, config.data_dir / "events.jsonl")
-        self.add_op("sys", "ping", self._ping)
         self._database: Database | None = None
         self._archive: Archive | None = None
         self.evidence = EvidenceService(self)
-        self.evidence.register()
+        self.context = Context(self, self.clock)
         self.role: Role = load_role(config.role)(self)
+        self.components: dict[type[Component], Component] = {}
+        for cls in (*RUNTIME_COMPONENTS, *self.role.component_classes()):
+            self._add_component(cls)
         self.role.setup()
         self._inbound: set[Channel] = set()
         self._inbound_per_peer: dict[str, int] = {}
@@ -139,7 +144,43 @@ class Agent:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def migrations(self) -> dict[str, Any]:
-        return {**_archive.MIGRATIONS, **PEER_MIGRATIONS, **self.role.migrations()}
+        tables: dict[str, Any] = {}
+        for component in self.components.values():
+            tables.update(component.migrations())
+        return {**tables, **self.role.migrations()}
+
+    def _add_component(self, cls: type[Component]) -> Component:
+        """Build ``cls`` (after what it requires), once, and register its ops."""
+        if cls in self.components:
+            return self.components[cls]
+        for needed in cls.requires:
+            self._add_component(needed)
+        component = self.components[cls] = cls(self.context)
+        for op, handler in component.handlers():
+            if op.service not in self.registry.services():
+                self.registry.add_service(op.service, version=cls.version)
+            self.serve(op, handler, logged=op.name not in cls.unlogged)
+        if component.modules:
+            service = {op.service for op, _ in component.handlers()}
+            for name in service:
+                self.registry.add_modules(name, component.modules)
+        return component
+
+    def component(self, cls: type[C]) -> C:
+        """The instance of ``cls`` this agent runs (KeyError if none)."""
+        return self.components[cls]  # type: ignore[return-value]
+
+    def serve(self, op: Op, handler: Any, *, logged: bool = True) -> None:
+        """Register ``handler`` for ``op``: it gets the request decoded with
+        ``op.request`` and its answer is encoded with ``op.response``."""
+
+        async def typed(context: RequestContext, body: Any) -> Any:
+            return op.encode_response(await handler(context, op.decode_request(body)))
+
+        if logged:
+            self.add_op(op.service, op.name, typed)
+        else:
+            self.registry.add_op(op.service, op.name, typed)
 
     def add_op(self, service: str, op: str, handler: Any) -> None:
         """Register a handler whose every call goes into the event log."""
@@ -189,7 +230,8 @@ class Agent:
         try:
             async with self._storage(), trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._keep_running, self._watch_crl)
+                for component in self.components.values():
+                    await nursery.start(component.run)
                 await nursery.start(self.role.run)
                 address = await nursery.start(functools.partial(
                     serve, host, port, tls=self.tls, verify_peer=self.verify_peer,
@@ -244,7 +286,7 @@ class Agent:
             for channel in [*self._inbound, *self._outbound.values()]:
                 nursery.start_soon(channel.aclose, reason)
 
-    async def _keep_running(self, task: Any) -> None:
+    async def keep_running(self, task: Any) -> None:
         """Run a background task of ours; if it fails, log it and start it again a
         little later. Revocation must not stop because one pass failed (say, out of
         file descriptors while writing the CRL)."""
@@ -280,10 +322,6 @@ class Agent:
             await channel.wait_closed()
         finally:
             self._inbound.discard(channel)
-
-    async def _ping(self, context: RequestContext, body: Any) -> dict[str, Any]:
-        return {"agent": self.config.id, "role": self.config.role, "echo": body,
-                "time_ns": time.time_ns()}
 
     # -- talking to peers ------------------------------------------------------------
 
@@ -355,7 +393,7 @@ class Agent:
 
     # -- revocation ------------------------------------------------------------------
 
-    async def _watch_crl(self) -> None:
+    async def watch_crl(self) -> None:
         """Every ``crl_refresh`` seconds: reread the CRL file, then ask the CA agent
         (``ca_agent``) for a newer CRL; apply what is newer. With a stale CRL (the
         market was left alone past its nextUpdate) it asks at once: until a fresh CRL
@@ -513,7 +551,7 @@ class Agent:
         checked here and now. Returns False (and keeps the old CRL) if the new one is
         forged, stale, older than the one in use, another CRL under its number, or
         one that drops a revocation of ours. Never raises: TLS contexts that cannot
-        be built now (out of file descriptors) are retried by ``_watch_crl``.
+        be built now (out of file descriptors) are retried by ``watch_crl``.
         """
         try:
             crl = check_crl(pem, self.credentials.root)

@@ -82,6 +82,8 @@ class Component:
     modules: ClassVar[tuple[str, ...]] = ()
     #: Components this one needs on the same agent.
     requires: ClassVar[tuple[type[Component], ...]] = ()
+    #: Names of its ops kept out of the event log (polled ones, say).
+    unlogged: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, context: Context) -> None:
         self.context = context
@@ -119,6 +121,12 @@ class Context:
     @property
     def role(self) -> str:
         return self._agent.config.role
+
+    @property
+    def agent(self) -> Agent:
+        """The agent itself: for the runtime's own components, which give the
+        agent's objects (its CRL, its peer book) the shape of a component."""
+        return self._agent
 
     @property
     def config(self) -> AgentConfig:

@@ -93,18 +93,19 @@ class CaSettings:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PaymentSettings:
     """``[payment]``: ``bank`` is the agent id of the bank that holds our accounts;
-    ``modules`` the payment modules we accept, most preferred first; ``limit`` the
+    ``modules`` the payment modules we accept, most preferred first (None: every
+    instrument installed, as a plugin anywhere is picked up on restart); ``limit`` the
     largest single payment we take or make, per currency, in minor units."""
 
     bank: str | None = None
-    modules: tuple[str, ...] = ("transfer", "cheque")
+    modules: tuple[str, ...] | None = None
     limit: dict[str, int] = field(default_factory=lambda: {"EUR": 100_000_000})
 
     def __post_init__(self) -> None:
         try:
             if self.bank is not None:
                 check_agent_id(self.bank, "payment.bank")
-            for name in self.modules:
+            for name in self.modules or ():
                 check_name("payment module", name)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
@@ -270,7 +271,9 @@ class AgentConfig:
         if self.catalogue is not None:
             data["catalogue"] = rel(self.catalogue)
         pay = self.payment
-        data["payment"] = {"modules": list(pay.modules), "limit": dict(pay.limit)}
+        data["payment"] = {"limit": dict(pay.limit)}
+        if pay.modules is not None:
+            data["payment"]["modules"] = list(pay.modules)
         if pay.bank is not None:
             data["payment"]["bank"] = pay.bank
         if self.evidence_peer_quota != DEFAULT_EVIDENCE_QUOTA:

@@ -1,11 +1,11 @@
 """Roles: what an agent does in the market, found through the ``semper.roles``
 entry-point group so that a package of its own can add one.
 
-A role is a small class. The agent builds it with itself as the argument, asks it
-for the tables it needs (``migrations``), lets it register its service handlers
-(``setup``), and runs its background work (``run``) in the agent's nursery. The
-built-in roles (``ca``, ``bank``, ``seller``, ``buyer``, ``notary``, ``arbiter``)
-are registered the same way, in our own pyproject.toml.
+A role is a name and a short list of components (``runtime/_component.py``): the
+agent builds each, collects their tables, registers the ops they handle and runs
+their background work, beside the components every agent runs (evidence, archive,
+directory, certificates). The built-in roles (``ca``, ``bank``, ``seller``, ``buyer``,
+``notary``, ``arbiter``) are registered the same way, in our own pyproject.toml.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import trio
 
 if TYPE_CHECKING:
     from semper.agents.runtime._agent import Agent
+    from semper.agents.runtime._component import Component
 
 __all__ = ["ROLE_GROUP", "Role", "RoleNotFound", "available_roles", "load_role"]
 
@@ -35,13 +36,20 @@ class RoleNotFound(Exception):
 
 
 class Role:
-    """Base class of every role. Override what the role needs; all are optional."""
+    """Base class of every role: its name and its components."""
 
     #: The name the certificate and configuration use.
     name: ClassVar[str] = ""
+    #: What an agent of this role runs, beside what every agent runs.
+    components: ClassVar[Sequence[type[Component]]] = ()
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
+
+    def component_classes(self) -> list[type[Component]]:
+        """The components to run; a role whose list depends on what is installed (the
+        bank serves every payment instrument) overrides this."""
+        return list(self.components)
 
     def migrations(self) -> dict[str, Sequence[str]]:
         """Tables this role keeps in the agent's database: component -> SQL steps."""
