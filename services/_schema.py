@@ -124,6 +124,11 @@ def wire(kind: Kind | None = None, *, key: str | None = None) -> dict[str, Any]:
 # (attribute, wire key, kind, optional) per body class, computed once: from_wire runs
 # on every request and statement, and dataclasses.fields() is not free.
 _SPECS: Final[dict[type, tuple[tuple[str, str, Kind, bool], ...]]] = {}
+#: ``from_statement``'s answers, by body class and statement object (held, so that its
+#: id is not reused): a purchase read the same few statements' bodies ~50 times (an
+#: order's quoted offer at each look at its terms). Statements and bodies are immutable.
+_PARSED: Final[dict[tuple[type, int], tuple[Statement, Any]]] = {}
+_MAX_PARSED: Final = 1024
 
 
 def _specs(cls: type[Body]) -> tuple[tuple[str, str, Kind, bool], ...]:
@@ -234,7 +239,18 @@ class Body:
             if cls.SCHEMA.wrong_type is not None:
                 raise cls.SCHEMA.wrong_type(cls.TYPE, statement)
             cls.SCHEMA.fail(cls.TYPE, "type", f"must be {cls.TYPE!r}, not {statement.type!r}")
-        return cls.from_body(statement.body)
+        key = (cls, id(statement))
+        known = _PARSED.get(key)
+        if known is not None and known[0] is statement:
+            return known[1]  # type: ignore[no-any-return]
+        body = cls.from_body(statement.body)
+        try:
+            while len(_PARSED) >= _MAX_PARSED:
+                del _PARSED[next(iter(_PARSED))]
+        except (KeyError, RuntimeError, StopIteration):  # another thread evicted meanwhile
+            pass
+        _PARSED[key] = (statement, body)
+        return body
 
 
 # -- kinds every package uses -----------------------------------------------------------
