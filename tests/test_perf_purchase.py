@@ -133,6 +133,37 @@ async def test_a_sellers_capabilities_are_asked_once_per_channel(tmp_path: Path)
             assert asked.count(("payment", "capabilities")) == 2
 
 
+async def test_the_seller_decodes_a_sale_only_when_its_row_is_not_what_it_wrote(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another member: the seller decoded its own sale's row (a canonical decoding and
+    every statement in it) at each of a purchase's three steps."""
+    from semper.services.commerce import Sale
+
+    decoded: list[int] = []
+    real = Sale.from_state
+
+    def counting(cls: type, state: Any) -> Any:
+        decoded.append(1)
+        return real(state)
+
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as agents:
+            shopper = Shopper(agents["buyer"])
+            await shopper.buy("seller", GUIDE, "transfer", "warm")
+            monkeypatch.setattr(Sale, "from_state", classmethod(counting))
+            bought = await shopper.buy("seller", GUIDE, "transfer", "k1")
+            assert decoded == []  # order, payment, fetch: each took the sale it saved
+            seller = agents["seller"].role
+            assert bought.order not in seller._sales  # type: ignore[attr-defined]
+            # Kept only as the row it wrote: a row that is not (another writer, a
+            # restored file) is decoded, whatever the seller remembers.
+            stale = Sale(seller="seller", certificate=agents["seller"].credentials.identity
+                         .certificate, payment_modules=("transfer",))
+            seller._sales[bought.order] = (b"not the row", stale)  # type: ignore[attr-defined]
+            sale = await seller._load(bought.order)  # type: ignore[attr-defined]
+            assert sale is not stale and sale.state.value == "receipted" and decoded == [1]
+
+
 # -- the catalogue cache keeps judging the certificate ----------------------------------
 
 

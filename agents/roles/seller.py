@@ -131,6 +131,8 @@ MIGRATIONS = {
 RETURN_RETRY_S = 60.0
 
 _DAY_MS = 86_400_000
+#: Sales whose last saved machine a seller keeps in memory (see ``Seller._load``).
+_MAX_SALES = 4096
 
 
 def _now_ms() -> int:
@@ -154,6 +156,9 @@ class Seller(Role):
         self._renew_at = 0
         self._catalogue_answer: dict[str, Any] = {}
         self._locks: dict[bytes, tuple[trio.Lock, list[int]]] = {}
+        #: order digest -> (its row's machine as we last wrote it, the Sale it is): a
+        #: sale's next step takes it instead of decoding the row again (see ``_load``).
+        self._sales: dict[bytes, tuple[bytes, Sale]] = {}
         self.payments = payment_manager(agent)
         agent.registry.add_service("commerce", version=1)
         agent.add_op("commerce", "catalogue", self.catalogue)
@@ -229,7 +234,7 @@ class Seller(Role):
         (``evidence.quota_exceeded``, docs/protocol.md 9.3). The sale ``save`` is
         written in the same commit (one commit per order)."""
         entries = self._entries(decisions, peer, order)
-        save_sale = self._writer(save, peer.agent_id)
+        save_sale, machine = self._writer(save, peer.agent_id)
         quota = self.agent.config.evidence_peer_quota
         cost = sum(len(e.statement.to_bytes()) + RECORD_OVERHEAD for e in entries)
 
@@ -244,6 +249,7 @@ class Seller(Role):
             save_sale(c)
 
         await self.agent.database.transaction(write)
+        self._keep(order, machine, save)
 
     def _verify(self, statement: Statement, peer: Any) -> None:
         verify_statement(statement, certificate=peer.certificate,
@@ -573,15 +579,30 @@ class Seller(Role):
         return sale
 
     async def _load(self, order: bytes) -> Sale | None:
+        """The sale of ``order`` as its row holds it. The Sale we saved last is taken
+        (out of ``_sales``: the caller may change it) when the row is still exactly
+        what we wrote with it; anything else is decoded from the row."""
         row = await self.agent.database.read(lambda c: c.execute(
             "SELECT machine FROM commerce_sales WHERE order_digest = ?", (order,)).fetchone())
-        return None if row is None else Sale.from_state(canonical_decode(row[0]))
+        known = self._sales.pop(order, None)
+        if row is None:
+            return None
+        if known is not None and known[0] == row[0]:
+            return known[1]
+        return Sale.from_state(canonical_decode(row[0]))
+
+    def _keep(self, order: bytes, machine: bytes, sale: Sale) -> None:
+        """Remember ``sale`` as the one whose row is now ``machine`` (bounded)."""
+        self._sales.pop(order, None)
+        if len(self._sales) >= _MAX_SALES:
+            del self._sales[next(iter(self._sales))]
+        self._sales[order] = (machine, sale)
 
     async def _save(self, sale: Sale, buyer: str, *, payment: PaymentResult | None = None,
                     refund: dict[str, Any] | None = None, entries: list[Any] | None = None
                     ) -> None:
         """Write the sale, and ``entries`` into the archive, in one commit."""
-        write = self._writer(sale, buyer, payment=payment, refund=refund)
+        write, machine = self._writer(sale, buyer, payment=payment, refund=refund)
 
         def both(c: sqlite3.Connection) -> None:
             if entries:
@@ -589,10 +610,14 @@ class Seller(Role):
             write(c)
 
         await self.agent.database.transaction(both)
+        assert sale.order is not None
+        self._keep(sale.order.digest, machine, sale)
 
     def _writer(self, sale: Sale, buyer: str, *, payment: PaymentResult | None = None,
-                refund: dict[str, Any] | None = None) -> Callable[[sqlite3.Connection], None]:
-        """What writes the sale's row, to run inside a transaction."""
+                refund: dict[str, Any] | None = None
+                ) -> tuple[Callable[[sqlite3.Connection], None], bytes]:
+        """What writes the sale's row, to run inside a transaction, and the machine
+        it writes."""
         order = sale.order
         assert order is not None
         machine = canonical_encode(sale.to_state())
@@ -608,7 +633,7 @@ class Seller(Role):
                 " refund = coalesce(excluded.refund, refund), updated_ms = excluded.updated_ms",
                 (order.digest, buyer, sale.state.value, machine, paid, refunded, _now_ms()))
 
-        return write
+        return write, machine
 
     def _entries(self, decisions: list[Any], peer: Any, order: bytes) -> list[Any]:
         """The archive entries ``decisions`` ask for; ``peer`` is the buyer's identity."""
