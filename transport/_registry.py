@@ -61,6 +61,12 @@ class ServiceRegistry:
         self._services[name] = (ServiceInfo(version=info.version,
                                             modules=info.modules + more), ops)
 
+    def ops(self) -> list[tuple[str, str]]:
+        """Every (service, op) with a handler, notes included."""
+        return sorted({(service, op) for service, (_, table) in self._services.items()
+                       for op in table} | {(service, op) for service, table in
+                                           self._notes.items() for op in table})
+
     def add_op(self, service: str, op: str, handler: Handler) -> None:
         self._add(self._ops(service), service, op, handler)
 

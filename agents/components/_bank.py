@@ -36,7 +36,7 @@ from typing import Any, Final
 from cryptography import x509
 
 from semper.agents.components import _archive, _ledger
-from semper.agents.components._payments import PREFERRED
+from semper.agents.components._payments import installed_order
 from semper.agents.runtime._component import Component, Context, handles
 from semper.services import Amount
 from semper.services.archive import Direction
@@ -291,8 +291,7 @@ def bank_halves(modules: Sequence[str] | None = None) -> list[type[Component]]:
 
     found = {ep.name: ep for ep in entry_points(group=BANK_HALVES_GROUP)}
     if modules is None:
-        modules = (*[m for m in PREFERRED if m in found],
-                   *sorted(m for m in found if m not in PREFERRED))
+        modules = installed_order(BANK_HALVES_GROUP)
     names = [m for m in modules if m in found]
     halves = []
     for name in names:

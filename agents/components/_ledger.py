@@ -223,7 +223,8 @@ def move(connection: sqlite3.Connection, payer: str, payee: str, amount: Amount,
     source = account(connection, payer, amount.currency)
     target = account(connection, payee, amount.currency)
     if source.balance < amount.minor_units:
-        # Never the balance in the message: a cheque's depositor is not its payer.
+        # Never the balance in the message: who asks for a move (a payee depositing
+        # what it was given, say) is not always its payer.
         raise InsufficientFunds(f"{payer}'s account does not cover {amount}",
                                 detail={"amount": amount.to_wire()})
     return _post(connection, kind=kind, time_ms=time_ms, reference=reference, memo=memo,

@@ -8,7 +8,8 @@ peers over the agent's cached channels.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
@@ -17,6 +18,7 @@ from semper.services.archive import Direction
 from semper.services.payment import (
     BANK_ROLE,
     BANK_SERVICE,
+    MODULES_GROUP,
     Capabilities,
     Limits,
     ModuleOffer,
@@ -30,12 +32,17 @@ from semper.services.statements import Statement
 if TYPE_CHECKING:
     from semper.agents.runtime._agent import Agent
 
-__all__ = ["AgentPaymentContext", "capabilities_of", "offered_modules", "payment_manager"]
+__all__ = ["AgentPaymentContext", "capabilities_of", "installed_order", "offered_modules",
+           "payment_manager"]
 
 
-#: Which instruments come first when ``[payment] modules`` does not say: the
-#: built-in ones, then the others installed by name.
-PREFERRED: Final = ("transfer", "cheque")
+def installed_order(group: str) -> list[str]:
+    """The names registered in an entry-point ``group``, in the order an agent
+    prefers them when its configuration does not say: semper's own by name, then
+    other packages' by name (a plugin never displaces a built-in instrument)."""
+    points = list(entry_points(group=group))
+    ours = {p.name for p in points if p.dist is not None and p.dist.name == "semper"}
+    return [*sorted(ours), *sorted({p.name for p in points} - ours)]
 
 
 def offered_modules(agent: Agent) -> tuple[str, ...]:
@@ -44,9 +51,8 @@ def offered_modules(agent: Agent) -> tuple[str, ...]:
     chosen = agent.config.payment.modules
     if chosen is not None:
         return chosen
-    installed = sorted(load_modules())
-    return (*[m for m in PREFERRED if m in installed],
-            *[m for m in installed if m not in PREFERRED])
+    installed = load_modules()
+    return tuple(name for name in installed_order(MODULES_GROUP) if name in installed)
 
 
 def capabilities_of(agent: Agent) -> Capabilities:
