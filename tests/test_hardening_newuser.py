@@ -13,6 +13,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import types
 import tomllib
 import warnings
 from pathlib import Path
@@ -284,8 +285,13 @@ def test_the_readme_role_snippet_defines_every_name_it_uses(tmp_path: Path) -> N
                            "--select", "F821,F401,F811", str(path)],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    namespace: dict[str, Any] = {"__name__": "snippet"}
-    exec(compile(ast.parse(snippet), str(path), "exec"), namespace)
+    module = types.ModuleType("snippet")  # a dataclass looks its module up by name
+    sys.modules["snippet"] = module
+    try:
+        exec(compile(ast.parse(snippet), str(path), "exec"), module.__dict__)
+    finally:
+        del sys.modules["snippet"]
+    namespace: dict[str, Any] = module.__dict__
     auditor = namespace["Auditor"]
     assert auditor.name == "auditor"
     assert isinstance(namespace["NotAllowed"]("x").code, str)
