@@ -50,7 +50,9 @@ class Op:
         key = (self.service, self.name)
         known = _DECLARED.setdefault(key, self)
         if known != self:
-            raise ValueError(f"op {self.service}.{self.name} is declared twice, differently")
+            if _shape(known) != _shape(self):
+                raise ValueError(f"op {self.service}.{self.name} is declared twice, differently")
+            _DECLARED[key] = self  # the same declaration run again (a module reloaded)
 
     @property
     def qualified(self) -> str:
@@ -69,6 +71,13 @@ class Op:
     def encode_response(self, response: Any) -> Any:
         return response if self.response is None or not hasattr(response, "to_wire") \
             else response.to_wire()
+
+
+def _shape(op: Op) -> tuple[Any, ...]:
+    def name(body: type | None) -> str | None:
+        return None if body is None else f"{body.__module__}.{body.__qualname__}"
+
+    return op.service, op.name, name(op.request), name(op.response), op.note
 
 
 def declared_ops() -> list[Op]:

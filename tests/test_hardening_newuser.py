@@ -13,8 +13,8 @@ import re
 import sqlite3
 import subprocess
 import sys
-import types
 import tomllib
+import types
 import warnings
 from pathlib import Path
 from typing import Any
@@ -285,12 +285,12 @@ def test_the_readme_role_snippet_defines_every_name_it_uses(tmp_path: Path) -> N
                            "--select", "F821,F401,F811", str(path)],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    module = types.ModuleType("snippet")  # a dataclass looks its module up by name
-    sys.modules["snippet"] = module
+    module = types.ModuleType("readme_snippet")  # a dataclass looks its module up by name
+    sys.modules["readme_snippet"] = module
     try:
         exec(compile(ast.parse(snippet), str(path), "exec"), module.__dict__)
     finally:
-        del sys.modules["snippet"]
+        del sys.modules["readme_snippet"]
     namespace: dict[str, Any] = module.__dict__
     auditor = namespace["Auditor"]
     assert auditor.name == "auditor"

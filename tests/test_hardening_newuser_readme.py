@@ -6,6 +6,8 @@ defines every name it uses.)"""
 from __future__ import annotations
 
 import re
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,13 @@ def readme_role() -> type:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Writing your own role", 1)[1]
     snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
-    namespace: dict[str, Any] = {"__name__": "readme_snippet"}
-    exec(compile(snippet, "README.md", "exec"), namespace)
-    return namespace["Auditor"]  # type: ignore[no-any-return]
+    module = types.ModuleType("readme_snippet")  # a dataclass looks its module up
+    sys.modules["readme_snippet"] = module
+    try:
+        exec(compile(snippet, "README.md", "exec"), module.__dict__)
+    finally:
+        del sys.modules["readme_snippet"]
+    return module.__dict__["Auditor"]  # type: ignore[no-any-return]
 
 
 async def test_the_readme_role_serves_its_op(market: Market, tmp_path: Path,
