@@ -52,7 +52,10 @@ def canonical_encode(value: Any) -> bytes:
             of a model type, a non-str key, an int out of range, text that is not
             valid UTF-8) or beyond the bounds.
     """
-    normal = _normalize(value, 0)
+    try:
+        normal = _plain(value, 0)
+    except _Unusual:
+        normal = _normalize(value, 0)
     try:
         packed: bytes = msgpack.packb(normal, use_bin_type=True, strict_types=True)
         return packed
@@ -100,6 +103,67 @@ def canonical_decode(data: bytes | bytearray | memoryview) -> Any:
             detail={"offset": offset},
         )
     return value
+
+
+class _Unusual(Exception):
+    """Not the plain case: the checked path (``_normalize``) decides, and explains."""
+
+
+def _plain(value: Any, depth: int) -> Any:
+    """``_normalize`` for the common case, with the checks inlined and leaves handled
+    in their container's loop (one call per container, not one per value): raises
+    ``_Unusual`` for anything else (a non-str key, text that is not ASCII, a value at
+    or past a bound, a type outside the model)."""
+    t = type(value)
+    if t is dict:
+        if depth >= MAX_DEPTH or len(value) > MAX_CONTAINER:
+            raise _Unusual
+        for key in value:
+            if type(key) is not str or not key.isascii() or len(key) > MAX_STRING:
+                raise _Unusual
+        depth += 1
+        out = {}
+        for key in sorted(value):
+            item = value[key]
+            kind = type(item)
+            if kind is str:
+                if not item.isascii() or len(item) > MAX_STRING:
+                    raise _Unusual
+            elif kind is bytes:
+                if len(item) > MAX_STRING:
+                    raise _Unusual
+            elif kind is int:
+                if not _INT_MIN <= item <= _INT_MAX:
+                    raise _Unusual
+            elif kind is dict or kind is list:
+                item = _plain(item, depth)
+            elif item is not None and kind is not bool:
+                raise _Unusual
+            out[key] = item
+        return out
+    if t is list:
+        if depth >= MAX_DEPTH or len(value) > MAX_CONTAINER:
+            raise _Unusual
+        depth += 1
+        items = []
+        for item in value:
+            kind = type(item)
+            if kind is str:
+                if not item.isascii() or len(item) > MAX_STRING:
+                    raise _Unusual
+            elif kind is bytes:
+                if len(item) > MAX_STRING:
+                    raise _Unusual
+            elif kind is int:
+                if not _INT_MIN <= item <= _INT_MAX:
+                    raise _Unusual
+            elif kind is dict or kind is list:
+                item = _plain(item, depth)
+            elif item is not None and kind is not bool:
+                raise _Unusual
+            items.append(item)
+        return items
+    raise _Unusual  # a bare leaf: rare enough for the checked path
 
 
 def _normalize(value: Any, depth: int) -> Any:
