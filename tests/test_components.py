@@ -210,3 +210,13 @@ def test_every_op_an_agent_serves_is_declared_in_services(market: Path, role: st
     agent = Agent(config_of(market, role))
     served = {f"{service}.{op}" for service, op in agent.registry.ops()}
     assert served and served <= declared, served - declared
+
+
+def test_the_bank_and_the_ledger_name_no_instrument() -> None:
+    """Every instrument's bank half is a component of its own (agents/instruments/,
+    or a plugin's package): the bank's own files name none of them."""
+    root = Path(__file__).resolve().parent.parent / "agents"
+    for path in ("components/_bank.py", "components/_ledger.py", "roles/bank.py",
+                 "cli/cmd_bank.py"):
+        text = (root / path).read_text().lower()
+        assert "transfer" not in text and "cheque" not in text, path

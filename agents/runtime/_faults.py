@@ -8,18 +8,18 @@ flush of any buffer. It may be called from the trio thread or a worker thread.
 per point, restarts it without, retries, and checks that each payment was applied
 exactly once or not at all.
 
-The points, in the order a request reaches them (``transfer`` is ``bank.transfer``,
-``cheque`` is ``bank.deposit_cheque``; ``roles/bank.py`` and ``_bank.py``):
+Each payment instrument's bank half (``agents/instruments/``, or a plugin's) names
+its points after itself, in the order a request reaches them:
 
-``transfer.received`` / ``cheque.received``
+``<instrument>.received``
     the request decoded from the wire, nothing checked or written yet.
-``transfer.checked`` / ``cheque.checked``
+``<instrument>.checked``
     the statement and its certificate verified, before the transaction starts.
-``transfer.applied`` / ``cheque.applied``
+``<instrument>.applied``
     inside the transaction function (worker thread), after the journal entry, the
     signed answer, the idempotency record and the evidence were written, before
     COMMIT.
-``transfer.committed`` / ``cheque.committed``
+``<instrument>.committed``
     the transaction committed (durable), before the handler returns its answer.
 """
 
