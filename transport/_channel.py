@@ -52,6 +52,7 @@ from ._errors import (
     IdleTimeout,
     InternalError,
     PeerNotValid,
+    PeerUnavailable,
     ProtocolError,
     RemoteError,
     RequestTimeout,
@@ -769,7 +770,9 @@ def _error_wire(rid: int | None, exc: BaseException,
                 context: RequestContext | None = None) -> dict[str, Any]:
     """The `err` for an exception: its own code if it is meant for the wire
     (``is_wire_error``), else internal.error with a fixed message: a local error's
-    message may name our files or other peers (logged here in full instead).
+    message may name our files or other peers (logged here in full instead). A
+    transport outcome of the handler's own call to another agent (closed, timed out,
+    no connection) is peer.unavailable: no bug, and the requester may retry.
 
     Always encodable: the code must look like a code, the message is clipped and a
     detail that does not fit is dropped, since an exception may carry what a peer
@@ -783,6 +786,10 @@ def _error_wire(rid: int | None, exc: BaseException,
         code, detail = InternalError.code, {}
         if context is not None:
             log.error("%s.%s: %s", context.service, context.op, message)
+    elif isinstance(exc, TransportError) and not exc.wire:  # a call the handler made
+        if context is not None:
+            log.warning("%s.%s: %s", context.service, context.op, clip(str(exc), 200))
+        code, message, detail = PeerUnavailable.code, "an agent it needs cannot be reached", {}
     elif not is_wire_error(exc):
         if context is not None:
             log.error("handler %s.%s failed", context.service, context.op, exc_info=exc)

@@ -8,9 +8,10 @@ ClosedResourceError / BrokenResourceError): a peer that sends garbage gets a
 Only an error that declares ``wire = True`` goes to a peer with its code, message
 and detail (``is_wire_error``); any other exception a handler raises, coded or not,
 goes as ``internal.error`` with a fixed message, so that a local error (a config
-error naming our files, a timeout on the way to a third agent) never reaches a peer
-by accident. Services and agents, which may not import this module, declare it the
-same way on their own error bases.
+error naming our files) never reaches a peer by accident. A local outcome of a call
+the handler made to another agent (closed, timed out) goes as ``peer.unavailable``.
+Services and agents, which may not import this module, declare ``wire`` the same
+way on their own error bases.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "UnknownService",
     "UnsupportedVersion",
     "PeerNotValid",
+    "PeerUnavailable",
     "WriteTimeout",
     "is_wire_error",
     "transport_error_classes",
@@ -135,6 +137,15 @@ class InternalError(TransportError):
     """A handler failed in a way it did not describe; the peer learns only this code."""
 
     code: ClassVar[str] = "internal.error"
+    wire: ClassVar[bool] = True
+
+
+class PeerUnavailable(TransportError):
+    """A handler could not reach an agent it needed (its channel closed, a request to
+    it timed out, no connection): sent instead of that local outcome, whose message
+    names the other agent and why. Not a bug, and worth a retry later."""
+
+    code: ClassVar[str] = "peer.unavailable"
     wire: ClassVar[bool] = True
 
 
