@@ -135,8 +135,6 @@ def validate_crl(
         BadCrl: the CRL is forged, from another CA, or dated in the future.
         CrlStale: the CRL is genuine but past its nextUpdate.
     """
-    if crl.issuer != root.subject:
-        raise BadCrl("the CRL is not signed by the market root")
     SIGNATURES.check(b"crl" + _crl_digest(crl) + fingerprint(root),
                      lambda: _verify_crl_signature(crl, root))
     if now < crl.last_update_utc - CLOCK_SKEW:
@@ -203,8 +201,6 @@ _DER = serialization.Encoding.DER
 
 
 def _check_issuer(cert: x509.Certificate, root: x509.Certificate, now: dt.datetime) -> None:
-    if cert.issuer != root.subject:
-        raise Untrusted("certificate not issued by this market's root")
     SIGNATURES.check(b"certificate" + fingerprint(cert) + fingerprint(root),
                      lambda: _verify_issued(cert, root))
     if not root.not_valid_before_utc <= now <= root.not_valid_after_utc:
@@ -212,6 +208,10 @@ def _check_issuer(cert: x509.Certificate, root: x509.Certificate, now: dt.dateti
 
 
 def _verify_issued(cert: x509.Certificate, root: x509.Certificate) -> None:
+    """Issued by ``root``: its name, then its signature (both facts of the bytes, so
+    checked once per certificate and root, see ``SIGNATURES``)."""
+    if cert.issuer != root.subject:
+        raise Untrusted("certificate not issued by this market's root")
     try:
         cert.verify_directly_issued_by(root)
     except (ValueError, TypeError, InvalidSignature) as exc:
@@ -219,7 +219,7 @@ def _verify_issued(cert: x509.Certificate, root: x509.Certificate) -> None:
 
 
 def _verify_crl_signature(crl: x509.CertificateRevocationList, root: x509.Certificate) -> None:
-    if not crl.is_signature_valid(root.public_key()):
+    if crl.issuer != root.subject or not crl.is_signature_valid(root.public_key()):
         raise BadCrl("the CRL is not signed by the market root")
 
 
