@@ -34,6 +34,7 @@ from semper.agents.instruments import cheque as cheque_bank
 from semper.agents.operator._enroll import EnrollFolderError, enroll
 from semper.agents.operator._market import revoke_agent
 from semper.agents.operator._operator import invite_agent
+from semper.agents.roles.seller import Sales
 from semper.agents.runtime import _events
 from semper.agents.runtime._agent import Agent
 from semper.services.archive import EvidenceBundle
@@ -357,7 +358,7 @@ async def test_a_buyer_revoked_while_its_cheque_clears_still_gets_its_sale(
     # finishes what it started (settles the sale) before the channel's handlers stop.
     bank, seller = Agent(config_of(folder, "bank")), Agent(config_of(folder, "seller"))
     cleared, go_on = trio.Event(), trio.Event()
-    role = seller.role
+    role = seller.component(Sales)
     fulfil = role._fulfil
 
     async def slow_fulfil(*args: Any, **kwargs: Any) -> None:

@@ -27,6 +27,7 @@ from test_commerce_wire import GUIDE, Market, eur, running_market
 from semper.agents import Agent
 from semper.agents.components._payments import AgentPaymentContext, payment_manager
 from semper.agents.components._purchase import Shopper
+from semper.agents.roles.seller import Sales
 from semper.services.certificates import Level
 from semper.services.commerce import Order
 from semper.services.payment import PaymentRequest, PaymentResult
@@ -409,7 +410,7 @@ async def test_a_transfer_for_an_item_withdrawn_since_the_order_is_returned(
     """Another member: the seller cannot deliver what it took the money for (the item
     left its catalogue after the order), so it must not keep the money."""
     order = await m.place(await m.offer(), key="withdrawn")
-    m["seller"].role.items.pop(GUIDE)  # type: ignore[attr-defined]
+    m["seller"].component(Sales).items.pop(GUIDE)
     before = await m.balances()
     proof = await m["buyer"].request("bank", "bank", "transfer", m.transfer_order(
         "buyer", "seller", 1250, key="withdrawn", reference=order.digest))
@@ -445,7 +446,7 @@ async def test_a_return_the_bank_did_not_apply_is_retried_and_never_used(
         "module": "transfer", "reference": order.digest, "proof": proof})
     assert refusal.code == "commerce.unsupported_payment" and "returned" not in refusal.detail
     assert (await m.balances())["seller"] == before["seller"] + 1250
-    seller = m["seller"].role
+    seller = m["seller"].component(Sales)
     assert await seller.retry_returns() == 0  # type: ignore[attr-defined]
     assert await m.balances() == before
     await money_reaching_the_seller_is_used_or_returned(m)
@@ -489,7 +490,7 @@ async def test_a_refund_confirmed_by_another_bank_is_not_taken_for_money_back(
 
 async def test_fetch_after_the_item_was_withdrawn_is_a_refusal(m: Market) -> None:
     bought = await Shopper(m["buyer"]).buy("seller", MAP, "transfer", "gone")
-    m["seller"].role.items.pop(MAP)  # type: ignore[attr-defined]
+    m["seller"].component(Sales).items.pop(MAP)
     refusal = await m.refused("buyer", "seller", "commerce", "fetch", {"order": bought.order})
     assert (refusal.code, refusal.detail) == ("commerce.unknown_offer", {"sku": MAP})
 
@@ -510,8 +511,8 @@ async def test_the_buyer_ends_a_purchase_as_returned_only_on_its_banks_word(
     returned ends the purchase only with our bank's refund confirmation in it (kept
     as evidence); a seller that says so while keeping the money leaves it open."""
     shopper = _WithdrawnBeforePaying(m["buyer"])
-    shopper.withdraw = lambda: m["seller"].role.items.pop(GUIDE, None)  # type: ignore[attr-defined]
-    item = m["seller"].role.items[GUIDE]  # type: ignore[attr-defined]
+    shopper.withdraw = lambda: m["seller"].component(Sales).items.pop(GUIDE, None)
+    item = m["seller"].component(Sales).items[GUIDE]
     with pytest.raises(RemoteError) as refused:
         await shopper.buy("seller", GUIDE, "transfer", "returned-for-real")
     assert refused.value.code == "commerce.unknown_offer"
@@ -523,14 +524,14 @@ async def test_the_buyer_ends_a_purchase_as_returned_only_on_its_banks_word(
     await money_reaching_the_seller_is_used_or_returned(m)
 
     # A seller that claims a return it did not make (the money stays with it).
-    m["seller"].role.items[GUIDE] = item  # type: ignore[attr-defined]
+    m["seller"].component(Sales).items[GUIDE] = item
     before = await m.balances()
 
     async def keep_it(digest: bytes) -> dict[str, Any]:
         return {"refund": b"\x00" * 32, "amount": eur(1250).to_wire(),
                 "confirmation": b"not a statement"}
 
-    monkeypatch.setattr(m["seller"].role, "_return", keep_it)
+    monkeypatch.setattr(m["seller"].component(Sales), "_return", keep_it)
     liar = _WithdrawnBeforePaying(m["buyer"])
     liar.withdraw = shopper.withdraw
     with pytest.raises(RemoteError):

@@ -26,6 +26,7 @@ import semper.agents.components._purchase as purchase_module
 from semper.agents import Agent, AgentConfig
 from semper.agents.components._purchase import Shopper
 from semper.agents.operator._market import init_market
+from semper.agents.roles.seller import Sales
 from semper.agents.runtime._storage import Database
 from semper.services import Amount
 from semper.services.certificates import Expired, Revoked
@@ -78,7 +79,7 @@ async def test_the_buyer_verifies_a_catalogue_once_per_version(
             assert bought == await shopper.outcome("k2")
             assert bought.to_json() == (await shopper.outcome("k2")).to_json()
             # The seller re-signs its offers (a new version): verified again.
-            agents["seller"].role._renew_at = 0  # type: ignore[attr-defined]
+            agents["seller"].component(Sales)._renew_at = 0
             seen.clear()
             done = await shopper.buy("seller", GUIDE, "transfer", "k3")
             assert seen.count("commerce.offer") == offers and done.state == "done"
@@ -153,7 +154,7 @@ async def test_the_seller_decodes_a_sale_only_when_its_row_is_not_what_it_wrote(
             monkeypatch.setattr(Sale, "from_state", classmethod(counting))
             bought = await shopper.buy("seller", GUIDE, "transfer", "k1")
             assert decoded == []  # order, payment, fetch: each took the sale it saved
-            seller = agents["seller"].role
+            seller = agents["seller"].component(Sales)
             assert bought.order not in seller._sales  # type: ignore[attr-defined]
             # Kept only as the row it wrote: a row that is not (another writer, a
             # restored file) is decoded, whatever the seller remembers.

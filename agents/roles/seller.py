@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -40,9 +40,11 @@ from semper.agents.components._payments import (
     offered_modules,
     payment_manager,
 )
+from semper.agents.runtime._component import Component, Context
 from semper.agents.runtime._identity import utcnow
 from semper.agents.runtime._roles import Role
 from semper.services import ServiceError
+from semper.services._ops import Op
 from semper.services.certificates import identity_of
 from semper.services.commerce import (
     AlreadyPaid,
@@ -71,6 +73,7 @@ from semper.services.commerce import (
     check_refund_window,
 )
 from semper.services.commerce import Archive as ArchiveDecision
+from semper.services.commerce import _ops as commerce_ops
 from semper.services.payment import (
     REFUND_ORDER,
     AcceptRequest,
@@ -81,6 +84,7 @@ from semper.services.payment import (
     our_bank,
     refund_payment,
 )
+from semper.services.payment import _ops as payment_ops
 from semper.services.payment.cheque import ChequeProof
 from semper.services.payment.transfer import (
     TransferConfirmation,
@@ -95,7 +99,7 @@ from semper.services.statements import (
     verify_statement,
 )
 
-__all__ = ["Seller"]
+__all__ = ["Payee", "Sales", "Seller"]
 
 log = logging.getLogger("semper.seller")
 
@@ -139,14 +143,14 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class Seller(Role):
-    name = "seller"
+class Sales(Component):
+    """``commerce.*``: the catalogue, orders, delivery and refunds of a seller."""
 
-    def migrations(self) -> dict[str, Any]:
-        return dict(MIGRATIONS)
+    name = "commerce"
 
-    def setup(self) -> None:
-        agent = self.agent
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
+        self.agent = agent = context.agent
         path = agent.config.catalogue
         self.items: dict[str, CatalogueItem] = (
             {item.sku: item for item in load_catalogue(path)} if path else {})
@@ -160,17 +164,18 @@ class Seller(Role):
         #: sale's next step takes it instead of decoding the row again (see ``_load``).
         self._sales: dict[bytes, tuple[bytes, Sale]] = {}
         self.payments = payment_manager(agent)
-        agent.registry.add_service("commerce", version=1)
-        agent.add_op("commerce", "catalogue", self.catalogue)
-        agent.add_op("commerce", "order", self.order)
-        agent.add_op("commerce", "fetch", self.fetch)
-        agent.add_op("commerce", "refund", self.refund)
         #: Read once (installed entry points, picked up on restart): reading them cost
         #: ~5 ms, and every order asked.
         self.payment_modules = offered_modules(agent)
-        agent.registry.add_service("payment", version=1, modules=self.payment_modules)
-        agent.add_op("payment", "capabilities", self.capabilities)
-        agent.add_op("payment", "accept", self.accept)
+
+    def migrations(self) -> dict[str, Any]:
+        return dict(MIGRATIONS)
+
+    def handlers(self) -> Iterator[tuple[Op, Callable[..., Awaitable[Any]]]]:
+        yield commerce_ops.CATALOGUE, self.catalogue
+        yield commerce_ops.ORDER, self.order
+        yield commerce_ops.FETCH, self.fetch
+        yield commerce_ops.REFUND, self.refund
 
     # -- the catalogue --------------------------------------------------------------
 
@@ -689,3 +694,25 @@ def _refusal(code: str, message: str, detail: dict[str, Any]) -> ServiceError:
 def _terms(sale: Sale) -> Order:
     assert sale.order is not None
     return Order.from_statement(sale.order)
+
+
+class Payee(Component):
+    """``payment.capabilities`` and ``payment.accept``: a seller is paid for its sales,
+    with the instruments it offers (advertised in its hello)."""
+
+    name = "payment"
+    requires = (Sales,)
+
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
+        self.modules = context.component(Sales).payment_modules
+
+    def handlers(self) -> Iterator[tuple[Op, Callable[..., Awaitable[Any]]]]:
+        sales = self.context.component(Sales)
+        yield payment_ops.CAPABILITIES, sales.capabilities
+        yield payment_ops.ACCEPT, sales.accept
+
+
+class Seller(Role):
+    name = "seller"
+    components = (Sales, Payee)
