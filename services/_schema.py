@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Final, NoReturn, Self
 from ._errors import ServiceError
 from .certificates import check_name
 from .money import Amount, BadAmount
-from .statements import MAX_TIME_MS, Statement
+from .statements import MAX_TIME_MS, MalformedStatement, Statement
 
 __all__ = [
     "AGENT",
@@ -49,6 +49,7 @@ __all__ = [
     "MAX_REASON",
     "MAX_TIME_MS",
     "STATEMENT",
+    "STATEMENT_AS_IS",
     "TIME",
     "Body",
     "Kind",
@@ -337,3 +338,26 @@ IDEMPOTENCY_KEY: Final = form(rf"[\x20-\x7e]{{1,{MAX_IDEMPOTENCY_KEY}}}",
 #: signature is not checked here.
 STATEMENT: Final = Kind("a statement", lambda v: type(v) is Statement,
                         decode=Statement.from_wire, encode=Statement.to_wire)
+
+
+def _statement_or_as_is(value: object) -> object:
+    try:
+        return Statement.from_wire(value)
+    except ServiceError:
+        return value  # not a Statement: refused by the check, with its own error
+
+
+def _statement_refusal(value: object) -> ServiceError:
+    try:
+        Statement.from_wire(value)
+    except ServiceError as exc:
+        return exc
+    return MalformedStatement("a statement object was expected, not its wire map")
+
+
+#: ``STATEMENT`` for an op whose protocol refuses a malformed statement with the
+#: statement layer's own code (``statement.malformed``, ``statement.unsupported_version``,
+#: as ``evidence.deliver`` and a signed card do) rather than the schema's with a cause.
+STATEMENT_AS_IS: Final = Kind("a statement", lambda v: type(v) is Statement,
+                              decode=_statement_or_as_is, encode=Statement.to_wire,
+                              refuse=_statement_refusal)

@@ -27,8 +27,8 @@ from semper.agents.components._archive import (
     transaction_peers,
 )
 from semper.services.archive import Direction
+from semper.services.archive._bodies import DeliverAnswer, DeliverRequest
 from semper.services.statements import (
-    MalformedStatement,
     Replayed,
     ReplayGuard,
     Statement,
@@ -46,8 +46,6 @@ __all__ = ["RECEIPT", "EvidenceService", "ForeignTransaction", "QuotaExceeded",
            "ReceiptMismatch", "own_transaction"]
 
 RECEIPT: Final = "evidence.receipt"
-#: Characters of a transaction name, as the archive keeps them.
-MAX_TRANSACTION: Final = 256
 #: How far a delivered statement's issue time may be from ours.
 REPLAY_WINDOW_MS: Final = 10 * 60 * 1000
 
@@ -97,9 +95,11 @@ class EvidenceService:
         self.agent = agent
         self.guard = ReplayGuard(REPLAY_WINDOW_MS)
 
-    async def deliver_handler(self, context: RequestContext, body: Any) -> dict[str, Any]:
-        """``evidence.deliver``, served through the ``Evidence`` component."""
-        return await self._deliver(context, body)
+    async def deliver_handler(self, context: RequestContext,
+                              request: DeliverRequest) -> DeliverAnswer:
+        """``evidence.deliver``, served through the ``Evidence`` component (the runtime
+        decoded and checked the body: ``services.archive._bodies``)."""
+        return await self._deliver(context, request)
 
     def sign(self, type: str, body: dict[str, Any]) -> Statement:
         """Sign ``body`` as a statement of ``type`` by this agent, now, with a fresh
@@ -138,18 +138,14 @@ class EvidenceService:
         ])
         return receipt
 
-    async def _deliver(self, context: RequestContext, body: Any) -> dict[str, Any]:
-        transaction = body.get("transaction") if isinstance(body, dict) else None
-        if not isinstance(transaction, str) or not 0 < len(transaction) <= MAX_TRANSACTION \
-                or not transaction.isprintable():
-            # Refused before the replay guard remembers the nonce: a statement refused
-            # here can be delivered again under a good transaction name.
-            raise MalformedStatement("deliver takes {transaction: str of 1 to "
-                                     f"{MAX_TRANSACTION} printable characters, statement: map}}")
+    async def _deliver(self, context: RequestContext,
+                       request: DeliverRequest) -> DeliverAnswer:
+        # A malformed body was refused before this runs, so before the replay guard
+        # remembers the nonce: that statement can be delivered again, well wrapped.
+        transaction, statement = request.transaction, request.statement
         peer = context.peer
         database = self.agent.database
         await database.read(lambda c: _check_transaction(c, transaction, peer.agent_id))
-        statement = Statement.from_wire(body.get("statement"))
         verify_statement(statement, certificate=peer.certificate,
                          root=self.agent.credentials.root, crl=self.agent.crl,
                          now=self.agent.context.now(),
@@ -179,7 +175,7 @@ class EvidenceService:
             append(c, entries)
 
         await database.transaction(write)
-        return {"receipt": receipt.to_wire()}
+        return DeliverAnswer(receipt=receipt)
 
 
 def _check_transaction(connection: sqlite3.Connection, transaction: str, peer: str) -> None:

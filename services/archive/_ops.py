@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Final
 
 from .._ops import Op
+from ._bodies import DeliverAnswer, DeliverRequest
 
 __all__ = ["DELIVER"]
 
-#: ``{"transaction", "statement", ...}`` -> a receipt statement; the agents' evidence
-#: component checks the bodies (protocol.md 7.5).
-DELIVER: Final = Op("evidence", "deliver")
+#: ``DeliverRequest`` (``{"transaction", "statement"}``, other keys ignored) ->
+#: ``DeliverAnswer`` (``{"receipt"}``); protocol.md 7.5.
+DELIVER: Final = Op("evidence", "deliver", DeliverRequest, DeliverAnswer)
