@@ -457,9 +457,6 @@ def test_a_purchase_whose_redemption_answer_was_lost_resumes_and_pays_once(
     assert _books(market) == before
 
 
-@pytest.mark.xfail(strict=True, reason="agents/roles/seller.py _same_payment knows only "
-                   "transfer and cheque proofs: any other instrument's retry is "
-                   "commerce.already_paid (reported to the lead, not fixed here)")
 def test_a_payment_handed_over_again_is_answered_with_the_stored_result(
         installed: Installed) -> None:
     """The buyer lost the seller's answer to payment.accept and hands the same voucher

@@ -85,7 +85,6 @@ from semper.services.payment import (
     refund_payment,
 )
 from semper.services.payment import _ops as payment_ops
-from semper.services.payment.cheque import ChequeProof
 from semper.services.payment.transfer import (
     TransferConfirmation,
     TransferProof,
@@ -98,6 +97,7 @@ from semper.services.statements import (
     canonical_encode,
     verify_statement,
 )
+from semper.transport import RemoteError
 
 __all__ = ["Payee", "Sales", "Seller"]
 
@@ -294,8 +294,8 @@ class Sales(Component):
             (request.reference,)).fetchone()[0])
         if stored is not None:
             paid = PaymentResult.from_wire(canonical_decode(stored))
-            if _same_payment(paid, request):  # a retry: the same answer, nothing settled
-                return paid.to_wire()
+            if await self._same_payment(sale, paid, request, buyer):
+                return paid.to_wire()  # a retry: the same answer, nothing settled again
             raise AlreadyPaid(f"order {request.reference.hex()[:16]} was paid already, "
                               "by another payment", detail={"state": sale.state.value})
         terms = _terms(sale)
@@ -321,6 +321,29 @@ class Sales(Component):
             entries = self._fulfil(sale, decisions, peer, request.reference)
             await self._save(sale, buyer, payment=result, entries=entries)
         return result.to_wire()
+
+    async def _same_payment(self, sale: Sale, paid: PaymentResult, request: AcceptRequest,
+                            buyer: str) -> bool:
+        """Whether ``request`` hands over again the payment that settled the sale. The
+        instrument says (``same_payment``), or else accepts the proof again: the
+        bank answers a repeat with the statement it gave first (and refuses a second
+        payment for the same order), so the same settlement means the same payment."""
+        if request.module != paid.module:
+            return False
+        try:
+            module = self.payments.module(paid.module)
+        except ServiceError:  # no longer installed: not a payment we can recognise
+            return False
+        same = getattr(module, "same_payment", None)
+        if same is not None:
+            return bool(same(request.proof, paid))
+        ctx = AgentPaymentContext(self.agent, request.reference.hex(), buyer)
+        invoice = Invoice(amount=_terms(sale).amount, reference=request.reference, payer=buyer)
+        try:
+            again = await module.accept(ctx, request.proof, invoice=invoice)
+        except (ServiceError, RemoteError):
+            return False
+        return again.settlement == paid.settlement
 
     # -- payments not used: given back ----------------------------------------------
 
@@ -663,22 +686,6 @@ def _transfer_proof(proof: Any) -> TransferProof | None:
         return TransferProof.from_wire(proof)
     except Exception:  # not a transfer proof: nothing the bank moved for it
         return None
-
-
-def _same_payment(paid: PaymentResult, request: AcceptRequest) -> bool:
-    """Whether ``request`` hands over again the payment that settled the sale: the
-    same transfer confirmation, or a cheque of the same payer and serial (a payer
-    retrying re-signs it; the bank cleared the serial once)."""
-    if request.module != paid.module:
-        return False
-    try:
-        if paid.module == "transfer":
-            return TransferProof.from_wire(request.proof).confirmation == paid.settlement
-        cheque = ChequeProof.from_wire(request.proof).cheque.body
-        return bool(cheque.get("payer") == paid.payer
-                    and cheque.get("serial") == paid.settlement.body.get("serial"))
-    except Exception:  # a proof that does not parse is not the payment
-        return False
 
 
 def _refusal(code: str, message: str, detail: dict[str, Any]) -> ServiceError:

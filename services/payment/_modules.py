@@ -337,6 +337,12 @@ class PaymentModule(Protocol):
         Returns the settled payment; raises ``payment.*``, ``statement.*``, ``auth.*``
         refusals."""
 
+    # Optional: ``same_payment(proof, paid) -> bool`` says offline whether a proof hands
+    # over again the payment that settled ``paid`` (a payer retrying after a lost
+    # answer). A module without it is asked to ``accept`` the proof again, and the
+    # payment is the same if it settles to the same statement (a bank answers a
+    # repeat with its first statement).
+
     async def refund(self, ctx: PayeeContext, original: PaymentResult, amount: Amount,
                      reason: str, key: str) -> RefundResult:
         """Give ``amount`` of ``original`` (a payment to us) back to its payer through

@@ -81,6 +81,17 @@ class ChequeModule:
         await ctx.record(result.settlement, result.bank_certificate)
         return result
 
+    def same_payment(self, proof: Any, paid: PaymentResult) -> bool:
+        """Whether ``proof`` hands over again the cheque that settled ``paid``: one of
+        the same payer and serial (a payer retrying re-signs it; the bank cleared the
+        serial once)."""
+        try:
+            cheque = ChequeProof.from_wire(proof).cheque.body
+        except Exception:  # a proof that does not parse is not the payment
+            return False
+        return bool(cheque.get("payer") == paid.payer
+                    and cheque.get("serial") == paid.settlement.body.get("serial"))
+
     async def accept(self, ctx: PayeeContext, proof: dict[str, Any], *,
                      invoice: Invoice) -> PaymentResult:
         got = ChequeProof.from_wire(proof)

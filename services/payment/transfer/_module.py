@@ -62,6 +62,14 @@ class TransferModule:
                                   detail={"type": "payment result", "field": "settlement"})
         return result
 
+    def same_payment(self, proof: Any, paid: PaymentResult) -> bool:
+        """Whether ``proof`` hands over again the transfer that settled ``paid``: the
+        same confirmation (a payer retrying gets the bank's first one)."""
+        try:
+            return TransferProof.from_wire(proof).confirmation == paid.settlement
+        except Exception:  # a proof that does not parse is not the payment
+            return False
+
     async def accept(self, ctx: PayeeContext, proof: dict[str, Any], *,
                      invoice: Invoice) -> PaymentResult:
         got = TransferProof.from_wire(proof)
