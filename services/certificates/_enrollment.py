@@ -90,7 +90,8 @@ _TOKEN_KEYS = frozenset({"id", "secret", "agent", "role", "ca", "address", "fing
 
 
 def _canonical(value: dict[str, Any]) -> bytes:
-    return msgpack.packb(dict(sorted(value.items())), use_bin_type=True)
+    packed: bytes = msgpack.packb(dict(sorted(value.items())), use_bin_type=True)  # untyped
+    return packed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

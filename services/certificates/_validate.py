@@ -219,7 +219,9 @@ def _verify_issued(cert: x509.Certificate, root: x509.Certificate) -> None:
 
 
 def _verify_crl_signature(crl: x509.CertificateRevocationList, root: x509.Certificate) -> None:
-    if crl.issuer != root.subject or not crl.is_signature_valid(root.public_key()):
+    key = root.public_key()  # Ed25519 (protocol.md 2.4); any other is not our root
+    if crl.issuer != root.subject or not isinstance(key, ed25519.Ed25519PublicKey) \
+            or not crl.is_signature_valid(key):
         raise BadCrl("the CRL is not signed by the market root")
 
 
