@@ -36,6 +36,7 @@ from semper.services.directory import (
     CardMismatch,
     ContactCard,
     Lookup,
+    PublishAnswer,
     SignedCard,
     UnknownAgent,
     sign_card,
@@ -254,19 +255,19 @@ class DirectoryService:
         self.agent = agent
         agent.peers.local_directory = self.find
 
-    async def publish_handler(self, context: RequestContext, body: Any) -> dict[str, Any]:
-        return await self._publish(context, body)
+    async def publish_handler(self, context: RequestContext,
+                              signed: SignedCard) -> PublishAnswer:
+        return await self._publish(context, signed)
 
-    async def lookup_handler(self, context: RequestContext, body: Any) -> dict[str, Any]:
-        return await self._lookup(context, body)
+    async def lookup_handler(self, context: RequestContext, lookup: Lookup) -> dict[str, Any]:
+        return await self._lookup(context, lookup)
 
     def _check(self, signed: SignedCard) -> ContactCard:
         agent = self.agent
         return verify_card(signed, root=agent.credentials.root, crl=agent.crl,
                            now=agent.context.now())
 
-    async def _publish(self, context: RequestContext, body: Any) -> dict[str, Any]:
-        signed = SignedCard.from_wire(body)
+    async def _publish(self, context: RequestContext, signed: SignedCard) -> PublishAnswer:
         card = self._check(signed)
         if context.peer.agent_id != card.agent_id:
             raise CardMismatch(f"{context.peer.agent_id} may publish only its own card, "
@@ -274,7 +275,7 @@ class DirectoryService:
                                detail={"card": card.agent_id, "publisher": context.peer.agent_id})
         await self.agent.database.transaction(functools.partial(store_card, signed=signed,
                                                                 card=card))
-        return {"agent": card.agent_id, "not_after": card.not_after_ms}
+        return PublishAnswer(agent_id=card.agent_id, not_after_ms=card.not_after_ms)
 
     async def find(self, agent_id: str) -> SignedCard:
         """The current card of ``agent_id``, checked again (its signer may be revoked
@@ -295,8 +296,7 @@ class DirectoryService:
         raise UnknownAgent(f"the directory has no current card for {agent_id!r}",
                            detail={"agent": agent_id})
 
-    async def _lookup(self, context: RequestContext, body: Any) -> dict[str, Any]:
-        lookup = Lookup.from_wire(body)
+    async def _lookup(self, context: RequestContext, lookup: Lookup) -> dict[str, Any]:
         if lookup.agent_id is not None:
             return (await self.find(lookup.agent_id)).to_wire()
         assert lookup.role is not None

@@ -18,16 +18,17 @@ Card body (the statement's ``body``), all keys required:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, NoReturn
+from typing import Any, ClassVar, Final, NoReturn, Self
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from .._schema import AGENT, TIME, Body, Kind, Schema, wire
+from .._schema import AGENT, STATEMENT_AS_IS, TIME, Body, Kind, Schema, wire
 from ..certificates import (
     CertificateError,
     check_name,
@@ -44,6 +45,7 @@ __all__ = [
     "MAX_VALIDITY_MS",
     "ContactCard",
     "Lookup",
+    "PublishAnswer",
     "SignedCard",
     "sign_card",
     "verify_card",
@@ -91,7 +93,31 @@ def _is_name(value: object) -> bool:
     return AGENT.check(value)  # roles and service names share the agent id grammar
 
 
-#: Every key of a card body has its one kind (``services._schema``).
+#: What a signed card travels as, and (``directory.publish``) its answer.
+SIGNED_CARD_TYPE: Final = "directory.signed_card"
+PUBLISH_TYPE: Final = "directory.publish"
+
+
+def _certificate_or_as_is(value: object) -> object:
+    if type(value) is not bytes:  # refused at once, before the card's statement
+        raise ValueError("DER bytes")
+    try:
+        return load_certificate(value)
+    except CertificateError:
+        return value  # refused by the check, after the card's statement
+
+
+def _unreadable_certificate(value: object) -> BadCard:
+    try:
+        load_certificate(value)  # type: ignore[arg-type]
+        reason = "DER bytes, where a loaded certificate was expected"
+    except CertificateError as exc:
+        reason = exc.message
+    return BadCard(f"the card's certificate is not readable: {reason}",
+                   detail={"type": SIGNED_CARD_TYPE, "field": "certificate"})
+
+#: Every key of a card body, a signed card and a publish answer has its one kind
+#: (``services._schema``).
 SCHEMA: Final = Schema(BadCard, {
     "agent": AGENT,
     "role": Kind("a role (1-63 of a-z 0-9 . _ -)", _is_name),
@@ -104,6 +130,12 @@ SCHEMA: Final = Schema(BadCard, {
         f"a map of at most {MAX_SERVICES} services, each (version, at most {MAX_MODULES} "
         "module names)", _good_services, decode=_services_from_wire, encode=_services_to_wire),
     "not_before": TIME, "not_after": TIME,
+    # A malformed card statement is the statement layer's refusal (statement.malformed).
+    "card": STATEMENT_AS_IS,
+    "certificate": Kind("a certificate (DER)", lambda v: isinstance(v, x509.Certificate),
+                        decode=_certificate_or_as_is,
+                        encode=lambda v: v.public_bytes(serialization.Encoding.DER),
+                        refuse=_unreadable_certificate),
 })
 
 
@@ -134,30 +166,31 @@ class ContactCard(Body):
 
 
 @dataclass(frozen=True, slots=True)
-class SignedCard:
-    """A card statement with the certificate that signed it.
+class SignedCard(Body):
+    """A card statement with the certificate that signed it: the request of
+    ``directory.publish``, and what ``directory.lookup`` answers.
 
-    Wire: ``{"card": <statement map>, "certificate": bin (DER)}``.
+    Wire: ``{"card": <statement map>, "certificate": bin (DER)}``. ``from_wire``
+    raises BadCard (detail ``type`` ``directory.signed_card``, ``field``), or the
+    statement layer's error (``statement.malformed``, ...) for a malformed card.
     """
 
-    statement: Statement
+    TYPE: ClassVar[str] = SIGNED_CARD_TYPE
+    SCHEMA: ClassVar[Schema] = SCHEMA
+
+    statement: Statement = field(metadata=wire(key="card"))
     certificate: x509.Certificate
 
-    def to_wire(self) -> dict[str, Any]:
-        return {"card": self.statement.to_wire(),
-                "certificate": self.certificate.public_bytes(serialization.Encoding.DER)}
 
-    @classmethod
-    def from_wire(cls, value: object) -> SignedCard:
-        """Raises BadCard, or MalformedStatement for a malformed statement."""
-        if not isinstance(value, dict) or type(value.get("certificate")) is not bytes:
-            raise BadCard('a signed card is {"card": statement, "certificate": DER}')
-        statement = Statement.from_wire(value.get("card"))
-        try:
-            certificate = load_certificate(value["certificate"])
-        except CertificateError as exc:
-            raise BadCard(f"the card's certificate is not readable: {exc.message}") from exc
-        return cls(statement, certificate)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PublishAnswer(Body):
+    """``directory.publish``'s answer: whose card the directory keeps, until when."""
+
+    TYPE: ClassVar[str] = PUBLISH_TYPE
+    SCHEMA: ClassVar[Schema] = SCHEMA
+
+    agent_id: str = field(metadata=wire(key="agent"))
+    not_after_ms: int = field(metadata=wire(key="not_after"))
 
 
 def sign_card(card: ContactCard, *, key: ed25519.Ed25519PrivateKey,
@@ -207,27 +240,48 @@ def verify_card(signed: SignedCard, *, root: x509.Certificate,
     return card
 
 
+LOOKUP_TYPE: Final = "directory.lookup"
+
+
+def _name_refusal(key: str) -> Any:
+    def refuse(value: object) -> BadLookup:
+        try:
+            check_name(key, value)  # type: ignore[arg-type]
+            why = f"{key} is not a name"
+        except ValueError as exc:
+            why = str(exc)
+        return BadLookup(why, detail={"type": LOOKUP_TYPE, "field": key, "key": key})
+    return refuse
+
+
+#: ``directory.lookup``'s keys mean what they mean in a card; its refusals are
+#: ``directory.bad_lookup`` (a bad id or role also with detail ``key``, as before).
+LOOKUP_SCHEMA: Final = Schema(BadLookup, {
+    "agent": dataclasses.replace(AGENT, refuse=_name_refusal("agent")),
+    "role": dataclasses.replace(SCHEMA.kinds["role"], refuse=_name_refusal("role")),
+})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Lookup:
+class Lookup(Body):
     """``directory.lookup`` asks for one agent's card or every card of a role.
 
     Wire: ``{"agent": ID}`` or ``{"role": ROLE}``, exactly one of the two.
     """
 
-    agent_id: str | None = None
+    TYPE: ClassVar[str] = LOOKUP_TYPE
+    SCHEMA: ClassVar[Schema] = LOOKUP_SCHEMA
+
+    agent_id: str | None = field(default=None, metadata=wire(key="agent"))
     role: str | None = None
 
-    def to_wire(self) -> dict[str, Any]:
-        return {"agent": self.agent_id} if self.agent_id is not None else {"role": self.role}
+    def _check(self) -> None:
+        if (self.agent_id is None) == (self.role is None):
+            LOOKUP_SCHEMA.fail(LOOKUP_TYPE, "body", 'must be {"agent": ID} or {"role": ROLE}')
 
     @classmethod
-    def from_wire(cls, body: object) -> Lookup:
-        """Raises BadLookup."""
-        if not isinstance(body, dict) or len(body) != 1 or not set(body) & {"agent", "role"}:
-            raise BadLookup('the body must be {"agent": ID} or {"role": ROLE}')
-        (key, value), = body.items()
-        try:
-            check_name(key, value)
-        except ValueError as exc:
-            raise BadLookup(str(exc), detail={"key": key}) from None
-        return cls(agent_id=value) if key == "agent" else cls(role=value)
+    def from_wire(cls, value: object) -> Self:
+        """Raises BadLookup (also for ``{"agent": ID, "role": nil}``: one key)."""
+        if type(value) is dict and len(value) != 1:
+            LOOKUP_SCHEMA.fail(LOOKUP_TYPE, "body", 'must be {"agent": ID} or {"role": ROLE}')
+        return super(Lookup, cls).from_wire(value)  # slots: no bare super()
