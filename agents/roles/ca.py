@@ -50,11 +50,12 @@ from semper.services.certificates import (
     CertificateError,
     EnrollAnswer,
     EnrollRequest,
-    StatusQuery,
+    StatusReport,
     certificate_status,
     crl_number,
     identity_of,
 )
+from semper.services.certificates._bodies import CrlRequest, StatusRequest
 from semper.services.certificates._ops import CRL, STATUS
 from semper.services.directory._ops import LOOKUP, PUBLISH
 from semper.transport import Request as WireRequest
@@ -207,26 +208,24 @@ class CertificationAuthority(Component):
 
     # -- certificates ---------------------------------------------------------------------
 
-    async def _crl(self, context: RequestContext, body: Any) -> dict[str, Any]:
-        """``{"known": n, "fresh_after": ms?}`` -> ``{"number": m, "crl": DER or nil}``
-        (nil when m <= n).
+    async def _crl(self, context: RequestContext, request: CrlRequest) -> dict[str, Any]:
+        """``{"known": n?, "fresh_after": ms?}`` -> ``{"number": m, "crl": DER or nil}``
+        (nil when m <= n; the runtime checked the request).
 
         ``fresh_after`` asks for a CRL issued after that moment (a verifier checking
         a statement signed then, protocol.md 6A.8): the CA issues one now if its
         current CRL is older, at most once per ``fresh_crl_interval`` seconds.
         """
-        known = body.get("known", 0) if isinstance(body, dict) else 0
-        known = known if type(known) is int else 0
-        fresh_after = body.get("fresh_after") if isinstance(body, dict) else None
+        known, fresh_after = request.known_number, request.fresh_after
         await self.agent.reread_crl_file()
-        if type(fresh_after) is int and crl_covers_until(self.agent.crl) < fresh_after:
+        if fresh_after is not None and crl_covers_until(self.agent.crl) < fresh_after:
             await self._issue_fresh_crl(fresh_after)
         crl = self.agent.crl
         number = crl_number(crl)
         return {"number": number, "crl": crl.public_bytes(_DER) if number > known else None}
 
-    async def _status(self, context: RequestContext, body: Any) -> dict[str, Any]:
-        query = StatusQuery.from_wire(body)
+    async def _status(self, context: RequestContext, request: StatusRequest) -> StatusReport:
+        query = request.query()
         await self.agent.reread_crl_file()
 
         def find(connection: Any) -> Any:
@@ -237,7 +236,7 @@ class CertificationAuthority(Component):
 
         issued = await self.agent.database.read(find)
         return certificate_status(issued, query, crl=self.agent.crl,
-                                  now=self.agent.context.now()).to_wire()
+                                  now=self.agent.context.now())
 
 
 class Directory(Component):
