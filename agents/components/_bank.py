@@ -42,7 +42,6 @@ from semper.services import Amount
 from semper.services.archive import Direction
 from semper.services.payment import (
     AlreadyPaid,
-    BadRequest,
     IdempotencyRecord,
     RefundAnswer,
     RefundOrder,
@@ -56,7 +55,7 @@ from semper.services.payment import (
     decide_refund,
     request_digest,
 )
-from semper.services.payment._ops import ACCOUNT, REFUND
+from semper.services.payment._ops import ACCOUNT, REFUND, AccountRequest
 from semper.services.statements import Statement
 
 __all__ = ["BANK_HALVES_GROUP", "MIGRATIONS", "BankBook", "BankService", "Outcome",
@@ -263,10 +262,9 @@ class BankService(Component):
                             bank_certificate=self.context.certificate)
 
     @handles(ACCOUNT)
-    async def account(self, context: Any, body: Any) -> dict[str, Any]:
-        """The caller's balances and latest journal entries (``semper wallet``)."""
-        if body not in (None, {}):
-            raise BadRequest("bank.account takes an empty map")
+    async def account(self, context: Any, request: AccountRequest) -> dict[str, Any]:
+        """The caller's balances and latest journal entries (``semper wallet``); the
+        runtime refused any body but an empty one."""
         holder = context.peer.agent_id
         return await self.context.database.read(lambda c: account_view(c, holder))
 

@@ -3,7 +3,12 @@ instrument declares its own ops in its package (``transfer._ops``, ``cheque._ops
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar, Final, Self
+
 from .._ops import Op
+from .._schema import Body, Schema
+from ._schema import SCHEMA
 from ._wire import (
     BANK_REFUND,
     BANK_SERVICE,
@@ -14,11 +19,27 @@ from ._wire import (
     RefundRequest,
 )
 
-__all__ = ["ACCEPT", "ACCOUNT", "CAPABILITIES", "REFUND"]
+__all__ = ["ACCEPT", "ACCOUNT", "CAPABILITIES", "REFUND", "AccountRequest"]
 
-#: The caller's balances and latest postings; an empty map both ways in type terms
-#: (the handler checks the body).
-ACCOUNT = Op(BANK_SERVICE, "account")
+ACCOUNT_TYPE: Final = f"{BANK_SERVICE}.account"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccountRequest(Body):
+    """``bank.account``'s request: nothing (``{}``, or nil); any key is
+    ``payment.bad_request`` (detail ``type`` ``bank.account``, ``field``)."""
+
+    TYPE: ClassVar[str] = ACCOUNT_TYPE
+    SCHEMA: ClassVar[Schema] = SCHEMA
+
+    @classmethod
+    def from_wire(cls, value: object) -> Self:
+        return super(AccountRequest, cls).from_wire({} if value is None else value)
+
+
+#: An ``AccountRequest`` -> the caller's balances and latest postings (a map the bank
+#: builds from its books, not typed here).
+ACCOUNT = Op(BANK_SERVICE, "account", AccountRequest)
 REFUND = Op(BANK_SERVICE, BANK_REFUND, RefundRequest, RefundAnswer)
 
 #: A payee's modules and limits (``Capabilities``); a seller adds its ``bank``, so
