@@ -76,6 +76,8 @@ def _check(obj: Any, depth: int, limits: CodecLimits, *, encoding: bool) -> None
 
     When encoding, str and bin lengths are checked too, since the decoder's msgpack
     refuses them by the same limits: we never send what a strict peer must refuse.
+    A container's leaves that pass are checked in its loop (no call for each); any
+    other value is checked by a call, which refuses it with its message.
     """
     t = type(obj)
     if t is dict:
@@ -86,10 +88,19 @@ def _check(obj: Any, depth: int, limits: CodecLimits, *, encoding: bool) -> None
         for key, value in obj.items():
             if type(key) is not str:
                 raise BadFrame(f"map keys must be str, not {type(key).__name__}")
-            if encoding and _too_long(key, str, limits):
+            if encoding and len(key) * 4 > limits.max_str and _too_long(key, str, limits):
                 raise BadFrame("string too long")
             vt = type(value)
-            if vt is bool or value is None or (vt in _SIZED and not encoding):
+            if vt is str:
+                if not (encoding and _too_long(value, str, limits)):
+                    continue
+            elif vt is bytes:
+                if not (encoding and len(value) > limits.max_bin):
+                    continue
+            elif vt is int:
+                if _INT_MIN <= value <= _INT_MAX:
+                    continue
+            elif vt is bool or value is None:
                 continue
             _check(value, depth + 1, limits, encoding=encoding)
     elif t is list:
@@ -99,7 +110,16 @@ def _check(obj: Any, depth: int, limits: CodecLimits, *, encoding: bool) -> None
             raise BadFrame(f"array longer than {limits.max_container}")
         for value in obj:
             vt = type(value)
-            if vt is bool or value is None or (vt in _SIZED and not encoding):
+            if vt is str:
+                if not (encoding and _too_long(value, str, limits)):
+                    continue
+            elif vt is bytes:
+                if not (encoding and len(value) > limits.max_bin):
+                    continue
+            elif vt is int:
+                if _INT_MIN <= value <= _INT_MAX:
+                    continue
+            elif vt is bool or value is None:
                 continue
             _check(value, depth + 1, limits, encoding=encoding)
     elif t is int:
