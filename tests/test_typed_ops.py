@@ -10,8 +10,6 @@ are wrapped so that a body that was not decoded reaches them only as a test fail
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,14 +18,13 @@ from typing import Any
 import pytest
 import trio
 from market_helpers import config_of, make_market, running
+from test_ops_doc import services_ops
 
-import semper.services
 from semper.agents import Agent
 from semper.agents.components._bank import BankService
 from semper.agents.components._directory import DirectoryService
 from semper.agents.components._evidence import EvidenceService
 from semper.agents.roles.ca import CertificationAuthority
-from semper.services._ops import declared_ops
 from semper.services.archive._bodies import DeliverRequest
 from semper.services.certificates._bodies import CrlRequest, StatusRequest
 from semper.services.directory import Lookup, SignedCard
@@ -192,8 +189,6 @@ async def test_a_malformed_crl_query_is_refused_not_read_as_it_comes(
 def test_every_op_but_a_known_few_declares_its_request_type() -> None:
     """The kind, everywhere: an op declared without a request type leaves its handler
     decoding a raw body; only the ones listed (not this change's) still do."""
-    for info in pkgutil.walk_packages(semper.services.__path__, "semper.services."):
-        importlib.import_module(info.name)
-    untyped = {op.qualified for op in declared_ops() if op.request is None}
+    untyped = {name for name, op in services_ops().items() if op.request is None}
     assert untyped <= UNTYPED_ALLOWED, untyped - UNTYPED_ALLOWED
     assert not untyped & set(HANDLERS)
