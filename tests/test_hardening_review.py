@@ -78,7 +78,7 @@ async def test_a_failed_pass_of_the_sellers_return_retries_does_not_stop_the_age
         return 0
 
     monkeypatch.setattr(seller_module, "RETURN_RETRY_S", 0)
-    monkeypatch.setattr(seller_module.Seller, "retry_returns", flaky)
+    monkeypatch.setattr(seller_module.Sales, "retry_returns", flaky)
     with trio.fail_after(DEADLINE):
         async with running(Agent(config_of(folder, "seller"))):
             await second.wait()
