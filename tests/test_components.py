@@ -14,7 +14,7 @@ import trio
 from market_helpers import config_of, make_market, running
 
 from semper.agents import Agent, Component, Context, Role, handles
-from semper.agents.components import BankService, ledger
+from semper.agents.components.bank import BankService, ledger
 from semper.agents.instruments.transfer import TransferBank
 from semper.agents.runtime import _agent as agent_module
 from semper.agents.runtime._services import ArchiveTables, Certificates, Evidence, Peers, Sys
@@ -220,3 +220,18 @@ def test_the_bank_and_the_ledger_name_no_instrument() -> None:
                  "cli/cmd_bank.py"):
         text = (root / path).read_text().lower()
         assert "transfer" not in text and "cheque" not in text, path
+
+
+def test_an_agent_that_is_no_bank_loads_none_of_the_banks_books() -> None:
+    """The runtime and a buyer's role import no bank code (every agent used to import
+    the ledger through the market tools)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import semper.agents; import semper.agents.roles.buyer; "
+            "import semper.agents.roles.seller; "
+            "bad = [m for m in sys.modules if m.endswith(('._bank', '._ledger', '._market'))]; "
+            "print(bad); assert not bad")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr

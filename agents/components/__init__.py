@@ -1,12 +1,3 @@
-"""Components every agent runs and the ones roles are made of.
-
-For the bank half of a payment instrument (a package of its own, like
-examples/payment_module): ``BankService`` (``context.component(BankService).book``
-is the ``BankBook`` with idempotency, one payment per reference, settlements that can
-be refunded, the archive) and ``ledger`` (accounts and journal entries, posted inside
-the caller's transaction)."""
-
-from semper.agents.components import _ledger as ledger
-from semper.agents.components._bank import BankBook, BankService, Outcome, typed
-
-__all__ = ["BankBook", "BankService", "Outcome", "ledger", "typed"]
+"""Components every agent runs and the ones roles are made of. Importing this package
+imports none of them: an agent loads what its role lists (a buyer never loads the
+bank's books). ``bank`` is the public face of the bank's, for instruments' bank halves."""

@@ -16,10 +16,9 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from semper.agents.components import _ledger
-from semper.agents.components._bank import BankBook, BankService, Outcome
-from semper.agents.runtime._component import Component, handles
-from semper.agents.runtime._faults import crash_point
+from semper.agents import Component, crash_point, handles
+from semper.agents.components.bank import BankBook, BankService, Outcome
+from semper.agents.components.bank import ledger as _ledger
 from semper.services.statements import Statement
 
 from .protocol import (

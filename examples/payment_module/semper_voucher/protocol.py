@@ -38,8 +38,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from semper.services import Amount, ServiceError
-from semper.services._ops import Op
-from semper.services._schema import (
+from semper.services.certificates import fingerprint, identity_of
+from semper.services.payment import BANK_ROLE, BANK_SERVICE
+from semper.services.schema import (
     AGENT,
     DIGEST,
     IDEMPOTENCY_KEY,
@@ -47,6 +48,7 @@ from semper.services._schema import (
     STATEMENT,
     Body,
     Kind,
+    Op,
     Schema,
     amount,
     binary,
@@ -54,8 +56,6 @@ from semper.services._schema import (
     integer,
     wire,
 )
-from semper.services.certificates import fingerprint, identity_of
-from semper.services.payment import BANK_ROLE, BANK_SERVICE
 from semper.services.statements import Statement, canonical_encode, verify_statement
 
 __all__ = [
