@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final
@@ -34,6 +34,7 @@ from semper.agents.components._archive import append, entry
 from semper.agents.components._payments import AgentPaymentContext, payment_manager
 from semper.agents.runtime._identity import utcnow
 from semper.services import Amount
+from semper.services.archive import Direction
 from semper.services.certificates import (
     CertificateError,
     identity_of,
@@ -226,6 +227,9 @@ class Shopper:
         self._catalogues: dict[str, tuple[bytes, list[Any], Catalogue, Any]] = {}
         #: seller -> (the channel it answered on, its payment capabilities).
         self._capabilities: dict[str, tuple[Any, Any]] = {}
+        #: order (hex) -> what saves its accepted machine, with the first statement its
+        #: payment signs, in one commit (see ``_ShopperContext``).
+        self._unsaved: dict[str, Callable[[list[Any]], Awaitable[None]]] = {}
 
     async def catalogue(self, seller: str) -> tuple[Catalogue, Any]:
         """The seller's verified offers and its certificate.
@@ -403,7 +407,17 @@ class Shopper:
                     await self.agent.request(seller, "commerce", "order",
                                              {"order": purchase.order.to_wire()})
                 purchase.receive(OrderAccepted(), now_ms=_now_ms())
-                await self._save(key, seller, sku, module, purchase)
+                if not isinstance(next(iter(purchase.pending()), None), Pay):
+                    await self._save(key, seller, sku, module, purchase)
+                    continue
+
+                async def save_accepted(entries: list[Any], purchase: Purchase = purchase
+                                        ) -> None:
+                    await self._save(key, seller, sku, module, purchase, entries=entries)
+
+                # Saved in the commit that keeps what the payment signs first, before
+                # anything of the payment leaves (one commit for the step).
+                self._unsaved[purchase.order.digest.hex()] = save_accepted
                 continue
             pending = purchase.pending()
             if not pending:
@@ -418,8 +432,12 @@ class Shopper:
             elif isinstance(decision, Pay):
                 self._progress(f"paying {decision.amount} by {decision.module} "
                                f"through {self.agent.config.payment.bank or 'bank'}")
-                async with self._fail_on_refusal(purchase, key, seller, sku, module):
-                    result = await self._pay(decision, purchase)
+                try:
+                    async with self._fail_on_refusal(purchase, key, seller, sku, module):
+                        result = await self._pay(decision, purchase)
+                finally:
+                    assert purchase.order is not None
+                    self._unsaved.pop(purchase.order.digest.hex(), None)
                 purchase.receive(PaymentConfirmed(payment=result.settlement.digest,
                                                   payment_type=result.settlement.type,
                                                   amount=result.amount), now_ms=_now_ms())
@@ -641,9 +659,32 @@ class _ShopperContext(AgentPaymentContext):
     def __init__(self, shopper: Shopper, transaction: str, peer: str) -> None:
         super().__init__(shopper.agent, transaction, peer)
         self._known = shopper._capabilities
+        self._unsaved = shopper._unsaved
+
+    async def _save_accepted(self, entries: list[Any]) -> bool:
+        """Save the purchase's accepted machine with ``entries``, if it waits to be:
+        before the payment's first statement or request leaves."""
+        save = self._unsaved.pop(self.transaction, None)
+        if save is None:
+            return False
+        await save(entries)
+        return True
+
+    async def sign(self, type: str, body: dict[str, Any]) -> Statement:
+        """Sign and archive, as every payment context does; the purchase's accepted
+        machine goes in the same commit."""
+        statement = self._agent.evidence.sign(type, body)
+        if not await self._save_accepted([entry(
+                statement, direction=Direction.SENT, peer=self.peer,
+                transaction=self.transaction, certificate=self.certificate)]):
+            await self._agent.archive.record(statement, direction=Direction.SENT,
+                                             peer=self.peer, transaction=self.transaction,
+                                             certificate=self.certificate)
+        return statement
 
     async def request(self, peer: str, service: str, op: str, body: Any) -> Any:
         if (service, op) != (PAYMENT_SERVICE, PAYMENT_CAPABILITIES):
+            await self._save_accepted([])
             return await super().request(peer, service, op, body)
         channel = await self._agent.channel(peer)
         known = self._known.get(peer)

@@ -45,6 +45,7 @@ from semper.agents.runtime._identity import utcnow
 from semper.agents.runtime._roles import Role
 from semper.services import ServiceError
 from semper.services._ops import Op
+from semper.services.archive import Direction
 from semper.services.certificates import identity_of
 from semper.services.commerce import (
     AlreadyPaid,
@@ -306,20 +307,25 @@ class Sales(Component):
         sku = terms.offer_terms().sku
         if sku not in self.items:  # withdrawn since the order: nothing to deliver
             raise UnknownOffer(f"{sku!r} is no longer sold here", detail={"sku": sku})
-        ctx = AgentPaymentContext(self.agent, request.reference.hex(), buyer)
+        ctx = _SettleContext(self.agent, request.reference.hex(), buyer)
         # Shielded: once the bank may move the money (a cheque's deposit), the step
         # runs to its end (bounded by the request timeout) even if the buyer's channel
         # closes meanwhile (revoked, or a write deadline): cancelled in between, the
         # money stayed with us and the sale unpaid, and a revoked buyer never retries.
         with trio.CancelScope(shield=True):
-            result = await self.payments.accept(
-                ctx, request, invoice=Invoice(amount=terms.amount, reference=request.reference,
-                                              payer=buyer))
-            decisions = sale.receive(PaymentConfirmed(
-                payment=result.settlement.digest, payment_type=result.settlement.type,
-                amount=result.amount), now_ms=_now_ms())
-            entries = self._fulfil(sale, decisions, peer, request.reference)
-            await self._save(sale, buyer, payment=result, entries=entries)
+            try:
+                result = await self.payments.accept(
+                    ctx, request, invoice=Invoice(amount=terms.amount,
+                                                  reference=request.reference, payer=buyer))
+                decisions = sale.receive(PaymentConfirmed(
+                    payment=result.settlement.digest, payment_type=result.settlement.type,
+                    amount=result.amount), now_ms=_now_ms())
+                entries = self._fulfil(sale, decisions, peer, request.reference)
+            except BaseException:
+                if ctx.received:  # what the module received stays evidence regardless
+                    await self.agent.archive.record_all(ctx.received)
+                raise
+            await self._save(sale, buyer, payment=result, entries=ctx.received + entries)
         return result.to_wire()
 
     async def _same_payment(self, sale: Sale, paid: PaymentResult, request: AcceptRequest,
@@ -678,6 +684,21 @@ class Sales(Component):
             [(d.statement, d.direction) for d in decisions if isinstance(d, ArchiveDecision)],
             peer=peer.agent_id, transaction=order.hex(),
             ours=self.agent.credentials.identity, theirs=peer.certificate)
+
+
+class _SettleContext(AgentPaymentContext):
+    """The payment context of settling a sale: what the payment module receives (a
+    transfer's confirmation, a cheque and the bank's clearing of it) is archived in
+    the commit that saves the paid sale, not one commit each (one commit for the
+    step; a failure after the module received it archives it on the way out)."""
+
+    def __init__(self, agent: Any, transaction: str, peer: str) -> None:
+        super().__init__(agent, transaction, peer)
+        self.received: list[Any] = []
+
+    async def record(self, statement: Statement, certificate: Any) -> None:
+        self.received.append(entry(statement, direction=Direction.RECEIVED, peer=self.peer,
+                                   transaction=self.transaction, certificate=certificate))
 
 
 def _transfer_proof(proof: Any) -> TransferProof | None:
