@@ -359,12 +359,13 @@ async def test_a_buyer_revoked_while_its_cheque_clears_still_gets_its_sale(
     bank, seller = Agent(config_of(folder, "bank")), Agent(config_of(folder, "seller"))
     cleared, go_on = trio.Event(), trio.Event()
     role = seller.component(Sales)
-    fulfil = role._fulfil
+    accept = role.payments.accept
 
-    async def slow_fulfil(*args: Any, **kwargs: Any) -> None:
-        cleared.set()  # the bank has moved the money
+    async def slow_accept(*args: Any, **kwargs: Any) -> Any:
+        result = await accept(*args, **kwargs)
+        cleared.set()  # the bank has moved the money; the sale is not settled yet
         await go_on.wait()
-        await fulfil(*args, **kwargs)
+        return result
 
     save, settled = role._save, trio.Event()
 
@@ -373,7 +374,7 @@ async def test_a_buyer_revoked_while_its_cheque_clears_still_gets_its_sale(
         if kwargs.get("payment") is not None:
             settled.set()
 
-    monkeypatch.setattr(role, "_fulfil", slow_fulfil)
+    monkeypatch.setattr(role.payments, "accept", slow_accept)
     monkeypatch.setattr(role, "_save", watched_save)
     async with running(bank), running(seller):
         buyer = Agent(config_of(folder, "buyer"))
