@@ -174,6 +174,9 @@ async def test_one_injected_clock_reaches_statements_archive_and_books(market: P
             assert bank.context.now_ms() == clock.ms
             receipt = await buyer.evidence.deliver("bank", "buyer/clock", signed)
             assert receipt.issued_at == clock.ms  # the bank's statement, the bank's clock
+            for agent in (buyer, bank):
+                records = await agent.archive.records("buyer/clock")
+                assert records and {r.recorded_at for r in records} == {clock.ms}
             await bank.database.transaction(lambda c: ledger.open_account(c, "seller", "EUR"))
             book = bank.component(BankService).book
             entry = await bank.database.transaction(lambda c: ledger.move(

@@ -233,9 +233,15 @@ class _Seller:
                        "certificate": seller.cert.public_bytes(Encoding.DER)}
         self.shopper = object.__new__(Shopper)
         self.shopper.agent = SimpleNamespace(  # type: ignore[assignment]
-            request=self.request, credentials=SimpleNamespace(root=pki.ca.certificate))
+            request=self.request, credentials=SimpleNamespace(root=pki.ca.certificate),
+            context=SimpleNamespace(now=self.now))
+        #: The agent's clock, when a test moves it.
+        self.at: dt.datetime | None = None
         self.shopper._catalogues = {}
         self.pki = pki
+
+    def now(self) -> dt.datetime:
+        return self.at or dt.datetime.now(dt.UTC)
 
     async def request(self, *args: Any) -> Any:
         self.shopper.agent.crl = self.pki.crl  # the CRL the agent holds now
@@ -257,8 +263,7 @@ async def test_an_expired_seller_is_refused_with_its_catalogue_known(
     seller = market_pki.agent("seller", "seller")
     stub = _Seller(market_pki, seller)
     await stub.shopper.catalogue("seller")
-    later = seller.cert.not_valid_after_utc + dt.timedelta(seconds=1)
-    monkeypatch.setattr(purchase_module, "utcnow", lambda: later)
+    stub.at = seller.cert.not_valid_after_utc + dt.timedelta(seconds=1)
     with pytest.raises(Expired):
         await stub.shopper.catalogue("seller")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
@@ -141,8 +141,10 @@ def entry(
 class Archive:
     """An agent's evidence archive. Made by the agent once its database is open."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, now_ms: Callable[[], int] | None = None) -> None:
         self._db = database
+        #: The agent's clock, for each record's ``recorded_at``.
+        self._now_ms = now_ms
 
     async def record(
         self,
@@ -166,7 +168,8 @@ class Archive:
 
         ``Database.transaction`` batches concurrent callers into one commit (one
         fsync), each appending after the records the earlier ones wrote."""
-        return await self._db.transaction(lambda c: append(c, entries))
+        now_ms = None if self._now_ms is None else self._now_ms()
+        return await self._db.transaction(lambda c: append(c, entries, now_ms=now_ms))
 
     async def record_exchange(
         self,

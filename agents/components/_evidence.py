@@ -172,7 +172,7 @@ class EvidenceService:
             # Again inside the write: concurrent deliveries must not pass together.
             _check_transaction(c, transaction, peer.agent_id)
             _check_quota(c, peer.agent_id, cost, quota)
-            append(c, entries)
+            append(c, entries, now_ms=self.agent.clock.now_ms())
 
         await database.transaction(write)
         return DeliverAnswer(receipt=receipt)

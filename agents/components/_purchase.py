@@ -20,9 +20,9 @@ step: each step's archive entries go in the commit that saves the machine.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,7 +32,6 @@ import trio
 
 from semper.agents.components._archive import append, entry
 from semper.agents.components._payments import AgentPaymentContext, payment_manager
-from semper.agents.runtime._identity import utcnow
 from semper.services import Amount
 from semper.services.archive import Direction
 from semper.services.certificates import (
@@ -171,9 +170,6 @@ def _fields(answer: Any, what: str, **kinds: type) -> dict[str, Any]:
     return answer
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
 
 @dataclass(frozen=True, slots=True)
 class PurchaseOutcome:
@@ -216,6 +212,13 @@ class PurchaseOutcome:
 class Shopper:
     """Buys from sellers for ``agent`` (whose database and archive must be open)."""
 
+    def _ms(self) -> int:
+        """Now, in Unix ms, by the agent's one clock."""
+        return self.agent.clock.now_ms()
+
+    def _now(self) -> dt.datetime:
+        return self.agent.context.now()
+
     def __init__(self, agent: Agent, progress: Callable[[str], None] | None = None) -> None:
         self.agent = agent
         self.payments = payment_manager(agent)
@@ -248,13 +251,13 @@ class Shopper:
         known = self._catalogues.get(seller)
         if known is not None and known[0] == answer["certificate"] \
                 and known[1] == answer["offers"]:
-            validate_certificate(known[3], root=root, crl=crl, now=utcnow(),
+            validate_certificate(known[3], root=root, crl=crl, now=self._now(),
                                  expected_id=seller)
             return known[2], known[3]
         certificate = load_certificate(answer["certificate"])
         offers = tuple(Statement.from_wire(o) for o in answer["offers"])
         for offer in offers:
-            verify_statement(offer, certificate=certificate, root=root, crl=crl, now=utcnow(),
+            verify_statement(offer, certificate=certificate, root=root, crl=crl, now=self._now(),
                              expected_type="commerce.offer", expected_signer=seller)
         catalogue = Catalogue(offers=offers)
         self._catalogues.pop(seller, None)
@@ -299,7 +302,7 @@ class Shopper:
                 offer = _find(catalogue, sku)
                 decisions = purchase.receive(OfferChosen(offer=offer, payment_module=module,
                                                          idempotency_key=key),
-                                             now_ms=_now_ms())
+                                             now_ms=self._ms())
                 await self._record(decisions, seller, purchase, certificate)
                 await self._save(key, seller, sku, module, purchase)
             except BaseException:
@@ -321,13 +324,13 @@ class Shopper:
         offer = _find(catalogue, sku)
         purchase = Purchase(buyer=self.agent.id)
         chosen = purchase.receive(OfferChosen(offer=offer, payment_module=module,
-                                              idempotency_key=key), now_ms=_now_ms())
+                                              idempotency_key=key), now_ms=self._ms())
         entries = self._entries(chosen, seller, purchase, certificate)
         pending = purchase.pending()
         if pending and isinstance(pending[0], SendOrder):
             self._progress(f"signing the order for {sku}")
             order = await self._sign(pending[0].order)
-            sent = purchase.receive(OrderSent(order=order), now_ms=_now_ms())
+            sent = purchase.receive(OrderSent(order=order), now_ms=self._ms())
             entries += self._entries(sent, seller, purchase, None)
         machine = canonical_encode(purchase.to_state())
 
@@ -335,9 +338,9 @@ class Shopper:
             taken = c.execute(
                 "INSERT OR IGNORE INTO commerce_purchases (key, seller, sku, module, state,"
                 " machine, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key, seller, sku, module, purchase.state.value, machine, _now_ms())).rowcount
+                (key, seller, sku, module, purchase.state.value, machine, self._ms())).rowcount
             if taken == 1:
-                append(c, entries)
+                append(c, entries, now_ms=self._ms())
             return taken == 1
 
         if not await self.agent.database.transaction(create):
@@ -358,7 +361,7 @@ class Shopper:
         def reserve(c: sqlite3.Connection) -> dict[str, Any]:
             c.execute("INSERT OR IGNORE INTO commerce_purchases (key, seller, sku, module,"
                       " state, machine, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                      (key, seller, sku, module, PurchaseState.IDLE.value, idle, _now_ms()))
+                      (key, seller, sku, module, PurchaseState.IDLE.value, idle, self._ms()))
             row = _read_row(c, key)
             assert row is not None
             if (row["seller"], row["sku"], row["module"]) != (seller, sku, module):
@@ -389,7 +392,7 @@ class Shopper:
         purchase = Purchase.from_state(canonical_decode(row["machine"]))
         replayed = purchase.state is PurchaseState.REFUNDED
         if purchase.state in (PurchaseState.PAID, PurchaseState.DELIVERED, PurchaseState.DONE):
-            purchase.receive(RefundRequested(reason=reason, amount=amount), now_ms=_now_ms())
+            purchase.receive(RefundRequested(reason=reason, amount=amount), now_ms=self._ms())
             await self._save(key, row["seller"], row["sku"], row["module"], purchase)
         await self._drive(purchase, key, row["seller"], row["sku"], row["module"], None)
         return await self.outcome(key, replayed=replayed)
@@ -406,7 +409,7 @@ class Shopper:
                 async with self._fail_on_refusal(purchase, key, seller, sku, module):
                     await self.agent.request(seller, "commerce", "order",
                                              {"order": purchase.order.to_wire()})
-                purchase.receive(OrderAccepted(), now_ms=_now_ms())
+                purchase.receive(OrderAccepted(), now_ms=self._ms())
                 if not isinstance(next(iter(purchase.pending()), None), Pay):
                     await self._save(key, seller, sku, module, purchase)
                     continue
@@ -426,7 +429,7 @@ class Shopper:
             if isinstance(decision, SendOrder):
                 self._progress(f"signing the order for {sku}")
                 order = await self._sign(decision.order)
-                decisions = purchase.receive(OrderSent(order=order), now_ms=_now_ms())
+                decisions = purchase.receive(OrderSent(order=order), now_ms=self._ms())
                 await self._save(key, seller, sku, module, purchase,  # before it leaves
                                  entries=self._entries(decisions, seller, purchase, None))
             elif isinstance(decision, Pay):
@@ -440,7 +443,7 @@ class Shopper:
                     self._unsaved.pop(purchase.order.digest.hex(), None)
                 purchase.receive(PaymentConfirmed(payment=result.settlement.digest,
                                                   payment_type=result.settlement.type,
-                                                  amount=result.amount), now_ms=_now_ms())
+                                                  amount=result.amount), now_ms=self._ms())
                 await self._save(key, seller, sku, module, purchase, payment=result)
                 kept["payment"] = result
             elif isinstance(decision, RequestDelivery):
@@ -454,10 +457,10 @@ class Shopper:
                 for statement in (delivery, receipt):
                     verify_statement(statement, certificate=seller_cert,
                                      root=self.agent.credentials.root, crl=self.agent.crl,
-                                     now=utcnow(), expected_signer=seller)
+                                     now=self._now(), expected_signer=seller)
                 decisions = purchase.receive(
-                    GoodsDelivered(delivery=delivery, goods=answer["goods"]), now_ms=_now_ms())
-                decisions += purchase.receive(ReceiptIssued(receipt=receipt), now_ms=_now_ms())
+                    GoodsDelivered(delivery=delivery, goods=answer["goods"]), now_ms=self._ms())
+                decisions += purchase.receive(ReceiptIssued(receipt=receipt), now_ms=self._ms())
                 kept["goods"] = answer["goods"]
                 await self._save(key, seller, sku, module, purchase, goods=answer["goods"],
                                  entries=self._entries(decisions, seller, purchase,
@@ -472,19 +475,19 @@ class Shopper:
                 note = Statement.from_wire(answer["note"])
                 seller_cert = await self._seller_certificate(seller, certificate)
                 verify_statement(note, certificate=seller_cert, root=self.agent.credentials.root,
-                                 crl=self.agent.crl, now=utcnow(), expected_signer=seller)
+                                 crl=self.agent.crl, now=self._now(), expected_signer=seller)
                 refund = RefundResult.from_wire(answer["refund"])
                 assert purchase.payment is not None
                 # The bank's word that the money came back, checked and kept as evidence.
                 verify_refund_confirmation(
                     refund.confirmation, bank_certificate=refund.bank_certificate,
-                    root=self.agent.credentials.root, crl=self.agent.crl, now=utcnow(),
+                    root=self.agent.credentials.root, crl=self.agent.crl, now=self._now(),
                     expected_original=purchase.payment.payment, expected_payee=self.agent.id,
                     expected_amount=decision.amount)
                 # Signed by a bank, and by ours: money back elsewhere is not back.
                 ctx = AgentPaymentContext(self.agent, purchase.order.digest.hex(), seller)
                 our_bank(ctx, identity_of(refund.bank_certificate).agent_id)
-                decisions = purchase.receive(RefundNoteIssued(note=note), now_ms=_now_ms())
+                decisions = purchase.receive(RefundNoteIssued(note=note), now_ms=self._ms())
                 entries = self._entries(decisions, seller, purchase, seller_cert)
                 entries.append(entry(refund.confirmation, direction="received", peer=seller,
                                      transaction=purchase.order.digest.hex(),
@@ -522,7 +525,7 @@ class Shopper:
                     # is (a retry asks again), never FAILED with the money elsewhere.
                     raise
                 message += " (the payment was returned to us)"
-            purchase.receive(Failed(code=exc.code, message=message), now_ms=_now_ms())
+            purchase.receive(Failed(code=exc.code, message=message), now_ms=self._ms())
             await self._save(key, seller, sku, module, purchase)
             raise
 
@@ -553,7 +556,7 @@ class Shopper:
                 return False
             verify_refund_confirmation(
                 refund, bank_certificate=certificate, root=self.agent.credentials.root,
-                crl=self.agent.crl, now=utcnow(), expected_original=paid.digest,
+                crl=self.agent.crl, now=self._now(), expected_original=paid.digest,
                 expected_payee=self.agent.id, expected_amount=amount,
                 expected_bank=self.agent.config.payment.bank)
         except (KeyError, TypeError, ValueError, StopIteration, StatementError,
@@ -625,12 +628,12 @@ class Shopper:
                 " payment = coalesce(?, payment), refund = coalesce(?, refund),"
                 " goods = coalesce(?, goods), updated_ms = ?"
                 " WHERE key = ? AND seller = ? AND sku = ? AND module = ? AND machine = ?",
-                (purchase.state.value, machine, paid, refunded, goods, _now_ms(), key, seller,
+                (purchase.state.value, machine, paid, refunded, goods, self._ms(), key, seller,
                  sku, module, expected)).rowcount
             if changed != 1:
                 raise PurchaseBusy(key)
             if entries:
-                append(c, entries)
+                append(c, entries, now_ms=self._ms())
 
         await self.agent.database.transaction(write)
         self._versions[key] = machine

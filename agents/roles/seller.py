@@ -22,9 +22,9 @@ delivered again.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -41,7 +41,6 @@ from semper.agents.components._payments import (
     payment_manager,
 )
 from semper.agents.runtime._component import Component, Context
-from semper.agents.runtime._identity import utcnow
 from semper.agents.runtime._roles import Role
 from semper.services import ServiceError
 from semper.services._ops import Op
@@ -140,14 +139,18 @@ _DAY_MS = 86_400_000
 _MAX_SALES = 4096
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
 
 class Sales(Component):
     """``commerce.*``: the catalogue, orders, delivery and refunds of a seller."""
 
     name = "commerce"
+
+    def _ms(self) -> int:
+        """Now, in Unix ms, by the agent's one clock."""
+        return self.agent.clock.now_ms()
+
+    def _now(self) -> dt.datetime:
+        return self.agent.context.now()
 
     def __init__(self, context: Context) -> None:
         super().__init__(context)
@@ -182,7 +185,7 @@ class Sales(Component):
 
     def current_catalogue(self) -> Catalogue:
         """Signed offers, re-signed when the oldest has less than a day to run."""
-        now = _now_ms()
+        now = self._ms()
         cat = self._catalogue
         if cat is None or now >= self._renew_at:
             bodies = [Offer(seller=self.agent.id, sku=item.sku, title=item.title,
@@ -226,7 +229,7 @@ class Sales(Component):
                             payment_modules=self.payment_modules)
                 decisions = sale.receive(OrderReceived(order=order,
                                                        catalogue=self.current_catalogue()),
-                                         now_ms=_now_ms())
+                                         now_ms=self._ms())
                 await self._archive_within_quota(decisions, context.peer, digest, save=sale)
         terms = _terms(sale)
         return {"order": digest, "amount": terms.amount.to_wire(),
@@ -251,7 +254,7 @@ class Sales(Component):
                 raise QuotaExceeded(f"{peer.agent_id!r} has used {used} of its {quota} bytes "
                                     "of our archive: no new orders",
                                     detail={"used": used, "quota": quota, "cost": cost})
-            append(c, entries)
+            append(c, entries, now_ms=self._ms())
             save_sale(c)
 
         await self.agent.database.transaction(write)
@@ -259,7 +262,7 @@ class Sales(Component):
 
     def _verify(self, statement: Statement, peer: Any) -> None:
         verify_statement(statement, certificate=peer.certificate,
-                         root=self.agent.credentials.root, crl=self.agent.crl, now=utcnow(),
+                         root=self.agent.credentials.root, crl=self.agent.crl, now=self._now(),
                          expected_signer=peer.agent_id)
 
     # -- payment ----------------------------------------------------------------------
@@ -319,7 +322,7 @@ class Sales(Component):
                                                   reference=request.reference, payer=buyer))
                 decisions = sale.receive(PaymentConfirmed(
                     payment=result.settlement.digest, payment_type=result.settlement.type,
-                    amount=result.amount), now_ms=_now_ms())
+                    amount=result.amount), now_ms=self._ms())
                 entries = self._fulfil(sale, decisions, peer, request.reference)
             except BaseException:
                 if ctx.received:  # what the module received stays evidence regardless
@@ -381,7 +384,7 @@ class Sales(Component):
             our_bank(ctx, identity_of(transfer.bank_certificate).agent_id)
             body = verify_transfer_confirmation(
                 transfer.confirmation, bank_certificate=transfer.bank_certificate,
-                root=ctx.root, crl=ctx.crl, now=utcnow(), expected_payee=self.agent.id,
+                root=ctx.root, crl=ctx.crl, now=self._now(), expected_payee=self.agent.id,
                 expected_amount=None,  # type: ignore[arg-type] # any amount: it is ours
                 expected_reference=request.reference, expected_payer=buyer,
                 expected_bank=ctx.bank_id)
@@ -402,7 +405,7 @@ class Sales(Component):
                       " currency, amount, code, refusal, state, updated_ms, proof)"
                       " VALUES (?, ?, ?, ?, ?, ?, ?, 'returning', ?, ?)",
                       (digest, request.reference, buyer, body.amount.currency,
-                       body.amount.minor_units, refusal.code, why, _now_ms(),
+                       body.amount.minor_units, refusal.code, why, self._ms(),
                        canonical_encode(transfer.to_wire())))
 
         await self.agent.database.transaction(note)
@@ -443,7 +446,7 @@ class Sales(Component):
         await self.agent.database.transaction(lambda c: c.execute(
             "UPDATE commerce_returns SET state = 'returned', refund = ?, result = ?,"
             " refusal = ?, updated_ms = ? WHERE settlement = ?",
-            (result.confirmation.digest, canonical_encode(result.to_wire()), why, _now_ms(),
+            (result.confirmation.digest, canonical_encode(result.to_wire()), why, self._ms(),
              digest)))
         return returned
 
@@ -487,10 +490,10 @@ class Sales(Component):
                                                content_digest=item.content_digest,
                                                size=len(item.goods)))
                 decisions += sale.receive(GoodsDelivered(delivery=delivery, goods=item.goods),
-                                          now_ms=_now_ms())
+                                          now_ms=self._ms())
             elif isinstance(decision, IssueReceipt):
                 receipt = self._sign(decision.receipt)
-                decisions += sale.receive(ReceiptIssued(receipt=receipt), now_ms=_now_ms())
+                decisions += sale.receive(ReceiptIssued(receipt=receipt), now_ms=self._ms())
             else:
                 entries += self._entries([decision], buyer, order)
         return entries
@@ -545,9 +548,9 @@ class Sales(Component):
             # (the answer lost) must not be refused for the time the retry took.
             asked_at = await self._refund_asked_at(order)
             check_refund_window(_terms(sale).offer_terms(), paid_at_ms=paid.settlement.issued_at,
-                                now_ms=_now_ms() if asked_at is None else asked_at)
+                                now_ms=self._ms() if asked_at is None else asked_at)
             decisions = sale.receive(RefundRequested(reason=body.get("reason", "")[:512],
-                                                     amount=asked), now_ms=_now_ms())
+                                                     amount=asked), now_ms=self._ms())
             ctx = AgentPaymentContext(self.agent, order.hex(), buyer)
             answer: dict[str, Any] = {}
             # Shielded as in _settle: once the bank may give the money back, the sale
@@ -563,11 +566,11 @@ class Sales(Component):
                         decisions += sale.receive(RefundConfirmed(
                             refund=result.confirmation.digest,
                             refund_type=result.confirmation.type, amount=result.amount),
-                            now_ms=_now_ms())
+                            now_ms=self._ms())
                     elif isinstance(decision, IssueRefundNote):
                         note = self._sign(decision.note)
                         answer["note"] = note.to_wire()
-                        decisions += sale.receive(RefundNoteIssued(note=note), now_ms=_now_ms())
+                        decisions += sale.receive(RefundNoteIssued(note=note), now_ms=self._ms())
                     else:
                         await self._archive([decision], context.peer, order)
                 await self._save(sale, buyer, refund=answer)
@@ -640,7 +643,7 @@ class Sales(Component):
 
         def both(c: sqlite3.Connection) -> None:
             if entries:
-                append(c, entries)
+                append(c, entries, now_ms=self._ms())
             write(c)
 
         await self.agent.database.transaction(both)
@@ -665,7 +668,7 @@ class Sales(Component):
                 " DO UPDATE SET state = excluded.state, machine = excluded.machine,"
                 " payment = coalesce(excluded.payment, payment),"
                 " refund = coalesce(excluded.refund, refund), updated_ms = excluded.updated_ms",
-                (order.digest, buyer, sale.state.value, machine, paid, refunded, _now_ms()))
+                (order.digest, buyer, sale.state.value, machine, paid, refunded, self._ms()))
 
         return write, machine
 

@@ -268,7 +268,7 @@ class Agent:
         """The database and the archive, open for the body; closed however it ends."""
         self._database = await Database.open(self.config.data_dir / "agent.sqlite",
                                              self.migrations())
-        self._archive = Archive(self._database)
+        self._archive = Archive(self._database, self.clock.now_ms)
         try:
             yield
         finally:
@@ -399,7 +399,7 @@ class Agent:
         market was left alone past its nextUpdate) it asks at once: until a fresh CRL
         arrives every peer is refused (``auth.crl_stale``)."""
         ca = self.config.ca_agent
-        if crl_is_stale(self._crl):
+        if crl_is_stale(self._crl, self.context.now()):
             log.warning("our CRL (number %d) is past its nextUpdate: peers are refused "
                         "until a fresh one arrives from %s", _crl_number(self._crl),
                         ca or "the CRL file")
@@ -411,11 +411,11 @@ class Agent:
             await self.reread_crl_file()
             if ca is not None and ca != self.id:
                 await self._fetch_crl(ca)
-            if crl_is_stale(self._crl) and not stale:
+            if crl_is_stale(self._crl, self.context.now()) and not stale:
                 # Gone stale while running (the CA agent away past nextUpdate): the
                 # channels already open are refused too, not only new handshakes.
                 self._recheck_channels()
-            stale = crl_is_stale(self._crl)
+            stale = crl_is_stale(self._crl, self.context.now())
             await trio.sleep(self.config.timeouts.crl_refresh)
 
     async def refresh_stale_crl(self) -> None:
@@ -423,14 +423,14 @@ class Agent:
         before dialing a peer: commands run no watcher (``semper buy``, ``ping``,
         ``call`` weeks after the agent last ran), and a running agent need not wait
         for its next refresh. A failure is logged; the dial then fails in TLS."""
-        if not crl_is_stale(self._crl):
+        if not crl_is_stale(self._crl, self.context.now()):
             return
         async with self._crl_refresh:
-            if not crl_is_stale(self._crl):  # another caller just refreshed it
+            if not crl_is_stale(self._crl, self.context.now()):  # another caller just refreshed it
                 return
             await self.reread_crl_file()
             ca = self.config.ca_agent
-            if crl_is_stale(self._crl) and ca is not None and ca != self.id:
+            if crl_is_stale(self._crl, self.context.now()) and ca is not None and ca != self.id:
                 # Never through Agent.channel: its dial would wait for this lock.
                 await self._fetch_crl(ca, stale=True)
 
@@ -483,7 +483,7 @@ class Agent:
         """
         try:
             query = {"known": _crl_number(self._crl)}
-            if crl_is_stale(self._crl) if stale is None else stale:
+            if crl_is_stale(self._crl, self.context.now()) if stale is None else stale:
                 answer = await self._fetch_crl_while_stale(ca, query)
             else:
                 channel = await self.channel(ca)
