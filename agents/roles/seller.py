@@ -49,15 +49,18 @@ from semper.services.certificates import identity_of
 from semper.services.commerce import (
     AlreadyPaid,
     Catalogue,
+    CatalogueRequest,
     CommerceError,
     Deliver,
     Delivery,
+    FetchRequest,
     GoodsDelivered,
     IssueReceipt,
     IssueRefundNote,
     Offer,
     Order,
     OrderReceived,
+    OrderRequest,
     PaymentConfirmed,
     ReceiptIssued,
     Refund,
@@ -73,14 +76,15 @@ from semper.services.commerce import (
     check_refund_window,
 )
 from semper.services.commerce import Archive as ArchiveDecision
+from semper.services.commerce import RefundRequest as CommerceRefundRequest
 from semper.services.commerce import _ops as commerce_ops
 from semper.services.payment import (
     REFUND_ORDER,
     AcceptRequest,
     BadRequest,
+    CapabilitiesRequest,
     Invoice,
     PaymentResult,
-    amount_from_wire,
     our_bank,
     refund_payment,
 )
@@ -202,16 +206,14 @@ class Sales(Component):
                     Encoding.DER)}
         return cat
 
-    async def catalogue(self, context: Any, body: Any) -> dict[str, Any]:
+    async def catalogue(self, context: Any, request: CatalogueRequest) -> dict[str, Any]:
         self.current_catalogue()
         return self._catalogue_answer
 
     # -- orders ---------------------------------------------------------------------
 
-    async def order(self, context: Any, body: Any) -> dict[str, Any]:
-        if not isinstance(body, dict) or set(body) != {"order"}:
-            raise BadRequest("commerce.order takes {order: statement}")
-        order = Statement.from_wire(body["order"])
+    async def order(self, context: Any, request: OrderRequest) -> dict[str, Any]:
+        order = request.order
         self._verify(order, context.peer)
         named = order.body.get("buyer")
         if isinstance(named, str) and named != context.peer.agent_id:
@@ -267,13 +269,13 @@ class Sales(Component):
 
     # -- payment ----------------------------------------------------------------------
 
-    async def capabilities(self, context: Any, body: Any) -> dict[str, Any]:
+    async def capabilities(self, context: Any, request: CapabilitiesRequest
+                           ) -> dict[str, Any]:
         # Our bank, so a buyer learns on the wire which bank to pay through.
         return {**self.payments.capabilities.to_wire(),
                 "bank": self.agent.config.payment.bank or "bank"}
 
-    async def accept(self, context: Any, body: Any) -> dict[str, Any]:
-        request = AcceptRequest.from_wire(body)
+    async def accept(self, context: Any, request: AcceptRequest) -> dict[str, Any]:
         buyer = context.peer.agent_id
         async with self._lock(request.reference):
             transfer = _transfer_proof(request.proof)
@@ -498,10 +500,8 @@ class Sales(Component):
                 entries += self._entries([decision], buyer, order)
         return entries
 
-    async def fetch(self, context: Any, body: Any) -> dict[str, Any]:
-        if not isinstance(body, dict) or type(body.get("order")) is not bytes:
-            raise BadRequest("commerce.fetch takes {order: digest}")
-        sale = await self._sale_of(body["order"], context.peer.agent_id)
+    async def fetch(self, context: Any, request: FetchRequest) -> dict[str, Any]:
+        sale = await self._sale_of(request.order, context.peer.agent_id)
         if sale.state in (SaleState.REFUNDING, SaleState.REFUND_CONFIRMED, SaleState.REFUNDED):
             raise Refunded("the order was refunded: its goods are not delivered again",
                            detail={"state": sale.state.value})
@@ -519,19 +519,8 @@ class Sales(Component):
 
     # -- refunds ----------------------------------------------------------------------
 
-    async def refund(self, context: Any, body: Any) -> dict[str, Any]:
-        if not isinstance(body, dict) or type(body.get("order")) is not bytes \
-                or not isinstance(body.get("reason", ""), str):
-            raise BadRequest("commerce.refund takes {order: digest, reason: str, "
-                             "amount: amount}")
-        asked = None
-        if body.get("amount") is not None:
-            try:
-                asked = amount_from_wire(body["amount"])
-            except Exception:  # BadAmount or a shape that is not an amount
-                raise BadRequest("amount is not {currency, minor_units}",
-                                 detail={"field": "amount"}) from None
-        buyer, order = context.peer.agent_id, body["order"]
+    async def refund(self, context: Any, request: CommerceRefundRequest) -> dict[str, Any]:
+        buyer, order = context.peer.agent_id, request.order
         async with self._lock(order):
             sale = await self._sale_of(order, buyer)
             row = await self.agent.database.read(lambda c: c.execute(
@@ -549,8 +538,8 @@ class Sales(Component):
             asked_at = await self._refund_asked_at(order)
             check_refund_window(_terms(sale).offer_terms(), paid_at_ms=paid.settlement.issued_at,
                                 now_ms=self._ms() if asked_at is None else asked_at)
-            decisions = sale.receive(RefundRequested(reason=body.get("reason", "")[:512],
-                                                     amount=asked), now_ms=self._ms())
+            decisions = sale.receive(RefundRequested(reason=request.why,
+                                                     amount=request.amount), now_ms=self._ms())
             ctx = AgentPaymentContext(self.agent, order.hex(), buyer)
             answer: dict[str, Any] = {}
             # Shielded as in _settle: once the bank may give the money back, the sale
@@ -560,7 +549,7 @@ class Sales(Component):
                     decision = decisions.pop(0)
                     if isinstance(decision, Refund):
                         result = await refund_payment(ctx, paid, decision.amount,
-                                                      body.get("reason", "") or "refund",
+                                                      request.why or "refund",
                                                       "refund-" + order.hex()[:32])
                         answer["refund"] = result.to_wire()
                         decisions += sale.receive(RefundConfirmed(

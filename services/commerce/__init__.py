@@ -83,6 +83,7 @@ from ._events import (
 )
 from ._machine import STATE_VERSION
 from ._purchase import Purchase
+from ._requests import CatalogueRequest, FetchRequest, OrderRequest, RefundRequest
 from ._sale import Sale
 from ._state import TRANSITIONS, PurchaseState, SaleState, State
 
@@ -110,12 +111,14 @@ __all__ = [
     "BadReceipt",
     "BadRefundNote",
     "Catalogue",
+    "CatalogueRequest",
     "CommerceError",
     "Decision",
     "Deliver",
     "Delivery",
     "Event",
     "Failed",
+    "FetchRequest",
     "GoodsDelivered",
     "IssueReceipt",
     "IssueRefundNote",
@@ -126,6 +129,7 @@ __all__ = [
     "Order",
     "OrderAccepted",
     "OrderReceived",
+    "OrderRequest",
     "OrderSent",
     "Pay",
     "PaymentConfirmed",
@@ -138,6 +142,7 @@ __all__ = [
     "RefundNotAllowed",
     "RefundNote",
     "RefundNoteIssued",
+    "RefundRequest",
     "RefundRequested",
     "RequestDelivery",
     "RequestRefund",

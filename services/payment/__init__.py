@@ -74,6 +74,7 @@ from ._wire import (
     PAYMENT_CAPABILITIES,
     PAYMENT_SERVICE,
     AcceptRequest,
+    CapabilitiesRequest,
     RefundAnswer,
     RefundRequest,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "BadConfirmation",
     "BadRequest",
     "Capabilities",
+    "CapabilitiesRequest",
     "Fresh",
     "IdempotencyConflict",
     "IdempotencyDecision",

@@ -15,6 +15,8 @@ from ._wire import (
     PAYMENT_ACCEPT,
     PAYMENT_CAPABILITIES,
     PAYMENT_SERVICE,
+    AcceptRequest,
+    CapabilitiesRequest,
     RefundAnswer,
     RefundRequest,
 )
@@ -42,9 +44,9 @@ class AccountRequest(Body):
 ACCOUNT = Op(BANK_SERVICE, "account", AccountRequest)
 REFUND = Op(BANK_SERVICE, BANK_REFUND, RefundRequest, RefundAnswer)
 
-#: A payee's modules and limits (``Capabilities``); a seller adds its ``bank``, so
-#: the response is not typed here.
-CAPABILITIES = Op(PAYMENT_SERVICE, PAYMENT_CAPABILITIES)
+#: Any body (ignored) -> a payee's modules and limits (``Capabilities``); a seller adds
+#: its ``bank``, so the response is not typed here.
+CAPABILITIES = Op(PAYMENT_SERVICE, PAYMENT_CAPABILITIES, CapabilitiesRequest)
 #: A payer hands over a module's proof (``AcceptRequest``); the answer is the module's
-#: payment result. Untyped while the payee's handler reads the body itself.
-ACCEPT = Op(PAYMENT_SERVICE, PAYMENT_ACCEPT)
+#: payment result (``PaymentResult`` wire).
+ACCEPT = Op(PAYMENT_SERVICE, PAYMENT_ACCEPT, AcceptRequest)
