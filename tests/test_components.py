@@ -13,7 +13,7 @@ import pytest
 import trio
 from market_helpers import config_of, make_market, running
 
-from semper.agents import Agent, Component, Context, Role, handles
+from semper.agents import Agent, AgentConfig, Component, ConfigError, Context, Role, handles
 from semper.agents.components.bank import BankService, ledger
 from semper.agents.instruments.transfer import TransferBank
 from semper.agents.runtime import _agent as agent_module
@@ -238,3 +238,49 @@ def test_an_agent_that_is_no_bank_loads_none_of_the_banks_books() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+class Greeter(Component):
+    """A component with settings of its own: ``[components.greeter] greeting``."""
+
+    name = "greeter"
+
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        unknown = set(settings) - {"greeting"}
+        greeting = settings.get("greeting", "hello")
+        if unknown or not isinstance(greeting, str):
+            raise ConfigError(f"[components.greeter] takes greeting = 'TEXT', not {settings}")
+        self.greeting = greeting
+
+
+class Greeters(Role):
+    name = "notary"
+    components = (Greeter, Counter)
+
+
+def _notary(market: Path, monkeypatch: pytest.MonkeyPatch, **tables: Any) -> Agent:
+    monkeypatch.setattr(agent_module, "load_role", lambda name: Greeters)
+    try:
+        return Agent(config_of(market, "notary", components=tables))
+    finally:
+        monkeypatch.undo()
+
+
+def test_a_component_takes_its_settings_from_its_own_table(
+        market: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _notary(market, monkeypatch).component(Greeter).greeting == "hello"
+    agent = _notary(market, monkeypatch, greeter={"greeting": "bonjour"})
+    assert agent.component(Greeter).greeting == "bonjour"
+    with pytest.raises(ConfigError, match="greeter"):
+        _notary(market, monkeypatch, greeter={"greeting": 3})
+    with pytest.raises(ConfigError, match="takes no settings"):
+        _notary(market, monkeypatch, counter={"size": 1})
+    with pytest.raises(ConfigError, match=r"\[components.greter\] names no component"):
+        _notary(market, monkeypatch, greter={"greeting": "typo"})
+
+
+def test_component_tables_survive_the_config_file(market: Path, tmp_path: Path) -> None:
+    config = config_of(market, "notary", components={"greeter": {"greeting": "hi"}})
+    path = market / "notary" / "again.toml"
+    path.write_text(config.to_toml(base=path.parent))
+    assert AgentConfig.load(path).components == {"greeter": {"greeting": "hi"}}

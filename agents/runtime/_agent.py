@@ -99,6 +99,11 @@ class Agent:
         self.components: dict[type[Component], Component] = {}
         for cls in (*RUNTIME_COMPONENTS, *self.role.component_classes()):
             self._add_component(cls)
+        names = {component.name for component in self.components.values()}
+        unknown = sorted(set(config.components) - names)
+        if unknown:
+            raise ConfigError(f"{config.path or 'config'}: [components.{unknown[0]}] names no "
+                              f"component this agent runs ({', '.join(sorted(names))})")
         self.role.setup()
         self._inbound: set[Channel] = set()
         self._inbound_per_peer: dict[str, int] = {}
@@ -156,6 +161,7 @@ class Agent:
         for needed in cls.requires:
             self._add_component(needed)
         component = self.components[cls] = cls(self.context)
+        component.configure(self.context.settings(component))
         for op, handler in component.handlers():
             if op.service not in self.registry.services():
                 self.registry.add_service(op.service, version=cls.version)

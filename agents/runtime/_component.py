@@ -88,6 +88,17 @@ class Component:
     def __init__(self, context: Context) -> None:
         self.context = context
 
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        """Take this component's ``[components.<name>]`` table from the agent's
+        configuration (called once, after construction, with ``{}`` if there is none).
+        Raise ``ConfigError`` for a setting it does not know or a bad value: by
+        default it takes none."""
+        if settings:
+            from semper.agents.runtime._config import ConfigError
+
+            raise ConfigError(f"component {self.name!r} takes no settings "
+                              f"([components.{self.name}] has {', '.join(sorted(settings))})")
+
     def migrations(self) -> Mapping[str, Sequence[str]]:
         """Tables this component keeps: migration name -> SQL steps, appended only."""
         return {}
@@ -131,6 +142,10 @@ class Context:
     @property
     def config(self) -> AgentConfig:
         return self._agent.config
+
+    def settings(self, component: Component) -> Mapping[str, Any]:
+        """``component``'s ``[components.<name>]`` table (empty if none)."""
+        return self._agent.config.components.get(component.name, {})
 
     @property
     def certificate(self) -> x509.Certificate:

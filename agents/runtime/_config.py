@@ -143,6 +143,9 @@ class AgentConfig:
     #: ``[evidence] peer_quota_bytes``: how much each peer may grow our archive (its
     #: statements' bytes plus a fixed cost per record) before evidence.deliver refuses.
     evidence_peer_quota: int = 64 * 1024 * 1024  # DEFAULT_EVIDENCE_QUOTA
+    #: ``[components.<name>]``: each component's own settings, as the TOML gives them
+    #: (the component checks them: ``Component.configure``).
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)
     path: Path | None = None  # the file it was read from
 
     def __post_init__(self) -> None:
@@ -213,6 +216,11 @@ class AgentConfig:
         except TypeError as exc:
             raise ConfigError(f"{path or 'config'}: unknown timeout in [timeouts]: {exc}") from None
         passphrase = raw.get("passphrase_file")
+        components = raw.get("components", {})
+        if not isinstance(components, dict) or not all(
+                isinstance(v, dict) for v in components.values()):
+            raise ConfigError(f"{path or 'config'}: [components] holds one table per "
+                              "component: [components.NAME]")
 
         def optional(key: str) -> str | None:
             return None if raw.get(key) is None else text(key)
@@ -236,6 +244,7 @@ class AgentConfig:
             payment=_payment_settings(raw.get("payment"), where=str(path or "config")),
             catalogue=file("catalogue") if raw.get("catalogue") is not None else None,
             **_evidence_settings(raw.get("evidence"), where=str(path or "config")),
+            components={name: dict(table) for name, table in components.items()},
             path=path,
         )
 
@@ -283,6 +292,8 @@ class AgentConfig:
                           "root_key": rel(self.ca.root_key)}
             if self.ca.enroll_advertise is not None:
                 data["ca"]["enroll_advertise"] = self.ca.enroll_advertise
+        if self.components:
+            data["components"] = {name: dict(table) for name, table in self.components.items()}
         return tomli_w.dumps(data)
 
 
