@@ -74,7 +74,6 @@ from semper.services.payment import (
     our_bank,
     verify_refund_confirmation,
 )
-from semper.services.payment.transfer import TRANSFER_CONFIRMATION, TransferConfirmation
 from semper.services.statements import (
     Statement,
     StatementError,
@@ -509,10 +508,11 @@ class Shopper:
         except RemoteError as exc:
             if purchase.state is PurchaseState.ORDERED:
                 definite = exc.code.startswith(_ORDER_REFUSALS)
-            elif await self._transferred(purchase):
-                # Our bank moved the money (its confirmation is in our archive): only
-                # its word that the money came back ends the purchase, whatever the
-                # refusal's code (payment.wrong_bank, commerce.unsupported_payment...).
+            elif await self._prepaid(purchase, module) is not None:
+                # Our bank moved the money before the hand-over (its settlement is in
+                # our archive, the instrument says): only its word that the money came
+                # back ends the purchase, whatever the refusal's code
+                # (payment.wrong_bank, commerce.unsupported_payment...).
                 definite = _returned(exc)
             else:
                 definite = exc.code in _PAYMENT_REFUSALS or _returned(exc)
@@ -520,7 +520,7 @@ class Shopper:
                 raise
             message = exc.message[:4000]
             if _returned(exc):  # the bank moved it, and the seller says it gave it back
-                if not await self._returned_to_us(exc, purchase):
+                if not await self._returned_to_us(exc, purchase, module):
                     # Not the bank's word that it is back: the purchase stays where it
                     # is (a retry asks again), never FAILED with the money elsewhere.
                     raise
@@ -529,18 +529,23 @@ class Shopper:
             await self._save(key, seller, sku, module, purchase)
             raise
 
-    async def _transferred(self, purchase: Purchase) -> bool:
-        """Whether our bank confirmed a transfer for this order (kept in our archive
-        before the proof went to the payee)."""
+    async def _prepaid(self, purchase: Purchase, module: str
+                       ) -> tuple[Statement, Amount] | None:
+        """The settlement (and amount) of a payment by ``module`` that our bank made
+        for this order before the proof went to the payee, kept in our archive: the
+        instruments say which (``prepaid``, ``module``'s first; a cheque moves nothing
+        before)."""
         assert purchase.order is not None
         records = await self.agent.archive.records(purchase.order.digest.hex())
-        return any(Statement.from_bytes(r.statement).type == TRANSFER_CONFIRMATION
-                   for r in records)
+        return self.payments.prepaid([Statement.from_bytes(r.statement) for r in records],
+                                     module=module)
 
-    async def _returned_to_us(self, exc: RemoteError, purchase: Purchase) -> bool:
+    async def _returned_to_us(self, exc: RemoteError, purchase: Purchase, module: str
+                              ) -> bool:
         """Whether the refusal carries our bank's refund confirmation, to us, of the
-        whole of a transfer we made for this order (our archive holds its bank
-        confirmation and the bank's certificate): the seller's word alone is not it."""
+        whole of a payment we made for this order before the hand-over (our archive
+        holds its settlement, the instrument says: ``prepaid``): the seller's word
+        alone is not it."""
         assert purchase.order is not None
         transaction = purchase.order.digest.hex()
         try:
@@ -548,9 +553,12 @@ class Shopper:
             body = RefundConfirmation.from_statement(refund)
             ours = [Statement.from_bytes(r.statement)
                     for r in await self.agent.archive.records(transaction)]
-            paid = next(s for s in ours
-                        if s.type == TRANSFER_CONFIRMATION and s.digest == body.original)
-            amount = TransferConfirmation.from_statement(paid).amount
+            prepaid = self.payments.prepaid([s for s in ours if s.digest == body.original],
+                                            module=module)
+            if prepaid is None:
+                raise LookupError("no payment of ours before the hand-over is the one "
+                                  "refunded")
+            paid, amount = prepaid
             certificate = await self.agent.archive.certificate(refund.signer)
             if certificate is None:
                 return False
@@ -560,7 +568,7 @@ class Shopper:
                 expected_payee=self.agent.id, expected_amount=amount,
                 expected_bank=self.agent.config.payment.bank)
         except (KeyError, TypeError, ValueError, StopIteration, StatementError,
-                CertificateError, BadConfirmation) as refused:
+                CertificateError, BadConfirmation, LookupError) as refused:
             log.warning("%s says it returned our payment for %s, without our bank's proof "
                         "(%s): kept for a retry", exc.code, transaction[:16], refused)
             return False

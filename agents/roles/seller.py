@@ -13,8 +13,9 @@ event twice. Ops (the ``commerce`` and ``payment`` services, docs/protocol.md):
     commerce.fetch     {order: digest}          -> {delivery, goods, receipt}
     commerce.refund    {order: digest, reason, amount} -> {note, refund: RefundResult}
 
-A payment handed over that does not settle its sale is not kept: a bank transfer
-confirmed to us for one of the buyer's orders is refunded at once and recorded in
+A payment handed over that does not settle its sale is not kept: money an installed
+instrument says already moved to us from the buyer for one of its orders (a bank
+transfer: ``PaymentModule.received``) is refunded at once and recorded in
 ``commerce_returns`` with the refusal that said why (docs/protocol.md 8.3). Refunds
 follow the offer's signed ``refund_days``; a refunded order's goods are not
 delivered again.
@@ -45,7 +46,6 @@ from semper.agents.runtime._roles import Role
 from semper.services import ServiceError
 from semper.services._ops import Op
 from semper.services.archive import Direction
-from semper.services.certificates import identity_of
 from semper.services.commerce import (
     AlreadyPaid,
     Catalogue,
@@ -85,15 +85,9 @@ from semper.services.payment import (
     CapabilitiesRequest,
     Invoice,
     PaymentResult,
-    our_bank,
     refund_payment,
 )
 from semper.services.payment import _ops as payment_ops
-from semper.services.payment.transfer import (
-    TransferConfirmation,
-    TransferProof,
-    verify_transfer_confirmation,
-)
 from semper.services.statements import (
     Statement,
     WrongSigner,
@@ -132,6 +126,10 @@ MIGRATIONS = {
         "INSERT INTO commerce_sales SELECT order_digest, buyer, state, machine, payment,"
         " refund, updated_ms FROM commerce_sales_old;"
         "DROP TABLE commerce_sales_old",
+        # 5: the payment given back (PaymentResult wire, as its instrument read it
+        # from the proof), so that any instrument's is refunded the same way; rows
+        # from before hold only the proof (a transfer's), read back by the modules.
+        "ALTER TABLE commerce_returns ADD COLUMN paid BLOB",
     ],
 }
 
@@ -278,17 +276,14 @@ class Sales(Component):
     async def accept(self, context: Any, request: AcceptRequest) -> dict[str, Any]:
         buyer = context.peer.agent_id
         async with self._lock(request.reference):
-            transfer = _transfer_proof(request.proof)
-            if transfer is not None:
-                await self._returned_before(transfer)
+            await self._returned_before(request, buyer)
             try:
-                # Inside: a transfer citing no order of this buyer's (one we lost, a
+                # Inside: money citing no order of this buyer's (one we lost, a
                 # mistyped reference, another buyer's order) reached us all the same.
                 sale = await self._sale_of(request.reference, buyer)
                 answer = await self._settle(sale, request, context.peer)
             except ServiceError as exc:
-                if transfer is not None:
-                    await self._give_back(transfer, request, buyer, exc)
+                await self._give_back(request, buyer, exc)
                 raise
         return answer
 
@@ -358,10 +353,20 @@ class Sales(Component):
 
     # -- payments not used: given back ----------------------------------------------
 
-    async def _returned_before(self, transfer: TransferProof) -> None:
-        """A transfer refused once is never used (it is given back, or being given
-        back: try again now): its first refusal again."""
-        digest = transfer.confirmation.digest
+    async def _returned_before(self, request: AcceptRequest, buyer: str) -> None:
+        """Money refused once is never used (it is given back, or being given back:
+        try again now): its first refusal again. Only a buyer we gave money back to
+        has its proof checked (``received``: a signature), not every payment."""
+        if await self.agent.database.read(lambda c: c.execute(
+                "SELECT 1 FROM commerce_returns WHERE buyer = ? LIMIT 1",
+                (buyer,)).fetchone()) is None:
+            return
+        ctx = AgentPaymentContext(self.agent, request.reference.hex(), buyer)
+        moved = self.payments.received(ctx, request.proof, payer=buyer,
+                                       reference=request.reference)
+        if moved is None:
+            return
+        digest = moved.settlement.digest
 
         def refusal_of(c: sqlite3.Connection) -> Any:
             return c.execute("SELECT refusal, state FROM commerce_returns"
@@ -376,23 +381,19 @@ class Sales(Component):
         refusal = canonical_decode(row[0])
         raise _refusal(refusal["code"], refusal["message"], refusal["detail"])
 
-    async def _give_back(self, transfer: TransferProof, request: AcceptRequest, buyer: str,
+    async def _give_back(self, request: AcceptRequest, buyer: str,
                          refusal: ServiceError) -> None:
-        """Refund a transfer that the bank confirmed to us from ``buyer`` for this
-        order, and that ``refusal`` keeps from settling it, and say so in the
-        refusal's ``returned``. Anything else handed over is not money for us."""
+        """Refund money that ``request``'s proof shows already moved to us from
+        ``buyer`` for this order (an installed instrument says: ``received``, under
+        whatever module it came), and that ``refusal`` keeps from settling it, and say
+        so in the refusal's ``returned``. Anything else handed over is not money for
+        us."""
         ctx = AgentPaymentContext(self.agent, request.reference.hex(), buyer)
-        try:
-            our_bank(ctx, identity_of(transfer.bank_certificate).agent_id)
-            body = verify_transfer_confirmation(
-                transfer.confirmation, bank_certificate=transfer.bank_certificate,
-                root=ctx.root, crl=ctx.crl, now=self._now(), expected_payee=self.agent.id,
-                expected_amount=None,  # type: ignore[arg-type] # any amount: it is ours
-                expected_reference=request.reference, expected_payer=buyer,
-                expected_bank=ctx.bank_id)
-        except ServiceError:
+        moved = self.payments.received(ctx, request.proof, payer=buyer,
+                                       reference=request.reference)
+        if moved is None:
             return
-        digest = transfer.confirmation.digest
+        digest = moved.settlement.digest
         stored = await self.agent.database.read(lambda c: c.execute(
             "SELECT payment FROM commerce_sales WHERE order_digest = ?",
             (request.reference,)).fetchone())
@@ -404,11 +405,11 @@ class Sales(Component):
 
         def note(c: sqlite3.Connection) -> None:
             c.execute("INSERT OR IGNORE INTO commerce_returns (settlement, order_digest, buyer,"
-                      " currency, amount, code, refusal, state, updated_ms, proof)"
-                      " VALUES (?, ?, ?, ?, ?, ?, ?, 'returning', ?, ?)",
-                      (digest, request.reference, buyer, body.amount.currency,
-                       body.amount.minor_units, refusal.code, why, self._ms(),
-                       canonical_encode(transfer.to_wire())))
+                      " currency, amount, code, refusal, state, updated_ms, proof, paid)"
+                      " VALUES (?, ?, ?, ?, ?, ?, ?, 'returning', ?, ?, ?)",
+                      (digest, request.reference, buyer, moved.amount.currency,
+                       moved.amount.minor_units, refusal.code, why, self._ms(),
+                       canonical_encode(request.proof), canonical_encode(moved.to_wire())))
 
         await self.agent.database.transaction(note)
         returned = await self._return(digest)
@@ -416,32 +417,34 @@ class Sales(Component):
             refusal.detail["returned"] = returned
 
     async def _return(self, digest: bytes) -> dict[str, Any] | None:
-        """Refund the recorded transfer ``digest`` (idempotent at the bank: one key per
-        transfer, the reason of its first refusal) and mark it returned. Returns the
-        ``returned`` detail, or None when the bank did not apply it (kept as
-        'returning': retried by ``retry_returns`` and when handed over again)."""
+        """Refund the recorded payment ``digest`` in full (idempotent at the bank: one
+        key per payment, the reason of its first refusal) and mark it returned.
+        Returns the ``returned`` detail, or None when the bank did not apply it (kept
+        as 'returning': retried by ``retry_returns`` and when handed over again)."""
         row = await self.agent.database.read(lambda c: c.execute(
-            "SELECT order_digest, buyer, code, refusal, proof FROM commerce_returns"
+            "SELECT order_digest, buyer, code, refusal, proof, paid FROM commerce_returns"
             " WHERE settlement = ?", (digest,)).fetchone())
-        order, buyer, code, refusal, proof = row
-        if proof is None:  # pragma: no cover - recorded before proofs were kept
-            return None
-        transfer = TransferProof.from_wire(canonical_decode(proof))
-        body = TransferConfirmation.from_statement(transfer.confirmation)
-        paid = PaymentResult(module="transfer", payer=buyer, payee=self.agent.id,
-                             amount=body.amount, reference=body.reference,
-                             settlement=transfer.confirmation,
-                             bank_certificate=transfer.bank_certificate)
+        order, buyer, code, refusal, proof, stored = row
         ctx = AgentPaymentContext(self.agent, order.hex(), buyer)
+        if stored is not None:
+            paid = PaymentResult.from_wire(canonical_decode(stored))
+        else:  # a row written before the payment was kept: rebuilt from its proof
+            moved = None if proof is None else self.payments.received(
+                ctx, canonical_decode(proof), payer=buyer, reference=order)
+            if moved is None or moved.settlement.digest != digest:
+                log.warning("cannot read back the payment %s of %s to give it back",
+                            digest.hex()[:16], buyer)
+                return None
+            paid = moved
         try:
-            result = await refund_payment(ctx, paid, body.amount, f"returned: {code}",
+            result = await refund_payment(ctx, paid, paid.amount, f"returned: {code}",
                                           "return-" + digest.hex())
         except Exception as exc:  # the bank down or refusing: kept for a retry
-            log.warning("could not give back transfer %s of %s yet: %s", digest.hex()[:16],
+            log.warning("could not give back payment %s of %s yet: %s", digest.hex()[:16],
                         buyer, exc)
             return None
         # The bank's own word, so that the buyer need not take ours (it checks it).
-        returned = {"refund": result.confirmation.digest, "amount": body.amount.to_wire(),
+        returned = {"refund": result.confirmation.digest, "amount": paid.amount.to_wire(),
                     "confirmation": result.confirmation.to_bytes()}
         first = canonical_decode(refusal)
         why = canonical_encode({**first, "detail": {**first["detail"], "returned": returned}})
@@ -691,14 +694,6 @@ class _SettleContext(AgentPaymentContext):
     async def record(self, statement: Statement, certificate: Any) -> None:
         self.received.append(entry(statement, direction=Direction.RECEIVED, peer=self.peer,
                                    transaction=self.transaction, certificate=certificate))
-
-
-def _transfer_proof(proof: Any) -> TransferProof | None:
-    """``proof`` read as a transfer's, whatever module it was handed over as."""
-    try:
-        return TransferProof.from_wire(proof)
-    except Exception:  # not a transfer proof: nothing the bank moved for it
-        return None
 
 
 def _refusal(code: str, message: str, detail: dict[str, Any]) -> ServiceError:

@@ -15,10 +15,13 @@ chosen module; as payee it answers ``payment.capabilities`` and routes a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any, Final
 
+from .._errors import ServiceError
+from ..money import Amount
+from ..statements import Statement
 from ._errors import BadRequest, NoCommonInstrument, UnknownModule, WrongBank
 from ._modules import (
     Invoice,
@@ -140,6 +143,41 @@ class PaymentManager:
                 detail={"amount": invoice.amount.to_wire(), "payer": [],
                         "payee": self._capabilities.to_wire()["modules"]})
         return await module.accept(ctx, request.proof, invoice=invoice)
+
+    def received(self, ctx: PayeeContext, proof: Any, *, payer: str,
+                 reference: bytes) -> PaymentResult | None:
+        """The money ``proof`` shows already moved to us from ``payer`` for
+        ``reference``, by the first installed module that says so (``received``,
+        optional), whether or not we offer it and whatever module the proof came
+        under: money that reached us is given back if not used. None: none did."""
+        for module in self._modules.values():
+            received = getattr(module, "received", None)
+            if received is None:
+                continue
+            try:
+                result = received(ctx, proof, payer=payer, reference=reference)
+            except ServiceError:  # a module that refuses rather than answer None
+                continue
+            if result is not None:
+                return result  # type: ignore[no-any-return]
+        return None
+
+    def prepaid(self, statements: Sequence[Statement], *, module: str | None = None
+                ) -> tuple[Statement, Amount] | None:
+        """The settlement, and its amount, of a payment that we made before handing
+        it over, among ``statements`` (our archive of its transaction), as the
+        installed modules say (``prepaid``, optional): ``module`` (the payment's)
+        first, then every other, since money moved by any instrument is money out.
+        None: no module finds one."""
+        names = sorted(self._modules, key=lambda name: name != module)
+        for name in names:
+            prepaid = getattr(self._modules[name], "prepaid", None)
+            if prepaid is None:
+                continue
+            found = prepaid(statements)
+            if found is not None:
+                return found  # type: ignore[no-any-return]
+        return None
 
     def answer_capabilities(self, body: Any = None) -> dict[str, Any]:
         """The ``payment.capabilities`` answer (the request body is ignored)."""

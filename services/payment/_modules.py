@@ -342,6 +342,18 @@ class PaymentModule(Protocol):
     # answer). A module without it is asked to ``accept`` the proof again, and the
     # payment is the same if it settles to the same statement (a bank answers a
     # repeat with its first statement).
+    #
+    # Optional, for an instrument whose money moves before the payee accepts (a
+    # transfer; not a cheque, which the payee deposits only to settle):
+    # ``received(ctx, proof, *, payer, reference) -> PaymentResult | None`` (payee
+    # side): the money ``proof`` shows already moved to us from ``payer`` for
+    # ``reference``, verified offline, any amount (None: no such money), so that a
+    # payee that refuses the proof gives it back (``refund_payment``); and
+    # ``prepaid(statements) -> (settlement, amount) | None`` (payer side): among our
+    # archived statements of the payment's transaction, the settlement of a payment
+    # we made before the hand-over, and its amount, so that the payer knows a
+    # refusal did not leave the money with it. A module without them moves no money
+    # before the payee accepts. Neither signs, archives nor asks anyone.
 
     async def refund(self, ctx: PayeeContext, original: PaymentResult, amount: Amount,
                      reason: str, key: str) -> RefundResult:

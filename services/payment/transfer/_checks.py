@@ -81,7 +81,7 @@ def verify_transfer_confirmation(
     crl: x509.CertificateRevocationList,
     now: dt.datetime,
     expected_payee: str,
-    expected_amount: Amount,
+    expected_amount: Amount | None,
     expected_reference: bytes,
     expected_payer: str | None = None,
     expected_order: bytes | None = None,

@@ -6,16 +6,24 @@ component that serves ``bank.transfer`` with this package's checks).
            payee, proof = {confirmation, bank_certificate}
     payee: verify the confirmation offline; nothing else to do
 
+The bank moves the money before the payee sees the proof, so both sides can tell
+that money moved whatever the payee decides: the payee (``received``) from a proof
+it refuses, to give it back; the payer (``prepaid``) from the confirmation it
+archived, to know that a refusal does not leave the money with it.
+
 A retried order (same idempotency key) is confirmed with the first order's
 confirmation, so the payer matches the answer by content, not by its new digest.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from ..._errors import ServiceError
 from ...certificates import identity_of
 from ...money import Amount
+from ...statements import Statement
 from .._errors import BadConfirmation
 from .._modules import (
     Invoice,
@@ -31,7 +39,7 @@ from .._modules import (
 )
 from .._wire import BANK_SERVICE
 from ._checks import verify_transfer_confirmation
-from ._schema import TRANSFER_ORDER, TransferOrder
+from ._schema import TRANSFER_CONFIRMATION, TRANSFER_ORDER, TransferConfirmation, TransferOrder
 from ._wire import BANK_TRANSFER, TransferProof, TransferRequest
 
 __all__ = ["TransferModule"]
@@ -83,6 +91,41 @@ class TransferModule:
         return PaymentResult(module=self.name, payer=body.payer, payee=body.payee,
                              amount=body.amount, reference=body.reference,
                              settlement=got.confirmation, bank_certificate=got.bank_certificate)
+
+    def received(self, ctx: PayeeContext, proof: Any, *, payer: str,
+                 reference: bytes) -> PaymentResult | None:
+        """The transfer ``proof`` shows our bank already applied, from ``payer`` to us
+        for ``reference``, of any amount (checked offline, nothing archived); None
+        for a proof that is not such a transfer. The money is ours whether or not the
+        payment is accepted, so a payee that refuses it gives it back."""
+        try:
+            got = TransferProof.from_wire(proof)
+        except Exception:  # not a transfer proof: nothing the bank moved for it
+            return None
+        try:
+            our_bank(ctx, identity_of(got.bank_certificate).agent_id)
+            body = verify_transfer_confirmation(
+                got.confirmation, bank_certificate=got.bank_certificate, root=ctx.root,
+                crl=ctx.crl, now=now_of(ctx), expected_payee=ctx.our_id, expected_amount=None,
+                expected_reference=reference, expected_payer=payer, expected_bank=ctx.bank_id)
+        except ServiceError:
+            return None
+        return PaymentResult(module=self.name, payer=body.payer, payee=body.payee,
+                             amount=body.amount, reference=body.reference,
+                             settlement=got.confirmation, bank_certificate=got.bank_certificate)
+
+    def prepaid(self, statements: Sequence[Statement]) -> tuple[Statement, Amount] | None:
+        """Among our archived statements of a payment's transaction, our bank's
+        confirmation of a transfer we made (archived before the proof left us), and
+        its amount: the money moved before the payee saw it."""
+        for statement in statements:
+            if statement.type != TRANSFER_CONFIRMATION:
+                continue
+            try:
+                return statement, TransferConfirmation.from_statement(statement).amount
+            except ServiceError:  # not a confirmation body: not one our bank signed
+                continue
+        return None
 
     async def refund(self, ctx: PayeeContext, original: PaymentResult, amount: Amount,
                      reason: str, key: str) -> RefundResult:
