@@ -331,7 +331,7 @@ class Shopper:
             order = await self._sign(pending[0].order)
             sent = purchase.receive(OrderSent(order=order), now_ms=self._ms())
             entries += self._entries(sent, seller, purchase, None)
-        machine = canonical_encode(purchase.to_state())
+        machine = purchase.state_bytes()
 
         def create(c: sqlite3.Connection) -> bool:
             taken = c.execute(
@@ -355,7 +355,7 @@ class Shopper:
         Raises:
             IdempotencyConflict: the key was taken for another seller, item or module.
         """
-        idle = canonical_encode(Purchase(buyer=self.agent.id).to_state())
+        idle = Purchase(buyer=self.agent.id).state_bytes()
 
         def reserve(c: sqlite3.Connection) -> dict[str, Any]:
             c.execute("INSERT OR IGNORE INTO commerce_purchases (key, seller, sku, module,"
@@ -622,7 +622,7 @@ class Shopper:
                     refund: dict[str, Any] | None = None, entries: Sequence[Any] = ()
                     ) -> None:
         """Write the machine, and ``entries`` into the archive, in one commit."""
-        machine = canonical_encode(purchase.to_state())
+        machine = purchase.state_bytes()
         paid = None if payment is None else canonical_encode(payment.to_wire())
         refunded = None if refund is None else canonical_encode(refund)
 

@@ -649,7 +649,7 @@ class Sales(Component):
         it writes."""
         order = sale.order
         assert order is not None
-        machine = canonical_encode(sale.to_state())
+        machine = sale.state_bytes()
         paid = None if payment is None else canonical_encode(payment.to_wire())
         refunded = None if refund is None else canonical_encode(refund)
 

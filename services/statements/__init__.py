@@ -3,7 +3,14 @@
 Pure: keys, certificates, CRLs and the time come in; statements and decisions go out.
 """
 
-from ._canonical import MAX_CONTAINER, MAX_DEPTH, MAX_STRING, canonical_decode, canonical_encode
+from ._canonical import (
+    MAX_CONTAINER,
+    MAX_DEPTH,
+    MAX_STRING,
+    canonical_decode,
+    canonical_encode,
+    canonical_join,
+)
 from ._errors import (
     BadSignature,
     FromTheFuture,
@@ -46,6 +53,7 @@ __all__ = [
     "WrongType",
     "canonical_decode",
     "canonical_encode",
+    "canonical_join",
     "sign_statement",
     "verify_ed25519",
     "verify_statement",

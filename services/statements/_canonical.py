@@ -31,7 +31,8 @@ import msgpack
 
 from ._errors import MalformedStatement, NotCanonical
 
-__all__ = ["MAX_CONTAINER", "MAX_DEPTH", "MAX_STRING", "canonical_decode", "canonical_encode"]
+__all__ = ["MAX_CONTAINER", "MAX_DEPTH", "MAX_STRING", "canonical_decode", "canonical_encode",
+           "canonical_join"]
 
 #: Containers nested deeper than this are refused (the top container is at depth 0).
 MAX_DEPTH: Final = 32
@@ -52,15 +53,66 @@ def canonical_encode(value: Any) -> bytes:
             of a model type, a non-str key, an int out of range, text that is not
             valid UTF-8) or beyond the bounds.
     """
+    return encode_at(value, 0)
+
+
+def encode_at(value: Any, depth: int) -> bytes:
+    """``canonical_encode`` of ``value`` as it sits at ``depth`` inside another value
+    (the bounds count from the top): the bytes it takes there, checked as there."""
     try:
-        normal = _plain(value, 0)
+        normal = _plain(value, depth)
     except _Unusual:
-        normal = _normalize(value, 0)
+        normal = _normalize(value, depth)
     try:
         packed: bytes = msgpack.packb(normal, use_bin_type=True, strict_types=True)
         return packed
     except (TypeError, OverflowError, ValueError) as exc:  # unreachable after _normalize
         raise ValueError(f"cannot encode canonically: {exc}") from None
+
+
+def canonical_join(plain: dict[str, Any], encoded: dict[str, bytes]) -> bytes:
+    """``canonical_encode`` of the map ``plain`` plus ``encoded``'s keys, where each of
+    ``encoded``'s values is already the canonical encoding of the value it stands for
+    (a statement's ``to_bytes()``): the same bytes, without walking those values again
+    (a map's encoding is its header, then each key and value in key order).
+
+    The encoded values were checked as top-level values, and are taken as they are:
+    the caller vouches that they nest well within the bounds one level down (a
+    machine's statements: typed bodies a few levels deep).
+
+    Raises:
+        ValueError: as ``canonical_encode``, for ``plain``'s keys and values; a key
+            in both maps.
+    """
+    if not plain.keys().isdisjoint(encoded):
+        raise ValueError("a key is both plain and encoded")
+    count = len(plain) + len(encoded)
+    if count > MAX_CONTAINER:
+        raise ValueError(f"map of {count} elements is longer than {MAX_CONTAINER}")
+    try:
+        normal = _plain(plain, 0)  # checks plain's keys, and its values one level down
+    except _Unusual:
+        normal = _normalize(plain, 0)
+    for key in encoded:
+        if type(key) is not str:
+            raise ValueError(f"map keys must be str, not {type(key).__name__}")
+        _check_text(key)
+    packb = msgpack.packb
+    parts = [_map_header(count)]
+    for key in sorted([*plain, *encoded]):
+        parts.append(packb(key, use_bin_type=True))
+        parts.append(encoded[key] if key in encoded
+                     else packb(normal[key], use_bin_type=True, strict_types=True))
+    return b"".join(parts)
+
+
+def _map_header(count: int) -> bytes:
+    """A msgpack map header for ``count`` pairs, in its shortest form."""
+    if count < 16:
+        return bytes([0x80 | count])
+    if count < 1 << 16:
+        return b"\xde" + count.to_bytes(2, "big")
+    return b"\xdf" + count.to_bytes(4, "big")
 
 
 def canonical_decode(data: bytes | bytearray | memoryview) -> Any:

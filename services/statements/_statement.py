@@ -19,11 +19,13 @@ confused with itself under another role.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
+import msgpack
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -43,7 +45,7 @@ from ..certificates import (
 # need two (see _certificate_at_issue), so they reuse its private building blocks
 # rather than copy them.
 from ..certificates._validate import _check_issuer, _check_usage
-from ._canonical import canonical_decode, canonical_encode
+from ._canonical import canonical_decode, encode_at
 from ._errors import (
     BadSignature,
     FromTheFuture,
@@ -72,6 +74,9 @@ MAX_TIME_MS: Final = 253_402_300_799_999
 _TYPE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+\Z")
 _MAX_TYPE: Final = 128
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+#: One leaf (int, bytes or ASCII str) in msgpack's shortest form, as canonical_encode
+#: writes it.
+_packb: Final = functools.partial(msgpack.packb, use_bin_type=True, strict_types=True)
 _KEYS: Final = frozenset({"body", "issued_at", "nonce", "signature", "signer", "type", "v"})
 
 
@@ -93,6 +98,12 @@ class Statement:
     #: ``to_bytes()`` once made: a purchase asks a statement's digest many times, each
     #: a canonical encoding (the fields never change; the body is never mutated).
     _bytes: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    #: The body's canonical encoding where it sits in the statement map, made once by
+    #: the check below: ``signed_bytes`` and ``to_bytes`` are built around it rather
+    #: than walking the body again (a map's encoding is its header, then each key and
+    #: value in key order).
+    _body: bytes = field(default=b"", init=False, repr=False, compare=False)
+    _digest: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_type(self.type)
@@ -100,7 +111,7 @@ class Statement:
             raise ValueError(f"body must be a dict, not {type(self.body).__name__}")
         # In the value model and within the bounds one level down, where the body sits
         # in the statement map: what is built here can always be encoded and signed.
-        canonical_encode({"body": self.body})
+        object.__setattr__(self, "_body", encode_at(self.body, 1))
         _check_bytes("signer", self.signer, self.SIGNER_SIZE)
         _check_bytes("nonce", self.nonce, self.NONCE_SIZE)
         _check_bytes("signature", self.signature, self.SIGNATURE_SIZE)
@@ -108,8 +119,11 @@ class Statement:
             raise ValueError("issued_at must be an int of Unix milliseconds (0 to year 9999)")
 
     def signed_bytes(self) -> bytes:
-        """The exact bytes the signature covers."""
-        return DOMAIN + canonical_encode(self._unsigned())
+        """The exact bytes the signature covers: ``DOMAIN`` and the canonical encoding
+        of ``_unsigned()``, its keys in order (body, issued_at, nonce, signer, type)."""
+        return b"".join((DOMAIN, b"\x85\xa4body", self._body, b"\xa9issued_at",
+                         _packb(self.issued_at), b"\xa5nonce", _packb(self.nonce),
+                         b"\xa6signer", _packb(self.signer), b"\xa4type", _packb(self.type)))
 
     def to_wire(self) -> dict[str, Any]:
         """The statement as one msgpack map, to embed in a message body."""
@@ -118,15 +132,23 @@ class Statement:
     def to_bytes(self) -> bytes:
         """The canonical encoding of ``to_wire()``: what archives store and digests hash."""
         encoded = self._bytes
-        if encoded is None:
-            encoded = canonical_encode(self.to_wire())
+        if encoded is None:  # canonical_encode(self.to_wire()), keys in order
+            encoded = b"".join((
+                b"\x87\xa4body", self._body, b"\xa9issued_at", _packb(self.issued_at),
+                b"\xa5nonce", _packb(self.nonce), b"\xa9signature", _packb(self.signature),
+                b"\xa6signer", _packb(self.signer), b"\xa4type", _packb(self.type),
+                b"\xa1v", _packb(VERSION)))
             object.__setattr__(self, "_bytes", encoded)
         return encoded
 
     @property
     def digest(self) -> bytes:
         """SHA-256 of ``to_bytes()``: names this statement, signature included."""
-        return hashlib.sha256(self.to_bytes()).digest()
+        digest = self._digest
+        if digest is None:
+            digest = hashlib.sha256(self.to_bytes()).digest()
+            object.__setattr__(self, "_digest", digest)
+        return digest
 
     @property
     def issued_at_datetime(self) -> dt.datetime:
@@ -175,7 +197,21 @@ class Statement:
             MalformedStatement: anything else wrong with the bytes or the fields.
             UnsupportedVersion: ``v`` is not 1.
         """
-        return cls.from_wire(canonical_decode(data))
+        statement = cls.from_wire(canonical_decode(data))
+        object.__setattr__(statement, "_bytes", bytes(data))  # canonical: to_bytes() is it
+        return statement
+
+    def _signed(self, signature: bytes) -> Statement:
+        """This draft with ``signature``: its fields were checked when it was built,
+        and a signature from ``Ed25519PrivateKey.sign`` is 64 bytes."""
+        _check_bytes("signature", signature, self.SIGNATURE_SIZE)
+        signed = object.__new__(Statement)
+        for name, value in (("type", self.type), ("body", self.body), ("signer", self.signer),
+                            ("issued_at", self.issued_at), ("nonce", self.nonce),
+                            ("signature", signature), ("_body", self._body),
+                            ("_bytes", None), ("_digest", None)):
+            object.__setattr__(signed, name, value)
+        return signed
 
     def _unsigned(self) -> dict[str, Any]:
         return {
@@ -213,8 +249,7 @@ def sign_statement(
     draft = Statement(type=type, body=body, signer=fingerprint(certificate), issued_at=now_ms,
                       nonce=nonce, signature=bytes(Statement.SIGNATURE_SIZE))
     signature = key.sign(draft.signed_bytes())
-    return Statement(type=type, body=draft.body, signer=draft.signer, issued_at=now_ms,
-                     nonce=nonce, signature=signature)
+    return draft._signed(signature)
 
 
 def verify_ed25519(public_key_bytes: bytes, message: bytes, signature: bytes) -> None:
