@@ -129,7 +129,9 @@ MIGRATIONS = {
         # 5: the payment given back (PaymentResult wire, as its instrument read it
         # from the proof), so that any instrument's is refunded the same way; rows
         # from before hold only the proof (a transfer's), read back by the modules.
-        "ALTER TABLE commerce_returns ADD COLUMN paid BLOB",
+        # By buyer too: each payment handed over asks whether its buyer has one.
+        "ALTER TABLE commerce_returns ADD COLUMN paid BLOB;"
+        "CREATE INDEX commerce_returns_by_buyer ON commerce_returns (buyer)",
     ],
 }
 
