@@ -1,7 +1,8 @@
 """Issue 8, item 2: every op's handler gets a decoded, validated request.
 
-``evidence.deliver``, ``directory.publish``/``lookup``, ``certificates.crl``/``status``
-and ``bank.account`` were declared untyped: each handler read the raw body itself
+``evidence.deliver``, ``directory.publish``/``lookup``, ``certificates.crl``/``status``,
+``bank.account``, and the seller's ``commerce.*`` and ``payment.capabilities``/``accept``
+were declared untyped: each handler read the raw body itself
 (or, for ``certificates.crl``, read what it could and ignored the rest). Now each
 names its request type, the runtime decodes it before the handler runs, and a bad
 body is refused with the op's own code (the one it had before). The handlers here
