@@ -107,3 +107,38 @@ async def test_a_purchase_retried_after_a_transient_refusal_pays(
     await VoucherModule().pay(ctx, _request())  # type: ignore[arg-type]
     assert ctx.balance("buyer") == 10_000 - PRICE.minor_units
     assert ctx.balance("seller") == PRICE.minor_units
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "protocol.py: a voucher names no payee (PurchaseOrder/Voucher have no payee field) "
+    "and decide_redemption never looks at the redeemer: any customer of the bank "
+    "holding the secret is paid (here an accomplice of the seller), one_payment and "
+    "settled record it as a payment to that agent, and the buyer holds no statement "
+    "naming the payee it paid (a transfer's confirmation names the payee)"))
+async def test_only_the_payee_or_the_payer_may_redeem_a_voucher(
+        market: Market, tmp_path: Path) -> None:
+    secrets: list[Any] = []
+
+    async def payee(ctx: RealBank, body: Any) -> Any:
+        secrets.append(VoucherProof.from_wire(body["proof"]))
+        raise RemoteError("voucher.spent", "someone was first")  # the seller's claim
+
+    ctx = RealBank(Parties(market), payee, tmp_path)
+    ctx.db.transaction_sync(lambda c: _ledger.open_account(c, "mallory", "EUR"))
+    # The seller hands the proof to an accomplice, who redeems it first.
+    original = ctx.payee
+
+    async def leak_then_refuse(c: RealBank, body: Any) -> Any:
+        proof = VoucherProof.from_wire(body["proof"])
+        try:
+            c.redeem_voucher(RedeemRequest(voucher=proof.voucher, secret=proof.secret)
+                             .to_wire(), "mallory")
+        except Exception:
+            pass  # refused: the protected outcome
+        return await original(c, body)
+
+    ctx.payee = leak_then_refuse
+    with pytest.raises(RemoteError):
+        await VoucherModule().pay(ctx, _request())  # type: ignore[arg-type]
+    assert ctx.balance("mallory") == 0, "a voucher bought to pay the seller paid mallory"
+    assert ctx.balance("buyer") == 10_000
