@@ -142,3 +142,32 @@ async def test_only_the_payee_or_the_payer_may_redeem_a_voucher(
         await VoucherModule().pay(ctx, _request())  # type: ignore[arg-type]
     assert ctx.balance("mallory") == 0, "a voucher bought to pay the seller paid mallory"
     assert ctx.balance("buyer") == 10_000
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "module.py: a definite refusal (payment.wrong_bank, commerce.unsupported_payment) "
+    "whose take-back fails (the bank out of reach a moment) is re-raised as it is, and "
+    "VoucherModule has no prepaid(), so the buyer's purchase goes FAILED ('the seller "
+    "kept no money') with the price in @vouchers, its secret gone with the call and "
+    "no retry left to relock it: the buyer's money is stranded"))
+async def test_a_definite_refusal_never_strands_the_price_in_vouchers(
+        market: Market, tmp_path: Path) -> None:
+    from semper.agents.components._purchase import _PAYMENT_REFUSALS
+
+    async def refuse(ctx: RealBank, body: Any) -> Any:
+        raise RemoteError("commerce.unsupported_payment", "not today")
+
+    ctx = RealBank(Parties(market), refuse, tmp_path)
+    real_redeem = ctx.redeem_voucher
+
+    def bank_away(body: Any, redeemer: str) -> Any:
+        ctx.redeem_voucher = real_redeem  # type: ignore[method-assign]
+        raise RemoteError("peer.unavailable", "the bank restarted")
+
+    ctx.redeem_voucher = bank_away  # type: ignore[method-assign]
+    with pytest.raises(RemoteError) as info:
+        await VoucherModule().pay(ctx, _request())  # type: ignore[arg-type]
+    purchase_failed = (info.value.code in _PAYMENT_REFUSALS
+                       and getattr(VoucherModule(), "prepaid", None) is None)
+    if purchase_failed:
+        assert ctx.balance("buyer") == 10_000, "FAILED with the price held in @vouchers"
