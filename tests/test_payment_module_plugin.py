@@ -112,8 +112,9 @@ class Parties:
 
     def order(self, *, bank: str = "bank", secret: bytes = SECRET) -> tuple[Statement,
                                                                              PurchaseOrder]:
-        body = PurchaseOrder(payer="buyer", bank=bank, amount=PRICE, reference=REFERENCE,
-                             lock=lock_of(secret), idempotency_key="pay-1")
+        body = PurchaseOrder(payer="buyer", payee="seller", bank=bank, amount=PRICE,
+                             reference=REFERENCE, lock=lock_of(secret),
+                             idempotency_key="pay-1")
         return self.sign(self.buyer, PURCHASE_ORDER, body.to_wire()), body
 
     def voucher(self, *, by: PkiAgent | None = None, secret: bytes = SECRET) -> Statement:

@@ -26,7 +26,7 @@ VoucherModule = importlib.import_module("semper_voucher.module").VoucherModule
 _protocol = importlib.import_module("semper_voucher.protocol")
 BuyAnswer, BuyRequest = _protocol.BuyAnswer, _protocol.BuyRequest
 RedeemAnswer, RedeemRequest = _protocol.RedeemAnswer, _protocol.RedeemRequest
-VoucherProof = _protocol.VoucherProof
+VoucherProof, NotPayee = _protocol.VoucherProof, _protocol.NotPayee
 check_own_voucher, check_purchase_order = (_protocol.check_own_voucher,
                                            _protocol.check_purchase_order)
 
@@ -48,6 +48,10 @@ class RealBank(_Harness):
             _ledger.mint(c, "buyer", Amount("EUR", 10_000), time_ms=0)
 
         self.db.transaction_sync(fund)
+        self.archived: list[Any] = []
+
+    async def record(self, statement: Any, certificate: Any) -> None:
+        self.archived.append(statement)
 
     def balance(self, holder: str) -> int:
         return self.db.read_sync(lambda c: _ledger.balance(c, holder, "EUR").minor_units)
@@ -77,12 +81,6 @@ def _request() -> PaymentRequest:
                           idempotency_key="pay-1")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "module.py pay(): any RemoteError from payment.accept makes the payer redeem the "
-    "voucher itself (_take_back), even a transient one (peer.unavailable: the seller's "
-    "bank out of reach). The purchase stays PAYING (not a definite refusal), but its "
-    "retry under the same key gets the voucher its buyer spent, which the payee's "
-    "redemption refuses voucher.spent for ever: the purchase can never complete"))
 async def test_a_purchase_retried_after_a_transient_refusal_pays(
         market: Market, tmp_path: Path) -> None:
     calls = {"n": 0}
@@ -96,32 +94,29 @@ async def test_a_purchase_retried_after_a_transient_refusal_pays(
             RedeemRequest(voucher=proof.voucher, secret=proof.secret).to_wire(), "seller"))
         return {"module": "voucher", "payer": "buyer", "payee": "seller",
                 "amount": PRICE.to_wire(), "reference": REFERENCE,
-                "settlement": answer.redemption.to_bytes(),
+                "settlement": answer.redemption.to_wire(),
                 "bank_certificate": proof.to_wire()["bank_certificate"]}
 
     ctx = RealBank(Parties(market), payee, tmp_path)
     with pytest.raises(RemoteError):
         await VoucherModule().pay(ctx, _request())  # type: ignore[arg-type]
-    assert ctx.balance("buyer") == 10_000  # taken back: no money lost so far
+    # Not taken back: unspent in @vouchers, for the retry to relock and hand over.
+    assert ctx.balance("buyer") == 10_000 - PRICE.minor_units
     # The buyer's purchase is not FAILED (peer.unavailable is no refusal): it retries.
     await VoucherModule().pay(ctx, _request())  # type: ignore[arg-type]
     assert ctx.balance("buyer") == 10_000 - PRICE.minor_units
     assert ctx.balance("seller") == PRICE.minor_units
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "protocol.py: a voucher names no payee (PurchaseOrder/Voucher have no payee field) "
-    "and decide_redemption never looks at the redeemer: any customer of the bank "
-    "holding the secret is paid (here an accomplice of the seller), one_payment and "
-    "settled record it as a payment to that agent, and the buyer holds no statement "
-    "naming the payee it paid (a transfer's confirmation names the payee)"))
 async def test_only_the_payee_or_the_payer_may_redeem_a_voucher(
         market: Market, tmp_path: Path) -> None:
     secrets: list[Any] = []
 
     async def payee(ctx: RealBank, body: Any) -> Any:
         secrets.append(VoucherProof.from_wire(body["proof"]))
-        raise RemoteError("voucher.spent", "someone was first")  # the seller's claim
+        # The seller's claim, after mallory was refused: a definite refusal, so that
+        # the buyer takes its voucher back.
+        raise RemoteError("commerce.unsupported_payment", "not today")
 
     ctx = RealBank(Parties(market), payee, tmp_path)
     ctx.db.transaction_sync(lambda c: _ledger.open_account(c, "mallory", "EUR"))
@@ -130,11 +125,10 @@ async def test_only_the_payee_or_the_payer_may_redeem_a_voucher(
 
     async def leak_then_refuse(c: RealBank, body: Any) -> Any:
         proof = VoucherProof.from_wire(body["proof"])
-        try:
+        with pytest.raises(NotPayee) as refused:  # the protected outcome
             c.redeem_voucher(RedeemRequest(voucher=proof.voucher, secret=proof.secret)
                              .to_wire(), "mallory")
-        except Exception:
-            pass  # refused: the protected outcome
+        assert refused.value.code == "voucher.not_payee"
         return await original(c, body)
 
     ctx.payee = leak_then_refuse
@@ -144,12 +138,6 @@ async def test_only_the_payee_or_the_payer_may_redeem_a_voucher(
     assert ctx.balance("buyer") == 10_000
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "module.py: a definite refusal (payment.wrong_bank, commerce.unsupported_payment) "
-    "whose take-back fails (the bank out of reach a moment) is re-raised as it is, and "
-    "VoucherModule has no prepaid(), so the buyer's purchase goes FAILED ('the seller "
-    "kept no money') with the price in @vouchers, its secret gone with the call and "
-    "no retry left to relock it: the buyer's money is stranded"))
 async def test_a_definite_refusal_never_strands_the_price_in_vouchers(
         market: Market, tmp_path: Path) -> None:
     from semper.agents.components._purchase import _PAYMENT_REFUSALS
@@ -171,3 +159,14 @@ async def test_a_definite_refusal_never_strands_the_price_in_vouchers(
                        and getattr(VoucherModule(), "prepaid", None) is None)
     if purchase_failed:
         assert ctx.balance("buyer") == 10_000, "FAILED with the price held in @vouchers"
+    # Neither a definite refusal (the take-back's failure is raised), nor money that
+    # never left: the buyer keeps the purchase for a retry.
+    assert info.value.code == "peer.unavailable"
+    voucher, amount = VoucherModule().prepaid(ctx.archived)
+    assert (voucher.type, amount) == ("voucher.issued", PRICE)
+    # The retry relocks the voucher, is refused again, and takes it back this time.
+    with pytest.raises(RemoteError) as again:
+        await VoucherModule().pay(ctx, _request())  # type: ignore[arg-type]
+    assert again.value.code == "commerce.unsupported_payment"
+    assert ctx.balance("buyer") == 10_000
+    assert VoucherModule().prepaid(ctx.archived) is None  # so the buyer may fail it

@@ -19,6 +19,7 @@ from typing import Any, Final
 from semper.agents import Component, crash_point, handles
 from semper.agents.components.bank import BankBook, BankService, Outcome
 from semper.agents.components.bank import ledger as _ledger
+from semper.services.certificates import fingerprint
 from semper.services.statements import Statement
 
 from .protocol import (
@@ -56,6 +57,8 @@ MIGRATIONS: Final = {
         " voucher BLOB NOT NULL,"  # the current voucher's canonical bytes
         " digest BLOB NOT NULL, lock BLOB NOT NULL,"
         " redeemer TEXT, answer BLOB) STRICT",
+        # How many times retries relocked the voucher: capped (MAX_RELOCKS).
+        "ALTER TABLE voucher_vouchers ADD COLUMN relocks INTEGER NOT NULL DEFAULT 0",
     ],
 }
 
@@ -85,8 +88,14 @@ class VoucherBank(Component):
 
     @handles(REDEEM)
     async def redeem(self, context: Any, request: RedeemRequest) -> RedeemAnswer:
+        # What we stored vouches for a voucher signed before our certificate was renewed.
+        stored = None
+        serial = request.voucher.body.get("serial")
+        if request.voucher.signer != fingerprint(self.context.certificate) and isinstance(
+                serial, str):
+            stored = await self.context.database.read(lambda c: _stored_digest(c, serial))
         voucher = check_own_voucher(request.voucher, trust=self._trust(),
-                                    bank_certificate=self.context.certificate)
+                                    bank_certificate=self.context.certificate, stored=stored)
         book = self.context.component(BankService).book
         redeemer = context.peer
         outcome = await self.context.database.transaction(
@@ -99,12 +108,18 @@ class VoucherBank(Component):
 
 
 def _record(c: sqlite3.Connection, serial: str) -> tuple[VoucherRecord, Statement] | None:
-    row = c.execute("SELECT voucher, digest, lock, redeemer, answer FROM voucher_vouchers"
-                    " WHERE serial = ?", (serial,)).fetchone()
+    row = c.execute("SELECT voucher, digest, lock, redeemer, answer, relocks"
+                    " FROM voucher_vouchers WHERE serial = ?", (serial,)).fetchone()
     if row is None:
         return None
     return (VoucherRecord(serial=serial, digest=row[1], lock=row[2], redeemer=row[3],
-                          answer=row[4]), Statement.from_bytes(row[0]))
+                          answer=row[4], relocks=row[5]), Statement.from_bytes(row[0]))
+
+
+def _stored_digest(c: sqlite3.Connection, serial: str) -> bytes | None:
+    row = c.execute("SELECT digest FROM voucher_vouchers WHERE serial = ?",
+                    (serial,)).fetchone()
+    return None if row is None else row[0]
 
 
 def apply_purchase(book: BankBook, c: sqlite3.Connection, order: Statement,
@@ -121,8 +136,9 @@ def apply_purchase(book: BankBook, c: sqlite3.Connection, order: Statement,
             return Outcome(current, False)
         first = Voucher.from_statement(current)
         relocked = book.sign(*_typed(dataclasses.replace(first, lock=body.lock)))
-        c.execute("UPDATE voucher_vouchers SET voucher = ?, digest = ?, lock = ?"
-                  " WHERE serial = ?", (relocked.to_bytes(), relocked.digest, body.lock, serial))
+        c.execute("UPDATE voucher_vouchers SET voucher = ?, digest = ?, lock = ?,"
+                  " relocks = relocks + 1 WHERE serial = ?",
+                  (relocked.to_bytes(), relocked.digest, body.lock, serial))
         book.archive(c, body.payer, order, relocked, payer_certificate)
         return Outcome(relocked, False)
     _ledger.open_account(c, VOUCHERS, body.amount.currency)

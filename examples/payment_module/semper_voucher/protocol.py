@@ -3,9 +3,10 @@
 Theory of operation. A voucher is a bearer instrument locked by a secret:
 
     payer -> its bank   bank.buy_voucher {order: voucher.purchase_order}
-                        the order names amount, reference and lock = H(secret); the
-                        bank debits the payer into its own account @vouchers and
-                        answers {voucher: voucher.issued, bank_certificate}
+                        the order names payee, amount, reference and lock =
+                        H(secret); the bank debits the payer into its own account
+                        @vouchers and answers {voucher: voucher.issued,
+                        bank_certificate}
     payer -> payee      payment.accept, proof {voucher, secret, bank_certificate}
     payee -> its bank   bank.redeem_voucher {voucher, secret}: the bank checks the
                         voucher is its own, current and unspent, and H(secret) is its
@@ -13,11 +14,13 @@ Theory of operation. A voucher is a bearer instrument locked by a secret:
                         voucher.redeemed, bank_certificate}: the settlement
 
 The bank stores the lock, never the secret, until the voucher is redeemed, and
-redeems each voucher once: a second redeemer is refused ``voucher.spent``, while the
+pays each voucher to its payee or (taken back) its payer only (``voucher.not_payee``),
+and once: a second redeemer is refused ``voucher.spent``, while the
 first one asking again gets the redemption it was given (a retry). A purchase is
 applied once per ``(payer, idempotency_key)``; its retry carries a fresh secret (the
 payer keeps none), so the bank *relocks* the voucher if it is still unspent: it signs
-it again under the new lock, and the earlier voucher is ``voucher.superseded``.
+it again under the new lock, and the earlier voucher is ``voucher.superseded``; at
+most ``MAX_RELOCKS`` times (``voucher.too_many_relocks``).
 
 Everything here is a pure function of its arguments (no I/O, no clock of its own):
 the bank's component and the payer's and payee's module call it with what they hold.
@@ -68,6 +71,7 @@ __all__ = [
     "AlreadyRedeemed",
     "BadVoucher",
     "BadVoucherRequest",
+    "NotPayee",
     "BuyAnswer",
     "BuyRequest",
     "PurchaseOrder",
@@ -77,6 +81,7 @@ __all__ = [
     "Redemption",
     "Spent",
     "Superseded",
+    "TooManyRelocks",
     "UnknownVoucher",
     "Voucher",
     "VoucherError",
@@ -106,6 +111,9 @@ REDEMPTION: Final = "voucher.redeemed"
 #: Bytes of a secret: 256 bits, so that its lock cannot be searched.
 SECRET_SIZE: Final = 32
 MAX_REFERENCE: Final = 256
+#: Relocks a purchase's retries may ask of one voucher: each costs the bank a
+#: signature and an archived voucher, and brings it no money.
+MAX_RELOCKS: Final = 16
 
 _LOCK_DOMAIN: Final = b"semper-voucher-lock-v1\x00"
 _SERIAL_DOMAIN: Final = b"semper-voucher-serial-v1\x00"
@@ -164,6 +172,19 @@ class Spent(VoucherError):
     code: ClassVar[str] = "voucher.spent"
 
 
+class NotPayee(VoucherError):
+    """The redeemer is neither the payee the voucher names nor its payer: a secret
+    that leaked pays nobody else."""
+
+    code: ClassVar[str] = "voucher.not_payee"
+
+
+class TooManyRelocks(VoucherError):
+    """The purchase's retries relocked its voucher ``MAX_RELOCKS`` times already."""
+
+    code: ClassVar[str] = "voucher.too_many_relocks"
+
+
 # -- bodies -----------------------------------------------------------------------------
 
 
@@ -202,12 +223,14 @@ _QUOTED: Final = wire(STATEMENT)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PurchaseOrder(Body):
     """``voucher.purchase_order``, signed by ``payer``: sell me a voucher worth
-    ``amount`` for ``reference``, locked by ``lock`` (``lock_of(secret)``)."""
+    ``amount`` for ``reference`` to pay ``payee``, locked by ``lock``
+    (``lock_of(secret)``)."""
 
     TYPE: ClassVar[str] = PURCHASE_ORDER
     SCHEMA: ClassVar[Schema] = SCHEMA
 
     payer: str
+    payee: str
     bank: str
     amount: Amount
     reference: bytes
@@ -217,9 +240,10 @@ class PurchaseOrder(Body):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Voucher(Body):
-    """``voucher.issued``, signed by ``bank``: ``amount`` is held for the bearer of the
-    secret behind ``lock``; ``order`` is the digest of the purchase order it answers
-    (the first one: a retry is answered under the first order), ``entry`` the sale."""
+    """``voucher.issued``, signed by ``bank``: ``amount`` is held for ``payee`` (or
+    back for ``payer``) holding the secret behind ``lock``; ``order`` is the digest of
+    the purchase order it answers (the first one: a retry is answered under the first
+    order), ``entry`` the sale."""
 
     TYPE: ClassVar[str] = VOUCHER
     SCHEMA: ClassVar[Schema] = SCHEMA
@@ -227,6 +251,7 @@ class Voucher(Body):
     serial: str
     bank: str
     payer: str
+    payee: str
     amount: Amount
     reference: bytes
     lock: bytes
@@ -366,45 +391,68 @@ def check_purchase_order(order: Statement, *, payer_certificate: x509.Certificat
 
 def issue_voucher(order: Statement, body: PurchaseOrder, *, serial: str, entry: int) -> Voucher:
     """The voucher the bank signs for a checked order, sold as journal ``entry``."""
-    return Voucher(serial=serial, bank=body.bank, payer=body.payer, amount=body.amount,
-                   reference=body.reference, lock=body.lock, order=order.digest, entry=entry)
+    return Voucher(serial=serial, bank=body.bank, payer=body.payer, payee=body.payee,
+                   amount=body.amount, reference=body.reference, lock=body.lock,
+                   order=order.digest, entry=entry)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VoucherRecord:
-    """The bank's row of one voucher: the current voucher's digest and lock, and once
-    redeemed who redeemed it and the redemption's canonical bytes."""
+    """The bank's row of one voucher: the current voucher's digest and lock, how many
+    times retries relocked it, and once redeemed who redeemed it and the
+    redemption's canonical bytes."""
 
     serial: str
     digest: bytes
     lock: bytes
     redeemer: str | None = None
     answer: bytes | None = None
+    relocks: int = 0
 
 
 def decide_purchase_retry(record: VoucherRecord, lock: bytes) -> bool:
     """Whether a retried purchase relocks its voucher (True) or gets the current
-    one (False): relock only one that is unspent and under another lock."""
-    return record.redeemer is None and not hmac.compare_digest(record.lock, lock)
+    one (False): relock only one that is unspent and under another lock.
+
+    Raises:
+        TooManyRelocks: it was relocked ``MAX_RELOCKS`` times already (each relock
+            is a signature and an archived voucher for no money).
+    """
+    if record.redeemer is not None or hmac.compare_digest(record.lock, lock):
+        return False
+    if record.relocks >= MAX_RELOCKS:
+        raise TooManyRelocks(f"voucher {record.serial} was relocked {record.relocks} "
+                             "times already", detail={"serial": record.serial,
+                                                      "limit": MAX_RELOCKS})
+    return True
 
 
 def check_own_voucher(voucher: Statement, *, trust: Trust,
-                      bank_certificate: x509.Certificate) -> Voucher:
+                      bank_certificate: x509.Certificate,
+                      stored: bytes | None = None) -> Voucher:
     """The bank's check that a voucher presented for redemption is its own.
 
+    ``stored`` is the digest the bank's table holds for the voucher's serial (None:
+    none, or not looked up). A voucher signed by an earlier certificate of the bank
+    (renewed since) cannot be verified with the current one; it is the bank's own if
+    it is, byte for byte (signature included), the voucher the bank stored.
+
     Raises:
-        WrongVoucherBank: another signer (checked first: it costs no signature).
+        WrongVoucherBank: another signer, and not the voucher stored (checked first:
+            it costs no signature).
         StatementError, CertificateError: from ``verify_statement`` (a tampered voucher
             is ``statement.bad_signature``).
         BadVoucherRequest: a malformed body.
     """
     root, crl, now = trust
     bank_id = identity_of(bank_certificate).agent_id
-    if voucher.signer != fingerprint(bank_certificate):
+    if voucher.signer == fingerprint(bank_certificate):
+        verify_statement(voucher, certificate=bank_certificate, root=root, crl=crl,
+                         now=now, expected_type=VOUCHER)
+    elif (stored is None or voucher.type != VOUCHER
+          or not hmac.compare_digest(stored, voucher.digest)):
         raise WrongVoucherBank(f"the voucher was not issued by {bank_id}",
                                detail={"type": VOUCHER, "field": "signer"})
-    verify_statement(voucher, certificate=bank_certificate, root=root, crl=crl, now=now,
-                     expected_type=VOUCHER)
     body = Voucher.from_statement(voucher)
     if body.bank != bank_id:
         raise _fail(WrongVoucherBank, body, "bank", f"names {body.bank}, not {bank_id}")
@@ -432,11 +480,15 @@ def decide_redemption(digest: bytes, body: Voucher, *, record: VoucherRecord | N
     answer it was given.
 
     Raises:
+        NotPayee: ``redeemer`` is neither the voucher's payee nor its payer.
         UnknownVoucher: no record of it (never sold here).
         Spent: redeemed already, by another agent.
         Superseded: its buyer relocked it since.
         WrongSecret: ``secret`` does not open its lock.
     """
+    if redeemer not in (body.payee, body.payer):
+        raise NotPayee(f"voucher {body.serial} pays {body.payee}, not {redeemer}",
+                       detail={"serial": body.serial})
     if record is None or record.serial != body.serial:
         raise UnknownVoucher(f"no voucher {body.serial} at this bank",
                              detail={"serial": body.serial})
@@ -492,6 +544,7 @@ def _expect(body: Body, **expected: object) -> None:
 
 def verify_voucher(voucher: Statement, *, bank_certificate: x509.Certificate, trust: Trust,
                    expected_bank: str | None = None, expected_payer: str | None = None,
+                   expected_payee: str | None = None,
                    expected_amount: Amount | None = None,
                    expected_reference: bytes | None = None,
                    expected_lock: bytes | None = None) -> Voucher:
@@ -507,7 +560,8 @@ def verify_voucher(voucher: Statement, *, bank_certificate: x509.Certificate, tr
     """
     body: Voucher = _from_bank(voucher, Voucher, bank_certificate, trust, expected_bank)
     _expect(body, bank=identity_of(bank_certificate).agent_id, payer=expected_payer,
-            amount=expected_amount, reference=expected_reference, lock=expected_lock)
+            payee=expected_payee, amount=expected_amount, reference=expected_reference,
+            lock=expected_lock)
     return body
 
 
