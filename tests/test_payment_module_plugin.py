@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -29,7 +30,7 @@ from test_cli import Market as CliMarket
 from semper.agents.cli.cmd_call import from_json, to_json
 from semper.agents.operator._market import DEMO_CATALOGUE, init_market
 from semper.services import Amount
-from semper.services.payment import PaymentRequest
+from semper.services.payment import Invoice, PaymentRequest, PaymentResult
 from semper.services.statements import BadSignature, Statement, sign_statement
 from semper.transport import RemoteError
 
@@ -51,8 +52,9 @@ def _load_package() -> None:
 
 _load_package()
 
-from semper_voucher.module import VoucherModule  # noqa: E402
+from semper_voucher.module import DEFINITE_REFUSALS, VoucherModule  # noqa: E402
 from semper_voucher.protocol import (  # noqa: E402
+    MAX_RELOCKS,
     PURCHASE_ORDER,
     REDEMPTION,
     VOUCHER,
@@ -61,12 +63,14 @@ from semper_voucher.protocol import (  # noqa: E402
     BadVoucherRequest,
     BuyAnswer,
     BuyRequest,
+    NotPayee,
     PurchaseOrder,
     Redeem,
     RedeemAnswer,
     RedeemRequest,
     Spent,
     Superseded,
+    TooManyRelocks,
     VoucherProof,
     VoucherRecord,
     WrongSecret,
@@ -215,6 +219,103 @@ def test_a_retried_purchase_relocks_an_unspent_voucher(parties: Parties) -> None
     with pytest.raises(Superseded) as info:  # the first voucher, with its own secret
         decide_redemption(first.digest, body, record=now, redeemer="seller", secret=SECRET)
     assert info.value.code == "voucher.superseded"
+
+
+def test_a_voucher_pays_only_its_payee_or_goes_back_to_its_payer(parties: Parties) -> None:
+    """A secret that leaks (the seller hands the proof on) pays nobody else."""
+    voucher = parties.voucher()
+    body = check_own_voucher(voucher, trust=parties.trust, bank_certificate=parties.bank.cert)
+    assert body.payee == "seller"
+    with pytest.raises(NotPayee) as info:
+        decide_redemption(voucher.digest, body, record=parties.record(voucher),
+                          redeemer="mallory", secret=SECRET)
+    assert info.value.code == "voucher.not_payee"
+    for redeemer in ("seller", "buyer"):  # the payee, or its payer taking it back
+        assert decide_redemption(voucher.digest, body, record=parties.record(voucher),
+                                 redeemer=redeemer, secret=SECRET) == Redeem()
+
+
+async def test_a_payee_refuses_a_voucher_that_names_another_payee(parties: Parties) -> None:
+    """The same kind, at the payee: a voucher bought to pay the seller is no payment
+    to anyone else, refused offline before anything is sent."""
+    voucher = parties.voucher()
+    proof = VoucherProof(voucher=voucher, secret=SECRET, bank_certificate=parties.bank.cert)
+    ctx = SimpleNamespace(our_id="seller-2", bank_id="bank", root=parties.trust[0],
+                          crl=parties.trust[1], now_ms=lambda: NOW_MS)
+    with pytest.raises(BadVoucher) as info:
+        await VoucherModule().accept(ctx, proof.to_wire(),  # type: ignore[arg-type]
+                                     invoice=Invoice(amount=PRICE, reference=REFERENCE))
+    assert info.value.detail["field"] == "payee"
+
+
+def test_retries_relock_a_voucher_a_bounded_number_of_times(parties: Parties) -> None:
+    """Each relock costs the bank a signature and an archived voucher, for no money."""
+    record = parties.record(parties.voucher())
+    relocked = dataclasses.replace(record, relocks=MAX_RELOCKS - 1)
+    assert decide_purchase_retry(relocked, lock_of(b"\x11" * 32)) is True
+    capped = dataclasses.replace(record, relocks=MAX_RELOCKS)
+    with pytest.raises(TooManyRelocks) as info:
+        decide_purchase_retry(capped, lock_of(b"\x11" * 32))
+    assert info.value.code == "voucher.too_many_relocks"
+    assert decide_purchase_retry(capped, lock_of(SECRET)) is False  # no relock asked
+
+
+def test_a_voucher_signed_before_the_banks_certificate_was_renewed_is_redeemed(
+        parties: Parties, market: Market) -> None:
+    voucher = parties.voucher()  # signed by the bank's first certificate
+    renewed = market.agent("bank", "bank").cert
+    with pytest.raises(WrongVoucherBank):  # not verifiable with the new one alone
+        check_own_voucher(voucher, trust=parties.trust, bank_certificate=renewed)
+    body = check_own_voucher(voucher, trust=parties.trust, bank_certificate=renewed,
+                             stored=voucher.digest)  # the very voucher the bank stored
+    assert body.serial == voucher.body["serial"]
+    # Another voucher of the serial (forged, or relocked since) is not the one stored.
+    for other in (parties.voucher(by=parties.buyer), parties.voucher(secret=b"\x22" * 32)):
+        with pytest.raises(WrongVoucherBank):
+            check_own_voucher(other, trust=parties.trust, bank_certificate=renewed,
+                              stored=voucher.digest)
+
+
+def _redemption(parties: Parties, voucher: Statement, redeemer: str) -> Statement:
+    body = check_own_voucher(voucher, trust=parties.trust, bank_certificate=parties.bank.cert)
+    return parties.sign(parties.bank, REDEMPTION,
+                        redeem(voucher, body, redeemer=redeemer, entry=2).to_wire())
+
+
+def test_same_payment_recognises_the_voucher_that_settled_it(parties: Parties) -> None:
+    """A seller asked again with the spent voucher answers offline, without archiving
+    it again or asking the bank."""
+    voucher = parties.voucher()
+    settled = _redemption(parties, voucher, "seller")
+    paid = PaymentResult(module="voucher", payer="buyer", payee="seller", amount=PRICE,
+                         reference=REFERENCE, settlement=settled,
+                         bank_certificate=parties.bank.cert)
+    proof = VoucherProof(voucher=voucher, secret=b"\x33" * 32,  # a retry's new secret
+                         bank_certificate=parties.bank.cert).to_wire()
+    module = VoucherModule()
+    assert module.same_payment(proof, paid) is True
+    other = VoucherProof(voucher=parties.voucher(secret=b"\x22" * 32), secret=SECRET,
+                         bank_certificate=parties.bank.cert).to_wire()
+    assert module.same_payment(other, paid) is False
+    assert module.same_payment({"confirmation": b"x"}, paid) is False
+    not_ours = dataclasses.replace(paid, settlement=voucher)  # not a redemption
+    assert module.same_payment(proof, not_ours) is False
+
+
+def test_prepaid_is_a_voucher_bought_and_not_taken_back(parties: Parties) -> None:
+    voucher = parties.voucher()
+    module = VoucherModule()
+    assert module.prepaid([]) is None
+    assert module.prepaid([voucher]) == (voucher, PRICE)
+    # Redeemed by the seller: the money left us all the same.
+    assert module.prepaid([voucher, _redemption(parties, voucher, "seller")]) == (voucher,
+                                                                                    PRICE)
+    assert module.prepaid([voucher, _redemption(parties, voucher, "buyer")]) is None
+
+
+def test_the_voucher_is_taken_back_on_the_refusals_the_buyer_does_not_retry() -> None:
+    from semper.agents.components._purchase import _PAYMENT_REFUSALS
+    assert DEFINITE_REFUSALS == _PAYMENT_REFUSALS
 
 
 class PayerContext:

@@ -27,6 +27,7 @@ _protocol = importlib.import_module("semper_voucher.protocol")
 BuyAnswer, BuyRequest = _protocol.BuyAnswer, _protocol.BuyRequest
 RedeemAnswer, RedeemRequest = _protocol.RedeemAnswer, _protocol.RedeemRequest
 VoucherProof, NotPayee = _protocol.VoucherProof, _protocol.NotPayee
+MAX_RELOCKS, TooManyRelocks = _protocol.MAX_RELOCKS, _protocol.TooManyRelocks
 check_own_voucher, check_purchase_order = (_protocol.check_own_voucher,
                                            _protocol.check_purchase_order)
 
@@ -170,3 +171,26 @@ async def test_a_definite_refusal_never_strands_the_price_in_vouchers(
     assert again.value.code == "commerce.unsupported_payment"
     assert ctx.balance("buyer") == 10_000
     assert VoucherModule().prepaid(ctx.archived) is None  # so the buyer may fail it
+
+
+async def test_the_bank_relocks_one_purchase_a_bounded_number_of_times(
+        market: Market, tmp_path: Path) -> None:
+    """bank.py: each retried buy_voucher with a new lock signed and archived a new
+    voucher, for one sale and no money: the relocks of a serial are counted, capped."""
+    parties = Parties(market)
+    ctx = RealBank(parties, None, tmp_path)
+
+    def buy(secret: bytes) -> Any:
+        signed, _ = parties.order(secret=secret)
+        return ctx.buy_voucher(BuyRequest(order=signed).to_wire(), "buyer")
+
+    first = BuyAnswer.from_wire(buy(bytes([0]) * 32)).voucher
+    for n in range(1, MAX_RELOCKS + 1):
+        assert BuyAnswer.from_wire(buy(bytes([n]) * 32)).voucher.digest != first.digest
+    with pytest.raises(TooManyRelocks) as info:
+        buy(b"\xff" * 32)
+    assert info.value.code == "voucher.too_many_relocks"
+    # Refused without a change: the last voucher still counts, sold once.
+    last = BuyAnswer.from_wire(buy(bytes([MAX_RELOCKS]) * 32)).voucher
+    assert last.body["lock"] == _protocol.lock_of(bytes([MAX_RELOCKS]) * 32)
+    assert ctx.balance("buyer") == 10_000 - PRICE.minor_units
