@@ -7,11 +7,12 @@ from __future__ import annotations
 import importlib
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from pki import Market
-from test_payment_module_plugin import PRICE, REFERENCE, Parties
+from pki import NOW, Market
+from test_payment_module_plugin import PRICE, REFERENCE, SECRET, Parties
 from test_payment_module_plugin import PayerContext as _Harness
 
 from semper.agents.components import _bank, _ledger
@@ -194,3 +195,40 @@ async def test_the_bank_relocks_one_purchase_a_bounded_number_of_times(
     last = BuyAnswer.from_wire(buy(bytes([MAX_RELOCKS]) * 32)).voucher
     assert last.body["lock"] == _protocol.lock_of(bytes([MAX_RELOCKS]) * 32)
     assert ctx.balance("buyer") == 10_000 - PRICE.minor_units
+
+
+async def test_the_bank_redeems_a_voucher_signed_before_its_certificate_was_renewed(
+        market: Market, tmp_path: Path) -> None:
+    """protocol.py: check_own_voucher took only the bank's current certificate, so
+    after a renewal no unspent voucher could be redeemed. The bank's handlers, with
+    the certificate renewed between the sale and the redemption."""
+    parties = Parties(market)
+    ctx = RealBank(parties, None, tmp_path)
+
+    def bank(certificate: Any, book: Any) -> Any:
+        return voucher_bank.VoucherBank(SimpleNamespace(  # type: ignore[arg-type]
+            id="bank", root=parties.trust[0], crl=parties.trust[1], now=lambda: NOW,
+            certificate=certificate, database=ctx.db,
+            component=lambda _: SimpleNamespace(book=book)))
+
+    def peer(who: Any) -> Any:
+        return SimpleNamespace(peer=SimpleNamespace(certificate=who.cert,
+                                                    agent_id=who.agent_id))
+
+    signed, _ = parties.order()
+    sold = await bank(parties.bank.cert, ctx.book).buy(peer(parties.buyer),
+                                                       BuyRequest(order=signed))
+    renewed = market.agent("bank", "bank")
+    book = _bank.BankBook("bank", lambda t, b: parties.sign(renewed, t, b), renewed.cert,
+                          lambda: 0)
+    later = bank(renewed.cert, book)
+    forged = parties.voucher(by=parties.buyer)  # not the voucher the bank stored
+    with pytest.raises(_protocol.WrongVoucherBank):
+        await later.redeem(peer(parties.seller), RedeemRequest(voucher=forged, secret=SECRET))
+    answer = await later.redeem(peer(parties.seller),
+                                RedeemRequest(voucher=sold.voucher, secret=SECRET))
+    _protocol.verify_redemption(answer.redemption, bank_certificate=renewed.cert,
+                                trust=parties.trust, expected_voucher=sold.voucher.digest,
+                                expected_payee="seller", expected_amount=PRICE,
+                                expected_bank="bank")
+    assert ctx.balance("seller") == PRICE.minor_units
