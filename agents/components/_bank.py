@@ -281,7 +281,8 @@ def account_view(c: Any, holder: str, limit: int = 20) -> dict[str, Any]:
                        for entry, time_ms, kind, currency, units in rows]}
 
 
-def bank_halves(modules: Sequence[str] | None = None) -> list[type[Component]]:
+def bank_halves(modules: Sequence[str] | None = None, *,
+                skipped: set[str] | None = None) -> list[type[Component]]:
     """The bank halves of the payment instruments installed, by name; ``modules``
     restricts (and orders) them. A half that fails to load is skipped and logged:
     the bank serves the others."""
@@ -298,6 +299,8 @@ def bank_halves(modules: Sequence[str] | None = None) -> list[type[Component]]:
         except Exception as exc:
             logging.getLogger("semper.bank").error(
                 "payment instrument %r (%s) failed to load: %s", name, found[name].value, exc)
+            if skipped is not None:
+                skipped.add(name)
             continue
         if isinstance(cls, type) and issubclass(cls, Component):
             halves.append(cls)

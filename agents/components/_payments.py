@@ -8,6 +8,7 @@ peers over the agent's cached channels.
 
 from __future__ import annotations
 
+import logging
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,10 @@ from semper.services.statements import Statement
 if TYPE_CHECKING:
     from semper.agents.runtime._agent import Agent
 
-__all__ = ["AgentPaymentContext", "capabilities_of", "installed_order", "offered_modules",
+log = logging.getLogger("semper.payment")
+
+__all__ = ["AgentPaymentContext", "capabilities_of", "installed_modules", "installed_order",
+           "offered_modules",
            "payment_manager"]
 
 
@@ -51,7 +55,7 @@ def offered_modules(agent: Agent) -> tuple[str, ...]:
     chosen = agent.config.payment.modules
     if chosen is not None:
         return chosen
-    installed = load_modules()
+    installed = installed_modules()
     return tuple(name for name in installed_order(MODULES_GROUP) if name in installed)
 
 
@@ -65,7 +69,18 @@ def capabilities_of(agent: Agent) -> Capabilities:
 
 
 def payment_manager(agent: Agent) -> PaymentManager:
-    return PaymentManager(modules=load_modules(), capabilities=capabilities_of(agent))
+    return PaymentManager(modules=installed_modules(), capabilities=capabilities_of(agent))
+
+
+def installed_modules() -> dict[str, Any]:
+    """The payment modules installed that load; each one that does not is logged and
+    left out (a plugin with a missing dependency must not stop the agent)."""
+    broken: list[tuple[str, str]] = []
+    modules = load_modules(broken=broken)
+    for name, why in broken:
+        log.error("payment module %r is installed but does not load (left out): %s",
+                  name, why)
+    return modules
 
 
 class AgentPaymentContext:

@@ -14,5 +14,6 @@ class Bank(Role):
     name = "bank"
     components = (BankService,)
 
-    def component_classes(self) -> list[type[Component]]:
-        return [*self.components, *bank_halves(self.agent.config.payment.modules)]
+    def plugin_classes(self) -> list[type[Component]]:
+        return bank_halves(self.agent.config.payment.modules,
+                           skipped=self.agent.skipped_components)

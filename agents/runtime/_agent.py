@@ -13,10 +13,10 @@ import functools
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 import trio
 from cryptography import x509
@@ -97,14 +97,22 @@ class Agent:
         self.context = Context(self, self.clock)
         self.role: Role = load_role(config.role)(self)
         self.components: dict[type[Component], Component] = {}
+        self._tables: dict[str, Sequence[str]] = {}  # migration name -> steps, as claimed
+        #: Plugins installed but not run (failed to load, or clashing): their
+        #: ``[components.<name>]`` tables are not a configuration error.
+        self.skipped_components: set[str] = set()
         for cls in (*RUNTIME_COMPONENTS, *self.role.component_classes()):
             self._add_component(cls)
+        for cls in self.role.plugin_classes():
+            self._add_component(cls, plugin=True)
         names = {component.name for component in self.components.values()}
-        unknown = sorted(set(config.components) - names)
+        unknown = sorted(set(config.components) - names - self.skipped_components)
         if unknown:
             raise ConfigError(f"{config.path or 'config'}: [components.{unknown[0]}] names no "
                               f"component this agent runs ({', '.join(sorted(names))})")
-        self.role.setup()
+        for name in sorted(set(config.components) & self.skipped_components):
+            log.warning("[components.%s] is for a component that is installed but not "
+                        "running (see the error above)", name)
         self._inbound: set[Channel] = set()
         self._inbound_per_peer: dict[str, int] = {}
         self._outbound: dict[str, Channel] = {}
@@ -149,28 +157,63 @@ class Agent:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def migrations(self) -> dict[str, Any]:
-        tables: dict[str, Any] = {}
-        for component in self.components.values():
-            tables.update(component.migrations())
-        return {**tables, **self.role.migrations()}
+        """Every component's tables: migration name -> steps (each name has one owner)."""
+        return dict(self._tables)
 
-    def _add_component(self, cls: type[Component]) -> Component:
-        """Build ``cls`` (after what it requires), once, and register its ops."""
+    def _add_component(self, cls: type[Component], *, plugin: bool = False
+                       ) -> Component | None:
+        """Build ``cls`` (after what it requires), once, and register its ops and tables.
+
+        A plugin (an installed package's component, say a payment instrument's bank
+        half) that fails to build, or claims an op, a migration or a name another
+        component has, is skipped and logged: the agent runs without it rather than
+        not at all. Its settings (``ConfigError``) are the operator's to fix, and stop
+        the agent. The agent's own components must fit (``ComponentClash``).
+        """
         if cls in self.components:
             return self.components[cls]
         for needed in cls.requires:
-            self._add_component(needed)
-        component = self.components[cls] = cls(self.context)
-        component.configure(self.context.settings(component))
-        for op, handler in component.handlers():
+            if self._add_component(needed, plugin=plugin) is None:
+                self.skipped_components.add(cls.name)
+                return None
+        try:
+            component = cls(self.context)
+            component.configure(self.context.settings(component))
+            handlers = list(component.handlers())
+            tables = dict(component.migrations())
+            self._check_fits(cls, handlers, tables)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            if not plugin:
+                raise
+            log.error("not running component %r (%s.%s): %s", cls.name, cls.__module__,
+                      cls.__qualname__, exc, exc_info=not isinstance(exc, ComponentClash))
+            self.skipped_components.add(cls.name)
+            return None
+        self.components[cls] = component
+        self._tables.update(tables)
+        for op, handler in handlers:
             if op.service not in self.registry.services():
                 self.registry.add_service(op.service, version=cls.version)
             self.serve(op, handler, logged=op.name not in cls.unlogged)
         if component.modules:
-            service = {op.service for op, _ in component.handlers()}
-            for name in service:
-                self.registry.add_modules(name, component.modules)
+            for service in {op.service for op, _ in handlers}:
+                self.registry.add_modules(service, component.modules)
         return component
+
+    def _check_fits(self, cls: type[Component], handlers: list[tuple[Op, Any]],
+                    tables: dict[str, Sequence[str]]) -> None:
+        """Raise ComponentClash if ``cls`` claims what another component has."""
+        if any(c.name == cls.name for c in self.components.values()):
+            raise ComponentClash(f"another component is named {cls.name!r}")
+        served = set(self.registry.ops())
+        for op, _ in handlers:
+            if (op.service, op.name) in served:
+                raise ComponentClash(f"{op.qualified} is served by another component")
+        for name, steps in tables.items():
+            if name in self._tables and list(self._tables[name]) != list(steps):
+                raise ComponentClash(f"its migration {name!r} is another component's")
 
     def component(self, cls: type[C]) -> C:
         """The instance of ``cls`` this agent runs (KeyError if none)."""
@@ -238,7 +281,6 @@ class Agent:
                 self._nursery = nursery
                 for component in self.components.values():
                     await nursery.start(component.run)
-                await nursery.start(self.role.run)
                 address = await nursery.start(functools.partial(
                     serve, host, port, tls=self.tls, verify_peer=self.verify_peer,
                     hello=self.hello(), registry=self.registry, config=self.channel_config,
@@ -615,6 +657,16 @@ class Agent:
                         _crl_number(self._crl), exc)
             return
         self._tls_crl_pending = None
+
+
+class ComponentClash(Exception):
+    """A component claims an op, a migration or a name another one has."""
+
+    code: ClassVar[str] = "agent.component_clash"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class CurrentVerifier:

@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import trio
-
 if TYPE_CHECKING:
     from semper.agents.runtime._agent import Agent
     from semper.agents.runtime._component import Component
@@ -51,17 +49,10 @@ class Role:
         bank serves every payment instrument) overrides this."""
         return list(self.components)
 
-    def migrations(self) -> dict[str, Sequence[str]]:
-        """Tables this role keeps in the agent's database: component -> SQL steps."""
-        return {}
-
-    def setup(self) -> None:
-        """Register service handlers (``self.agent.add_op``). Runs before listening."""
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
-        """Background work for as long as the agent runs; report readiness first."""
-        task_status.started()
+    def plugin_classes(self) -> list[type[Component]]:
+        """Components of installed packages this role runs if they load and fit (the
+        bank's payment instruments): one that does not is skipped and logged."""
+        return []
 
 
 def available_roles() -> list[str]:

@@ -39,8 +39,13 @@ __all__ = ["MODULES_GROUP", "PaymentManager", "load_modules"]
 MODULES_GROUP: Final = "semper.payment_modules"
 
 
-def load_modules(group: str = MODULES_GROUP) -> dict[str, PaymentModule]:
+def load_modules(group: str = MODULES_GROUP, *,
+                 broken: list[tuple[str, str]] | None = None) -> dict[str, PaymentModule]:
     """Load every payment module registered in the entry-point ``group``.
+
+    With ``broken`` (a list), a registration that fails for any reason below is
+    left out and appended to it as ``(name, why)`` instead of raising: an agent runs
+    the instruments that load (one broken plugin must not stop every seller).
 
     Returns:
         Module name -> module, in the order of the names.
@@ -53,17 +58,28 @@ def load_modules(group: str = MODULES_GROUP) -> dict[str, PaymentModule]:
     """
     found: dict[str, PaymentModule] = {}
     for point in sorted(entry_points(group=group), key=lambda p: p.name):
-        obj = point.load()
-        module = obj() if isinstance(obj, type) else obj
-        if not isinstance(module, PaymentModule):
-            raise TypeError(f"payment module {point.name!r} ({point.value}) is not a PaymentModule")
-        if module.name != point.name:
-            raise TypeError(f"payment module {point.value} calls itself {module.name!r}, "
-                            f"registered as {point.name!r}")
-        if point.name in found:
-            raise ValueError(f"two payment modules are registered as {point.name!r}")
-        found[point.name] = module
+        try:
+            found_one = _load_one(point, found)
+        except Exception as exc:
+            if broken is None:
+                raise
+            broken.append((point.name, f"{point.value}: {type(exc).__name__}: {exc}"))
+            continue
+        found[point.name] = found_one
     return found
+
+
+def _load_one(point: Any, found: Mapping[str, PaymentModule]) -> PaymentModule:
+    obj = point.load()
+    module = obj() if isinstance(obj, type) else obj
+    if not isinstance(module, PaymentModule):
+        raise TypeError(f"payment module {point.name!r} ({point.value}) is not a PaymentModule")
+    if module.name != point.name:
+        raise TypeError(f"payment module {point.value} calls itself {module.name!r}, "
+                        f"registered as {point.name!r}")
+    if point.name in found:
+        raise ValueError(f"two payment modules are registered as {point.name!r}")
+    return module
 
 
 class PaymentManager:
