@@ -123,10 +123,11 @@ async def test_a_read_sees_every_returned_commit_and_waits_for_none(tmp_path: Pa
         assert await db.read(lambda c: c.execute(count).fetchone()[0]) == n
     seen: list[int] = []
     started = trio.Event()
+    token = trio.lowlevel.current_trio_token()  # commits run in the database's own thread
 
     def slow(c: sqlite3.Connection) -> None:
         c.execute("INSERT INTO notes (text) VALUES ('slow')")
-        trio.from_thread.run_sync(started.set)
+        trio.from_thread.run_sync(started.set, trio_token=token)
         time.sleep(0.3)
 
     async with trio.open_nursery() as nursery:
