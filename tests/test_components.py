@@ -284,3 +284,18 @@ def test_component_tables_survive_the_config_file(market: Path, tmp_path: Path) 
     path = market / "notary" / "again.toml"
     path.write_text(config.to_toml(base=path.parent))
     assert AgentConfig.load(path).components == {"greeter": {"greeting": "hi"}}
+
+
+async def test_the_context_verifies_a_peers_statement_with_the_markets_root_and_crl(
+        market: Path) -> None:
+    from semper.services.statements import StatementError
+
+    buyer, bank = Agent(config_of(market, "buyer")), Agent(config_of(market, "bank"))
+    signed = buyer.evidence.sign("test.note", {"n": 1})
+    certificate = buyer.credentials.identity.certificate
+    identity = bank.context.verify(signed, certificate, expected_type="test.note",
+                                   expected_signer="buyer")
+    assert (identity.agent_id, identity.role) == ("buyer", "buyer")
+    with pytest.raises(StatementError) as refused:
+        bank.context.verify(signed, certificate, expected_signer="seller")
+    assert refused.value.code.startswith("statement.")

@@ -24,7 +24,8 @@ from cryptography import x509
 
 from semper.services._ops import Op
 from semper.services.archive import Direction
-from semper.services.statements import Statement
+from semper.services.certificates import AgentIdentity
+from semper.services.statements import Statement, verify_statement
 
 if TYPE_CHECKING:
     import logging
@@ -194,6 +195,18 @@ class Context:
     def sign(self, type: str, body: dict[str, Any]) -> Statement:
         """A statement of ``type`` signed with our key, now, with a fresh nonce."""
         return self._agent.evidence.sign(type, body)
+
+    def verify(self, statement: Statement, certificate: x509.Certificate, *,
+               expected_type: str | None = None,
+               expected_signer: str | None = None) -> AgentIdentity:
+        """Check a statement a peer signed, now, against the market root and the CRL
+        we hold (``services.statements.verify_statement``); the signer's identity.
+
+        Raises the statement and certificate layers' coded errors (``statement.*``,
+        ``auth.*``), which are meant for the peer."""
+        return verify_statement(statement, certificate=certificate, root=self.root,
+                                crl=self.crl, now=self.now(), expected_type=expected_type,
+                                expected_signer=expected_signer)
 
     async def record(self, statement: Statement, *, sent: bool, peer: str, transaction: str,
                      certificate: x509.Certificate | None = None) -> None:
