@@ -91,8 +91,9 @@ def _check(obj: Any, depth: int, limits: CodecLimits, *, encoding: bool) -> None
             if encoding and len(key) * 4 > limits.max_str and _too_long(key, str, limits):
                 raise BadFrame("string too long")
             vt = type(value)
-            if vt is str:
-                if not (encoding and _too_long(value, str, limits)):
+            if vt is str:  # no str of n code points is longer than 4n bytes
+                if not (encoding and len(value) * 4 > limits.max_str
+                        and _too_long(value, str, limits)):
                     continue
             elif vt is bytes:
                 if not (encoding and len(value) > limits.max_bin):
@@ -110,8 +111,9 @@ def _check(obj: Any, depth: int, limits: CodecLimits, *, encoding: bool) -> None
             raise BadFrame(f"array longer than {limits.max_container}")
         for value in obj:
             vt = type(value)
-            if vt is str:
-                if not (encoding and _too_long(value, str, limits)):
+            if vt is str:  # no str of n code points is longer than 4n bytes
+                if not (encoding and len(value) * 4 > limits.max_str
+                        and _too_long(value, str, limits)):
                     continue
             elif vt is bytes:
                 if not (encoding and len(value) > limits.max_bin):

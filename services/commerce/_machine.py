@@ -133,7 +133,10 @@ class _Machine:
         raise NotImplementedError
 
     def _handler(self, event_class: type) -> Callable[[Any, int], _Step]:
-        return getattr(self, "_on_" + _snake(event_class.__name__))  # type: ignore[no-any-return]
+        name = _HANDLERS.get(event_class)
+        if name is None:
+            name = _HANDLERS[event_class] = "_on_" + _snake(event_class.__name__)
+        return getattr(self, name)  # type: ignore[no-any-return]
 
     def _on_failed(self, event: Failed, now_ms: int) -> _Step:
         return _Step({"_failure": event})
@@ -206,6 +209,10 @@ class _Machine:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._state.value}>"
+
+
+#: event class -> the name of its handler (``_on_`` and the class name in snake case).
+_HANDLERS: dict[type, str] = {}
 
 
 def _snake(name: str) -> str:

@@ -97,13 +97,26 @@ def canonical_join(plain: dict[str, Any], encoded: dict[str, bytes]) -> bytes:
         if type(key) is not str:
             raise ValueError(f"map keys must be str, not {type(key).__name__}")
         _check_text(key)
-    packb = msgpack.packb
+    pack = msgpack.Packer(use_bin_type=True, strict_types=True).pack
     parts = [_map_header(count)]
     for key in sorted([*plain, *encoded]):
-        parts.append(packb(key, use_bin_type=True))
-        parts.append(encoded[key] if key in encoded
-                     else packb(normal[key], use_bin_type=True, strict_types=True))
+        packed = _KEYS.get(key)
+        if packed is None:
+            packed = pack(key)
+            if len(_KEYS) < _MAX_KEYS:
+                _KEYS[key] = packed
+        parts.append(packed)
+        if key in encoded:
+            parts.append(encoded[key])
+        else:
+            value = normal[key]
+            parts.append(b"\xc0" if value is None else pack(value))
     return b"".join(parts)
+
+
+#: Map keys ``canonical_join`` has packed (a machine's field names), up to a bound.
+_KEYS: dict[str, bytes] = {}
+_MAX_KEYS: Final = 256
 
 
 def _map_header(count: int) -> bytes:

@@ -74,9 +74,9 @@ MAX_TIME_MS: Final = 253_402_300_799_999
 _TYPE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+\Z")
 _MAX_TYPE: Final = 128
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-#: One leaf (int, bytes or ASCII str) in msgpack's shortest form, as canonical_encode
-#: writes it.
-_packb: Final = functools.partial(msgpack.packb, use_bin_type=True, strict_types=True)
+#: A packer of leaves (int, bytes or ASCII str) in msgpack's shortest form, as
+#: canonical_encode writes them (one per call: a packer is not shared between threads).
+_packer: Final = functools.partial(msgpack.Packer, use_bin_type=True, strict_types=True)
 _KEYS: Final = frozenset({"body", "issued_at", "nonce", "signature", "signer", "type", "v"})
 
 
@@ -121,9 +121,10 @@ class Statement:
     def signed_bytes(self) -> bytes:
         """The exact bytes the signature covers: ``DOMAIN`` and the canonical encoding
         of ``_unsigned()``, its keys in order (body, issued_at, nonce, signer, type)."""
+        pack = _packer().pack
         return b"".join((DOMAIN, b"\x85\xa4body", self._body, b"\xa9issued_at",
-                         _packb(self.issued_at), b"\xa5nonce", _packb(self.nonce),
-                         b"\xa6signer", _packb(self.signer), b"\xa4type", _packb(self.type)))
+                         pack(self.issued_at), b"\xa5nonce", pack(self.nonce),
+                         b"\xa6signer", pack(self.signer), b"\xa4type", pack(self.type)))
 
     def to_wire(self) -> dict[str, Any]:
         """The statement as one msgpack map, to embed in a message body."""
@@ -133,11 +134,12 @@ class Statement:
         """The canonical encoding of ``to_wire()``: what archives store and digests hash."""
         encoded = self._bytes
         if encoded is None:  # canonical_encode(self.to_wire()), keys in order
+            pack = _packer().pack
             encoded = b"".join((
-                b"\x87\xa4body", self._body, b"\xa9issued_at", _packb(self.issued_at),
-                b"\xa5nonce", _packb(self.nonce), b"\xa9signature", _packb(self.signature),
-                b"\xa6signer", _packb(self.signer), b"\xa4type", _packb(self.type),
-                b"\xa1v", _packb(VERSION)))
+                b"\x87\xa4body", self._body, b"\xa9issued_at", pack(self.issued_at),
+                b"\xa5nonce", pack(self.nonce), b"\xa9signature", pack(self.signature),
+                b"\xa6signer", pack(self.signer), b"\xa4type", pack(self.type),
+                b"\xa1v", b"\x01"))  # VERSION
             object.__setattr__(self, "_bytes", encoded)
         return encoded
 
