@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from semper.agents.runtime import _storage
 from semper.agents.runtime._storage import Database
@@ -123,3 +124,48 @@ async def test_a_writer_alone_needs_no_savepoint_and_still_rolls_back_alone(
     texts = await db.read(lambda c: [r[0] for r in c.execute("SELECT text FROM notes")])
     assert texts == ["a", "b"]
     await db.aclose()
+
+
+async def test_writers_woken_together_share_one_commit(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another member (a commit's fixed cost paid more often than needed): the first
+    of the requests read from one channel batch committed alone and the others
+    waited for a second commit; one turn of the scheduler lets them all join."""
+    db = await Database.open(tmp_path / "a.sqlite", NOTES)
+    groups: list[int] = []
+    run_group = Database._run_group
+
+    def counting(self: Database, fns: list[Any]) -> Any:
+        groups.append(len(fns))
+        return run_group(self, fns)
+
+    monkeypatch.setattr(Database, "_run_group", counting)
+    async with trio.open_nursery() as nursery:
+        for n in range(8):
+            nursery.start_soon(db.transaction, lambda c, n=n: c.execute(
+                "INSERT INTO notes (text) VALUES (?)", (str(n),)))
+    assert groups == [8]
+    assert await db.read(lambda c: c.execute("SELECT count(*) FROM notes").fetchone()[0]) == 8
+    await db.aclose()
+
+
+async def test_close_waits_for_the_commit_in_progress(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "a.sqlite", NOTES)
+    token = trio.lowlevel.current_trio_token()
+    started = trio.Event()
+    release = threading.Event()
+
+    def slow(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO notes (text) VALUES ('slow')")
+        trio.from_thread.run_sync(started.set, trio_token=token)
+        release.wait(10)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(db.transaction, slow)
+        await started.wait()
+        nursery.start_soon(db.aclose)
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    again = Database.open_sync(tmp_path / "a.sqlite", NOTES)
+    assert again.read_sync(lambda c: c.execute("SELECT count(*) FROM notes").fetchone()[0]) == 1
+    again.close()

@@ -103,7 +103,7 @@ class Database:
         thread: for short reads (rows by key). It sees every ``transaction`` that has
         returned, never waits for one in progress, and must not keep a cursor past
         its return (an unfinished statement would hold its snapshot)."""
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()  # no reschedule: it never waits
         return fn(self._reader)
 
     async def scan(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -143,13 +143,24 @@ class Database:
 
     async def _commit_group(self) -> None:
         self._committing = True
-        group, self._pending = self._pending, []
+        group: list[tuple[Callable[[sqlite3.Connection], Any], list[Any]]] = []
         try:
-            async with self._lock:
+            # One turn of the scheduler first: the tasks already woken with this one
+            # (the requests of one read from a channel) reach their transaction and
+            # join this group, instead of waiting for the next commit.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            group, self._pending = self._pending, []
+            try:
+                self._lock.acquire_nowait()  # held only by aclose, which waits for us
+            except trio.WouldBlock:
+                await self._lock.acquire()
+            try:
                 if self._writer is None:
                     self._writer = _Writer(self.path.name)
                 results = await self._writer.run(
                     functools.partial(self._run_group, [fn for fn, _ in group]))
+            finally:
+                self._lock.release()
         except BaseException as exc:  # pragma: no cover - the thread itself failed
             results = [(False, exc)] * len(group)
             raise
