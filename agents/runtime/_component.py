@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 import trio
 from cryptography import x509
 
+from semper.agents.runtime._config import ConfigError
 from semper.services._ops import Op
 from semper.services.archive import Direction
 from semper.services.certificates import AgentIdentity
@@ -95,8 +96,6 @@ class Component:
         Raise ``ConfigError`` for a setting it does not know or a bad value: by
         default it takes none."""
         if settings:
-            from semper.agents.runtime._config import ConfigError
-
             raise ConfigError(f"component {self.name!r} takes no settings "
                               f"([components.{self.name}] has {', '.join(sorted(settings))})")
 
