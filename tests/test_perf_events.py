@@ -6,6 +6,8 @@ whole and in order: by a timer soon after, when many wait, and at close.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -103,3 +105,19 @@ def test_rotation_keeps_every_line_in_order(tmp_path: Path,
     new = _lines(tmp_path / "events.jsonl")
     assert (tmp_path / "events.jsonl").stat().st_size <= 2_000
     assert [line["n"] for line in old + new] == list(range(old[0]["n"], 30))
+
+
+def test_a_command_s_lines_are_written_at_exit(tmp_path: Path) -> None:
+    """A command (``semper buy``) ends without closing its agent's log: what it kept
+    is written at exit, not lost with the timer thread."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from semper.agents.runtime import _events\n"
+        "_events.FLUSH_SECONDS = 600\n"
+        "log = _events.EventLog('buyer', Path(sys.argv[1]))\n"
+        "for n in range(3):\n"
+        "    log.emit('requested', n=n)\n")
+    path = tmp_path / "events.jsonl"
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True, timeout=60)
+    assert [line["n"] for line in _lines(path)] == [0, 1, 2]

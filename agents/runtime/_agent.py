@@ -310,6 +310,7 @@ class Agent:
                     nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
+            self.events.flush()  # the lines of the requests it made, kept a moment
 
     @asynccontextmanager
     async def _storage(self) -> AsyncIterator[None]:

@@ -15,6 +15,7 @@ lines, without end; now the log costs at most twice ``MAX_BYTES`` of disk.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import threading
@@ -101,6 +102,7 @@ class EventLog:
             self._timer = threading.Thread(target=_flush_later, args=(weakref.ref(self),),
                                            name=f"semper-events {self.agent}", daemon=True)
             self._timer.start()
+            _OPEN.add(self)
 
     def _rotate(self) -> None:
         """Keep the full file as ``<name>.1`` and start a new one. A failure (say, out
@@ -133,6 +135,17 @@ class EventLog:
             timer.join()
 
 
+#: Logs that may hold lines: written at exit (a command such as ``semper buy`` ends
+#: without closing its agent's log; the timer thread dies with the process).
+_OPEN: weakref.WeakSet[EventLog] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for log in list(_OPEN):
+        log.flush()
+
+
 def _flush_later(ref: weakref.ref[EventLog]) -> None:
     """The timer: after the first line kept, wait ``FLUSH_SECONDS``, write what is
     kept; end when the log is closed or gone."""
@@ -142,7 +155,8 @@ def _flush_later(ref: weakref.ref[EventLog]) -> None:
             return
         wake, stop = log._wake, log._stop
         del log
-        wake.wait()
+        if not wake.wait(1.0):
+            continue  # nothing kept: look again whether the log is still there
         stop.wait(FLUSH_SECONDS)
         log = ref()
         if log is None:
