@@ -169,3 +169,33 @@ async def test_close_waits_for_the_commit_in_progress(tmp_path: Path) -> None:
     again = Database.open_sync(tmp_path / "a.sqlite", NOTES)
     assert again.read_sync(lambda c: c.execute("SELECT count(*) FROM notes").fetchone()[0]) == 1
     again.close()
+
+
+async def test_the_next_group_commits_without_the_event_loop(tmp_path: Path) -> None:
+    """The instance behind most of a commit's latency under load: the writers queued
+    during a commit waited for the event loop to run the last group's leader before
+    their own group started. Now the thread takes them as soon as it has committed,
+    even while the loop is busy (here: blocked outright)."""
+    db = await Database.open(tmp_path / "a.sqlite", NOTES)
+    token = trio.lowlevel.current_trio_token()
+    started, go, second = trio.Event(), threading.Event(), threading.Event()
+
+    def slow(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO notes (text) VALUES ('first')")
+        trio.from_thread.run_sync(started.set, trio_token=token)
+        go.wait(10)
+
+    def fast(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO notes (text) VALUES ('second')")
+        second.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(db.transaction, slow)
+        await started.wait()
+        nursery.start_soon(db.transaction, fast)
+        await trio.testing.wait_all_tasks_blocked()
+        go.set()
+        assert second.wait(10)  # the loop is blocked here: the thread went on alone
+    texts = await db.read(lambda c: [r[0] for r in c.execute("SELECT text FROM notes")])
+    assert texts == ["first", "second"]
+    await db.aclose()

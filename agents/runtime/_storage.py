@@ -2,15 +2,16 @@
 
 Theory of operation. Writes run in a worker thread: a commit waits for an fsync.
 Each database has one writer thread of its own, started at the first commit and
-stopped at ``aclose``, that takes a commit group from a queue and hands the result
-back to the trio task waiting for it (a ``trio.to_thread.run_sync`` per commit cost
-~60 us of CPU in trio's thread machinery, several times per purchase on each side).
-One ``trio.Lock`` serialises the groups, so the writing connection is only ever used
-by one thread at a time (hence ``check_same_thread=False``). ``synchronous=FULL``
-with WAL makes a commit durable once it returns: anything acknowledged to a peer
-after ``transaction`` returned survives SIGKILL and power loss. Writers that queue
-up while a commit runs share the next one (group commit, one fsync for all), each in
-its own SAVEPOINT so that one failing writer rolls back only its own work.
+stopped at ``aclose``; it alone uses the writing connection (hence
+``check_same_thread=False``). ``synchronous=FULL`` with WAL makes a commit durable
+once it returns: anything acknowledged to a peer after ``transaction`` returned
+survives SIGKILL and power loss. Writers that queue up while a commit runs share the
+next one (group commit, one fsync for all), each in its own SAVEPOINT so that one
+failing writer rolls back only its own work. The thread takes the next group as soon
+as it has committed one and hands the callers their results through trio's token,
+so commits never wait for the event loop (a ``trio.to_thread.run_sync`` per group,
+led by a task the loop had to run first, cost ~60 us of CPU and, under load, most of
+a commit's latency).
 
 Reads go through a second, read-only connection. In WAL mode a reader never waits
 for the writer and sees every commit that has returned, so ``read`` runs its
@@ -29,8 +30,6 @@ is refused rather than guessed at.
 
 from __future__ import annotations
 
-import functools
-import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -62,11 +61,8 @@ class Database:
                  path: Path) -> None:
         self._connection = connection
         self._reader = reader
-        self._lock = trio.Lock()
-        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], list[Any]]] = []
-        self._committing = False
-        self._committed = trio.lowlevel.ParkingLot()
         self._writer: _Writer | None = None
+        self._closed = False
         self.path = path
 
     @classmethod
@@ -128,47 +124,11 @@ class Database:
         interrupt a transaction half way: the caller waits for its commit, then the
         cancel takes effect.
         """
-        slot: list[tuple[bool, Any]] = []
-        self._pending.append((fn, slot))
-        with trio.CancelScope(shield=True):
-            while not slot:
-                if self._committing:
-                    await self._committed.park()
-                else:
-                    await self._commit_group()
-        ok, value = slot[0]
-        if ok:
-            return value  # type: ignore[no-any-return]
-        raise value
-
-    async def _commit_group(self) -> None:
-        self._committing = True
-        group: list[tuple[Callable[[sqlite3.Connection], Any], list[Any]]] = []
-        try:
-            # One turn of the scheduler first: the tasks already woken with this one
-            # (the requests of one read from a channel) reach their transaction and
-            # join this group, instead of waiting for the next commit.
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            group, self._pending = self._pending, []
-            try:
-                self._lock.acquire_nowait()  # held only by aclose, which waits for us
-            except trio.WouldBlock:
-                await self._lock.acquire()
-            try:
-                if self._writer is None:
-                    self._writer = _Writer(self.path.name)
-                results = await self._writer.run(
-                    functools.partial(self._run_group, [fn for fn, _ in group]))
-            finally:
-                self._lock.release()
-        except BaseException as exc:  # pragma: no cover - the thread itself failed
-            results = [(False, exc)] * len(group)
-            raise
-        finally:
-            for (_, slot), result in zip(group, results, strict=False):
-                slot.append(result)
-            self._committing = False
-            self._committed.unpark_all()
+        if self._closed:
+            raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+        if self._writer is None:
+            self._writer = _Writer(self)
+        return await self._writer.run(fn)
 
     def _run_group(self, fns: list[Callable[[sqlite3.Connection], Any]]
                    ) -> list[tuple[bool, Any]]:
@@ -216,18 +176,17 @@ class Database:
         return fn(self._connection)
 
     async def aclose(self) -> None:
-        async with self._lock:
-            self._reader.close()
-            writer, self._writer = self._writer, None
-            if writer is None:
-                await trio.to_thread.run_sync(self._connection.close)
-            else:  # the last job of its thread (closing may checkpoint the WAL)
-                try:
-                    await writer.run(self._connection.close)
-                finally:
-                    writer.stop()
+        """Close, after every transaction already asked for has committed."""
+        self._closed = True
+        self._reader.close()
+        writer, self._writer = self._writer, None
+        if writer is None:
+            await trio.to_thread.run_sync(self._connection.close)
+        else:  # the last job of its thread (closing may checkpoint the WAL)
+            await writer.finish(self._connection.close)
 
     def close(self) -> None:
+        self._closed = True
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.stop()
@@ -236,37 +195,109 @@ class Database:
 
 
 class _Writer:
-    """The thread a database's commits run in: jobs in by a queue, each result back
-    to the waiting task through the trio token of its run (one wake-up each way)."""
+    """The thread a database's commits run in. Transactions queue here; the thread
+    takes all that wait as one group, commits it, hands each caller its result
+    through the trio token of its run (one wake-up for the group), and takes the next
+    group at once: the next commit never waits for the event loop to get round to
+    the last one's callers (under load that wait was most of a commit's latency).
+    An idle thread is woken by the event loop after the tasks already runnable have
+    had their turn (``run_sync_soon``): the requests of one channel read reach their
+    transactions and share the commit, instead of the first committing alone."""
 
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._work, name=f"semper-db-writer {name}",
-                                        daemon=True)
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._ready = threading.Condition()
+        self._jobs: list[tuple[Any, Any, Any]] = []  # (fn, trio token, task)
+        self._last: Callable[[], Any] | None = None
+        self._stopping = False
+        self._busy = False  # taking or committing a group: it looks at the queue next
+        self._thread = threading.Thread(target=self._work, daemon=True,
+                                        name=f"semper-db-writer {database.path.name}")
         self._thread.start()
 
-    async def run(self, fn: Callable[[], T]) -> T:
-        """``fn()`` in the thread; the caller cannot be cancelled while it runs (the
-        callers here are shielded: a commit is never left half way)."""
-        task = trio.lowlevel.current_task()
-        self._jobs.put((fn, trio.lowlevel.current_trio_token(), task))
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` in the next group; its result or exception. The caller cannot be
+        cancelled while it waits: a commit is never left half way (a cancel takes
+        effect at its next checkpoint)."""
+        self._queue(fn)
         return await trio.lowlevel.wait_task_rescheduled(  # type: ignore[no-any-return]
             lambda _: trio.lowlevel.Abort.FAILED)
 
+    async def finish(self, last: Callable[[], Any]) -> None:
+        """Run ``last`` after every job queued, then end the thread."""
+        self._queue(None, last)
+        await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+
     def stop(self) -> None:
-        """End the thread after the jobs queued (none: the callers hold the lock)."""
-        self._jobs.put(None)
+        """End the thread after the jobs queued, from outside trio."""
+        with self._ready:
+            self._stopping = True
+            self._ready.notify()
         if self._thread is not threading.current_thread():
             self._thread.join()
 
+    def _queue(self, fn: Any, last: Callable[[], Any] | None = None) -> None:
+        token = trio.lowlevel.current_trio_token()
+        job = (fn, token, trio.lowlevel.current_task())
+        with self._ready:
+            if self._stopping:
+                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            if last is not None:
+                self._stopping, self._last = True, last
+                self._jobs.append(job)
+                self._ready.notify()
+                return
+            self._jobs.append(job)
+            if self._busy or len(self._jobs) > 1:
+                return  # the thread looks at the queue next, or a wake-up is on its way
+        token.run_sync_soon(self._wake)
+
+    def _wake(self) -> None:
+        with self._ready:
+            self._ready.notify()
+
     def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            fn, token, task = job
-            result = outcome.capture(fn)
-            try:
-                token.run_sync_soon(trio.lowlevel.reschedule, task, result)
-            except trio.RunFinishedError:  # pragma: no cover - the run ended under it
-                pass
+        while True:
+            with self._ready:
+                if not self._jobs and not self._stopping:
+                    self._busy = False
+                    while not self._jobs and not self._stopping:
+                        self._ready.wait()
+                self._busy = True
+                jobs, self._jobs = self._jobs, []
+                stopping, last = self._stopping, self._last
+            group = [job for job in jobs if job[0] is not None]
+            if group:
+                try:
+                    results = self._database._run_group([fn for fn, _, _ in group])
+                except BaseException as exc:  # pragma: no cover - the thread itself failed
+                    results = [(False, exc)] * len(group)
+                _deliver([(token, task, outcome.Value(value) if ok else outcome.Error(value))
+                          for (_, token, task), (ok, value) in zip(group, results,
+                                                                   strict=True)])
+            if stopping and not self._jobs:
+                closing = [job for job in jobs if job[0] is None]
+                if last is not None and closing:
+                    _, token, task = closing[0]
+                    _deliver([(token, task, outcome.capture(last))])
+                return
+
+
+def _deliver(answers: list[tuple[Any, Any, Any]]) -> None:
+    """Reschedule each waiting task with its outcome: one callback per trio run."""
+    by_run: dict[Any, list[tuple[Any, Any]]] = {}
+    for token, task, result in answers:
+        by_run.setdefault(token, []).append((task, result))
+    for token, tasks in by_run.items():
+        try:
+            token.run_sync_soon(_reschedule_all, tasks)
+        except trio.RunFinishedError:  # pragma: no cover - the run ended under it
+            pass
+
+
+def _reschedule_all(tasks: list[tuple[Any, Any]]) -> None:
+    for task, result in tasks:
+        trio.lowlevel.reschedule(task, result)
 
 
 def _open_reader(path: Path) -> sqlite3.Connection:
