@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -205,7 +206,9 @@ class _Writer:
     transactions and share the commit, instead of the first committing alone."""
 
     def __init__(self, database: Database) -> None:
-        self._database = database
+        # Weakly: a database dropped without aclose is closed by the garbage
+        # collector as before, and its thread ends.
+        self._database = weakref.ref(database)
         self._ready = threading.Condition()
         self._jobs: list[tuple[Any, Any, Any]] = []  # (fn, trio token, task)
         self._last: Callable[[], Any] | None = None
@@ -262,16 +265,20 @@ class _Writer:
                 if not self._jobs and not self._stopping:
                     self._busy = False
                     while not self._jobs and not self._stopping:
-                        self._ready.wait()
+                        if not self._ready.wait(5.0) and self._database() is None:
+                            return
                 self._busy = True
                 jobs, self._jobs = self._jobs, []
                 stopping, last = self._stopping, self._last
             group = [job for job in jobs if job[0] is not None]
             if group:
+                database = self._database()
                 try:
-                    results = self._database._run_group([fn for fn, _, _ in group])
+                    assert database is not None  # its callers hold it
+                    results = database._run_group([fn for fn, _, _ in group])
                 except BaseException as exc:  # pragma: no cover - the thread itself failed
                     results = [(False, exc)] * len(group)
+                del database
                 _deliver([(token, task, outcome.Value(value) if ok else outcome.Error(value))
                           for (_, token, task), (ok, value) in zip(group, results,
                                                                    strict=True)])
