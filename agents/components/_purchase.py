@@ -20,6 +20,7 @@ step: each step's archive entries go in the commit that saves the machine.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import logging
 import sqlite3
@@ -401,6 +402,7 @@ class Shopper:
         """Take the steps the machine asks for until none is left; returns the payment
         and goods this run saved (by ``payment`` and ``goods``)."""
         kept: dict[str, Any] = {}
+        paid: tuple[Purchase, PaymentResult] | None = None  # not saved yet (see Pay)
         for _ in range(_MAX_STEPS):
             if purchase.state is PurchaseState.ORDERED:  # the seller has to accept it
                 assert purchase.order is not None
@@ -443,27 +445,45 @@ class Shopper:
                 purchase.receive(PaymentConfirmed(payment=result.settlement.digest,
                                                   payment_type=result.settlement.type,
                                                   amount=result.amount), now_ms=self._ms())
-                await self._save(key, seller, sku, module, purchase, payment=result)
+                # The paid machine is saved in the commit of the goods and the receipt
+                # that follow (one commit for the two steps), or alone if fetching them
+                # fails. A crash meanwhile leaves the purchase paying, as a crash
+                # between the bank's confirmation and this point always could: a retry
+                # pays again under the same key and the bank and the seller answer it
+                # as they did, moving nothing more.
+                paid = (copy.copy(purchase), result)
                 kept["payment"] = result
             elif isinstance(decision, RequestDelivery):
                 self._progress("payment confirmed by the bank; fetching goods and receipt")
-                answer = _fields(await self.agent.request(seller, "commerce", "fetch",
-                                                          {"order": decision.order}),
-                                 "commerce.fetch", delivery=dict, receipt=dict, goods=bytes)
-                delivery = Statement.from_wire(answer["delivery"])
-                receipt = Statement.from_wire(answer["receipt"])
-                seller_cert = await self._seller_certificate(seller, certificate)
-                for statement in (delivery, receipt):
-                    verify_statement(statement, certificate=seller_cert,
-                                     root=self.agent.credentials.root, crl=self.agent.crl,
-                                     now=self._now(), expected_signer=seller)
-                decisions = purchase.receive(
-                    GoodsDelivered(delivery=delivery, goods=answer["goods"]), now_ms=self._ms())
-                decisions += purchase.receive(ReceiptIssued(receipt=receipt), now_ms=self._ms())
+                try:
+                    answer = _fields(await self.agent.request(seller, "commerce", "fetch",
+                                                              {"order": decision.order}),
+                                     "commerce.fetch", delivery=dict, receipt=dict, goods=bytes)
+                    delivery = Statement.from_wire(answer["delivery"])
+                    receipt = Statement.from_wire(answer["receipt"])
+                    seller_cert = await self._seller_certificate(seller, certificate)
+                    for statement in (delivery, receipt):
+                        verify_statement(statement, certificate=seller_cert,
+                                         root=self.agent.credentials.root, crl=self.agent.crl,
+                                         now=self._now(), expected_signer=seller)
+                    decisions = purchase.receive(
+                        GoodsDelivered(delivery=delivery, goods=answer["goods"]),
+                        now_ms=self._ms())
+                    decisions += purchase.receive(ReceiptIssued(receipt=receipt),
+                                                  now_ms=self._ms())
+                except BaseException:
+                    if paid is not None:  # the paid machine, as it was before the fetch
+                        with trio.CancelScope(shield=True):
+                            await self._save(key, seller, sku, module, paid[0],
+                                             payment=paid[1])
+                    raise
                 kept["goods"] = answer["goods"]
-                await self._save(key, seller, sku, module, purchase, goods=answer["goods"],
+                await self._save(key, seller, sku, module, purchase,
+                                 payment=None if paid is None else paid[1],
+                                 goods=answer["goods"],
                                  entries=self._entries(decisions, seller, purchase,
                                                        seller_cert))
+                paid = None
             elif isinstance(decision, RequestRefund):
                 assert purchase.order is not None
                 self._progress(f"asking {seller} for a refund of {decision.amount}")
@@ -495,6 +515,9 @@ class Shopper:
                                  entries=entries)
             else:  # pragma: no cover - a decision this driver does not know
                 raise PurchaseStuck(f"no way to act on {type(decision).__name__}")
+        if paid is not None:  # pragma: no cover - the machine asks for the goods after
+            with trio.CancelScope(shield=True):
+                await self._save(key, seller, sku, module, paid[0], payment=paid[1])
         raise PurchaseStuck(f"purchase {key!r} did not settle in {_MAX_STEPS} steps")
 
     @asynccontextmanager
