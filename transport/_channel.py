@@ -45,8 +45,9 @@ from typing import Any, Final, Protocol
 
 import trio
 
-from ._codec import NEED_DATA, CodecLimits, FrameDecoder, encode_frame
+from ._codec import NEED_DATA, CodecLimits, FrameDecoder, FrameSizeError, encode_frame
 from ._errors import (
+    AnswerTooLarge,
     BadMessage,
     ChannelClosed,
     IdleTimeout,
@@ -698,8 +699,7 @@ class Channel:
         context = RequestContext(self, request.id, request.service, request.op)
         try:
             body = await handler(context, request.body)
-            frame = encode_frame({"type": "res", "id": request.id, "body": body},
-                                 self._out_limits)
+            frame = self._answer_frame(request, body, context)
         except Exception as exc:
             frame = self._error_frame(request.id, exc, context)
         finally:
@@ -715,6 +715,19 @@ class Channel:
             self._enqueue(frame, direct=True)
             if self._waiting:
                 self._start_waiting()
+
+    def _answer_frame(self, request: Request, body: Any, context: RequestContext) -> bytes:
+        """The `res` frame, or, when the answer is more than a frame holds (an echo of
+        a body near the limit), the refusal ``protocol.answer_too_large``: the
+        requester asked for it, so it is no bug of ours."""
+        try:
+            return encode_frame({"type": "res", "id": request.id, "body": body},
+                                self._out_limits)
+        except FrameSizeError as exc:
+            return self._error_frame(request.id, AnswerTooLarge(
+                f"the answer to {request.service}.{request.op} would be {exc.size} bytes, "
+                f"more than the frame limit of {exc.limit}",
+                detail={"limit": exc.limit, "size": exc.size}), context)
 
     def _error_frame(self, rid: int | None, exc: BaseException,
                      context: RequestContext | None = None) -> bytes:

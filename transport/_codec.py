@@ -164,6 +164,14 @@ def encode_body(obj: Any, limits: CodecLimits = _DEFAULT_LIMITS) -> bytes:
         raise ValueError(f"cannot encode: {exc}") from None
 
 
+class FrameSizeError(ValueError):
+    """A value that encodes to more than the frame limit."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"frame of {size} bytes exceeds the limit of {limit}")
+        self.size, self.limit = size, limit
+
+
 def encode_frame(obj: Any, limits: CodecLimits = _DEFAULT_LIMITS) -> bytes:
     """Encode one value as a whole frame: length prefix and body.
 
@@ -172,7 +180,7 @@ def encode_frame(obj: Any, limits: CodecLimits = _DEFAULT_LIMITS) -> bytes:
     """
     body = encode_body(obj, limits)
     if len(body) > limits.max_frame:
-        raise ValueError(f"frame of {len(body)} bytes exceeds the limit of {limits.max_frame}")
+        raise FrameSizeError(len(body), limits.max_frame)
     return len(body).to_bytes(_PREFIX, "big") + body
 
 

@@ -88,6 +88,13 @@ class FrameTooLarge(ProtocolError):
     fatal: ClassVar[bool] = True
 
 
+class AnswerTooLarge(ProtocolError):
+    """The answer to a request would not fit the requester's ``max_frame`` (say an
+    echo of a body near the limit): the request is refused, the channel stays."""
+
+    code: ClassVar[str] = "protocol.answer_too_large"
+
+
 class BadMessage(ProtocolError):
     """A well-formed frame that is not a valid envelope (missing or mistyped key)."""
 
