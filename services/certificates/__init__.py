@@ -65,6 +65,16 @@ from ._issue import (
     renew_crl,
 )
 from ._oids import ARC, ROLE_POLICY, Level, level_oid
+from ._pseudonym import (
+    PSEUDONYM_LEVELS,
+    TRUSTED_ROLES,
+    Pseudonym,
+    commitment_of,
+    is_pseudonym_id,
+    new_pseudonym,
+    opens,
+    read_commitment,
+)
 from ._status import (
     CertStatus,
     IssuedCertificate,
@@ -89,6 +99,14 @@ __all__ = [
     "CLOCK_SKEW",
     "CRL_VALIDITY",
     "PROOF_DOMAIN",
+    "PSEUDONYM_LEVELS",
+    "TRUSTED_ROLES",
+    "Pseudonym",
+    "commitment_of",
+    "is_pseudonym_id",
+    "new_pseudonym",
+    "opens",
+    "read_commitment",
     "ROLE_POLICY",
     "TOKEN_PREFIX",
     "AgentIdentity",

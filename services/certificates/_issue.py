@@ -190,22 +190,32 @@ def issue_agent_certificate(
     days: int = 365,
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
+    commitment: bytes | None = None,
 ) -> x509.Certificate:
     """Issue an agent's certificate: CN and SAN name the agent, policies its role and level.
 
     ``not_before``/``not_after`` override the validity window (tests make expired ones).
+    ``commitment`` makes it a pseudonym's (protocol.md 2.7): the extension that commits
+    to the real id, which ``agent_id`` (a pseudonym id) does not show.
 
     Raises:
-        ValueError: a bad id or role, or a liability amount that does not fit the level.
+        ValueError: a bad id or role, a liability amount that does not fit the level,
+            or a pseudonym that may not hold this role or level.
     """
     check_agent_id(agent_id)
     check_name("role", role)
+    extra: list[x509.ExtensionType] = []
+    if commitment is not None:
+        from ._pseudonym import check_pseudonym_profile, pseudonym_extension  # a cycle
+
+        check_pseudonym_profile(agent_id, role, level)
+        extra.append(pseudonym_extension(commitment))
     if not isinstance(public_key, ed25519.Ed25519PublicKey):
         raise TypeError("agent keys are Ed25519")
     start = not_before or now - CLOCK_SKEW
     end = not_after or now + dt.timedelta(days=days)
     ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    return (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, agent_id)]))
         .issuer_name(ca.certificate.subject)
@@ -246,8 +256,10 @@ def issue_agent_certificate(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
             critical=False,
         )
-        .sign(ca.key, None)
     )
+    for extension in extra:
+        builder = builder.add_extension(extension, critical=False)
+    return builder.sign(ca.key, None)
 
 
 def issue_crl(

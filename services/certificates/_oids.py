@@ -7,6 +7,8 @@ collide. Never change these numbers: certificates already issued carry them.
     ARC.1            role policy; the role name is the CPS qualifier "semper:role/<name>"
     ARC.2.<n>        liability level n (1 self-asserted .. 4 liable)
                      "liable" carries the qualifier "semper:liable/<CCY>/<minor units>"
+    ARC.3            pseudonym extension: the commitment to the real agent id
+                     (non-critical, an OCTET STRING of 32 bytes; protocol.md 2.7)
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import uuid
 
 from cryptography.x509 import ObjectIdentifier
 
-__all__ = ["ARC", "ROLE_POLICY", "Level", "level_oid", "level_from_oid"]
+__all__ = ["ARC", "PSEUDONYM_EXTENSION", "ROLE_POLICY", "Level", "level_from_oid", "level_oid"]
 
 _ARC_UUID = uuid.UUID("4eaa9f93-cb80-410d-80f8-0dcfd639e54e")
 ARC = f"2.25.{_ARC_UUID.int}"
 ROLE_POLICY = ObjectIdentifier(f"{ARC}.1")
 _LEVEL_ARC = f"{ARC}.2"
+PSEUDONYM_EXTENSION = ObjectIdentifier(f"{ARC}.3")
 
 ROLE_QUALIFIER_PREFIX = "semper:role/"
 LIABLE_QUALIFIER_PREFIX = "semper:liable/"

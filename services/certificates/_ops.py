@@ -11,9 +11,10 @@ from typing import Final
 
 from .._ops import Op
 from ._bodies import CrlRequest, StatusRequest
+from ._reveal import RevealAnswer, RevealRequest, RevealsAnswer, RevealsRequest
 from ._status import StatusReport
 
-__all__ = ["CRL", "ENROLL", "STATUS"]
+__all__ = ["CRL", "ENROLL", "REVEAL", "REVEALS", "STATUS"]
 
 #: ``CrlRequest`` -> the CA's current CRL: ``{"number", "crl": DER or nil}`` (nil is
 #: sent, so the response is not a schema body, which leaves an unset key out).
@@ -24,3 +25,9 @@ STATUS: Final = Op("certificates", "status", StatusRequest, StatusReport)
 #: A newcomer redeems its token for a certificate (protocol.md 7.2):
 #: ``EnrollRequest`` -> ``EnrollAnswer``.
 ENROLL: Final = Op("enroll", "request")
+#: An arbiter asks the CA who a pseudonym is, citing a case (protocol.md 7.5):
+#: ``RevealRequest`` -> ``RevealAnswer``.
+REVEAL: Final = Op("ca", "reveal", RevealRequest, RevealAnswer)
+#: A pseudonym's holder asks which reveals of it the CA granted (protocol.md 7.5):
+#: ``RevealsRequest`` -> ``RevealsAnswer``.
+REVEALS: Final = Op("ca", "reveals", RevealsRequest, RevealsAnswer)

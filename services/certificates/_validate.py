@@ -48,6 +48,7 @@ from ._oids import (
     Level,
     level_from_oid,
 )
+from ._pseudonym import check_pseudonym_profile, read_commitment
 
 __all__ = [
     "AgentIdentity",
@@ -72,6 +73,8 @@ class AgentIdentity:
     fingerprint: bytes
     not_after: dt.datetime
     certificate: x509.Certificate
+    #: A pseudonym's commitment to its real id (protocol.md 2.7); None for a named agent.
+    commitment: bytes | None = None
 
 
 # Certificates are immutable values (hashed and compared by their DER), and each
@@ -290,6 +293,12 @@ def identity_of(cert: x509.Certificate) -> AgentIdentity:
     if uris != [f"semper:agent/{agent_id}"]:
         raise BadCertificate(f"SAN must be exactly the URI semper:agent/{agent_id}")
     role, level, liability = _read_policies(cert)
+    commitment = read_commitment(cert)
+    if commitment is not None:
+        try:
+            check_pseudonym_profile(agent_id, role, level)
+        except ValueError as exc:
+            raise BadCertificate(f"not a pseudonym's certificate: {exc}") from None
     return AgentIdentity(
         agent_id=agent_id,
         role=role,
@@ -299,6 +308,7 @@ def identity_of(cert: x509.Certificate) -> AgentIdentity:
         fingerprint=fingerprint(cert),
         not_after=cert.not_valid_after_utc,
         certificate=cert,
+        commitment=commitment,
     )
 
 
