@@ -7,17 +7,26 @@ import hashlib
 import os
 
 import pytest
+import trio
+from market_helpers import make_market, newer_crl, running
+from pki import NOW, Market
 
+from semper.agents import Agent, AgentConfig
+from semper.agents.components._purchase import Shopper
+from semper.services.archive import EvidenceBundle, next_record
+from semper.services.certificates import load_certificate
 from semper.services.disputes import (
     CASE_TYPE,
     BadCase,
     Case,
     NotArbiter,
+    Verdict,
+    check_bundle,
     make_case,
+    registered,
     verify_case,
 )
 from semper.services.statements import BadSignature, Statement, WrongType, sign_statement
-from tests.pki import NOW, Market
 
 NOW_MS = int(NOW.timestamp() * 1000)
 
@@ -79,3 +88,148 @@ def test_case_altered_or_of_another_type_is_refused(tmp_path):
     with pytest.raises(WrongType):
         verify_case(other, certificate=arbiter.cert, root=market.ca.certificate,
                     crl=market.crl, now=NOW)
+
+
+# -- a real purchase's bundle --------------------------------------------------------
+
+PAID = "buyer paid"
+DELIVERED = "seller delivered goods matching the signed offer's digest"
+RECEIPTED = "seller issued a receipt"
+REFUNDED = "seller refunded the payment"
+
+
+class Trade:
+    """One market, one purchase (and one refunded purchase), their bundles exported
+    by the buyer and the seller, and statements the seller signed for forgeries."""
+
+    def __init__(self, folder):
+        self.folder = make_market(folder)
+        self.root = load_certificate((folder / "ca" / "root.pem").read_bytes())
+        trio.run(self._trade)
+        self.crl = newer_crl(folder)
+
+    async def _trade(self):
+        agents = {name: Agent(AgentConfig.load(self.folder / name / "agent.toml"))
+                  for name in ("bank", "seller", "buyer")}
+        async with running(agents["bank"]), running(agents["seller"]), \
+                running(agents["buyer"]):
+            buyer, seller = agents["buyer"], agents["seller"]
+            shopper = Shopper(buyer)
+            bought = await shopper.buy("seller", "guide-001", "transfer", "k-1")
+            self.order = bought.order
+            await shopper.buy("seller", "guide-001", "transfer", "k-2")
+            refunded = await shopper.refund("k-2")
+            self.refunded_order = refunded.order
+            self.bundles = {}
+            for who, agent in (("buyer", buyer), ("seller", seller)):
+                for name, order in (("done", bought.order), ("refunded", refunded.order)):
+                    bundle = await agent.archive.export_bundle(
+                        order.hex(), crl=agent.crl, root=agent.credentials.root)
+                    self.bundles[who, name] = bundle
+            self.forged_delivery = seller.evidence.sign("commerce.delivery", {
+                "order": bought.order, "content_digest": hashlib.sha256(b"other").digest(),
+                "size": 5})
+
+    def check(self, bundle, **kw):
+        data = bundle if type(bundle) is bytes else bundle.to_bytes()
+        return check_bundle(data, self.root, self.crl, **kw)
+
+
+@pytest.fixture(scope="module")
+def trade(tmp_path_factory):
+    return Trade(tmp_path_factory.mktemp("disputes") / "m")
+
+
+def _met(report):
+    return {v.obligation: (v.party, v.met) for v in report.verdicts}
+
+
+def test_purchase_bundle_verdicts_from_either_party(trade):
+    assert "commerce.purchase" in registered()
+    for who in ("buyer", "seller"):
+        report = trade.check(trade.bundles[who, "done"])
+        assert report.valid, report.error
+        assert report.protocol == "commerce.purchase"
+        assert _met(report) == {PAID: ("buyer", True), DELIVERED: ("seller", True),
+                                RECEIPTED: ("seller", True)}, who
+        assert all(v.reason for v in report.verdicts)
+        assert report.to_json()["valid"] is True
+        assert [Verdict.from_wire(v) for v in report.to_json()["verdicts"]] == list(
+            report.verdicts)
+
+
+def test_refunded_purchase_has_a_refund_verdict(trade):
+    report = trade.check(trade.bundles["seller", "refunded"])
+    assert report.valid, report.error
+    met = _met(report)
+    assert met[REFUNDED] == ("seller", True)
+    assert met[PAID] == ("buyer", True)
+
+
+def _replaced(bundle, index, statement):
+    """``bundle`` with record ``index`` holding ``statement`` instead, rehashed (as a
+    party would write it into its own archive)."""
+    old = bundle.records[index]
+    new = next_record(None, direction=old.direction, peer=old.peer,
+                      transaction=old.transaction, statement=statement,
+                      recorded_at=old.recorded_at)
+    new = type(old)(seq=old.seq, prev=old.prev, direction=new.direction, peer=new.peer,
+                    transaction=new.transaction, statement=new.statement,
+                    recorded_at=new.recorded_at)
+    return EvidenceBundle(transaction=bundle.transaction,
+                          records=[*bundle.records[:index], new, *bundle.records[index + 1:]],
+                          certificates=bundle.certificates, crl=bundle.crl,
+                          root_fingerprint=bundle.root_fingerprint)
+
+
+def _index(bundle, statement_type):
+    return next(i for i, r in enumerate(bundle.records)
+                if Statement.from_bytes(r.statement).type == statement_type)
+
+
+def test_goods_not_matching_the_offer_are_not_a_delivery(trade):
+    bundle = trade.bundles["buyer", "done"]
+    mismatched = _replaced(bundle, _index(bundle, "commerce.delivery"), trade.forged_delivery)
+    report = trade.check(mismatched)
+    assert report.valid, report.error
+    verdict = next(v for v in report.verdicts if v.obligation == DELIVERED)
+    assert (verdict.party, verdict.met) == ("seller", False)
+    assert hashlib.sha256(b"other").digest().hex()[:16] in verdict.reason
+    assert _met(report)[PAID] == ("buyer", True)
+
+
+def test_tampered_bundle_is_refused(trade):
+    bundle = trade.bundles["buyer", "done"]
+    data = bytearray(bundle.to_bytes())
+    record = bundle.records[_index(bundle, "commerce.receipt")]
+    at = bytes(data).index(record.statement) + len(record.statement) - 70
+    data[at] ^= 1  # a byte of the receipt's signature
+    report = trade.check(bytes(data))
+    assert not report.valid and report.verdicts == ()
+    assert report.error.code in ("archive.record_tampered", "archive.malformed")
+    # a record's statement swapped and rehashed in place: its signature fails
+    wire = Statement.from_bytes(record.statement).to_wire()
+    wire["body"] = {**wire["body"], "buyer": "mallory"}
+    forged = Statement.from_wire(wire)
+    report = trade.check(_replaced(bundle, _index(bundle, "commerce.receipt"), forged))
+    assert not report.valid
+    assert report.error.code == "archive.invalid_evidence"
+    assert report.error.detail["cause"] == "statement.bad_signature"
+
+
+def test_bundle_checked_against_another_root_is_refused(trade, tmp_path):
+    other = Market(tmp_path)
+    report = check_bundle(trade.bundles["buyer", "done"].to_bytes(), other.ca.certificate,
+                          other.crl)
+    assert not report.valid and report.error.code == "archive.wrong_root"
+
+
+def test_not_a_bundle_is_refused(trade):
+    for data in (b"", b"not a bundle", b"\x80", bytes(1000)):
+        report = trade.check(data)
+        assert not report.valid and report.error.code == "archive.malformed"
+
+
+def test_bundle_with_a_stale_crl_is_refused_until_a_newer_one_is_given(trade):
+    report = check_bundle(trade.bundles["buyer", "done"].to_bytes(), trade.root)
+    assert not report.valid and report.error.code == "archive.crl_too_old"

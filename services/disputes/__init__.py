@@ -1,14 +1,46 @@
 """Disputes: the arbiter's case statement and the offline check of evidence bundles.
 
 Pure: bundle bytes, the market root and a CRL in; verdicts per obligation out.
+
+Registering a protocol's obligations. ``check_bundle`` verifies a bundle, then asks
+each registered checker, in registration order, for its verdicts:
+
+    from semper.services.disputes import Evidence, Verdict, register
+
+    def check_contract(evidence: Evidence) -> list[Verdict] | None:
+        # None: not a contract's bundle (let the next checker look).
+        ...
+        return [Verdict("originator signed the contract", "alice", True, "record 3 ...")]
+
+    register("fairexchange.contract", check_contract)
+
+A checker sees only verified statements (``evidence.statements``, each with its
+record and its signer's certificate identity; ``of_type``, ``by_digest``,
+``signed_by_role``; ``verify_quoted`` for a statement quoted whole in a body). It
+must not raise for any bundle that verified, and says ``met=None`` when the bundle
+cannot tell. Register at import of the module that defines the checker, and import
+that module here, so that every ``check_bundle`` knows it. The commerce purchase's
+checker (``_purchase``) is registered first.
 """
 
 from ._case import ARBITER_ROLE, CASE_TYPE, Case, make_case, verify_case
+from ._check import Checker, Evidence, Report, Verdict, check_bundle, register, registered
 from ._errors import BadCase, DisputeError, NotArbiter
+from ._purchase import PROTOCOL as PURCHASE
+from ._purchase import check_purchase
 
 __all__ = [
     "ARBITER_ROLE",
     "CASE_TYPE",
+    "PURCHASE",
+    "Checker",
+    "Evidence",
+    "Report",
+    "Verdict",
+    "check_bundle",
+    "check_purchase",
+    "register",
+    "registered",
     "BadCase",
     "Case",
     "DisputeError",
