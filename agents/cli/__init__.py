@@ -30,6 +30,7 @@ from . import (
     cmd_call,
     cmd_commerce,
     cmd_demo,
+    cmd_dispute,
     cmd_market,
     cmd_ping,
 )
@@ -64,7 +65,7 @@ def cli(verbose: int) -> None:
 
 
 for module in (cmd_market, cmd_agent, cmd_ping, cmd_call, cmd_ca, cmd_bank, cmd_archive,
-               cmd_demo):
+               cmd_demo, cmd_dispute):
     cli.add_command(module.command)
 for command in (cmd_commerce.catalogue, cmd_commerce.buy, cmd_commerce.refund,
                 cmd_commerce.wallet, cmd_commerce.goods):

@@ -1,0 +1,94 @@
+"""``semper dispute check BUNDLE --root ROOT.pem [--crl CRL] [--json]``: verdicts of a
+real purchase's bundle; refusals as one line, exit non-zero."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from cli_helpers import refused, semper
+from cryptography.hazmat.primitives import serialization
+from pki import Market
+from test_disputes import DELIVERED, PAID, RECEIPTED, Trade, _index, _replaced
+
+DER = serialization.Encoding.DER
+
+
+@pytest.fixture(scope="module")
+def trade(tmp_path_factory):
+    return Trade(tmp_path_factory.mktemp("cli-disputes") / "m")
+
+
+@pytest.fixture
+def files(trade, tmp_path):
+    bundle = tmp_path / "bundle.semper"
+    bundle.write_bytes(trade.bundles["buyer", "done"].to_bytes())
+    crl = tmp_path / "crl.der"
+    crl.write_bytes(trade.crl.public_bytes(DER))
+    return bundle, trade.folder / "ca" / "root.pem", crl
+
+
+def test_check_json_gives_every_verdict(files):
+    bundle, root, crl = files
+    status, out, err = semper("dispute", "check", bundle, "--root", root, "--crl", crl, "--json")
+    assert status == 0, err
+    report = json.loads(out)
+    assert set(report) == {"valid", "verdicts"} and report["valid"] is True
+    assert {(v["obligation"], v["party"], v["met"]) for v in report["verdicts"]} == {
+        (PAID, "buyer", True), (DELIVERED, "seller", True), (RECEIPTED, "seller", True)}
+    assert all(set(v) == {"obligation", "party", "met", "reason"} for v in report["verdicts"])
+
+
+def test_check_prints_a_table(files):
+    bundle, root, crl = files
+    status, out, err = semper("dispute", "check", bundle, "--root", root, "--crl", crl)
+    assert status == 0, err
+    assert "commerce.purchase" in out and "buyer paid" in out and "yes" in out
+
+
+def test_unmet_obligation_still_exits_zero(trade, files, tmp_path):
+    _, root, crl = files
+    bundle = trade.bundles["buyer", "done"]
+    mismatched = tmp_path / "mismatched.semper"
+    mismatched.write_bytes(_replaced(bundle, _index(bundle, "commerce.delivery"),
+                                     trade.forged_delivery).to_bytes())
+    status, out, err = semper("dispute", "check", mismatched, "--root", root, "--crl", crl,
+                              "--json")
+    assert status == 0, err
+    met = {v["obligation"]: v["met"] for v in json.loads(out)["verdicts"]}
+    assert met[DELIVERED] is False and met[PAID] is True
+
+
+def test_refusals_are_one_line(files, tmp_path):
+    bundle, root, crl = files
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"not a bundle")
+    refused(semper("dispute", "check", junk, "--root", root, "--crl", crl), "archive.malformed")
+    tampered = tmp_path / "tampered"
+    data = bytearray(bundle.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    tampered.write_bytes(bytes(data))
+    status, out, err = semper("dispute", "check", tampered, "--root", root, "--crl", crl,
+                              "--json")
+    assert status != 0 and err.startswith("semper: archive.")
+    if out:  # a bundle that does not verify: valid false, and the one line
+        assert json.loads(out) == {"valid": False, "verdicts": []}
+    other = Market(tmp_path / "other")
+    (tmp_path / "other-root.pem").write_bytes(other.root_pem)
+    refused(semper("dispute", "check", bundle, "--root", tmp_path / "other-root.pem"),
+            "archive.wrong_root")
+    refused(semper("dispute", "check", bundle, "--root", root), "archive.crl_too_old")
+    refused(semper("dispute", "check", tmp_path / "missing", "--root", root), "os.error")
+    refused(semper("dispute", "check", bundle, "--root", bundle), "auth.bad_certificate")
+    refused(semper("dispute", "check", bundle), "cli.usage", exit_code=2)
+
+
+def test_check_as_a_process(files):
+    bundle, root, crl = files
+    done = subprocess.run([sys.executable, "-m", "semper.agents.cli", "dispute", "check",
+                           str(bundle), "--root", str(root), "--crl", str(crl), "--json"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["valid"] is True
