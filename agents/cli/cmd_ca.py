@@ -1,4 +1,5 @@
-"""``semper ca invite|issue|status|revoke DIR ...``: the market operator's commands."""
+"""``semper ca invite|issue|status|revoke DIR ...``: the market operator's commands;
+``semper ca reveal --config ARBITER.toml PSEUDONYM --case CASEFILE``: an arbiter's."""
 
 from __future__ import annotations
 
@@ -9,11 +10,21 @@ import shutil
 from pathlib import Path
 
 import click
+import trio
 from cryptography import x509
 
-from semper.agents.cli._common import AGENT_ID, AMOUNT, passphrase_option, read_passphrase
+from semper.agents.cli._common import (
+    AGENT_ID,
+    AMOUNT,
+    CliError,
+    config_option,
+    load_config,
+    passphrase_option,
+    read_passphrase,
+)
 from semper.agents.cli._text import counted
 from semper.agents.components._castore import open_ca_database, publish_crl, record_issued
+from semper.agents.components._reveal import add_pseudonym, request_reveal
 from semper.agents.operator._market import (
     MarketError,
     MarketPaths,
@@ -23,12 +34,17 @@ from semper.agents.operator._market import (
     load_authority,
 )
 from semper.agents.operator._market import revoke as revoke_in
-from semper.agents.operator._operator import certificate_status_in, invite_agent
+from semper.agents.operator._operator import Invited, certificate_status_in, invite_agent
+from semper.agents.runtime._agent import Agent
 from semper.agents.runtime._config import AgentConfig, ConfigError, parse_address
 from semper.agents.runtime._identity import utcnow
 from semper.agents.runtime._roles import RoleNotFound, available_roles
-from semper.services.certificates import CertStatus, Level, StatusReport, crl_number
+from semper.services import ServiceError
+from semper.services.certificates import CertStatus, Level, StatusReport, crl_number, new_pseudonym
+from semper.services.certificates._pseudonym import check_pseudonym_profile
+from semper.services.certificates._reveal import Revealed
 from semper.services.money import Amount
+from semper.services.statements import Statement
 
 
 class UnknownAgent(Exception):
@@ -97,8 +113,11 @@ def _level(ctx: click.Context, param: click.Parameter, value: str) -> Level:
                    "(EUR 50,000.00).")
 @click.option("--expires-in", default="24h", show_default=True, callback=_duration,
               help="How long the token can be redeemed: 90s, 30m, 24h, 7d.")
+@click.option("--pseudonym", is_flag=True,
+              help="Enroll AGENT_ID under a fresh pseudonym: the certificate names only "
+                   "the pseudonym, and the CA reveals AGENT_ID to an arbiter's case alone.")
 def invite(folder: Path, agent_id: str, role: str, level: Level, liability: Amount | None,
-           expires_in: dt.timedelta) -> None:
+           expires_in: dt.timedelta, pseudonym: bool) -> None:
     """Create a one-time enrollment token for AGENT_ID; it is the last line printed.
 
     Give it to the new agent's operator, who runs
@@ -107,14 +126,19 @@ def invite(folder: Path, agent_id: str, role: str, level: Level, liability: Amou
     check_role_installed(role)
     amount = liability
     try:
-        invited = invite_agent(folder, agent_id, role=role, level=level, liability=amount,
-                               expires_in=expires_in)
+        if pseudonym:
+            invited = invite_pseudonym(folder, agent_id, role=role, level=level,
+                                       expires_in=expires_in)
+        else:
+            invited = invite_agent(folder, agent_id, role=role, level=level,
+                                   liability=amount, expires_in=expires_in)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     token = invited.token
     expires = dt.datetime.fromtimestamp(token.expires_ms / 1000, dt.UTC)
     vouch = f", liable up to {amount}" if amount is not None else ""
-    click.echo(f"invited {agent_id} as {role} at level {level.label}{vouch}")
+    under = f" under the pseudonym {token.agent_id}" if pseudonym else ""
+    click.echo(f"invited {agent_id}{under} as {role} at level {level.label}{vouch}")
     click.echo(f"enrollment at {token.ca_address} (CA agent {token.ca_id}); the token is "
                f"single-use and expires {expires:%Y-%m-%d %H:%M:%S}Z")
     click.echo("join with: semper agent enroll --token TOKEN --data-dir DIR")
@@ -153,6 +177,29 @@ def issue(folder: Path, agent_id: str, role: str, level: Level, listen: str | No
     click.echo(f"issued {agent_id} a certificate as {role} at level {level.label}; its "
                f"folder is {home}")
     click.echo(f"start it:  semper agent run {home / 'agent.toml'}")
+
+
+def invite_pseudonym(folder: Path, real_id: str, *, role: str, level: Level,
+                     expires_in: dt.timedelta) -> Invited:
+    """An invitation for a fresh pseudonym of ``real_id`` (protocol.md 2.7): the
+    pseudonym, its real id and opening are recorded first, then the token for the
+    pseudonym's id (a pseudonym left without a token is never issued anything).
+
+    Raises:
+        ValueError: the role or level is not one a pseudonym may hold.
+        MarketError: no market (or no CA agent) in ``folder``.
+    """
+    pseudonym = new_pseudonym(real_id)
+    check_pseudonym_profile(pseudonym.pseudonym, role, level)
+    config = ca_config(folder)
+    database = open_ca_database(config.data_dir)
+    try:
+        database.transaction_sync(lambda c: add_pseudonym(
+            c, pseudonym, created_ms=int(utcnow().timestamp() * 1000)))
+    finally:
+        database.close()
+    return invite_agent(folder, pseudonym.pseudonym, role=role, level=level,
+                        expires_in=expires_in)
 
 
 def issue_agent_folder(folder: Path, config: AgentConfig, agent_id: str, *, role: str,
@@ -291,3 +338,45 @@ def crl_command(folder: Path, passphrase_file: Path | None) -> None:
     click.echo(f"re-issued the CRL: number {crl_number(crl)}, {len(list(crl))} revoked, "
                f"good until {crl.next_update_utc:%Y-%m-%dT%H:%M:%SZ}; published to "
                f"{paths.crl}")
+
+
+@command.command("reveal")
+@config_option
+@click.argument("pseudonym", type=AGENT_ID)
+@click.option("--case", "case_file", required=True, metavar="CASEFILE",
+              type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path),
+              help="The dispute.case statement (its canonical bytes) that names PSEUDONYM.")
+@click.option("--ca", "ca_id", type=AGENT_ID, help="The CA agent (default: ca_agent).")
+@passphrase_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def reveal(config_path: Path, pseudonym: str, case_file: Path, ca_id: str | None,
+           passphrase_file: Path | None, as_json: bool) -> None:
+    """Ask the CA, as the arbiter of --config, who PSEUDONYM is, citing a case.
+
+    The CA answers only an arbiter whose case names PSEUDONYM, archives the reveal and
+    tells the pseudonym's holder; this command checks the signed answer against the
+    pseudonym's certificate and archives it (protocol.md 7.5)."""
+    try:
+        raw = case_file.read_bytes()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {case_file}: {exc.strerror}",
+                                 param_hint="--case") from None
+    try:
+        case = Statement.from_bytes(raw)
+    except (ServiceError, ValueError) as exc:
+        raise CliError("statement.malformed", f"{case_file} is not a statement: "
+                       f"{getattr(exc, 'message', exc)}") from None
+    config, passphrase = load_config(config_path, passphrase_file)
+    agent = Agent(config, passphrase=passphrase)
+
+    async def run() -> Revealed:
+        async with agent.session():
+            return await request_reveal(agent.context, pseudonym, case, ca=ca_id)
+
+    body = trio.run(run)
+    if as_json:
+        click.echo(json.dumps({"pseudonym": body.pseudonym, "agent": body.agent,
+                               "case": body.case.hex(), "arbiter": body.arbiter}))
+        return
+    click.echo(f"{body.pseudonym} is {body.agent} (case {body.case.hex()}); the CA "
+               "recorded the reveal and tells the holder")

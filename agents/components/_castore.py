@@ -23,6 +23,7 @@ from typing import Any, Final
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from semper.agents.components._reveal import PSEUDONYM_MIGRATIONS, find_pseudonym
 from semper.agents.runtime._files import write_file
 from semper.agents.runtime._storage import Database
 from semper.services.certificates import (
@@ -104,6 +105,7 @@ CA_MIGRATIONS: Final[Mapping[str, Sequence[str]]] = {
         );
         CREATE INDEX cards_by_role ON directory_cards (role)
     """],
+    **PSEUDONYM_MIGRATIONS,  # pseudonyms and their reveals (_reveal.py)
 }
 
 
@@ -174,9 +176,11 @@ def redeem(connection: sqlite3.Connection, request: EnrollRequest, *,
             f"{invitation.agent_id} holds a good certificate (serial {current.serial:x}); "
             "it must be revoked before the id is enrolled again",
             detail={"agent_id": invitation.agent_id})
+    pseudonym = find_pseudonym(connection, invitation.agent_id)  # protocol.md 2.7
     certificate = issue_agent_certificate(
         ca, agent_id=invitation.agent_id, role=invitation.role, level=invitation.level,
-        liability=invitation.liability, public_key=key, now=now)
+        liability=invitation.liability, public_key=key, now=now,
+        commitment=pseudonym.commitment if pseudonym is not None else None)
     record_issued(connection, certificate, via=f"token:{request.token_id.hex()}", now=now)
     marked = connection.execute(
         "UPDATE enroll_invitations SET used_ms = ?, used_serial = ? "

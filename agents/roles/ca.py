@@ -15,6 +15,8 @@ current one's validity is left (``publish_crl``), so a market left alone never f
 its CRL stale, and a CA started after a long pause renews it first.
 * ``directory.publish`` and ``directory.lookup``: the market's contact cards
   (``agents/components/_directory.py``).
+* ``ca.reveal`` and ``ca.reveals``: a pseudonym's real id, to an arbiter citing a
+  case, and the reveals of its id, to its holder (``agents/components/_reveal.py``).
 
 Everything it issues goes into its database (``agents/components/_castore.py``), shared through
 WAL with the operator's ``semper ca invite``/``status``/``revoke``.
@@ -39,6 +41,7 @@ from semper.agents.components._castore import (
     redeem,
 )
 from semper.agents.components._directory import DirectoryService
+from semper.agents.components._reveal import Reveal
 from semper.agents.operator._market import load_authority
 from semper.agents.runtime._component import Component, Context
 from semper.agents.runtime._config import CaSettings, ConfigError
@@ -254,8 +257,8 @@ class Directory(Component):
 
 
 class Ca(Role):
-    """The certification authority: certificates, their revocation, enrollment and
-    the directory of contact cards."""
+    """The certification authority: certificates, their revocation, enrollment,
+    the directory of contact cards, and the reveal of pseudonyms to arbiters."""
 
     name = "ca"
-    components = (CertificationAuthority, Directory)
+    components = (CertificationAuthority, Directory, Reveal)
