@@ -3,6 +3,8 @@ runs (channels, archive, evidence, directory card) and answer ``sys.ping``."""
 
 from __future__ import annotations
 
+from semper.agents.components._arbiter import Arbitration
+from semper.agents.components._timestamps import Timestamps
 from semper.agents.runtime._roles import Role
 
 __all__ = ["Arbiter", "Notary"]
@@ -10,7 +12,11 @@ __all__ = ["Arbiter", "Notary"]
 
 class Notary(Role):
     name = "notary"
+    components = (Timestamps,)
 
 
 class Arbiter(Role):
+    """Judges evidence bundles (``dispute.file``): agents/components/_arbiter.py."""
+
     name = "arbiter"
+    components = (Arbitration,)

@@ -1,0 +1,222 @@
+"""The notary's timestamps: ``timestamp.request``, batched, one signature per batch,
+each batch durable before any of its tokens leaves.
+
+Theory of operation. A request puts its digest in the open batch
+(``services.timestamping.Batcher``) and waits. One task (``run``) seals the batch
+when it is due (``[components.timestamps] batch_ms`` after its first request, or
+``batch_max`` requests; with ``batch_ms = 0``, as soon as it is free, after letting
+the requests already woken join), signs its tree head, and stores the head and every
+token's row in ONE transaction (``Database.transaction``: fsync'd when it returns).
+Only then does each waiting request get its token. A crash anywhere before the
+commit leaves no trace and no token was given; after it, the batch is on disk. While
+a batch commits, new requests gather into the next: under load a batch is what
+arrived during one commit, as in a group commit.
+
+The chain continues across restarts: ``run`` reads the last stored head and goes on
+from its sequence, serials and id. The store refuses a batch whose ``previous`` is not
+the last stored head's id (the batch sealed after one that failed to commit), so the
+stored heads are always one chain. Time comes from the agent's clock (the context's).
+
+Crash points (``SEMPER_CRASH_AT``): ``timestamp.received`` (a request decoded,
+nothing done), ``timestamp.sealed`` (a batch sealed and its head signed, before the
+transaction), ``timestamp.batch_committed`` (the batch committed, before any of its
+tokens is returned).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import trio
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from semper.agents.runtime._component import Component, handles
+from semper.agents.runtime._config import ConfigError
+from semper.agents.runtime._faults import crash_point
+from semper.services.statements import Statement
+from semper.services.timestamping import (
+    HEAD_TYPE,
+    MAX_TREE,
+    REQUEST,
+    Batch,
+    Batcher,
+    ChainState,
+    TimestampAnswer,
+    TimestampRequest,
+    Token,
+    TreeHead,
+    Unavailable,
+    build_batch,
+)
+
+__all__ = ["MIGRATIONS", "Timestamps", "stored_token"]
+
+MIGRATIONS: Final = {
+    "timestamps": [
+        "CREATE TABLE timestamp_heads ("
+        " sequence INTEGER PRIMARY KEY, head_id BLOB NOT NULL UNIQUE,"
+        " statement BLOB NOT NULL, certificate BLOB NOT NULL) STRICT;"
+        "CREATE TABLE timestamp_tokens ("
+        " serial INTEGER PRIMARY KEY, sequence INTEGER NOT NULL"
+        " REFERENCES timestamp_heads (sequence), digest BLOB NOT NULL) STRICT"
+    ],
+}
+
+DEFAULT_BATCH_MS: Final = 0
+DEFAULT_BATCH_MAX: Final = 256
+
+
+class _Waiter:
+    __slots__ = ("done", "error", "token")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.token: Token | None = None
+        self.error: BaseException | None = None
+
+
+class Timestamps(Component):
+    """``timestamp.request`` for the notary role (see the module docstring)."""
+
+    name = "timestamps"
+
+    def __init__(self, context: Any) -> None:
+        super().__init__(context)
+        self.batch_ms = DEFAULT_BATCH_MS
+        self.batch_max = DEFAULT_BATCH_MAX
+        self._batcher: Batcher | None = None
+        self._waiters: list[_Waiter] = []
+        self._arrived = trio.Event()
+        self._full = trio.Event()
+        #: Batches committed and tree heads signed, for tests and the bench.
+        self.batches = 0
+
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        unknown = set(settings) - {"batch_ms", "batch_max"}
+        if unknown:
+            raise ConfigError(f"[components.timestamps] takes batch_ms and batch_max, "
+                              f"not {', '.join(sorted(unknown))}")
+        batch_ms, batch_max = settings.get("batch_ms", self.batch_ms), \
+            settings.get("batch_max", self.batch_max)
+        if type(batch_ms) is not int or not 0 <= batch_ms <= 60_000:
+            raise ConfigError("[components.timestamps] batch_ms is 0 to 60000 (milliseconds)")
+        if type(batch_max) is not int or not 1 <= batch_max <= MAX_TREE:
+            raise ConfigError(f"[components.timestamps] batch_max is 1 to {MAX_TREE}")
+        self.batch_ms, self.batch_max = batch_ms, batch_max
+
+    def migrations(self) -> Mapping[str, Sequence[str]]:
+        return MIGRATIONS
+
+    @handles(REQUEST)
+    async def request(self, _: Any, request: TimestampRequest) -> TimestampAnswer:
+        crash_point("timestamp.received")
+        batcher = self._batcher
+        if batcher is None:  # run() has not started (a session, not a served agent)
+            raise Unavailable("the notary's timestamp service is not running")
+        waiter = _Waiter()
+        batcher.add(request.digest, self.context.now_ms())
+        self._waiters.append(waiter)
+        self._arrived.set()
+        if batcher.pending >= batcher.max_size:
+            self._full.set()
+        await waiter.done.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.token is not None
+        return TimestampAnswer(token=waiter.token)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        state = await self.context.database.read(_last_state)
+        self._batcher = Batcher(notary=self.context.id, max_delay_ms=self.batch_ms,
+                                max_size=self.batch_max, state=state)
+        certificate = self.context.certificate.public_bytes(Encoding.DER)
+        task_status.started()
+        try:
+            while True:
+                await self._next_batch(self._batcher, certificate)
+        finally:
+            for waiter in self._waiters:  # the agent stops: no token for these
+                waiter.error = Unavailable("the notary is stopping")
+                waiter.done.set()
+            self._waiters.clear()
+
+    async def _next_batch(self, batcher: Batcher, certificate: bytes) -> None:
+        """Wait until a batch is due, seal, sign, commit it, then answer its requests."""
+        if not batcher.pending:
+            await self._arrived.wait()
+        self._arrived = trio.Event()
+        if self.batch_ms:
+            with trio.move_on_after(self.batch_ms / 1000):
+                await self._full.wait()
+        else:  # the requests woken with the first (one channel read's) join it
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        self._full = trio.Event()
+        batch = batcher.seal(self.context.now_ms())
+        waiters, self._waiters = self._waiters[:batch.head.size], self._waiters[batch.head.size:]
+        if batcher.pending >= batcher.max_size:
+            self._full.set()
+        head = self.context.sign(HEAD_TYPE, batch.head.to_wire())
+        crash_point("timestamp.sealed")
+        try:
+            await self.context.database.transaction(
+                lambda c: _store(c, batch, head, certificate))
+        except Exception as exc:
+            batcher.failed(batch)
+            self.context.log.error("timestamp batch %d not stored: %s", batch.head.sequence, exc)
+            error = exc if isinstance(exc, Unavailable) else Unavailable(
+                "the notary could not store the batch; send the request again")
+            for waiter in waiters:
+                waiter.error = error
+                waiter.done.set()
+            return
+        crash_point("timestamp.batch_committed")
+        batcher.committed(batch)
+        self.batches += 1
+        for index, waiter in enumerate(waiters):
+            waiter.token = batch.token(index, head, certificate)
+            waiter.done.set()
+
+
+def _last_state(c: sqlite3.Connection) -> ChainState:
+    row = c.execute("SELECT statement FROM timestamp_heads ORDER BY sequence DESC LIMIT 1"
+                    ).fetchone()
+    if row is None:
+        return ChainState()
+    return ChainState.after(TreeHead.from_statement(Statement.from_bytes(row[0])))
+
+
+def _store(c: sqlite3.Connection, batch: Batch, head: Statement, certificate: bytes) -> None:
+    """Inside the transaction: the head and every token's row, if the head continues
+    the stored chain (else ``Unavailable``, and nothing is written)."""
+    row = c.execute("SELECT sequence, head_id FROM timestamp_heads"
+                    " ORDER BY sequence DESC LIMIT 1").fetchone()
+    expected = (-1, bytes(32)) if row is None else (row[0], row[1])
+    if (batch.head.sequence - 1, batch.head.previous) != expected:
+        raise Unavailable("the batch does not continue the stored chain; send the request again")
+    c.execute("INSERT INTO timestamp_heads (sequence, head_id, statement, certificate)"
+              " VALUES (?, ?, ?, ?)",
+              (batch.head.sequence, batch.head.id, head.to_bytes(), certificate))
+    first = batch.head.first_serial
+    c.executemany("INSERT INTO timestamp_tokens (serial, sequence, digest) VALUES (?, ?, ?)",
+                  [(first + i, batch.head.sequence, d) for i, d in enumerate(batch.digests)])
+
+
+def stored_token(c: sqlite3.Connection, serial: int) -> Token | None:
+    """The token of ``serial`` rebuilt from the notary's database (None if unknown)."""
+    row = c.execute("SELECT h.statement, h.certificate FROM timestamp_tokens t JOIN"
+                    " timestamp_heads h ON h.sequence = t.sequence WHERE t.serial = ?",
+                    (serial,)).fetchone()
+    if row is None:
+        return None
+    head = Statement.from_bytes(row[0])
+    body = TreeHead.from_statement(head)
+    digests = tuple(d for (d,) in c.execute(
+        "SELECT digest FROM timestamp_tokens WHERE sequence = ? ORDER BY serial",
+        (body.sequence,)))
+    state = ChainState(sequence=body.sequence, serial=body.first_serial,
+                       previous=body.previous, time=body.time)
+    batch = build_batch(state, notary=body.notary, time=body.time, digests=digests)
+    return batch.token(serial - body.first_serial, head, row[1])

@@ -1,0 +1,186 @@
+"""Timestamp tokens and tree heads: their fields, wire forms and hashed bytes.
+
+A *tree head* is the notary's signed statement ``timestamp.head`` over one batch::
+
+    {"notary": id, "sequence": n, "time": ms, "first_serial": s, "size": k,
+     "root": MTH of the batch's k leaves, "previous": head id of head n-1}
+
+``previous`` chains the heads (32 zero bytes for sequence 0), so a notary that
+rewrites, forks or back-dates its history contradicts a head it signed before. A
+head's *id* is ``SHA-256("semper-timestamp-head-v1\\0" || canonical(body))``: the
+body, not the statement, so the same head signed twice (another nonce) is one head.
+
+A *leaf* is ``"semper-timestamp-leaf-v1\\0" || canonical({"digest", "notary",
+"serial", "time"})``; its hash in the tree is RFC 6962's ``SHA-256(0x00 || leaf)``.
+A *token* is the leaf's fields, its ``index`` in the batch and audit ``proof``, the
+signed ``head`` and the notary's ``certificate`` (DER): all that an offline verifier
+needs beside the market root (and a CRL). Serials are ``first_serial + index``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+from .._errors import ServiceError
+from .._schema import AGENT, DIGEST, MAX_INT64, STATEMENT, TIME, Body, Kind, Schema, binary, integer
+from ..merkle import HASH_SIZE, MAX_PATH, leaf_hash
+from ..statements import Statement, canonical_decode, canonical_encode
+from ._errors import BadTimestampRequest, BadToken
+
+__all__ = [
+    "HEAD_DOMAIN",
+    "HEAD_TYPE",
+    "LEAF_DOMAIN",
+    "MAX_TREE",
+    "NO_PREVIOUS",
+    "TimestampAnswer",
+    "TimestampRequest",
+    "Token",
+    "TreeHead",
+    "head_id",
+    "leaf_input",
+]
+
+HEAD_TYPE: Final = "timestamp.head"
+HEAD_DOMAIN: Final = b"semper-timestamp-head-v1\x00"
+LEAF_DOMAIN: Final = b"semper-timestamp-leaf-v1\x00"
+#: ``previous`` of the first head.
+NO_PREVIOUS: Final = bytes(HASH_SIZE)
+#: Most leaves under one head.
+MAX_TREE: Final = 1 << 20
+#: Largest certificate a token carries (DER).
+MAX_CERTIFICATE: Final = 16 * 1024
+
+
+def _proof_ok(value: Any) -> bool:
+    return type(value) is tuple and len(value) <= MAX_PATH and all(
+        type(h) is bytes and len(h) == HASH_SIZE for h in value)
+
+
+def _proof_decode(value: Any) -> tuple[bytes, ...]:
+    if type(value) is not list:
+        raise ValueError("a proof is a list")
+    return tuple(value)
+
+
+_COUNT: Final = integer(0, MAX_INT64, "an int from 0 to 2^63-1")
+#: The token's schema: a key means the same in heads, leaves and tokens.
+TOKEN_SCHEMA: Final = Schema(BadToken, {
+    "digest": DIGEST,
+    "notary": AGENT,
+    "sequence": _COUNT,
+    "time": TIME,
+    "first_serial": _COUNT,
+    "serial": _COUNT,
+    "size": integer(1, MAX_TREE),
+    "index": integer(0, MAX_TREE - 1),
+    "root": DIGEST,
+    "previous": DIGEST,
+    "proof": Kind(f"a list of at most {MAX_PATH} hashes of {HASH_SIZE} bytes", _proof_ok,
+                  decode=_proof_decode, encode=list),
+    "head": STATEMENT,
+    "certificate": binary(1, MAX_CERTIFICATE, "a DER certificate"),
+})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TreeHead(Body):
+    """The body of a ``timestamp.head`` statement (see the module docstring)."""
+
+    TYPE: ClassVar[str] = HEAD_TYPE
+    SCHEMA: ClassVar[Schema] = TOKEN_SCHEMA
+
+    notary: str
+    sequence: int
+    time: int
+    first_serial: int
+    size: int
+    root: bytes
+    previous: bytes
+
+    def _check(self) -> None:
+        if self.first_serial + self.size - 1 > MAX_INT64:
+            self.SCHEMA.fail(self.TYPE, "size", "runs the serials past 2^63-1")
+        if (self.sequence == 0) != (self.previous == NO_PREVIOUS):
+            self.SCHEMA.fail(self.TYPE, "previous",
+                             "is 32 zero bytes for sequence 0, and only then")
+
+    @property
+    def id(self) -> bytes:
+        return head_id(self)
+
+
+def head_id(head: TreeHead) -> bytes:
+    """SHA-256 of the head domain and the canonical body: what ``previous`` names."""
+    return hashlib.sha256(HEAD_DOMAIN + canonical_encode(head.to_wire())).digest()
+
+
+def leaf_input(*, digest: bytes, time: int, serial: int, notary: str) -> bytes:
+    """The bytes a token's leaf stands for in the tree (before RFC 6962's 0x00)."""
+    return LEAF_DOMAIN + canonical_encode(
+        {"digest": digest, "notary": notary, "serial": serial, "time": time})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Token(Body):
+    """A timestamp token (see the module docstring). Its file form is
+    ``to_bytes()``: the canonical msgpack of ``to_wire()``."""
+
+    TYPE: ClassVar[str] = "timestamp.token"
+    SCHEMA: ClassVar[Schema] = TOKEN_SCHEMA
+
+    digest: bytes
+    time: int
+    serial: int
+    notary: str
+    index: int
+    proof: tuple[bytes, ...]
+    head: Statement
+    certificate: bytes
+
+    @property
+    def leaf_hash(self) -> bytes:
+        return leaf_hash(leaf_input(digest=self.digest, time=self.time, serial=self.serial,
+                                    notary=self.notary))
+
+    def to_bytes(self) -> bytes:
+        return canonical_encode(self.to_wire())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Token:
+        """Read a token file.
+
+        Raises:
+            BadToken: not the canonical msgpack of a token map.
+        """
+        try:
+            value = canonical_decode(data)
+        except ServiceError as exc:
+            raise BadToken(f"not a token: {exc.message}", detail={"cause": exc.code}) from None
+        return cls.from_wire(value)
+
+
+_REQUEST_SCHEMA: Final = Schema(BadTimestampRequest, {"digest": DIGEST, "token": Kind(
+    "a token", lambda v: type(v) is Token, decode=Token.from_wire, encode=Token.to_wire)})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimestampRequest(Body):
+    """``{"digest": 32 bytes}``: the SHA-256 of what is to be timestamped."""
+
+    TYPE: ClassVar[str] = "timestamp.request"
+    SCHEMA: ClassVar[Schema] = _REQUEST_SCHEMA
+
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimestampAnswer(Body):
+    """``{"token": token map}``: durable at the notary before it is sent."""
+
+    TYPE: ClassVar[str] = "timestamp.request"
+    SCHEMA: ClassVar[Schema] = _REQUEST_SCHEMA
+
+    token: Token
