@@ -46,6 +46,7 @@ class BadToken(TimestampError):
     index, a time after its head's, an index outside the tree)."""
 
     code: ClassVar[str] = "timestamp.bad_token"
+    wire: ClassVar[bool] = False  # a verifier's finding, never a notary's answer
 
 
 class BadProof(TimestampError):
@@ -53,12 +54,14 @@ class BadProof(TimestampError):
     serial, notary, index or proof, or a proof for another leaf."""
 
     code: ClassVar[str] = "timestamp.bad_proof"
+    wire: ClassVar[bool] = False  # a verifier's finding, never a notary's answer
 
 
 class WrongDigest(TimestampError):
     """A valid token, for another digest than the one the verifier holds."""
 
     code: ClassVar[str] = "timestamp.wrong_digest"
+    wire: ClassVar[bool] = False  # a verifier's finding, never a notary's answer
 
 
 class WrongNotary(TimestampError):
@@ -66,6 +69,7 @@ class WrongNotary(TimestampError):
     notary."""
 
     code: ClassVar[str] = "timestamp.wrong_notary"
+    wire: ClassVar[bool] = False  # a verifier's finding, never a notary's answer
 
 
 class Forked(TimestampError):
