@@ -166,6 +166,13 @@ class CertificationAuthority(Component):
             if crl_covers_until(self.agent.crl) >= fresh_after:
                 return  # another request had one issued meanwhile
             self._last_fresh_ms = now_ms
+            # A CRL's thisUpdate has whole seconds: issued in the second of
+            # fresh_after, it would vouch only up to that second's start, before the
+            # statement it was asked for. Wait for the next second (at most 1 s).
+            wait_ms = -(-fresh_after // 1000) * 1000 - now_ms
+            if wait_ms > 0:
+                await trio.sleep(wait_ms / 1000)
+                now = max(self.clock(), now + dt.timedelta(milliseconds=wait_ms))
             try:
                 await trio.to_thread.run_sync(functools.partial(
                     publish_crl, self.agent.config.crl, self.authority, now=now))

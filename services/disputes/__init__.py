@@ -25,18 +25,26 @@ checker (``_purchase``) is registered first.
 
 from ._case import ARBITER_ROLE, CASE_TYPE, Case, make_case, verify_case
 from ._check import Checker, Evidence, Report, Verdict, check_bundle, register, registered
-from ._errors import BadCase, DisputeError, NotArbiter
+from ._errors import BadCase, DisputeError, NotArbiter, NotParty, UnknownProtocol
+from ._ops import FILE, FileAnswer, FileRequest
 from ._purchase import PROTOCOL as PURCHASE
 from ._purchase import check_purchase
+from ._verdict import VERDICT_TYPE, VerdictBody, make_verdict, verify_verdict
 
 __all__ = [
     "ARBITER_ROLE",
     "CASE_TYPE",
+    "FILE",
     "PURCHASE",
+    "VERDICT_TYPE",
     "Checker",
     "Evidence",
+    "FileAnswer",
+    "FileRequest",
     "Report",
+    "UnknownProtocol",
     "Verdict",
+    "VerdictBody",
     "check_bundle",
     "check_purchase",
     "register",
@@ -45,6 +53,9 @@ __all__ = [
     "Case",
     "DisputeError",
     "NotArbiter",
+    "NotParty",
     "make_case",
+    "make_verdict",
     "verify_case",
+    "verify_verdict",
 ]

@@ -10,6 +10,8 @@ __all__ = [
     "BadCase",
     "DisputeError",
     "NotArbiter",
+    "NotParty",
+    "UnknownProtocol",
 ]
 
 
@@ -30,3 +32,17 @@ class NotArbiter(DisputeError):
 
     code: ClassVar[str] = "dispute.not_arbiter"
 
+
+
+class UnknownProtocol(DisputeError):
+    """A bundle that verifies, but of a protocol no registered checker knows: there
+    is no obligation to judge."""
+
+    code: ClassVar[str] = "dispute.unknown_protocol"
+
+
+class NotParty(DisputeError):
+    """A filing by an agent that is not a party of the bundle's obligations, or
+    against one that is not (or against itself, or with no single other party)."""
+
+    code: ClassVar[str] = "dispute.not_party"
