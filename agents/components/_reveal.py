@@ -1,5 +1,5 @@
 """Pseudonyms and their reveal: the CA's tables and ``ca.reveal``/``ca.reveals``
-(protocol.md 2.7, 7.5), and the arbiter's client (``request_reveal``).
+(protocol.md 2.7, 7.4A), and the arbiter's client (``request_reveal``).
 
 The CA keeps, per pseudonym, the real agent id and the opening of the commitment in
 its certificate (``pseudonyms``), and every reveal it granted or refused
