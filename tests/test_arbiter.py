@@ -112,3 +112,28 @@ async def test_filing_a_purchase_bundle_returns_a_verdict_that_verifies_offline(
     assert [(r[0], r[1]) for r in rows] == [("buyer", "seller"), ("seller", "buyer")]
     assert rows[0][2] == bundle
     assert CASE_TYPE.encode() in rows[0][3]
+
+
+async def test_a_crl_asked_for_a_statement_of_this_second_covers_it(tmp_path):
+    """The kind behind the arbiter's instance above (archive.crl_too_old for a bundle
+    filed right after its last statement): a CRL the CA agent issues on request for
+    ``fresh_after`` = now vouched only up to the start of the second (thisUpdate has
+    whole seconds). Another member: any verifier asking ``certificates.crl`` (as
+    ``semper archive check --config`` does) for a statement just signed."""
+    from semper.services.archive import crl_covers_until
+    from semper.services.certificates import load_crl
+
+    folder = tmp_path / "m"
+    init_market(folder)
+    ca, buyer = (Agent(AgentConfig.load(folder / name / "agent.toml"))
+                 for name in ("ca", "buyer"))
+    with trio.fail_after(DEADLINE):
+        async with running(ca), running(buyer):
+            note = buyer.evidence.sign("test.note", {"n": 1})
+            if note.issued_at % 1000 == 0:  # on a second's boundary: make it mid-second
+                await trio.sleep(0.01)
+                note = buyer.evidence.sign("test.note", {"n": 2})
+            answer = await buyer.request("ca", "certificates", "crl",
+                                         {"known": 0, "fresh_after": note.issued_at})
+    crl = load_crl(answer["crl"])
+    assert crl_covers_until(crl) >= note.issued_at
