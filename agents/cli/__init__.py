@@ -33,6 +33,7 @@ from . import (
     cmd_dispute,
     cmd_market,
     cmd_ping,
+    cmd_timestamp,
 )
 
 __all__ = ["SemperGroup", "cli", "describe", "main"]
@@ -67,6 +68,7 @@ def cli(verbose: int) -> None:
 for module in (cmd_market, cmd_agent, cmd_ping, cmd_call, cmd_ca, cmd_bank, cmd_archive,
                cmd_demo, cmd_dispute):
     cli.add_command(module.command)
+cli.add_command(cmd_timestamp.command)
 for command in (cmd_commerce.catalogue, cmd_commerce.buy, cmd_commerce.refund,
                 cmd_commerce.wallet, cmd_commerce.goods):
     cli.add_command(command)
