@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import os
 import sqlite3
 from pathlib import Path
@@ -295,3 +296,76 @@ def test_cli_invites_a_pseudonym_and_refuses_a_liable_one(tmp_path: Path) -> Non
     assert result.exit_code != 0 and "pseudonym may not" in result.output
     with sqlite3.connect(market / "ca" / "data" / "agent.sqlite") as db:
         assert db.execute("SELECT count(*) FROM pseudonyms").fetchone()[0] == 1
+
+
+async def test_an_arbiter_cannot_cite_another_arbiters_case(tmp_path: Path) -> None:
+    """Another member of the kind "a reveal without its own citation": a genuine case,
+    naming the pseudonym, but signed by another arbiter than the one asking."""
+    market = tmp_path / "m"
+    init_market(market, agents=(*AGENTS, ("judge", "arbiter", Level.VERIFIED_IDENTITY)))
+    with trio.fail_after(DEADLINE):
+        async with running(Agent(config_of(market, "ca"))) as ca, \
+                running(Agent(config_of(market, "arbiter"))) as arbiter, \
+                running(Agent(config_of(market, "judge"))) as judge:
+            ghost = "p-" + "c" * 24
+            with pytest.raises(RemoteError) as info:
+                await request_reveal(judge.context, ghost, _case(arbiter, "seller", ghost))
+            assert info.value.code == "ca.reveal_bad_case"
+            assert info.value.detail == {"cause": "statement.wrong_signer"}
+            assert REFUSAL_TYPE in await _types(ca)
+
+
+# -- the command line, against a CA process -------------------------------------------------
+
+
+def test_cli_reveal_to_the_arbiter_and_one_line_refusals(tmp_path: Path) -> None:
+    from test_cli import AgentProcess, Market, assert_one_line_failure, semper
+
+    from semper.agents.runtime._identity import load_private_key
+    from semper.services.certificates import load_certificate
+
+    root = tmp_path / "m"
+    init_market(root, agents=AGENTS)
+    market = Market(root, None)
+    token = invite_pseudonym(root, "alice", role="buyer", level=Level.SELF_ASSERTED,
+                             expires_in=dt.timedelta(hours=1)).token
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    ca = AgentProcess.start(market, "ca", logs)
+    try:
+        ca.ready_line = ca.read_line()
+        done = semper("agent", "enroll", "--token", token.encode(), "--data-dir",
+                      tmp_path / "alice")
+        assert done.returncode == 0, done.stderr
+        key = load_private_key(root / "arbiter" / "key.pem", None)
+        cert = load_certificate((root / "arbiter" / "cert.pem").read_bytes())
+
+        def case_file(name: str, respondent: str) -> Path:
+            path = tmp_path / name
+            path.write_bytes(make_case(
+                case=os.urandom(32), claimant="seller", respondent=respondent,
+                bundle=bytes(32), filed_ms=int(dt.datetime.now(dt.UTC).timestamp() * 1000),
+                key=key, certificate=cert, nonce=os.urandom(16)).to_bytes())
+            return path
+
+        config = market.config("arbiter")
+        done = semper("ca", "reveal", "--config", config, token.agent_id, "--case",
+                      case_file("good.case", token.agent_id), "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {
+            "pseudonym": token.agent_id, "agent": "alice", "arbiter": "arbiter",
+            "case": json.loads(done.stdout)["case"]}
+        assert_one_line_failure(semper("ca", "reveal", "--config", config, token.agent_id,
+                                       "--case", case_file("other.case", "buyer")),
+                                "ca.reveal_not_party")
+        junk = tmp_path / "junk.case"
+        junk.write_bytes(b"not a statement")
+        assert_one_line_failure(semper("ca", "reveal", "--config", config, token.agent_id,
+                                       "--case", junk), "statement.malformed")
+        # The buyer's config is no arbiter's: refused by the CA, one line.
+        assert_one_line_failure(semper("ca", "reveal", "--config", market.config("buyer"),
+                                       token.agent_id, "--case", case_file("b.case",
+                                                                            token.agent_id)),
+                                "ca.reveal_not_arbiter")
+    finally:
+        ca.kill()
