@@ -26,12 +26,14 @@ from semper.services.fairexchange._escrow import digest, seal_key
 from semper.services.fairexchange._mail import (
     OFFER_TYPE,
     RECEIPT_TYPE,
+    AskCloseMail,
+    AskRecoverMail,
     CloseMailWire,
     DeadlinePassed,
-    Deliver,
-    Delivered,
+    DeliverMail,
     KeyGiven,
     KeyRevealed,
+    MailArrived,
     MailOffer,
     MailReceiver,
     MailSender,
@@ -40,9 +42,7 @@ from semper.services.fairexchange._mail import (
     ReceiptReceived,
     ReceiptSigned,
     RecoverMailWire,
-    RequestClose,
-    RequestRecovery,
-    Reveal,
+    RevealKey,
     SendReceipt,
     SignReceipt,
     close_mail,
@@ -122,7 +122,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 def receiver_signs(world: World, receiver: MailReceiver, offer: Statement,
                    ciphertext: bytes) -> Statement:
-    [ask] = receiver.receive(Delivered(offer, ciphertext), now_ms=NOW_MS)
+    [ask] = receiver.receive(MailArrived(offer, ciphertext), now_ms=NOW_MS)
     assert isinstance(ask, SignReceipt)
     receipt = world.sign("bob")(RECEIPT_TYPE, ask.body.to_body(), NOW_MS)
     [send] = receiver.receive(ReceiptSigned(receipt), now_ms=NOW_MS)
@@ -134,12 +134,12 @@ def test_faultless_run(world: World) -> None:
     offer, ciphertext, key = world.offer()
     sender = MailSender(offer=offer, ciphertext=ciphertext, key=key)
     receiver = MailReceiver(receiver="bob")
-    assert sender.pending() == [Deliver(offer=offer, ciphertext=ciphertext)]
+    assert sender.pending() == [DeliverMail(offer=offer, ciphertext=ciphertext)]
     assert sender.timer() == DEADLINE
     receipt = receiver_signs(world, receiver, offer, ciphertext)
     world.verify(receipt, expected_type=RECEIPT_TYPE, expected_signer="bob")
     [reveal] = sender.receive(ReceiptReceived(receipt), now_ms=NOW_MS)
-    assert isinstance(reveal, Reveal) and reveal.key == key
+    assert isinstance(reveal, RevealKey) and reveal.key == key
     assert receiver.receive(KeyRevealed(reveal.key), now_ms=NOW_MS) == []
     assert sender.receive(KeyGiven(), now_ms=NOW_MS) == []
     assert receiver.state is MailState.READ and receiver.plaintext == MAIL
@@ -154,7 +154,7 @@ def test_a_withheld_key_is_recovered_from_the_notary(world: World) -> None:
     receipt = receiver_signs(world, receiver, offer, ciphertext)
     sender.receive(ReceiptReceived(receipt), now_ms=NOW_MS)  # ... and keeps the key
     [ask] = receiver.receive(DeadlinePassed(), now_ms=LATE)
-    assert isinstance(ask, RequestRecovery)
+    assert isinstance(ask, AskRecoverMail)
     book = world.book()
     decision = recover_mail(book, RecoverMailWire(offer=ask.offer, receipt=ask.receipt,
                                                   ciphertext=ask.ciphertext),
@@ -202,7 +202,7 @@ def test_the_sender_closes_after_the_deadline_and_a_late_recovery_gets_the_abort
     with pytest.raises(TooEarly):  # the receiver may recover until the deadline
         close_mail(book, CloseMailWire(offer=offer), requester="alice", verify=world.verify,
                    now_ms=NOW_MS)
-    assert sender.receive(DeadlinePassed(), now_ms=LATE) == [RequestClose(offer=offer)]
+    assert sender.receive(DeadlinePassed(), now_ms=LATE) == [AskCloseMail(offer=offer)]
     aborted = close_mail(book, CloseMailWire(offer=offer), requester="alice",
                          verify=world.verify, now_ms=LATE)
     assert aborted.decision == "abort"
@@ -227,11 +227,11 @@ def test_refusals_leave_the_machines_unchanged(world: World) -> None:
     offer, ciphertext, key = world.offer(exchange=b"\x0a" * 32)
     receiver = MailReceiver(receiver="bob")
     with pytest.raises(WrongExchange):  # not the offer's ciphertext
-        receiver.receive(Delivered(offer, ciphertext + b"x"), now_ms=NOW_MS)
+        receiver.receive(MailArrived(offer, ciphertext + b"x"), now_ms=NOW_MS)
     with pytest.raises(WrongExchange):  # for someone else
-        MailReceiver(receiver="carol").receive(Delivered(offer, ciphertext), now_ms=NOW_MS)
+        MailReceiver(receiver="carol").receive(MailArrived(offer, ciphertext), now_ms=NOW_MS)
     with pytest.raises(WrongExchange):  # past its deadline
-        receiver.receive(Delivered(offer, ciphertext), now_ms=LATE)
+        receiver.receive(MailArrived(offer, ciphertext), now_ms=LATE)
     assert receiver.state is MailState.IDLE
     receipt = receiver_signs(world, receiver, offer, ciphertext)
     with pytest.raises(BadKey):  # a wrong key

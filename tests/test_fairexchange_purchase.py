@@ -24,18 +24,18 @@ from semper.services.fairexchange._errors import (
 from semper.services.fairexchange._escrow import digest, seal_key
 from semper.services.fairexchange._fairpurchase import (
     DELIVERY_TYPE,
-    Deliver,
-    Delivered,
+    AskGoods,
+    AskKey,
+    AskRecoverGoods,
+    DeliverGoods,
     FairBuyer,
     FairDelivery,
     FairSeller,
     FairState,
+    GoodsArrived,
     Paid,
     RecoverGoodsWire,
-    Release,
-    RequestGoods,
-    RequestKey,
-    RequestRecovery,
+    ReleaseKey,
     prepare_goods,
     recover_goods,
 )
@@ -107,15 +107,15 @@ def delivered(shop: Shop) -> tuple[FairSeller, FairBuyer, Statement]:
     """Seller and buyer up to the payment, which the buyer makes."""
     seller = FairSeller(delivery=shop.delivery, ciphertext=shop.ciphertext, key=shop.key)
     buyer = FairBuyer(order=shop.order, notary="notary", wait_ms=WAIT)
-    assert buyer.pending() == [RequestGoods(order=shop.order.digest)]
+    assert buyer.pending() == [AskGoods(order=shop.order.digest)]
     [deliver] = seller.pending()
-    assert deliver == Deliver(delivery=shop.delivery, ciphertext=shop.ciphertext)
-    [pay] = buyer.receive(Delivered(deliver.delivery, deliver.ciphertext), now_ms=NOW_MS)
+    assert deliver == DeliverGoods(delivery=shop.delivery, ciphertext=shop.ciphertext)
+    [pay] = buyer.receive(GoodsArrived(deliver.delivery, deliver.ciphertext), now_ms=NOW_MS)
     assert pay == Pay(module="transfer", payee="shop", amount=PRICE, reference=shop.order.digest,
                       idempotency_key=Order.from_statement(shop.order).idempotency_key)
     payment = shop.pay()
     [ask] = buyer.receive(Paid(payment), now_ms=NOW_MS)
-    assert ask == RequestKey(order=shop.order.digest, payment=payment)
+    assert ask == AskKey(order=shop.order.digest, payment=payment)
     assert buyer.timer() == NOW_MS + WAIT
     return seller, buyer, payment
 
@@ -124,7 +124,7 @@ def test_faultless_run(world: World) -> None:
     shop = Shop(world)
     seller, buyer, payment = delivered(shop)
     [release] = seller.receive(Paid(payment), now_ms=NOW_MS)
-    assert release == Release(order=shop.order.digest, key=shop.key)
+    assert release == ReleaseKey(order=shop.order.digest, key=shop.key)
     buyer.receive(KeyRevealed(release.key), now_ms=NOW_MS)
     seller.receive(KeyGiven(), now_ms=NOW_MS)
     assert buyer.state is FairState.DONE and buyer.goods == GOODS
@@ -136,7 +136,7 @@ def test_a_seller_silent_once_paid_cannot_keep_the_goods(world: World) -> None:
     seller, buyer, payment = delivered(shop)
     seller.receive(Paid(payment), now_ms=NOW_MS)  # ... and the seller goes silent
     [ask] = buyer.receive(DeadlinePassed(), now_ms=NOW_MS + WAIT)
-    assert isinstance(ask, RequestRecovery) and ask.payment == payment
+    assert isinstance(ask, AskRecoverGoods) and ask.payment == payment
     book = world.book()
     decision = shop.recover(book, payment)
     assert decision.new and decision.decision == "release"
@@ -175,9 +175,9 @@ def test_goods_other_than_the_offer_are_refused_before_paying(world: World) -> N
     shop = Shop(world, goods=b"other goods", key_seed=b"other")
     buyer = FairBuyer(order=shop.order, notary="notary", wait_ms=WAIT)
     with pytest.raises(WrongExchange) as caught:  # the delivery names another digest
-        buyer.receive(Delivered(shop.delivery, shop.ciphertext), now_ms=NOW_MS)
+        buyer.receive(GoodsArrived(shop.delivery, shop.ciphertext), now_ms=NOW_MS)
     assert caught.value.detail == {"field": "content"}
-    assert buyer.state is FairState.ORDERED and buyer.pending()[0] == RequestGoods(
+    assert buyer.state is FairState.ORDERED and buyer.pending()[0] == AskGoods(
         order=shop.order.digest)
 
 
@@ -206,7 +206,7 @@ def test_records_restart_and_unexpected_steps(world: World) -> None:
     assert buyer2.pending() == buyer.pending() and buyer2.timer() == buyer.timer()
     seller.receive(Paid(payment), now_ms=NOW_MS)
     seller2 = FairSeller.from_record(seller.to_record())
-    assert seller2.pending() == [Release(order=shop.order.digest, key=shop.key)]
+    assert seller2.pending() == [ReleaseKey(order=shop.order.digest, key=shop.key)]
     with pytest.raises(UnexpectedStep):
         seller2.receive(DeadlinePassed(), now_ms=NOW_MS)
     assert seller2.state is FairState.ERROR

@@ -29,7 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Final
 
 from cryptography import x509
@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 
-from .._schema import AGENT, DIGEST, TIME, Body, Schema, binary, form
+from .._schema import AGENT, DIGEST, STATEMENT, TIME, Body, Schema, binary, form, wire
 from ..statements import Statement, canonical_encode, sign_statement, verify_statement
 from ._errors import BadBody, BadEscrow, BadEscrowKey, BadKey
 
@@ -52,6 +52,7 @@ __all__ = [
     "PURPOSES",
     "SCHEMA",
     "EscrowKey",
+    "EscrowKeyWire",
     "EscrowLabel",
     "check_escrow_key",
     "digest",
@@ -297,3 +298,13 @@ def check_escrow_key(statement: Statement, *, certificate: x509.Certificate,
     if now_ms > body.valid_until:
         raise BadEscrowKey("the escrow key has expired", detail={"field": "valid_until"})
     return body
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EscrowKeyWire(Body):
+    """``notary.escrow_key`` answer: the notary's current ``notary.escrow_key``."""
+
+    TYPE: ClassVar[str] = "notary.escrow_key"
+    SCHEMA: ClassVar[Schema] = SCHEMA
+
+    statement: Statement = field(metadata=wire(STATEMENT))

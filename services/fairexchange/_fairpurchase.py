@@ -64,8 +64,8 @@ from ._notary import Decision, NotaryBook
 __all__ = [
     "DELIVERY_TYPE",
     "KIND",
-    "Deliver",
-    "Delivered",
+    "DeliverGoods",
+    "GoodsArrived",
     "FairBuyer",
     "FairDelivery",
     "FairSeller",
@@ -75,9 +75,9 @@ __all__ = [
     "VerifyPayment",
     "RecoverGoodsWire",
     "ReleaseWire",
-    "RequestGoods",
-    "RequestKey",
-    "Release",
+    "AskGoods",
+    "AskKey",
+    "ReleaseKey",
     "SealedWire",
     "judge_recover_goods",
     "prepare_goods",
@@ -162,7 +162,7 @@ class RecoverGoodsWire(Body):
 # NotaryAnswered) ---------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
-class Delivered:
+class GoodsArrived:
     """Buyer: the seller's delivery and encrypted goods arrived."""
 
     delivery: Statement
@@ -178,7 +178,7 @@ class Paid:
 
 
 @dataclass(frozen=True, slots=True)
-class Deliver:
+class DeliverGoods:
     """Seller: what ``fair.fetch`` is answered with."""
 
     delivery: Statement
@@ -186,7 +186,7 @@ class Deliver:
 
 
 @dataclass(frozen=True, slots=True)
-class Release:
+class ReleaseKey:
     """Seller: answer ``fair.release`` with the key, then feed ``KeyGiven``."""
 
     order: bytes
@@ -194,14 +194,14 @@ class Release:
 
 
 @dataclass(frozen=True, slots=True)
-class RequestGoods:
-    """Buyer: send ``fair.fetch`` for ``order``; feed the answer as ``Delivered``."""
+class AskGoods:
+    """Buyer: send ``fair.fetch`` for ``order``; feed the answer as ``GoodsArrived``."""
 
     order: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class RequestKey:
+class AskKey:
     """Buyer: send ``fair.release``; feed the key as ``KeyRevealed``."""
 
     order: bytes
@@ -209,7 +209,7 @@ class RequestKey:
 
 
 @dataclass(frozen=True, slots=True)
-class RequestRecovery:
+class AskRecoverGoods:
     """Buyer: send ``notary.recover_goods``; feed the answer as ``NotaryAnswered``."""
 
     order: Statement
@@ -228,14 +228,14 @@ class FairState(Enum):
     """Both sides' states (the comment: what it waits for)."""
 
     # seller
-    OFFERED = "offered"          # the payment (Deliver answers fair.fetch)
-    PAID = "paid"                # the key to be given (Release)
+    OFFERED = "offered"          # the payment (DeliverGoods answers fair.fetch)
+    PAID = "paid"                # the key to be given (ReleaseKey)
     RELEASED = "released"        # nothing: paid, the key given
     # buyer
-    ORDERED = "ordered"          # the delivery (RequestGoods)
+    ORDERED = "ordered"          # the delivery (AskGoods)
     DELIVERED = "delivered"      # the payment (Pay)
-    PAYING = "paying"            # unused by the seller: the key (RequestKey); the timer
-    RECOVERING = "recovering"    # the notary's decision (RequestRecovery)
+    PAYING = "paying"            # unused by the seller: the key (AskKey); the timer
+    RECOVERING = "recovering"    # the notary's decision (AskRecoverGoods)
     DONE = "done"                # nothing: the goods are open
     REFUND_DUE = "refund_due"    # nothing: the notary's refund finding is held
     ERROR = "error"              # nothing; refuses every event
@@ -278,9 +278,9 @@ class FairSeller(_Machine):
 
     def pending(self) -> list[object]:
         if self._state is _F.OFFERED:
-            return [Deliver(delivery=self._delivery, ciphertext=self._ciphertext)]
+            return [DeliverGoods(delivery=self._delivery, ciphertext=self._ciphertext)]
         if self._state is _F.PAID:
-            return [Release(order=self.order, key=self._key)]
+            return [ReleaseKey(order=self.order, key=self._key)]
         return []
 
     def timer(self) -> int | None:
@@ -310,12 +310,12 @@ class FairBuyer(_Machine):
         "ciphertext": "bytes", "payment": "statement", "paid_at": "int", "key": "bytes",
         "decision": "statement"}
     _TABLE: ClassVar[Mapping[tuple[Any, type], tuple[Any, ...]]] = MappingProxyType({
-        (_F.ORDERED, Delivered): (_F.DELIVERED,),
+        (_F.ORDERED, GoodsArrived): (_F.DELIVERED,),
         (_F.DELIVERED, Paid): (_F.PAYING,),
-        (_F.DELIVERED, Delivered): (_F.DELIVERED,),
+        (_F.DELIVERED, GoodsArrived): (_F.DELIVERED,),
         (_F.PAYING, KeyRevealed): (_F.DONE,),
         (_F.PAYING, DeadlinePassed): (_F.RECOVERING,),
-        (_F.PAYING, Delivered): (_F.PAYING,),
+        (_F.PAYING, GoodsArrived): (_F.PAYING,),
         (_F.PAYING, Paid): (_F.PAYING,),
         (_F.RECOVERING, KeyRevealed): (_F.DONE,),
         (_F.RECOVERING, NotaryAnswered): (_F.DONE, _F.REFUND_DUE),
@@ -364,17 +364,17 @@ class FairBuyer(_Machine):
     def pending(self) -> list[object]:
         order = Order.from_statement(self._order)
         if self._state is _F.ORDERED:
-            return [RequestGoods(order=self._order.digest)]
+            return [AskGoods(order=self._order.digest)]
         if self._state is _F.DELIVERED:
             return [Pay(module=order.payment_module, payee=order.seller, amount=order.amount,
                         reference=self._order.digest, idempotency_key=order.idempotency_key)]
         if self._state is _F.PAYING:
             assert self._payment is not None
-            return [RequestKey(order=self._order.digest, payment=self._payment)]
+            return [AskKey(order=self._order.digest, payment=self._payment)]
         if self._state is _F.RECOVERING:
             assert self._payment is not None and self._delivery is not None
             assert self._ciphertext is not None
-            return [RequestRecovery(order=self._order, delivery=self._delivery,
+            return [AskRecoverGoods(order=self._order, delivery=self._delivery,
                                     ciphertext=self._ciphertext, payment=self._payment)]
         return []
 
@@ -388,7 +388,7 @@ class FairBuyer(_Machine):
         assert self._delivery is not None
         return FairDelivery.from_statement(self._delivery)
 
-    def _on_delivered(self, event: Delivered, now_ms: int) -> dict[str, Any]:
+    def _on_goods_arrived(self, event: GoodsArrived, now_ms: int) -> dict[str, Any]:
         if self._delivery is not None:
             same("delivery", event.delivery.digest, self._delivery.digest)
             return {}

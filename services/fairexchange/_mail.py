@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from .._schema import STATEMENT, Body, Schema, binary, wire
 from ..statements import Statement, StatementError
 from ._bodies import DecisionBody
+from ._contract import NotaryAnswered
 from ._errors import (
     BadEscrow,
     NotParty,
@@ -67,8 +68,8 @@ __all__ = [
     "CiphertextWire",
     "CloseMailWire",
     "DeadlinePassed",
-    "Deliver",
-    "Delivered",
+    "DeliverMail",
+    "MailArrived",
     "KeyWire",
     "MailOffer",
     "MailReceipt",
@@ -88,9 +89,9 @@ __all__ = [
     "recover_mail",
     "RecoverMailWire",
     "KeyGiven",
-    "RequestClose",
-    "RequestRecovery",
-    "Reveal",
+    "AskCloseMail",
+    "AskRecoverMail",
+    "RevealKey",
     "SendReceipt",
     "close_mail",
     "judge_close_mail",
@@ -219,7 +220,7 @@ class CloseMailWire(Body):
 # Built by the driver, which has verified every statement's signature first.
 
 @dataclass(frozen=True, slots=True)
-class Delivered:
+class MailArrived:
     """Receiver: the offer and ciphertext arrived."""
 
     offer: Statement
@@ -242,7 +243,7 @@ class ReceiptReceived:
 
 @dataclass(frozen=True, slots=True)
 class KeyGiven:
-    """Sender: the key was given to the receiver (its ``Reveal`` was answered)."""
+    """Sender: the key was given to the receiver (its ``RevealKey`` was answered)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,14 +259,7 @@ class DeadlinePassed:
 
 
 @dataclass(frozen=True, slots=True)
-class NotaryAnswered:
-    """The notary's signed decision for this exchange arrived."""
-
-    decision: Statement
-
-
-@dataclass(frozen=True, slots=True)
-class Deliver:
+class DeliverMail:
     """Sender: send ``mail.deliver`` (the offer and the ciphertext)."""
 
     offer: Statement
@@ -287,7 +281,7 @@ class SendReceipt:
 
 
 @dataclass(frozen=True, slots=True)
-class Reveal:
+class RevealKey:
     """Sender: send the key (``mail.reveal``), then feed ``KeyGiven``."""
 
     exchange: bytes
@@ -295,7 +289,7 @@ class Reveal:
 
 
 @dataclass(frozen=True, slots=True)
-class RequestRecovery:
+class AskRecoverMail:
     """Receiver: send ``notary.recover_mail``; feed the answer as ``NotaryAnswered``."""
 
     offer: Statement
@@ -304,7 +298,7 @@ class RequestRecovery:
 
 
 @dataclass(frozen=True, slots=True)
-class RequestClose:
+class AskCloseMail:
     """Sender: send ``notary.close_mail``; feed the answer as ``NotaryAnswered``."""
 
     offer: Statement
@@ -480,15 +474,15 @@ class MailState(Enum):
     """Both sides' states (distinct values per side; the comment: what it waits for)."""
 
     # sender
-    OFFERED = "offered"          # the receipt (Deliver); the deadline
-    RECEIPTED = "receipted"      # the key to be given (Reveal)
+    OFFERED = "offered"          # the receipt (DeliverMail); the deadline
+    RECEIPTED = "receipted"      # the key to be given (RevealKey)
     REVEALED = "revealed"        # nothing: the receipt is held, the key given
-    CLOSING = "closing"          # the notary's decision (RequestClose)
+    CLOSING = "closing"          # the notary's decision (AskCloseMail)
     # receiver
     IDLE = "idle"                # the offer
     RECEIVED = "received"        # the receipt to be signed (SignReceipt)
     SIGNED = "signed"            # the key (SendReceipt); the deadline
-    RECOVERING = "recovering"    # the notary's decision (RequestRecovery)
+    RECOVERING = "recovering"    # the notary's decision (AskRecoverMail)
     READ = "read"                # nothing: the key opened the mail
     DECLINED = "declined"        # nothing: no receipt was signed by the deadline
     # both
@@ -567,11 +561,11 @@ class MailSender(_Machine):
 
     def pending(self) -> list[object]:
         if self._state is _M.OFFERED:
-            return [Deliver(offer=self._offer, ciphertext=self._ciphertext)]
+            return [DeliverMail(offer=self._offer, ciphertext=self._ciphertext)]
         if self._state is _M.RECEIPTED:
-            return [Reveal(exchange=self.exchange, key=self._key)]
+            return [RevealKey(exchange=self.exchange, key=self._key)]
         if self._state is _M.CLOSING:
-            return [RequestClose(offer=self._offer)]
+            return [AskCloseMail(offer=self._offer)]
         return []
 
     def timer(self) -> int | None:
@@ -618,27 +612,27 @@ class MailReceiver(_Machine):
                                          "ciphertext": "bytes", "receipt": "statement",
                                          "key": "bytes", "decision": "statement"}
     _TABLE: ClassVar[Mapping[tuple[Any, type], tuple[Any, ...]]] = MappingProxyType({
-        (_M.IDLE, Delivered): (_M.RECEIVED,),
+        (_M.IDLE, MailArrived): (_M.RECEIVED,),
         (_M.RECEIVED, ReceiptSigned): (_M.SIGNED,),
         (_M.RECEIVED, DeadlinePassed): (_M.DECLINED,),
-        (_M.RECEIVED, Delivered): (_M.RECEIVED,),
+        (_M.RECEIVED, MailArrived): (_M.RECEIVED,),
         (_M.SIGNED, KeyRevealed): (_M.READ,),
         (_M.SIGNED, DeadlinePassed): (_M.RECOVERING,),
-        (_M.SIGNED, Delivered): (_M.SIGNED,),
+        (_M.SIGNED, MailArrived): (_M.SIGNED,),
         (_M.RECOVERING, KeyRevealed): (_M.READ,),
         (_M.RECOVERING, NotaryAnswered): (_M.READ, _M.RESOLVED),
-        (_M.RECOVERING, Delivered): (_M.RECOVERING,),
+        (_M.RECOVERING, MailArrived): (_M.RECOVERING,),
         (_M.RECOVERING, DeadlinePassed): (_M.RECOVERING,),
         # late or repeated: nothing changes
         (_M.READ, KeyRevealed): (_M.READ,),
         (_M.READ, NotaryAnswered): (_M.READ,),
-        (_M.READ, Delivered): (_M.READ,),
+        (_M.READ, MailArrived): (_M.READ,),
         (_M.READ, DeadlinePassed): (_M.READ,),
         (_M.RESOLVED, KeyRevealed): (_M.RESOLVED,),
         (_M.RESOLVED, NotaryAnswered): (_M.RESOLVED,),
-        (_M.RESOLVED, Delivered): (_M.RESOLVED,),
+        (_M.RESOLVED, MailArrived): (_M.RESOLVED,),
         (_M.RESOLVED, DeadlinePassed): (_M.RESOLVED,),
-        (_M.DECLINED, Delivered): (_M.DECLINED,),
+        (_M.DECLINED, MailArrived): (_M.DECLINED,),
         (_M.DECLINED, DeadlinePassed): (_M.DECLINED,),
     })
 
@@ -684,7 +678,7 @@ class MailReceiver(_Machine):
         if self._state is _M.SIGNED:
             return [SendReceipt(receipt=self._receipt)]  # type: ignore[arg-type]
         if self._state is _M.RECOVERING:
-            return [RequestRecovery(offer=self._offer, receipt=self._receipt,  # type: ignore[arg-type]
+            return [AskRecoverMail(offer=self._offer, receipt=self._receipt,  # type: ignore[arg-type]
                                     ciphertext=self._ciphertext)]  # type: ignore[arg-type]
         return []
 
@@ -697,7 +691,7 @@ class MailReceiver(_Machine):
         assert self._offer is not None
         return MailOffer.from_statement(self._offer)
 
-    def _on_delivered(self, event: Delivered, now_ms: int) -> dict[str, Any]:
+    def _on_mail_arrived(self, event: MailArrived, now_ms: int) -> dict[str, Any]:
         if self._state is not _M.IDLE:
             same("offer", event.offer.digest, self._offer.digest)  # type: ignore[union-attr]
             return {}
