@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from pki import Market
 from test_disputes import DELIVERED, PAID, RECEIPTED, Trade, _index, _replaced
 
+from semper.services.statements import Statement
+
 DER = serialization.Encoding.DER
 
 
@@ -92,3 +94,63 @@ def test_check_as_a_process(files):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["valid"] is True
+
+
+# -- semper dispute file ---------------------------------------------------------------
+
+async def test_file_as_the_buyer_gets_a_verdict_and_archives_it(tmp_path):
+    import trio
+    from click.testing import CliRunner
+    from market_helpers import running
+
+    from semper.agents import Agent, AgentConfig
+    from semper.agents.cli import cli
+    from semper.agents.components._purchase import Shopper
+    from semper.agents.operator._market import DEFAULT_AGENTS, init_market
+    from semper.services.certificates import Level
+
+    folder = tmp_path / "m"
+    if any(a[0] == "arbiter" for a in DEFAULT_AGENTS):
+        init_market(folder)
+    else:
+        init_market(folder, agents=(*DEFAULT_AGENTS,
+                                    ("arbiter", "arbiter", Level.VERIFIED_IDENTITY)))
+    agents = {name: Agent(AgentConfig.load(folder / name / "agent.toml"))
+              for name in ("ca", "bank", "seller", "arbiter")}
+    shopper = Agent(AgentConfig.load(folder / "buyer" / "agent.toml"))
+    bundle = tmp_path / "bundle.semper"
+    config = str(folder / "buyer" / "agent.toml")
+    runner = CliRunner()
+    with trio.fail_after(60):
+        async with running(agents["ca"]), running(agents["bank"]), \
+                running(agents["seller"]), running(agents["arbiter"]):
+            async with shopper.session():
+                bought = await Shopper(shopper).buy("seller", "guide-001", "transfer", "k-1")
+                exported = await shopper.archive.export_bundle(
+                    bought.order.hex(), crl=shopper.crl, root=shopper.credentials.root)
+            bundle.write_bytes(exported.to_bytes())
+            done = await trio.to_thread.run_sync(lambda: runner.invoke(
+                cli, ["dispute", "file", "--config", config, str(bundle), "--json"]))
+            assert done.exit_code == 0, done.stderr
+            result = json.loads(done.stdout)
+            again = await trio.to_thread.run_sync(lambda: runner.invoke(
+                cli, ["dispute", "file", "--config", config, str(bundle)]))
+            assert again.exit_code == 0, again.stderr
+            assert result["case"] in again.stdout and "buyer paid" in again.stdout
+            refused = await trio.to_thread.run_sync(lambda: runner.invoke(
+                cli, ["dispute", "file", "--config", str(folder / "bank" / "agent.toml"),
+                      str(bundle)]))
+    assert result["arbiter"] == "arbiter" and result["valid"] is True
+    assert result["protocol"] == "commerce.purchase"
+    assert result["transaction"] == bought.order.hex()
+    assert {(v["obligation"], v["met"]) for v in result["verdicts"]} == {
+        (PAID, True), (DELIVERED, True), (RECEIPTED, True)}
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith("semper: dispute.not_party: ")
+    assert len(refused.stderr.splitlines()) == 1
+    # the buyer's archive holds the case and the verdict, received from the arbiter
+    async with shopper.session():
+        records = await shopper.archive.records(result["case"])
+    assert [(str(r.direction), r.peer) for r in records] == [("received", "arbiter")] * 2
+    assert [Statement.from_bytes(r.statement).type for r in records] == [
+        "dispute.case", "dispute.verdict"]

@@ -3,16 +3,35 @@ arbiter for a signed verdict."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import click
+import trio
+from cryptography.hazmat.primitives import serialization
 from rich.console import Console
 from rich.table import Table
 
+from semper.agents.cli._common import (
+    AGENT_ID,
+    config_option,
+    load_config,
+    passphrase_option,
+)
+from semper.services.archive import Direction
 from semper.services.certificates import load_certificate, load_crl
-from semper.services.disputes import Report, check_bundle
+from semper.services.disputes import (
+    FILE,
+    BadCase,
+    FileAnswer,
+    FileRequest,
+    Report,
+    Verdict,
+    check_bundle,
+    verify_verdict,
+)
 
 __all__ = ["command", "print_report"]
 
@@ -41,6 +60,59 @@ def check(bundle_path: Path, root_path: Path, crl_paths: tuple[Path, ...],
     crls = [load_crl(path.read_bytes()) for path in crl_paths]
     report = check_bundle(data, root, crls=crls)
     print_report(report, as_json)
+
+
+@command.command("file")
+@config_option
+@click.argument("bundle_path", metavar="BUNDLE", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--arbiter", default="arbiter", show_default=True, type=AGENT_ID,
+              help="The arbiter's agent id.")
+@passphrase_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def file(config_path: Path, bundle_path: Path, arbiter: str, passphrase_file: Path | None,
+         as_json: bool) -> None:
+    """File BUNDLE with the arbiter as the agent of --config (the claimant): the
+    arbiter checks it, opens a case and signs its verdicts, which are checked here
+    offline and archived (transaction: the case in hex)."""
+    from semper.agents.runtime._agent import Agent  # the agent runtime, only for this
+
+    data = bundle_path.read_bytes()
+    config, passphrase = load_config(config_path, passphrase_file)
+    agent = Agent(config, passphrase=passphrase)
+    request = FileRequest(bundle=data, crl=agent.crl.public_bytes(serialization.Encoding.DER))
+
+    async def run() -> dict[str, Any]:
+        async with agent.session():
+            answer = FileAnswer.from_wire(await agent.request(
+                arbiter, FILE.service, FILE.name, request.to_wire()))
+            certificate = load_certificate(answer.certificate)
+            body, identity = verify_verdict(answer.verdict, certificate=certificate,
+                                            root=agent.credentials.root, crl=agent.crl,
+                                            now=agent.context.now())
+            case = answer.verdict.body["case_statement"]["body"]
+            if identity.agent_id != arbiter or case["claimant"] != agent.id \
+                    or case["bundle"] != hashlib.sha256(data).digest():
+                raise BadCase("the verdict is not the arbiter's on this filing",
+                              detail={"type": "dispute.verdict", "field": "case_statement"})
+            held = {r.statement for r in await agent.archive.records(body.case.hex())}
+            for statement in (body.case_statement, answer.verdict):
+                if statement.to_bytes() in held:
+                    continue  # filed before: the arbiter gave the first answer again
+                await agent.archive.record(statement, direction=Direction.RECEIVED,
+                                           peer=arbiter, transaction=body.case.hex(),
+                                           certificate=certificate)
+            return {"case": body.case.hex(), "arbiter": identity.agent_id,
+                    "protocol": body.protocol, "transaction": body.transaction,
+                    "valid": True, "verdicts": [v.to_wire() for v in body.verdicts]}
+
+    result = trio.run(run)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"case {result['case']} opened by {result['arbiter']}")
+    verdicts = tuple(Verdict.from_wire(v) for v in result["verdicts"])
+    _table(Report(valid=True, verdicts=verdicts, transaction=result["transaction"],
+                  protocol=result["protocol"]))
 
 
 def print_report(report: Report, as_json: bool) -> None:
