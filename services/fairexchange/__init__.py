@@ -111,3 +111,81 @@ __all__ += [
     "check_decision", "conflict", "contract_abort", "contract_resolve", "outcome",
     "secret_commit",
 ]
+
+# -- escrow, certified mail, fair purchase (brief M1; protocol.md 10.3 to 10.5) -----------
+# Mail: ``prepare(...) -> (MailOffer, ciphertext)``; sign the offer; ``MailSender(offer=,
+# ciphertext=, key=)``, ``MailReceiver(receiver=)``; ``receive(event, now_ms=) ->
+# pending()``, ``timer()``, ``to_record()``/``from_record()``; the notary's
+# ``recover_mail``/``close_mail(book, wire, requester=, ..., now_ms=) -> Decision``.
+# Fair purchase: ``prepare_goods(...) -> (FairDelivery, ciphertext)``; ``FairSeller``,
+# ``FairBuyer(order=, notary=, wait_ms=)``; the notary's ``recover_goods(book, wire,
+# requester=, private_keys=, verify=, verify_payment=, now_ms=)``.
+from ._escrow import EscrowKeyWire  # noqa: E402
+from ._fairpurchase import (  # noqa: E402
+    DELIVERY_TYPE as FAIR_DELIVERY_TYPE,
+)
+from ._fairpurchase import (  # noqa: E402
+    AskGoods,
+    AskKey,
+    AskRecoverGoods,
+    DeliverGoods,
+    FairBuyer,
+    FairDelivery,
+    FairSeller,
+    FairState,
+    GoodsArrived,
+    Paid,
+    ReleaseKey,
+    prepare_goods,
+    recover_goods,
+)
+from ._mail import (  # noqa: E402
+    OFFER_TYPE as MAIL_OFFER_TYPE,
+)
+from ._mail import (  # noqa: E402
+    RECEIPT_TYPE as MAIL_RECEIPT_TYPE,
+)
+from ._mail import (  # noqa: E402
+    AskCloseMail,
+    AskRecoverMail,
+    DeadlinePassed,
+    DeliverMail,
+    KeyGiven,
+    KeyRevealed,
+    MailArrived,
+    MailOffer,
+    MailReceipt,
+    MailReceiver,
+    MailSender,
+    MailState,
+    ReceiptReceived,
+    ReceiptSigned,
+    RevealKey,
+    SendReceipt,
+    SignReceipt,
+    close_mail,
+    prepare,
+    recover_mail,
+)
+from ._ops import (  # noqa: E402
+    FAIR_FETCH,
+    FAIR_RELEASE,
+    MAIL_DELIVER,
+    MAIL_REVEAL,
+    NOTARY_CLOSE_MAIL,
+    NOTARY_ESCROW_KEY,
+    NOTARY_RECOVER_GOODS,
+    NOTARY_RECOVER_MAIL,
+)
+
+__all__ += [
+    "FAIR_DELIVERY_TYPE", "FAIR_FETCH", "FAIR_RELEASE", "MAIL_DELIVER", "MAIL_OFFER_TYPE",
+    "MAIL_RECEIPT_TYPE", "MAIL_REVEAL", "NOTARY_CLOSE_MAIL", "NOTARY_ESCROW_KEY",
+    "NOTARY_RECOVER_GOODS", "NOTARY_RECOVER_MAIL", "AskCloseMail", "AskGoods", "AskKey",
+    "AskRecoverGoods", "AskRecoverMail", "DeadlinePassed", "DeliverGoods", "DeliverMail",
+    "EscrowKeyWire", "FairBuyer", "FairDelivery", "FairSeller", "FairState", "GoodsArrived",
+    "KeyGiven", "KeyRevealed", "MailArrived", "MailOffer", "MailReceipt", "MailReceiver",
+    "MailSender", "MailState", "Paid", "ReceiptReceived", "ReceiptSigned", "ReleaseKey",
+    "RevealKey", "SendReceipt", "SignReceipt", "close_mail", "prepare", "prepare_goods",
+    "recover_goods", "recover_mail",
+]
