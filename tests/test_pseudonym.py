@@ -369,3 +369,29 @@ def test_cli_reveal_to_the_arbiter_and_one_line_refusals(tmp_path: Path) -> None
                                 "ca.reveal_not_arbiter")
     finally:
         ca.kill()
+
+
+async def test_market_init_makes_a_pseudonymous_buyer_that_trades_and_can_be_revealed(
+        tmp_path: Path) -> None:
+    market = tmp_path / "m"
+    configs = init_market(market, agents=AGENTS, pseudonyms={"buyer": "bob"})
+    pseudonym = next(c.id for c in configs if c.role == "buyer")
+    assert pseudonym.startswith("p-") and not (market / "buyer").exists()
+    assert b"bob" not in (market / pseudonym / "cert.pem").read_bytes()
+    with trio.fail_after(DEADLINE):
+        async with running(Agent(config_of(market, "ca"))), \
+                running(Agent(config_of(market, "bank"))), \
+                running(Agent(config_of(market, "seller"))), \
+                running(Agent(config_of(market, "arbiter"))) as arbiter, \
+                running(Agent(config_of(market, pseudonym))) as holder:
+            done = await Shopper(holder).buy("seller", "map-002", "transfer", "k")
+            assert done.state == "done"
+            revealed = await request_reveal(arbiter.context, pseudonym,
+                                            _case(arbiter, pseudonym, "seller"))
+            assert revealed.agent == "bob"
+
+
+def test_market_init_refuses_a_pseudonym_for_a_trusted_role(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="pseudonym may not"):
+        init_market(tmp_path / "m", pseudonyms={"bank": "bob"})
+    assert not (tmp_path / "m").exists()

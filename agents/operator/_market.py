@@ -25,7 +25,7 @@ import secrets
 import shutil
 import socket
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Final
@@ -43,6 +43,7 @@ from semper.agents.components._castore import (
     record_issued,
 )
 from semper.agents.components._catalogue import write_catalogue
+from semper.agents.components._reveal import add_pseudonym
 from semper.agents.runtime._config import AgentConfig, CaSettings, ConfigError, PaymentSettings
 from semper.agents.runtime._files import write_file
 from semper.agents.runtime._identity import load_private_key, utcnow
@@ -55,8 +56,10 @@ from semper.services.certificates import (
     issue_agent_certificate,
     issue_crl,
     load_certificate,
+    new_pseudonym,
     private_key_pem,
 )
+from semper.services.certificates._pseudonym import check_pseudonym_profile
 
 __all__ = ["DEFAULT_AGENTS", "MarketError", "MarketPaths", "ca_config", "free_ports",
            "init_market", "load_authority", "revoke", "revoke_agent"]
@@ -129,8 +132,14 @@ def init_market(
     passphrase: bytes | None = None,
     agents: Iterable[tuple[str, str, Level]] = DEFAULT_AGENTS,
     now: dt.datetime | None = None,
+    pseudonyms: Mapping[str, str] | None = None,
 ) -> list[AgentConfig]:
     """Create a complete local market in ``folder`` (which must be empty or absent).
+
+    ``pseudonyms`` maps an id of ``agents`` to a real agent id: that agent gets a fresh
+    pseudonym instead (protocol.md 2.7): its id, folder and bank account are the
+    pseudonym's, and only the CA's database links it to the real id (the returned
+    configs, in the order of ``agents``, say which id it got).
 
     All of it or nothing: the market is built in a temporary folder beside ``folder``
     and renamed into place once complete; on any failure the temporary folder is
@@ -148,7 +157,8 @@ def init_market(
     folder.parent.mkdir(parents=True, exist_ok=True)
     building = folder.parent / f".{folder.name}.init-{secrets.token_hex(4)}"
     try:
-        configs = _build_market(building, passphrase=passphrase, agents=agents, now=now)
+        configs = _build_market(building, passphrase=passphrase, agents=agents, now=now,
+                                pseudonyms=pseudonyms or {})
         if folder.exists():
             folder.rmdir()  # empty (checked above); rename will not replace a folder
         os.rename(building, folder)
@@ -159,9 +169,18 @@ def init_market(
 
 
 def _build_market(folder: Path, *, passphrase: bytes | None,
-                  agents: list[tuple[str, str, Level]], now: dt.datetime | None
-                  ) -> list[AgentConfig]:
+                  agents: list[tuple[str, str, Level]], now: dt.datetime | None,
+                  pseudonyms: Mapping[str, str]) -> list[AgentConfig]:
     now = now or utcnow()
+    unknown = set(pseudonyms) - {agent_id for agent_id, _, _ in agents}
+    if unknown:
+        raise MarketError(f"no agent {min(unknown)!r} to give a pseudonym")
+    drawn = {agent_id: new_pseudonym(real_id) for agent_id, real_id in pseudonyms.items()}
+    for agent_id, role, level in agents:
+        if agent_id in drawn:
+            check_pseudonym_profile(drawn[agent_id].pseudonym, role, level)
+    commitments = {p.pseudonym: p.commitment for p in drawn.values()}
+    agents = [(drawn[a].pseudonym if a in drawn else a, role, level) for a, role, level in agents]
     paths = MarketPaths(folder)
     paths.ca_dir.mkdir(parents=True, exist_ok=True)
     ca = create_ca("semper market root", now=now)
@@ -182,15 +201,18 @@ def _build_market(folder: Path, *, passphrase: bytes | None,
             settings = CaSettings(enroll_listen=f"127.0.0.1:{enroll_port}",
                                   root_key=paths.root_key)
         config, cert = _write_agent(paths, ca, agent_id, role, level, addresses, passphrase,
-                                    now, ca_agent=ca_agent, settings=settings, bank=bank)
+                                    now, ca_agent=ca_agent, settings=settings, bank=bank,
+                                    commitment=commitments.get(agent_id))
         configs.append(config)
         issued.append(cert)
     _open_for_business(paths, configs, now)
     if ca_agent is not None:
         database = open_ca_database(paths.agent_dir(ca_agent) / "data")
         try:
-            database.transaction_sync(lambda c: [
-                record_issued(c, cert, via="market-init", now=now) for cert in issued])
+            created_ms = int(now.timestamp() * 1000)
+            database.transaction_sync(lambda c: (
+                [record_issued(c, cert, via="market-init", now=now) for cert in issued],
+                [add_pseudonym(c, p, created_ms=created_ms) for p in drawn.values()]))
         finally:
             database.close()
     return configs
@@ -209,13 +231,15 @@ def _write_agent(
     ca_agent: str | None,
     settings: CaSettings | None,
     bank: str | None = None,
+    commitment: bytes | None = None,
 ) -> tuple[AgentConfig, x509.Certificate]:
     home = paths.agent_dir(agent_id)
     home.mkdir(parents=True, exist_ok=True)
     (home / "data").mkdir(exist_ok=True)
     key = ed25519.Ed25519PrivateKey.generate()
     cert = issue_agent_certificate(ca, agent_id=agent_id, role=role, level=level,
-                                   public_key=key.public_key(), now=now)
+                                   public_key=key.public_key(), now=now,
+                                   commitment=commitment)
     write_file(home / "cert.pem", _pem(cert))
     write_file(home / "key.pem", private_key_pem(key, passphrase), private=True)
     config = AgentConfig(
