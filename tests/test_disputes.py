@@ -15,6 +15,7 @@ from semper.agents import Agent, AgentConfig
 from semper.agents.components._purchase import Shopper
 from semper.services.archive import EvidenceBundle, next_record
 from semper.services.certificates import load_certificate
+from semper.services.commerce import CommerceError
 from semper.services.disputes import (
     CASE_TYPE,
     BadCase,
@@ -233,3 +234,77 @@ def test_not_a_bundle_is_refused(trade):
 def test_bundle_with_a_stale_crl_is_refused_until_a_newer_one_is_given(trade):
     report = check_bundle(trade.bundles["buyer", "done"].to_bytes(), trade.root)
     assert not report.valid and report.error.code == "archive.crl_too_old"
+
+
+async def _dishonest_purchase(folder, monkeypatch, alter):
+    """A purchase from a seller whose ``commerce.fetch`` answer is ``alter``ed; the
+    buyer's refusal, its bundle of the order, and the same after a retry."""
+    from semper.agents.roles.seller import Sales
+
+    honest_fetch = Sales.fetch
+
+    async def altered(self, context, request):
+        return alter(self, request, await honest_fetch(self, context, request))
+
+    monkeypatch.setattr(Sales, "fetch", altered)
+    make_market(folder)
+    agents = {name: Agent(AgentConfig.load(folder / name / "agent.toml"))
+              for name in ("bank", "seller", "buyer")}
+    with trio.fail_after(30):
+        async with running(agents["bank"]), running(agents["seller"]), \
+                running(agents["buyer"]):
+            buyer = agents["buyer"]
+            with pytest.raises(CommerceError) as info:
+                await Shopper(buyer).buy("seller", "guide-001", "transfer", "k-1")
+            orders = [r for r in await buyer.archive.records()
+                      if Statement.from_bytes(r.statement).type == "commerce.order"]
+            transaction = orders[0].transaction
+            bundle = await buyer.archive.export_bundle(transaction, crl=buyer.crl,
+                                                       root=buyer.credentials.root)
+            with pytest.raises(CommerceError):  # a retry of the same purchase
+                await Shopper(buyer).buy("seller", "guide-001", "transfer", "k-1")
+            again = await buyer.archive.export_bundle(transaction, crl=buyer.crl,
+                                                      root=buyer.credentials.root)
+    root = load_certificate((folder / "ca" / "root.pem").read_bytes())
+    report = check_bundle(bundle.to_bytes(), root, newer_crl(folder))
+    assert report.valid, report.error
+    assert len(again.records) == len(bundle.records)  # the evidence is kept once
+    return info.value.code, _met(report)
+
+
+async def test_a_seller_delivering_other_goods_is_judged_from_the_buyers_own_bundle(
+        tmp_path, monkeypatch):
+    """The instance: a seller whose delivery names other goods than its offer (and
+    sends them). The buyer refuses them (commerce.bad_delivery) and now keeps the
+    seller's signed delivery as evidence, so its own bundle shows the delivery
+    obligation not met; it kept nothing, and the bundle could not tell (met null)."""
+    other = b"not the field guide"
+
+    def other_goods(sales, request, answer):
+        delivery = sales.context.sign("commerce.delivery", {
+            "order": request.order, "content_digest": hashlib.sha256(other).digest(),
+            "size": len(other)})
+        return {**answer, "delivery": delivery.to_wire(), "goods": other}
+
+    code, met = await _dishonest_purchase(tmp_path / "m", monkeypatch, other_goods)
+    assert code == "commerce.bad_delivery"
+    assert met[DELIVERED] == ("seller", False)
+    assert met[PAID] == ("buyer", True)
+    assert met[RECEIPTED] == ("seller", None)
+
+
+async def test_a_seller_signing_a_wrong_receipt_is_judged_from_the_buyers_own_bundle(
+        tmp_path, monkeypatch):
+    """Another member of the kind (evidence the buyer refused, so its bundle lacked
+    it): a receipt for another amount. The buyer refuses it (commerce.bad_receipt) and
+    keeps it, with the delivery it had checked: receipt not met, delivery met."""
+
+    def wrong_receipt(sales, request, answer):
+        body = {**answer["receipt"]["body"], "amount": {"currency": "EUR", "minor_units": 1}}
+        return {**answer, "receipt": sales.context.sign("commerce.receipt", body).to_wire()}
+
+    code, met = await _dishonest_purchase(tmp_path / "m", monkeypatch, wrong_receipt)
+    assert code == "commerce.bad_receipt"
+    assert met[RECEIPTED] == ("seller", False)
+    assert met[DELIVERED] == ("seller", True)
+    assert met[PAID] == ("buyer", True)

@@ -44,6 +44,8 @@ from semper.services.certificates import (
 from semper.services.commerce import (
     Archive,
     BadBody,
+    BadDelivery,
+    BadReceipt,
     Catalogue,
     Failed,
     GoodsDelivered,
@@ -455,6 +457,7 @@ class Shopper:
                 kept["payment"] = result
             elif isinstance(decision, RequestDelivery):
                 self._progress("payment confirmed by the bank; fetching goods and receipt")
+                signed = None
                 try:
                     answer = _fields(await self.agent.request(seller, "commerce", "fetch",
                                                               {"order": decision.order}),
@@ -466,16 +469,21 @@ class Shopper:
                         verify_statement(statement, certificate=seller_cert,
                                          root=self.agent.credentials.root, crl=self.agent.crl,
                                          now=self._now(), expected_signer=seller)
+                    signed = (delivery, receipt, seller_cert)
                     decisions = purchase.receive(
                         GoodsDelivered(delivery=delivery, goods=answer["goods"]),
                         now_ms=self._ms())
                     decisions += purchase.receive(ReceiptIssued(receipt=receipt),
                                                   now_ms=self._ms())
-                except BaseException:
-                    if paid is not None:  # the paid machine, as it was before the fetch
-                        with trio.CancelScope(shield=True):
+                except BaseException as exc:
+                    with trio.CancelScope(shield=True):
+                        evidence = await self._refused_evidence(exc, signed, seller,
+                                                                purchase)
+                        if paid is not None:  # the paid machine, as before the fetch
                             await self._save(key, seller, sku, module, paid[0],
-                                             payment=paid[1])
+                                             payment=paid[1], entries=evidence)
+                        elif evidence:
+                            await self.agent.archive.record_all(evidence)
                     raise
                 kept["goods"] = answer["goods"]
                 await self._save(key, seller, sku, module, purchase,
@@ -622,6 +630,32 @@ class Shopper:
         entries = self._entries(decisions, seller, purchase, certificate)
         if entries:
             await self.agent.archive.record_all(entries)
+
+    async def _refused_evidence(self, exc: BaseException, signed: Any, seller: str,
+                                purchase: Purchase) -> list[Any]:
+        """What the seller signed and the buyer refused, as archive entries: evidence
+        against the seller for a dispute (protocol.md 12.2), each body kept once. A
+        delivery naming other goods than the offer's; a receipt that does not fit
+        the order (with the delivery checked before it). Nothing for any other
+        failure: a delivery naming the offer's digest over other bytes proves
+        nothing the buyer could show, and would vouch for the seller."""
+        if signed is None or purchase.order is None:
+            return []
+        delivery, receipt, certificate = signed
+        if isinstance(exc, BadDelivery) and exc.detail.get("field") == "content_digest":
+            kept = [delivery]
+        elif isinstance(exc, BadReceipt):
+            kept = [delivery, receipt]
+        else:
+            return []
+        transaction = purchase.order.digest.hex()
+        held = [Statement.from_bytes(record.statement)
+                for record in await self.agent.archive.records(transaction)]
+        return [entry(statement, direction="received", peer=seller, transaction=transaction,
+                      certificate=certificate)
+                for statement in kept
+                if not any(h.type == statement.type and h.signer == statement.signer
+                           and h.body == statement.body for h in held)]
 
     def _entries(self, decisions: list[Any], seller: str, purchase: Purchase,
                  certificate: Any) -> list[Any]:
