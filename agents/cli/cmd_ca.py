@@ -355,7 +355,7 @@ def reveal(config_path: Path, pseudonym: str, case_file: Path, ca_id: str | None
 
     The CA answers only an arbiter whose case names PSEUDONYM, archives the reveal and
     tells the pseudonym's holder; this command checks the signed answer against the
-    pseudonym's certificate and archives it (protocol.md 7.4A)."""
+    pseudonym's certificate and archives it (protocol.md 7.6)."""
     try:
         raw = case_file.read_bytes()
     except OSError as exc:

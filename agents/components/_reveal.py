@@ -1,5 +1,5 @@
 """Pseudonyms and their reveal: the CA's tables and ``ca.reveal``/``ca.reveals``
-(protocol.md 2.7, 7.4A), and the arbiter's client (``request_reveal``).
+(protocol.md 2.7, 7.6), and the arbiter's client (``request_reveal``).
 
 The CA keeps, per pseudonym, the real agent id and the opening of the commitment in
 its certificate (``pseudonyms``), and every reveal it granted or refused
@@ -52,7 +52,6 @@ from semper.services.certificates._reveal import (
     decide_reveal,
     verify_reveal,
 )
-from semper.services.disputes import verify_case
 from semper.services.statements import Statement
 
 if TYPE_CHECKING:
@@ -225,6 +224,10 @@ class Reveal(Component):
                                    detail={"role": requester.role})
         if request.case is None:
             raise RevealNoCase("a reveal must cite a dispute.case the arbiter signed")
+        # Here, not at the top: the CA's tables (_castore) import this module, and
+        # every agent imports those; the disputes package is only needed for a reveal.
+        from semper.services.disputes import verify_case
+
         ours = self.context
         try:
             case, arbiter = verify_case(request.case, certificate=requester.certificate,

@@ -25,9 +25,9 @@ STATUS: Final = Op("certificates", "status", StatusRequest, StatusReport)
 #: A newcomer redeems its token for a certificate (protocol.md 7.2):
 #: ``EnrollRequest`` -> ``EnrollAnswer``.
 ENROLL: Final = Op("enroll", "request")
-#: An arbiter asks the CA who a pseudonym is, citing a case (protocol.md 7.4A):
+#: An arbiter asks the CA who a pseudonym is, citing a case (protocol.md 7.6):
 #: ``RevealRequest`` -> ``RevealAnswer``.
 REVEAL: Final = Op("ca", "reveal", RevealRequest, RevealAnswer)
-#: A pseudonym's holder asks which reveals of it the CA granted (protocol.md 7.4A):
+#: A pseudonym's holder asks which reveals of it the CA granted (protocol.md 7.6):
 #: ``RevealsRequest`` -> ``RevealsAnswer``.
 REVEALS: Final = Op("ca", "reveals", RevealsRequest, RevealsAnswer)

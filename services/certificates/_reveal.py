@@ -1,4 +1,4 @@
-"""The CA's reveal of a pseudonym to an arbiter (``ca.reveal``, protocol.md 7.4A) and
+"""The CA's reveal of a pseudonym to an arbiter (``ca.reveal``, protocol.md 7.6) and
 the holder's view of it (``ca.reveals``): bodies, statements, refusals, and the
 offline check of a reveal.
 
