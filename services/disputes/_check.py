@@ -114,10 +114,10 @@ class Evidence:
         if not self._certificates:
             for der in self.bundle.certificates:
                 try:
-                    certificate = load_certificate(der)
+                    loaded = load_certificate(der)
                 except CertificateError:
                     continue  # verify_bundle refused such a bundle already
-                self._certificates[fingerprint(certificate)] = certificate
+                self._certificates[fingerprint(loaded)] = loaded
         certificate = self._certificates.get(statement.signer)
         if certificate is None:
             return StatementError("the bundle holds no certificate of its signer")

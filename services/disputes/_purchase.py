@@ -170,11 +170,11 @@ def _paid(order: Order, amount: Amount | None, settlements: list[VerifiedStateme
                            f"({verified.statement.type}, record {verified.record.seq})")
         wrong.append(f"record {verified.record.seq} settles {paid} from {body['payer']!r} "
                      f"to {body['payee']!r}")
-    for verified, body in receipts:
-        if amount is not None and body.amount == amount:
+    for verified, receipt in receipts:
+        if amount is not None and receipt.amount == amount:
             return Verdict(PAID, order.buyer, True,
                            f"the seller's receipt (record {verified.record.seq}) acknowledges "
-                           f"payment of {amount} ({body.payment_type})")
+                           f"payment of {amount} ({receipt.payment_type})")
     if wrong:
         return Verdict(PAID, order.buyer, False,
                        f"the order costs {amount}, but the only settlements for it do not "
