@@ -24,8 +24,10 @@ from semper.services.disputes import (
     Verdict,
     check_bundle,
     make_case,
+    make_verdict,
     registered,
     verify_case,
+    verify_verdict,
 )
 from semper.services.statements import BadSignature, Statement, WrongType, sign_statement
 
@@ -127,6 +129,20 @@ class Trade:
                     bundle = await agent.archive.export_bundle(
                         order.hex(), crl=agent.crl, root=agent.credentials.root)
                     self.bundles[who, name] = bundle
+            bank = agents["bank"]
+            self.hostile = [  # signed by the market's own agents, with bodies of any shape
+                bank.evidence.sign("payment.refund_confirmation", {
+                    "original": [1, 2], "payer": "seller", "payee": "buyer",
+                    "amount": {"currency": "EUR"}}),
+                bank.evidence.sign("payment.transfer_confirmation", {
+                    "payer": "x" * 5000, "payee": 5, "amount": [], "reference": bought.order}),
+                bank.evidence.sign("payment.transfer_confirmation", {
+                    "payer": "buyer", "payee": "seller", "reference": bought.order,
+                    "amount": {"currency": "EUR", "minor_units": 1}}),
+                seller.evidence.sign("commerce.delivery", {"order": 5}),
+                seller.evidence.sign("commerce.receipt", {"weird": [1]}),
+                seller.evidence.sign("commerce.refund_note", {"order": bought.order}),
+            ]
             self.forged_delivery = seller.evidence.sign("commerce.delivery", {
                 "order": bought.order, "content_digest": hashlib.sha256(b"other").digest(),
                 "size": 5})
@@ -197,6 +213,42 @@ def test_goods_not_matching_the_offer_are_not_a_delivery(trade):
     assert (verdict.party, verdict.met) == ("seller", False)
     assert hashlib.sha256(b"other").digest().hex()[:16] in verdict.reason
     assert _met(report)[PAID] == ("buyer", True)
+
+
+def test_signed_statements_of_any_shape_never_break_the_checker(trade, tmp_path):
+    """The parties' own keys can sign any body: the checker reads what fits and judges
+    the rest as no evidence, and the verdicts always fit a dispute.verdict."""
+    bundle = trade.bundles["buyer", "done"]
+    last = bundle.records[-1]
+    extra = []
+    for statement in trade.hostile:
+        record = next_record(last, direction="received", peer="seller",
+                             transaction=bundle.transaction, statement=statement,
+                             recorded_at=last.recorded_at)
+        extra.append(record)
+        last = record
+    hostile = EvidenceBundle(transaction=bundle.transaction, records=[*bundle.records, *extra],
+                             certificates=bundle.certificates, crl=bundle.crl,
+                             root_fingerprint=bundle.root_fingerprint)
+    report = trade.check(hostile)
+    assert report.valid, report.error
+    met = _met(report)
+    assert met[PAID] == ("buyer", True) and met[DELIVERED] == ("seller", True)
+    assert REFUNDED not in met  # no refund note nor bank confirmation that fits
+    market = Market(tmp_path)
+    arbiter = market.agent("arbiter", "arbiter")
+    case = _case(arbiter)
+    verdict = make_verdict(case_statement=case, transaction=report.transaction,
+                           protocol=report.protocol, verdicts=report.verdicts, key=arbiter.key,
+                           certificate=arbiter.cert, now_ms=NOW_MS, nonce=os.urandom(16))
+    long = [Verdict("o" * 300, "buyer", None, "r" * 5000)]
+    clipped = make_verdict(case_statement=case, transaction="t", protocol="a.b",
+                           verdicts=long, key=arbiter.key, certificate=arbiter.cert,
+                           now_ms=NOW_MS, nonce=os.urandom(16))
+    assert len(clipped.body["verdicts"][0]["reason"]) == 2048
+    body, _ = verify_verdict(verdict, certificate=arbiter.cert, root=market.ca.certificate,
+                             crl=market.crl, now=NOW + dt.timedelta(seconds=1))
+    assert body.verdicts == report.verdicts
 
 
 def test_tampered_bundle_is_refused(trade):

@@ -129,6 +129,12 @@ def _amount(order: Order) -> Amount | None:
         return None
 
 
+def _digest(value: object) -> bytes | None:
+    """``value`` if it is bytes (a digest to look up), else None: a signed body may
+    hold anything where a digest belongs."""
+    return value if type(value) is bytes else None
+
+
 def _wire_amount(value: object) -> Amount | None:
     if type(value) is not dict or set(value) != {"currency", "minor_units"}:
         return None
@@ -168,8 +174,8 @@ def _paid(order: Order, amount: Amount | None, settlements: list[VerifiedStateme
                            f"bank {verified.signer.agent_id!r} settled {amount} from "
                            f"{order.buyer!r} to {order.seller!r} for this order "
                            f"({verified.statement.type}, record {verified.record.seq})")
-        wrong.append(f"record {verified.record.seq} settles {paid} from {body['payer']!r} "
-                     f"to {body['payee']!r}")
+        wrong.append(f"record {verified.record.seq} settles {paid} from {body['payer']!r:.70} "
+                     f"to {body['payee']!r:.70}")
     for verified, receipt in receipts:
         if amount is not None and receipt.amount == amount:
             return Verdict(PAID, order.buyer, True,
@@ -243,7 +249,7 @@ def _refunded(evidence: Evidence, order: Order, digest: bytes,
     """The refund verdict, or None when the bundle shows no refund at all."""
     paid = {v.statement.digest for v in settlements}
     confirmations = [v for v in evidence.signed_by_role(_BANK)
-                     if v.statement.body.get("original") in paid
+                     if _digest(v.statement.body.get("original")) in paid
                      and v.statement.body.get("payer") == order.seller
                      and v.statement.body.get("payee") == order.buyer]
     notes = [(v, body) for v, body in _bodies(evidence, REFUND_NOTE_TYPE, RefundNote)

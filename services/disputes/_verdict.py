@@ -119,9 +119,19 @@ def make_verdict(
     """
     body = VerdictBody(case=Case.from_statement(case_statement).case,
                        case_statement=case_statement, transaction=transaction,
-                       protocol=protocol, verdicts=tuple(verdicts))
+                       protocol=protocol, verdicts=tuple(_clipped(v) for v in verdicts))
     return sign_statement(VERDICT_TYPE, body.to_body(), key=key, certificate=certificate,
                           now_ms=now_ms, nonce=nonce)
+
+
+def _clipped(verdict: Verdict) -> Verdict:
+    """A verdict whose texts fit the body's limits: a checker's reason may quote what a
+    bundle holds, at any length."""
+    def clip(text: str, limit: int) -> str:
+        return text if len(text) <= limit else text[:limit - 3] + "..."
+
+    return Verdict(clip(verdict.obligation, MAX_OBLIGATION), verdict.party, verdict.met,
+                   clip(verdict.reason, MAX_REASON))
 
 
 def verify_verdict(
