@@ -27,6 +27,7 @@ from .._schema import (
     MAX_INT64,
     STATEMENT,
     Body,
+    Kind,
     Schema,
     binary,
     form,
@@ -85,6 +86,28 @@ def _wrong_type(expected: str, statement: Statement) -> WrongType:
 
 _NAME: Final = form(r"[a-z][a-z0-9_]{0,31}", "a name (a-z 0-9 _, 1-32, starting with a letter)")
 
+#: At most this many certificates ride along with a request or a decision, each at
+#: most ``MAX_CERTIFICATE`` bytes of DER.
+MAX_CERTIFICATES: Final = 8
+MAX_CERTIFICATE: Final = 16 * 1024
+
+
+def _is_certificates(value: object) -> bool:
+    return type(value) is tuple and len(value) <= MAX_CERTIFICATES and all(
+        type(c) is bytes and 0 < len(c) <= MAX_CERTIFICATE for c in value)
+
+
+def _certificates_from_wire(value: object) -> tuple[bytes, ...]:
+    if type(value) is not list:
+        raise ValueError("not a list")
+    return tuple(value)
+
+
+#: The signers' certificates (DER) of the statements a request or decision quotes,
+#: so that the notary (or a party) can check signers it never met on a channel.
+CERTIFICATES: Final = Kind(f"a list of at most {MAX_CERTIFICATES} DER certificates",
+                           _is_certificates, decode=_certificates_from_wire, encode=list)
+
 #: The kind of every fair-exchange key.
 SCHEMA: Final = Schema(BadBody, {
     "exchange": binary(EXCHANGE_SIZE, EXCHANGE_SIZE, f"{EXCHANGE_SIZE} bytes (an exchange id)"),
@@ -95,6 +118,7 @@ SCHEMA: Final = Schema(BadBody, {
     "seq": integer(1, MAX_INT64, "an int from 1 (a decision's number)"),
     "payload": binary(0, MAX_PAYLOAD),
     "m1": STATEMENT, "m2": STATEMENT, "request": STATEMENT, "statement": STATEMENT,
+    "certificates": CERTIFICATES,
 }, wrong_type=_wrong_type)
 
 
@@ -217,6 +241,7 @@ class AbortWire(Body):
     SCHEMA: ClassVar[Schema] = SCHEMA
 
     request: Statement
+    certificates: tuple[bytes, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -227,6 +252,7 @@ class ResolveWire(Body):
     SCHEMA: ClassVar[Schema] = SCHEMA
 
     request: Statement
+    certificates: tuple[bytes, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -237,3 +263,4 @@ class DecisionWire(Body):
     SCHEMA: ClassVar[Schema] = SCHEMA
 
     statement: Statement
+    certificates: tuple[bytes, ...] | None = None
