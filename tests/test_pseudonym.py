@@ -355,6 +355,12 @@ def test_cli_reveal_to_the_arbiter_and_one_line_refusals(tmp_path: Path) -> None
         assert json.loads(done.stdout) == {
             "pseudonym": token.agent_id, "agent": "alice", "arbiter": "arbiter",
             "case": json.loads(done.stdout)["case"]}
+        # The holder asks the CA which reveals of it were granted.
+        done = semper("call", "--config", tmp_path / "alice" / "agent.toml", "ca",
+                      "ca.reveals")
+        assert done.returncode == 0, done.stderr
+        [reveal] = json.loads(done.stdout)["reveals"]
+        assert (reveal["type"], reveal["body"]["agent"]) == (REVEALED_TYPE, "alice")
         assert_one_line_failure(semper("ca", "reveal", "--config", config, token.agent_id,
                                        "--case", case_file("other.case", "buyer")),
                                 "ca.reveal_not_party")

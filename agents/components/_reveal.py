@@ -291,8 +291,12 @@ async def request_reveal(context: Context, pseudonym: str, case: Statement | Non
         raise BadReveal("no CA to ask: the agent's config names no ca_agent")
     request = RevealRequest(pseudonym=pseudonym, case=case)
     channel = await context.agent.channel(ca)
-    answer = RevealAnswer.from_wire(await context.agent.request(
-        ca, REVEAL.service, REVEAL.name, request.to_wire()))
+    raw = await context.agent.request(ca, REVEAL.service, REVEAL.name, request.to_wire())
+    try:
+        answer = RevealAnswer.from_wire(raw)
+    except ServiceError as exc:
+        raise BadReveal(f"the CA's answer is not a reveal: {exc.message}",
+                        detail={"cause": exc.code}) from None
     ca_certificate = channel.peer.certificate
     try:
         certificate = load_certificate(answer.certificate)
