@@ -154,3 +154,30 @@ async def test_file_as_the_buyer_gets_a_verdict_and_archives_it(tmp_path):
     assert [(str(r.direction), r.peer) for r in records] == [("received", "arbiter")] * 2
     assert [Statement.from_bytes(r.statement).type for r in records] == [
         "dispute.case", "dispute.verdict"]
+
+
+async def test_check_with_config_has_the_ca_agent_issue_a_fresh_crl(trade, tmp_path):
+    """Without --crl the bundle's own CRL predates its statements; --config fetches one
+    the CA agent issues after them (as ``semper archive check --config``), and says
+    why it could not when the CA agent is down."""
+    import trio
+    from click.testing import CliRunner
+    from market_helpers import running
+
+    from semper.agents import Agent, AgentConfig
+    from semper.agents.cli import cli
+
+    bundle = tmp_path / "bundle.semper"
+    bundle.write_bytes(trade.bundles["seller", "done"].to_bytes())
+    args = ["dispute", "check", str(bundle), "--root", str(trade.folder / "ca" / "root.pem"),
+            "--config", str(trade.folder / "seller" / "agent.toml"), "--json"]
+    runner = CliRunner()
+    down = runner.invoke(cli, args)
+    assert down.exit_code == 1 and down.stderr.startswith("semper: archive.crl_too_old: ")
+    assert "could not be fetched" in down.stderr or "CA agent" in down.stderr
+    ca = Agent(AgentConfig.load(trade.folder / "ca" / "agent.toml"))
+    with trio.fail_after(60):
+        async with running(ca):
+            done = await trio.to_thread.run_sync(runner.invoke, cli, args)
+    assert done.exit_code == 0, done.stderr
+    assert json.loads(done.stdout)["valid"] is True

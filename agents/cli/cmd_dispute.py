@@ -14,13 +14,14 @@ from cryptography.hazmat.primitives import serialization
 from rich.console import Console
 from rich.table import Table
 
+from semper.agents.cli import cmd_archive
 from semper.agents.cli._common import (
     AGENT_ID,
     config_option,
     load_config,
     passphrase_option,
 )
-from semper.services.archive import Direction
+from semper.services.archive import CrlTooOld, Direction, EvidenceBundle
 from semper.services.certificates import load_certificate, load_crl
 from semper.services.disputes import (
     FILE,
@@ -49,9 +50,13 @@ def command() -> None:
               type=click.Path(dir_okay=False, path_type=Path),
               help="A CRL of the same root, issued after the bundle's statements "
                    "(repeatable); the newest CRL at hand decides.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="An agent's agent.toml: use its CRLs and have the CA agent issue one "
+                   "after the bundle's statements (as `semper archive check`).")
+@passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def check(bundle_path: Path, root_path: Path, crl_paths: tuple[Path, ...],
-          as_json: bool) -> None:
+          config_path: Path | None, passphrase_file: Path | None, as_json: bool) -> None:
     """Verify BUNDLE offline, trusting only the market root, and say per obligation
     who met it. Exits 0 when the bundle verifies (whatever the verdicts), else one
     line `semper: <code>: <reason>`."""
@@ -59,6 +64,18 @@ def check(bundle_path: Path, root_path: Path, crl_paths: tuple[Path, ...],
     root = load_certificate(root_path.read_bytes())
     crls = [load_crl(path.read_bytes()) for path in crl_paths]
     report = check_bundle(data, root, crls=crls)
+    if config_path is not None and isinstance(report.error, CrlTooOld):
+        config, passphrase = load_config(config_path, passphrase_file)
+        crls += cmd_archive._local_crls(config)
+        latest = cmd_archive._latest_statement(EvidenceBundle.from_bytes(data))
+        try:
+            fetched = trio.run(cmd_archive._fetch_crl, config, passphrase, latest)
+        except Exception as exc:  # the CA agent unreachable: the error stands, and says so
+            report.error.message += (f" (the CA agent's CRL could not be fetched: "
+                                     f"{getattr(exc, 'code', type(exc).__name__)}: "
+                                     f"{getattr(exc, 'message', str(exc))})")
+        else:
+            report = check_bundle(data, root, crls=[*crls, *([fetched] if fetched else [])])
     print_report(report, as_json)
 
 
@@ -138,4 +155,4 @@ def _table(report: Report) -> None:
     shown: dict[Any, str] = {True: "yes", False: "NO", None: "unknown"}
     for verdict in report.verdicts:
         table.add_row(verdict.obligation, verdict.party, shown[verdict.met], verdict.reason)
-    Console(width=160).print(table)
+    Console().print(table)
