@@ -29,8 +29,10 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 from cryptography.hazmat.primitives import serialization
 
+from semper.agents.components._archive import entry
 from semper.agents.runtime._component import Component, Context, handles
 from semper.services._errors import ServiceError
+from semper.services.archive import Direction
 from semper.services.certificates import Pseudonym, load_certificate
 from semper.services.certificates._ops import REVEAL, REVEALS
 from semper.services.certificates._reveal import (
@@ -195,10 +197,11 @@ class Reveal(Component):
                         case=case_id, case_statement=case_digest, arbiter=requester.agent_id)
         statement = ours.sign(REVEALED_TYPE, body.to_body())
         transaction = reveal_transaction(requester.agent_id, case_id, pseudonym.pseudonym)
-        await ours.record(request.case, sent=False, peer=requester.agent_id,
-                          transaction=transaction, certificate=requester.certificate)
-        await ours.record(statement, sent=True, peer=requester.agent_id,
-                          transaction=transaction)
+        await ours.archive.record_all([  # one commit: the case and what it granted
+            entry(request.case, direction=Direction.RECEIVED, peer=requester.agent_id,
+                  transaction=transaction, certificate=requester.certificate),
+            entry(statement, direction=Direction.SENT, peer=requester.agent_id,
+                  transaction=transaction, certificate=ours.certificate)])
         await ours.database.transaction(lambda c: _record_reveal(
             c, pseudonym=pseudonym.pseudonym, arbiter=requester.agent_id, code=None,
             statement=statement, at_ms=ours.now_ms()))
@@ -308,10 +311,11 @@ async def request_reveal(context: Context, pseudonym: str, case: Statement | Non
     if body.pseudonym != pseudonym or (case is not None and body.case_statement != case.digest):
         raise BadReveal("the CA's reveal is for another pseudonym or case")
     transaction = reveal_transaction(context.id, body.case, pseudonym)
-    if case is not None:
-        await context.record(case, sent=True, peer=ca, transaction=transaction)
-    await context.record(answer.reveal, sent=False, peer=ca, transaction=transaction,
-                         certificate=ca_certificate)
+    await context.archive.record_all([
+        *([entry(case, direction=Direction.SENT, peer=ca, transaction=transaction,
+                 certificate=context.certificate)] if case is not None else []),
+        entry(answer.reveal, direction=Direction.RECEIVED, peer=ca, transaction=transaction,
+              certificate=ca_certificate)])
     await context.archive.remember_certificate(certificate)
     return body
 
