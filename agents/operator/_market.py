@@ -44,7 +44,13 @@ from semper.agents.components._castore import (
 )
 from semper.agents.components._catalogue import write_catalogue
 from semper.agents.components._reveal import add_pseudonym
-from semper.agents.runtime._config import AgentConfig, CaSettings, ConfigError, PaymentSettings
+from semper.agents.runtime._config import (
+    AgentConfig,
+    CaSettings,
+    ConfigError,
+    FairExchangeSettings,
+    PaymentSettings,
+)
 from semper.agents.runtime._files import write_file
 from semper.agents.runtime._identity import load_private_key, utcnow
 from semper.agents.runtime._storage import Database
@@ -256,6 +262,8 @@ def _write_agent(
         ca=settings,
         payment=PaymentSettings(bank=bank if role != "bank" else None),
         catalogue=write_catalogue(home, DEMO_CATALOGUE) if role == "seller" else None,
+        # every party's exchanges name the market's notary (protocol.md 10.6)
+        fairexchange=FairExchangeSettings(notary=None if role == "notary" else "notary"),
         path=home / "agent.toml",
     )
     write_file(home / "agent.toml", config.to_toml(base=home).encode())

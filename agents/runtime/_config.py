@@ -19,8 +19,8 @@ from semper.services.certificates import check_agent_id, check_name
 from semper.services.money import MAX_MINOR_UNITS
 from semper.transport import ChannelConfig
 
-__all__ = ["AgentConfig", "CaSettings", "ConfigError", "PaymentSettings", "Timeouts",
-           "parse_address"]
+__all__ = ["AgentConfig", "CaSettings", "ConfigError", "FairExchangeSettings",
+           "PaymentSettings", "Timeouts", "parse_address"]
 
 
 class ConfigError(Exception):
@@ -118,6 +118,26 @@ class PaymentSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FairExchangeSettings:
+    """``[fairexchange]``: ``notary``, the agent id of the notary our exchanges name
+    (``market init`` sets it); ``deadline``, the seconds a party waits for its peer's
+    next message before it goes to the notary (agents/components/_contracts.py)."""
+
+    notary: str | None = None
+    deadline: float = 30.0
+
+    def __post_init__(self) -> None:
+        try:
+            if self.notary is not None:
+                check_agent_id(self.notary, "fairexchange.notary")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if isinstance(self.deadline, bool) or not isinstance(self.deadline, int | float) \
+                or not 0 < self.deadline <= 86_400:
+            raise ConfigError("fairexchange.deadline must be a number of seconds, 0 to 86400")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AgentConfig:
     """One agent's configuration. ``ca_agent`` names the market's CA agent (a peer):
     where a running agent fetches the CRL, publishes its contact card and looks up
@@ -146,6 +166,7 @@ class AgentConfig:
     #: ``[components.<name>]``: each component's own settings, as the TOML gives them
     #: (the component checks them: ``Component.configure``).
     components: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fairexchange: FairExchangeSettings = field(default_factory=FairExchangeSettings)
     path: Path | None = None  # the file it was read from
 
     def __post_init__(self) -> None:
@@ -245,6 +266,8 @@ class AgentConfig:
             catalogue=file("catalogue") if raw.get("catalogue") is not None else None,
             **_evidence_settings(raw.get("evidence"), where=str(path or "config")),
             components={name: dict(table) for name, table in components.items()},
+            fairexchange=_fairexchange_settings(raw.get("fairexchange"),
+                                                where=str(path or "config")),
             path=path,
         )
 
@@ -294,6 +317,10 @@ class AgentConfig:
                 data["ca"]["enroll_advertise"] = self.ca.enroll_advertise
         if self.components:
             data["components"] = {name: dict(table) for name, table in self.components.items()}
+        if self.fairexchange != FairExchangeSettings():
+            fair = self.fairexchange
+            data["fairexchange"] = {"deadline": fair.deadline} | (
+                {} if fair.notary is None else {"notary": fair.notary})
         return tomli_w.dumps(data)
 
 
@@ -314,6 +341,15 @@ def _ca_settings(raw: object, *, base: Path, where: str) -> CaSettings | None:
     return CaSettings(enroll_listen=listen, root_key=base / _path_text(root_key, "ca.root_key",
                                                                       where),
                       enroll_advertise=advertise)
+
+
+def _fairexchange_settings(raw: object, *, where: str) -> FairExchangeSettings:
+    if raw is None:
+        return FairExchangeSettings()
+    if not isinstance(raw, dict) or set(raw) - {"notary", "deadline"} or not isinstance(
+            raw.get("notary", ""), str):
+        raise ConfigError(f"{where}: [fairexchange] takes notary = 'ID' and deadline = seconds")
+    return FairExchangeSettings(**raw)
 
 
 def _payment_settings(raw: object, *, where: str) -> PaymentSettings:
