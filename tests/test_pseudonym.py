@@ -401,3 +401,38 @@ def test_market_init_refuses_a_pseudonym_for_a_trusted_role(tmp_path: Path) -> N
     with pytest.raises(ValueError, match="pseudonym may not"):
         init_market(tmp_path / "m", pseudonyms={"bank": "bob"})
     assert not (tmp_path / "m").exists()
+
+
+async def test_done_when_a_pseudonymous_buyers_dispute_case_lets_the_arbiter_learn_who(
+        tmp_path: Path) -> None:
+    """Issue 9's line, whole: a pseudonymous buyer completes a purchase and files a
+    dispute; the arbiter's reveal is refused without the case, granted with the case
+    of that dispute, and recorded on the CA's and the arbiter's side."""
+    from semper.services.disputes import FileAnswer, FileRequest, VerdictBody
+
+    market = tmp_path / "m"
+    configs = init_market(market, agents=AGENTS, pseudonyms={"buyer": "carol"})
+    pseudonym = next(c.id for c in configs if c.role == "buyer")
+    with trio.fail_after(DEADLINE * 3):
+        async with running(Agent(config_of(market, "ca"))) as ca, \
+                running(Agent(config_of(market, "bank"))), \
+                running(Agent(config_of(market, "seller"))), \
+                running(Agent(config_of(market, "arbiter"))) as arbiter, \
+                running(Agent(config_of(market, pseudonym))) as holder:
+            bought = await Shopper(holder).buy("seller", "guide-001", "transfer", "k-1")
+            bundle = (await holder.archive.export_bundle(
+                bought.order.hex(), crl=holder.crl, root=holder.credentials.root)).to_bytes()
+            answer = FileAnswer.from_wire(await holder.request(
+                "arbiter", "dispute", "file", FileRequest(bundle=bundle).to_wire()))
+            case = VerdictBody.from_statement(answer.verdict).case_statement
+            assert (case.body["claimant"], case.body["respondent"]) == (pseudonym, "seller")
+
+            with pytest.raises(RemoteError) as info:
+                await request_reveal(arbiter.context, pseudonym, None)
+            assert info.value.code == "ca.reveal_no_case"
+            revealed = await request_reveal(arbiter.context, pseudonym, case)
+            assert revealed.agent == "carol" and revealed.case == case.body["case"]
+
+            assert REVEALED_TYPE in await _types(arbiter)
+            assert {REFUSAL_TYPE, REVEALED_TYPE} <= set(await _types(ca))
+            await _until_archived(holder, REVEALED_TYPE)
