@@ -25,6 +25,7 @@ from semper.services.disputes import (
     check_bundle,
     make_case,
     make_verdict,
+    register,
     registered,
     verify_case,
     verify_verdict,
@@ -360,3 +361,34 @@ async def test_a_seller_signing_a_wrong_receipt_is_judged_from_the_buyers_own_bu
     assert met[RECEIPTED] == ("seller", False)
     assert met[DELIVERED] == ("seller", True)
     assert met[PAID] == ("buyer", True)
+
+
+def test_the_checker_registered_last_is_asked_first(trade):
+    """A protocol built on a purchase's order (a fair purchase) registers after the
+    purchase's checker and judges its bundles; a checker that declines (None) lets
+    the next one look."""
+    from semper.services.disputes import _check
+
+    seen = []
+
+    def declines(evidence):
+        seen.append("declines")
+        return None
+
+    def claims(evidence):
+        seen.append("claims")
+        return [Verdict("test obligation", "buyer", None, "a test checker")]
+
+    saved = dict(_check._REGISTRY)
+    try:
+        register("test.declines", declines)
+        report = trade.check(trade.bundles["buyer", "done"])
+        assert report.protocol == "commerce.purchase" and seen == ["declines"]
+        register("test.claims", claims)
+        report = trade.check(trade.bundles["buyer", "done"])
+        assert report.protocol == "test.claims" and seen == ["declines", "claims"]
+        order = list(registered())
+        assert order[:2] == ["test.claims", "test.declines"] and order[-1] == "commerce.purchase"
+    finally:
+        _check._REGISTRY.clear()
+        _check._REGISTRY.update(saved)

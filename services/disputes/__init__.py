@@ -3,7 +3,7 @@
 Pure: bundle bytes, the market root and a CRL in; verdicts per obligation out.
 
 Registering a protocol's obligations. ``check_bundle`` verifies a bundle, then asks
-each registered checker, in registration order, for its verdicts:
+each registered checker, the last registered first, for its verdicts:
 
     from semper.services.disputes import Evidence, Verdict, register
 
@@ -19,8 +19,9 @@ record and its signer's certificate identity; ``of_type``, ``by_digest``,
 ``signed_by_role``; ``verify_quoted`` for a statement quoted whole in a body). It
 must not raise for any bundle that verified, and says ``met=None`` when the bundle
 cannot tell. Register at import of the module that defines the checker, and import
-that module here, so that every ``check_bundle`` knows it. The commerce purchase's
-checker (``_purchase``) is registered first.
+that module here, after ``_purchase``, so that every ``check_bundle`` knows it. The
+commerce purchase's checker is registered first, so asked last: a protocol whose
+bundles also hold a purchase's order (a fair purchase) sees them before it.
 """
 
 from ._case import ARBITER_ROLE, CASE_TYPE, Case, make_case, verify_case

@@ -3,8 +3,9 @@
 ``check_bundle`` verifies a bundle with nothing but the market root (and CRLs the
 caller brings): the records' hashes, every statement's signature, its signer's
 certificate and revocation (``services.archive.verify_bundle``). It then offers the
-verified statements (an ``Evidence``) to each registered checker in turn; the first
-that recognises the bundle's protocol says, per obligation, who met it.
+verified statements (an ``Evidence``) to each registered checker in turn, the last
+registered first; the first that recognises the bundle's protocol says, per
+obligation, who met it.
 
 A verdict is ``met`` True when the bundle holds signed evidence that the party met
 the obligation, False when it holds signed evidence that the party did not (goods of
@@ -138,8 +139,9 @@ _REGISTRY: Final[dict[str, Checker]] = {}
 
 def register(protocol: str, checker: Checker) -> None:
     """Add ``checker`` for bundles of ``protocol`` (e.g. ``"commerce.purchase"``);
-    registering a protocol again replaces its checker. Checkers are asked in the
-    order they were first registered.
+    registering a protocol again replaces its checker where it stands. The checker
+    registered last is asked first: a protocol built on another (a fair purchase on
+    a purchase's order) registers after it and sees its bundles before it does.
 
     Raises:
         ValueError: ``protocol`` is not a non-empty str or ``checker`` not callable.
@@ -151,7 +153,7 @@ def register(protocol: str, checker: Checker) -> None:
 
 def registered() -> dict[str, Checker]:
     """The checkers by protocol, in the order they are asked."""
-    return dict(_REGISTRY)
+    return dict(reversed(_REGISTRY.items()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +200,7 @@ def check_bundle(
     except ServiceError as exc:
         return Report(valid=False, error=exc)
     evidence = Evidence(bundle, tuple(verified), root, newest, when)
-    for protocol, checker in list(_REGISTRY.items()):
+    for protocol, checker in registered().items():
         verdicts = checker(evidence)
         if verdicts is not None:
             return Report(valid=True, verdicts=tuple(verdicts), transaction=bundle.transaction,
