@@ -31,9 +31,10 @@ from semper.agents import Agent
 from semper.agents.components._timestamps import Timestamps, stored_token
 from semper.services import ServiceError
 from semper.services.certificates import Level, load_certificate, load_crl
-from semper.services.statements import Statement, sign_statement
+from semper.services.statements import Statement, canonical_encode, sign_statement
 from semper.services.timestamping import (
     HEAD_TYPE,
+    LEAF_DOMAIN,
     REQUEST,
     Batcher,
     ChainState,
@@ -44,6 +45,7 @@ from semper.services.timestamping import (
     check_no_fork,
     fork_evidence,
     head_id,
+    leaf_input,
     verify_token,
 )
 from semper.transport import ChannelClosed, RemoteError
@@ -217,6 +219,29 @@ def test_garbled_token_bytes_are_refused_with_a_code(market: Market, tokens: lis
         return
     # the flip landed where it changes nothing the token proves (impossible in practice)
     raise AssertionError(f"garbled token accepted: {bytes(raw).hex()}")
+
+
+@settings(max_examples=200, deadline=None)
+@given(digest=st.binary(min_size=32, max_size=32), time=st.integers(0, 2**63 - 1),
+       serial=st.integers(0, 2**63 - 1), notary=st.from_regex(r"[a-z0-9._-]{1,63}",
+                                                                fullmatch=True))
+def test_the_leaf_is_the_canonical_encoding(digest: bytes, time: int, serial: int,
+                                             notary: str) -> None:
+    """leaf_input writes the bytes out by hand (speed): they are canonical_encode's."""
+    assert leaf_input(digest=digest, time=time, serial=serial, notary=notary) == (
+        LEAF_DOMAIN + canonical_encode({"digest": digest, "notary": notary,
+                                        "serial": serial, "time": time}))
+
+
+def test_the_notary_answers_the_token_wire_map(notary: PkiAgent) -> None:
+    batcher = Batcher(notary="notary")
+    for i in range(7):
+        batcher.add(sha(bytes([i])), T0)
+    batch = batcher.seal(T0)
+    head = sign_head(notary, batch.head)
+    for i in range(7):
+        assert batch.token_wire(i, head.to_wire(), der(notary)) == batch.token(
+            i, head, der(notary)).to_wire()
 
 
 # -- forks ----------------------------------------------------------------------------------

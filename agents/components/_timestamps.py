@@ -43,7 +43,6 @@ from semper.services.timestamping import (
     Batch,
     Batcher,
     ChainState,
-    TimestampAnswer,
     TimestampRequest,
     Token,
     TreeHead,
@@ -73,7 +72,8 @@ class _Waiter:
 
     def __init__(self) -> None:
         self.done = trio.Event()
-        self.token: Token | None = None
+        #: The token's wire map (``Token.to_wire()``), once its batch is stored.
+        self.token: dict[str, Any] | None = None
         self.error: BaseException | None = None
 
 
@@ -110,7 +110,9 @@ class Timestamps(Component):
         return MIGRATIONS
 
     @handles(REQUEST)
-    async def request(self, _: Any, request: TimestampRequest) -> TimestampAnswer:
+    async def request(self, _: Any, request: TimestampRequest) -> dict[str, Any]:
+        """The answer is ``TimestampAnswer``'s wire map, built as such (a batch's
+        tokens share their head's map; no ``Token`` is built only to be encoded)."""
         crash_point("timestamp.received")
         batcher = self._batcher
         if batcher is None:  # run() has not started (a session, not a served agent)
@@ -125,7 +127,7 @@ class Timestamps(Component):
         if waiter.error is not None:
             raise waiter.error
         assert waiter.token is not None
-        return TimestampAnswer(token=waiter.token)
+        return {"token": waiter.token}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -175,8 +177,9 @@ class Timestamps(Component):
         crash_point("timestamp.batch_committed")
         batcher.committed(batch)
         self.batches += 1
+        head_wire = head.to_wire()
         for index, waiter in enumerate(waiters):
-            waiter.token = batch.token(index, head, certificate)
+            waiter.token = batch.token_wire(index, head_wire, certificate)
             waiter.done.set()
 
 

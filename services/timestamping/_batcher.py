@@ -20,7 +20,7 @@ it back-dated.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Any, Final
 
 from ..merkle import MerkleTree
 from ..statements import Statement
@@ -61,6 +61,18 @@ class Batch:
                      serial=self.head.first_serial + index, notary=self.head.notary,
                      index=index, proof=tuple(self.tree.inclusion_proof(index)), head=head,
                      certificate=certificate)
+
+
+    def token_wire(self, index: int, head: dict[str, Any], certificate: bytes
+                   ) -> dict[str, Any]:
+        """``token(index, ...).to_wire()`` without building the token (the notary
+        answers a batch's requests with these): ``head`` is the signed head's
+        ``to_wire()``, made once for the batch."""
+        head_fields = self.head
+        return {"digest": self.digests[index], "time": head_fields.time,
+                "serial": head_fields.first_serial + index, "notary": head_fields.notary,
+                "index": index, "proof": self.tree.inclusion_proof(index), "head": head,
+                "certificate": certificate}
 
 
 def build_batch(head_fields: ChainState, *, notary: str, time: int,

@@ -23,6 +23,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
+import msgpack
+
 from .._errors import ServiceError
 from .._schema import AGENT, DIGEST, MAX_INT64, STATEMENT, TIME, Body, Kind, Schema, binary, integer
 from ..merkle import HASH_SIZE, MAX_PATH, leaf_hash
@@ -118,9 +120,23 @@ def head_id(head: TreeHead) -> bytes:
 
 
 def leaf_input(*, digest: bytes, time: int, serial: int, notary: str) -> bytes:
-    """The bytes a token's leaf stands for in the tree (before RFC 6962's 0x00)."""
-    return LEAF_DOMAIN + canonical_encode(
-        {"digest": digest, "notary": notary, "serial": serial, "time": time})
+    """The bytes a token's leaf stands for in the tree (before RFC 6962's 0x00):
+    ``LEAF_DOMAIN || canonical({"digest", "notary", "serial", "time"})``.
+
+    Written out rather than through ``canonical_encode`` (5x slower; a notary makes
+    one per token): a map of four keys in sorted order, a 32-byte bin, and msgpack's
+    shortest forms of a str and two non-negative ints, which is what canonical
+    encoding is (tests/test_timestamping.py holds the two to the same bytes).
+    ValueError for a digest that is not 32 bytes or a negative int."""
+    if type(digest) is not bytes or len(digest) != HASH_SIZE or serial < 0 or time < 0:
+        raise ValueError("a leaf is a 32-byte digest and non-negative serial and time")
+    pack = _leaf_packer().pack
+    return b"".join((LEAF_DOMAIN, b"\x84\xa6digest\xc4\x20", digest, b"\xa6notary",
+                     pack(notary), b"\xa6serial", pack(serial), b"\xa4time", pack(time)))
+
+
+def _leaf_packer() -> msgpack.Packer:
+    return msgpack.Packer(use_bin_type=True, strict_types=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,198 @@
+"""Notary benchmark: durable timestamp tokens per second against sys.ping round trips
+per second to the same notary, over the same channel, in one run.
+
+A market in a temporary folder; the notary is a real ``semper agent run`` process
+(as bench/payments.py runs the bank). This process acts as the buyer: it opens one
+mutually authenticated TLS 1.3 channel to the notary and keeps ``--concurrency``
+requests in flight on it for ``--seconds``, alternately ``sys.ping`` (a 32-byte
+body, echoed) and ``timestamp.request`` (a fresh 32-byte digest; the answer is a
+token whose batch the notary committed, fsync'd, before answering), ``--rounds``
+times each, and keeps each kind's best round. The answers are kept as they arrive
+(msgpack-decoded by the channel, as the pings' are) and, after the timed rounds,
+every one is read as a token and checked offline against the market root and the
+CRL, and the notary's database is checked to hold every token answered: the client's
+own checks stay out of the notary's figure (they share the machine's cores).
+
+``ping_ratio`` = tokens_per_s / ping_per_s: how close a durable, signed, batched
+token comes to a bare round trip on the same channel (issue 9: done at >= 0.8).
+
+    python bench/notary.py [--json] [--seconds S] [--rounds R] [--concurrency C]
+                           [--batch-ms MS] [--profile FILE]
+
+``--json`` prints one object: ``tokens_per_s``, ``ping_per_s``, ``ping_ratio``, and
+``tokens`` (counted in the best round), ``batches`` and ``tokens_per_batch`` (the
+notary's, over the whole run), ``cores``, ``seconds``, ``rounds``, ``concurrency``,
+``batch_ms``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import trio
+
+from semper.agents import Agent, AgentConfig
+from semper.agents.operator._market import init_market
+from semper.services.certificates import load_crl
+from semper.services.timestamping import TimestampAnswer, verify_token
+
+DEADLINE = 60.0
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def make_market(folder: Path, settings: dict[str, int]) -> Path:
+    """The market; ``settings`` go to the notary's ``[components.timestamps]``."""
+    market = folder / "market"
+    init_market(market)
+    if settings:
+        path = market / "notary" / "agent.toml"
+        config = tomllib.loads(path.read_text())
+        config.setdefault("components", {})["timestamps"] = settings
+        path.write_text(tomli_w.dumps(config))
+    return market
+
+
+def start_notary(market: Path, profile: Path | None = None) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "semper.agents.cli", "agent", "run",
+            str(market / "notary" / "agent.toml")]
+    if profile is not None:
+        argv = [sys.executable, "-m", "cProfile", "-o", str(profile), *argv[1:]]
+    # stderr to a file: a pipe nobody reads would block the notary once it filled
+    log = (market / "notary.stderr").open("wb")
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line.startswith(b"ready notary "):
+        process.kill()
+        raise SystemExit(f"the notary did not start: {line!r}\n"
+                         f"{(market / 'notary.stderr').read_text(errors='replace')}")
+    return process
+
+
+async def _window(channel: Any, kind: str, seconds: float, concurrency: int,
+                  tokens: list[Any]) -> int:
+    """Requests of ``kind`` answered within ``seconds``, ``concurrency`` in flight."""
+    done = [0]
+    deadline = trio.current_time() + seconds
+
+    async def one_task() -> None:
+        while trio.current_time() < deadline:
+            if kind == "ping":
+                await channel.request("sys", "ping", os.urandom(32))
+            else:
+                tokens.append(await channel.request("timestamp", "request",
+                                                    {"digest": os.urandom(32)}))
+            if trio.current_time() <= deadline:
+                done[0] += 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(one_task)
+    return done[0]
+
+
+def run(market: Path, *, seconds: float, rounds: int, concurrency: int) -> dict[str, Any]:
+    client = Agent(AgentConfig.load(market / "buyer" / "agent.toml"))
+    answers: list[Any] = []
+    best = {"ping": 0, "token": 0}
+
+    async def main() -> None:
+        with trio.fail_after(DEADLINE + rounds * 2 * seconds):
+            async with client.session():
+                channel = await client.channel("notary")
+                for kind in ("ping", "token"):  # warm up both paths
+                    await _window(channel, kind, min(0.3, seconds), concurrency, [])
+                for _ in range(rounds):
+                    for kind in ("ping", "token"):
+                        best[kind] = max(best[kind], await _window(
+                            channel, kind, seconds, concurrency, answers))
+
+    trio.run(main)
+    root = client.credentials.root
+    crl = load_crl((market / "ca" / "crl.pem").read_bytes())
+    now = dt.datetime.now(dt.UTC)
+    tokens = [TimestampAnswer.from_wire(answer).token for answer in answers]
+    for token in tokens:  # every token answered is a valid one
+        verify_token(token, root=root, crl=crl, now=now)
+    with sqlite3.connect(market / "notary" / "data" / "agent.sqlite") as c:
+        stored = {s for (s,) in c.execute("SELECT serial FROM timestamp_tokens")}
+        batches = c.execute("SELECT count(*) FROM timestamp_heads").fetchone()[0]
+    missing = [t.serial for t in tokens if t.serial not in stored]
+    if missing:
+        raise SystemExit(f"tokens answered but not stored: {missing[:10]}")
+    return {"tokens_per_s": best["token"] / seconds, "ping_per_s": best["ping"] / seconds,
+            "tokens": best["token"], "stored": len(stored), "batches": batches}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each kind")
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
+    parser.add_argument("--batch-ms", type=int, default=0,
+                        help="the notary's [components.timestamps] batch_ms")
+    parser.add_argument("--batch-max", type=int, default=None,
+                        help="the notary's [components.timestamps] batch_max")
+    parser.add_argument("--dir", type=Path, help="where the market goes (default: temporary)")
+    parser.add_argument("--profile", type=Path, help="cProfile the notary into this file")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir) as name:
+        settings = {"batch_ms": args.batch_ms}
+        if args.batch_max is not None:
+            settings["batch_max"] = args.batch_max
+        market = make_market(Path(name), settings)
+        notary = start_notary(market, args.profile)
+        try:
+            result = run(market, seconds=args.seconds, rounds=args.rounds,
+                         concurrency=args.concurrency)
+        finally:
+            notary.terminate()
+            try:
+                notary.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                notary.kill()
+                notary.wait()
+    report = {
+        "tokens_per_s": round(result["tokens_per_s"], 1),
+        "ping_per_s": round(result["ping_per_s"], 1),
+        "ping_ratio": round(result["tokens_per_s"] / result["ping_per_s"], 3)
+        if result["ping_per_s"] else 0.0,
+        "tokens": result["tokens"],
+        "batches": result["batches"],
+        "tokens_per_batch": round(result["stored"] / result["batches"], 2)
+        if result["batches"] else 0.0,
+        "cores": cores(), "seconds": args.seconds, "rounds": args.rounds,
+        "concurrency": args.concurrency, "batch_ms": args.batch_ms,
+        "batch_max": args.batch_max,
+    }
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(f"notary, {args.concurrency} in flight on one channel, best of {args.rounds} "
+          f"rounds of {args.seconds:g} s, {report['cores']} cores:")
+    print(f"  sys.ping           {report['ping_per_s']:>10.1f} round trips/s")
+    print(f"  timestamp.request  {report['tokens_per_s']:>10.1f} durable tokens/s "
+          f"({report['tokens_per_batch']} tokens per signed, committed batch)")
+    print(f"  ping_ratio         {report['ping_ratio']:>10.3f}  (tokens/s over pings/s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""bench/notary.py stays runnable: a short run prints the JSON keys users read
+(tokens_per_s, ping_per_s, ping_ratio), every token answered verified and stored."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def test_notary_bench_json_keys() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "notary.py"), "--json", "--seconds", "0.3",
+         "--rounds", "1", "--concurrency", "4"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    report = json.loads(done.stdout)
+    assert report["tokens_per_s"] > 0 and report["ping_per_s"] > 0
+    assert abs(report["ping_ratio"] - report["tokens_per_s"] / report["ping_per_s"]) < 0.01
+    assert report["tokens"] > 0 and report["batches"] > 0
+    assert report["tokens_per_batch"] >= 1 and report["concurrency"] == 4
