@@ -18,12 +18,14 @@ it asks its CA agent to issue (``certificates.crl`` with ``fresh_after``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import trio
 from cryptography.hazmat.primitives import serialization
 
 from semper.agents.components._archive import append, entry
@@ -138,8 +140,7 @@ class Arbitration(Component):
         again with one the CA agent issues for it."""
         context = self.context
         crls = [load_crl(request.crl)] if request.crl is not None else []  # auth.bad_crl
-        report = check_bundle(request.bundle, context.root, context.crl, now=context.now(),
-                              crls=crls)
+        report = await _checked(request.bundle, context, crls)
         ca = context.config.ca_agent
         if report.valid or not isinstance(report.error, CrlTooOld) or ca is None \
                 or ca == context.id:
@@ -159,8 +160,14 @@ class Arbitration(Component):
             return report
         if fresh is None:
             return report
-        return check_bundle(request.bundle, context.root, context.crl, now=context.now(),
-                            crls=[*crls, fresh])
+        return await _checked(request.bundle, context, [*crls, fresh])
+
+
+async def _checked(bundle: bytes, context: Any, crls: list[Any]) -> Report:
+    """``check_bundle`` in a worker thread: a bundle of thousands of records takes
+    seconds of signature checks, which must not stop the agent's other requests."""
+    return await trio.to_thread.run_sync(functools.partial(
+        check_bundle, bundle, context.root, context.crl, now=context.now(), crls=crls))
 
 
 def _first(connection: sqlite3.Connection, claimant: str, digest: bytes,
