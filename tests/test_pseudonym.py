@@ -319,7 +319,10 @@ async def test_an_arbiter_cannot_cite_another_arbiters_case(tmp_path: Path) -> N
 
 
 def test_cli_reveal_to_the_arbiter_and_one_line_refusals(tmp_path: Path) -> None:
-    from test_cli import AgentProcess, Market, assert_one_line_failure, semper
+    """The commands in-process (click's runner), the CA agent a real process."""
+    from cli_helpers import refused
+    from cli_helpers import semper as run
+    from test_cli import AgentProcess, Market
 
     from semper.agents.runtime._identity import load_private_key
     from semper.services.certificates import load_certificate
@@ -334,9 +337,9 @@ def test_cli_reveal_to_the_arbiter_and_one_line_refusals(tmp_path: Path) -> None
     ca = AgentProcess.start(market, "ca", logs)
     try:
         ca.ready_line = ca.read_line()
-        done = semper("agent", "enroll", "--token", token.encode(), "--data-dir",
-                      tmp_path / "alice")
-        assert done.returncode == 0, done.stderr
+        status, _, err = run("agent", "enroll", "--token", token.encode(), "--data-dir",
+                             tmp_path / "alice")
+        assert status == 0, err
         key = load_private_key(root / "arbiter" / "key.pem", None)
         cert = load_certificate((root / "arbiter" / "cert.pem").read_bytes())
 
@@ -349,30 +352,27 @@ def test_cli_reveal_to_the_arbiter_and_one_line_refusals(tmp_path: Path) -> None
             return path
 
         config = market.config("arbiter")
-        done = semper("ca", "reveal", "--config", config, token.agent_id, "--case",
-                      case_file("good.case", token.agent_id), "--json")
-        assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout) == {
-            "pseudonym": token.agent_id, "agent": "alice", "arbiter": "arbiter",
-            "case": json.loads(done.stdout)["case"]}
+        status, out, err = run("ca", "reveal", "--config", config, token.agent_id, "--case",
+                               case_file("good.case", token.agent_id), "--json")
+        assert status == 0, err
+        shown = json.loads(out)
+        assert shown == {"pseudonym": token.agent_id, "agent": "alice", "arbiter": "arbiter",
+                         "case": shown["case"]}
         # The holder asks the CA which reveals of it were granted.
-        done = semper("call", "--config", tmp_path / "alice" / "agent.toml", "ca",
-                      "ca.reveals")
-        assert done.returncode == 0, done.stderr
-        [reveal] = json.loads(done.stdout)["reveals"]
+        status, out, err = run("call", "--config", tmp_path / "alice" / "agent.toml", "ca",
+                               "ca.reveals")
+        assert status == 0, err
+        [reveal] = json.loads(out)["reveals"]
         assert (reveal["type"], reveal["body"]["agent"]) == (REVEALED_TYPE, "alice")
-        assert_one_line_failure(semper("ca", "reveal", "--config", config, token.agent_id,
-                                       "--case", case_file("other.case", "buyer")),
-                                "ca.reveal_not_party")
+        refused(run("ca", "reveal", "--config", config, token.agent_id, "--case",
+                    case_file("other.case", "buyer")), "ca.reveal_not_party")
         junk = tmp_path / "junk.case"
         junk.write_bytes(b"not a statement")
-        assert_one_line_failure(semper("ca", "reveal", "--config", config, token.agent_id,
-                                       "--case", junk), "statement.malformed")
+        refused(run("ca", "reveal", "--config", config, token.agent_id, "--case", junk),
+                "statement.malformed")
         # The buyer's config is no arbiter's: refused by the CA, one line.
-        assert_one_line_failure(semper("ca", "reveal", "--config", market.config("buyer"),
-                                       token.agent_id, "--case", case_file("b.case",
-                                                                            token.agent_id)),
-                                "ca.reveal_not_arbiter")
+        refused(run("ca", "reveal", "--config", market.config("buyer"), token.agent_id,
+                    "--case", case_file("b.case", token.agent_id)), "ca.reveal_not_arbiter")
     finally:
         ca.kill()
 
