@@ -124,9 +124,11 @@ class Trade:
             await shopper.buy("seller", "guide-001", "transfer", "k-2")
             refunded = await shopper.refund("k-2")
             self.refunded_order = refunded.order
+            by_cheque = await shopper.buy("seller", "guide-001", "cheque", "k-3")
             self.bundles = {}
             for who, agent in (("buyer", buyer), ("seller", seller)):
-                for name, order in (("done", bought.order), ("refunded", refunded.order)):
+                for name, order in (("done", bought.order), ("refunded", refunded.order),
+                                    ("cheque", by_cheque.order)):
                     bundle = await agent.archive.export_bundle(
                         order.hex(), crl=agent.crl, root=agent.credentials.root)
                     self.bundles[who, name] = bundle
@@ -182,6 +184,16 @@ def test_refunded_purchase_has_a_refund_verdict(trade):
     met = _met(report)
     assert met[REFUNDED] == ("seller", True)
     assert met[PAID] == ("buyer", True)
+
+
+def test_a_cheque_paid_purchase_is_paid_through_the_cheque_it_names(trade):
+    """A cleared cheque names the cheque, not the order: the payment is the buyer's
+    cheque for the order, cleared by the bank."""
+    for who in ("buyer", "seller"):
+        report = trade.check(trade.bundles[who, "cheque"])
+        assert report.valid, report.error
+        verdict = next(v for v in report.verdicts if v.obligation == PAID)
+        assert verdict.met is True and "payment.cheque_cleared" in verdict.reason, who
 
 
 def _replaced(bundle, index, statement):
