@@ -8,6 +8,7 @@ process is running. The ``--json`` forms are read by scripts: keep their keys.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import sys
@@ -29,7 +30,8 @@ from semper.agents.cli._common import (
     passphrase_option,
 )
 from semper.agents.cli._text import counted
-from semper.agents.components import _purchase
+from semper.agents.components import _fair_buyer, _purchase
+from semper.agents.components._escrow_keys import default_notary
 from semper.agents.components._purchase import Shopper
 from semper.agents.runtime._agent import Agent
 from semper.agents.runtime._config import ConfigError
@@ -171,10 +173,17 @@ class PaymentModuleName(click.ParamType):
                    "Without it a fresh key is made and printed on stderr first.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the goods bought to this file (also on a replay).")
+@click.option("--fair", is_flag=True,
+              help="Take the goods encrypted, their key escrowed for a notary, before "
+                   "paying: a seller that takes the money and goes silent cannot keep them.")
+@click.option("--notary", default=None, type=AGENT_ID,
+              help="With --fair: the notary to trust (default: [fairexchange] notary, "
+                   "else 'notary').")
 @passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Print {receipt, payment, ...} as JSON.")
 def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
-        output: Path | None, passphrase_file: Path | None, as_json: bool) -> None:
+        output: Path | None, fair: bool, notary: str | None, passphrase_file: Path | None,
+        as_json: bool) -> None:
     """Order --item from --seller, pay with --pay, take delivery, and print the
     signed receipt."""
     agent = _shopper_agent(config_path, passphrase_file)
@@ -194,9 +203,18 @@ def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
                     console.print(f"  [dim]-[/dim] {text}")
 
             async with agent.session():
+                if fair:
+                    return await _fair_buyer.FairShopper(
+                        agent, progress=step, notary=notary or default_notary(agent.config),
+                        wait_ms=int(agent.config.timeouts.request * 1000),
+                    ).buy_fair(seller, sku, module, key)
                 return await Shopper(agent, progress=step).buy(seller, sku, module, key)
 
     outcome = trio.run(run)
+    resolved_by = None
+    if fair:  # a FairOutcome: the goods opened, and who resolved the exchange
+        resolved_by, outcome_goods = outcome.resolved_by, outcome.goods
+        outcome = dataclasses.replace(outcome.purchase, goods=outcome_goods)
     if output is not None:
         if outcome.goods is None:
             raise NoGoods(f"purchase {key!r} ended {outcome.state} without goods; "
@@ -204,10 +222,14 @@ def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
         _write_goods(output, outcome.goods, after=f"; the purchase is {outcome.state}: "
                      f"semper goods --config {config_path} {key} -o FILE writes them")
     result = outcome.to_json()
+    if resolved_by is not None:
+        result["resolved_by"] = resolved_by
     if as_json:
         click.echo(json.dumps(result))
         return
     _print_purchase(console, result)
+    if resolved_by is not None:
+        click.echo(f"fair exchange resolved by the {resolved_by}")
     if output is not None:
         click.echo(f"goods written to {output}")
 

@@ -730,6 +730,9 @@ class Payee(Component):
         yield payment_ops.ACCEPT, sales.accept
 
 
+from semper.agents.components._fair_seller import FairSales  # noqa: E402 (fair purchase)
+
+
 class Seller(Role):
     name = "seller"
-    components = (Sales, Payee)
+    components = (Sales, Payee, FairSales)
