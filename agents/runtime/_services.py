@@ -1,5 +1,6 @@
 """What every agent runs, as components: ``sys`` (ping), the evidence archive, the
-``evidence`` service, the peer book, and the certificates (the CRL it keeps current).
+``evidence`` service, the peer book, the certificates (the CRL it keeps current), and
+contract signing (``contracts``: either party of an exchange, protocol.md 10.6).
 
 They are thin: the agent owns the objects behind them (``agent.evidence``,
 ``agent.peers``, its CRL), which roles and other components reach too, and these
@@ -15,6 +16,7 @@ from typing import Any
 import trio
 
 from semper.agents.components import _archive, _directory
+from semper.agents.components._contracts import Contracts
 from semper.agents.runtime._component import Component
 from semper.services._ops import PING, Op
 from semper.services.archive._ops import DELIVER
@@ -77,4 +79,4 @@ class Certificates(Component):
 
 
 RUNTIME_COMPONENTS: tuple[type[Component], ...] = (Sys, ArchiveTables, Evidence, Peers,
-                                                   Certificates)
+                                                   Certificates, Contracts)
