@@ -43,9 +43,10 @@ from semper.services.certificates import (
 )
 from semper.services.certificates._reveal import (
     REFUSAL_TYPE,
+    REQUEST_TYPE,
     REVEALED_TYPE,
     BadReveal,
-    RevealRequest,
+    RevealAsk,
     verify_reveal,
 )
 from semper.services.disputes import make_case
@@ -118,10 +119,10 @@ def test_the_profile_check_refuses_a_named_id_with_a_commitment() -> None:
         identity_of(forged)
 
 
-def test_the_wire_request_without_a_case_decodes_for_the_ca_to_refuse_and_record() -> None:
-    request = RevealRequest.from_wire({"pseudonym": "p-" + "a" * 24})
-    assert request.case is None
-    assert RevealRequest.from_wire({"pseudonym": "p-" + "a" * 24, "case": None}).case is None
+def test_the_signed_request_without_a_case_decodes_for_the_ca_to_refuse_and_record() -> None:
+    ask = RevealAsk.from_wire({"pseudonym": "p-" + "a" * 24})
+    assert ask.case is None
+    assert RevealAsk.from_wire({"pseudonym": "p-" + "a" * 24, "case": None}).case is None
 
 
 # -- a real market ------------------------------------------------------------------------
@@ -221,15 +222,18 @@ async def test_a_pseudonymous_buyer_buys_and_the_arbiter_alone_learns_who_it_is(
                 revealed = await request_reveal(arbiter.context, pseudonym, case)
                 assert (revealed.pseudonym, revealed.agent) == (pseudonym, "alice")
                 assert revealed.case_statement == case.digest
+                assert revealed.request_statement != case.digest
                 assert revealed.arbiter == "arbiter"
 
-                # Recorded on the arbiter's side: the case sent, the reveal received.
+                # Recorded on the arbiter's side: its signed request (citing the case)
+                # sent, the reveal received.
                 arbiter_types = await _types(arbiter)
                 assert arbiter_types.count(REVEALED_TYPE) == 1
-                assert "dispute.case" in arbiter_types
-                # ...and on the CA's: every refusal and the grant, signed and archived.
+                assert arbiter_types.count(REQUEST_TYPE) == 1
+                # ...and on the CA's: every signed request with its refusal or grant.
                 ca_types = await _types(ca)
                 assert ca_types.count(REFUSAL_TYPE) == 4
+                assert ca_types.count(REQUEST_TYPE) == 5
                 assert ca_types.count(REVEALED_TYPE) >= 1
                 with sqlite3.connect(market / "ca" / "data" / "agent.sqlite") as db:
                     rows = db.execute("SELECT arbiter, code FROM ca_reveals ORDER BY id"
@@ -313,6 +317,16 @@ async def test_an_arbiter_cannot_cite_another_arbiters_case(tmp_path: Path) -> N
             assert info.value.code == "ca.reveal_bad_case"
             assert info.value.detail == {"cause": "statement.wrong_signer"}
             assert REFUSAL_TYPE in await _types(ca)
+            # A request the asker did not sign (the judge's, sent by the arbiter) is
+            # refused and not recorded: nobody stands behind it.
+            before = await _types(ca)
+            signed = judge.context.sign(REQUEST_TYPE, RevealAsk(
+                pseudonym=ghost, case=_case(arbiter, "seller", ghost)).to_body())
+            with pytest.raises(RemoteError) as info:
+                await arbiter.request("ca", "ca", "reveal", {"request": signed.to_wire()})
+            assert info.value.code == "ca.bad_reveal_request"
+            assert info.value.detail["cause"] == "statement.wrong_signer"
+            assert await _types(ca) == before
 
 
 # -- the command line, against a CA process -------------------------------------------------

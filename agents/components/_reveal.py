@@ -6,17 +6,17 @@ its certificate (``pseudonyms``), and every reveal it granted or refused
 (``ca_reveals``). ``CA_MIGRATIONS`` (``_castore``) includes these tables, so the
 operator's ``semper ca invite --pseudonym`` finds them without a running CA.
 
-A reveal is granted only to an arbiter (by its certificate role) citing a
-``dispute.case`` it signed that names the pseudonym as a party. Both outcomes are
-archived by the CA: a grant as the case (received) and the signed ``ca.revealed``
-(sent); a refusal as a signed ``ca.reveal_refusal`` (the CA's own record of the code
-it answered). The holder is told twice over: the CA delivers the ``ca.revealed``
+A reveal is granted only on a signed ``ca.reveal_request`` from an arbiter (by its
+certificate role) citing a ``dispute.case`` it signed that names the pseudonym as a
+party. Every request that verifies is archived by the CA with its outcome: the
+request (received) and the signed ``ca.revealed`` (sent), or the request and a
+signed ``ca.reveal_refusal`` (the CA's own record of the code it answered). The holder is told twice over: the CA delivers the ``ca.revealed``
 to it (``evidence.deliver``, in the background, if it is reachable), and the holder
 can always ask ``ca.reveals`` for every reveal of its own id.
 
 The arbiter calls ``request_reveal(context, pseudonym, case)`` from its component
 (D1's ``_arbiter.py``) or through ``semper ca reveal``; it checks the answer offline
-(``verify_reveal``) and archives the case (sent) and the reveal (received).
+(``verify_reveal``) and archives its request (sent) and the reveal (received).
 """
 
 from __future__ import annotations
@@ -38,9 +38,12 @@ from semper.services.certificates._ops import REVEAL, REVEALS
 from semper.services.certificates._reveal import (
     MAX_REVEALS,
     REFUSAL_TYPE,
+    REQUEST_TYPE,
     REVEALED_TYPE,
     BadReveal,
+    BadRevealRequest,
     RevealAnswer,
+    RevealAsk,
     RevealBadCase,
     Revealed,
     RevealNoCase,
@@ -54,7 +57,7 @@ from semper.services.certificates._reveal import (
     decide_reveal,
     verify_reveal,
 )
-from semper.services.statements import Statement
+from semper.services.statements import Statement, verify_statement
 
 if TYPE_CHECKING:
     from semper.transport import RequestContext
@@ -181,24 +184,26 @@ class Reveal(Component):
 
     @handles(REVEAL)
     async def reveal(self, context: RequestContext, request: RevealRequest) -> RevealAnswer:
-        """Refusals are archived and raised; a grant is archived before it is answered."""
+        """A request that verifies is archived with its outcome: a refusal (raised
+        after) or the grant (answered after)."""
         requester = context.peer
-        case_digest = request.case.digest if request.case is not None else None
+        ask = self._verified(requester, request.request)
         try:
-            found = await self._check(requester, request)
+            found = await self._check(requester, ask)
         except RevealRefused as exc:
-            await self._refused(requester.agent_id, request, exc.code, case_digest)
+            await self._refused(requester, request.request, ask, exc.code)
             raise
         case_id, pseudonym, der = found
-        assert request.case is not None and case_digest is not None  # _check saw to it
+        assert ask.case is not None  # _check saw to it
         ours = self.context
         body = Revealed(pseudonym=pseudonym.pseudonym, agent=pseudonym.real_id,
                         opening=pseudonym.opening, commitment=pseudonym.commitment,
-                        case=case_id, case_statement=case_digest, arbiter=requester.agent_id)
+                        case=case_id, case_statement=ask.case.digest,
+                        request_statement=request.request.digest, arbiter=requester.agent_id)
         statement = ours.sign(REVEALED_TYPE, body.to_body())
         transaction = reveal_transaction(requester.agent_id, case_id, pseudonym.pseudonym)
-        await ours.archive.record_all([  # one commit: the case and what it granted
-            entry(request.case, direction=Direction.RECEIVED, peer=requester.agent_id,
+        await ours.archive.record_all([  # one commit: the request and what it granted
+            entry(request.request, direction=Direction.RECEIVED, peer=requester.agent_id,
                   transaction=transaction, certificate=requester.certificate),
             entry(statement, direction=Direction.SENT, peer=requester.agent_id,
                   transaction=transaction, certificate=ours.certificate)])
@@ -215,17 +220,30 @@ class Reveal(Component):
                         pseudonym.pseudonym)
         return RevealAnswer(reveal=statement, certificate=der)
 
-    async def _check(self, requester: Any, request: RevealRequest
-                     ) -> tuple[bytes, Pseudonym, bytes]:
+    def _verified(self, requester: Any, request: Statement) -> RevealAsk:
+        """The requester's signed ``ca.reveal_request``, checked (else
+        ``ca.bad_reveal_request``, not recorded: nobody signed it)."""
+        ours = self.context
+        try:
+            verify_statement(request, certificate=requester.certificate, root=ours.root,
+                             crl=ours.crl, now=ours.now(), expected_type=REQUEST_TYPE,
+                             expected_signer=requester.agent_id)
+            return RevealAsk.from_statement(request)
+        except ServiceError as exc:
+            raise BadRevealRequest(f"the reveal request does not verify: {exc.message}",
+                                   detail={"type": REQUEST_TYPE, "field": "request",
+                                           "cause": exc.code}) from None
+
+    async def _check(self, requester: Any, ask: RevealAsk) -> tuple[bytes, Pseudonym, bytes]:
         """The case id, the pseudonym's record and its certificate (DER), or a refusal
-        naming the first rule broken: arbiter, case, case verifies, requester signed
-        it, names the pseudonym, the pseudonym is ours (last: only arbiters with a
-        case about it learn whether a pseudonym exists)."""
+        naming the first rule broken: arbiter, case, case verifies under the
+        requester's certificate, names the pseudonym, the pseudonym is ours (last:
+        only arbiters with a case about it learn whether a pseudonym exists)."""
         if requester.role != "arbiter":
             raise RevealNotArbiter(f"only an arbiter may ask for a reveal, not "
                                    f"{requester.agent_id!r} (role {requester.role!r})",
                                    detail={"role": requester.role})
-        if request.case is None:
+        if ask.case is None:
             raise RevealNoCase("a reveal must cite a dispute.case the arbiter signed")
         # Here, not at the top: the CA's tables (_castore) import this module, and
         # every agent imports those; the disputes package is only needed for a reveal.
@@ -233,38 +251,44 @@ class Reveal(Component):
 
         ours = self.context
         try:
-            case, arbiter = verify_case(request.case, certificate=requester.certificate,
+            case, arbiter = verify_case(ask.case, certificate=requester.certificate,
                                         root=ours.root, crl=ours.crl, now=ours.now())
         except ServiceError as exc:
             raise RevealBadCase(f"the cited case does not verify: {exc.message}",
                                 detail={"cause": exc.code}) from None
-        decide_reveal(requester=requester, pseudonym=request.pseudonym,
+        decide_reveal(requester=requester, pseudonym=ask.pseudonym,
                       case_arbiter=arbiter.agent_id, claimant=case.claimant,
                       respondent=case.respondent)
 
         def find(connection: sqlite3.Connection) -> tuple[Pseudonym | None, bytes | None]:
-            return (find_pseudonym(connection, request.pseudonym),
-                    _latest_certificate(connection, request.pseudonym))
+            return (find_pseudonym(connection, ask.pseudonym),
+                    _latest_certificate(connection, ask.pseudonym))
 
         pseudonym, der = await ours.database.read(find)
         if pseudonym is None or der is None:
-            raise UnknownPseudonym(f"the CA issued no pseudonym {request.pseudonym!r}",
-                                   detail={"pseudonym": request.pseudonym})
+            raise UnknownPseudonym(f"the CA issued no pseudonym {ask.pseudonym!r}",
+                                   detail={"pseudonym": ask.pseudonym})
         return case.case, pseudonym, der
 
-    async def _refused(self, requester: str, request: RevealRequest, code: str,
-                       case_digest: bytes | None) -> None:
+    async def _refused(self, requester: Any, request: Statement, ask: RevealAsk,
+                       code: str) -> None:
         ours = self.context
-        body = RevealRefusal(pseudonym=request.pseudonym, arbiter=requester, code=code,
-                             case_statement=case_digest)
+        who = requester.agent_id
+        body = RevealRefusal(pseudonym=ask.pseudonym, arbiter=who, code=code,
+                             request_statement=request.digest,
+                             case_statement=ask.case.digest if ask.case else None)
         statement = ours.sign(REFUSAL_TYPE, body.to_body())
-        await ours.record(statement, sent=True, peer=requester, transaction=reveal_transaction(
-            requester, None, request.pseudonym))
+        transaction = reveal_transaction(who, None, ask.pseudonym)
+        await ours.archive.record_all([  # one commit: the request and its refusal
+            entry(request, direction=Direction.RECEIVED, peer=who, transaction=transaction,
+                  certificate=requester.certificate),
+            entry(statement, direction=Direction.SENT, peer=who, transaction=transaction,
+                  certificate=ours.certificate)])
         await ours.database.transaction(lambda c: _record_reveal(
-            c, pseudonym=request.pseudonym, arbiter=requester, code=code,
-            statement=statement, at_ms=ours.now_ms()))
-        ours.agent.events.emit("reveal_refused", pseudonym=request.pseudonym,
-                               requester=requester, outcome=code)
+            c, pseudonym=ask.pseudonym, arbiter=who, code=code, statement=statement,
+            at_ms=ours.now_ms()))
+        ours.agent.events.emit("reveal_refused", pseudonym=ask.pseudonym, requester=who,
+                               outcome=code)
 
     @handles(REVEALS)
     async def reveals(self, context: RequestContext, request: RevealsRequest
@@ -280,9 +304,9 @@ class Reveal(Component):
 
 async def request_reveal(context: Context, pseudonym: str, case: Statement | None, *,
                          ca: str | None = None) -> Revealed:
-    """Ask the CA (``ca``, default the agent's ``ca_agent``) who ``pseudonym`` is,
-    citing ``case``; check the answer offline and archive the case (sent) and the
-    reveal (received) under ``reveal_transaction``.
+    """Ask the CA (``ca``, default the agent's ``ca_agent``) who ``pseudonym`` is, in
+    a signed ``ca.reveal_request`` citing ``case``; check the answer offline and
+    archive the request (sent) and the reveal (received) under ``reveal_transaction``.
 
     Raises:
         RemoteError: the CA refused (``ca.reveal_*``, ``ca.unknown_pseudonym``).
@@ -292,7 +316,8 @@ async def request_reveal(context: Context, pseudonym: str, case: Statement | Non
     ca = ca or context.config.ca_agent
     if ca is None:
         raise BadReveal("no CA to ask: the agent's config names no ca_agent")
-    request = RevealRequest(pseudonym=pseudonym, case=case)
+    signed = context.sign(REQUEST_TYPE, RevealAsk(pseudonym=pseudonym, case=case).to_body())
+    request = RevealRequest(request=signed)
     channel = await context.agent.channel(ca)
     raw = await context.agent.request(ca, REVEAL.service, REVEAL.name, request.to_wire())
     try:
@@ -308,12 +333,12 @@ async def request_reveal(context: Context, pseudonym: str, case: Statement | Non
     body = verify_reveal(answer.reveal, ca_certificate=ca_certificate,
                          pseudonym_certificate=certificate, root=context.root,
                          crl=context.crl, now=context.now())
-    if body.pseudonym != pseudonym or (case is not None and body.case_statement != case.digest):
-        raise BadReveal("the CA's reveal is for another pseudonym or case")
+    if body.pseudonym != pseudonym or body.request_statement != signed.digest:
+        raise BadReveal("the CA's reveal answers another request")
     transaction = reveal_transaction(context.id, body.case, pseudonym)
     await context.archive.record_all([
-        *([entry(case, direction=Direction.SENT, peer=ca, transaction=transaction,
-                 certificate=context.certificate)] if case is not None else []),
+        entry(signed, direction=Direction.SENT, peer=ca, transaction=transaction,
+              certificate=context.certificate),
         entry(answer.reveal, direction=Direction.RECEIVED, peer=ca, transaction=transaction,
               certificate=ca_certificate)])
     await context.archive.remember_certificate(certificate)

@@ -2,9 +2,11 @@
 the holder's view of it (``ca.reveals``): bodies, statements, refusals, and the
 offline check of a reveal.
 
-Pure: the CA agent (``agents/components/_reveal.py``) verifies the cited
-``dispute.case`` (``services.disputes.verify_case``), decides with ``decide_reveal``,
-and signs the ``ca.revealed`` statement whose body is ``Revealed``. Anyone holding
+Pure: the arbiter signs a ``ca.reveal_request`` (``RevealAsk``: the pseudonym and
+the ``dispute.case`` it cites), so that the CA keeps evidence of who asked; the CA
+agent (``agents/components/_reveal.py``) verifies it and the case
+(``services.disputes.verify_case``), decides with ``decide_reveal``, and signs the
+``ca.revealed`` statement whose body is ``Revealed``. Anyone holding
 the pseudonym's certificate checks it with ``verify_reveal``: the opening must open
 the commitment in the certificate, so a CA cannot name the wrong agent unnoticed.
 """
@@ -26,10 +28,12 @@ from ._validate import AgentIdentity, identity_of
 
 __all__ = [
     "REFUSAL_TYPE",
+    "REQUEST_TYPE",
     "REVEALED_TYPE",
     "BadReveal",
     "BadRevealRequest",
     "RevealAnswer",
+    "RevealAsk",
     "RevealBadCase",
     "RevealNoCase",
     "RevealNotArbiter",
@@ -47,6 +51,8 @@ __all__ = [
 
 #: The CA's signed answer: who a pseudonym is, for which case, to which arbiter.
 REVEALED_TYPE: Final = "ca.revealed"
+#: The arbiter's signed request: which pseudonym, citing which case.
+REQUEST_TYPE: Final = "ca.reveal_request"
 #: The CA's own record of a refused reveal request (archived, never sent).
 REFUSAL_TYPE: Final = "ca.reveal_refusal"
 #: The role whose signed case a reveal needs.
@@ -116,7 +122,8 @@ SCHEMA: Final = Schema(BadRevealRequest, {
     "pseudonym": AGENT, "agent": AGENT, "arbiter": AGENT,
     "opening": binary(OPENING_SIZE, OPENING_SIZE, f"{OPENING_SIZE} bytes"),
     "commitment": binary(COMMITMENT_SIZE, COMMITMENT_SIZE, f"{COMMITMENT_SIZE} bytes"),
-    "case": DIGEST, "case_statement": DIGEST,
+    "case": DIGEST, "case_statement": DIGEST, "request_statement": DIGEST,
+    "request": STATEMENT,
     "code": form(r"[a-z0-9_]+\.[a-z0-9_.]+", "an error code", 64),
     "reveal": STATEMENT,
     "certificate": binary(1, 16384, "a DER certificate of at most 16384 bytes"),
@@ -125,15 +132,26 @@ SCHEMA: Final = Schema(BadRevealRequest, {
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RevealRequest(Body):
-    """``ca.reveal``: ``{"pseudonym": ID, "case": dispute.case statement}``; a
-    missing or nil ``case`` is refused by the CA (``ca.reveal_no_case``), and recorded."""
+class RevealAsk(Body):
+    """The body of ``ca.reveal_request``, signed by the requester:
+    ``{"pseudonym": ID, "case": dispute.case statement}``; a missing or nil ``case``
+    is refused by the CA (``ca.reveal_no_case``), and recorded."""
 
-    TYPE: ClassVar[str] = "ca.reveal"
+    TYPE: ClassVar[str] = REQUEST_TYPE
     SCHEMA: ClassVar[Schema] = SCHEMA
 
     pseudonym: str
     case: Statement | None = field(default=None, metadata=wire(STATEMENT))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RevealRequest(Body):
+    """``ca.reveal``: ``{"request": ca.reveal_request statement}``."""
+
+    TYPE: ClassVar[str] = "ca.reveal"
+    SCHEMA: ClassVar[Schema] = SCHEMA
+
+    request: Statement
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,6 +197,7 @@ class Revealed(Body):
     commitment: bytes
     case: bytes
     case_statement: bytes
+    request_statement: bytes
     arbiter: str
 
     def _check(self) -> None:
@@ -196,6 +215,7 @@ class RevealRefusal(Body):
     pseudonym: str
     arbiter: str
     code: str
+    request_statement: bytes
     case_statement: bytes | None = None
 
 
