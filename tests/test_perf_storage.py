@@ -7,6 +7,7 @@ its own work, ``aclose`` waits for the commit in progress.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -198,4 +199,45 @@ async def test_the_next_group_commits_without_the_event_loop(tmp_path: Path) -> 
         assert second.wait(10)  # the loop is blocked here: the thread went on alone
     texts = await db.read(lambda c: [r[0] for r in c.execute("SELECT text FROM notes")])
     assert texts == ["first", "second"]
+    await db.aclose()
+
+
+def _temporary_files() -> list[str]:
+    """The unlinked files this process holds open (SQLite's temporary files)."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.endswith(" (deleted)"):
+            found.append(target)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+async def test_a_group_s_savepoints_journal_in_memory(tmp_path: Path) -> None:
+    """The instance: past 64 KiB a SAVEPOINT's journal (the pages it changes, kept to
+    roll it back alone) spilled to a temporary file, a pwrite per page: ~13 a purchase
+    in the bank. It only serves a rollback inside the transaction, so memory does;
+    the one failing writer of a group still rolls back alone."""
+    db = await Database.open(tmp_path / "a.sqlite", NOTES)
+    await db.transaction(lambda c: c.executemany(
+        "INSERT INTO notes (text) VALUES (?)", [("x" * 2000,)] * 200))
+    spilled: list[list[str]] = []
+
+    def rewrite(c: sqlite3.Connection) -> None:
+        c.execute("UPDATE notes SET text = ?", ("y" * 2000,))  # ~100 pages journaled
+        spilled.append(_temporary_files())
+
+    def fails(c: sqlite3.Connection) -> None:
+        c.execute("UPDATE notes SET text = 'lost'")
+        raise ValueError("refused")
+
+    before = _temporary_files()
+    results = db._run_group([rewrite, fails])  # one group: each in its SAVEPOINT
+    assert [ok for ok, _ in results] == [True, False]
+    assert spilled == [before]
+    texts = await db.read(lambda c: {r[0] for r in c.execute("SELECT text FROM notes")})
+    assert texts == {"y" * 2000}
     await db.aclose()

@@ -35,7 +35,12 @@ from semper.services.archive import (
     next_record,
     verify_chain,
 )
-from semper.services.certificates import AgentIdentity, fingerprint, load_certificate
+from semper.services.certificates import (
+    AgentIdentity,
+    certificate_der,
+    fingerprint,
+    load_certificate,
+)
 from semper.services.statements import Statement, StatementError
 
 __all__ = [
@@ -263,7 +268,7 @@ def append(connection: sqlite3.Connection, entries: Iterable[_Entry], *,
         if entry.certificate is not None:
             connection.execute(
                 "INSERT OR IGNORE INTO archive_certificates (fingerprint, der) VALUES (?, ?)",
-                (fingerprint(entry.certificate), entry.certificate.public_bytes(Encoding.DER)))
+                (fingerprint(entry.certificate), certificate_der(entry.certificate)))
         records.append(record)
         previous = record
         growth = usage.setdefault(entry.peer, [0, 0])

@@ -10,13 +10,14 @@ channels' writers too, so no ``bye`` goes out: call ``close_channels`` first.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import trio
 from cryptography import x509
@@ -315,6 +316,7 @@ class Agent:
     @asynccontextmanager
     async def _storage(self) -> AsyncIterator[None]:
         """The database and the archive, open for the body; closed however it ends."""
+        _tune_gc()
         self._database = await Database.open(self.config.data_dir / "agent.sqlite",
                                              self.migrations())
         self._archive = Archive(self._database, self.clock.now_ms)
@@ -682,6 +684,27 @@ class CurrentVerifier:
 
     def __call__(self, der: bytes, expected_id: str | None) -> Any:
         return self._check(der, expected_id)
+
+
+#: The young generation's size before the cyclic collector runs (CPython's is 700).
+GC_YOUNG: Final = 10_000
+_gc_tuned = False
+
+
+def _tune_gc() -> None:
+    """Once per process, when an agent opens its storage: what was loaded so far
+    (modules, configuration, keys) is frozen out of the cyclic collector's scans, and
+    it runs after 10,000 new container objects instead of 700. A purchase allocates
+    thousands (messages, bodies, trio's tasks), few of them in cycles: the default
+    ran a young collection every few requests: ~0.16 ms of CPU a purchase in one
+    process holding the three agents, a third of that now."""
+    global _gc_tuned
+    if _gc_tuned:
+        return
+    _gc_tuned = True
+    gc.freeze()
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(max(GC_YOUNG, young), middle, old)
 
 
 def _crl_number(crl: x509.CertificateRevocationList) -> int:

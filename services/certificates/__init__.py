@@ -86,6 +86,7 @@ from ._status import (
 )
 from ._validate import (
     AgentIdentity,
+    certificate_der,
     fingerprint,
     identity_of,
     load_certificate,
@@ -150,6 +151,7 @@ __all__ = [
     "WrongCa",
     "WrongPeer",
     "WrongRole",
+    "certificate_der",
     "certificate_status",
     "check_ca_certificate",
     "check_csr",

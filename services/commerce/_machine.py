@@ -27,8 +27,8 @@ from enum import Enum
 from typing import Any, ClassVar, Final, Self
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
+from ..certificates import certificate_der
 from ..money import Amount, BadAmount
 from ..statements import Statement, StatementError, canonical_join
 from ._errors import CommerceError, UnexpectedEvent, WrongAmount
@@ -282,7 +282,7 @@ _CODECS: Final[dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]]] = {
     "payment": (_proof_to, _payment_from),
     "refund": (_proof_to, _refund_from),
     "failure": (lambda f: {"code": f.code, "message": f.message}, _failure_from),
-    "certificate": (lambda c: c.public_bytes(serialization.Encoding.DER),
+    "certificate": (certificate_der,
                     x509.load_der_x509_certificate),
     "modules": (list, _modules_from),
 }

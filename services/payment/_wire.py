@@ -30,7 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .._schema import Body, Kind, Schema
-from ..certificates import CertificateError, load_certificate
+from ..certificates import CertificateError, certificate_der, load_certificate
 from ..statements import Statement
 from ._errors import BadRequest
 from ._schema import SCHEMA
@@ -85,7 +85,7 @@ def _certificate(value: object, field: str, what: str) -> x509.Certificate:
 
 
 def der(certificate: x509.Certificate) -> bytes:
-    return certificate.public_bytes(_DER)
+    return certificate_der(certificate)  # encoded once per certificate
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
