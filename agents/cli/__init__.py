@@ -29,6 +29,7 @@ from . import (
     cmd_ca,
     cmd_call,
     cmd_commerce,
+    cmd_contract,
     cmd_demo,
     cmd_dispute,
     cmd_market,
@@ -69,6 +70,7 @@ for module in (cmd_market, cmd_agent, cmd_ping, cmd_call, cmd_ca, cmd_bank, cmd_
                cmd_demo, cmd_dispute):
     cli.add_command(module.command)
 cli.add_command(cmd_timestamp.command)
+cli.add_command(cmd_contract.command)
 for command in (cmd_commerce.catalogue, cmd_commerce.buy, cmd_commerce.refund,
                 cmd_commerce.wallet, cmd_commerce.goods):
     cli.add_command(command)
