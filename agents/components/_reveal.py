@@ -10,9 +10,10 @@ A reveal is granted only on a signed ``ca.reveal_request`` from an arbiter (by i
 certificate role) citing a ``dispute.case`` it signed that names the pseudonym as a
 party. Every request that verifies is archived by the CA with its outcome: the
 request (received) and the signed ``ca.revealed`` (sent), or the request and a
-signed ``ca.reveal_refusal`` (the CA's own record of the code it answered). The holder is told twice over: the CA delivers the ``ca.revealed``
-to it (``evidence.deliver``, in the background, if it is reachable), and the holder
-can always ask ``ca.reveals`` for every reveal of its own id.
+signed ``ca.reveal_refusal`` (the CA's own record of the code it answered). The
+holder is told twice over: the CA delivers the ``ca.revealed`` to it
+(``evidence.deliver``, in the background, if it is reachable), and the holder can
+always ask ``ca.reveals`` for every reveal of its own id.
 
 The arbiter calls ``request_reveal(context, pseudonym, case)`` from its component
 (D1's ``_arbiter.py``) or through ``semper ca reveal``; it checks the answer offline
