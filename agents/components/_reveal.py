@@ -28,7 +28,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
-from cryptography.hazmat.primitives import serialization
 
 from semper.agents.components._archive import entry
 from semper.agents.runtime._component import Component, Context, handles
@@ -344,8 +343,3 @@ async def request_reveal(context: Context, pseudonym: str, case: Statement | Non
               certificate=ca_certificate)])
     await context.archive.remember_certificate(certificate)
     return body
-
-
-def certificate_pem(der: bytes) -> bytes:
-    """A DER certificate as PEM (for ``semper ca reveal -o``)."""
-    return load_certificate(der).public_bytes(serialization.Encoding.PEM)
