@@ -21,8 +21,9 @@ token comes to a bare round trip on the same channel (issue 9: done at >= 0.8).
 
 ``--json`` prints one object: ``tokens_per_s``, ``ping_per_s``, ``ping_ratio``, and
 ``tokens`` (counted in the best round), ``batches`` and ``tokens_per_batch`` (the
-notary's, over the whole run), ``cores``, ``seconds``, ``rounds``, ``concurrency``,
-``batch_ms``.
+notary's, over the whole run), ``cpu_us_per_request`` (``{"ping"|"token": {"notary",
+"client"}}``: CPU microseconds per request over all rounds, from /proc), ``cores``,
+``seconds``, ``rounds``, ``concurrency``, ``batch_ms``, ``batch_max``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,15 @@ def start_notary(market: Path, profile: Path | None = None) -> subprocess.Popen[
     return process
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) the process has used, from /proc (0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _window(channel: Any, kind: str, seconds: float, concurrency: int,
                   tokens: list[Any]) -> int:
     """Requests of ``kind`` answered within ``seconds``, ``concurrency`` in flight."""
@@ -108,10 +119,13 @@ async def _window(channel: Any, kind: str, seconds: float, concurrency: int,
     return done[0]
 
 
-def run(market: Path, *, seconds: float, rounds: int, concurrency: int) -> dict[str, Any]:
+def run(market: Path, notary: int, *, seconds: float, rounds: int, concurrency: int
+        ) -> dict[str, Any]:
     client = Agent(AgentConfig.load(market / "buyer" / "agent.toml"))
     answers: list[Any] = []
     best = {"ping": 0, "token": 0}
+    #: CPU microseconds per request of each kind, notary and client, over all rounds.
+    cpu = {kind: {"notary": 0.0, "client": 0.0, "count": 0} for kind in best}
 
     async def main() -> None:
         with trio.fail_after(DEADLINE + rounds * 2 * seconds):
@@ -121,8 +135,12 @@ def run(market: Path, *, seconds: float, rounds: int, concurrency: int) -> dict[
                     await _window(channel, kind, min(0.3, seconds), concurrency, [])
                 for _ in range(rounds):
                     for kind in ("ping", "token"):
-                        best[kind] = max(best[kind], await _window(
-                            channel, kind, seconds, concurrency, answers))
+                        before = _cpu(notary), time.process_time()
+                        count = await _window(channel, kind, seconds, concurrency, answers)
+                        cpu[kind]["notary"] += _cpu(notary) - before[0]
+                        cpu[kind]["client"] += time.process_time() - before[1]
+                        cpu[kind]["count"] += count
+                        best[kind] = max(best[kind], count)
 
     trio.run(main)
     root = client.credentials.root
@@ -137,8 +155,11 @@ def run(market: Path, *, seconds: float, rounds: int, concurrency: int) -> dict[
     missing = [t.serial for t in tokens if t.serial not in stored]
     if missing:
         raise SystemExit(f"tokens answered but not stored: {missing[:10]}")
+    cpu_us = {kind: {side: round(cpu[kind][side] / max(1, cpu[kind]["count"]) * 1e6, 1)
+                     for side in ("notary", "client")} for kind in cpu}
     return {"tokens_per_s": best["token"] / seconds, "ping_per_s": best["ping"] / seconds,
-            "tokens": best["token"], "stored": len(stored), "batches": batches}
+            "tokens": best["token"], "stored": len(stored), "batches": batches,
+            "cpu_us": cpu_us}
 
 
 def main() -> None:
@@ -161,7 +182,7 @@ def main() -> None:
         market = make_market(Path(name), settings)
         notary = start_notary(market, args.profile)
         try:
-            result = run(market, seconds=args.seconds, rounds=args.rounds,
+            result = run(market, notary.pid, seconds=args.seconds, rounds=args.rounds,
                          concurrency=args.concurrency)
         finally:
             notary.terminate()
@@ -179,6 +200,7 @@ def main() -> None:
         "batches": result["batches"],
         "tokens_per_batch": round(result["stored"] / result["batches"], 2)
         if result["batches"] else 0.0,
+        "cpu_us_per_request": result["cpu_us"],
         "cores": cores(), "seconds": args.seconds, "rounds": args.rounds,
         "concurrency": args.concurrency, "batch_ms": args.batch_ms,
         "batch_max": args.batch_max,
@@ -192,6 +214,9 @@ def main() -> None:
     print(f"  timestamp.request  {report['tokens_per_s']:>10.1f} durable tokens/s "
           f"({report['tokens_per_batch']} tokens per signed, committed batch)")
     print(f"  ping_ratio         {report['ping_ratio']:>10.3f}  (tokens/s over pings/s)")
+    for kind, sides in report["cpu_us_per_request"].items():
+        print(f"  CPU per {kind:<5}     notary {sides['notary']:.1f} us, client "
+              f"{sides['client']:.1f} us")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from semper.services.timestamping import (
     Batcher,
     ChainState,
     Forked,
+    TimestampAnswer,
     TimestampRequest,
     Token,
     TreeHead,
@@ -233,15 +234,17 @@ def test_the_leaf_is_the_canonical_encoding(digest: bytes, time: int, serial: in
                                         "serial": serial, "time": time}))
 
 
-def test_the_notary_answers_the_token_wire_map(notary: PkiAgent) -> None:
+def test_the_notary_answers_the_token_bytes(notary: PkiAgent) -> None:
     batcher = Batcher(notary="notary")
-    for i in range(7):
+    for i in range(7):  # a tree of 7: proofs of 2 and 3 hashes
         batcher.add(sha(bytes([i])), T0)
     batch = batcher.seal(T0)
     head = sign_head(notary, batch.head)
     for i in range(7):
-        assert batch.token_wire(i, head.to_wire(), der(notary)) == batch.token(
-            i, head, der(notary)).to_wire()
+        token = batch.token(i, head, der(notary))
+        assert batch.token_wire(i, head.to_wire(), der(notary)) == token.to_wire()
+        assert batch.token_bytes(i, head.to_bytes(), der(notary)) == token.to_bytes()
+        assert TimestampAnswer.from_wire({"token": token.to_bytes()}).token == token
 
 
 # -- forks ----------------------------------------------------------------------------------

@@ -72,8 +72,8 @@ class _Waiter:
 
     def __init__(self) -> None:
         self.done = trio.Event()
-        #: The token's wire map (``Token.to_wire()``), once its batch is stored.
-        self.token: dict[str, Any] | None = None
+        #: The token's canonical bytes (``Token.to_bytes()``), once its batch is stored.
+        self.token: bytes | None = None
         self.error: BaseException | None = None
 
 
@@ -111,8 +111,8 @@ class Timestamps(Component):
 
     @handles(REQUEST)
     async def request(self, _: Any, request: TimestampRequest) -> dict[str, Any]:
-        """The answer is ``TimestampAnswer``'s wire map, built as such (a batch's
-        tokens share their head's map; no ``Token`` is built only to be encoded)."""
+        """The answer is ``TimestampAnswer``'s wire map, built as such: the token's
+        bytes written out from its batch (no ``Token`` is built only to be encoded)."""
         crash_point("timestamp.received")
         batcher = self._batcher
         if batcher is None:  # run() has not started (a session, not a served agent)
@@ -177,9 +177,9 @@ class Timestamps(Component):
         crash_point("timestamp.batch_committed")
         batcher.committed(batch)
         self.batches += 1
-        head_wire = head.to_wire()
+        head_bytes = head.to_bytes()
         for index, waiter in enumerate(waiters):
-            waiter.token = batch.token_wire(index, head_wire, certificate)
+            waiter.token = batch.token_bytes(index, head_bytes, certificate)
             waiter.done.set()
 
 

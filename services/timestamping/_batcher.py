@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
+import msgpack
+
 from ..merkle import MerkleTree
 from ..statements import Statement
 from ._token import MAX_TREE, NO_PREVIOUS, Token, TreeHead, head_id, leaf_input
@@ -73,6 +75,27 @@ class Batch:
                 "serial": head_fields.first_serial + index, "notary": head_fields.notary,
                 "index": index, "proof": self.tree.inclusion_proof(index), "head": head,
                 "certificate": certificate}
+
+
+    def token_bytes(self, index: int, head: bytes, certificate: bytes) -> bytes:
+        """``token(index, ...).to_bytes()`` (the token's canonical msgpack, its file
+        form) written out: ``head`` is the signed head's ``to_bytes()``, made once
+        for the batch. The map's keys in canonical (sorted) order; msgpack's shortest
+        forms, as canonical encoding has them (tests hold the two to the same bytes)."""
+        fields = self.head
+        packer = _packer()
+        pack = packer.pack
+        proof = self.tree.inclusion_proof(index)
+        return b"".join((
+            b"\x88\xabcertificate", pack(certificate), b"\xa6digest\xc4\x20",
+            self.digests[index], b"\xa4head", head, b"\xa5index", pack(index),
+            b"\xa6notary", pack(fields.notary), b"\xa5proof", packer.pack_array_header(len(proof)),
+            *(b"\xc4\x20" + h for h in proof), b"\xa6serial",
+            pack(fields.first_serial + index), b"\xa4time", pack(fields.time)))
+
+
+def _packer() -> msgpack.Packer:
+    return msgpack.Packer(use_bin_type=True, strict_types=True)
 
 
 def build_batch(head_fields: ChainState, *, notary: str, time: int,

@@ -178,8 +178,18 @@ class Token(Body):
         return cls.from_wire(value)
 
 
+def _token_from_bytes(value: Any) -> Token:
+    if type(value) is not bytes:
+        raise ValueError("a token travels as its canonical bytes (bin)")
+    return Token.from_bytes(value)
+
+
+#: A token travels in ``timestamp.request``'s answer as its file form, the canonical
+#: bytes of its map: the notary writes them out once per token (no map for the
+#: channel to walk and pack), and the requester keeps them as they came.
 _REQUEST_SCHEMA: Final = Schema(BadTimestampRequest, {"digest": DIGEST, "token": Kind(
-    "a token", lambda v: type(v) is Token, decode=Token.from_wire, encode=Token.to_wire)})
+    "a token's canonical bytes", lambda v: type(v) is Token, decode=_token_from_bytes,
+    encode=Token.to_bytes)})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,7 +204,8 @@ class TimestampRequest(Body):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TimestampAnswer(Body):
-    """``{"token": token map}``: durable at the notary before it is sent."""
+    """``{"token": bin}``: the token's canonical bytes (``Token.to_bytes()``), durable
+    at the notary before they are sent."""
 
     TYPE: ClassVar[str] = "timestamp.request"
     SCHEMA: ClassVar[Schema] = _REQUEST_SCHEMA
