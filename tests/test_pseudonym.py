@@ -127,7 +127,7 @@ def test_the_signed_request_without_a_case_decodes_for_the_ca_to_refuse_and_reco
 
 # -- a real market ------------------------------------------------------------------------
 
-AGENTS = (*DEFAULT_AGENTS, ("arbiter", "arbiter", Level.VERIFIED_IDENTITY))
+AGENTS = DEFAULT_AGENTS  # market init makes the arbiter
 
 
 def _fund(market: Path, holder: str) -> None:
@@ -272,12 +272,29 @@ async def test_an_unknown_pseudonym_is_refused_after_the_case_checks(tmp_path: P
     market = tmp_path / "m"
     init_market(market, agents=AGENTS)
     with trio.fail_after(DEADLINE):
-        async with running(Agent(config_of(market, "ca"))), \
+        async with running(Agent(config_of(market, "ca"))) as ca, \
                 running(Agent(config_of(market, "arbiter"))) as arbiter:
             ghost = "p-" + "b" * 24
             with pytest.raises(RemoteError) as info:
                 await request_reveal(arbiter.context, ghost, _case(arbiter, "seller", ghost))
             assert info.value.code == "ca.unknown_pseudonym"
+            # Hostile bodies meet the schema's code, never internal.error, and leave no
+            # record.
+            sign, before = arbiter.context.sign, await _types(ca)
+            for op, body in [
+                ("reveal", 5), ("reveal", {}), ("reveal", {"request": 5}),
+                ("reveal", {"request": {}}), ("reveal", {"request": None}),
+                ("reveal", {"request": sign("dispute.case", {"x": 1}).to_wire()}),
+                ("reveal", {"request": sign(REQUEST_TYPE, {"pseudonym": 7}).to_wire()}),
+                ("reveal", {"request": sign(REQUEST_TYPE, {"pseudonym": ghost,
+                                                           "case": {"x": 1}}).to_wire()}),
+                ("reveal", {"request": sign(REQUEST_TYPE, {"pseudonym": ghost,
+                                                           "extra": 1}).to_wire()}),
+                ("reveals", {"pseudonym": ghost}), ("reveals", [])]:
+                with pytest.raises(RemoteError) as info:
+                    await arbiter.request("ca", "ca", op, body)
+                assert info.value.code == "ca.bad_reveal_request", (op, body, info.value)
+            assert await _types(ca) == before
             # A named agent is no pseudonym: nothing to reveal either.
             with pytest.raises(RemoteError) as info:
                 await request_reveal(arbiter.context, "buyer", _case(arbiter, "seller", "buyer"))
