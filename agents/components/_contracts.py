@@ -347,6 +347,8 @@ class Contracts(Component):
                 raise UnknownContract(f"no contract exchange {exchange.hex()}",
                                       detail={"contract": exchange.hex()})
             machine = self._machine(row)
+            if machine.finished:  # another actor (the agent's process) finished it
+                return machine, []
             out = machine.receive(event, now_ms=self.context.now_ms())
             try:
                 await self._store(row, machine, list(archive or ()))
