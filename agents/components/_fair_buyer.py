@@ -221,7 +221,7 @@ class FairShopper(Shopper):
         try:
             await self._finish(fair, seller)
         except Exception as exc:  # the notary unreachable, say: buy_fair tries again
-            log.warning("fair purchase %s not finished yet: %s", order.digest.hex()[:16], exc)
+            log.info("fair purchase %s not finished yet: %s", order.digest.hex()[:16], exc)
         return result
 
     async def _finish(self, fair: FairBuyer, seller: str) -> None:
@@ -269,7 +269,7 @@ class FairShopper(Shopper):
                 if not isinstance(getattr(exc, "code", None), str) and \
                         not isinstance(exc, OSError):
                     raise
-                log.warning("%s did not release the key of %s: %s", seller,
+                log.info("%s did not release the key of %s: %s", seller,
                             order.digest.hex()[:16], exc)
         if key is not None:
             try:
@@ -277,7 +277,7 @@ class FairShopper(Shopper):
             except Exception as exc:  # a key that does not open the goods to the digest
                 if not isinstance(getattr(exc, "code", None), str):
                     raise
-                log.warning("%s released a bad key for %s: %s", seller,
+                log.info("%s released a bad key for %s: %s", seller,
                             order.digest.hex()[:16], exc)
             else:
                 await self._save_fair(fair, order.digest, seller)
