@@ -127,7 +127,9 @@ def test_the_signed_request_without_a_case_decodes_for_the_ca_to_refuse_and_reco
 
 # -- a real market ------------------------------------------------------------------------
 
-AGENTS = DEFAULT_AGENTS  # market init makes the arbiter
+#: The default market with an arbiter (added unless the default has one).
+AGENTS = DEFAULT_AGENTS if any(role == "arbiter" for _, role, _ in DEFAULT_AGENTS) else (
+    *DEFAULT_AGENTS, ("arbiter", "arbiter", Level.VERIFIED_IDENTITY))
 
 
 def _fund(market: Path, holder: str) -> None:
