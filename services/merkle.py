@@ -232,10 +232,11 @@ def _check_hashes(*values: object) -> None:
 
 
 def _check_path(proof: object) -> list[bytes]:
-    if type(proof) not in (list, tuple) or len(proof) > MAX_PATH:  # type: ignore[arg-type]
+    if not isinstance(proof, (list, tuple)) or type(proof) not in (list, tuple) \
+            or len(proof) > MAX_PATH:
         raise InvalidProof("the proof does not verify")
-    _check_hashes(*proof)  # type: ignore[misc]
-    return list(proof)  # type: ignore[call-overload]
+    _check_hashes(*proof)
+    return [bytes(h) for h in proof]
 
 
 def _int(value: object) -> int:
