@@ -469,3 +469,21 @@ async def test_done_when_a_pseudonymous_buyers_dispute_case_lets_the_arbiter_lea
             assert REVEALED_TYPE in await _types(arbiter)
             assert {REFUSAL_TYPE, REVEALED_TYPE} <= set(await _types(ca))
             await _until_archived(holder, REVEALED_TYPE)
+
+
+def test_revoking_an_agent_revokes_its_pseudonyms(tmp_path: Path) -> None:
+    """Another member of the kind "a pseudonym escapes what binds its real identity":
+    the operator revokes bob; bob's pseudonymous buyer must not go on trading."""
+    from semper.agents.operator._market import MarketError, revoke
+    from semper.agents.operator._operator import certificate_status_in
+    from semper.services.certificates import CertStatus
+
+    market = tmp_path / "m"
+    configs = init_market(market, pseudonyms={"buyer": "bob"})
+    pseudonym = next(c.id for c in configs if c.role == "buyer")
+    crl, _ = revoke(market, "bob")
+    assert crl is not None
+    assert certificate_status_in(market, pseudonym).status is CertStatus.REVOKED
+    assert certificate_status_in(market, "seller").status is CertStatus.GOOD
+    with pytest.raises(MarketError):
+        revoke(market, "nobody")

@@ -67,6 +67,7 @@ __all__ = [
     "Reveal",
     "add_pseudonym",
     "find_pseudonym",
+    "pseudonyms_of",
     "request_reveal",
     "reveal_transaction",
     "reveals_of",
@@ -116,6 +117,12 @@ def find_pseudonym(connection: sqlite3.Connection, pseudonym: str) -> Pseudonym 
                              "WHERE pseudonym = ?", (pseudonym,)).fetchone()
     return None if row is None else Pseudonym(pseudonym=row[0], real_id=row[1],
                                               opening=row[2])
+
+
+def pseudonyms_of(connection: sqlite3.Connection, real_id: str) -> list[str]:
+    """The pseudonym ids the CA gave ``real_id`` (for the operator's revocation)."""
+    return [row[0] for row in connection.execute(
+        "SELECT pseudonym FROM pseudonyms WHERE real_id = ? ORDER BY pseudonym", (real_id,))]
 
 
 def _latest_certificate(connection: sqlite3.Connection, agent_id: str) -> bytes | None:

@@ -43,7 +43,7 @@ from semper.agents.components._castore import (
     record_issued,
 )
 from semper.agents.components._catalogue import write_catalogue
-from semper.agents.components._reveal import add_pseudonym
+from semper.agents.components._reveal import add_pseudonym, pseudonyms_of
 from semper.agents.runtime._config import (
     AgentConfig,
     CaSettings,
@@ -376,7 +376,8 @@ def revoke(
     """Revoke ``agent_id``: every certificate issued to it goes on the market's CRL,
     which is published, and every token it was invited with and has not redeemed is
     cancelled (else an agent revoked before it enrolled, or holding a second token,
-    would enroll afterwards with a fresh certificate). Idempotent.
+    would enroll afterwards with a fresh certificate); the same for each pseudonym
+    of ``agent_id``. Idempotent.
 
     Returns:
         The CRL published (None when the CA issued the agent no certificate, only
@@ -398,16 +399,23 @@ def revoke(
                           "the market's CA for good (to replace its key, issue it a new "
                           "certificate first)")
     ca = load_authority(paths.root_cert, paths.root_key, passphrase)
-    cancelled = 0
+    cancelled, hidden = 0, []
     data = paths.ca_dir / "data"
     if (data / "agent.sqlite").is_file():
         database = open_ca_database(data)
         try:
-            cancelled = database.transaction_sync(lambda c: cancel_invitations(
-                c, agent_id, now_ms=int(now.timestamp() * 1000)))
+            # The agent's pseudonyms go with it (protocol.md 2.7): revoking an identity
+            # leaves none of its pseudonyms trading. The CRL names serials only.
+            def cancel(c: sqlite3.Connection) -> tuple[int, list[int]]:
+                ids = [agent_id, *pseudonyms_of(c, agent_id)]
+                count = sum(cancel_invitations(c, i, now_ms=int(now.timestamp() * 1000))
+                            for i in ids)
+                return count, [r.serial for i in ids[1:] for r in issued_for(c, i)]
+
+            cancelled, hidden = database.transaction_sync(cancel)
         finally:
             database.close()
-    serials = _serials_of(paths, agent_id, required=not cancelled)
+    serials = _serials_of(paths, agent_id, required=not cancelled and not hidden) + hidden
     if not serials:
         return None, cancelled
     # Locked against the CA agent's renewal, which rewrites the same file.
