@@ -46,7 +46,7 @@ from cryptography.x509.oid import NameOID
 from semper.agents.runtime._agent import Agent
 from semper.agents.runtime._config import AgentConfig
 
-AGENTS = ("ca", "bank", "seller", "buyer", "notary")
+AGENTS = ("ca", "bank", "seller", "buyer", "notary", "arbiter")
 PASSPHRASE = b"correct horse battery staple"
 DEADLINE = 10.0  # seconds: a bound on every wait, never reached when things work
 REVOCATION_BOUND = 10.0  # the contract: running agents refuse a revoked cert within this

@@ -21,7 +21,7 @@ def command() -> None:
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 @passphrase_option
 def init(folder: Path, passphrase_file: Path | None) -> None:
-    """Create a local market in FOLDER: root CA, CRL, and five agents ready to run."""
+    """Create a local market in FOLDER: root CA, CRL, and six agents ready to run."""
     configs = init_market(folder, passphrase=read_passphrase(passphrase_file))
     table = Table(title=f"market in {folder}", title_justify="left")
     for column in ("agent", "role", "listen", "config"):

@@ -3,7 +3,7 @@
 Layout written by ``init_market(DIR)`` (used from outside; keep it exactly):
 
     DIR/ca/root.pem  root-key.pem (0600)  crl.pem
-    DIR/<id>/agent.toml  cert.pem  key.pem (0600)   for ca, bank, seller, buyer, notary
+    DIR/<id>/agent.toml  cert.pem  key.pem (0600)   for ca, bank, seller, buyer, notary, arbiter
 
 The CA agent's own folder is ``DIR/ca`` too; its ``agent.toml`` has a ``[ca]`` table
 (the enrollment address and the root key), and its database
@@ -77,6 +77,8 @@ DEFAULT_AGENTS: tuple[tuple[str, str, Level], ...] = (
     ("seller", "seller", Level.VERIFIED_CONTACT),
     ("buyer", "buyer", Level.VERIFIED_CONTACT),
     ("notary", "notary", Level.VERIFIED_IDENTITY),
+    # judges filed evidence bundles (dispute.file) and may ask the CA to reveal a pseudonym
+    ("arbiter", "arbiter", Level.VERIFIED_IDENTITY),
 )
 
 
