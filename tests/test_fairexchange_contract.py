@@ -424,7 +424,7 @@ def test_parties_refuse_a_decision_for_another_exchange(parties: Parties) -> Non
     [ask] = o.pending()
     fake = parties.book("other-notary").decide(
         EXCHANGE, "contract", subject=o.m1.digest, decision="abort",  # type: ignore[union-attr]
-        request=ask.request, now_ms=NOW_MS).statement  # type: ignore[union-attr]
+        request=ask.request, now_ms=NOW_MS, initiator="o").statement  # type: ignore[union-attr]
     _refused(o, NotaryAnswered(fake), "statement.wrong_signer")
 
 

@@ -242,7 +242,7 @@ class Explorer:
         requester, request = payload
         book = _fresh(w.book)
         book._decisions = dict(w.book._decisions)
-        known = w.book.get(EXCHANGE)
+        known = w.book.get(EXCHANGE, initiator="o")
         call = contract_abort if kind == "abort" else contract_resolve
         try:
             decision = call(book, request, requester=requester, verify=self.p.verify,
@@ -352,7 +352,7 @@ class Explorer:
         """What a dishonest party holds or can still get: a standard contract from
         what it saw, a replacement it received, or one the notary would still give
         (m1 and m2 in hand, and no abort decided)."""
-        decided = w.book.get(EXCHANGE)
+        decided = w.book.get(EXCHANGE, initiator="o")
         verdict = None if decided is None else DecisionBody.from_statement(decided).decision
         if party == "o":
             m1, m2s = w.o.m1, self.known(w, "commit")
@@ -398,8 +398,8 @@ class Explorer:
         decisions = [m[2] for m in w.net if m[1] == "decision"]
         decisions += [d for d in (w.o.decision, w.r and w.r.decision) if d is not None]
         decisions += self.known(w, "decision")
-        if w.book.get(EXCHANGE) is not None:
-            decisions.append(w.book.get(EXCHANGE))
+        if w.book.get(EXCHANGE, initiator="o") is not None:
+            decisions.append(w.book.get(EXCHANGE, initiator="o"))
         for a in decisions:
             for b in decisions:
                 assert conflict(a, b) is None

@@ -111,7 +111,7 @@ CERTIFICATES: Final = Kind(f"a list of at most {MAX_CERTIFICATES} DER certificat
 #: The kind of every fair-exchange key.
 SCHEMA: Final = Schema(BadBody, {
     "exchange": binary(EXCHANGE_SIZE, EXCHANGE_SIZE, f"{EXCHANGE_SIZE} bytes (an exchange id)"),
-    "originator": AGENT, "responder": AGENT, "notary": AGENT,
+    "originator": AGENT, "responder": AGENT, "notary": AGENT, "initiator": AGENT,
     "text": DIGEST, "commit": DIGEST, "subject": DIGEST, "previous": DIGEST,
     "secret": binary(SECRET_SIZE, SECRET_SIZE, f"{SECRET_SIZE} bytes (a secret)"),
     "kind": _NAME, "decision": _NAME,
@@ -182,9 +182,12 @@ class ResolveRequest(Body):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DecisionBody(Body):
     """``fairexchange.decision``, signed by the notary: the first (and only) decision
-    for ``exchange``. ``subject`` names the exchange's content (for a contract, m1's
-    digest); ``request`` is the request decided on; ``payload`` what the kind needs
-    (none for contracts)."""
+    for ``exchange`` of ``initiator``. ``subject`` names the exchange's content (for a
+    contract, m1's digest); ``request`` is the request decided on; ``payload`` what
+    the kind needs (none for contracts). ``initiator`` (the signer of the exchange's
+    first message, a contract's originator) scopes the exchange id, so that another
+    signer cannot take an id first at the notary; None only for kinds that do not
+    name one."""
 
     TYPE: ClassVar[str] = DECISION_TYPE
     SCHEMA: ClassVar[Schema] = SCHEMA
@@ -197,6 +200,7 @@ class DecisionBody(Body):
     subject: bytes
     request: Statement
     payload: bytes | None = None
+    initiator: str | None = None
 
 
 # -- op bodies ------------------------------------------------------------------------

@@ -318,6 +318,9 @@ def check_decision(decision: Statement, verify: Verifier,
     if m1 is not None and quoted != m1:
         raise WrongExchange("the decision is about another m1", detail={"field": "request.m1"})
     first = _check_m1(quoted, verify)
+    if body.initiator != first.originator:
+        raise WrongExchange("the decision names another initiator than m1's originator",
+                            detail={"field": "initiator"})
     if body.exchange != first.exchange or body.subject != quoted.digest:
         raise WrongExchange("the decision names another exchange",
                             detail={"field": "exchange" if body.exchange != first.exchange

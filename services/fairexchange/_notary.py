@@ -1,10 +1,13 @@
 """The notary, sans-IO: ``NotaryBook`` (generic over exchange kinds), the contract
 kind's two requests, and ``conflict`` (catching a notary that decided twice).
 
-Theory of operation. The book holds, per exchange id, the first decision made for
-it; its one transition table is per exchange: ``UNDECIDED --request--> DECIDED``,
+Theory of operation. The book holds, per exchange, the first decision made for it;
+an exchange is its id scoped by its initiator (the signer of its first message, a
+contract's originator; ``initiator=``), so that nobody can take another party's
+exchange id first at the notary and leave that party without a decision. Its one
+transition table is per exchange: ``UNDECIDED --request--> DECIDED``,
 ``DECIDED --request--> DECIDED`` (the same signed decision, byte for byte). A
-request for a known exchange id with other content (another ``subject``, another
+request for a known exchange with other content (another ``subject``, another
 kind) is ``fairexchange.conflicting_exchange``. Every decision is a
 ``fairexchange.decision`` statement carrying the exchange id, the decision, a
 sequence number and the digest of the notary's previous decision: a hash chain,
@@ -91,30 +94,34 @@ class NotaryBook:
         self.notary = notary
         self.seq = 0
         self.head = ZERO_DIGEST
-        self._decisions: dict[bytes, Statement] = {}
+        self._decisions: dict[tuple[str | None, bytes], Statement] = {}
 
-    def state(self, exchange: bytes) -> ExchangeState:
-        return ExchangeState.DECIDED if exchange in self._decisions \
+    def state(self, exchange: bytes, *, initiator: str | None = None) -> ExchangeState:
+        return ExchangeState.DECIDED if (initiator, exchange) in self._decisions \
             else ExchangeState.UNDECIDED
 
-    def get(self, exchange: bytes) -> Statement | None:
-        """The decision made for ``exchange``, if any."""
-        return self._decisions.get(exchange)
+    def get(self, exchange: bytes, *, initiator: str | None = None) -> Statement | None:
+        """The decision made for ``exchange`` (of ``initiator``), if any."""
+        return self._decisions.get((initiator, exchange))
 
     def decide(self, exchange: bytes, kind: str, *, subject: bytes, decision: str,
-               request: Statement, now_ms: int, payload: bytes | None = None) -> Decision:
-        """The decision for ``exchange``: the first one ever made for it, or, for a
-        new exchange id, ``decision`` signed now as the chain's next link.
+               request: Statement, now_ms: int, payload: bytes | None = None,
+               initiator: str | None = None) -> Decision:
+        """The decision for ``exchange`` of ``initiator``: the first one ever made for
+        it, or, for a new exchange, ``decision`` signed now as the chain's next link.
 
         ``subject`` is the digest naming the exchange's content (a contract's m1);
-        the caller has checked ``request`` (signatures, who may ask).
+        ``initiator`` the agent that signed the exchange's first message (pass it
+        whenever the kind has one: it keeps others from taking the id first); the
+        caller has checked ``request`` (signatures, who may ask).
 
         Raises:
-            ConflictingExchange: the exchange id is known with another kind or subject.
+            ConflictingExchange: the exchange is known with another kind or subject.
         """
-        state = self.state(exchange)
+        key = (initiator, exchange)
+        state = self.state(exchange, initiator=initiator)
         NOTARY_TRANSITIONS[(state, "request")]  # every state has its entry
-        known = self._decisions.get(exchange)
+        known = self._decisions.get(key)
         if known is not None:
             body = DecisionBody.from_statement(known)
             if body.kind != kind or body.subject != subject:
@@ -125,9 +132,9 @@ class NotaryBook:
             return Decision(known, False)
         body = DecisionBody(exchange=exchange, kind=kind, decision=decision,
                             seq=self.seq + 1, previous=self.head, subject=subject,
-                            request=request, payload=payload)
+                            request=request, payload=payload, initiator=initiator)
         statement = self._sign(DECISION_TYPE, body.to_body(), now_ms)
-        self._decisions[exchange] = statement
+        self._decisions[key] = statement
         self.seq, self.head = body.seq, statement.digest
         return Decision(statement, True)
 
@@ -146,7 +153,8 @@ class NotaryBook:
         book = cls(sign=sign, notary=record["notary"])
         for raw in record["decisions"]:
             statement = Statement.from_bytes(raw)
-            book._decisions[DecisionBody.from_statement(statement).exchange] = statement
+            body = DecisionBody.from_statement(statement)
+            book._decisions[(body.initiator, body.exchange)] = statement
         book.seq, book.head = record["seq"], record["head"]
         return book
 
@@ -172,7 +180,8 @@ def contract_abort(book: NotaryBook, request: Statement, *, requester: str,
         raise NotParty("only the originator may abort", detail={"requester": requester})
     verify(request, expected_type=ABORT_REQUEST_TYPE, expected_signer=requester)
     return book.decide(first.exchange, CONTRACT_KIND, subject=body.m1.digest,
-                       decision="abort", request=request, now_ms=now_ms)
+                       decision="abort", request=request, now_ms=now_ms,
+                       initiator=first.originator)
 
 
 def contract_resolve(book: NotaryBook, request: Statement, *, requester: str,
@@ -192,7 +201,8 @@ def contract_resolve(book: NotaryBook, request: Statement, *, requester: str,
     _check_m2(body.m2, body.m1, first, verify)
     verify(request, expected_type=RESOLVE_REQUEST_TYPE, expected_signer=requester)
     return book.decide(first.exchange, CONTRACT_KIND, subject=body.m1.digest,
-                       decision="resolve", request=request, now_ms=now_ms)
+                       decision="resolve", request=request, now_ms=now_ms,
+                       initiator=first.originator)
 
 
 def _check_request(exchange: bytes, named: bytes, notary: str, book: NotaryBook) -> None:
@@ -208,8 +218,8 @@ def _check_request(exchange: bytes, named: bytes, notary: str, book: NotaryBook)
 @dataclass(frozen=True, slots=True)
 class Conflict:
     """Two decisions by one notary that cannot both be honest: ``reason``
-    ``"two_decisions"`` (one exchange, two different decisions) or ``"fork"`` (one
-    sequence number or one predecessor, two decisions)."""
+    ``"two_decisions"`` (one exchange, i.e. one id of one initiator, two different
+    decisions) or ``"fork"`` (one sequence number or one predecessor, two decisions)."""
 
     reason: str
     first: Statement
@@ -238,7 +248,7 @@ def conflict(a: Statement, b: Statement, *, verify: Verifier | None = None,
     if a.signer != b.signer or a.digest == b.digest:
         return None
     first, second = DecisionBody.from_statement(a), DecisionBody.from_statement(b)
-    if first.exchange == second.exchange:
+    if first.exchange == second.exchange and first.initiator == second.initiator:
         return Conflict("two_decisions", a, b, first.exchange)
     if first.seq == second.seq or first.previous == second.previous:
         return Conflict("fork", a, b)
