@@ -1,6 +1,7 @@
 """What every agent runs, as components: ``sys`` (ping), the evidence archive, the
 ``evidence`` service, the peer book, the certificates (the CRL it keeps current), and
-contract signing (``contracts``: either party of an exchange, protocol.md 10.6).
+contract signing (``contracts``: either party of an exchange, protocol.md 10.6), and
+certified mail (``mail``: sender and receiver, protocol.md 10.4).
 
 They are thin: the agent owns the objects behind them (``agent.evidence``,
 ``agent.peers``, its CRL), which roles and other components reach too, and these
@@ -17,6 +18,7 @@ import trio
 
 from semper.agents.components import _archive, _directory
 from semper.agents.components._contracts import Contracts
+from semper.agents.components._mail import CertifiedMail
 from semper.agents.runtime._component import Component
 from semper.services._ops import PING, Op
 from semper.services.archive._ops import DELIVER
@@ -79,4 +81,4 @@ class Certificates(Component):
 
 
 RUNTIME_COMPONENTS: tuple[type[Component], ...] = (Sys, ArchiveTables, Evidence, Peers,
-                                                   Certificates, Contracts)
+                                                   Certificates, Contracts, CertifiedMail)
