@@ -50,7 +50,7 @@ __all__ = ["MIGRATIONS", "NotaryDecisions"]
 MIGRATIONS: Final = {
     "notary_decisions": [
         "CREATE TABLE notary_decisions ("
-        " seq INTEGER PRIMARY KEY, exchange BLOB NOT NULL UNIQUE, kind TEXT NOT NULL,"
+        " seq INTEGER PRIMARY KEY, exchange BLOB NOT NULL, kind TEXT NOT NULL,"
         " statement BLOB NOT NULL, certificates BLOB NOT NULL) STRICT"
     ],
 }
@@ -80,7 +80,7 @@ class NotaryDecisions(Component):
             rows = await self.context.database.read(lambda c: c.execute(
                 "SELECT statement, certificates FROM notary_decisions ORDER BY seq").fetchall())
             statements = [Statement.from_bytes(s) for s, _ in rows]
-            self._ders = {DecisionBody.from_statement(s).exchange: tuple(canonical_decode(d))
+            self._ders = {s.digest: tuple(canonical_decode(d))
                           for s, (_, d) in zip(statements, rows, strict=True)}
             last = DecisionBody.from_statement(statements[-1]) if statements else None
             self._book = NotaryBook.from_record(
@@ -108,7 +108,7 @@ class NotaryDecisions(Component):
             body = decision.body
             if not decision.new:
                 return DecisionWire(statement=decision.statement,
-                                    certificates=self._ders.get(body.exchange) or None)
+                                    certificates=self._ders.get(decision.statement.digest) or None)
             ders = self.certificates.ders([decision.statement, *quoted])
             txn = body.exchange.hex()
             entries = [entry(s, direction="received", peer=requester, transaction=txn,
@@ -136,7 +136,7 @@ class NotaryDecisions(Component):
             except BaseException:
                 self._book = None  # the chain in memory went ahead of the stored one
                 raise
-            self._ders[body.exchange] = ders
+            self._ders[decision.statement.digest] = ders
         crash_point("contract.notary.committed")
         return DecisionWire(statement=decision.statement, certificates=ders or None)
 
