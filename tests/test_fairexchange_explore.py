@@ -29,7 +29,7 @@ import copy
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from test_fairexchange_contract import EXCHANGE, NOW_MS, TEXT, Parties
@@ -128,11 +128,17 @@ class Explorer:
     """Depth-first search of one scenario: ``dishonest`` is None, "o" or "r"."""
 
     def __init__(self, parties: Parties, *, dishonest: str | None,
-                 crashes: tuple[int, int, int], losses: int, cheats: int) -> None:
+                 crashes: tuple[int, int, int], losses: int, cheats: int,
+                 originator: type[Originator] = Originator,
+                 book: type[NotaryBook] = NotaryBook, check_steps: bool = True) -> None:
         self.p = parties
         self.dishonest = dishonest
+        self.check_steps = check_steps
+        first = originator(exchange=EXCHANGE, originator="o", responder="r", notary="notary",
+                           text=TEXT, secret=SECRET_O, sign=parties.signer("o"),
+                           verify=parties.verify)
         self.start = World(
-            o=parties.originator(secret=SECRET_O), r=None, book=parties.book(), net=(),
+            o=first, r=None, book=book(sign=parties.signer("notary"), notary="notary"), net=(),
             crashes=crashes, losses=losses,
             cheats=cheats if dishonest else 0, down=frozenset(), know=())
         self.states = 0
@@ -250,9 +256,9 @@ class Explorer:
         except ServiceError:
             yield w
             return
-        # the notary's invariant, checked at the step: one decision per exchange
-        assert known is None or decision.statement == known
-        assert decision.new == (known is None)
+        if self.check_steps:  # the notary's invariant at the step: one decision
+            assert known is None or decision.statement == known
+            assert decision.new == (known is None)
         answered = replace(w, book=book, net=(*w.net, (requester, "decision", decision.statement)))
         yield answered
         if w.crashes[2]:
@@ -285,8 +291,7 @@ class Explorer:
         if machine is None:
             yield replace(w, down=up)
             return
-        cls = Originator if party == "o" else Responder
-        again = cls.from_record(machine.to_record(), sign=self.p.signer(party),
+        again = type(machine).from_record(machine.to_record(), sign=self.p.signer(party),
                                 verify=self.p.verify)
         if party == "r":  # the agent hands its approvals and notaries back in
             again._approvals, again._notaries = machine._approvals, machine._notaries
@@ -453,3 +458,38 @@ def test_contract_signing_is_fair_in_every_reachable_state(parties: Parties, nam
     # both ends are reachable: the exploration is not vacuous
     assert ("signed", "signed") in explorer.outcomes
     assert ("none", "none") in explorer.outcomes
+
+
+# -- the explorer is not vacuous: broken machines are caught --------------------------------
+
+class _AbortAfterRevealing(Originator):
+    """A bug: the originator aborts on a timeout even after it revealed N_O."""
+
+    _TABLE: ClassVar[dict[tuple[Any, type], frozenset[Any]]] = {
+        **Originator._TABLE, (OState.AWAIT_SECRET, TimedOut): frozenset({OState.ABORTING})}
+
+    def _on_timedout(self, event: TimedOut, now_ms: int) -> Any:
+        if self.state is OState.AWAIT_SECRET:
+            self.state = OState.AWAIT_M2  # take the abort branch, then restore
+            try:
+                return super()._on_timedout(event, now_ms)
+            finally:
+                self.state = OState.AWAIT_SECRET
+        return super()._on_timedout(event, now_ms)
+
+
+class _ForgetfulBook(NotaryBook):
+    """A bug: the notary decides every request afresh (no first decision wins)."""
+
+    def decide(self, exchange: bytes, kind: str, **kw: Any) -> Any:
+        self._decisions.clear()
+        return super().decide(exchange, kind, **kw)
+
+
+@pytest.mark.parametrize("bug", ["originator_aborts_after_revealing", "forgetful_notary"])
+def test_the_explorer_catches_an_unfair_machine(parties: Parties, bug: str) -> None:
+    kw: dict[str, Any] = ({"originator": _AbortAfterRevealing} if bug.startswith("originator")
+                          else {"book": _ForgetfulBook, "check_steps": False})
+    explorer = Explorer(parties, dishonest=None, crashes=(0, 0, 0), losses=0, cheats=0, **kw)
+    with pytest.raises(AssertionError, match=r"ABORTED.*SIGNED|SIGNED.*ABORTED"):
+        explorer.run()  # the terminal check: one party signed, the other not
