@@ -29,7 +29,7 @@ from semper.agents.components._reveal import request_reveal
 from semper.agents.operator._enroll import enroll
 from semper.agents.operator._market import DEFAULT_AGENTS, init_market, load_authority
 from semper.agents.runtime._agent import Agent
-from semper.agents.runtime._config import PaymentSettings
+from semper.agents.runtime._config import AgentConfig, PaymentSettings
 from semper.agents.runtime._storage import Database
 from semper.services import Amount
 from semper.services.certificates import (
@@ -399,6 +399,23 @@ def test_cli_reveal_to_the_arbiter_and_one_line_refusals(tmp_path: Path) -> None
         assert (reveal["type"], reveal["body"]["agent"]) == (REVEALED_TYPE, "alice")
         refused(run("ca", "reveal", "--config", config, token.agent_id, "--case",
                     case_file("other.case", "buyer")), "ca.reveal_not_party")
+        # By case id, from the arbiter's archive (where dispute.file keeps its cases).
+        archived = Statement.from_bytes(case_file("kept.case", token.agent_id).read_bytes())
+        case_id = archived.body["case"].hex()
+
+        async def keep() -> None:
+            agent = Agent(AgentConfig.load(config))
+            async with agent.session():
+                await agent.archive.record(archived, direction="sent", peer="seller",
+                                           transaction=case_id, certificate=cert)
+
+        trio.run(keep)
+        status, out, err = run("ca", "reveal", "--config", config, token.agent_id, "--case",
+                               case_id, "--json")
+        assert status == 0, err
+        assert json.loads(out)["case"] == case_id
+        refused(run("ca", "reveal", "--config", config, token.agent_id, "--case", "ab" * 32),
+                "ca.unknown_case")
         junk = tmp_path / "junk.case"
         junk.write_bytes(b"not a statement")
         refused(run("ca", "reveal", "--config", config, token.agent_id, "--case", junk),

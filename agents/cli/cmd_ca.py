@@ -343,35 +343,33 @@ def crl_command(folder: Path, passphrase_file: Path | None) -> None:
 @command.command("reveal")
 @config_option
 @click.argument("pseudonym", type=AGENT_ID)
-@click.option("--case", "case_file", required=True, metavar="CASEFILE",
-              type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path),
-              help="The dispute.case statement (its canonical bytes) that names PSEUDONYM.")
+@click.option("--case", "case_arg", required=True, metavar="CASEFILE|CASE",
+              help="The dispute.case that names PSEUDONYM: a file of its canonical bytes, "
+                   "or its case id (64 hex digits, as `semper dispute file` prints it), "
+                   "found in the arbiter's archive.")
 @click.option("--ca", "ca_id", type=AGENT_ID, help="The CA agent (default: ca_agent).")
 @passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def reveal(config_path: Path, pseudonym: str, case_file: Path, ca_id: str | None,
+def reveal(config_path: Path, pseudonym: str, case_arg: str, ca_id: str | None,
            passphrase_file: Path | None, as_json: bool) -> None:
     """Ask the CA, as the arbiter of --config, who PSEUDONYM is, citing a case.
 
-    The CA answers only an arbiter whose case names PSEUDONYM, archives the reveal and
-    tells the pseudonym's holder; this command checks the signed answer against the
-    pseudonym's certificate and archives it (protocol.md 7.6)."""
-    try:
-        raw = case_file.read_bytes()
-    except OSError as exc:
-        raise click.BadParameter(f"cannot read {case_file}: {exc.strerror}",
-                                 param_hint="--case") from None
-    try:
-        case = Statement.from_bytes(raw)
-    except (ServiceError, ValueError) as exc:
-        raise CliError("statement.malformed", f"{case_file} is not a statement: "
-                       f"{getattr(exc, 'message', exc)}") from None
+    The CA answers only an arbiter's signed request whose case names PSEUDONYM,
+    archives it with the reveal and tells the pseudonym's holder; this command checks
+    the signed answer against the pseudonym's certificate and archives it
+    (protocol.md 7.6)."""
+    case_file, case_id = Path(case_arg), None
+    if _CASE_ID.match(case_arg) and not case_file.exists():
+        case, case_id = None, case_arg
+    else:
+        case = _case_from(case_file)
     config, passphrase = load_config(config_path, passphrase_file)
     agent = Agent(config, passphrase=passphrase)
 
     async def run() -> Revealed:
         async with agent.session():
-            return await request_reveal(agent.context, pseudonym, case, ca=ca_id)
+            cited = case if case_id is None else await _archived_case(agent, case_id)
+            return await request_reveal(agent.context, pseudonym, cited, ca=ca_id)
 
     body = trio.run(run)
     if as_json:
@@ -380,3 +378,30 @@ def reveal(config_path: Path, pseudonym: str, case_file: Path, ca_id: str | None
         return
     click.echo(f"{body.pseudonym} is {body.agent} (case {body.case.hex()}); the CA "
                "recorded the reveal and tells the holder")
+
+
+_CASE_ID = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def _case_from(path: Path) -> Statement:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror}",
+                                 param_hint="--case") from None
+    try:
+        return Statement.from_bytes(raw)
+    except (ServiceError, ValueError) as exc:
+        raise CliError("statement.malformed", f"{path} is not a statement: "
+                       f"{getattr(exc, 'message', exc)}") from None
+
+
+async def _archived_case(agent: Agent, case_id: str) -> Statement:
+    """The ``dispute.case`` the arbiter archived under its case id (the transaction
+    its dispute.file answer is archived under)."""
+    for record in await agent.archive.records(case_id):
+        statement = Statement.from_bytes(record.statement)
+        if statement.type == "dispute.case" and statement.body.get("case") == bytes.fromhex(
+                case_id):
+            return statement
+    raise CliError("ca.unknown_case", f"{agent.id}'s archive holds no case {case_id}")
