@@ -463,3 +463,48 @@ def test_decision_body_is_checked(parties: Parties) -> None:
         DecisionBody.from_body({"exchange": b"x"})
     assert info.value.code == "fairexchange.bad_body"
     assert DECISION_TYPE == "fairexchange.decision"
+
+
+def test_retries_are_answered_the_same_and_change_nothing(parties: Parties) -> None:
+    """After a lost answer: the same m1 gets the same m2 while the exchange is open,
+    the same N_O the same N_R once signed; a restarted originator sends the same."""
+    o, r, m2 = _to_m2(parties)
+    propose = o.pending()[0]
+    before = _record(r)
+    [commit] = r.receive(Proposed(propose.text, propose.m1), now_ms=NOW_MS)
+    assert commit.m2 == m2 and _record(r) == before
+    [reveal] = o.receive(Committed(m2), now_ms=NOW_MS)
+    first = r.receive(Revealed(reveal.secret), now_ms=NOW_MS)
+    signed = _record(r)
+    assert r.receive(Revealed(reveal.secret), now_ms=NOW_MS) == first
+    assert _record(r) == signed
+    again = Originator.from_record(o.to_record(), sign=parties.signer("o"),
+                                   verify=parties.verify)
+    assert again.pending() == [reveal]
+
+
+def test_more_bad_messages_are_refused_without_a_change(parties: Parties) -> None:
+    o, r, m2 = _to_m2(parties)
+    fresh = parties.responder()
+    _refused(fresh, Revealed(b"O" * 32), "fairexchange.unexpected")  # nothing proposed
+    _refused(fresh, TimedOut(), "fairexchange.unexpected")
+    # an m2 signed by someone else than the responder m1 names
+    forged = parties.signer("mallory")("fairexchange.m2", _m2_body(m2), NOW_MS)
+    _refused(o, Committed(forged), "statement.wrong_signer")
+    # a decision in a state that asked nothing
+    [ask] = parties.responder().receive(Proposed(*_twin_propose(parties)), now_ms=NOW_MS)
+    _refused(o, NotaryAnswered(m2), "fairexchange.unexpected")
+    assert isinstance(ask, Commit)
+    # the same exchange id with another text, once R holds the exchange
+    twin = parties.originator(text=b"another text")
+    p2 = _propose(twin)
+    _refused(r, Proposed(p2.text, p2.m1), "fairexchange.replayed")
+
+
+def _m2_body(m2: Statement) -> dict[str, Any]:
+    return dict(m2.body)
+
+
+def _twin_propose(parties: Parties) -> tuple[bytes, Statement]:
+    p = _propose(parties.originator(exchange=b"\x04" * 32))
+    return p.text, p.m1
