@@ -182,8 +182,13 @@ def main() -> None:
         market = make_market(Path(name), settings)
         notary = start_notary(market, args.profile)
         try:
-            result = run(market, notary.pid, seconds=args.seconds, rounds=args.rounds,
-                         concurrency=args.concurrency)
+            try:
+                result = run(market, notary.pid, seconds=args.seconds, rounds=args.rounds,
+                             concurrency=args.concurrency)
+            except BaseException:
+                print((market / "notary.stderr").read_text(errors="replace")[-4000:],
+                      file=sys.stderr)
+                raise
         finally:
             notary.terminate()
             try:

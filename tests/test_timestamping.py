@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from market_helpers import config_of, make_market, running
@@ -423,6 +424,50 @@ async def test_a_batch_sealed_after_a_failed_one_is_not_stored(world: Path) -> N
             assert refused.value.code == "timestamp.unavailable"
             token = await _stamp(buyer, sha(b"three"))  # the chain went back and goes on
     assert (TreeHead.from_statement(token.head).sequence, token.serial) == (1, 1)
+
+
+async def test_a_stale_wake_up_with_nothing_pending_does_not_stop_the_notary(
+        world: Path) -> None:
+    """Found by bench/notary.py (the notary closed every channel mid-run): a request
+    that arrived during the scheduler turn before a seal was sealed with that batch,
+    but its wake-up stayed set, so the next turn sealed an empty batch (ValueError)
+    and the notary's run task, and with it the agent, died. Another member of the
+    kind: the same stale state under batch_ms (where a stale 'full' signal is also
+    left behind) must not seal an empty batch either."""
+    for table in ({}, {"batch_ms": 5, "batch_max": 2}):
+        config = config_of(world, "notary")
+        config = dataclasses.replace(config, components={"timestamps": table})
+        notary, buyer = Agent(config), Agent(config_of(world, "buyer"))
+        with trio.fail_after(DEADLINE):
+            async with running(notary), running(buyer):
+                first = await _stamp(buyer, sha(b"one"))
+                component = notary.component(Timestamps)
+                component._arrived.set()  # the stale state: set, nothing pending
+                component._full.set()
+                await trio.testing.wait_all_tasks_blocked()
+                second = await _stamp(buyer, sha(b"two"))
+        assert second.serial == first.serial + 1
+
+
+async def test_a_batch_that_cannot_be_signed_is_refused_and_the_notary_goes_on(
+        world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another member of the kind (the batch loop must not die): a failure to sign
+    answers that batch's requests timestamp.unavailable; the next batch is issued."""
+    notary, buyer = Agent(config_of(world, "notary")), Agent(config_of(world, "buyer"))
+    with trio.fail_after(DEADLINE):
+        async with running(notary), running(buyer):
+            sign = notary.context.sign
+
+            def broken(type_: str, body: dict[str, Any]) -> Statement:
+                monkeypatch.setattr(notary.context, "sign", sign)  # once
+                raise OSError("the key's device went away")
+
+            monkeypatch.setattr(notary.context, "sign", broken)
+            with pytest.raises(RemoteError) as refused:
+                await _stamp(buyer, sha(b"one"))
+            assert refused.value.code == "timestamp.unavailable"
+            token = await _stamp(buyer, sha(b"two"))
+    assert (TreeHead.from_statement(token.head).sequence, token.serial) == (0, 0)
 
 
 # -- durability: the notary as a process, killed -----------------------------------------

@@ -147,29 +147,33 @@ class Timestamps(Component):
 
     async def _next_batch(self, batcher: Batcher, certificate: bytes) -> None:
         """Wait until a batch is due, seal, sign, commit it, then answer its requests."""
-        if not batcher.pending:
+        # Each signal is made afresh right before it is waited for and the condition
+        # is looked at again after: a request that arrived while the last batch was
+        # sealed (and went into it) must not leave a stale wake-up behind, which would
+        # seal an empty batch.
+        while not batcher.pending:
+            self._arrived = trio.Event()
             await self._arrived.wait()
-        self._arrived = trio.Event()
         if self.batch_ms:
-            with trio.move_on_after(self.batch_ms / 1000):
-                await self._full.wait()
+            if batcher.pending < batcher.max_size:
+                self._full = trio.Event()
+                with trio.move_on_after(self.batch_ms / 1000):
+                    await self._full.wait()
         else:  # the requests woken with the first (one channel read's) join it
             await trio.lowlevel.cancel_shielded_checkpoint()
-        self._full = trio.Event()
         batch = batcher.seal(self.context.now_ms())
         waiters, self._waiters = self._waiters[:batch.head.size], self._waiters[batch.head.size:]
-        if batcher.pending >= batcher.max_size:
-            self._full.set()
-        head = self.context.sign(HEAD_TYPE, batch.head.to_wire())
-        crash_point("timestamp.sealed")
-        try:
+        try:  # whatever fails, this batch's requests get an answer and the notary goes on
+            head = self.context.sign(HEAD_TYPE, batch.head.to_wire())
+            crash_point("timestamp.sealed")
             await self.context.database.transaction(
                 lambda c: _store(c, batch, head, certificate))
         except Exception as exc:
             batcher.failed(batch)
-            self.context.log.error("timestamp batch %d not stored: %s", batch.head.sequence, exc)
+            self.context.log.error("timestamp batch %d not issued: %s", batch.head.sequence, exc,
+                                   exc_info=not isinstance(exc, Unavailable))
             error = exc if isinstance(exc, Unavailable) else Unavailable(
-                "the notary could not store the batch; send the request again")
+                "the notary could not sign or store the batch; send the request again")
             for waiter in waiters:
                 waiter.error = error
                 waiter.done.set()
