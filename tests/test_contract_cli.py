@@ -61,7 +61,9 @@ class Process:
     _out: bytes = field(default=b"", repr=False)
 
     @classmethod
-    def start(cls, market: Path, agent_id: str, crash_at: str | None = None) -> Process:
+    def launch(cls, market: Path, agent_id: str, crash_at: str | None = None) -> Process:
+        """Start it; ``wait_ready`` reads its ready line (not for one that may die at
+        its crash point before it is ready)."""
         stderr_path = market / f"{agent_id}-{time.monotonic_ns()}.stderr"
         with stderr_path.open("wb") as stderr:
             popen = subprocess.Popen(
@@ -69,14 +71,11 @@ class Process:
                  str(market / agent_id / "agent.toml")],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
                 env=_env(crash_at), bufsize=0)
-        process = cls(agent_id, popen, stderr_path)
-        try:
-            line = process.read_line()
-        except BaseException:
-            process.kill()
-            raise
-        assert line.startswith(f"ready {agent_id} "), line
-        return process
+        return cls(agent_id, popen, stderr_path)
+
+    def wait_ready(self) -> None:
+        line = self.read_line()
+        assert line.startswith(f"ready {self.agent_id} "), line
 
     def read_line(self) -> str:
         out = self.popen.stdout
@@ -109,6 +108,13 @@ class Process:
         assert "Traceback" not in self.stderr(), self.stderr()
 
 
+@dataclass
+class Done:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
 class Market:
     """A fresh copy of the prebuilt market and the processes running in it."""
 
@@ -121,19 +127,31 @@ class Market:
     def config(self, agent_id: str) -> Path:
         return self.root / agent_id / "agent.toml"
 
-    def start(self, agent_id: str, crash_at: str | None = None) -> Process:
-        process = Process.start(self.root, agent_id, crash_at)
-        self.processes.append(process)
-        return process
+    def start(self, *agents: str | tuple[str, str], ready: bool = True) -> list[Process]:
+        """Start agents together (``id`` or ``(id, crash point)``), then wait for each
+        one's ready line (unless not ``ready``: one may die before it is ready)."""
+        started = []
+        for spec in agents:
+            agent_id, crash_at = (spec, None) if isinstance(spec, str) else spec
+            started.append(Process.launch(self.root, agent_id, crash_at))
+            self.processes.append(started[-1])
+        if ready:
+            for process in started:
+                process.wait_ready()
+        return started
 
-    def sign(self, *extra: str, crash_at: str | None = None,
-             check: bool = True) -> subprocess.CompletedProcess[str]:
-        """``contract sign`` as its own process (so that it can die at a crash point)."""
-        done = subprocess.run(
-            [sys.executable, "-m", "semper.agents.cli", "contract", "sign", "--config",
-             str(self.config("buyer")), "--with", "seller", "--text", str(self.text), *extra],
-            capture_output=True, text=True, timeout=DEADLINE * 2, env=_env(crash_at),
-            stdin=subprocess.DEVNULL, check=False)
+    def sign(self, *extra: str, crash_at: str | None = None, check: bool = True) -> Done:
+        """``contract sign``: in-process, or as its own process to die at ``crash_at``
+        (the variable is read at import)."""
+        args = ["contract", "sign", "--config", str(self.config("buyer")), "--with", "seller",
+                "--text", str(self.text), *extra]
+        if crash_at is None:
+            done = Done(*semper(*args))
+        else:
+            ran = subprocess.run([sys.executable, "-m", "semper.agents.cli", *args],
+                                 capture_output=True, text=True, timeout=DEADLINE * 2,
+                                 env=_env(crash_at), stdin=subprocess.DEVNULL, check=False)
+            done = Done(ran.returncode, ran.stdout, ran.stderr)
         assert "Traceback" not in done.stderr, done.stderr
         if check:
             assert done.returncode == 0, done.stderr
@@ -203,8 +221,7 @@ def shown(market: Market, agent_id: str, contract: str) -> dict[str, object]:
 
 
 def test_approve_sign_show_and_export(market: Market) -> None:
-    market.start("notary")
-    market.start("seller")
+    market.start("notary", "seller")
     market.approve()
     done = market.sign("--json")
     result = json.loads(done.stdout)
@@ -231,8 +248,7 @@ def test_approve_sign_show_and_export(market: Market) -> None:
 def test_refusals_are_one_line(market: Market) -> None:
     """An unapproved text: the responder signs nothing, the originator aborted with
     the notary, one line; an unknown or malformed contract id; no notary."""
-    market.start("notary")
-    market.start("seller")
+    market.start("notary", "seller")
     done = market.sign(check=False)
     assert done.returncode == 1 and done.stdout == ""
     lines = done.stderr.splitlines()
@@ -254,9 +270,8 @@ def test_a_responder_dead_after_its_commitment_ends_signed_by_the_notary(
         market: Market) -> None:
     """The Done-when run: the responder exits right after sending m2; the sign ends
     signed, resolved by the notary; the responder, restarted, shows the same."""
-    market.start("notary")
+    _, seller = market.start("notary", ("seller", "contract.responder.sent_m2"))
     market.approve()
-    seller = market.start("seller", crash_at="contract.responder.sent_m2")
     result = json.loads(market.sign("--json").stdout)
     assert (result["state"], result["resolved_by"]) == ("signed", "notary")
     assert seller.died() != 0
@@ -305,8 +320,7 @@ def fair(market: Market) -> tuple[str, str | None]:
 
 @pytest.mark.parametrize("point", list(ORIGINATOR))
 def test_the_originator_killed_at_each_step(market: Market, point: str) -> None:
-    market.start("notary")
-    market.start("seller")
+    market.start("notary", "seller")
     if ORIGINATOR[point]:
         market.approve()
     done = market.sign(crash_at=point, check=False)
@@ -316,9 +330,8 @@ def test_the_originator_killed_at_each_step(market: Market, point: str) -> None:
 
 @pytest.mark.parametrize("point", RESPONDER)
 def test_the_responder_killed_at_each_step(market: Market, point: str) -> None:
-    market.start("notary")
+    _, seller = market.start("notary", ("seller", point))
     market.approve()
-    seller = market.start("seller", crash_at=point)
     market.sign()
     assert seller.died() != 0
     market.start("seller")  # resumes what it had in flight by itself
@@ -329,12 +342,11 @@ def test_the_responder_killed_at_each_step(market: Market, point: str) -> None:
 def test_the_responder_killed_on_its_way_to_the_notary(market: Market, point: str) -> None:
     """Dead after m2, restarted: it resolves by itself, and dies at ``point``; the
     next restart finishes."""
-    market.start("notary")
+    _, seller = market.start("notary", ("seller", "contract.responder.sent_m2"))
     market.approve()
-    seller = market.start("seller", crash_at="contract.responder.sent_m2")
     market.sign()
     seller.died()
-    seller = market.start("seller", crash_at=point)
+    (seller,) = market.start(("seller", point), ready=False)  # resumes, and dies
     assert seller.died() != 0
     market.start("seller")
     assert fair(market) == ("signed", "signed")
@@ -345,13 +357,12 @@ def test_the_notary_killed_at_each_step(market: Market, point: str) -> None:
     """The responder dead after m2 sends the originator to the notary, which dies at
     ``point``: the command fails in one line (the exchange stays in flight), the
     restarted notary decides once, both parties end signed."""
-    notary = market.start("notary", crash_at=point)
+    notary, seller = market.start(("notary", point),
+                                  ("seller", "contract.responder.sent_m2"))
     market.approve()
-    seller = market.start("seller", crash_at="contract.responder.sent_m2")
     done = market.sign(check=False)
     assert done.returncode == 1, done
     assert done.stderr.startswith("semper: fairexchange.unresolved: "), done.stderr
     assert notary.died() != 0 and seller.died() != 0
-    market.start("notary")
-    market.start("seller")
+    market.start("notary", "seller")
     assert fair(market) == ("signed", "signed")
