@@ -96,6 +96,27 @@ def test_check_as_a_process(files):
     assert json.loads(done.stdout)["valid"] is True
 
 
+def test_check_config_keeps_a_fetched_crl_that_revokes_nothing(files, trade, monkeypatch):
+    """An x509 CRL has a length (its entries): one revoking nothing is falsy, and the
+    fresh CRL the CA agent issued for ``--config`` was dropped as if none had come
+    (archive.crl_too_old; seen in ``semper demo``). The CA agent stands in here."""
+    from semper.agents.cli import cmd_archive, cmd_dispute
+
+    bundle, root, _ = files
+    assert len(trade.crl) == 0
+
+    async def fetch(config, passphrase, fresh_after):
+        return trade.crl
+
+    monkeypatch.setattr(cmd_dispute, "load_config", lambda path, passphrase_file: (None, None))
+    monkeypatch.setattr(cmd_archive, "_local_crls", lambda config: [])
+    monkeypatch.setattr(cmd_archive, "_fetch_crl", fetch)
+    status, out, err = semper("dispute", "check", bundle, "--root", root, "--config",
+                              bundle, "--json")
+    assert status == 0, err
+    assert json.loads(out)["valid"] is True
+
+
 # -- semper dispute file ---------------------------------------------------------------
 
 async def test_file_as_the_buyer_gets_a_verdict_and_archives_it(tmp_path):

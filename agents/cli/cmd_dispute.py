@@ -75,7 +75,9 @@ def check(bundle_path: Path, root_path: Path, crl_paths: tuple[Path, ...],
                                      f"{getattr(exc, 'code', type(exc).__name__)}: "
                                      f"{getattr(exc, 'message', str(exc))})")
         else:
-            report = check_bundle(data, root, crls=[*crls, *([fetched] if fetched else [])])
+            # ``is not None``: a CRL revoking nothing has length 0, so it is falsy
+            report = check_bundle(data, root, crls=[*crls, *([fetched] if fetched is not None
+                                                             else [])])
     print_report(report, as_json)
 
 
