@@ -88,18 +88,19 @@ def command() -> None:
     """Sign a contract with another agent, fairly, with the market's notary.
 
     \b
-    semper contract approve --config R.toml --from O_ID --text FILE
-    semper contract sign --config O.toml --with R_ID --text FILE [--notary ID] [--json]
-    semper contract show --config X.toml CONTRACT [--json]
-    semper contract export --config X.toml CONTRACT -o FILE
+    `semper contract approve --config R.toml --from O_ID --text FILE`
+    `semper contract sign --config O.toml --with R_ID --text FILE [--notary ID] [--json]`
+    `semper contract show --config X.toml CONTRACT [--json]`
+    `semper contract export --config X.toml CONTRACT -o FILE`
     """
 
 
 @command.command("approve")
 @config_option
-@click.option("--from", "originator", required=True, type=AGENT_ID,
+@click.option("--from", "originator", required=True, type=AGENT_ID, metavar="O_ID",
               help="The agent that may ask us to sign the text.")
-@click.option("--text", "text_path", required=True, type=_FILE, help="The contract text.")
+@click.option("--text", "text_path", required=True, type=_FILE, metavar="FILE",
+              help="The contract text.")
 @passphrase_option
 def approve(config_path: Path, originator: str, text_path: Path,
             passphrase_file: Path | None) -> None:
@@ -118,10 +119,11 @@ def approve(config_path: Path, originator: str, text_path: Path,
 
 @command.command("sign")
 @config_option
-@click.option("--with", "responder", required=True, type=AGENT_ID,
+@click.option("--with", "responder", required=True, type=AGENT_ID, metavar="R_ID",
               help="The responder (its agent must run and have approved the text).")
-@click.option("--text", "text_path", required=True, type=_FILE, help="The contract text.")
-@click.option("--notary", default=None, type=AGENT_ID,
+@click.option("--text", "text_path", required=True, type=_FILE, metavar="FILE",
+              help="The contract text.")
+@click.option("--notary", default=None, type=AGENT_ID, metavar="ID",
               help="The notary (default: [fairexchange] notary of the config).")
 @passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
