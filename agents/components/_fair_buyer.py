@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 import trio
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from semper.agents.components._archive import append, entry
 from semper.agents.components._purchase import PurchaseOutcome, Shopper
@@ -237,10 +238,15 @@ class FairShopper(Shopper):
             elif fair.state is FairState.RECOVERING:
                 self._progress(f"asking the notary {self.notary} for the key")
                 record = fair.to_record()
+                delivery = Statement.from_wire(record["delivery"])
+                assert fair.payment is not None
+                signers = [await self.agent.archive.certificate(s.signer)
+                           for s in (delivery, fair.payment)]
                 answer = await self.agent.context.call(self.notary, NOTARY_RECOVER_GOODS,
                                                        RecoverGoodsWire(
-                    order=order, delivery=Statement.from_wire(record["delivery"]),
-                    ciphertext=record["ciphertext"], payment=fair.payment))
+                    order=order, delivery=delivery, ciphertext=record["ciphertext"],
+                    payment=fair.payment, certificates=tuple(
+                        c.public_bytes(Encoding.DER) for c in signers if c is not None)))
                 certificate = (await self.agent.channel(self.notary)).peer.certificate
                 verify_statement(answer.statement, certificate=certificate,
                                  root=self.agent.credentials.root, crl=self.agent.crl,

@@ -45,6 +45,7 @@ from typing import Any, ClassVar, Final
 
 import trio
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from semper.agents.components._archive import append, entry
 from semper.agents.components._escrow_keys import EscrowKeys, default_notary, notary_escrow_key
@@ -345,10 +346,12 @@ class CertifiedMail(Component):
         if state is MailState.RECOVERING:
             offer = Statement.from_wire(row.record["offer"])
             notary = MailOffer.from_statement(offer).notary
+            sender = await self.context.archive.certificate(offer.signer)
             decision, certificate = await self._decision(notary, NOTARY_RECOVER_MAIL,
                                                          RecoverMailWire(
                 offer=offer, receipt=Statement.from_wire(row.record["receipt"]),
-                ciphertext=row.record["ciphertext"]))
+                ciphertext=row.record["ciphertext"],
+                certificates=None if sender is None else (_der(sender),)))
             await self._step(exchange, NotaryAnswered(decision=decision),
                              [(decision, "received", notary, certificate)])
             return True
@@ -540,6 +543,10 @@ def _view(row: _Row, machine: MailSender | MailReceiver) -> MailView:
                 MailState.ERROR: "error"}.get(state, "waiting")
     return MailView(row.exchange, row.role, row.peer, name, machine.receipt, plaintext,
                     state in FINAL)
+
+
+def _der(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(Encoding.DER)
 
 
 def _coded(exc: BaseException) -> bool:

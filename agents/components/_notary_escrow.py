@@ -172,10 +172,21 @@ class NotaryEscrow(Component):
     # -- verification ports -------------------------------------------------------------
 
     async def _certificates(self, request: Any, statements: Sequence[Statement],
-                            signers: Sequence[str]) -> dict[bytes, x509.Certificate]:
+                            signers: Sequence[str], ders: Sequence[bytes] | None
+                            ) -> dict[bytes, x509.Certificate]:
         """Certificates of ``statements``' signers (agent ids ``signers``, in order),
-        by fingerprint: the requester's from its channel, others from the directory."""
+        by fingerprint: the requester's from its channel, then those the request
+        carries (``ders``; each is checked against the root and the CRL when a
+        statement is verified with it), else from the directory."""
         found: dict[bytes, x509.Certificate] = {}
+        for der in ders or ():
+            try:
+                certificate = load_certificate(der)
+            except Exception as exc:  # not a certificate: it proves nothing
+                if not isinstance(getattr(exc, "code", None), str):
+                    raise
+                continue
+            found[fingerprint(certificate)] = certificate
         peer = request.peer
         found[fingerprint(peer.certificate)] = peer.certificate
         for statement, agent_id in zip(statements, signers, strict=True):
@@ -227,7 +238,8 @@ class NotaryEscrow(Component):
         crash_point("notary.escrow.received")
         offer = MailOffer.from_statement(body.offer)
         certificates = await self._certificates(request, [body.offer, body.receipt],
-                                                [offer.sender, offer.receiver])
+                                                [offer.sender, offer.receiver],
+                                                body.certificates)
         keys = await self.private_keys()
         verify = self._verifier(certificates)
         return await self._decide(request, lambda book: recover_mail(
@@ -238,7 +250,8 @@ class NotaryEscrow(Component):
     async def close_mail(self, request: Any, body: Any) -> DecisionWire:
         crash_point("notary.escrow.received")
         offer = MailOffer.from_statement(body.offer)
-        certificates = await self._certificates(request, [body.offer], [offer.sender])
+        certificates = await self._certificates(request, [body.offer], [offer.sender],
+                                                body.certificates)
         verify = self._verifier(certificates)
         return await self._decide(request, lambda book: close_mail(
             book, body, requester=request.peer.agent_id, verify=verify,
@@ -253,8 +266,9 @@ class NotaryEscrow(Component):
         offer = terms.offer
         certificates = await self._certificates(
             request, [body.order, offer, body.delivery],
-            [terms.buyer, terms.seller, terms.seller])
-        bank = await self._bank_certificate(body.payment)
+            [terms.buyer, terms.seller, terms.seller], body.certificates)
+        bank = certificates.get(body.payment.signer) or \
+            await self._bank_certificate(body.payment)
         if bank is not None:
             certificates[body.payment.signer] = bank
         keys = await self.private_keys()

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 
 from .._schema import AGENT, DIGEST, STATEMENT, TIME, Body, Schema, binary, form, wire
 from ..statements import Statement, canonical_encode, sign_statement, verify_statement
+from ._bodies import CERTIFICATES
 from ._errors import BadBody, BadEscrow, BadEscrowKey, BadKey
 
 __all__ = [
@@ -91,6 +92,7 @@ SCHEMA: Final = Schema(BadBody, {
     "receipt": DIGEST, "payment": DIGEST,
     "escrow": binary(ESCROW_SIZE, ESCROW_SIZE, f"{ESCROW_SIZE} bytes (an HPKE escrow)"),
     "purpose": form(r"mail|goods", "'mail' or 'goods'"),
+    "certificates": CERTIFICATES,
 })
 
 

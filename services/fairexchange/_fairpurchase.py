@@ -156,6 +156,8 @@ class RecoverGoodsWire(Body):
     delivery: Statement = field(metadata=wire(STATEMENT))
     ciphertext: bytes = field(metadata=wire(_CIPHERTEXT))
     payment: Statement = field(metadata=wire(STATEMENT))
+    #: the signers' certificates (DER): the seller's, the bank's (protocol.md 10.5)
+    certificates: tuple[bytes, ...] | None = None
 
 
 # -- events and actions (besides ``_mail``'s KeyRevealed, KeyGiven, DeadlinePassed,

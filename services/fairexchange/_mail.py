@@ -204,6 +204,8 @@ class RecoverMailWire(Body):
     offer: Statement = field(metadata=wire(STATEMENT))
     receipt: Statement = field(metadata=wire(STATEMENT))
     ciphertext: bytes = field(metadata=wire(_CIPHERTEXT))
+    #: the signers' certificates (DER) of the statements quoted (protocol.md 10.4)
+    certificates: tuple[bytes, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -214,6 +216,7 @@ class CloseMailWire(Body):
     SCHEMA: ClassVar[Schema] = SCHEMA
 
     offer: Statement = field(metadata=wire(STATEMENT))
+    certificates: tuple[bytes, ...] | None = None
 
 
 # -- events in, actions out -------------------------------------------------------------------
