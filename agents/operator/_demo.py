@@ -27,6 +27,7 @@ Each of these is a ``Check``; the demo passes only if every one holds. A
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import signal
@@ -45,8 +46,10 @@ from semper.agents.operator._market import init_market
 from semper.agents.runtime._agent import Agent
 from semper.agents.runtime._config import AgentConfig
 from semper.services import Amount
+from semper.services.disputes._purchase import DELIVERED, PAID, RECEIPTED
 
-__all__ = ["PURCHASES", "REFUND", "REPLAY", "Check", "DemoResult", "Reporter", "run_demo"]
+__all__ = ["CONTRACTS", "DISPUTED", "FAIR", "PURCHASES", "REFUND", "REPLAY", "Check",
+           "DemoResult", "Reporter", "run_demo"]
 
 READY_TIMEOUT = 30.0
 PING_TIMEOUT = 10.0
@@ -63,6 +66,22 @@ PURCHASES: Final = (
 REFUND: Final = "demo-guide"
 #: The purchase bought again with the same idempotency key.
 REPLAY: Final = "demo-map"
+#: The purchase whose evidence bundle the buyer exports, checks and files.
+DISPUTED: Final = "demo-song"
+#: The fair purchase: (idempotency key, SKU, instrument), from a seller that dies
+#: once paid, before it releases the key.
+FAIR: Final = ("demo-fair", "map-002", "transfer")
+#: The contracts the buyer signs with the seller: by the exchange, then through the
+#: notary (the seller dies right after sending its commitment).
+CONTRACTS: Final = (
+    b"The seller delivers the field guide's second edition to the buyer by 1 March.\n",
+    b"The seller keeps the buyer's map up to date for a year, at no charge.\n",
+)
+#: The file the buyer timestamps with the notary.
+TIMESTAMPED: Final = b"Invoice 2026-001: seller to buyer, EUR 12.50, due in 30 days.\n"
+#: Where the seller dies (protocol.md 10.6).
+CONTRACT_CRASH: Final = "contract.responder.sent_m2"
+FAIR_CRASH: Final = "fair.seller.paid"
 
 Account = tuple[str, str]  # (holder, currency)
 
@@ -116,6 +135,15 @@ def _semper(*args: str) -> list[str]:
     return [sys.executable, "-m", "semper.agents.cli", *args]
 
 
+def _env(crash_at: str | None = None) -> dict[str, str]:
+    """The environment of a child process: ours, dying at ``crash_at`` if given (and
+    never at a crash point the demo's own environment happens to name)."""
+    env = {k: v for k, v in os.environ.items() if k != "SEMPER_CRASH_AT"}
+    if crash_at is not None:
+        env["SEMPER_CRASH_AT"] = crash_at
+    return env
+
+
 def _describe(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
@@ -161,6 +189,19 @@ class _Demo:
         self.result = DemoResult(agents=[c.id for c in configs], folder=market)
         self.processes: dict[str, trio.Process] = {}
         self.by_role = {c.role: c for c in reversed(configs)}  # the first of each role
+        self.by_id = {c.id: c for c in configs}
+        self.files = market.parent / "files"  # what the demo timestamps, signs, exports
+        self.files.mkdir(exist_ok=True)
+        self.nursery: trio.Nursery | None = None
+        #: The crash point each agent's current process was started with.
+        self.crash_at: dict[str, str | None] = {}
+        #: What commerce bought (idempotency key -> ``buy --json``), and whether the
+        #: refund went through: the books are checked against these at the end.
+        self.bought: dict[str, dict[str, Any]] = {}
+        self.refunded = False
+        self.minted_before: dict[str, int] | None = None
+        #: The seller's offers, from ``semper catalogue --json``.
+        self.offers: dict[str, dict[str, Any]] = {}
 
     def check(self, what: str, ok: bool, detail: str = "") -> bool:
         check = Check(what, ok, detail)
@@ -179,6 +220,7 @@ class _Demo:
     # -- processes ------------------------------------------------------------------
 
     async def start_all(self, nursery: trio.Nursery) -> bool:
+        self.nursery = nursery
         names = ", ".join(self.result.agents)
         self.reporter.doing(f"starting {names}: one `semper agent run` process each")
         ready: dict[str, str] = {}
@@ -195,12 +237,12 @@ class _Demo:
                       if agent in ready))
 
     async def _start(self, config: AgentConfig, nursery: trio.Nursery,
-                     ready: dict[str, str]) -> None:
+                     ready: dict[str, str], crash_at: str | None = None) -> None:
         """Start one agent process and wait for its ready line."""
         assert config.path is not None
         process: trio.Process = await nursery.start(functools.partial(
             trio.run_process, _semper("agent", "run", str(config.path)),
-            stdout=subprocess.PIPE, check=False))
+            stdout=subprocess.PIPE, check=False, env=_env(crash_at)))
         self.processes[config.id] = process
         assert process.stdout is not None
         buffer = b""
@@ -216,6 +258,44 @@ class _Demo:
         else:
             self.check(f"{config.id} did not start", False,
                        f"printed {line!r} instead of its ready line")
+
+    async def start(self, agent_id: str, crash_at: str | None = None) -> bool:
+        """(Re)start one agent's process, dying at ``crash_at`` if given (one still
+        running is stopped first)."""
+        assert self.nursery is not None
+        if agent_id in self.processes and self.processes[agent_id].returncode is None:
+            await self.stop(agent_id)
+        self.crash_at[agent_id] = crash_at
+        ready: dict[str, str] = {}
+        await self._start(self.by_id[agent_id], self.nursery, ready, crash_at)
+        return agent_id in ready
+
+    async def stop(self, agent_id: str) -> int | None:
+        """SIGTERM one agent and wait for its exit code (None: it had to be killed)."""
+        process = self.processes[agent_id]
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(STOP_TIMEOUT):
+            return await process.wait()
+        process.kill()
+        return None
+
+    async def died(self, agent_id: str) -> int | None:
+        """The exit code of an agent that is to die by itself (None: it did not)."""
+        if self.crash_at.get(agent_id) is None:
+            return self.processes[agent_id].returncode
+        with trio.move_on_after(COMMAND_TIMEOUT):
+            return await self.processes[agent_id].wait()
+        return None
+
+    async def restart(self, agent_id: str, crash_at: str | None = None) -> str:
+        """Stop one agent with SIGTERM and start it again; what went wrong, or ""."""
+        code = await self.stop(agent_id)
+        if code != 0:
+            return f"{agent_id} stopped by SIGTERM exited {code}"
+        if not await self.start(agent_id, crash_at):
+            return f"{agent_id} did not start again"
+        return ""
 
     async def stop_all(self) -> None:
         for process in self.processes.values():
@@ -285,7 +365,7 @@ class _Demo:
         argv = _semper(*args)
         with trio.move_on_after(COMMAND_TIMEOUT):
             done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True,
-                                          stdin=b"", check=False)
+                                          stdin=b"", check=False, env=_env())
             return _Command(argv, done.returncode, done.stdout.decode(errors="replace"),
                             done.stderr.decode(errors="replace"))
         return _Command(argv, None, "", "")
@@ -328,20 +408,21 @@ class _Demo:
         self.check("balances before (semper bank accounts --json)", True,
                    ", ".join(f"{h} {_money(u, c)}"
                              for (h, c), u in sorted(self.result.before.items())))
-        minted_before = books["minted"]
+        self.minted_before = books["minted"]
 
         self.reporter.doing(f"semper catalogue --seller {seller} --json")
         offers, error = await self.semper_json("catalogue", "--config", self.config("buyer"),
                                                "--seller", seller, "--json")
         prices: dict[str, Amount] = {}
         if offers is not None:
+            self.offers = {o["sku"]: o for o in offers}
             prices = {o["sku"]: Amount(o["price"]["currency"], o["price"]["minor_units"])
                       for o in offers}
             error = ", ".join(f"{sku} {price}" for sku, price in prices.items())
         self.check(f"semper catalogue: {len(prices)} offers signed by {seller}, verified",
                    bool(prices), error)
 
-        bought: dict[str, dict[str, Any]] = {}
+        bought = self.bought
         for key, sku, module in PURCHASES:
             what = f"semper buy --item {sku} --pay {module}"
             self.reporter.doing(f"{what} --idempotency-key {key} --json")
@@ -359,16 +440,22 @@ class _Demo:
                          f"{outcome['receipt']['digest'][:16]}... signed by {seller}")
             self.check(what, not problems, error if not problems else "; ".join(problems))
 
-        refunded = await self.refund(bought)
+        self.refunded = await self.refund(bought)
         await self.replay(bought)
 
+    async def books(self) -> None:
+        """The balances after everything: each account moved by exactly what the
+        payments reported (the fair purchase's too) and the refund imply."""
+        if self.minted_before is None:  # the balances before were never read
+            return
         books = await self.accounts("after")
         if books is None:
             return
+        bought = self.bought
         self.result.after = after = _balances(books)
         self.result.expected = expected = _implied(
             [bought[key]["payment"] for key in bought],
-            [bought[REFUND]["payment"]] if refunded else [])
+            [bought[REFUND]["payment"]] if self.refunded else [])
         before = self.result.before
         changes = {account: after.get(account, 0) - before.get(account, 0)
                    for account in {*before, *after}}
@@ -384,7 +471,7 @@ class _Demo:
                              f"{_money(totals[1].get(currency, 0), currency)} after"
                              for currency, units in sorted(totals[0].items())))
         self.check("semper bank accounts: the books balance, nothing minted meanwhile",
-                   books.get("balanced") is True and books.get("minted") == minted_before,
+                   books.get("balanced") is True and books.get("minted") == self.minted_before,
                    f"balanced: {json.dumps(books.get('balanced'))}, minted "
                    + ", ".join(f"{_money(u, c)}" for c, u in sorted(books["minted"].items())))
 
@@ -438,6 +525,243 @@ class _Demo:
             f"same receipt {first['receipt']['digest'][:16]}..., the buyer's balance "
             + ", ".join(_money(u, c) for c, u in sorted(after.items()))
             + " before and after"))
+
+    # -- the notary's services and the arbiter ----------------------------------------
+
+    def market_file(self, name: str) -> str:
+        return str(self.market / "ca" / name)
+
+    async def timestamp(self) -> None:
+        """A file timestamped by the notary; the token verified offline with the market
+        root alone; the same token refused for a changed file."""
+        what = "semper timestamp: the notary's token verified offline with the market root"
+        self.reporter.doing("semper timestamp --config buyer FILE -o TOKEN --json, then "
+                            "semper timestamp verify FILE TOKEN --root root.pem")
+        document, token = self.files / "invoice.txt", self.files / "invoice.tst"
+        document.write_bytes(TIMESTAMPED)
+        stamped, error = await self.semper_json(
+            "timestamp", "--config", self.config("buyer"), str(document), "-o", str(token),
+            "--json")
+        problems = [error] if stamped is None else []
+        if stamped is not None:
+            if stamped.get("notary") != self.id("notary"):
+                problems.append(f"signed by {stamped.get('notary')!r}")
+            if stamped.get("digest") != hashlib.sha256(TIMESTAMPED).hexdigest():
+                problems.append("the token names another digest")
+        if not problems:
+            verified, error = await self.semper_json(
+                "timestamp", "verify", str(document), str(token), "--root",
+                self.market_file("root.pem"), "--crl", self.market_file("crl.pem"), "--json")
+            keys = ("digest", "serial", "time", "notary", "sequence", "head")
+            if verified is None:
+                problems.append(f"semper timestamp verify: {error}")
+            elif any(verified.get(k) != stamped[k] for k in keys):  # type: ignore[index]
+                problems.append(f"verify read another token: {verified}")
+        if not self.check(what, not problems, "; ".join(problems) or (
+                f"serial {stamped['serial']} in tree head #{stamped['sequence']} "  # type: ignore[index]
+                f"{stamped['head'][:16]}..., signed by {stamped['notary']}; "  # type: ignore[index]
+                "valid under root.pem and the CRL")):
+            return
+        self.reporter.doing("semper timestamp verify of the token against a changed file")
+        (self.files / "invoice-changed.txt").write_bytes(TIMESTAMPED.replace(b"12.50", b"1.25"))
+        done = await self.semper("timestamp", "verify", str(self.files / "invoice-changed.txt"),
+                                 str(token), "--root", self.market_file("root.pem"))
+        lines = done.stderr.splitlines()
+        self.check("semper timestamp verify: the token refused for a changed file",
+                   done.code not in (0, None) and len(lines) == 1
+                   and lines[0].startswith("semper: timestamp."), done.error)
+
+    async def dispute(self) -> None:
+        """The buyer's evidence of a purchase, exported, judged offline per obligation,
+        then filed with the arbiter, whose signed verdicts must say the same."""
+        buyer, seller = self.id("buyer"), self.id("seller")
+        bundle = self.files / f"{DISPUTED}.bundle"
+        self.reporter.doing(f"semper archive export --config buyer {DISPUTED}, then "
+                            "semper dispute check --json")
+        if DISPUTED not in self.bought:
+            self.check("semper dispute check", False, f"the purchase {DISPUTED} failed")
+            return
+        done = await self.semper("archive", "export", "--config", self.config("buyer"),
+                                 DISPUTED, "-o", str(bundle))
+        if not self.check(f"semper archive export {DISPUTED}: the buyer's evidence bundle",
+                          done.code == 0, done.error if done.code else
+                          f"{bundle.stat().st_size} bytes: statements, certificates, CRL"):
+            return
+        expected = {(PAID, buyer, True), (DELIVERED, seller, True), (RECEIPTED, seller, True)}
+        report, error = await self.semper_json(
+            "dispute", "check", str(bundle), "--root", self.market_file("root.pem"),
+            "--config", self.config("buyer"), "--json")
+        verdicts = _verdicts(report)
+        problems = [error] if report is None else []
+        if report is not None and report.get("valid") is not True:
+            problems.append("the bundle does not verify")
+        if report is not None and verdicts != expected:
+            problems.append(f"verdicts {sorted(verdicts, key=str)}")
+        if not self.check("semper dispute check: every obligation met, judged offline",
+                          not problems, "; ".join(problems) or _said(verdicts)):
+            return
+        arbiter = self.id("arbiter")
+        self.reporter.doing(f"semper dispute file --config buyer --arbiter {arbiter} --json")
+        answer, error = await self.semper_json(
+            "dispute", "file", "--config", self.config("buyer"), str(bundle), "--arbiter",
+            arbiter, "--json")
+        problems = [error] if answer is None else []
+        if answer is not None:
+            if answer.get("arbiter") != arbiter or answer.get("valid") is not True:
+                problems.append(f"arbiter {answer.get('arbiter')!r}, valid "
+                                f"{answer.get('valid')!r}")
+            if _verdicts(answer) != verdicts:
+                problems.append(f"the arbiter's verdicts differ: {answer.get('verdicts')}")
+        self.check(f"semper dispute file: {arbiter}'s signed verdicts agree", not problems,
+                   "; ".join(problems) or f"case {str(answer['case'])[:16]}... "  # type: ignore[index]
+                   f"({answer['protocol']}), verdicts checked and archived by {buyer}")  # type: ignore[index]
+
+    async def contracts(self) -> None:
+        """A contract signed by the exchange alone; then one whose responder (the
+        seller) dies right after sending its commitment: signed through the notary,
+        and the seller, started again, holds the same contract."""
+        buyer, seller = self.id("buyer"), self.id("seller")
+        texts = []
+        for n, text in enumerate(CONTRACTS, 1):
+            texts.append(self.files / f"contract-{n}.txt")
+            texts[-1].write_bytes(text)
+        what = f"semper contract approve (as {seller}) and sign (as {buyer})"
+        self.reporter.doing(f"{what} --json")
+        signed, error = await self.sign(texts[0])
+        problems = [error] if signed is None else _contract_problems(signed, "exchange")
+        self.check(f"{what}: signed by the exchange", not problems, "; ".join(problems) or (
+            f"contract {signed['contract'][:16]}... signed by both, "  # type: ignore[index]
+            "the notary not needed"))
+
+        what = f"semper contract sign with {seller} dying at {CONTRACT_CRASH}"
+        self.reporter.doing(f"{what}: restarted with SEMPER_CRASH_AT={CONTRACT_CRASH}")
+        signed, error = await self.sign(texts[1], crash_at=CONTRACT_CRASH)
+        code = await self.died(seller)
+        problems = [error] if signed is None else _contract_problems(signed, "notary")
+        if code in (0, None):
+            problems.append(f"{seller} did not die at {CONTRACT_CRASH}")
+        self.check(f"{what}: signed, resolved by the notary", not problems,
+                   "; ".join(problems) or (
+                       f"{seller} exited {code} after its commitment; contract "
+                       f"{signed['contract'][:16]}... completed by the notary's "  # type: ignore[index]
+                       "replacement"))
+        # Started again, armed for the fair purchase that follows (it must still hold
+        # the contract: it resolves an exchange in flight with the notary by itself).
+        what = f"{seller} started again shows the same contract"
+        if not await self.start(seller, crash_at=FAIR_CRASH):
+            self.check(what, False, f"{seller} did not start again")
+            return
+        if signed is None:
+            return
+        self.reporter.doing(f"semper contract show --config seller {signed['contract']}")
+        shown, error = await self.semper_json("contract", "show", "--config",
+                                              self.config("seller"), signed["contract"],
+                                              "--json")
+        self.check(what, shown == signed, error or (
+            f"{json.dumps(shown)}" if shown != signed else
+            f"{shown['state']}, resolved by the {shown['resolved_by']}"))
+
+    async def sign(self, text: Path, crash_at: str | None = None
+                   ) -> tuple[dict[str, Any] | None, str]:
+        """The seller approves ``text`` from the buyer (restarted to die at
+        ``crash_at`` if given), then the buyer signs it with the seller."""
+        done = await self.semper("contract", "approve", "--config", self.config("seller"),
+                                 "--from", self.id("buyer"), "--text", str(text))
+        if done.code != 0:
+            return None, f"semper contract approve: {done.error}"
+        if crash_at is not None:
+            problem = await self.restart(self.id("seller"), crash_at)
+            if problem:
+                return None, problem
+        return await self.semper_json("contract", "sign", "--config", self.config("buyer"),
+                                      "--with", self.id("seller"), "--text", str(text),
+                                      "--json")
+
+    async def fair_purchase(self) -> None:
+        """``semper buy --fair`` from a seller that dies once paid (started so by
+        ``contracts``): the buyer gets the goods through the notary, matching the
+        offer's digest. The seller is started again normally afterwards."""
+        buyer, seller = self.id("buyer"), self.id("seller")
+        key, sku, module = FAIR
+        what = f"semper buy --fair --item {sku} from {seller} dying at {FAIR_CRASH}"
+        self.reporter.doing(f"{what} --json")
+        goods = self.files / f"{sku}.goods"
+        if self.crash_at.get(seller) != FAIR_CRASH or self.processes[seller].returncode \
+                is not None:  # contracts did not leave it so
+            problem = "" if await self.start(seller, FAIR_CRASH) else "did not start"
+            if problem:
+                self.check(what, False, f"{seller} {problem}")
+                return
+        outcome, error = await self.semper_json(
+            "buy", "--config", self.config("buyer"), "--seller", seller, "--item", sku,
+            "--pay", module, "--fair", "--idempotency-key", key, "-o", str(goods), "--json")
+        code = await self.died(seller)
+        problems = [error] if outcome is None else []
+        if outcome is not None:
+            if outcome.get("payment"):
+                self.bought[key] = outcome  # money moved: the books must show it
+            problems += _fair_problems(outcome, self.offers.get(sku), goods, buyer=buyer,
+                                       seller=seller, module=module)
+        if code in (0, None):
+            problems.append(f"{seller} did not die once paid")
+        digest = (self.offers.get(sku) or {}).get("content_digest", "")
+        self.check(f"{what}: the goods through the notary", not problems,
+                   "; ".join(problems) or (
+                       f"{seller} exited {code} once paid; the notary released the key: "
+                       f"{goods.stat().st_size} bytes, SHA-256 {digest[:16]}... as the "
+                       "offer says"))
+        self.reporter.doing(f"starting {seller} again, normally")
+        self.check(f"{seller} started again, normally", await self.start(seller),
+                   "no crash point: it serves the rest of the demo")
+
+
+def _verdicts(report: dict[str, Any] | None) -> set[tuple[str, str, bool | None]]:
+    if not isinstance(report, dict) or not isinstance(report.get("verdicts"), list):
+        return set()
+    return {(v.get("obligation"), v.get("party"), v.get("met")) for v in report["verdicts"]
+            if isinstance(v, dict)}
+
+
+def _said(verdicts: Iterable[tuple[str, str, bool | None]]) -> str:
+    return "; ".join(f"{obligation}: {party} {'yes' if met else 'NO' if met is False else '?'}"
+                     for obligation, party, met in sorted(verdicts, key=str))
+
+
+def _contract_problems(outcome: dict[str, Any], resolved_by: str) -> list[str]:
+    problems = []
+    if outcome.get("state") != "signed":
+        problems.append(f"state {outcome.get('state')!r}")
+    if outcome.get("resolved_by") != resolved_by:
+        problems.append(f"resolved by {outcome.get('resolved_by')!r}")
+    if not isinstance(outcome.get("contract"), str) or len(outcome["contract"]) != 64:
+        problems.append("no contract id")
+    return problems
+
+
+def _fair_problems(outcome: dict[str, Any], offer: dict[str, Any] | None, goods: Path, *,
+                   buyer: str, seller: str, module: str) -> list[str]:
+    """What is wrong with a ``semper buy --fair --json`` outcome whose seller died once
+    paid: the goods must have come through the notary, matching the offer's digest."""
+    problems = []
+    if outcome.get("resolved_by") != "notary":
+        problems.append(f"resolved by {outcome.get('resolved_by')!r}, not the notary")
+    payment = outcome.get("payment") or {}
+    if (payment.get("module"), payment.get("payer"), payment.get("payee")) != (
+            module, buyer, seller):
+        problems.append(f"paid {payment}")
+    if offer is None:
+        return [*problems, "the item is not in the catalogue"]
+    if payment.get("amount") != offer["price"]:
+        problems.append(f"paid {payment.get('amount')}, the offer says {offer['price']}")
+    try:
+        held = goods.read_bytes()
+    except OSError:
+        return [*problems, "no goods written"]
+    if hashlib.sha256(held).hexdigest() != offer["content_digest"]:
+        problems.append("the goods do not match the offer's digest")
+    if outcome.get("goods_size") != len(held):
+        problems.append(f"goods_size {outcome.get('goods_size')}, {len(held)} bytes written")
+    return problems
 
 
 def _balances(books: dict[str, Any]) -> dict[Account, int]:
@@ -512,6 +836,11 @@ async def run_demo(folder: Path | None = None, reporter: Reporter | None = None
                 if await demo.start_all(nursery):
                     await demo.ping_all()
                     await demo.commerce()
+                    await demo.timestamp()
+                    await demo.dispute()
+                    await demo.contracts()
+                    await demo.fair_purchase()
+                    await demo.books()
             finally:
                 with trio.CancelScope(shield=True):
                     reporter.doing("stopping every agent with SIGTERM")
