@@ -315,6 +315,9 @@ class FairBuyer(_Machine):
         (_F.ORDERED, GoodsArrived): (_F.DELIVERED,),
         (_F.DELIVERED, Paid): (_F.PAYING,),
         (_F.DELIVERED, GoodsArrived): (_F.DELIVERED,),
+        # the buyer paid, crashed before it saved the confirmation, and the seller
+        # released the key meanwhile: the goods are open, the money moved
+        (_F.DELIVERED, KeyRevealed): (_F.DONE,),
         (_F.PAYING, KeyRevealed): (_F.DONE,),
         (_F.PAYING, DeadlinePassed): (_F.RECOVERING,),
         (_F.PAYING, GoodsArrived): (_F.PAYING,),
@@ -322,12 +325,18 @@ class FairBuyer(_Machine):
         (_F.RECOVERING, KeyRevealed): (_F.DONE,),
         (_F.RECOVERING, NotaryAnswered): (_F.DONE, _F.REFUND_DUE),
         (_F.RECOVERING, DeadlinePassed): (_F.RECOVERING,),
+        (_F.RECOVERING, GoodsArrived): (_F.RECOVERING,),
+        (_F.RECOVERING, Paid): (_F.RECOVERING,),
         (_F.DONE, KeyRevealed): (_F.DONE,),
         (_F.DONE, NotaryAnswered): (_F.DONE,),
         (_F.DONE, DeadlinePassed): (_F.DONE,),
+        (_F.DONE, GoodsArrived): (_F.DONE,),
+        (_F.DONE, Paid): (_F.DONE,),
         (_F.REFUND_DUE, KeyRevealed): (_F.REFUND_DUE,),
         (_F.REFUND_DUE, NotaryAnswered): (_F.REFUND_DUE,),
         (_F.REFUND_DUE, DeadlinePassed): (_F.REFUND_DUE,),
+        (_F.REFUND_DUE, GoodsArrived): (_F.REFUND_DUE,),
+        (_F.REFUND_DUE, Paid): (_F.REFUND_DUE,),
     })
 
     def __init__(self, *, order: Statement, notary: str, wait_ms: int) -> None:

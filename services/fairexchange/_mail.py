@@ -377,7 +377,10 @@ class _Machine:
             raise UnexpectedStep(f"{self._KIND} in state {previous.value!r} cannot take {name}",
                                  detail={"machine": self._KIND, "state": previous.value,
                                          "event": name})
-        handler = getattr(self, "_on_" + _snake(type(event).__name__), None)
+        name = _HANDLERS.get(type(event))
+        if name is None:
+            name = _HANDLERS[type(event)] = "_on_" + _snake(type(event).__name__)
+        handler = getattr(self, name, None)
         changes: dict[str, Any] = {} if handler is None else handler(event, now_ms)
         target = changes.pop("_state", targets[0])
         assert target in targets, f"{self._KIND}: {target} is not in the table"
@@ -425,6 +428,10 @@ class _Machine:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._state.value}>"
+
+
+#: event class -> the name of its handler, made once per class.
+_HANDLERS: dict[type, str] = {}
 
 
 def _snake(name: str) -> str:
