@@ -377,15 +377,15 @@ class _Machine:
             raise UnexpectedStep(f"{self._KIND} in state {previous.value!r} cannot take {name}",
                                  detail={"machine": self._KIND, "state": previous.value,
                                          "event": name})
-        name = _HANDLERS.get(type(event))
-        if name is None:
-            name = _HANDLERS[type(event)] = "_on_" + _snake(type(event).__name__)
-        handler = getattr(self, name, None)
+        method = _HANDLERS.get(type(event))
+        if method is None:
+            method = _HANDLERS[type(event)] = "_on_" + _snake(type(event).__name__)
+        handler = getattr(self, method, None)
         changes: dict[str, Any] = {} if handler is None else handler(event, now_ms)
         target = changes.pop("_state", targets[0])
         assert target in targets, f"{self._KIND}: {target} is not in the table"
-        for name, value in changes.items():
-            setattr(self, name, value)
+        for attribute, value in changes.items():
+            setattr(self, attribute, value)
         self._state = target
         return self.pending()
 
