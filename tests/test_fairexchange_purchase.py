@@ -212,3 +212,30 @@ def test_records_restart_and_unexpected_steps(world: World) -> None:
     assert seller2.state is FairState.ERROR
     with pytest.raises(UnexpectedStep):
         seller2.receive(Paid(payment), now_ms=NOW_MS)
+
+
+def test_a_buyer_restarted_before_saving_its_payment_takes_the_released_key(
+        world: World) -> None:
+    """Found by the explorer: the buyer paid and crashed before it saved the
+    confirmation; the seller, told by the payment module, released the key. The
+    restarted buyer (still ``delivered``) takes it instead of entering ERROR."""
+    shop = Shop(world, key_seed=b"restarted")
+    buyer = FairBuyer(order=shop.order, notary="notary", wait_ms=WAIT)
+    buyer.receive(GoodsArrived(shop.delivery, shop.ciphertext), now_ms=NOW_MS)
+    restarted = FairBuyer.from_record(buyer.to_record())
+    restarted.receive(KeyRevealed(shop.key), now_ms=NOW_MS)
+    assert restarted.state is FairState.DONE and restarted.goods == GOODS
+
+
+@pytest.mark.parametrize("late", ["delivery", "payment"])
+def test_a_repeated_delivery_or_payment_after_the_end_changes_nothing(
+        world: World, late: str) -> None:
+    """The same kind: a message repeated after a restart (a second fair.fetch's
+    answer, the payment module's notice) reaches a buyer that is done."""
+    shop = Shop(world, key_seed=b"repeated-" + late.encode())
+    _, buyer, payment = delivered(shop)
+    buyer.receive(KeyRevealed(shop.key), now_ms=NOW_MS)
+    event = GoodsArrived(shop.delivery, shop.ciphertext) if late == "delivery" \
+        else Paid(payment)
+    assert buyer.receive(event, now_ms=NOW_MS) == []
+    assert buyer.state is FairState.DONE and buyer.goods == GOODS
