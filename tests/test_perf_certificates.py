@@ -17,7 +17,13 @@ from test_perf_purchase import DEADLINE, GUIDE, market
 
 from semper.agents.components._purchase import Shopper
 from semper.agents.operator._market import init_market
-from semper.services.certificates import Level, certificate_der, fingerprint, load_certificate
+from semper.services.certificates import (
+    Level,
+    _validate,
+    certificate_der,
+    fingerprint,
+    load_certificate,
+)
 
 
 def _count_public_bytes() -> tuple[list[int], Any]:
@@ -74,3 +80,14 @@ def test_certificate_der_is_the_der_and_kept(tmp_path: Path) -> None:
     assert der == cert.public_bytes(Encoding.DER) and again is der
     assert first == fingerprint(load_certificate(der))
     assert seen[1] == 1
+
+
+def test_a_fingerprint_is_kept_by_the_certificate_object(tmp_path: Path) -> None:
+    """A third member: ``fingerprint`` (four calls a statement verified) answered
+    through ``lru_cache``, which hashes the certificate's DER at every call (~2 us);
+    the object's own entry answers now."""
+    init_market(tmp_path / "m", agents=[("seller", "seller", Level.VERIFIED_CONTACT)])
+    cert = load_certificate((tmp_path / "m" / "seller" / "cert.pem").read_bytes())
+    first = fingerprint(cert)
+    assert _validate._DERS[id(cert)] == (cert, certificate_der(cert), first)
+    assert fingerprint(cert) is first

@@ -89,17 +89,29 @@ _CACHE_SIZE = 1024
 SIGNATURES: SignatureCache = SignatureCache()
 
 
-@functools.lru_cache(maxsize=_CACHE_SIZE)
 def fingerprint(cert: x509.Certificate) -> bytes:
     """SHA-256 over the DER encoding, as ``openssl x509 -fingerprint -sha256`` shows it."""
+    known = _DERS.get(id(cert))
+    if known is not None and known[0] is cert and known[2] is not None:
+        return known[2]
+    digest = _fingerprint(cert)
+    _keep(cert, certificate_der(cert), digest)
+    return digest
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _fingerprint(cert: x509.Certificate) -> bytes:
+    """By value: another object of the same certificate (one read from a message)."""
     return hashlib.sha256(certificate_der(cert)).digest()
 
 
-#: ``certificate_der``'s answers by certificate object (held, so that its id is not
-#: reused): ``public_bytes`` encodes afresh at each call (~8 us), and a purchase asked
-#: for the same three certificates' DER ~20 times (archive rows, sale and purchase
-#: machines, payment answers).
-_DERS: dict[int, tuple[x509.Certificate, bytes]] = {}
+#: ``certificate_der``'s and ``fingerprint``'s answers by certificate object (held, so
+#: that its id is not reused): ``public_bytes`` encodes afresh at each call (~8 us),
+#: and hashing a certificate for ``lru_cache`` hashes its DER (~2 us). A purchase
+#: asked for the DER of the same three certificates ~20 times (archive rows, sale and
+#: purchase machines, payment answers), and for fingerprints ~4 times a statement
+#: verified (its certificate's and the root's, twice each).
+_DERS: dict[int, tuple[x509.Certificate, bytes, bytes | None]] = {}
 
 
 def certificate_der(cert: x509.Certificate) -> bytes:
@@ -108,13 +120,17 @@ def certificate_der(cert: x509.Certificate) -> bytes:
     if known is not None and known[0] is cert:
         return known[1]
     der = cert.public_bytes(_DER)
+    _keep(cert, der, None)
+    return der
+
+
+def _keep(cert: x509.Certificate, der: bytes, digest: bytes | None) -> None:
     try:
         while len(_DERS) >= _CACHE_SIZE:
             del _DERS[next(iter(_DERS))]
     except (KeyError, RuntimeError, StopIteration):  # another thread evicted meanwhile
         pass
-    _DERS[id(cert)] = (cert, der)
-    return der
+    _DERS[id(cert)] = (cert, der, digest)
 
 
 def load_certificate(data: bytes) -> x509.Certificate:
