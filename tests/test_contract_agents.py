@@ -25,10 +25,12 @@ from semper.agents import Agent
 from semper.agents.components import _archive
 from semper.agents.components._contracts import Contracts, UnknownContract
 from semper.agents.components._notary import NotaryDecisions
+from semper.agents.runtime._config import FairExchangeSettings
 from semper.services.archive import verify_chain
 from semper.services.certificates import certificate_der
 from semper.services.fairexchange import (
     ABORT_REQUEST_TYPE,
+    CONTRACT_PROPOSE,
     NOTARY_ABORT,
     AbortRequest,
     DecisionBody,
@@ -36,7 +38,7 @@ from semper.services.fairexchange import (
     Start,
     conflict,
 )
-from semper.services.fairexchange._bodies import AbortWire
+from semper.services.fairexchange._bodies import AbortWire, ProposeWire
 from semper.services.statements import Statement
 from semper.transport import RemoteError
 
@@ -290,3 +292,78 @@ async def test_show_of_an_unknown_contract_is_refused(market: Path) -> None:
         with pytest.raises(UnknownContract):
             await buyer.component(Contracts).view(bytes(32))
 
+
+
+async def test_a_responder_left_without_n_o_resolves_by_itself_at_its_deadline(
+        market: Path) -> None:
+    """The originator never reveals N_O (it stops holding m2); the responder's own
+    deadline ([fairexchange] deadline, short here) sends it to the notary."""
+    short = FairExchangeSettings(notary="notary", deadline=0.2)
+    with trio.fail_after(DEADLINE):
+        async with agents(market, "notary") as _:
+            seller = Agent(config_of(market, "seller", fairexchange=short))
+            async with running(seller):
+                await seller.component(Contracts).approve("buyer", TEXT)
+                buyer = agent(market, "buyer")
+                async with buyer.session():
+                    contracts = buyer.component(Contracts)
+
+                    class Stop(Exception):
+                        pass
+
+                    async def stop(*args: object) -> object:
+                        raise Stop()
+
+                    contracts._reveal = stop  # type: ignore[method-assign]
+                    with pytest.raises(Stop):
+                        await contracts.sign("seller", TEXT)
+                    (exchange,) = await contracts.in_flight()
+                await wait_until(lambda: state_of(market, "seller", exchange) == "signed",
+                                 "the seller resolved at its deadline")
+                view = await seller.component(Contracts).view(exchange)
+    assert (view.state, view.resolved_by) == ("signed", "notary")
+    (decision,) = decisions(market)
+    assert DecisionBody.from_statement(decision).decision == "resolve"
+
+
+async def test_a_replayed_m1_gets_nothing_and_a_repeated_one_the_same_m2(
+        market: Path) -> None:
+    """Shmatikov-Mitchell's replay, at the agents: the m1 of a finished exchange sent
+    again is refused (fairexchange.replayed), by its originator or anyone else who
+    saw it (fairexchange.wrong_exchange); while the exchange is open the same m1
+    gets the same m2 (a lost answer asked again)."""
+    with trio.fail_after(DEADLINE):
+        async with agents(market, "notary", "seller", "buyer", "bank") as on:
+            await on["seller"].component(Contracts).approve("buyer", TEXT)
+            view = await on["buyer"].component(Contracts).sign("seller", TEXT)
+            m1 = next(Statement.from_bytes(s) for (s,) in rows(  # type: ignore[arg-type]
+                market, "buyer", "SELECT statement FROM archive_records WHERE txn = ?",
+                view.exchange.hex()) if Statement.from_bytes(s).type == "fairexchange.m1")
+            propose = ProposeWire(text=TEXT, m1=m1)
+            with pytest.raises(RemoteError) as replayed:
+                await on["buyer"].context.call("seller", CONTRACT_PROPOSE, propose)
+            assert replayed.value.code == "fairexchange.replayed"
+            with pytest.raises(RemoteError) as other:
+                await on["bank"].context.call("seller", CONTRACT_PROPOSE, propose)
+            assert other.value.code == "fairexchange.wrong_exchange"
+            # an open exchange: the originator's first message asked again
+            buyer = on["buyer"].component(Contracts)
+
+            class Stop(Exception):
+                pass
+
+            async def stop(*args: object) -> object:
+                raise Stop()
+
+            buyer._reveal = stop  # type: ignore[method-assign]
+            with pytest.raises(Stop):
+                await buyer.sign("seller", TEXT)
+            (exchange,) = await buyer.in_flight()
+            (m1,) = [Statement.from_bytes(s) for (s,) in rows(  # type: ignore[arg-type]
+                market, "buyer", "SELECT statement FROM archive_records WHERE txn = ?"
+                " ORDER BY seq LIMIT 1", exchange.hex())]
+            first, second = [(await on["buyer"].context.call(
+                "seller", CONTRACT_PROPOSE, ProposeWire(text=TEXT, m1=m1))).m2
+                for _ in range(2)]
+            assert first == second
+    assert len(archived(market, "seller", exchange)) == 2  # m1 and m2, once each
