@@ -244,14 +244,54 @@ def sign_statement(
         ValueError: a bad type, body, time or nonce, or ``key`` is not the key of
             ``certificate``.
     """
-    public = key.public_key().public_bytes_raw()
-    cert_key = certificate.public_key()
-    if not isinstance(cert_key, ed25519.Ed25519PublicKey) or cert_key.public_bytes_raw() != public:
+    if not _key_of(key, certificate):
         raise ValueError("the key does not belong to the certificate")
     draft = Statement(type=type, body=body, signer=fingerprint(certificate), issued_at=now_ms,
                       nonce=nonce, signature=bytes(Statement.SIGNATURE_SIZE))
     signature = key.sign(draft.signed_bytes())
     return draft._signed(signature)
+
+
+#: Objects seen together or checked already (held, so that their ids are not reused):
+#: an agent signs with one key and certificate, and verifies a few peers' certificates
+#: over and over; their key objects and the check that a key is the certificate's
+#: took ~10 us a signature and a verification.
+_KEY_OF: dict[tuple[int, int], tuple[Any, Any]] = {}
+_PUBLIC: dict[int, tuple[x509.Certificate, ed25519.Ed25519PublicKey | None]] = {}
+_MAX_KEPT: Final = 256
+
+
+def _key_of(key: ed25519.Ed25519PrivateKey, certificate: x509.Certificate) -> bool:
+    """Whether ``key`` is the private key of ``certificate`` (remembered when so)."""
+    known = _KEY_OF.get((id(key), id(certificate)))
+    if known is not None and known[0] is key and known[1] is certificate:
+        return True
+    cert_key = certificate.public_key()
+    if not isinstance(cert_key, ed25519.Ed25519PublicKey) or \
+            cert_key.public_bytes_raw() != key.public_key().public_bytes_raw():
+        return False
+    _bounded(_KEY_OF)[(id(key), id(certificate))] = (key, certificate)
+    return True
+
+
+def _public_key(certificate: x509.Certificate) -> ed25519.Ed25519PublicKey | None:
+    """The certificate's Ed25519 key object (None for another kind of key)."""
+    known = _PUBLIC.get(id(certificate))
+    if known is not None and known[0] is certificate:
+        return known[1]
+    public = certificate.public_key()
+    key = public if isinstance(public, ed25519.Ed25519PublicKey) else None
+    _bounded(_PUBLIC)[id(certificate)] = (certificate, key)
+    return key
+
+
+def _bounded(kept: dict[Any, Any]) -> dict[Any, Any]:
+    try:
+        while len(kept) >= _MAX_KEPT:
+            del kept[next(iter(kept))]
+    except (KeyError, RuntimeError, StopIteration):  # another thread evicted meanwhile
+        pass
+    return kept
 
 
 def verify_ed25519(public_key_bytes: bytes, message: bytes, signature: bytes) -> None:
@@ -318,10 +358,13 @@ def verify_statement(
         )
     identity = _certificate_at_issue(certificate, root=root, crl=crl,
                                      issued=statement.issued_at_datetime, now=now)
-    public = certificate.public_key()
-    if not isinstance(public, ed25519.Ed25519PublicKey):  # _check_usage refused it already
+    public = _public_key(certificate)
+    if public is None:  # _check_usage refused it already
         raise BadSignature("the signature does not verify")
-    verify_ed25519(public.public_bytes_raw(), statement.signed_bytes(), statement.signature)
+    try:  # verify_ed25519 with the key object at hand, not rebuilt from its bytes
+        public.verify(statement.signature, statement.signed_bytes())
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+        raise BadSignature("the signature does not verify") from None
     if expected_type is not None and statement.type != expected_type:
         raise WrongType(f"expected a {expected_type!r} statement, got {statement.type!r}",
                         detail={"expected": expected_type, "type": statement.type})
