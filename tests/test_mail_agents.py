@@ -1,0 +1,181 @@
+"""Certified mail and fair purchase between agents (agents/components/_mail.py,
+_notary_escrow.py, _fair_seller.py, _fair_buyer.py; protocol.md 10.3 to 10.6):
+in-process agents over real loopback TLS and real SQLite.
+
+The buyer sends (as a command does: a session, never a running agent, so the
+directory holds no card of it), the seller receives, the market's notary decides.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from market_helpers import config_of, make_market, running
+
+from semper.agents import Agent
+from semper.agents.components import _notary_escrow
+from semper.agents.components._escrow_keys import notary_escrow_key
+from semper.agents.components._fair_buyer import FairShopper
+from semper.agents.components._fair_seller import FairSales
+from semper.agents.components._mail import CertifiedMail, Unreadable
+from semper.services.fairexchange import (
+    MAIL_DELIVER,
+    MAIL_OFFER_TYPE,
+    NOTARY_CLOSE_MAIL,
+    NOTARY_ESCROW_KEY,
+    NOTARY_RECOVER_MAIL,
+    DecisionBody,
+    check_escrow_key,
+    prepare,
+)
+from semper.services.fairexchange._errors import BadPayment
+from semper.services.fairexchange._mail import CiphertextWire, CloseMailWire, RecoverMailWire
+from semper.transport import RemoteError
+
+
+@pytest.fixture(scope="module")
+def prebuilt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_market(tmp_path_factory.mktemp("mail") / "market")
+
+
+@pytest.fixture
+def market(prebuilt: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(prebuilt, tmp_path / "market"))
+
+
+class AheadClock:
+    """The machine's clock, ``ahead_ms`` ahead: a receiver whose deadline has come."""
+
+    def __init__(self) -> None:
+        self.ahead_ms = 0
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000 + self.ahead_ms
+
+
+@asynccontextmanager
+async def agents(market: Path, *ids: str, clocks: dict[str, Any] | None = None
+                 ) -> AsyncIterator[dict[str, Agent]]:
+    """``ids`` running (with ``clocks[id]`` if given), for the body."""
+    started: dict[str, Agent] = {}
+    async with trio.open_nursery() as nursery:
+        for agent_id in ids:
+            one = Agent(config_of(market, agent_id), clock=(clocks or {}).get(agent_id))
+
+            async def serve(one: Agent = one, *,
+                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                            ) -> None:
+                async with running(one):
+                    task_status.started()
+                    await trio.sleep_forever()
+
+            await nursery.start(serve)
+            started[agent_id] = one
+        try:
+            yield started
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def session(market: Path, agent_id: str) -> AsyncIterator[Agent]:
+    one = Agent(config_of(market, agent_id))
+    async with one.session():
+        yield one
+
+
+def no_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The notary finds no card in the directory for anyone (a sender that only ever
+    acted through commands, a seller whose card is gone): only the channel and the
+    request's certificates remain."""
+    async def none(*_: Any, **__: Any) -> None:
+        return None
+    monkeypatch.setattr(_notary_escrow, "certificate_of", none)
+    monkeypatch.setattr(_notary_escrow.NotaryEscrow, "_bank_certificate",
+                        lambda self, payment: none())
+
+
+async def test_the_notary_keeps_its_escrow_key_across_restarts(market: Path) -> None:
+    async with agents(market, "ca", "notary"), session(market, "buyer") as buyer:
+        first = await notary_escrow_key(buyer.context, "notary")
+    async with agents(market, "ca", "notary"), session(market, "buyer") as buyer:
+        answer = await buyer.context.call("notary", NOTARY_ESCROW_KEY)
+        certificate = (await buyer.channel("notary")).peer.certificate
+        again = check_escrow_key(answer.statement, certificate=certificate,
+                                 root=buyer.credentials.root, crl=buyer.crl,
+                                 now=buyer.context.now(), notary="notary")
+    assert again.key == first.key and again.notary == "notary"
+
+
+async def test_mail_faultless(market: Path) -> None:
+    async with agents(market, "ca", "notary", "seller") as running_agents, \
+            session(market, "buyer") as buyer:
+        view = await buyer.component(CertifiedMail).send("seller", b"hello, certified\n")
+        assert view.state == "delivered" and view.receipt is not None
+        mail = running_agents["seller"].component(CertifiedMail)
+        assert (await mail.view(view.exchange)).state == "read"
+        assert await mail.read(view.exchange) == b"hello, certified\n"
+        assert await mail.inbox() == [{"mail": view.exchange.hex(), "from": "buyer",
+                                       "state": "read"}]
+
+
+async def test_a_receiver_recovers_from_a_sender_the_directory_does_not_know(
+        market: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The instance: the sender never ran as an agent, so no card; the receiver's
+    recovery carries the sender's certificate and the notary releases the key."""
+    no_directory(monkeypatch)
+    clock = AheadClock()
+    async with agents(market, "ca", "notary", "seller", clocks={"seller": clock}
+                      ) as running_agents, session(market, "buyer") as buyer:
+        escrow = await notary_escrow_key(buyer.context, "notary")
+        now = buyer.context.now_ms()
+        body, ciphertext = prepare(b"read me through the notary\n", exchange=b"\x07" * 32,
+                                   sender="buyer", receiver="seller", notary="notary",
+                                   escrow_key=escrow.public_key(), deadline=now + 60_000,
+                                   key=b"\x01" * 32, nonce=b"\x02" * 12)
+        offer = buyer.context.sign(MAIL_OFFER_TYPE, body.to_body())
+        receipt = (await buyer.context.call("seller", MAIL_DELIVER, CiphertextWire(
+            offer=offer, ciphertext=ciphertext))).receipt
+        # Too early to close; and only the receiver recovers.
+        with pytest.raises(RemoteError) as early:
+            await buyer.context.call("notary", NOTARY_CLOSE_MAIL, CloseMailWire(offer=offer))
+        assert early.value.code == "fairexchange.too_early"
+        with pytest.raises(RemoteError) as stranger:
+            await buyer.context.call("notary", NOTARY_RECOVER_MAIL, RecoverMailWire(
+                offer=offer, receipt=receipt, ciphertext=ciphertext))
+        assert stranger.value.code == "fairexchange.not_party"
+        mail = running_agents["seller"].component(CertifiedMail)
+        with pytest.raises(Unreadable):  # before the deadline: the sender may reveal it
+            await mail.read(body.exchange)
+        clock.ahead_ms = 61_000  # the deadline has come for the receiver
+        assert await mail.read(body.exchange) == b"read me through the notary\n"
+        assert (await mail.view(body.exchange)).state == "recovered"
+        # The sender closing now gets the release, with the receipt in it.
+        decision = (await buyer.context.call("notary", NOTARY_CLOSE_MAIL,
+                                             CloseMailWire(offer=offer))).statement
+        assert DecisionBody.from_statement(decision).decision == "release"
+
+
+async def test_a_buyer_recovers_goods_whose_seller_and_bank_the_directory_does_not_know(
+        market: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second member of the kind: the seller withholds the key and the notary has
+    no card of the seller nor of the bank: the buyer's request carries both
+    certificates, and the notary releases the key."""
+    no_directory(monkeypatch)
+
+    async def withhold(self: FairSales, request: Any, body: Any) -> Any:
+        raise BadPayment("not today", detail={"reason": "unpaid"})
+    monkeypatch.setattr(FairSales, "release", withhold)
+    async with agents(market, "ca", "bank", "notary", "seller"), \
+            session(market, "buyer") as buyer:
+        shopper = FairShopper(buyer, notary="notary", wait_ms=5000)
+        outcome = await shopper.buy_fair("seller", "map-002", "transfer", "fair-agents-1")
+    assert outcome.resolved_by == "notary"
+    assert outcome.goods == b"ca -- bank -- seller -- buyer -- notary\n"
