@@ -65,6 +65,10 @@ def test_semper_demo_buys_uses_the_notary_and_balances_the_books() -> None:
         "✓ semper dispute check: every obligation met, judged offline")
     assert "(commerce.purchase), verdicts checked and archived by buyer" in line(
         "✓ semper dispute file: arbiter's signed verdicts agree")
+    assert "signed by seller" in line(
+        "✓ semper mail send --to seller: delivered for a signed receipt")
+    assert "listed from buyer (read), 102 bytes read back" in line(
+        "✓ semper mail inbox and read (as seller): the same bytes")
     line("✓ semper contract approve (as seller) and sign (as buyer): signed by the exchange")
     assert "seller exited -9 after its commitment" in line(
         "✓ semper contract sign with seller dying at contract.responder.sent_m2: signed, "
@@ -87,7 +91,7 @@ def test_semper_demo_buys_uses_the_notary_and_balances_the_books() -> None:
                      out), out
     assert re.search(r"│ seller\s+│\s+EUR 0.00 │\s+EUR 10.59 │ EUR \+10.59 │ EUR \+10.59 │ ✓",
                      out), out
-    assert lines[-1].startswith("ok: 24 checks held in "), lines[-1]
+    assert lines[-1].startswith("ok: 26 checks held in "), lines[-1]
     assert took < DEMO_BOUND
 
 

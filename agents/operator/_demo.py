@@ -77,6 +77,9 @@ CONTRACTS: Final = (
     b"The seller delivers the field guide's second edition to the buyer by 1 March.\n",
     b"The seller keeps the buyer's map up to date for a year, at no charge.\n",
 )
+#: The certified mail the buyer sends the seller.
+MAIL: Final = (b"Dear seller,\nplease take this as notice that the map I bought "
+               b"(order demo-map) is a year out of date.\n")
 #: The file the buyer timestamps with the notary.
 TIMESTAMPED: Final = b"Invoice 2026-001: seller to buyer, EUR 12.50, due in 30 days.\n"
 #: Where the seller dies (protocol.md 10.6).
@@ -616,6 +619,48 @@ class _Demo:
                    "; ".join(problems) or f"case {str(answer['case'])[:16]}... "  # type: ignore[index]
                    f"({answer['protocol']}), verdicts checked and archived by {buyer}")  # type: ignore[index]
 
+    async def mail(self) -> None:
+        """Certified mail from the buyer to the seller: delivered for the seller's
+        signed receipt; the seller's inbox lists it; read, it is the same bytes."""
+        buyer, seller = self.id("buyer"), self.id("seller")
+        what = f"semper mail send --to {seller}"
+        self.reporter.doing(f"{what} --json (as {buyer})")
+        letter, copy = self.files / "letter.txt", self.files / "letter-read.txt"
+        letter.write_bytes(MAIL)
+        sent, error = await self.semper_json("mail", "send", "--config", self.config("buyer"),
+                                             "--to", seller, "--file", str(letter), "--json")
+        problems = [error] if sent is None else []
+        if sent is not None:
+            if sent.get("state") != "delivered":
+                problems.append(f"state {sent.get('state')!r}")
+            if not isinstance(sent.get("receipt"), str) or not isinstance(sent.get("mail"),
+                                                                          str):
+                problems.append(f"no mail id or receipt: {sent}")
+        if not self.check(f"{what}: delivered for a signed receipt", not problems,
+                          "; ".join(problems) or (
+                              f"mail {sent['mail'][:16]}..., receipt "  # type: ignore[index]
+                              f"{sent['receipt'][:16]}... signed by {seller}")):  # type: ignore[index]
+            return
+        assert sent is not None
+        what = f"semper mail inbox and read (as {seller}): the same bytes"
+        self.reporter.doing(f"{what}")
+        inbox, error = await self.semper_json("mail", "inbox", "--config",
+                                              self.config("seller"), "--json")
+        problems = [error] if inbox is None else []
+        if inbox is not None:
+            listed = [m for m in inbox if isinstance(m, dict) and m.get("mail") == sent["mail"]]
+            if [m.get("from") for m in listed] != [buyer]:
+                problems.append(f"the inbox lists it as {listed}")
+        if not problems:
+            done = await self.semper("mail", "read", "--config", self.config("seller"),
+                                     sent["mail"], "-o", str(copy))
+            if done.code != 0:
+                problems.append(f"semper mail read: {done.error}")
+            elif copy.read_bytes() != MAIL:
+                problems.append("read other bytes than were sent")
+        self.check(what, not problems, "; ".join(problems) or (
+            f"listed from {buyer} ({listed[0].get('state')}), {len(MAIL)} bytes read back"))
+
     async def contracts(self) -> None:
         """A contract signed by the exchange alone; then one whose responder (the
         seller) dies right after sending its commitment: signed through the notary,
@@ -838,6 +883,7 @@ async def run_demo(folder: Path | None = None, reporter: Reporter | None = None
                     await demo.commerce()
                     await demo.timestamp()
                     await demo.dispute()
+                    await demo.mail()
                     await demo.contracts()
                     await demo.fair_purchase()
                     await demo.books()
