@@ -172,10 +172,10 @@ class Timestamps(Component):
             batcher.failed(batch)
             self.context.log.error("timestamp batch %d not issued: %s", batch.head.sequence, exc,
                                    exc_info=not isinstance(exc, Unavailable))
-            error = exc if isinstance(exc, Unavailable) else Unavailable(
-                "the notary could not sign or store the batch; send the request again")
-            for waiter in waiters:
-                waiter.error = error
+            reason = exc.message if isinstance(exc, Unavailable) else \
+                "the notary could not sign or store the batch; send the request again"
+            for waiter in waiters:  # one exception each: each is raised in its own task
+                waiter.error = Unavailable(reason)
                 waiter.done.set()
             return
         crash_point("timestamp.batch_committed")
