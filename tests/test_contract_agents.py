@@ -31,14 +31,17 @@ from semper.services.certificates import certificate_der
 from semper.services.fairexchange import (
     ABORT_REQUEST_TYPE,
     CONTRACT_PROPOSE,
+    M1,
+    M2,
     NOTARY_ABORT,
     AbortRequest,
     DecisionBody,
     Originator,
     Start,
     conflict,
+    secret_commit,
 )
-from semper.services.fairexchange._bodies import AbortWire, ProposeWire
+from semper.services.fairexchange._bodies import AbortWire, ProposeWire, Secrets
 from semper.services.statements import Statement
 from semper.transport import RemoteError
 
@@ -131,8 +134,18 @@ async def test_a_faultless_exchange_is_signed_by_both_without_the_notary(market:
                                                                        TEXT)
     assert decisions(market) == []
     for party in ("buyer", "seller"):
-        assert archived(market, party, view.exchange) == ["fairexchange.m1", "fairexchange.m2"]
+        assert archived(market, party, view.exchange) == [
+            "fairexchange.m1", "fairexchange.m2", "fairexchange.secrets"]
         chain_intact(market, party)
+        # the standard contract travels as statements: the secrets open m1's and m2's
+        # commitments
+        m1, m2, held = [Statement.from_bytes(t) for (t,) in rows(  # type: ignore[arg-type]
+            market, party, "SELECT statement FROM archive_records WHERE txn = ? ORDER BY seq",
+            view.exchange.hex())]
+        secrets = Secrets.from_statement(held)
+        assert (secrets.m1, secrets.m2) == (m1.digest, m2.digest)
+        assert secret_commit(secrets.secret_o) == M1.from_statement(m1).commit
+        assert secret_commit(secrets.secret_r) == M2.from_statement(m2).commit
 
 
 async def test_an_unapproved_text_is_refused_before_the_responder_signs(market: Path) -> None:

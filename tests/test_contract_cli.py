@@ -237,11 +237,11 @@ def test_approve_sign_show_and_export(market: Market) -> None:
     status, out, err = semper("contract", "export", "--config", market.config("buyer"),
                               contract, "-o", bundle_path)
     assert status == 0, err
-    assert out == f"wrote 2 statements of contract {contract} to {bundle_path}\n"
+    assert out == f"wrote 3 statements of contract {contract} to {bundle_path}\n"
     bundle = EvidenceBundle.from_bytes(bundle_path.read_bytes())
     assert bundle.transaction == contract
     assert [Statement.from_bytes(r.statement).type for r in bundle.records] == [
-        "fairexchange.m1", "fairexchange.m2"]
+        "fairexchange.m1", "fairexchange.m2", "fairexchange.secrets"]
     assert len(bundle.certificates) == 2  # the buyer's and the seller's
 
 

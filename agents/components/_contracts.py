@@ -74,12 +74,14 @@ from semper.services.fairexchange import (
     TimedOut,
 )
 from semper.services.fairexchange._bodies import (
+    SECRETS_TYPE,
     AbortWire,
     CommitWire,
     DecisionWire,
     ProposeWire,
     ResolveWire,
     RevealWire,
+    Secrets,
 )
 from semper.services.fairexchange._errors import (
     FairExchangeError,
@@ -302,6 +304,9 @@ class Contracts(Component):
         record = machine.to_record()
         encoded = canonical_encode(record)
         txn = row.exchange.hex()
+        if record["state"] == "signed" and record.get("peer_secret") is not None \
+                and row.record.get("state") != "signed":  # the standard contract, once
+            archived = [*archived, (self._secrets(row, machine), "sent", row.peer)]
         entries = [entry(s, direction=d, peer=p, transaction=txn,
                          certificate=self.certificates.get(s.signer)) for s, d, p in archived]
         extra = [c for s, _, _ in archived for q in signers_of(s)[1:]
@@ -335,6 +340,16 @@ class Contracts(Component):
         await self.context.database.transaction(write)
         row.version += 1
         row.record = record
+
+    def _secrets(self, row: _Row, machine: Originator | Responder) -> Statement:
+        """Our signed ``fairexchange.secrets``: N_O and N_R for the bundle (10.2)."""
+        assert machine.m1 is not None and machine.m2 is not None
+        ours, theirs = machine.secret, machine.peer_secret
+        assert theirs is not None
+        secret_o, secret_r = (ours, theirs) if row.role == "originator" else (theirs, ours)
+        body = Secrets(exchange=row.exchange, m1=machine.m1.digest, m2=machine.m2.digest,
+                       secret_o=secret_o, secret_r=secret_r)
+        return self.context.sign(SECRETS_TYPE, body.to_body())
 
     async def _step(self, exchange: bytes, event: Any,
                     archive: list[tuple[Statement, str, str]] | None = None,

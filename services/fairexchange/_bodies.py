@@ -47,6 +47,7 @@ __all__ = [
     "MAX_TEXT",
     "RESOLVE_REQUEST_TYPE",
     "SCHEMA",
+    "SECRETS_TYPE",
     "SECRET_SIZE",
     "ZERO_DIGEST",
     "AbortRequest",
@@ -60,6 +61,7 @@ __all__ = [
     "ResolveRequest",
     "ResolveWire",
     "RevealWire",
+    "Secrets",
 ]
 
 M1_TYPE: Final = "fairexchange.m1"
@@ -67,6 +69,7 @@ M2_TYPE: Final = "fairexchange.m2"
 ABORT_REQUEST_TYPE: Final = "fairexchange.abort_request"
 RESOLVE_REQUEST_TYPE: Final = "fairexchange.resolve_request"
 DECISION_TYPE: Final = "fairexchange.decision"
+SECRETS_TYPE: Final = "fairexchange.secrets"
 
 #: Bytes of an exchange id (fresh random) and of a secret N_O / N_R.
 EXCHANGE_SIZE: Final = 32
@@ -154,6 +157,27 @@ class M2(Body):
     exchange: bytes
     m1: bytes = field(metadata=wire(DIGEST))
     commit: bytes
+
+
+_SECRET: Final = binary(SECRET_SIZE, SECRET_SIZE, f"{SECRET_SIZE} bytes (a secret)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Secrets(Body):
+    """``fairexchange.secrets``, signed by a party that completed the exchange: N_O and
+    N_R beside the digests of the m1 and m2 they open, so that the standard contract
+    (m1, N_O, m2, N_R) can travel in an evidence bundle, which holds statements only.
+    Its signature says who archived it; the proof is that the secrets hash to the
+    commitments m1 and m2 signed."""
+
+    TYPE: ClassVar[str] = SECRETS_TYPE
+    SCHEMA: ClassVar[Schema] = SCHEMA
+
+    exchange: bytes
+    m1: bytes = field(metadata=wire(DIGEST))
+    m2: bytes = field(metadata=wire(DIGEST))
+    secret_o: bytes = field(metadata=wire(_SECRET))
+    secret_r: bytes = field(metadata=wire(_SECRET))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
