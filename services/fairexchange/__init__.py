@@ -63,9 +63,11 @@ from ._bodies import (
     M2,
     M2_TYPE,
     RESOLVE_REQUEST_TYPE,
+    SECRETS_TYPE,
     AbortRequest,
     DecisionBody,
     ResolveRequest,
+    Secrets,
 )
 from ._contract import (
     CONTRACT_KIND,
@@ -109,7 +111,7 @@ __all__ += [
     "Originator", "Outcome", "Propose", "Proposed", "RState", "ResolveRequest", "Responder",
     "Reveal", "Revealed", "Signer", "StandardContract", "Start", "TimedOut", "Verifier",
     "check_decision", "conflict", "contract_abort", "contract_resolve", "outcome",
-    "secret_commit",
+    "secret_commit", "SECRETS_TYPE", "Secrets",
 ]
 
 # -- escrow, certified mail, fair purchase (brief M1; protocol.md 10.3 to 10.5) -----------
