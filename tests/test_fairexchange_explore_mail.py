@@ -76,6 +76,7 @@ from semper.services.fairexchange._mail import (
     KeyGiven,
     KeyRevealed,
     MailArrived,
+    MailReceipt,
     MailReceiver,
     MailSender,
     MailState,
@@ -592,6 +593,19 @@ class PurchaseRun(Run):
 
 # -- the tests ------------------------------------------------------------------------------
 
+_EXPLORED: dict[tuple[int, type, str | None], tuple[Any, tuple[int, int]]] = {}
+
+
+def explored(world: World, kind: type[MailRun] | type[PurchaseRun],
+             dishonest: str | None) -> tuple[Any, tuple[int, int]]:
+    """A run searched whole (once per module: a later test reads its machines)."""
+    key = (id(world), kind, dishonest)
+    if key not in _EXPLORED:
+        run = kind(world, dishonest)
+        _EXPLORED[key] = run, explore(run.start, run.successors, run.check)
+    return _EXPLORED[key]
+
+
 MAIL_RUNS = [None, "withhold_key", "bad_escrow", "bad_escrow_reveals", "withhold_receipt"]
 PURCHASE_RUNS = [None, "withhold_key", "bad_escrow", "bad_escrow_releases", "withhold_payment"]
 
@@ -600,9 +614,8 @@ PURCHASE_RUNS = [None, "withhold_key", "bad_escrow", "bad_escrow_releases", "wit
 def test_certified_mail_is_fair_in_every_interleaving(world: World, dishonest: str | None,
                                                       capsys: pytest.CaptureFixture[str]
                                                       ) -> None:
-    run = MailRun(world, dishonest)
     started = time.perf_counter()
-    states, terminals = explore(run.start, run.successors, run.check)
+    _, (states, terminals) = explored(world, MailRun, dishonest)
     with capsys.disabled():
         print(f"\nmail, dishonest={dishonest}: {states} states, {terminals} terminal, "
               f"{time.perf_counter() - started:.1f} s")
@@ -613,9 +626,8 @@ def test_certified_mail_is_fair_in_every_interleaving(world: World, dishonest: s
 def test_fair_purchase_is_fair_in_every_interleaving(world: World, dishonest: str | None,
                                                      capsys: pytest.CaptureFixture[str]
                                                      ) -> None:
-    run = PurchaseRun(world, dishonest)
     started = time.perf_counter()
-    states, terminals = explore(run.start, run.successors, run.check)
+    _, (states, terminals) = explored(world, PurchaseRun, dishonest)
     with capsys.disabled():
         print(f"\npurchase, dishonest={dishonest}: {states} states, {terminals} terminal, "
               f"{time.perf_counter() - started:.1f} s")
@@ -651,3 +663,63 @@ def test_the_search_catches_a_party_that_gives_its_item_first(
     naive = run(world, dishonest)  # type: ignore[call-arg]
     with pytest.raises(AssertionError, match=found):
         explore(naive.start, naive.successors, naive.check)
+
+
+
+# -- every reachable machine state against every event ------------------------------------------
+
+def _events(run: MailRun | PurchaseRun) -> list[object]:
+    """Good and bad instances of every event of both sides, and every decision the
+    notary made in the run (and in a run of another exchange: foreign ones)."""
+    other = MailRun(run.world, "other")  # another exchange: its statements are foreign
+    decisions = {d.digest: d for book in run.books.values() for d in book._decisions.values()}
+    foreign_decision = close_mail(run.world.book(), CloseMailWire(offer=other.offer),
+                                  requester="alice", verify=run.verify, now_ms=LATE)
+    decisions[b""] = foreign_decision.statement
+    events: list[object] = [DeadlinePassed(), KeyGiven(), KeyRevealed(bytes(32)),
+                            *(NotaryAnswered(d) for d in decisions.values())]
+    sign = run.world.sign("bob")
+    foreign = sign(RECEIPT_TYPE, MailReceipt.for_offer(other.offer).to_body(), NOW_MS)
+    events += [MailArrived(other.offer, other.ciphertext), ReceiptSigned(foreign),
+               ReceiptReceived(foreign), GoodsArrived(other.offer, other.ciphertext)]
+    if isinstance(run, MailRun):
+        receipt = sign(RECEIPT_TYPE, MailReceipt.for_offer(run.offer).to_body(), NOW_MS)
+        events += [MailArrived(run.offer, run.ciphertext),
+                   MailArrived(run.offer, run.ciphertext + b"x"), ReceiptSigned(receipt),
+                   ReceiptReceived(receipt), KeyRevealed(run.key)]
+    else:
+        events += [GoodsArrived(run.shop.delivery, run.shop.ciphertext),
+                   GoodsArrived(run.shop.delivery, run.shop.ciphertext + b"x"),
+                   Paid(run.payment), KeyRevealed(run.shop.key)]
+    return events
+
+
+@pytest.mark.parametrize("kind", ["mail", "purchase"])
+def test_every_reachable_state_takes_every_event_by_its_table_or_refuses_it(
+        world: World, kind: str) -> None:
+    """h11's rules over every machine state the search reached (both sides): an
+    event with a table entry leads to one of its states or is refused with a code and
+    changes nothing; an event without one is ``fairexchange.unexpected_step`` and the
+    machine is in ERROR, where it stays."""
+    run = explored(world, MailRun if kind == "mail" else PurchaseRun, None)[0]
+    events = _events(run)
+    checked = 0
+    for records in (run.ra, run.rb):
+        for machine in list(records.machines.values()):
+            for event in events:
+                before = _identity(machine)
+                table = type(machine)._TABLE
+                probe = copy.copy(machine)
+                try:
+                    probe.receive(event, now_ms=NOW_MS)
+                except UnexpectedStep:
+                    assert (machine.state, type(event)) not in table
+                    assert probe.state.value == "error"
+                    with pytest.raises(UnexpectedStep):
+                        probe.receive(DeadlinePassed(), now_ms=NOW_MS)
+                except (ServiceError, ValueError):
+                    assert _identity(probe) == before, (machine, event)
+                else:
+                    assert probe.state in table[(machine.state, type(event))]
+                checked += 1
+    assert checked > 150
