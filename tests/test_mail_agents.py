@@ -36,6 +36,7 @@ from semper.services.fairexchange import (
     prepare,
 )
 from semper.services.fairexchange._errors import BadPayment
+from semper.services.fairexchange._escrow import EscrowKeyRequest
 from semper.services.fairexchange._mail import CiphertextWire, CloseMailWire, RecoverMailWire
 from semper.transport import RemoteError
 
@@ -106,7 +107,10 @@ async def test_the_notary_keeps_its_escrow_key_across_restarts(market: Path) -> 
     async with agents(market, "ca", "notary"), session(market, "buyer") as buyer:
         first = await notary_escrow_key(buyer.context, "notary")
     async with agents(market, "ca", "notary"), session(market, "buyer") as buyer:
-        answer = await buyer.context.call("notary", NOTARY_ESCROW_KEY)
+        answer = await buyer.context.call("notary", NOTARY_ESCROW_KEY, EscrowKeyRequest())
+        with pytest.raises(RemoteError) as bad:  # any other body is refused
+            await buyer.request("notary", "notary", "escrow_key", {"key": b"x"})
+        assert bad.value.code == "fairexchange.bad_body"
         certificate = (await buyer.channel("notary")).peer.certificate
         again = check_escrow_key(answer.statement, certificate=certificate,
                                  root=buyer.credentials.root, crl=buyer.crl,

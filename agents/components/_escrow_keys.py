@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from semper.agents.runtime._component import Component
 from semper.services.certificates import load_certificate
 from semper.services.fairexchange import NOTARY_ESCROW_KEY, EscrowKey, check_escrow_key
+from semper.services.fairexchange._escrow import EscrowKeyRequest
 from semper.services.statements import Statement
 
 __all__ = ["DEFAULT_NOTARY", "MIGRATIONS", "EscrowKeys", "default_notary", "notary_escrow_key"]
@@ -68,7 +69,7 @@ async def notary_escrow_key(context: Any, notary: str) -> EscrowKey:
         except Exception as exc:  # expired, revoked, renewed: ask again
             if not isinstance(getattr(exc, "code", None), str):
                 raise
-    answer = await context.call(notary, NOTARY_ESCROW_KEY)
+    answer = await context.call(notary, NOTARY_ESCROW_KEY, EscrowKeyRequest())
     certificate = (await context.agent.channel(notary)).peer.certificate
     body = check_escrow_key(answer.statement, certificate=certificate, root=context.root,
                             crl=context.crl, now=context.now(), notary=notary)

@@ -53,6 +53,7 @@ __all__ = [
     "PURPOSES",
     "SCHEMA",
     "EscrowKey",
+    "EscrowKeyRequest",
     "EscrowKeyWire",
     "EscrowLabel",
     "check_escrow_key",
@@ -300,6 +301,15 @@ def check_escrow_key(statement: Statement, *, certificate: x509.Certificate,
     if now_ms > body.valid_until:
         raise BadEscrowKey("the escrow key has expired", detail={"field": "valid_until"})
     return body
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EscrowKeyRequest(Body):
+    """``notary.escrow_key`` request: ``{}`` (typed, so that any other body is
+    ``fairexchange.bad_body`` before a handler sees it)."""
+
+    TYPE: ClassVar[str] = "notary.escrow_key"
+    SCHEMA: ClassVar[Schema] = SCHEMA
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

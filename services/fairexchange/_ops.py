@@ -26,7 +26,7 @@ NOTARY_RESOLVE: Final = Op(NOTARY, "resolve", ResolveWire, DecisionWire)
 
 # -- escrow, certified mail, fair purchase (protocol.md 10.3 to 10.5) ---------------------
 
-from ._escrow import EscrowKeyWire  # noqa: E402
+from ._escrow import EscrowKeyRequest, EscrowKeyWire  # noqa: E402
 from ._fairpurchase import FetchWire, RecoverGoodsWire, ReleaseWire, SealedWire  # noqa: E402
 from ._mail import (  # noqa: E402
     CiphertextWire,
@@ -40,7 +40,7 @@ MAIL: Final = "mail"
 FAIR: Final = "fair"
 
 #: anyone -> notary: ``{}`` -> ``{statement: notary.escrow_key}``.
-NOTARY_ESCROW_KEY: Final = Op(NOTARY, "escrow_key", None, EscrowKeyWire)
+NOTARY_ESCROW_KEY: Final = Op(NOTARY, "escrow_key", EscrowKeyRequest, EscrowKeyWire)
 #: sender -> receiver: ``{offer, ciphertext}`` -> ``{receipt}``.
 MAIL_DELIVER: Final = Op(MAIL, "deliver", CiphertextWire, ReceiptWire)
 #: sender -> receiver: ``{exchange, key}`` -> ``{}``.
