@@ -575,6 +575,10 @@ class Contracts(Component):
             except Unresolved as exc:
                 log.warning("contract %s: %s; retrying in %.1fs", exchange.hex()[:16],
                             exc.message, delay)
+            except Exception as exc:  # a background task must not stop the agent
+                log.error("contract %s: resuming failed (%s: %s); retrying in %.1fs",
+                          exchange.hex()[:16], getattr(exc, "code", type(exc).__name__),
+                          exc, delay, exc_info=not getattr(exc, "code", None))
             else:
                 if view.state in FINAL:
                     log.info("contract %s: %s (%s)", exchange.hex()[:16], view.state,
