@@ -282,19 +282,18 @@ class Sales(Component):
             try:
                 # Inside: money citing no order of this buyer's (one we lost, a
                 # mistyped reference, another buyer's order) reached us all the same.
-                sale = await self._sale_of(request.reference, buyer)
-                answer = await self._settle(sale, request, context.peer)
+                sale, (stored, _) = await self._paid_sale_of(request.reference, buyer)
+                answer = await self._settle(sale, request, context.peer, stored)
             except ServiceError as exc:
                 await self._give_back(request, buyer, exc)
                 raise
         return answer
 
-    async def _settle(self, sale: Sale, request: AcceptRequest, peer: Any) -> dict[str, Any]:
-        """Check the payment against the sale and settle it, or raise why not."""
+    async def _settle(self, sale: Sale, request: AcceptRequest, peer: Any,
+                      stored: bytes | None) -> dict[str, Any]:
+        """Check the payment against the sale and settle it, or raise why not;
+        ``stored`` is the payment the sale's row holds (read with the sale)."""
         buyer = peer.agent_id
-        stored = await self.agent.database.read(lambda c: c.execute(
-            "SELECT payment FROM commerce_sales WHERE order_digest = ?",
-            (request.reference,)).fetchone()[0])
         if stored is not None:
             paid = PaymentResult.from_wire(canonical_decode(stored))
             if await self._same_payment(sale, paid, request, buyer):
@@ -527,10 +526,7 @@ class Sales(Component):
     async def refund(self, context: Any, request: CommerceRefundRequest) -> dict[str, Any]:
         buyer, order = context.peer.agent_id, request.order
         async with self._lock(order):
-            sale = await self._sale_of(order, buyer)
-            row = await self.agent.database.read(lambda c: c.execute(
-                "SELECT payment, refund FROM commerce_sales WHERE order_digest = ?",
-                (order,)).fetchone())
+            sale, row = await self._paid_sale_of(order, buyer)
             if row[1] is not None:
                 return canonical_decode(row[1])  # type: ignore[no-any-return]
             if row[0] is None:
@@ -604,23 +600,35 @@ class Sales(Component):
                 del self._locks[order]
 
     async def _sale_of(self, order: bytes, buyer: str) -> Sale:
-        sale = await self._load(order)
+        return (await self._paid_sale_of(order, buyer))[0]
+
+    async def _paid_sale_of(self, order: bytes, buyer: str
+                            ) -> tuple[Sale, tuple[bytes | None, bytes | None]]:
+        """The buyer's sale of ``order``, and the payment and refund its row holds:
+        one read for the three (a step read the row once more for them)."""
+        sale, paid = await self._load_row(order)
         if sale is None or _terms(sale).buyer != buyer:
             raise UnknownOrder("no such order from you", detail={"order": order})
-        return sale
+        return sale, paid
 
     async def _load(self, order: bytes) -> Sale | None:
-        """The sale of ``order`` as its row holds it. The Sale we saved last is taken
-        (out of ``_sales``: the caller may change it) when the row is still exactly
-        what we wrote with it; anything else is decoded from the row."""
+        return (await self._load_row(order))[0]
+
+    async def _load_row(self, order: bytes
+                        ) -> tuple[Sale | None, tuple[bytes | None, bytes | None]]:
+        """The sale of ``order`` as its row holds it, with the row's payment and
+        refund. The Sale we saved last is taken (out of ``_sales``: the caller may
+        change it) when the row is still exactly what we wrote with it; anything
+        else is decoded from the row."""
         row = await self.agent.database.read(lambda c: c.execute(
-            "SELECT machine FROM commerce_sales WHERE order_digest = ?", (order,)).fetchone())
+            "SELECT machine, payment, refund FROM commerce_sales WHERE order_digest = ?",
+            (order,)).fetchone())
         known = self._sales.pop(order, None)
         if row is None:
-            return None
+            return None, (None, None)
         if known is not None and known[0] == row[0]:
-            return known[1]
-        return Sale.from_state(canonical_decode(row[0]))
+            return known[1], (row[1], row[2])
+        return Sale.from_state(canonical_decode(row[0])), (row[1], row[2])
 
     def _keep(self, order: bytes, machine: bytes, sale: Sale) -> None:
         """Remember ``sale`` as the one whose row is now ``machine`` (bounded)."""
