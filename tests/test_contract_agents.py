@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,7 +26,7 @@ from semper.agents import Agent
 from semper.agents.components import _archive
 from semper.agents.components._contracts import Contracts, UnknownContract
 from semper.agents.components._notary import NotaryDecisions
-from semper.agents.runtime._config import FairExchangeSettings
+from semper.agents.runtime._config import AgentConfig, ConfigError, FairExchangeSettings
 from semper.services.archive import verify_chain
 from semper.services.certificates import certificate_der
 from semper.services.fairexchange import (
@@ -380,3 +381,24 @@ async def test_a_replayed_m1_gets_nothing_and_a_repeated_one_the_same_m2(
                 for _ in range(2)]
             assert first == second
     assert len(archived(market, "seller", exchange)) == 2  # m1 and m2, once each
+
+
+@pytest.mark.parametrize("table", [{"notary": "Not An Id"}, {"notary": 7}, {"deadline": 0},
+                                   {"deadline": True}, {"deadline": "30"}, {"other": 1}])
+def test_a_bad_fairexchange_table_is_a_config_error(prebuilt: Path, table: dict[str, object]
+                                                     ) -> None:
+    path = prebuilt / "buyer" / "agent.toml"
+    raw = tomllib.loads(path.read_text())
+    raw["fairexchange"] = table
+    with pytest.raises(ConfigError) as refused:
+        AgentConfig.from_dict(raw, base=path.parent)
+    assert refused.value.code == "agent.bad_config" and "fairexchange" in refused.value.message
+
+
+def test_market_init_names_the_notary_in_every_party_s_config(prebuilt: Path) -> None:
+    for agent_id in ("buyer", "seller", "bank", "ca", "arbiter"):
+        config = config_of(prebuilt, agent_id)
+        assert config.fairexchange == FairExchangeSettings(notary="notary")
+        assert AgentConfig.from_dict(tomllib.loads(config.to_toml(base=prebuilt / agent_id)),
+                                     base=prebuilt / agent_id).fairexchange == config.fairexchange
+    assert config_of(prebuilt, "notary").fairexchange.notary is None
