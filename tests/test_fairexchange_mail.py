@@ -17,6 +17,7 @@ from pki import NOW, Market
 
 from semper.services.fairexchange._errors import (
     BadKey,
+    MixedEvidence,
     NotParty,
     TooEarly,
     UnexpectedStep,
@@ -46,6 +47,7 @@ from semper.services.fairexchange._mail import (
     SendReceipt,
     SignReceipt,
     close_mail,
+    mail_outcome,
     prepare,
     recover_mail,
 )
@@ -283,3 +285,47 @@ def test_records_restart_the_machines(world: World) -> None:
         MailSender.from_record(receiver.to_record())
     with pytest.raises(ValueError):
         MailReceiver.from_record({**receiver.to_record(), "state": "nonsense"})
+
+
+def test_what_proves_what(world: World) -> None:
+    """mail_outcome applies protocol.md 10.4's rule to each exchange's evidence."""
+    def outcome(*evidence: Statement) -> Any:
+        return mail_outcome(evidence, verify=world.verify)
+
+    assert outcome().state == "none"
+    offer, ciphertext, _ = world.offer(exchange=b"\x21" * 32)
+    assert outcome(offer).state == "offered"
+    receipt = receiver_signs(world, MailReceiver(receiver="bob"), offer, ciphertext)
+    found = outcome(offer, receipt)
+    assert (found.state, found.resolved_by, found.proof) == ("delivered", "exchange", receipt)
+    # released by the notary: delivered whatever else is shown
+    book = world.book()
+    released = recover_mail(book, RecoverMailWire(offer=offer, receipt=receipt,
+                                                  ciphertext=ciphertext),
+                            requester="bob", private_keys=[world.escrow_key],
+                            verify=world.verify, now_ms=LATE).statement
+    assert outcome(offer, released).resolved_by == "notary"
+    # a bad escrow's finding voids the receipt, with its reason
+    bad, bad_ct, _ = world.offer(exchange=b"\x22" * 32, bad_escrow=True)
+    bad_receipt = receiver_signs(world, MailReceiver(receiver="bob"), bad, bad_ct)
+    void = recover_mail(book, RecoverMailWire(offer=bad, receipt=bad_receipt,
+                                              ciphertext=bad_ct),
+                        requester="bob", private_keys=[world.escrow_key],
+                        verify=world.verify, now_ms=LATE).statement
+    found = outcome(bad, bad_receipt, void)
+    assert (found.state, found.reason) == ("void", "ciphertext")
+    # the sender's close voids a receipt that reached it late
+    late, late_ct, _ = world.offer(exchange=b"\x23" * 32)
+    late_receipt = receiver_signs(world, MailReceiver(receiver="bob"), late, late_ct)
+    abort = close_mail(book, CloseMailWire(offer=late), requester="alice",
+                       verify=world.verify, now_ms=LATE).statement
+    assert outcome(late_receipt, late, abort).state == "aborted"
+    # refused: two mails together, a receipt of another mail, a receipt without its offer
+    with pytest.raises(MixedEvidence):
+        outcome(offer, late)
+    with pytest.raises(WrongExchange):
+        outcome(offer, late_receipt)
+    with pytest.raises(MixedEvidence):
+        outcome(receipt)
+    with pytest.raises(BadSignature):
+        outcome(offer, Statement(**{**_fields(receipt), "signature": bytes(64)}))

@@ -17,6 +17,7 @@ from semper.services.commerce._bodies import OFFER_TYPE, ORDER_TYPE
 from semper.services.fairexchange._errors import (
     BadKey,
     BadPayment,
+    MixedEvidence,
     NotParty,
     UnexpectedStep,
     WrongExchange,
@@ -37,6 +38,7 @@ from semper.services.fairexchange._fairpurchase import (
     RecoverGoodsWire,
     ReleaseKey,
     prepare_goods,
+    purchase_outcome,
     recover_goods,
 )
 from semper.services.fairexchange._mail import DeadlinePassed, KeyGiven, KeyRevealed, NotaryAnswered
@@ -239,3 +241,29 @@ def test_a_repeated_delivery_or_payment_after_the_end_changes_nothing(
         else Paid(payment)
     assert buyer.receive(event, now_ms=NOW_MS) == []
     assert buyer.state is FairState.DONE and buyer.goods == GOODS
+
+
+def test_what_proves_what(world: World) -> None:
+    """purchase_outcome applies protocol.md 10.5's rule to each purchase's evidence."""
+    def outcome(*evidence: Statement) -> Any:
+        return purchase_outcome(evidence, verify=world.verify)
+
+    shop = Shop(world, key_seed=b"outcome")
+    assert outcome().state == "none"
+    assert outcome(shop.order).state == "ordered"
+    assert outcome(shop.order, shop.delivery).state == "escrowed"
+    payment = shop.pay()
+    released = shop.recover(world.book(), payment).statement
+    found = outcome(shop.order, shop.delivery, released)
+    assert (found.state, found.resolved_by, found.payment) == ("delivered", "notary", payment)
+    bad = Shop(world, key_seed=b"outcome-bad")
+    bad.bad_escrow()
+    refund = bad.recover(world.book(), bad.pay()).statement
+    found = outcome(bad.order, bad.delivery, refund)
+    assert (found.state, found.reason) == ("refund_due", "ciphertext")
+    with pytest.raises(MixedEvidence):  # two orders
+        outcome(shop.order, bad.order)
+    with pytest.raises(MixedEvidence):  # a decision without the delivery it is about
+        outcome(shop.order, released)
+    with pytest.raises(WrongExchange):  # another order's delivery
+        outcome(shop.order, bad.delivery)

@@ -137,8 +137,10 @@ from ._fairpurchase import (  # noqa: E402
     FairState,
     GoodsArrived,
     Paid,
+    PurchaseOutcome,
     ReleaseKey,
     prepare_goods,
+    purchase_outcome,
     recover_goods,
 )
 from ._mail import (  # noqa: E402
@@ -156,6 +158,7 @@ from ._mail import (  # noqa: E402
     KeyRevealed,
     MailArrived,
     MailOffer,
+    MailOutcome,
     MailReceipt,
     MailReceiver,
     MailSender,
@@ -166,6 +169,7 @@ from ._mail import (  # noqa: E402
     SendReceipt,
     SignReceipt,
     close_mail,
+    mail_outcome,
     prepare,
     recover_mail,
 )
@@ -189,5 +193,6 @@ __all__ += [
     "KeyGiven", "KeyRevealed", "MailArrived", "MailOffer", "MailReceipt", "MailReceiver",
     "MailSender", "MailState", "Paid", "ReceiptReceived", "ReceiptSigned", "ReleaseKey",
     "RevealKey", "SendReceipt", "SignReceipt", "close_mail", "prepare", "prepare_goods",
-    "recover_goods", "recover_mail",
+    "recover_goods", "recover_mail", "MailOutcome", "PurchaseOutcome", "mail_outcome",
+    "purchase_outcome",
 ]

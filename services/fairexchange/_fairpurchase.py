@@ -31,7 +31,7 @@ as data); the driver verifies signatures and payments before it feeds them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
@@ -44,7 +44,8 @@ from .._schema import STATEMENT, Body, Schema, wire
 from ..commerce import ORDER_TYPE, Order, Pay
 from ..commerce._bodies import OFFER_TYPE
 from ..statements import Statement
-from ._errors import BadEscrow, BadPayment, NotParty
+from ._bodies import DECISION_TYPE, DecisionBody
+from ._errors import BadEscrow, BadPayment, MixedEvidence, NotParty
 from ._escrow import SCHEMA, EscrowLabel, digest, open_content, recover, seal
 from ._mail import (
     _CIPHERTEXT,
@@ -72,6 +73,7 @@ __all__ = [
     "FairState",
     "FetchWire",
     "Paid",
+    "PurchaseOutcome",
     "VerifyPayment",
     "RecoverGoodsWire",
     "ReleaseWire",
@@ -81,6 +83,7 @@ __all__ = [
     "SealedWire",
     "judge_recover_goods",
     "prepare_goods",
+    "purchase_outcome",
     "recover_goods",
 ]
 
@@ -518,3 +521,77 @@ def recover_goods(book: NotaryBook, request: RecoverGoodsWire, *, requester: str
                                   private_keys=private_keys, verify=verify,
                                   verify_payment=verify_payment)
     return _decide(book, verdict, now_ms)
+
+
+# -- what proves what ---------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class PurchaseOutcome:
+    """What a set of evidence proves about one fair purchase (protocol.md 10.5).
+
+    ``state``: ``"delivered"`` (the notary released the key of goods matching the
+    offer's digest; ``resolved_by`` ``"notary"``), ``"refund_due"`` (the notary found
+    the seller's escrow bad after the buyer paid: ``reason`` says how; the decision
+    quotes the payment), ``"escrowed"`` (the seller's signed delivery, nothing
+    decided: statements alone cannot show whether the seller released the key),
+    ``"ordered"`` (the order only) or ``"none"``. ``proof``: the statement that
+    decided it; ``payment``: the confirmation a decision quotes."""
+
+    state: str
+    order: Statement | None = None
+    proof: Statement | None = None
+    resolved_by: str | None = None
+    reason: str | None = None
+    payment: Statement | None = None
+
+
+def purchase_outcome(evidence: Iterable[Statement], *, verify: Verify) -> PurchaseOutcome:
+    """Apply the rule to ``evidence`` (statements) about one fair purchase: its order
+    (quoting the offer), the seller's delivery and the notary's decisions. Every item
+    is checked, signatures included; other statements of the purchase (payment
+    confirmations, receipts) are left to their own checks.
+
+    Raises:
+        MixedEvidence: items about two orders, or a delivery or decision without the
+            order.
+        the coded errors of a bad item (``fairexchange.*``, ``statement.*``, ``auth.*``).
+    """
+    items = list(evidence)
+    orders = [s for s in items if s.type == ORDER_TYPE]
+    if len({s.digest for s in orders}) > 1:
+        raise MixedEvidence("evidence about two orders", detail={"field": "order"})
+    if not orders:
+        if any(s.type in (DELIVERY_TYPE, DECISION_TYPE) for s in items):
+            raise MixedEvidence("fair purchase evidence needs its order",
+                                detail={"field": "order"})
+        return PurchaseOutcome("none")
+    order = orders[0]
+    terms = Order.from_statement(order)
+    verify(order, expected_type=ORDER_TYPE, expected_signer=terms.buyer)
+    verify(terms.offer, expected_type=OFFER_TYPE, expected_signer=terms.seller)
+    delivery: Statement | None = None
+    decisions: dict[str, Statement] = {}
+    for item in (s for s in items if s.type == DELIVERY_TYPE):
+        verify(item, expected_type=DELIVERY_TYPE, expected_signer=terms.seller)
+        body = FairDelivery.from_statement(item)
+        _check_delivery(item, order, body.notary)
+        delivery = delivery or item
+    for item in (s for s in items if s.type == DECISION_TYPE):
+        if delivery is None:
+            raise MixedEvidence("a decision without the delivery", detail={"field": "delivery"})
+        notary = FairDelivery.from_statement(delivery).notary
+        verify(item, expected_type=DECISION_TYPE, expected_signer=notary)
+        decided = read_decision(item, exchange=order.digest, kind=KIND, decisions=_DECISIONS)
+        same("subject", decided.subject, delivery.digest)
+        decisions.setdefault(decided.decision, item)
+    for decision, state in (("release", "delivered"), ("refund", "refund_due")):
+        if decision in decisions:
+            decided = DecisionBody.from_statement(decisions[decision])
+            reason = None if decision == "release" else (decided.payload or b"").decode(
+                "ascii", "replace")
+            return PurchaseOutcome(state, order, decisions[decision],
+                                   "notary" if decision == "release" else None, reason,
+                                   decided.request)
+    if delivery is not None:
+        return PurchaseOutcome("escrowed", order, delivery)
+    return PurchaseOutcome("ordered", order, order)

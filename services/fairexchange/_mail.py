@@ -37,7 +37,7 @@ and feeds ``DeadlinePassed`` when ``timer()`` is due. Time comes in as ``now_ms`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
@@ -47,10 +47,11 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 
 from .._schema import STATEMENT, Body, Schema, binary, wire
 from ..statements import Statement, StatementError
-from ._bodies import DecisionBody
+from ._bodies import DECISION_TYPE, DecisionBody
 from ._contract import NotaryAnswered
 from ._errors import (
     BadEscrow,
+    MixedEvidence,
     NotParty,
     TooEarly,
     UnexpectedStep,
@@ -72,6 +73,7 @@ __all__ = [
     "MailArrived",
     "KeyWire",
     "MailOffer",
+    "MailOutcome",
     "MailReceipt",
     "MailReceiver",
     "MailSender",
@@ -96,6 +98,7 @@ __all__ = [
     "close_mail",
     "judge_close_mail",
     "judge_recover_mail",
+    "mail_outcome",
 ]
 
 OFFER_TYPE: Final = "mail.offer"
@@ -847,3 +850,79 @@ def _decide(book: NotaryBook, verdict: Verdict, now_ms: int) -> Decision:
     return book.decide(verdict.exchange, verdict.kind, subject=verdict.subject,
                        decision=verdict.decision, request=verdict.request, now_ms=now_ms,
                        payload=verdict.payload)
+
+
+# -- what proves what ---------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class MailOutcome:
+    """What a set of evidence proves about one certified mail (protocol.md 10.4).
+
+    ``state``: ``"delivered"`` (the receiver got the message: ``resolved_by``
+    ``"exchange"``, its receipt, or ``"notary"``, a release), ``"void"`` (the notary
+    found the sender's escrow bad: ``reason`` says how), ``"aborted"`` (the sender
+    closed the exchange without a receipt), ``"offered"`` (an offer, nothing else) or
+    ``"none"``. ``proof``: the statement that decided it."""
+
+    state: str
+    exchange: bytes | None = None
+    offer: Statement | None = None
+    proof: Statement | None = None
+    resolved_by: str | None = None
+    reason: str | None = None
+
+
+def mail_outcome(evidence: Iterable[Statement], *, verify: Verify) -> MailOutcome:
+    """Apply the rule to ``evidence`` (statements) about one mail: its offer, receipts
+    and the notary's decisions. A ``release`` decision proves delivery whatever else
+    exists; else a ``void`` or ``abort`` decision voids any receipt; else a receipt of
+    the offer proves delivery. Every item is checked, signatures included.
+
+    Raises:
+        MixedEvidence: items about two exchanges, an item of another kind, or
+            receipts or decisions without the offer.
+        the coded errors of a bad item (``fairexchange.*``, ``statement.*``, ``auth.*``).
+    """
+    items = list(evidence)
+    offers = [s for s in items if s.type == OFFER_TYPE]
+    if len({s.digest for s in offers}) > 1:
+        raise MixedEvidence("evidence about two mails", detail={"field": "offer"})
+    if not offers:
+        if items:
+            raise MixedEvidence("mail evidence needs its offer", detail={"field": "offer"})
+        return MailOutcome("none")
+    offer = offers[0]
+    body = MailOffer.from_statement(offer)
+    verify(offer, expected_type=OFFER_TYPE, expected_signer=body.sender)
+    receipt: Statement | None = None
+    decisions: dict[str, Statement] = {}
+    for item in items:
+        if item.type == RECEIPT_TYPE:
+            verify(item, expected_type=RECEIPT_TYPE, expected_signer=body.receiver)
+            _check_receipt(item, offer)
+            receipt = receipt or item
+        elif item.type == DECISION_TYPE:
+            verify(item, expected_type=DECISION_TYPE, expected_signer=body.notary)
+            decided = read_decision(item, exchange=body.exchange, kind=KIND,
+                                    decisions=_MAIL_DECISIONS)
+            same("subject", decided.subject, offer.digest)
+            decisions.setdefault(decided.decision, item)
+        elif item.type != OFFER_TYPE:
+            raise MixedEvidence("not certified-mail evidence", detail={"field": "evidence"})
+    found = MailOutcome("none", body.exchange, offer)
+    if "release" in decisions:
+        return _replace(found, "delivered", decisions["release"], "notary")
+    if "void" in decisions:
+        reason = (DecisionBody.from_statement(decisions["void"]).payload or b"").decode(
+            "ascii", "replace")
+        return MailOutcome("void", body.exchange, offer, decisions["void"], reason=reason)
+    if CLOSE in decisions:
+        return _replace(found, "aborted", decisions[CLOSE], None)
+    if receipt is not None:
+        return _replace(found, "delivered", receipt, "exchange")
+    return _replace(found, "offered", offer, None)
+
+
+def _replace(found: MailOutcome, state: str, proof: Statement,
+             resolved_by: str | None) -> MailOutcome:
+    return MailOutcome(state, found.exchange, found.offer, proof, resolved_by)
