@@ -24,7 +24,7 @@ from market_helpers import DEADLINE, config_of, make_market, running, wait_until
 
 from semper.agents import Agent
 from semper.agents.components import _archive
-from semper.agents.components._contracts import Contracts, UnknownContract
+from semper.agents.components._contracts import Contracts, UnknownContract, Unresolved
 from semper.agents.components._notary import NotaryDecisions
 from semper.agents.runtime._config import AgentConfig, ConfigError, FairExchangeSettings
 from semper.services.archive import verify_chain
@@ -43,6 +43,7 @@ from semper.services.fairexchange import (
     secret_commit,
 )
 from semper.services.fairexchange._bodies import AbortWire, ProposeWire, Secrets
+from semper.services.fairexchange._errors import WrongExchange
 from semper.services.statements import Statement
 from semper.transport import RemoteError
 
@@ -402,3 +403,23 @@ def test_market_init_names_the_notary_in_every_party_s_config(prebuilt: Path) ->
         assert AgentConfig.from_dict(tomllib.loads(config.to_toml(base=prebuilt / agent_id)),
                                      base=prebuilt / agent_id).fairexchange == config.fairexchange
     assert config_of(prebuilt, "notary").fairexchange.notary is None
+
+
+async def test_sign_refuses_before_signing_when_the_notary_is_absent_or_no_notary(
+        market: Path) -> None:
+    """A notary that cannot be reached, or an agent that is not a notary: refused
+    before m1 is signed, nothing stored (the exchange could never be settled)."""
+    with trio.fail_after(DEADLINE):
+        async with agents(market, "seller", "bank") as on:  # no notary running
+            await on["seller"].component(Contracts).approve("buyer", TEXT)
+            buyer = agent(market, "buyer")
+            async with buyer.session():
+                contracts = buyer.component(Contracts)
+                with pytest.raises(Unresolved):
+                    await contracts.sign("seller", TEXT)
+                with pytest.raises(WrongExchange) as not_notary:
+                    await contracts.sign("seller", TEXT, notary="bank")
+                assert not_notary.value.detail == {"field": "notary"}
+                assert await contracts.in_flight() == []
+    assert rows(market, "buyer", "SELECT * FROM contract_exchanges") == []
+    assert rows(market, "seller", "SELECT * FROM contract_exchanges") == []

@@ -385,6 +385,7 @@ class Contracts(Component):
             Unresolved: the notary could not be reached (the exchange stays in flight).
         """
         notary = self.notary(notary)
+        await self._check_notary(notary)
         exchange, secret = os.urandom(32), os.urandom(32)
         machine = Originator(exchange=exchange, originator=self.context.id,
                              responder=responder, notary=notary, text=text, secret=secret,
@@ -401,6 +402,22 @@ class Contracts(Component):
         if refusal is not None and view.state == "aborted":
             raise refusal
         return view
+
+    async def _check_notary(self, notary: str) -> None:
+        """Before signing anything: the notary answers, as an agent of role notary (an
+        exchange its notary cannot settle could stay in flight for good)."""
+        try:
+            channel = await self.context.agent.channel(notary)
+        except Exception as exc:
+            if not _coded(exc):
+                raise
+            code = getattr(exc, "code", None) or "os.error"
+            raise Unresolved(f"the notary {notary} cannot be reached ({code}): nothing was "
+                             "signed", detail={"contract": "", "cause": code}) from exc
+        self.certificates.add(channel.peer.certificate)
+        if channel.peer.role != "notary":
+            raise WrongExchange(f"{notary} is a {channel.peer.role}, not a notary: nothing "
+                                "was signed", detail={"field": "notary"})
 
     async def _drive_originator(self, exchange: bytes, out: list[Any], deadline_ms: int
                                 ) -> BaseException | None:
