@@ -10,7 +10,9 @@ import os
 from typing import Any
 
 import pytest
-from test_fairexchange_mail import NOW_MS, World
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_fairexchange_mail import NOW_MS, World, receiver_signs
 
 from semper.services.commerce import Offer, Order, Pay
 from semper.services.commerce._bodies import OFFER_TYPE, ORDER_TYPE
@@ -41,7 +43,15 @@ from semper.services.fairexchange._fairpurchase import (
     purchase_outcome,
     recover_goods,
 )
-from semper.services.fairexchange._mail import DeadlinePassed, KeyGiven, KeyRevealed, NotaryAnswered
+from semper.services.fairexchange._mail import (
+    DeadlinePassed,
+    KeyGiven,
+    KeyRevealed,
+    MailReceiver,
+    MailSender,
+    NotaryAnswered,
+    ReceiptReceived,
+)
 from semper.services.money import Amount
 from semper.services.statements import Statement
 from semper.services.statements._errors import WrongSigner
@@ -267,3 +277,49 @@ def test_what_proves_what(world: World) -> None:
         outcome(shop.order, released)
     with pytest.raises(WrongExchange):  # another order's delivery
         outcome(shop.order, bad.delivery)
+
+
+def _records(world: World) -> list[tuple[type, dict[str, Any]]]:
+    """Records of all four machines at several steps."""
+    offer, ciphertext, key = world.offer(exchange=b"\x31" * 32)
+    sender = MailSender(offer=offer, ciphertext=ciphertext, key=key)
+    receiver = MailReceiver(receiver="bob")
+    out: list[tuple[type, dict[str, Any]]] = [(MailSender, sender.to_record()),
+                                              (MailReceiver, receiver.to_record())]
+    receipt = receiver_signs(world, receiver, offer, ciphertext)
+    sender.receive(ReceiptReceived(receipt), now_ms=NOW_MS)
+    out += [(MailSender, sender.to_record()), (MailReceiver, receiver.to_record())]
+    shop = Shop(world, key_seed=b"records-fuzz")
+    seller, buyer, payment = delivered(shop)
+    seller.receive(Paid(payment), now_ms=NOW_MS)
+    out += [(FairSeller, seller.to_record()), (FairBuyer, buyer.to_record())]
+    return out
+
+
+_STATES = sorted({s.value for s in FairState} | {"idle", "offered", "receipted", "revealed",
+                                                 "closing", "received", "signed",
+                                                 "recovering", "read", "declined",
+                                                 "resolved", "error", "nonsense"})
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_damaged_record_is_refused_with_value_error(world: World, data: st.DataObject) -> None:
+    """A record with a field dropped, another machine's field, or any state: either
+    a machine whose pending() and timer() work, or ValueError; never anything else."""
+    records = _records_cache.setdefault("r", _records(world))
+    cls, record = data.draw(st.sampled_from(records))
+    damaged = dict(record)
+    donor = data.draw(st.sampled_from(records))[1]
+    for name in data.draw(st.lists(st.sampled_from(sorted(damaged)), max_size=3)):
+        damaged[name] = data.draw(st.sampled_from([None, donor.get(name), "x", 7,
+                                                   data.draw(st.sampled_from(_STATES))]))
+    try:
+        machine = cls.from_record(damaged)
+    except ValueError:
+        return
+    machine.pending()
+    machine.timer()
+
+
+_records_cache: dict[str, Any] = {}

@@ -247,6 +247,7 @@ class FairState(Enum):
 
 
 _F = FairState
+_BUYER: Final = ("order", "notary", "wait_ms")
 
 
 class FairSeller(_Machine):
@@ -265,6 +266,19 @@ class FairSeller(_Machine):
         (_F.RELEASED, Paid): (_F.RELEASED,),
         (_F.RELEASED, KeyGiven): (_F.RELEASED,),
     })
+
+    _NEEDS: ClassVar[dict[Any, tuple[str, ...]]] = {
+        _F.OFFERED: ("delivery", "ciphertext", "key"),
+        _F.PAID: ("delivery", "ciphertext", "key", "payment"),
+        _F.RELEASED: ("delivery", "ciphertext", "key", "payment"),
+        _F.ERROR: ("delivery", "ciphertext", "key"),
+    }
+
+    def _validate(self) -> None:
+        if self._state not in self._NEEDS:
+            raise ValueError(f"{self._state.value!r} is not a seller's state")
+        same("ciphertext", digest(self._ciphertext),
+             FairDelivery.from_statement(self._delivery).ciphertext)
 
     def __init__(self, *, delivery: Statement, ciphertext: bytes, key: bytes) -> None:
         body = FairDelivery.from_statement(delivery)
@@ -341,6 +355,26 @@ class FairBuyer(_Machine):
         (_F.REFUND_DUE, GoodsArrived): (_F.REFUND_DUE,),
         (_F.REFUND_DUE, Paid): (_F.REFUND_DUE,),
     })
+
+    _NEEDS: ClassVar[dict[Any, tuple[str, ...]]] = {
+        _F.ORDERED: _BUYER,
+        _F.DELIVERED: (*_BUYER, "delivery", "ciphertext"),
+        _F.PAYING: (*_BUYER, "delivery", "ciphertext", "payment", "paid_at"),
+        _F.RECOVERING: (*_BUYER, "delivery", "ciphertext", "payment", "paid_at"),
+        _F.DONE: (*_BUYER, "delivery", "ciphertext", "key"),
+        _F.REFUND_DUE: (*_BUYER, "delivery", "ciphertext", "payment", "decision"),
+        _F.ERROR: _BUYER,
+    }
+
+    def _validate(self) -> None:
+        if self._state not in self._NEEDS:
+            raise ValueError(f"{self._state.value!r} is not a buyer's state")
+        Order.from_statement(self._order)
+        if self._delivery is not None:
+            _check_delivery(self._delivery, self._order, self._notary)
+            if self._ciphertext is not None:
+                same("ciphertext", digest(self._ciphertext),
+                     FairDelivery.from_statement(self._delivery).ciphertext)
 
     def __init__(self, *, order: Statement, notary: str, wait_ms: int) -> None:
         Order.from_statement(order)

@@ -45,6 +45,7 @@ from typing import Any, ClassVar, Final, Self
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
+from .._errors import ServiceError
 from .._schema import STATEMENT, Body, Schema, binary, wire
 from ..statements import Statement, StatementError
 from ._bodies import DECISION_TYPE, DecisionBody
@@ -356,6 +357,8 @@ class _Machine:
     _TABLE: ClassVar[Mapping[tuple[Any, type], tuple[Any, ...]]]
     #: attribute (without "_") -> codec, in the record's order
     _FIELDS: ClassVar[dict[str, str]]
+    #: state -> the fields that must be set in it (a record without one is refused)
+    _NEEDS: ClassVar[dict[Any, tuple[str, ...]]] = {}
     _state: Any
 
     @property
@@ -427,7 +430,19 @@ class _Machine:
                 setattr(machine, "_" + name, None if raw is None else _CODECS[codec][1](raw))
         except (StatementError, ValueError, TypeError) as exc:
             raise ValueError(f"{cls._KIND} record does not decode: {exc}") from None
+        missing = [n for n in cls._NEEDS.get(machine._state, ())
+                   if getattr(machine, "_" + n) is None]
+        if missing:
+            raise ValueError(f"{cls._KIND} in state {machine._state.value!r} needs {missing}")
+        try:
+            machine._validate()
+        except (ServiceError, ValueError, TypeError) as exc:
+            raise ValueError(f"{cls._KIND} record's fields do not fit: {exc}") from None
         return machine
+
+    def _validate(self) -> None:
+        """Subclasses: raise (a coded error, ValueError) if the restored fields do not
+        fit together (the statements' bodies, the ciphertext's digest)."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._state.value}>"
@@ -541,6 +556,23 @@ class MailSender(_Machine):
         (_M.RESOLVED, DeadlinePassed): (_M.RESOLVED,),
     })
 
+    _NEEDS: ClassVar[dict[Any, tuple[str, ...]]] = {
+        _M.OFFERED: ("offer", "ciphertext", "key"),
+        _M.RECEIPTED: ("offer", "ciphertext", "key", "receipt"),
+        _M.REVEALED: ("offer", "ciphertext", "key", "receipt"),
+        _M.CLOSING: ("offer", "ciphertext", "key"),
+        _M.RESOLVED: ("offer", "ciphertext", "key", "decision"),
+        _M.ERROR: ("offer", "ciphertext", "key"),
+    }
+
+    def _validate(self) -> None:
+        if self._state not in self._NEEDS:
+            raise ValueError(f"{self._state.value!r} is not a sender's state")
+        body = MailOffer.from_statement(self._offer)
+        same("ciphertext", digest(self._ciphertext), body.ciphertext)
+        if self._receipt is not None:
+            _check_receipt(self._receipt, self._offer)
+
     def __init__(self, *, offer: Statement, ciphertext: bytes, key: bytes) -> None:
         body = MailOffer.from_statement(offer)
         same("ciphertext", digest(ciphertext), body.ciphertext)
@@ -648,6 +680,29 @@ class MailReceiver(_Machine):
         (_M.DECLINED, MailArrived): (_M.DECLINED,),
         (_M.DECLINED, DeadlinePassed): (_M.DECLINED,),
     })
+
+    _NEEDS: ClassVar[dict[Any, tuple[str, ...]]] = {
+        _M.IDLE: ("receiver",),
+        _M.RECEIVED: ("receiver", "offer", "ciphertext"),
+        _M.SIGNED: ("receiver", "offer", "ciphertext", "receipt"),
+        _M.RECOVERING: ("receiver", "offer", "ciphertext", "receipt"),
+        _M.READ: ("receiver", "offer", "ciphertext", "receipt", "key"),
+        _M.RESOLVED: ("receiver", "offer", "ciphertext", "receipt", "decision"),
+        _M.DECLINED: ("receiver", "offer", "ciphertext"),
+        _M.ERROR: ("receiver",),
+    }
+
+    def _validate(self) -> None:
+        if self._state not in self._NEEDS:
+            raise ValueError(f"{self._state.value!r} is not a receiver's state")
+        if self._offer is None:
+            return
+        body = MailOffer.from_statement(self._offer)
+        same("receiver", body.receiver, self._receiver)
+        if self._ciphertext is not None:
+            same("ciphertext", digest(self._ciphertext), body.ciphertext)
+        if self._receipt is not None:
+            _check_receipt(self._receipt, self._offer)
 
     def __init__(self, *, receiver: str) -> None:
         self._state = _M.IDLE
