@@ -1,4 +1,5 @@
-"""``semper demo``: the whole local market, one process per agent, money moving.
+"""``semper demo``: the whole local market, one process per agent, money moving, the
+notary's services and the arbiter used.
 
 Prints each step as it ends (``✓`` or ``✗``, one line each, never wrapped), the
 table of who reached whom, the balances before and after, and a last line: ``ok: ...``
@@ -41,7 +42,9 @@ class _Live(Reporter):
 @click.command("demo")
 def command() -> int:
     """Run a local market: start every agent, reach every pair, buy by transfer and by
-    cheque, refund, repeat a purchase safely, check the books, stop cleanly."""
+    cheque, refund, repeat a purchase safely, timestamp, check and file a dispute, send
+    certified mail, sign contracts and buy fairly from a seller killed midway, check
+    the books, stop cleanly."""
     console = Console()
     with console.status("starting...") as status:
         result = trio.run(functools.partial(run_demo, reporter=_Live(console, status)))
