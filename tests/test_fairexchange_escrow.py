@@ -5,11 +5,14 @@ content other than the signed digest; the notary's escrow key statement checked.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from pki import NOW, Market
 
 from semper.services.fairexchange._errors import BadEscrow, BadEscrowKey, BadKey
@@ -24,7 +27,7 @@ from semper.services.fairexchange._escrow import (
     seal,
     sign_escrow_key,
 )
-from semper.services.statements import WrongSigner
+from semper.services.statements import WrongSigner, canonical_encode
 
 NOW_MS = int(NOW.timestamp() * 1000)
 MAIL = b"the message, certified"
@@ -167,3 +170,55 @@ def test_escrow_key_refusals(tmp_path: Path) -> None:
         check_escrow_key(statement, certificate=signer.cert,
                          now=NOW - dt.timedelta(seconds=20), notary="notary", **kw)
     assert caught.value.detail == {"field": "valid_from"}
+
+
+# -- the escrow is RFC 9180 as protocol.md 10.3 says: opened here from the RFC's text ------
+
+def _extract(salt: bytes, ikm: bytes) -> bytes:
+    return hmac.new(salt, ikm, hashlib.sha256).digest()
+
+
+def _expand(prk: bytes, info: bytes, length: int) -> bytes:
+    assert length <= 32  # one HMAC block is all this suite needs
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()[:length]
+
+
+def _labeled_extract(suite: bytes, salt: bytes, label: bytes, ikm: bytes) -> bytes:
+    return _extract(salt, b"HPKE-v1" + suite + label + ikm)  # RFC 9180 section 4
+
+
+def _labeled_expand(suite: bytes, prk: bytes, label: bytes, info: bytes, length: int) -> bytes:
+    return _expand(prk, length.to_bytes(2, "big") + b"HPKE-v1" + suite + label + info, length)
+
+
+def _open_by_the_rfc(escrow: bytes, private_key: x25519.X25519PrivateKey, info: bytes) -> bytes:
+    """RFC 9180 base mode, single shot, DHKEM(X25519, HKDF-SHA256) (0x0020),
+    HKDF-SHA256 (0x0001), ChaCha20-Poly1305 (0x0003), written out from sections 4.1,
+    5.1 and 5.2 with nothing but X25519, HMAC-SHA256 and the AEAD."""
+    enc, ct = escrow[:32], escrow[32:]
+    kem = b"KEM\x00\x20"
+    dh = private_key.exchange(x25519.X25519PublicKey.from_public_bytes(enc))
+    kem_context = enc + private_key.public_key().public_bytes_raw()
+    eae_prk = _labeled_extract(kem, b"", b"eae_prk", dh)
+    shared_secret = _labeled_expand(kem, eae_prk, b"shared_secret", kem_context, 32)
+    suite = b"HPKE\x00\x20\x00\x01\x00\x03"
+    psk_id_hash = _labeled_extract(suite, b"", b"psk_id_hash", b"")
+    info_hash = _labeled_extract(suite, b"", b"info_hash", info)
+    context = b"\x00" + psk_id_hash + info_hash  # mode_base
+    secret = _labeled_extract(suite, shared_secret, b"secret", b"")  # psk = ""
+    key = _labeled_expand(suite, secret, b"key", context, 32)
+    base_nonce = _labeled_expand(suite, secret, b"base_nonce", context, 12)
+    return ChaCha20Poly1305(key).decrypt(base_nonce, ct, b"")  # seq 0, aad ""
+
+
+def test_the_escrow_opens_by_rfc_9180_with_the_documented_info() -> None:
+    key, ciphertext, escrow = sealed()
+    info = canonical_encode({"protocol": "semper-escrow-v1", "purpose": "mail",
+                             "exchange": b"\x01" * 32, "sender": "alice", "receiver": "bob",
+                             "notary": "notary", "ciphertext": digest(ciphertext)})
+    assert _open_by_the_rfc(escrow, NOTARY, info) == key
+    # and the content is ChaCha20-Poly1305 under it, its AAD the label (protocol.md 10.3)
+    aad = canonical_encode({"protocol": "semper-escrow-v1", "purpose": "mail",
+                            "exchange": b"\x01" * 32, "sender": "alice", "receiver": "bob",
+                            "notary": "notary"})
+    assert ChaCha20Poly1305(key).decrypt(ciphertext[:12], ciphertext[12:], aad) == MAIL
