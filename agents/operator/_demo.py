@@ -703,8 +703,7 @@ class _Demo:
         self.check(f"{what}: signed, resolved by the notary", not problems,
                    "; ".join(problems) or (
                        f"{seller} exited {code} after its commitment; contract "
-                       f"{signed['contract'][:16]}... completed by the notary's "
-                       "replacement"))
+                       f"{signed['contract'][:16]}... completed through the notary"))
         # Started again, armed for the fair purchase that follows (it must still hold
         # the contract: it resolves an exchange in flight with the notary by itself).
         what = f"{seller} started again shows the same contract"
