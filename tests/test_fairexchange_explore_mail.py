@@ -219,6 +219,7 @@ class Run:
         self.sign_notary = world.sign("notary")
         self.books: dict[bytes, NotaryBook] = {}
         self.statements: dict[bytes, Statement] = {}
+        self.effects: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         self.verified: dict[tuple[bytes, str, str], tuple[ServiceError | None, bool]] = {}
         self.answers: dict[tuple[bytes, str, bytes, bool], tuple[bytes, bytes, bool] | None] = {}
 
@@ -290,6 +291,40 @@ class Run:
         for party in self.dishonest_parties - state.gone:
             yield state._replace(gone=state.gone | {party})
 
+    def _steps(self, state: State, a_steps: Callable[[State], Iterator[State]],
+               b_steps: Callable[[State], Iterator[State]]) -> Iterator[State]:
+        """Every move from ``state``: time, faults, each party's own steps, each
+        message in flight handled by its receiver."""
+        yield from self._common(state)
+        if "a" not in state.gone:
+            yield from self._memo(("a",), state, a_steps)
+        if "b" not in state.gone:
+            yield from self._memo(("b",), state, b_steps)
+        for message, rest in _network(state):
+            if message[0] in state.gone:
+                yield rest
+            else:
+                yield from self._memo(("h", message), rest,
+                                      lambda s, m=message: self._handle(m, s))
+
+    def _memo(self, tag: tuple[Any, ...], state: State,
+              step: Callable[[State], Iterator[State]]) -> Iterator[State]:
+        """``step(state)``, computed once per (machines, book, clock, budgets): a step
+        reads those and never the other messages in flight, so its effect (fields
+        changed, messages added) is the same over every ``net``; it is found on the
+        state without them and applied to each."""
+        key = (*tag, state.a, state.b, state.n, state.late, state.paid, state.crashes,
+               state.keyed)
+        effects = self.effects.get(key)
+        if effects is None:
+            bare = state._replace(net=frozenset())
+            effects = self.effects[key] = [
+                {f: v for f, v in zip(State._fields, out, strict=True)
+                 if v != getattr(bare, f)} for out in step(bare)]
+        for effect in effects:
+            added = effect.get("net", frozenset())
+            yield state._replace(**{**effect, "net": state.net | added})
+
     def statement(self, data: bytes) -> Statement:
         """A statement from its bytes, each decoded once."""
         known = self.statements.get(data)
@@ -339,13 +374,7 @@ class MailRun(Run):
         return self.rb.load(state.b)  # type: ignore[no-any-return]
 
     def successors(self, state: State) -> Iterator[State]:
-        yield from self._common(state)
-        if "a" not in state.gone:
-            yield from self._sender_steps(state)
-        if "b" not in state.gone:
-            yield from self._receiver_steps(state)
-        for message, rest in _network(state):
-            yield from self._handle(message, rest) if message[0] not in state.gone else [rest]
+        yield from self._steps(state, self._sender_steps, self._receiver_steps)
 
     def _sender_steps(self, state: State) -> Iterator[State]:
         sender = self.sender(state)
@@ -490,13 +519,7 @@ class PurchaseRun(Run):
         return self.rb.load(state.b)  # type: ignore[no-any-return]
 
     def successors(self, state: State) -> Iterator[State]:
-        yield from self._common(state)
-        if "a" not in state.gone:
-            yield from self._seller_steps(state)
-        if "b" not in state.gone:
-            yield from self._buyer_steps(state)
-        for message, rest in _network(state):
-            yield from self._handle(message, rest) if message[0] not in state.gone else [rest]
+        yield from self._steps(state, self._seller_steps, self._buyer_steps)
 
     def _seller_steps(self, state: State) -> Iterator[State]:
         seller = self.seller(state)
