@@ -185,6 +185,7 @@ def test_a_seller_dead_once_paid_cannot_keep_the_goods(
     ("buyer", "fair.buyer.delivered", False),
     ("buyer", "fair.buyer.paid", False),
     ("notary", "notary.escrow.received", False),
+    ("recovering buyer", "fair.buyer.recovering", False),
 ])
 def test_each_party_killed_at_a_step_ends_fair(
         market: Market, running: Running, tmp_path: Path, party: str, point: str,
@@ -199,6 +200,9 @@ def test_each_party_killed_at_a_step_ends_fair(
         victim = running.restart("notary", crash_at=point)
     elif party == "seller":
         victim = running.restart("seller", crash_at=point)
+    elif party == "recovering buyer":  # the buyer dies on its way to the notary
+        running.restart("seller", crash_at="fair.seller.paid")
+        party = "buyer"
     done = buy(market, "song-003", output, crash_at=point if party == "buyer" else None)
     if party == "buyer":
         assert done.returncode == -9, done.stderr

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from test_cli import DEADLINE, Market, _env, assert_one_line_failure, semper, semper_argv
-from test_fair_purchase_cli import Running, _market
+from test_fair_purchase_cli import Running, _market, start
 
 SEND_DEADLINE = 60.0
 
@@ -155,6 +155,50 @@ def test_a_receiver_killed_after_signing_is_restarted_and_the_mail_delivered(
     result = json.loads(out)
     assert result["state"] == "delivered"
     assert inbox(market)[result["mail"]]["state"] == "read"
+
+
+@pytest.mark.parametrize("point", ["mail.sender.offered", "mail.sender.revealed",
+                                   "mail.receiver.read", "mail.receiver.recovering"])
+def test_each_party_killed_at_a_step_ends_fair(market: Market, running: Running,
+                                               tmp_path: Path, point: str) -> None:
+    """Killed at ``point`` and restarted (the sender: its agent started, which resumes
+    the exchange): the receiver ends reading the mail, from the sender's key or the
+    notary's."""
+    running.ensure()
+    message = tmp_path / "m.txt"
+    message.write_bytes(f"killed at {point}\n".encode())
+    before = set(inbox(market))
+    if point == "mail.receiver.recovering":  # reached when the sender never reveals
+        set_deadline(market, "buyer", 3.0)
+        receiver = running.restart("seller", crash_at=point)
+        done = send(market, message, crash_at="mail.sender.receipted")
+        assert done.returncode == -9, done.stderr
+        assert receiver.process.wait(DEADLINE * 2) == -9  # at the deadline
+        set_deadline(market, "buyer", 30.0)
+        running.restart("seller")
+        expected = {"recovered"}
+    elif point.startswith("mail.receiver."):
+        receiver = running.restart("seller", crash_at=point)
+        done = send(market, message)  # the key was stored, its answer lost
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["state"] == "delivered"
+        assert receiver.process.wait(DEADLINE) == -9
+        running.restart("seller")
+        expected = {"read"}
+    else:
+        done = send(market, message, crash_at=point)
+        assert done.returncode == -9, done.stderr
+        if "buyer" in running.agents:  # its agent, (re)started, resumes the exchange
+            running.restart("buyer")
+        else:
+            running.agents["buyer"] = start(market, "buyer", running.logs)
+        expected = {"read"}
+    (mail,) = set(inbox(market)) - before
+    assert wait_state(market, mail, expected | {"void"}) in expected
+    out = tmp_path / "out.txt"
+    read = semper("mail", "read", "--config", market.config("seller"), mail, "-o", out)
+    assert read.returncode == 0, read.stderr
+    assert out.read_bytes() == message.read_bytes()
 
 
 def test_a_sender_whose_receiver_never_answers_closes_failed(

@@ -214,7 +214,9 @@ class FairShopper(Shopper):
                 answer.delivery, direction="received", peer=seller,
                 transaction=order.digest.hex(), certificate=certificate)])
             crash_point("fair.buyer.delivered")
-        result = await super()._pay(decision, purchase)
+        result = await self._paid_before(fair, decision, purchase)
+        if result is None:
+            result = await super()._pay(decision, purchase)
         if fair.state is FairState.DELIVERED:
             fair.receive(Paid(payment=result.settlement), now_ms=self._ms())
             await self._save_fair(fair, order.digest, seller)
@@ -224,6 +226,22 @@ class FairShopper(Shopper):
         except Exception as exc:  # the notary unreachable, say: buy_fair tries again
             log.info("fair purchase %s not finished yet: %s", order.digest.hex()[:16], exc)
         return result
+
+    async def _paid_before(self, fair: FairBuyer, decision: Pay, purchase: Purchase
+                           ) -> PaymentResult | None:
+        """The payment an earlier run made and stored (the machine is fed ``Paid``
+        only once the seller accepted it), rebuilt for the commerce part: a resumed
+        run does not hand it over again to a seller that may be gone."""
+        if fair.state is FairState.DELIVERED or fair.payment is None:
+            return None
+        bank = await self.agent.archive.certificate(fair.payment.signer)
+        if bank is None:
+            return None
+        assert purchase.order is not None
+        return PaymentResult(module=decision.module, payer=self.agent.id,
+                             payee=decision.payee, amount=decision.amount,
+                             reference=decision.reference, settlement=fair.payment,
+                             bank_certificate=bank)
 
     async def _finish(self, fair: FairBuyer, seller: str) -> None:
         """From PAYING: the key from the seller within the wait, else the notary's

@@ -139,7 +139,7 @@ class FairSales(Component):
             if machine.state is FairState.OFFERED:
                 machine.receive(Paid(payment=body.payment), now_ms=self.context.now_ms())
                 await self._save(body.order, buyer, machine)
-            crash_point("fair.seller.paid")
+                crash_point("fair.seller.paid")
             if machine.state is FairState.PAID:
                 machine.receive(KeyGiven(), now_ms=self.context.now_ms())
                 await self._save(body.order, buyer, machine)

@@ -21,9 +21,9 @@ row, feeds the machine, and stores the new record with the statements to archive
 ONE transaction (compare-and-set on the row's version: a command and the agent's
 process acting on one exchange cannot both win); only then does a message leave.
 
-Restart: ``run`` resumes every exchange in flight when its deadline comes: a sender
-still offering closes, one holding a receipt reveals the key again; a receiver that
-signed recovers.
+Restart: ``run`` resumes every exchange in flight: a sender's at once (still
+offering, it delivers again until the deadline, then closes; holding a receipt, it
+reveals the key again), a receiver's at its deadline (having signed, it recovers).
 
 Crash points (``SEMPER_CRASH_AT``): ``mail.sender.offered`` (the offer stored, before
 ``mail.deliver``), ``mail.sender.receipted`` (the receipt stored, before the key
@@ -73,7 +73,7 @@ from semper.services.fairexchange import (
     prepare,
 )
 from semper.services.fairexchange._bodies import DECISION_TYPE
-from semper.services.fairexchange._errors import FairExchangeError, WrongExchange
+from semper.services.fairexchange._errors import FairExchangeError, TooEarly, WrongExchange
 from semper.services.fairexchange._mail import (
     MAX_CIPHERTEXT,
     CiphertextWire,
@@ -83,6 +83,7 @@ from semper.services.fairexchange._mail import (
     RecoverMailWire,
 )
 from semper.services.statements import Statement, canonical_decode, canonical_encode
+from semper.transport import RemoteError
 
 __all__ = ["MIGRATIONS", "CertifiedMail", "MailView", "NoSuchMail", "Unreadable"]
 
@@ -106,6 +107,8 @@ RETRY_FIRST: Final = 0.5
 RETRY_MAX: Final = 30.0
 #: Steps one drive may take (a bound on its loop).
 _MAX_STEPS: Final = 64
+#: How often a sender asks to close while the notary says it is too early.
+_CLOSE_TRIES: Final = 5
 
 
 class NoSuchMail(FairExchangeError):
@@ -333,8 +336,7 @@ class CertifiedMail(Component):
             if state is MailState.CLOSING:
                 offer = Statement.from_wire(row.record["offer"])
                 notary = MailOffer.from_statement(offer).notary
-                decision, certificate = await self._decision(
-                    notary, NOTARY_CLOSE_MAIL, CloseMailWire(offer=offer))
+                decision, certificate = await self._close(notary, offer)
                 await self._step(exchange, NotaryAnswered(decision=decision),
                                  [(decision, "received", notary, certificate)])
                 return True
@@ -356,6 +358,21 @@ class CertifiedMail(Component):
                              [(decision, "received", notary, certificate)])
             return True
         return False
+
+    async def _close(self, notary: str, offer: Statement) -> tuple[Statement, Any]:
+        """``notary.close_mail``, asked again while the notary says it is too early
+        (its clock behind ours at the deadline), a few times, backing off."""
+        delay = RETRY_FIRST
+        for attempt in range(_CLOSE_TRIES):
+            try:
+                return await self._decision(notary, NOTARY_CLOSE_MAIL,
+                                            CloseMailWire(offer=offer))
+            except RemoteError as exc:
+                if exc.code != TooEarly.code or attempt == _CLOSE_TRIES - 1:
+                    raise
+            await trio.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _deliver(self, row: _Row, machine: MailSender) -> None:
         """``mail.deliver`` until the receipt comes or the deadline passes (a refusal
@@ -444,19 +461,22 @@ class CertifiedMail(Component):
 
     # -- background -----------------------------------------------------------------------
 
-    async def in_flight(self) -> list[tuple[bytes, int]]:
+    async def in_flight(self) -> list[tuple[bytes, str, int]]:
+        """``(exchange, role, deadline_ms)`` of every exchange not final yet."""
         final = tuple(s.value for s in FINAL)
         return await self.context.database.read(lambda c: c.execute(
-            "SELECT exchange, deadline_ms FROM mail_exchanges WHERE state NOT IN"
+            "SELECT exchange, role, deadline_ms FROM mail_exchanges WHERE state NOT IN"
             f" ({', '.join('?' * len(final))}) ORDER BY deadline_ms", final).fetchall())
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
+        """Resume every exchange in flight: a sender's now (it delivers until the
+        deadline, reveals, or closes), a receiver's at its deadline."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for exchange, deadline in await self.in_flight():
-                nursery.start_soon(self._settle, exchange,
-                                   max(0, deadline - self.context.now_ms()))
+            for exchange, role, deadline in await self.in_flight():
+                wait = 0 if role == "sender" else max(0, deadline - self.context.now_ms())
+                nursery.start_soon(self._settle, exchange, wait)
             task_status.started()
             await trio.sleep_forever()
 
