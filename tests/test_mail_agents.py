@@ -62,13 +62,15 @@ class AheadClock:
 
 
 @asynccontextmanager
-async def agents(market: Path, *ids: str, clocks: dict[str, Any] | None = None
+async def agents(market: Path, *ids: str, clocks: dict[str, Any] | None = None,
+                 changes: dict[str, dict[str, Any]] | None = None
                  ) -> AsyncIterator[dict[str, Agent]]:
-    """``ids`` running (with ``clocks[id]`` if given), for the body."""
+    """``ids`` running (with ``clocks[id]`` and config ``changes[id]`` if given)."""
     started: dict[str, Agent] = {}
     async with trio.open_nursery() as nursery:
         for agent_id in ids:
-            one = Agent(config_of(market, agent_id), clock=(clocks or {}).get(agent_id))
+            one = Agent(config_of(market, agent_id, **(changes or {}).get(agent_id, {})),
+                        clock=(clocks or {}).get(agent_id))
 
             async def serve(one: Agent = one, *,
                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -183,3 +185,54 @@ async def test_a_buyer_recovers_goods_whose_seller_and_bank_the_directory_does_n
         outcome = await shopper.buy_fair("seller", "map-002", "transfer", "fair-agents-1")
     assert outcome.resolved_by == "notary"
     assert outcome.goods == b"ca -- bank -- seller -- buyer -- notary\n"
+
+
+def offer_of(buyer: Agent, escrow: Any, *, exchange: bytes, deadline: int,
+             message: bytes = b"x") -> tuple[Any, bytes]:
+    """A mail offer from the buyer to the seller, signed, and its ciphertext."""
+    body, ciphertext = prepare(message, exchange=exchange, sender="buyer", receiver="seller",
+                               notary="notary", escrow_key=escrow.public_key(),
+                               deadline=deadline, key=b"\x01" * 32, nonce=b"\x02" * 12)
+    return buyer.context.sign(MAIL_OFFER_TYPE, body.to_body()), ciphertext
+
+
+async def test_a_receiver_keeps_a_senders_mail_within_its_quota(market: Path) -> None:
+    """Each offer costs its sender one signature and us its ciphertext: past ``[evidence]
+    peer_quota_bytes`` for that sender, a new mail is refused and nothing is kept."""
+    quota = {"seller": {"evidence_peer_quota": 40_000}}
+    async with agents(market, "ca", "notary", "seller", changes=quota) as running_agents, \
+            session(market, "buyer") as buyer:
+        escrow = await notary_escrow_key(buyer.context, "notary")
+        deadline = buyer.context.now_ms() + 60_000
+        first, ciphertext = offer_of(buyer, escrow, exchange=b"\x01" * 32, deadline=deadline,
+                                     message=b"a" * 20_000)
+        await buyer.context.call("seller", MAIL_DELIVER,
+                                 CiphertextWire(offer=first, ciphertext=ciphertext))
+        second, ciphertext = offer_of(buyer, escrow, exchange=b"\x02" * 32,
+                                      deadline=deadline, message=b"b" * 20_000)
+        with pytest.raises(RemoteError) as refused:
+            await buyer.context.call("seller", MAIL_DELIVER,
+                                     CiphertextWire(offer=second, ciphertext=ciphertext))
+        assert refused.value.code == "evidence.quota_exceeded"
+        inbox = await running_agents["seller"].component(CertifiedMail).inbox()
+        assert [m["mail"] for m in inbox] == [(b"\x01" * 32).hex()]
+
+
+async def test_the_notary_decides_for_a_requester_within_its_quota(market: Path) -> None:
+    """The same kind at the notary: every decision is kept for good with what it
+    quotes, so a sender closing offer after offer stops at its quota."""
+    quota = {"notary": {"evidence_peer_quota": 3_000}}
+    async with agents(market, "ca", "notary", changes=quota), \
+            session(market, "buyer") as buyer:
+        escrow = await notary_escrow_key(buyer.context, "notary")
+        past = buyer.context.now_ms() - 1
+        codes = []
+        for n in range(1, 4):
+            offer, _ = offer_of(buyer, escrow, exchange=bytes([n]) * 32, deadline=past)
+            try:
+                decision = (await buyer.context.call("notary", NOTARY_CLOSE_MAIL,
+                                                     CloseMailWire(offer=offer))).statement
+                codes.append(DecisionBody.from_statement(decision).decision)
+            except RemoteError as exc:
+                codes.append(exc.code)
+        assert codes[0] == "abort" and codes[-1] == "evidence.quota_exceeded"

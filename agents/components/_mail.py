@@ -47,8 +47,9 @@ import trio
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from semper.agents.components._archive import append, entry
+from semper.agents.components._archive import RECORD_OVERHEAD, append, entry, peer_usage
 from semper.agents.components._escrow_keys import EscrowKeys, default_notary, notary_escrow_key
+from semper.agents.components._evidence import QuotaExceeded
 from semper.agents.runtime._component import Component, handles
 from semper.agents.runtime._faults import crash_point
 from semper.services.fairexchange import (
@@ -193,11 +194,15 @@ class CertifiedMail(Component):
         return _Row(exchange, role, peer, version, deadline_ms, canonical_decode(record))
 
     async def _store(self, row: _Row, machine: MailSender | MailReceiver,
-                     archived: Sequence[tuple[Statement, str, str, x509.Certificate | None]]
-                     ) -> None:
+                     archived: Sequence[tuple[Statement, str, str, x509.Certificate | None]],
+                     *, quota: str | None = None) -> None:
         """The machine's record and the statements to archive (statement, direction,
         peer, certificate) in one commit; ``_Stale`` if another actor stored the
-        exchange since ``row`` was read."""
+        exchange since ``row`` was read. With ``quota`` (a peer's id), refused with
+        ``evidence.quota_exceeded`` if what we hold for that peer (its archive usage
+        and the mail it sent us) would pass ``[evidence] peer_quota_bytes``: a peer's
+        offers cost it one signature each, and would otherwise grow our database
+        without bound."""
         record = machine.to_record()
         encoded = canonical_encode(record)
         txn = row.exchange.hex()
@@ -205,7 +210,21 @@ class CertifiedMail(Component):
                    for s, d, p, c in archived]
         now_ms = self.context.now_ms()
 
+        limit = self.context.config.evidence_peer_quota
+        cost = len(encoded) + sum(len(e.statement.to_bytes()) + RECORD_OVERHEAD
+                                  for e in entries)
+
         def write(c: sqlite3.Connection) -> None:
+            if quota is not None:
+                records, size = peer_usage(c, quota)
+                held = c.execute("SELECT coalesce(sum(length(record)), 0) FROM"
+                                 " mail_exchanges WHERE peer = ? AND role = 'receiver'",
+                                 (quota,)).fetchone()[0]
+                used = size + records * RECORD_OVERHEAD + held
+                if used + cost > limit:
+                    raise QuotaExceeded(f"{quota!r} has used {used} of its {limit} bytes "
+                                        "of our storage: no new mail",
+                                        detail={"used": used, "quota": limit, "cost": cost})
             found = c.execute("SELECT version FROM mail_exchanges WHERE exchange = ?",
                               (row.exchange,)).fetchone()
             if (found[0] if found else 0) != row.version:
@@ -429,7 +448,7 @@ class CertifiedMail(Component):
                 row = _Row(offer.exchange, "receiver", sender, 0, offer.deadline, {})
                 await self._store(row, machine, [
                     (request.offer, "received", sender, context.peer.certificate),
-                    (receipt, "sent", sender, self.context.certificate)])
+                    (receipt, "sent", sender, self.context.certificate)], quota=sender)
                 crash_point("mail.receiver.signed")
                 new = True
             else:

@@ -33,6 +33,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from semper.agents.components._archive import RECORD_OVERHEAD, peer_usage
+from semper.agents.components._evidence import QuotaExceeded
 from semper.agents.components._notary import NotaryDecisions
 from semper.agents.runtime._component import Component, handles
 from semper.agents.runtime._faults import crash_point
@@ -166,8 +168,17 @@ class NotaryEscrow(Component):
         """``make(book)`` on the notary's one ``NotaryBook`` (``NotaryDecisions``, shared
         with contract signing: one decision chain per notary), a new decision stored
         with ``quoted`` (the request's statements) archived before it is answered."""
+        requester = request.peer.agent_id
+        limit = self.context.config.evidence_peer_quota
+        records, size = await self.context.database.read(
+            lambda c: peer_usage(c, requester))
+        used = size + records * RECORD_OVERHEAD
+        if used >= limit:  # each decision is kept for good, with what it quotes
+            raise QuotaExceeded(f"{requester!r} has used {used} of its {limit} bytes of "
+                                "our archive: no new decisions",
+                                detail={"used": used, "quota": limit})
         return await self.context.component(NotaryDecisions).decide(
-            make, requester=request.peer.agent_id, quoted=quoted, certificates=certificates)
+            make, requester=requester, quoted=quoted, certificates=certificates)
 
     # -- verification ports -------------------------------------------------------------
 
