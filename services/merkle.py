@@ -170,6 +170,19 @@ class MerkleTree:
             index >>= 1
         return out
 
+    def inclusion_proofs(self) -> list[list[bytes]]:
+        """Every leaf's ``inclusion_proof``, level by level in one pass (a notary
+        answers a whole batch at once)."""
+        n = self.size
+        paths: list[list[bytes]] = [[] for _ in range(n)]
+        for depth, level in enumerate(self._levels[:-1]):
+            width = len(level)
+            for index in range(n):
+                sibling = (index >> depth) ^ 1
+                if sibling < width:
+                    paths[index].append(level[sibling])
+        return paths
+
     def consistency_proof(self, old_size: int) -> list[bytes]:
         """PROOF(old_size, D[n]) (ValueError unless 0 <= old_size <= size)."""
         n = self.size

@@ -100,6 +100,7 @@ def test_tree_is_the_recursive_definition(leaves: list[bytes]) -> None:
     assert tree.root == mth(leaves)
     for m in range(len(leaves)):
         assert tree.inclusion_proof(m) == path(m, leaves)
+    assert tree.inclusion_proofs() == [path(m, leaves) for m in range(len(leaves))]
 
 
 @settings(max_examples=60, deadline=None)

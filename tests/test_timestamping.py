@@ -235,17 +235,41 @@ def test_the_leaf_is_the_canonical_encoding(digest: bytes, time: int, serial: in
                                         "serial": serial, "time": time}))
 
 
-def test_the_notary_answers_the_token_bytes(notary: PkiAgent) -> None:
-    batcher = Batcher(notary="notary")
-    for i in range(7):  # a tree of 7: proofs of 2 and 3 hashes
-        batcher.add(sha(bytes([i])), T0)
-    batch = batcher.seal(T0)
+@pytest.mark.parametrize(("size", "first_serial", "time"),
+                         [(7, 0, T0), (1, 0, 0), (130, 2**40, 253_402_300_799_999), (33, 127, 128)])
+def test_the_notary_answers_the_token_bytes(notary: PkiAgent, size: int, first_serial: int,
+                                            time: int) -> None:
+    """The notary splices a batch's tokens from bytes encoded once (tokens_bytes): the
+    same bytes as each token's canonical encoding, whatever the msgpack width of the
+    index, serial and time (1, 2, 5 and 9 bytes) and the proofs' lengths."""
+    batcher = Batcher(notary="notary", max_size=size,
+                      state=ChainState(sequence=1, serial=first_serial, previous=sha(b"p")))
+    for i in range(size):  # 7: proofs of 2 and 3 hashes; 130: up to 8
+        batcher.add(sha(bytes([i % 256, i // 256])), T0)
+    batch = batcher.seal(time)
     head = sign_head(notary, batch.head)
-    for i in range(7):
+    everyone = batch.tokens_bytes(head.to_bytes(), der(notary))
+    assert len(everyone) == size
+    for i in range(size):
         token = batch.token(i, head, der(notary))
+        assert token.leaf_hash == batch.tree.leaf(i)
         assert batch.token_wire(i, head.to_wire(), der(notary)) == token.to_wire()
         assert batch.token_bytes(i, head.to_bytes(), der(notary)) == token.to_bytes()
+        assert everyone[i] == token.to_bytes()
         assert TimestampAnswer.from_wire({"token": token.to_bytes()}).token == token
+
+
+def test_a_request_is_read_by_its_shape_and_refused_as_before() -> None:
+    """TimestampRequest.from_wire's short way (the one good shape) gives what the
+    generic reading gives; every other shape still gets the generic refusal."""
+    digest = sha(b"x")
+    assert TimestampRequest.from_wire({"digest": digest}) == TimestampRequest(digest=digest)
+    for bad in [{"digest": digest[:31]}, {"digest": bytearray(digest)}, {"digest": 5},
+                {"digest": digest, "more": 1}, {"token": digest}, {}, [digest], None,
+                {"digest": digest + b"!"}]:
+        with pytest.raises(ServiceError) as refused:
+            TimestampRequest.from_wire(bad)
+        assert refused.value.code == "timestamp.bad_request", bad
 
 
 # -- forks ----------------------------------------------------------------------------------

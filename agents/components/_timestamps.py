@@ -29,6 +29,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import outcome
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -67,16 +68,6 @@ DEFAULT_BATCH_MS: Final = 0
 DEFAULT_BATCH_MAX: Final = 256
 
 
-class _Waiter:
-    __slots__ = ("done", "error", "token")
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        #: The token's canonical bytes (``Token.to_bytes()``), once its batch is stored.
-        self.token: bytes | None = None
-        self.error: BaseException | None = None
-
-
 class Timestamps(Component):
     """``timestamp.request`` for the notary role (see the module docstring)."""
 
@@ -87,7 +78,10 @@ class Timestamps(Component):
         self.batch_ms = DEFAULT_BATCH_MS
         self.batch_max = DEFAULT_BATCH_MAX
         self._batcher: Batcher | None = None
-        self._waiters: list[_Waiter] = []
+        #: The tasks of the requests not yet answered, in the batcher's order.
+        self._waiters: list[trio.lowlevel.Task] = []
+        #: Those of the batch being signed and stored.
+        self._sealed: list[trio.lowlevel.Task] = []
         self._arrived = trio.Event()
         self._full = trio.Event()
         #: Batches committed and tree heads signed, for tests and the bench.
@@ -117,17 +111,17 @@ class Timestamps(Component):
         batcher = self._batcher
         if batcher is None:  # run() has not started (a session, not a served agent)
             raise Unavailable("the notary's timestamp service is not running")
-        waiter = _Waiter()
         batcher.add(request.digest, self.context.now_ms())
-        self._waiters.append(waiter)
+        self._waiters.append(trio.lowlevel.current_task())
         self._arrived.set()
         if batcher.pending >= batcher.max_size:
             self._full.set()
-        await waiter.done.wait()
-        if waiter.error is not None:
-            raise waiter.error
-        assert waiter.token is not None
-        return {"token": waiter.token}
+        # Woken by the batch task with the token's bytes or the refusal (no Event per
+        # request); not cancellable meanwhile: its batch is being stored, which takes
+        # one commit, and run() answers every waiter whatever happens.
+        token = await trio.lowlevel.wait_task_rescheduled(
+            lambda _: trio.lowlevel.Abort.FAILED)
+        return {"token": token}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -139,11 +133,11 @@ class Timestamps(Component):
         try:
             while True:
                 await self._next_batch(self._batcher, certificate)
-        finally:
-            for waiter in self._waiters:  # the agent stops: no token for these
-                waiter.error = Unavailable("the notary is stopping")
-                waiter.done.set()
-            self._waiters.clear()
+        finally:  # the agent stops (or a bug): no token for these
+            waiters, self._sealed, self._waiters = self._sealed + self._waiters, [], []
+            for task in waiters:
+                trio.lowlevel.reschedule(task, outcome.Error(
+                    Unavailable("the notary is stopping")))
 
     async def _next_batch(self, batcher: Batcher, certificate: bytes) -> None:
         """Wait until a batch is due, seal, sign, commit it, then answer its requests."""
@@ -163,6 +157,7 @@ class Timestamps(Component):
             await trio.lowlevel.cancel_shielded_checkpoint()
         batch = batcher.seal(self.context.now_ms())
         waiters, self._waiters = self._waiters[:batch.head.size], self._waiters[batch.head.size:]
+        self._sealed = waiters
         try:  # whatever fails, this batch's requests get an answer and the notary goes on
             head = self.context.sign(HEAD_TYPE, batch.head.to_wire())
             crash_point("timestamp.sealed")
@@ -174,17 +169,17 @@ class Timestamps(Component):
                                    exc_info=not isinstance(exc, Unavailable))
             reason = exc.message if isinstance(exc, Unavailable) else \
                 "the notary could not sign or store the batch; send the request again"
-            for waiter in waiters:  # one exception each: each is raised in its own task
-                waiter.error = Unavailable(reason)
-                waiter.done.set()
+            for task in waiters:  # one exception each: each is raised in its own task
+                trio.lowlevel.reschedule(task, outcome.Error(Unavailable(reason)))
+            self._sealed = []
             return
         crash_point("timestamp.batch_committed")
         batcher.committed(batch)
         self.batches += 1
-        head_bytes = head.to_bytes()
-        for index, waiter in enumerate(waiters):
-            waiter.token = batch.token_bytes(index, head_bytes, certificate)
-            waiter.done.set()
+        tokens = batch.tokens_bytes(head.to_bytes(), certificate)
+        self._sealed = []
+        for task, token in zip(waiters, tokens, strict=True):
+            trio.lowlevel.reschedule(task, outcome.Value(token))
 
 
 def _last_state(c: sqlite3.Connection) -> ChainState:

@@ -26,7 +26,7 @@ import msgpack
 
 from ..merkle import MerkleTree
 from ..statements import Statement
-from ._token import MAX_TREE, NO_PREVIOUS, Token, TreeHead, head_id, leaf_input
+from ._token import MAX_TREE, NO_PREVIOUS, Token, TreeHead, head_id, leaf_hashes
 
 __all__ = ["Batch", "Batcher", "ChainState"]
 
@@ -64,38 +64,57 @@ class Batch:
                      index=index, proof=tuple(self.tree.inclusion_proof(index)), head=head,
                      certificate=certificate)
 
-
     def token_wire(self, index: int, head: dict[str, Any], certificate: bytes
                    ) -> dict[str, Any]:
-        """``token(index, ...).to_wire()`` without building the token (the notary
-        answers a batch's requests with these): ``head`` is the signed head's
-        ``to_wire()``, made once for the batch."""
+        """``token(index, ...).to_wire()`` without building the token: ``head`` is the
+        signed head's ``to_wire()``, made once for the batch."""
         head_fields = self.head
         return {"digest": self.digests[index], "time": head_fields.time,
                 "serial": head_fields.first_serial + index, "notary": head_fields.notary,
                 "index": index, "proof": self.tree.inclusion_proof(index), "head": head,
                 "certificate": certificate}
 
-
     def token_bytes(self, index: int, head: bytes, certificate: bytes) -> bytes:
         """``token(index, ...).to_bytes()`` (the token's canonical msgpack, its file
         form) written out: ``head`` is the signed head's ``to_bytes()``, made once
-        for the batch. The map's keys in canonical (sorted) order; msgpack's shortest
-        forms, as canonical encoding has them (tests hold the two to the same bytes)."""
+        for the batch."""
+        parts = self._token_parts(head, certificate)
+        return _token_bytes(parts, index, self.digests[index], self.tree.inclusion_proof(index))
+
+    def tokens_bytes(self, head: bytes, certificate: bytes) -> list[bytes]:
+        """Every token's ``token_bytes``, in leaf order: what the batch shares (the
+        head, the certificate, the notary, the time) encoded once, every audit path
+        in one pass over the tree."""
+        parts = self._token_parts(head, certificate)
+        return [_token_bytes(parts, index, digest, proof) for index, (digest, proof)
+                in enumerate(zip(self.digests, self.tree.inclusion_proofs(), strict=True))]
+
+    def _token_parts(self, head: bytes, certificate: bytes) -> tuple[bytes, bytes, bytes,
+                                                                     bytes, int]:
+        """The bytes around a token's own fields. The token's map has its keys in
+        canonical (sorted) order, each value in msgpack's shortest form, which is what
+        canonical encoding is (tests hold the result to ``Token.to_bytes``): so the
+        shared values' bytes can be spliced in as they are."""
         fields = self.head
-        packer = _packer()
-        pack = packer.pack
-        proof = self.tree.inclusion_proof(index)
-        return b"".join((
-            b"\x88\xabcertificate", pack(certificate), b"\xa6digest\xc4\x20",
-            self.digests[index], b"\xa4head", head, b"\xa5index", pack(index),
-            b"\xa6notary", pack(fields.notary), b"\xa5proof", packer.pack_array_header(len(proof)),
-            *(b"\xc4\x20" + h for h in proof), b"\xa6serial",
-            pack(fields.first_serial + index), b"\xa4time", pack(fields.time)))
+        pack = _PACKER.pack
+        return (b"\x88\xabcertificate" + pack(certificate) + b"\xa6digest\xc4\x20",
+                b"\xa4head" + head + b"\xa5index",
+                b"\xa6notary" + pack(fields.notary) + b"\xa5proof",
+                b"\xa4time" + pack(fields.time), fields.first_serial)
 
 
-def _packer() -> msgpack.Packer:
-    return msgpack.Packer(use_bin_type=True, strict_types=True)
+def _token_bytes(parts: tuple[bytes, bytes, bytes, bytes, int], index: int, digest: bytes,
+                 proof: list[bytes]) -> bytes:
+    before_digest, before_index, before_proof, time, first_serial = parts
+    pack = _PACKER.pack
+    return b"".join((before_digest, digest, before_index, pack(index), before_proof,
+                     _PACKER.pack_array_header(len(proof)),
+                     *(b"\xc4\x20" + h for h in proof), b"\xa6serial",
+                     pack(first_serial + index), time))
+
+
+#: msgpack's shortest forms (pack is one C call holding the GIL: threads may share it).
+_PACKER: Final = msgpack.Packer(use_bin_type=True, strict_types=True)
 
 
 def build_batch(head_fields: ChainState, *, notary: str, time: int,
@@ -103,8 +122,8 @@ def build_batch(head_fields: ChainState, *, notary: str, time: int,
     """The batch of ``digests`` continuing ``head_fields`` (also used to rebuild a
     stored batch's tokens)."""
     serial = head_fields.serial
-    tree = MerkleTree([leaf_input(digest=d, time=time, serial=serial + i, notary=notary)
-                       for i, d in enumerate(digests)])
+    tree = MerkleTree.from_leaf_hashes(leaf_hashes(digests=digests, time=time,
+                                                   first_serial=serial, notary=notary))
     head = TreeHead(notary=notary, sequence=head_fields.sequence, time=time,
                     first_serial=serial, size=len(digests), root=tree.root,
                     previous=head_fields.previous)
