@@ -21,6 +21,7 @@ from market_helpers import config_of, make_market, running
 
 from semper.agents import Agent
 from semper.agents.components import _notary_escrow
+from semper.agents.components._archive import RECORD_OVERHEAD, peer_usage
 from semper.agents.components._escrow_keys import notary_escrow_key
 from semper.agents.components._fair_buyer import FairShopper
 from semper.agents.components._fair_seller import FairSales
@@ -38,6 +39,7 @@ from semper.services.fairexchange import (
 from semper.services.fairexchange._errors import BadPayment
 from semper.services.fairexchange._escrow import EscrowKeyRequest
 from semper.services.fairexchange._mail import CiphertextWire, CloseMailWire, RecoverMailWire
+from semper.services.statements import Statement
 from semper.transport import RemoteError
 
 
@@ -236,3 +238,31 @@ async def test_the_notary_decides_for_a_requester_within_its_quota(market: Path)
             except RemoteError as exc:
                 codes.append(exc.code)
         assert codes[0] == "abort" and codes[-1] == "evidence.quota_exceeded"
+
+
+async def test_a_seller_keeps_a_buyers_deliveries_within_its_quota(market: Path) -> None:
+    """The third member: each fair delivery keeps the goods' ciphertext for the buyer
+    that fetched it; past the buyer's quota, a new one is refused and nothing kept."""
+    async with agents(market, "ca", "bank", "notary", "seller") as running_agents, \
+            session(market, "buyer") as buyer:
+        seller = running_agents["seller"]
+        shopper = FairShopper(buyer, notary="notary", wait_ms=5000)
+        await shopper.buy_fair("seller", "song-003", "transfer", "fair-quota-1")
+
+        def usage(c: Any) -> int:
+            records, size = peer_usage(c, "buyer")
+            held = c.execute("SELECT sum(length(machine)) FROM fair_sales").fetchone()[0]
+            return int(size + records * RECORD_OVERHEAD + held)
+        used = await seller.database.read(usage)
+        order = await seller.database.read(lambda c: max(
+            len(row[0]) for row in c.execute("SELECT statement FROM archive_records")
+            if Statement.from_bytes(row[0]).type == "commerce.order"))
+        # room for the next order (the same size as the first), not for its delivery
+        object.__setattr__(seller.config, "evidence_peer_quota",
+                           used + order + RECORD_OVERHEAD + 64)
+        with pytest.raises(RemoteError) as refused:
+            await shopper.buy_fair("seller", "song-003", "transfer", "fair-quota-2")
+        assert refused.value.code == "evidence.quota_exceeded"
+        kept = await seller.database.read(lambda c: c.execute(
+            "SELECT count(*) FROM fair_sales").fetchone()[0])
+        assert kept == 1

@@ -29,8 +29,9 @@ from typing import Any, Final
 
 import trio
 
-from semper.agents.components._archive import append, entry
+from semper.agents.components._archive import RECORD_OVERHEAD, append, entry, peer_usage
 from semper.agents.components._escrow_keys import EscrowKeys, default_notary, notary_escrow_key
+from semper.agents.components._evidence import QuotaExceeded
 from semper.agents.runtime._component import Component, handles
 from semper.agents.runtime._faults import crash_point
 from semper.services.commerce import Order, UnknownOffer, UnknownOrder
@@ -115,7 +116,7 @@ class FairSales(Component):
         machine = FairSeller(delivery=delivery, ciphertext=ciphertext, key=key)
         await self._save(order.digest, buyer, machine, entries=[entry(
             delivery, direction="sent", peer=buyer, transaction=order.digest.hex(),
-            certificate=self.context.certificate)])
+            certificate=self.context.certificate)], quota=buyer)
         return machine
 
     @handles(FAIR_RELEASE)
@@ -166,11 +167,28 @@ class FairSales(Component):
         return None if row is None else FairSeller.from_record(canonical_decode(row[0]))
 
     async def _save(self, order: bytes, buyer: str, machine: FairSeller, *,
-                    entries: list[Any] = ()) -> None:  # type: ignore[assignment]
-        row = (order, buyer, machine.state.value, canonical_encode(machine.to_record()),
-               self.context.now_ms())
+                    entries: list[Any] = (),  # type: ignore[assignment]
+                    quota: str | None = None) -> None:
+        """Write the sale's machine and ``entries`` in one commit. With ``quota`` (the
+        buyer), a new delivery is refused (``evidence.quota_exceeded``) when what we
+        hold for the buyer (its archive usage and its deliveries' ciphertexts) would
+        pass ``[evidence] peer_quota_bytes``: each costs it an order, and us the goods."""
+        encoded = canonical_encode(machine.to_record())
+        row = (order, buyer, machine.state.value, encoded, self.context.now_ms())
+        limit = self.context.config.evidence_peer_quota
+        cost = len(encoded) + sum(len(e.statement.to_bytes()) + RECORD_OVERHEAD
+                                  for e in entries)
 
         def write(c: sqlite3.Connection) -> None:
+            if quota is not None:
+                records, size = peer_usage(c, quota)
+                held = c.execute("SELECT coalesce(sum(length(machine)), 0) FROM fair_sales"
+                                 " WHERE buyer = ?", (quota,)).fetchone()[0]
+                used = size + records * RECORD_OVERHEAD + held
+                if used + cost > limit:
+                    raise QuotaExceeded(f"{quota!r} has used {used} of its {limit} bytes "
+                                        "of our storage: no new delivery",
+                                        detail={"used": used, "quota": limit, "cost": cost})
             c.execute("INSERT INTO fair_sales (order_digest, buyer, state, machine, updated_ms)"
                       " VALUES (?, ?, ?, ?, ?) ON CONFLICT (order_digest) DO UPDATE SET"
                       " state = excluded.state, machine = excluded.machine,"
