@@ -241,3 +241,54 @@ async def test_a_group_s_savepoints_journal_in_memory(tmp_path: Path) -> None:
     texts = await db.read(lambda c: {r[0] for r in c.execute("SELECT text FROM notes")})
     assert texts == {"y" * 2000}
     await db.aclose()
+
+
+async def test_an_idle_writer_is_woken_without_trio_s_wake_up_socket(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The instance: a commit that found the thread idle went through ``run_sync_soon``
+    twice, to wake the thread and to hand back the result: each a write to trio's
+    wake-up socket, an epoll round and a re-registration. The wake is a task of the
+    run now; only the thread's answer needs the socket. Writers queued together
+    still share one commit."""
+    db = await Database.open(tmp_path / "a.sqlite", NOTES)
+    await db.transaction(lambda c: c.execute("INSERT INTO notes (text) VALUES ('warm')"))
+    calls = [0]
+    soon = trio.lowlevel.TrioToken.run_sync_soon
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return soon(self, *args, **kwargs)
+
+    monkeypatch.setattr(trio.lowlevel.TrioToken, "run_sync_soon", counting)
+    groups = [0]
+    run_group = Database._run_group
+
+    def counting_groups(self: Database, fns: list[Any]) -> Any:
+        groups[0] += 1
+        return run_group(self, fns)
+
+    monkeypatch.setattr(Database, "_run_group", counting_groups)
+    for n in range(3):  # one at a time: the thread is idle at each
+        await db.transaction(lambda c, n=n: c.execute("INSERT INTO notes (text) VALUES (?)",
+                                                      (f"lone-{n}",)))
+    assert calls[0] == 3 and groups[0] == 3
+    async with trio.open_nursery() as nursery:  # another member: woken together
+        for n in range(5):
+            nursery.start_soon(db.transaction, lambda c, n=n: c.execute(
+                "INSERT INTO notes (text) VALUES (?)", (f"together-{n}",)))
+    assert groups[0] == 4
+    assert await db.read(lambda c: c.execute("SELECT count(*) FROM notes").fetchone()[0]) == 9
+    await db.aclose()
+
+
+def test_a_database_used_in_two_trio_runs_wakes_its_thread_in_each(tmp_path: Path) -> None:
+    """Another member: the waker is a task of the run that queued, so a database
+    outliving a run (``open_sync`` in a command, then ``trio.run``) still commits."""
+    db = Database.open_sync(tmp_path / "a.sqlite", NOTES)
+    for n in range(2):
+        async def one(n: int = n) -> None:
+            await db.transaction(lambda c: c.execute("INSERT INTO notes (text) VALUES (?)",
+                                                     (f"run-{n}",)))
+        trio.run(one)
+    assert db.read_sync(lambda c: c.execute("SELECT count(*) FROM notes").fetchone()[0]) == 2
+    db.close()
