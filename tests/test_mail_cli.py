@@ -201,6 +201,30 @@ def test_each_party_killed_at_a_step_ends_fair(market: Market, running: Running,
     assert out.read_bytes() == message.read_bytes()
 
 
+def test_a_sender_killed_when_closing_finishes_with_mail_show(
+        market: Market, running: Running, tmp_path: Path) -> None:
+    """``mail.sender.closing``: the sender dies at the deadline, closing stored;
+    ``mail show`` carries it on to the notary's abort (``failed``)."""
+    running.ensure()
+    set_deadline(market, "buyer", 2.0)
+    try:
+        message = tmp_path / "m.txt"
+        message.write_bytes(b"nobody home, and the sender dies\n")
+        done = send(market, message, receiver="arbiter", crash_at="mail.sender.closing")
+        assert done.returncode == -9, done.stderr
+    finally:
+        set_deadline(market, "buyer", 30.0)
+    database = next(market.root.joinpath("buyer").rglob("agent.sqlite"))
+    with sqlite3.connect(database) as c:
+        ((exchange,),) = c.execute("SELECT exchange FROM mail_exchanges WHERE role = 'sender'"
+                                   " AND state = 'closing'").fetchall()
+    shown = semper("mail", "show", "--config", market.config("buyer"), exchange.hex(),
+                   "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == {"mail": exchange.hex(), "state": "failed",
+                                        "receipt": None}
+
+
 def test_a_sender_whose_receiver_never_answers_closes_failed(
         market: Market, running: Running, tmp_path: Path) -> None:
     """No receipt by the deadline: the notary aborts the exchange (``failed``, no

@@ -5,9 +5,10 @@ Each acts as the agent of ``--config`` for the length of the command (as ``buy``
 does): ``send`` runs the exchange as the sender (the receiver's agent must run) and
 returns once the receipt is held or the exchange is closed; ``read`` writes a mail
 received, recovering its key through the notary first when its deadline has passed.
-``--json`` keys are read by scripts: ``send``: ``mail``, ``state`` (``delivered`` |
-``recovered`` | ``failed``), ``receipt`` (hex or null); ``inbox``: a list of ``mail``,
-``from``, ``state``.
+``show`` carries an exchange still in flight on first (a sender killed half way).
+``--json`` keys are read by scripts: ``send`` and ``show``: ``mail``, ``state``
+(``delivered`` | ``recovered`` | ``failed`` for the sender), ``receipt`` (hex or
+null); ``inbox``: a list of ``mail``, ``from``, ``state``.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def command() -> None:
     semper mail send --config A.toml --to B_ID --file FILE [--json]
     semper mail inbox --config B.toml [--json]
     semper mail read --config B.toml MAIL -o FILE
+    semper mail show --config X.toml MAIL [--json]
     """
 
 
@@ -135,6 +137,34 @@ def inbox(config_path: Path, passphrase_file: Path | None, as_json: bool) -> Non
         click.echo("no certified mail")
     for mail in mails:
         click.echo(f"{mail['mail']}  from {mail['from']}  {mail['state']}")
+
+
+@command.command("show")
+@config_option
+@click.argument("mail", type=MailId())
+@passphrase_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def show(config_path: Path, mail: bytes, passphrase_file: Path | None, as_json: bool) -> None:
+    """Show MAIL (sent or received) as this agent holds it, carrying an exchange still
+    in flight on first, as a restarted agent does (a sender killed half way: deliver
+    again, reveal, or close with the notary)."""
+    agent = _agent(config_path, passphrase_file)
+
+    async def run() -> MailView:
+        async with agent.session():
+            mails = agent.component(CertifiedMail)
+            view = await mails.view(mail)
+            return view if view.final else await mails.resume(mail)
+
+    view = trio.run(run)
+    if as_json:
+        click.echo(json.dumps(view.to_json()))
+        return
+    click.echo(view.state)
+    click.echo(f"mail {view.exchange.hex()}: {view.role}, "
+               f"{'to' if view.role == 'sender' else 'from'} {view.peer}, "
+               + (f"receipt {view.receipt.digest.hex()}" if view.receipt is not None
+                  else "no receipt"))
 
 
 @command.command("read")
