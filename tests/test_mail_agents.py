@@ -266,3 +266,54 @@ async def test_a_seller_keeps_a_buyers_deliveries_within_its_quota(market: Path)
         kept = await seller.database.read(lambda c: c.execute(
             "SELECT count(*) FROM fair_sales").fetchone()[0])
         assert kept == 1
+
+
+async def test_hostile_bodies_get_coded_refusals(market: Path) -> None:
+    """Every op this brief serves answers a malformed or misdirected body with a
+    stable code, never ``internal.error``, and the agents keep nothing of it."""
+    async with agents(market, "ca", "notary", "seller") as running_agents, \
+            session(market, "buyer") as buyer:
+        escrow = await notary_escrow_key(buyer.context, "notary")
+        now = buyer.context.now_ms()
+        offer, ciphertext = offer_of(buyer, escrow, exchange=b"\x09" * 32,
+                                     deadline=now + 60_000)
+        order_like = buyer.context.sign("commerce.note", {"x": 1})
+        to_other, _ = prepare(b"x", exchange=b"\x0a" * 32, sender="buyer",
+                              receiver="notary", notary="notary",
+                              escrow_key=escrow.public_key(), deadline=now + 60_000,
+                              key=b"\x01" * 32, nonce=b"\x02" * 12)
+        elsewhere = buyer.context.sign(MAIL_OFFER_TYPE, to_other.to_body())
+        cases = [
+            ("seller", "mail", "deliver", None),
+            ("seller", "mail", "deliver", {}),
+            ("seller", "mail", "deliver", {"offer": 1, "ciphertext": b"x"}),
+            ("seller", "mail", "deliver", {"offer": order_like.to_wire(),
+                                           "ciphertext": ciphertext}),
+            ("seller", "mail", "deliver", {"offer": offer.to_wire(), "ciphertext": b"y" * 64}),
+            ("seller", "mail", "deliver", {"offer": elsewhere.to_wire(),
+                                           "ciphertext": ciphertext}),
+            ("seller", "mail", "reveal", {"exchange": b"\x09" * 32, "key": b"k" * 32}),
+            ("seller", "mail", "reveal", {"exchange": b"\x09" * 31, "key": b"k" * 32}),
+            ("seller", "fair", "fetch", {"order": b"\x00" * 32}),
+            ("seller", "fair", "release", {"order": b"\x00" * 32,
+                                           "payment": offer.to_wire()}),
+            ("notary", "notary", "recover_mail", {"offer": offer.to_wire(),
+                                                  "receipt": offer.to_wire(),
+                                                  "ciphertext": ciphertext}),
+            ("notary", "notary", "recover_mail", {"offer": offer.to_wire(),
+                                                  "receipt": offer.to_wire(),
+                                                  "ciphertext": ciphertext,
+                                                  "certificates": [b"not a certificate"]}),
+            ("notary", "notary", "close_mail", {"offer": order_like.to_wire()}),
+            ("notary", "notary", "recover_goods", {"order": offer.to_wire(),
+                                                   "delivery": offer.to_wire(),
+                                                   "ciphertext": ciphertext,
+                                                   "payment": offer.to_wire()}),
+        ]
+        codes = []
+        for peer, service, op, body in cases:
+            with pytest.raises(RemoteError) as refused:
+                await buyer.request(peer, service, op, body)
+            codes.append(refused.value.code)
+        assert "internal.error" not in codes, list(zip(cases, codes, strict=True))
+        assert await running_agents["seller"].component(CertifiedMail).inbox() == []
