@@ -252,3 +252,10 @@ def test_a_bad_escrow_gives_the_notarys_finding(tmp_path_factory: pytest.TempPat
         assert not output.exists()
     finally:
         agents.close()
+
+
+def test_notary_without_fair_is_a_usage_error(market: Market, tmp_path: Path) -> None:
+    done = semper("buy", "--config", market.config("buyer"), "--seller", "seller", "--item",
+                  "song-003", "--pay", "transfer", "--notary", "notary",
+                  "--idempotency-key", "no-fair-1")
+    assert_one_line_failure(done, "cli.usage")

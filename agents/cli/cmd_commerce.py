@@ -186,6 +186,9 @@ def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
         as_json: bool) -> None:
     """Order --item from --seller, pay with --pay, take delivery, and print the
     signed receipt."""
+    if notary is not None and not fair:
+        raise CodedBadParameter("cli.usage", "--notary is for a fair purchase: add --fair",
+                                None, None)
     agent = _shopper_agent(config_path, passphrase_file)
     if output is not None:
         _check_writable(output)
