@@ -266,8 +266,11 @@ class Run:
     def now(self, state: State) -> int:
         return LATE if state.late else NOW_MS
 
+    #: the signer of the exchange's first message, by which the notary keys it
+    initiator = "alice"
+
     def decision_of(self, state: State, exchange: bytes) -> str | None:
-        held = self.book(state).get(exchange)
+        held = self.book(state).get(exchange, initiator=self.initiator)
         return None if held is None else DecisionBody.from_statement(held).decision
 
     def feed(self, machine: Any, event: object, state: State, party: str) -> bool:
@@ -481,7 +484,7 @@ class MailRun(Run):
                 assert receiver.voided, "the receiver signed, has no mail and no finding"
 
     def _one_decision(self, state: State, *held: Statement | None) -> None:
-        book = self.book(state).get(self.exchange)
+        book = self.book(state).get(self.exchange, initiator=self.initiator)
         for decision in held:
             assert decision is None or decision == book, "two decisions for one exchange"
 
@@ -491,6 +494,8 @@ class MailRun(Run):
 class PurchaseRun(Run):
     """Seller ``a`` (shop), buyer ``b`` (bob), the notary ``n``; the bank moves money
     atomically when the buyer pays (``State.paid``)."""
+
+    initiator = "bob"  # the buyer, who signed the order
 
     def __init__(self, world: World, dishonest: str | None) -> None:
         super().__init__(world, dishonest)
@@ -601,7 +606,7 @@ class PurchaseRun(Run):
         assert not goods_held or buyer.goods == GOODS
         buyer_can_have = goods_held or decision == "release" \
             or (state.keyed and "b" in self.dishonest_parties)
-        held = self.book(state).get(self.shop.order.digest)
+        held = self.book(state).get(self.shop.order.digest, initiator=self.initiator)
         assert buyer.decision is None or buyer.decision == held
         if "a" not in self.dishonest_parties:
             if buyer_can_have:

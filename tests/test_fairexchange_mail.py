@@ -249,7 +249,7 @@ def test_refusals_leave_the_machines_unchanged(world: World) -> None:
         recover_mail(book, RecoverMailWire(offer=offer, receipt=forged, ciphertext=ciphertext),
                      requester="bob", private_keys=[world.escrow_key], verify=world.verify,
                      now_ms=LATE)
-    assert book.get(b"\x0a" * 32) is None
+    assert book.get(b"\x0a" * 32, initiator="alice") is None
     # a receipt of another offer (another exchange) is not this offer's
     other, other_ct, _ = world.offer(exchange=b"\x0b" * 32)
     other_receipt = receiver_signs(world, MailReceiver(receiver="bob"), other, other_ct)
@@ -329,3 +329,30 @@ def test_what_proves_what(world: World) -> None:
         outcome(receipt)
     with pytest.raises(BadSignature):
         outcome(offer, Statement(**{**_fields(receipt), "signature": bytes(64)}))
+
+
+def test_an_exchange_id_squatted_by_another_sender_does_not_block_the_receiver(
+        world: World) -> None:
+    """The sender's confederate (shop) signs an offer of its own with the sender's
+    exchange id and closes it at the notary first. Keyed by the id alone, the notary
+    would refuse the receiver's recovery (conflicting_exchange) while the sender holds
+    its receipt: unfair. It keys an exchange by its initiator (the offer's signer) and
+    the id (protocol.md 10.1), as for contracts, so the receiver gets the key."""
+    exchange = b"\x0b" * 32
+    offer, ciphertext, _ = world.offer(exchange=exchange)
+    receiver = MailReceiver(receiver="bob")
+    receipt = receiver_signs(world, receiver, offer, ciphertext)
+    book = world.book()
+    squat_body, _ = prepare(b"squat", exchange=exchange, sender="shop", receiver="alice",
+                            notary="notary", escrow_key=world.escrow_key.public_key(),
+                            deadline=DEADLINE, key=bytes(32), nonce=bytes(12))
+    squat = world.sign("shop")(OFFER_TYPE, squat_body.to_body(), NOW_MS)
+    closed = close_mail(book, CloseMailWire(offer=squat), requester="shop",
+                        verify=world.verify, now_ms=LATE)
+    assert closed.new and closed.decision == "abort"
+    decision = recover_mail(book, RecoverMailWire(offer=offer, receipt=receipt,
+                                                  ciphertext=ciphertext),
+                            requester="bob", private_keys=[world.escrow_key],
+                            verify=world.verify, now_ms=LATE)
+    assert decision.new and decision.decision == "release"
+    assert decision.body.initiator == "alice"

@@ -208,7 +208,7 @@ def test_the_notary_refuses_a_recovery_without_this_orders_payment(world: World)
     assert caught.value.detail == {"reason": WrongSigner.code}
     with pytest.raises(NotParty):
         shop.recover(book, shop.pay(), requester="alice")
-    assert book.get(shop.order.digest) is None
+    assert book.get(shop.order.digest, initiator="bob") is None
 
 
 def test_records_restart_and_unexpected_steps(world: World) -> None:

@@ -534,7 +534,8 @@ def judge_recover_goods(request: RecoverGoodsWire, *, requester: str, notary: st
         raise BadPayment(f"the payment is not this order's: {exc.message}",
                          detail={"reason": exc.code}) from exc
     verdict: dict[str, Any] = {"exchange": request.order.digest, "kind": KIND,
-                               "subject": request.delivery.digest, "request": request.payment}
+                               "subject": request.delivery.digest, "request": request.payment,
+                               "initiator": terms.buyer}
     try:
         key = recover(request.ciphertext, body.escrow, private_keys=private_keys,
                       label=body.label(), content_digest=body.content)

@@ -322,6 +322,10 @@ class Verdict:
     subject: bytes
     request: Statement
     payload: bytes | None = None
+    #: The signer of the exchange's first message (a mail's sender, a fair purchase's
+    #: buyer): the notary keys an exchange by it and the id, so nobody else can take
+    #: the id first (protocol.md 10.1).
+    initiator: str | None = None
 
 
 #: ``verify(statement, *, expected_type=, expected_signer=)``: the driver's signature
@@ -823,7 +827,8 @@ def judge_recover_mail(request: RecoverMailWire, *, requester: str, notary: str,
     _check_receipt(request.receipt, request.offer)
     same("ciphertext", digest(request.ciphertext), offer.ciphertext)
     verdict: dict[str, Any] = {"exchange": offer.exchange, "kind": KIND,
-                               "subject": request.offer.digest, "request": request.receipt}
+                               "subject": request.offer.digest, "request": request.receipt,
+                               "initiator": offer.sender}
     try:
         key = recover(request.ciphertext, offer.escrow, private_keys=private_keys,
                       label=offer.label(), content_digest=offer.content)
@@ -851,7 +856,8 @@ def judge_close_mail(request: CloseMailWire, *, requester: str, notary: str, now
         raise TooEarly("the receiver may recover until the deadline",
                        detail={"deadline": offer.deadline, "now_ms": now_ms})
     return Verdict(exchange=offer.exchange, kind=KIND, decision=CLOSE,
-                   subject=request.offer.digest, request=request.offer)
+                   subject=request.offer.digest, request=request.offer,
+                   initiator=offer.sender)
 
 
 def prepare(plaintext: bytes, *, exchange: bytes, sender: str, receiver: str, notary: str,
@@ -892,10 +898,11 @@ def close_mail(book: NotaryBook, request: CloseMailWire, *, requester: str, veri
     Raises: as ``judge_close_mail`` (TooEarly only while nothing was decided).
     """
     offer = MailOffer.from_statement(request.offer)
-    known = book.get(offer.exchange)
+    known = book.get(offer.exchange, initiator=offer.sender)
     if known is not None and requester == offer.sender:
         return book.decide(offer.exchange, KIND, subject=request.offer.digest,
-                           decision=CLOSE, request=request.offer, now_ms=now_ms)
+                           decision=CLOSE, request=request.offer, now_ms=now_ms,
+                           initiator=offer.sender)
     verdict = judge_close_mail(request, requester=requester, notary=book.notary,
                                now_ms=now_ms, verify=verify)
     return _decide(book, verdict, now_ms)
@@ -904,7 +911,7 @@ def close_mail(book: NotaryBook, request: CloseMailWire, *, requester: str, veri
 def _decide(book: NotaryBook, verdict: Verdict, now_ms: int) -> Decision:
     return book.decide(verdict.exchange, verdict.kind, subject=verdict.subject,
                        decision=verdict.decision, request=verdict.request, now_ms=now_ms,
-                       payload=verdict.payload)
+                       payload=verdict.payload, initiator=verdict.initiator)
 
 
 # -- what proves what ---------------------------------------------------------------------
