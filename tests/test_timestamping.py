@@ -9,6 +9,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import itertools
+import json
 import os
 import signal
 import sqlite3
@@ -417,6 +418,14 @@ async def test_concurrent_requests_are_batched_one_signature_per_batch(world: Pa
     assert [h.sequence for h in bodies] == list(range(batches))
     for earlier, later in itertools.pairwise(bodies):
         assert later.previous == earlier.id
+    # one event line per batch, none per request
+    events = [json.loads(line) for line in
+              (world / "notary" / "data" / "events.jsonl").read_text().splitlines()]
+    assert not [e for e in events if e["event"] == "served" and e.get("service") == "timestamp"]
+    issued = [e for e in events if e["event"] == "timestamps_issued"]
+    assert [(e["sequence"], e["size"], e["first_serial"]) for e in issued] == [
+        (h.sequence, h.size, h.first_serial) for h in bodies]
+    assert {(e["outcome"], tuple(e["peers"])) for e in issued} == {("ok", ("buyer",))}
 
 
 async def test_the_chain_and_serials_continue_across_a_restart(world: Path) -> None:
@@ -492,6 +501,10 @@ async def test_a_batch_that_cannot_be_signed_is_refused_and_the_notary_goes_on(
             assert refused.value.code == "timestamp.unavailable"
             token = await _stamp(buyer, sha(b"two"))
     assert (TreeHead.from_statement(token.head).sequence, token.serial) == (0, 0)
+    issued = [(e["sequence"], e["outcome"]) for e in map(json.loads, (
+        world / "notary" / "data" / "events.jsonl").read_text().splitlines())
+        if e["event"] == "timestamps_issued"]
+    assert issued == [(0, "timestamp.unavailable"), (0, "ok")]  # the refusal logged too
 
 
 # -- durability: the notary as a process, killed -----------------------------------------
