@@ -121,3 +121,16 @@ def test_a_command_s_lines_are_written_at_exit(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     subprocess.run([sys.executable, "-c", script, str(path)], check=True, timeout=60)
     assert [line["n"] for line in _lines(path)] == [0, 1, 2]
+
+
+def test_a_line_is_encoded_by_one_c_encoder_made_once() -> None:
+    """The C encoder ``JSONEncoder.encode`` set up at every line is made once: the
+    same line, byte for byte (``default=str`` for what JSON has no type for, ASCII
+    escapes, NaN as JSON's own ``NaN``)."""
+    assert _events._encode.__module__ == _events.__name__  # not JSONEncoder's method
+    reference = json.JSONEncoder(separators=(",", ":"), default=str).encode
+    for record in [{"time": 1795984663.064434, "agent": "seller", "event": "served",
+                    "peer": "buyer-1", "request_id": 7, "outcome": "ok", "ms": 1.234},
+                   {"n": None, "ok": True, "text": "é\u2028\x00\"", "path": Path("/x"),
+                    "nested": [1, {"a": 2.5}], "nan": float("nan")}, {}]:
+        assert _events._encode(record) == reference(record)
