@@ -26,7 +26,13 @@ bundles also hold a purchase's order (a fair purchase) sees them before it.
 
 from ._case import ARBITER_ROLE, CASE_TYPE, Case, make_case, verify_case
 from ._check import Checker, Evidence, Report, Verdict, check_bundle, register, registered
+from ._contract import PROTOCOL as CONTRACT
+from ._contract import check_contract
 from ._errors import BadCase, DisputeError, NotArbiter, NotParty, UnknownProtocol
+from ._fair import PROTOCOL as FAIR
+from ._fair import check_fair
+from ._mail import PROTOCOL as MAIL
+from ._mail import check_mail
 from ._ops import FILE, FileAnswer, FileRequest
 from ._purchase import PROTOCOL as PURCHASE
 from ._purchase import check_purchase
@@ -35,7 +41,10 @@ from ._verdict import VERDICT_TYPE, VerdictBody, make_verdict, verify_verdict
 __all__ = [
     "ARBITER_ROLE",
     "CASE_TYPE",
+    "CONTRACT",
+    "FAIR",
     "FILE",
+    "MAIL",
     "PURCHASE",
     "VERDICT_TYPE",
     "Checker",
@@ -47,6 +56,9 @@ __all__ = [
     "Verdict",
     "VerdictBody",
     "check_bundle",
+    "check_contract",
+    "check_fair",
+    "check_mail",
     "check_purchase",
     "register",
     "registered",
