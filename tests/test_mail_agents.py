@@ -317,3 +317,21 @@ async def test_hostile_bodies_get_coded_refusals(market: Path) -> None:
             codes.append(refused.value.code)
         assert "internal.error" not in codes, list(zip(cases, codes, strict=True))
         assert await running_agents["seller"].component(CertifiedMail).inbox() == []
+
+
+async def test_a_seller_silent_once_paid_sends_the_buyer_to_the_notary_in_time(
+        market: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seller takes the payment and never answers ``fair.release``: within the
+    buyer's wait (its request timeout) the buyer gets the goods from the notary."""
+    async def silent(self: FairSales, request: Any, body: Any) -> Any:
+        await trio.sleep_forever()
+    monkeypatch.setattr(FairSales, "release", silent)
+    async with agents(market, "ca", "bank", "notary", "seller"), \
+            session(market, "buyer") as buyer:
+        shopper = FairShopper(buyer, notary="notary", wait_ms=300)
+        started = trio.current_time()
+        with trio.fail_after(10):
+            outcome = await shopper.buy_fair("seller", "guide-001", "cheque", "fair-silent-1")
+    assert outcome.resolved_by == "notary" and outcome.purchase.state == "done"
+    assert outcome.goods.startswith(b"Field guide to secure commerce")
+    assert trio.current_time() - started < 10
