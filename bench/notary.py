@@ -162,15 +162,18 @@ def run(market: Path, notary: int, *, seconds: float, rounds: int, concurrency: 
     for token in tokens:  # every token answered is a valid one
         verify_token(token, root=root, crl=crl, now=now)
     with sqlite3.connect(market / "notary" / "data" / "agent.sqlite") as c:
-        stored = {s for (s,) in c.execute("SELECT serial FROM timestamp_tokens")}
-        batches = c.execute("SELECT count(*) FROM timestamp_heads").fetchone()[0]
-    missing = [t.serial for t in tokens if t.serial not in stored]
+        # a batch is a row: its first serial and its digests end to end
+        rows = {first: digests for first, digests in c.execute(
+            "SELECT first_serial, digests FROM timestamp_heads")}
+    stored, batches = sum(len(d) // 32 for d in rows.values()), len(rows)
+    missing = [t.serial for t in tokens if rows.get(t.serial - t.index, b"")[
+        t.index * 32:t.index * 32 + 32] != t.digest]
     if missing:
         raise SystemExit(f"tokens answered but not stored: {missing[:10]}")
     cpu_us = {kind: {side: round(cpu[kind][side] / max(1, cpu[kind]["count"]) * 1e6, 1)
                      for side in ("notary", "client")} for kind in cpu}
     return {"tokens_per_s": best["token"] / seconds, "ping_per_s": best["ping"] / seconds,
-            "tokens": best["token"], "stored": len(stored), "batches": batches,
+            "tokens": best["token"], "stored": stored, "batches": batches,
             "cpu_us": cpu_us}
 
 

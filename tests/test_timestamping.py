@@ -30,7 +30,13 @@ from pki import NOW, Market
 from pki import TestAgent as PkiAgent
 
 from semper.agents import Agent
-from semper.agents.components._timestamps import Timestamps, stored_token
+from semper.agents.components._timestamps import (
+    MIGRATIONS,
+    Timestamps,
+    _last_state,
+    stored_token,
+)
+from semper.agents.runtime._storage import Database
 from semper.services import ServiceError
 from semper.services.certificates import Level, load_certificate, load_crl
 from semper.services.statements import Statement, canonical_encode, sign_statement
@@ -271,6 +277,42 @@ def test_a_request_is_read_by_its_shape_and_refused_as_before() -> None:
         with pytest.raises(ServiceError) as refused:
             TimestampRequest.from_wire(bad)
         assert refused.value.code == "timestamp.bad_request", bad
+
+
+def test_a_database_of_the_first_layout_keeps_its_tokens(notary: PkiAgent,
+                                                         tmp_path: Path) -> None:
+    """Migration step 2 folds the row per token into its batch's row: every token
+    stored before is rebuilt the same after (digests with zero bytes, batches of 1 and
+    of 33, out of order on disk); a serial past the last batch is unknown, and new
+    batches go on from the migrated chain."""
+    first = MIGRATIONS["timestamps"][:1]
+    batcher = Batcher(notary="notary", max_size=64)
+    batches = []
+    for size in (3, 1, 33):
+        for i in range(size):
+            batcher.add(bytes(32) if i == 1 else sha(b"%d %d" % (len(batches), i)), T0)
+        batch = batcher.seal(T0 + len(batches))
+        batches.append((batch, sign_head(notary, batch.head)))
+    database = Database.open_sync(tmp_path / "agent.sqlite", {"timestamps": first})
+    with database._connection as c:  # the first layout's rows, as its _store wrote them
+        for batch, head in batches:
+            c.execute("INSERT INTO timestamp_heads VALUES (?, ?, ?, ?)",
+                      (batch.head.sequence, batch.id, head.to_bytes(), der(notary)))
+        c.executemany("INSERT INTO timestamp_tokens VALUES (?, ?, ?)", sorted(
+            ((b.head.first_serial + i, b.head.sequence, d) for b, _ in batches
+             for i, d in enumerate(b.digests)), reverse=True))
+    database.close()
+    database = Database.open_sync(tmp_path / "agent.sqlite", MIGRATIONS)
+    c = database._connection
+    assert c.execute("SELECT count(*) FROM sqlite_master WHERE name = 'timestamp_tokens'"
+                     ).fetchone() == (0,)
+    for batch, head in batches:
+        for i in range(batch.head.size):
+            assert stored_token(c, batch.head.first_serial + i) == batch.token(
+                i, head, der(notary))
+    assert stored_token(c, 37) is None
+    assert _last_state(c) == batches[-1][0].state_after()
+    database.close()
 
 
 # -- forks ----------------------------------------------------------------------------------
@@ -542,8 +584,8 @@ async def notary_process(folder: Path, crash_at: str | None) -> AsyncIterator[tr
 def _stored(folder: Path) -> tuple[int, int]:
     """(heads, tokens) in the notary's database."""
     with sqlite3.connect(folder / "notary" / "data" / "agent.sqlite") as c:
-        return (c.execute("SELECT count(*) FROM timestamp_heads").fetchone()[0],
-                c.execute("SELECT count(*) FROM timestamp_tokens").fetchone()[0])
+        return c.execute("SELECT count(*), coalesce(sum(length(digests)), 0) / 32"
+                         " FROM timestamp_heads").fetchone()
 
 
 @pytest.mark.parametrize(("crash_at", "stored"), [

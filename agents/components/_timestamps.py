@@ -5,8 +5,9 @@ Theory of operation. A request puts its digest in the open batch
 (``services.timestamping.Batcher``) and waits. One task (``run``) seals the batch
 when it is due (``[components.timestamps] batch_ms`` after its first request, or
 ``batch_max`` requests; with ``batch_ms = 0``, as soon as it is free, after letting
-the requests already woken join), signs its tree head, and stores the head and every
-token's row in ONE transaction (``Database.transaction``: fsync'd when it returns).
+the requests already woken join), signs its tree head, and stores the batch (one row:
+the head and the digests) in ONE transaction (``Database.transaction``: fsync'd when
+it returns).
 Only then does each waiting request get its token. A crash anywhere before the
 commit leaves no trace and no token was given; after it, the batch is on disk. While
 a batch commits, new requests gather into the next: under load a batch is what
@@ -15,7 +16,8 @@ arrived during one commit, as in a group commit.
 The chain continues across restarts: ``run`` reads the last stored head and goes on
 from its sequence, serials and id. The store refuses a batch whose ``previous`` is not
 the last stored head's id (the batch sealed after one that failed to commit), so the
-stored heads are always one chain. Time comes from the agent's clock (the context's).
+stored heads are always one chain. A batch is one row (``MIGRATIONS``). Time comes
+from the agent's clock (the context's).
 
 Crash points (``SEMPER_CRASH_AT``): ``timestamp.received`` (a request decoded,
 nothing done), ``timestamp.sealed`` (a batch sealed and its head signed, before the
@@ -37,6 +39,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from semper.agents.runtime._component import Component, handles
 from semper.agents.runtime._config import ConfigError
 from semper.agents.runtime._faults import crash_point
+from semper.services.merkle import HASH_SIZE
 from semper.services.statements import Statement
 from semper.services.timestamping import (
     HEAD_TYPE,
@@ -54,6 +57,10 @@ from semper.services.timestamping import (
 
 __all__ = ["MIGRATIONS", "Timestamps", "stored_token"]
 
+#: A batch is one row: its signed head, the certificate, its first serial and its
+#: leaves' digests end to end (32 bytes each, in serial order), from which every token
+#: of the batch is rebuilt (``stored_token``). Step 2 folded the first layout's row per
+#: token into its batch's row: one insert a commit instead of one per token.
 MIGRATIONS: Final = {
     "timestamps": [
         "CREATE TABLE timestamp_heads ("
@@ -61,7 +68,16 @@ MIGRATIONS: Final = {
         " statement BLOB NOT NULL, certificate BLOB NOT NULL) STRICT;"
         "CREATE TABLE timestamp_tokens ("
         " serial INTEGER PRIMARY KEY, sequence INTEGER NOT NULL"
-        " REFERENCES timestamp_heads (sequence), digest BLOB NOT NULL) STRICT"
+        " REFERENCES timestamp_heads (sequence), digest BLOB NOT NULL) STRICT",
+        "ALTER TABLE timestamp_heads ADD COLUMN first_serial INTEGER NOT NULL DEFAULT 0;"
+        "ALTER TABLE timestamp_heads ADD COLUMN digests BLOB NOT NULL DEFAULT x'';"
+        "UPDATE timestamp_heads SET"
+        " first_serial = coalesce((SELECT min(t.serial) FROM timestamp_tokens t"
+        "  WHERE t.sequence = timestamp_heads.sequence), 0),"
+        " digests = coalesce((SELECT CAST(group_concat(digest, x'') AS BLOB) FROM"
+        "  (SELECT t.digest FROM timestamp_tokens t"
+        "   WHERE t.sequence = timestamp_heads.sequence ORDER BY t.serial)), x'');"
+        "DROP TABLE timestamp_tokens",
     ],
 }
 
@@ -207,33 +223,31 @@ def _last_state(c: sqlite3.Connection) -> ChainState:
 
 
 def _store(c: sqlite3.Connection, batch: Batch, head: Statement, certificate: bytes) -> None:
-    """Inside the transaction: the head and every token's row, if the head continues
-    the stored chain (else ``Unavailable``, and nothing is written)."""
+    """Inside the transaction: the batch's row, if its head continues the stored
+    chain (else ``Unavailable``, and nothing is written)."""
     row = c.execute("SELECT sequence, head_id FROM timestamp_heads"
                     " ORDER BY sequence DESC LIMIT 1").fetchone()
     expected = (-1, bytes(32)) if row is None else (row[0], row[1])
     if (batch.head.sequence - 1, batch.head.previous) != expected:
         raise Unavailable("the batch does not continue the stored chain; send the request again")
-    c.execute("INSERT INTO timestamp_heads (sequence, head_id, statement, certificate)"
-              " VALUES (?, ?, ?, ?)",
-              (batch.head.sequence, batch.head.id, head.to_bytes(), certificate))
-    first = batch.head.first_serial
-    c.executemany("INSERT INTO timestamp_tokens (serial, sequence, digest) VALUES (?, ?, ?)",
-                  [(first + i, batch.head.sequence, d) for i, d in enumerate(batch.digests)])
+    c.execute("INSERT INTO timestamp_heads (sequence, head_id, statement, certificate,"
+              " first_serial, digests) VALUES (?, ?, ?, ?, ?, ?)",
+              (batch.head.sequence, batch.id, head.to_bytes(), certificate,
+               batch.head.first_serial, b"".join(batch.digests)))
 
 
 def stored_token(c: sqlite3.Connection, serial: int) -> Token | None:
-    """The token of ``serial`` rebuilt from the notary's database (None if unknown)."""
-    row = c.execute("SELECT h.statement, h.certificate FROM timestamp_tokens t JOIN"
-                    " timestamp_heads h ON h.sequence = t.sequence WHERE t.serial = ?",
+    """The token of ``serial`` rebuilt from the notary's database (None if unknown).
+    The batches' first serials grow with their sequence: the last batch that starts
+    at or before ``serial`` is the only one that may hold it."""
+    row = c.execute("SELECT statement, certificate, first_serial, digests FROM"
+                    " timestamp_heads WHERE first_serial <= ? ORDER BY sequence DESC LIMIT 1",
                     (serial,)).fetchone()
-    if row is None:
+    if row is None or not serial - row[2] < len(row[3]) // HASH_SIZE:
         return None
     head = Statement.from_bytes(row[0])
     body = TreeHead.from_statement(head)
-    digests = tuple(d for (d,) in c.execute(
-        "SELECT digest FROM timestamp_tokens WHERE sequence = ? ORDER BY serial",
-        (body.sequence,)))
+    digests = tuple(row[3][i:i + HASH_SIZE] for i in range(0, len(row[3]), HASH_SIZE))
     state = ChainState(sequence=body.sequence, serial=body.first_serial,
                        previous=body.previous, time=body.time)
     batch = build_batch(state, notary=body.notary, time=body.time, digests=digests)

@@ -51,11 +51,19 @@ class ChainState:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Batch:
-    """A sealed batch: the unsigned head, the leaves' digests in order, the tree."""
+    """A sealed batch: the unsigned head, the leaves' digests in order, the tree, and
+    the head's id (``head_id(head)``, made once)."""
 
     head: TreeHead
     digests: tuple[bytes, ...]
     tree: MerkleTree
+    id: bytes
+
+    def state_after(self) -> ChainState:
+        """``ChainState.after(self.head)``, with the id already made."""
+        head = self.head
+        return ChainState(sequence=head.sequence + 1, serial=head.first_serial + head.size,
+                          previous=self.id, time=head.time)
 
     def token(self, index: int, head: Statement, certificate: bytes) -> Token:
         """The token of leaf ``index``, under ``head`` (this batch's head, signed)."""
@@ -127,7 +135,7 @@ def build_batch(head_fields: ChainState, *, notary: str, time: int,
     head = TreeHead(notary=notary, sequence=head_fields.sequence, time=time,
                     first_serial=serial, size=len(digests), root=tree.root,
                     previous=head_fields.previous)
-    return Batch(head=head, digests=digests, tree=tree)
+    return Batch(head=head, digests=digests, tree=tree, id=head_id(head))
 
 
 class Batcher:
@@ -176,13 +184,13 @@ class Batcher:
             self._first = now_ms
         batch = build_batch(self.state, notary=self.notary, time=max(now_ms, self.state.time),
                             digests=taken)
-        self.state = ChainState.after(batch.head)
+        self.state = batch.state_after()
         return batch
 
     def committed(self, batch: Batch) -> None:
         """``batch`` is durable: the chain may never go back behind it."""
         if batch.head.sequence >= self.committed_state.sequence:
-            self.committed_state = ChainState.after(batch.head)
+            self.committed_state = batch.state_after()
 
     def failed(self, batch: Batch) -> None:
         """``batch`` was not stored: continue the chain from the last committed head."""
