@@ -24,6 +24,7 @@ commerce purchase's checker is registered first, so asked last: a protocol whose
 bundles also hold a purchase's order (a fair purchase) sees them before it.
 """
 
+from . import _purchase  # noqa: F401  registered first, so asked last (before the others)
 from ._case import ARBITER_ROLE, CASE_TYPE, Case, make_case, verify_case
 from ._check import Checker, Evidence, Report, Verdict, check_bundle, register, registered
 from ._contract import PROTOCOL as CONTRACT

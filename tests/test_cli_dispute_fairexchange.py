@@ -1,0 +1,188 @@
+"""``semper dispute check`` on the agents' own bundles of the notary's three protocols
+(issue 9, Done-when: "the right verdicts for a bundle from each protocol, including a
+seller that withheld the key and a sender whose escrow was bad").
+
+One market, its agents run in-process (real loopback TLS, real SQLite: ca, bank,
+notary and seller running, the buyer acting in sessions as commands do): a contract
+signed, a certified mail, three fair purchases (faultless; a seller that withholds
+the key once paid; a seller whose escrow the notary cannot open, withholding too).
+Each bundle is written by the command line (``semper contract export``, ``semper
+archive export`` of the mail's id or the purchase's idempotency key) and judged by
+``semper dispute check --json``. The void mail finding is judged in-process in
+tests/test_dispute_fairexchange.py (a sender cannot be made to seal a bad escrow
+through the agents without the key staying its own).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from cli_helpers import semper
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import x25519
+from market_helpers import config_of, make_market, newer_crl, running
+
+from semper.agents import Agent
+from semper.agents.components import _fair_seller
+from semper.agents.components._contracts import Contracts
+from semper.agents.components._fair_buyer import FairRefundDue, FairShopper
+from semper.agents.components._fair_seller import FairSales
+from semper.agents.components._mail import CertifiedMail
+from semper.services.fairexchange._errors import BadPayment
+
+PAID = "buyer paid"
+DELIVERED = "seller delivered goods matching the signed offer's digest"
+RELEASED = "seller released the key"
+RECEIPTED = "seller issued a receipt"
+REFUNDED = "seller refunded the payment"
+TEXT = b"the buyer and the seller agree\n"
+
+
+@asynccontextmanager
+async def agents(market: Path, *ids: str) -> AsyncIterator[dict[str, Agent]]:
+    started: dict[str, Agent] = {}
+    async with trio.open_nursery() as nursery:
+        for agent_id in ids:
+            one = Agent(config_of(market, agent_id))
+
+            async def serve(one: Agent = one, *,
+                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                            ) -> None:
+                async with running(one):
+                    task_status.started()
+                    await trio.sleep_forever()
+
+            await nursery.start(serve)
+            started[agent_id] = one
+        try:
+            yield started
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+class _WrongEscrowKey:
+    """An escrow key the notary does not hold: the seller's escrow will not open."""
+
+    def public_key(self) -> x25519.X25519PublicKey:
+        return x25519.X25519PrivateKey.generate().public_key()
+
+
+class Trades:
+    """The market and what its agents did; ``crl``: a CRL issued after all of it."""
+
+    def __init__(self, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.folder = make_market(folder)
+        self.monkeypatch = monkeypatch
+        trio.run(self._trade)
+        self.crl = folder / "crl.der"
+        self.crl.write_bytes(newer_crl(folder).public_bytes(serialization.Encoding.DER))
+
+    async def _trade(self) -> None:
+        # Patched before the seller starts (its handlers are bound then); a flag says
+        # when the seller withholds the key and when it seals to a wrong escrow key.
+        faults = {"withhold": False, "wrong_escrow": False}
+        release, escrow_key = FairSales.release, _fair_seller.notary_escrow_key
+
+        @functools.wraps(release)  # keeps what @handles marked on it
+        async def withhold(sales: FairSales, request: Any, body: Any) -> Any:
+            if faults["withhold"]:
+                raise BadPayment("not today", detail={"reason": "unpaid"})
+            return await release(sales, request, body)
+
+        async def wrong(*args: Any) -> Any:
+            return _WrongEscrowKey() if faults["wrong_escrow"] else await escrow_key(*args)
+        self.monkeypatch.setattr(FairSales, "release", withhold)
+        self.monkeypatch.setattr(_fair_seller, "notary_escrow_key", wrong)
+        async with agents(self.folder, "ca", "bank", "notary", "seller") as started:
+            await started["seller"].component(Contracts).approve("buyer", TEXT)
+            buyer = Agent(config_of(self.folder, "buyer"))
+            async with buyer.session():
+                self.contract = (await buyer.component(Contracts).sign("seller", TEXT)).exchange
+                mail = await buyer.component(CertifiedMail).send("seller", b"certified\n")
+                self.mail = mail.exchange
+                shopper = FairShopper(buyer, notary="notary", wait_ms=5000)
+                self.fair = await shopper.buy_fair("seller", "guide-001", "transfer", "fair-1")
+                faults["withhold"] = True
+                self.withheld = await shopper.buy_fair("seller", "map-002", "transfer",
+                                                       "fair-2")
+                faults["wrong_escrow"] = True
+                with pytest.raises(FairRefundDue):
+                    await shopper.buy_fair("seller", "song-003", "transfer", "fair-3")
+        self.monkeypatch.undo()
+
+    def config(self, agent_id: str) -> Path:
+        return self.folder / agent_id / "agent.toml"
+
+    def check(self, bundle: Path) -> dict[str, tuple[str, bool | None]]:
+        status, out, err = semper("dispute", "check", bundle, "--root",
+                                  self.folder / "ca" / "root.pem", "--crl", self.crl, "--json")
+        assert status == 0, err
+        report = json.loads(out)
+        assert report["valid"] is True
+        self.reasons = {v["obligation"]: v["reason"] for v in report["verdicts"]}
+        return {v["obligation"]: (v["party"], v["met"]) for v in report["verdicts"]}
+
+    def export(self, agent_id: str, transaction: str, out: Path) -> Path:
+        status, _, err = semper("archive", "export", "--config", self.config(agent_id),
+                                transaction, "-o", out)
+        assert status == 0, err
+        return out
+
+
+@pytest.fixture(scope="module")
+def trades(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield Trades(tmp_path_factory.mktemp("dispute-fx") / "market", monkeypatch)
+
+
+@pytest.mark.parametrize("who", ["buyer", "seller"])
+def test_a_signed_contracts_bundle(trades: Trades, tmp_path: Path, who: str) -> None:
+    bundle = tmp_path / "contract.semper"
+    status, _, err = semper("contract", "export", "--config", trades.config(who),
+                            trades.contract.hex(), "-o", bundle)
+    assert status == 0, err
+    assert trades.check(bundle) == {"originator signed the contract": ("buyer", True),
+                                    "responder signed the contract": ("seller", True)}
+
+
+@pytest.mark.parametrize("who", ["buyer", "seller"])
+def test_a_certified_mails_bundle(trades: Trades, tmp_path: Path, who: str) -> None:
+    bundle = trades.export(who, trades.mail.hex(), tmp_path / "mail.semper")
+    assert trades.check(bundle) == {"receiver received the mail": ("seller", True),
+                                    "sender's escrow was good": ("buyer", None)}
+
+
+def test_a_faultless_fair_purchases_bundle(trades: Trades, tmp_path: Path) -> None:
+    assert trades.fair.resolved_by == "exchange"
+    verdicts = trades.check(trades.export("buyer", "fair-1", tmp_path / "fair.semper"))
+    assert verdicts == {PAID: ("buyer", True), DELIVERED: ("seller", True),
+                        RELEASED: ("seller", None), RECEIPTED: ("seller", True)}
+
+
+def test_a_seller_that_withheld_the_key(trades: Trades, tmp_path: Path) -> None:
+    """The instance of the Done-when line: the buyer paid and got the goods through
+    the notary; the seller did not release the key."""
+    assert trades.withheld.resolved_by == "notary"
+    verdicts = trades.check(trades.export("buyer", "fair-2", tmp_path / "withheld.semper"))
+    assert verdicts[PAID] == ("buyer", True)
+    assert verdicts[DELIVERED] == ("seller", True)
+    assert verdicts[RELEASED] == ("seller", False)
+    assert "through the notary" in trades.reasons[DELIVERED]
+
+
+def test_a_seller_whose_escrow_was_bad(trades: Trades, tmp_path: Path) -> None:
+    """The notary's refund finding: the seller was paid, its escrow did not give the
+    offer's goods, and the refund the finding entitles the buyer to is not shown."""
+    verdicts = trades.check(trades.export("buyer", "fair-3", tmp_path / "refund.semper"))
+    assert verdicts[PAID] == ("buyer", True)
+    assert verdicts[DELIVERED] == ("seller", False)
+    assert verdicts[RELEASED] == ("seller", False)
+    assert verdicts[REFUNDED] == ("seller", None)
+    assert "refund finding" in trades.reasons[DELIVERED]
