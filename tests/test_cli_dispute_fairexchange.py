@@ -35,7 +35,10 @@ from semper.agents.components._contracts import Contracts
 from semper.agents.components._fair_buyer import FairRefundDue, FairShopper
 from semper.agents.components._fair_seller import FairSales
 from semper.agents.components._mail import CertifiedMail
+from semper.services.archive import EvidenceBundle, next_record
+from semper.services.certificates import fingerprint, load_certificate
 from semper.services.fairexchange._errors import BadPayment
+from semper.services.statements import Statement
 
 PAID = "buyer paid"
 DELIVERED = "seller delivered goods matching the signed offer's digest"
@@ -65,6 +68,15 @@ async def agents(market: Path, *ids: str) -> AsyncIterator[dict[str, Agent]]:
             yield started
         finally:
             nursery.cancel_scope.cancel()
+
+
+def _hostile_bodies(order: bytes) -> list[dict[str, Any]]:
+    """Bodies that name the order with junk beside it, or fit no schema."""
+    return [{}, {"order": order}, {"order": order, "content": "x", "escrow": [1]},
+            {"exchange": order, "kind": "fair"},
+            {"exchange": order, "kind": "fair", "decision": "release", "subject": order,
+             "request": {"type": 1}},
+            {"exchange": order, "kind": "fair", "decision": "refund", "payload": b"\n"}]
 
 
 class _WrongEscrowKey:
@@ -115,6 +127,11 @@ class Trades:
                 faults["wrong_escrow"] = True
                 with pytest.raises(FairRefundDue):
                     await shopper.buy_fair("seller", "song-003", "transfer", "fair-3")
+                order = self.withheld.purchase.order
+                self.hostile = [agent.evidence.sign(type, body)
+                                for agent in (buyer, started["seller"], started["notary"])
+                                for type in ("fair.delivery", "fairexchange.decision")
+                                for body in _hostile_bodies(order)]
         self.monkeypatch.undo()
 
     def config(self, agent_id: str) -> Path:
@@ -186,3 +203,33 @@ def test_a_seller_whose_escrow_was_bad(trades: Trades, tmp_path: Path) -> None:
     assert verdicts[RELEASED] == ("seller", False)
     assert verdicts[REFUNDED] == ("seller", None)
     assert "refund finding" in trades.reasons[DELIVERED]
+
+
+def test_hostile_statements_never_break_the_fair_checker(trades: Trades, tmp_path: Path
+                                                         ) -> None:
+    """Fair deliveries and decisions of any shape, signed by the buyer, the seller and
+    the notary, beside the withheld purchase's evidence: the same verdicts."""
+    path = trades.export("buyer", "fair-2", tmp_path / "withheld.semper")
+    bundle = EvidenceBundle.from_bytes(path.read_bytes())
+    records, last = list(bundle.records), bundle.records[-1]
+    for statement in trades.hostile:
+        last = next_record(last, direction="received", peer="seller",
+                           transaction=bundle.transaction, statement=statement,
+                           recorded_at=last.recorded_at)
+        records.append(last)
+    certificates = {Statement.from_bytes(r.statement).signer for r in records}
+    held = {fingerprint(load_certificate(der)): der for der in bundle.certificates}
+    for agent_id in ("notary", "seller", "buyer"):
+        for pem in (trades.folder / agent_id).rglob("*.pem"):
+            try:
+                cert = load_certificate(pem.read_bytes())
+            except Exception:  # a key, the root
+                continue
+            held.setdefault(fingerprint(cert), cert.public_bytes(serialization.Encoding.DER))
+    hostile = EvidenceBundle(transaction=bundle.transaction, records=records,
+                             certificates=[held[f] for f in certificates if f in held],
+                             crl=bundle.crl, root_fingerprint=bundle.root_fingerprint)
+    path.write_bytes(hostile.to_bytes())
+    verdicts = trades.check(path)
+    assert verdicts[PAID] == ("buyer", True) and verdicts[DELIVERED] == ("seller", True)
+    assert verdicts[RELEASED] == ("seller", False)

@@ -20,7 +20,7 @@ from pki import NOW, Market
 
 from semper.services.archive import collect_bundle, next_record
 from semper.services.certificates import issue_crl
-from semper.services.disputes import CONTRACT, MAIL, check_bundle
+from semper.services.disputes import CONTRACT, MAIL, check_bundle, make_case, make_verdict
 from semper.services.fairexchange import (
     ABORT_REQUEST_TYPE,
     M1,
@@ -299,3 +299,65 @@ def test_another_mails_receipt_and_decision_are_left_out(parties: Parties) -> No
     report = parties.check(mail.txn, [mail.offer, other.receipt, other.offer])
     assert met(report)[RECEIVED] == ("bob", None)
     assert "left out" in reason(report, RECEIVED)
+
+
+# -- hostile bundles: signed statements of any shape -------------------------------------
+
+def _fits_a_verdict(parties: Parties, report: Any) -> None:
+    """The arbiter can sign these verdicts (reasons printable, parties agent ids)."""
+    arbiter = parties.market.agent("arbiter", "arbiter")
+    case = make_case(case=os.urandom(32), claimant="alice", respondent="bob",
+                     bundle=os.urandom(32), filed_ms=T0, key=arbiter.key,
+                     certificate=arbiter.cert, nonce=os.urandom(16))
+    make_verdict(case_statement=case, transaction=report.transaction, protocol=report.protocol,
+                 verdicts=report.verdicts, key=arbiter.key, certificate=arbiter.cert,
+                 now_ms=T0, nonce=os.urandom(16))
+
+
+def _hostile(parties: Parties, exchange: bytes) -> list[Statement]:
+    """Statements of every type the checkers read, by the parties' own keys, with
+    bodies that fit no schema (or name this exchange with junk beside it)."""
+    bodies: list[dict[str, Any]] = [
+        {}, {"exchange": exchange}, {"exchange": [1, 2]}, {"exchange": exchange, "kind": 7},
+        {"exchange": exchange, "kind": "contract", "decision": "resolve", "request": "x"},
+        {"exchange": exchange, "kind": "mail", "decision": "void", "payload": b"\n"},
+        {"exchange": exchange, "kind": "fair", "decision": "release", "subject": exchange},
+        {"order": exchange, "m1": b"short", "m2": None, "offer": {"a": 1}},
+    ]
+    found = []
+    for name in ("alice", "bob", "notary"):
+        for type in (M1_TYPE, M2_TYPE, SECRETS_TYPE, ABORT_REQUEST_TYPE, RESOLVE_REQUEST_TYPE,
+                     "fairexchange.decision", MAIL_OFFER_TYPE, MAIL_RECEIPT_TYPE,
+                     "fair.delivery", "commerce.order"):
+            found += [parties.signer(name)(type, body, T0) for body in bodies]
+    return found
+
+
+def test_hostile_statements_never_break_the_contract_checker(parties: Parties) -> None:
+    contract = Contract(parties)
+    held = [contract.m1, contract.m2, contract.secrets()]
+    report = parties.check(contract.txn, [*held, *_hostile(parties, contract.exchange)])
+    assert met(report) == {ORIGINATOR_SIGNED: ("alice", True), RESPONDER_SIGNED: ("bob", True)}
+    _fits_a_verdict(parties, report)
+
+
+def test_hostile_statements_never_break_the_mail_checker(parties: Parties) -> None:
+    mail = Mail(parties)
+    report = parties.check(mail.txn, [mail.offer, mail.receipt,
+                                      *_hostile(parties, mail.exchange)])
+    assert met(report) == {RECEIVED: ("bob", True), ESCROW_GOOD: ("alice", None)}
+    _fits_a_verdict(parties, report)
+
+
+def test_a_findings_text_is_quoted_printable(parties: Parties) -> None:
+    """The instance's kind, another member: a reason quoting a signed body (the
+    notary's void finding, any bytes) must still fit a dispute.verdict."""
+    mail = Mail(parties)
+    void = parties.book.decide(mail.exchange, "mail", subject=mail.offer.digest,
+                               decision="void", request=mail.receipt, now_ms=T0,
+                               payload=b"bad\nescrow\x00\x1b[31m" + b"x" * 5000,
+                               initiator="alice").statement
+    report = parties.check(mail.txn, [mail.offer, mail.receipt, void])
+    assert met(report) == {RECEIVED: ("bob", False), ESCROW_GOOD: ("alice", False)}
+    assert all(v.reason.isprintable() and len(v.reason) < 1000 for v in report.verdicts)
+    _fits_a_verdict(parties, report)

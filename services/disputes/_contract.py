@@ -46,6 +46,8 @@ __all__ = [
     "PROTOCOL",
     "RESPONDER_SIGNED",
     "check_contract",
+    "quoted",
+    "seq_of",
     "verifier",
 ]
 
@@ -66,6 +68,12 @@ def verifier(evidence: Evidence) -> Callable[..., None]:
             raise found
 
     return verify
+
+
+def quoted(text: str | None, limit: int = 200) -> str:
+    """``text`` from a signed body (a notary's finding) fit for a verdict's reason:
+    printable characters only (others become ``?``), at most ``limit`` of them."""
+    return "".join(c if c.isprintable() else "?" for c in (text or "")[:limit])
 
 
 def seq_of(evidence: Evidence, statement: Statement) -> str:

@@ -37,7 +37,7 @@ from ..fairexchange import (
 from ..fairexchange._fairpurchase import KIND
 from ..statements import Statement
 from ._check import Evidence, Verdict, register
-from ._contract import seq_of, verifier
+from ._contract import quoted, seq_of, verifier
 from ._purchase import DELIVERED, PAID, RECEIPTED, REFUNDED, _order, check_purchase
 
 __all__ = ["PROTOCOL", "RELEASED", "check_fair"]
@@ -121,7 +121,7 @@ def _delivered(evidence: Evidence, outcome: PurchaseOutcome, base: Verdict,
     if outcome.state == "refund_due":
         return Verdict(DELIVERED, seller, False,
                        f"the notary's finding ({decided}): the seller's escrow does not give "
-                       f"goods with the offer's content digest ({outcome.reason:.200})")
+                       f"goods with the offer's content digest ({quoted(outcome.reason)})")
     if base.met is not None or outcome.state != "escrowed" or outcome.proof is None:
         return base
     return Verdict(DELIVERED, seller, None,

@@ -32,7 +32,7 @@ from ..fairexchange import (
 )
 from ..statements import Statement
 from ._check import Evidence, Verdict, register
-from ._contract import seq_of, verifier
+from ._contract import quoted, seq_of, verifier
 
 __all__ = ["ESCROW_GOOD", "PROTOCOL", "RECEIVED", "check_mail"]
 
@@ -107,7 +107,7 @@ def _verdicts(evidence: Evidence, outcome: MailOutcome, body: MailOffer
                 unopened)
     if outcome.state == "void":
         finding = (f"the notary's void finding ({where}): the escrow does not give the "
-                   f"signed message ({outcome.reason:.200})")
+                   f"signed message ({quoted(outcome.reason)})")
         return (Verdict(RECEIVED, body.receiver, False, f"{finding}; the receipt is void"),
                 Verdict(ESCROW_GOOD, body.sender, False, finding))
     if outcome.state == "aborted":
