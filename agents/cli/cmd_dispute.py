@@ -59,7 +59,11 @@ def check(bundle_path: Path, root_path: Path, crl_paths: tuple[Path, ...],
           config_path: Path | None, passphrase_file: Path | None, as_json: bool) -> None:
     """Verify BUNDLE offline, trusting only the market root, and say per obligation
     who met it. Exits 0 when the bundle verifies (whatever the verdicts), else one
-    line `semper: <code>: <reason>`."""
+    line `semper: <code>: <reason>`.
+
+    Bundles: a purchase's or a fair purchase's from `semper archive export` (the
+    order's digest or the idempotency key), a certified mail's from `semper archive
+    export` (the mail's id), a contract's from `semper contract export`."""
     data = bundle_path.read_bytes()
     root = load_certificate(root_path.read_bytes())
     crls = [load_crl(path.read_bytes()) for path in crl_paths]
