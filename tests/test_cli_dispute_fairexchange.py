@@ -39,6 +39,7 @@ from semper.services.archive import EvidenceBundle, next_record
 from semper.services.certificates import fingerprint, load_certificate
 from semper.services.fairexchange._errors import BadPayment
 from semper.services.statements import Statement
+from semper.transport import RemoteError
 
 PAID = "buyer paid"
 DELIVERED = "seller delivered goods matching the signed offer's digest"
@@ -117,6 +118,12 @@ class Trades:
             buyer = Agent(config_of(self.folder, "buyer"))
             async with buyer.session():
                 self.contract = (await buyer.component(Contracts).sign("seller", TEXT)).exchange
+                with pytest.raises(RemoteError) as refused:  # so aborted with the notary
+                    await buyer.component(Contracts).sign("seller", b"not approved\n")
+                assert refused.value.code == "fairexchange.not_approved"
+                self.aborted = await buyer.database.read(lambda c: c.execute(
+                    "SELECT exchange FROM contract_exchanges WHERE exchange != ?",
+                    (self.contract,)).fetchone()[0])
                 mail = await buyer.component(CertifiedMail).send("seller", b"certified\n")
                 self.mail = mail.exchange
                 shopper = FairShopper(buyer, notary="notary", wait_ms=5000)
@@ -167,6 +174,18 @@ def test_a_signed_contracts_bundle(trades: Trades, tmp_path: Path, who: str) -> 
     assert status == 0, err
     assert trades.check(bundle) == {"originator signed the contract": ("buyer", True),
                                     "responder signed the contract": ("seller", True)}
+
+
+def test_an_aborted_contracts_bundle_faults_nobody(trades: Trades, tmp_path: Path) -> None:
+    """The responder refused an unapproved text; the originator holds the notary's
+    abort token: neither party is bound, and neither is at fault."""
+    bundle = tmp_path / "aborted.semper"
+    status, _, err = semper("contract", "export", "--config", trades.config("buyer"),
+                            trades.aborted.hex(), "-o", bundle)
+    assert status == 0, err
+    assert trades.check(bundle) == {"originator signed the contract": ("buyer", None),
+                                    "responder signed the contract": ("seller", None)}
+    assert "aborted" in trades.reasons["responder signed the contract"]
 
 
 @pytest.mark.parametrize("who", ["buyer", "seller"])
