@@ -4,19 +4,20 @@ seller that withheld the key and a sender whose escrow was bad").
 
 One market, its agents run in-process (real loopback TLS, real SQLite: ca, bank,
 notary and seller running, the buyer acting in sessions as commands do): a contract
-signed, a certified mail, three fair purchases (faultless; a seller that withholds
-the key once paid; a seller whose escrow the notary cannot open, withholding too).
-Each bundle is written by the command line (``semper contract export``, ``semper
-archive export`` of the mail's id or the purchase's idempotency key) and judged by
-``semper dispute check --json``. The void mail finding is judged in-process in
-tests/test_dispute_fairexchange.py (a sender cannot be made to seal a bad escrow
-through the agents without the key staying its own).
+signed and one aborted, a certified mail and one sealed to a wrong escrow key (the
+receiver gets the notary's void finding), three fair purchases (faultless; a seller
+that withholds the key once paid; a seller whose escrow the notary cannot open,
+withholding too). Each bundle is written by the command line (``semper contract
+export``, ``semper archive export`` of the mail's id or the purchase's idempotency
+key) and judged by ``semper dispute check --json``.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,10 +35,12 @@ from semper.agents.components import _fair_seller
 from semper.agents.components._contracts import Contracts
 from semper.agents.components._fair_buyer import FairRefundDue, FairShopper
 from semper.agents.components._fair_seller import FairSales
-from semper.agents.components._mail import CertifiedMail
+from semper.agents.components._mail import CertifiedMail, Unreadable
 from semper.services.archive import EvidenceBundle, next_record
 from semper.services.certificates import fingerprint, load_certificate
+from semper.services.fairexchange import MAIL_DELIVER, MAIL_OFFER_TYPE, prepare
 from semper.services.fairexchange._errors import BadPayment
+from semper.services.fairexchange._mail import CiphertextWire
 from semper.services.statements import Statement
 from semper.transport import RemoteError
 
@@ -49,12 +52,23 @@ REFUNDED = "seller refunded the payment"
 TEXT = b"the buyer and the seller agree\n"
 
 
+class AheadClock:
+    """The machine's clock, ``ahead_ms`` ahead: a receiver whose deadline has come."""
+
+    def __init__(self) -> None:
+        self.ahead_ms = 0
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000 + self.ahead_ms
+
+
 @asynccontextmanager
-async def agents(market: Path, *ids: str) -> AsyncIterator[dict[str, Agent]]:
+async def agents(market: Path, *ids: str, clocks: dict[str, Any] | None = None
+                 ) -> AsyncIterator[dict[str, Agent]]:
     started: dict[str, Agent] = {}
     async with trio.open_nursery() as nursery:
         for agent_id in ids:
-            one = Agent(config_of(market, agent_id))
+            one = Agent(config_of(market, agent_id), clock=(clocks or {}).get(agent_id))
 
             async def serve(one: Agent = one, *,
                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -78,6 +92,27 @@ def _hostile_bodies(order: bytes) -> list[dict[str, Any]]:
             {"exchange": order, "kind": "fair", "decision": "release", "subject": order,
              "request": {"type": 1}},
             {"exchange": order, "kind": "fair", "decision": "refund", "payload": b"\n"}]
+
+
+async def _badly_sealed_mail(sender: Agent, receiver: Agent, clock: AheadClock) -> bytes:
+    """A mail whose key the sender sealed to a key the notary does not hold, and never
+    revealed: the receiver, at its deadline, gets the notary's void finding."""
+    exchange = os.urandom(32)
+    body, ciphertext = prepare(
+        b"sealed badly\n", exchange=exchange, sender=sender.id, receiver=receiver.id,
+        notary="notary", escrow_key=x25519.X25519PrivateKey.generate().public_key(),
+        deadline=sender.context.now_ms() + 60_000, key=os.urandom(32), nonce=os.urandom(12))
+    offer = sender.context.sign(MAIL_OFFER_TYPE, body.to_body())
+    await sender.context.call(receiver.id, MAIL_DELIVER,
+                              CiphertextWire(offer=offer, ciphertext=ciphertext))
+    clock.ahead_ms = 61_000
+    try:
+        with pytest.raises(Unreadable) as void:
+            await receiver.component(CertifiedMail).read(exchange)
+    finally:
+        clock.ahead_ms = 0
+    assert void.value.detail["state"] == "void"
+    return exchange
 
 
 class _WrongEscrowKey:
@@ -113,7 +148,9 @@ class Trades:
             return _WrongEscrowKey() if faults["wrong_escrow"] else await escrow_key(*args)
         self.monkeypatch.setattr(FairSales, "release", withhold)
         self.monkeypatch.setattr(_fair_seller, "notary_escrow_key", wrong)
-        async with agents(self.folder, "ca", "bank", "notary", "seller") as started:
+        clock = AheadClock()
+        async with agents(self.folder, "ca", "bank", "notary", "seller",
+                          clocks={"seller": clock}) as started:
             await started["seller"].component(Contracts).approve("buyer", TEXT)
             buyer = Agent(config_of(self.folder, "buyer"))
             async with buyer.session():
@@ -126,6 +163,7 @@ class Trades:
                     (self.contract,)).fetchone()[0])
                 mail = await buyer.component(CertifiedMail).send("seller", b"certified\n")
                 self.mail = mail.exchange
+                self.void_mail = await _badly_sealed_mail(buyer, started["seller"], clock)
                 shopper = FairShopper(buyer, notary="notary", wait_ms=5000)
                 self.fair = await shopper.buy_fair("seller", "guide-001", "transfer", "fair-1")
                 faults["withhold"] = True
@@ -193,6 +231,15 @@ def test_a_certified_mails_bundle(trades: Trades, tmp_path: Path, who: str) -> N
     bundle = trades.export(who, trades.mail.hex(), tmp_path / "mail.semper")
     assert trades.check(bundle) == {"receiver received the mail": ("seller", True),
                                     "sender's escrow was good": ("buyer", None)}
+
+
+def test_a_sender_whose_escrow_was_bad(trades: Trades, tmp_path: Path) -> None:
+    """The instance of the Done-when line: the receiver's bundle holds the notary's
+    void finding; the receipt is void and the sender's obligation is not met."""
+    bundle = trades.export("seller", trades.void_mail.hex(), tmp_path / "void.semper")
+    assert trades.check(bundle) == {"receiver received the mail": ("seller", False),
+                                    "sender's escrow was good": ("buyer", False)}
+    assert "void" in trades.reasons["sender's escrow was good"]
 
 
 def test_a_faultless_fair_purchases_bundle(trades: Trades, tmp_path: Path) -> None:
