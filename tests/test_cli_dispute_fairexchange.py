@@ -36,6 +36,7 @@ from semper.agents.components._contracts import Contracts
 from semper.agents.components._fair_buyer import FairRefundDue, FairShopper
 from semper.agents.components._fair_seller import FairSales
 from semper.agents.components._mail import CertifiedMail, Unreadable
+from semper.agents.components._purchase import Shopper
 from semper.services.archive import EvidenceBundle, next_record
 from semper.services.certificates import fingerprint, load_certificate
 from semper.services.fairexchange import MAIL_DELIVER, MAIL_OFFER_TYPE, prepare
@@ -172,6 +173,11 @@ class Trades:
                 faults["wrong_escrow"] = True
                 with pytest.raises(FairRefundDue):
                     await shopper.buy_fair("seller", "song-003", "transfer", "fair-3")
+                plain = await Shopper(buyer).buy("seller", "guide-001", "transfer", "plain-1")
+                self.junk = [buyer.evidence.sign(type, {"order": plain.order,
+                                                        "exchange": plain.order,
+                                                        "kind": "fair"})
+                             for type in ("fair.delivery", "fairexchange.decision")]
                 order = self.withheld.purchase.order
                 self.hostile = [agent.evidence.sign(type, body)
                                 for agent in (buyer, started["seller"], started["notary"])
@@ -299,3 +305,26 @@ def test_hostile_statements_never_break_the_fair_checker(trades: Trades, tmp_pat
     verdicts = trades.check(path)
     assert verdicts[PAID] == ("buyer", True) and verdicts[DELIVERED] == ("seller", True)
     assert verdicts[RELEASED] == ("seller", False)
+
+
+def test_junk_of_fair_types_leaves_a_purchase_a_purchase(trades: Trades, tmp_path: Path
+                                                         ) -> None:
+    """A buyer's own fair.delivery and decision, fitting no schema, beside a plain
+    purchase's evidence: still judged as a commerce purchase, the same verdicts."""
+    path = trades.export("buyer", "plain-1", tmp_path / "plain.semper")
+    bundle = EvidenceBundle.from_bytes(path.read_bytes())
+    records, last = list(bundle.records), bundle.records[-1]
+    for statement in trades.junk:
+        last = next_record(last, direction="sent", peer="seller",
+                           transaction=bundle.transaction, statement=statement,
+                           recorded_at=last.recorded_at)
+        records.append(last)
+    path.write_bytes(EvidenceBundle(
+        transaction=bundle.transaction, records=records, certificates=bundle.certificates,
+        crl=bundle.crl, root_fingerprint=bundle.root_fingerprint).to_bytes())
+    status, out, err = semper("dispute", "check", path, "--root",
+                              trades.folder / "ca" / "root.pem", "--crl", trades.crl)
+    assert status == 0, err
+    assert "(commerce.purchase)" in out
+    assert trades.check(path) == {PAID: ("buyer", True), DELIVERED: ("seller", True),
+                                  RECEIPTED: ("seller", True)}

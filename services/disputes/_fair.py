@@ -2,10 +2,11 @@
 
 A fair purchase's bundle is a purchase's (``semper archive export`` of the order, as
 for any purchase: the hex digest of the buyer's ``commerce.order``) that also holds
-the seller's ``fair.delivery`` for the order or a notary decision of kind ``fair``
-about it. The commerce purchase's verdicts (``check_purchase``) are the base; the
-notary's decision, judged by ``fairexchange.purchase_outcome`` (the one rule), then
-decides what it proves:
+the seller's ``fair.delivery`` for the order, or a notary decision of kind ``fair``
+about it, that verifies (junk of those types leaves a purchase's bundle to
+``check_purchase``). The commerce purchase's verdicts are the base; the notary's
+decision, judged by ``fairexchange.purchase_outcome`` (the one rule), then decides
+what it proves:
 
 * the buyer paid: the commerce verdict (the bank's settlement, the seller's
   receipt); when that cannot tell, a notary decision, which quotes the payment
@@ -71,11 +72,13 @@ def check_fair(evidence: Evidence) -> list[Verdict] | None:
             left_out.append(f"record {verified.record.seq} ({exc.code})")
             continue
         items.append(verified.statement)
+    if len(items) == 1:  # nothing of a fair exchange verifies: a plain purchase's bundle
+        return None
     try:
         outcome = purchase_outcome(items, verify=verify)
-    except ServiceError as exc:  # the order itself (or its offer) does not verify
+    except ServiceError as exc:  # not expected once each item checked alone
         outcome = PurchaseOutcome("none")
-        left_out.append(f"the order ({exc.code})")
+        left_out.append(f"the evidence together ({exc.code})")
     base = {v.obligation: v for v in check_purchase(evidence) or []}
     verdicts = [
         _paid(evidence, outcome, base[PAID]),
