@@ -37,8 +37,10 @@ from semper.agents.components._fair_buyer import FairRefundDue, FairShopper
 from semper.agents.components._fair_seller import FairSales
 from semper.agents.components._mail import CertifiedMail, Unreadable
 from semper.agents.components._purchase import Shopper
+from semper.agents.runtime._identity import utcnow
 from semper.services.archive import EvidenceBundle, next_record
-from semper.services.certificates import fingerprint, load_certificate
+from semper.services.certificates import fingerprint, load_certificate, load_crl
+from semper.services.disputes import FILE, FileAnswer, FileRequest, verify_verdict
 from semper.services.fairexchange import MAIL_DELIVER, MAIL_OFFER_TYPE, prepare
 from semper.services.fairexchange._errors import BadPayment
 from semper.services.fairexchange._mail import CiphertextWire
@@ -150,7 +152,7 @@ class Trades:
         self.monkeypatch.setattr(FairSales, "release", withhold)
         self.monkeypatch.setattr(_fair_seller, "notary_escrow_key", wrong)
         clock = AheadClock()
-        async with agents(self.folder, "ca", "bank", "notary", "seller",
+        async with agents(self.folder, "ca", "bank", "notary", "seller", "arbiter",
                           clocks={"seller": clock}) as started:
             await started["seller"].component(Contracts).approve("buyer", TEXT)
             buyer = Agent(config_of(self.folder, "buyer"))
@@ -179,6 +181,11 @@ class Trades:
                                                         "kind": "fair"})
                              for type in ("fair.delivery", "fairexchange.decision")]
                 order = self.withheld.purchase.order
+                bundle = await buyer.archive.export_bundle(order.hex(), crl=buyer.crl,
+                                                           root=buyer.credentials.root)
+                self.filed = FileAnswer.from_wire(await buyer.request(
+                    "arbiter", FILE.service, FILE.name,
+                    FileRequest(bundle=bundle.to_bytes()).to_wire()))
                 self.hostile = [agent.evidence.sign(type, body)
                                 for agent in (buyer, started["seller"], started["notary"])
                                 for type in ("fair.delivery", "fairexchange.decision")
@@ -328,3 +335,18 @@ def test_junk_of_fair_types_leaves_a_purchase_a_purchase(trades: Trades, tmp_pat
     assert "(commerce.purchase)" in out
     assert trades.check(path) == {PAID: ("buyer", True), DELIVERED: ("seller", True),
                                   RECEIPTED: ("seller", True)}
+
+
+def test_the_arbiter_signs_the_withheld_keys_verdicts(trades: Trades) -> None:
+    """Filed with the arbiter (dispute.file, no respondent named: the seller, the one
+    other party), the verdict it signs says what dispute check says."""
+    certificate = load_certificate(trades.filed.certificate)
+    root = load_certificate((trades.folder / "ca" / "root.pem").read_bytes())
+    crl = load_crl(trades.crl.read_bytes())
+    body, identity = verify_verdict(trades.filed.verdict, certificate=certificate, root=root,
+                                    crl=crl, now=utcnow())
+    assert identity.role == "arbiter" and body.protocol == "fairexchange.fair"
+    assert body.case_statement.body["respondent"] == "seller"
+    met = {v.obligation: (v.party, v.met) for v in body.verdicts}
+    assert met[PAID] == ("buyer", True) and met[DELIVERED] == ("seller", True)
+    assert met[RELEASED] == ("seller", False)
