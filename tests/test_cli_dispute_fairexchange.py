@@ -37,9 +37,11 @@ from semper.agents.components._fair_buyer import FairRefundDue, FairShopper
 from semper.agents.components._fair_seller import FairSales
 from semper.agents.components._mail import CertifiedMail, Unreadable
 from semper.agents.components._purchase import Shopper
+from semper.agents.roles.seller import Sales
 from semper.agents.runtime._identity import utcnow
 from semper.services.archive import EvidenceBundle, next_record
 from semper.services.certificates import fingerprint, load_certificate, load_crl
+from semper.services.commerce import UnknownOrder
 from semper.services.disputes import FILE, FileAnswer, FileRequest, verify_verdict
 from semper.services.fairexchange import MAIL_DELIVER, MAIL_OFFER_TYPE, prepare
 from semper.services.fairexchange._errors import BadPayment
@@ -138,8 +140,16 @@ class Trades:
     async def _trade(self) -> None:
         # Patched before the seller starts (its handlers are bound then); a flag says
         # when the seller withholds the key and when it seals to a wrong escrow key.
-        faults = {"withhold": False, "wrong_escrow": False}
+        faults = {"withhold": False, "wrong_escrow": False, "silent": False}
         release, escrow_key = FairSales.release, _fair_seller.notary_escrow_key
+        fetch = Sales.fetch
+
+        @functools.wraps(fetch)  # a seller gone once paid: no commerce delivery either
+        async def silent(sales: Sales, context: Any, request: Any) -> Any:
+            if faults["silent"]:
+                raise UnknownOrder("gone", detail={})
+            return await fetch(sales, context, request)
+        self.monkeypatch.setattr(Sales, "fetch", silent)
 
         @functools.wraps(release)  # keeps what @handles marked on it
         async def withhold(sales: FairSales, request: Any, body: Any) -> Any:
@@ -169,12 +179,15 @@ class Trades:
                 self.void_mail = await _badly_sealed_mail(buyer, started["seller"], clock)
                 shopper = FairShopper(buyer, notary="notary", wait_ms=5000)
                 self.fair = await shopper.buy_fair("seller", "guide-001", "transfer", "fair-1")
-                faults["withhold"] = True
+                faults["withhold"] = faults["silent"] = True
                 self.withheld = await shopper.buy_fair("seller", "map-002", "transfer",
                                                        "fair-2")
                 faults["wrong_escrow"] = True
                 with pytest.raises(FairRefundDue):
                     await shopper.buy_fair("seller", "song-003", "transfer", "fair-3")
+                faults["silent"] = False  # the seller's goods come in clear after all
+                with pytest.raises(FairRefundDue):
+                    await shopper.buy_fair("seller", "song-003", "transfer", "fair-4")
                 plain = await Shopper(buyer).buy("seller", "guide-001", "transfer", "plain-1")
                 self.junk = [buyer.evidence.sign(type, {"order": plain.order,
                                                         "exchange": plain.order,
@@ -263,13 +276,13 @@ def test_a_faultless_fair_purchases_bundle(trades: Trades, tmp_path: Path) -> No
 
 
 def test_a_seller_that_withheld_the_key(trades: Trades, tmp_path: Path) -> None:
-    """The instance of the Done-when line: the buyer paid and got the goods through
-    the notary; the seller did not release the key."""
+    """The instance of the Done-when line: the seller, gone once paid, never released
+    the key nor delivered outright; the buyer paid and got the goods through the
+    notary."""
     assert trades.withheld.resolved_by == "notary"
     verdicts = trades.check(trades.export("buyer", "fair-2", tmp_path / "withheld.semper"))
-    assert verdicts[PAID] == ("buyer", True)
-    assert verdicts[DELIVERED] == ("seller", True)
-    assert verdicts[RELEASED] == ("seller", False)
+    assert verdicts == {PAID: ("buyer", True), DELIVERED: ("seller", True),
+                        RELEASED: ("seller", False), RECEIPTED: ("seller", None)}
     assert "through the notary" in trades.reasons[DELIVERED]
 
 
@@ -350,3 +363,13 @@ def test_the_arbiter_signs_the_withheld_keys_verdicts(trades: Trades) -> None:
     met = {v.obligation: (v.party, v.met) for v in body.verdicts}
     assert met[PAID] == ("buyer", True) and met[DELIVERED] == ("seller", True)
     assert met[RELEASED] == ("seller", False)
+
+
+def test_a_bad_escrow_beside_goods_delivered_outright(trades: Trades, tmp_path: Path) -> None:
+    """Another member of the kind: the seller's escrow was bad, but the commerce part
+    then gave the buyer the goods of the offer's digest (the seller's signed delivery,
+    checked by the buyer): the refund finding does not make the goods undelivered."""
+    verdicts = trades.check(trades.export("buyer", "fair-4", tmp_path / "outright.semper"))
+    assert verdicts[DELIVERED] == ("seller", True) and verdicts[RELEASED] == ("seller", False)
+    assert verdicts[PAID] == ("buyer", True) and verdicts[RECEIPTED] == ("seller", True)
+    assert "escrow was bad" in trades.reasons[DELIVERED]

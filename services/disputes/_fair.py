@@ -12,7 +12,9 @@ what it proves:
   receipt); when that cannot tell, a notary decision, which quotes the payment
   confirmation the notary checked (only a paid buyer can recover);
 * the seller delivered goods matching the signed offer's digest: True with the
-  notary's release (the buyer holds the goods through the notary), False with its
+  notary's release (the buyer holds the goods through the notary); else True when
+  the commerce verdict is (the seller's signed delivery or receipt of the offer's
+  goods: they came outright, whatever the escrow); else False with the notary's
   refund finding (the escrow does not give the offer's goods); else the commerce
   verdict; else None (an escrowed delivery does not show that the key was given);
 * the seller released the key: False with either decision (a buyer asks the notary
@@ -121,6 +123,10 @@ def _delivered(evidence: Evidence, outcome: PurchaseOutcome, base: Verdict,
                        f"the notary opened the seller's escrow to goods whose SHA-256 is the "
                        f"offer's content digest ({decided}): the buyer holds them through the "
                        "notary")
+    if outcome.state == "refund_due" and base.met is True:  # the goods came another way
+        return Verdict(DELIVERED, seller, True,
+                       f"{base.reason}; the notary's refund finding ({decided}) shows only "
+                       "that the seller's escrow was bad")
     if outcome.state == "refund_due":
         return Verdict(DELIVERED, seller, False,
                        f"the notary's finding ({decided}): the seller's escrow does not give "
