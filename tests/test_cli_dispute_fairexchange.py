@@ -140,7 +140,8 @@ class Trades:
     async def _trade(self) -> None:
         # Patched before the seller starts (its handlers are bound then); a flag says
         # when the seller withholds the key and when it seals to a wrong escrow key.
-        faults = {"withhold": False, "wrong_escrow": False, "silent": False}
+        faults = {"withhold": False, "wrong_escrow": False, "silent": False,
+                  "no_reveal": False}
         release, escrow_key = FairSales.release, _fair_seller.notary_escrow_key
         fetch = Sales.fetch
 
@@ -150,6 +151,14 @@ class Trades:
                 raise UnknownOrder("gone", detail={})
             return await fetch(sales, context, request)
         self.monkeypatch.setattr(Sales, "fetch", silent)
+        reveal = Contracts.reveal
+
+        @functools.wraps(reveal)  # a responder gone once it committed: no N_R
+        async def no_reveal(contracts: Contracts, context: Any, request: Any) -> Any:
+            if faults["no_reveal"]:
+                raise UnknownOrder("gone", detail={})
+            return await reveal(contracts, context, request)
+        self.monkeypatch.setattr(Contracts, "reveal", no_reveal)
 
         @functools.wraps(release)  # keeps what @handles marked on it
         async def withhold(sales: FairSales, request: Any, body: Any) -> Any:
@@ -171,9 +180,14 @@ class Trades:
                 with pytest.raises(RemoteError) as refused:  # so aborted with the notary
                     await buyer.component(Contracts).sign("seller", b"not approved\n")
                 assert refused.value.code == "fairexchange.not_approved"
+                faults["no_reveal"] = True
+                resolved = await buyer.component(Contracts).sign("seller", TEXT)
+                faults["no_reveal"] = False
+                assert (resolved.state, resolved.resolved_by) == ("signed", "notary")
+                self.resolved = resolved.exchange
                 self.aborted = await buyer.database.read(lambda c: c.execute(
-                    "SELECT exchange FROM contract_exchanges WHERE exchange != ?",
-                    (self.contract,)).fetchone()[0])
+                    "SELECT exchange FROM contract_exchanges WHERE state = 'aborted'"
+                    ).fetchone()[0])
                 mail = await buyer.component(CertifiedMail).send("seller", b"certified\n")
                 self.mail = mail.exchange
                 self.void_mail = await _badly_sealed_mail(buyer, started["seller"], clock)
@@ -250,6 +264,18 @@ def test_an_aborted_contracts_bundle_faults_nobody(trades: Trades, tmp_path: Pat
     assert trades.check(bundle) == {"originator signed the contract": ("buyer", None),
                                     "responder signed the contract": ("seller", None)}
     assert "aborted" in trades.reasons["responder signed the contract"]
+
+
+def test_a_contract_resolved_by_the_notary(trades: Trades, tmp_path: Path) -> None:
+    """The responder committed and never revealed N_R: the originator's bundle holds
+    the notary's replacement contract, which binds both."""
+    bundle = tmp_path / "resolved.semper"
+    status, _, err = semper("contract", "export", "--config", trades.config("buyer"),
+                            trades.resolved.hex(), "-o", bundle)
+    assert status == 0, err
+    assert trades.check(bundle) == {"originator signed the contract": ("buyer", True),
+                                    "responder signed the contract": ("seller", True)}
+    assert "replacement" in trades.reasons["responder signed the contract"]
 
 
 @pytest.mark.parametrize("who", ["buyer", "seller"])
