@@ -58,7 +58,8 @@ class Parties:
     def __init__(self, folder: Any) -> None:
         self.market = Market(folder)
         self.agents = {name: self.market.agent(name, role) for name, role in
-                       (("alice", "buyer"), ("bob", "seller"), ("notary", "notary"))}
+                       (("alice", "buyer"), ("bob", "seller"), ("notary", "notary"),
+                        ("carol", "buyer"))}
         self.market.crl = issue_crl(self.market.ca, [], now=NOW + dt.timedelta(seconds=120),
                                     number=2)
         self.book = NotaryBook(sign=self.signer("notary"), notary="notary")
@@ -215,6 +216,28 @@ def test_a_notary_that_decided_twice_is_named(parties: Parties) -> None:
                                           contract.abort(other)])
     assert met(report) == {ORIGINATOR_SIGNED: ("alice", True), RESPONDER_SIGNED: ("bob", True)}
     assert "decided twice" in reason(report, ORIGINATOR_SIGNED)
+
+
+def test_another_initiators_exchange_with_the_same_id_is_no_evidence(
+        parties: Parties) -> None:
+    """Carol signs an m1 with alice's exchange id (it was on the wire) and has the
+    notary resolve it with bob: an exchange is an id of one initiator (protocol.md
+    10.1), so carol's replacement contract says nothing about alice's, even in
+    alice's bundle (the rule alone, keyed by exchange id, would say signed)."""
+    contract = Contract(parties)
+    carol_m1 = parties.sign("carol", M1_TYPE, M1(
+        exchange=contract.exchange, originator="carol", responder="bob", notary="notary",
+        text=hashlib.sha256(b"other\n").digest(), commit=secret_commit(os.urandom(32))))
+    carol_m2 = parties.sign("bob", M2_TYPE, M2(exchange=contract.exchange, m1=carol_m1.digest,
+                                               commit=secret_commit(os.urandom(32))))
+    request = parties.sign("carol", RESOLVE_REQUEST_TYPE, ResolveRequest(
+        exchange=contract.exchange, m1=carol_m1, m2=carol_m2))
+    carols = parties.book.decide(contract.exchange, "contract", subject=carol_m1.digest,
+                                 decision="resolve", request=request, now_ms=T0,
+                                 initiator="carol").statement
+    report = parties.check(contract.txn, [contract.m1, contract.m2, carol_m1, carol_m2, carols])
+    assert met(report) == {ORIGINATOR_SIGNED: ("alice", None), RESPONDER_SIGNED: ("bob", None)}
+    assert "another initiator" in reason(report, ORIGINATOR_SIGNED)
 
 
 def test_another_exchanges_statements_are_not_a_contract_bundle(parties: Parties) -> None:

@@ -98,10 +98,16 @@ def _m1s(evidence: Evidence) -> list[tuple[VerifiedStatement, M1]]:
 def check_contract(evidence: Evidence) -> list[Verdict] | None:
     """The verdicts of a contract's bundle; None for a bundle of another protocol."""
     verify = verifier(evidence)
-    first: M1 | None = None
     items: list[StandardContract | Statement] = []
     left_out: list[str] = []
     decisions: list[Statement] = []
+    m1s = _m1s(evidence)
+    # One exchange is an id of one initiator (protocol.md 10.1): the bundle's first m1
+    # names it, and another originator's m1 or decision with the same id is no evidence.
+    first: M1 | None = m1s[0][1] if m1s else None
+    for verified, m1_body in m1s:
+        if first is not None and m1_body.originator == first.originator:
+            items += _standards(evidence, verified.statement, verify, left_out)
     for verified in evidence.of_type(DECISION_TYPE):
         try:
             body = DecisionBody.from_statement(verified.statement)
@@ -115,11 +121,11 @@ def check_contract(evidence: Evidence) -> list[Verdict] | None:
             left_out.append(f"record {verified.record.seq} ({exc.code})")
             continue
         first = first or first_of
+        if first_of.originator != first.originator:
+            left_out.append(f"record {verified.record.seq} (another initiator's exchange)")
+            continue
         items.append(verified.statement)
         decisions.append(verified.statement)
-    for verified, body in _m1s(evidence):
-        first = first or body
-        items += _standards(evidence, verified.statement, verify, left_out)
     if first is None:
         return None
     try:
