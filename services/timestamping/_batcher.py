@@ -115,10 +115,13 @@ def _token_bytes(parts: tuple[bytes, bytes, bytes, bytes, int], index: int, dige
                  proof: list[bytes]) -> bytes:
     before_digest, before_index, before_proof, time, first_serial = parts
     pack = _PACKER.pack
+    # each hash of the path is a bin 32: its two header bytes, then the hash
     return b"".join((before_digest, digest, before_index, pack(index), before_proof,
-                     _PACKER.pack_array_header(len(proof)),
-                     *(b"\xc4\x20" + h for h in proof), b"\xa6serial",
-                     pack(first_serial + index), time))
+                     _PACKER.pack_array_header(len(proof)), _BIN32 if proof else b"",
+                     _BIN32.join(proof), b"\xa6serial", pack(first_serial + index), time))
+
+
+_BIN32: Final = b"\xc4\x20"
 
 
 #: msgpack's shortest forms (pack is one C call holding the GIL: threads may share it).
