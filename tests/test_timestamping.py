@@ -5,6 +5,7 @@ its tokens leaves, and continues its chain across restarts and crashes."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import hashlib
@@ -228,6 +229,45 @@ def test_garbled_token_bytes_are_refused_with_a_code(market: Market, tokens: lis
         return
     # the flip landed where it changes nothing the token proves (impossible in practice)
     raise AssertionError(f"garbled token accepted: {bytes(raw).hex()}")
+
+
+def _bad_version(der: bytes, field: bytes) -> bytes:
+    """``der`` with the last byte of ``field`` (its version, the first such) made 5."""
+    at = der.index(field) + len(field) - 1
+    return der[:at] + b"\x05" + der[at + 1:]
+
+
+def test_a_token_whose_certificate_has_a_bad_version_is_refused_with_a_code(
+        market: Market, tokens: list[Token]) -> None:
+    """Found by test_garbled_token_bytes_are_refused_with_a_code (one flip of the
+    certificate's version byte): cryptography raised its InvalidVersion, which is no
+    ValueError, through load_certificate: a traceback instead of a code."""
+    der = tokens[0].certificate
+    bad = dataclasses.replace(tokens[0], certificate=_bad_version(der, b"\xa0\x03\x02\x01\x02"))
+    with pytest.raises(ServiceError) as refused:
+        check(market, bad.to_bytes())
+    assert refused.value.code == "auth.bad_certificate"
+
+
+def test_a_crl_or_csr_with_a_bad_version_is_refused_with_its_code(market: Market) -> None:
+    """Other members of the kind (X.509 read from untrusted bytes): a CRL (PEM or DER,
+    as `semper timestamp verify --crl` reads one) and an enrollment CSR whose version
+    is not one X.509 knows get their own codes, not cryptography's InvalidVersion."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from semper.services.certificates import check_csr, make_csr
+
+    crl = _bad_version(market.crl.public_bytes(Encoding.DER), b"\x02\x01\x01")
+    pem = b"-----BEGIN X509 CRL-----\n%s-----END X509 CRL-----\n" % base64.encodebytes(crl)
+    for data in (crl, pem):
+        with pytest.raises(ServiceError) as refused:
+            load_crl(data)
+        assert refused.value.code == "auth.bad_crl"
+    csr = _bad_version(make_csr(ed25519.Ed25519PrivateKey.generate(), "buyer"), b"\x02\x01\x00")
+    with pytest.raises(ServiceError) as refused:
+        check_csr(csr, agent_id="buyer")
+    assert refused.value.code == "enroll.bad_csr"
 
 
 @settings(max_examples=200, deadline=None)

@@ -278,7 +278,7 @@ def check_csr(csr_der: bytes, *, agent_id: str) -> ed25519.Ed25519PublicKey:
         csr = x509.load_der_x509_csr(csr_der)
         key = csr.public_key()
         subject = csr.subject
-    except (ValueError, UnsupportedAlgorithm) as exc:
+    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
         raise BadCsr(f"not a readable CSR: {exc}") from exc
     if not isinstance(key, ed25519.Ed25519PublicKey):
         raise BadCsr("the CSR's key must be Ed25519")

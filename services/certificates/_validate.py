@@ -146,7 +146,7 @@ def load_certificate(data: bytes) -> x509.Certificate:
         if data.lstrip().startswith(b"-----"):
             return x509.load_pem_x509_certificate(data)
         return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
         raise BadCertificate(f"not a certificate: {exc}") from exc
 
 
@@ -162,7 +162,7 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
         if data.lstrip().startswith(b"-----"):
             return x509.load_pem_x509_crl(data)
         return x509.load_der_x509_crl(data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise BadCrl(f"not a CRL: {exc}") from exc
 
 
