@@ -22,20 +22,27 @@ token comes to a bare round trip on the same channel (issue 9: done at >= 0.8).
 ``--json`` prints one object: ``tokens_per_s``, ``ping_per_s``, ``ping_ratio``, and
 ``tokens`` (counted in the best round), ``batches`` and ``tokens_per_batch`` (the
 notary's, over the whole run), ``cpu_us_per_request`` (``{"ping"|"token": {"notary",
-"client"}}``: CPU microseconds per request over all rounds, from /proc), ``cores``,
+"notary_main", "client"}}``: CPU microseconds per request over all rounds, from /proc;
+``notary_main`` is the notary's event-loop thread alone, the rest of ``notary`` its
+database writer's and event log's threads), ``cores``,
 ``seconds``, ``rounds``, ``concurrency``, ``batch_ms``, ``batch_max``.
 
-Where a token's time goes (issue 9's first runs, 2 cores shared with other work at
-load average ~7): with 32 in flight the requests of one round trip nearly all land in
-one batch (~31 tokens per signed head), so a token waits for the transport's round
-trip *and* one commit, and the fsync'd commit took 5-10 ms under that load (0.6 ms
-median alone). Per token the notary spends ~20 us on its own work (request decode
-3.5, leaf and tree 4.4, a 32nd of the head's signature 2.6 and of the commit 5, the
-token's bytes 4.3) and ~100 us of CPU in all against ~43 us per ping (the waiting
-request's wake-up, the 1.1 KB answer through TLS, the fsync's kernel time); when the
-cores are saturated, throughput follows CPU per request, and ping_ratio came out
-0.33-0.59. A quiet machine narrows the gap (commit latency), but the token stays
-about twice the ping's CPU: 0.8 was not reached here.
+Where a token's time goes. With 32 in flight the requests of one round trip nearly
+all land in one batch (~31.8 tokens per signed head), so the client and the notary
+work in turns, for pings as for tokens, and throughput follows the CPU both spend
+per request (the two processes on 2 cores): ping_ratio ~ CPU(ping) / CPU(token),
+client and notary together. Measured at load average ~1.5 (issue 9, brief T2):
+ping 33.6 + 33.9 us, token 55.5 + 38.3 us, ping_ratio 0.70 (T1's code and the
+tree before T2, same conditions: token 83.9 + 41.8 us, 0.53). Of a token's ~22 us
+of notary CPU beyond a ping's, the commit is ~15-20 (its fsync ~10: with ``synchronous=OFF``, for
+measurement only, the notary spent ~48 us a token; the hand-over to the database's
+writer thread and back ~5); the rest is the batch's work (decoding the requests,
+hashing the leaves and the tree, one Ed25519 signature, writing the 32 tokens' bytes
+from parts encoded once: ~5 us a token) and the bigger answer (1.1 KB: the token's
+517-byte certificate and its 330-byte signed head) through TLS. The client spends
+~4 us more a token than a ping (the bigger answer). 0.8 would need the commit's
+fixed cost (one fsync'd commit per batch of 32) cut by half, or more than 32
+requests per batch, which 32 in flight cannot give.
 """
 
 from __future__ import annotations
@@ -100,10 +107,12 @@ def start_notary(market: Path, profile: Path | None = None) -> subprocess.Popen[
     return process
 
 
-def _cpu(pid: int) -> float:
-    """CPU seconds (user + system) the process has used, from /proc (0 elsewhere)."""
+def _cpu(pid: int, task: int | None = None) -> float:
+    """CPU seconds (user + system) the process (or its thread ``task``) has used, from
+    /proc (0 elsewhere)."""
+    where = f"/proc/{pid}/stat" if task is None else f"/proc/{pid}/task/{task}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(where).read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -136,8 +145,10 @@ def run(market: Path, notary: int, *, seconds: float, rounds: int, concurrency: 
     client = Agent(AgentConfig.load(market / "buyer" / "agent.toml"))
     answers: list[Any] = []
     best = {"ping": 0, "token": 0}
-    #: CPU microseconds per request of each kind, notary and client, over all rounds.
-    cpu = {kind: {"notary": 0.0, "client": 0.0, "count": 0} for kind in best}
+    #: CPU microseconds per request of each kind, notary (all its threads; and its main
+    #: thread, the event loop, alone) and client, over all rounds.
+    cpu = {kind: {"notary": 0.0, "notary_main": 0.0, "client": 0.0, "count": 0}
+           for kind in best}
 
     async def main() -> None:
         with trio.fail_after(DEADLINE + rounds * 2 * seconds):
@@ -147,10 +158,11 @@ def run(market: Path, notary: int, *, seconds: float, rounds: int, concurrency: 
                     await _window(channel, kind, min(0.3, seconds), concurrency, [])
                 for _ in range(rounds):
                     for kind in ("ping", "token"):
-                        before = _cpu(notary), time.process_time()
+                        before = _cpu(notary), _cpu(notary, notary), time.process_time()
                         count = await _window(channel, kind, seconds, concurrency, answers)
                         cpu[kind]["notary"] += _cpu(notary) - before[0]
-                        cpu[kind]["client"] += time.process_time() - before[1]
+                        cpu[kind]["notary_main"] += _cpu(notary, notary) - before[1]
+                        cpu[kind]["client"] += time.process_time() - before[2]
                         cpu[kind]["count"] += count
                         best[kind] = max(best[kind], count)
 
@@ -171,7 +183,7 @@ def run(market: Path, notary: int, *, seconds: float, rounds: int, concurrency: 
     if missing:
         raise SystemExit(f"tokens answered but not stored: {missing[:10]}")
     cpu_us = {kind: {side: round(cpu[kind][side] / max(1, cpu[kind]["count"]) * 1e6, 1)
-                     for side in ("notary", "client")} for kind in cpu}
+                     for side in ("notary", "notary_main", "client")} for kind in cpu}
     return {"tokens_per_s": best["token"] / seconds, "ping_per_s": best["ping"] / seconds,
             "tokens": best["token"], "stored": stored, "batches": batches,
             "cpu_us": cpu_us}
@@ -235,8 +247,8 @@ def main() -> None:
           f"({report['tokens_per_batch']} tokens per signed, committed batch)")
     print(f"  ping_ratio         {report['ping_ratio']:>10.3f}  (tokens/s over pings/s)")
     for kind, sides in report["cpu_us_per_request"].items():
-        print(f"  CPU per {kind:<5}     notary {sides['notary']:.1f} us, client "
-              f"{sides['client']:.1f} us")
+        print(f"  CPU per {kind:<5}     notary {sides['notary']:.1f} us (event loop "
+              f"{sides['notary_main']:.1f}), client {sides['client']:.1f} us")
 
 
 if __name__ == "__main__":
