@@ -816,3 +816,44 @@ def test_every_payment_code_is_stable() -> None:
         "payment.cheque_reused", "payment.refund_exceeds_payment", "payment.unknown_account",
         "payment.unknown_payment", "payment.wrong_bank", "payment.already_paid",
         "payment.too_many_stopped"}
+
+
+# --- settles: a third party (the notary of a fair purchase) checks a settlement -----
+
+
+def _settles_args(w: World, **kw: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = dict(bank_certificate=w.bank.cert, payer="buyer.ann",
+                                  payee="seller.books", amount=eur(1250), reference=REF,
+                                  idempotency_key="k-1", **w.trust())
+    return {**fields, **kw}
+
+
+def test_transfer_settles_only_the_orders_confirmation(w: World) -> None:
+    from semper.services.payment.transfer import TransferModule
+    confirmation = sign(w.bank, TRANSFER_CONFIRMATION, TransferConfirmation(
+        order=bytes(32), payer="buyer.ann", payee="seller.books", amount=eur(1250),
+        reference=REF, entry=0).to_body())
+    TransferModule().settles(confirmation, **_settles_args(w))
+    for changed in ({"reference": bytes(32)}, {"payee": "seller.games"},
+                    {"amount": eur(1249)}, {"payer": "buyer.bob"}):
+        with pytest.raises(BadConfirmation):
+            TransferModule().settles(confirmation, **_settles_args(w, **changed))
+    with pytest.raises(ServiceError):  # signed by a buyer, not a bank
+        TransferModule().settles(sign(w.buyer, TRANSFER_CONFIRMATION, confirmation.body),
+                                 **_settles_args(w, bank_certificate=w.buyer.cert))
+
+
+def test_cheque_settles_only_the_clearing_of_the_orders_serial(w: World) -> None:
+    from semper.services.payment.cheque import ChequeModule, cheque_serial
+    cleared = sign(w.bank, CHEQUE_CLEARED, ChequeCleared(
+        cheque=bytes(32), payer="buyer.ann", payee="seller.books", amount=eur(1250),
+        serial=cheque_serial("buyer.ann", "k-1"), entry=4).to_body())
+    ChequeModule().settles(cleared, **_settles_args(w))
+    for changed in ({"idempotency_key": "k-2"}, {"payee": "seller.games"},
+                    {"amount": eur(1251)}):
+        with pytest.raises(ServiceError):
+            ChequeModule().settles(cleared, **_settles_args(w, **changed))
+    with pytest.raises(ServiceError):  # a transfer's confirmation is no cheque's clearing
+        ChequeModule().settles(sign(w.bank, TRANSFER_CONFIRMATION, TransferConfirmation(
+            order=bytes(32), payer="buyer.ann", payee="seller.books", amount=eur(1250),
+            reference=REF, entry=0).to_body()), **_settles_args(w))

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from semper.agents.components._archive import RECORD_OVERHEAD, peer_usage
 from semper.agents.components._evidence import QuotaExceeded
 from semper.agents.components._notary import NotaryDecisions
+from semper.agents.components._payments import installed_modules
 from semper.agents.runtime._component import Component, handles
 from semper.agents.runtime._faults import crash_point
 from semper.services.certificates import load_certificate
@@ -56,7 +57,6 @@ from semper.services.fairexchange import (
 from semper.services.fairexchange._bodies import DecisionWire
 from semper.services.fairexchange._errors import BadPayment
 from semper.services.money import Amount
-from semper.services.payment.cheque import cheque_serial
 from semper.services.statements import Statement
 
 __all__ = ["DAY_MS", "KEY_VALIDITY_MS", "MIGRATIONS", "NotaryEscrow", "certificate_of",
@@ -284,33 +284,28 @@ class NotaryEscrow(Component):
             certificates[body.payment.signer] = bank
         keys = await self.private_keys()
         verify = self._verifier(certificates)
-        verify_payment = self._payment_check(verify, terms, bank)
+        verify_payment = self._payment_check(terms, bank)
         return await self._decide(request, lambda book: recover_goods(
             book, body, requester=request.peer.agent_id, private_keys=keys, verify=verify,
             verify_payment=verify_payment, now_ms=self.context.now_ms()),
             [body.order, body.delivery, body.payment], certificates)
 
-    def _payment_check(self, verify: Any, terms: Order, bank: x509.Certificate | None) -> Any:
+    def _payment_check(self, terms: Order, bank: x509.Certificate | None) -> Any:
         def verify_payment(payment: Statement, *, order: bytes, seller: str,
                            amount: Amount) -> None:
             """A bank's settlement of ``amount`` from the order's buyer to ``seller``
-            for this order: its ``reference`` is the order's digest (a transfer), or
-            its ``serial`` the cheque serial the buyer writes for the order's
-            idempotency key (a cleared cheque)."""
+            for this order, as the order's payment module tells it offline (its
+            ``settles``): the notary names no instrument."""
             if bank is None:
                 raise BadPayment("the payment is not signed by a bank of this market",
                                  detail={"reason": "bank"})
-            identity = verify(payment)
-            if identity.role != _BANK_ROLE:
-                raise BadPayment(f"the payment is signed by a {identity.role}, not a bank",
-                                 detail={"reason": "bank"})
-            fields = payment.body
-            if fields.get("payer") != terms.buyer or fields.get("payee") != seller \
-                    or fields.get("amount") != amount.to_wire() or "original" in fields:
-                raise BadPayment("the payment is not the order's buyer paying its amount "
-                                 "to its seller", detail={"reason": "terms"})
-            serial = cheque_serial(terms.buyer, terms.idempotency_key)
-            if fields.get("reference") != order and fields.get("serial") != serial:
-                raise BadPayment("the payment is for another order",
-                                 detail={"reason": "reference"})
+            module = installed_modules().get(terms.payment_module)
+            settles = getattr(module, "settles", None)
+            if settles is None:
+                raise BadPayment(f"the payment module {terms.payment_module!r} cannot show "
+                                 "a settlement to the notary", detail={"reason": "module"})
+            settles(payment, bank_certificate=bank, root=self.context.root,
+                    crl=self.context.crl, now=self.context.now(), payer=terms.buyer,
+                    payee=seller, amount=amount, reference=order,
+                    idempotency_key=terms.idempotency_key)
         return verify_payment

@@ -354,6 +354,15 @@ class PaymentModule(Protocol):
     # we made before the hand-over, and its amount, so that the payer knows a
     # refusal did not leave the money with it. A module without them moves no money
     # before the payee accepts. Neither signs, archives nor asks anyone.
+    #
+    # Optional, for a third party that must tell offline whether a payment was made
+    # (the notary of a fair purchase, protocol.md 10.5): ``settles(settlement, *,
+    # bank_certificate, root, crl, now, payer, payee, amount, reference,
+    # idempotency_key) -> None`` raises a coded refusal (``payment.*``,
+    # ``statement.*``, ``auth.*``) unless ``settlement`` is the bank's statement that
+    # this instrument's payment of ``amount`` from ``payer`` to ``payee`` for the
+    # order ``reference`` (paid under ``idempotency_key``) settled. A module without
+    # it cannot pay a fair purchase.
 
     async def refund(self, ctx: PayeeContext, original: PaymentResult, amount: Amount,
                      reason: str, key: str) -> RefundResult:

@@ -19,7 +19,7 @@ import hashlib
 from typing import Any, ClassVar, Final
 
 from ...money import Amount
-from ...statements import canonical_encode
+from ...statements import Statement, canonical_encode
 from .._modules import (
     Invoice,
     PayeeContext,
@@ -91,6 +91,18 @@ class ChequeModule:
             return False
         return bool(cheque.get("payer") == paid.payer
                     and cheque.get("serial") == paid.settlement.body.get("serial"))
+
+    def settles(self, settlement: Statement, *, bank_certificate: Any, root: Any, crl: Any,
+                now: Any, payer: str, payee: str, amount: Amount, reference: bytes,
+                idempotency_key: str) -> None:
+        """Raises unless ``settlement`` is a bank's clearing of the cheque of ``amount``
+        that ``payer`` writes to ``payee`` under ``idempotency_key`` (its serial names
+        the payment; checked offline)."""
+        del reference  # the serial names the payment
+        verify_cheque_cleared(
+            settlement, bank_certificate=bank_certificate, root=root, crl=crl, now=now,
+            expected_payee=payee, expected_amount=amount,
+            expected_serial=cheque_serial(payer, idempotency_key), expected_payer=payer)
 
     async def accept(self, ctx: PayeeContext, proof: dict[str, Any], *,
                      invoice: Invoice) -> PaymentResult:

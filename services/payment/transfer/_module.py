@@ -114,6 +114,17 @@ class TransferModule:
                              amount=body.amount, reference=body.reference,
                              settlement=got.confirmation, bank_certificate=got.bank_certificate)
 
+    def settles(self, settlement: Statement, *, bank_certificate: Any, root: Any, crl: Any,
+                now: Any, payer: str, payee: str, amount: Amount, reference: bytes,
+                idempotency_key: str) -> None:
+        """Raises unless ``settlement`` is a bank's confirmation of a transfer of
+        ``amount`` from ``payer`` to ``payee`` for ``reference`` (checked offline)."""
+        del idempotency_key  # the reference names the payment
+        verify_transfer_confirmation(
+            settlement, bank_certificate=bank_certificate, root=root, crl=crl, now=now,
+            expected_payee=payee, expected_amount=amount, expected_reference=reference,
+            expected_payer=payer)
+
     def prepaid(self, statements: Sequence[Statement]) -> tuple[Statement, Amount] | None:
         """Among our archived statements of a payment's transaction, our bank's
         confirmation of a transfer we made (archived before the proof left us), and
