@@ -99,8 +99,9 @@ async def test_the_ca_records_what_it_issued(market: Path, tmp_path: Path) -> No
         rows = db.execute("SELECT agent_id, role, fingerprint, via FROM issued_certificates "
                           "ORDER BY agent_id").fetchall()
         used_serial = db.execute("SELECT used_serial FROM enroll_invitations").fetchone()[0]
-    # market init recorded its five; enrollment recorded one more, naming the token.
-    assert [r[0] for r in rows] == ["bank", "buyer", "ca", "notary", "seller", "shop"]
+    # market init recorded its six; enrollment recorded one more, naming the token.
+    assert [r[0] for r in rows] == ["arbiter", "bank", "buyer", "ca", "notary", "seller",
+                                    "shop"]
     shop = rows[-1]
     assert shop[1] == "seller" and shop[2] == enrolled.identity.fingerprint
     assert shop[3] == f"token:{token.token_id.hex()}"

@@ -76,10 +76,10 @@ def command() -> None:
     """Certified mail: a message for a signed receipt, fairly, with the market's notary.
 
     \b
-    semper mail send --config A.toml --to B_ID --file FILE [--json]
-    semper mail inbox --config B.toml [--json]
-    semper mail read --config B.toml MAIL -o FILE
-    semper mail show --config X.toml MAIL [--json]
+    `semper mail send --config A.toml --to B_ID --file FILE [--json]`
+    `semper mail inbox --config B.toml [--json]`
+    `semper mail read --config B.toml MAIL -o FILE`
+    `semper mail show --config X.toml MAIL [--json]`
     """
 
 
@@ -94,7 +94,7 @@ def command() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def send(config_path: Path, receiver: str, file_path: Path, notary: str | None,
          passphrase_file: Path | None, as_json: bool) -> None:
-    """Send FILE to --to as certified mail; exit 0 once the exchange ended (the
+    """Send the --file to --to as certified mail; exit 0 once the exchange ended (the
     receipt held: delivered or recovered; or closed without one: failed)."""
     message = _read_message(file_path)
     agent = _agent(config_path, passphrase_file)

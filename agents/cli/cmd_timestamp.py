@@ -90,8 +90,8 @@ def command() -> None:
     """Timestamp a file with the market's notary, or verify a token.
 
     \b
-    semper timestamp --config X.toml FILE -o TOKEN [--notary ID] [--json]
-    semper timestamp verify FILE TOKEN --root ROOT.pem [--crl CRL.pem] [--json]
+    `semper timestamp --config X.toml FILE -o TOKEN [--notary ID] [--json]`
+    `semper timestamp verify FILE TOKEN --root ROOT.pem [--crl CRL.pem] [--json]`
     """
 
 
@@ -105,7 +105,7 @@ def command() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def request(config_path: Path, file: Path, output: Path, notary: str,
             passphrase_file: Path | None, as_json: bool) -> None:
-    """Ask the notary for a token of FILE's SHA-256; check it; write it to -o."""
+    """Ask the notary for a token of FILE's digest; check it; write it to -o."""
     digest = _digest_of(file)
     if not output.resolve().parent.is_dir():
         raise CliError("agent.cannot_write", f"cannot write {output}: no folder {output.parent}")
