@@ -428,3 +428,29 @@ def test_an_evidence_bundle_verifies_offline_in_a_fresh_process(
     done = _verify_offline(folder, tampered.to_bytes(), pem(trade.market.ca.certificate))
     assert (done.returncode, done.stdout.strip()) == (
         1, "archive.invalid_evidence statement.bad_signature")
+
+
+def test_a_chain_link_does_not_pull_another_exchange_into_a_bundle(market: Market) -> None:
+    """A notary's decisions link to the one before by ``previous``; an archive that
+    holds two (a buyer's two fair purchases) must not put the first, whose payload
+    is the first purchase's content key, into the second's bundle. A digest under
+    any other key still brings its statement (the related record of 6A.8)."""
+    notary, buyer = market.agent("notary", "notary"), market.agent("buyer-1")
+    first = _statement(notary, "fairexchange.decision",
+                       {"exchange": b"\x01" * 32, "payload": b"key one",
+                        "previous": bytes(32)}, 1)
+    offer = _statement(notary, "commerce.offer", {"item": "x"}, 2)
+    second = _statement(notary, "fairexchange.decision",
+                        {"exchange": b"\x02" * 32, "payload": b"key two",
+                         "previous": first.digest, "request": {"previous": first.digest},
+                         "offer": offer.digest}, 3)
+    chain: list[ArchiveRecord] = []
+    for n, (statement, transaction) in enumerate([(first, "tx-1"), (offer, "tx-0"),
+                                                  (second, "tx-2")]):
+        chain.append(next_record(chain[-1] if chain else None, direction="received",
+                                 peer="notary", transaction=transaction,
+                                 statement=statement, recorded_at=NOW_MS + 10 + n))
+    bundle = collect_bundle(chain, transaction="tx-2", certificates=[notary.cert, buyer.cert],
+                            crl=market.crl, root=market.ca.certificate)
+    held = {Statement.from_bytes(r.statement).digest for r in bundle.records}
+    assert held == {second.digest, offer.digest}

@@ -237,9 +237,17 @@ class VerifiedStatement:
     witness: int | None = None
 
 
+#: Keys whose value links a chain (a notary's decision to its previous decision, a
+#: tree head to the head before it), not evidence this statement rests on: following
+#: one would put another exchange's statement, with what it releases (a content
+#: key), into this transaction's bundle.
+CHAIN_LINKS: Final = frozenset({"previous"})
+
+
 def named_digests(statement: Statement) -> set[bytes]:
-    """Every 32-byte value in the statement's body: the digests of the statements it
-    names (a receipt's ``statement``, an order's ``offer_digest``, ...)."""
+    """Every 32-byte value in the statement's body but chain links: the digests of
+    the statements it names (a receipt's ``statement``, an order's ``offer_digest``,
+    ...)."""
     found: set[bytes] = set()
     stack: list[Any] = [statement.body]
     while stack:  # bounded: the body is a finite canonical value
@@ -247,7 +255,7 @@ def named_digests(statement: Statement) -> set[bytes]:
         if type(value) is bytes and len(value) == _DIGEST:
             found.add(value)
         elif type(value) is dict:
-            stack.extend(value.values())
+            stack.extend(v for k, v in value.items() if k not in CHAIN_LINKS)
         elif type(value) is list:
             stack.extend(value)
     return found
