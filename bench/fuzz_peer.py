@@ -1,8 +1,8 @@
 """A hostile peer for semper agents, driven by Hypothesis (issue 7).
 
-Theory of operation. One local market (``init_market``) runs its CA, bank and seller
-in one trio loop, in a thread of its own (``Harness``), for the whole run: starting
-agents per example would cost seconds each. The peer holds the buyer's real
+Theory of operation. One local market (``init_market``) runs its CA, bank, seller,
+notary and arbiter in one trio loop, in a thread of its own (``Harness``), for the
+whole run: starting agents per example would cost seconds each. The peer holds the buyer's real
 credentials, so it gets past TLS and the certificate check and reaches the code that
 reads frames. Hypothesis draws one ``Case`` per example (in the caller's thread) and
 the harness plays it over real TLS on loopback, on either kind of channel:
@@ -10,10 +10,13 @@ the harness plays it over real TLS on loopback, on either kind of channel:
 * **inbound**: the peer dials the target agent, reads its hello, sends ours (or a
   fuzzed one) and then the case's frames: arbitrary bytes and length prefixes,
   truncated frames, msgpack outside the value model, envelopes of every type with
-  arbitrary fields, requests for the agents' real ops with arbitrary bodies, and
-  valid request bodies the real buyer sent (recorded while it bought something
-  once, at start) with one field perturbed and the statement re-signed by its real
-  signer, so that the checks behind the signature are reached too;
+  arbitrary fields, requests for every op declared in services/ (``declared_ops``)
+  with arbitrary bodies, and valid request bodies the real agents sent (recorded at
+  start while the buyer bought, signed a contract, had one aborted and one resolved,
+  sent and received certified mail, bought fairly, took a timestamp and filed a
+  dispute, and the arbiter asked the CA for a reveal; plus the notary's recovery
+  requests built from those) with one field perturbed and the statement re-signed
+  by its real signer, so that the checks behind the signature are reached too;
 * **outbound**: the target agent dials the peer (its ``[peers]`` says the buyer
   listens where the peer does) for a request of its own, and the peer answers with
   a fuzzed hello or the case's frames, answers to the agent's request among them.
@@ -26,7 +29,9 @@ ERROR or above from a ``semper`` logger; an exception without a stable ``code``
 from the agent's own request on an outbound channel; a case that does not end
 within ``CASE_DEADLINE`` (a hang); an agent that stopped or does not answer a fresh
 channel's ``sys.ping`` within 1 s; the bank's books out of balance, or balances
-moved with no money-moving request answered ``res``.
+moved with no money-moving request answered ``res``; a notary that signed two
+decisions for one exchange (``fairexchange.conflict``), or whose decisions or
+timestamp tree heads stop forming a hash chain.
 
 Run it: ``python bench/fuzz_peer.py --frames 100000`` (``--json`` for programs);
 tests/test_hardening_fuzzpeer.py runs a short version in the suite.
@@ -35,12 +40,16 @@ tests/test_hardening_fuzzpeer.py runs a short version in the suite.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import functools
+import hashlib
+import importlib
 import json
 import logging
 import os
+import pkgutil
 import resource
 import ssl
 import sys
@@ -60,8 +69,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from semper.agents.components import _ledger
+import semper.services as services_package
+from semper.agents.components import _archive, _ledger
+from semper.agents.components._contracts import Contracts
+from semper.agents.components._fair_buyer import FairShopper
+from semper.agents.components._mail import CertifiedMail
 from semper.agents.components._purchase import Shopper
+from semper.agents.components._reveal import request_reveal
 from semper.agents.operator._market import init_market
 from semper.agents.operator._operator import invite_agent
 from semper.agents.roles.ca import CertificationAuthority
@@ -69,6 +83,8 @@ from semper.agents.runtime._agent import Agent
 from semper.agents.runtime._config import AgentConfig
 from semper.agents.runtime._identity import Credentials
 from semper.services import Amount
+from semper.services._ops import declared_ops
+from semper.services.archive import collect_bundle
 from semper.services.certificates import (
     EnrollRequest,
     Level,
@@ -76,7 +92,11 @@ from semper.services.certificates import (
     fingerprint,
     make_csr,
 )
-from semper.services.statements import sign_statement
+from semper.services.disputes import FileAnswer, FileRequest
+from semper.services.fairexchange import DecisionBody, conflict
+from semper.services.statements import Statement, sign_statement
+from semper.services.timestamping import NO_PREVIOUS, TimestampRequest, TreeHead
+from semper.services.timestamping import REQUEST as TIMESTAMP_REQUEST
 from semper.transport import (
     NEED_DATA,
     ChannelConfig,
@@ -98,22 +118,29 @@ MAX_FRAME = ChannelConfig().max_frame
 #: Real seconds one case may take before it counts as a hang.
 CASE_DEADLINE = 15.0
 PING_DEADLINE = 1.0
-TARGETS = ("bank", "seller", "ca")
-#: Who serves what, so that most requests reach a handler.
+TARGETS = ("bank", "seller", "ca", "notary", "arbiter")
+#: Who serves what, so that most requests reach a handler; each running agent's own
+#: registry replaces its entry once it runs (Harness._main).
 SERVES = {
-    "bank": ("bank", "sys", "evidence"),
-    "seller": ("commerce", "payment", "sys", "evidence"),
-    "ca": ("certificates", "directory", "sys", "evidence"),
+    "bank": ("bank", "sys", "evidence", "contract", "mail"),
+    "seller": ("commerce", "payment", "fair", "sys", "evidence", "contract", "mail"),
+    "ca": ("certificates", "directory", "ca", "sys", "evidence", "contract", "mail"),
+    "notary": ("notary", "timestamp", "sys", "evidence", "contract", "mail"),
+    "arbiter": ("dispute", "sys", "evidence", "contract", "mail"),
     "enroll": ("enroll",),  # the CA's enrollment listener: no client certificate, no hello
 }
-OPS = (
-    ("sys", "ping"), ("bank", "transfer"), ("bank", "deposit_cheque"), ("bank", "refund"),
-    ("bank", "stop_cheque"), ("bank", "account"), ("commerce", "catalogue"),
-    ("commerce", "order"), ("commerce", "fetch"), ("commerce", "refund"),
-    ("payment", "capabilities"), ("payment", "accept"), ("evidence", "deliver"),
-    ("certificates", "crl"), ("certificates", "status"), ("directory", "lookup"),
-    ("directory", "publish"), ("enroll", "request"),
-)
+
+
+def _declared() -> tuple[tuple[str, str], ...]:
+    """Every request op declared in services/ (``declared_ops``), each service's
+    ``_ops`` module imported first so that none is missed."""
+    for info in pkgutil.walk_packages(services_package.__path__, "semper.services."):
+        if info.name.rsplit(".", 1)[-1] == "_ops":
+            importlib.import_module(info.name)
+    return tuple((op.service, op.name) for op in declared_ops() if not op.note)
+
+
+OPS = _declared()
 MONEY_OPS = {("bank", "transfer"), ("bank", "deposit_cheque"), ("bank", "refund"),
              ("payment", "accept"), ("commerce", "refund")}
 STATEMENT_KEYS = frozenset({"v", "type", "body", "signer", "issued_at", "nonce", "signature"})
@@ -391,6 +418,36 @@ class Recorded:
     op: str
     body: Any
     response: Any = None
+    ok: bool = True  # False: refused (still a body that passed the sender's own checks)
+
+
+def _notary_requests(recorded: list[Recorded]) -> list[Recorded]:
+    """The notary's recovery ops, which an honest run never asks, built from what it
+    sent: ``recover_mail`` (the buyer received a mail and holds its receipt),
+    ``close_mail`` (the buyer's own offer), ``recover_goods`` (the buyer's fair
+    purchase: its order, the sealed delivery, its payment)."""
+    def last(service: str, op: str, sender: str) -> Recorded | None:
+        found = [r for r in recorded if (r.service, r.op, r.sender) == (service, op, sender)
+                 and r.ok]
+        return found[-1] if found else None
+
+    out = []
+    to_buyer, from_buyer = last("mail", "deliver", "seller"), last("mail", "deliver", "buyer")
+    if to_buyer is not None:
+        out.append(Recorded("buyer", "notary", "recover_mail", {
+            "offer": to_buyer.body["offer"], "receipt": to_buyer.response["receipt"],
+            "ciphertext": to_buyer.body["ciphertext"]}))
+    if from_buyer is not None:
+        out.append(Recorded("buyer", "notary", "close_mail", {"offer": from_buyer.body["offer"]}))
+    fetch, release = last("fair", "fetch", "buyer"), last("fair", "release", "buyer")
+    orders = [r for r in recorded if (r.service, r.op, r.sender) == ("commerce", "order", "buyer")
+              and r.ok and type(r.body) is dict]
+    order = orders[-1].body.get("order") if orders else None
+    if fetch is not None and release is not None and type(order) is dict:
+        out.append(Recorded("buyer", "notary", "recover_goods", {
+            "order": order, "delivery": fetch.response["delivery"],
+            "ciphertext": fetch.response["ciphertext"], "payment": release.body["payment"]}))
+    return out
 
 
 MUTATIONS = ("type", "huge_int", "negative", "zero", "bytes_str", "missing", "extra", "empty",
@@ -486,7 +543,7 @@ def answer_mutants(recorded: list[Recorded], signers: Signers, service: str, op:
                    ) -> st.SearchStrategy[Any]:
     """A response body for ``service.op``: a recorded valid one, one field perturbed
     (or, with no recording, any value)."""
-    pool = [r.response for r in recorded if (r.service, r.op) == (service, op)]
+    pool = [r.response for r in recorded if (r.service, r.op) == (service, op) and r.ok]
     if not pool:
         return values(outside=False)
 
@@ -666,6 +723,10 @@ class Harness:
         self.log = Findings()
         self.signers: Signers | None = None
         self._delivered = 0
+        #: the notary's book as read so far (_notary_findings)
+        self._decisions: dict[tuple[bytes, str], Statement] = {}
+        self._decision_head: tuple[int, bytes] = (0, bytes(32))
+        self._tree_head: tuple[int, bytes] | None = None
         self._limits = CodecLimits(max_frame=MAX_FRAME, max_str=MAX_FRAME, max_bin=MAX_FRAME)
 
     # -- lifecycle, from the caller's thread
@@ -726,7 +787,7 @@ class Harness:
     async def _main(self) -> None:
         self._stop = trio.Event()
         init_market(self.folder)
-        everyone = ("ca", "bank", "seller", "buyer", "notary")
+        everyone = ("ca", "bank", "seller", "buyer", "notary", "arbiter")
         self.signers = Signers([self.credentials(a) for a in everyone])
         buyer = self.credentials("buyer")
         self._client_tls = TlsContexts(buyer.tls_config()).client
@@ -746,7 +807,8 @@ class Harness:
                 nursery.start_soon(trio.serve_listeners,
                                    functools.partial(self._on_accept, identity), listeners)
             await self._record_valid_bodies(nursery)
-            for name in ("ca", "bank", "seller"):  # the CA first: the others publish there
+            # The CA first: the others publish there.
+            for name in ("ca", "bank", "seller", "notary", "arbiter"):
                 config = self.config(name)
                 # The agents reach "buyer" at the peer, and the seller its bank.
                 peers = {**config.peers, "buyer": addresses["buyer"]}
@@ -755,6 +817,7 @@ class Harness:
                 agent = Agent(dataclasses.replace(config, peers=peers))
                 self.agents[name] = agent
                 await nursery.start(self._keep, agent)
+                SERVES[name] = tuple(sorted({s for s, _ in agent.registry.ops()}))
             # The buyer, as a client only, whose seller is the peer; and a second
             # buyer (same identity, real seller) that pays the seller by cheque.
             config = self.config("buyer")
@@ -801,7 +864,11 @@ class Harness:
         async def recording(channel: Any, service: str, op: str, body: Any = None,
                             **kwargs: Any) -> Any:
             sent = copy.deepcopy(body)
-            response = await original(channel, service, op, body, **kwargs)
+            try:
+                response = await original(channel, service, op, body, **kwargs)
+            except Exception:  # a refusal the recording provokes on purpose (an abort)
+                recorded.append(Recorded(channel.our_hello.agent, service, op, sent, ok=False))
+                raise
             recorded.append(Recorded(channel.our_hello.agent, service, op, sent,
                                      copy.deepcopy(response)))
             return response
@@ -809,10 +876,11 @@ class Harness:
         channel_module.Channel.request = recording  # type: ignore[method-assign]
         try:
             async with AsyncExitStack() as stack:
-                agents = [Agent(self.config(name)) for name in ("ca", "bank", "seller", "buyer")]
-                for agent in agents:
+                names = ("ca", "bank", "seller", "notary", "arbiter", "buyer")
+                agents = {name: Agent(self.config(name)) for name in names}
+                for agent in agents.values():
                     await stack.enter_async_context(_running(agent))
-                buyer = agents[-1]
+                buyer = agents["buyer"]
                 shopper = Shopper(buyer)
                 catalogue, _ = await shopper.catalogue("seller")
                 sku = self._sku = catalogue.offers[0].body["sku"]
@@ -828,6 +896,7 @@ class Harness:
                 await buyer.request("ca", "directory", "lookup", {"agent": "seller"})
                 await buyer.request("ca", "directory", "lookup", {"role": "bank"})
                 await buyer.request("seller", "payment", "capabilities", {})
+                await self._record_notary_bodies(agents, sku)
                 for n in range(3):  # enrollment requests, with tokens good for one use
                     self.recorded.append(Recorded("newbie", "enroll", "request",
                                                   self._enroll_request(f"newbie{n}")))
@@ -835,6 +904,54 @@ class Harness:
             channel_module.Channel.request = original  # type: ignore[method-assign]
         # Keep the buyer's own bodies, and the others' ones for their services.
         self.recorded = [r for r in self.recorded if r.service != "sys"]
+
+    async def _record_notary_bodies(self, agents: dict[str, Agent], sku: str) -> None:
+        """The notary's, the arbiter's and the CA's new ops, each reached once by an
+        honest run: a contract signed, one aborted (the text not approved) and one
+        resolved (the originator stops before revealing and resumes), a certified
+        mail, a fair purchase, a timestamp, the contract's bundle filed with the
+        arbiter, and the arbiter's reveal request citing that case."""
+        buyer, seller, arbiter = agents["buyer"], agents["seller"], agents["arbiter"]
+        contracts = buyer.component(Contracts)
+        signed_text, resolved_text = b"fuzz: signed\n", b"fuzz: resolved\n"
+        for text in (signed_text, resolved_text):
+            await seller.component(Contracts).approve("buyer", text)
+        view = await contracts.sign("seller", signed_text)
+        with contextlib.suppress(Exception):  # not approved: aborted with the notary
+            await contracts.sign("seller", b"fuzz: never approved\n")
+
+        class _Stop(Exception):
+            pass
+
+        async def stop(*args: Any) -> Any:
+            raise _Stop()
+
+        contracts._reveal = stop  # type: ignore[method-assign]
+        try:
+            with contextlib.suppress(_Stop):
+                await contracts.sign("seller", resolved_text)
+        finally:
+            del contracts._reveal  # type: ignore[attr-defined]
+        for exchange in await contracts.in_flight():
+            await contracts.resume(exchange)
+        await buyer.component(CertifiedMail).send("seller", b"fuzz: certified mail")
+        await seller.component(CertifiedMail).send("buyer", b"fuzz: mail to the buyer")
+        await FairShopper(buyer, notary="notary", wait_ms=10_000).buy_fair(
+            "seller", sku, "transfer", "fuzz-fair")
+        await buyer.context.call("notary", TIMESTAMP_REQUEST,
+                                 TimestampRequest(digest=hashlib.sha256(b"fuzz").digest()))
+        await buyer.request("ca", "ca", "reveals", {})
+        name = view.exchange.hex()
+        records = await buyer.database.read(lambda c: _archive.bundle_records(c, name))
+        certificates = await buyer.database.read(_archive.read_certificates)
+        bundle = collect_bundle(records, transaction=name, certificates=certificates,
+                                crl=buyer.crl, root=buyer.credentials.root)
+        answer = FileAnswer.from_wire(await buyer.request("arbiter", "dispute", "file", FileRequest(
+            bundle=bundle.to_bytes()).to_wire()))
+        with contextlib.suppress(Exception):  # "buyer" is no pseudonym: refused, recorded
+            await request_reveal(arbiter.context, "buyer",
+                                 Statement.from_wire(answer.verdict.body["case_statement"]))
+        self.recorded += _notary_requests(self.recorded)
 
     def _enroll_request(self, agent_id: str) -> dict[str, Any]:
         token = invite_agent(self.folder, agent_id, role="buyer",
@@ -879,6 +996,7 @@ class Harness:
             findings.append(f"books out of balance: {after['balanced']}")
         if not money and after["balances"] != before["balances"]:
             findings.append("balances changed though no money-moving request succeeded")
+        findings += await self._notary_findings()
         for record in self.log.records:
             findings.append(f"log {record.levelname} {record.name}: {record.getMessage()}"
                             + (" (with traceback)" if record.exc_info else ""))
@@ -900,6 +1018,52 @@ class Harness:
         if not bank.running:
             return {"balanced": True, "balances": None}
         return await bank.database.read(read)
+
+    async def _notary_findings(self) -> list[str]:
+        """The notary's books after a case: no two decisions for one exchange
+        (``fairexchange.conflict``), its decisions and its timestamp tree heads each a
+        hash chain that links (each names the one before it, numbers one apart).
+        Reads only the rows added since the last look."""
+        notary = self.agents.get("notary")
+        if notary is None or not notary.running:
+            return []
+        seq, head = self._decision_head
+        sequence = -1 if self._tree_head is None else self._tree_head[0]
+
+        def read(c: Any) -> tuple[list[Any], list[Any]]:
+            return (c.execute("SELECT seq, statement FROM notary_decisions WHERE seq > ? "
+                              "ORDER BY seq", (seq,)).fetchall(),
+                    c.execute("SELECT sequence, statement FROM timestamp_heads "
+                              "WHERE sequence > ? ORDER BY sequence", (sequence,)).fetchall())
+
+        decisions, heads = await notary.database.read(read)
+        findings = []
+        for row_seq, data in decisions:
+            statement = Statement.from_bytes(data)
+            body = DecisionBody.from_statement(statement)
+            if (row_seq, body.seq, body.previous) != (seq + 1, seq + 1, head):
+                findings.append(f"notary decision chain does not link at seq {row_seq}: "
+                                f"seq {body.seq}, previous {body.previous.hex()[:16]} after "
+                                f"seq {seq}, head {head.hex()[:16]}")
+            key = (body.exchange, body.initiator)
+            other = self._decisions.setdefault(key, statement)
+            found = conflict(other, statement) if other is not statement else None
+            if found is not None:
+                first = DecisionBody.from_statement(other).decision
+                findings.append(f"notary signed two decisions ({found.kind}) for exchange "
+                                f"{body.exchange.hex()[:16]}: {first} and {body.decision}")
+            seq, head = row_seq, statement.digest
+        self._decision_head = (seq, head)
+        for row_sequence, data in heads:
+            tree = TreeHead.from_statement(Statement.from_bytes(data))
+            previous = NO_PREVIOUS if self._tree_head is None else self._tree_head[1]
+            expected = 0 if self._tree_head is None else self._tree_head[0] + 1
+            if (row_sequence, tree.sequence, tree.previous) != (expected, expected, previous):
+                findings.append(f"timestamp chain does not link at head {row_sequence}: "
+                                f"sequence {tree.sequence}, previous {tree.previous.hex()[:16]}"
+                                f", expected {expected} after {previous.hex()[:16]}")
+            self._tree_head = (row_sequence, tree.id)
+        return findings
 
     async def _check_alive(self, target: str, findings: list[str]) -> None:
         for name, exc in self.dead.items():
