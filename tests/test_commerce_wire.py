@@ -340,6 +340,23 @@ async def test_cheque_refusals_at_the_bank(market: Market) -> None:
     assert (error.code, error.detail["field"]) == ("payment.bad_request", "serial")
     await m.unchanged(cleared)
 
+    # bank.cheque_status: the drawer is answered the clearing its payee was (a payee
+    # that deposited and vanished never passed it on); anyone else asking the same
+    # serial asks about its own cheques; nothing changes.
+    status = await m["buyer"].request("bank", "bank", "cheque_status", {"serial": "s-1"})
+    assert status["state"] == "cleared" and status["cleared"] == first["cleared"]
+    assert status["bank_certificate"] == first["bank_certificate"]
+    assert await m["buyer"].request("bank", "bank", "cheque_status",
+                                    {"serial": "stop-me"}) == {"serial": "stop-me",
+                                                               "state": "stopped"}
+    for asker, serial in (("seller", "s-1"), ("mallory", "s-1"), ("buyer", "never")):
+        assert await m[asker].request("bank", "bank", "cheque_status",
+                                      {"serial": serial}) == {"serial": serial,
+                                                              "state": "open"}
+    error = await m.refused("buyer", "bank", "bank", "cheque_status", {"serial": "a b"})
+    assert (error.code, error.detail["field"]) == ("payment.bad_request", "serial")
+    await m.unchanged(cleared)
+
 
 # -- commerce.order ----------------------------------------------------------------------
 

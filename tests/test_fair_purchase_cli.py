@@ -179,6 +179,28 @@ def test_a_seller_dead_once_paid_cannot_keep_the_goods(
     assert (tmp_path / "again.txt").read_bytes() == output.read_bytes()
 
 
+@pytest.mark.parametrize("pay", ["cheque", "transfer"])
+def test_a_seller_dead_inside_payment_accept_cannot_keep_the_goods(
+        market: Market, running: Running, tmp_path: Path, pay: str) -> None:
+    """The seller dies inside ``payment.accept`` once the money moved (its deposit of
+    our cheque cleared; a transfer moved before the hand-over), before answering:
+    the buyer was answered no settlement, yet the notary needs one. A cheque's
+    drawer asks its bank for the clearing (``bank.cheque_status``); a transfer's
+    confirmation is in the buyer's archive. Either way the buyer goes to the notary
+    and gets the goods."""
+    running.ensure()
+    offer_digest(market, "map-002")
+    seller = running.restart("seller", crash_at="fair.seller.accepted")
+    output = tmp_path / "map.txt"
+    done = buy(market, "map-002", output, pay=pay)
+    assert seller.process.wait(DEADLINE) == -9  # it died where it was told to
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["resolved_by"] == "notary" and result["payment"]["module"] == pay
+    assert_goods(market, "map-002", output)
+    running.restart("seller")
+
+
 @pytest.mark.parametrize(("party", "point", "first_ok"), [
     ("seller", "fair.seller.fetched", False),
     ("seller", "fair.seller.released", True),

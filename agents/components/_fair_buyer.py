@@ -9,7 +9,10 @@ step, before the next message leaves):
    encrypted, the key escrowed for the notary; the machine checks the delivery names
    the order, our notary and the offer's content digest;
 2. the payment, as ``semper buy`` pays (any instrument); the bank's settlement is fed
-   to the machine (``Paid``) and kept;
+   to the machine (``Paid``) and kept. A hand-over that fails without the seller's answer (it died inside
+   ``payment.accept`` once the money moved) is not the end: the settlement is looked
+   for in our archive or asked of our bank (``_settled_anyway``), and the purchase
+   goes on as paid;
 3. ``fair.release`` with the settlement: the key, which must open the goods to the
    offer's digest. If the seller refuses, answers a bad key, fails, or is silent for
    the wait (the request timeout), the buyer goes to the notary by itself:
@@ -40,6 +43,7 @@ import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from semper.agents.components._archive import append, entry
+from semper.agents.components._payments import AgentPaymentContext
 from semper.agents.components._purchase import PurchaseOutcome, Shopper
 from semper.agents.runtime._component import Component
 from semper.agents.runtime._faults import crash_point
@@ -63,13 +67,14 @@ from semper.services.fairexchange._fairpurchase import (
     RecoverGoodsWire,
     ReleaseWire,
 )
-from semper.services.payment import PaymentResult
+from semper.services.payment import PaymentRequest, PaymentResult
 from semper.services.statements import (
     Statement,
     canonical_decode,
     canonical_encode,
     verify_statement,
 )
+from semper.transport import RemoteError
 
 __all__ = ["MIGRATIONS", "FairOutcome", "FairPurchases", "FairRefundDue", "FairShopper"]
 
@@ -216,7 +221,12 @@ class FairShopper(Shopper):
             crash_point("fair.buyer.delivered")
         result = await self._paid_before(fair, decision, purchase)
         if result is None:
-            result = await super()._pay(decision, purchase)
+            try:
+                result = await super()._pay(decision, purchase)
+            except RemoteError:
+                raise  # the seller's own answer: it is there, the commerce part judges it
+            except Exception as exc:
+                result = await self._settled_anyway(decision, purchase, exc)
         if fair.state is FairState.DELIVERED:
             fair.receive(Paid(payment=result.settlement), now_ms=self._ms())
             await self._save_fair(fair, order.digest, seller)
@@ -226,6 +236,46 @@ class FairShopper(Shopper):
         except Exception as exc:  # the notary unreachable, say: buy_fair tries again
             log.info("fair purchase %s not finished yet: %s", order.digest.hex()[:16], exc)
         return result
+
+    async def _settled_anyway(self, decision: Pay, purchase: Purchase, exc: Exception
+                              ) -> PaymentResult:
+        """The settlement of a payment whose hand-over failed without the seller's
+        answer (the seller died inside ``payment.accept``, say, after depositing what
+        we paid with): the money may have moved all the same, and only a settlement
+        lets the notary release the key. From our archive if the instrument moved the
+        money before the hand-over (``prepaid``: a transfer's confirmation), else from
+        our bank through the module (``settlement_of``, optional: a deposit's clearing).
+
+        Raises: ``exc`` again when no settlement is found (nothing moved, or we
+        cannot tell yet: a later run asks again)."""
+        order = purchase.order
+        assert order is not None
+        try:
+            prepaid = await self._prepaid(purchase, decision.module)
+            if prepaid is not None:
+                settlement, amount = prepaid
+                bank = await self.agent.archive.certificate(settlement.signer)
+                if bank is not None and amount == decision.amount:
+                    return PaymentResult(module=decision.module, payer=self.agent.id,
+                                         payee=decision.payee, amount=decision.amount,
+                                         reference=decision.reference, settlement=settlement,
+                                         bank_certificate=bank)
+            settlement_of = getattr(self.payments.module(decision.module), "settlement_of",
+                                    None)
+            if settlement_of is not None:
+                self._progress(f"{decision.payee} did not answer the payment: asking "
+                               "our bank whether it settled")
+                ctx = AgentPaymentContext(self.agent, order.digest.hex(), decision.payee)
+                request = PaymentRequest(payee=decision.payee, amount=decision.amount,
+                                         reference=decision.reference,
+                                         idempotency_key=decision.idempotency_key)
+                found = await settlement_of(ctx, request)
+                if found is not None:
+                    return found  # type: ignore[no-any-return]
+        except Exception as asked:  # the bank away, say: the hand-over's failure stands
+            log.info("no settlement of %s found after the hand-over failed: %s",
+                     order.digest.hex()[:16], asked)
+        raise exc
 
     async def _paid_before(self, fair: FairBuyer, decision: Pay, purchase: Purchase
                            ) -> PaymentResult | None:

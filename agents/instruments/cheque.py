@@ -1,7 +1,9 @@
 """The bank half of ``cheque``: ``bank.deposit_cheque`` clears a cheque its payee
 deposits, once per ``(payer, serial)``; ``bank.stop_cheque`` lets the payer stop a
-serial before it clears. Its table ``bank_cheques`` holds every serial cleared or
-stopped."""
+serial before it clears; ``bank.cheque_status`` tells the payer (only) what became
+of one of its serials, with the clearing: a payee that deposited and vanished never
+passed it on, and the payer may need it (a fair purchase's notary). Its table
+``bank_cheques`` holds every serial cleared or stopped."""
 
 from __future__ import annotations
 
@@ -23,11 +25,13 @@ from semper.agents.runtime._component import Component, handles
 from semper.agents.runtime._faults import crash_point
 from semper.services.payment import UnknownAccount
 from semper.services.payment.cheque import (
+    CHEQUE_STATUS,
     DEPOSIT_CHEQUE,
     STOP_CHEQUE,
     Cheque,
     ChequeProof,
     ChequeReused,
+    ChequeStatus,
     Cleared,
     DepositAnswer,
     StopCheque,
@@ -91,6 +95,22 @@ class ChequeBank(Component):
         payer = context.peer.agent_id
         await self.context.database.transaction(lambda c: stop_cheque(c, payer, request.serial))
         return request
+
+    @handles(CHEQUE_STATUS)
+    async def status(self, context: Any, request: StopCheque) -> ChequeStatus:
+        """The requester's own serial only (the channel's peer is the drawer): nobody
+        else learns whether a payer's cheque cleared. Changes nothing."""
+        payer = context.peer.agent_id
+        row = await self.context.database.read(lambda c: c.execute(
+            "SELECT status, answer FROM bank_cheques WHERE payer = ? AND serial = ?",
+            (payer, request.serial)).fetchone())
+        if row is None:
+            return ChequeStatus(serial=request.serial, state="open")
+        if row[0] != "cleared":
+            return ChequeStatus(serial=request.serial, state="stopped")
+        return ChequeStatus(serial=request.serial, state="cleared",
+                            cleared=Statement.from_bytes(row[1]),
+                            bank_certificate=self.context.certificate)
 
 
 def deposit_cheque(book: BankBook, c: sqlite3.Connection, cheque: Statement, body: Cheque, *,

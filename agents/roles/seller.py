@@ -42,6 +42,7 @@ from semper.agents.components._payments import (
     payment_manager,
 )
 from semper.agents.runtime._component import Component, Context
+from semper.agents.runtime._faults import crash_point
 from semper.agents.runtime._roles import Role
 from semper.services import ServiceError
 from semper.services._ops import Op
@@ -318,6 +319,8 @@ class Sales(Component):
                 result = await self.payments.accept(
                     ctx, request, invoice=Invoice(amount=terms.amount,
                                                   reference=request.reference, payer=buyer))
+                # The money moved (a cheque deposited), the sale not yet stored paid.
+                crash_point("fair.seller.accepted")
                 decisions = sale.receive(PaymentConfirmed(
                     payment=result.settlement.digest, payment_type=result.settlement.type,
                     amount=result.amount), now_ms=self._ms())

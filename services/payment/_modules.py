@@ -363,6 +363,13 @@ class PaymentModule(Protocol):
     # this instrument's payment of ``amount`` from ``payer`` to ``payee`` for the
     # order ``reference`` (paid under ``idempotency_key``) settled. A module without
     # it cannot pay a fair purchase.
+    #
+    # Optional, for a payer whose payee vanished inside ``payment.accept`` after the
+    # money moved (a cheque deposited: only the payee was answered the clearing):
+    # ``async settlement_of(ctx, request) -> PaymentResult | None`` (payer side) asks
+    # our bank for the settlement of our payment ``request``, verified and archived,
+    # None if it did not settle; it moves nothing. The fair buyer calls it before
+    # going to the notary (protocol.md 10.5).
 
     async def refund(self, ctx: PayeeContext, original: PaymentResult, amount: Amount,
                      reason: str, key: str) -> RefundResult:

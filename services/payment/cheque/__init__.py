@@ -18,15 +18,25 @@ from ._checks import (
 )
 from ._errors import BadCheque, ChequeExpired, ChequeReused, ChequeStopped, TooManyStopped
 from ._module import ChequeModule, cheque_serial
-from ._ops import DEPOSIT_CHEQUE, STOP_CHEQUE
+from ._ops import CHEQUE_STATUS, DEPOSIT_CHEQUE, STOP_CHEQUE
 from ._schema import CHEQUE, CHEQUE_CLEARED, Cheque, ChequeCleared
-from ._wire import BANK_DEPOSIT_CHEQUE, BANK_STOP_CHEQUE, ChequeProof, DepositAnswer, StopCheque
+from ._wire import (
+    BANK_CHEQUE_STATUS,
+    BANK_DEPOSIT_CHEQUE,
+    BANK_STOP_CHEQUE,
+    ChequeProof,
+    ChequeStatus,
+    DepositAnswer,
+    StopCheque,
+)
 
 __all__ = [
+    "BANK_CHEQUE_STATUS",
     "BANK_DEPOSIT_CHEQUE",
     "BANK_STOP_CHEQUE",
     "CHEQUE",
     "CHEQUE_CLEARED",
+    "CHEQUE_STATUS",
     "DEPOSIT_CHEQUE",
     "STOP_CHEQUE",
     "BadCheque",
@@ -36,6 +46,7 @@ __all__ = [
     "ChequeModule",
     "ChequeProof",
     "ChequeReused",
+    "ChequeStatus",
     "ChequeStopped",
     "Cleared",
     "DepositAnswer",

@@ -35,7 +35,14 @@ from .._modules import (
 from .._wire import BANK_SERVICE
 from ._checks import verify_cheque, verify_cheque_cleared
 from ._schema import CHEQUE, Cheque
-from ._wire import BANK_DEPOSIT_CHEQUE, ChequeProof, DepositAnswer
+from ._wire import (
+    BANK_CHEQUE_STATUS,
+    BANK_DEPOSIT_CHEQUE,
+    ChequeProof,
+    ChequeStatus,
+    DepositAnswer,
+    StopCheque,
+)
 
 __all__ = ["ChequeModule", "cheque_serial"]
 
@@ -91,6 +98,32 @@ class ChequeModule:
             return False
         return bool(cheque.get("payer") == paid.payer
                     and cheque.get("serial") == paid.settlement.body.get("serial"))
+
+    async def settlement_of(self, ctx: PayerContext, request: PaymentRequest
+                            ) -> PaymentResult | None:
+        """Our bank's clearing of the cheque we write for ``request`` (its serial), if
+        it cleared, verified and archived; None if it did not (yet). The payee alone
+        is answered the clearing when it deposits: one that vanished after depositing
+        leaves us paid with nothing to show (``bank.cheque_status`` asks our bank).
+        Moves nothing.
+
+        Raises: what ``ctx.request`` raises (the bank's refusal, a timeout), or a
+        verification error for a clearing that does not check out."""
+        serial = cheque_serial(ctx.our_id, request.idempotency_key)
+        answer = ChequeStatus.from_wire(await ctx.request(
+            ctx.bank_id, BANK_SERVICE, BANK_CHEQUE_STATUS, StopCheque(serial=serial).to_wire()))
+        if answer.state != "cleared" or answer.cleared is None \
+                or answer.bank_certificate is None:
+            return None
+        verify_cheque_cleared(
+            answer.cleared, bank_certificate=answer.bank_certificate, root=ctx.root,
+            crl=ctx.crl, now=now_of(ctx), expected_payee=request.payee,
+            expected_amount=request.amount, expected_serial=serial, expected_payer=ctx.our_id,
+            expected_bank=ctx.bank_id)
+        await ctx.record(answer.cleared, answer.bank_certificate)
+        return PaymentResult(module=self.name, payer=ctx.our_id, payee=request.payee,
+                             amount=request.amount, reference=request.reference,
+                             settlement=answer.cleared, bank_certificate=answer.bank_certificate)
 
     def settles(self, settlement: Statement, *, bank_certificate: Any, root: Any, crl: Any,
                 now: Any, payer: str, payee: str, amount: Amount, reference: bytes,
