@@ -308,6 +308,30 @@ def test_outcome_refuses_evidence_of_two_exchanges_and_forgeries(parties: Partie
     assert info2.value.code == "statement.bad_signature"
 
 
+def test_outcome_keys_an_exchange_by_its_originator_too(parties: Parties) -> None:
+    """Another originator's evidence with the same exchange id (a confederate's m1
+    carrying the id read off the wire, aborted at the notary, which keys exchanges by
+    (initiator, id)) is another exchange's: never counted for this one (10.1)."""
+    o, _r, m2 = _to_m2(parties)
+    standard = StandardContract(o.m1, m2, b"O" * 32, b"R" * 32)  # type: ignore[arg-type]
+    mallory = parties.originator(agent_id="mallory")  # the same EXCHANGE
+    mallory.receive(Start(), now_ms=NOW_MS)
+    [ask] = mallory.receive(TimedOut(), now_ms=NOW_MS)
+    book = parties.book()
+    theirs = contract_abort(book, ask.request, requester="mallory", verify=parties.verify,
+                            now_ms=NOW_MS).statement
+    mine = contract_abort(book, _abort_request(parties, EXCHANGE), requester="o",
+                          verify=parties.verify, now_ms=NOW_MS).statement
+    assert DecisionBody.from_statement(theirs).exchange == EXCHANGE
+    for evidence in ([standard, theirs], [theirs, standard], [mine, theirs]):
+        with pytest.raises(ServiceError) as info:
+            outcome(evidence, verify=parties.verify)
+        assert info.value.code == "fairexchange.mixed_evidence"
+        assert info.value.detail == {"field": "initiator"}
+    assert outcome([mine], verify=parties.verify).proof == mine
+    assert outcome([theirs], verify=parties.verify).state == "aborted"
+
+
 # -- the notary's chain and conflict -----------------------------------------------------------
 
 def _abort_request(parties: Parties, exchange: bytes) -> Statement:

@@ -331,6 +331,32 @@ def test_what_proves_what(world: World) -> None:
         outcome(offer, Statement(**{**_fields(receipt), "signature": bytes(64)}))
 
 
+def test_a_decision_for_another_initiators_exchange_is_not_this_mails(world: World) -> None:
+    """An exchange is its id and its initiator (protocol.md 10.1), for the rule as at
+    the notary and in ``conflict``: a decision naming another initiator (here the
+    notary's release re-signed as shop's, same id and subject) is not evidence about
+    alice's mail. Counted, a notary could abort alice's mail and release "shop's"
+    with the same id, and ``conflict`` (which keys by initiator) would not see two
+    decisions for one exchange. The receiver's machine refuses it too."""
+    offer, ciphertext, _ = world.offer(exchange=b"\x24" * 32)
+    receiver = MailReceiver(receiver="bob")
+    receipt = receiver_signs(world, receiver, offer, ciphertext)
+    released = recover_mail(world.book(), RecoverMailWire(offer=offer, receipt=receipt,
+                                                          ciphertext=ciphertext),
+                            requester="bob", private_keys=[world.escrow_key],
+                            verify=world.verify, now_ms=LATE).statement
+    assert released.body["initiator"] == "alice"
+    theirs = world.sign("notary")(released.type, {**released.body, "initiator": "shop"}, LATE)
+    with pytest.raises(WrongExchange) as info:
+        mail_outcome([offer, theirs], verify=world.verify)
+    assert info.value.detail == {"field": "initiator"}
+    assert mail_outcome([offer, released], verify=world.verify).resolved_by == "notary"
+    receiver.receive(DeadlinePassed(), now_ms=LATE)
+    with pytest.raises(WrongExchange):
+        receiver.receive(NotaryAnswered(theirs), now_ms=LATE)
+    assert receiver.state is MailState.RECOVERING
+
+
 def test_an_exchange_id_squatted_by_another_sender_does_not_block_the_receiver(
         world: World) -> None:
     """The sender's confederate (shop) signs an offer of its own with the sender's

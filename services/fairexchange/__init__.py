@@ -19,7 +19,8 @@ Contract signing (``_contract``, ``_notary``; protocol.md 10.2), sans-IO, h11 pa
   exchange id wins; persist when ``new``), ``get``, ``to_record``/``from_record``;
   ``contract_abort``/``contract_resolve(book, request, requester=, verify=, now_ms=)``.
 * ``outcome(evidence, verify=) -> Outcome(state "signed"|"aborted"|"none", ...)``:
-  the rule of what proves what; ``conflict(a, b) -> Conflict | None``: a notary
+  the rule of what proves what, over one exchange (its id and its originator, as
+  the notary keys it); ``conflict(a, b) -> Conflict | None``: a notary
   that decided twice for one exchange or forked its chain.
 
 Escrow (``_escrow``): content under a fresh key, the key HPKE-sealed to the notary's

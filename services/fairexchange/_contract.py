@@ -359,11 +359,13 @@ def outcome(evidence: Iterable[StandardContract | Statement], *,
     contract is the proof before a replacement.
 
     Raises:
-        MixedEvidence: items about different exchanges, or an item that is neither
-            a ``StandardContract`` nor a notary decision statement.
+        MixedEvidence: items about different exchanges (an exchange is its id and
+            its originator, the initiator: another originator's evidence with the
+            same id is another exchange's), or an item that is neither a
+            ``StandardContract`` nor a notary decision statement.
         the coded errors of a bad item (``fairexchange.*``, ``statement.*``, ``auth.*``).
     """
-    exchange: bytes | None = None
+    exchange: tuple[bytes, str] | None = None  # (id, originator)
     text: bytes | None = None
     standard: StandardContract | None = None
     replacement: Statement | None = None
@@ -382,16 +384,20 @@ def outcome(evidence: Iterable[StandardContract | Statement], *,
                 abort = item
         else:
             raise MixedEvidence("not contract evidence", detail={"field": "evidence"})
-        if exchange is not None and first.exchange != exchange:
-            raise MixedEvidence("evidence about two exchanges", detail={"field": "exchange"})
-        exchange, text = first.exchange, first.text
+        # An exchange is its id scoped by its initiator (10.1), as at the notary:
+        # another originator's m1 or decision with the same id is another exchange.
+        if exchange is not None and (first.exchange, first.originator) != exchange:
+            raise MixedEvidence("evidence about two exchanges", detail={
+                "field": "exchange" if first.exchange != exchange[0] else "initiator"})
+        exchange, text = (first.exchange, first.originator), first.text
+    if exchange is None:
+        return Outcome("none", None)
     if standard is not None:
-        return Outcome("signed", exchange, text, standard, "exchange")
+        return Outcome("signed", exchange[0], text, standard, "exchange")
     if replacement is not None:
-        return Outcome("signed", exchange, text, replacement, "notary")
-    if abort is not None:
-        return Outcome("aborted", exchange, text, abort)
-    return Outcome("none", None)
+        return Outcome("signed", exchange[0], text, replacement, "notary")
+    assert abort is not None
+    return Outcome("aborted", exchange[0], text, abort)
 
 
 # -- the machines -------------------------------------------------------------------------

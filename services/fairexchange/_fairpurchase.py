@@ -461,7 +461,7 @@ class FairBuyer(_Machine):
     def _on_notary_answered(self, event: NotaryAnswered, now_ms: int) -> dict[str, Any]:
         assert self._delivery is not None
         body = read_decision(event.decision, exchange=self._order.digest, kind=KIND,
-                             decisions=_DECISIONS)
+                             decisions=_DECISIONS, initiator=self._body().buyer)
         same("subject", body.subject, self._delivery.digest)
         if self._state is not _F.RECOVERING:
             return {}
@@ -616,7 +616,8 @@ def purchase_outcome(evidence: Iterable[Statement], *, verify: Verify) -> Purcha
             raise MixedEvidence("a decision without the delivery", detail={"field": "delivery"})
         notary = FairDelivery.from_statement(delivery).notary
         verify(item, expected_type=DECISION_TYPE, expected_signer=notary)
-        decided = read_decision(item, exchange=order.digest, kind=KIND, decisions=_DECISIONS)
+        decided = read_decision(item, exchange=order.digest, kind=KIND, decisions=_DECISIONS,
+                                initiator=terms.buyer)
         same("subject", decided.subject, delivery.digest)
         decisions.setdefault(decided.decision, item)
     for decision, state in (("release", "delivered"), ("refund", "refund_due")):

@@ -477,15 +477,20 @@ _CODECS: Final[dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]]] = {
 
 
 def read_decision(decision: Statement, *, exchange: bytes, kind: str,
-                  decisions: frozenset[str]) -> DecisionBody:
-    """The body of a notary decision, checked to be about ``exchange`` and ``kind``.
+                  decisions: frozenset[str], initiator: str | None = None) -> DecisionBody:
+    """The body of a notary decision, checked to be about ``exchange`` and ``kind``,
+    and with ``initiator`` (the signer of the exchange's first message) about that
+    initiator's exchange: an exchange is its id scoped by its initiator (10.1).
 
     Raises:
-        WrongExchange: another exchange, kind, or an unknown decision.
+        WrongExchange: another exchange, initiator, kind, or an unknown decision.
         BadBody, StatementError: not a decision statement.
     """
     body = DecisionBody.from_statement(decision)
-    for name, got, expected in (("exchange", body.exchange, exchange), ("kind", body.kind, kind)):
+    checks = [("exchange", body.exchange, exchange), ("kind", body.kind, kind)]
+    if initiator is not None:
+        checks.append(("initiator", body.initiator, initiator))
+    for name, got, expected in checks:
         if got != expected:
             raise WrongExchange(f"a notary decision for another {name}", detail={"field": name})
     if body.decision not in decisions:
@@ -630,7 +635,8 @@ class MailSender(_Machine):
 
     def _on_notary_answered(self, event: NotaryAnswered, now_ms: int) -> dict[str, Any]:
         body = read_decision(event.decision, exchange=self.exchange, kind=KIND,
-                             decisions=_MAIL_DECISIONS)
+                             decisions=_MAIL_DECISIONS,
+                             initiator=MailOffer.from_statement(self._offer).sender)
         same("subject", body.subject, self._offer.digest)
         if self._state is _M.RESOLVED:
             same("decision", event.decision.digest, self._decision.digest)  # type: ignore[union-attr]
@@ -790,7 +796,7 @@ class MailReceiver(_Machine):
     def _on_notary_answered(self, event: NotaryAnswered, now_ms: int) -> dict[str, Any]:
         assert self._offer is not None
         body = read_decision(event.decision, exchange=self._body().exchange, kind=KIND,
-                             decisions=_MAIL_DECISIONS)
+                             decisions=_MAIL_DECISIONS, initiator=self._body().sender)
         same("subject", body.subject, self._offer.digest)
         if self._state is not _M.RECOVERING:
             return {}
@@ -966,7 +972,7 @@ def mail_outcome(evidence: Iterable[Statement], *, verify: Verify) -> MailOutcom
         elif item.type == DECISION_TYPE:
             verify(item, expected_type=DECISION_TYPE, expected_signer=body.notary)
             decided = read_decision(item, exchange=body.exchange, kind=KIND,
-                                    decisions=_MAIL_DECISIONS)
+                                    decisions=_MAIL_DECISIONS, initiator=body.sender)
             same("subject", decided.subject, offer.digest)
             decisions.setdefault(decided.decision, item)
         elif item.type != OFFER_TYPE:
