@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import semper
 from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.serialization import Encoding
 from pki import NOW, Market
 
 from semper.services.archive import collect_bundle, next_record
@@ -80,18 +84,24 @@ class Parties:
                          now=NOW + dt.timedelta(seconds=130), expected_type=expected_type,
                          expected_signer=expected_signer)
 
-    def bundle(self, transaction: str, statements: list[Statement]) -> bytes:
+    def bundle(self, transaction: str, statements: list[Statement],
+               without: tuple[str, ...] = ()) -> bytes:
+        """The bundle an archive holding ``statements`` and every agent's certificate
+        but ``without``'s exports."""
         records, last = [], None
         for statement in statements:
             last = next_record(last, direction="received", peer="bob", transaction=transaction,
                                statement=statement, recorded_at=T0 + 1)
             records.append(last)
         return collect_bundle(records, transaction=transaction,
-                              certificates=[a.cert for a in self.agents.values()],
+                              certificates=[a.cert for name, a in self.agents.items()
+                                            if name not in without],
                               crl=self.market.crl, root=self.market.ca.certificate).to_bytes()
 
-    def check(self, transaction: str, statements: list[Statement]) -> Any:
-        report = check_bundle(self.bundle(transaction, statements), self.market.ca.certificate,
+    def check(self, transaction: str, statements: list[Statement],
+              without: tuple[str, ...] = ()) -> Any:
+        report = check_bundle(self.bundle(transaction, statements, without),
+                              self.market.ca.certificate,
                               now=NOW + dt.timedelta(seconds=130))
         assert report.valid, report.error
         return report
@@ -166,13 +176,34 @@ def test_a_replacement_contract_binds_both(parties: Parties) -> None:
     assert "replacement" in reason(report, ORIGINATOR_SIGNED)
 
 
+def test_a_replacement_whose_m2_is_no_record_binds_both(parties: Parties,
+                                                         tmp_path: Path) -> None:
+    """The originator never received m2 (the responder resolved meanwhile): its bundle
+    holds m1 and the notary's replacement contract, which quotes m2, and no record of
+    the responder. The bundle carries the certificates of quoted signers too (the
+    archive keeps them), so ``semper dispute check`` verifies the quote: met."""
+    contract = Contract(parties)
+    bundle = tmp_path / "resolved.semper"
+    bundle.write_bytes(parties.bundle(contract.txn, [contract.m1, contract.resolve()]))
+    root = tmp_path / "root.pem"
+    root.write_bytes(parties.market.ca.certificate.public_bytes(Encoding.PEM))
+    status, out, err = semper("dispute", "check", bundle, "--root", root, "--json")
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["valid"] is True
+    assert {v["obligation"]: (v["party"], v["met"]) for v in report["verdicts"]} == {
+        ORIGINATOR_SIGNED: ("alice", True), RESPONDER_SIGNED: ("bob", True)}
+    assert all("replacement" in v["reason"] for v in report["verdicts"])
+
+
 def test_a_replacement_whose_responder_the_bundle_cannot_vouch_for_cannot_tell(
         parties: Parties) -> None:
-    """The quoted m2 is checked with the responder's certificate from the bundle; a
-    bundle holding no statement of the responder holds no such certificate, and the
-    checker says so instead of trusting the quote."""
+    """The quoted m2 is checked with the responder's certificate from the bundle; an
+    archive that never held the responder's certificate gives a bundle without it,
+    and the checker says so instead of trusting the quote."""
     contract = Contract(parties)
-    report = parties.check(contract.txn, [contract.m1, contract.resolve()])
+    report = parties.check(contract.txn, [contract.m1, contract.resolve()],
+                           without=("bob",))
     assert met(report) == {ORIGINATOR_SIGNED: ("alice", None), RESPONDER_SIGNED: ("bob", None)}
     assert "left out" in reason(report, RESPONDER_SIGNED)
 

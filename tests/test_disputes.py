@@ -13,8 +13,8 @@ from pki import NOW, Market
 
 from semper.agents import Agent, AgentConfig
 from semper.agents.components._purchase import Shopper
-from semper.services.archive import EvidenceBundle, next_record
-from semper.services.certificates import load_certificate
+from semper.services.archive import EvidenceBundle, collect_bundle, next_record
+from semper.services.certificates import fingerprint, identity_of, load_certificate, load_crl
 from semper.services.commerce import CommerceError
 from semper.services.disputes import (
     CASE_TYPE,
@@ -176,6 +176,29 @@ def test_purchase_bundle_verdicts_from_either_party(trade):
         assert report.to_json()["valid"] is True
         assert [Verdict.from_wire(v) for v in report.to_json()["verdicts"]] == list(
             report.verdicts)
+
+
+def test_a_bundle_without_the_sellers_records_carries_its_certificate_for_the_offer(trade):
+    """The buyer's bundle of a purchase whose seller signed nothing in it (it vanished
+    inside payment.accept, once our transfer moved): the order quotes the seller's
+    offer whole, which is checked with the seller's certificate. The bundle carries
+    the certificates of quoted signers too (the archive holds the seller's), so the
+    offer verifies and the buyer's payment is judged on its terms."""
+    full = trade.bundles["buyer", "done"]
+    seller = fingerprint(load_certificate(next(
+        der for der in full.certificates
+        if identity_of(load_certificate(der)).agent_id == "seller")))
+    records = [r for r in full.records
+               if Statement.from_bytes(r.statement).signer != seller]
+    assert len(records) < len(full.records)
+    bundle = collect_bundle(records, transaction=full.transaction,
+                            certificates=[load_certificate(d) for d in full.certificates],
+                            crl=load_crl(full.crl), root=trade.root)
+    assert seller in {fingerprint(load_certificate(d)) for d in bundle.certificates}
+    report = trade.check(bundle)
+    assert report.valid, report.error
+    assert all("quoted offer" not in v.reason for v in report.verdicts), report.verdicts
+    assert _met(report)[PAID] == ("buyer", True)
 
 
 def test_refunded_purchase_has_a_refund_verdict(trade):

@@ -2,8 +2,8 @@
 
 A bundle is what an agent hands an arbiter: the archive records of one transaction
 (and of the statements they name, e.g. the offer an order quotes), the certificates
-of everyone who signed a statement in them, and a CRL, as one canonical msgpack file
-(docs/protocol.md section 6A.8):
+of everyone who signed a statement in them or quoted inside them (where the archive
+holds it), and a CRL, as one canonical msgpack file (docs/protocol.md section 6A.8):
 
     {"v": 2, "transaction": str, "records": [[record.to_wire(), ...], ...],
      "certificates": [[DER, ...], ...], "crl": DER, "root_fingerprint": SHA-256 of root DER}
@@ -87,6 +87,7 @@ __all__ = [
     "crl_covers_until",
     "named_digests",
     "newest_crl",
+    "quoted_signers",
     "verify_bundle",
 ]
 
@@ -261,6 +262,37 @@ def named_digests(statement: Statement) -> set[bytes]:
     return found
 
 
+#: Keys every statement map has (protocol.md 6A.2), as a statement quotes another.
+_STATEMENT_KEYS: Final = frozenset({"body", "issued_at", "nonce", "signature", "signer",
+                                    "type"})
+
+
+def quoted_signers(statement: Statement) -> set[bytes]:
+    """The signer fingerprints of the statements quoted whole inside ``statement``'s
+    body, at any depth (a notary's replacement contract quotes the resolve request,
+    which quotes m1 and m2; an order quotes the offer): a verifier checks each with
+    its signer's certificate, which the bundle must carry even when no record of
+    that signer is in it."""
+    found: set[bytes] = set()
+    stack: list[Any] = [statement.body]
+    while stack:  # bounded: the body is a finite canonical value
+        value = stack.pop()
+        if type(value) is dict:
+            if _STATEMENT_KEYS <= value.keys():
+                try:
+                    quoted = Statement.from_wire(value)
+                except StatementError:
+                    quoted = None
+                if quoted is not None:
+                    found.add(quoted.signer)
+                    stack.append(quoted.body)
+                    continue
+            stack.extend(value.values())
+        elif type(value) is list:
+            stack.extend(value)
+    return found
+
+
 def collect_bundle(
     records: Iterable[ArchiveRecord],
     *,
@@ -273,7 +305,11 @@ def collect_bundle(
 
     Picks the records of that transaction and, among the others given, those whose
     statement one of them names by digest (``named_digests``); from ``certificates``
-    (any number, in any order), exactly the ones their statements' signers need.
+    (any number, in any order), exactly the ones their statements' signers need, and
+    those of the signers of statements quoted inside them (``quoted_signers``) that
+    are among ``certificates``: a quote is checked with its signer's certificate, and
+    its signer may have no record here (a responder's m2 inside the notary's
+    replacement contract, in the bundle of an originator that never received m2).
     Never the other way round: a record that names this transaction's statements does
     not enter its bundle, so nobody adds to another party's evidence by quoting it.
 
@@ -291,14 +327,20 @@ def collect_bundle(
     chosen = sorted([*own, *related.values()], key=lambda record: record.seq)
     by_fingerprint = {fingerprint(cert): cert for cert in certificates}
     needed: dict[bytes, bytes] = {}
+    quoted: set[bytes] = set()
     for record in chosen:
-        signer = Statement.from_bytes(record.statement).signer
+        statement = Statement.from_bytes(record.statement)
+        signer = statement.signer
         if signer not in by_fingerprint:
             raise MissingCertificate(
                 f"no certificate for the signer of record {record.seq}",
                 detail={"seq": record.seq, "signer": signer.hex()},
             )
         needed.setdefault(signer, by_fingerprint[signer].public_bytes(_DER))
+        quoted |= quoted_signers(statement)
+    for signer in sorted(quoted - needed.keys()):  # where the archive has them
+        if signer in by_fingerprint:
+            needed[signer] = by_fingerprint[signer].public_bytes(_DER)
     return EvidenceBundle(
         transaction=transaction,
         records=chosen,
