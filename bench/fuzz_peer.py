@@ -372,6 +372,11 @@ FLOWS: dict[str, tuple[tuple[str, str], str, tuple[str, ...]]] = {
     "catalogue": (("commerce", "catalogue"), "seller", ("buyer",)),
     "lookup": (("directory", "lookup"), "ca", ("buyer",)),
     "lookup_role": (("directory", "lookup"), "ca", ("buyer",)),
+    # The agent signs a contract with the buyer (the peer), whose m2 (or refusal) it
+    # reads; an exchange that fails ends with the real notary.
+    "contract": (("contract", "propose"), "buyer", ("bank", "seller", "ca", "arbiter")),
+    # The buyer asks its CA (the peer) to reveal a pseudonym, citing a real case.
+    "reveal": (("ca", "reveal"), "ca", ("buyer",)),
 }
 ROLES = {"buyer": "buyer", "bank": "bank", "seller": "seller", "ca": "ca"}
 
@@ -451,7 +456,7 @@ def _notary_requests(recorded: list[Recorded]) -> list[Recorded]:
 
 
 MUTATIONS = ("type", "huge_int", "negative", "zero", "bytes_str", "missing", "extra", "empty",
-             "long", "wrap", "any", "odd_text")
+             "long", "wrap", "any", "odd_text", "replay", "transplant", "transplant")
 
 
 def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -508,6 +513,20 @@ class Signers:
 
     def __init__(self, credentials: list[Credentials]) -> None:
         self._by_fp = {fingerprint(c.identity.certificate): c for c in credentials}
+        #: every value in the recorded messages, by kind (``transplant``): an exchange
+        #: id, a receipt or a payment of one exchange carried into another's request
+        self.values: dict[str, list[Any]] = {}
+
+    def learn(self, recorded: list[Recorded]) -> None:
+        seen: set[bytes] = set()
+        for record in recorded:
+            for message in (record.body, record.response):
+                for path in _paths(message):
+                    value = _get(message, path)
+                    key = msgpack.packb(value, use_bin_type=True)
+                    if len(key) <= 1 << 14 and key not in seen:
+                        seen.add(key)
+                        self.values.setdefault(_kind(value), []).append(value)
 
     def resign(self, statement: dict[str, Any]) -> dict[str, Any] | None:
         credentials = self._by_fp.get(statement.get("signer"))  # type: ignore[arg-type]
@@ -521,6 +540,16 @@ class Signers:
         except Exception:  # a body outside the statement model: leave it unsigned
             return None
         return signed.to_wire()
+
+
+def _kind(value: Any) -> str:
+    """What may stand for ``value`` in a transplant: same type, same size of bytes,
+    a statement for a statement."""
+    if type(value) is bytes:
+        return f"bytes{len(value)}"
+    if type(value) is dict and STATEMENT_KEYS <= value.keys():
+        return "statement"
+    return type(value).__name__
 
 
 def mutants(recorded: list[Recorded], signers: Signers, target: str | None = None
@@ -560,11 +589,17 @@ def perturbed(draw: Any, original: Any, signers: Signers) -> Any:
     body = copy.deepcopy(original)
     path = draw(st.sampled_from(_paths(body)))
     how = draw(st.sampled_from(MUTATIONS))
+    if how == "replay":  # as it was: the same exchange asked again, after other cases
+        return body
     if not path:
         return _perturb(draw, body, how)
     parent = _get(body, path[:-1])
     last = path[-1]
-    if how == "missing":
+    if how == "transplant":  # a value of the same type from another recorded message
+        old = parent[last]
+        pool = [v for v in signers.values.get(_kind(old), ()) if v != old]
+        parent[last] = copy.deepcopy(draw(st.sampled_from(pool))) if pool else old
+    elif how == "missing":
         del parent[last]
     elif how == "extra" and type(parent) is dict:
         parent[draw(texts())] = draw(model_leaves())
@@ -663,6 +698,53 @@ def expected_answers(data: bytes, limits: CodecLimits) -> Expectation:
 # -- the harness -----------------------------------------------------------------------
 
 
+class NotaryWatch:
+    """Findings in the notary's own tables: two decisions for one exchange (by
+    ``fairexchange.conflict``), and its decisions or its timestamp tree heads no
+    longer a hash chain (each names the one before it, numbers one apart). Fed the
+    rows added since the last look (``read`` in the notary's database)."""
+
+    def __init__(self) -> None:
+        self.decisions: dict[tuple[bytes, str], Statement] = {}
+        self.seq, self.head = 0, bytes(32)
+        self.tree: tuple[int, bytes] | None = None  # the last head's sequence and id
+
+    def read(self, c: Any) -> tuple[list[Any], list[Any]]:
+        sequence = -1 if self.tree is None else self.tree[0]
+        return (c.execute("SELECT seq, statement FROM notary_decisions WHERE seq > ? "
+                          "ORDER BY seq", (self.seq,)).fetchall(),
+                c.execute("SELECT sequence, statement FROM timestamp_heads "
+                          "WHERE sequence > ? ORDER BY sequence", (sequence,)).fetchall())
+
+    def feed(self, decisions: list[tuple[int, bytes]], heads: list[tuple[int, bytes]]
+             ) -> list[str]:
+        findings = []
+        for row_seq, data in decisions:
+            statement = Statement.from_bytes(data)
+            body = DecisionBody.from_statement(statement)
+            if (row_seq, body.seq, body.previous) != (self.seq + 1, self.seq + 1, self.head):
+                findings.append(f"notary decision chain does not link at seq {row_seq}: "
+                                f"seq {body.seq}, previous {body.previous.hex()[:16]} after "
+                                f"seq {self.seq}, head {self.head.hex()[:16]}")
+            other = self.decisions.setdefault((body.exchange, body.initiator), statement)
+            found = conflict(other, statement) if other is not statement else None
+            if found is not None:
+                first = DecisionBody.from_statement(other).decision
+                findings.append(f"notary signed two decisions ({found.reason}) for exchange "
+                                f"{body.exchange.hex()[:16]}: {first} and {body.decision}")
+            self.seq, self.head = row_seq, statement.digest
+        for row_sequence, data in heads:
+            tree = TreeHead.from_statement(Statement.from_bytes(data))
+            previous = NO_PREVIOUS if self.tree is None else self.tree[1]
+            expected = 0 if self.tree is None else self.tree[0] + 1
+            if (row_sequence, tree.sequence, tree.previous) != (expected, expected, previous):
+                findings.append(f"timestamp chain does not link at head {row_sequence}: "
+                                f"sequence {tree.sequence}, previous {tree.previous.hex()[:16]}"
+                                f", expected {expected} after {previous.hex()[:16]}")
+            self.tree = (row_sequence, tree.id)
+        return findings
+
+
 @dataclass
 class Report:
     cases: int = 0
@@ -720,13 +802,11 @@ class Harness:
         self.buyer: Agent | None = None
         self.payer: Agent | None = None
         self._sku = ""
+        self._case: Statement | None = None  # the arbiter's case, recorded at start
         self.log = Findings()
         self.signers: Signers | None = None
         self._delivered = 0
-        #: the notary's book as read so far (_notary_findings)
-        self._decisions: dict[tuple[bytes, str], Statement] = {}
-        self._decision_head: tuple[int, bytes] = (0, bytes(32))
-        self._tree_head: tuple[int, bytes] | None = None
+        self.notary_watch = NotaryWatch()  # the notary's books as read so far
         self._limits = CodecLimits(max_frame=MAX_FRAME, max_str=MAX_FRAME, max_bin=MAX_FRAME)
 
     # -- lifecycle, from the caller's thread
@@ -752,6 +832,11 @@ class Harness:
     def play(self, case: Case) -> list[str]:
         assert self._token is not None
         return trio.from_thread.run(self._play, case, trio_token=self._token)
+
+    def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``await function(*args)`` in the market's trio loop (for tests)."""
+        assert self._token is not None
+        return trio.from_thread.run(function, *args, trio_token=self._token)
 
     def mutants(self, target: str | None = None) -> st.SearchStrategy[Any]:
         assert self.signers is not None
@@ -904,6 +989,8 @@ class Harness:
             channel_module.Channel.request = original  # type: ignore[method-assign]
         # Keep the buyer's own bodies, and the others' ones for their services.
         self.recorded = [r for r in self.recorded if r.service != "sys"]
+        assert self.signers is not None
+        self.signers.learn(self.recorded)
 
     async def _record_notary_bodies(self, agents: dict[str, Agent], sku: str) -> None:
         """The notary's, the arbiter's and the CA's new ops, each reached once by an
@@ -948,9 +1035,9 @@ class Harness:
                                 crl=buyer.crl, root=buyer.credentials.root)
         answer = FileAnswer.from_wire(await buyer.request("arbiter", "dispute", "file", FileRequest(
             bundle=bundle.to_bytes()).to_wire()))
+        self._case = Statement.from_wire(answer.verdict.body["case_statement"])
         with contextlib.suppress(Exception):  # "buyer" is no pseudonym: refused, recorded
-            await request_reveal(arbiter.context, "buyer",
-                                 Statement.from_wire(answer.verdict.body["case_statement"]))
+            await request_reveal(arbiter.context, "buyer", self._case)
         self.recorded += _notary_requests(self.recorded)
 
     def _enroll_request(self, agent_id: str) -> dict[str, Any]:
@@ -1020,50 +1107,13 @@ class Harness:
         return await bank.database.read(read)
 
     async def _notary_findings(self) -> list[str]:
-        """The notary's books after a case: no two decisions for one exchange
-        (``fairexchange.conflict``), its decisions and its timestamp tree heads each a
-        hash chain that links (each names the one before it, numbers one apart).
-        Reads only the rows added since the last look."""
+        """The notary's books after a case (``NotaryWatch``), rows added since the
+        last look only."""
         notary = self.agents.get("notary")
         if notary is None or not notary.running:
             return []
-        seq, head = self._decision_head
-        sequence = -1 if self._tree_head is None else self._tree_head[0]
-
-        def read(c: Any) -> tuple[list[Any], list[Any]]:
-            return (c.execute("SELECT seq, statement FROM notary_decisions WHERE seq > ? "
-                              "ORDER BY seq", (seq,)).fetchall(),
-                    c.execute("SELECT sequence, statement FROM timestamp_heads "
-                              "WHERE sequence > ? ORDER BY sequence", (sequence,)).fetchall())
-
-        decisions, heads = await notary.database.read(read)
-        findings = []
-        for row_seq, data in decisions:
-            statement = Statement.from_bytes(data)
-            body = DecisionBody.from_statement(statement)
-            if (row_seq, body.seq, body.previous) != (seq + 1, seq + 1, head):
-                findings.append(f"notary decision chain does not link at seq {row_seq}: "
-                                f"seq {body.seq}, previous {body.previous.hex()[:16]} after "
-                                f"seq {seq}, head {head.hex()[:16]}")
-            key = (body.exchange, body.initiator)
-            other = self._decisions.setdefault(key, statement)
-            found = conflict(other, statement) if other is not statement else None
-            if found is not None:
-                first = DecisionBody.from_statement(other).decision
-                findings.append(f"notary signed two decisions ({found.kind}) for exchange "
-                                f"{body.exchange.hex()[:16]}: {first} and {body.decision}")
-            seq, head = row_seq, statement.digest
-        self._decision_head = (seq, head)
-        for row_sequence, data in heads:
-            tree = TreeHead.from_statement(Statement.from_bytes(data))
-            previous = NO_PREVIOUS if self._tree_head is None else self._tree_head[1]
-            expected = 0 if self._tree_head is None else self._tree_head[0] + 1
-            if (row_sequence, tree.sequence, tree.previous) != (expected, expected, previous):
-                findings.append(f"timestamp chain does not link at head {row_sequence}: "
-                                f"sequence {tree.sequence}, previous {tree.previous.hex()[:16]}"
-                                f", expected {expected} after {previous.hex()[:16]}")
-            self._tree_head = (row_sequence, tree.id)
-        return findings
+        watch = self.notary_watch
+        return watch.feed(*await notary.database.read(watch.read))
 
     async def _check_alive(self, target: str, findings: list[str]) -> None:
         for name, exc in self.dead.items():
@@ -1293,6 +1343,13 @@ class Harness:
             return await agent.peers.lookup("notary")
         if flow == "lookup_role":
             return await agent.peers.lookup_role("bank")
+        if flow == "contract":
+            self._delivered += 1
+            return await agent.component(Contracts).sign(
+                "buyer", f"fuzz contract {self._delivered}\n".encode(), notary="notary")
+        if flow == "reveal":
+            assert self._case is not None
+            return await request_reveal(agent.context, "buyer", self._case)
         if flow == "deposit":
             # The real buyer pays the seller by cheque; the seller deposits it at us.
             self._delivered += 1

@@ -154,3 +154,72 @@ def test_a_role_lookup_answer_that_is_not_a_list_of_cards_is_refused_with_a_code
     case = fuzz_peer.Case(target="buyer", outbound=True, flow="lookup_role", hello=None,
                           frames=[], answer=answer)
     assert harness.play(case) == []
+
+
+# -- issue 9: the notary, the arbiter and the CA's new ops ---------------------------------
+
+#: The ops of issue 9 that the harness records a valid body of at start, so that
+#: their perturbed bodies reach the checks behind the signatures.
+NOTARY_OPS = {("contract", "propose"), ("contract", "reveal"), ("notary", "abort"),
+              ("notary", "resolve"), ("notary", "escrow_key"), ("notary", "recover_mail"),
+              ("notary", "close_mail"), ("notary", "recover_goods"), ("mail", "deliver"),
+              ("mail", "reveal"), ("fair", "fetch"), ("fair", "release"),
+              ("timestamp", "request"), ("dispute", "file"), ("ca", "reveal"),
+              ("ca", "reveals")}
+
+
+def test_the_peer_fuzzes_every_declared_op_with_recorded_bodies(harness: Any) -> None:
+    from semper.services._ops import declared_ops
+
+    declared = {(op.service, op.name) for op in declared_ops() if not op.note}
+    assert set(fuzz_peer.OPS) == declared
+    served = {service for target in (*fuzz_peer.TARGETS, "enroll")
+              for service in fuzz_peer.SERVES[target]}
+    assert {service for service, _ in declared} <= served
+    assert NOTARY_OPS <= {(r.service, r.op) for r in harness.recorded}
+
+
+def _notary_rows(harness: Any) -> tuple[list[Any], list[Any]]:
+    watch = fuzz_peer.NotaryWatch()
+    return harness.run(harness.agents["notary"].database.read, watch.read)
+
+
+def test_the_notary_watch_finds_two_decisions_for_one_exchange_and_a_broken_chain(
+        harness: Any) -> None:
+    # The oracle itself: the real notary's books pass; a second decision for a
+    # decided exchange (signed by the notary, linked into the chain) is found, and
+    # so are a decision and a timestamp head that do not link.
+    import time
+
+    from semper.services.fairexchange import DECISION_TYPE, DecisionBody
+    from semper.services.statements import Statement, sign_statement
+    from semper.services.timestamping import TreeHead
+
+    decisions, heads = _notary_rows(harness)
+    assert decisions and heads
+    assert fuzz_peer.NotaryWatch().feed(decisions, heads) == []
+    notary = harness.credentials("notary")
+
+    def signed(type_: str, body: dict[str, Any]) -> bytes:
+        return sign_statement(type_, body, key=notary.key,
+                              certificate=notary.identity.certificate,
+                              now_ms=time.time_ns() // 10**6, nonce=os.urandom(16)).to_bytes()
+
+    last = Statement.from_bytes(decisions[-1][1])
+    first = Statement.from_bytes(decisions[0][1])
+    other = "resolve" if DecisionBody.from_statement(first).decision == "abort" else "abort"
+    twice = {**first.body, "decision": other, "seq": len(decisions) + 1,
+             "previous": last.digest}
+    found = fuzz_peer.NotaryWatch().feed(
+        [*decisions, (len(decisions) + 1, signed(DECISION_TYPE, twice))], [])
+    assert len(found) == 1 and "two decisions (two_decisions)" in found[0], found
+    unlinked = {**last.body, "exchange": os.urandom(32), "seq": len(decisions) + 1,
+                "previous": first.digest}
+    found = fuzz_peer.NotaryWatch().feed(
+        [*decisions, (len(decisions) + 1, signed(DECISION_TYPE, unlinked))], [])
+    assert any("decision chain does not link" in f for f in found), found
+    head = Statement.from_bytes(heads[-1][1])
+    forked = {**head.body, "sequence": len(heads), "previous": bytes(32 * [7])}
+    found = fuzz_peer.NotaryWatch().feed(
+        [], [*heads, (len(heads), signed(TreeHead.TYPE, forked))])
+    assert len(found) == 1 and "timestamp chain does not link" in found[0], found
