@@ -33,6 +33,8 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import refused, semper
+from cryptography.hazmat.primitives.serialization import Encoding
+from market_helpers import newer_crl
 
 from semper.agents.operator._market import init_market
 from semper.services.archive import EvidenceBundle
@@ -278,6 +280,39 @@ def test_a_responder_dead_after_its_commitment_ends_signed_by_the_notary(
     market.start("seller")
     assert shown(market, "seller", str(result["contract"])) == result
     assert market.decisions() == [(result["contract"], "resolve")]
+
+
+def test_an_originator_that_never_stored_m2_exports_a_bundle_that_binds_both(
+        market: Market) -> None:
+    """The originator dies as m2 arrives (never stored); the responder, holding its
+    m2 sent, resolves first; the originator's abort gets the replacement contract.
+    Its bundle holds m1 and the notary's decision, which quotes m2, and no record of
+    the responder: the responder's certificate comes with the quote (protocol.md
+    6A.8), so ``semper dispute check`` says both signed."""
+    market.start("notary", "seller")
+    market.approve()
+    done = market.sign(crash_at="contract.originator.m2_received", check=False)
+    assert done.returncode == -9, done.stderr
+    ((contract, _),) = market.contracts("buyer")
+    assert shown(market, "seller", contract)["resolved_by"] == "notary"
+    mine = shown(market, "buyer", contract)
+    assert (mine["state"], mine["resolved_by"]) == ("signed", "notary")
+    bundle_path = market.root / "resolved.bundle"
+    status, _, err = semper("contract", "export", "--config", market.config("buyer"),
+                            contract, "-o", bundle_path)
+    assert status == 0, err
+    bundle = EvidenceBundle.from_bytes(bundle_path.read_bytes())
+    assert "fairexchange.m2" not in {Statement.from_bytes(r.statement).type
+                                     for r in bundle.records}
+    crl = market.root / "newer-crl.der"
+    crl.write_bytes(newer_crl(market.root).public_bytes(Encoding.DER))
+    status, out, err = semper("dispute", "check", bundle_path, "--root",
+                              market.root / "ca" / "root.pem", "--crl", crl, "--json")
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["valid"] is True
+    assert {(v["party"], v["met"]) for v in report["verdicts"]} == {("buyer", True),
+                                                                     ("seller", True)}
 
 
 # -- every crash point of each party ---------------------------------------------------
