@@ -487,7 +487,8 @@ def read_decision(decision: Statement, *, exchange: bytes, kind: str,
         BadBody, StatementError: not a decision statement.
     """
     body = DecisionBody.from_statement(decision)
-    checks = [("exchange", body.exchange, exchange), ("kind", body.kind, kind)]
+    checks: list[tuple[str, object, object]] = [("exchange", body.exchange, exchange),
+                                                 ("kind", body.kind, kind)]
     if initiator is not None:
         checks.append(("initiator", body.initiator, initiator))
     for name, got, expected in checks:
