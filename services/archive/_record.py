@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, Final, NoReturn
 
+import msgpack
+
 from .._schema import AGENT, Body, Kind, Schema, binary, integer
 from ..statements import MAX_STRING, Statement, StatementError, canonical_encode
 from ._errors import ChainBroken, MalformedEvidence
@@ -98,10 +100,20 @@ class ArchiveRecord(Body):
             object.__setattr__(self, "hash", self.content_hash())
 
     def content_hash(self) -> bytes:
-        """What ``hash`` must be: SHA-256 over the domain prefix and the other fields."""
-        return hashlib.sha256(DOMAIN + canonical_encode(self._content())).digest()
+        """What ``hash`` must be: SHA-256 over the domain prefix and the other fields.
+
+        A record's fields are checked on construction, and ``_content`` lists its keys
+        in order: with ASCII text, msgpack's own bytes are the canonical encoding, so
+        the generic walk (~3 us at each of a purchase's dozen appends) is skipped."""
+        content = self._content()
+        if self.peer.isascii() and self.transaction.isascii():
+            data: bytes = msgpack.packb(content, use_bin_type=True, strict_types=True)
+        else:
+            data = canonical_encode(content)
+        return hashlib.sha256(DOMAIN + data).digest()
 
     def _content(self) -> dict[str, Any]:
+        # In key order (content_hash packs it as it is).
         return {
             "direction": str(self.direction),  # the canonical encoding refuses a StrEnum
             "peer": self.peer,
