@@ -43,6 +43,27 @@ from parts encoded once: ~5 us a token) and the bigger answer (1.1 KB: the token
 ~4 us more a token than a ping (the bigger answer). 0.8 would need the commit's
 fixed cost (one fsync'd commit per batch of 32) cut by half, or more than 32
 requests per batch, which 32 in flight cannot give.
+
+Why 0.8 is out of reach here (brief T3, measured 21:00-21:20 UTC at load 1.3-5).
+With 32 in flight all in one batch, a round is the client's CPU, the notary's event
+loop's CPU and then the batch's commit, one after the other: nothing else is in
+flight while it commits. Timed inside the notary (load ~1.5): sealing to signed 85 us
+(raw Ed25519 30, sign_statement 45 in a quiet loop), hand-over to the writer thread
+75, insert, fsync'd commit and the wake-up back 530 (this disk's fdatasync alone:
+median 315 us, p90 1.5 ms). So a token round is a ping round (2.16 ms for 32) plus
+~0.7 ms of commit plus ~0.3 ms of the loop's batch work and extra task step, and
+~0.2 ms of the client's bigger answers: 0.66. 0.8 needs the round at <= 2.7 ms: the
+commit alone nearly fills the 0.54 ms allowed, so with every other cost gone the
+fsync still leaves ~0.86 at best. Tried, and not kept (A/B alternating runs): the
+answer without the certificate (the requester adding the channel's peer certificate:
+~600 of 1100 bytes) changed nothing measurable, as ~20 KB less per round through TLS
+and msgpack is ~1 us a token; signing while the writer thread wakes and writing
+out tokens during the commit (a nursery per batch, the thread waiting for the
+signed head) made the batch slower (p25 0.73 -> 0.87 ms): under the GIL the
+thread runs only once the loop is idle, and the extra task and scheduler turns cost
+~3 us a token; batches of 16 or 8 (``--batch-max``) so that one commits while the
+other is served: 0.47 and 0.17, the fixed costs of a round (syscalls, wake-ups,
+signature) count twice; a shorter GIL switch interval: worse.
 """
 
 from __future__ import annotations
