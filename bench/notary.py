@@ -25,7 +25,9 @@ notary's, over the whole run), ``cpu_us_per_request`` (``{"ping"|"token": {"nota
 "notary_main", "client"}}``: CPU microseconds per request over all rounds, from /proc;
 ``notary_main`` is the notary's event-loop thread alone, the rest of ``notary`` its
 database writer's and event log's threads), ``cores``,
-``seconds``, ``rounds``, ``concurrency``, ``batch_ms``, ``batch_max``.
+``batch_latency_ms`` (``p10``, ``p50``, ``p90`` of the ms from sealing a batch to
+answering it, from the notary's event log), ``seconds``, ``rounds``,
+``concurrency``, ``batch_ms``, ``batch_max``.
 
 Where a token's time goes. With 32 in flight the requests of one round trip nearly
 all land in one batch (~31.8 tokens per signed head), so the client and the notary
@@ -161,6 +163,21 @@ async def _window(channel: Any, kind: str, seconds: float, concurrency: int,
     return done[0]
 
 
+def batch_latency(events: Path) -> dict[str, float]:
+    """Percentiles of the ms from sealing a batch to answering it (signature, hand-over
+    to the database's thread, fsync'd commit, wake-up back: the notary's
+    ``timestamps_issued`` lines): the part of a token's round nothing else overlaps."""
+    try:
+        lines = events.read_text().splitlines()
+    except OSError:
+        return {}
+    ms = sorted(entry["ms"] for entry in map(json.loads, filter(None, lines))
+                if entry.get("event") == "timestamps_issued" and entry.get("outcome") == "ok")
+    if not ms:
+        return {}
+    return {f"p{q}": ms[min(len(ms) - 1, len(ms) * q // 100)] for q in (10, 50, 90)}
+
+
 def run(market: Path, notary: int, *, seconds: float, rounds: int, concurrency: int
         ) -> dict[str, Any]:
     client = Agent(AgentConfig.load(market / "buyer" / "agent.toml"))
@@ -244,6 +261,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 notary.kill()
                 notary.wait()
+        latency = batch_latency(market / "notary" / "data" / "events.jsonl")
     report = {
         "tokens_per_s": round(result["tokens_per_s"], 1),
         "ping_per_s": round(result["ping_per_s"], 1),
@@ -254,6 +272,7 @@ def main() -> None:
         "tokens_per_batch": round(result["stored"] / result["batches"], 2)
         if result["batches"] else 0.0,
         "cpu_us_per_request": result["cpu_us"],
+        "batch_latency_ms": latency,
         "cores": cores(), "seconds": args.seconds, "rounds": args.rounds,
         "concurrency": args.concurrency, "batch_ms": args.batch_ms,
         "batch_max": args.batch_max,
@@ -267,6 +286,9 @@ def main() -> None:
     print(f"  timestamp.request  {report['tokens_per_s']:>10.1f} durable tokens/s "
           f"({report['tokens_per_batch']} tokens per signed, committed batch)")
     print(f"  ping_ratio         {report['ping_ratio']:>10.3f}  (tokens/s over pings/s)")
+    if latency:
+        print(f"  batch latency      {latency['p50']:.3f} ms median, p10 {latency['p10']:.3f}, "
+              f"p90 {latency['p90']:.3f} (sealed to answered: signed, committed)")
     for kind, sides in report["cpu_us_per_request"].items():
         print(f"  CPU per {kind:<5}     notary {sides['notary']:.1f} us (event loop "
               f"{sides['notary_main']:.1f}), client {sides['client']:.1f} us")

@@ -22,6 +22,9 @@ def test_notary_bench_json_keys() -> None:
     assert abs(report["ping_ratio"] - report["tokens_per_s"] / report["ping_per_s"]) < 0.01
     assert report["tokens"] > 0 and report["batches"] > 0
     assert report["tokens_per_batch"] >= 1 and report["concurrency"] == 4
+    latency = report["batch_latency_ms"]  # from the notary's timestamps_issued lines
+    assert latency.keys() == {"p10", "p50", "p90"}
+    assert 0 <= latency["p10"] <= latency["p50"] <= latency["p90"]
     for kind in ("ping", "token"):
         cpu = report["cpu_us_per_request"][kind]
         assert cpu.keys() == {"notary", "notary_main", "client"}
