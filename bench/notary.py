@@ -64,8 +64,9 @@ out tokens during the commit (a nursery per batch, the thread waiting for the
 signed head) made the batch slower (p25 0.73 -> 0.87 ms): under the GIL the
 thread runs only once the loop is idle, and the extra task and scheduler turns cost
 ~3 us a token; batches of 16 or 8 (``--batch-max``) so that one commits while the
-other is served: 0.47 and 0.17, the fixed costs of a round (syscalls, wake-ups,
-signature) count twice; a shorter GIL switch interval: worse.
+other is served: 0.47-0.53 and 0.17, the fixed costs of a round (syscalls,
+wake-ups, signature) count twice; a GIL switch interval of 0.2 ms: no better (one
+noisy run each at load ~3.5).
 """
 
 from __future__ import annotations
