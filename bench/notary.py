@@ -197,10 +197,12 @@ def run(market: Path, notary: int, *, seconds: float, rounds: int, concurrency: 
                     await _window(channel, kind, min(0.3, seconds), concurrency, [])
                 for _ in range(rounds):
                     for kind in ("ping", "token"):
+                        # the process before its main thread, and after it: so the
+                        # thread's share never exceeds the whole (a tick between reads)
                         before = _cpu(notary), _cpu(notary, notary), time.process_time()
                         count = await _window(channel, kind, seconds, concurrency, answers)
-                        cpu[kind]["notary"] += _cpu(notary) - before[0]
                         cpu[kind]["notary_main"] += _cpu(notary, notary) - before[1]
+                        cpu[kind]["notary"] += _cpu(notary) - before[0]
                         cpu[kind]["client"] += time.process_time() - before[2]
                         cpu[kind]["count"] += count
                         best[kind] = max(best[kind], count)
