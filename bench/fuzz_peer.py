@@ -83,7 +83,7 @@ from semper.agents.runtime._agent import Agent
 from semper.agents.runtime._config import AgentConfig
 from semper.agents.runtime._identity import Credentials
 from semper.services import Amount
-from semper.services._ops import declared_ops
+from semper.services._ops import Op
 from semper.services.archive import collect_bundle
 from semper.services.certificates import (
     EnrollRequest,
@@ -132,12 +132,15 @@ SERVES = {
 
 
 def _declared() -> tuple[tuple[str, str], ...]:
-    """Every request op declared in services/ (``declared_ops``), each service's
-    ``_ops`` module imported first so that none is missed."""
+    """Every request op declared in services/: the ``Op``s of each service's ``_ops``
+    module (``declared_ops()`` alone would also hold ops a test declared for itself)."""
+    found = set()
     for info in pkgutil.walk_packages(services_package.__path__, "semper.services."):
         if info.name.rsplit(".", 1)[-1] == "_ops":
-            importlib.import_module(info.name)
-    return tuple((op.service, op.name) for op in declared_ops() if not op.note)
+            for value in vars(importlib.import_module(info.name)).values():
+                if isinstance(value, Op) and not value.note:
+                    found.add((value.service, value.name))
+    return tuple(sorted(found))
 
 
 OPS = _declared()
