@@ -58,10 +58,11 @@ median 315 us, p90 1.5 ms). So a token round is a ping round (2.16 ms for 32) pl
 commit alone nearly fills the 0.54 ms allowed, so with every other cost gone the
 fsync still leaves ~0.86 at best. Tried, and not kept (A/B alternating runs): the
 answer without the certificate (the requester adding the channel's peer certificate:
-~600 of 1100 bytes) changed nothing measurable, as ~20 KB less per round through TLS
-and msgpack is ~1 us a token; signing while the writer thread wakes and writing
-out tokens during the commit (a nursery per batch, the thread waiting for the
-signed head) made the batch slower (p25 0.73 -> 0.87 ms): under the GIL the
+~600 of 1100 bytes) changed nothing measurable (8 alternating pairs: a token's CPU
+beyond a ping's, event loop plus client, 22.2 us without it, 22.0 with it), as ~20 KB
+less per round through TLS and msgpack is ~1 us a token; signing while the writer
+thread wakes and writing out tokens during the commit (a nursery per batch, the
+thread waiting for the signed head) made the batch slower (p25 0.73 -> 0.87 ms): under the GIL the
 thread runs only once the loop is idle, and the extra task and scheduler turns cost
 ~3 us a token; batches of 16 or 8 (``--batch-max``) so that one commits while the
 other is served: 0.47-0.53 and 0.17, the fixed costs of a round (syscalls,
