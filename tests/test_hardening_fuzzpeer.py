@@ -2,16 +2,16 @@
 
 The peer (bench/fuzz_peer.py) holds the buyer's real credentials and plays
 Hypothesis-drawn cases over real TLS against the market's CA, bank, seller, notary
-and arbiter (every op declared in services/),
-running in a thread of their own for the whole module: on inbound channels (it dials
-the agent) and outbound ones (the agent dials it, taking it for the buyer). Frames
-are arbitrary bytes, msgpack in and outside the value model, envelopes of every type
-with arbitrary fields, and valid request bodies the real buyer sent with one field
-perturbed (and the statement signed again by its real signer). After each example:
-no ``internal.error`` on the wire, no ERROR log from semper, no hang, the agent
-answers a fresh channel's ping within 1 s, the bank's books balance and did not
-move unless a money-moving request succeeded, and the notary never signed two
-decisions for one exchange and its decision and timestamp chains link.
+and arbiter (every op declared in services/), running in a thread of their own for
+the whole module: on inbound channels (it dials the agent) and outbound ones (the
+agent dials it, taking it for the buyer). Frames are arbitrary bytes, msgpack in and
+outside the value model, envelopes of every type with arbitrary fields, and valid
+request bodies the real buyer sent with one field perturbed (and the statement
+signed again by its real signer). After each example: no ``internal.error`` on the
+wire, no ERROR log from semper, no hang, the agent answers a fresh channel's ping
+within 1 s, the bank's books balance and did not move unless a money-moving request
+succeeded, and the notary never signed two decisions for one exchange and its
+decision and timestamp chains link.
 
 The long run is ``python bench/fuzz_peer.py --frames 100000``, or
 ``SEMPER_SLOW=1 pytest -m slow tests/test_hardening_fuzzpeer.py``.
