@@ -81,7 +81,7 @@ from semper.agents.operator._operator import invite_agent
 from semper.agents.roles.ca import CertificationAuthority
 from semper.agents.runtime._agent import Agent
 from semper.agents.runtime._config import AgentConfig
-from semper.agents.runtime._identity import Credentials
+from semper.agents.runtime._identity import Credentials, utcnow
 from semper.services import Amount
 from semper.services._ops import Op
 from semper.services.archive import collect_bundle
@@ -90,11 +90,18 @@ from semper.services.certificates import (
     Level,
     enrollment_proof,
     fingerprint,
+    load_certificate,
     make_csr,
 )
 from semper.services.disputes import FileAnswer, FileRequest
-from semper.services.fairexchange import DecisionBody, conflict
-from semper.services.statements import Statement, sign_statement
+from semper.services.fairexchange import (
+    Commit,
+    DecisionBody,
+    Proposed,
+    Responder,
+    conflict,
+)
+from semper.services.statements import Statement, sign_statement, verify_statement
 from semper.services.timestamping import NO_PREVIOUS, TimestampRequest, TreeHead
 from semper.services.timestamping import REQUEST as TIMESTAMP_REQUEST
 from semper.transport import (
@@ -149,6 +156,8 @@ MONEY_OPS = {("bank", "transfer"), ("bank", "deposit_cheque"), ("bank", "refund"
 STATEMENT_KEYS = frozenset({"v", "type", "body", "signer", "issued_at", "nonce", "signature"})
 FRESH = "\x00fresh-id\x00"  # stands for "the next request id" until the case is encoded
 THEIRS = "\x00their-id\x00"  # stands for the id of the agent's own request (outbound)
+#: stands for a valid m2, signed by the peer (the buyer) over the agent's own m1
+VALID_M2 = "\x00valid-m2\x00"
 
 
 # -- strategies ----------------------------------------------------------------------
@@ -402,6 +411,8 @@ def cases(mutants: st.SearchStrategy[Any] | None = None, *, max_frames: int = 12
         answer = None
         if outbound and draw(st.integers(0, 2)) > 0:
             answer = draw(answers(flow) if answers is not None else values(outside=False))
+            if flow == "contract" and draw(st.booleans()):
+                answer = VALID_M2  # a true commitment: the case's frames come after it
         hello = None
         if draw(st.integers(0, 9)) == 0:
             hello = draw(st.one_of(hellos(), envelopes(target), raw_frames(),
@@ -1316,6 +1327,9 @@ class Harness:
                     tcp, done = await receive.receive()
                 except trio.EndOfChannel:
                     tcp = None  # it gave up before dialing (refused the cheque, say)
+                # One connection a case: the agent dialing again (a contract's reveal
+                # after we hung up) is refused at once, not left unanswered.
+                self._waiting.pop(identity, None)
                 if tcp is not None:
                     try:
                         stream = trio.SSLStream(tcp, self._server_tls[identity],
@@ -1329,7 +1343,7 @@ class Harness:
                     finally:
                         done.set()
         finally:
-            del self._waiting[identity]
+            self._waiting.pop(identity, None)
         money = money or case.flow == "refund"  # it bought at the real bank first
         result = outcome[0] if outcome else None
         if isinstance(result, BaseException) and not isinstance(
@@ -1378,6 +1392,43 @@ class Harness:
                                                 note)
         return await agent.request("buyer", "sys", "ping", b"out")
 
+    def _commit(self, request: Any, stream: trio.SSLStream[Any]) -> Any:
+        """A real responder's answer to the agent's ``contract.propose`` (the buyer
+        commits to any text): the originator then reveals, and the case's frames
+        follow; it ends with the notary (resolve) when they are no N_R."""
+        try:
+            body = request["body"]
+            m1 = Statement.from_wire(body["m1"])
+            originator = load_certificate(stream.getpeercert(binary_form=True))
+        except Exception:
+            return None
+        buyer = self.credentials("buyer")
+
+        def sign(type_: str, value: dict[str, Any], now_ms: int) -> Statement:
+            return sign_statement(type_, value, key=buyer.key,
+                                  certificate=buyer.identity.certificate, now_ms=now_ms,
+                                  nonce=os.urandom(16))
+
+        def verify(statement: Statement, *, expected_type: str | None = None,
+                   expected_signer: str | None = None) -> Any:
+            return verify_statement(statement, certificate=originator, root=buyer.root,
+                                    crl=buyer.crl, now=utcnow(), expected_type=expected_type,
+                                    expected_signer=expected_signer)
+
+        class Anything:
+            def __contains__(self, item: object) -> bool:
+                return True
+
+        responder = Responder(responder="buyer", peer=m1.body.get("originator", ""),
+                              secret=os.urandom(32), approvals=Anything(),
+                              notaries={"notary"}, sign=sign, verify=verify)
+        try:
+            out = responder.receive(Proposed(body["text"], m1), now_ms=time.time_ns() // 10**6)
+        except Exception:
+            return None
+        commits = [o for o in out if isinstance(o, Commit)]
+        return {"m2": commits[0].m2.to_wire()} if commits else None
+
     async def _serve_case(self, stream: trio.SSLStream[Any], case: Case,
                           findings: list[str], identity: str) -> bool:
         await stream.do_handshake()
@@ -1393,8 +1444,11 @@ class Harness:
         request = await _next(stream, decoder)  # its ping
         rid = request.get("id") if type(request) is dict else None
         frames = case.frames
-        if case.answer is not None:
-            frames = [{"type": "res", "id": THEIRS, "body": case.answer}, *frames]
+        answer = case.answer
+        if answer == VALID_M2:
+            answer = self._commit(request, stream)
+        if answer is not None:
+            frames = [{"type": "res", "id": THEIRS, "body": answer}, *frames]
         data, _sentinel, count = self._body(dataclasses.replace(case, frames=frames), 1,
                                             theirs=rid)
         self.report.outbound_frames += count + 1
