@@ -7,10 +7,11 @@ refused (``fairexchange.conflicting_exchange``). The sender, who chooses the id,
 therefore take it first at the notary with other content (a decoy offer closed after
 its deadline, or a contract it aborts), then send the real mail under the same id:
 the receiver signs its receipt, the sender keeps the key, and the receiver's recovery
-is refused, so its signed receipt stands as proof of delivery (mail_outcome: "a
-receipt of the offer proves delivery") though it never got the key. Open: the fix
-changes the protocol (the notary's answer to a reused id, or what voids a receipt),
-beyond this brief.
+was refused, so its signed receipt stood as proof of delivery (mail_outcome: "a
+receipt of the offer proves delivery") though it never got the key. Fixed: the
+notary answers a reused id with its standing decision, whose other subject voids the
+receipt (``reused_exchange``, protocol.md 10.4), in the receiver's machine and in
+the rule alike.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from semper.services.fairexchange._mail import (
     CloseMailWire,
     DeadlinePassed,
     MailReceiver,
+    NotaryAnswered,
     RecoverMailWire,
     close_mail,
     mail_outcome,
@@ -56,8 +58,6 @@ def _take_with_an_aborted_contract(world: World, book: NotaryBook, exchange: byt
     contract_abort(book, ask.request, requester="alice", verify=world.verify, now_ms=NOW_MS)
 
 
-@pytest.mark.xfail(strict=True, reason="open: a sender can take its mail's exchange id "
-                   "first at the notary; see the module docstring")
 @pytest.mark.parametrize("take", [_take_with_a_closed_offer, _take_with_an_aborted_contract],
                          ids=["closed_offer", "aborted_contract"])
 def test_a_sender_that_took_the_exchange_id_first_cannot_keep_a_receipt_for_nothing(
@@ -84,3 +84,8 @@ def test_a_sender_that_took_the_exchange_id_first_cannot_keep_a_receipt_for_noth
     outcome = mail_outcome(held, verify=world.verify)
     assert outcome.state != "delivered" or (
         outcome.resolved_by == "notary" and outcome.proof is not None), refused
+    # Here: the notary answers the standing decision, which voids the receipt.
+    assert refused is None and not decision.new
+    assert (outcome.state, outcome.reason) == ("void", "reused_exchange")
+    receiver.receive(NotaryAnswered(decision.statement), now_ms=LATE)
+    assert receiver.voided and receiver.plaintext is None

@@ -26,6 +26,7 @@ from ..fairexchange import (
     DECISION_TYPE,
     MAIL_OFFER_TYPE,
     MAIL_RECEIPT_TYPE,
+    MAIL_REUSED,
     MailOffer,
     MailOutcome,
     mail_outcome,
@@ -105,6 +106,12 @@ def _verdicts(evidence: Evidence, outcome: MailOutcome, body: MailOffer
                         "or abort decision of the notary: the receiver got the key from the "
                         "sender or could recover it from the notary until the deadline"),
                 unopened)
+    if outcome.state == "void" and outcome.reason == MAIL_REUSED:
+        reused = (f"the notary's standing decision ({where}) for the exchange id the "
+                  "sender chose, about other content: the sender took the id before this "
+                  "offer, so the receiver could not recover the key")
+        return (Verdict(RECEIVED, body.receiver, False, f"{reused}; the receipt is void"),
+                Verdict(ESCROW_GOOD, body.sender, False, reused))
     if outcome.state == "void":
         finding = (f"the notary's void finding ({where}): the escrow does not give the "
                    f"signed message ({quoted(outcome.reason)})")

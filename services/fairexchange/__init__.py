@@ -151,6 +151,9 @@ from ._mail import (  # noqa: E402
     RECEIPT_TYPE as MAIL_RECEIPT_TYPE,
 )
 from ._mail import (  # noqa: E402
+    REUSED as MAIL_REUSED,
+)
+from ._mail import (  # noqa: E402
     AskCloseMail,
     AskRecoverMail,
     DeadlinePassed,
@@ -187,6 +190,7 @@ from ._ops import (  # noqa: E402
 
 __all__ += [
     "FAIR_DELIVERY_TYPE", "FAIR_FETCH", "FAIR_RELEASE", "MAIL_DELIVER", "MAIL_OFFER_TYPE",
+    "MAIL_REUSED",
     "MAIL_RECEIPT_TYPE", "MAIL_REVEAL", "NOTARY_CLOSE_MAIL", "NOTARY_ESCROW_KEY",
     "NOTARY_RECOVER_GOODS", "NOTARY_RECOVER_MAIL", "AskCloseMail", "AskGoods", "AskKey",
     "AskRecoverGoods", "AskRecoverMail", "DeadlinePassed", "DeliverGoods", "DeliverMail",

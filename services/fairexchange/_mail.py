@@ -52,6 +52,7 @@ from ._bodies import DECISION_TYPE, DecisionBody
 from ._contract import NotaryAnswered
 from ._errors import (
     BadEscrow,
+    ConflictingExchange,
     MixedEvidence,
     NotParty,
     TooEarly,
@@ -108,6 +109,8 @@ RECEIPT_TYPE: Final = "mail.receipt"
 KIND: Final = "mail"
 #: The decision a ``close_mail`` gets when nothing was decided before.
 CLOSE: Final = "abort"
+#: The reason a receipt is void when the sender took its exchange id before (10.4).
+REUSED: Final = "reused_exchange"
 #: The largest ciphertext carried (one frame holds it with room to spare).
 MAX_CIPHERTEXT: Final = 512 * 1024
 _CIPHERTEXT: Final = binary(28, MAX_CIPHERTEXT, f"28 to {MAX_CIPHERTEXT} bytes")
@@ -611,8 +614,9 @@ class MailSender(_Machine):
 
     @property
     def voided(self) -> bool:
-        return self._decision is not None and \
+        return self._decision is not None and (
             DecisionBody.from_statement(self._decision).decision != "release"
+            or reused(self._decision, self._offer))
 
     def pending(self) -> list[object]:
         if self._state is _M.OFFERED:
@@ -635,6 +639,11 @@ class MailSender(_Machine):
         return {"_receipt": event.receipt}
 
     def _on_notary_answered(self, event: NotaryAnswered, now_ms: int) -> dict[str, Any]:
+        if reused(event.decision, self._offer):  # our id, taken before: no receipt
+            if self._state is _M.RESOLVED:
+                same("decision", event.decision.digest, self._decision.digest)  # type: ignore[union-attr]
+                return {}
+            return {"_decision": event.decision, "_receipt": None}
         body = read_decision(event.decision, exchange=self.exchange, kind=KIND,
                              decisions=_MAIL_DECISIONS,
                              initiator=MailOffer.from_statement(self._offer).sender)
@@ -739,8 +748,9 @@ class MailReceiver(_Machine):
     @property
     def voided(self) -> bool:
         """The notary voided the exchange (a bad escrow, or the sender closed it)."""
-        return self._decision is not None and \
+        return self._decision is not None and (
             DecisionBody.from_statement(self._decision).decision != "release"
+            or reused(self._decision, self._offer))  # type: ignore[arg-type]
 
     @property
     def plaintext(self) -> bytes | None:
@@ -796,6 +806,10 @@ class MailReceiver(_Machine):
 
     def _on_notary_answered(self, event: NotaryAnswered, now_ms: int) -> dict[str, Any]:
         assert self._offer is not None
+        if reused(event.decision, self._offer):  # the sender took the id first: void
+            if self._state is not _M.RECOVERING:
+                return {}
+            return {"_decision": event.decision, "_state": _M.RESOLVED}
         body = read_decision(event.decision, exchange=self._body().exchange, kind=KIND,
                              decisions=_MAIL_DECISIONS, initiator=self._body().sender)
         same("subject", body.subject, self._offer.digest)
@@ -907,6 +921,8 @@ def close_mail(book: NotaryBook, request: CloseMailWire, *, requester: str, veri
     offer = MailOffer.from_statement(request.offer)
     known = book.get(offer.exchange, initiator=offer.sender)
     if known is not None and requester == offer.sender:
+        if DecisionBody.from_statement(known).subject != request.offer.digest:
+            return Decision(known, new=False)  # the sender reused its id: see _decide
         return book.decide(offer.exchange, KIND, subject=request.offer.digest,
                            decision=CLOSE, request=request.offer, now_ms=now_ms,
                            initiator=offer.sender)
@@ -916,9 +932,30 @@ def close_mail(book: NotaryBook, request: CloseMailWire, *, requester: str, veri
 
 
 def _decide(book: NotaryBook, verdict: Verdict, now_ms: int) -> Decision:
-    return book.decide(verdict.exchange, verdict.kind, subject=verdict.subject,
-                       decision=verdict.decision, request=verdict.request, now_ms=now_ms,
-                       payload=verdict.payload, initiator=verdict.initiator)
+    """The book's decision; for an exchange id its sender took before with other
+    content (another offer, another kind), the standing decision, unchanged: it names
+    another subject, which voids this offer's receipt (``reused``, protocol.md 10.4),
+    so a sender cannot keep a receipt by making the receiver's recovery fail."""
+    try:
+        return book.decide(verdict.exchange, verdict.kind, subject=verdict.subject,
+                           decision=verdict.decision, request=verdict.request,
+                           now_ms=now_ms, payload=verdict.payload,
+                           initiator=verdict.initiator)
+    except ConflictingExchange:
+        standing = book.get(verdict.exchange, initiator=verdict.initiator)
+        if standing is None:
+            raise
+        return Decision(standing, new=False)
+
+
+def reused(decision: Statement, offer: Statement) -> bool:
+    """Whether ``decision`` is the notary's for the exchange id ``offer``'s sender
+    chose (the id, the sender as initiator) but about other content (another kind or
+    subject): the sender took the id first, and the offer's receipt is void."""
+    body = DecisionBody.from_statement(decision)
+    mail = MailOffer.from_statement(offer)
+    return (body.exchange == mail.exchange and body.initiator == mail.sender
+            and (body.kind != KIND or body.subject != offer.digest))
 
 
 # -- what proves what ---------------------------------------------------------------------
@@ -972,6 +1009,9 @@ def mail_outcome(evidence: Iterable[Statement], *, verify: Verify) -> MailOutcom
             receipt = receipt or item
         elif item.type == DECISION_TYPE:
             verify(item, expected_type=DECISION_TYPE, expected_signer=body.notary)
+            if reused(item, offer):
+                decisions.setdefault(REUSED, item)
+                continue
             decided = read_decision(item, exchange=body.exchange, kind=KIND,
                                     decisions=_MAIL_DECISIONS, initiator=body.sender)
             same("subject", decided.subject, offer.digest)
@@ -981,6 +1021,9 @@ def mail_outcome(evidence: Iterable[Statement], *, verify: Verify) -> MailOutcom
     found = MailOutcome("none", body.exchange, offer)
     if "release" in decisions:
         return _replace(found, "delivered", decisions["release"], "notary")
+    if REUSED in decisions:
+        return MailOutcome("void", body.exchange, offer, decisions[REUSED],
+                           reason=REUSED)
     if "void" in decisions:
         reason = (DecisionBody.from_statement(decisions["void"]).payload or b"").decode(
             "ascii", "replace")
