@@ -9,10 +9,10 @@ step, before the next message leaves):
    encrypted, the key escrowed for the notary; the machine checks the delivery names
    the order, our notary and the offer's content digest;
 2. the payment, as ``semper buy`` pays (any instrument); the bank's settlement is fed
-   to the machine (``Paid``) and kept. A hand-over that fails without the seller's answer (it died inside
-   ``payment.accept`` once the money moved) is not the end: the settlement is looked
-   for in our archive or asked of our bank (``_settled_anyway``), and the purchase
-   goes on as paid;
+   to the machine (``Paid``) and kept. A hand-over that fails without the seller's
+   answer (it died inside ``payment.accept`` once the money moved) is not the end:
+   the settlement is looked for in our archive or asked of our bank
+   (``_settled_anyway``), and the purchase goes on as paid;
 3. ``fair.release`` with the settlement: the key, which must open the goods to the
    offer's digest. If the seller refuses, answers a bad key, fails, or is silent for
    the wait (the request timeout), the buyer goes to the notary by itself:

@@ -16,9 +16,10 @@ refuses a delivery through a notary it does not accept.
 Crash points (``SEMPER_CRASH_AT``): ``fair.seller.fetched`` (the delivery committed,
 before it is answered), ``fair.seller.accepted`` (in ``payment.accept``, roles/seller.py:
 the payment module accepted, a cheque deposited and cleared, before the sale is
-stored paid: the buyer is answered no settlement), ``fair.seller.paid`` (the payment checked and the sale
-stored PAID, before the key is released: the seller that takes the money and goes
-silent), ``fair.seller.released`` (RELEASED committed, before the key is answered).
+stored paid: the buyer is answered no settlement), ``fair.seller.paid`` (the
+payment checked and the sale stored PAID, before the key is released: the seller
+that takes the money and goes silent), ``fair.seller.released`` (RELEASED committed,
+before the key is answered).
 """
 
 from __future__ import annotations
