@@ -4,6 +4,7 @@ input is one line with a stable code before anything is read or written."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,6 +16,7 @@ from semper.services.certificates import BadAgentId, check_agent_id
 from semper.services.money import BadAmount
 
 __all__ = ["AGENT_ID", "AMOUNT", "MAX_PASSPHRASE", "TEXT", "CliError", "CodedBadParameter",
+           "ExchangeId",
            "config_option", "load_config", "passphrase_option", "read_passphrase"]
 
 #: The longest passphrase the key encryption takes (OpenSSL's PEM limit).
@@ -37,6 +39,25 @@ class CodedBadParameter(click.BadParameter):
                  param: click.Parameter | None) -> None:
         super().__init__(message, ctx, param)
         self.code = code
+
+
+class ExchangeId(click.ParamType):
+    """An exchange (a contract, a mail): the 64 hex digits of its id, as the command
+    ``printed_by`` prints it (``cli.usage`` otherwise)."""
+
+    _HEX = re.compile(r"[0-9a-f]{64}\Z")
+
+    def __init__(self, name: str, printed_by: str) -> None:
+        self.name = name
+        self.printed_by = printed_by
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> bytes:
+        text = str(value).strip().lower()
+        if not self._HEX.match(text):
+            raise CodedBadParameter("cli.usage", f"{value!r} is not a {self.name} id (64 hex "
+                                    f"digits, as {self.printed_by} prints it)", ctx, param)
+        return bytes.fromhex(text)
 
 
 class AgentIdType(click.ParamType):

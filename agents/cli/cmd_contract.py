@@ -12,7 +12,6 @@ responder's consent. ``--json`` keys are read by scripts: ``contract``, ``state`
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from semper.agents.cli._common import (
     AGENT_ID,
     CliError,
     CodedBadParameter,
+    ExchangeId,
     config_option,
     load_config,
     passphrase_option,
@@ -39,21 +39,6 @@ from semper.services.fairexchange._bodies import MAX_TEXT
 __all__ = ["command"]
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
-_HEX = re.compile(r"[0-9a-f]{64}\Z")
-
-
-class ContractId(click.ParamType):
-    """A contract: the 64 hex digits of its exchange id (``cli.usage`` otherwise)."""
-
-    name = "contract"
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> bytes:
-        text = str(value).strip().lower()
-        if not _HEX.match(text):
-            raise CodedBadParameter("cli.usage", f"{value!r} is not a contract id (64 hex "
-                                    "digits, as semper contract sign prints it)", ctx, param)
-        return bytes.fromhex(text)
 
 
 def _read_text(path: Path) -> bytes:
@@ -145,7 +130,7 @@ def sign(config_path: Path, responder: str, text_path: Path, notary: str | None,
 
 @command.command("show")
 @config_option
-@click.argument("contract", type=ContractId())
+@click.argument("contract", type=ExchangeId("contract", "semper contract sign"))
 @passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def show(config_path: Path, contract: bytes, passphrase_file: Path | None,
@@ -166,7 +151,7 @@ def show(config_path: Path, contract: bytes, passphrase_file: Path | None,
 
 @command.command("export")
 @config_option
-@click.argument("contract", type=ContractId())
+@click.argument("contract", type=ExchangeId("contract", "semper contract sign"))
 @click.option("-o", "--out", "out", required=True, type=_FILE, help="The bundle file to write.")
 @passphrase_option
 def export(config_path: Path, contract: bytes, out: Path,

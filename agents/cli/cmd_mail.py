@@ -14,7 +14,6 @@ null); ``inbox``: a list of ``mail``, ``from``, ``state``.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from semper.agents.cli._common import (
     AGENT_ID,
     CliError,
     CodedBadParameter,
+    ExchangeId,
     config_option,
     load_config,
     passphrase_option,
@@ -37,21 +37,6 @@ from semper.agents.runtime._files import write_file
 __all__ = ["command"]
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
-_HEX = re.compile(r"[0-9a-f]{64}\Z")
-
-
-class MailId(click.ParamType):
-    """A mail: the 64 hex digits of its exchange id (``cli.usage`` otherwise)."""
-
-    name = "mail"
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> bytes:
-        text = str(value).strip().lower()
-        if not _HEX.match(text):
-            raise CodedBadParameter("cli.usage", f"{value!r} is not a mail id (64 hex digits, "
-                                    "as semper mail send and inbox print it)", ctx, param)
-        return bytes.fromhex(text)
 
 
 def _agent(config_path: Path, passphrase_file: Path | None) -> Agent:
@@ -141,7 +126,7 @@ def inbox(config_path: Path, passphrase_file: Path | None, as_json: bool) -> Non
 
 @command.command("show")
 @config_option
-@click.argument("mail", type=MailId())
+@click.argument("mail", type=ExchangeId("mail", "semper mail inbox"))
 @passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def show(config_path: Path, mail: bytes, passphrase_file: Path | None, as_json: bool) -> None:
@@ -169,7 +154,7 @@ def show(config_path: Path, mail: bytes, passphrase_file: Path | None, as_json: 
 
 @command.command("read")
 @config_option
-@click.argument("mail", type=MailId())
+@click.argument("mail", type=ExchangeId("mail", "semper mail inbox"))
 @click.option("-o", "--output", required=True, type=_FILE, help="The file to write it to.")
 @passphrase_option
 def read(config_path: Path, mail: bytes, output: Path, passphrase_file: Path | None) -> None:
