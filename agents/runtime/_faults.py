@@ -21,6 +21,11 @@ its points after itself, in the order a request reaches them:
     COMMIT.
 ``<instrument>.committed``
     the transaction committed (durable), before the handler returns its answer.
+
+A point may carry a number: ``crash_point("stream.seller.chunk", k)`` fires for
+``SEMPER_CRASH_AT=stream.seller.chunk:K`` only when ``k == K`` (the seller sending
+chunk K), so that a test can kill a stream at a chosen chunk. A bare name matches a
+point called without a number.
 """
 
 from __future__ import annotations
@@ -35,7 +40,10 @@ __all__ = ["CRASH_AT", "crash_point"]
 CRASH_AT: Final = os.environ.get("SEMPER_CRASH_AT") or None
 
 
-def crash_point(name: str) -> None:
-    """SIGKILL this process if ``SEMPER_CRASH_AT`` names ``name``."""
-    if name == CRASH_AT:
+def crash_point(name: str, number: int | None = None) -> None:
+    """SIGKILL this process if ``SEMPER_CRASH_AT`` names ``name`` (``name:number``
+    when a number is given)."""
+    if CRASH_AT is None:
+        return
+    if (name if number is None else f"{name}:{number}") == CRASH_AT:
         os.kill(os.getpid(), signal.SIGKILL)
