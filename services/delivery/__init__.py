@@ -1,0 +1,113 @@
+"""Streamed delivery: content cut into chunks under an RFC 6962 Merkle tree, each
+chunk verified with its proof as it arrives; the seller's signed delivery ticket;
+the delivery channel's ops; live streams under signed, consistent tree heads.
+
+Pure: files or chunks, statements and the time come in; trees, proofs, heads to sign
+and decisions go out. ``docs/protocol.md`` section 13 is the specification.
+"""
+
+from ._content import (
+    DEFAULT_CHUNK_SIZE,
+    MAX_CHUNK_SIZE,
+    MAX_CHUNKS,
+    MAX_LENGTH,
+    MAX_PRICE_PER_CHUNK,
+    ChunkedContent,
+    StreamInfo,
+    chunk_count,
+    chunk_leaf,
+    verify_chunk,
+)
+from ._errors import (
+    BadChunk,
+    BadHead,
+    BadRequest,
+    BadStream,
+    BadTicket,
+    Busy,
+    DeliveryError,
+    EmptyContent,
+    Forked,
+    NotYet,
+    OutOfOrder,
+    TicketExpired,
+    TooManyStreams,
+    UnknownStream,
+    WrongHolder,
+)
+from ._frames import (
+    MAX_STREAM_ID,
+    PAYWORD_SIZE,
+    ChunkAnswer,
+    ChunkRequest,
+    CloseRequest,
+    HeadAnswer,
+    HeadRequest,
+    OpenAnswer,
+    OpenRequest,
+)
+from ._live import (
+    HEAD_TYPE,
+    STREAM_ID_SIZE,
+    HeadFork,
+    LiveFrame,
+    LiveReceiver,
+    LiveStream,
+    StreamHead,
+)
+from ._ops import CHUNK, CLOSE, HEAD, OPEN
+from ._ticket import CHAIN_SIZE, TICKET_SIZE, TICKET_TYPE, Ticket, check_ticket, sign_ticket
+
+__all__ = [
+    "CHAIN_SIZE",
+    "CHUNK",
+    "CLOSE",
+    "DEFAULT_CHUNK_SIZE",
+    "HEAD",
+    "HEAD_TYPE",
+    "MAX_CHUNKS",
+    "MAX_CHUNK_SIZE",
+    "MAX_LENGTH",
+    "MAX_PRICE_PER_CHUNK",
+    "MAX_STREAM_ID",
+    "OPEN",
+    "PAYWORD_SIZE",
+    "STREAM_ID_SIZE",
+    "TICKET_SIZE",
+    "TICKET_TYPE",
+    "BadChunk",
+    "BadHead",
+    "BadRequest",
+    "BadStream",
+    "BadTicket",
+    "Busy",
+    "ChunkAnswer",
+    "ChunkRequest",
+    "ChunkedContent",
+    "CloseRequest",
+    "DeliveryError",
+    "EmptyContent",
+    "Forked",
+    "HeadAnswer",
+    "HeadFork",
+    "HeadRequest",
+    "LiveFrame",
+    "LiveReceiver",
+    "LiveStream",
+    "NotYet",
+    "OpenAnswer",
+    "OpenRequest",
+    "OutOfOrder",
+    "StreamHead",
+    "StreamInfo",
+    "Ticket",
+    "TicketExpired",
+    "TooManyStreams",
+    "UnknownStream",
+    "WrongHolder",
+    "check_ticket",
+    "chunk_count",
+    "chunk_leaf",
+    "sign_ticket",
+    "verify_chunk",
+]

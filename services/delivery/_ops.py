@@ -1,0 +1,31 @@
+"""The delivery channel's ops, declared once (``services._ops.Op``): a seller serves
+them on a second channel the buyer opens for the stream, a buyer calls them
+(protocol.md 13.3)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from .._ops import Op
+from ._frames import (
+    ChunkAnswer,
+    ChunkRequest,
+    CloseRequest,
+    HeadAnswer,
+    HeadRequest,
+    OpenAnswer,
+    OpenRequest,
+)
+
+__all__ = ["CHUNK", "CLOSE", "HEAD", "OPEN", "SERVICE"]
+
+SERVICE: Final = "delivery"
+
+#: ``{ticket, from}`` -> ``{stream, from, chunks, chunk_size, length, root}``.
+OPEN: Final = Op(SERVICE, "open", OpenRequest, OpenAnswer)
+#: ``{stream, index, payword?}`` -> ``{index, data, proof, head?, consistency?}``.
+CHUNK: Final = Op(SERVICE, "chunk", ChunkRequest, ChunkAnswer)
+#: ``{stream}`` -> ``{}``.
+CLOSE: Final = Op(SERVICE, "close", CloseRequest)
+#: ``{stream, size}`` -> ``{head, consistency}`` (live streams).
+HEAD: Final = Op(SERVICE, "head", HeadRequest, HeadAnswer)
