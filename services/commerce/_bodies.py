@@ -43,6 +43,7 @@ from .._schema import (
     text,
     wire,
 )
+from ..delivery import StreamInfo
 from ..money import Amount
 from ..statements import Statement, StatementError, WrongType, sign_statement
 from ._errors import BadBody, BadQuantity, UnknownOffer
@@ -130,6 +131,11 @@ SCHEMA: Final = Schema(BadBody, {
     "idempotency_key": IDEMPOTENCY_KEY,
     "size": integer(0, MAX_SIZE),
     "payment_type": _STATEMENT_TYPE, "refund_type": _STATEMENT_TYPE,
+    # A streamed item's chunks (protocol.md 13.1): a bad map is commerce.bad_body,
+    # detail cause delivery.bad_stream.
+    "stream": Kind("a stream map {chunks, chunk_size, length, root, price_per_chunk}",
+                   lambda v: type(v) is StreamInfo, decode=StreamInfo.from_wire,
+                   encode=StreamInfo.to_wire),
 }, wrong_type=_wrong_type)
 
 
@@ -148,6 +154,11 @@ class Offer(Body):
     ``refund_days`` is the refund policy the seller signs: refunds are granted for
     that many days after the payment, none when 0. None (the key absent) is an
     offer signed before the policy was part of the body: no machine-readable term.
+
+    ``stream`` (None: the key absent) makes the item a streamed one, delivered chunk
+    by chunk on a delivery channel (protocol.md 13): its ``price`` must then be
+    ``chunks`` x ``price_per_chunk``, and ``content_digest`` stays the SHA-256 of the
+    whole content.
     """
 
     TYPE: ClassVar[str] = OFFER_TYPE
@@ -161,6 +172,15 @@ class Offer(Body):
     content_digest: bytes
     valid_until: int
     refund_days: int | None = None
+    stream: StreamInfo | None = None
+
+    def _check(self) -> None:
+        stream = self.stream
+        if stream is not None and (
+                stream.price_per_chunk.currency != self.price.currency
+                or stream.price_per_chunk.minor_units * stream.chunks != self.price.minor_units):
+            self.SCHEMA.fail(self.TYPE, "price", f"must be chunks x price_per_chunk "
+                             f"({stream.chunks} x {stream.price_per_chunk}) for a streamed item")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
