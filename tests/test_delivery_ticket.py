@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from pki import NOW, Market
-from pki import PkiAgent as PkiAgent
+from pki import TestAgent as PkiAgent
 
 from semper.services import Amount, ServiceError
 from semper.services.delivery import (
