@@ -27,11 +27,13 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import trio
 
 from semper.agents.components._archive import append, entry
+from semper.agents.components._delivery_buyer import StreamClient, StreamOutcome, StreamProgress
 from semper.agents.components._payments import AgentPaymentContext, payment_manager
 from semper.services import Amount
 from semper.services.archive import Direction
@@ -65,6 +67,8 @@ from semper.services.commerce import (
     SendOrder,
     UnknownOffer,
 )
+from semper.services.delivery import BadTicket, StreamInfo, Ticket
+from semper.services.delivery._ticket import TICKET_TYPE
 from semper.services.payment import (
     PAYMENT_CAPABILITIES,
     PAYMENT_SERVICE,
@@ -111,6 +115,8 @@ MIGRATIONS: Final = {
     ],
 }
 
+#: The payment module that pays a streamed item chunk by chunk.
+PURSE: Final = "purse"
 #: How many machine steps one call may take: a bound on the driving loop.
 _MAX_STEPS: Final = 32
 #: Sellers whose last verified catalogue a shopper keeps (see ``Shopper.catalogue``).
@@ -221,10 +227,17 @@ class Shopper:
     def _now(self) -> dt.datetime:
         return self.agent.context.now()
 
-    def __init__(self, agent: Agent, progress: Callable[[str], None] | None = None) -> None:
+    def __init__(self, agent: Agent, progress: Callable[[str], None] | None = None, *,
+                 output: Path | None = None,
+                 on_chunk: Callable[[StreamProgress], None] | None = None) -> None:
         self.agent = agent
         self.payments = payment_manager(agent)
         self._progress = progress or (lambda step: None)
+        #: A streamed item goes to this file (its purchase's delivery channel).
+        self.output = output
+        self._on_chunk = on_chunk
+        #: key -> the stream fetched by this shopper, for ``semper buy --json``.
+        self.streamed: dict[str, StreamOutcome] = {}
         #: key -> the machine as this shopper last wrote or read it (see ``_save``).
         self._versions: dict[str, bytes] = {}
         #: seller -> (certificate DER, offers as received, the verified catalogue and
@@ -435,6 +448,12 @@ class Shopper:
                 decisions = purchase.receive(OrderSent(order=order), now_ms=self._ms())
                 await self._save(key, seller, sku, module, purchase,  # before it leaves
                                  entries=self._entries(decisions, seller, purchase, None))
+            elif isinstance(decision, Pay) and _streamed(purchase) is not None \
+                    and decision.module == PURSE:
+                # Paid chunk by chunk on the delivery channel: the purchase stays
+                # PAYING; its stream's record (delivery_downloads) says how far it is.
+                await self._stream_by_purse(purchase, key, seller, certificate)
+                return kept
             elif isinstance(decision, Pay):
                 self._progress(f"paying {decision.amount} by {decision.module} "
                                f"through {self.agent.config.payment.bank or 'bank'}")
@@ -459,9 +478,11 @@ class Shopper:
                 self._progress("payment confirmed by the bank; fetching goods and receipt")
                 signed = None
                 try:
-                    answer = _fields(await self.agent.request(seller, "commerce", "fetch",
-                                                              {"order": decision.order}),
-                                     "commerce.fetch", delivery=dict, receipt=dict, goods=bytes)
+                    answer = await self.agent.request(seller, "commerce", "fetch",
+                                                      {"order": decision.order})
+                    streamed = _streamed(purchase) is not None
+                    answer = _fields(answer, "commerce.fetch", delivery=dict, receipt=dict,
+                                     **({"ticket": bytes} if streamed else {"goods": bytes}))
                     delivery = Statement.from_wire(answer["delivery"])
                     receipt = Statement.from_wire(answer["receipt"])
                     seller_cert = await self._seller_certificate(seller, certificate)
@@ -470,6 +491,13 @@ class Shopper:
                                          root=self.agent.credentials.root, crl=self.agent.crl,
                                          now=self._now(), expected_signer=seller)
                     signed = (delivery, receipt, seller_cert)
+                    if streamed:  # the goods come on the delivery channel, into a file
+                        if paid is not None:  # kept before the stream, which takes long
+                            await self._save(key, seller, sku, module, paid[0],
+                                             payment=paid[1])
+                            paid = None
+                        answer["goods"] = await self._stream(
+                            purchase, key, seller, answer["ticket"], seller_cert)
                     decisions = purchase.receive(
                         GoodsDelivered(delivery=delivery, goods=answer["goods"]),
                         now_ms=self._ms())
@@ -485,10 +513,10 @@ class Shopper:
                         elif evidence:
                             await self.agent.archive.record_all(evidence)
                     raise
-                kept["goods"] = answer["goods"]
+                kept["goods"] = None if streamed else answer["goods"]
                 await self._save(key, seller, sku, module, purchase,
                                  payment=None if paid is None else paid[1],
-                                 goods=answer["goods"],
+                                 goods=kept["goods"],
                                  entries=self._entries(decisions, seller, purchase,
                                                        seller_cert))
                 paid = None
@@ -607,6 +635,93 @@ class Shopper:
                                         peer=identity_of(certificate).agent_id,
                                         transaction=transaction, certificate=certificate)
         return True
+
+    # -- streamed items (issue 10) ------------------------------------------------------
+
+    def _stream_output(self, key: str) -> Path:
+        if self.output is None or str(self.output) == "-":
+            raise NeedsOutput(f"purchase {key!r} is of a streamed item: it is written to a "
+                              "file (--output FILE)")
+        return self.output
+
+    async def _stream(self, purchase: Purchase, key: str, seller: str, ticket: bytes,
+                      certificate: Any) -> bytes:
+        """Fetch a streamed item paid whole into the output file; its bytes (read back
+        once, for the machine's check of the whole against the offer's digest)."""
+        output = self._stream_output(key)
+        info = _streamed(purchase)
+        assert info is not None and purchase.order is not None
+        statement = self._check_ticket(ticket, purchase, seller, certificate, chain=None)
+        order = Order.from_statement(purchase.order)
+        self._progress(f"streaming {info.chunks} chunks on a delivery channel to {output}")
+        outcome = await StreamClient(self.agent, self._on_chunk).fetch(
+            key, seller, statement, info, content_digest=order.offer_terms().content_digest,
+            output=output, paid=order.amount)
+        self.streamed[key] = outcome
+        return await trio.Path(outcome.output).read_bytes()
+
+    async def _stream_by_purse(self, purchase: Purchase, key: str, seller: str,
+                               certificate: Any) -> None:
+        """A streamed item paid by purse: a chain of one payword per chunk, reserved
+        at our bank, committed to the seller for this order, spent as chunks verify."""
+        output = self._stream_output(key)
+        info = _streamed(purchase)
+        assert info is not None and purchase.order is not None
+        order = Order.from_statement(purchase.order)
+        digest = purchase.order.digest
+        save = self._unsaved.pop(digest.hex(), None)
+        if save is not None:  # the accepted machine, before the commitment leaves
+            await save([])
+        from semper.agents.components._purse import Purse  # the purse's buyer half
+
+        purse = self.agent.component(Purse)
+        self._progress(f"reserving {info.price} at {self.agent.config.payment.bank or 'bank'}"
+                       f" for a purse of {info.chunks} paywords")
+        commitment, reservation = await purse.open_chain(
+            seller, info.chunks, info.price_per_chunk, digest, key)
+        seller_cert = await self._seller_certificate(seller, certificate)
+        held = await self.agent.database.read(lambda c: c.execute(
+            "SELECT ticket FROM delivery_downloads WHERE key = ?", (key,)).fetchone())
+        if held is None:
+            answer = _fields(await self.agent.request(seller, "delivery", "ticket", {
+                "order": digest, "commitment": commitment.to_bytes(),
+                "reservation": reservation.to_bytes()}), "delivery.ticket", ticket=bytes)
+            ticket = answer["ticket"]
+        else:
+            ticket = held[0]
+        chain = commitment.body["chain"]
+        statement = self._check_ticket(ticket, purchase, seller, seller_cert, chain=chain)
+        self._progress(f"streaming {info.chunks} chunks on a delivery channel to {output}, "
+                       f"{info.price_per_chunk} a chunk")
+
+        async def pay(index: int) -> bytes:
+            return await purse.pay(chain, index)
+
+        self.streamed[key] = await StreamClient(self.agent, self._on_chunk).fetch(
+            key, seller, statement, info, content_digest=order.offer_terms().content_digest,
+            output=output, paid=info.price_per_chunk, pay=pay, chain=chain)
+
+    def _check_ticket(self, ticket: bytes, purchase: Purchase, seller: str, certificate: Any,
+                      *, chain: bytes | None) -> Statement:
+        """The seller's ticket for this order, this buyer and the offer's stream."""
+        assert purchase.order is not None
+        try:
+            statement = Statement.from_bytes(ticket)
+            verify_statement(statement, certificate=certificate,
+                             root=self.agent.credentials.root, crl=self.agent.crl,
+                             now=self._now(), expected_type=TICKET_TYPE,
+                             expected_signer=seller)
+        except StatementError as exc:
+            raise BadTicket(f"the seller's ticket does not verify: {exc.message}",
+                            detail={"cause": exc.code}) from None
+        body = Ticket.from_statement(statement)
+        for name, want in (("order", purchase.order.digest), ("buyer", self.agent.id),
+                           ("seller", seller), ("stream", _streamed(purchase)),
+                           ("chain", chain)):
+            if getattr(body, name) != want:
+                raise BadTicket(f"the seller's ticket names another {name}",
+                                detail={"field": name})
+        return statement
 
     async def _pay(self, decision: Pay, purchase: Purchase) -> PaymentResult:
         assert purchase.order is not None
@@ -776,6 +891,23 @@ def _read_row(c: sqlite3.Connection, key: str) -> dict[str, Any] | None:
     if row is None:
         return None
     return dict(zip([d[0] for d in cursor.description], row, strict=True))
+
+
+class NeedsOutput(Exception):
+    """A streamed item bought without a file to write it to."""
+
+    code: ClassVar[str] = "delivery.needs_output"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _streamed(purchase: Purchase) -> StreamInfo | None:
+    """The offer's stream, for a purchase of a streamed item (None otherwise)."""
+    if purchase.order is None:
+        return None
+    return Order.from_statement(purchase.order).offer_terms().stream
 
 
 def _find(catalogue: Catalogue, sku: str) -> Statement:

@@ -20,6 +20,7 @@ failed init leaves no half-made market behind.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import secrets
 import shutil
@@ -285,7 +286,24 @@ DEMO_CATALOGUE: Final = [
     {"sku": "song-003", "title": "A song about receipts", "price": "EUR:99",
      "terms": "digital copy; no refunds", "valid_days": 30, "refund_days": 0,
      "goods": b"la la la, every step leaves a signature\n"},
+    # Streamed (issue 10): 257 chunks of 128 KiB (the last shorter), EUR 0.02 each.
+    {"sku": "course-004", "title": "A course in streamed delivery", "price": "EUR:514",
+     "terms": "streamed, paid per chunk; no refunds", "valid_days": 30, "refund_days": 0,
+     "stream": {"chunk_size": 128 * 1024, "price_per_chunk": "EUR:2"},
+     "goods": lambda: course_content()},
 ]
+
+#: The length of course-004's content: about 32 MiB, its last chunk shorter.
+COURSE_LENGTH: Final = 32 * 1024 * 1024 + 12_345
+
+
+def course_content(length: int = COURSE_LENGTH) -> bytes:
+    """course-004's content, generated at init (never kept in git): the same bytes
+    every time, each 64 KiB block distinct (its number, then a fixed SHAKE-256
+    block), so that no two chunks share a leaf. ~40 ms for 32 MiB."""
+    block = hashlib.shake_256(b"semper course-004").digest(64 * 1024)
+    count = -(-length // len(block))
+    return b"".join(n.to_bytes(8, "big") + block[8:] for n in range(count))[:length]
 
 #: What the buyer of a new local market starts with at the bank.
 DEMO_FUNDS: Final = Amount("EUR", 100_000)

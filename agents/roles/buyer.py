@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from semper.agents.components import _purchase
+from semper.agents.components._delivery_buyer import DeliveryDownloads
 from semper.agents.components._fair_buyer import FairPurchases
 from semper.agents.runtime._component import Component
 from semper.agents.runtime._roles import Role
@@ -24,4 +25,4 @@ class Purchases(Component):
 
 class Buyer(Role):
     name = "buyer"
-    components = (Purchases, FairPurchases)
+    components = (Purchases, FairPurchases, DeliveryDownloads)

@@ -79,6 +79,7 @@ from semper.services.commerce import (
 from semper.services.commerce import Archive as ArchiveDecision
 from semper.services.commerce import RefundRequest as CommerceRefundRequest
 from semper.services.commerce import _ops as commerce_ops
+from semper.services.delivery import StreamInfo
 from semper.services.payment import (
     REFUND_ORDER,
     AcceptRequest,
@@ -197,7 +198,7 @@ class Sales(Component):
                             price=item.price, terms=item.terms,
                             content_digest=item.content_digest,
                             valid_until=now + item.valid_days * _DAY_MS,
-                            refund_days=item.refund_days)
+                            refund_days=item.refund_days, stream=_stream_info(item))
                       for item in self.items.values()]
             self._catalogue = cat = Catalogue(offers=tuple(self._sign(b) for b in bodies))
             self._renew_at = min((b.valid_until for b in bodies), default=now) - _DAY_MS
@@ -531,6 +532,11 @@ class Sales(Component):
             # other goods than the ones sold (the buyer may ask for a refund).
             raise UnknownOffer(f"the goods sold as {sold.sku!r} are no longer held here",
                                detail={"sku": sold.sku})
+        if item.stream is not None:  # streamed: a ticket for the delivery channel
+            ticket = await self.context.component(DeliverySeller).ticket_for_paid(
+                request.order, context.peer.agent_id, sold.sku, _terms(sale).payment_module)
+            return {"delivery": sale.delivery.to_wire(), "ticket": ticket.to_bytes(),
+                    "receipt": sale.receipt.to_wire()}
         return {"delivery": sale.delivery.to_wire(), "goods": item.goods,
                 "receipt": sale.receipt.to_wire()}
 
@@ -752,6 +758,14 @@ def _returns_and_row(c: sqlite3.Connection, buyer: str, order: bytes) -> tuple[b
     return returned is not None, _NO_ROW if machine is None else (machine, payment, refund)
 
 
+def _stream_info(item: CatalogueItem) -> StreamInfo | None:
+    """The offer's ``stream`` of a streamed item (None for a one-frame one)."""
+    spec = item.stream
+    return None if spec is None else StreamInfo(
+        chunks=spec.chunks, chunk_size=spec.chunk_size, length=spec.length, root=spec.root,
+        price_per_chunk=spec.price_per_chunk)
+
+
 def _terms(sale: Sale) -> Order:
     assert sale.order is not None
     return Order.from_statement(sale.order)
@@ -774,9 +788,10 @@ class Payee(Component):
         yield payment_ops.ACCEPT, sales.accept
 
 
+from semper.agents.components._delivery_seller import DeliverySeller  # noqa: E402
 from semper.agents.components._fair_seller import FairSales  # noqa: E402 (fair purchase)
 
 
 class Seller(Role):
     name = "seller"
-    components = (Sales, Payee, FairSales)
+    components = (Sales, Payee, FairSales, DeliverySeller)

@@ -1,0 +1,473 @@
+"""The seller's streamed delivery (issue 10): tickets, and the delivery channel's ops.
+
+Theory of operation. A streamed item (a catalogue item with a ``stream`` table) is
+never sent in ``commerce.fetch``'s one frame. Once its order is paid whole (a
+transfer, a cheque), ``commerce.fetch`` answers the delivery and the receipt with a
+signed ``delivery.ticket`` instead of the goods (``ticket_for_paid``); an order to
+be paid by purse gets its ticket from ``delivery.ticket``, once the buyer's
+``purse.commitment`` and its bank's ``purse.reservation`` check out (the chain's
+length is the item's chunk count, its unit the price per chunk). One ticket per
+order: asking again gives the same one.
+
+The buyer presents the ticket on a second channel (``delivery.open``) and asks for
+chunks one at a time (``delivery.chunk``), each answered with its inclusion proof.
+A request answers one chunk, so a slow reader holds at most one chunk of ours in the
+channel's bounded writer: the request-answer rhythm is the window. For a purse
+ticket the chunk request carries payword index+1; it is checked with one hash from
+the last one accepted and the tick (highest index, payword) committed before the
+chunk is read or sent, so the seller never sends a chunk unpaid. A chunk already
+paid (index below the highest tick: a stream broken after the tick) is sent again
+without a new payword. The highest tick is redeemed at the chain's bank within
+``REDEEM_AFTER_MS`` of the stream's last chunk, or else at the chain's expiry, by a
+task that reads what is due from the database (so a restart redeems what a crash
+left pending).
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from semper.agents.runtime._component import Component, Context, handles
+from semper.agents.runtime._config import ConfigError
+from semper.agents.runtime._faults import crash_point
+from semper.services._ops import Op
+from semper.services.delivery import (
+    BadRequest,
+    BadTicket,
+    Busy,
+    OutOfOrder,
+    StreamInfo,
+    Ticket,
+    TicketExpired,
+    TooManyStreams,
+    UnknownStream,
+    check_ticket,
+)
+from semper.services.delivery import _ops as delivery_ops
+from semper.services.delivery._frames import (
+    ChunkAnswer,
+    ChunkRequest,
+    CloseRequest,
+    OpenAnswer,
+    OpenRequest,
+)
+from semper.services.payment.purse import (
+    PURSE_REDEEM,
+    AlreadyRedeemed,
+    BadCommitment,
+    BadPayword,
+    PaywordChecker,
+    PurseCommitment,
+    Replayed,
+    verify_purse,
+)
+from semper.services.payment.purse._wire import RedeemRequest
+from semper.services.statements import Statement, StatementError
+
+if TYPE_CHECKING:
+    from semper.agents.components._catalogue import CatalogueItem
+    from semper.transport import RequestContext
+
+__all__ = ["DeliverySeller"]
+
+TICKET_TYPE: Final = "delivery.ticket"
+#: A ticket for an order paid whole is good for resuming this long.
+PAID_TICKET_MS: Final = 7 * 86_400_000
+#: The stream's last chunk sent, its chain is redeemed this soon (the issue: 10 s).
+REDEEM_AFTER_MS: Final = 2_000
+#: A redemption the bank did not answer is tried again this much later.
+REDEEM_RETRY_MS: Final = 30_000
+
+#: ``delivery.ticket`` (purse): ``{order, commitment, reservation}`` -> ``{ticket}``.
+TICKET: Final = getattr(delivery_ops, "TICKET", None) or Op("delivery", "ticket")
+
+MIGRATIONS: Final = {
+    "delivery_seller": [
+        # One ticket per order; ``chain`` for a purse ticket.
+        "CREATE TABLE delivery_tickets ("
+        " ticket BLOB PRIMARY KEY, order_digest BLOB NOT NULL UNIQUE, buyer TEXT NOT NULL,"
+        " sku TEXT NOT NULL, payment TEXT NOT NULL, chain BLOB, expires INTEGER NOT NULL,"
+        " statement BLOB NOT NULL, created_ms INTEGER NOT NULL) STRICT;"
+        # A purse chain's ticks: ``highest`` paywords accepted (0: none), the last one
+        # (the root while none), what the bank answered; ``redeem_at`` is when the
+        # redemption task acts (NULL once it is done).
+        "CREATE TABLE delivery_chains ("
+        " chain BLOB PRIMARY KEY, ticket BLOB NOT NULL, bank TEXT NOT NULL,"
+        " length INTEGER NOT NULL, highest INTEGER NOT NULL, payword BLOB NOT NULL,"
+        " commitment BLOB NOT NULL, reservation BLOB NOT NULL, state TEXT NOT NULL,"
+        " redeem_at INTEGER, redeemed BLOB, updated_ms INTEGER NOT NULL) STRICT;"
+        "CREATE INDEX delivery_chains_due ON delivery_chains (redeem_at)"
+        " WHERE redeem_at IS NOT NULL",
+    ],
+}
+
+
+@dataclass(slots=True)
+class _Stream:
+    """One open stream: its ticket, the channel it is on, the next chunk it sends."""
+
+    id: int
+    ticket: Ticket
+    ticket_id: bytes
+    buyer: str
+    channel: Any
+    item: CatalogueItem
+    next: int
+    chain: bytes | None
+
+
+class DeliverySeller(Component):
+    """``delivery.*`` on a seller: tickets, open/chunk/close, purse redemption."""
+
+    name = "delivery"
+    unlogged = frozenset({"chunk"})  # one line a chunk would swamp the event log
+
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
+        self.max_streams = 64
+        self.max_streams_per_buyer = 4
+        self._streams: dict[int, _Stream] = {}
+        self._next_id = 1
+        self._wake = trio.Event()  # a redemption came due sooner: look again
+        self._chains: dict[bytes, trio.Lock] = {}
+        #: chain -> its checker as last committed (read from the database once).
+        self._checkers: dict[bytes, PaywordChecker] = {}
+
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        unknown = set(settings) - {"max_streams", "max_streams_per_buyer"}
+        if unknown:
+            raise ConfigError(f"[components.delivery] takes max_streams and "
+                              f"max_streams_per_buyer, not {', '.join(sorted(unknown))}")
+        for key in ("max_streams", "max_streams_per_buyer"):
+            value = settings.get(key, getattr(self, key))
+            if type(value) is not int or not 1 <= value <= 100_000:
+                raise ConfigError(f"[components.delivery] {key} is a whole number, 1 to "
+                                  "100000")
+            setattr(self, key, value)
+
+    def migrations(self) -> Mapping[str, Sequence[str]]:
+        return MIGRATIONS
+
+    # -- what is sold ---------------------------------------------------------------
+
+    def _sales(self) -> Any:
+        from semper.agents.roles.seller import Sales
+
+        return self.context.component(Sales)
+
+    def _item(self, sku: str) -> CatalogueItem:
+        item = self._sales().items.get(sku)
+        if item is None or item.stream is None:
+            raise BadTicket(f"{sku!r} is not streamed here", detail={"field": "sku"})
+        return item
+
+    # -- tickets ----------------------------------------------------------------------
+
+    async def ticket_for_paid(self, order: bytes, buyer: str, sku: str, module: str
+                              ) -> Statement:
+        """The ticket of an order paid whole (``commerce.fetch`` of a streamed item)."""
+        return await self._issue(order, buyer, sku, module, chain=None,
+                                 expires=self.context.now_ms() + PAID_TICKET_MS)
+
+    async def _issue(self, order: bytes, buyer: str, sku: str, module: str, *,
+                     chain: bytes | None, expires: int,
+                     purse: tuple[str, int, bytes, bytes, bytes] | None = None) -> Statement:
+        """The order's ticket, signed and stored once (a second ask gets the first)."""
+        known = await self._ticket_of(order)
+        if known is not None:
+            statement, held_chain = known
+            if held_chain != chain:
+                raise Busy("this order has a ticket for another purse chain",
+                           detail={"ticket": Ticket.from_statement(statement).ticket.hex()})
+            return statement
+        item = self._item(sku)
+        assert item.stream is not None
+        ticket_id = secrets.token_bytes(16)
+        body = Ticket(ticket=ticket_id, order=order, buyer=buyer, seller=self.context.id,
+                      sku=sku, stream=_info(item), payment=module, chain=chain,
+                      expires=expires)
+        statement = self.context.sign(TICKET_TYPE, body.to_body())
+        now = self.context.now_ms()
+
+        def store(c: sqlite3.Connection) -> Statement:
+            row = c.execute("SELECT statement FROM delivery_tickets WHERE order_digest = ?",
+                            (order,)).fetchone()
+            if row is not None:  # another request issued it meanwhile
+                return Statement.from_bytes(row[0])
+            c.execute("INSERT INTO delivery_tickets (ticket, order_digest, buyer, sku, payment,"
+                      " chain, expires, statement, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      (ticket_id, order, buyer, sku, module, chain, expires,
+                       statement.to_bytes(), now))
+            if purse is not None:
+                bank, length, root, commitment, reservation = purse
+                c.execute("INSERT INTO delivery_chains (chain, ticket, bank, length, highest,"
+                          " payword, commitment, reservation, state, redeem_at, updated_ms)"
+                          " VALUES (?, ?, ?, ?, 0, ?, ?, ?, 'open', ?, ?)",
+                          (chain, ticket_id, bank, length, root, commitment, reservation,
+                           expires, now))
+            return statement
+
+        stored = await self.context.database.transaction(store)
+        if stored is statement:
+            await self.context.record(statement, sent=True, peer=buyer,
+                                      transaction=order.hex())
+        self._wake.set()
+        return stored
+
+    async def _ticket_of(self, order: bytes) -> tuple[Statement, bytes | None] | None:
+        row = await self.context.database.read(lambda c: c.execute(
+            "SELECT statement, chain FROM delivery_tickets WHERE order_digest = ?",
+            (order,)).fetchone())
+        return None if row is None else (Statement.from_bytes(row[0]), row[1])
+
+    @handles(TICKET)
+    async def ticket(self, context: RequestContext, request: Any) -> dict[str, Any]:
+        """A purse order's ticket: the buyer's commitment and its bank's reservation
+        for exactly the item's chunks at its price per chunk, for this order."""
+        if not isinstance(request, dict) or not isinstance(request.get("order"), bytes) \
+                or not isinstance(request.get("commitment"), bytes) \
+                or not isinstance(request.get("reservation"), bytes):
+            raise BadRequest("delivery.ticket takes {order, commitment, reservation}",
+                             detail={"type": "delivery.ticket", "field": ""})
+        buyer = context.peer.agent_id
+        order = request["order"]
+        sale = await self._sales()._sale_of(order, buyer)
+        from semper.services.commerce import Order
+
+        assert sale.order is not None
+        terms = Order.from_statement(sale.order)
+        offer = terms.offer_terms()
+        item = self._item(offer.sku)
+        assert item.stream is not None
+        if terms.payment_module != "purse":
+            raise BadRequest("this order is not to be paid by purse",
+                             detail={"type": "delivery.ticket", "field": "order"})
+        bank = self.context.config.payment.bank or "bank"
+        bank_channel = await self.context.agent.channel(bank)
+        commitment, _ = verify_purse(
+            _statement(request["commitment"]), _statement(request["reservation"]),
+            buyer_certificate=context.peer.certificate,
+            bank_certificate=bank_channel.peer.certificate, root=self.context.root,
+            crl=self.context.crl, now=self.context.now(), seller_id=self.context.id,
+            bank_id=bank, expected_buyer=buyer, expected_unit=item.stream.price_per_chunk,
+            expected_order=order)
+        if commitment.length != item.stream.chunks:
+            raise BadCommitment(f"the chain has {commitment.length} paywords, the item "
+                                f"{item.stream.chunks} chunks",
+                                detail={"type": "purse.commitment", "field": "length"})
+        chain = commitment.chain
+        statement = await self._issue(
+            order, buyer, offer.sku, "purse", chain=chain, expires=commitment.expires,
+            purse=(bank, item.stream.chunks, commitment.root, request["commitment"],
+                   request["reservation"]))
+        return {"ticket": statement.to_bytes()}
+
+    # -- the delivery channel ---------------------------------------------------------
+
+    def _live(self) -> list[_Stream]:
+        """The open streams, dropping those whose channel closed (a broken stream)."""
+        for stream in [s for s in self._streams.values() if s.channel.closed]:
+            del self._streams[stream.id]
+        return list(self._streams.values())
+
+    @handles(delivery_ops.OPEN)
+    async def open(self, context: RequestContext, request: OpenRequest) -> OpenAnswer:
+        statement, start = request.ticket, request.start
+        buyer = context.peer.agent_id
+        ticket = check_ticket(statement, seller_id=self.context.id, peer_id=buyer,
+                              now_ms=self.context.now_ms(), certificate=self.context.certificate,
+                              root=self.context.root, crl=self.context.crl)
+        row = await self.context.database.read(lambda c: c.execute(
+            "SELECT order_digest, sku, chain FROM delivery_tickets WHERE ticket = ?",
+            (ticket.ticket,)).fetchone())
+        if row is None:
+            raise BadTicket("no ticket of ours has that id", detail={"field": "ticket"})
+        item = self._item(row[1])
+        assert item.stream is not None
+        if not 0 <= start < item.stream.chunks:
+            raise OutOfOrder(f"from {start} is not a chunk of {item.stream.chunks}",
+                             detail={"index": start, "expected": 0})
+        live = self._live()
+        if any(s.ticket_id == ticket.ticket for s in live):
+            raise Busy("a stream of this ticket is open already",
+                       detail={"ticket": ticket.ticket.hex()})
+        mine = sum(1 for s in live if s.buyer == buyer)
+        if mine >= self.max_streams_per_buyer:
+            raise TooManyStreams(f"{buyer} has {mine} streams open, the most one buyer may",
+                                 detail={"limit": self.max_streams_per_buyer,
+                                         "scope": "buyer"})
+        if len(live) >= self.max_streams:
+            raise TooManyStreams(f"{len(live)} streams are open, the most we serve",
+                                 detail={"limit": self.max_streams, "scope": "total"})
+        stream = _Stream(id=self._next_id, ticket=ticket, ticket_id=ticket.ticket,
+                         buyer=buyer, channel=context.channel, item=item, next=start,
+                         chain=row[2])
+        self._next_id += 1
+        self._streams[stream.id] = stream
+        return OpenAnswer(stream=stream.id, start=start, chunks=item.stream.chunks,
+                          chunk_size=item.stream.chunk_size, length=item.stream.length,
+                          root=item.stream.root)
+
+    def _stream_of(self, context: RequestContext, number: Any) -> _Stream:
+        stream = self._streams.get(number)
+        if stream is None or stream.channel is not context.channel:
+            raise UnknownStream("no stream of that number is open on this channel",
+                                detail={"stream": number})
+        return stream
+
+    @handles(delivery_ops.CHUNK)
+    async def chunk(self, context: RequestContext, request: ChunkRequest) -> ChunkAnswer:
+        number, index, payword = request.stream, request.index, request.payword
+        stream = self._stream_of(context, number)
+        if index != stream.next:
+            raise OutOfOrder(f"chunk {index} asked, {stream.next} is next",
+                             detail={"index": index, "expected": stream.next})
+        if self.context.now_ms() > stream.ticket.expires:
+            raise TicketExpired("the ticket expired", detail={
+                "expires": stream.ticket.expires, "now_ms": self.context.now_ms()})
+        if stream.chain is not None:
+            await self._tick(stream.chain, index, payword)
+        elif payword is not None:
+            raise BadRequest("a ticket paid whole takes no payword",
+                             detail={"type": "delivery.chunk", "field": "payword"})
+        crash_point("stream.seller.chunk", index)
+        assert stream.item.stream is not None
+        data = stream.item.chunk(index)
+        proof = stream.item.stream.tree.inclusion_proof(index)
+        stream.next = index + 1
+        return ChunkAnswer(index=index, data=data, proof=proof)
+
+    async def _tick(self, chain: bytes, index: int, payword: bytes | None) -> None:
+        """Check payword ``index + 1`` of ``chain`` and commit it as the highest tick,
+        before the chunk is read; a chunk paid already (below the highest tick) needs
+        none. Refusals are the purse's codes and move nothing."""
+        lock = self._chains.setdefault(chain, trio.Lock())
+        async with lock:
+            checker = self._checkers.get(chain)
+            if checker is None:
+                row = await self.context.database.read(lambda c: c.execute(
+                    "SELECT highest, payword, length, commitment FROM delivery_chains"
+                    " WHERE chain = ?", (chain,)).fetchone())
+                highest, last, length, commitment = row
+                root = PurseCommitment.from_statement(Statement.from_bytes(commitment)).root
+                checker = PaywordChecker(root, length, in_order=True, highest=highest,
+                                         payword=last if highest else None)
+                self._checkers[chain] = checker
+            if index < checker.highest:
+                return  # paid before (the stream broke after its tick): sent again
+            if payword is None:
+                raise BadPayword(f"chunk {index} is paid by payword {index + 1}",
+                                 detail={"index": index + 1})
+            if payword == checker.payword and checker.highest:
+                raise Replayed(f"payword {checker.highest} again",
+                               detail={"index": index + 1, "highest": checker.highest})
+            trial = PaywordChecker(checker.root, checker.length, in_order=True)
+            trial.highest, trial.payword = checker.highest, checker.payword
+            trial.accept(index + 1, payword)  # the purse's refusals, nothing changed
+            now = self.context.now_ms()
+            done = index + 1 == checker.length
+            before = checker.highest
+
+            def commit(c: sqlite3.Connection) -> None:
+                changed = c.execute(
+                    "UPDATE delivery_chains SET highest = ?, payword = ?, updated_ms = ?,"
+                    " redeem_at = CASE WHEN ? THEN ? ELSE redeem_at END"
+                    " WHERE chain = ? AND highest = ? AND state = 'open'",
+                    (index + 1, payword, now, done, now + REDEEM_AFTER_MS, chain,
+                     before)).rowcount
+                if changed != 1:
+                    raise AlreadyRedeemed("the chain was redeemed: no more ticks",
+                                          detail={"chain": chain.hex()})
+
+            await self.context.database.transaction(commit)
+            checker.highest, checker.payword = trial.highest, trial.payword
+            if done:
+                self._wake.set()
+
+    @handles(delivery_ops.CLOSE)
+    async def close(self, context: RequestContext, request: CloseRequest) -> dict[str, Any]:
+        stream = self._stream_of(context, request.stream)
+        del self._streams[stream.id]
+        return {}
+
+    # -- redemption -------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        task_status.started()
+        while True:
+            self._wake = trio.Event()
+            due = await self.context.database.read(lambda c: c.execute(
+                "SELECT chain, redeem_at FROM delivery_chains WHERE redeem_at IS NOT NULL"
+                " ORDER BY redeem_at LIMIT 16").fetchall())
+            now = self.context.now_ms()
+            ready = [chain for chain, at in due if at <= now]
+            for chain in ready:
+                await self.redeem(chain)
+            if ready:
+                continue
+            wait = (due[0][1] - now) / 1000 if due else 3600.0
+            with trio.move_on_after(max(0.0, min(wait, 3600.0))):
+                await self._wake.wait()
+
+    async def redeem(self, chain: bytes) -> Statement | None:
+        """Redeem ``chain``'s highest tick at its bank (once: the bank answers a repeat
+        with its first statement). A chain with no tick is left to the bank's sweep.
+        A failure is logged and tried again ``REDEEM_RETRY_MS`` later."""
+        row = await self.context.database.read(lambda c: c.execute(
+            "SELECT bank, highest, payword, commitment, reservation FROM delivery_chains"
+            " WHERE chain = ?", (chain,)).fetchone())
+        bank, highest, payword, commitment, reservation = row
+        now = self.context.now_ms()
+        if highest == 0:
+            await self.context.database.transaction(lambda c: c.execute(
+                "UPDATE delivery_chains SET state = 'unused', redeem_at = NULL, updated_ms = ?"
+                " WHERE chain = ?", (now, chain)))
+            return None
+        lock = self._chains.setdefault(chain, trio.Lock())
+        async with lock:  # no tick moves on while its redemption is asked
+            try:
+                answer = await self.context.call(bank, PURSE_REDEEM, RedeemRequest(
+                    commitment=Statement.from_bytes(commitment),
+                    reservation=Statement.from_bytes(reservation), payword=payword,
+                    index=highest))
+            except Exception as exc:
+                code = getattr(exc, "code", None)
+                if not isinstance(code, str):
+                    raise
+                self.context.log.warning("redeeming chain %s at %s: %s (retrying)",
+                                         chain.hex()[:16], bank, exc)
+                final = code in ("purse.already_redeemed", "purse.expired")
+                await self.context.database.transaction(lambda c: c.execute(
+                    "UPDATE delivery_chains SET state = ?, redeem_at = ?, updated_ms = ?"
+                    " WHERE chain = ?", (code if final else "open",
+                                         None if final else now + REDEEM_RETRY_MS, now,
+                                         chain)))
+                return None
+            await self.context.database.transaction(lambda c: c.execute(
+                "UPDATE delivery_chains SET state = 'redeemed', redeem_at = NULL,"
+                " redeemed = ?, updated_ms = ? WHERE chain = ?",
+                (answer.redeemed.to_bytes(), now, chain)))
+        return answer.redeemed
+
+
+def _statement(data: bytes) -> Statement:
+    try:
+        return Statement.from_bytes(data)
+    except StatementError as exc:
+        raise BadRequest(f"not a statement: {exc.message}",
+                         detail={"type": "delivery.ticket", "field": "", "cause": exc.code}
+                         ) from None
+
+
+def _info(item: CatalogueItem) -> StreamInfo:
+    spec = item.stream
+    assert spec is not None
+    return StreamInfo(chunks=spec.chunks, chunk_size=spec.chunk_size, length=spec.length,
+                      root=spec.root, price_per_chunk=spec.price_per_chunk)
