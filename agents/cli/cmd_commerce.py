@@ -19,6 +19,7 @@ from typing import Any
 import click
 import trio
 from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
 from semper.agents.cli._common import (
@@ -31,6 +32,7 @@ from semper.agents.cli._common import (
 )
 from semper.agents.cli._text import counted
 from semper.agents.components import _fair_buyer, _purchase
+from semper.agents.components._delivery_buyer import StreamClient, StreamOutcome, StreamProgress
 from semper.agents.components._escrow_keys import default_notary
 from semper.agents.components._purchase import Shopper
 from semper.agents.runtime._agent import Agent
@@ -124,7 +126,8 @@ def catalogue(config_path: Path, seller: str, passphrase_file: Path | None,
         return [{"sku": o.body["sku"], "title": o.body["title"], "price": o.body["price"],
                  "terms": o.body["terms"], "valid_until": o.body["valid_until"],
                  "refund_days": o.body.get("refund_days"),
-                 "content_digest": o.body["content_digest"].hex()} for o in cat.offers]
+                 "content_digest": o.body["content_digest"].hex(),
+                 **_stream_json(o.body.get("stream"))} for o in cat.offers]
 
     offers = trio.run(fetch)
     if as_json:
@@ -141,6 +144,15 @@ def catalogue(config_path: Path, seller: str, passphrase_file: Path | None,
                       "-" if days is None else "none" if days == 0 else f"{days} days",
                       offer["terms"])
     Console().print(table)
+
+
+def _stream_json(stream: Any) -> dict[str, Any]:
+    """A streamed offer's ``stream`` for ``catalogue --json`` (nothing for others)."""
+    if not isinstance(stream, dict):
+        return {}
+    return {"stream": {"chunks": stream["chunks"], "chunk_size": stream["chunk_size"],
+                       "root": stream["root"].hex(),
+                       "price_per_chunk": stream["price_per_chunk"]}}
 
 
 class PaymentModuleName(click.ParamType):
@@ -197,13 +209,20 @@ def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
         # Before any network step: a purchase that fails halfway is resumed with it.
         click.echo(f"idempotency key: {key}", err=True)
     console = Console(stderr=as_json)
+    bar = _StreamBar(console)
+    shopper: Shopper | None = None
 
     async def run() -> Any:
+        nonlocal shopper
         with console.status(f"buying {sku} from {seller}") as status:
             def step(text: str) -> None:
                 status.update(text)
                 if not as_json:
                     console.print(f"  [dim]-[/dim] {text}")
+
+            def chunk(progress: StreamProgress) -> None:
+                status.stop()
+                bar.update(progress)
 
             async with agent.session():
                 if fair:
@@ -211,9 +230,27 @@ def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
                         agent, progress=step, notary=notary or default_notary(agent.config),
                         wait_ms=int(agent.config.timeouts.request * 1000),
                     ).buy_fair(seller, sku, module, key)
-                return await Shopper(agent, progress=step).buy(seller, sku, module, key)
+                shopper = Shopper(agent, progress=step, output=output, on_chunk=chunk)
+                try:
+                    outcome = await shopper.buy(seller, sku, module, key)
+                finally:
+                    bar.stop()
+                if key not in shopper.streamed:  # a stream finished by an earlier run
+                    shopper.streamed.update(await _finished_stream(agent, key))
+                return outcome
 
     outcome = trio.run(run)
+    if shopper is not None and key in shopper.streamed:  # a streamed item, in --output
+        streamed = shopper.streamed[key]
+        if as_json:
+            click.echo(json.dumps(streamed.to_json()))
+            return
+        click.echo(f"{streamed.chunks} chunks ({counted(streamed.bytes, 'byte')}) verified "
+                   f"against root {streamed.root.hex()[:16]}... and written to "
+                   f"{streamed.output}; paid {streamed.paid}"
+                   + (f"; resumed at chunk {streamed.resumed_from}"
+                      if streamed.resumed_from else ""))
+        return
     resolved_by = None
     if fair:  # a FairOutcome: the goods opened, and who resolved the exchange
         resolved_by, outcome_goods = outcome.resolved_by, outcome.goods
@@ -235,6 +272,43 @@ def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
         click.echo(f"fair exchange resolved by the {resolved_by}")
     if output is not None:
         click.echo(f"goods written to {output}")
+
+
+class _StreamBar:
+    """``semper buy``'s progress bar for a streamed item: chunks, bytes, rate, paid."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._progress: Progress | None = None
+        self._task: Any = None
+
+    def update(self, p: StreamProgress) -> None:
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("{task.fields[chunks]} chunks"),
+                BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
+                TextColumn("paid {task.fields[paid]}"), console=self.console, transient=False)
+            self._progress.start()
+            self._task = self._progress.add_task("stream", total=p.length,
+                                                 chunks=f"{p.chunks}/{p.of}", paid=str(p.paid))
+        self._progress.update(self._task, completed=p.bytes, chunks=f"{p.chunks}/{p.of}",
+                              paid=str(p.paid))
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+async def _finished_stream(agent: Agent, key: str) -> dict[str, StreamOutcome]:
+    """The stream of ``key`` fetched whole by an earlier run (nothing fetched now)."""
+    row = await StreamClient(agent).row(key)
+    if row is None or row["state"] != "done":
+        return {}
+    return {key: StreamOutcome(key=key, chunks=row["chunks"], bytes=row["length"],
+                               root=row["root"], output=Path(row["output"]),
+                               paid=Amount(row["paid_currency"], row["paid_units"]),
+                               resumed_from=row["chunks"])}
 
 
 @click.command("goods")

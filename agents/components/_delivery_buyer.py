@@ -111,7 +111,7 @@ class StreamOutcome:
     def to_json(self) -> dict[str, Any]:
         return {"state": "done", "chunks": self.chunks, "bytes": self.bytes,
                 "root": self.root.hex(), "paid": self.paid.to_wire(),
-                "resumed_from": self.resumed_from, "idempotency_key": self.key}
+                "resumed_from": self.resumed_from}
 
 
 #: ``pay(index)`` -> payword index+1 of the purse chain (recorded spent first).
