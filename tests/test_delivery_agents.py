@@ -4,7 +4,6 @@ refusal of the delivery channel with its code and no money moved."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,14 +12,12 @@ from typing import Any
 
 import pytest
 import trio
+from market_helpers import wait_until
 
 from semper.agents import Agent, AgentConfig
-from semper.agents.components._delivery_seller import DeliverySeller
+from semper.agents.components import _ledger
 from semper.agents.components._purchase import Shopper
 from semper.agents.operator._market import init_market
-from semper.agents.runtime import _faults
-from semper.services.statements import Statement
-from semper.transport import RemoteError
 
 DEADLINE = 30.0
 CHUNK = 4096
@@ -99,3 +96,52 @@ async def test_a_streamed_item_paid_by_transfer_arrives_whole(tmp_path: Path) ->
             again = Shopper(m.buyer, output=output)
             replay = await again.buy("seller", SKU, "transfer", "k1")
             assert replay.replayed and (await balances(m.buyer))["EUR"] == before["EUR"] - PRICE
+
+
+async def seller_chain(m: Market) -> tuple[Any, ...]:
+    return await m.seller.database.read(lambda c: c.execute(  # type: ignore[no-any-return]
+        "SELECT chain, highest, state, redeem_at FROM delivery_chains").fetchone())
+
+
+async def redeemed(m: Market) -> None:
+    """Wait (bounded, real time) until the seller's redemption task redeemed."""
+    await wait_until(lambda: m.seller.database.read_sync(lambda c: c.execute(
+        "SELECT state FROM delivery_chains").fetchone())[0] == "redeemed",
+        "the seller redeemed the chain")
+
+
+async def test_a_streamed_item_paid_by_purse(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import semper.agents.components._delivery_seller as seller_module
+
+    monkeypatch.setattr(seller_module, "REDEEM_AFTER_MS", 0)
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            before = await balances(m.buyer)
+            seller_before = await balances_of(m, "seller")
+            output = tmp_path / "clip.bin"
+            shopper = Shopper(m.buyer, output=output)
+            await shopper.buy("seller", SKU, "purse", "p1")
+            assert output.read_bytes() == CONTENT
+            streamed = shopper.streamed["p1"].to_json()
+            assert streamed["paid"] == {"currency": "EUR", "minor_units": PRICE}
+            await redeemed(m)
+            _, highest, _, _ = await seller_chain(m)
+            assert highest == 5
+            assert (await balances(m.buyer))["EUR"] == before["EUR"] - PRICE
+            assert (await balances_of(m, "seller"))["EUR"] == seller_before["EUR"] + PRICE
+            # The same command again: nothing paid, nothing fetched.
+            again = Shopper(m.buyer, output=output)
+            await again.buy("seller", SKU, "purse", "p1")
+            assert again.streamed["p1"].resumed_from == 5
+            assert (await balances(m.buyer))["EUR"] == before["EUR"] - PRICE
+
+
+async def balances_of(m: Market, agent_id: str) -> dict[str, int]:
+    """``agent_id``'s balances, read from the bank's books (which must balance)."""
+
+    def read(c: Any) -> dict[str, int]:
+        _ledger.check_books(c)
+        return _ledger.balances(c, agent_id)
+
+    return await m.bank.database.read(read)
