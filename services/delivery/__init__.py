@@ -55,7 +55,7 @@ from ._live import (
     LiveStream,
     StreamHead,
 )
-from ._ops import CHUNK, CLOSE, HEAD, OPEN
+from ._ops import CHUNK, CLOSE, HEAD, OPEN, TICKET
 from ._ticket import CHAIN_SIZE, TICKET_SIZE, TICKET_TYPE, Ticket, check_ticket, sign_ticket
 
 __all__ = [
@@ -73,6 +73,7 @@ __all__ = [
     "OPEN",
     "PAYWORD_SIZE",
     "STREAM_ID_SIZE",
+    "TICKET",
     "TICKET_SIZE",
     "TICKET_TYPE",
     "BadChunk",

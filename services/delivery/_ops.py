@@ -17,7 +17,7 @@ from ._frames import (
     OpenRequest,
 )
 
-__all__ = ["CHUNK", "CLOSE", "HEAD", "OPEN", "SERVICE"]
+__all__ = ["CHUNK", "CLOSE", "HEAD", "OPEN", "SERVICE", "TICKET"]
 
 SERVICE: Final = "delivery"
 
@@ -29,3 +29,7 @@ CHUNK: Final = Op(SERVICE, "chunk", ChunkRequest, ChunkAnswer)
 CLOSE: Final = Op(SERVICE, "close", CloseRequest)
 #: ``{stream, size}`` -> ``{head, consistency}`` (live streams).
 HEAD: Final = Op(SERVICE, "head", HeadRequest, HeadAnswer)
+#: ``{order, commitment, reservation}`` -> ``{ticket}``: a purse order's ticket, asked on
+#: the request channel (protocol.md 13.2). Its bodies are checked by the seller's
+#: handler (passed through as maps), which answers ``delivery.bad_request`` itself.
+TICKET: Final = Op(SERVICE, "ticket")
