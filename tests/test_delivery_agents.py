@@ -18,6 +18,8 @@ from semper.agents import Agent, AgentConfig
 from semper.agents.components import _ledger
 from semper.agents.components._purchase import Shopper
 from semper.agents.operator._market import init_market
+from semper.services.statements import Statement
+from semper.transport import RemoteError
 
 DEADLINE = 30.0
 CHUNK = 4096
@@ -145,3 +147,147 @@ async def balances_of(m: Market, agent_id: str) -> dict[str, int]:
         return _ledger.balances(c, agent_id)
 
     return await m.bank.database.read(read)
+
+
+# -- refusals ---------------------------------------------------------------------------
+
+class Stop(Exception):
+    """Raised from a progress callback: the stream stops after that chunk."""
+
+
+def stop_after(count: int) -> Any:
+    def check(progress: Any) -> None:
+        if progress.chunks >= count:
+            raise Stop
+
+    return check
+
+
+async def half_bought(m: Market, tmp_path: Path, key: str, module: str,
+                      chunks: int = 1) -> tuple[bytes, bytes | None]:
+    """A purchase of the streamed item whose stream stopped after ``chunks``
+    chunks; its ticket and purse chain as the buyer keeps them."""
+    shopper = Shopper(m.buyer, output=tmp_path / f"{key}.bin", on_chunk=stop_after(chunks))
+    with pytest.raises(Exception) as stopped:
+        await shopper.buy("seller", SKU, module, key)
+    assert getattr(stopped.value, "code", None) == "delivery.interrupted"
+    row = await m.buyer.database.read(lambda c: c.execute(
+        "SELECT ticket, chain, verified FROM delivery_downloads WHERE key = ?",
+        (key,)).fetchone())
+    assert row[2] == chunks
+    return row[0], row[1]
+
+
+async def refused(call: Any, code: str) -> RemoteError:
+    with pytest.raises(RemoteError) as info:
+        await call
+    assert info.value.code == code, info.value
+    return info.value
+
+
+async def test_a_ticket_is_only_its_buyers_and_only_the_sellers(tmp_path: Path) -> None:
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            ticket, _ = await half_bought(m, tmp_path, "t1", "transfer")
+            # Another agent presents the buyer's ticket: not its holder.
+            other = Agent(_config(m.folder, "arbiter"))
+            async with other.session(), other.connect("seller") as channel:
+                await refused(channel.request("delivery", "open",
+                                              {"ticket": ticket, "from": 0}),
+                              "delivery.wrong_holder")
+            # A ticket the buyer signed itself (its own "delivery.ticket"): not the seller's.
+            body = Statement.from_bytes(ticket).body
+            forged = m.buyer.evidence.sign("delivery.ticket", body)
+            async with m.buyer.connect("seller") as channel:
+                await refused(channel.request("delivery", "open",
+                                              {"ticket": forged.to_bytes(), "from": 0}),
+                              "delivery.bad_ticket")
+                # The genuine one opens; twice at once is busy.
+                opened = await channel.request("delivery", "open", {"ticket": ticket, "from": 1})
+                assert opened["from"] == 1 and opened["chunks"] == 5
+                await refused(channel.request("delivery", "open",
+                                              {"ticket": ticket, "from": 1}), "delivery.busy")
+                # Not the next chunk.
+                await refused(channel.request("delivery", "chunk",
+                                              {"stream": opened["stream"], "index": 3}),
+                              "delivery.out_of_order")
+
+
+async def test_the_buyer_refuses_a_ticket_for_another_order(tmp_path: Path) -> None:
+    """The seller's ticket of another purchase (a buggy or lying seller) is refused by
+    the buyer before it streams or pays anything."""
+    from semper.agents.components import _purchase
+    from semper.services.commerce import Purchase
+    from semper.services.statements import canonical_decode
+
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            first, _ = await half_bought(m, tmp_path, "o1", "transfer")
+            await half_bought(m, tmp_path, "o2", "transfer")
+            row = await m.buyer.database.read(lambda c: c.execute(
+                "SELECT machine FROM commerce_purchases WHERE key = 'o2'").fetchone())
+            purchase = Purchase.from_state(canonical_decode(row[0]))
+            shopper = Shopper(m.buyer)
+            certificate = (await m.buyer.channel("seller")).peer.certificate
+            with pytest.raises(_purchase.BadTicket) as info:
+                shopper._check_ticket(first, purchase, "seller", certificate, chain=None)
+            assert info.value.code == "delivery.bad_ticket"
+            assert info.value.detail["field"] == "order"
+
+
+async def test_an_expired_ticket_is_refused(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import semper.agents.components._delivery_seller as seller_module
+
+    monkeypatch.setattr(seller_module, "PAID_TICKET_MS", -1)  # expired when issued
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            shopper = Shopper(m.buyer, output=tmp_path / "x.bin")
+            with pytest.raises(RemoteError) as info:
+                await shopper.buy("seller", SKU, "transfer", "e1")
+            assert info.value.code == "delivery.ticket_expired"
+            assert not (tmp_path / "x.bin").exists()
+
+
+async def test_stream_caps_per_buyer_and_in_all(tmp_path: Path) -> None:
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path, max_streams_per_buyer=1, max_streams=2) as m:
+            one, _ = await half_bought(m, tmp_path, "c1", "transfer")
+            two, _ = await half_bought(m, tmp_path, "c2", "transfer")
+            async with m.buyer.connect("seller") as channel:
+                await channel.request("delivery", "open", {"ticket": one, "from": 1})
+                error = await refused(channel.request("delivery", "open",
+                                                      {"ticket": two, "from": 1}),
+                                      "delivery.too_many_streams")
+                assert error.detail["scope"] == "buyer"
+            # Its channel closed, the stream is gone: the ticket opens again.
+            async with m.buyer.connect("seller") as channel:
+                opened = await channel.request("delivery", "open", {"ticket": two, "from": 1})
+                await channel.request("delivery", "close", {"stream": opened["stream"]})
+                await channel.request("delivery", "open", {"ticket": one, "from": 1})
+
+
+async def test_replayed_and_out_of_order_paywords_move_no_money(tmp_path: Path) -> None:
+    from semper.agents.components._purse import Purse
+
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            ticket, chain = await half_bought(m, tmp_path, "r1", "purse", chunks=2)
+            assert chain is not None
+            purse = m.buyer.component(Purse)
+            first, second, third = [await purse.pay(chain, i) for i in (0, 1, 2)]
+            async with m.buyer.connect("seller") as channel:
+                opened = await channel.request("delivery", "open", {"ticket": ticket, "from": 2})
+                stream = opened["stream"]
+                await refused(channel.request("delivery", "chunk", {
+                    "stream": stream, "index": 2, "payword": second}), "purse.replayed")
+                await refused(channel.request("delivery", "chunk", {
+                    "stream": stream, "index": 2, "payword": first}), "purse.bad_payword")
+                await refused(channel.request("delivery", "chunk", {
+                    "stream": stream, "index": 3, "payword": third}), "delivery.out_of_order")
+                await refused(channel.request("delivery", "chunk", {
+                    "stream": stream, "index": 2}), "purse.bad_payword")
+                assert (await seller_chain(m))[1] == 2  # no tick moved
+                answer = await channel.request("delivery", "chunk", {
+                    "stream": stream, "index": 2, "payword": third})
+                assert answer["index"] == 2 and (await seller_chain(m))[1] == 3
