@@ -152,7 +152,7 @@ def test_any_k_reveals_verify_from_the_root_and_nothing_else_does(
     for k in revealed:
         # Another index for the same payword, or the payword with one bit flipped,
         # never passes; then the true one does.
-        wrong_k = data.draw(st.integers(checker.highest + 1, length).filter(lambda j: j != k)
+        wrong_k = data.draw(st.integers(checker.highest + 1, length).filter(lambda j, k=k: j != k)
                             ) if length > checker.highest + 1 else None
         if wrong_k is not None:
             with pytest.raises(BadPayword):

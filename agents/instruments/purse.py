@@ -73,7 +73,7 @@ SWEEP_BATCH: Final = 200
 _THREAD_HASHES: Final = 4096
 
 MIGRATIONS: Final = {
-    "purse": [
+    "bank_purse": [
         "CREATE TABLE bank_purse_chains ("
         " chain BLOB PRIMARY KEY, buyer TEXT NOT NULL, seller TEXT NOT NULL,"
         " currency TEXT NOT NULL, unit INTEGER NOT NULL, length INTEGER NOT NULL,"

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from semper.agents.components import _purchase
 from semper.agents.components._delivery_buyer import DeliveryDownloads
 from semper.agents.components._fair_buyer import FairPurchases
+from semper.agents.components._purse import Purse
 from semper.agents.runtime._component import Component
 from semper.agents.runtime._roles import Role
 
@@ -25,4 +26,4 @@ class Purchases(Component):
 
 class Buyer(Role):
     name = "buyer"
-    components = (Purchases, FairPurchases, DeliveryDownloads)
+    components = (Purchases, FairPurchases, DeliveryDownloads, Purse)
