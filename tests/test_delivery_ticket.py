@@ -13,12 +13,16 @@ import os
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pki import NOW, Market
 from pki import TestAgent as PkiAgent
 
 from semper.services import Amount, ServiceError
 from semper.services.delivery import (
     CHUNK,
+    CLOSE,
+    HEAD,
     OPEN,
     BadRequest,
     BadTicket,
@@ -27,6 +31,8 @@ from semper.services.delivery import (
     ChunkRequest,
     OpenAnswer,
     OpenRequest,
+    StreamHead,
+    StreamInfo,
     Ticket,
     TicketExpired,
     WrongHolder,
@@ -226,3 +232,30 @@ def test_chunk_bodies() -> None:
                 {"index": 0, "data": b"x", "proof": [bytes(32)] * 65}):
         with pytest.raises(BadRequest):
             CHUNK.decode_response(bad)
+
+
+# -- hostile values: our refusal, nothing else -----------------------------------------------
+
+_leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**64, 2**64), st.binary(max_size=40),
+                  st.text(max_size=8), st.sampled_from([bytes(16), bytes(32), 0, 1, 2**20]))
+_values = st.recursive(_leaf, lambda inner: st.one_of(
+    st.lists(inner, max_size=4),
+    st.dictionaries(st.sampled_from(["ticket", "from", "stream", "index", "payword", "data",
+                                     "proof", "head", "consistency", "size", "chunks",
+                                     "chunk_size", "length", "root", "price_per_chunk",
+                                     "order", "buyer", "seller", "sku", "payment", "chain",
+                                     "expires", "x"]), inner, max_size=8)), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_values)
+def test_hostile_bodies_raise_only_coded_refusals(value: object) -> None:
+    decoders = [OPEN.decode_request, OPEN.decode_response, CHUNK.decode_request,
+                CHUNK.decode_response, CLOSE.decode_request, HEAD.decode_request,
+                HEAD.decode_response, StreamInfo.from_wire, Ticket.from_wire,
+                StreamHead.from_wire]
+    for decode in decoders:
+        try:
+            decode(value)
+        except ServiceError as exc:
+            assert exc.code.startswith(("delivery.", "statement.")), exc.code
