@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Final
 import trio
 
 from semper.agents.runtime._component import Component
+from semper.agents.runtime._faults import crash_point
 from semper.services import Amount
 from semper.services.delivery import StreamInfo, verify_chunk
 from semper.services.statements import Statement
@@ -225,6 +226,7 @@ class StreamClient:
             asked: dict[str, Any] = {"stream": stream, "index": index}
             if pay is not None:  # paid only now: chunk index-1 verified and written
                 asked["payword"] = await pay(index)
+            crash_point("stream.buyer.chunk", index)  # paid (if by purse), not received
             answer = await channel.request("delivery", "chunk", asked)
             data, proof = _chunk_answer(answer, index)
             verify_chunk(info, index, data, proof)  # before a byte is written

@@ -104,6 +104,9 @@ MIGRATIONS: Final = {
         " redeem_at INTEGER, redeemed BLOB, updated_ms INTEGER NOT NULL) STRICT;"
         "CREATE INDEX delivery_chains_due ON delivery_chains (redeem_at)"
         " WHERE redeem_at IS NOT NULL",
+        # 2: how many chunks were sent (or being sent) against the chain, committed
+        # with each tick: the record that no chunk left unpaid (sent <= highest).
+        "ALTER TABLE delivery_chains ADD COLUMN sent INTEGER NOT NULL DEFAULT 0",
     ],
 }
 
@@ -376,10 +379,10 @@ class DeliverySeller(Component):
 
             def commit(c: sqlite3.Connection) -> None:
                 changed = c.execute(
-                    "UPDATE delivery_chains SET highest = ?, payword = ?, updated_ms = ?,"
-                    " redeem_at = CASE WHEN ? THEN ? ELSE redeem_at END"
+                    "UPDATE delivery_chains SET highest = ?, payword = ?, sent = ?,"
+                    " updated_ms = ?, redeem_at = CASE WHEN ? THEN ? ELSE redeem_at END"
                     " WHERE chain = ? AND highest = ? AND state = 'open'",
-                    (index + 1, payword, now, done, now + REDEEM_AFTER_MS, chain,
+                    (index + 1, payword, index + 1, now, done, now + REDEEM_AFTER_MS, chain,
                      before)).rowcount
                 if changed != 1:
                     raise AlreadyRedeemed("the chain was redeemed: no more ticks",
