@@ -35,6 +35,7 @@ from . import (
     cmd_mail,
     cmd_market,
     cmd_ping,
+    cmd_purse,
     cmd_timestamp,
 )
 
@@ -73,6 +74,7 @@ for module in (cmd_market, cmd_agent, cmd_ping, cmd_call, cmd_ca, cmd_bank, cmd_
 cli.add_command(cmd_timestamp.command)
 cli.add_command(cmd_contract.command)
 cli.add_command(cmd_mail.command)
+cli.add_command(cmd_purse.command)
 for command in (cmd_commerce.catalogue, cmd_commerce.buy, cmd_commerce.refund,
                 cmd_commerce.wallet, cmd_commerce.goods):
     cli.add_command(command)

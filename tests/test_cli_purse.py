@@ -1,0 +1,61 @@
+"""``semper purse list --config X.toml [--json]`` (issue 10 item 5): the buyer's chains
+from its own records, as ``{"chain", "seller", "reserved", "spent", "redeemed",
+"state"}`` with amounts ``{currency, minor_units}``, or a table; another role's
+config is refused with one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import trio
+from cli_helpers import market, prebuilt, refused, semper  # noqa: F401  (fixtures)
+from market_helpers import DEADLINE, config_of, running
+
+from semper.agents import Agent
+from semper.agents.components._purse import Purse, redeem
+from semper.services import Amount
+
+
+def test_an_empty_purse_lists_nothing(market: Path) -> None:  # noqa: F811
+    status, out, err = semper("purse", "list", "--config", market / "buyer" / "agent.toml",
+                              "--json")
+    assert (status, json.loads(out), err) == (0, [], "")
+
+
+async def test_the_list_shows_reserved_spent_redeemed_and_state(market: Path) -> None:  # noqa: F811
+    bank = Agent(config_of(market, "bank"))
+    buyer = Agent(config_of(market, "buyer"))
+    seller = Agent(config_of(market, "seller"))
+    with trio.fail_after(DEADLINE):
+        async with running(bank), running(buyer), running(seller):
+            purse = buyer.component(Purse)
+            commitment, reservation = await purse.open_chain(
+                "seller", 8, Amount("EUR", 30), None, "first")
+            paywords = [await purse.pay(commitment.body["chain"], i) for i in range(3)]
+            await redeem(seller.context, commitment, reservation, paywords[-1], 3)
+            await purse.refresh(commitment.body["chain"])
+            other, _ = await purse.open_chain("seller", 2, Amount("EUR", 5), None, "second")
+            await purse.pay(other.body["chain"], 0)
+    status, out, err = semper("purse", "list", "--config", market / "buyer" / "agent.toml",
+                              "--json")
+    assert status == 0 and err == ""
+
+    def eur(units: int) -> dict[str, object]:
+        return {"currency": "EUR", "minor_units": units}
+
+    assert sorted(json.loads(out), key=lambda c: c["reserved"]["minor_units"]) == [
+        {"chain": other.body["chain"].hex(), "seller": "seller", "reserved": eur(10),
+         "spent": eur(5), "redeemed": eur(0), "state": "reserved"},
+        {"chain": commitment.body["chain"].hex(), "seller": "seller", "reserved": eur(240),
+         "spent": eur(90), "redeemed": eur(90), "state": "redeemed"}]
+    status, out, err = semper("purse", "list", "--config", market / "buyer" / "agent.toml")
+    assert status == 0 and err == ""
+    assert commitment.body["chain"].hex()[:16] in out and "EUR 2.40" in out
+    assert "redeemed" in out and "reserved" in out
+
+
+def test_another_roles_config_is_refused_in_one_line(market: Path) -> None:  # noqa: F811
+    refused(semper("purse", "list", "--config", market / "bank" / "agent.toml"),
+            "agent.bad_config")
+    refused(semper("purse", "list", "--config", market / "nobody.toml"), "agent.bad_config")
