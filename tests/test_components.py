@@ -150,7 +150,7 @@ async def test_the_bank_serves_the_instruments_installed_and_advertises_them(
         market: Path) -> None:
     bank = Agent(config_of(market, "bank"))
     assert TransferBank in bank.components and BankService in bank.components
-    assert bank.registry.services()["bank"].modules == ("cheque", "transfer")
+    assert bank.registry.services()["bank"].modules == ("cheque", "purse", "transfer")
     restricted = Agent(config_of(market, "bank", payment=_modules("transfer")))
     assert restricted.registry.services()["bank"].modules == ("transfer",)
     ops = {(op.service, op.name) for op in declared_ops()}
