@@ -233,13 +233,8 @@ class DeliverySeller(Component):
     async def ticket(self, context: RequestContext, request: Any) -> dict[str, Any]:
         """A purse order's ticket: the buyer's commitment and its bank's reservation
         for exactly the item's chunks at its price per chunk, for this order."""
-        if not isinstance(request, dict) or not isinstance(request.get("order"), bytes) \
-                or not isinstance(request.get("commitment"), bytes) \
-                or not isinstance(request.get("reservation"), bytes):
-            raise BadRequest("delivery.ticket takes {order, commitment, reservation}",
-                             detail={"type": "delivery.ticket", "field": ""})
-        buyer = context.peer.agent_id
-        order = request["order"]
+        buyer = context.peer.agent_id  # request: a TicketRequest, checked on decoding
+        order = request.order
         sale = await self._sales()._sale_of(order, buyer)
         from semper.services.commerce import Order
 
@@ -254,7 +249,7 @@ class DeliverySeller(Component):
         bank = self.context.config.payment.bank or "bank"
         bank_channel = await self.context.agent.channel(bank)
         commitment, _ = verify_purse(
-            _statement(request["commitment"]), _statement(request["reservation"]),
+            _statement(request.commitment), _statement(request.reservation),
             buyer_certificate=context.peer.certificate,
             bank_certificate=bank_channel.peer.certificate, root=self.context.root,
             crl=self.context.crl, now=self.context.now(), seller_id=self.context.id,
@@ -267,8 +262,8 @@ class DeliverySeller(Component):
         chain = commitment.chain
         statement = await self._issue(
             order, buyer, offer.sku, "purse", chain=chain, expires=commitment.expires,
-            purse=(bank, item.stream.chunks, commitment.root, request["commitment"],
-                   request["reservation"]))
+            purse=(bank, item.stream.chunks, commitment.root, request.commitment,
+                   request.reservation))
         return {"ticket": statement.to_bytes()}
 
     # -- the delivery channel ---------------------------------------------------------

@@ -45,6 +45,8 @@ from ._frames import (
     HeadRequest,
     OpenAnswer,
     OpenRequest,
+    TicketAnswer,
+    TicketRequest,
 )
 from ._live import (
     HEAD_TYPE,
@@ -102,7 +104,9 @@ __all__ = [
     "StreamHead",
     "StreamInfo",
     "Ticket",
+    "TicketAnswer",
     "TicketExpired",
+    "TicketRequest",
     "TooManyStreams",
     "UnknownStream",
     "WrongHolder",

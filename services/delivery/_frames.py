@@ -30,12 +30,16 @@ __all__ = [
     "HeadRequest",
     "OpenAnswer",
     "OpenRequest",
+    "TicketAnswer",
+    "TicketRequest",
 ]
 
 #: A stream's number on its channel: the seller's choice, 0 to 2^31-1.
 MAX_STREAM_ID: Final = (1 << 31) - 1
 #: Bytes of a payword (a SHA-256 value, purse section 8).
 PAYWORD_SIZE: Final = 32
+#: The largest purse statement ``delivery.ticket`` quotes (a commitment, a reservation).
+MAX_QUOTED: Final = 16 * 1024
 
 
 def _proof_ok(value: Any) -> bool:
@@ -89,6 +93,9 @@ FRAMES: Final = Schema(BadRequest, {
     "chunk_size": integer(1, MAX_CHUNK_SIZE),
     "length": integer(1, MAX_LENGTH),
     "root": DIGEST,
+    "order": DIGEST,
+    "commitment": binary(1, MAX_QUOTED, f"a statement's canonical bytes (at most {MAX_QUOTED})"),
+    "reservation": binary(1, MAX_QUOTED, f"a statement's canonical bytes (at most {MAX_QUOTED})"),
 })
 
 
@@ -181,3 +188,27 @@ class HeadAnswer(Body):
 
     head: Statement
     consistency: list[bytes] | tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TicketRequest(Body):
+    """``delivery.ticket`` (on the request channel): a purse order's ticket, for the
+    order's digest, the buyer's ``purse.commitment`` and its bank's
+    ``purse.reservation`` (their canonical bytes, checked by the seller)."""
+
+    TYPE: ClassVar[str] = "delivery.ticket"
+    SCHEMA: ClassVar[Schema] = FRAMES
+
+    order: bytes
+    commitment: bytes
+    reservation: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TicketAnswer(Body):
+    """``delivery.ticket``'s answer: the signed ticket's canonical bytes."""
+
+    TYPE: ClassVar[str] = "delivery.ticket"
+    SCHEMA: ClassVar[Schema] = FRAMES
+
+    ticket: Statement = field(metadata=wire(TICKET_BYTES))

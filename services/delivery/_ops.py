@@ -15,6 +15,8 @@ from ._frames import (
     HeadRequest,
     OpenAnswer,
     OpenRequest,
+    TicketAnswer,
+    TicketRequest,
 )
 
 __all__ = ["CHUNK", "CLOSE", "HEAD", "OPEN", "SERVICE", "TICKET"]
@@ -30,6 +32,6 @@ CLOSE: Final = Op(SERVICE, "close", CloseRequest)
 #: ``{stream, size}`` -> ``{head, consistency}`` (live streams).
 HEAD: Final = Op(SERVICE, "head", HeadRequest, HeadAnswer)
 #: ``{order, commitment, reservation}`` -> ``{ticket}``: a purse order's ticket, asked on
-#: the request channel (protocol.md 13.2). Its bodies are checked by the seller's
-#: handler (passed through as maps), which answers ``delivery.bad_request`` itself.
-TICKET: Final = Op(SERVICE, "ticket")
+#: the request channel (protocol.md 13.2); the quoted statements are checked by the
+#: seller's handler.
+TICKET: Final = Op(SERVICE, "ticket", TicketRequest, TicketAnswer)
