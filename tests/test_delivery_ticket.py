@@ -24,6 +24,7 @@ from semper.services.delivery import (
     CLOSE,
     HEAD,
     OPEN,
+    TICKET,
     BadRequest,
     BadTicket,
     ChunkAnswer,
@@ -35,6 +36,7 @@ from semper.services.delivery import (
     StreamInfo,
     Ticket,
     TicketExpired,
+    TicketRequest,
     WrongHolder,
     check_ticket,
     sign_ticket,
@@ -259,3 +261,21 @@ def test_hostile_bodies_raise_only_coded_refusals(value: object) -> None:
             decode(value)
         except ServiceError as exc:
             assert exc.code.startswith(("delivery.", "statement.")), exc.code
+
+
+def test_ticket_op_bodies() -> None:
+    request = TicketRequest(order=ORDER, commitment=b"c", reservation=b"r")
+    wire = TICKET.encode_request(request)
+    assert wire == {"order": ORDER, "commitment": b"c", "reservation": b"r"}
+    assert TICKET.decode_request(wire) == request
+    for bad, field in (({**wire, "order": bytes(31)}, "order"),
+                       ({**wire, "commitment": b""}, "commitment"),
+                       ({**wire, "reservation": bytes(16 * 1024 + 1)}, "reservation"),
+                       ({"order": ORDER, "commitment": b"c"}, "reservation"),
+                       ({**wire, "x": 1}, "x")):
+        with pytest.raises(BadRequest) as refused:
+            TICKET.decode_request(bad)
+        assert refused.value.detail == {"type": "delivery.ticket", "field": field}
+    for bad_answer in ({"ticket": b"\xc1"}, {"ticket": 5}, {}):
+        with pytest.raises(ServiceError):
+            TICKET.decode_response(bad_answer)
