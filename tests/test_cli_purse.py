@@ -53,6 +53,16 @@ async def test_the_list_shows_reserved_spent_redeemed_and_state(market: Path) ->
     assert status == 0 and err == ""
     assert commitment.body["chain"].hex()[:16] in out and "EUR 2.40" in out
     assert "redeemed" in out and "reserved" in out
+    # The bank's books still balance to the minted total, the live reservation (the
+    # second chain's 10) in the bank's own account.
+    status, out, err = semper("bank", "accounts", "--config", market / "bank" / "agent.toml",
+                              "--json")
+    assert status == 0, err
+    books = json.loads(out)
+    assert books["balanced"] is True
+    held = {a["holder"]: a["minor_units"] for a in books["accounts"] if a["currency"] == "EUR"}
+    assert held["@purse-reserved"] == 10
+    assert sum(held.values()) == books["minted"]["EUR"]
 
 
 def test_another_roles_config_is_refused_in_one_line(market: Path) -> None:  # noqa: F811
