@@ -311,3 +311,17 @@ async def test_two_redemptions_racing_pay_once(market: Path) -> None:
         index = PurseRedeemed.from_statement(statement).index
         assert await w.moved() == {"seller": 25 * index, "buyer": 25 * (6 - index),
                                    RESERVED: -150}
+
+
+async def test_a_chain_nobody_could_redeem_reserves_nothing(market: Path) -> None:
+    """More members of the kind (money held for nothing): a seller without an account
+    at the bank could never be paid, and a chain past 30 days would lock the buyer's
+    money that long; both are refused before anything moves, and the purse forgets
+    them."""
+    async with world(market) as w:
+        await w.refused("payment.unknown_account",
+                        w.purse.open_chain("notary", 2, UNIT, None, "k9"))
+        refused = await w.refused("purse.bad_commitment", w.purse.open_chain(
+            "seller", 2, UNIT, None, "k10", validity_ms=31 * 86_400_000))
+        assert refused.detail["field"] == "expires"
+        assert await w.purse.list() == []
