@@ -6,6 +6,7 @@ is built in one pass without holding the content; the offer's ``stream`` key."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tracemalloc
 from pathlib import Path
@@ -185,6 +186,7 @@ def test_from_file_is_from_bytes_and_reads_chunks_back(tmp_path: Path) -> None:
     with path.open("rb") as f:
         for i in (10, 0, 5):
             assert tree.read_chunk(f, i) == content[i * 4096:(i + 1) * 4096]
+    assert tree.read_chunk(io.BytesIO(content), 3) == content[3 * 4096:4 * 4096]
     restored = ChunkedContent.from_leaf_hashes(tree.leaf_hashes, chunk_size=4096,
                                                length=tree.length, digest=tree.digest)
     assert restored.root == tree.root and restored.proof(3) == tree.proof(3)

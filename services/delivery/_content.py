@@ -288,15 +288,20 @@ class ChunkedContent:
         return self._tree.inclusion_proof(index)
 
     def read_chunk(self, f: IO[bytes] | Any, index: int) -> bytes:
-        """Chunk ``index`` of the content file ``f`` (open, binary, seekable).
+        """Chunk ``index`` of the content file ``f`` (open, binary; read at its offset
+        with ``os.pread`` when it has a descriptor, else seek and read).
 
         Raises:
             ValueError: ``index`` is out of range.
             OSError: the file is shorter than the tree says (it changed since).
         """
         wanted = self.chunk_length(index)
-        f.seek(index * self.chunk_size)
-        data = f.read(wanted)
+        offset = index * self.chunk_size
+        try:  # pread: no shared file position, so streams in threads may share ``f``
+            data = os.pread(f.fileno(), wanted, offset)
+        except (AttributeError, OSError, ValueError):  # io.BytesIO and other file likes
+            f.seek(offset)
+            data = f.read(wanted)
         if len(data) != wanted:
             raise OSError(f"the content file ends inside chunk {index}: it changed since "
                           "its tree was made")
