@@ -303,3 +303,28 @@ def test_any_live_stream_verifies_end_to_end(market: Market, seller: PkiAgent,
     assert buyer.latest is not None and buyer.latest.root == MerkleTree(data).root
     times = [StreamHead.from_statement(h).time for h in buyer.heads]
     assert times == sorted(times)
+
+
+_garbage = st.one_of(st.none(), st.integers(-3, 2**70), st.binary(max_size=40), st.text(max_size=4),
+                     st.lists(st.one_of(st.binary(min_size=32, max_size=32), st.binary(max_size=3),
+                                        st.integers()), max_size=3))
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(index=_garbage, data=_garbage, proof=_garbage, consistency=_garbage)
+def test_hostile_chunk_answers_raise_only_delivery_refusals(
+        market: Market, seller: PkiAgent, index: Any, data: Any, proof: Any,
+        consistency: Any) -> None:
+    live = LiveStream(stream_id=SID, every_chunks=2, every_ms=10_000)
+    heads = feed(live, seller, [chunk(0), chunk(1)])
+    buyer = receiver(market, seller)
+    for head in (None, heads[0]):
+        try:
+            buyer.receive_chunk(index, data, proof, head=head, consistency=consistency,
+                                now_ms=T0)
+        except (BadChunk, BadHead, Forked, OutOfOrder):
+            pass
+    assert buyer.received <= 1
+    if buyer.received:  # only chunk 0 itself, with its own proof, can have passed
+        assert (index, data) == (0, chunk(0))
