@@ -20,7 +20,9 @@ empty, so bytes a read produced meanwhile go out too. (Reads that produce output
 are rare: OpenSSL 3.0 holds a KeyUpdate answer until our next write, but answers a
 post-handshake certificate request at once.)
 A reader never waits for that flag, so it can never be stuck behind a writer that
-waits for the peer to read.
+waits for the peer to read. Data larger than ``SEND_SLICE`` is encrypted a slice at
+a time, each sent before the next is encrypted; a second flag (``_slicing``) keeps
+``send_nowait`` from slipping a frame between two slices of one ``send_all``.
 
 On a ``trio.SocketStream`` the socket's file descriptor is used directly (non-
 blocking ``os.write``/``os.readv`` with ``trio.lowlevel.wait_writable``/
@@ -48,6 +50,10 @@ __all__ = ["RECEIVE_SIZE", "TlsStream"]
 
 #: The most ciphertext taken from the socket per wake-up.
 RECEIVE_SIZE: Final = 1 << 18
+#: Plaintext encrypted per write when sending more: the peer starts decrypting a
+#: large frame (a chunk of content) while we encrypt the rest of it, instead of
+#: after we encrypted all of it (1 MiB: 0.4 ms of AES-GCM before the first byte).
+SEND_SLICE: Final = 1 << 17
 
 _TLS_ERRORS: Final = (ssl.SSLError, ssl.CertificateError)
 
@@ -75,6 +81,7 @@ class TlsStream(trio.abc.Stream):
             self._fd = transport.socket.fileno()
         self._leftover: memoryview | None = None  # ciphertext read from the BIO, unsent
         self._sending = False
+        self._slicing = False  # a send_all between two slices of its data
         self._send_done = trio.lowlevel.ParkingLot()
         self._handshake_done = False
         self._broken: BaseException | None = None
@@ -210,32 +217,60 @@ class TlsStream(trio.abc.Stream):
         sent. Returns False, having done nothing, if a send is in progress or this is
         no socket; then use ``send_all``. After True, what the socket did not take
         is queued: check ``needs_flush``."""
-        if self._fd < 0 or self._sending or self._leftover is not None or (
+        if self._fd < 0 or self._sending or self._slicing or self._leftover is not None or (
             self._broken is not None or not self._handshake_done
         ):
             return False
-        try:
-            self._ssl.write(data)
-        except _TLS_ERRORS as exc:
-            self._raise_broken(exc)
-        out = memoryview(self._outgoing.read())
-        try:
-            n = os.write(self._fd, out)
-        except BlockingIOError:
-            n = 0
-        except OSError as exc:
-            self._raise_broken(exc)
-        if n < len(out):
-            self._leftover = out[n:]
+        view = memoryview(data)
+        end, pos = len(view), 0
+        while True:  # a slice at a time while the socket takes it all (see SEND_SLICE)
+            piece = view[pos : pos + SEND_SLICE] if end > SEND_SLICE else view
+            pos += len(piece)
+            self._encrypt(piece)
+            out = memoryview(self._outgoing.read())
+            try:
+                n = os.write(self._fd, out)
+            except BlockingIOError:
+                n = 0
+            except OSError as exc:
+                self._raise_broken(exc)
+            if n < len(out):
+                self._leftover = out[n:]
+                break
+            if pos >= end:
+                break
+        if pos < end:
+            self._encrypt(view[pos:])  # queued whole and in order, for the next flush
         return True
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self._check_usable()
+        view = memoryview(data)
+        if len(view) <= SEND_SLICE:
+            self._encrypt(view)
+            await self.flush()
+            return
+        # A slice at a time, so that the peer decrypts the first while we encrypt the
+        # next. ``_slicing`` keeps send_nowait out between slices; whatever ends the
+        # loop early, the rest is encrypted before we return: the stream stays whole.
+        pos = 0
+        self._slicing = True
+        try:
+            while pos < len(view):
+                piece = view[pos : pos + SEND_SLICE]
+                self._encrypt(piece)
+                pos += len(piece)
+                await self.flush()
+        finally:
+            self._slicing = False
+            if pos < len(view) and self._broken is None:
+                self._encrypt(view[pos:])
+
+    def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
         try:
             self._ssl.write(data)
         except _TLS_ERRORS as exc:
             self._raise_broken(exc)
-        await self.flush()
 
     async def flush(self) -> None:
         """Send everything queued, in order. A flush already running sends what we
