@@ -316,3 +316,16 @@ def test_a_bad_stream_map_in_an_offer_is_commerce_bad_body_with_its_cause() -> N
     assert refused.value.code == "commerce.bad_body"
     assert refused.value.detail["field"] == "stream"
     assert refused.value.detail["cause"] == "delivery.bad_stream"
+
+
+def test_the_documented_example_is_what_the_code_computes() -> None:
+    """docs/protocol.md 13.1's byte-exact example: `hello, world` in chunks of 5."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    section = doc[doc.index("### 13.1"):doc.index("### 13.2")]
+    tree = ChunkedContent.from_bytes(b"hello, world", 5)
+    leaves = [leaf_hash(c) for c in (b"hello", b", wor", b"ld")]
+    assert tree.leaf_hashes == leaves
+    assert tree.proof(0) == leaves[1:] and tree.proof(2) == [merkle.node_hash(*leaves[:2])]
+    for value in (*leaves, merkle.node_hash(*leaves[:2]), tree.root, tree.digest):
+        assert value.hex() in section
+    assert f"{DEFAULT_CHUNK_SIZE:,} bytes" in section
