@@ -325,3 +325,63 @@ async def test_a_chain_nobody_could_redeem_reserves_nothing(market: Path) -> Non
             "seller", 2, UNIT, None, "k10", validity_ms=31 * 86_400_000))
         assert refused.detail["field"] == "expires"
         assert await w.purse.list() == []
+
+
+# -- the bank killed inside a reservation or a redemption --------------------------------
+
+@pytest.mark.parametrize("point", [
+    "purse.applied",  # a reservation written, not committed: the retry applies it
+    "purse.redeem_committed",  # a redemption durable, no answer: the retry replays it
+])
+async def test_the_bank_killed_mid_step_moves_the_money_once(market: Path, point: str) -> None:
+    """SIGKILL at the named crash point (the other points, purse.committed and
+    purse.redeem_applied, behave alike: test_bank_crash's kind), restart, retry: the
+    step applied exactly once, the books balance."""
+    import signal
+    import sqlite3
+
+    from test_bank_crash import bank_process, start_bank, stop
+
+    from semper.transport import ChannelClosed
+
+    buyer = Agent(config_of(market, "buyer"))
+    seller = Agent(config_of(market, "seller"))
+    redeeming = point.startswith("purse.redeem")
+    with trio.fail_after(DEADLINE):
+        async with bank_process(market, point) as bank, running(buyer), running(seller):
+            purse = buyer.component(Purse)
+            if redeeming:
+                commitment, reservation = await purse.open_chain("seller", 4, UNIT, None, "c")
+                payword = [await purse.pay(chain_of(commitment), i) for i in range(3)][-1]
+                with pytest.raises(ChannelClosed):
+                    await redeem(seller.context, commitment, reservation, payword, 3)
+            else:
+                with pytest.raises(ChannelClosed):
+                    await purse.open_chain("seller", 4, UNIT, None, "c")
+            assert await bank[0].wait() == -signal.SIGKILL
+            bank[0] = await start_bank(market, None)
+            if redeeming:
+                first = await redeem(seller.context, commitment, reservation, payword, 3)
+                assert await redeem(seller.context, commitment, reservation, payword, 3) \
+                    == first
+            else:
+                commitment, reservation = await purse.open_chain("seller", 4, UNIT, None, "c")
+                assert await purse.open_chain("seller", 4, UNIT, None, "c") == \
+                    (commitment, reservation)
+            await stop(bank[0])
+    connection = sqlite3.connect(market / "bank" / "data" / "agent.sqlite")
+    try:
+        _ledger.check_books(connection)
+        held = {h: _ledger.balances(connection, h).get("EUR", 0)
+                for h in ("buyer", "seller", RESERVED)}
+        kinds = dict(connection.execute(
+            "SELECT kind, count(*) FROM ledger_entries WHERE kind LIKE 'purse.%'"
+            " GROUP BY kind").fetchall())
+    finally:
+        connection.close()
+    if redeeming:
+        assert held == {"buyer": DEMO_FUNDS.minor_units - 75, "seller": 75, RESERVED: 0}
+        assert kinds == {"purse.reserved": 1, "purse.redeemed": 1, "purse.returned": 1}
+    else:
+        assert held == {"buyer": DEMO_FUNDS.minor_units - 100, "seller": 0, RESERVED: 100}
+        assert kinds == {"purse.reserved": 1}
