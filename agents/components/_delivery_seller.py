@@ -36,7 +36,6 @@ import trio
 from semper.agents.runtime._component import Component, Context, handles
 from semper.agents.runtime._config import ConfigError
 from semper.agents.runtime._faults import crash_point
-from semper.services._ops import Op
 from semper.services.delivery import (
     BadRequest,
     BadTicket,
@@ -56,6 +55,8 @@ from semper.services.delivery._frames import (
     CloseRequest,
     OpenAnswer,
     OpenRequest,
+    TicketAnswer,
+    TicketRequest,
 )
 from semper.services.payment.purse import (
     PURSE_REDEEM,
@@ -84,8 +85,6 @@ REDEEM_AFTER_MS: Final = 2_000
 #: A redemption the bank did not answer is tried again this much later.
 REDEEM_RETRY_MS: Final = 30_000
 
-#: ``delivery.ticket`` (purse): ``{order, commitment, reservation}`` -> ``{ticket}``.
-TICKET: Final = getattr(delivery_ops, "TICKET", None) or Op("delivery", "ticket")
 
 MIGRATIONS: Final = {
     "delivery_seller": [
@@ -229,8 +228,8 @@ class DeliverySeller(Component):
             (order,)).fetchone())
         return None if row is None else (Statement.from_bytes(row[0]), row[1])
 
-    @handles(TICKET)
-    async def ticket(self, context: RequestContext, request: Any) -> dict[str, Any]:
+    @handles(delivery_ops.TICKET)
+    async def ticket(self, context: RequestContext, request: TicketRequest) -> TicketAnswer:
         """A purse order's ticket: the buyer's commitment and its bank's reservation
         for exactly the item's chunks at its price per chunk, for this order."""
         buyer = context.peer.agent_id  # request: a TicketRequest, checked on decoding
@@ -264,7 +263,7 @@ class DeliverySeller(Component):
             order, buyer, offer.sku, "purse", chain=chain, expires=commitment.expires,
             purse=(bank, item.stream.chunks, commitment.root, request.commitment,
                    request.reservation))
-        return {"ticket": statement.to_bytes()}
+        return TicketAnswer(ticket=statement)
 
     # -- the delivery channel ---------------------------------------------------------
 
@@ -286,6 +285,8 @@ class DeliverySeller(Component):
             (ticket.ticket,)).fetchone())
         if row is None:
             raise BadTicket("no ticket of ours has that id", detail={"field": "ticket"})
+        if row[0] != ticket.order:
+            raise BadTicket("the ticket is for another order", detail={"field": "order"})
         item = self._item(row[1])
         assert item.stream is not None
         if not 0 <= start < item.stream.chunks:
