@@ -385,3 +385,14 @@ async def test_the_bank_killed_mid_step_moves_the_money_once(market: Path, point
     else:
         assert held == {"buyer": DEMO_FUNDS.minor_units - 100, "seller": 0, RESERVED: 100}
         assert kinds == {"purse.reserved": 1}
+
+
+async def test_a_purse_refuses_bad_terms_before_it_signs_or_stores(market: Path) -> None:
+    async with world(market) as w:
+        for seller, length, unit in [("seller", 0, UNIT), ("seller", 2**20 + 1, UNIT),
+                                     ("buyer", 2, UNIT),  # itself
+                                     ("seller", 2**20, Amount("EUR", 2**62))]:  # past int64
+            with pytest.raises(Exception) as refused:
+                await w.purse.open_chain(seller, length, unit, None, "bad")
+            assert getattr(refused.value, "code", None) == "purse.bad_commitment"
+        assert await w.purse.list() == [] and await w.moved() == {}

@@ -18,6 +18,7 @@ and ``redeem`` takes it to the bank once.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -211,15 +212,13 @@ class Purse(Component):
     async def _commit(self, seller: str, length: int, unit: Amount, order: bytes | None,
                       key: str, validity_ms: int) -> ChainRecord:
         """Draw, sign and store a chain (before the bank hears of it)."""
-        try:
-            chain = PayWordChain.new(length)
-        except ValueError as exc:
-            raise BeyondChain(str(exc), detail={"index": length, "length": length}) from None
         now = self.context.now_ms()
-        body = PurseCommitment(chain=secrets.token_bytes(32), buyer=self.context.id,
-                               seller=seller, bank=self.bank_id, root=chain.root,
-                               length=length, unit=unit, expires=now + validity_ms,
-                               order=order)
+        terms = PurseCommitment(chain=secrets.token_bytes(32), buyer=self.context.id,
+                                seller=seller, bank=self.bank_id, root=bytes(32),
+                                length=length, unit=unit, expires=now + validity_ms,
+                                order=order)  # the terms checked before n hashes are spent
+        chain = PayWordChain.new(length)
+        body = dataclasses.replace(terms, root=chain.root)
         commitment = await self._payments(body.chain).sign(COMMITMENT, body.to_body())
 
         def insert(c: Any) -> None:
@@ -381,7 +380,7 @@ async def redeem(context: Context, commitment: Statement, reservation: Statement
     if body.bank != bank:
         raise WrongBank(f"{body.bank!r} is not the bank this agent deals with ({bank!r})",
                         detail={"bank": body.bank, "expected": bank})
-    ctx = AgentPaymentContext(context.agent, commitment.digest.hex(), bank)
+    ctx = AgentPaymentContext(context.agent, body.chain.hex(), bank)  # as the buyer's
     request = RedeemRequest(commitment=commitment, reservation=reservation, payword=payword,
                             index=index)
     answer = RedeemAnswer.from_wire(await ctx.request(
