@@ -4,6 +4,7 @@ refusal of the delivery channel with its code and no money moved."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from market_helpers import wait_until
 
 from semper.agents import Agent, AgentConfig
@@ -46,6 +48,7 @@ class Market:
     seller: Agent
     buyer: Agent
     nursery: trio.Nursery
+    seller_scope: trio.CancelScope
 
 
 def _config(folder: Path, name: str) -> AgentConfig:
@@ -67,11 +70,30 @@ async def market(tmp_path: Path, **seller_settings: Any) -> AsyncIterator[Market
     bank, seller = Agent(_config(folder, "bank")), Agent(seller_config)
     buyer = Agent(_config(folder, "buyer"))
     async with trio.open_nursery() as nursery:
-        for agent in (bank, seller):
-            await nursery.start(agent.run)
+        await nursery.start(bank.run)
+        scope = await nursery.start(_serve, seller)
         async with buyer.session():
-            yield Market(folder, bank, seller, buyer, nursery)
+            yield Market(folder, bank, seller, buyer, nursery, scope)
         nursery.cancel_scope.cancel()
+
+
+async def _serve(agent: Agent, *, task_status: Any) -> None:
+    """Run ``agent`` under a cancel scope of its own (given to the caller), so that a
+    test can stop it and start another in its place."""
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.run)
+            task_status.started(scope)
+
+
+async def restart_seller(m: Market, clock: Any = None) -> None:
+    """Stop the seller (its channels closed) and run a new one on its folder."""
+    with trio.CancelScope(shield=True):
+        await m.seller.close_channels()
+    m.seller_scope.cancel()
+    await trio.testing.wait_all_tasks_blocked()
+    m.seller = Agent(_config(m.folder, "seller"), clock=clock)
+    m.seller_scope = await m.nursery.start(_serve, m.seller)
 
 
 async def balances(agent: Agent) -> dict[str, int]:
@@ -249,9 +271,14 @@ async def test_an_expired_ticket_is_refused(tmp_path: Path,
             assert not (tmp_path / "x.bin").exists()
 
 
-async def test_stream_caps_per_buyer_and_in_all(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("caps", "scope"), [
+    ({"max_streams_per_buyer": 1, "max_streams": 2}, "buyer"),
+    ({"max_streams_per_buyer": 4, "max_streams": 1}, "total"),
+])
+async def test_stream_caps_per_buyer_and_in_all(tmp_path: Path, caps: dict[str, int],
+                                                scope: str) -> None:
     with trio.fail_after(DEADLINE):
-        async with market(tmp_path, max_streams_per_buyer=1, max_streams=2) as m:
+        async with market(tmp_path, **caps) as m:
             one, _ = await half_bought(m, tmp_path, "c1", "transfer")
             two, _ = await half_bought(m, tmp_path, "c2", "transfer")
             async with m.buyer.connect("seller") as channel:
@@ -259,7 +286,7 @@ async def test_stream_caps_per_buyer_and_in_all(tmp_path: Path) -> None:
                 error = await refused(channel.request("delivery", "open",
                                                       {"ticket": two, "from": 1}),
                                       "delivery.too_many_streams")
-                assert error.detail["scope"] == "buyer"
+                assert error.detail["scope"] == scope
             # Its channel closed, the stream is gone: the ticket opens again.
             async with m.buyer.connect("seller") as channel:
                 opened = await channel.request("delivery", "open", {"ticket": two, "from": 1})
@@ -291,3 +318,35 @@ async def test_replayed_and_out_of_order_paywords_move_no_money(tmp_path: Path) 
                 answer = await channel.request("delivery", "chunk", {
                     "stream": stream, "index": 2, "payword": third})
                 assert answer["index"] == 2 and (await seller_chain(m))[1] == 3
+
+
+class Later:
+    """The machine's clock, ``offset_ms`` ahead."""
+
+    def __init__(self, offset_ms: int) -> None:
+        self.offset_ms = offset_ms
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000 + self.offset_ms
+
+
+async def test_an_unfinished_chain_is_redeemed_at_expiry_after_a_restart(
+        tmp_path: Path) -> None:
+    """The stream stopped after 2 of 5 chunks: the seller, restarted after the chain's
+    expiry, redeems what was paid from what it stored (2 x price), and the rest of
+    the reservation goes back to the buyer."""
+    from semper.agents.components._purse import DEFAULT_VALIDITY_MS
+
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            before = await balances_of(m, "buyer")
+            seller_before = await balances_of(m, "seller")
+            await half_bought(m, tmp_path, "x1", "purse", chunks=2)
+            assert (await seller_chain(m))[1:3] == (2, "open")
+            assert (await balances_of(m, "buyer"))["EUR"] == before["EUR"] - PRICE  # reserved
+            await restart_seller(m, clock=Later(DEFAULT_VALIDITY_MS + 1000))
+            await redeemed(m)
+            assert (await balances_of(m, "seller"))["EUR"] == seller_before["EUR"] + 2 * 3
+            assert (await balances_of(m, "buyer"))["EUR"] == before["EUR"] - 2 * 3
+            assert (await balances_of(m, _ledger.system_account("purse-reserved"))
+                    ).get("EUR", 0) == 0
