@@ -28,16 +28,18 @@ CHUNK = 4096
 #: 5 chunks, the last shorter; EUR 0.03 a chunk.
 CONTENT = bytes((i * 7 + i // CHUNK) % 251 for i in range(4 * CHUNK + 1000))
 SKU = "clip-005"
+REFUNDABLE = "clip-006"  # the same, refundable for 14 days
 PRICE = 5 * 3
 
 
-def stock(folder: Path, sku: str = SKU, content: bytes = CONTENT) -> None:
+def stock(folder: Path, sku: str = SKU, content: bytes = CONTENT, refund_days: int = 0
+          ) -> None:
     """Add a streamed item to the seller's catalogue of a market on disk."""
     seller = folder / "seller"
     (seller / "goods" / f"{sku}.bin").write_bytes(content)
     with (seller / "catalogue.toml").open("a", encoding="utf-8") as f:
         f.write(f'\n[[offer]]\nsku = "{sku}"\ntitle = "A clip"\nterms = "streamed"\n'
-                f'goods = "goods/{sku}.bin"\nvalid_days = 30\n'
+                f'goods = "goods/{sku}.bin"\nvalid_days = 30\nrefund_days = {refund_days}\n'
                 f'stream = {{ chunk_size = {CHUNK}, price_per_chunk = "EUR:3" }}\n')
 
 
@@ -60,6 +62,7 @@ async def market(tmp_path: Path, **seller_settings: Any) -> AsyncIterator[Market
     folder = tmp_path / "m"
     init_market(folder)
     stock(folder)
+    stock(folder, REFUNDABLE, refund_days=14)
     seller_config = _config(folder, "seller")
     if seller_settings:
         import dataclasses
@@ -186,12 +189,12 @@ def stop_after(count: int) -> Any:
 
 
 async def half_bought(m: Market, tmp_path: Path, key: str, module: str,
-                      chunks: int = 1) -> tuple[bytes, bytes | None]:
+                      chunks: int = 1, sku: str = SKU) -> tuple[bytes, bytes | None]:
     """A purchase of the streamed item whose stream stopped after ``chunks``
     chunks; its ticket and purse chain as the buyer keeps them."""
     shopper = Shopper(m.buyer, output=tmp_path / f"{key}.bin", on_chunk=stop_after(chunks))
     with pytest.raises(Exception) as stopped:
-        await shopper.buy("seller", SKU, module, key)
+        await shopper.buy("seller", sku, module, key)
     assert getattr(stopped.value, "code", None) == "delivery.interrupted"
     row = await m.buyer.database.read(lambda c: c.execute(
         "SELECT ticket, chain, verified FROM delivery_downloads WHERE key = ?",
@@ -350,3 +353,17 @@ async def test_an_unfinished_chain_is_redeemed_at_expiry_after_a_restart(
             assert (await balances_of(m, "buyer"))["EUR"] == before["EUR"] - 2 * 3
             assert (await balances_of(m, _ledger.system_account("purse-reserved"))
                     ).get("EUR", 0) == 0
+
+
+async def test_a_refunded_order_is_not_streamed_again(tmp_path: Path) -> None:
+    """As commerce.fetch refuses a refunded order's goods, its ticket no longer opens
+    a stream (it would deliver again what was paid back)."""
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            ticket, _ = await half_bought(m, tmp_path, "f1", "transfer", sku=REFUNDABLE)
+            refunded = await Shopper(m.buyer).refund("f1")
+            assert refunded.state == "refunded"
+            async with m.buyer.connect("seller") as channel:
+                await refused(channel.request("delivery", "open",
+                                              {"ticket": ticket, "from": 1}),
+                              "commerce.refunded")

@@ -221,8 +221,9 @@ def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
                     console.print(f"  [dim]-[/dim] {text}")
 
             def chunk(progress: StreamProgress) -> None:
-                status.stop()
-                bar.update(progress)
+                if not as_json:  # --json: stdout's one object, stderr its failure only
+                    status.stop()
+                    bar.update(progress)
 
             async with agent.session():
                 if fair:

@@ -36,6 +36,7 @@ import trio
 from semper.agents.runtime._component import Component, Context, handles
 from semper.agents.runtime._config import ConfigError
 from semper.agents.runtime._faults import crash_point
+from semper.services.commerce import Refunded, SaleState
 from semper.services.delivery import (
     BadRequest,
     BadTicket,
@@ -76,6 +77,10 @@ if TYPE_CHECKING:
     from semper.transport import RequestContext
 
 __all__ = ["DeliverySeller"]
+
+#: Sales whose goods are not delivered again (as ``commerce.fetch`` refuses them).
+_REFUNDED: Final = frozenset({SaleState.REFUNDING, SaleState.REFUND_CONFIRMED,
+                              SaleState.REFUNDED})
 
 TICKET_TYPE: Final = "delivery.ticket"
 #: A ticket for an order paid whole is good for resuming this long.
@@ -287,6 +292,11 @@ class DeliverySeller(Component):
             raise BadTicket("no ticket of ours has that id", detail={"field": "ticket"})
         if row[0] != ticket.order:
             raise BadTicket("the ticket is for another order", detail={"field": "order"})
+        if row[2] is None:  # paid whole: not once the payment went back
+            sale = await self._sales()._sale_of(ticket.order, buyer)
+            if sale.state in _REFUNDED:
+                raise Refunded("the order was refunded: its goods are not delivered again",
+                               detail={"state": sale.state.value})
         item = self._item(row[1])
         assert item.stream is not None
         if not 0 <= start < item.stream.chunks:
