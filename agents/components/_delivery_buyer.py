@@ -52,6 +52,10 @@ MIGRATIONS: Final = {
 
 #: Bytes hashed at a time when the whole file is checked.
 _READ: Final = 1 << 20
+#: What a chunk's answer holds beyond the chunk (envelope, proof, a live stream's
+#: signed head and consistency proof): the delivery channel accepts frames of
+#: chunk_size plus this, so a 1 MiB chunk is not refused as too large.
+CHUNK_FRAME_MARGIN: Final = 64 * 1024
 
 
 class DeliveryDownloads(Component):
@@ -203,7 +207,8 @@ class StreamClient:
         progress = [start, held["paid_units"]]  # the next chunk, what is paid
         async with AsyncExitStack() as stack:
             try:
-                channel = await stack.enter_async_context(self.agent.connect(seller))
+                channel = await stack.enter_async_context(self.agent.connect(
+                    seller, max_frame=info.chunk_size + CHUNK_FRAME_MARGIN))
             except Exception as exc:
                 raise StreamInterrupted(key, start, exc) from exc
             try:

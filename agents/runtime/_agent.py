@@ -382,17 +382,25 @@ class Agent:
         return await self.peers.address(peer_id)
 
     @asynccontextmanager
-    async def connect(self, peer_id: str) -> AsyncIterator[Channel]:
-        """A channel to ``peer_id`` for the ``async with`` body only (one-off use)."""
+    async def connect(self, peer_id: str, *, max_frame: int | None = None
+                      ) -> AsyncIterator[Channel]:
+        """A channel to ``peer_id`` for the ``async with`` body only (one-off use).
+
+        ``max_frame``: the largest frame we accept on it, announced in our hello
+        (a delivery channel's chunk answers are larger than the default)."""
         await self.refresh_stale_crl()  # else OpenSSL refuses every peer
         await self._ask_ca_once(peer_id)
         host, port = await self.peer_address(peer_id)
         log.debug("connecting to %s at %s:%d", peer_id, host, port)
+        config = self.channel_config if max_frame is None or max_frame <= \
+            self.channel_config.max_frame else replace(self.channel_config, max_frame=max_frame)
         try:
             async with open_channel(host, port, tls=self.tls, verify_peer=self.verify_peer,
-                                    expected_id=peer_id, hello=self.hello(),
+                                    expected_id=peer_id,
+                                    hello=make_hello(self.config.id, self.config.role,
+                                                     self.registry, config),
                                     registry=self.registry,
-                                    config=self.channel_config) as channel:
+                                    config=config) as channel:
                 log.debug("channel to %s open: hello says role %s, services %s", peer_id,
                           channel.their_hello.role, ", ".join(channel.their_hello.services))
                 yield channel
