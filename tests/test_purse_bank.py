@@ -13,12 +13,19 @@ with another index, a payword beyond the chain or forged, a redemption after exp
 Members of the kind found beyond the issue's list: the same commitment reserved
 again under another idempotency key (it would debit the buyer twice for one chain:
 ``purse.bad_commitment``), and two different redemptions of one chain racing (one
-pays, the other is ``purse.already_redeemed``).
+pays, the other is ``purse.already_redeemed``), a reservation no seller could
+redeem (no account, or held past 30 days). The bank killed inside a reservation or a
+redemption moves the money once after a restart. A Hypothesis state machine
+(``PurseBooks``) drives reservations, true/forged/beyond/repeated redemptions, clock
+moves and sweeps through the bank half's transaction functions and checks the books
+against a model after every step.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,19 +34,26 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from market_helpers import DEADLINE, config_of, running
+from pki import Market as PkiMarket
 
 from semper.agents import Agent
-from semper.agents.components import _ledger
+from semper.agents.components import _bank, _ledger
 from semper.agents.components._purse import Purse, redeem
+from semper.agents.instruments import purse as purse_bank
 from semper.agents.instruments.purse import RESERVED, PurseBank
 from semper.agents.operator._market import DEMO_FUNDS, init_market
+from semper.agents.runtime._storage import Database
 from semper.services import Amount
-from semper.services.payment import BANK_SERVICE
+from semper.services.payment import BANK_SERVICE, PaymentError
 from semper.services.payment.purse import (
     BANK_PURSE_REDEEM,
     BANK_PURSE_RESERVE,
     BANK_PURSE_STATUS,
+    COMMITMENT,
     REDEEM_GRACE_MS,
     PayWordChain,
     PurseCommitment,
@@ -48,9 +62,10 @@ from semper.services.payment.purse import (
     ReserveRequest,
     StatusAnswer,
     StatusRequest,
+    check_redemption,
     verify_reservation,
 )
-from semper.services.statements import Statement
+from semper.services.statements import Statement, sign_statement
 from semper.transport import RemoteError
 
 UNIT = Amount("EUR", 25)
@@ -396,3 +411,186 @@ async def test_a_purse_refuses_bad_terms_before_it_signs_or_stores(market: Path)
                 await w.purse.open_chain(seller, length, unit, None, "bad")
             assert getattr(refused.value, "code", None) == "purse.bad_commitment"
         assert await w.purse.list() == [] and await w.moved() == {}
+
+
+# -- the books under random purse traffic (no network) -----------------------------------
+
+class PurseBooks(RuleBasedStateMachine):
+    """Reservations, redemptions (true, forged, beyond, repeated, racing after a
+    sweep), clock moves and sweeps applied through the bank half's transaction
+    functions on real SQLite. After every step the books balance, each balance is
+    the model's, and ``@purse-reserved`` holds exactly the live reservations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        shared = book_market()
+        self.agents = shared["agents"]
+        bank = shared["bank"]
+        self.folder = Path(tempfile.mkdtemp(prefix="semper-purse-"))
+        self.db = Database.open_sync(self.folder / "bank.sqlite",
+                                     {**_bank.MIGRATIONS, **purse_bank.MIGRATIONS})
+        self.now = 1_700_000_000_000
+        self.book = _bank.BankBook("bank", lambda t, b: sign_as(bank, t, b), bank.cert,
+                                   lambda: self.now)
+
+        def fund(c: Any) -> None:
+            for holder, units in (("alice", 5_000), ("shop", 0)):
+                _ledger.open_account(c, holder, "EUR")
+                if units:
+                    _ledger.mint(c, holder, Amount("EUR", units), time_ms=0)
+
+        self.db.transaction_sync(fund)
+        self.model = {"alice": 5_000, "shop": 0, RESERVED: 0}
+        #: chain -> [commitment statement, body, chain secret, reservation, state, redeemed]
+        self.chains: dict[bytes, list[Any]] = {}
+        self.keys: dict[str, bytes] = {}  # key -> chain reserved under it
+
+    def teardown(self) -> None:
+        self.db.close()
+
+    def balances(self) -> dict[str, int]:
+        return self.db.read_sync(lambda c: {h: _ledger.balances(c, h).get("EUR", 0)
+                                            for h in self.model})
+
+    def apply(self, fn: Any) -> tuple[Any, Any]:
+        before = self.balances()
+        try:
+            return self.db.transaction_sync(fn), None
+        except PaymentError as exc:
+            assert self.balances() == before, "a refusal moved money"
+            return None, exc
+
+    @rule(length=st.integers(1, 6), unit=st.integers(1, 300),
+          validity=st.integers(1, 10_000), key=st.sampled_from([f"k{i}" for i in range(12)]),
+          reuse=st.integers(0, 5).map(lambda n: n == 0))
+    def reserve(self, length: int, unit: int, validity: int, key: str, reuse: bool) -> None:
+        chain = PayWordChain.new(length)
+        chain_id = next(iter(self.chains)) if reuse and self.chains else os.urandom(32)
+        body = PurseCommitment(chain=chain_id, buyer="alice", seller="shop", bank="bank",
+                               root=chain.root, length=length, unit=Amount("EUR", unit),
+                               expires=self.now + validity)
+        commitment = sign_as(self.agents["alice"], COMMITMENT, body.to_body())
+        outcome, error = self.apply(lambda c: purse_bank.reserve_chain(
+            self.book, c, commitment, body, key=key,
+            buyer_certificate=self.agents["alice"].cert))
+        event(f"reserve: {error.code if error else 'replayed' if not outcome.applied else 'held'}")
+        if key in self.keys:  # another body under a used key (the chain or root differ)
+            assert error is not None and error.code == "payment.idempotency_conflict"
+        elif chain_id in self.chains:
+            assert error is not None and error.code == "purse.bad_commitment"
+        elif self.model["alice"] < length * unit:
+            assert error is not None and error.code == "payment.insufficient_funds"
+        else:
+            assert error is None and outcome.applied
+            self.model["alice"] -= length * unit
+            self.model[RESERVED] += length * unit
+            self.keys[key] = chain_id
+            self.chains[chain_id] = [commitment, body, chain, outcome.statement, "reserved",
+                                     None]
+
+    @precondition(lambda self: self.chains)
+    @rule(data=st.data(), forged=st.integers(0, 3).map(lambda n: n == 0))
+    def redeem(self, data: st.DataObject, forged: bool) -> None:
+        chain_id = data.draw(st.sampled_from(list(self.chains)))  # insertion order
+        length = self.chains[chain_id][1].length
+        self._redeem(chain_id, data.draw(st.one_of(st.integers(1, length),
+                                                   st.integers(0, length + 1))), forged)
+
+    @precondition(lambda self: any(v[4] == "redeemed" for v in self.chains.values()))
+    @rule(data=st.data())
+    def redeem_again(self, data: st.DataObject) -> None:
+        """The seller's retry of its redemption (a lost answer): the same statement."""
+        chain_id = data.draw(st.sampled_from([k for k, v in self.chains.items()
+                                              if v[4] == "redeemed"]))
+        self._redeem(chain_id, self.chains[chain_id][5][0], False)
+
+    def _redeem(self, chain_id: bytes, index: int, forged: bool) -> None:
+        commitment, body, chain, reservation, state, redeemed = self.chains[chain_id]
+        payword = os.urandom(32) if forged or index > body.length else chain.payword(index)
+        request = RedeemRequest(commitment=commitment, reservation=reservation,
+                                payword=payword, index=index)
+
+        def handler() -> Any:  # PurseBank.redeem's steps, on this database
+            stored = self.db.read_sync(lambda c: purse_bank._chain(c, chain_id))
+            replay = purse_bank._standing(stored, body, request, seller="shop",
+                                          now_ms=self.now)
+            if replay is not None:
+                return purse_bank.Outcome(replay, False)
+            check_redemption(body, index=index, payword=payword)
+            return self.db.transaction_sync(lambda c: purse_bank.redeem_chain(
+                self.book, c, request, body, seller="shop"))
+
+        before = self.balances()
+        outcome, error = None, None
+        try:
+            outcome = handler()
+        except PaymentError as exc:
+            error = exc
+            assert self.balances() == before, "a refusal moved money"
+        event(f"redeem: {error.code if error else 'replayed' if not outcome.applied else 'paid'}")
+        true = not forged and 1 <= index <= body.length
+        if state == "redeemed":
+            if true and redeemed[0] == index:
+                assert outcome is not None and outcome.statement == redeemed[1]
+            else:
+                assert error is not None and error.code == "purse.already_redeemed"
+        elif state == "released" or self.now > body.expires + REDEEM_GRACE_MS:
+            assert error is not None and error.code == "purse.expired"
+        elif index > body.length:
+            assert error is not None and error.code == "purse.beyond_chain"
+        elif not true:
+            assert error is not None and error.code == "purse.bad_payword"
+        else:
+            assert error is None and outcome.applied
+            paid, back = index * body.unit.minor_units, \
+                (body.length - index) * body.unit.minor_units
+            self.model["shop"] += paid
+            self.model["alice"] += back
+            self.model[RESERVED] -= paid + back
+            self.chains[chain_id][4:] = ["redeemed", (index, outcome.statement)]
+
+    @rule(ms=st.one_of(st.integers(1, 5_000), st.integers(1, 2 * REDEEM_GRACE_MS)))
+    def advance(self, ms: int) -> None:
+        self.now += ms
+
+    @rule()
+    def sweep(self) -> None:
+        released = self.db.transaction_sync(lambda c: purse_bank.release_expired(
+            self.book, c, now_ms=self.now))
+        due = [k for k, v in self.chains.items()
+               if v[4] == "reserved" and v[1].expires + REDEEM_GRACE_MS < self.now]
+        assert released == len(due)
+        event(f"sweep: {'released' if released else 'nothing due'}")
+        for chain_id in due:
+            value = self.chains[chain_id][1].value.minor_units
+            self.model["alice"] += value
+            self.model[RESERVED] -= value
+            self.chains[chain_id][4] = "released"
+
+    @invariant()
+    def books_balance(self) -> None:
+        self.db.read_sync(_ledger.check_books)
+        assert self.balances() == self.model
+        live = sum(v[1].value.minor_units for v in self.chains.values() if v[4] == "reserved")
+        assert self.model[RESERVED] == live
+
+
+_SHARED: dict[str, Any] = {}
+
+
+def book_market() -> dict[str, Any]:
+    if not _SHARED:
+        market = PkiMarket(Path(tempfile.mkdtemp(prefix="semper-purse-pki-")))
+        _SHARED["agents"] = {"alice": market.agent("alice", "buyer")}
+        _SHARED["bank"] = market.agent("bank", "bank")
+    return _SHARED
+
+
+def sign_as(agent: Any, type_: str, body: dict[str, Any]) -> Statement:
+    return sign_statement(type_, body, key=agent.key, certificate=agent.cert,
+                          now_ms=time.time_ns() // 1_000_000, nonce=os.urandom(16))
+
+
+TestPurseBooks = PurseBooks.TestCase
+TestPurseBooks.settings = settings(max_examples=15, stateful_step_count=30, deadline=None,
+                                   suppress_health_check=[HealthCheck.too_slow])
