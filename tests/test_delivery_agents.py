@@ -367,3 +367,21 @@ async def test_a_refunded_order_is_not_streamed_again(tmp_path: Path) -> None:
                 await refused(channel.request("delivery", "open",
                                               {"ticket": ticket, "from": 1}),
                               "commerce.refunded")
+
+
+async def test_a_streamed_item_is_not_sold_by_fair_exchange(tmp_path: Path) -> None:
+    """A fair purchase seals the goods whole: a streamed item (32 MiB for course-004)
+    would be sealed and stored per order and never fit a frame. Refused before any
+    money moves or anything is stored."""
+    from semper.agents.components._fair_buyer import FairShopper
+
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            before = await balances(m.buyer)
+            shopper = FairShopper(m.buyer, notary="notary", wait_ms=5000)
+            with pytest.raises(RemoteError) as info:
+                await shopper.buy_fair("seller", SKU, "transfer", "fair-1")
+            assert info.value.code == "commerce.unknown_offer"
+            assert await balances(m.buyer) == before
+            assert await m.seller.database.read(lambda c: c.execute(
+                "SELECT count(*) FROM fair_sales").fetchone()[0]) == 0

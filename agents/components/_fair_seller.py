@@ -109,6 +109,9 @@ class FairSales(Component):
         if item is None or item.content_digest != sold.content_digest:
             raise UnknownOffer(f"the goods sold as {sold.sku!r} are no longer held here",
                                detail={"sku": sold.sku})
+        if item.stream is not None:  # never sealed whole: it goes chunk by chunk
+            raise UnknownOffer(f"{sold.sku!r} is streamed on a delivery channel, not sold "
+                               "by fair exchange", detail={"sku": sold.sku})
         notary = default_notary(self.context.config)
         escrow_key = await notary_escrow_key(self.context, notary)
         key = os.urandom(32)
