@@ -206,3 +206,33 @@ def test_a_commitment_body_is_checked_on_construction() -> None:
         PurseCommitment.from_body({**good, "length": MAX_LENGTH,
                                    "unit": {"currency": "EUR", "minor_units": 2**62}})
     assert not issubclass(BadCommitment, BadRequest)
+
+
+# -- hostile bodies ----------------------------------------------------------------------
+
+_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(1 << 64), 1 << 64), st.binary(max_size=40),
+              st.text(max_size=10), st.just(b"\x00" * 32)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.sampled_from(
+                                ["chain", "state", "index", "payword", "commitment",
+                                 "reservation", "redeemed", "bank_certificate",
+                                 "idempotency_key", "root", "length", "unit", "expires",
+                                 "buyer", "seller", "bank", "order", "currency",
+                                 "minor_units", "x"]), inner, max_size=8)),
+    max_leaves=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=_VALUES, which=st.integers(0, 8))
+def test_hostile_bodies_raise_only_coded_refusals(value: object, which: int) -> None:
+    from semper.services import ServiceError
+    from semper.services.payment import purse
+
+    body = (purse.ReserveRequest, purse.ReserveAnswer, purse.RedeemRequest,
+            purse.RedeemAnswer, purse.StatusRequest, purse.StatusAnswer,
+            purse.PurseCommitment, purse.PurseReservation, purse.PurseRedeemed)[which]
+    try:
+        body.from_wire(value)
+    except ServiceError as exc:
+        assert exc.code.startswith(("payment.", "purse.", "statement.", "money.", "auth."))
