@@ -379,9 +379,25 @@ async def test_a_streamed_item_is_not_sold_by_fair_exchange(tmp_path: Path) -> N
         async with market(tmp_path) as m:
             before = await balances(m.buyer)
             shopper = FairShopper(m.buyer, notary="notary", wait_ms=5000)
+            shopper.output = tmp_path / "fair.bin"  # past the buyer's own check
             with pytest.raises(RemoteError) as info:
                 await shopper.buy_fair("seller", SKU, "transfer", "fair-1")
             assert info.value.code == "commerce.unknown_offer"
             assert await balances(m.buyer) == before
             assert await m.seller.database.read(lambda c: c.execute(
                 "SELECT count(*) FROM fair_sales").fetchone()[0]) == 0
+
+
+async def test_a_streamed_item_needs_a_file_before_anything_is_paid(tmp_path: Path) -> None:
+    from semper.agents.components._purchase import NeedsOutput
+
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            before = await balances(m.buyer)
+            for output in (None, Path("-")):
+                with pytest.raises(NeedsOutput) as info:
+                    await Shopper(m.buyer, output=output).buy("seller", SKU, "transfer", "n1")
+                assert info.value.code == "delivery.needs_output"
+            assert await balances(m.buyer) == before
+            assert await m.buyer.database.read(lambda c: c.execute(
+                "SELECT count(*) FROM commerce_purchases").fetchone()[0]) == 0

@@ -337,6 +337,8 @@ class Shopper:
         """
         catalogue, certificate = await self.catalogue(seller)
         offer = _find(catalogue, sku)
+        if offer.body.get("stream") is not None:
+            self._stream_output(key)  # before anything is signed or paid
         purchase = Purchase(buyer=self.agent.id)
         chosen = purchase.receive(OfferChosen(offer=offer, payment_module=module,
                                               idempotency_key=key), now_ms=self._ms())
