@@ -418,7 +418,16 @@ class DeliverySeller(Component):
             now = self.context.now_ms()
             ready = [chain for chain, at in due if at <= now]
             for chain in ready:
-                await self.redeem(chain)
+                try:
+                    await self.redeem(chain)
+                except Exception as exc:  # one chain's failure never stops the others
+                    self.context.log.error("redeeming chain %s failed (retrying): %s",
+                                           chain.hex()[:16], exc, exc_info=exc)
+                    later = self.context.now_ms() + REDEEM_RETRY_MS
+                    await self.context.database.transaction(
+                        lambda c, ch=chain, at=later: c.execute(
+                            "UPDATE delivery_chains SET redeem_at = ? WHERE chain = ?",
+                            (at, ch)))
             if ready:
                 continue
             wait = (due[0][1] - now) / 1000 if due else 3600.0
