@@ -236,3 +236,15 @@ def test_hostile_bodies_raise_only_coded_refusals(value: object, which: int) -> 
         body.from_wire(value)
     except ServiceError as exc:
         assert exc.code.startswith(("payment.", "purse.", "statement.", "money.", "auth."))
+
+
+def test_check_refuses_as_accept_does_and_changes_nothing() -> None:
+    chain = PayWordChain.new(4)
+    checker = PaywordChecker(chain.root, 4, in_order=True)
+    checker.check(1, chain.payword(1))
+    assert (checker.highest, checker.payword) == (0, chain.root)
+    with pytest.raises(OutOfOrder):
+        checker.check(2, chain.payword(2))
+    checker.accept(1, chain.payword(1))
+    with pytest.raises(Replayed):
+        checker.check(1, chain.payword(1))

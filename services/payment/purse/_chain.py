@@ -132,7 +132,7 @@ class PaywordChecker:
             self.highest, self.payword = highest, payword
 
     def accept(self, k: int, payword: bytes) -> None:
-        """Accept ``payword`` as ``w_k``.
+        """Accept ``payword`` as ``w_k`` (``check``, then it becomes the highest).
 
         Raises:
             BadPayword: k < 1, not 32 bytes, or it does not hash to the last accepted.
@@ -140,6 +140,12 @@ class PaywordChecker:
             OutOfOrder: ``in_order`` and k > highest + 1.
             BeyondChain: k > length.
         """
+        self.check(k, payword)
+        self.highest, self.payword = k, payword
+
+    def check(self, k: int, payword: bytes) -> None:
+        """Raise as ``accept`` would, and change nothing: a payee that must commit a
+        payword durably before it counts checks it, commits, then ``accept``s it."""
         if type(k) is not int or k < 1:
             raise BadPayword(f"payword index {k!r} is not 1 or more", detail={"index": k})
         if k > self.length:
@@ -155,4 +161,3 @@ class PaywordChecker:
                 or _hash(payword, k - self.highest) != self.payword:
             raise BadPayword(f"payword {k} does not hash back to payword {self.highest}",
                              detail={"index": k})
-        self.highest, self.payword = k, payword
