@@ -1,32 +1,43 @@
-"""Streamed delivery benchmark: chunks with proofs and paywords against plain TLS, in one run.
+"""Streamed delivery benchmark: chunks with proofs and purse ticks against plain TLS, in one run.
 
-A market in a temporary folder (``init_market``: a bank, the seller, a buyer). The
-seller is a separate process; this process is the buyer. Both transfers move the same
-content file (``--mib`` MiB of random bytes) from the seller's disk to a file on the
-buyer's disk, over loopback TLS 1.3 with the market's agent certificates, mutually
-authenticated; each timing runs from the TCP connect to the output file's close.
+A market in a temporary folder (``init_market``: a bank, the seller, a buyer); the
+seller's catalogue gets ``bench-stream``: course-004's generated content (~32 MiB,
+``--bytes``) cut at ``--chunk-size`` (default ``services.delivery.DEFAULT_CHUNK_SIZE``),
+EUR 0.01 a chunk. The bank and the seller run as agent processes (``semper agent
+run``); this process is the buyer. Both transfers move the same file from the
+seller's disk to a file here, over loopback TLS 1.3 with the market's agent
+certificates, mutually authenticated:
 
-* baseline - plain ``trio.SSLStream``: the seller reads the file in 1 MiB pieces and
-  ``send_all``s each; the buyer writes whatever ``receive_some`` returns. No framing,
-  no hashing, nothing per chunk.
-* stream - the delivery protocol (docs/protocol.md, api.md): a semper channel, then
-  ``delivery.chunk`` ``{stream, index, payword}`` -> ``{index, data, proof}`` with one
-  chunk in flight; the seller checks the payword with one SHA-256 (and, with
-  ``--tick``, commits it to SQLite, WAL, synchronous=FULL) before it reads the chunk;
-  the buyer checks the chunk's leaf hash and inclusion proof against the root before
-  writing it, and only then pays for the next one.
+* baseline - plain ``trio.SSLStream`` from a helper process holding the seller's
+  certificate: it reads the file in 1 MiB pieces and ``send_all``s each; we write
+  whatever ``receive_some`` returns. Timed from the TCP connect to the file closed.
+* stream - the real thing: ``Shopper.buy(seller, "bench-stream", "purse", key)`` (a
+  new key a round): order, a PayWord chain reserved at the bank, the seller's ticket,
+  then the delivery channel. Timed: ``StreamClient._stream``, from its connect to
+  ``delivery.close`` - every chunk paid (the purse records the payword spent), its
+  tick checked and committed by the seller, the chunk and its proof verified, written
+  and counted. Not timed: the purchase before it and the whole-file SHA-256 check and
+  fsync after it (``buy_seconds`` has the whole purchase).
 
 Rounds alternate the two and keep each one's best (``--rounds``), so drift and noise
 on a shared machine hit both alike. CPU per MB is each process's CPU time over the
-best round (the seller's from /proc/<pid>/task/*/schedstat, ns).
+best round (the seller's from /proc/<pid>/task/*/schedstat, ns; ours with every
+thread). The bank's books are checked at the end.
 
-    python bench/stream.py [--json] [--mib N] [--chunk-size B] [--rounds R]
-                           [--tick none|serial|overlap] [--sweep]
+    python bench/stream.py [--json] [--bytes N] [--chunk-size B] [--rounds R]
 
 ``--json`` prints one object: ``stream_ratio`` (stream MB/s / baseline MB/s),
-``ticks_per_s``, ``mb_per_s``, ``baseline_mb_per_s``, ``chunk_size``, ``chunks``,
-``cpu_ms_per_mb`` (``{"seller", "buyer"}``, and the same for the baseline).
-``--sweep`` runs the stream at 64 KiB to 1 MiB chunks against one baseline.
+``ticks_per_s`` (chunks, each one payword, per second), ``mb_per_s``,
+``baseline_mb_per_s``, ``chunk_size``, ``chunks``, ``bytes``, ``cpu_ms_per_mb``
+(``{"seller", "buyer"}``; ``baseline_cpu_ms_per_mb`` the same for the baseline),
+``buy_seconds`` and ``load`` (the 1-minute load average at the end).
+
+``--prototype`` runs instead the delivery protocol's prototype, in a process of our
+own serving both (random content): one chunk in flight, a payword hash per chunk,
+proof and file write; what decides the ratio, measured: ``--sweep`` (64 KiB to 1 MiB
+chunks), ``--matrix`` (commits of the ticks in series or overlapped with the chunk,
+the seller reading ahead, the buyer writing behind), ``--tick``, ``--buyer-tick``,
+``--prefetch``, ``--write-behind``.
 """
 
 from __future__ import annotations
