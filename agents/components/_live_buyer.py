@@ -1,0 +1,229 @@
+"""The buyer's side of a live stream (issue 10 item 3): subscribe, pay per chunk, keep
+every signed head as evidence.
+
+Theory of operation. ``LiveClient.subscribe`` asks a live seller for its terms
+(``feed.terms``: the price of a chunk), opens a purse chain of one payword a chunk
+for it (``Purse.open_chain``, idempotent per key: a rerun gets the same chain) and
+hands the commitment and the bank's reservation over in ``feed.subscribe``; the
+answer is a ``delivery.ticket`` for that chain whose stream map's root is the empty
+tree's (a live stream, protocol.md 13.5). ``receive`` opens a delivery channel of its
+own, and for each chunk pays payword index+1 (only once chunk index-1 verified: at
+most one chunk paid and not received), asks ``delivery.chunk`` and hands the answer
+to a ``LiveReceiver``: a head that came with it is verified (the seller's signature,
+consistency with the head held) and archived before the chunk, checked against it,
+is written. Every head accepted is in the archive under the purchase's key, so what
+was received is provable later with the chunks and the market root; a head that
+contradicts one held raises ``delivery.fork`` after both are archived.
+
+A rerun with the same key asks again from chunk 0 with the same ticket: the chunks
+paid before are sent again without a payword (the purse hands out a payword already
+spent, the seller needs none below its highest), so nothing is paid twice; the
+output is written anew and its heads must agree with those archived before.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Final
+
+from semper.agents.components._delivery_buyer import CHUNK_FRAME_MARGIN
+from semper.services import Amount
+from semper.services.delivery import (
+    TICKET_TYPE,
+    BadTicket,
+    ChunkAnswer,
+    Forked,
+    LiveReceiver,
+    NotYet,
+    OpenAnswer,
+    Ticket,
+)
+from semper.services.merkle import EMPTY_ROOT
+from semper.services.statements import Statement, StatementError, verify_statement
+
+__all__ = ["LiveClient", "LiveOutcome", "LiveProgress"]
+
+#: How many times a chunk the seller has not produced yet (``delivery.not_yet``,
+#: after the seller's own bounded wait) is asked again before the run stops.
+NOT_YET_TRIES: Final = 3
+
+
+@dataclass(frozen=True, slots=True)
+class LiveProgress:
+    chunks: int
+    of: int
+    bytes: int
+    heads: int
+    paid: Amount
+
+
+@dataclass(frozen=True, slots=True)
+class LiveOutcome:
+    """What ``semper live --json`` prints."""
+
+    key: str
+    chunks: int
+    bytes: int
+    root: bytes
+    heads: int
+    paid: Amount
+    output: Path
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": "done", "chunks": self.chunks, "bytes": self.bytes,
+                "root": self.root.hex(), "heads": self.heads, "paid": self.paid.to_wire()}
+
+
+class BadTerms(Exception):
+    """A live seller's ``feed.terms`` answer we cannot use."""
+
+    code: ClassVar[str] = "delivery.bad_ticket"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class LiveClient:
+    """Subscribes ``agent`` (a buyer whose database is open) to live feeds."""
+
+    def __init__(self, agent: Any, progress: Callable[[LiveProgress], None] | None = None
+                 ) -> None:
+        self.agent = agent
+        self._progress = progress or (lambda p: None)
+
+    async def subscribe(self, seller: str, chunks: int, key: str) -> tuple[Statement, Any]:
+        """The ticket for ``chunks`` chunks of ``seller``'s feed, paid by a purse chain
+        opened under ``key``, and the seller's certificate.
+
+        Raises:
+            BadTicket, BadTerms: an answer that does not check out; the purse's and
+            the seller's refusals with their codes.
+        """
+        from semper.agents.components._purse import Purse
+
+        terms = await self.agent.request(seller, "feed", "terms", {})
+        price = terms.get("price_per_chunk") if isinstance(terms, dict) else None
+        try:
+            unit = Amount(price["currency"], price["minor_units"])  # type: ignore[index]
+        except Exception:
+            raise BadTerms(f"{seller}'s feed.terms names no price per chunk") from None
+        purse = self.agent.component(Purse)
+        commitment, reservation = await purse.open_chain(seller, chunks, unit, None, key)
+        answer = await self.agent.request(seller, "feed", "subscribe", {
+            "commitment": commitment.to_bytes(), "reservation": reservation.to_bytes()})
+        certificate = (await self.agent.channel(seller)).peer.certificate
+        raw = answer.get("ticket") if isinstance(answer, dict) else None
+        try:
+            statement = Statement.from_bytes(raw if type(raw) is bytes else b"")
+            verify_statement(statement, certificate=certificate,
+                             root=self.agent.credentials.root, crl=self.agent.crl,
+                             now=_now(self.agent), expected_type=TICKET_TYPE,
+                             expected_signer=seller)
+        except StatementError as exc:
+            raise BadTicket(f"the seller's ticket does not verify: {exc.message}",
+                            detail={"cause": exc.code}) from None
+        body = Ticket.from_statement(statement)
+        stream = body.stream
+        for name, ok in (("buyer", body.buyer == self.agent.id), ("seller", body.seller == seller),
+                         ("chain", body.chain == commitment.body["chain"]),
+                         ("stream", stream.root == EMPTY_ROOT and stream.chunks == chunks
+                          and stream.price_per_chunk == unit)):
+            if not ok:
+                raise BadTicket(f"the seller's ticket names another {name}",
+                                detail={"field": name})
+        await self.agent.archive.record(statement, direction="received", peer=seller,
+                                        transaction=key, certificate=certificate)
+        return statement, certificate
+
+    async def fetch(self, seller: str, chunks: int, key: str, output: Path) -> LiveOutcome:
+        """Subscribe (or find the subscription of ``key``) and receive every chunk."""
+        ticket, certificate = await self.subscribe(seller, chunks, key)
+        return await self.receive(seller, ticket, certificate, key=key, output=output)
+
+    async def receive(self, seller: str, ticket: Statement, certificate: Any, *, key: str,
+                      output: Path) -> LiveOutcome:
+        """Receive the ticket's chunks into ``output``, each verified against a signed
+        head before a byte is written, paying one payword a chunk.
+
+        Raises:
+            Forked (``delivery.fork``): the seller signed two heads that contradict
+                each other; both are archived under ``key``.
+            BadHead, BadChunk, NotYet, the seller's and the purse's refusals.
+        """
+        from semper.agents.components._purse import Purse
+
+        body = Ticket.from_statement(ticket)
+        assert body.chain is not None
+        purse, unit = self.agent.component(Purse), body.stream.price_per_chunk
+        receiver = LiveReceiver(stream_id=body.ticket, seller_id=seller,
+                                certificate=certificate, root=self.agent.credentials.root,
+                                crl=self.agent.crl)
+        part = output.with_name(output.name + ".part")
+        written, chunks = 0, body.stream.chunks
+        async with self.agent.connect(
+                seller, max_frame=body.stream.chunk_size + CHUNK_FRAME_MARGIN) as channel:
+            opened = OpenAnswer.from_wire(await channel.request(
+                "delivery", "open", {"ticket": ticket.to_bytes(), "from": 0}))
+            with part.open("wb") as out:
+                for index in range(chunks):
+                    payword = await purse.pay(body.chain, index)
+                    answer = await self._chunk(channel, opened.stream, index, payword)
+                    await self._take(receiver, answer, seller, certificate, key)
+                    out.write(answer.data)  # verified against a signed head
+                    written += len(answer.data)
+                    self._progress(LiveProgress(
+                        chunks=index + 1, of=chunks, bytes=written,
+                        heads=len(receiver.heads),
+                        paid=Amount(unit.currency, unit.minor_units * (index + 1))))
+                out.flush()
+                os.fsync(out.fileno())
+            await channel.request("delivery", "close", {"stream": opened.stream})
+        os.replace(part, output)
+        latest = receiver.latest
+        assert latest is not None
+        return LiveOutcome(key=key, chunks=chunks, bytes=written, root=latest.root,
+                           heads=len(receiver.heads), output=output,
+                           paid=Amount(unit.currency, unit.minor_units * chunks))
+
+    async def _chunk(self, channel: Any, stream: int, index: int, payword: bytes
+                     ) -> ChunkAnswer:
+        for tries in range(NOT_YET_TRIES):  # the seller waits for the chunk itself
+            try:
+                return ChunkAnswer.from_wire(await channel.request(
+                    "delivery", "chunk", {"stream": stream, "index": index,
+                                          "payword": payword}))
+            except Exception as exc:
+                if getattr(exc, "code", None) != NotYet.code or tries == NOT_YET_TRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _take(self, receiver: LiveReceiver, answer: ChunkAnswer, seller: str,
+                    certificate: Any, key: str) -> None:
+        """Verify the head the chunk came with (archived once accepted), then the
+        chunk against it."""
+        now = self.agent.clock.now_ms()
+        if answer.head is not None:
+            held = len(receiver.heads)
+            try:
+                receiver.receive_head(answer.head, answer.consistency or [], now_ms=now)
+            except Forked as exc:  # the first head is archived already: add the second
+                await self.agent.archive.record(exc.evidence.second, direction="received",
+                                                peer=seller, transaction=key,
+                                                certificate=certificate)
+                raise
+            if len(receiver.heads) > held:
+                await self.agent.archive.record(receiver.heads[-1], direction="received",
+                                                peer=seller, transaction=key,
+                                                certificate=certificate)
+        receiver.receive_chunk(answer.index, answer.data, answer.proof, now_ms=now)
+
+
+def _now(agent: Any) -> Any:
+    import datetime as dt
+
+    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(
+        milliseconds=agent.clock.now_ms())

@@ -1,0 +1,214 @@
+"""Live streams end to end (issue 10 item 3): examples/live_feed's ticker seller and
+the buyer's LiveClient, in-process agents over loopback TLS. A buyer pays a purse
+chain chunk by chunk and receives N live chunks, each verified against a signed head,
+the heads consistent and archived; a seller that rewrites history is caught with both
+heads as evidence; the example installs with pip and runs as a real process."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from market_helpers import wait_until
+
+from semper.agents import Agent, AgentConfig
+from semper.agents.cli.cmd_ca import issue_agent_folder
+from semper.agents.components import _bank, _ledger
+from semper.agents.components._live_buyer import LiveClient
+from semper.agents.operator._market import ca_config, init_market
+from semper.agents.runtime import _agent
+from semper.agents.runtime._storage import Database
+from semper.services.certificates import Level
+from semper.services.delivery import HEAD_TYPE, Forked, LiveStream, StreamHead, Ticket
+from semper.services.merkle import EMPTY_ROOT, MerkleTree
+from semper.services.statements import Statement, verify_statement
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "live_feed"
+sys.path.insert(0, str(EXAMPLE))
+import semper_live_feed  # noqa: E402
+
+DEADLINE = 30.0
+FEED = "feed-1"
+#: A chunk every 2 ms, a head every 4 chunks or 40 ms: 10 chunks take ~20 ms.
+SETTINGS = {"period_ms": 2, "every_chunks": 4, "every_ms": 40, "price_per_chunk": "EUR:3"}
+
+
+@dataclass
+class Market:
+    folder: Path
+    bank: Agent
+    feed: Agent
+    buyer: Agent
+
+
+def _config(folder: Path, name: str) -> AgentConfig:
+    return AgentConfig.load(folder / name / "agent.toml")
+
+
+def add_feed(folder: Path) -> AgentConfig:
+    """A feed agent issued offline as `semper ca issue` does, with an account at the
+    bank (as `semper bank open` opens one)."""
+    issue_agent_folder(folder, ca_config(folder), FEED, role="feed",
+                       level=Level.VERIFIED_CONTACT, listen=None, passphrase=None)
+    bank = _config(folder, "bank")
+    database = Database.open_sync(bank.data_dir / "agent.sqlite", _bank.MIGRATIONS)
+    try:
+        database.transaction_sync(lambda c: _ledger.open_account(c, FEED, "EUR"))
+    finally:
+        database.close()
+    return dataclasses.replace(_config(folder, FEED), components={"delivery": SETTINGS})
+
+
+@asynccontextmanager
+async def market(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Market]:
+    load = _agent.load_role
+    monkeypatch.setattr(_agent, "load_role",
+                        lambda name: semper_live_feed.Feed if name == "feed" else load(name))
+    folder = tmp_path / "m"
+    init_market(folder)
+    feed_config = add_feed(folder)
+    buyer_config = _config(folder, "buyer")
+    buyer_config = dataclasses.replace(
+        buyer_config, peers={**buyer_config.peers, FEED: feed_config.listen})
+    bank, feed, buyer = Agent(_config(folder, "bank")), Agent(feed_config), Agent(buyer_config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bank.run)
+        await nursery.start(feed.run)
+        async with buyer.session():
+            yield Market(folder, bank, feed, buyer)
+        nursery.cancel_scope.cancel()
+
+
+async def archived(agent: Agent, transaction: str, type_: str) -> list[Statement]:
+    found = [Statement.from_bytes(r.statement) for r in await agent.archive.records(transaction)]
+    return [s for s in found if s.type == type_]
+
+
+def ticket_id(head: Statement) -> str:
+    return StreamHead.from_statement(head).stream.hex()
+
+
+def signed_by_feed(m: Market, statement: Statement) -> None:
+    verify_statement(statement, certificate=m.feed.credentials.identity.certificate,
+                     root=m.buyer.credentials.root, crl=m.buyer.crl,
+                     now=dt.datetime.now(dt.UTC), expected_signer=FEED)
+
+
+async def balances(agent: Agent) -> dict[str, int]:
+    return (await agent.request("bank", "bank", "account", {}))["balances"]  # type: ignore[no-any-return]
+
+
+async def test_a_buyer_receives_live_chunks_under_signed_consistent_heads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path, monkeypatch) as m:
+            before = await balances(m.buyer)
+            output = tmp_path / "ticker.jsonl"
+            seen: list[int] = []
+            client = LiveClient(m.buyer, progress=lambda p: seen.append(p.chunks))
+            done = await client.fetch(FEED, 10, "live-1", output)
+            lines = output.read_text().splitlines()
+            assert [json.loads(line)["seq"] for line in lines] == list(range(10))
+            assert seen == list(range(1, 11)) and not output.with_name("ticker.jsonl.part").exists()
+            assert done.to_json() == {"state": "done", "chunks": 10,
+                                      "bytes": output.stat().st_size, "root": done.root.hex(),
+                                      "heads": done.heads, "paid": {"currency": "EUR",
+                                                                    "minor_units": 30}}
+            # The heads are in the buyer's archive: each signed by the feed, each
+            # extending the one before, the last one over exactly the 10 chunks.
+            heads = await archived(m.buyer, "live-1", HEAD_TYPE)
+            assert len(heads) == done.heads >= 1
+            bodies = [StreamHead.from_statement(h) for h in heads]
+            # The feed signed a head every 4 chunks (or 40 ms) and one at the end; a
+            # buyer gets the latest when it asks, so the heads it holds are some of them.
+            signed = await archived(m.feed, ticket_id(heads[0]), HEAD_TYPE)
+            assert {h.digest for h in heads} <= {h.digest for h in signed} and len(signed) >= 3
+            for head in heads:
+                signed_by_feed(m, head)
+            assert [b.size for b in bodies] == sorted({b.size for b in bodies})
+            assert bodies[-1].size == 10 and bodies[-1].root == done.root
+            chunks = [line.encode() + b"\n" for line in lines]
+            assert MerkleTree(chunks).root == done.root  # what was received is provable
+            (ticket,) = await archived(m.buyer, "live-1", "delivery.ticket")
+            ticket = Ticket.from_statement(ticket)
+            assert ticket.stream.root == EMPTY_ROOT and ticket.stream.chunks == 10
+            assert all(b.stream == ticket.ticket for b in bodies)
+            # The feed redeems the chain (10 paywords of EUR 0.03) soon after.
+            await wait_until(lambda: m.feed.database.read_sync(lambda c: c.execute(
+                "SELECT state FROM feed_tickets").fetchone())[0] == "redeemed",
+                "the feed redeemed the chain")
+            assert (await balances(m.buyer))["EUR"] == before["EUR"] - 30
+            # Again with the key: the same chain and ticket, nothing paid twice.
+            again = await LiveClient(m.buyer).fetch(FEED, 10, "live-1", output)
+            assert again.root == done.root
+            assert (await balances(m.buyer))["EUR"] == before["EUR"] - 30
+
+
+class _Rewriter:
+    """Once the buyer holds a head, swap the feed's stream for one whose chunk 0 says
+    otherwise, with a head of its own over it: another history under the same id."""
+
+    def __init__(self, component: Any) -> None:
+        self.component = component
+        self.done = False
+
+    def __call__(self) -> None:
+        (feed,) = self.component._feeds.values()
+        if self.done or feed.live.covered < 4:
+            return
+        self.done = True
+        # Chunk 0 rewritten, and one more chunk: the new head is past any head held.
+        chunks = [b'{"seq": 0, "price": "999.99"}\n', *feed.chunks[1:], b'{"seq": -1}\n']
+        live = LiveStream(stream_id=feed.live.stream_id, every_chunks=feed.live.every_chunks,
+                          every_ms=feed.live.every_ms)
+        for data in chunks:
+            live.add(data, now_ms=self.component.context.now_ms())
+        head = live.due(self.component.context.now_ms(), final=True)
+        assert head is not None
+        live.signed(self.component.context.sign(HEAD_TYPE, head.to_body()))
+        feed.chunks[:], feed.live = chunks, live
+
+
+async def test_a_seller_that_rewrites_history_is_caught_with_both_heads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path, monkeypatch) as m:
+            component = m.feed.component(semper_live_feed.TickerFeed)
+            rewrite = _Rewriter(component)
+            tick = component._tick
+
+            async def tampering(ticket: Any, index: int, payword: Any) -> None:
+                await tick(ticket, index, payword)
+                if index == 4:  # the buyer holds the head of 4: rewrite before chunk 4
+                    rewrite()
+
+            monkeypatch.setattr(component, "_tick", tampering)
+            output = tmp_path / "ticker.jsonl"
+            with pytest.raises(Forked) as info:
+                await LiveClient(m.buyer).fetch(FEED, 12, "live-2", output)
+            assert info.value.code == "delivery.fork"
+            assert info.value.detail["kind"] == "inconsistent"
+            first, second = info.value.evidence.first, info.value.evidence.second
+            one, two = StreamHead.from_statement(first), StreamHead.from_statement(second)
+            assert one.size >= 4 and one.stream == two.stream and two.size > one.size
+            # Both heads are in the buyer's archive, both signed by the feed; anyone
+            # holding them sees that no consistency proof can join them.
+            heads = await archived(m.buyer, "live-2", HEAD_TYPE)
+            assert first in heads and second in heads
+            signed_by_feed(m, first)
+            signed_by_feed(m, second)
+            assert not output.exists()  # nothing of the rewritten stream was written
+
+
+def test_ticker_lines_fit_the_stream_map() -> None:
+    line = semper_live_feed._line(2**20 - 1, 2**53, 10**12)
+    assert len(line) <= semper_live_feed.CHUNK_SIZE and line.endswith(b"\n")
