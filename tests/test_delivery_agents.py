@@ -103,14 +103,15 @@ async def balances(agent: Agent) -> dict[str, int]:
     return (await agent.request("bank", "bank", "account", {}))["balances"]  # type: ignore[no-any-return]
 
 
-async def test_a_streamed_item_paid_by_transfer_arrives_whole(tmp_path: Path) -> None:
+@pytest.mark.parametrize("module", ["transfer", "cheque"])
+async def test_a_streamed_item_paid_whole_arrives_whole(tmp_path: Path, module: str) -> None:
     with trio.fail_after(DEADLINE):
         async with market(tmp_path) as m:
             before = await balances(m.buyer)
             output = tmp_path / "clip.bin"
             seen: list[int] = []
             shopper = Shopper(m.buyer, output=output, on_chunk=lambda p: seen.append(p.chunks))
-            done = await shopper.buy("seller", SKU, "transfer", "k1")
+            done = await shopper.buy("seller", SKU, module, "k1")
             assert done.state == "done" and done.goods is None
             assert output.read_bytes() == CONTENT
             assert not output.with_name("clip.bin.part").exists()
@@ -121,7 +122,7 @@ async def test_a_streamed_item_paid_by_transfer_arrives_whole(tmp_path: Path) ->
             assert (await balances(m.buyer))["EUR"] == before["EUR"] - PRICE
             # Again with the key: nothing paid, nothing fetched again.
             again = Shopper(m.buyer, output=output)
-            replay = await again.buy("seller", SKU, "transfer", "k1")
+            replay = await again.buy("seller", SKU, module, "k1")
             assert replay.replayed and (await balances(m.buyer))["EUR"] == before["EUR"] - PRICE
 
 
