@@ -1,20 +1,22 @@
-"""``semper purse list``: the buyer's PayWord chains, read from its own database (no
-channel is opened; ``semper buy --pay purse`` opens and spends them)."""
+"""``semper purse list``: the buyer's PayWord chains (``semper buy --pay purse`` opens
+and spends them), as its purse records them, brought up to date from the bank."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
+import trio
 from rich.console import Console
 from rich.table import Table
 
-from semper.agents.cli._common import config_option
+from semper.agents.cli._common import config_option, load_config, passphrase_option
 from semper.agents.components import _purse
-from semper.agents.runtime._config import AgentConfig, ConfigError
+from semper.agents.runtime._agent import Agent
+from semper.agents.runtime._config import ConfigError
 from semper.agents.runtime._roles import load_role
-from semper.agents.runtime._storage import Database
 from semper.services import Amount
 
 
@@ -25,22 +27,34 @@ def command() -> None:
 
 @command.command("list")
 @config_option
+@passphrase_option
 @click.option("--json", "as_json", is_flag=True,
               help='Print a JSON list of {"chain", "seller", "reserved", "spent", "redeemed", '
                    '"state"}.')
-def list_chains(config_path: Path, as_json: bool) -> None:
+@click.option("--offline", is_flag=True,
+              help="Show the purse's own records without asking the bank.")
+def list_chains(config_path: Path, passphrase_file: Path | None, as_json: bool,
+                offline: bool) -> None:
     """Every chain, newest first: its seller, what the bank reserved, what was spent
     (paywords revealed) and redeemed (what the seller was paid), and its state
-    (reserving, reserved, redeemed, released)."""
-    config = AgentConfig.load(config_path)
+    (reserving, reserved, redeemed, released).
+
+    The bank is asked what became of the chains not yet redeemed or released
+    (bank.purse_status); when it cannot be, the purse's own records are shown."""
+    config, passphrase = load_config(config_path, passphrase_file)
     if _purse.Purse not in load_role(config.role).components:
         raise ConfigError(f"{config_path} is the config of a {config.role}, which keeps no "
                           "purse: list it with a buyer's config")
-    database = Database.open_sync(config.data_dir / "agent.sqlite", _purse.MIGRATIONS)
-    try:
-        chains = [record.to_json() for record in database.read_sync(_purse.read_chains)]
-    finally:
-        database.close()
+    agent = Agent(config, passphrase=passphrase)
+
+    async def run() -> list[dict[str, Any]]:
+        async with agent.session():
+            purse = agent.component(_purse.Purse)
+            if not offline:
+                await purse.refresh_open()
+            return await purse.list()
+
+    chains = trio.run(run)
     if as_json:
         click.echo(json.dumps(chains))
         return

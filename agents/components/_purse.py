@@ -29,7 +29,7 @@ from cryptography import x509
 
 from semper.agents.components._payments import AgentPaymentContext
 from semper.agents.runtime._component import Component
-from semper.services import Amount
+from semper.services import Amount, ServiceError
 from semper.services.certificates import certificate_der, load_certificate
 from semper.services.payment import (
     BANK_SERVICE,
@@ -60,7 +60,7 @@ from semper.services.payment.purse import (
     verify_reservation,
 )
 from semper.services.statements import Statement
-from semper.transport import RemoteError
+from semper.transport import RemoteError, TransportError
 
 if TYPE_CHECKING:
     from semper.agents.runtime._component import Context
@@ -359,6 +359,25 @@ class Purse(Component):
             (state, redeemed, answer.reservation.to_bytes(),
              certificate_der(answer.bank_certificate), now, chain)))
         return await self.get(chain)
+
+
+    async def refresh_open(self, limit: int = 50) -> list[str]:
+        """``refresh`` the newest ``limit`` chains not yet redeemed or released (what
+        ``semper purse list`` shows). One that cannot be asked (the bank down, a
+        chain it never reserved) keeps what this purse recorded; the reasons, one
+        line each, are returned (and logged)."""
+        chains = await self.context.database.read(lambda c: [row[0] for row in c.execute(
+            "SELECT chain FROM purse_chains WHERE state IN ('reserving', 'reserved')"
+            " ORDER BY created_ms DESC LIMIT ?", (limit,))])
+        failed: list[str] = []
+        for chain in chains:
+            try:
+                await self.refresh(chain)
+            except (ServiceError, TransportError) as exc:  # the local record stands
+                failed.append(f"{chain.hex()[:16]}: {exc.code}")
+                self.context.log.warning("purse: could not refresh chain %s: %s",
+                                         chain.hex()[:16], exc)
+        return failed
 
 
 async def redeem(context: Context, commitment: Statement, reservation: Statement,
