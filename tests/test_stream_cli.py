@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import DEADLINE, Market, _env, semper, semper_argv
+from test_cli import DEADLINE, Market, _env, assert_one_line_failure, semper, semper_argv
 from test_fair_purchase_cli import Running
 
 from semper.agents.components import _ledger
@@ -153,13 +153,13 @@ def test_seller_killed_at_chunk_k_resumes_at_k(market: Market, running: Running,
     seller = running.restart("seller", crash_at=f"stream.seller.chunk:{k}")
     output = tmp_path / "clip.bin"
     started = time.monotonic()
-    first = buy(market, SKU, output)
+    key = "seller-killed"
+    first = buy(market, SKU, output, "--idempotency-key", key)
     assert first.returncode != 0 and first.stdout == "", (first.stdout, first.stderr,
                                                           seller.stderr())
     assert seller.process.wait(DEADLINE) == -9, first.stderr  # SIGKILL at the crash point
-    key = key_of(first)
-    last = first.stderr.strip().splitlines()[-1]
-    assert last.startswith("semper: delivery.interrupted: ") and key in last, first.stderr
+    line = assert_one_line_failure(first, "delivery.interrupted")
+    assert key in line and f"chunk {k}" in line, line
     assert time.monotonic() - started < 30  # within the request timeout
     assert not output.exists() and output.with_name("clip.bin.part").exists()
     assert records(market, key) == (k, k + 1, k + 1, k + 1)
