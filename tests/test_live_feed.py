@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -71,6 +73,7 @@ def add_feed(folder: Path) -> AgentConfig:
 @asynccontextmanager
 async def market(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Market]:
     load = _agent.load_role
+    monkeypatch.setattr(semper_live_feed, "REDEEM_AFTER_MS", 50)  # not 2 s in a test
     monkeypatch.setattr(_agent, "load_role",
                         lambda name: semper_live_feed.Feed if name == "feed" else load(name))
     folder = tmp_path / "m"
@@ -212,3 +215,67 @@ async def test_a_seller_that_rewrites_history_is_caught_with_both_heads(
 def test_ticker_lines_fit_the_stream_map() -> None:
     line = semper_live_feed._line(2**20 - 1, 2**53, 10**12)
     assert len(line) <= semper_live_feed.CHUNK_SIZE and line.endswith(b"\n")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/live_feed installed by pip, as a user would (into a folder of its own)."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+         "--no-build-isolation", "--no-index", "--target", str(target), str(EXAMPLE)],
+        check=True, timeout=120, capture_output=True)
+    return target
+
+
+async def test_the_installed_example_serves_semper_live_between_processes(
+        site: Path, tmp_path: Path) -> None:
+    """The feed a real process (`semper agent run`, its role found through the entry
+    point of the installed package), the buyer `semper live --json`."""
+    folder = tmp_path / "m"
+    init_market(folder)
+    feed_config = add_feed(folder)
+    with (folder / FEED / "agent.toml").open("a", encoding="utf-8") as f:
+        f.write("\n[components.delivery]\n" + "".join(
+            f"{k} = {json.dumps(v)}\n" for k, v in SETTINGS.items()))
+    buyer = _config(folder, "buyer")
+    (folder / "buyer" / "live.toml").write_text(dataclasses.replace(
+        buyer, peers={**buyer.peers, FEED: feed_config.listen}).to_toml(base=folder / "buyer"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(site), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    bank = Agent(_config(folder, "bank"))
+    output = tmp_path / "ticker.jsonl"
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bank.run)
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "semper.agents.cli", "agent", "run",
+                 str(folder / FEED / "agent.toml")],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            try:
+                line = b""
+                while not line.endswith(b"\n"):
+                    chunk = await process.stdout.receive_some(1)
+                    assert chunk, "the feed exited before it was ready"
+                    line += chunk
+                assert line.split()[:2] == [b"ready", FEED.encode()]
+                done = await trio.run_process(
+                    [sys.executable, "-m", "semper.agents.cli", "live", "--config",
+                     str(folder / "buyer" / "live.toml"), "--seller", FEED, "--chunks", "6",
+                     "--output", str(output), "--idempotency-key", "live-cli", "--json"],
+                    capture_stdout=True, capture_stderr=True, check=False, env=env)
+                assert done.returncode == 0, done.stderr.decode()
+                result = json.loads(done.stdout)
+                assert result["state"] == "done" and result["chunks"] == 6
+                assert result["paid"] == {"currency": "EUR", "minor_units": 18}
+                assert [json.loads(x)["seq"] for x in output.read_text().splitlines()] == \
+                    list(range(6))
+                assert result["bytes"] == output.stat().st_size and result["heads"] >= 1
+            finally:
+                process.terminate()
+                with trio.move_on_after(DEADLINE):
+                    await process.wait()
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+            nursery.cancel_scope.cancel()

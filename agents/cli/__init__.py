@@ -32,6 +32,7 @@ from . import (
     cmd_contract,
     cmd_demo,
     cmd_dispute,
+    cmd_live,
     cmd_mail,
     cmd_market,
     cmd_ping,
@@ -75,6 +76,7 @@ cli.add_command(cmd_timestamp.command)
 cli.add_command(cmd_contract.command)
 cli.add_command(cmd_mail.command)
 cli.add_command(cmd_purse.command)
+cli.add_command(cmd_live.command)
 for command in (cmd_commerce.catalogue, cmd_commerce.buy, cmd_commerce.refund,
                 cmd_commerce.wallet, cmd_commerce.goods):
     cli.add_command(command)

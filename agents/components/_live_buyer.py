@@ -87,6 +87,20 @@ class BadTerms(Exception):
         self.message = message
 
 
+class LiveInterrupted(Exception):
+    """The stream broke (a lost channel, a timeout) before its last chunk; the same
+    command with the same key asks again, paying nothing twice."""
+
+    code: ClassVar[str] = "delivery.interrupted"
+
+    def __init__(self, key: str, index: int, cause: BaseException) -> None:
+        why = getattr(cause, "code", None) or type(cause).__name__
+        super().__init__(f"live stream {key} stopped at chunk {index} ({why}: "
+                         f"{getattr(cause, 'message', cause)}); run the same command with "
+                         f"--idempotency-key {key} to receive it again, paying nothing twice")
+        self.message = str(self)
+
+
 class LiveClient:
     """Subscribes ``agent`` (a buyer whose database is open) to live feeds."""
 
@@ -154,14 +168,29 @@ class LiveClient:
                 each other; both are archived under ``key``.
             BadHead, BadChunk, NotYet, the seller's and the purse's refusals.
         """
-        from semper.agents.components._purse import Purse
-
         body = Ticket.from_statement(ticket)
-        assert body.chain is not None
-        purse, unit = self.agent.component(Purse), body.stream.price_per_chunk
         receiver = LiveReceiver(stream_id=body.ticket, seller_id=seller,
                                 certificate=certificate, root=self.agent.credentials.root,
                                 crl=self.agent.crl)
+        progress = [0]
+        try:
+            return await self._receive(seller, ticket, certificate, body, receiver, key,
+                                       output, progress)
+        except Exception as exc:
+            code = getattr(exc, "code", None)
+            if isinstance(code, str) and code.startswith(("delivery.", "purse.", "feed.")):
+                raise  # a refusal or a forged stream: asking again would not help
+            raise LiveInterrupted(key, progress[0], exc) from exc
+
+    async def _receive(self, seller: str, ticket: Statement, certificate: Any, body: Ticket,
+                       receiver: LiveReceiver, key: str, output: Path, progress: list[int]
+                       ) -> LiveOutcome:
+        from semper.agents.components._purse import Purse
+
+        if body.chain is None:
+            raise BadTicket("a live ticket names the purse chain that pays it",
+                            detail={"field": "chain"})
+        purse, unit = self.agent.component(Purse), body.stream.price_per_chunk
         part = output.with_name(output.name + ".part")
         written, chunks = 0, body.stream.chunks
         async with self.agent.connect(
@@ -175,6 +204,7 @@ class LiveClient:
                     await self._take(receiver, answer, seller, certificate, key)
                     out.write(answer.data)  # verified against a signed head
                     written += len(answer.data)
+                    progress[0] = index + 1
                     self._progress(LiveProgress(
                         chunks=index + 1, of=chunks, bytes=written,
                         heads=len(receiver.heads),
