@@ -594,3 +594,33 @@ def sign_as(agent: Any, type_: str, body: dict[str, Any]) -> Statement:
 TestPurseBooks = PurseBooks.TestCase
 TestPurseBooks.settings = settings(max_examples=15, stateful_step_count=30, deadline=None,
                                    suppress_health_check=[HealthCheck.too_slow])
+
+
+async def test_a_bank_that_starts_after_the_grace_sweeps_at_once(market: Path) -> None:
+    """The sweep task (``PurseBank.run``) runs at start, then every minute, deciding
+    by the injected clock: a bank down through a chain's grace returns it on start."""
+    from market_helpers import wait_until
+
+    async with world(market) as w:
+        commitment, _ = await w.purse.open_chain("seller", 3, UNIT, None, "k11",
+                                                 validity_ms=1_000)
+        clock = w.clock
+    clock.ms = PurseCommitment.from_statement(commitment).expires + REDEEM_GRACE_MS + 1
+    bank = Agent(config_of(market, "bank"), clock=clock)
+
+    def balances() -> dict[str, int]:
+        import sqlite3
+
+        connection = sqlite3.connect(market / "bank" / "data" / "agent.sqlite")
+        try:
+            return {h: _ledger.balances(connection, h).get("EUR", 0)
+                    for h in ("buyer", RESERVED)}
+        finally:
+            connection.close()
+
+    assert balances() == {"buyer": DEMO_FUNDS.minor_units - 75, RESERVED: 75}
+    with trio.fail_after(DEADLINE):
+        async with running(bank):
+            await wait_until(lambda: balances()[RESERVED] == 0, "the sweep at start")
+            await bank.database.read(_ledger.check_books)
+    assert balances() == {"buyer": DEMO_FUNDS.minor_units, RESERVED: 0}
