@@ -8,7 +8,6 @@ Runs the buyer's agent for the length of the command, like ``semper buy``. The
 from __future__ import annotations
 
 import json
-import secrets
 from pathlib import Path
 
 import click
@@ -19,6 +18,7 @@ from semper.agents.cli._text import counted
 from semper.agents.cli.cmd_commerce import _check_writable, _shopper_agent
 from semper.agents.components._live_buyer import LiveClient, LiveOutcome, LiveProgress
 from semper.services.delivery import MAX_CHUNKS
+from semper.services.payment import check_idempotency_key
 
 __all__ = ["command"]
 
@@ -30,21 +30,19 @@ __all__ = ["command"]
               help="How many chunks to buy (one payword of a purse chain each).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Write the chunks received, in order, to this file.")
-@click.option("--idempotency-key", "key", default=None,
-              help="The same key again: the same chain and ticket, nothing paid twice. "
-                   "Without it a fresh key is made and printed on stderr first.")
+@click.option("--idempotency-key", "key", required=True,
+              help="Names the subscription: the same key again gets the same chain and "
+                   "ticket, paying nothing twice.")
 @passphrase_option
 @click.option("--json", "as_json", is_flag=True,
               help='Print {"state", "chunks", "bytes", "root", "heads", "paid"} as JSON.')
-def command(config_path: Path, seller: str, chunks: int, output: Path, key: str | None,
+def command(config_path: Path, seller: str, chunks: int, output: Path, key: str,
             passphrase_file: Path | None, as_json: bool) -> None:
     """Subscribe to --seller's live feed for --chunks chunks and write them to
     --output; every signed stream head received is kept in the archive under the key."""
     agent = _shopper_agent(config_path, passphrase_file)
     _check_writable(output)
-    if key is None:
-        key = f"live-{secrets.token_hex(12)}"
-        click.echo(f"idempotency key: {key}", err=True)
+    check_idempotency_key(key)
 
     def progress(p: LiveProgress) -> None:
         if not as_json:
