@@ -169,6 +169,26 @@ async def test_nothing_slips_between_the_slices_of_one_send_all(market: Market) 
             assert await receive_exactly(lb.peer, 5) == b"after"
 
 
+async def test_two_large_send_alls_at_once_arrive_one_after_the_other(
+        market: Market) -> None:
+    """Slices of two concurrent send_alls never interleave: the second waits for the
+    first's last slice (a small one too)."""
+    first, second = (random.Random(n).randbytes(MIB + n) for n in (5, 6))
+    async with loopback(market) as lb:
+        lb.shrink_buffers()
+        ours = lb.ours
+        with trio.fail_after(DEADLINE):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ours.send_all, first)
+                await trio.testing.wait_all_tasks_blocked()  # the first is mid-slices
+                nursery.start_soon(ours.send_all, second)
+                nursery.start_soon(ours.send_all, b"third")
+                await trio.testing.wait_all_tasks_blocked()
+                got = await receive_exactly(lb.peer, len(first) + len(second) + 5)
+        assert bytes(got[:len(first)]) == first
+        assert bytes(got[len(first):]) in (second + b"third", b"third" + second)
+
+
 async def test_send_nowait_of_a_large_frame_queues_its_rest_in_order(market: Market) -> None:
     data = random.Random(3).randbytes(2 * MIB + 11)
     assert len(data) > SEND_SLICE * 8

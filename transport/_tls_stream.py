@@ -244,6 +244,8 @@ class TlsStream(trio.abc.Stream):
         return True
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        while self._slicing:  # another send_all's slices go first, whole
+            await self._send_done.park()
         self._check_usable()
         view = memoryview(data)
         if len(view) <= SEND_SLICE:
@@ -265,6 +267,7 @@ class TlsStream(trio.abc.Stream):
             self._slicing = False
             if pos < len(view) and self._broken is None:
                 self._encrypt(view[pos:])
+            self._send_done.unpark_all()
 
     def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
         try:
