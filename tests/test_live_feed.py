@@ -212,6 +212,43 @@ async def test_a_seller_that_rewrites_history_is_caught_with_both_heads(
             assert not output.exists()  # nothing of the rewritten stream was written
 
 
+async def test_a_history_rewritten_between_two_runs_is_caught_against_the_archive(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same kind, another member: the buyer received the whole stream once (its
+    heads archived), and the seller then serves the same ticket again from another
+    history, with heads of its own that agree with each other. The rerun holds the
+    new heads consistent, but not the archived ones: delivery.fork with the old head
+    and the new one."""
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path, monkeypatch) as m:
+            output = tmp_path / "ticker.jsonl"
+            done = await LiveClient(m.buyer).fetch(FEED, 6, "live-3", output)
+            component = m.feed.component(semper_live_feed.TickerFeed)
+            (feed,) = component._feeds.values()
+            chunks = [feed.chunks[0], b'{"seq": 1, "price": "0.01"}\n', *feed.chunks[2:]]
+            live = LiveStream(stream_id=feed.live.stream_id, every_chunks=3, every_ms=10**6)
+            for data in chunks:
+                live.add(data, now_ms=component.context.now_ms())
+                head = live.due(component.context.now_ms())
+                if head is not None:
+                    live.signed(component.context.sign(HEAD_TYPE, head.to_body()))
+            feed.chunks[:], feed.live = chunks, live
+            old = {StreamHead.from_statement(h).size: h
+                   for h in await archived(m.buyer, "live-3", HEAD_TYPE)}
+            with pytest.raises(Forked) as info:
+                await LiveClient(m.buyer).fetch(FEED, 6, "live-3", output)
+            first, second = info.value.evidence.first, info.value.evidence.second
+            assert first.digest == old[StreamHead.from_statement(first).size].digest
+            assert StreamHead.from_statement(first).size >= 2  # covers the rewritten chunk
+            assert second.digest in {h.digest for h in live.heads}
+            signed_by_feed(m, first)
+            signed_by_feed(m, second)
+            assert {h.digest for h in await archived(m.buyer, "live-3", HEAD_TYPE)} >= {
+                first.digest, second.digest}
+            assert output.read_bytes() != b"".join(chunks)  # the first run's file is kept
+            assert done.chunks == 6
+
+
 def test_ticker_lines_fit_the_stream_map() -> None:
     line = semper_live_feed._line(2**20 - 1, 2**53, 10**12)
     assert len(line) <= semper_live_feed.CHUNK_SIZE and line.endswith(b"\n")

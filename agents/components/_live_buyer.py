@@ -2,18 +2,19 @@
 every signed head as evidence.
 
 Theory of operation. ``LiveClient.subscribe`` asks a live seller for its terms
-(``feed.terms``: the price of a chunk), opens a purse chain of one payword a chunk
-for it (``Purse.open_chain``, idempotent per key: a rerun gets the same chain) and
-hands the commitment and the bank's reservation over in ``feed.subscribe``; the
-answer is a ``delivery.ticket`` for that chain whose stream map's root is the empty
-tree's (a live stream, protocol.md 13.5). ``receive`` opens a delivery channel of its
-own, and for each chunk pays payword index+1 (only once chunk index-1 verified: at
-most one chunk paid and not received), asks ``delivery.chunk`` and hands the answer
-to a ``LiveReceiver``: a head that came with it is verified (the seller's signature,
-consistency with the head held) and archived before the chunk, checked against it,
-is written. Every head accepted is in the archive under the purchase's key, so what
-was received is provable later with the chunks and the market root; a head that
-contradicts one held raises ``delivery.fork`` after both are archived.
+(``delivery.live_terms``: the price of a chunk), opens a purse chain of one payword
+a chunk for it (``Purse.open_chain``, idempotent per key: a rerun gets the same
+chain) and hands the commitment and the bank's reservation over in
+``delivery.subscribe`` (protocol.md 13.6); the answer is a ``delivery.ticket`` for
+that chain whose stream map's root is the empty tree's (a live stream, 13.5).
+``receive`` opens a delivery channel of its own, and for each chunk pays payword
+index+1 (only once chunk index-1 verified: at most one chunk paid and not
+received), asks ``delivery.chunk`` and hands the answer to a ``LiveReceiver``: a
+head that came with it is verified (the seller's signature, consistency with the
+head held) and archived before the chunk, checked against it, is written. Every
+head accepted is in the archive under the purchase's key, so what was received is
+provable later with the chunks and the market root; a head that contradicts one
+held raises ``delivery.fork`` after both are archived.
 
 A rerun with the same key asks again from chunk 0 with the same ticket: the chunks
 paid before are sent again without a payword (the purse hands out a payword already
@@ -31,17 +32,27 @@ from typing import Any, ClassVar, Final
 
 from semper.agents.components._delivery_buyer import CHUNK_FRAME_MARGIN
 from semper.services import Amount
+from semper.services._ops import Op
 from semper.services.delivery import (
+    HEAD_TYPE,
+    LIVE_TERMS,
+    SUBSCRIBE,
     TICKET_TYPE,
     BadTicket,
     ChunkAnswer,
     Forked,
+    HeadFork,
     LiveReceiver,
+    LiveTermsRequest,
     NotYet,
     OpenAnswer,
+    StreamHead,
+    SubscribeRequest,
     Ticket,
+    chunk_leaf,
+    is_live,
 )
-from semper.services.merkle import EMPTY_ROOT
+from semper.services.merkle import MerkleTree
 from semper.services.statements import Statement, StatementError, verify_statement
 
 __all__ = ["LiveClient", "LiveOutcome", "LiveProgress"]
@@ -78,9 +89,9 @@ class LiveOutcome:
 
 
 class BadTerms(Exception):
-    """A live seller's ``feed.terms`` answer we cannot use."""
+    """A subscription the live seller's terms do not allow (local)."""
 
-    code: ClassVar[str] = "delivery.bad_ticket"
+    code: ClassVar[str] = "delivery.bad_request"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -119,20 +130,18 @@ class LiveClient:
         """
         from semper.agents.components._purse import Purse
 
-        terms = await self.agent.request(seller, "feed", "terms", {})
-        price = terms.get("price_per_chunk") if isinstance(terms, dict) else None
-        try:
-            unit = Amount(price["currency"], price["minor_units"])  # type: ignore[index]
-        except Exception:
-            raise BadTerms(f"{seller}'s feed.terms names no price per chunk") from None
+        terms = await self._call(seller, LIVE_TERMS, LiveTermsRequest())
+        unit = terms.price_per_chunk
+        if not 1 <= chunks <= terms.max_chunks:
+            raise BadTerms(f"{seller} sells 1 to {terms.max_chunks} chunks a ticket, not "
+                           f"{chunks}")
         purse = self.agent.component(Purse)
         commitment, reservation = await purse.open_chain(seller, chunks, unit, None, key)
-        answer = await self.agent.request(seller, "feed", "subscribe", {
-            "commitment": commitment.to_bytes(), "reservation": reservation.to_bytes()})
+        answer = await self._call(seller, SUBSCRIBE, SubscribeRequest(
+            commitment=commitment.to_bytes(), reservation=reservation.to_bytes()))
         certificate = (await self.agent.channel(seller)).peer.certificate
-        raw = answer.get("ticket") if isinstance(answer, dict) else None
+        statement = answer.ticket
         try:
-            statement = Statement.from_bytes(raw if type(raw) is bytes else b"")
             verify_statement(statement, certificate=certificate,
                              root=self.agent.credentials.root, crl=self.agent.crl,
                              now=_now(self.agent), expected_type=TICKET_TYPE,
@@ -144,7 +153,7 @@ class LiveClient:
         stream = body.stream
         for name, ok in (("buyer", body.buyer == self.agent.id), ("seller", body.seller == seller),
                          ("chain", body.chain == commitment.body["chain"]),
-                         ("stream", stream.root == EMPTY_ROOT and stream.chunks == chunks
+                         ("stream", is_live(stream) and stream.chunks == chunks
                           and stream.price_per_chunk == unit)):
             if not ok:
                 raise BadTicket(f"the seller's ticket names another {name}",
@@ -152,6 +161,13 @@ class LiveClient:
         await self.agent.archive.record(statement, direction="received", peer=seller,
                                         transaction=key, certificate=certificate)
         return statement, certificate
+
+    async def _call(self, seller: str, op: Op, request: Any) -> Any:
+        """``op`` to ``seller`` over the agent's channel, its answer decoded (a bad
+        one is ``delivery.bad_request``)."""
+        answer = await self.agent.request(seller, op.service, op.name,
+                                          op.encode_request(request))
+        return op.decode_response(answer)
 
     async def fetch(self, seller: str, chunks: int, key: str, output: Path) -> LiveOutcome:
         """Subscribe (or find the subscription of ``key``) and receive every chunk."""
@@ -193,6 +209,8 @@ class LiveClient:
         purse, unit = self.agent.component(Purse), body.stream.price_per_chunk
         part = output.with_name(output.name + ".part")
         written, chunks = 0, body.stream.chunks
+        before = await self._archived_heads(key, body.ticket)  # an earlier run's
+        leaves: list[bytes] = []
         async with self.agent.connect(
                 seller, max_frame=body.stream.chunk_size + CHUNK_FRAME_MARGIN) as channel:
             opened = OpenAnswer.from_wire(await channel.request(
@@ -201,7 +219,9 @@ class LiveClient:
                 for index in range(chunks):
                     payword = await purse.pay(body.chain, index)
                     answer = await self._chunk(channel, opened.stream, index, payword)
-                    await self._take(receiver, answer, seller, certificate, key)
+                    await self._take(receiver, answer, seller, certificate, key, before)
+                    leaves.append(chunk_leaf(answer.data))
+                    _agrees(before.get(len(leaves)), leaves, receiver)
                     out.write(answer.data)  # verified against a signed head
                     written += len(answer.data)
                     progress[0] = index + 1
@@ -231,8 +251,19 @@ class LiveClient:
                     raise
         raise AssertionError("unreachable")
 
+    async def _archived_heads(self, key: str, stream: bytes) -> dict[int, Statement]:
+        """The heads of ``stream`` an earlier run under ``key`` archived, by size."""
+        heads: dict[int, Statement] = {}
+        for record in await self.agent.archive.records(key):
+            statement = Statement.from_bytes(record.statement)
+            if statement.type == HEAD_TYPE:
+                body = StreamHead.from_statement(statement)
+                if body.stream == stream:
+                    heads[body.size] = statement
+        return heads
+
     async def _take(self, receiver: LiveReceiver, answer: ChunkAnswer, seller: str,
-                    certificate: Any, key: str) -> None:
+                    certificate: Any, key: str, before: dict[int, Statement]) -> None:
         """Verify the head the chunk came with (archived once accepted), then the
         chunk against it."""
         now = self.agent.clock.now_ms()
@@ -245,11 +276,29 @@ class LiveClient:
                                                 peer=seller, transaction=key,
                                                 certificate=certificate)
                 raise
-            if len(receiver.heads) > held:
+            known = before.get(receiver.heads[-1].body["size"]) if receiver.heads else None
+            if len(receiver.heads) > held and (known is None
+                                               or known.digest != receiver.heads[-1].digest):
                 await self.agent.archive.record(receiver.heads[-1], direction="received",
                                                 peer=seller, transaction=key,
                                                 certificate=certificate)
         receiver.receive_chunk(answer.index, answer.data, answer.proof, now_ms=now)
+
+
+def _agrees(held: Statement | None, leaves: list[bytes], receiver: LiveReceiver) -> None:
+    """An earlier run's head of ``len(leaves)`` chunks must be these chunks' root:
+    else the seller rewrote the stream between the runs (``delivery.fork``, with
+    that head and the latest one these chunks verified under)."""
+    if held is None or StreamHead.from_statement(held).root == \
+            MerkleTree.from_leaf_hashes(leaves).root:
+        return
+    latest = receiver.heads[-1]
+    kind = "same_size" if latest.body["size"] == len(leaves) else "inconsistent"
+    raise Forked(f"the stream's first {len(leaves)} chunks are not those an earlier run "
+                 f"received under a signed head ({kind})",
+                 evidence=HeadFork(kind=kind, first=held, second=latest),
+                 detail={"kind": kind, "heads": [held.to_bytes().hex(),
+                                                 latest.to_bytes().hex()]})
 
 
 def _now(agent: Any) -> Any:

@@ -3,14 +3,16 @@
 Install it next to semper (``pip install ./examples/live_feed``), issue an agent a
 certificate with role ``feed`` (``semper ca issue DIR feed-1 --role feed ...``), open
 it an account at the bank (``semper bank open``), run it, and a buyer receives N
-chunks with ``semper live --seller feed-1 --chunks N --output FILE``.
+chunks with ``semper live --seller feed-1 --chunks N --output FILE
+--idempotency-key KEY``.
 
-Theory of operation. A buyer asks ``feed.terms`` (the price of a chunk), opens a purse
-chain of N paywords for us at its bank, and hands us the commitment and the bank's
-reservation in ``feed.subscribe``: we answer a signed ``delivery.ticket`` whose
-``chain`` is that chain and whose ``stream`` map says the stream is live: ``root`` is
-the empty tree's (RFC 6962 MTH of nothing, SHA-256 of no bytes), ``chunks`` the N
-paid for, ``chunk_size`` the largest chunk (protocol.md 13.5). The ticket's own id is
+Theory of operation. A buyer asks ``delivery.live_terms`` (the price of a chunk),
+opens a purse chain of N paywords for us at its bank, and hands us the commitment and
+the bank's reservation in ``delivery.subscribe`` (protocol.md 13.6): we answer a
+signed ``delivery.ticket`` whose ``chain`` is that chain and whose ``stream`` map
+says the stream is live: ``root`` is the empty tree's (RFC 6962 MTH of nothing,
+SHA-256 of no bytes), ``chunks`` the N paid for, ``chunk_size`` the largest chunk
+(protocol.md 13.5). The ticket's own id is
 the live stream's id, so every signed head names the ticket it serves.
 
 The buyer opens the stream with ``delivery.open``; from then on a producer task makes
@@ -37,7 +39,7 @@ import secrets
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
 import trio
 
@@ -50,8 +52,12 @@ from semper.services.delivery import (
     CLOSE,
     HEAD,
     HEAD_TYPE,
+    LIVE_ROOT,
+    LIVE_TERMS,
     OPEN,
+    SUBSCRIBE,
     TICKET_TYPE,
+    BadRequest,
     BadTicket,
     Busy,
     ChunkAnswer,
@@ -60,27 +66,29 @@ from semper.services.delivery import (
     HeadAnswer,
     HeadRequest,
     LiveStream,
+    LiveTerms,
     NotYet,
     OpenAnswer,
     OpenRequest,
     OutOfOrder,
     StreamInfo,
+    SubscribeAnswer,
+    SubscribeRequest,
     Ticket,
     TicketExpired,
     TooManyStreams,
     UnknownStream,
     check_ticket,
 )
-from semper.services.merkle import EMPTY_ROOT
 from semper.services.payment.purse import (
     AlreadyRedeemed,
+    BadCommitment,
     BadPayword,
     PaywordChecker,
     PurseCommitment,
     Replayed,
     verify_purse,
 )
-from semper.services.schema import Body, Op, Schema, binary
 from semper.services.statements import Statement
 
 __all__ = ["SKU", "Feed", "TickerFeed"]
@@ -94,32 +102,7 @@ WAIT_S: Final = 10.0
 #: The last chunk sent (or the stream closed), the chain is redeemed this soon.
 REDEEM_AFTER_MS: Final = 2_000
 REDEEM_RETRY_MS: Final = 30_000
-QUOTED: Final = 16 * 1024
 
-
-class BadFeedRequest(ServiceError):
-    code: ClassVar[str] = "feed.bad_request"
-
-
-SCHEMA: Final = Schema(BadFeedRequest, {
-    "commitment": binary(1, QUOTED, "a purse.commitment's canonical bytes"),
-    "reservation": binary(1, QUOTED, "a purse.reservation's canonical bytes"),
-})
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Subscribe(Body):
-    """``feed.subscribe``: a purse chain for us (its commitment and the bank's
-    reservation); its length is the number of chunks bought."""
-
-    TYPE: ClassVar[str] = "feed.subscribe"
-    SCHEMA: ClassVar[Schema] = SCHEMA
-    commitment: bytes
-    reservation: bytes
-
-
-TERMS = Op("feed", "terms")
-SUBSCRIBE = Op("feed", "subscribe", Subscribe)
 
 MIGRATIONS: Final = {
     "feed": [
@@ -164,7 +147,8 @@ class _Open:
 
 
 class TickerFeed(Component):
-    """``feed.terms``, ``feed.subscribe`` and the ``delivery`` ops for live tickets."""
+    """``delivery.live_terms``, ``delivery.subscribe`` and the delivery channel's ops
+    for live tickets."""
 
     name = "delivery"
     unlogged = frozenset({"chunk"})
@@ -206,14 +190,14 @@ class TickerFeed(Component):
 
     # -- subscribing ------------------------------------------------------------------
 
-    @handles(TERMS)
-    async def terms(self, context: Any, body: Any) -> dict[str, Any]:
-        return {"sku": SKU, "price_per_chunk": self.price.to_wire(), "chunk_size": CHUNK_SIZE,
-                "period_ms": self.period_ms, "every_chunks": self.every_chunks,
-                "every_ms": self.every_ms, "max_chunks": self.max_chunks}
+    @handles(LIVE_TERMS)
+    async def terms(self, context: Any, request: Any) -> LiveTerms:
+        return LiveTerms(sku=SKU, price_per_chunk=self.price, chunk_size=CHUNK_SIZE,
+                         every_chunks=self.every_chunks, every_ms=self.every_ms,
+                         max_chunks=self.max_chunks)
 
     @handles(SUBSCRIBE)
-    async def subscribe(self, context: Any, request: Subscribe) -> dict[str, Any]:
+    async def subscribe(self, context: Any, request: SubscribeRequest) -> SubscribeAnswer:
         """A ticket for the chain: one payword a chunk at our price, for us, reserved
         at our bank, not tied to an order. The same chain again: the same ticket."""
         buyer = context.peer.agent_id
@@ -227,18 +211,18 @@ class TickerFeed(Component):
             crl=self.context.crl, now=self.context.now(), seller_id=self.context.id,
             bank_id=bank, expected_buyer=buyer, expected_unit=self.price)
         if body.order is not None:
-            raise BadFeedRequest("a chain for an order pays that order, not a feed",
-                                 detail={"field": "commitment"})
-        if not 1 <= body.length <= self.max_chunks:
-            raise BadFeedRequest(f"a feed sells 1 to {self.max_chunks} chunks",
-                                 detail={"field": "commitment", "max": self.max_chunks})
+            raise BadCommitment("a chain for an order pays that order, not a feed",
+                                detail={"type": "purse.commitment", "field": "order"})
+        if body.length > self.max_chunks:
+            raise BadCommitment(f"a ticket buys at most {self.max_chunks} chunks",
+                                detail={"type": "purse.commitment", "field": "length"})
         held = await self.context.database.read(lambda c: c.execute(
             "SELECT statement FROM feed_tickets WHERE chain = ?", (body.chain,)).fetchone())
         if held is not None:
-            return {"ticket": held[0]}
+            return SubscribeAnswer(ticket=Statement.from_bytes(held[0]))
         ticket_id = secrets.token_bytes(16)
         info = StreamInfo(chunks=body.length, chunk_size=CHUNK_SIZE,
-                          length=body.length * CHUNK_SIZE, root=EMPTY_ROOT,
+                          length=body.length * CHUNK_SIZE, root=LIVE_ROOT,
                           price_per_chunk=self.price)
         ticket = Ticket(ticket=ticket_id, order=commitment.digest, buyer=buyer,
                         seller=self.context.id, sku=SKU, stream=info, payment="purse",
@@ -264,7 +248,7 @@ class TickerFeed(Component):
             await self.context.record(statement, sent=True, peer=buyer,
                                       transaction=ticket_id.hex())
         self._wake.set()
-        return {"ticket": stored}
+        return SubscribeAnswer(ticket=Statement.from_bytes(stored))
 
     # -- the live stream --------------------------------------------------------------
 
@@ -499,8 +483,9 @@ def _statement(data: bytes, name: str) -> Statement:
     try:
         return Statement.from_bytes(data)
     except ServiceError as exc:
-        raise BadFeedRequest(f"{name} is not a statement: {exc.message}",
-                             detail={"field": name, "cause": exc.code}) from None
+        raise BadRequest(f"{name} is not a statement: {exc.message}",
+                         detail={"type": "delivery.subscribe", "field": name,
+                                 "cause": exc.code}) from None
 
 
 class Feed(Role):

@@ -58,6 +58,16 @@ from ._live import (
     StreamHead,
 )
 from ._ops import CHUNK, CLOSE, HEAD, OPEN, TICKET
+from ._subscribe import (
+    LIVE_ROOT,
+    LIVE_TERMS,
+    SUBSCRIBE,
+    LiveTerms,
+    LiveTermsRequest,
+    SubscribeAnswer,
+    SubscribeRequest,
+    is_live,
+)
 from ._ticket import CHAIN_SIZE, TICKET_SIZE, TICKET_TYPE, Ticket, check_ticket, sign_ticket
 
 __all__ = [
@@ -67,6 +77,8 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "HEAD",
     "HEAD_TYPE",
+    "LIVE_ROOT",
+    "LIVE_TERMS",
     "MAX_CHUNKS",
     "MAX_CHUNK_SIZE",
     "MAX_LENGTH",
@@ -74,6 +86,7 @@ __all__ = [
     "MAX_STREAM_ID",
     "OPEN",
     "PAYWORD_SIZE",
+    "SUBSCRIBE",
     "STREAM_ID_SIZE",
     "TICKET",
     "TICKET_SIZE",
@@ -97,12 +110,16 @@ __all__ = [
     "LiveFrame",
     "LiveReceiver",
     "LiveStream",
+    "LiveTerms",
+    "LiveTermsRequest",
     "NotYet",
     "OpenAnswer",
     "OpenRequest",
     "OutOfOrder",
     "StreamHead",
     "StreamInfo",
+    "SubscribeAnswer",
+    "SubscribeRequest",
     "Ticket",
     "TicketAnswer",
     "TicketExpired",
@@ -113,6 +130,7 @@ __all__ = [
     "check_ticket",
     "chunk_count",
     "chunk_leaf",
+    "is_live",
     "sign_ticket",
     "verify_chunk",
 ]
