@@ -156,6 +156,13 @@ async def test_a_streamed_item_paid_by_purse(tmp_path: Path,
             await redeemed(m)
             _, highest, _, _ = await seller_chain(m)
             assert highest == 5
+            kept = {Statement.from_bytes(r.statement).type for r in await m.seller.archive.records(
+                shopper_order(m, "p1").hex())}
+            assert {"purse.commitment", "purse.reservation", "purse.redeemed",
+                    "delivery.ticket"} <= kept, kept
+            held = [Statement.from_bytes(r.statement).type for r in
+                    await m.buyer.archive.records(shopper_order(m, "p1").hex())]
+            assert held.count("delivery.ticket") == 1, held
             assert (await balances(m.buyer))["EUR"] == before["EUR"] - PRICE
             assert (await balances_of(m, "seller"))["EUR"] == seller_before["EUR"] + PRICE
             # The same command again: nothing paid, nothing fetched.
@@ -163,6 +170,18 @@ async def test_a_streamed_item_paid_by_purse(tmp_path: Path,
             await again.buy("seller", SKU, "purse", "p1")
             assert again.streamed["p1"].resumed_from == 5
             assert (await balances(m.buyer))["EUR"] == before["EUR"] - PRICE
+
+
+def shopper_order(m: Market, key: str) -> bytes:
+    """The digest of the order the buyer signed under ``key``."""
+    from semper.services.commerce import Purchase
+    from semper.services.statements import canonical_decode
+
+    row = m.buyer.database.read_sync(lambda c: c.execute(
+        "SELECT machine FROM commerce_purchases WHERE key = ?", (key,)).fetchone())
+    order = Purchase.from_state(canonical_decode(row[0])).order
+    assert order is not None
+    return order.digest
 
 
 async def balances_of(m: Market, agent_id: str) -> dict[str, int]:

@@ -33,9 +33,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from semper.agents.components._archive import append, entry
 from semper.agents.runtime._component import Component, Context, handles
 from semper.agents.runtime._config import ConfigError
 from semper.agents.runtime._faults import crash_point
+from semper.services.archive import Direction
 from semper.services.commerce import Refunded, SaleState
 from semper.services.delivery import (
     BadRequest,
@@ -264,10 +266,18 @@ class DeliverySeller(Component):
                                 f"{item.stream.chunks} chunks",
                                 detail={"type": "purse.commitment", "field": "length"})
         chain = commitment.chain
+        new = await self._ticket_of(order) is None
         statement = await self._issue(
             order, buyer, offer.sku, "purse", chain=chain, expires=commitment.expires,
             purse=(bank, item.stream.chunks, commitment.root, request.commitment,
                    request.reservation))
+        if new:  # what backs the paywords we take: evidence for the redemption
+            await self.context.record(_statement(request.commitment), sent=False,
+                                      peer=buyer, transaction=order.hex(),
+                                      certificate=context.peer.certificate)
+            await self.context.record(_statement(request.reservation), sent=False,
+                                      peer=bank, transaction=order.hex(),
+                                      certificate=bank_channel.peer.certificate)
         return TicketAnswer(ticket=statement)
 
     # -- the delivery channel ---------------------------------------------------------
@@ -466,10 +476,19 @@ class DeliverySeller(Component):
                                          None if final else now + REDEEM_RETRY_MS, now,
                                          chain)))
                 return None
-            await self.context.database.transaction(lambda c: c.execute(
-                "UPDATE delivery_chains SET state = 'redeemed', redeem_at = NULL,"
-                " redeemed = ?, updated_ms = ? WHERE chain = ?",
-                (answer.redeemed.to_bytes(), now, chain)))
+            order = await self.context.database.read(lambda c: c.execute(
+                "SELECT t.order_digest FROM delivery_tickets t JOIN delivery_chains ch"
+                " ON ch.ticket = t.ticket WHERE ch.chain = ?", (chain,)).fetchone()[0])
+            kept = entry(answer.redeemed, direction=Direction.RECEIVED, peer=bank,
+                         transaction=order.hex(), certificate=answer.bank_certificate)
+
+            def done(c: sqlite3.Connection) -> None:  # the bank's word, kept in the commit
+                c.execute("UPDATE delivery_chains SET state = 'redeemed', redeem_at = NULL,"
+                          " redeemed = ?, updated_ms = ? WHERE chain = ?",
+                          (answer.redeemed.to_bytes(), now, chain))
+                append(c, [kept], now_ms=now)
+
+            await self.context.database.transaction(done)
         return answer.redeemed
 
 

@@ -654,6 +654,7 @@ class Shopper:
         info = _streamed(purchase)
         assert info is not None and purchase.order is not None
         statement = self._check_ticket(ticket, purchase, seller, certificate, chain=None)
+        await self._keep(statement, purchase, seller, certificate)
         order = Order.from_statement(purchase.order)
         self._progress(f"streaming {info.chunks} chunks on a delivery channel to {output}")
         outcome = await StreamClient(self.agent, self._on_chunk).fetch(
@@ -693,6 +694,7 @@ class Shopper:
             ticket = held[0]
         chain = commitment.body["chain"]
         statement = self._check_ticket(ticket, purchase, seller, seller_cert, chain=chain)
+        await self._keep(statement, purchase, seller, seller_cert)
         self._progress(f"streaming {info.chunks} chunks on a delivery channel to {output}, "
                        f"{info.price_per_chunk} a chunk")
 
@@ -702,6 +704,17 @@ class Shopper:
         self.streamed[key] = await StreamClient(self.agent, self._on_chunk).fetch(
             key, seller, statement, info, content_digest=order.offer_terms().content_digest,
             output=output, paid=info.price_per_chunk, pay=pay, chain=chain)
+
+    async def _keep(self, statement: Statement, purchase: Purchase, seller: str,
+                    certificate: Any) -> None:
+        """Archive the seller's ticket under the order, once (a rerun gets it again)."""
+        assert purchase.order is not None
+        transaction = purchase.order.digest.hex()
+        raw = statement.to_bytes()
+        if not any(r.statement == raw for r in await self.agent.archive.records(transaction)):
+            await self.agent.archive.record(statement, direction=Direction.RECEIVED,
+                                            peer=seller, transaction=transaction,
+                                            certificate=certificate)
 
     def _check_ticket(self, ticket: bytes, purchase: Purchase, seller: str, certificate: Any,
                       *, chain: bytes | None) -> Statement:
