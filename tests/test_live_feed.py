@@ -153,6 +153,9 @@ async def test_a_buyer_receives_live_chunks_under_signed_consistent_heads(
             # Again with the key: the same chain and ticket, nothing paid twice.
             again = await LiveClient(m.buyer).fetch(FEED, 10, "live-1", output)
             assert again.root == done.root
+            # ... and the archive holds the ticket and each head once.
+            assert len(await archived(m.buyer, "live-1", "delivery.ticket")) == 1
+            assert len(await archived(m.buyer, "live-1", HEAD_TYPE)) == len(heads)
             assert (await balances(m.buyer))["EUR"] == before["EUR"] - 30
 
 

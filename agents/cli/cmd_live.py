@@ -8,6 +8,7 @@ Runs the buyer's agent for the length of the command, like ``semper buy``. The
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -45,7 +46,7 @@ def command(config_path: Path, seller: str, chunks: int, output: Path, key: str,
     check_idempotency_key(key)
 
     def progress(p: LiveProgress) -> None:
-        if not as_json:
+        if not as_json and sys.stdout.isatty():  # a line redrawn in place
             click.echo(f"\r{p.chunks}/{p.of} chunks, {counted(p.bytes, 'byte')}, "
                        f"{p.heads} signed heads, paid {p.paid}", nl=p.chunks == p.of)
 

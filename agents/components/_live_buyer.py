@@ -158,8 +158,9 @@ class LiveClient:
             if not ok:
                 raise BadTicket(f"the seller's ticket names another {name}",
                                 detail={"field": name})
-        await self.agent.archive.record(statement, direction="received", peer=seller,
-                                        transaction=key, certificate=certificate)
+        if not await self.agent.archive.contains(statement.digest):  # once, not per run
+            await self.agent.archive.record(statement, direction="received", peer=seller,
+                                            transaction=key, certificate=certificate)
         return statement, certificate
 
     async def _call(self, seller: str, op: Op, request: Any) -> Any:
