@@ -190,13 +190,17 @@ def _whole(value: Any, name: str) -> int:
 
 def write_catalogue(folder: Path, offers: list[dict[str, Any]]) -> Path:
     """Write ``catalogue.toml`` and each offer's ``goods`` into ``folder``: bytes, or
-    a function making them (generated content, written here and kept out of git)."""
+    a function writing them to the path it is given (generated content, made here and
+    kept out of git)."""
     (folder / "goods").mkdir(parents=True, exist_ok=True)
     entries = []
     for offer in offers:
         goods_name = f"goods/{offer['sku']}.{'bin' if 'stream' in offer else 'txt'}"
-        goods: bytes | Callable[[], bytes] = offer["goods"]
-        (folder / goods_name).write_bytes(goods if isinstance(goods, bytes) else goods())
+        goods: bytes | Callable[[Path], None] = offer["goods"]
+        if isinstance(goods, bytes):
+            (folder / goods_name).write_bytes(goods)
+        else:
+            goods(folder / goods_name)
         entries.append({**{k: v for k, v in offer.items() if k != "goods"},
                         "goods": goods_name})
     path = folder / "catalogue.toml"

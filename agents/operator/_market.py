@@ -290,20 +290,33 @@ DEMO_CATALOGUE: Final = [
     {"sku": "course-004", "title": "A course in streamed delivery", "price": "EUR:514",
      "terms": "streamed, paid per chunk; no refunds", "valid_days": 30, "refund_days": 0,
      "stream": {"chunk_size": 128 * 1024, "price_per_chunk": "EUR:2"},
-     "goods": lambda: course_content()},
+     "goods": lambda path: write_course(path)},
 ]
 
 #: The length of course-004's content: about 32 MiB, its last chunk shorter.
 COURSE_LENGTH: Final = 32 * 1024 * 1024 + 12_345
+#: course-004 is 64 KiB blocks, each its number and 56 fixed bytes, then zeros.
+_COURSE_BLOCK: Final = 64 * 1024
+_COURSE_HEAD: Final = hashlib.shake_256(b"semper course-004").digest(56)
 
 
 def course_content(length: int = COURSE_LENGTH) -> bytes:
-    """course-004's content, generated at init (never kept in git): the same bytes
-    every time, each 64 KiB block distinct (its number, then a fixed SHAKE-256
-    block), so that no two chunks share a leaf. ~40 ms for 32 MiB."""
-    block = hashlib.shake_256(b"semper course-004").digest(64 * 1024)
-    count = -(-length // len(block))
-    return b"".join(n.to_bytes(8, "big") + block[8:] for n in range(count))[:length]
+    """course-004's content (the bytes ``write_course`` writes): no two chunks share
+    a leaf, each block starting with its number."""
+    count = -(-length // _COURSE_BLOCK)
+    pad = bytes(_COURSE_BLOCK - 8 - len(_COURSE_HEAD))
+    return b"".join(n.to_bytes(8, "big") + _COURSE_HEAD + pad for n in range(count))[:length]
+
+
+def write_course(path: Path, length: int = COURSE_LENGTH) -> None:
+    """Write course-004's content at market init (never kept in git), as a sparse
+    file: only each block's 64-byte head is written, so a market costs ~2 MiB of disk
+    and a few ms, not 32 MiB (the test suite inits hundreds)."""
+    with path.open("wb") as f:
+        for n in range(-(-length // _COURSE_BLOCK)):
+            f.seek(n * _COURSE_BLOCK)
+            f.write((n.to_bytes(8, "big") + _COURSE_HEAD)[:length - n * _COURSE_BLOCK])
+        f.truncate(length)
 
 #: What the buyer of a new local market starts with at the bank.
 DEMO_FUNDS: Final = Amount("EUR", 100_000)
