@@ -33,6 +33,7 @@ from semper.services.certificates import Level
 from semper.services.delivery import HEAD_TYPE, Forked, LiveStream, StreamHead, Ticket
 from semper.services.merkle import EMPTY_ROOT, MerkleTree
 from semper.services.statements import Statement, verify_statement
+from semper.transport import RemoteError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "live_feed"
 sys.path.insert(0, str(EXAMPLE))
@@ -319,3 +320,89 @@ async def test_the_installed_example_serves_semper_live_between_processes(
                     process.kill()
                     await process.wait()
             nursery.cancel_scope.cancel()
+
+
+async def _subscribed(m: Market, chunks: int, key: str) -> tuple[Statement, Any]:
+    return await LiveClient(m.buyer).subscribe(FEED, chunks, key)
+
+
+async def test_two_opens_of_one_fresh_ticket_make_one_history(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The instance: two delivery.open of a ticket never opened, at once on two
+    channels, each passed the one-stream-per-ticket check before either was
+    registered (a database write between), and each started a producer and a
+    LiveStream of its own: two histories signed under one stream id. Now the second
+    is delivery.busy and one producer runs."""
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path, monkeypatch) as m:
+            ticket, _ = await _subscribed(m, 4, "live-4")
+            outcomes: list[str] = []
+
+            async def open_one() -> None:
+                async with m.buyer.connect(FEED) as channel:
+                    try:
+                        await channel.request("delivery", "open",
+                                              {"ticket": ticket.to_bytes(), "from": 0})
+                        outcomes.append("open")
+                    except RemoteError as exc:
+                        outcomes.append(exc.code)
+                    await trio.sleep_forever()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(open_one)
+                nursery.start_soon(open_one)
+                await wait_until(lambda: len(outcomes) == 2, "both opens answered")
+                nursery.cancel_scope.cancel()
+            assert sorted(outcomes) == ["delivery.busy", "open"]
+            component = m.feed.component(semper_live_feed.TickerFeed)
+            assert len(component._feeds) == 1
+
+
+async def test_live_refusals_have_their_codes_and_move_no_tick(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk without its payword, with another payword, out of order, a head of a
+    size never signed; a chain for an order, or longer than the feed sells."""
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path, monkeypatch) as m:
+            ticket, _ = await _subscribed(m, 4, "live-5")
+            from semper.agents.components._purse import Purse
+
+            purse = m.buyer.component(Purse)
+            chain = Ticket.from_statement(ticket).chain
+            async with m.buyer.connect(FEED) as channel:
+                opened = await channel.request("delivery", "open",
+                                               {"ticket": ticket.to_bytes(), "from": 0})
+                assert opened["root"] == EMPTY_ROOT and opened["chunks"] == 4
+
+                async def refused(op: str, body: dict[str, Any]) -> str:
+                    with pytest.raises(RemoteError) as info:
+                        await channel.request("delivery", op, body)
+                    return info.value.code
+
+                stream = opened["stream"]
+                assert await refused("chunk", {"stream": stream, "index": 0}) == \
+                    "purse.bad_payword"
+                assert await refused("chunk", {"stream": stream, "index": 0,
+                                               "payword": bytes(32)}) == "purse.bad_payword"
+                assert await refused("chunk", {"stream": stream, "index": 1,
+                                               "payword": bytes(32)}) == "delivery.out_of_order"
+                assert await refused("head", {"stream": stream, "size": 99}) == \
+                    "delivery.out_of_order"
+                assert await refused("chunk", {"stream": stream + 1, "index": 0}) == \
+                    "delivery.unknown_stream"
+                highest = m.feed.database.read_sync(lambda c: c.execute(
+                    "SELECT highest FROM feed_tickets WHERE chain = ?", (chain,)).fetchone())
+                assert highest == (0,)
+                paid = await channel.request("delivery", "chunk", {
+                    "stream": stream, "index": 0, "payword": await purse.pay(chain, 0)})
+                assert paid["index"] == 0 and paid["head"] is not None
+            for terms, key in (({"order": bytes(range(32))}, "live-6"), ({}, "live-7")):
+                commitment, reservation = await purse.open_chain(
+                    FEED, 4 if terms else 20_000, semper_live_feed.Amount("EUR", 3),
+                    terms.get("order"), key)
+                with pytest.raises(RemoteError) as info:
+                    await m.buyer.request(FEED, "delivery", "subscribe", {
+                        "commitment": commitment.to_bytes(),
+                        "reservation": reservation.to_bytes()})
+                assert info.value.code == "purse.bad_commitment"
+                assert info.value.detail["field"] == ("order" if terms else "length")

@@ -277,23 +277,31 @@ class TickerFeed(Component):
         if len(self._open) >= self.max_streams:
             raise TooManyStreams(f"{len(self._open)} streams are open, the most we serve",
                                  detail={"limit": self.max_streams, "scope": "total"})
+        # From the checks above to the registrations below nothing awaits, so two opens
+        # of one ticket at once cannot both pass: the second is delivery.busy.
         feed = self._feeds.get(ticket.ticket)
+        fresh = feed is None
         if feed is None:
             if row[0]:
                 raise BadTicket("this ticket's live stream ended when the feed restarted",
                                 detail={"field": "ticket"})
-            await self.context.database.transaction(lambda c: c.execute(
-                "UPDATE feed_tickets SET started = 1 WHERE ticket = ?", (ticket.ticket,)))
             feed = _Feed(ticket=ticket, live=LiveStream(
                 stream_id=ticket.ticket, every_chunks=self.every_chunks,
                 every_ms=self.every_ms))
             self._feeds[ticket.ticket] = feed
-            assert self._nursery is not None
-            self._nursery.start_soon(self._produce, feed)
         stream = _Open(number=self._next, feed=feed, buyer=buyer, channel=context.channel,
                        next=request.start)
         self._next += 1
         self._open[stream.number] = stream
+        if fresh:
+            try:
+                await self.context.database.transaction(lambda c: c.execute(
+                    "UPDATE feed_tickets SET started = 1 WHERE ticket = ?", (ticket.ticket,)))
+            except BaseException:
+                del self._feeds[ticket.ticket], self._open[stream.number]
+                raise
+            assert self._nursery is not None
+            self._nursery.start_soon(self._produce, feed)
         info = ticket.stream
         return OpenAnswer(stream=stream.number, start=request.start, chunks=info.chunks,
                           chunk_size=info.chunk_size, length=info.length, root=info.root)
