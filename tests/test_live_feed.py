@@ -253,6 +253,18 @@ async def test_a_history_rewritten_between_two_runs_is_caught_against_the_archiv
             assert done.chunks == 6
 
 
+def test_a_feed_refuses_periods_longer_than_a_chunk_request_waits() -> None:
+    from semper.agents.runtime._config import ConfigError
+
+    feed = semper_live_feed.TickerFeed(None)  # type: ignore[arg-type]
+    for bad in ({"every_ms": 60_000}, {"period_ms": 0}, {"price_per_chunk": "EUR:0"},
+                {"colour": 1}):
+        with pytest.raises(ConfigError):
+            feed.configure(bad)
+    feed.configure(SETTINGS)
+    assert (feed.period_ms, feed.every_chunks) == (2, 4)
+
+
 def test_ticker_lines_fit_the_stream_map() -> None:
     line = semper_live_feed._line(2**20 - 1, 2**53, 10**12)
     assert len(line) <= semper_live_feed.CHUNK_SIZE and line.endswith(b"\n")
@@ -396,6 +408,13 @@ async def test_live_refusals_have_their_codes_and_move_no_tick(
                 paid = await channel.request("delivery", "chunk", {
                     "stream": stream, "index": 0, "payword": await purse.pay(chain, 0)})
                 assert paid["index"] == 0 and paid["head"] is not None
+                for index in (1, 2, 3):
+                    await channel.request("delivery", "chunk", {
+                        "stream": stream, "index": index,
+                        "payword": await purse.pay(chain, index)})
+                with trio.fail_after(2):  # refused at once, not after the wait for a chunk
+                    assert await refused("chunk", {"stream": stream, "index": 4}) == \
+                        "delivery.out_of_order"
             for terms, key in (({"order": bytes(range(32))}, "live-6"), ({}, "live-7")):
                 commitment, reservation = await purse.open_chain(
                     FEED, 4 if terms else 20_000, semper_live_feed.Amount("EUR", 3),

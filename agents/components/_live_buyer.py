@@ -38,6 +38,7 @@ from semper.services.delivery import (
     LIVE_TERMS,
     SUBSCRIBE,
     TICKET_TYPE,
+    BadRequest,
     BadTicket,
     ChunkAnswer,
     Forked,
@@ -216,6 +217,9 @@ class LiveClient:
                 seller, max_frame=body.stream.chunk_size + CHUNK_FRAME_MARGIN) as channel:
             opened = OpenAnswer.from_wire(await channel.request(
                 "delivery", "open", {"ticket": ticket.to_bytes(), "from": 0}))
+            if (opened.start, opened.chunks, opened.root) != (0, chunks, body.stream.root):
+                raise BadRequest("the open's answer is not the ticket's stream",
+                                 detail={"type": "delivery.open", "field": "chunks"})
             with part.open("wb") as out:
                 for index in range(chunks):
                     payword = await purse.pay(body.chain, index)

@@ -178,11 +178,13 @@ class TickerFeed(Component):
                 raise ConfigError(f"[components.delivery] price_per_chunk: {exc}") from None
             if self.price.minor_units < 1:
                 raise ConfigError("[components.delivery] price_per_chunk must be positive")
-        for key in known - {"price_per_chunk"}:
+        for key in sorted(known - {"price_per_chunk"}):
+            # A chunk and a head must come within the wait of delivery.chunk.
+            most = int(WAIT_S * 1000) if key in ("period_ms", "every_ms") else 1_000_000
             value = settings.get(key, getattr(self, key))
-            if type(value) is not int or not 1 <= value <= 1_000_000:
+            if type(value) is not int or not 1 <= value <= most:
                 raise ConfigError(f"[components.delivery] {key} is a whole number, 1 to "
-                                  "1000000")
+                                  f"{most}")
             setattr(self, key, value)
 
     def migrations(self) -> Mapping[str, list[str]]:
@@ -317,8 +319,9 @@ class TickerFeed(Component):
     async def chunk(self, context: Any, request: ChunkRequest) -> ChunkAnswer:
         stream = self._stream(context, request.stream)
         index, feed = request.index, stream.feed
-        if index != stream.next:
-            raise OutOfOrder(f"chunk {index} asked, {stream.next} is next",
+        if index != stream.next or index >= feed.ticket.stream.chunks:
+            raise OutOfOrder(f"chunk {index} asked, {stream.next} is next of "
+                             f"{feed.ticket.stream.chunks}",
                              detail={"index": index, "expected": stream.next})
         if self.context.now_ms() > feed.ticket.expires:
             raise TicketExpired("the ticket expired", detail={
