@@ -43,7 +43,8 @@ import tomli_w
 from semper.agents.runtime._config import ConfigError
 from semper.services import Amount
 from semper.services.commerce import MAX_REFUND_DAYS
-from semper.services.merkle import MerkleTree, leaf_hash
+from semper.services.delivery import chunk_leaf
+from semper.services.merkle import MerkleTree
 
 __all__ = ["CatalogueItem", "load_catalogue", "write_catalogue"]
 
@@ -74,8 +75,7 @@ class StreamSpec:
     @classmethod
     def of(cls, goods: bytes, chunk_size: int, price_per_chunk: Amount) -> StreamSpec:
         view = memoryview(goods)
-        leaves = [leaf_hash(bytes(view[i:i + chunk_size]))
-                  for i in range(0, len(goods), chunk_size)]
+        leaves = [chunk_leaf(view[i:i + chunk_size]) for i in range(0, len(goods), chunk_size)]
         return cls(chunk_size=chunk_size, price_per_chunk=price_per_chunk,
                    length=len(goods), tree=MerkleTree.from_leaf_hashes(leaves))
 
