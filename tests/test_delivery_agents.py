@@ -421,3 +421,18 @@ async def test_a_streamed_item_needs_a_file_before_anything_is_paid(tmp_path: Pa
             assert await balances(m.buyer) == before
             assert await m.buyer.database.read(lambda c: c.execute(
                 "SELECT count(*) FROM commerce_purchases").fetchone()[0]) == 0
+
+
+@pytest.mark.parametrize("module", ["transfer", "purse"])
+async def test_a_broken_stream_resumes_where_it_stopped(tmp_path: Path, module: str) -> None:
+    """Stopped after 3 chunks, the same purchase again fetches chunks 3 and 4 only,
+    paying nothing twice."""
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            before = await balances_of(m, "buyer")
+            await half_bought(m, tmp_path, "b1", module, chunks=3)
+            again = Shopper(m.buyer, output=tmp_path / "b1.bin")
+            await again.buy("seller", SKU, module, "b1")
+            assert again.streamed["b1"].resumed_from == 3
+            assert (tmp_path / "b1.bin").read_bytes() == CONTENT
+            assert (await balances_of(m, "buyer"))["EUR"] == before["EUR"] - PRICE
