@@ -142,3 +142,62 @@ async def test_a_read_sees_every_returned_commit_and_waits_for_none(tmp_path: Pa
         await db.read(lambda c: c.execute("INSERT INTO notes (text) VALUES ('no')"))
     assert await db.scan(lambda c: c.execute(count).fetchone()[0]) == 4
     await db.aclose()
+
+
+async def test_an_inline_commit_runs_on_the_loop_thread_and_is_durable(tmp_path: Path) -> None:
+    import threading
+
+    path = tmp_path / "a.sqlite"
+    db = await Database.open(path, NOTES)
+    threads: list[int] = []
+
+    def write(c: sqlite3.Connection) -> int:
+        threads.append(threading.get_ident())
+        return c.execute("INSERT INTO notes (text) VALUES ('inline')").lastrowid or 0
+
+    assert await db.transaction(write, inline=True) == 1
+    assert threads == [threading.get_ident()]  # no hand-over to the writer thread
+    with trio.CancelScope() as scope:  # as a queued one: a cancel does not undo it
+        scope.cancel()
+        await db.transaction(write, inline=True)
+
+    def fail(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO notes (text) VALUES ('rolled back')")
+        raise ValueError("no")
+
+    with pytest.raises(ValueError, match="no"):
+        await db.transaction(fail, inline=True)
+    await db.transaction(lambda c: c.execute("INSERT INTO notes (text) VALUES ('queued')"))
+    await db.aclose()
+    with sqlite3.connect(path) as c:  # another connection: it is in the file
+        assert [t for (t,) in c.execute("SELECT text FROM notes ORDER BY id")] == [
+            "inline", "inline", "queued"]
+
+
+async def test_an_inline_commit_queues_while_the_writer_thread_commits(tmp_path: Path) -> None:
+    import threading
+
+    db = await Database.open(tmp_path / "a.sqlite", NOTES)
+    started, release = trio.Event(), threading.Event()
+    token = trio.lowlevel.current_trio_token()
+    order: list[str] = []
+
+    def slow(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO notes (text) VALUES ('slow')")
+        trio.from_thread.run_sync(started.set, trio_token=token)
+        assert release.wait(10)
+        order.append("slow")
+
+    def quick(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO notes (text) VALUES ('quick')")
+        order.append("quick" if threading.get_ident() != main else "quick on the loop")
+
+    main = threading.get_ident()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(db.transaction, slow)
+        await started.wait()  # the thread holds the connection
+        nursery.start_soon(lambda: db.transaction(quick, inline=True))
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    assert order == ["slow", "quick"]  # after it, in the thread: never both at once
+    await db.aclose()

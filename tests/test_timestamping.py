@@ -37,6 +37,7 @@ from semper.agents.components._timestamps import (
     _last_state,
     stored_token,
 )
+from semper.agents.runtime._config import ConfigError
 from semper.agents.runtime._storage import Database
 from semper.services import ServiceError
 from semper.services.certificates import Level, load_certificate, load_crl
@@ -663,3 +664,30 @@ async def test_a_token_answered_is_on_disk_when_the_notary_is_killed_right_after
                 await process.wait()
     with sqlite3.connect(world / "notary" / "data" / "agent.sqlite") as c:
         assert stored_token(c, token.serial) == token
+
+
+async def test_a_big_batch_is_split_so_its_halves_commit_in_turn(world: Path) -> None:
+    """``split_min``: a batch of at least twice that many is cut in two, the first
+    half answered before the second commits (bench/notary.py: a requester with many
+    in flight works while the notary commits). Every token is still issued once, in
+    one chain; no batch is more than half of what waited."""
+    config = dataclasses.replace(config_of(world, "notary"),
+                                 components={"timestamps": {"split_min": 4}})
+    notary, buyer = Agent(config), Agent(config_of(world, "buyer"))
+    tokens: list[Token] = []
+    with trio.fail_after(DEADLINE):
+        async with running(notary), running(buyer):
+            async with trio.open_nursery() as nursery:
+                for i in range(16):
+                    nursery.start_soon(lambda i=i: _append(tokens, buyer, i))
+    sizes = [TreeHead.from_statement(Statement.from_bytes(h)).size
+             for h in {t.head.to_bytes() for t in tokens}]
+    assert sum(sizes) == 16 and max(sizes) <= 8 and len(sizes) >= 2
+    assert sorted(t.serial for t in tokens) == list(range(16))
+    for bad in (-1, "4", 2**40):
+        with pytest.raises(ConfigError, match="split_min"):
+            notary.component(Timestamps).configure({"split_min": bad})
+
+
+async def _append(tokens: list[Token], buyer: Agent, i: int) -> None:
+    tokens.append(await _stamp(buyer, sha(b"split %d" % i)))

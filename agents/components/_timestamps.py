@@ -9,9 +9,20 @@ the requests already woken join), signs its tree head, and stores the batch (one
 the head and the digests) in ONE transaction (``Database.transaction``: fsync'd when
 it returns).
 Only then does each waiting request get its token. A crash anywhere before the
-commit leaves no trace and no token was given; after it, the batch is on disk. While
-a batch commits, new requests gather into the next: under load a batch is what
-arrived during one commit, as in a group commit.
+commit leaves no trace and no token was given; after it, the batch is on disk.
+
+The commit runs on the event loop's thread (``transaction(inline=True)``) when the
+database's writer thread is idle: the hand-over to that thread and back, and the GIL
+passed to and fro while SQLite works, cost the notary more CPU than the commit itself
+(311 us a batch in the thread against 140 on its own), while the loop, holding
+nothing else, only waits for the fsync. Requests that arrive meanwhile wait in the
+socket and form the next batch, as in a group commit. Because the loop waits, a
+batch that holds at least ``2 * split_min`` requests (``[components.timestamps]
+split_min``, default 16; 0 never splits) is cut in two, and the answers of the first
+half are sent (``FLUSH_PASSES``) before the second half commits: a requester that
+keeps many requests in flight works on the first half's answers while the notary
+commits the second, instead of both sides taking turns with the disk (with 32 in
+flight, ~12,000 tokens/s against ~9,900 in one batch; bench/notary.py).
 
 The chain continues across restarts: ``run`` reads the last stored head and goes on
 from its sequence, serials and id. The store refuses a batch whose ``previous`` is not
@@ -83,6 +94,11 @@ MIGRATIONS: Final = {
 
 DEFAULT_BATCH_MS: Final = 0
 DEFAULT_BATCH_MAX: Final = 256
+DEFAULT_SPLIT_MIN: Final = 16
+#: Scheduler passes between answering a batch and committing the next, which holds
+#: the event loop: the waiters return their answers (1), the channels' writers send
+#: them (2), and a send that needed one more checkpoint finishes (3).
+FLUSH_PASSES: Final = 3
 
 
 class Timestamps(Component):
@@ -99,6 +115,7 @@ class Timestamps(Component):
         super().__init__(context)
         self.batch_ms = DEFAULT_BATCH_MS
         self.batch_max = DEFAULT_BATCH_MAX
+        self.split_min = DEFAULT_SPLIT_MIN
         self._batcher: Batcher | None = None
         #: The tasks (and peers) of the requests not yet answered, in the batcher's order.
         self._waiters: list[tuple[trio.lowlevel.Task, str]] = []
@@ -110,10 +127,15 @@ class Timestamps(Component):
         self.batches = 0
 
     def configure(self, settings: Mapping[str, Any]) -> None:
-        unknown = set(settings) - {"batch_ms", "batch_max"}
+        unknown = set(settings) - {"batch_ms", "batch_max", "split_min"}
         if unknown:
-            raise ConfigError(f"[components.timestamps] takes batch_ms and batch_max, "
-                              f"not {', '.join(sorted(unknown))}")
+            raise ConfigError(f"[components.timestamps] takes batch_ms, batch_max and "
+                              f"split_min, not {', '.join(sorted(unknown))}")
+        split_min = settings.get("split_min", self.split_min)
+        if type(split_min) is not int or not 0 <= split_min <= MAX_TREE:
+            raise ConfigError(f"[components.timestamps] split_min is 0 (never split) to "
+                              f"{MAX_TREE}")
+        self.split_min = split_min
         batch_ms, batch_max = settings.get("batch_ms", self.batch_ms), \
             settings.get("batch_max", self.batch_max)
         if type(batch_ms) is not int or not 0 <= batch_ms <= 60_000:
@@ -177,7 +199,9 @@ class Timestamps(Component):
                     await self._full.wait()
         else:  # the requests woken with the first (one channel read's) join it
             await trio.lowlevel.cancel_shielded_checkpoint()
-        batch = batcher.seal(self.context.now_ms())
+        pending = batcher.pending
+        split = self.split_min and pending >= 2 * self.split_min
+        batch = batcher.seal(self.context.now_ms(), (pending + 1) // 2 if split else None)
         waiters, self._waiters = self._waiters[:batch.head.size], self._waiters[batch.head.size:]
         self._sealed = waiters
         started = time.perf_counter()
@@ -185,7 +209,7 @@ class Timestamps(Component):
             head = self.context.sign(HEAD_TYPE, batch.head.to_wire())
             crash_point("timestamp.sealed")
             await self.context.database.transaction(
-                lambda c: _store(c, batch, head, certificate))
+                lambda c: _store(c, batch, head, certificate), inline=True)
         except Exception as exc:
             batcher.failed(batch)
             self.context.log.error("timestamp batch %d not issued: %s", batch.head.sequence, exc,
@@ -205,6 +229,9 @@ class Timestamps(Component):
         for (task, _), token in zip(waiters, tokens, strict=True):
             trio.lowlevel.reschedule(task, outcome.Value(token))
         self._log_batch(batch, waiters, "ok", started)
+        if batcher.pending:  # the next commit holds the loop: let these answers go first
+            for _ in range(FLUSH_PASSES):
+                await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _log_batch(self, batch: Batch, waiters: list[tuple[trio.lowlevel.Task, str]],
                    result: str, started: float) -> None:

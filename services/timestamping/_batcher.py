@@ -176,13 +176,15 @@ class Batcher:
         return deadline is not None and (len(self._digests) >= self.max_size
                                          or now_ms >= deadline)
 
-    def seal(self, now_ms: int) -> Batch:
-        """Seal the open batch (at most ``max_size`` of it, in arrival order; the rest
-        stays open) and move the chain on. ValueError if nothing is pending."""
+    def seal(self, now_ms: int, limit: int | None = None) -> Batch:
+        """Seal the open batch (at most ``max_size`` of it, or ``limit`` if smaller,
+        in arrival order; the rest stays open) and move the chain on. ValueError if
+        nothing is pending."""
         if not self._digests:
             raise ValueError("no batch is open")
-        taken = tuple(self._digests[:self.max_size])
-        del self._digests[:self.max_size]
+        size = self.max_size if limit is None else max(1, min(limit, self.max_size))
+        taken = tuple(self._digests[:size])
+        del self._digests[:size]
         if self._digests:
             self._first = now_ms
         batch = build_batch(self.state, notary=self.notary, time=max(now_ms, self.state.time),
