@@ -445,7 +445,21 @@ class DeliverySeller(Component):
     async def redeem(self, chain: bytes) -> Statement | None:
         """Redeem ``chain``'s highest tick at its bank (once: the bank answers a repeat
         with its first statement). A chain with no tick is left to the bank's sweep.
-        A failure is logged and tried again ``REDEEM_RETRY_MS`` later."""
+        A refusal is logged and tried again ``REDEEM_RETRY_MS`` later. A chain done
+        with leaves our memory (its lock, its checker)."""
+        try:
+            return await self._redeem(chain)
+        finally:
+            done = await self.context.database.read(lambda c: c.execute(
+                "SELECT redeem_at IS NULL FROM delivery_chains WHERE chain = ?",
+                (chain,)).fetchone()[0])
+            lock = self._chains.get(chain)
+            if done and lock is not None and not lock.locked():
+                del self._chains[chain]
+                self._checkers.pop(chain, None)
+
+    async def _redeem(self, chain: bytes) -> Statement | None:
+        """``redeem`` itself: ask the bank, record its answer (or when to ask again)."""
         row = await self.context.database.read(lambda c: c.execute(
             "SELECT bank, highest, payword, commitment, reservation FROM delivery_chains"
             " WHERE chain = ?", (chain,)).fetchone())
