@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from market_helpers import wait_until
 
 from semper.agents import Agent, AgentConfig
@@ -51,6 +52,27 @@ class Market:
     bank: Agent
     feed: Agent
     buyer: Agent
+    nursery: trio.Nursery
+    feed_scope: trio.CancelScope
+    feed_config: AgentConfig
+
+
+async def _serve(agent: Agent, *, task_status: Any) -> None:
+    """Run ``agent`` under a cancel scope of its own, given to the caller."""
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.run)
+            task_status.started(scope)
+
+
+async def restart_feed(m: Market) -> None:
+    """Stop the feed (its channels closed, its memory gone) and run a new one."""
+    with trio.CancelScope(shield=True):
+        await m.feed.close_channels()
+    m.feed_scope.cancel()
+    await trio.testing.wait_all_tasks_blocked()
+    m.feed = Agent(m.feed_config)
+    m.feed_scope = await m.nursery.start(_serve, m.feed)
 
 
 def _config(folder: Path, name: str) -> AgentConfig:
@@ -86,9 +108,9 @@ async def market(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
     bank, feed, buyer = Agent(_config(folder, "bank")), Agent(feed_config), Agent(buyer_config)
     async with trio.open_nursery() as nursery:
         await nursery.start(bank.run)
-        await nursery.start(feed.run)
+        scope = await nursery.start(_serve, feed)
         async with buyer.session():
-            yield Market(folder, bank, feed, buyer)
+            yield Market(folder, bank, feed, buyer, nursery, scope, feed_config)
         nursery.cancel_scope.cancel()
 
 
@@ -251,6 +273,39 @@ async def test_a_history_rewritten_between_two_runs_is_caught_against_the_archiv
                 first.digest, second.digest}
             assert output.read_bytes() != b"".join(chunks)  # the first run's file is kept
             assert done.chunks == 6
+
+
+async def test_a_feed_restarted_mid_stream_redeems_what_was_paid_and_ends_the_ticket(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The feed dies after 3 of 8 chunks were paid and sent: started again, it
+    redeems those 3 at once (not at the chain's expiry, a day later), the buyer gets
+    the other 5 back, and the ticket's stream, whose chunks died with it, is refused
+    rather than made again with another history."""
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path, monkeypatch) as m:
+            before = (await balances(m.buyer))["EUR"]
+            ticket, _ = await _subscribed(m, 8, "live-8")
+            from semper.agents.components._purse import Purse
+
+            purse = m.buyer.component(Purse)
+            chain = Ticket.from_statement(ticket).chain
+            async with m.buyer.connect(FEED) as channel:
+                opened = await channel.request("delivery", "open",
+                                               {"ticket": ticket.to_bytes(), "from": 0})
+                for index in range(3):
+                    await channel.request("delivery", "chunk", {
+                        "stream": opened["stream"], "index": index,
+                        "payword": await purse.pay(chain, index)})
+            await restart_feed(m)
+            await wait_until(lambda: m.feed.database.read_sync(lambda c: c.execute(
+                "SELECT state, highest FROM feed_tickets").fetchone()) == ("redeemed", 3),
+                "the restarted feed redeemed the 3 paywords")
+            assert (await balances(m.buyer))["EUR"] == before - 3 * 3
+            async with m.buyer.connect(FEED) as channel:
+                with pytest.raises(RemoteError) as info:
+                    await channel.request("delivery", "open",
+                                          {"ticket": ticket.to_bytes(), "from": 0})
+            assert info.value.code == "delivery.bad_ticket"
 
 
 def test_a_feed_refuses_periods_longer_than_a_chunk_request_waits() -> None:

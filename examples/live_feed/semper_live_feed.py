@@ -24,7 +24,8 @@ commits payword index+1 before the chunk leaves (one chunk at risk either way, a
 for stored content), and answers the chunk with its proof against the latest head,
 and that head with the consistency proof from the head sent before when it is new to
 the buyer. The highest payword is redeemed at the bank soon after the last chunk or
-the stream's close (a crash: at start, from the table).
+the stream's close; a stream a restart ended, at once when the feed starts again
+(its chunks are gone with the memory that held them).
 
 Kept in memory: the chunks of open feeds (at most ``max_chunks`` lines each); a
 restarted feed refuses a ticket it had started (``delivery.bad_ticket``) rather than
@@ -433,6 +434,10 @@ class TickerFeed(Component):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
+        now = self.context.now_ms()  # streams a restart ended: redeem what they paid now
+        await self.context.database.transaction(lambda c: c.execute(
+            "UPDATE feed_tickets SET redeem_at = ? WHERE started = 1 AND state = 'open'"
+            " AND redeem_at > ?", (now, now)))
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
