@@ -301,6 +301,8 @@ async def test_a_feed_restarted_mid_stream_redeems_what_was_paid_and_ends_the_ti
                 "SELECT state, highest FROM feed_tickets").fetchone()) == ("redeemed", 3),
                 "the restarted feed redeemed the 3 paywords")
             assert (await balances(m.buyer))["EUR"] == before - 3 * 3
+            # Both sides' records: 3 paywords revealed for 3 chunks received, 3 ticks.
+            assert (await purse.get(chain)).spent == 3
             async with m.buyer.connect(FEED) as channel:
                 with pytest.raises(RemoteError) as info:
                     await channel.request("delivery", "open",
