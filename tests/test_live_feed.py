@@ -315,7 +315,7 @@ def test_a_feed_refuses_periods_longer_than_a_chunk_request_waits() -> None:
 
     feed = semper_live_feed.TickerFeed(None)  # type: ignore[arg-type]
     for bad in ({"every_ms": 60_000}, {"period_ms": 0}, {"price_per_chunk": "EUR:0"},
-                {"colour": 1}):
+                {"price_per_chunk": "EUR:x"}, {"price_per_chunk": 3}, {"colour": 1}):
         with pytest.raises(ConfigError):
             feed.configure(bad)
     feed.configure(SETTINGS)

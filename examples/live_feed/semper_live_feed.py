@@ -174,8 +174,10 @@ class TickerFeed(Component):
             raise ConfigError(f"[components.delivery] takes {', '.join(sorted(known))}")
         if "price_per_chunk" in settings:
             try:
+                if type(settings["price_per_chunk"]) is not str:
+                    raise ValueError('an amount such as "EUR:1"')
                 self.price = Amount.parse(settings["price_per_chunk"])
-            except (TypeError, ValueError) as exc:
+            except (ValueError, ServiceError) as exc:  # ServiceError: BadAmount
                 raise ConfigError(f"[components.delivery] price_per_chunk: {exc}") from None
             if self.price.minor_units < 1:
                 raise ConfigError("[components.delivery] price_per_chunk must be positive")
