@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from market_helpers import wait_until
 
 from semper.agents import Agent, AgentConfig
@@ -30,8 +32,19 @@ from semper.agents.components._live_buyer import LiveClient
 from semper.agents.operator._market import ca_config, init_market
 from semper.agents.runtime import _agent
 from semper.agents.runtime._storage import Database
+from semper.services import ServiceError
 from semper.services.certificates import Level
-from semper.services.delivery import HEAD_TYPE, Forked, LiveStream, StreamHead, Ticket
+from semper.services.delivery import (
+    HEAD_TYPE,
+    LIVE_TERMS,
+    SUBSCRIBE,
+    Forked,
+    LiveStream,
+    LiveTerms,
+    LiveTermsRequest,
+    StreamHead,
+    Ticket,
+)
 from semper.services.merkle import EMPTY_ROOT, MerkleTree
 from semper.services.statements import Statement, verify_statement
 from semper.transport import RemoteError
@@ -482,3 +495,37 @@ async def test_live_refusals_have_their_codes_and_move_no_tick(
                         "reservation": reservation.to_bytes()})
                 assert info.value.code == "purse.bad_commitment"
                 assert info.value.detail["field"] == ("order" if terms else "length")
+
+
+_leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**64, 2**64), st.binary(max_size=40),
+                  st.text(max_size=8), st.sampled_from([bytes(32), 0, 1, 2**20, "EUR"]))
+_values = st.recursive(_leaf, lambda inner: st.one_of(
+    st.lists(inner, max_size=4),
+    st.dictionaries(st.sampled_from(["sku", "price_per_chunk", "chunk_size", "every_chunks",
+                                     "every_ms", "max_chunks", "commitment", "reservation",
+                                     "ticket", "currency", "minor_units", "x"]),
+                    inner, max_size=8)), max_leaves=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=_values)
+def test_hostile_subscription_bodies_raise_only_coded_refusals(value: object) -> None:
+    for decode in (LIVE_TERMS.decode_request, LIVE_TERMS.decode_response,
+                   SUBSCRIBE.decode_request, SUBSCRIBE.decode_response):
+        try:
+            decode(value)
+        except ServiceError as exc:
+            assert exc.code.startswith(("delivery.", "statement.")), exc.code
+
+
+def test_subscription_bodies_round_trip() -> None:
+    terms = LiveTerms(sku="ticker", price_per_chunk=semper_live_feed.Amount("EUR", 3),
+                      chunk_size=256, every_chunks=4, every_ms=40, max_chunks=10)
+    assert LIVE_TERMS.decode_response(LIVE_TERMS.encode_response(terms)) == terms
+    assert LIVE_TERMS.decode_request({"anything": 1}) == LiveTermsRequest()
+    with pytest.raises(ServiceError) as info:
+        LIVE_TERMS.decode_response({**terms.to_wire(), "every_ms": 0})
+    assert info.value.code == "delivery.bad_request"
+    with pytest.raises(ServiceError) as info:
+        SUBSCRIBE.decode_request({"commitment": b"", "reservation": b"x"})
+    assert info.value.code == "delivery.bad_request"
