@@ -38,6 +38,7 @@ from semper.services.delivery import (
     HEAD_TYPE,
     LIVE_TERMS,
     SUBSCRIBE,
+    BadHead,
     Forked,
     LiveStream,
     LiveTerms,
@@ -208,8 +209,9 @@ class _Rewriter:
         if self.done or feed.live.covered < 4:
             return
         self.done = True
-        # Chunk 0 rewritten, and one more chunk: the new head is past any head held.
-        chunks = [b'{"seq": 0, "price": "999.99"}\n', *feed.chunks[1:], b'{"seq": -1}\n']
+        # Chunk 0 rewritten: the new head, over every chunk so far, covers at least
+        # the head held (a larger one is inconsistent, one of its size same_size).
+        chunks = [b'{"seq": 0, "price": "999.99"}\n', *feed.chunks[1:]]
         live = LiveStream(stream_id=feed.live.stream_id, every_chunks=feed.live.every_chunks,
                           every_ms=feed.live.every_ms)
         for data in chunks:
@@ -238,10 +240,11 @@ async def test_a_seller_that_rewrites_history_is_caught_with_both_heads(
             with pytest.raises(Forked) as info:
                 await LiveClient(m.buyer).fetch(FEED, 12, "live-2", output)
             assert info.value.code == "delivery.fork"
-            assert info.value.detail["kind"] == "inconsistent"
+            assert info.value.detail["kind"] in ("inconsistent", "same_size")
             first, second = info.value.evidence.first, info.value.evidence.second
             one, two = StreamHead.from_statement(first), StreamHead.from_statement(second)
-            assert one.size >= 4 and one.stream == two.stream and two.size > one.size
+            assert one.size >= 4 and one.stream == two.stream and two.size >= one.size
+            assert one.root != two.root
             # Both heads are in the buyer's archive, both signed by the feed; anyone
             # holding them sees that no consistency proof can join them.
             heads = await archived(m.buyer, "live-2", HEAD_TYPE)
@@ -321,6 +324,35 @@ async def test_a_feed_restarted_mid_stream_redeems_what_was_paid_and_ends_the_ti
                     await channel.request("delivery", "open",
                                           {"ticket": ticket.to_bytes(), "from": 0})
             assert info.value.code == "delivery.bad_ticket"
+
+
+async def test_a_head_past_the_tickets_chunks_is_refused_and_not_archived(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A seller that signs a head over more chunks than the ticket sold (so that a
+    later ticket's heads could be passed off as this one's): delivery.bad_head, the
+    head neither accepted nor archived, nothing written."""
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path, monkeypatch) as m:
+            component = m.feed.component(semper_live_feed.TickerFeed)
+            tick = component._tick
+
+            async def overreaching(ticket: Any, index: int, payword: Any) -> None:
+                await tick(ticket, index, payword)
+                (feed,) = component._feeds.values()
+                now = component.context.now_ms()
+                while feed.live.size <= ticket.stream.chunks:
+                    feed.chunks.append(b'{"extra": true}\n')
+                    feed.live.add(feed.chunks[-1], now_ms=now)
+                head = feed.live.due(now, final=True)
+                feed.live.signed(component.context.sign(HEAD_TYPE, head.to_body()))
+
+            monkeypatch.setattr(component, "_tick", overreaching)
+            output = tmp_path / "ticker.jsonl"
+            with pytest.raises(BadHead) as info:
+                await LiveClient(m.buyer).fetch(FEED, 3, "live-9", output)
+            assert info.value.detail == {"field": "size"}
+            assert await archived(m.buyer, "live-9", HEAD_TYPE) == []
+            assert not output.exists()
 
 
 def test_a_feed_refuses_periods_longer_than_a_chunk_request_waits() -> None:

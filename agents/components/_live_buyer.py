@@ -38,6 +38,8 @@ from semper.services.delivery import (
     LIVE_TERMS,
     SUBSCRIBE,
     TICKET_TYPE,
+    BadChunk,
+    BadHead,
     BadRequest,
     BadTicket,
     ChunkAnswer,
@@ -48,6 +50,7 @@ from semper.services.delivery import (
     NotYet,
     OpenAnswer,
     StreamHead,
+    StreamInfo,
     SubscribeRequest,
     Ticket,
     chunk_leaf,
@@ -224,7 +227,8 @@ class LiveClient:
                 for index in range(chunks):
                     payword = await purse.pay(body.chain, index)
                     answer = await self._chunk(channel, opened.stream, index, payword)
-                    await self._take(receiver, answer, seller, certificate, key, before)
+                    await self._take(receiver, answer, body.stream, seller, certificate, key,
+                                     before)
                     leaves.append(chunk_leaf(answer.data))
                     _agrees(before.get(len(leaves)), leaves, receiver)
                     out.write(answer.data)  # verified against a signed head
@@ -267,12 +271,20 @@ class LiveClient:
                     heads[body.size] = statement
         return heads
 
-    async def _take(self, receiver: LiveReceiver, answer: ChunkAnswer, seller: str,
-                    certificate: Any, key: str, before: dict[int, Statement]) -> None:
+    async def _take(self, receiver: LiveReceiver, answer: ChunkAnswer, stream: StreamInfo,
+                    seller: str, certificate: Any, key: str, before: dict[int, Statement]
+                    ) -> None:
         """Verify the head the chunk came with (archived once accepted), then the
         chunk against it."""
         now = self.agent.clock.now_ms()
+        if len(answer.data) > stream.chunk_size:  # the ticket's bound on a chunk
+            raise BadChunk(f"chunk {answer.index} has {len(answer.data)} bytes, the ticket "
+                           f"allows {stream.chunk_size}", detail={"index": answer.index})
         if answer.head is not None:
+            size = StreamHead.from_statement(answer.head).size
+            if size > stream.chunks:  # never accepted, never archived
+                raise BadHead(f"a head of {size} chunks on a ticket for {stream.chunks}",
+                              detail={"field": "size"})
             held = len(receiver.heads)
             try:
                 receiver.receive_head(answer.head, answer.consistency or [], now_ms=now)
