@@ -186,6 +186,9 @@ async def test_a_buyer_receives_live_chunks_under_signed_consistent_heads(
             await wait_until(lambda: m.feed.database.read_sync(lambda c: c.execute(
                 "SELECT state FROM feed_tickets").fetchone())[0] == "redeemed",
                 "the feed redeemed the chain")
+            component = m.feed.component(semper_live_feed.TickerFeed)
+            await wait_until(lambda: not component._checkers and not component._locks,
+                             "the feed forgot the chain it is done with")
             assert (await balances(m.buyer))["EUR"] == before["EUR"] - 30
             # Again with the key: the same chain and ticket, nothing paid twice.
             again = await LiveClient(m.buyer).fetch(FEED, 10, "live-1", output)

@@ -459,36 +459,43 @@ class TickerFeed(Component):
 
     async def _redeem(self, ticket: bytes) -> None:
         """The highest payword to the bank, once (the bank answers a repeat with its
-        first statement); a chain never paid is left to the bank's sweep."""
-        chain, highest, payword, commitment, reservation = await self.context.database.read(
-            lambda c: c.execute("SELECT chain, highest, payword, commitment, reservation"
-                                " FROM feed_tickets WHERE ticket = ?", (ticket,)).fetchone())
-        now = self.context.now_ms()
-        if highest == 0:
-            await self.context.database.transaction(lambda c: c.execute(
-                "UPDATE feed_tickets SET state = 'unused', redeem_at = NULL, updated_ms = ?"
-                " WHERE ticket = ?", (now, ticket)))
-            return
+        first statement); a chain never paid is left to the bank's sweep. The chain's
+        lock is held from reading the highest tick to recording what the bank said,
+        so no tick (a buyer that reopened after a close) slips in between."""
+        chain = await self.context.database.read(lambda c: c.execute(
+            "SELECT chain FROM feed_tickets WHERE ticket = ?", (ticket,)).fetchone()[0])
         async with self._locks.setdefault(chain, trio.Lock()):
-            try:
-                redeemed = await redeem(self.context, Statement.from_bytes(commitment),
-                                        Statement.from_bytes(reservation), payword, highest)
-            except Exception as exc:
-                code = getattr(exc, "code", None)
-                if not isinstance(code, str):
-                    raise
-                self.context.log.warning("redeeming chain %s: %s", chain.hex()[:16], exc)
-                final = code in ("purse.already_redeemed", "purse.expired")
-                await self.context.database.transaction(lambda c: c.execute(
-                    "UPDATE feed_tickets SET state = ?, redeem_at = ?, updated_ms = ?"
-                    " WHERE ticket = ?", (code if final else "open",
-                                          None if final else now + REDEEM_RETRY_MS, now,
-                                          ticket)))
-                return
+            highest, payword, commitment, reservation = await self.context.database.read(
+                lambda c: c.execute("SELECT highest, payword, commitment, reservation"
+                                    " FROM feed_tickets WHERE ticket = ?", (ticket,)).fetchone())
+            now = self.context.now_ms()
+            redeemed: Statement | None = None
+            if highest == 0:
+                state: str = "unused"
+            else:
+                try:
+                    redeemed = await redeem(self.context, Statement.from_bytes(commitment),
+                                            Statement.from_bytes(reservation), payword,
+                                            highest)
+                    state = "redeemed"
+                except Exception as exc:
+                    code = getattr(exc, "code", None)
+                    if not isinstance(code, str):
+                        raise
+                    self.context.log.warning("redeeming chain %s: %s", chain.hex()[:16], exc)
+                    if code not in ("purse.already_redeemed", "purse.expired"):
+                        await self.context.database.transaction(lambda c: c.execute(
+                            "UPDATE feed_tickets SET redeem_at = ?, updated_ms = ?"
+                            " WHERE ticket = ?", (now + REDEEM_RETRY_MS, now, ticket)))
+                        return
+                    state = code
             await self.context.database.transaction(lambda c: c.execute(
-                "UPDATE feed_tickets SET state = 'redeemed', redeem_at = NULL, redeemed = ?,"
-                " updated_ms = ? WHERE ticket = ? AND highest = ?",
-                (redeemed.to_bytes(), now, ticket, highest)))
+                "UPDATE feed_tickets SET state = ?, redeem_at = NULL, redeemed = ?,"
+                " updated_ms = ? WHERE ticket = ?",
+                (state, None if redeemed is None else redeemed.to_bytes(), now, ticket)))
+        # Done with for good: no tick is taken any more (state is not 'open').
+        self._checkers.pop(chain, None)
+        self._locks.pop(chain, None)
 
 
 def _line(seq: int, now_ms: int, price: int) -> bytes:
