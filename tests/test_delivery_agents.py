@@ -149,26 +149,41 @@ async def test_a_streamed_item_paid_by_purse(tmp_path: Path,
             seller_before = await balances_of(m, "seller")
             output = tmp_path / "clip.bin"
             shopper = Shopper(m.buyer, output=output)
-            await shopper.buy("seller", SKU, "purse", "p1")
+            done = await shopper.buy("seller", SKU, "purse", "p1")
             assert output.read_bytes() == CONTENT
             streamed = shopper.streamed["p1"].to_json()
             assert streamed["paid"] == {"currency": "EUR", "minor_units": PRICE}
-            await redeemed(m)
+            assert streamed["resumed_from"] == 0
+            # It ends as any purchase: done, with the seller's receipt naming the
+            # payment, the bank's purse.redeemed of the chain (what a dispute shows).
+            assert done.state == "done" and done.receipt is not None
+            assert done.payment is not None and done.payment.module == "purse"
+            settlement = done.payment.settlement
+            assert settlement.type == "purse.redeemed" and settlement.body["index"] == 5
+            assert done.receipt.body["payment"] == settlement.digest
+            assert done.receipt.body["payment_type"] == "purse.redeemed"
+            assert done.to_json()["receipt"]["amount"] == {"currency": "EUR",
+                                                           "minor_units": PRICE}
+            await redeemed(m)  # by the buyer's fetch, before the seller's task
+            sale = await m.seller.database.read(lambda c: c.execute(
+                "SELECT state FROM commerce_sales").fetchone())
+            assert sale == ("receipted",)
             _, highest, _, _ = await seller_chain(m)
             assert highest == 5
             kept = {Statement.from_bytes(r.statement).type for r in await m.seller.archive.records(
                 shopper_order(m, "p1").hex())}
             assert {"purse.commitment", "purse.reservation", "purse.redeemed",
-                    "delivery.ticket"} <= kept, kept
+                    "delivery.ticket", "commerce.delivery", "commerce.receipt"} <= kept, kept
             held = [Statement.from_bytes(r.statement).type for r in
                     await m.buyer.archive.records(shopper_order(m, "p1").hex())]
             assert held.count("delivery.ticket") == 1, held
+            assert held.count("commerce.receipt") == 1, held
             assert (await balances(m.buyer))["EUR"] == before["EUR"] - PRICE
             assert (await balances_of(m, "seller"))["EUR"] == seller_before["EUR"] + PRICE
             # The same command again: nothing paid, nothing fetched.
             again = Shopper(m.buyer, output=output)
-            await again.buy("seller", SKU, "purse", "p1")
-            assert again.streamed["p1"].resumed_from == 5
+            replay = await again.buy("seller", SKU, "purse", "p1")
+            assert replay.replayed and replay.receipt == done.receipt
             assert (await balances(m.buyer))["EUR"] == before["EUR"] - PRICE
 
 
@@ -432,7 +447,93 @@ async def test_a_broken_stream_resumes_where_it_stopped(tmp_path: Path, module: 
             before = await balances_of(m, "buyer")
             await half_bought(m, tmp_path, "b1", module, chunks=3)
             again = Shopper(m.buyer, output=tmp_path / "b1.bin")
-            await again.buy("seller", SKU, module, "b1")
+            done = await again.buy("seller", SKU, module, "b1")
             assert again.streamed["b1"].resumed_from == 3
+            assert done.state == "done" and done.receipt is not None
             assert (tmp_path / "b1.bin").read_bytes() == CONTENT
             assert (await balances_of(m, "buyer"))["EUR"] == before["EUR"] - PRICE
+
+
+async def test_a_purse_purchase_gets_its_receipt_without_waiting_for_the_task(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seller's task would redeem long after the stream (here: never in the
+    test); the buyer's fetch for its receipt has the chain redeemed at once, and the
+    purchase is done: ``semper wallet`` no longer shows it paying."""
+    import semper.agents.components._delivery_seller as seller_module
+
+    monkeypatch.setattr(seller_module, "REDEEM_AFTER_MS", 10**9)
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            seller_before = await balances_of(m, "seller")
+            done = await Shopper(m.buyer, output=tmp_path / "w.bin").buy(
+                "seller", SKU, "purse", "w1")
+            assert done.state == "done" and done.receipt is not None
+            assert (await seller_chain(m))[2:] == ("redeemed", None)
+            assert (await balances_of(m, "seller"))["EUR"] == seller_before["EUR"] + PRICE
+            state = await m.buyer.database.read(lambda c: c.execute(
+                "SELECT state FROM commerce_purchases WHERE key = 'w1'").fetchone())
+            assert state == ("done",)
+
+
+async def test_a_forged_redemption_answer_is_not_recorded_as_redeemed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seller checks the bank's purse.redeemed before it marks a chain redeemed:
+    one for another index (signed by the bank) or signed by another agent is refused,
+    kept nowhere, and the chain stays open for a retry, which records the genuine
+    statement the bank then answers with."""
+    import semper.agents.components._delivery_seller as seller_module
+    import semper.agents.instruments.purse as bank_purse
+    from semper.agents.components._delivery_seller import DeliverySeller
+    from semper.services.payment.purse import PurseRedeemed
+
+    monkeypatch.setattr(seller_module, "REDEEM_AFTER_MS", 10**9)
+    from semper.agents.components._bank import BankService
+
+    real_redeem, real_standing = bank_purse.redeem_chain, bank_purse._standing
+    lies: list[Any] = []
+
+    def lie(genuine: Statement | None) -> Statement | None:
+        return genuine if genuine is None or not lies else lies[0](genuine)
+
+    def redeem_chain(*args: Any, **kwargs: Any) -> Any:  # a first redemption
+        outcome = real_redeem(*args, **kwargs)
+        return type(outcome)(lie(outcome.statement), outcome.applied)
+
+    def standing(*args: Any, **kwargs: Any) -> Any:  # a repeat: the stored answer
+        return lie(real_standing(*args, **kwargs))
+
+    def other_index(genuine: Statement) -> Statement:
+        import dataclasses
+
+        body = PurseRedeemed.from_statement(genuine)
+        book = m.bank.component(BankService).book
+        return book.sign(*bank_purse.typed(dataclasses.replace(
+            body, index=body.index + 1, paid=type(body.paid)(
+                body.paid.currency, body.paid.minor_units + 3))))
+
+    def signed_by_the_buyer(genuine: Statement) -> Statement:
+        return m.buyer.evidence.sign(genuine.type, genuine.body)
+
+    monkeypatch.setattr(bank_purse, "_standing", standing)
+    monkeypatch.setattr(bank_purse, "redeem_chain", redeem_chain)
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            await half_bought(m, tmp_path, "g1", "purse", chunks=2)
+            chain = (await seller_chain(m))[0]
+            delivery = m.seller.component(DeliverySeller)
+            order = shopper_order(m, "g1").hex()
+            for forgery in (other_index, signed_by_the_buyer):
+                lies[:] = [forgery]
+                assert await delivery.redeem(chain) is None
+                highest, state, redeem_at = (await seller_chain(m))[1:]
+                assert (highest, state) == (2, "open") and redeem_at is not None, forgery
+                kept = [Statement.from_bytes(r.statement).type
+                        for r in await m.seller.archive.records(order)]
+                assert "purse.redeemed" not in kept, (forgery, kept)
+            lies.clear()
+            genuine = await delivery.redeem(chain)
+            assert genuine is not None and genuine.body["index"] == 2
+            assert (await seller_chain(m))[2:] == ("redeemed", None)
+            kept = [Statement.from_bytes(r.statement) for r in
+                    await m.seller.archive.records(order)]
+            assert [s for s in kept if s.type == "purse.redeemed"] == [genuine]

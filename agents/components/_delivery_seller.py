@@ -20,7 +20,11 @@ paid (index below the highest tick: a stream broken after the tick) is sent agai
 without a new payword. The highest tick is redeemed at the chain's bank within
 ``REDEEM_AFTER_MS`` of the stream's last chunk, or else at the chain's expiry, by a
 task that reads what is due from the database (so a restart redeems what a crash
-left pending).
+left pending); the bank's ``purse.redeemed`` is checked and archived before the
+chain is marked redeemed. A chain redeemed for the whole item pays the order's sale:
+its ``purse.redeemed`` is the payment, and the sale is delivered and receipted
+(``settle``). The buyer asks for that receipt with ``commerce.fetch`` right after the
+stream, which redeems a chain paid whole at once if the task has not yet.
 """
 
 from __future__ import annotations
@@ -33,12 +37,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from semper.agents.components._archive import append, entry
+from semper.agents.components._purse import redeem as purse_redeem
 from semper.agents.runtime._component import Component, Context, handles
 from semper.agents.runtime._config import ConfigError
 from semper.agents.runtime._faults import crash_point
-from semper.services.archive import Direction
-from semper.services.commerce import Refunded, SaleState
+from semper.services.commerce import PaymentConfirmed, Refunded, SaleState
 from semper.services.delivery import (
     BadRequest,
     BadTicket,
@@ -61,17 +64,17 @@ from semper.services.delivery._frames import (
     TicketAnswer,
     TicketRequest,
 )
+from semper.services.payment import PaymentResult
 from semper.services.payment.purse import (
-    PURSE_REDEEM,
     AlreadyRedeemed,
     BadCommitment,
     BadPayword,
     PaywordChecker,
     PurseCommitment,
+    PurseRedeemed,
     Replayed,
     verify_purse,
 )
-from semper.services.payment.purse._wire import RedeemRequest
 from semper.services.statements import Statement, StatementError
 
 if TYPE_CHECKING:
@@ -117,6 +120,14 @@ MIGRATIONS: Final = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class _Peer:
+    """The buyer as the sale's archive entries name it."""
+
+    agent_id: str
+    certificate: Any
+
+
 @dataclass(slots=True)
 class _Stream:
     """One open stream: its ticket, the channel it is on, the next chunk it sends."""
@@ -129,6 +140,8 @@ class _Stream:
     item: CatalogueItem
     next: int
     chain: bytes | None
+    #: a chunk request of this stream is being answered (one at a time: the window)
+    busy: bool = False
 
 
 class DeliverySeller(Component):
@@ -180,7 +193,11 @@ class DeliverySeller(Component):
 
     async def ticket_for_paid(self, order: bytes, buyer: str, sku: str, module: str
                               ) -> Statement:
-        """The ticket of an order paid whole (``commerce.fetch`` of a streamed item)."""
+        """The ticket of an order paid whole (``commerce.fetch`` of a streamed item),
+        or the one a purse order got from ``delivery.ticket`` (its receipt's fetch)."""
+        known = await self._ticket_of(order)
+        if known is not None and module == "purse":
+            return known[0]
         return await self._issue(order, buyer, sku, module, chain=None,
                                  expires=self.context.now_ms() + PAID_TICKET_MS)
 
@@ -344,22 +361,30 @@ class DeliverySeller(Component):
     async def chunk(self, context: RequestContext, request: ChunkRequest) -> ChunkAnswer:
         number, index, payword = request.stream, request.index, request.payword
         stream = self._stream_of(context, number)
-        if index != stream.next:
-            raise OutOfOrder(f"chunk {index} asked, {stream.next} is next",
+        assert stream.item.stream is not None
+        if stream.busy:  # requests sent together would each hold a chunk of ours
+            raise Busy("a chunk of this stream is being answered: one request at a time",
+                       detail={"stream": number})
+        if index != stream.next or index >= stream.item.stream.chunks:
+            raise OutOfOrder(f"chunk {index} asked, {stream.next} is next of "
+                             f"{stream.item.stream.chunks}",
                              detail={"index": index, "expected": stream.next})
         if self.context.now_ms() > stream.ticket.expires:
             raise TicketExpired("the ticket expired", detail={
                 "expires": stream.ticket.expires, "now_ms": self.context.now_ms()})
-        if stream.chain is not None:
-            await self._tick(stream.chain, index, payword)
-        elif payword is not None:
-            raise BadRequest("a ticket paid whole takes no payword",
-                             detail={"type": "delivery.chunk", "field": "payword"})
-        crash_point("stream.seller.chunk", index)
-        assert stream.item.stream is not None
-        data = stream.item.chunk(index)
-        proof = stream.item.stream.tree.inclusion_proof(index)
-        stream.next = index + 1
+        stream.busy = True
+        try:
+            if stream.chain is not None:
+                await self._tick(stream.chain, index, payword)
+            elif payword is not None:
+                raise BadRequest("a ticket paid whole takes no payword",
+                                 detail={"type": "delivery.chunk", "field": "payword"})
+            crash_point("stream.seller.chunk", index)
+            data = stream.item.chunk(index)
+            proof = stream.item.stream.tree.inclusion_proof(index)
+            stream.next = index + 1
+        finally:
+            stream.busy = False
         return ChunkAnswer(index=index, data=data, proof=proof)
 
     async def _tick(self, chain: bytes, index: int, payword: bytes | None) -> None:
@@ -427,7 +452,8 @@ class DeliverySeller(Component):
             ready = [chain for chain, at in due if at <= now]
             for chain in ready:
                 try:
-                    await self.redeem(chain)
+                    if await self.redeem(chain) is not None:
+                        await self._settle_chain(chain)
                 except Exception as exc:  # one chain's failure never stops the others
                     self.context.log.error("redeeming chain %s failed (retrying): %s",
                                            chain.hex()[:16], exc, exc_info=exc)
@@ -458,31 +484,94 @@ class DeliverySeller(Component):
                 del self._chains[chain]
                 self._checkers.pop(chain, None)
 
-    async def _redeem(self, chain: bytes) -> Statement | None:
-        """``redeem`` itself: ask the bank, record its answer (or when to ask again)."""
+    # -- a purse order's receipt ------------------------------------------------------
+
+    async def settle(self, order: bytes, buyer: str) -> None:
+        """The sale of purse ``order`` paid, delivered and receipted once its chain is
+        redeemed for the whole item: the bank's ``purse.redeemed`` is the payment the
+        receipt names (what a dispute shows). A chain whose every chunk was ticked
+        and not yet redeemed is redeemed now (the buyer asks for its receipt right
+        after the stream: it does not wait for ``REDEEM_AFTER_MS``). Anything short
+        of that (chunks unpaid, the bank not answering, a partial redemption at
+        expiry) leaves the sale as it is; called again, it carries on."""
         row = await self.context.database.read(lambda c: c.execute(
-            "SELECT bank, highest, payword, commitment, reservation FROM delivery_chains"
-            " WHERE chain = ?", (chain,)).fetchone())
-        bank, highest, payword, commitment, reservation = row
-        now = self.context.now_ms()
-        if highest == 0:
-            await self.context.database.transaction(lambda c: c.execute(
-                "UPDATE delivery_chains SET state = 'unused', redeem_at = NULL, updated_ms = ?"
-                " WHERE chain = ?", (now, chain)))
-            return None
+            "SELECT ch.chain, ch.state, ch.highest, ch.length, ch.redeemed"
+            " FROM delivery_chains ch JOIN delivery_tickets t ON ch.ticket = t.ticket"
+            " WHERE t.order_digest = ? AND t.buyer = ?", (order, buyer)).fetchone())
+        if row is None:
+            return
+        chain, state, highest, length, redeemed = row
+        if redeemed is None and state == "open" and highest == length:
+            await self.redeem(chain)
+            redeemed = await self.context.database.read(lambda c: c.execute(
+                "SELECT redeemed FROM delivery_chains WHERE chain = ?", (chain,)).fetchone()[0])
+        if redeemed is None:
+            return
+        statement = Statement.from_bytes(redeemed)
+        body = PurseRedeemed.from_statement(statement)
+        if body.index != length:  # paid for part of the item: no receipt for the whole
+            return
+        certificate = await self.context.agent.archive.certificate(statement.signer)
+        assert certificate is not None  # archived with it by ``purse.redeem``
+        sales = self._sales()
+        async with sales._lock(order):
+            sale = await sales._sale_of(order, buyer)
+            if sale.state is not SaleState.ORDER_ACCEPTED:
+                return  # settled already (or refunded, failed: nothing to sign)
+            result = PaymentResult(module="purse", payer=buyer, payee=self.context.id,
+                                   amount=body.paid, reference=order, settlement=statement,
+                                   bank_certificate=certificate)
+            decisions = sale.receive(PaymentConfirmed(
+                payment=statement.digest, payment_type=statement.type, amount=body.paid),
+                now_ms=self.context.now_ms())
+            peer = _Peer(agent_id=buyer, certificate=None)  # we sign all that is kept
+            entries = sales._fulfil(sale, decisions, peer, order)
+            await sales._save(sale, buyer, payment=result, entries=entries)
+
+    async def _settle_chain(self, chain: bytes) -> None:
+        """``settle`` the order of a chain just redeemed, so its receipt is ready; a
+        failure is logged (the buyer's fetch settles it again)."""
+        try:
+            order, buyer = await self.context.database.read(lambda c: c.execute(
+                "SELECT t.order_digest, t.buyer FROM delivery_tickets t JOIN delivery_chains"
+                " ch ON ch.ticket = t.ticket WHERE ch.chain = ?", (chain,)).fetchone())
+            await self.settle(order, buyer)
+        except Exception as exc:
+            self.context.log.error("the sale of chain %s is not settled yet: %s",
+                                   chain.hex()[:16], exc, exc_info=exc)
+
+    async def _redeem(self, chain: bytes) -> Statement | None:
+        """``redeem`` itself: ask the bank, record its answer (or when to ask again).
+        The tick is read under the chain's lock (a tick between a read and the lock
+        would be paid by the buyer and never redeemed); the bank's answer is checked
+        (``purse.redeem``: a ``purse.redeemed`` of our bank, for this chain, its
+        commitment, us and this index) before the chain is marked redeemed."""
         lock = self._chains.setdefault(chain, trio.Lock())
         async with lock:  # no tick moves on while its redemption is asked
+            row = await self.context.database.read(lambda c: c.execute(
+                "SELECT ch.highest, ch.payword, ch.commitment, ch.reservation, ch.state,"
+                " ch.redeemed, t.order_digest FROM delivery_chains ch JOIN delivery_tickets t"
+                " ON ch.ticket = t.ticket WHERE ch.chain = ?", (chain,)).fetchone())
+            highest, payword, commitment, reservation, state, redeemed, order = row
+            now = self.context.now_ms()
+            if state != "open":  # redeemed (or ended) by another call meanwhile
+                return None if redeemed is None else Statement.from_bytes(redeemed)
+            if highest == 0:
+                await self.context.database.transaction(lambda c: c.execute(
+                    "UPDATE delivery_chains SET state = 'unused', redeem_at = NULL,"
+                    " updated_ms = ? WHERE chain = ?", (now, chain)))
+                return None
             try:
-                answer = await self.context.call(bank, PURSE_REDEEM, RedeemRequest(
-                    commitment=Statement.from_bytes(commitment),
-                    reservation=Statement.from_bytes(reservation), payword=payword,
-                    index=highest))
+                statement = await purse_redeem(
+                    self.context, Statement.from_bytes(commitment),
+                    Statement.from_bytes(reservation), payword, highest,
+                    transaction=order.hex())
             except Exception as exc:
                 code = getattr(exc, "code", None)
                 if not isinstance(code, str):
                     raise
-                self.context.log.warning("redeeming chain %s at %s: %s (retrying)",
-                                         chain.hex()[:16], bank, exc)
+                self.context.log.warning("redeeming chain %s: %s (retrying)",
+                                         chain.hex()[:16], exc)
                 final = code in ("purse.already_redeemed", "purse.expired")
                 await self.context.database.transaction(lambda c: c.execute(
                     "UPDATE delivery_chains SET state = ?, redeem_at = ?, updated_ms = ?"
@@ -490,20 +579,11 @@ class DeliverySeller(Component):
                                          None if final else now + REDEEM_RETRY_MS, now,
                                          chain)))
                 return None
-            order = await self.context.database.read(lambda c: c.execute(
-                "SELECT t.order_digest FROM delivery_tickets t JOIN delivery_chains ch"
-                " ON ch.ticket = t.ticket WHERE ch.chain = ?", (chain,)).fetchone()[0])
-            kept = entry(answer.redeemed, direction=Direction.RECEIVED, peer=bank,
-                         transaction=order.hex(), certificate=answer.bank_certificate)
-
-            def done(c: sqlite3.Connection) -> None:  # the bank's word, kept in the commit
-                c.execute("UPDATE delivery_chains SET state = 'redeemed', redeem_at = NULL,"
-                          " redeemed = ?, updated_ms = ? WHERE chain = ?",
-                          (answer.redeemed.to_bytes(), now, chain))
-                append(c, [kept], now_ms=now)
-
-            await self.context.database.transaction(done)
-        return answer.redeemed
+            await self.context.database.transaction(lambda c: c.execute(
+                "UPDATE delivery_chains SET state = 'redeemed', redeem_at = NULL,"
+                " redeemed = ?, updated_ms = ? WHERE chain = ?",
+                (statement.to_bytes(), now, chain)))
+        return statement
 
 
 def _statement(data: bytes) -> Statement:

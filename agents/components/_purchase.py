@@ -453,9 +453,16 @@ class Shopper:
             elif isinstance(decision, Pay) and _streamed(purchase) is not None \
                     and decision.module == PURSE:
                 # Paid chunk by chunk on the delivery channel: the purchase stays
-                # PAYING; its stream's record (delivery_downloads) says how far it is.
+                # PAYING until the stream is whole (its record, delivery_downloads,
+                # says how far it is); then the chain's redemption is the payment,
+                # and the receipt that names it is fetched as for any payment.
                 await self._stream_by_purse(purchase, key, seller, certificate)
-                return kept
+                result = await self._purse_paid(purchase, key, seller)
+                purchase.receive(PaymentConfirmed(payment=result.settlement.digest,
+                                                  payment_type=result.settlement.type,
+                                                  amount=result.amount), now_ms=self._ms())
+                paid = (copy.copy(purchase), result)
+                kept["payment"] = result
             elif isinstance(decision, Pay):
                 self._progress(f"paying {decision.amount} by {decision.module} "
                                f"through {self.agent.config.payment.bank or 'bank'}")
@@ -653,14 +660,18 @@ class Shopper:
         output = self._stream_output(key)
         info = _streamed(purchase)
         assert info is not None and purchase.order is not None
-        statement = self._check_ticket(ticket, purchase, seller, certificate, chain=None)
-        await self._keep(statement, purchase, seller, certificate)
         order = Order.from_statement(purchase.order)
+        chain = None
+        if order.payment_module == PURSE:  # streamed already, as it was paid
+            held = await StreamClient(self.agent).row(key)
+            chain = None if held is None else held["chain"]
+        statement = self._check_ticket(ticket, purchase, seller, certificate, chain=chain)
+        await self._keep(statement, purchase, seller, certificate)
         self._progress(f"streaming {info.chunks} chunks on a delivery channel to {output}")
         outcome = await StreamClient(self.agent, self._on_chunk).fetch(
             key, seller, statement, info, content_digest=order.offer_terms().content_digest,
-            output=output, paid=order.amount)
-        self.streamed[key] = outcome
+            output=output, paid=order.amount, chain=chain)
+        self.streamed.setdefault(key, outcome)  # a purse's: as this run streamed it
         return await trio.Path(outcome.output).read_bytes()
 
     async def _stream_by_purse(self, purchase: Purchase, key: str, seller: str,
@@ -704,6 +715,38 @@ class Shopper:
         self.streamed[key] = await StreamClient(self.agent, self._on_chunk).fetch(
             key, seller, statement, info, content_digest=order.offer_terms().content_digest,
             output=output, paid=info.price_per_chunk, pay=pay, chain=chain)
+
+    async def _purse_paid(self, purchase: Purchase, key: str, seller: str) -> PaymentResult:
+        """The payment of a purse purchase whose stream is whole: the seller redeems
+        the chain (``commerce.fetch`` has it redeem a chain paid whole at once, and
+        sign the receipt), and our bank's ``purse.redeemed`` of it, checked and
+        archived, is the payment the receipt must name.
+
+        Raises:
+            The seller's refusal (the chain not redeemed yet: run again), or
+            PurchaseStuck: our bank holds no redemption of the chain for the whole
+            item after the seller's answer (run again later).
+        """
+        from semper.agents.components._purse import Purse
+        from semper.services.payment.purse import PurseRedeemed
+
+        assert purchase.order is not None
+        order = Order.from_statement(purchase.order)
+        held = await StreamClient(self.agent).row(key)
+        assert held is not None and held["chain"] is not None
+        chain = held["chain"]
+        self._progress("the stream is whole; asking the seller to redeem the purse and "
+                       "for the receipt")
+        await self.agent.request(seller, "commerce", "fetch",
+                                 {"order": purchase.order.digest})
+        found = await self.agent.component(Purse).redemption(chain)
+        if found is None or PurseRedeemed.from_statement(found[0]).paid != order.amount:
+            raise PurchaseStuck(f"purchase {key!r}: our bank holds no redemption of its "
+                                "purse chain for the whole item yet; run it again")
+        statement, certificate = found
+        return PaymentResult(module=PURSE, payer=self.agent.id, payee=seller,
+                             amount=order.amount, reference=purchase.order.digest,
+                             settlement=statement, bank_certificate=certificate)
 
     async def _keep(self, statement: Statement, purchase: Purchase, seller: str,
                     certificate: Any) -> None:

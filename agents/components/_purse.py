@@ -42,6 +42,7 @@ from semper.services.payment.purse import (
     BANK_PURSE_RESERVE,
     BANK_PURSE_STATUS,
     COMMITMENT,
+    REDEEMED,
     AlreadyRedeemed,
     BadPayword,
     BeyondChain,
@@ -361,6 +362,25 @@ class Purse(Component):
         return await self.get(chain)
 
 
+    async def redemption(self, chain: bytes) -> tuple[Statement, x509.Certificate] | None:
+        """Our bank's ``purse.redeemed`` of ``chain`` and the bank's certificate (asked
+        of the bank with ``refresh`` unless held; checked and archived under the
+        chain), or None while it is not redeemed: the payment a purse purchase's
+        receipt names."""
+        record = await self.get(chain)
+        if record.state != "redeemed":
+            record = await self.refresh(chain)
+        if record.state != "redeemed":
+            return None
+        archive = self.context.agent.archive
+        for kept in await archive.records(chain.hex()):
+            statement = Statement.from_bytes(kept.statement)
+            if statement.type == REDEEMED and statement.body.get("chain") == chain:
+                certificate = await archive.certificate(statement.signer)
+                if certificate is not None:
+                    return statement, certificate
+        return None
+
     async def refresh_open(self, limit: int = 50) -> list[str]:
         """``refresh`` the newest ``limit`` chains not yet redeemed or released (what
         ``semper purse list`` shows). One that cannot be asked (the bank down, a
@@ -381,10 +401,12 @@ class Purse(Component):
 
 
 async def redeem(context: Context, commitment: Statement, reservation: Statement,
-                 payword: bytes, index: int) -> Statement:
+                 payword: bytes, index: int, *, transaction: str | None = None
+                 ) -> Statement:
     """The seller's redemption of a chain at the bank (``bank.purse_redeem``) with
     the highest payword it accepted, ``index``: the bank's ``purse.redeemed``,
-    checked and archived. Call it once the stream ended (or at the chain's expiry);
+    checked and archived with the bank's certificate (under ``transaction``, by
+    default the chain's id). Call it once the stream ended (or at the chain's expiry);
     calling again with the same payword gives the same statement.
 
     Raises:
@@ -399,7 +421,7 @@ async def redeem(context: Context, commitment: Statement, reservation: Statement
     if body.bank != bank:
         raise WrongBank(f"{body.bank!r} is not the bank this agent deals with ({bank!r})",
                         detail={"bank": body.bank, "expected": bank})
-    ctx = AgentPaymentContext(context.agent, body.chain.hex(), bank)  # as the buyer's
+    ctx = AgentPaymentContext(context.agent, transaction or body.chain.hex(), bank)
     request = RedeemRequest(commitment=commitment, reservation=reservation, payword=payword,
                             index=index)
     answer = RedeemAnswer.from_wire(await ctx.request(

@@ -520,6 +520,12 @@ class Sales(Component):
 
     async def fetch(self, context: Any, request: FetchRequest) -> dict[str, Any]:
         sale = await self._sale_of(request.order, context.peer.agent_id)
+        if sale.state is SaleState.ORDER_ACCEPTED and _terms(sale).payment_module == "purse":
+            # Paid by paywords on the delivery channel: receipted once its chain is
+            # redeemed for the whole item (redeemed now if every chunk was paid).
+            await self.context.component(DeliverySeller).settle(request.order,
+                                                                 context.peer.agent_id)
+            sale = await self._sale_of(request.order, context.peer.agent_id)
         if sale.state in (SaleState.REFUNDING, SaleState.REFUND_CONFIRMED, SaleState.REFUNDED):
             raise Refunded("the order was refunded: its goods are not delivered again",
                            detail={"state": sale.state.value})
