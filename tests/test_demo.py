@@ -1,7 +1,8 @@
 """``semper demo`` (what ``make demo`` runs) as a user runs it: one process, bounded in
 time, exit 0, and the lines that say what it showed (commerce, then the notary's
-services and the arbiter: issue 9's Done-when line on ``make demo``). Plus the demo's
-own checkers, fed outcomes that must fail them."""
+services and the arbiter: issue 9's Done-when line on ``make demo``; a purchase
+streamed by purse, resumed after the seller was killed, redeemed: issue 10's). Plus
+the demo's own checkers, fed outcomes that must fail them."""
 
 from __future__ import annotations
 
@@ -17,10 +18,16 @@ from test_cli import _env, semper_argv
 from semper.agents.operator._demo import (
     FAIR,
     PURCHASES,
+    STREAM,
+    STREAM_AT,
+    _Command,
     _contract_problems,
     _fair_problems,
     _implied,
+    _interrupted_problems,
     _purchase_problems,
+    _redeemed_problems,
+    _stream_problems,
     _verdicts,
 )
 from semper.services import Amount
@@ -79,19 +86,42 @@ def test_semper_demo_buys_uses_the_notary_and_balances_the_books() -> None:
                 "fair.seller.paid: the goods through the notary")
     assert "seller exited -9 once paid; the notary released the key" in fair, fair
     line("✓ seller started again, normally")
-    # 12.50 + 4.80 + 0.99 paid, 12.50 refunded, 4.80 paid in the fair purchase
-    assert "the bank says buyer EUR -10.59, seller EUR +10.59" in line(
+    # issue 10: course-004 (257 chunks at EUR 0.02) by purse, the seller killed at K
+    key, sku = STREAM
+    crashed = line(f"✓ semper buy --item {sku} --pay purse --output FILE from seller dying "
+                   f"at chunk {STREAM_AT}: interrupted, naming its key")
+    assert f"seller (SEMPER_CRASH_AT=stream.seller.chunk:{STREAM_AT}) exited -9" in crashed
+    assert f"semper: delivery.interrupted: purchase {key} stopped at chunk {STREAM_AT} " \
+        in crashed, crashed
+    assert f"spent EUR 2.02 = {STREAM_AT + 1} paywords" in line(
+        "✓ buyer's purse at the crash: one chunk paid ahead at most")
+    line(f"✓ seller started again after chunk {STREAM_AT}, normally")
+    resumed = line(f"✓ semper buy --item {sku} --pay purse again with --idempotency-key {key}: "
+                   f"resumed at chunk {STREAM_AT}, the file is the offer's")
+    assert f"chunks {STREAM_AT}..256 fetched" in resumed and "EUR 5.14 paid; SHA-256 " \
+        in resumed, resumed
+    redeemed = line("✓ seller redeemed the chain within 10 s (semper purse list)")
+    assert "257 x EUR 0.02 = EUR 5.14 to seller; of the EUR 5.14 reserved, EUR 0.00 unspent " \
+        "back to buyer" in redeemed, redeemed
+    assert line("✓ the purse at the bank: seller paid what the stream cost, the rest of "
+                "buyer's reservation back").endswith(
+        "seller EUR +5.14, buyer EUR -5.14 by purse; @purse-reserved EUR 0.00")
+    # 12.50 + 4.80 + 0.99 paid, 12.50 refunded, 4.80 paid in the fair purchase, 5.14 by
+    # purse
+    assert "the bank says @purse-reserved EUR 0.00, buyer EUR -15.73, seller EUR +15.73" in line(
         "✓ each account changed by what the payments and the refund imply")
     assert "EUR 1,000.00 before, EUR 1,000.00 after" in line(
         "✓ the total over all customer accounts is unchanged")
     assert "balanced: true" in line("✓ semper bank accounts: the books balance")
     assert line("✓ every agent stopped by SIGTERM exited 0").endswith(
         "ca 0, bank 0, seller 0, buyer 0, notary 0, arbiter 0")
-    assert re.search(r"│ buyer\s+│ EUR 1,000.00 │\s+EUR 989.41 │ EUR -10.59 │ EUR -10.59 │ ✓",
+    assert re.search(r"│ buyer\s+│ EUR 1,000.00 │\s+EUR 984.27 │ EUR -15.73 │ EUR -15.73 │ ✓",
                      out), out
-    assert re.search(r"│ seller\s+│\s+EUR 0.00 │\s+EUR 10.59 │ EUR \+10.59 │ EUR \+10.59 │ ✓",
+    assert re.search(r"│ seller\s+│\s+EUR 0.00 │\s+EUR 15.73 │ EUR \+15.73 │ EUR \+15.73 │ ✓",
                      out), out
-    assert lines[-1].startswith("ok: 26 checks held in "), lines[-1]
+    assert re.search(r"│ @purse-reserved\s+│\s+EUR 0.00 │\s+EUR 0.00 │\s+EUR 0.00 │\s+EUR 0.00 │ ✓",
+                     out), out
+    assert lines[-1].startswith("ok: 32 checks held in "), lines[-1]
     assert took < DEMO_BOUND
 
 
@@ -180,3 +210,65 @@ def test_verdicts_are_read_defensively() -> None:
                          "junk"]}
     assert _verdicts(said) == {("buyer paid", "buyer", True)}
     assert _verdicts(None) == _verdicts({"verdicts": None}) == set()
+
+
+def test_the_interrupted_check_wants_one_line_naming_key_and_chunk() -> None:
+    said = ("semper: delivery.interrupted: purchase demo-stream stopped at chunk 100 "
+            "(transport.closed: ...); run the same semper buy with --idempotency-key "
+            "demo-stream to resume\n")
+
+    def problems(code: int | None = 1, stdout: str = "", stderr: str = said) -> list[str]:
+        return _interrupted_problems(_Command([], code, stdout, stderr), key="demo-stream",
+                                     at=100)
+
+    assert problems() == []
+    assert problems(code=0) and problems(code=None)
+    assert problems(stdout='{"state": "done"}')
+    assert problems(stderr="Traceback (most recent call last):\n" + said)
+    assert problems(stderr=said.replace("delivery.interrupted", "delivery.bad_chunk"))
+    assert problems(stderr=said.replace("chunk 100", "chunk 0"))
+    assert problems(stderr=said.replace("demo-stream", "other"))
+
+
+def _streamed(tmp_path: Path, content: bytes) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    unit = {"currency": "EUR", "minor_units": 2}
+    offer = {"sku": "course-004", "price": {"currency": "EUR", "minor_units": 6},
+             "content_digest": hashlib.sha256(content).hexdigest(),
+             "stream": {"chunks": 3, "chunk_size": 4, "root": "ab" * 32,
+                        "price_per_chunk": unit}}
+    outcome = {"state": "done", "chunks": 3, "bytes": len(content), "root": "ab" * 32,
+               "paid": {"currency": "EUR", "minor_units": 6}, "resumed_from": 1}
+    output = tmp_path / "course.bin"
+    output.write_bytes(content)
+    return outcome, offer, output
+
+
+def test_the_stream_check_wants_the_offers_file_resumed_at_k(tmp_path: Path) -> None:
+    content = b"0123456789"
+    outcome, offer, output = _streamed(tmp_path, content)
+    assert _stream_problems(outcome, offer, output, at=1) == []
+    assert _stream_problems(outcome, offer, output, at=0)  # started over
+    for wrong in ({"state": "paying"}, {"resumed_from": 0}, {"chunks": 4},
+                  {"root": "cd" * 32}, {"bytes": 9},
+                  {"paid": {"currency": "EUR", "minor_units": 4}}):
+        assert _stream_problems({**outcome, **wrong}, offer, output, at=1), wrong
+    assert _stream_problems(outcome, {**offer, "stream": None}, output, at=1)
+    # an offer whose price is not chunks x price_per_chunk
+    assert _stream_problems({**outcome, "paid": {"currency": "EUR", "minor_units": 7}},
+                            {**offer, "price": {"currency": "EUR", "minor_units": 7}},
+                            output, at=1)
+    output.write_bytes(content.upper().replace(b"0", b"o"))
+    assert _stream_problems(outcome, offer, output, at=1)  # the file is not the offer's
+    assert _stream_problems(outcome, offer, tmp_path / "missing", at=1)
+
+
+def test_the_redeemed_check_wants_what_was_spent_paid_once() -> None:
+    paid = {"currency": "EUR", "minor_units": 514}
+    chain = {"chain": "ab" * 32, "seller": "seller", "reserved": paid, "spent": paid,
+             "redeemed": paid, "state": "redeemed"}
+    assert _redeemed_problems(chain, paid) == []
+    assert _redeemed_problems(None, paid)
+    less = {"currency": "EUR", "minor_units": 512}
+    for wrong in ({"state": "reserved"}, {"state": "released"}, {"redeemed": less},
+                  {"spent": less}):
+        assert _redeemed_problems({**chain, **wrong}, paid), wrong

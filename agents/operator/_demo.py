@@ -57,14 +57,15 @@ from typing import Any, Final
 
 import trio
 
+from semper.agents.instruments.purse import RESERVED as PURSE_RESERVED
 from semper.agents.operator._market import init_market
 from semper.agents.runtime._agent import Agent
 from semper.agents.runtime._config import AgentConfig
 from semper.services import Amount
 from semper.services.disputes._purchase import DELIVERED, PAID, RECEIPTED
 
-__all__ = ["CONTRACTS", "DISPUTED", "FAIR", "PURCHASES", "REFUND", "REPLAY", "Check",
-           "DemoResult", "Reporter", "run_demo"]
+__all__ = ["CONTRACTS", "DISPUTED", "FAIR", "PURCHASES", "REFUND", "REPLAY", "STREAM",
+           "STREAM_AT", "Check", "DemoResult", "Reporter", "run_demo"]
 
 READY_TIMEOUT = 30.0
 PING_TIMEOUT = 10.0
@@ -100,6 +101,16 @@ TIMESTAMPED: Final = b"Invoice 2026-001: seller to buyer, EUR 12.50, due in 30 d
 #: Where the seller dies (protocol.md 10.6).
 CONTRACT_CRASH: Final = "contract.responder.sent_m2"
 FAIR_CRASH: Final = "fair.seller.paid"
+#: The streamed purchase paid by purse (idempotency key, SKU): its seller dies at
+#: chunk ``STREAM_AT`` first, and the same command resumes it there.
+STREAM: Final = ("demo-stream", "course-004")
+STREAM_AT: Final = 100
+STREAM_CRASH: Final = f"stream.seller.chunk:{STREAM_AT}"
+#: Seconds: the seller redeems a chain within this of the stream's last chunk (issue 10).
+REDEEM_TIMEOUT = 10.0
+#: Seconds between two ``semper purse list`` while waiting for the redemption: nothing
+#: tells the buyer's side of it, so the demo asks, within REDEEM_TIMEOUT.
+REDEEM_POLL = 0.25
 
 Account = tuple[str, str]  # (holder, currency)
 
@@ -220,6 +231,10 @@ class _Demo:
         self.minted_before: dict[str, int] | None = None
         #: The seller's offers, from ``semper catalogue --json``.
         self.offers: dict[str, dict[str, Any]] = {}
+        #: What the streamed purchase printed once done (``buy --json``), or None, and
+        #: when (trio's clock) it was.
+        self.streamed: dict[str, Any] | None = None
+        self.stream_ended = 0.0
 
     def check(self, what: str, ok: bool, detail: str = "") -> bool:
         check = Check(what, ok, detail)
@@ -240,14 +255,19 @@ class _Demo:
     async def start_all(self, nursery: trio.Nursery) -> bool:
         self.nursery = nursery
         names = ", ".join(self.result.agents)
-        self.reporter.doing(f"starting {names}: one `semper agent run` process each")
+        self.reporter.doing(f"starting {names}: one `semper agent run` process each (the "
+                            f"seller with SEMPER_CRASH_AT={STREAM_CRASH})")
         ready: dict[str, str] = {}
+        # The seller dies at its first stream's chunk STREAM_AT (``stream``): nothing
+        # before streams, and starting it so saves a restart.
+        self.crash_at[self.id("seller")] = STREAM_CRASH
         # The CA agent first: the others publish their contact cards to it as they start.
         first = [c for c in self.configs if c.role == "ca"]
         for group in (first, [c for c in self.configs if c not in first]):
             async with trio.open_nursery() as starters:
                 for config in group:
-                    starters.start_soon(self._start, config, nursery, ready)
+                    starters.start_soon(self._start, config, nursery, ready,
+                                        self.crash_at.get(config.id))
         return self.check(
             f"{len(ready)} of {len(self.configs)} agents running, one process each",
             len(ready) == len(self.configs),
@@ -471,12 +491,19 @@ class _Demo:
             return
         bought = self.bought
         self.result.after = after = _balances(books)
+        payments = [bought[key]["payment"] for key in bought]
+        refunds = [bought[REFUND]["payment"]] if self.refunded else []
+        others = _implied(payments, refunds)  # all but the purse's
+        streamed = None if self.streamed is None else {
+            "payer": self.id("buyer"), "payee": self.id("seller"),
+            "amount": self.streamed["paid"]}
         self.result.expected = expected = _implied(
-            [bought[key]["payment"] for key in bought],
-            [bought[REFUND]["payment"]] if self.refunded else [])
+            [*payments, *([streamed] if streamed else [])], refunds)
         before = self.result.before
         changes = {account: after.get(account, 0) - before.get(account, 0)
                    for account in {*before, *after}}
+        if streamed:
+            self.purse_books(streamed["amount"], changes, others, after)
         wrong = {account for account in {*changes, *expected}
                  if changes.get(account, 0) != expected.get(account, 0)}
         self.check("each account changed by what the payments and the refund imply",
@@ -492,6 +519,24 @@ class _Demo:
                    books.get("balanced") is True and books.get("minted") == self.minted_before,
                    f"balanced: {json.dumps(books.get('balanced'))}, minted "
                    + ", ".join(f"{_money(u, c)}" for c, u in sorted(books["minted"].items())))
+
+    def purse_books(self, paid: dict[str, Any], changes: dict[Account, int],
+                    others: dict[Account, int], after: dict[Account, int]) -> None:
+        """The streamed purchase at the bank: beyond what the other payments imply, the
+        seller got exactly what the stream cost (chunks x price_per_chunk) and the buyer
+        paid exactly that, the rest of its reservation back: the bank's account of
+        purse reservations holds nothing."""
+        buyer, seller = self.id("buyer"), self.id("seller")
+        currency, units = paid["currency"], paid["minor_units"]
+        purse = {holder: changes.get((holder, currency), 0) - others.get((holder, currency), 0)
+                 for holder in (buyer, seller)}
+        held = after.get((PURSE_RESERVED, currency), 0)
+        self.check(f"the purse at the bank: {seller} paid what the stream cost, the rest of "
+                   f"{buyer}'s reservation back", purse == {buyer: -units, seller: units}
+                   and held == 0,
+                   f"{seller} {_money(purse[seller], currency, sign=True)}, {buyer} "
+                   f"{_money(purse[buyer], currency, sign=True)} by purse; "
+                   f"{PURSE_RESERVED} {_money(held, currency)}")
 
     async def refund(self, bought: dict[str, dict[str, Any]]) -> bool:
         self.reporter.doing(f"semper refund --idempotency-key {REFUND}")
@@ -772,6 +817,114 @@ class _Demo:
         self.check(f"{seller} started again, normally", await self.start(seller),
                    "no crash point: it serves the rest of the demo")
 
+    async def stream(self) -> None:
+        """``semper buy --pay purse --output`` of the streamed item from a seller that
+        dies at chunk ``STREAM_AT`` (started so by ``start_all``): the buyer stops
+        naming its key, having paid one chunk more than it holds at most; the seller
+        started again normally, the same command resumes there and the file is the
+        offer's. ``redeemed`` then waits for the seller's redemption, and ``books``
+        checks the money."""
+        buyer, seller = self.id("buyer"), self.id("seller")
+        key, sku = STREAM
+        offer = self.offers.get(sku) or {}
+        output = self.files / f"{sku}.bin"
+        argv = ("buy", "--config", self.config("buyer"), "--seller", seller, "--item", sku,
+                "--pay", "purse", "--output", str(output), "--idempotency-key", key, "--json")
+        # (No "crash.point:K:" in a line: the console would read ":K:" as an emoji.)
+        what = f"semper buy --item {sku} --pay purse --output FILE from {seller} dying at " \
+               f"chunk {STREAM_AT}"
+        self.reporter.doing(f"{what} --idempotency-key {key} --json")
+        if self.crash_at.get(seller) != STREAM_CRASH or self.processes[seller].returncode \
+                is not None:  # start_all did not leave it so
+            if not await self.start(seller, STREAM_CRASH):
+                self.check(what, False, f"{seller} did not start")
+                return
+        first = await self.semper(*argv)
+        code = await self.died(seller)
+        problems = _interrupted_problems(first, key=key, at=STREAM_AT)
+        if code in (0, None):
+            problems.append(f"{seller} did not die at chunk {STREAM_AT}")
+        self.check(f"{what}: interrupted, naming its key", not problems,
+                   "; ".join(problems) or f"{seller} (SEMPER_CRASH_AT={STREAM_CRASH}) "
+                   f"exited {code}; the buyer exited {first.code}: {first.error}")
+
+        # The buyer's purse as the crash left it, while the seller starts again.
+        held: dict[str, Any] = {}
+
+        async def purse_at_crash() -> None:
+            held["chains"], held["error"] = await self.semper_json(
+                "purse", "list", "--config", self.config("buyer"), "--offline", "--json")
+
+        async def seller_again() -> None:
+            held["started"] = await self.start(seller)
+
+        self.reporter.doing(f"semper purse list --offline --json (as {buyer}), and "
+                            f"{seller} started again normally")
+        await _together([purse_at_crash], [seller_again])
+        chains = [c for c in held["chains"] or [] if c.get("seller") == seller]
+        unit = (offer.get("stream") or {}).get("price_per_chunk") or {}
+        spent = chains[0]["spent"] if len(chains) == 1 else None
+        self.check(f"{buyer}'s purse at the crash: one chunk paid ahead at most",
+                   spent == _worth(unit, STREAM_AT + 1),
+                   held["error"] or (f"{len(chains)} chains with {seller}: {chains}"
+                                     if spent is None else
+                                     f"spent {_money(spent['minor_units'], spent['currency'])}"
+                                     f" = {STREAM_AT + 1} paywords for chunks 0..{STREAM_AT}, "
+                                     f"chunk {STREAM_AT} never received"))
+        if not self.check(f"{seller} started again after chunk {STREAM_AT}, normally",
+                          held["started"], "no crash point"):
+            return
+
+        what = f"semper buy --item {sku} --pay purse again with --idempotency-key {key}"
+        self.reporter.doing(what)
+        outcome, error = await self.semper_json(*argv)
+        problems = [error] if outcome is None else await trio.to_thread.run_sync(
+            functools.partial(_stream_problems, outcome, offer, output, at=STREAM_AT))
+        if outcome is not None and outcome.get("state") == "done":
+            self.streamed = outcome  # money moved: the books must show it
+        self.stream_ended = trio.current_time()
+        self.check(f"{what}: resumed at chunk {STREAM_AT}, the file is the offer's",
+                   not problems, "; ".join(problems) or (
+                       f"chunks {outcome['resumed_from']}..{outcome['chunks'] - 1} fetched, "
+                       f"{outcome['bytes']:,} bytes in all, "
+                       f"{_money(outcome['paid']['minor_units'], outcome['paid']['currency'])}"
+                       f" paid; SHA-256 {offer['content_digest'][:16]}... as the offer says"))
+
+    async def redeemed(self) -> None:
+        """The seller redeems the streamed purchase's chain within REDEEM_TIMEOUT of its
+        end, for exactly what the buyer spent (``semper purse list``, asked until it
+        says so: nothing else tells the buyer)."""
+        outcome, seller = self.streamed, self.id("seller")
+        if outcome is None:  # the stream failed, and said so
+            return
+        unit = self.offers[STREAM[1]]["stream"]["price_per_chunk"]
+        what = f"{seller} redeemed the chain within {REDEEM_TIMEOUT:.0f} s (semper purse list)"
+        self.reporter.doing(f"{what}: waiting")
+        chain: dict[str, Any] | None = None
+        error = ""
+        with trio.move_on_at(self.stream_ended + REDEEM_TIMEOUT):
+            while True:
+                chains, error = await self.semper_json("purse", "list", "--config",
+                                                       self.config("buyer"), "--json")
+                mine = [c for c in chains or [] if c.get("seller") == seller]
+                chain = mine[0] if len(mine) == 1 else None
+                if chain is not None and chain.get("state") == "redeemed":
+                    break
+                await trio.sleep(REDEEM_POLL)
+        took = trio.current_time() - self.stream_ended
+        problems = _redeemed_problems(chain, outcome["paid"]) + ([error] if error else [])
+        if problems:
+            self.check(what, False, "; ".join(problems))
+            return
+        assert chain is not None
+        currency = unit["currency"]
+        reserved, paid = chain["reserved"]["minor_units"], chain["redeemed"]["minor_units"]
+        self.check(what, True, (
+            f"after {took:.1f} s: {outcome['chunks']} x {_money(unit['minor_units'], currency)}"
+            f" = {_money(paid, currency)} to {seller}; of the {_money(reserved, currency)} "
+            f"reserved, {_money(reserved - paid, currency)} unspent back to "
+            f"{self.id('buyer')}"))
+
 
 def _verdicts(report: Any) -> set[tuple[Any, Any, Any]]:
     """(obligation, party, met) of each verdict a ``dispute ... --json`` printed."""
@@ -820,6 +973,80 @@ def _fair_problems(outcome: dict[str, Any], offer: dict[str, Any] | None, goods:
         problems.append("the goods do not match the offer's digest")
     if outcome.get("goods_size") != len(held):
         problems.append(f"goods_size {outcome.get('goods_size')}, {len(held)} bytes written")
+    return problems
+
+
+def _worth(unit: dict[str, Any], n: int) -> dict[str, Any]:
+    """``n`` times an amount ``{currency, minor_units}``, in the same shape."""
+    return {"currency": unit.get("currency"), "minor_units": n * unit.get("minor_units", 0)}
+
+
+def _interrupted_problems(done: _Command, *, key: str, at: int) -> list[str]:
+    """What is wrong with a ``semper buy`` whose seller died at chunk ``at``: it must
+    fail with one line, ``semper: delivery.interrupted: ...``, naming its key and the
+    chunk, and print nothing on stdout."""
+    if done.code is None:
+        return [done.error]
+    if done.code == 0:
+        return ["it exited 0"]
+    problems = [f"printed {done.stdout[:200]!r}"] if done.stdout else []
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    if len(lines) != 1:
+        return [*problems, f"{len(lines)} lines on stderr, not one: {done.stderr[-400:]!r}"]
+    if not lines[0].startswith("semper: delivery.interrupted: "):
+        problems.append(f"said {lines[0]!r}")
+    if key not in lines[0] or f"chunk {at}" not in lines[0]:
+        problems.append(f"does not name key {key} and chunk {at}: {lines[0]!r}")
+    return problems
+
+
+def _stream_problems(outcome: dict[str, Any], offer: dict[str, Any], output: Path, *,
+                     at: int) -> list[str]:
+    """What is wrong with a resumed ``semper buy --pay purse --output FILE --json`` of
+    the streamed ``offer``: done, resumed at chunk ``at``, the whole content paid, and
+    ``output``'s SHA-256 the offer's ``content_digest``. Hashes the file: run it in a
+    thread."""
+    stream = offer.get("stream")
+    if not isinstance(stream, dict):
+        return ["the item is not a streamed offer in the catalogue"]
+    problems = []
+    if outcome.get("state") != "done":
+        problems.append(f"state {outcome.get('state')!r}")
+    if outcome.get("resumed_from") != at:
+        problems.append(f"resumed from {outcome.get('resumed_from')!r}, not {at}")
+    if (outcome.get("chunks"), outcome.get("root")) != (stream["chunks"], stream["root"]):
+        problems.append(f"{outcome.get('chunks')} chunks under root {outcome.get('root')}, "
+                        f"the offer says {stream['chunks']} under {stream['root']}")
+    if outcome.get("paid") != offer.get("price") or offer.get("price") != _worth(
+            stream["price_per_chunk"], stream["chunks"]):
+        problems.append(f"paid {outcome.get('paid')}, the offer says {offer.get('price')} "
+                        f"= {stream['chunks']} x {stream['price_per_chunk']}")
+    digest = hashlib.sha256()
+    try:
+        with output.open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    except OSError:
+        return [*problems, f"nothing written to {output}"]
+    if output.stat().st_size != outcome.get("bytes"):
+        problems.append(f"{output.stat().st_size} bytes written, it says {outcome.get('bytes')}")
+    if digest.hexdigest() != offer.get("content_digest"):
+        problems.append("the file's SHA-256 is not the offer's content_digest")
+    return problems
+
+
+def _redeemed_problems(chain: dict[str, Any] | None, paid: dict[str, Any]) -> list[str]:
+    """What is wrong with the buyer's purse chain (``semper purse list --json``) once
+    the seller redeemed it for a stream that cost ``paid``: every payword spent is paid
+    to the seller, no more."""
+    if chain is None:
+        return ["no chain of the buyer's with this seller"]
+    problems = []
+    if chain.get("state") != "redeemed":
+        problems.append(f"state {chain.get('state')!r}, not redeemed")
+    if chain.get("spent") != paid or chain.get("redeemed") != paid:
+        problems.append(f"spent {chain.get('spent')}, redeemed {chain.get('redeemed')}, "
+                        f"the stream cost {paid}")
     return problems
 
 
@@ -909,8 +1136,11 @@ async def run_demo(folder: Path | None = None, reporter: Reporter | None = None
                     # Side by side where the steps touch apart: each command is a
                     # process that mostly keeps one core busy starting up.
                     await _together([demo.commerce], [demo.timestamp])
-                    await _together([demo.mail, demo.contracts, demo.fair_purchase],
-                                    [demo.dispute])
+                    # The stream kills the seller: nothing else uses it meanwhile; the
+                    # wait for its redemption goes with what follows.
+                    await _together([demo.stream, functools.partial(
+                        _together, [demo.redeemed],
+                        [demo.mail, demo.contracts, demo.fair_purchase])], [demo.dispute])
                     await demo.books()
             finally:
                 with trio.CancelScope(shield=True):
