@@ -1,0 +1,206 @@
+"""Streamed delivery attacked as an outside peer that read protocol.md 13 would
+(issue 10 review): chunks without pay or beyond what was paid, a seller made to hold
+more than a chunk per stream, and the seller's redemption racing a tick. In-process
+agents over loopback TLS, as tests/test_delivery_agents.py."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+from market_helpers import wait_until
+from test_delivery_agents import (
+    DEADLINE,
+    SKU,
+    balances_of,
+    half_bought,
+    market,
+    refused,
+    restart_seller,
+    seller_chain,
+)
+
+from semper.agents.components._delivery_seller import DeliverySeller
+from semper.services.statements import Statement
+from semper.transport import RemoteError
+
+
+class Settable:
+    """A clock the test sets (Unix ms), starting at the machine's time."""
+
+    def __init__(self) -> None:
+        self.ms = time.time_ns() // 1_000_000
+
+    def now_ms(self) -> int:
+        return self.ms
+
+
+# -- (a) chunks beyond what the ticket sold ------------------------------------------
+
+
+async def test_a_chunk_past_the_last_is_out_of_order_not_an_internal_error(
+        tmp_path: Path) -> None:
+    """After the last chunk the stream's next index is ``chunks``: asking for it
+    passed the order check and the seller failed reading a chunk that is not there
+    (internal.error). It is delivery.out_of_order, for a ticket paid whole and for
+    a purse ticket alike (the payword is not even looked at)."""
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            for module in ("transfer", "purse"):
+                ticket, chain = await half_bought(m, tmp_path, f"end-{module}", module,
+                                                  chunks=4)
+                async with m.buyer.connect("seller") as channel:
+                    opened = await channel.request("delivery", "open",
+                                                   {"ticket": ticket, "from": 4})
+                    asked: dict[str, Any] = {"stream": opened["stream"], "index": 4}
+                    if chain is not None:
+                        from semper.agents.components._purse import Purse
+
+                        asked["payword"] = await m.buyer.component(Purse).pay(chain, 4)
+                    last = await channel.request("delivery", "chunk", asked)
+                    assert last["index"] == 4
+                    past = {"stream": opened["stream"], "index": 5}
+                    error = await refused(channel.request("delivery", "chunk", past),
+                                          "delivery.out_of_order")
+                    assert error.detail["index"] == 5
+
+
+# -- (c) a slow or greedy reader: one chunk in hand per stream ------------------------
+
+
+async def test_concurrent_chunk_requests_of_one_stream_are_answered_one_at_a_time(
+        tmp_path: Path) -> None:
+    """protocol.md 13.3: the seller answers one chunk request at a time per stream,
+    so a reader holds at most one chunk of the seller's. Requests sent together on a
+    resumed purse stream (its chunks paid, so no payword stops them) all passed the
+    order check before any answered, and the seller read and queued one chunk per
+    request (up to max_in_flight, 1024, of them at once). Now one is answered and
+    the others are delivery.busy."""
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            ticket, _ = await half_bought(m, tmp_path, "greedy", "purse", chunks=3)
+            async with m.buyer.connect("seller") as channel:
+                opened = await channel.request("delivery", "open", {"ticket": ticket, "from": 0})
+                answers: list[Any] = []
+
+                async def ask() -> None:
+                    try:
+                        answers.append(await channel.request("delivery", "chunk", {
+                            "stream": opened["stream"], "index": 0}))
+                    except RemoteError as exc:
+                        answers.append(exc.code)
+
+                async with trio.open_nursery() as nursery:
+                    for _ in range(20):
+                        nursery.start_soon(ask)
+            served = [a for a in answers if isinstance(a, dict)]
+            assert len(served) == 1, [a if isinstance(a, str) else a["index"] for a in answers]
+            codes = {a for a in answers if isinstance(a, str)}
+            assert codes <= {"delivery.busy", "delivery.out_of_order"}, codes
+
+
+# -- (b) the seller's redemption racing a tick ----------------------------------------
+
+
+async def ticketed(m: Any, tmp_path: Path, key: str, monkeypatch: Any) -> tuple[bytes, bytes]:
+    """A purse purchase that got its ticket and stopped before its first chunk."""
+    from semper.agents.components._delivery_buyer import StreamClient
+    from semper.agents.components._purchase import Shopper
+
+    class Stop(Exception):
+        pass
+
+    async def stop(*args: Any, **kwargs: Any) -> None:
+        raise Stop
+
+    with monkeypatch.context() as patched:
+        patched.setattr(StreamClient, "_stream", stop)
+        try:
+            await Shopper(m.buyer, output=tmp_path / f"{key}.bin").buy("seller", SKU, "purse",
+                                                                        key)
+        except Stop:
+            pass
+    row = await m.buyer.database.read(lambda c: c.execute(
+        "SELECT ticket, chain FROM delivery_downloads WHERE key = ?", (key,)).fetchone())
+    return row[0], row[1]
+
+
+async def _expiry_race(m: Any, tmp_path: Path, key: str, chunks: int,
+                       monkeypatch: Any = None) -> tuple[bytes, int]:
+    """A purse stream stopped after ``chunks`` chunks, the seller restarted on a clock
+    set to the chain's expiry (the ticket's last instant, when its redemption comes
+    due), a tick of the next chunk started while the redemption task looks at the
+    chain; the chain and the highest tick the seller committed."""
+    from semper.agents.components._purse import Purse
+
+    if chunks:
+        ticket, chain = await half_bought(m, tmp_path, key, "purse", chunks=chunks)
+    else:
+        ticket, chain = await ticketed(m, tmp_path, key, monkeypatch)
+    assert chain is not None
+    expires = Statement.from_bytes(ticket).body["expires"]
+    clock = Settable()
+    clock.ms = expires - 60_000  # not yet due
+    await restart_seller(m, clock=clock)
+    delivery = m.seller.component(DeliverySeller)
+    payword = await m.buyer.component(Purse).pay(chain, chunks)
+    lock = delivery._chains.setdefault(chain, trio.Lock())
+    await lock.acquire()  # a tick in progress (its commit slow): others queue
+    async with m.buyer.connect("seller") as channel:
+        opened = await channel.request("delivery", "open", {"ticket": ticket, "from": chunks})
+        async with trio.open_nursery() as nursery:
+            got: list[Any] = []
+
+            async def chunk() -> None:
+                got.append(await channel.request("delivery", "chunk", {
+                    "stream": opened["stream"], "index": chunks, "payword": payword}))
+
+            nursery.start_soon(chunk)
+            await wait_until(lambda: lock.statistics().tasks_waiting == 1, "the tick waits")
+            clock.ms = expires  # the chain's redemption is due; a chunk still is too
+            delivery._wake.set()
+            await wait_until(lambda: lock.statistics().tasks_waiting == 2,
+                             "the redemption waits for the tick")
+            lock.release()
+        assert got[0]["index"] == chunks  # the chunk left: it was paid by a tick
+    await wait_until(lambda: m.seller.database.read_sync(lambda c: c.execute(
+        "SELECT redeem_at FROM delivery_chains").fetchone())[0] is None, "redeemed")
+    return chain, (await seller_chain(m))[1]
+
+
+async def test_a_redemption_due_while_a_chunk_is_ticked_redeems_that_tick(
+        tmp_path: Path) -> None:
+    """The redemption task read the chain's highest tick before it took the chain's
+    lock: a tick committed in between (the chunk sent, paid by payword 3) was left
+    out and the bank paid 2 chunks of 3 sent, for good (once per chain). It reads
+    the tick under the lock now: the bank pays the 3."""
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            seller_before = await balances_of(m, "seller")
+            chain, highest = await _expiry_race(m, tmp_path, "race", chunks=2)
+            assert highest == 3
+            row = await m.seller.database.read(lambda c: c.execute(
+                "SELECT state, redeemed FROM delivery_chains").fetchone())
+            assert row[0] == "redeemed", row
+            assert Statement.from_bytes(row[1]).body["index"] == 3
+            assert (await balances_of(m, "seller"))["EUR"] == seller_before["EUR"] + 3 * 3
+
+
+async def test_an_unused_chain_due_while_its_first_chunk_is_ticked_is_redeemed(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """The same race on a chain with no tick yet: the task saw highest 0 and marked
+    the chain 'unused' (never to be redeemed) while the first tick committed and its
+    chunk left: the seller was never paid for it. Read under the lock, the tick is
+    seen and redeemed."""
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            seller_before = await balances_of(m, "seller")
+            _, highest = await _expiry_race(m, tmp_path, "race0", chunks=0,
+                                              monkeypatch=monkeypatch)
+            assert highest == 1
+            row = await m.seller.database.read(lambda c: c.execute(
+                "SELECT state FROM delivery_chains").fetchone())
+            assert row[0] == "redeemed", row
+            assert (await balances_of(m, "seller"))["EUR"] == seller_before["EUR"] + 3
