@@ -133,12 +133,19 @@ def test_buy_by_purse_pays_chunks_times_price(market: Market, running: Running,
     done = buy(market, SKU, output)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
+    receipt = result.pop("receipt")
     assert result == {"state": "done", "chunks": CHUNKS, "bytes": len(CONTENT),
                       "root": result["root"], "paid": {"currency": "EUR",
                                                        "minor_units": CHUNKS * UNIT},
                       "resumed_from": 0}
     assert output.read_bytes() == CONTENT
     key = key_of(done)
+    # It ends in the seller's receipt naming the chain's redemption, and the
+    # purchase is done (semper wallet), as one paid by transfer or cheque.
+    assert receipt["sku"] == SKU and receipt["payment_type"] == "purse.redeemed"
+    assert receipt["amount"] == {"currency": "EUR", "minor_units": CHUNKS * UNIT}
+    wallet = json.loads(semper("wallet", "--config", market.config("buyer"), "--json").stdout)
+    assert next(p for p in wallet["purchases"] if p["key"] == key)["state"] == "done"
     wait_redeemed(market, chain_of(market, key))
     assert balance(market, "seller") == seller_before + CHUNKS * UNIT
     assert balance(market, "buyer") == buyer_before - CHUNKS * UNIT

@@ -243,8 +243,9 @@ def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
     outcome = trio.run(run)
     if shopper is not None and key in shopper.streamed:  # a streamed item, in --output
         streamed = shopper.streamed[key]
-        if as_json:
-            click.echo(json.dumps(streamed.to_json()))
+        if as_json:  # the keys, and the receipt as a whole purchase's
+            click.echo(json.dumps({**streamed.to_json(),
+                                   "receipt": outcome.to_json()["receipt"]}))
             return
         click.echo(f"{streamed.chunks} chunks ({counted(streamed.bytes, 'byte')}) verified "
                    f"against root {streamed.root.hex()[:16]}... and written to "
