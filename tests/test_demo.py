@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_cli import _env, semper_argv
 
 from semper.agents.operator._demo import (
@@ -272,3 +273,29 @@ def test_the_redeemed_check_wants_what_was_spent_paid_once() -> None:
     for wrong in ({"state": "reserved"}, {"state": "released"}, {"redeemed": less},
                   {"spent": less}):
         assert _redeemed_problems({**chain, **wrong}, paid), wrong
+
+
+def test_semper_demo_prints_colons_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A check's text is printed as it is: a crash point ``stream.seller.chunk:100:`` or
+    a command's error naming ``:smile:`` is not read as an emoji code (the console
+    printed ``chunk💯`` in place of ``chunk:100:``), in the live lines and in the
+    failures listed at the end."""
+    from click.testing import CliRunner
+
+    from semper.agents.cli import cmd_demo
+    from semper.agents.operator._demo import Check, DemoResult
+
+    held = Check("died at stream.seller.chunk:100: interrupted", True, "key a:100:b")
+    failed = Check("a check at :smile:", False, "semper: x.y: code :thumbsup: said")
+
+    async def fake(reporter: Any) -> DemoResult:
+        for check in (held, failed):
+            reporter.checked(check)
+        return DemoResult(agents=[], checks=[held, failed])
+
+    monkeypatch.setattr(cmd_demo, "run_demo", fake)
+    done = CliRunner().invoke(cmd_demo.command, [])
+    assert "demo failed: 1 of 2 checks did not hold" in done.output, done.output
+    for text in ("stream.seller.chunk:100: interrupted", "key a:100:b", "a check at :smile:",
+                 "code :thumbsup: said"):
+        assert done.output.count(text) == (1 if "100" in text else 2), (text, done.output)

@@ -45,7 +45,7 @@ def command() -> int:
     cheque, refund, repeat a purchase safely, timestamp, check and file a dispute, send
     certified mail, sign contracts and buy fairly from a seller killed midway, check
     the books, stop cleanly."""
-    console = Console()
+    console = Console(emoji=False)  # a check's text as it is: no ':100:' emoji
     with console.status("starting...") as status:
         result = trio.run(functools.partial(run_demo, reporter=_Live(console, status)))
     if result.after:

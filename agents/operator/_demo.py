@@ -830,7 +830,6 @@ class _Demo:
         output = self.files / f"{sku}.bin"
         argv = ("buy", "--config", self.config("buyer"), "--seller", seller, "--item", sku,
                 "--pay", "purse", "--output", str(output), "--idempotency-key", key, "--json")
-        # (No "crash.point:K:" in a line: the console would read ":K:" as an emoji.)
         what = f"semper buy --item {sku} --pay purse --output FILE from {seller} dying at " \
                f"chunk {STREAM_AT}"
         self.reporter.doing(f"{what} --idempotency-key {key} --json")
