@@ -42,7 +42,8 @@ class _Live(Reporter):
 @click.command("demo")
 def command() -> int:
     """Run a local market: start every agent, reach every pair, buy by transfer and by
-    cheque, refund, repeat a purchase safely, timestamp, check and file a dispute, send
+    cheque, refund, repeat a purchase safely, stream one paid by purse and resume it
+    after killing the seller, timestamp, check and file a dispute, send
     certified mail, sign contracts and buy fairly from a seller killed midway, check
     the books, stop cleanly."""
     console = Console(emoji=False)  # a check's text as it is: no ':100:' emoji

@@ -2,7 +2,9 @@
 
 ``run_demo`` makes a market in a temporary folder (``market init``: the bank opens EUR
 accounts for buyer and seller and funds the buyer) and starts every agent as its own
-``semper agent run`` process: ca, bank, seller, buyer, notary, arbiter. Then, in order:
+``semper agent run`` process: ca, bank, seller, buyer, notary, arbiter (the seller with
+``SEMPER_CRASH_AT=stream.seller.chunk:100``: it dies when it is to send chunk 100 of
+a stream, and nothing streams before step 3). Then, in order:
 
 1. Every agent reaches every other. The demo opens each channel itself, holding the
    dialling agent's own key and certificate (what ``semper ping`` does, without
@@ -15,7 +17,16 @@ accounts for buyer and seller and funds the buyer) and starts every agent as its
    cheque), ``semper refund`` of one of them, and one bought again with the same
    ``--idempotency-key`` between two ``semper wallet --json``: the same receipt comes
    back and the buyer's balance does not move.
-3. The notary's services and the arbiter (issue 9), each command a process again:
+3. A streamed purchase paid by purse (issue 10): ``semper buy --item course-004 --pay
+   purse --output FILE --json`` (257 chunks, 32 MiB): the seller dies at chunk 100 and
+   the buyer exits non-zero with one line naming its key; its purse (``semper purse
+   list --offline``) shows 101 paywords spent for the 100 chunks it holds; the seller
+   is started again normally and the same command resumes at chunk 100
+   (``resumed_from``), the file's SHA-256 the offer's ``content_digest``. While the
+   rest goes on, ``semper purse list`` is asked until it shows the chain redeemed
+   (within 10 s of the stream's end) for exactly what was spent.
+   Beside steps 2 and 3 and after them, the notary's services and the arbiter (issue 9), each
+   command a process again:
    ``semper timestamp`` of a file, its token verified offline with the market root
    alone (``timestamp verify``) and refused for a changed file; the buyer's evidence
    bundle of a purchase (``archive export``) judged offline (``dispute check``: every
@@ -30,9 +41,11 @@ accounts for buyer and seller and funds the buyer) and starts every agent as its
    gets the goods through the notary, matching the offer's digest; the seller is
    started again normally.
 4. ``semper bank accounts --json`` again. Each account must have changed by exactly
-   what the payments (the fair purchase's too) and the refund the commands reported
-   imply, the total over all customer accounts must not have changed, and the bank
-   must report balanced books.
+   what the payments (the fair purchase's and the purse's too) and the refund the
+   commands reported imply; beyond the other payments the seller got exactly chunks x
+   price_per_chunk by purse and the buyer paid that, the bank's ``@purse-reserved``
+   holding nothing; the total over all customer accounts must not have changed, and
+   the bank must report balanced books.
 5. Every agent is stopped with SIGTERM and must exit 0.
 
 Each of these is a ``Check``; the demo passes only if every one holds. A
