@@ -13,6 +13,7 @@ import trio
 from market_helpers import wait_until
 from test_delivery_agents import (
     DEADLINE,
+    REFUNDABLE,
     SKU,
     balances_of,
     half_bought,
@@ -23,6 +24,7 @@ from test_delivery_agents import (
 )
 
 from semper.agents.components._delivery_seller import DeliverySeller
+from semper.agents.components._purchase import Shopper
 from semper.services.statements import Statement
 from semper.transport import RemoteError
 
@@ -107,7 +109,6 @@ async def test_concurrent_chunk_requests_of_one_stream_are_answered_one_at_a_tim
 async def ticketed(m: Any, tmp_path: Path, key: str, monkeypatch: Any) -> tuple[bytes, bytes]:
     """A purse purchase that got its ticket and stopped before its first chunk."""
     from semper.agents.components._delivery_buyer import StreamClient
-    from semper.agents.components._purchase import Shopper
 
     class Stop(Exception):
         pass
@@ -179,7 +180,7 @@ async def test_a_redemption_due_while_a_chunk_is_ticked_redeems_that_tick(
     with trio.fail_after(DEADLINE):
         async with market(tmp_path) as m:
             seller_before = await balances_of(m, "seller")
-            chain, highest = await _expiry_race(m, tmp_path, "race", chunks=2)
+            _, highest = await _expiry_race(m, tmp_path, "race", chunks=2)
             assert highest == 3
             row = await m.seller.database.read(lambda c: c.execute(
                 "SELECT state, redeemed FROM delivery_chains").fetchone())
@@ -204,3 +205,48 @@ async def test_an_unused_chain_due_while_its_first_chunk_is_ticked_is_redeemed(
                 "SELECT state FROM delivery_chains").fetchone())
             assert row[0] == "redeemed", row
             assert (await balances_of(m, "seller"))["EUR"] == seller_before["EUR"] + 3
+
+
+# -- (a) chunks after the payment went back ---------------------------------------------
+
+
+async def test_a_purse_order_refunded_is_not_streamed_again(tmp_path: Path) -> None:
+    """A refundable streamed item bought whole by purse (the chain redeemed, the
+    sale receipted) and then refunded: the payment is back with the buyer, yet its
+    purse ticket opened a stream again and every chunk came without a payword (all
+    below the highest tick). As for a ticket paid whole (commerce.fetch refuses a
+    refunded order's goods), delivery.open is commerce.refunded."""
+
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            before = await balances_of(m, "buyer")
+            shopper = Shopper(m.buyer, output=tmp_path / "r.bin")
+            done = await shopper.buy("seller", REFUNDABLE, "purse", "pr1")
+            assert done.state == "done"
+            refunded = await Shopper(m.buyer).refund("pr1")
+            assert refunded.state == "refunded"
+            assert (await balances_of(m, "buyer"))["EUR"] == before["EUR"]  # all back
+            ticket = await m.buyer.database.read(lambda c: c.execute(
+                "SELECT ticket FROM delivery_downloads WHERE key = 'pr1'").fetchone()[0])
+            async with m.buyer.connect("seller") as channel:
+                await refused(channel.request("delivery", "open", {"ticket": ticket, "from": 0}),
+                              "commerce.refunded")
+
+
+async def test_a_stream_open_when_its_order_is_refunded_stops(tmp_path: Path) -> None:
+    """The same kind, found here: a stream opened before the refund went on serving
+    chunks after it (only delivery.open looked at the sale). The refund ends what
+    is open of that order: the next chunk is commerce.refunded."""
+
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            ticket, _ = await half_bought(m, tmp_path, "sr1", "transfer", sku=REFUNDABLE)
+            async with m.buyer.connect("seller") as channel:
+                opened = await channel.request("delivery", "open", {"ticket": ticket, "from": 1})
+                first = await channel.request("delivery", "chunk",
+                                              {"stream": opened["stream"], "index": 1})
+                assert first["index"] == 1
+                assert (await Shopper(m.buyer).refund("sr1")).state == "refunded"
+                await refused(channel.request("delivery", "chunk",
+                                              {"stream": opened["stream"], "index": 2}),
+                              "commerce.refunded")

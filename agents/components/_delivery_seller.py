@@ -155,6 +155,8 @@ class DeliverySeller(Component):
         self.max_streams = 64
         self.max_streams_per_buyer = 4
         self._streams: dict[int, _Stream] = {}
+        #: orders refunded while this seller runs: their open streams stop at once
+        self._refunded: set[bytes] = set()
         self._next_id = 1
         self._wake = trio.Event()  # a redemption came due sooner: look again
         self._chains: dict[bytes, trio.Lock] = {}
@@ -319,11 +321,12 @@ class DeliverySeller(Component):
             raise BadTicket("no ticket of ours has that id", detail={"field": "ticket"})
         if row[0] != ticket.order:
             raise BadTicket("the ticket is for another order", detail={"field": "order"})
-        if row[2] is None:  # paid whole: not once the payment went back
-            sale = await self._sales()._sale_of(ticket.order, buyer)
-            if sale.state in _REFUNDED:
-                raise Refunded("the order was refunded: its goods are not delivered again",
-                               detail={"state": sale.state.value})
+        # Not once the payment went back: paid whole, or by a purse chain redeemed
+        # and refunded (its chunks, all below the highest tick, would come free).
+        sale = await self._sales()._sale_of(ticket.order, buyer)
+        if sale.state in _REFUNDED or ticket.order in self._refunded:
+            raise Refunded("the order was refunded: its goods are not delivered again",
+                           detail={"state": sale.state.value})
         item = self._item(row[1])
         assert item.stream is not None
         if not 0 <= start < item.stream.chunks:
@@ -372,6 +375,9 @@ class DeliverySeller(Component):
         if self.context.now_ms() > stream.ticket.expires:
             raise TicketExpired("the ticket expired", detail={
                 "expires": stream.ticket.expires, "now_ms": self.context.now_ms()})
+        if stream.ticket.order in self._refunded:
+            raise Refunded("the order was refunded: its goods are not delivered again",
+                           detail={"state": SaleState.REFUNDED.value})
         stream.busy = True
         try:
             if stream.chain is not None:
@@ -431,6 +437,11 @@ class DeliverySeller(Component):
             checker.accept(index + 1, payword)  # one hash again, after the commit
             if done:
                 self._wake.set()
+
+    def refunded(self, order: bytes) -> None:
+        """``order``'s payment went back (``commerce.refund``): a stream of it open
+        now serves no more chunks (``delivery.open`` reads the sale for later ones)."""
+        self._refunded.add(order)
 
     @handles(delivery_ops.CLOSE)
     async def close(self, context: RequestContext, request: CloseRequest) -> dict[str, Any]:

@@ -589,6 +589,8 @@ class Sales(Component):
                     else:
                         await self._archive([decision], context.peer, order)
                 await self._save(sale, buyer, refund=answer)
+        if sale.state in (SaleState.REFUNDING, SaleState.REFUND_CONFIRMED, SaleState.REFUNDED):
+            self.context.component(DeliverySeller).refunded(order)  # its streams stop
         return answer
 
     async def _refund_asked_at(self, order: bytes) -> int | None:
