@@ -32,7 +32,7 @@ import trio
 from semper.agents.runtime._component import Component
 from semper.agents.runtime._faults import crash_point
 from semper.services import Amount
-from semper.services.delivery import StreamInfo, verify_chunk
+from semper.services.delivery import BadChunk, StreamInfo, verify_chunk
 from semper.services.statements import Statement
 
 __all__ = ["DeliveryDownloads", "StreamClient", "StreamInterrupted", "StreamOutcome",
@@ -216,6 +216,12 @@ class StreamClient:
                                    held["paid_currency"])
             except Exception as exc:
                 code = getattr(exc, "code", "")
+                if code == "delivery.bad_chunk" and isinstance(exc, BadChunk):
+                    # Nothing of it written, nothing paid beyond it: say how to resume.
+                    raise BadChunk(f"{exc.message} (the seller sent it); nothing of it was "
+                                   f"written. Run the same semper buy with --idempotency-key "
+                                   f"{key} to resume at chunk {progress[0]}",
+                                   detail=exc.detail) from exc
                 if isinstance(exc, DigestMismatch) or (
                         code.startswith(("delivery.", "purse.")) and code != "delivery.busy"):
                     raise  # a refusal or a bad chunk: running it again would not help
@@ -227,10 +233,15 @@ class StreamClient:
         opened = await channel.request("delivery", "open",
                                        {"ticket": ticket.to_bytes(), "from": progress[0]})
         stream = opened["stream"]
+        drawn: bytes | Exception | None = None  # the next chunk's payword, if drawn
         for index in range(progress[0], info.chunks):
             asked: dict[str, Any] = {"stream": stream, "index": index}
             if pay is not None:  # paid only now: chunk index-1 verified and written
-                asked["payword"] = await pay(index)
+                if drawn is None:
+                    drawn = await pay(index)
+                elif isinstance(drawn, Exception):
+                    raise drawn
+                asked["payword"], drawn = drawn, None
             crash_point("stream.buyer.chunk", index)  # paid (if by purse), not received
             answer = await channel.request("delivery", "chunk", asked)
             data, proof = _chunk_answer(answer, index)
@@ -238,13 +249,43 @@ class StreamClient:
             await trio.to_thread.run_sync(os.pwrite, fd, data, index * info.chunk_size)
             if unit is not None:
                 progress[1] = unit.minor_units * (index + 1)
-            await self._verified(key, index + 1, progress[1])
+            if pay is not None and index + 1 < info.chunks:
+                drawn = await self._verified_and_pay(key, index + 1, progress[1], pay)
+            else:
+                await self._verified(key, index + 1, progress[1])
             progress[0] = index + 1
             self._progress(StreamProgress(
                 chunks=index + 1, of=info.chunks,
                 bytes=min(info.length, (index + 1) * info.chunk_size), length=info.length,
                 paid=Amount(currency, progress[1])))
         await channel.request("delivery", "close", {"stream": stream})
+
+    async def _verified_and_pay(self, key: str, count: int, paid_units: int, pay: Pay
+                                ) -> bytes | Exception:
+        """Commit ``count`` chunks verified and draw the payword of chunk ``count`` in
+        one commit group (one fsync instead of two in series: each chunk waited for
+        both; bench/stream.py). The count is queued first (``transaction`` queues
+        before it first yields, and the draw starts only then), so on disk the
+        purse's spent never runs more than one ahead of the count. The draw's
+        failure is returned, to be raised where the payword is needed."""
+        drawn: list[bytes | Exception] = []
+
+        async def draw() -> None:
+            try:
+                drawn.append(await pay(count))
+            except Exception as exc:
+                drawn.append(exc)
+
+        failed: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(draw)
+            try:
+                await self._verified(key, count, paid_units)
+            except Exception as exc:
+                failed = exc
+        if failed is not None:
+            raise failed
+        return drawn[0]
 
     async def _verified(self, key: str, count: int, paid_units: int) -> None:
         now = self.agent.clock.now_ms()
@@ -277,8 +318,6 @@ class StreamClient:
 
 
 def _chunk_answer(answer: Any, index: int) -> tuple[bytes, list[bytes]]:
-    from semper.services.delivery import BadChunk
-
     if not isinstance(answer, dict) or answer.get("index") != index \
             or type(answer.get("data")) is not bytes or not isinstance(answer.get("proof"), list):
         raise BadChunk(f"the answer for chunk {index} is not a chunk", detail={"index": index})
