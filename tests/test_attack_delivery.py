@@ -250,3 +250,67 @@ async def test_a_stream_open_when_its_order_is_refunded_stops(tmp_path: Path) ->
                 await refused(channel.request("delivery", "chunk",
                                               {"stream": opened["stream"], "index": 2}),
                               "commerce.refunded")
+
+
+# -- (c) the live feed example: one chunk request at a time per stream ----------------
+
+
+async def test_a_live_stream_answers_one_chunk_request_at_a_time(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """The same kind in examples/live_feed: requests of one live stream sent
+    together each waited for the chunk and then each was answered with a copy of
+    it (the first paid it, the others came under its tick). Now one is answered and
+    the others are delivery.busy."""
+    from test_live_feed import FEED, _subscribed
+    from test_live_feed import market as live_market
+
+    from semper.agents.components._purse import Purse
+    from semper.services.delivery import Ticket
+
+    with trio.fail_after(DEADLINE):
+        async with live_market(tmp_path, monkeypatch) as m:
+            ticket, _ = await _subscribed(m, 4, "greedy-live")
+            chain = Ticket.from_statement(ticket).chain
+            assert chain is not None
+            payword = await m.buyer.component(Purse).pay(chain, 0)
+            async with m.buyer.connect(FEED) as channel:
+                opened = await channel.request("delivery", "open",
+                                               {"ticket": ticket.to_bytes(), "from": 0})
+                answers: list[Any] = []
+
+                async def ask() -> None:
+                    try:
+                        answers.append(await channel.request("delivery", "chunk", {
+                            "stream": opened["stream"], "index": 0, "payword": payword}))
+                    except RemoteError as exc:
+                        answers.append(exc.code)
+
+                async with trio.open_nursery() as nursery:
+                    for _ in range(10):
+                        nursery.start_soon(ask)
+            served = [a for a in answers if isinstance(a, dict)]
+            codes = {a for a in answers if isinstance(a, str)}
+            assert len(served) == 1 and codes == {"delivery.busy"}, (len(served), codes)
+
+
+async def test_a_live_feed_bounds_the_streams_of_one_buyer(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """Issue 10: the seller bounds concurrent streams per buyer and in all. The live
+    feed bounded them in all only (16), so one buyer with cheap one-chunk tickets
+    could hold every stream the feed serves. ``max_streams_per_buyer`` (default 4)
+    refuses its next with delivery.too_many_streams, scope buyer."""
+    import test_live_feed
+    from test_live_feed import FEED, _subscribed
+    from test_live_feed import market as live_market
+
+    monkeypatch.setitem(test_live_feed.SETTINGS, "max_streams_per_buyer", 2)
+    with trio.fail_after(DEADLINE):
+        async with live_market(tmp_path, monkeypatch) as m:
+            tickets = [(await _subscribed(m, 1, f"one-{i}"))[0] for i in range(3)]
+            async with m.buyer.connect(FEED) as channel:
+                for ticket in tickets[:2]:
+                    await channel.request("delivery", "open",
+                                          {"ticket": ticket.to_bytes(), "from": 0})
+                error = await refused(channel.request("delivery", "open", {
+                    "ticket": tickets[2].to_bytes(), "from": 0}), "delivery.too_many_streams")
+                assert error.detail == {"limit": 2, "scope": "buyer"}

@@ -145,6 +145,8 @@ class _Open:
     channel: Any
     next: int
     since: int = 0
+    #: a chunk request of this stream is being answered (one at a time: the window)
+    busy: bool = False
 
 
 class TickerFeed(Component):
@@ -159,6 +161,7 @@ class TickerFeed(Component):
         self.price = Amount("EUR", 1)
         self.period_ms, self.every_chunks, self.every_ms = 250, 8, 2_000
         self.max_chunks, self.max_streams = 10_000, 16
+        self.max_streams_per_buyer = 4
         self._feeds: dict[bytes, _Feed] = {}
         self._open: dict[int, _Open] = {}
         self._next = 1
@@ -169,7 +172,7 @@ class TickerFeed(Component):
 
     def configure(self, settings: Mapping[str, Any]) -> None:
         known = {"price_per_chunk", "period_ms", "every_chunks", "every_ms", "max_chunks",
-                 "max_streams"}
+                 "max_streams", "max_streams_per_buyer"}
         if set(settings) - known:
             raise ConfigError(f"[components.delivery] takes {', '.join(sorted(known))}")
         if "price_per_chunk" in settings:
@@ -279,6 +282,11 @@ class TickerFeed(Component):
         if any(o.feed.ticket.ticket == ticket.ticket for o in self._open.values()):
             raise Busy("a stream of this ticket is open already",
                        detail={"ticket": ticket.ticket.hex()})
+        mine = sum(1 for o in self._open.values() if o.buyer == buyer)
+        if mine >= self.max_streams_per_buyer:
+            raise TooManyStreams(f"{buyer} has {mine} streams open, the most one buyer may",
+                                 detail={"limit": self.max_streams_per_buyer,
+                                         "scope": "buyer"})
         if len(self._open) >= self.max_streams:
             raise TooManyStreams(f"{len(self._open)} streams are open, the most we serve",
                                  detail={"limit": self.max_streams, "scope": "total"})
@@ -322,6 +330,9 @@ class TickerFeed(Component):
     async def chunk(self, context: Any, request: ChunkRequest) -> ChunkAnswer:
         stream = self._stream(context, request.stream)
         index, feed = request.index, stream.feed
+        if stream.busy:  # requests sent together would each wait and take a copy
+            raise Busy("a chunk of this stream is being answered: one request at a time",
+                       detail={"stream": request.stream})
         if index != stream.next or index >= feed.ticket.stream.chunks:
             raise OutOfOrder(f"chunk {index} asked, {stream.next} is next of "
                              f"{feed.ticket.stream.chunks}",
@@ -329,17 +340,21 @@ class TickerFeed(Component):
         if self.context.now_ms() > feed.ticket.expires:
             raise TicketExpired("the ticket expired", detail={
                 "expires": feed.ticket.expires, "now_ms": self.context.now_ms()})
-        with trio.move_on_after(WAIT_S):  # produced and under a signed head
-            while feed.live.covered <= index:
-                await feed.changed.wait()
-        if feed.live.covered <= index:
-            raise NotYet(f"chunk {index} is not under a signed head yet",
-                         detail={"index": index, "size": feed.live.covered})
-        await self._tick(feed.ticket, index, request.payword)
-        frame = feed.live.frame(index, since=stream.since)
-        if frame.head is not None:
-            stream.since = feed.live.covered
-        stream.next = index + 1
+        stream.busy = True
+        try:
+            with trio.move_on_after(WAIT_S):  # produced and under a signed head
+                while feed.live.covered <= index:
+                    await feed.changed.wait()
+            if feed.live.covered <= index:
+                raise NotYet(f"chunk {index} is not under a signed head yet",
+                             detail={"index": index, "size": feed.live.covered})
+            await self._tick(feed.ticket, index, request.payword)
+            frame = feed.live.frame(index, since=stream.since)
+            if frame.head is not None:
+                stream.since = feed.live.covered
+            stream.next = index + 1
+        finally:
+            stream.busy = False
         return ChunkAnswer(index=index, data=feed.chunks[index], proof=frame.proof,
                            head=frame.head, consistency=frame.consistency)
 
