@@ -151,8 +151,18 @@ def _declared() -> tuple[tuple[str, str], ...]:
 
 
 OPS = _declared()
+#: Requests whose success may move money at the bank: the purse's reservation and
+#: redemption, and commerce.fetch (of a purse order whose every payword the seller
+#: holds, it has the seller redeem the chain first).
 MONEY_OPS = {("bank", "transfer"), ("bank", "deposit_cheque"), ("bank", "refund"),
-             ("payment", "accept"), ("commerce", "refund")}
+             ("payment", "accept"), ("commerce", "refund"), ("bank", "purse_reserve"),
+             ("bank", "purse_redeem"), ("commerce", "fetch")}
+#: A small streamed item stocked at start (3 chunks of 4 KiB), bought by purse and by
+#: transfer while recording, so the delivery channel's and the purse's ops have
+#: valid bodies (a ticket, paywords, a commitment and reservation) to perturb.
+STREAM_SKU = "clip-fuzz"
+STREAM_CHUNK = 4096
+STREAM_CONTENT = bytes((i * 13 + i // STREAM_CHUNK) % 251 for i in range(2 * STREAM_CHUNK + 99))
 STATEMENT_KEYS = frozenset({"v", "type", "body", "signer", "issued_at", "nonce", "signature"})
 FRESH = "\x00fresh-id\x00"  # stands for "the next request id" until the case is encoded
 THEIRS = "\x00their-id\x00"  # stands for the id of the agent's own request (outbound)
@@ -793,6 +803,15 @@ class Findings(logging.Handler):
             self.records.append(record)
 
 
+def _stock_stream(seller: Path) -> None:
+    """Add ``STREAM_SKU`` to the seller's catalogue on disk, before it starts."""
+    (seller / "goods" / f"{STREAM_SKU}.bin").write_bytes(STREAM_CONTENT)
+    with (seller / "catalogue.toml").open("a", encoding="utf-8") as f:
+        f.write(f'\n[[offer]]\nsku = "{STREAM_SKU}"\ntitle = "A clip"\nterms = "streamed"\n'
+                f'goods = "goods/{STREAM_SKU}.bin"\nvalid_days = 30\nstream = {{ chunk_size'
+                f' = {STREAM_CHUNK}, price_per_chunk = "EUR:1" }}\n')
+
+
 class Harness:
     """The market and its agents, in a trio loop in a thread of its own.
 
@@ -886,6 +905,7 @@ class Harness:
     async def _main(self) -> None:
         self._stop = trio.Event()
         init_market(self.folder)
+        _stock_stream(self.folder / "seller")
         everyone = ("ca", "bank", "seller", "buyer", "notary", "arbiter")
         self.signers = Signers([self.credentials(a) for a in everyone])
         buyer = self.credentials("buyer")
@@ -986,6 +1006,9 @@ class Harness:
                 await shopper.buy("seller", sku, "transfer", "fuzz-transfer")
                 await shopper.buy("seller", sku, "cheque", "fuzz-cheque")
                 await shopper.refund("fuzz-transfer")
+                for module in ("purse", "transfer"):  # the delivery channel, the purse
+                    await Shopper(buyer, output=self.folder / f"fuzz-{module}.bin").buy(
+                        "seller", STREAM_SKU, module, f"fuzz-stream-{module}")
                 await buyer.request("bank", "bank", "account", {})
                 await buyer.request("bank", "bank", "stop_cheque", {"serial": "never-drawn"})
                 note = buyer.evidence.sign("test.note", {"text": "recorded"})
