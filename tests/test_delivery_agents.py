@@ -537,3 +537,21 @@ async def test_a_forged_redemption_answer_is_not_recorded_as_redeemed(
             kept = [Statement.from_bytes(r.statement) for r in
                     await m.seller.archive.records(order)]
             assert [s for s in kept if s.type == "purse.redeemed"] == [genuine]
+
+
+async def test_a_one_frame_item_is_not_bought_by_purse(tmp_path: Path) -> None:
+    """Another purchase that could never end: a purse pays chunks, so an item sent in
+    one frame bought with --pay purse was ordered, then refused locally at the Pay
+    step, and left "ordered" for good. Now refused before anything is signed, sent
+    or stored (payment.unsupported)."""
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            before = await balances(m.buyer)
+            with pytest.raises(Exception) as info:
+                await Shopper(m.buyer).buy("seller", "guide-001", "purse", "np1")
+            assert getattr(info.value, "code", None) == "payment.unsupported"
+            assert await balances(m.buyer) == before
+            assert await m.buyer.database.read(lambda c: c.execute(
+                "SELECT count(*) FROM commerce_purchases").fetchone()[0]) == 0
+            assert await m.seller.database.read(lambda c: c.execute(
+                "SELECT count(*) FROM commerce_sales").fetchone()[0]) == 0

@@ -339,6 +339,12 @@ class Shopper:
         offer = _find(catalogue, sku)
         if offer.body.get("stream") is not None:
             self._stream_output(key)  # before anything is signed or paid
+        elif module == PURSE:  # a purse pays chunks: this purchase could never end
+            from semper.services.payment.purse import Unsupported
+
+            raise Unsupported(f"{sku!r} is not streamed: a purse pays a stream chunk by "
+                              "chunk; pay with transfer or cheque",
+                              detail={"module": PURSE, "sku": sku})
         purchase = Purchase(buyer=self.agent.id)
         chosen = purchase.receive(OfferChosen(offer=offer, payment_module=module,
                                               idempotency_key=key), now_ms=self._ms())
