@@ -1,0 +1,157 @@
+"""The purse's bank half attacked as an outside peer that read protocol.md 8.6 would
+(issue 10 review): redemptions by the wrong party, with indexes off the chain, twice
+at once; reservations whose value leaves the books' range or names a seller with no
+account. Each refusal has its code and moves no money (the books balance after
+each). In-process agents over loopback TLS, as tests/test_delivery_agents.py."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from test_delivery_agents import DEADLINE, half_bought, market
+
+from semper.agents import Agent, AgentConfig
+from semper.agents.components import _ledger
+from semper.agents.components._purse import Purse
+from semper.services import Amount
+from semper.services.payment.purse import (
+    PayWordChain,
+    PurseCommitment,
+    RedeemRequest,
+)
+from semper.services.statements import Statement
+from semper.transport import RemoteError
+
+RESERVED = _ledger.system_account("purse-reserved")
+
+
+async def books(m: Any) -> dict[str, int]:
+    """Everyone's EUR as the bank's books say (they must balance)."""
+
+    def read(c: Any) -> dict[str, int]:
+        _ledger.check_books(c)
+        return {who: _ledger.balances(c, who).get("EUR", 0)
+                for who in ("buyer", "seller", RESERVED)}
+
+    return await m.bank.database.read(read)
+
+
+async def refused(call: Any, code: str) -> RemoteError:
+    with pytest.raises(RemoteError) as info:
+        await call
+    assert info.value.code == code, info.value
+    return info.value
+
+
+async def chain_of_two(m: Any, tmp_path: Path, key: str) -> tuple[Any, bytes, bytes]:
+    """A purse stream of 5 chunks stopped after 2: the buyer's chain record, and
+    paywords 2 (what the seller holds) and 3."""
+    _, chain = await half_bought(m, tmp_path, key, "purse", chunks=2)
+    assert chain is not None
+    purse = m.buyer.component(Purse)
+    second = await purse.pay(chain, 1)  # payword 2, revealed before
+    record = await purse.get(chain)
+    secret = await m.buyer.database.read(lambda c: c.execute(
+        "SELECT secret FROM purse_chains WHERE chain = ?", (chain,)).fetchone()[0])
+    return record, second, PayWordChain.from_secret_bytes(secret).payword(3)
+
+
+def redeem(record: Any, payword: bytes, index: int, **swap: Any) -> dict[str, Any]:
+    fields = {"commitment": record.commitment, "reservation": record.reservation,
+              "payword": payword, "index": index, **swap}
+    return RedeemRequest(**fields).to_wire()  # type: ignore[no-any-return]
+
+
+async def test_only_the_chains_seller_redeems_and_only_a_payword_of_the_chain(
+        tmp_path: Path) -> None:
+    """The buyer (who holds every payword) and a third agent get purse.unknown_chain;
+    the seller with index 0, n+1, 2^62, a payword that is not w_k, or another
+    statement as the reservation is refused with its code; nothing moves."""
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            record, second, third = await chain_of_two(m, tmp_path, "a1")
+            held = await books(m)
+            for agent in (m.buyer, Agent(AgentConfig.load(m.folder / "arbiter" / "agent.toml"))):
+                if agent is m.buyer:
+                    await refused(agent.request("bank", "bank", "purse_redeem",
+                                                redeem(record, second, 2)),
+                                  "purse.unknown_chain")
+                else:
+                    async with agent.session():
+                        await refused(agent.request("bank", "bank", "purse_redeem",
+                                                    redeem(record, second, 2)),
+                                      "purse.unknown_chain")
+            for payword, index, code in ((second, 0, "purse.bad_payword"),
+                                         (second, 6, "purse.beyond_chain"),
+                                         (second, 2 ** 62, "purse.beyond_chain"),
+                                         (third, 2, "purse.bad_payword"),
+                                         (bytes(32), 1, "purse.bad_payword")):
+                with trio.fail_after(5):  # no 2^62 hashes
+                    await refused(m.seller.request("bank", "bank", "purse_redeem",
+                                                   redeem(record, payword, index)), code)
+            await refused(m.seller.request("bank", "bank", "purse_redeem", redeem(
+                record, second, 2, reservation=record.commitment)), "payment.bad_request")
+            assert await books(m) == held
+
+
+async def test_two_redemptions_at_once_pay_once(tmp_path: Path) -> None:
+    """The seller asks twice at once, with payword 2 and with payword 3 (the buyer
+    revealed it): one is paid, the other is purse.already_redeemed, and the books
+    show exactly one redemption: paid + returned = the reservation."""
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            record, second, third = await chain_of_two(m, tmp_path, "a2")
+            held = await books(m)
+            outcomes: list[Any] = []
+
+            async def ask(payword: bytes, index: int) -> None:
+                try:
+                    answer = await m.seller.request("bank", "bank", "purse_redeem",
+                                                    redeem(record, payword, index))
+                    outcomes.append(Statement.from_wire(answer["redeemed"]).body["index"])
+                except RemoteError as exc:
+                    outcomes.append(exc.code)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask, second, 2)
+                nursery.start_soon(ask, third, 3)
+            paid = [o for o in outcomes if isinstance(o, int)]
+            assert len(paid) == 1 and "purse.already_redeemed" in outcomes, outcomes
+            after = await books(m)
+            assert after["seller"] == held["seller"] + 3 * paid[0]
+            assert after["buyer"] == held["buyer"] + 3 * (5 - paid[0])
+            assert after[RESERVED] == held[RESERVED] - 15
+
+
+async def test_reservations_out_of_range_or_for_no_account_move_nothing(
+        tmp_path: Path) -> None:
+    """A commitment whose length x unit passes 2^63-1 is purse.bad_commitment before
+    any hash or book is touched; one in a currency the seller holds no account in is
+    payment.unknown_account; one for more than the buyer holds is
+    payment.insufficient_funds. None moves money."""
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            held = await books(m)
+            purse = m.buyer.component(Purse)
+            now = m.buyer.clock.now_ms()
+            base = PurseCommitment(chain=bytes(range(32)), buyer="buyer", seller="seller",
+                                   bank="bank", root=bytes(32), length=2,
+                                   unit=Amount("EUR", 1), expires=now + 60_000)
+            body = base.to_body()
+            body["length"], body["unit"] = 2 ** 20, {"currency": "EUR",
+                                                     "minor_units": 2 ** 62}
+            cases = [(body, "purse.bad_commitment"),
+                     (dataclasses.replace(base, unit=Amount("JPY", 1)).to_body(),
+                      "payment.unknown_account"),
+                     (dataclasses.replace(base, unit=Amount("EUR", 10 ** 12)).to_body(),
+                      "payment.insufficient_funds")]
+            for i, (terms, code) in enumerate(cases):
+                statement = m.buyer.evidence.sign("purse.commitment", terms)
+                request = {"commitment": statement.to_wire(), "idempotency_key": f"r{i}"}
+                await refused(m.buyer.request("bank", "bank", "purse_reserve", request), code)
+            assert await books(m) == held
+            assert await purse.list() == []
