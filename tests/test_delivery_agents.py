@@ -555,3 +555,24 @@ async def test_a_one_frame_item_is_not_bought_by_purse(tmp_path: Path) -> None:
                 "SELECT count(*) FROM commerce_purchases").fetchone()[0]) == 0
             assert await m.seller.database.read(lambda c: c.execute(
                 "SELECT count(*) FROM commerce_sales").fetchone()[0]) == 0
+
+
+async def test_a_purse_purchase_is_refunded_like_any(tmp_path: Path) -> None:
+    """Its payment being the chain's purse.redeemed, a refundable streamed item
+    bought by purse is refunded as one paid by transfer: the money comes back and
+    the ticket no longer opens a stream."""
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            before = await balances_of(m, "buyer")
+            done = await Shopper(m.buyer, output=tmp_path / "r.bin").buy(
+                "seller", REFUNDABLE, "purse", "rf1")
+            assert done.state == "done"
+            assert (await balances_of(m, "buyer"))["EUR"] == before["EUR"] - PRICE
+            refunded = await Shopper(m.buyer).refund("rf1")
+            assert refunded.state == "refunded"
+            assert (await balances_of(m, "buyer"))["EUR"] == before["EUR"]
+            ticket = await m.buyer.database.read(lambda c: c.execute(
+                "SELECT ticket FROM delivery_downloads WHERE key = 'rf1'").fetchone()[0])
+            async with m.buyer.connect("seller") as channel:
+                await refused(channel.request("delivery", "open", {"ticket": ticket, "from": 0}),
+                              "commerce.refunded")
