@@ -876,13 +876,17 @@ class _Demo:
         chains = [c for c in held["chains"] or [] if c.get("seller") == seller]
         unit = (offer.get("stream") or {}).get("price_per_chunk") or {}
         spent = chains[0]["spent"] if len(chains) == 1 else None
+        ahead = _worth(unit, STREAM_AT + 1)  # chunks 0..K paid, chunk K never sent
+        if held["error"] or spent is None:
+            detail = held["error"] or f"{len(chains)} chains with {seller}: {chains}"
+        elif spent != ahead:
+            detail = f"spent {spent}, not {STREAM_AT + 1} paywords' worth ({ahead})"
+        else:
+            detail = (f"spent {_money(spent['minor_units'], spent['currency'])} = "
+                      f"{STREAM_AT + 1} paywords for chunks 0..{STREAM_AT}, chunk {STREAM_AT} "
+                      "never received")
         self.check(f"{buyer}'s purse at the crash: one chunk paid ahead at most",
-                   spent == _worth(unit, STREAM_AT + 1),
-                   held["error"] or (f"{len(chains)} chains with {seller}: {chains}"
-                                     if spent is None else
-                                     f"spent {_money(spent['minor_units'], spent['currency'])}"
-                                     f" = {STREAM_AT + 1} paywords for chunks 0..{STREAM_AT}, "
-                                     f"chunk {STREAM_AT} never received"))
+                   spent == ahead, detail)
         if not self.check(f"{seller} started again after chunk {STREAM_AT}, normally",
                           held["started"], "no crash point"):
             return
@@ -909,7 +913,9 @@ class _Demo:
         outcome, seller = self.streamed, self.id("seller")
         if outcome is None:  # the stream failed, and said so
             return
-        unit = self.offers[STREAM[1]]["stream"]["price_per_chunk"]
+        unit = (self.offers.get(STREAM[1], {}).get("stream") or {}).get("price_per_chunk")
+        if not isinstance(unit, dict):  # the catalogue failed, and said so
+            unit = {"currency": outcome["paid"]["currency"], "minor_units": 0}
         what = f"{seller} redeemed the chain within {REDEEM_TIMEOUT:.0f} s (semper purse list)"
         self.reporter.doing(f"{what}: waiting")
         chain: dict[str, Any] | None = None
