@@ -314,3 +314,47 @@ async def test_a_live_feed_bounds_the_streams_of_one_buyer(
                 error = await refused(channel.request("delivery", "open", {
                     "ticket": tickets[2].to_bytes(), "from": 0}), "delivery.too_many_streams")
                 assert error.detail == {"limit": 2, "scope": "buyer"}
+
+
+# -- attacks that held ----------------------------------------------------------------
+
+
+async def test_another_channels_stream_and_two_opens_at_once_are_refused(
+        tmp_path: Path) -> None:
+    """Held: a stream's number named on another channel (the buyer's own second
+    channel, or another agent's) is delivery.unknown_stream; two delivery.open of
+    one ticket at once on two channels open one stream (delivery.busy), though the
+    seller now reads the sale (an await) for every ticket before it registers it."""
+    from semper.agents import Agent, AgentConfig
+
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            ticket, _ = await half_bought(m, tmp_path, "h1", "purse", chunks=2)
+            outcomes: list[Any] = []
+            async with m.buyer.connect("seller") as one, m.buyer.connect("seller") as two:
+
+                async def open_on(channel: Any) -> None:
+                    try:
+                        outcomes.append(await channel.request(
+                            "delivery", "open", {"ticket": ticket, "from": 0}))
+                    except RemoteError as exc:
+                        outcomes.append(exc.code)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(open_on, one)
+                    nursery.start_soon(open_on, two)
+                opened = [o for o in outcomes if isinstance(o, dict)]
+                assert len(opened) == 1 and "delivery.busy" in outcomes, outcomes
+                for channel in (one, two):
+                    try:
+                        await channel.request("delivery", "chunk",
+                                              {"stream": opened[0]["stream"], "index": 0})
+                        served_on = channel
+                    except RemoteError as exc:
+                        assert exc.code == "delivery.unknown_stream"
+                other = Agent(AgentConfig.load(m.folder / "arbiter" / "agent.toml"))
+                async with other.session(), other.connect("seller") as theirs:
+                    await refused(theirs.request("delivery", "chunk", {
+                        "stream": opened[0]["stream"], "index": 1}), "delivery.unknown_stream")
+                assert served_on is not None
+            assert (await seller_chain(m))[1] == 2  # nothing ticked
