@@ -576,3 +576,38 @@ async def test_a_purse_purchase_is_refunded_like_any(tmp_path: Path) -> None:
             async with m.buyer.connect("seller") as channel:
                 await refused(channel.request("delivery", "open", {"ticket": ticket, "from": 0}),
                               "commerce.refunded")
+
+
+async def test_a_purse_receipt_delayed_by_the_bank_comes_with_the_rerun(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seller's bank does not answer the redemption the buyer's fetch asks for:
+    the run fails with a code (nothing paid twice, the file whole, the purchase still
+    paying), and the same command again gets the receipt."""
+    import semper.agents.components._delivery_seller as seller_module
+    from semper.transport import ConnectFailed
+
+    monkeypatch.setattr(seller_module, "REDEEM_AFTER_MS", 10**9)
+    real = seller_module.purse_redeem
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectFailed("the bank is down (test)")
+
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            before = await balances_of(m, "buyer")
+            output = tmp_path / "d.bin"
+            monkeypatch.setattr(seller_module, "purse_redeem", down)
+            with pytest.raises(RemoteError) as info:
+                await Shopper(m.buyer, output=output).buy("seller", SKU, "purse", "d1")
+            assert info.value.code == "payment.bad_request" and "purse" in info.value.message
+            assert output.read_bytes() == CONTENT
+            assert (await seller_chain(m))[1:3] == (5, "open")
+            state = await m.buyer.database.read(lambda c: c.execute(
+                "SELECT state FROM commerce_purchases WHERE key = 'd1'").fetchone())
+            assert state == ("paying",)
+            monkeypatch.setattr(seller_module, "purse_redeem", real)
+            again = Shopper(m.buyer, output=output)
+            done = await again.buy("seller", SKU, "purse", "d1")
+            assert done.state == "done" and done.receipt is not None
+            assert again.streamed["d1"].resumed_from == 5  # nothing fetched again
+            assert (await balances_of(m, "buyer"))["EUR"] == before["EUR"] - PRICE

@@ -530,7 +530,10 @@ class Sales(Component):
             raise Refunded("the order was refunded: its goods are not delivered again",
                            detail={"state": sale.state.value})
         if sale.delivery is None or sale.receipt is None:
-            raise BadRequest("the order is not paid yet", detail={"state": sale.state.value})
+            by_purse = _terms(sale).payment_module == "purse"
+            raise BadRequest("the order is not paid yet" + (
+                " (by purse: paid once every chunk's payword is redeemed at the bank)"
+                if by_purse else ""), detail={"state": sale.state.value})
         sold = _terms(sale).offer_terms()
         item = self.items.get(sold.sku)
         if item is None or item.content_digest != sold.content_digest:
