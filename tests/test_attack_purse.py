@@ -155,3 +155,44 @@ async def test_reservations_out_of_range_or_for_no_account_move_nothing(
                 await refused(m.buyer.request("bank", "bank", "purse_reserve", request), code)
             assert await books(m) == held
             assert await purse.list() == []
+
+
+async def test_a_purse_ticket_takes_only_a_chain_for_this_order_item_and_seller(
+        tmp_path: Path) -> None:
+    """Held: the seller's delivery.ticket checks the chain it is handed against the
+    order before it issues or stores anything: a chain of another length, unit or
+    order (or none), a reservation of another chain, are refused with the purse's
+    codes; a good second chain for an order ticketed already is delivery.busy. The
+    seller keeps one ticket and one chain for the order."""
+    from test_attack_delivery import ticketed
+    from test_delivery_agents import shopper_order
+
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            monkeypatch = pytest.MonkeyPatch()
+            try:
+                await ticketed(m, tmp_path, "t1", monkeypatch)
+            finally:
+                monkeypatch.undo()
+            order = shopper_order(m, "t1")
+            purse = m.buyer.component(Purse)
+            eur3 = Amount("EUR", 3)
+            chains = {name: await purse.open_chain("seller", length, unit, digest, name)
+                      for name, length, unit, digest in (
+                          ("length", 4, eur3, order), ("unit", 5, Amount("EUR", 2), order),
+                          ("order", 5, eur3, None), ("other", 5, eur3, order))}
+            cases = [(chains["length"], "purse.bad_commitment", "length"),
+                     (chains["unit"], "purse.bad_commitment", "unit"),
+                     (chains["order"], "purse.bad_commitment", "order"),
+                     ((chains["other"][0], chains["unit"][1]), "payment.bad_confirmation",
+                      None),
+                     (chains["other"], "delivery.busy", None)]
+            for (commitment, reservation), code, field in cases:
+                error = await refused(m.buyer.request("seller", "delivery", "ticket", {
+                    "order": order, "commitment": commitment.to_bytes(),
+                    "reservation": reservation.to_bytes()}), code)
+                if field is not None:
+                    assert error.detail["field"] == field, error.detail
+            assert await m.seller.database.read(lambda c: c.execute(
+                "SELECT (SELECT count(*) FROM delivery_tickets),"
+                " (SELECT count(*) FROM delivery_chains)").fetchone()) == (1, 1)
