@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from market_helpers import wait_until
 from test_delivery_agents import (
@@ -358,3 +359,30 @@ async def test_another_channels_stream_and_two_opens_at_once_are_refused(
                         "stream": opened[0]["stream"], "index": 1}), "delivery.unknown_stream")
                 assert served_on is not None
             assert (await seller_chain(m))[1] == 2  # nothing ticked
+
+
+async def test_a_ticket_whose_stream_map_is_not_the_offers_gets_no_payword(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """Held (d): a seller whose ticket carries another stream map than its signed
+    offer (another root: chunks the buyer could not check against the offer) is
+    refused by the buyer, delivery.bad_ticket field stream, before a payword is
+    revealed or a byte written."""
+    import dataclasses
+
+    import semper.agents.components._delivery_seller as seller_module
+    from semper.agents.components._purse import Purse
+
+    real = seller_module._info
+    monkeypatch.setattr(seller_module, "_info", lambda item: dataclasses.replace(
+        real(item), root=bytes(32)))
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            output = tmp_path / "lied.bin"
+            with pytest.raises(Exception) as info:
+                await Shopper(m.buyer, output=output).buy("seller", SKU, "purse", "lied")
+            assert getattr(info.value, "code", None) == "delivery.bad_ticket"
+            assert info.value.detail == {"field": "stream"}  # type: ignore[attr-defined]
+            chains = await m.buyer.component(Purse).list()
+            assert [c["spent"]["minor_units"] for c in chains] == [0]
+            assert not output.exists()
+            assert not output.with_name("lied.bin.part").exists()
