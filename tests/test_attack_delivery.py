@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from market_helpers import wait_until
 from test_delivery_agents import (
     DEADLINE,
@@ -386,3 +387,89 @@ async def test_a_ticket_whose_stream_map_is_not_the_offers_gets_no_payword(
             assert [c["spent"]["minor_units"] for c in chains] == [0]
             assert not output.exists()
             assert not output.with_name("lied.bin.part").exists()
+
+
+async def test_chunk_requests_left_behind_by_close_and_reopen_take_no_chunk(
+        tmp_path: Path) -> None:
+    """The same kind, found here: one request at a time per stream, but a buyer that
+    asks for a chunk, closes the stream while the request waits (here: the chain's
+    tick in progress) and opens the ticket again, N times, left N requests behind,
+    and each was answered with a copy of the chunk once the wait ended. A request
+    of a stream closed meanwhile is now delivery.unknown_stream, and only the stream
+    open takes the chunk."""
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            ticket, chain = await half_bought(m, tmp_path, "behind", "purse", chunks=2)
+            delivery = m.seller.component(DeliverySeller)
+            lock = delivery._chains.setdefault(chain, trio.Lock())
+            answers: list[Any] = []
+            async with m.buyer.connect("seller") as channel:
+
+                async def ask(stream: int) -> None:
+                    try:
+                        answers.append(await channel.request("delivery", "chunk", {
+                            "stream": stream, "index": 0}))
+                    except RemoteError as exc:
+                        answers.append(exc.code)
+
+                await lock.acquire()  # a tick of the chain in progress
+                async with trio.open_nursery() as nursery:
+                    for round_ in range(5):
+                        opened = await channel.request("delivery", "open",
+                                                       {"ticket": ticket, "from": 0})
+                        nursery.start_soon(ask, opened["stream"])
+                        await wait_until(lambda n=round_ + 1: lock.statistics().tasks_waiting
+                                         == n, "the request waits")
+                        if round_ < 4:
+                            await channel.request("delivery", "close",
+                                                  {"stream": opened["stream"]})
+                    lock.release()
+            served = [a for a in answers if isinstance(a, dict)]
+            codes = [a for a in answers if isinstance(a, str)]
+            assert len(served) == 1, (len(served), codes)
+            assert codes == ["delivery.unknown_stream"] * 4
+
+
+async def test_live_chunk_requests_left_behind_by_close_and_reopen_take_no_chunk(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """The same in the live feed, where a request waits for its chunk to be
+    produced: five open, ask, close rounds before chunk 0 exists left five requests,
+    each answered with a copy of it once it came. Now the four of closed streams are
+    delivery.unknown_stream (before any payword of theirs is looked at)."""
+    import test_live_feed
+    from test_live_feed import FEED, _subscribed
+    from test_live_feed import market as live_market
+
+    from semper.agents.components._purse import Purse
+    from semper.services.delivery import Ticket
+
+    monkeypatch.setitem(test_live_feed.SETTINGS, "period_ms", 1000)  # chunk 0 in ~1 s
+    with trio.fail_after(DEADLINE):
+        async with live_market(tmp_path, monkeypatch) as m:
+            ticket, _ = await _subscribed(m, 2, "behind-live")
+            chain = Ticket.from_statement(ticket).chain
+            assert chain is not None
+            payword = await m.buyer.component(Purse).pay(chain, 0)
+            answers: list[Any] = []
+            async with m.buyer.connect(FEED) as channel:
+
+                async def ask(stream: int) -> None:
+                    try:
+                        answers.append(await channel.request("delivery", "chunk", {
+                            "stream": stream, "index": 0, "payword": payword}))
+                    except RemoteError as exc:
+                        answers.append(exc.code)
+
+                async with trio.open_nursery() as nursery:
+                    for round_ in range(5):
+                        opened = await channel.request("delivery", "open", {
+                            "ticket": ticket.to_bytes(), "from": 0})
+                        nursery.start_soon(ask, opened["stream"])
+                        await trio.testing.wait_all_tasks_blocked()
+                        if round_ < 4:
+                            await channel.request("delivery", "close",
+                                                  {"stream": opened["stream"]})
+            served = [a for a in answers if isinstance(a, dict)]
+            codes = [a for a in answers if isinstance(a, str)]
+            assert len(served) == 1 and codes == ["delivery.unknown_stream"] * 4, (
+                len(served), codes)

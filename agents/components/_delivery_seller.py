@@ -382,6 +382,8 @@ class DeliverySeller(Component):
         try:
             if stream.chain is not None:
                 await self._tick(stream.chain, index, payword)
+                if self._streams.get(stream.id) is not stream:  # closed while it waited:
+                    raise UnknownStream("the stream was closed", detail={"stream": number})
             elif payword is not None:
                 raise BadRequest("a ticket paid whole takes no payword",
                                  detail={"type": "delivery.chunk", "field": "payword"})

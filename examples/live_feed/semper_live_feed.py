@@ -345,10 +345,15 @@ class TickerFeed(Component):
             with trio.move_on_after(WAIT_S):  # produced and under a signed head
                 while feed.live.covered <= index:
                     await feed.changed.wait()
+            if self._open.get(stream.number) is not stream:  # closed while it waited
+                raise UnknownStream("the stream was closed", detail={"stream": request.stream})
             if feed.live.covered <= index:
                 raise NotYet(f"chunk {index} is not under a signed head yet",
                              detail={"index": index, "size": feed.live.covered})
             await self._tick(feed.ticket, index, request.payword)
+            if self._open.get(stream.number) is not stream:  # closed while it waited
+                raise UnknownStream("the stream was closed",
+                                    detail={"stream": request.stream})
             frame = feed.live.frame(index, since=stream.since)
             if frame.head is not None:
                 stream.since = feed.live.covered
