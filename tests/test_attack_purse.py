@@ -196,3 +196,33 @@ async def test_a_purse_ticket_takes_only_a_chain_for_this_order_item_and_seller(
             assert await m.seller.database.read(lambda c: c.execute(
                 "SELECT (SELECT count(*) FROM delivery_tickets),"
                 " (SELECT count(*) FROM delivery_chains)").fetchone()) == (1, 1)
+
+
+async def test_a_sweep_and_a_redemption_take_a_chain_once(tmp_path: Path) -> None:
+    """Held (b): the sweep (its clock past expires + grace) released one chain: its
+    seller's redemption after it is purse.expired and nothing moves; a chain
+    redeemed first is not released by a sweep after (the seller keeps its pay). The
+    books balance, and @purse-reserved ends at zero."""
+    from semper.agents.components._bank import BankService
+    from semper.agents.instruments.purse import release_expired
+    from semper.services.payment.purse import REDEEM_GRACE_MS
+
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            start = await books(m)
+            swept, second_a, _ = await chain_of_two(m, tmp_path, "s1")
+            kept, second_b, _ = await chain_of_two(m, tmp_path, "s2")
+            answer = await m.seller.request("bank", "bank", "purse_redeem",
+                                            redeem(kept, second_b, 2))
+            assert Statement.from_wire(answer["redeemed"]).body["index"] == 2
+            book = m.bank.component(BankService).book
+            later = max(swept.expires, kept.expires) + REDEEM_GRACE_MS + 1
+            released = await m.bank.database.transaction(
+                lambda c: release_expired(book, c, now_ms=later))
+            assert released == 1
+            await refused(m.seller.request("bank", "bank", "purse_redeem",
+                                           redeem(swept, second_a, 2)), "purse.expired")
+            after = await books(m)
+            assert after["seller"] == start["seller"] + 2 * 3
+            assert after["buyer"] == start["buyer"] - 2 * 3
+            assert after[RESERVED] == 0
