@@ -17,7 +17,8 @@ own checks stay out of the notary's figure (they share the machine's cores).
 token comes to a bare round trip on the same channel (issue 9: done at >= 0.8).
 
     python bench/notary.py [--json] [--seconds S] [--rounds R] [--concurrency C]
-                           [--batch-ms MS] [--profile FILE]
+                           [--batch-ms MS] [--batch-max N] [--split-min N]
+                           [--dir DIR] [--profile FILE]
 
 ``--json`` prints one object: ``tokens_per_s``, ``ping_per_s``, ``ping_ratio``, and
 ``tokens`` (counted in the best round), ``batches`` and ``tokens_per_batch`` (the
@@ -27,47 +28,36 @@ notary's, over the whole run), ``cpu_us_per_request`` (``{"ping"|"token": {"nota
 database writer's and event log's threads), ``cores``,
 ``batch_latency_ms`` (``p10``, ``p50``, ``p90`` of the ms from sealing a batch to
 answering it, from the notary's event log), ``seconds``, ``rounds``,
-``concurrency``, ``batch_ms``, ``batch_max``.
+``concurrency``, ``batch_ms``, ``batch_max``, ``split_min`` (null: the notary's defaults).
 
-Where a token's time goes. With 32 in flight the requests of one round trip nearly
-all land in one batch (~31.8 tokens per signed head), so the client and the notary
-work in turns, for pings as for tokens, and throughput follows the CPU both spend
-per request (the two processes on 2 cores): ping_ratio ~ CPU(ping) / CPU(token),
-client and notary together. Measured at load average ~1.5 (issue 9, brief T2):
-ping 33.6 + 33.9 us, token 55.5 + 38.3 us, ping_ratio 0.70 (T1's code and the
-tree before T2, same conditions: token 83.9 + 41.8 us, 0.53). Of a token's ~22 us
-of notary CPU beyond a ping's, the commit is ~15-20 (its fsync ~10: with ``synchronous=OFF``, for
-measurement only, the notary spent ~48 us a token; the hand-over to the database's
-writer thread and back ~5); the rest is the batch's work (decoding the requests,
-hashing the leaves and the tree, one Ed25519 signature, writing the 32 tokens' bytes
-from parts encoded once: ~5 us a token) and the bigger answer (1.1 KB: the token's
-517-byte certificate and its 330-byte signed head) through TLS. The client spends
-~4 us more a token than a ping (the bigger answer). 0.8 would need the commit's
-fixed cost (one fsync'd commit per batch of 32) cut by half, or more than 32
-requests per batch, which 32 in flight cannot give.
+Where a token's time goes. With 32 in flight and one batch per round, the client and
+the notary work in turns, and a round also waits for the batch's fsync'd commit
+(median 315 us on this disk; p90 1.5 ms), which nothing overlapped: ping_ratio stayed
+at 0.62-0.68 (issue 9's last stop, brief T3). Two changes took it past 0.8:
 
-Why 0.8 is out of reach here (brief T3, measured 21:00-21:20 UTC at load 1.3-5).
-With 32 in flight all in one batch, a round is the client's CPU, the notary's event
-loop's CPU and then the batch's commit, one after the other: nothing else is in
-flight while it commits. Timed inside the notary (load ~1.5): sealing to signed 85 us
-(raw Ed25519 30, sign_statement 45 in a quiet loop), hand-over to the writer thread
-75, insert, fsync'd commit and the wake-up back 530 (this disk's fdatasync alone:
-median 315 us, p90 1.5 ms). So a token round is a ping round (2.16 ms for 32) plus
-~0.7 ms of commit plus ~0.3 ms of the loop's batch work and extra task step, and
-~0.2 ms of the client's bigger answers: 0.66. 0.8 needs the round at <= 2.7 ms: the
-commit alone nearly fills the 0.54 ms allowed, so with every other cost gone the
-fsync still leaves ~0.86 at best. Tried, and not kept (A/B alternating runs): the
-answer without the certificate (the requester adding the channel's peer certificate:
-~600 of 1100 bytes) changed nothing measurable (8 alternating pairs: a token's CPU
-beyond a ping's, event loop plus client, 22.2 us without it, 22.0 with it), as ~20 KB
-less per round through TLS and msgpack is ~1 us a token; signing while the writer
-thread wakes and writing out tokens during the commit (a nursery per batch, the
-thread waiting for the signed head) made the batch slower (p25 0.73 -> 0.87 ms): under the GIL the
-thread runs only once the loop is idle, and the extra task and scheduler turns cost
-~3 us a token; batches of 16 or 8 (``--batch-max``) so that one commits while the
-other is served: 0.47-0.53 and 0.17, the fixed costs of a round (syscalls,
-wake-ups, signature) count twice; a GIL switch interval of 0.2 ms: no better (one
-noisy run each at load ~3.5).
+- The batch commits on the event loop's thread (``Database.transaction(inline=True)``)
+  when the database's writer thread is idle. Handing the batch to the thread and the
+  answers back, and the GIL passed to and fro while SQLite works, cost 311 us of CPU
+  a batch in the thread against 140 for the same commit alone (measured inside the
+  notary); the notary's CPU per token went from ~62 to ~55 us.
+- A batch of at least ``2 * split_min`` requests (default 16) is cut in two, and the
+  first half's answers are sent (three scheduler passes) before the second half
+  commits: the client works on the first half's answers while the notary commits the
+  second, so the commit's wait overlaps the other process's work instead of adding to
+  the round. The notary spends more CPU a token (~78 against ~55 us: two signatures
+  and commits a round) and the client a little more (~48 against ~43), but the two
+  processes now run side by side on the 2 cores instead of in turns.
+
+Measured with the other sessions' tests loading the machine (load 2-3; this process
+and the notary at ``nice -15``): in one batch 0.69-0.72; split 0.91-0.93 when the
+disk's fsync is quick (batch p50 0.55-0.66 ms), 0.50 in a run where it was slow (p50
+1.6 ms). The figures of record are in README, Performance.
+
+Tried earlier, not kept (brief T3, A/B alternating runs): the answer without the
+certificate (~1 us a token); signing while the writer thread wakes (slower under the
+GIL); ``--batch-max`` 16 or 8 with the commit in the writer thread (0.47-0.53 and
+0.17: the thread's GIL contention doubled with the commits, and nothing made the first
+half's answers leave before the second half's commit); a GIL switch interval of 0.2 ms.
 """
 
 from __future__ import annotations
@@ -241,6 +231,8 @@ def main() -> None:
                         help="the notary's [components.timestamps] batch_ms")
     parser.add_argument("--batch-max", type=int, default=None,
                         help="the notary's [components.timestamps] batch_max")
+    parser.add_argument("--split-min", type=int, default=None,
+                        help="the notary's split_min (default: its own, 16; 0: never split)")
     parser.add_argument("--dir", type=Path, help="where the market goes (default: temporary)")
     parser.add_argument("--profile", type=Path, help="cProfile the notary into this file")
     args = parser.parse_args()
@@ -248,6 +240,8 @@ def main() -> None:
         settings = {"batch_ms": args.batch_ms}
         if args.batch_max is not None:
             settings["batch_max"] = args.batch_max
+        if args.split_min is not None:
+            settings["split_min"] = args.split_min
         market = make_market(Path(name), settings)
         notary = start_notary(market, args.profile)
         try:
@@ -280,6 +274,7 @@ def main() -> None:
         "cores": cores(), "seconds": args.seconds, "rounds": args.rounds,
         "concurrency": args.concurrency, "batch_ms": args.batch_ms,
         "batch_max": args.batch_max,
+        "split_min": args.split_min,
     }
     if args.json:
         print(json.dumps(report))
