@@ -9,11 +9,10 @@ from typing import Any
 import click
 import trio
 from cryptography import x509
-from rich.console import Console
 from rich.table import Table
 
 from semper.agents.cli._common import CliError, config_option, load_config, passphrase_option
-from semper.agents.cli._text import counted
+from semper.agents.cli._text import console, counted
 from semper.agents.components import _archive
 from semper.agents.runtime._config import AgentConfig
 from semper.agents.runtime._files import write_file
@@ -160,7 +159,7 @@ def _report(bundle: EvidenceBundle, verified: list[Any], crl: x509.CertificateRe
         if row["witness"] is not None:
             signer += f", revoked since; dated by record {row['witness']}"
         table.add_row(str(row["seq"]), row["type"], signer, row["direction"], row["peer"])
-    Console().print(table)
+    console().print(table)
 
 
 def _number(crl: x509.CertificateRevocationList) -> int:

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from semper.agents.cli._common import AGENT_ID, AMOUNT, CodedBadParameter, config_option
+from semper.agents.cli._text import console
 from semper.agents.components import _bank, _ledger
 from semper.agents.runtime._config import AgentConfig, ConfigError
 from semper.agents.runtime._storage import Database
@@ -81,7 +81,7 @@ def accounts(config_path: Path, as_json: bool) -> None:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for holder, currency, units in customers:
         table.add_row(holder, currency, str(Amount(currency, units)))
-    Console().print(table)
+    console().print(table)
     for currency, units in sorted(minted.items()):
         click.echo(f"{currency}: {Amount(currency, units)} minted, all of it in customer "
                    "accounts; the books balance")

@@ -30,7 +30,8 @@ from semper.agents.cli._common import (
     load_config,
     passphrase_option,
 )
-from semper.agents.cli._text import counted
+from semper.agents.cli._text import console as make_console
+from semper.agents.cli._text import counted, styled
 from semper.agents.components import _fair_buyer, _purchase
 from semper.agents.components._delivery_buyer import StreamClient, StreamOutcome, StreamProgress
 from semper.agents.components._escrow_keys import default_notary
@@ -143,7 +144,7 @@ def catalogue(config_path: Path, seller: str, passphrase_file: Path | None,
         table.add_row(offer["sku"], offer["title"], _amount(offer["price"]),
                       "-" if days is None else "none" if days == 0 else f"{days} days",
                       offer["terms"])
-    Console().print(table)
+    make_console().print(table)
 
 
 def _stream_json(stream: Any) -> dict[str, Any]:
@@ -208,7 +209,7 @@ def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
         key = f"buy-{secrets.token_hex(12)}"
         # Before any network step: a purchase that fails halfway is resumed with it.
         click.echo(f"idempotency key: {key}", err=True)
-    console = Console(stderr=as_json)
+    console = make_console(stderr=as_json)
     bar = _StreamBar(console)
     shopper: Shopper | None = None
 
@@ -218,7 +219,7 @@ def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
             def step(text: str) -> None:
                 status.update(text)
                 if not as_json:
-                    console.print(f"  [dim]-[/dim] {text}")
+                    console.print(styled("  ", ("-", "dim"), f" {text}"))
 
             def chunk(progress: StreamProgress) -> None:
                 if not as_json:  # --json: stdout's one object, stderr its failure only
@@ -287,9 +288,10 @@ class _StreamBar:
     def update(self, p: StreamProgress) -> None:
         if self._progress is None:
             self._progress = Progress(
-                TextColumn("{task.fields[chunks]} chunks"),
+                TextColumn("{task.fields[chunks]} chunks", markup=False),
                 BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
-                TextColumn("paid {task.fields[paid]}"), console=self.console, transient=False)
+                TextColumn("paid {task.fields[paid]}", markup=False), console=self.console,
+                transient=False)
             self._progress.start()
             self._task = self._progress.add_task("stream", total=p.length,
                                                  chunks=f"{p.chunks}/{p.of}", paid=str(p.paid))
@@ -369,7 +371,7 @@ def refund(config_path: Path, key: str, reason: str, amount: Amount | None,
     if as_json:
         click.echo(json.dumps(result))
         return
-    _print_purchase(Console(), result)
+    _print_purchase(make_console(), result)
 
 
 def _print_purchase(console: Console, result: dict[str, Any]) -> None:
@@ -433,7 +435,7 @@ def wallet(config_path: Path, passphrase_file: Path | None, as_json: bool) -> No
                                "purchases": purchases,
                                "balance_unavailable": unavailable}))
         return
-    console = Console()
+    console = make_console()
     if account is None:
         assert unavailable is not None
         console.print(f"{agent.id} at {bank}: balance unavailable "

@@ -14,10 +14,12 @@ import functools
 import click
 import trio
 from rich.console import Console
-from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
+from rich.text import Text
 
+from semper.agents.cli._text import console as make_console
+from semper.agents.cli._text import styled
 from semper.agents.operator._demo import Check, DemoResult, Reporter, run_demo
 from semper.services import Amount
 
@@ -28,12 +30,12 @@ class _Live(Reporter):
         self.status = status
 
     def doing(self, text: str) -> None:
-        self.status.update(escape(text) + " ...")
+        self.status.update(text + " ...")
 
     def checked(self, check: Check) -> None:
-        mark = "[green]✓[/green]" if check.ok else "[red]✗[/red]"
-        detail = f" [dim]- {escape(check.detail)}[/dim]" if check.detail else ""
-        self.console.print(f"{mark} {escape(check.what)}{detail}", soft_wrap=True)
+        mark = ("✓", "green") if check.ok else ("✗", "red")
+        detail = (f" - {check.detail}", "dim") if check.detail else ""
+        self.console.print(styled(mark, f" {check.what}", detail), soft_wrap=True)
 
     def pinged(self, result: DemoResult) -> None:
         self.console.print(_ping_table(result))
@@ -46,20 +48,20 @@ def command() -> int:
     after killing the seller, timestamp, check and file a dispute, send
     certified mail, sign contracts and buy fairly from a seller killed midway, check
     the books, stop cleanly."""
-    console = Console(emoji=False)  # a check's text as it is: no ':100:' emoji
+    console = make_console()  # a check's text as it is: no ':100:' emoji, no markup
     with console.status("starting...") as status:
         result = trio.run(functools.partial(run_demo, reporter=_Live(console, status)))
     if result.after:
         console.print(_balance_table(result))
     if result.ok:
-        console.print(f"[green]ok[/green]: {len(result.checks)} checks held in "
-                      f"{result.seconds:.1f} s: money moved only as the receipts say, "
-                      "the books balance, every agent exited 0", soft_wrap=True)
+        console.print(styled(("ok", "green"), f": {len(result.checks)} checks held in "
+                             f"{result.seconds:.1f} s: money moved only as the receipts say, "
+                             "the books balance, every agent exited 0"), soft_wrap=True)
         return 0
-    console.print(f"[red]demo failed[/red]: {len(result.failures)} of {len(result.checks)} "
-                  "checks did not hold:", soft_wrap=True)
+    console.print(styled(("demo failed", "red"), f": {len(result.failures)} of "
+                         f"{len(result.checks)} checks did not hold:"), soft_wrap=True)
     for check in result.failures:
-        console.print(f"  [red]✗[/red] {escape(check.what)}: {escape(check.detail)}",
+        console.print(styled("  ", ("✗", "red"), f" {check.what}: {check.detail}"),
                       soft_wrap=True)
     return 1
 
@@ -71,13 +73,13 @@ def _ping_table(result: DemoResult) -> Table:
     for agent in result.agents:
         table.add_column(agent, justify="right")
     for source in result.agents:
-        cells = []
+        cells: list[str | Text] = []
         for target in result.agents:
             ping = result.pings.get((source, target))
             if source == target:
                 cells.append("-")
             elif ping is None or not ping["ok"]:
-                cells.append("[red]failed[/red]")
+                cells.append(styled(("failed", "red")))
             else:
                 cells.append(f"{ping['rtt_ms']:.2f}")
         table.add_row(source, *cells)
@@ -110,13 +112,13 @@ def _balance_table(result: DemoResult) -> Table:
     return table
 
 
-def _row(currency: str, before: int, after: int, expected: int) -> list[str]:
+def _row(currency: str, before: int, after: int, expected: int) -> list[str | Text]:
     change = after - before
 
     def signed(units: int) -> str:
         text = str(Amount(currency, units))
         return text.replace(" ", " +", 1) if units > 0 else text
 
-    mark = "[green]✓[/green]" if change == expected else "[red]✗[/red]"
+    mark = styled(("✓", "green") if change == expected else ("✗", "red"))
     return [str(Amount(currency, before)), str(Amount(currency, after)), signed(change),
             signed(expected), mark]

@@ -11,7 +11,6 @@ from typing import Any
 import click
 import trio
 from cryptography.hazmat.primitives import serialization
-from rich.console import Console
 from rich.table import Table
 
 from semper.agents.cli import cmd_archive
@@ -21,6 +20,7 @@ from semper.agents.cli._common import (
     load_config,
     passphrase_option,
 )
+from semper.agents.cli._text import console
 from semper.services.archive import CrlTooOld, Direction, EvidenceBundle
 from semper.services.certificates import load_certificate, load_crl
 from semper.services.disputes import (
@@ -161,4 +161,4 @@ def _table(report: Report) -> None:
     shown: dict[Any, str] = {True: "yes", False: "NO", None: "unknown"}
     for verdict in report.verdicts:
         table.add_row(verdict.obligation, verdict.party, shown[verdict.met], verdict.reason)
-    Console().print(table)
+    console().print(table)

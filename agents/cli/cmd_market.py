@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from semper.agents.cli._common import passphrase_option, read_passphrase
+from semper.agents.cli._text import console
 from semper.agents.operator._market import init_market
 
 
@@ -28,7 +28,7 @@ def init(folder: Path, passphrase_file: Path | None) -> None:
         table.add_column(column)
     for config in configs:
         table.add_row(config.id, config.role, config.listen, str(config.path))
-    Console().print(table)
+    console().print(table)
     click.echo(f"root certificate: {folder / 'ca' / 'root.pem'}")
     click.echo(f"start the CA first (the others publish their cards to it):  semper agent run "
                f"{folder / 'ca' / 'agent.toml'}")

@@ -11,10 +11,10 @@ from typing import Any
 
 import click
 import trio
-from rich.console import Console
 from rich.table import Table
 
 from semper.agents.cli._common import AGENT_ID, config_option, load_config, passphrase_option
+from semper.agents.cli._text import console
 from semper.agents.runtime._agent import Agent
 
 log = logging.getLogger("semper.cli")
@@ -50,7 +50,7 @@ def command(config_path: Path, peer: str, passphrase_file: Path | None, as_json:
         for name, info in result["services"].items()) or "none")
     table.add_row("connect", f"{result['connect_ms']:.2f} ms (TCP, TLS 1.3, hello)")
     table.add_row("round trip", f"{result['rtt_ms']:.3f} ms")
-    Console().print(table)
+    console().print(table)
 
 
 async def ping(agent: Agent, peer: str) -> dict[str, Any]:

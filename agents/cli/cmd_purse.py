@@ -9,10 +9,10 @@ from typing import Any
 
 import click
 import trio
-from rich.console import Console
 from rich.table import Table
 
 from semper.agents.cli._common import config_option, load_config, passphrase_option
+from semper.agents.cli._text import console
 from semper.agents.components import _purse
 from semper.agents.runtime._agent import Agent
 from semper.agents.runtime._config import ConfigError
@@ -66,4 +66,4 @@ def list_chains(config_path: Path, passphrase_file: Path | None, as_json: bool,
         table.add_row(chain["chain"][:16], chain["seller"],
                       *(str(Amount(**chain[k])) for k in ("reserved", "spent", "redeemed")),
                       chain["state"])
-    Console().print(table)
+    console().print(table)
