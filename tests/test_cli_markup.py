@@ -14,6 +14,8 @@ wraps.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,3 +148,27 @@ def test_no_command_makes_a_console_of_its_own() -> None:
             if isinstance(node, ast.ImportFrom) and node.module in ("rich", "rich.markup"):
                 found.append(f"{path.name}:{node.lineno} from {node.module} import ...")
     assert not found, found
+
+
+def test_a_peers_text_in_a_log_line_is_escaped() -> None:
+    """Another member of the kind: ``semper -v`` (and ``agent run``) log lines carry a
+    peer's text (its error message, e.g. "cannot ask ca for a newer CRL: ..."); an
+    escape sequence in it reached the terminal as it is, and a newline faked a log
+    line. The message is shown escaped; a traceback stays as it is."""
+    script = ("import logging\n"
+              "from semper.agents.cli._logging import configure_logging\n"
+              "configure_logging(1)\n"
+              "log = logging.getLogger('semper.agent')\n"
+              "log.info('cannot ask ca: %s', 'bad.code: \\x1b[2J\\x1b]0;pwned\\x07\\nFAKE line')\n"
+              "try:\n"
+              "    raise ValueError('boom')\n"
+              "except ValueError as exc:\n"
+              "    log.error('failed: %s', exc, exc_info=exc)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=30, check=True)
+    assert "\x1b" not in done.stderr and "\x07" not in done.stderr, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0].endswith(
+        "semper.agent INFO cannot ask ca: bad.code: \\x1b[2J\\x1b]0;pwned\\x07\\nFAKE line"), lines
+    assert lines[1].endswith("semper.agent ERROR failed: boom"), lines
+    assert lines[2] == "Traceback (most recent call last):", lines
