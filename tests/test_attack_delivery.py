@@ -376,6 +376,7 @@ async def test_a_ticket_whose_stream_map_is_not_the_offers_gets_no_payword(
     real = seller_module._info
     monkeypatch.setattr(seller_module, "_info", lambda item: dataclasses.replace(
         real(item), root=bytes(32)))
+    monkeypatch.setattr(DeliverySeller, "_sold", lambda self, sku, stream: self._item(sku))
     with trio.fail_after(DEADLINE):
         async with market(tmp_path) as m:
             output = tmp_path / "lied.bin"
@@ -473,3 +474,71 @@ async def test_live_chunk_requests_left_behind_by_close_and_reopen_take_no_chunk
             codes = [a for a in answers if isinstance(a, str)]
             assert len(served) == 1 and codes == ["delivery.unknown_stream"] * 4, (
                 len(served), codes)
+
+
+# -- (b)/(d) a payword taken for a chunk that is not the ticket's ---------------------
+
+
+async def test_a_ticket_for_content_the_seller_no_longer_holds_takes_no_payword(
+        tmp_path: Path) -> None:
+    """The seller's goods changed under a ticket (the item's file replaced, the
+    seller restarted): delivery.open served the new content under the old ticket,
+    took payword 3 for chunk 2 (committed, to be redeemed) and sent a chunk that
+    cannot verify against the ticket's root, so the buyer paid for a chunk it can
+    never use, again on every rerun. As commerce.fetch does for goods no longer
+    held, delivery.open is now commerce.unknown_offer when the item's stream map is
+    not the ticket's, before any payword."""
+    from test_delivery_agents import CONTENT
+
+    from semper.agents.components._purse import Purse
+
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            ticket, chain = await half_bought(m, tmp_path, "moved", "purse", chunks=2)
+            assert chain is not None
+            goods = m.folder / "seller" / "goods" / f"{SKU}.bin"
+            goods.write_bytes(bytes(reversed(CONTENT)))
+            await restart_seller(m)
+            payword = await m.buyer.component(Purse).pay(chain, 2)
+            async with m.buyer.connect("seller") as channel:
+                await refused(channel.request("delivery", "open", {"ticket": ticket, "from": 2}),
+                              "commerce.unknown_offer")
+                del payword
+            assert (await seller_chain(m))[1] == 2  # no tick taken
+
+
+async def test_a_purse_ticket_is_not_issued_for_goods_other_than_those_ordered(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """The same kind at delivery.ticket: an order placed, then the seller's goods
+    replaced (restarted): the seller signed a ticket with the new stream map for the
+    old order, whose chunks the buyer's offer cannot verify. Now
+    commerce.unknown_offer, nothing stored."""
+    from test_delivery_agents import CONTENT, shopper_order
+
+    from semper.agents.components._purse import Purse
+
+    class Stop(Exception):
+        pass
+
+    async def stop(*args: Any, **kwargs: Any) -> Any:
+        raise Stop
+
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            with monkeypatch.context() as patched:
+                patched.setattr(Purse, "open_chain", stop)
+                with pytest.raises(Stop):
+                    await Shopper(m.buyer, output=tmp_path / "c.bin").buy("seller", SKU,
+                                                                          "purse", "changed")
+            order = shopper_order(m, "changed")
+            (m.folder / "seller" / "goods" / f"{SKU}.bin").write_bytes(bytes(reversed(CONTENT)))
+            await restart_seller(m)
+            from semper.services import Amount
+
+            commitment, reservation = await m.buyer.component(Purse).open_chain(
+                "seller", 5, Amount("EUR", 3), order, "changed")
+            await refused(m.buyer.request("seller", "delivery", "ticket", {
+                "order": order, "commitment": commitment.to_bytes(),
+                "reservation": reservation.to_bytes()}), "commerce.unknown_offer")
+            assert await m.seller.database.read(lambda c: c.execute(
+                "SELECT count(*) FROM delivery_tickets").fetchone()[0]) == 0

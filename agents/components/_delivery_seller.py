@@ -41,7 +41,7 @@ from semper.agents.components._purse import redeem as purse_redeem
 from semper.agents.runtime._component import Component, Context, handles
 from semper.agents.runtime._config import ConfigError
 from semper.agents.runtime._faults import crash_point
-from semper.services.commerce import PaymentConfirmed, Refunded, SaleState
+from semper.services.commerce import PaymentConfirmed, Refunded, SaleState, UnknownOffer
 from semper.services.delivery import (
     BadRequest,
     BadTicket,
@@ -191,6 +191,17 @@ class DeliverySeller(Component):
             raise BadTicket(f"{sku!r} is not streamed here", detail={"field": "sku"})
         return item
 
+    def _sold(self, sku: str, stream: StreamInfo | None) -> CatalogueItem:
+        """The item whose chunks were sold as ``stream`` (the order's or the ticket's
+        map): the goods changed since (another file, restarted) is
+        ``commerce.unknown_offer``, as ``commerce.fetch`` refuses them, before a
+        payword is taken for a chunk that cannot verify."""
+        item = self._item(sku)
+        if stream is None or _info(item) != stream:
+            raise UnknownOffer(f"the goods sold as {sku!r} are no longer held here",
+                               detail={"sku": sku})
+        return item
+
     # -- tickets ----------------------------------------------------------------------
 
     async def ticket_for_paid(self, order: bytes, buyer: str, sku: str, module: str
@@ -266,7 +277,7 @@ class DeliverySeller(Component):
         assert sale.order is not None
         terms = Order.from_statement(sale.order)
         offer = terms.offer_terms()
-        item = self._item(offer.sku)
+        item = self._sold(offer.sku, offer.stream)
         assert item.stream is not None
         if terms.payment_module != "purse":
             raise BadRequest("this order is not to be paid by purse",
@@ -327,7 +338,7 @@ class DeliverySeller(Component):
         if sale.state in _REFUNDED or ticket.order in self._refunded:
             raise Refunded("the order was refunded: its goods are not delivered again",
                            detail={"state": sale.state.value})
-        item = self._item(row[1])
+        item = self._sold(row[1], ticket.stream)
         assert item.stream is not None
         if not 0 <= start < item.stream.chunks:
             raise OutOfOrder(f"from {start} is not a chunk of {item.stream.chunks}",
