@@ -28,4 +28,8 @@ def test_notary_bench_json_keys() -> None:
     for kind in ("ping", "token"):
         cpu = report["cpu_us_per_request"][kind]
         assert cpu.keys() == {"notary", "notary_main", "client"}
-        assert 0 <= cpu["notary_main"] <= cpu["notary"]
+        # The kernel scales a thread's and its process's CPU times separately (both
+        # from the same runtime): with all of a token's work on the loop thread now
+        # (the commit too), the two are nearly equal and a 0.3 s window may show the
+        # thread a few per cent above its process.
+        assert 0 <= cpu["notary_main"] <= cpu["notary"] * 1.25 + 5

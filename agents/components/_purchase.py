@@ -343,7 +343,7 @@ class Shopper:
             from semper.services.payment.purse import Unsupported
 
             raise Unsupported(f"{sku!r} is not streamed: a purse pays a stream chunk by "
-                              "chunk; pay with transfer or cheque",
+                              "chunk; pay with an instrument that pays a whole item",
                               detail={"module": PURSE, "sku": sku})
         purchase = Purchase(buyer=self.agent.id)
         chosen = purchase.receive(OfferChosen(offer=offer, payment_module=module,
