@@ -372,11 +372,16 @@ async def test_a_ticket_whose_stream_map_is_not_the_offers_gets_no_payword(
 
     import semper.agents.components._delivery_seller as seller_module
     from semper.agents.components._purse import Purse
+    from semper.services.delivery import Ticket
 
-    real = seller_module._info
-    monkeypatch.setattr(seller_module, "_info", lambda item: dataclasses.replace(
-        real(item), root=bytes(32)))
-    monkeypatch.setattr(DeliverySeller, "_sold", lambda self, sku, stream: self._item(sku))
+    class Lying:  # the seller signs tickets whose stream has another root
+        from_statement = staticmethod(Ticket.from_statement)
+
+        def __call__(self, **body: Any) -> Ticket:
+            return Ticket(**{**body, "stream": dataclasses.replace(body["stream"],
+                                                                   root=bytes(32))})
+
+    monkeypatch.setattr(seller_module, "Ticket", Lying())
     with trio.fail_after(DEADLINE):
         async with market(tmp_path) as m:
             output = tmp_path / "lied.bin"
@@ -542,3 +547,36 @@ async def test_a_purse_ticket_is_not_issued_for_goods_other_than_those_ordered(
                 "reservation": reservation.to_bytes()}), "commerce.unknown_offer")
             assert await m.seller.database.read(lambda c: c.execute(
                 "SELECT count(*) FROM delivery_tickets").fetchone()[0]) == 0
+
+
+async def test_a_purse_order_is_ticketed_at_the_price_it_was_sold_at(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """Found next to it: the ticket took the stream map (its price per chunk) from the
+    catalogue as it is now, not as sold. The seller repriced the item after the
+    order: the buyer's chain, at the order's price, was refused (purse.bad_commitment,
+    field unit) and its reservation held for a day. The ticket now carries the map
+    the order's offer sold, and the purchase completes at the price agreed."""
+    from semper.agents.components._purse import Purse
+
+    class Stop(Exception):
+        pass
+
+    async def stop(*args: Any, **kwargs: Any) -> Any:
+        raise Stop
+
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            before = await balances_of(m, "buyer")
+            with monkeypatch.context() as patched:
+                patched.setattr(Purse, "open_chain", stop)
+                with pytest.raises(Stop):
+                    await Shopper(m.buyer, output=tmp_path / "p.bin").buy("seller", SKU,
+                                                                          "purse", "repriced")
+            catalogue = m.folder / "seller" / "catalogue.toml"
+            catalogue.write_text(catalogue.read_text().replace('"EUR:3"', '"EUR:4"'))
+            await restart_seller(m)
+            shopper = Shopper(m.buyer, output=tmp_path / "p.bin")
+            done = await shopper.buy("seller", SKU, "purse", "repriced")
+            assert done.state == "done"
+            assert shopper.streamed["repriced"].to_json()["paid"]["minor_units"] == 15
+            assert (await balances_of(m, "buyer"))["EUR"] == before["EUR"] - 15

@@ -197,26 +197,30 @@ class DeliverySeller(Component):
         ``commerce.unknown_offer``, as ``commerce.fetch`` refuses them, before a
         payword is taken for a chunk that cannot verify."""
         item = self._item(sku)
-        if stream is None or _info(item) != stream:
+        held = _info(item)  # the content, whatever its price is now
+        if stream is None or (held.chunks, held.chunk_size, held.length, held.root) != (
+                stream.chunks, stream.chunk_size, stream.length, stream.root):
             raise UnknownOffer(f"the goods sold as {sku!r} are no longer held here",
                                detail={"sku": sku})
         return item
 
     # -- tickets ----------------------------------------------------------------------
 
-    async def ticket_for_paid(self, order: bytes, buyer: str, sku: str, module: str
-                              ) -> Statement:
+    async def ticket_for_paid(self, order: bytes, buyer: str, sku: str, module: str,
+                              stream: StreamInfo | None = None) -> Statement:
         """The ticket of an order paid whole (``commerce.fetch`` of a streamed item),
-        or the one a purse order got from ``delivery.ticket`` (its receipt's fetch)."""
+        or the one a purse order got from ``delivery.ticket`` (its receipt's fetch);
+        ``stream`` the map sold (the order's offer's; default the item's now)."""
         known = await self._ticket_of(order)
         if known is not None and module == "purse":
             return known[0]
         return await self._issue(order, buyer, sku, module, chain=None,
-                                 expires=self.context.now_ms() + PAID_TICKET_MS)
+                                 expires=self.context.now_ms() + PAID_TICKET_MS, stream=stream)
 
     async def _issue(self, order: bytes, buyer: str, sku: str, module: str, *,
                      chain: bytes | None, expires: int,
-                     purse: tuple[str, int, bytes, bytes, bytes] | None = None) -> Statement:
+                     purse: tuple[str, int, bytes, bytes, bytes] | None = None,
+                     stream: StreamInfo | None = None) -> Statement:
         """The order's ticket, signed and stored once (a second ask gets the first)."""
         known = await self._ticket_of(order)
         if known is not None:
@@ -229,7 +233,7 @@ class DeliverySeller(Component):
         assert item.stream is not None
         ticket_id = secrets.token_bytes(16)
         body = Ticket(ticket=ticket_id, order=order, buyer=buyer, seller=self.context.id,
-                      sku=sku, stream=_info(item), payment=module, chain=chain,
+                      sku=sku, stream=stream or _info(item), payment=module, chain=chain,
                       expires=expires)
         statement = self.context.sign(TICKET_TYPE, body.to_body())
         now = self.context.now_ms()
@@ -277,8 +281,9 @@ class DeliverySeller(Component):
         assert sale.order is not None
         terms = Order.from_statement(sale.order)
         offer = terms.offer_terms()
-        item = self._sold(offer.sku, offer.stream)
-        assert item.stream is not None
+        self._sold(offer.sku, offer.stream)
+        sold = offer.stream  # as sold: the price per chunk the order agreed
+        assert sold is not None
         if terms.payment_module != "purse":
             raise BadRequest("this order is not to be paid by purse",
                              detail={"type": "delivery.ticket", "field": "order"})
@@ -289,18 +294,18 @@ class DeliverySeller(Component):
             buyer_certificate=context.peer.certificate,
             bank_certificate=bank_channel.peer.certificate, root=self.context.root,
             crl=self.context.crl, now=self.context.now(), seller_id=self.context.id,
-            bank_id=bank, expected_buyer=buyer, expected_unit=item.stream.price_per_chunk,
+            bank_id=bank, expected_buyer=buyer, expected_unit=sold.price_per_chunk,
             expected_order=order)
-        if commitment.length != item.stream.chunks:
+        if commitment.length != sold.chunks:
             raise BadCommitment(f"the chain has {commitment.length} paywords, the item "
-                                f"{item.stream.chunks} chunks",
+                                f"{sold.chunks} chunks",
                                 detail={"type": "purse.commitment", "field": "length"})
         chain = commitment.chain
         new = await self._ticket_of(order) is None
         statement = await self._issue(
             order, buyer, offer.sku, "purse", chain=chain, expires=commitment.expires,
-            purse=(bank, item.stream.chunks, commitment.root, request.commitment,
-                   request.reservation))
+            purse=(bank, sold.chunks, commitment.root, request.commitment,
+                   request.reservation), stream=sold)
         if new:  # what backs the paywords we take: evidence for the redemption
             await self.context.record(_statement(request.commitment), sent=False,
                                       peer=buyer, transaction=order.hex(),

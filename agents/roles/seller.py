@@ -543,7 +543,8 @@ class Sales(Component):
                                detail={"sku": sold.sku})
         if item.stream is not None:  # streamed: a ticket for the delivery channel
             ticket = await self.context.component(DeliverySeller).ticket_for_paid(
-                request.order, context.peer.agent_id, sold.sku, _terms(sale).payment_module)
+                request.order, context.peer.agent_id, sold.sku, _terms(sale).payment_module,
+                sold.stream)  # the map as sold, whatever the item's price is now
             return {"delivery": sale.delivery.to_wire(), "ticket": ticket.to_bytes(),
                     "receipt": sale.receipt.to_wire()}
         return {"delivery": sale.delivery.to_wire(), "goods": item.goods,
