@@ -42,6 +42,7 @@ from semper.agents.components._payments import (
     payment_manager,
 )
 from semper.agents.runtime._component import Component, Context
+from semper.agents.runtime._config import ConfigError
 from semper.agents.runtime._faults import crash_point
 from semper.agents.runtime._roles import Role
 from semper.services import ServiceError
@@ -164,6 +165,12 @@ class Sales(Component):
         path = agent.config.catalogue
         self.items: dict[str, CatalogueItem] = (
             {item.sku: item for item in load_catalogue(path)} if path else {})
+        for item in self.items.values():  # each as the wire takes it, or no start
+            try:
+                self._offer_body(item, 0)
+            except CommerceError as exc:
+                raise ConfigError(f"{path}: offer {item.sku!r} is not an offer a buyer "
+                                  f"accepts: {exc.message}") from None
         self._catalogue: Catalogue | None = None
         #: When the catalogue is re-signed (Unix ms), and its ``commerce.catalogue``
         #: answer: both made once per version, not per request.
@@ -194,12 +201,7 @@ class Sales(Component):
         now = self._ms()
         cat = self._catalogue
         if cat is None or now >= self._renew_at:
-            bodies = [Offer(seller=self.agent.id, sku=item.sku, title=item.title,
-                            price=item.price, terms=item.terms,
-                            content_digest=item.content_digest,
-                            valid_until=now + item.valid_days * _DAY_MS,
-                            refund_days=item.refund_days, stream=_stream_info(item))
-                      for item in self.items.values()]
+            bodies = [self._offer_body(item, now) for item in self.items.values()]
             self._catalogue = cat = Catalogue(offers=tuple(self._sign(b) for b in bodies))
             self._renew_at = min((b.valid_until for b in bodies), default=now) - _DAY_MS
             self._catalogue_answer = {
@@ -207,6 +209,12 @@ class Sales(Component):
                 "certificate": self.agent.credentials.identity.certificate.public_bytes(
                     Encoding.DER)}
         return cat
+
+    def _offer_body(self, item: CatalogueItem, now: int) -> Offer:
+        return Offer(seller=self.agent.id, sku=item.sku, title=item.title, price=item.price,
+                     terms=item.terms, content_digest=item.content_digest,
+                     valid_until=now + item.valid_days * _DAY_MS,
+                     refund_days=item.refund_days, stream=_stream_info(item))
 
     async def catalogue(self, context: Any, request: CatalogueRequest) -> dict[str, Any]:
         self.current_catalogue()
