@@ -580,3 +580,31 @@ async def test_a_purse_order_is_ticketed_at_the_price_it_was_sold_at(
             assert done.state == "done"
             assert shopper.streamed["repriced"].to_json()["paid"]["minor_units"] == 15
             assert (await balances_of(m, "buyer"))["EUR"] == before["EUR"] - 15
+
+
+async def test_huge_or_negative_numbers_are_refused_with_codes(tmp_path: Path) -> None:
+    """Held: a `from` past the stream or past the wire's range, a negative one, a
+    chunk index or stream number out of range, are coded refusals (never internal)
+    and take nothing."""
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            ticket, _ = await half_bought(m, tmp_path, "huge", "purse", chunks=2)
+            async with m.buyer.connect("seller") as channel:
+                for start, code in ((5, "delivery.out_of_order"),
+                                    (2 ** 20, "delivery.out_of_order"),
+                                    (2 ** 40, "delivery.bad_request"),
+                                    (-1, "delivery.bad_request"), ("0", "delivery.bad_request")):
+                    await refused(channel.request("delivery", "open",
+                                                  {"ticket": ticket, "from": start}), code)
+                opened = await channel.request("delivery", "open", {"ticket": ticket, "from": 2})
+                for body, code in (({"stream": opened["stream"], "index": 2 ** 40},
+                                    "delivery.bad_request"),
+                                   ({"stream": opened["stream"], "index": -1},
+                                    "delivery.bad_request"),
+                                   ({"stream": 2 ** 62, "index": 2}, "delivery.bad_request"),
+                                   ({"stream": opened["stream"] + 1, "index": 2},
+                                    "delivery.unknown_stream"),
+                                   ({"stream": opened["stream"], "index": 2 ** 20 - 1},
+                                    "delivery.out_of_order")):
+                    await refused(channel.request("delivery", "chunk", body), code)
+            assert (await seller_chain(m))[1] == 2
