@@ -226,3 +226,51 @@ async def test_a_sweep_and_a_redemption_take_a_chain_once(tmp_path: Path) -> Non
             assert after["seller"] == start["seller"] + 2 * 3
             assert after["buyer"] == start["buyer"] - 2 * 3
             assert after[RESERVED] == 0
+
+
+# -- (c) the bank's CPU: a payword is hashed up to 2^20 times ---------------------------
+
+
+async def test_a_sellers_bad_paywords_cost_the_bank_a_bounded_number_of_hash_checks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A redemption's check hashes the payword `index` times (2^20 for the longest
+    chain: ~0.35 s of CPU here). The chain's seller could send bad paywords without
+    end, many at once, and the bank hashed every one, in parallel: one seller (with
+    one chain a colluding buyer reserved, its money back later) kept the bank's cores
+    busy. Now a chain's checks run one at a time, and after MAX_BAD_PAYWORDS refused
+    ones its redemptions are refused without hashing (purse.bad_payword, detail
+    `tries`); nothing moves."""
+    import semper.agents.instruments.purse as bank_purse
+
+    hashed: list[int] = []
+    real = bank_purse.check_redemption
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        hashed.append(kwargs["index"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bank_purse, "check_redemption", counting)
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            record, second, _ = await chain_of_two(m, tmp_path, "cpu")
+            held = await books(m)
+            codes: list[Any] = []
+
+            async def bad(n: int) -> None:
+                try:
+                    await m.seller.request("bank", "bank", "purse_redeem",
+                                           redeem(record, bytes([n]) * 32, 5))
+                except RemoteError as exc:
+                    codes.append((exc.code, exc.detail.get("tries")))
+
+            async with trio.open_nursery() as nursery:
+                for n in range(8):
+                    nursery.start_soon(bad, n)
+            assert {code for code, _ in codes} == {"purse.bad_payword"}
+            assert len(hashed) == bank_purse.MAX_BAD_PAYWORDS, hashed
+            assert sum(1 for _, tries in codes if tries is not None) == 8 - len(hashed)
+            # The good one, after: refused as well, without a hash (the seller's doing).
+            await refused(m.seller.request("bank", "bank", "purse_redeem",
+                                           redeem(record, second, 2)), "purse.bad_payword")
+            assert len(hashed) == bank_purse.MAX_BAD_PAYWORDS
+            assert await books(m) == held

@@ -43,6 +43,7 @@ from semper.services.payment.purse import (
     REDEEM_GRACE_MS,
     AlreadyRedeemed,
     BadCommitment,
+    BadPayword,
     PurseCommitment,
     PurseExpired,
     RedeemAnswer,
@@ -59,8 +60,8 @@ from semper.services.payment.purse import (
 )
 from semper.services.statements import Statement
 
-__all__ = ["MIGRATIONS", "RESERVED", "SWEEP_BATCH", "SWEEP_INTERVAL_S", "PurseBank",
-           "release_expired", "reserve_chain"]
+__all__ = ["MAX_BAD_PAYWORDS", "MIGRATIONS", "RESERVED", "SWEEP_BATCH", "SWEEP_INTERVAL_S",
+           "PurseBank", "release_expired", "reserve_chain"]
 
 #: The bank's own account that holds every live reservation.
 RESERVED: Final = _ledger.system_account("purse-reserved")
@@ -71,6 +72,9 @@ SWEEP_INTERVAL_S: Final = 60.0
 SWEEP_BATCH: Final = 200
 #: Above this many hashes the payword's check runs in a worker thread.
 _THREAD_HASHES: Final = 4096
+#: Bad paywords a chain's redemption may present before the bank stops hashing them
+#: (a check costs up to 2**20 hashes: the seller could keep the bank's cores busy).
+MAX_BAD_PAYWORDS: Final = 3
 
 MIGRATIONS: Final = {
     "bank_purse": [
@@ -82,11 +86,13 @@ MIGRATIONS: Final = {
         " state TEXT NOT NULL, redeemed_index INTEGER, payword BLOB, redeemed BLOB,"
         " updated_ms INTEGER NOT NULL) STRICT;"
         "CREATE INDEX bank_purse_chains_live ON bank_purse_chains (state, expires)",
+        # 2: redemptions refused for a bad payword (MAX_BAD_PAYWORDS, then no hashing).
+        "ALTER TABLE bank_purse_chains ADD COLUMN bad_tries INTEGER NOT NULL DEFAULT 0",
     ],
 }
 
 _COLUMNS: Final = ("buyer, seller, expires, commitment, buyer_certificate, reservation,"
-                   " state, redeemed_index, payword, redeemed")
+                   " state, redeemed_index, payword, redeemed, bad_tries")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +109,7 @@ class _Chain:
     redeemed_index: int | None
     payword: bytes | None
     redeemed: bytes | None
+    bad_tries: int
 
 
 def _chain(c: sqlite3.Connection, chain: bytes) -> _Chain | None:
@@ -115,6 +122,11 @@ class PurseBank(Component):
     name = "purse"
     modules = ("purse",)
     requires = (BankService,)
+
+    def __init__(self, context: Any) -> None:
+        super().__init__(context)
+        #: chain -> the lock its payword checks take (one at a time; gone when idle)
+        self._checking: dict[bytes, trio.Lock] = {}
 
     def migrations(self) -> Mapping[str, Sequence[str]]:
         return MIGRATIONS
@@ -168,16 +180,42 @@ class PurseBank(Component):
         stored = _standing(row, body, request, seller=seller, now_ms=bank.book.now_ms())
         if stored is not None:
             return RedeemAnswer(redeemed=stored, bank_certificate=self.context.certificate)
-        if request.index > _THREAD_HASHES and request.index <= body.length:
-            await trio.to_thread.run_sync(lambda: check_redemption(
-                body, index=request.index, payword=request.payword))
-        else:
-            check_redemption(body, index=request.index, payword=request.payword)
+        await self._check(body, request)
         crash_point("purse.redeem_checked")
         outcome = await self.context.database.transaction(lambda c: redeem_chain(
             bank.book, c, request, body, seller=seller))
         crash_point("purse.redeem_committed")
         return RedeemAnswer(redeemed=outcome.statement, bank_certificate=self.context.certificate)
+
+    async def _check(self, body: PurseCommitment, request: RedeemRequest) -> None:
+        """The payword's hashes, one check of a chain at a time; a bad one counted,
+        and past ``MAX_BAD_PAYWORDS`` no more hashing for the chain (BadPayword)."""
+        chain = body.chain
+        lock = self._checking.setdefault(chain, trio.Lock())
+        try:
+            async with lock:
+                row = await self.context.database.read(lambda c: _chain(c, chain))
+                assert row is not None  # _standing found it; chains are never deleted
+                if row.bad_tries >= MAX_BAD_PAYWORDS:
+                    raise BadPayword(f"this chain's redemption presented {row.bad_tries} bad "
+                                     "paywords: no more are checked",
+                                     detail={"index": request.index, "tries": row.bad_tries})
+                try:
+                    if request.index > _THREAD_HASHES and request.index <= body.length:
+                        await trio.to_thread.run_sync(lambda: check_redemption(
+                            body, index=request.index, payword=request.payword))
+                    else:
+                        check_redemption(body, index=request.index, payword=request.payword)
+                except BadPayword:
+                    if request.index < 1:
+                        raise  # refused before any hash: not counted
+                    await self.context.database.transaction(lambda c: c.execute(
+                        "UPDATE bank_purse_chains SET bad_tries = bad_tries + 1"
+                        " WHERE chain = ?", (chain,)))
+                    raise
+        finally:
+            if not lock.locked() and self._checking.get(chain) is lock:
+                del self._checking[chain]
 
     @handles(PURSE_STATUS)
     async def status(self, context: Any, request: StatusRequest) -> StatusAnswer:
