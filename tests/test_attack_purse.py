@@ -274,3 +274,46 @@ async def test_a_sellers_bad_paywords_cost_the_bank_a_bounded_number_of_hash_che
                                            redeem(record, second, 2)), "purse.bad_payword")
             assert len(hashed) == bank_purse.MAX_BAD_PAYWORDS
             assert await books(m) == held
+
+
+async def test_bad_paywords_of_a_long_chain_are_hashed_in_threads_a_bounded_number(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for a chain long enough that its checks run in worker threads
+    (index above 4096): six bad paywords at once cost three checks, one at a time."""
+    import semper.agents.instruments.purse as bank_purse
+
+    running, most, hashed = [0], [0], [0]
+    real = bank_purse.check_redemption
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        hashed[0] += 1
+        try:
+            return real(*args, **kwargs)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(bank_purse, "check_redemption", counting)
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            purse = m.buyer.component(Purse)
+            commitment, reservation = await purse.open_chain("seller", 5000,
+                                                             Amount("EUR", 1), None, "long")
+            held = await books(m)
+            codes: list[str] = []
+
+            async def bad(n: int) -> None:
+                try:
+                    await m.seller.request("bank", "bank", "purse_redeem", RedeemRequest(
+                        commitment=commitment, reservation=reservation,
+                        payword=bytes([n]) * 32, index=5000).to_wire())
+                except RemoteError as exc:
+                    codes.append(exc.code)
+
+            async with trio.open_nursery() as nursery:
+                for n in range(6):
+                    nursery.start_soon(bad, n)
+            assert codes == ["purse.bad_payword"] * 6
+            assert hashed[0] == bank_purse.MAX_BAD_PAYWORDS and most[0] == 1
+            assert await books(m) == held
