@@ -160,10 +160,10 @@ async def test_reservations_out_of_range_or_for_no_account_move_nothing(
 async def test_a_purse_ticket_takes_only_a_chain_for_this_order_item_and_seller(
         tmp_path: Path) -> None:
     """Held: the seller's delivery.ticket checks the chain it is handed against the
-    order before it issues or stores anything: a chain of another length, unit or
-    order (or none), a reservation of another chain, are refused with the purse's
-    codes; a good second chain for an order ticketed already is delivery.busy. The
-    seller keeps one ticket and one chain for the order."""
+    order before it issues or stores anything: a chain reserved for another seller,
+    of another length, unit or order (or none), a reservation of another chain, are
+    refused with the purse's codes; a good second chain for an order ticketed
+    already is delivery.busy. The seller keeps one ticket and one chain for it."""
     from test_attack_delivery import ticketed
     from test_delivery_agents import shopper_order
 
@@ -177,11 +177,17 @@ async def test_a_purse_ticket_takes_only_a_chain_for_this_order_item_and_seller(
             order = shopper_order(m, "t1")
             purse = m.buyer.component(Purse)
             eur3 = Amount("EUR", 3)
-            chains = {name: await purse.open_chain("seller", length, unit, digest, name)
-                      for name, length, unit, digest in (
-                          ("length", 4, eur3, order), ("unit", 5, Amount("EUR", 2), order),
-                          ("order", 5, eur3, None), ("other", 5, eur3, order))}
-            cases = [(chains["length"], "purse.bad_commitment", "length"),
+            await m.bank.database.transaction(  # another seller the bank pays
+                lambda c: _ledger.open_account(c, "arbiter", "EUR"))
+            chains = {name: await purse.open_chain(payee, length, unit, digest, name)
+                      for name, payee, length, unit, digest in (
+                          ("length", "seller", 4, eur3, order),
+                          ("unit", "seller", 5, Amount("EUR", 2), order),
+                          ("order", "seller", 5, eur3, None),
+                          ("payee", "arbiter", 5, eur3, order),
+                          ("other", "seller", 5, eur3, order))}
+            cases = [(chains["payee"], "purse.bad_commitment", "seller"),
+                     (chains["length"], "purse.bad_commitment", "length"),
                      (chains["unit"], "purse.bad_commitment", "unit"),
                      (chains["order"], "purse.bad_commitment", "order"),
                      ((chains["other"][0], chains["unit"][1]), "payment.bad_confirmation",
