@@ -608,3 +608,35 @@ async def test_huge_or_negative_numbers_are_refused_with_codes(tmp_path: Path) -
                                     "delivery.out_of_order")):
                     await refused(channel.request("delivery", "chunk", body), code)
             assert (await seller_chain(m))[1] == 2
+
+
+async def test_the_buyer_checks_the_opens_answer_against_the_offer(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """(e)/(d), protocol.md 13.3: "A buyer checks that the answer's chunks,
+    chunk_size, length and root are the offer's, and from the one it asked." semper's
+    buyer did not look (it asked and verified by the offer's map regardless). A
+    seller answering another stream is now delivery.bad_request (type
+    delivery.open) before any payword."""
+    from semper.agents.components._purse import Purse
+    from semper.agents.runtime._component import handles
+    from semper.services.delivery import _ops as delivery_ops
+
+    real = DeliverySeller.open
+
+    @handles(delivery_ops.OPEN)
+    async def lying(self: Any, context: Any, request: Any) -> Any:
+        import dataclasses
+
+        return dataclasses.replace(await real(self, context, request), root=bytes(32))
+
+    monkeypatch.setattr(DeliverySeller, "open", lying)
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path) as m:
+            with pytest.raises(Exception) as info:
+                await Shopper(m.buyer, output=tmp_path / "o.bin").buy("seller", SKU, "purse",
+                                                                      "lying-open")
+            assert getattr(info.value, "code", None) == "delivery.bad_request", info.value
+            assert info.value.detail == {"type": "delivery.open",  # type: ignore[attr-defined]
+                                         "field": "root"}
+            chains = await m.buyer.component(Purse).list()
+            assert [c["spent"]["minor_units"] for c in chains] == [0]

@@ -232,6 +232,7 @@ class StreamClient:
                       currency: str) -> None:
         opened = await channel.request("delivery", "open",
                                        {"ticket": ticket.to_bytes(), "from": progress[0]})
+        _check_opened(opened, info, progress[0])
         stream = opened["stream"]
         drawn: bytes | Exception | None = None  # the next chunk's payword, if drawn
         for index in range(progress[0], info.chunks):
@@ -315,6 +316,22 @@ class StreamClient:
         await self.agent.database.transaction(lambda c: c.execute(
             "UPDATE delivery_downloads SET state = 'done', updated_ms = ? WHERE key = ?",
             (now, key)))
+
+
+def _check_opened(opened: Any, info: StreamInfo, start: int) -> None:
+    """The open's answer is the offer's stream from the chunk asked (protocol.md 13.3),
+    before anything is paid: a seller streaming something else stops here."""
+    from semper.services.delivery import BadRequest
+
+    wanted = {"from": start, "chunks": info.chunks, "chunk_size": info.chunk_size,
+              "length": info.length, "root": info.root}
+    if not isinstance(opened, dict) or type(opened.get("stream")) is not int:
+        raise BadRequest("the open's answer names no stream",
+                         detail={"type": "delivery.open", "field": "stream"})
+    for field, value in wanted.items():
+        if opened.get(field) != value:
+            raise BadRequest(f"the open's answer has another {field} than the offer's stream",
+                             detail={"type": "delivery.open", "field": field})
 
 
 def _chunk_answer(answer: Any, index: int) -> tuple[bytes, list[bytes]]:
