@@ -305,6 +305,41 @@ async def test_a_history_rewritten_between_two_runs_is_caught_against_the_archiv
             assert done.chunks == 6
 
 
+async def test_a_rerun_given_a_head_of_an_archived_size_with_another_root_is_a_fork(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same kind, another member: the rerun's first chunk comes with a head of the
+    size of a head the first run archived, with another root. Both signed heads are
+    in the buyer's hands at once (same_size, 13.5 step 2), so the fork is caught
+    there, not only once the chunks reach that size: before, a stream that broke
+    earlier (here chunk 1 does not verify) stopped with delivery.bad_chunk and the
+    fork it was given went unreported."""
+    with trio.fail_after(DEADLINE):
+        async with market(tmp_path, monkeypatch) as m:
+            output = tmp_path / "ticker.jsonl"
+            await LiveClient(m.buyer).fetch(FEED, 6, "live-10", output)
+            old = {StreamHead.from_statement(h).size: h
+                   for h in await archived(m.buyer, "live-10", HEAD_TYPE)}
+            component = m.feed.component(semper_live_feed.TickerFeed)
+            (feed,) = component._feeds.values()
+            chunks = [feed.chunks[0], b'{"seq": 1, "price": "0.01"}\n', *feed.chunks[2:]]
+            live = LiveStream(stream_id=feed.live.stream_id, every_chunks=6, every_ms=10**6)
+            for data in chunks:
+                live.add(data, now_ms=component.context.now_ms())
+            head = live.due(component.context.now_ms(), final=True)
+            assert head is not None and head.size in old
+            live.signed(component.context.sign(HEAD_TYPE, head.to_body()))
+            feed.chunks[:], feed.live = [*chunks[:1], b"not chunk 1\n", *chunks[2:]], live
+            with pytest.raises(Forked) as info:
+                await LiveClient(m.buyer).fetch(FEED, 6, "live-10", output)
+            assert info.value.detail["kind"] == "same_size"
+            first, second = info.value.evidence.first, info.value.evidence.second
+            assert first.digest == old[6].digest and second.digest == live.heads[0].digest
+            assert info.value.detail["heads"] == [first.to_bytes().hex(),
+                                                  second.to_bytes().hex()]
+            assert {h.digest for h in await archived(m.buyer, "live-10", HEAD_TYPE)} >= {
+                first.digest, second.digest}
+
+
 async def test_a_feed_restarted_mid_stream_redeems_what_was_paid_and_ends_the_ticket(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The feed dies after 3 of 8 chunks were paid and sent: started again, it

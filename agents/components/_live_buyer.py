@@ -299,6 +299,16 @@ class LiveClient:
                 await self.agent.archive.record(receiver.heads[-1], direction="received",
                                                 peer=seller, transaction=key,
                                                 certificate=certificate)
+            # An earlier run's head of this size is held too (13.5 step 2): a fork
+            # given in full now, not only once the chunks reach its size (the stream
+            # may break before, and the evidence would go unreported).
+            earlier = before.get(size)
+            if earlier is not None and receiver.latest is not None \
+                    and receiver.latest.size == size \
+                    and StreamHead.from_statement(earlier).root != receiver.latest.root:
+                raise _forked("same_size", earlier, receiver.heads[-1],
+                              f"a head of {size} chunks another root than the one an "
+                              "earlier run received")
         receiver.receive_chunk(answer.index, answer.data, answer.proof, now_ms=now)
 
 
@@ -311,11 +321,15 @@ def _agrees(held: Statement | None, leaves: list[bytes], receiver: LiveReceiver)
         return
     latest = receiver.heads[-1]
     kind = "same_size" if latest.body["size"] == len(leaves) else "inconsistent"
-    raise Forked(f"the stream's first {len(leaves)} chunks are not those an earlier run "
-                 f"received under a signed head ({kind})",
-                 evidence=HeadFork(kind=kind, first=held, second=latest),
-                 detail={"kind": kind, "heads": [held.to_bytes().hex(),
-                                                 latest.to_bytes().hex()]})
+    raise _forked(kind, held, latest, f"the stream's first {len(leaves)} chunks are not "
+                  f"those an earlier run received under a signed head ({kind})")
+
+
+def _forked(kind: str, first: Statement, second: Statement, message: str) -> Forked:
+    """``delivery.fork`` with both signed heads as its evidence (both archived)."""
+    return Forked(message, evidence=HeadFork(kind=kind, first=first, second=second),
+                  detail={"kind": kind, "heads": [first.to_bytes().hex(),
+                                                  second.to_bytes().hex()]})
 
 
 def _now(agent: Any) -> Any:
