@@ -20,6 +20,7 @@ from test_delivery_agents import (
     balances_of,
     market,
     seller_chain,
+    streams_ended,
 )
 
 from semper.agents.components._catalogue import CatalogueItem
@@ -102,14 +103,17 @@ async def test_a_chunk_whose_proof_fails_stops_the_stream_and_moves_no_money(
             ).fetchone())
             assert verified == BAD
             if module == "purse":
-                # Payword BAD+1 paid the spoiled chunk (the one-chunk window) and no
-                # payword beyond it left the buyer, nor reached the seller.
+                # Payword BAD+1 paid chunk BAD-1's successor, the spoiled chunk (the
+                # one-chunk window), and no payword beyond it left the buyer, nor
+                # reached the seller; the seller sent at most one chunk on credit
+                # (chunk BAD+1, asked with payword BAD+1, if it got there in time).
+                await streams_ended(m)
                 assert await spent(m, chain) == BAD + 1
                 _, highest, state, _ = await seller_chain(m)
-                assert (highest, state) == (BAD + 1, "open")
+                assert highest in (BAD, BAD + 1) and state == "open", highest
                 sent = await m.seller.database.read(lambda c: c.execute(
                     "SELECT sent FROM delivery_chains").fetchone()[0])
-                assert sent == BAD + 1
+                assert sent == highest + 1
             # Against an honest seller the same purchase resumes at the bad chunk,
             # which it paid already: nothing is paid twice.
             again = Shopper(m.buyer, output=output)

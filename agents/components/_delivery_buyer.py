@@ -3,13 +3,16 @@
 Theory of operation. ``StreamClient.fetch`` opens a second channel to the seller of
 its own (``Agent.connect``: never the pooled request channel, which other requests
 share), presents the ticket (``delivery.open``) from the first chunk not yet
-verified, and asks for the chunks one at a time. Each chunk is verified against the
+verified, and keeps two chunk requests in flight (so the next chunk travels while
+this one is checked, written and committed). Each chunk is verified against the
 offer's root with its inclusion proof before a byte of it is written, at its offset,
 into ``FILE.part``; then the count of verified chunks is committed in the buyer's
 database (``delivery_downloads``, keyed by the purchase's idempotency key). For a
-purse ticket the payword of chunk i is drawn from the ``Purse`` (which records it
-spent before it leaves) only once chunk i-1 has verified: the buyer never paid for
-more than one chunk it has not received. When every chunk is in and the SHA-256 of
+purse ticket the request for chunk j carries payword j (paying chunks 0..j-1; the
+seller sends chunk j on credit), drawn from the ``Purse`` (which records it spent
+before it leaves) with the count of chunk j-2 verified, in one commit; the last
+chunk is paid with ``delivery.close``. So the buyer never paid for more than one
+chunk it has not received (protocol.md 13.3). When every chunk is in and the SHA-256 of
 the file is the offer's ``content_digest``, ``FILE.part`` is renamed to ``FILE``.
 
 Run again with the same key after a break (the seller killed, the buyer killed, a
@@ -163,7 +166,7 @@ class StreamClient:
         part = output.with_name(output.name + ".part")
         fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            if start < info.chunks:
+            if start < info.chunks or pay is not None:  # (the last payword, if due)
                 await self._stream(key, seller, ticket, info, fd, start, unit, pay)
             await self._finish(key, fd, part, output, content_digest)
         finally:
@@ -233,33 +236,80 @@ class StreamClient:
         opened = await channel.request("delivery", "open",
                                        {"ticket": ticket.to_bytes(), "from": progress[0]})
         _check_opened(opened, info, progress[0])
-        stream = opened["stream"]
-        drawn: bytes | Exception | None = None  # the next chunk's payword, if drawn
-        for index in range(progress[0], info.chunks):
-            asked: dict[str, Any] = {"stream": stream, "index": index}
-            if pay is not None:  # paid only now: chunk index-1 verified and written
-                if drawn is None:
-                    drawn = await pay(index)
-                elif isinstance(drawn, Exception):
-                    raise drawn
-                asked["payword"], drawn = drawn, None
-            crash_point("stream.buyer.chunk", index)  # paid (if by purse), not received
-            answer = await channel.request("delivery", "chunk", asked)
-            data, proof = _chunk_answer(answer, index)
+        failure: list[Exception] = []
+        async with trio.open_nursery() as nursery:
+            try:
+                await self._pipeline(key, channel, opened["stream"], info, fd, unit, pay,
+                                     progress, currency, nursery)
+            except Exception as exc:  # raised bare below, not in the nursery's group
+                failure.append(exc)
+                nursery.cancel_scope.cancel()
+        if failure:
+            raise failure[0]
+
+    async def _pipeline(self, key: str, channel: Any, stream: int, info: StreamInfo,
+                        fd: int, unit: Amount | None, pay: Pay | None,
+                        progress: list[int], currency: str, nursery: trio.Nursery) -> None:
+        """Two chunk requests in flight (the credit window): the request for chunk j
+        carries payword j, paying chunks 0..j-1, and the seller sends chunk j on
+        credit. Once chunk i has verified, its count and payword i+2 (paying chunk
+        i+1, in flight) are committed together, then chunk i+2 is asked for: the
+        buyer never paid for more than one chunk it has not received, and the next
+        chunk's transfer overlaps this one's verify, write and commit. The last
+        chunk is paid by ``delivery.close``."""
+        asked: dict[int, _Asked] = {}
+
+        def ask(index: int, payword: bytes | None) -> None:
+            request: dict[str, Any] = {"stream": stream, "index": index}
+            if payword is not None:
+                request["payword"] = payword
+            asked[index] = slot = _Asked()
+            nursery.start_soon(slot.run, channel, request)
+
+        start = progress[0]
+        if start < info.chunks:
+            ask(start, await pay(start - 1) if pay is not None and start > 0 else None)
+        if start + 1 < info.chunks:
+            payword = None
+            if pay is not None:
+                payword = await pay(start)
+                crash_point("stream.buyer.chunk", start)  # chunk start paid, in flight
+            ask(start + 1, payword)
+        for index in range(start, info.chunks):
+            data, proof = _chunk_answer(await asked.pop(index).answer(), index)
             verify_chunk(info, index, data, proof)  # before a byte is written
-            await trio.to_thread.run_sync(os.pwrite, fd, data, index * info.chunk_size)
+            os.pwrite(fd, data, index * info.chunk_size)  # page cache: cheaper than a hop
             if unit is not None:
                 progress[1] = unit.minor_units * (index + 1)
-            if pay is not None and index + 1 < info.chunks:
-                drawn = await self._verified_and_pay(key, index + 1, progress[1], pay)
+            following = index + 2
+            if pay is not None and (following < info.chunks or index + 1 == info.chunks):
+                paying = following - 1 if following < info.chunks else index
+                drawn = await self._verified_and_pay(
+                    key, index + 1, progress[1], lambda _count, p=paying: pay(p))
+                if isinstance(drawn, Exception):
+                    raise drawn
+                if following < info.chunks:
+                    crash_point("stream.buyer.chunk", following - 1)  # paid, in flight
+                    ask(following, drawn)
+                else:  # the last chunk's payment, which no chunk request carries
+                    crash_point("stream.buyer.chunk", index)
+                    progress[0] = index + 1
+                    await channel.request("delivery", "close",
+                                          {"stream": stream, "payword": drawn})
             else:
                 await self._verified(key, index + 1, progress[1])
+                if following < info.chunks:
+                    ask(following, None)
             progress[0] = index + 1
             self._progress(StreamProgress(
                 chunks=index + 1, of=info.chunks,
                 bytes=min(info.length, (index + 1) * info.chunk_size), length=info.length,
                 paid=Amount(currency, progress[1])))
-        await channel.request("delivery", "close", {"stream": stream})
+        if pay is None:
+            await channel.request("delivery", "close", {"stream": stream})
+        elif start == info.chunks:  # resumed after the last chunk: its payment still due
+            await channel.request("delivery", "close",
+                                  {"stream": stream, "payword": await pay(start - 1)})
 
     async def _verified_and_pay(self, key: str, count: int, paid_units: int, pay: Pay
                                 ) -> bytes | Exception:
@@ -332,6 +382,28 @@ def _check_opened(opened: Any, info: StreamInfo, start: int) -> None:
         if opened.get(field) != value:
             raise BadRequest(f"the open's answer has another {field} than the offer's stream",
                              detail={"type": "delivery.open", "field": field})
+
+
+class _Asked:
+    """One chunk request in flight: its answer, or its failure, once it is in."""
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._result: Any = None
+        self._failure: Exception | None = None
+
+    async def run(self, channel: Any, request: dict[str, Any]) -> None:
+        try:
+            self._result = await channel.request("delivery", "chunk", request)
+        except Exception as exc:  # raised where the chunk is awaited, in order
+            self._failure = exc
+        self._done.set()
+
+    async def answer(self) -> Any:
+        await self._done.wait()
+        if self._failure is not None:
+            raise self._failure
+        return self._result
 
 
 def _chunk_answer(answer: Any, index: int) -> tuple[bytes, list[bytes]]:

@@ -10,15 +10,17 @@ length is the item's chunk count, its unit the price per chunk). One ticket per
 order: asking again gives the same one.
 
 The buyer presents the ticket on a second channel (``delivery.open``) and asks for
-chunks one at a time (``delivery.chunk``), each answered with its inclusion proof.
-A request answers one chunk, so a slow reader holds at most one chunk of ours in the
-channel's bounded writer: the request-answer rhythm is the window. For a purse
-ticket the chunk request carries payword index+1; it is checked with one hash from
-the last one accepted and the tick (highest index, payword) committed before the
-chunk is read or sent, so the seller never sends a chunk unpaid. A chunk already
-paid (index below the highest tick: a stream broken after the tick) is sent again
-without a new payword. The highest tick is redeemed at the chain's bank within
-``REDEEM_AFTER_MS`` of the stream's last chunk, or else at the chain's expiry, by a
+chunks (``delivery.chunk``), each answered with its inclusion proof, in order: at
+most two requests of a stream are held (the one answered, and the next, which waits
+for it), so a slow reader holds at most two chunks of ours. For a purse ticket the
+request for chunk j carries payword j (paying chunks 0..j-1): the credit window,
+protocol.md 13.3. It is checked with one hash from the last one accepted and the
+tick (highest, payword, and sent = j+1) committed before the chunk is read or sent,
+so the seller never sent more than one chunk unpaid (sent <= highest + 1); the buyer
+pays the last chunk with ``delivery.close``. A chunk sent before (a stream broken
+after its tick) is sent again without a new payword. The highest tick is redeemed
+at the chain's bank within ``REDEEM_AFTER_MS`` of its last payword, or else at the
+chain's expiry (a buyer that never paid the last chunk: one chunk lost), by a
 task that reads what is due from the database (so a restart redeems what a crash
 left pending); the bank's ``purse.redeemed`` is checked and archived before the
 chain is marked redeemed. A chain redeemed for the whole item pays the order's sale:
@@ -32,7 +34,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -140,8 +142,14 @@ class _Stream:
     item: CatalogueItem
     next: int
     chain: bytes | None
-    #: a chunk request of this stream is being answered (one at a time: the window)
-    busy: bool = False
+    #: the next chunk whose tick is to be taken (a tick runs ahead of its send)
+    ticked: int = 0
+    #: the chunk requests in hand: at most two, ``next`` and ``next + 1``
+    hand: set[int] = field(default_factory=set)
+    #: chunk requests of this stream that failed in hand (a waiting one gives up)
+    failures: int = 0
+    #: set (and replaced) whenever a request in hand moves on: waiters look again
+    idle: trio.Event | None = None
 
 
 class DeliverySeller(Component):
@@ -162,6 +170,8 @@ class DeliverySeller(Component):
         self._chains: dict[bytes, trio.Lock] = {}
         #: chain -> its checker as last committed (read from the database once).
         self._checkers: dict[bytes, PaywordChecker] = {}
+        #: chain -> chunks sent against it as last committed (with the checker).
+        self._sent: dict[bytes, int] = {}
 
     def configure(self, settings: Mapping[str, Any]) -> None:
         unknown = set(settings) - {"max_streams", "max_streams_per_buyer"}
@@ -345,7 +355,8 @@ class DeliverySeller(Component):
                            detail={"state": sale.state.value})
         item = self._sold(row[1], ticket.stream)
         assert item.stream is not None
-        if not 0 <= start < item.stream.chunks:
+        # from = chunks: nothing to send, a stream only to close with the last payword
+        if not 0 <= start <= item.stream.chunks:
             raise OutOfOrder(f"from {start} is not a chunk of {item.stream.chunks}",
                              detail={"index": start, "expected": 0})
         live = self._live()
@@ -361,7 +372,7 @@ class DeliverySeller(Component):
             raise TooManyStreams(f"{len(live)} streams are open, the most we serve",
                                  detail={"limit": self.max_streams, "scope": "total"})
         stream = _Stream(id=self._next_id, ticket=ticket, ticket_id=ticket.ticket,
-                         buyer=buyer, channel=context.channel, item=item, next=start,
+                         buyer=buyer, channel=context.channel, item=item, next=start, ticked=start,
                          chain=row[2])
         self._next_id += 1
         self._streams[stream.id] = stream
@@ -378,13 +389,16 @@ class DeliverySeller(Component):
 
     @handles(delivery_ops.CHUNK)
     async def chunk(self, context: RequestContext, request: ChunkRequest) -> ChunkAnswer:
+        """Chunk ``index``, in order, at most two requests of a stream in hand: the
+        second (the buyer's next, in flight) takes its tick while the first's chunk
+        is read and sent, and is sent once the first is (protocol.md 13.3)."""
         number, index, payword = request.stream, request.index, request.payword
         stream = self._stream_of(context, number)
         assert stream.item.stream is not None
-        if stream.busy:  # requests sent together would each hold a chunk of ours
-            raise Busy("a chunk of this stream is being answered: one request at a time",
+        if len(stream.hand) >= 2 or index in stream.hand:  # more would each hold a chunk
+            raise Busy("two chunk requests of this stream are in hand already",
                        detail={"stream": number})
-        if index != stream.next or index >= stream.item.stream.chunks:
+        if index not in (stream.next, stream.next + 1) or index >= stream.item.stream.chunks:
             raise OutOfOrder(f"chunk {index} asked, {stream.next} is next of "
                              f"{stream.item.stream.chunks}",
                              detail={"index": index, "expected": stream.next})
@@ -394,65 +408,103 @@ class DeliverySeller(Component):
         if stream.ticket.order in self._refunded:
             raise Refunded("the order was refunded: its goods are not delivered again",
                            detail={"state": SaleState.REFUNDED.value})
-        stream.busy = True
+        stream.hand.add(index)
         try:
+            # The request before it may be in hand, or not yet (handled later).
+            await self._turn(stream, index, lambda: stream.ticked == index)
             if stream.chain is not None:
-                await self._tick(stream.chain, index, payword)
+                await self._tick(stream.chain, index, payword, sending=index + 1)
                 if self._streams.get(stream.id) is not stream:  # closed while it waited:
                     raise UnknownStream("the stream was closed", detail={"stream": number})
             elif payword is not None:
                 raise BadRequest("a ticket paid whole takes no payword",
                                  detail={"type": "delivery.chunk", "field": "payword"})
+            stream.ticked = index + 1
+            _wake(stream)
+            await self._turn(stream, index, lambda: stream.next == index)
             crash_point("stream.seller.chunk", index)
             data = stream.item.chunk(index)
             proof = stream.item.stream.tree.inclusion_proof(index)
             stream.next = index + 1
+        except BaseException:
+            stream.failures += 1
+            raise
         finally:
-            stream.busy = False
+            stream.hand.discard(index)
+            _wake(stream)
         return ChunkAnswer(index=index, data=data, proof=proof)
 
-    async def _tick(self, chain: bytes, index: int, payword: bytes | None) -> None:
-        """Check payword ``index + 1`` of ``chain`` and commit it as the highest tick,
-        before the chunk is read; a chunk paid already (below the highest tick) needs
-        none. Refusals are the purse's codes and move nothing."""
+    async def _turn(self, stream: _Stream, index: int, ready: Any) -> None:
+        """Wait until ``ready()``: the request before ``index`` moved on. It failing,
+        or the stream closing, ends the wait with a refusal."""
+        failures = stream.failures
+        while not ready():
+            if stream.failures != failures:
+                raise OutOfOrder(f"chunk {index} asked, {stream.next} (before it) failed",
+                                 detail={"index": index, "expected": stream.next})
+            await _idle(stream).wait()
+            if self._streams.get(stream.id) is not stream:  # closed while it waited
+                raise UnknownStream("the stream was closed", detail={"stream": stream.id})
+
+    async def _tick(self, chain: bytes, count: int, payword: bytes | None, *,
+                    sending: int | None) -> None:
+        """See that chunks ``0..count-1`` of ``chain`` are paid, taking payword
+        ``count`` (one hash from the last accepted) if they are not yet, and commit
+        it and, when ``sending`` chunks will have left, that count, before the chunk
+        is read. So the seller sends chunk ``count`` with at most that one chunk
+        unpaid (the credit window: sent <= highest + 1), and a chunk sent before
+        (a stream broken after its tick) is sent again without a new payword.
+        Refusals are the purse's codes and move nothing."""
         lock = self._chains.setdefault(chain, trio.Lock())
         async with lock:
             checker = self._checkers.get(chain)
             if checker is None:
                 row = await self.context.database.read(lambda c: c.execute(
-                    "SELECT highest, payword, length, commitment FROM delivery_chains"
+                    "SELECT highest, payword, length, commitment, sent FROM delivery_chains"
                     " WHERE chain = ?", (chain,)).fetchone())
-                highest, last, length, commitment = row
+                highest, last, length, commitment, sent = row
                 root = PurseCommitment.from_statement(Statement.from_bytes(commitment)).root
                 checker = PaywordChecker(root, length, in_order=True, highest=highest,
                                          payword=last if highest else None)
                 self._checkers[chain] = checker
-            if index < checker.highest:
-                return  # paid before (the stream broke after its tick): sent again
-            if payword is None:
-                raise BadPayword(f"chunk {index} is paid by payword {index + 1}",
-                                 detail={"index": index + 1})
-            if payword == checker.payword and checker.highest:
-                raise Replayed(f"payword {checker.highest} again",
-                               detail={"index": index + 1, "highest": checker.highest})
-            checker.check(index + 1, payword)  # the purse's refusals, nothing changed
-            now = self.context.now_ms()
-            done = index + 1 == checker.length
+                self._sent[chain] = sent
+            sent = self._sent[chain]
+            more = sending is not None and sending > sent
+            if count <= checker.highest and not more:
+                return  # paid before, and sent before (or nothing to send)
             before = checker.highest
+            if count > before:
+                if payword is None:
+                    raise BadPayword(f"chunks 0 to {count - 1} are paid by payword {count}"
+                                     f" (the seller holds {before})",
+                                     detail={"index": count, "highest": before})
+                if payword == checker.payword and before:
+                    raise Replayed(f"payword {before} again",
+                                   detail={"index": count, "highest": before})
+                checker.check(count, payword)  # the purse's refusals, nothing changed
+                highest, last = count, payword
+            else:
+                highest, last = before, checker.payword
+            now = self.context.now_ms()
+            done = highest == checker.length and highest > before
+            new_sent = max(sent, sending or 0)
 
             def commit(c: sqlite3.Connection) -> None:
                 changed = c.execute(
-                    "UPDATE delivery_chains SET highest = ?, payword = ?, sent = ?,"
-                    " updated_ms = ?, redeem_at = CASE WHEN ? THEN ? ELSE redeem_at END"
+                    "UPDATE delivery_chains SET highest = ?, payword = COALESCE(?, payword),"
+                    " sent = ?, updated_ms = ?,"
+                    " redeem_at = CASE WHEN ? THEN ? ELSE redeem_at END"
                     " WHERE chain = ? AND highest = ? AND state = 'open'",
-                    (index + 1, payword, index + 1, now, done, now + REDEEM_AFTER_MS, chain,
+                    (highest, last, new_sent, now, done, now + REDEEM_AFTER_MS, chain,
                      before)).rowcount
                 if changed != 1:
                     raise AlreadyRedeemed("the chain was redeemed: no more ticks",
                                           detail={"chain": chain.hex()})
 
             await self.context.database.transaction(commit)
-            checker.accept(index + 1, payword)  # one hash again, after the commit
+            if highest > before:
+                checker.accept(count, payword)  # one hash again, after the commit
+            self._sent[chain] = new_sent
             if done:
                 self._wake.set()
 
@@ -464,7 +516,13 @@ class DeliverySeller(Component):
     @handles(delivery_ops.CLOSE)
     async def close(self, context: RequestContext, request: CloseRequest) -> dict[str, Any]:
         stream = self._stream_of(context, request.stream)
-        del self._streams[stream.id]
+        if request.payword is not None:  # the last chunk's payment (the credit window)
+            if stream.chain is None:
+                raise BadRequest("a ticket paid whole takes no payword",
+                                 detail={"type": "delivery.close", "field": "payword"})
+            await self._tick(stream.chain, stream.next, request.payword, sending=None)
+        self._streams.pop(stream.id, None)
+        _wake(stream)  # a request still waiting ends (delivery.unknown_stream)
         return {}
 
     # -- redemption -------------------------------------------------------------------
@@ -512,6 +570,7 @@ class DeliverySeller(Component):
             if done and lock is not None and not lock.locked():
                 del self._chains[chain]
                 self._checkers.pop(chain, None)
+                self._sent.pop(chain, None)
 
     # -- a purse order's receipt ------------------------------------------------------
 
@@ -615,6 +674,20 @@ class DeliverySeller(Component):
                 " redeemed = ?, updated_ms = ? WHERE chain = ?",
                 (statement.to_bytes(), now, chain)))
         return statement
+
+
+def _idle(stream: _Stream) -> trio.Event:
+    """The event the stream's waiting chunk request waits on."""
+    if stream.idle is None:
+        stream.idle = trio.Event()
+    return stream.idle
+
+
+def _wake(stream: _Stream) -> None:
+    """Waiting requests of ``stream`` look again."""
+    if stream.idle is not None:
+        stream.idle.set()
+        stream.idle = None
 
 
 def _statement(data: bytes) -> Statement:

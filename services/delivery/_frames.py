@@ -129,8 +129,9 @@ class OpenAnswer(Body):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChunkRequest(Body):
-    """``delivery.chunk``: the next chunk, and for a purse ticket payword
-    ``index + 1`` of its chain (None, the key absent, otherwise)."""
+    """``delivery.chunk``: the next chunk, and for a purse ticket payword ``index``
+    of its chain, paying chunks ``0..index-1`` (None, the key absent, for chunk 0 or
+    chunks paid already): the seller sends chunk ``index`` on credit, one unpaid."""
 
     TYPE: ClassVar[str] = "delivery.chunk"
     SCHEMA: ClassVar[Schema] = FRAMES
@@ -158,12 +159,15 @@ class ChunkAnswer(Body):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CloseRequest(Body):
-    """``delivery.close``: the stream to end (its ticket may open another)."""
+    """``delivery.close``: the stream to end (its ticket may open another); for a
+    purse ticket, ``payword`` pays the chunks sent so far (payword ``next``: the
+    last chunk's payment, which no later request carries)."""
 
     TYPE: ClassVar[str] = "delivery.close"
     SCHEMA: ClassVar[Schema] = FRAMES
 
     stream: int
+    payword: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -27,7 +27,7 @@ SERVICE: Final = "delivery"
 OPEN: Final = Op(SERVICE, "open", OpenRequest, OpenAnswer)
 #: ``{stream, index, payword?}`` -> ``{index, data, proof, head?, consistency?}``.
 CHUNK: Final = Op(SERVICE, "chunk", ChunkRequest, ChunkAnswer)
-#: ``{stream}`` -> ``{}``.
+#: ``{stream, payword?}`` -> ``{}`` (a purse stream's last payword rides on it).
 CLOSE: Final = Op(SERVICE, "close", CloseRequest)
 #: ``{stream, size}`` -> ``{head, consistency}`` (live streams).
 HEAD: Final = Op(SERVICE, "head", HeadRequest, HeadAnswer)
