@@ -32,6 +32,17 @@ thread). The bank's books are checked at the end.
 (``{"seller", "buyer"}``; ``baseline_cpu_ms_per_mb`` the same for the baseline),
 ``buy_seconds`` and ``load`` (the 1-minute load average at the end).
 
+Measured (the 2-core machine shared with other sessions, load 1.6-2.2, best of 10):
+with the one-chunk credit window (protocol.md 13.3: two chunk requests in flight,
+the next chunk's transfer overlapping this one's verify, write and commit, the
+seller's tick commit overlapping the previous chunk's send) ``stream_ratio`` 0.68-0.74
+at the default 1 MiB chunks (164-257 MB/s, 160-250 ticks/s; CPU ms per MB seller
+2.1-2.3, buyer 3.2-3.4 against 1.8-2.0 and 2.4-2.5), 0.34-0.38 at 256 KiB (310-490
+ticks/s) and 0.21 at course-004's 128 KiB; one chunk in flight gave 0.51, 0.28 and
+0.19. Short of 0.8: the buyer's CPU (the chunk's SHA-256, 0.7 ms per MiB, and the
+per-chunk work) and the fsync'd commit each side per chunk, which the window (one
+chunk each way) lets overlap only one chunk deep.
+
 ``--prototype`` runs instead the delivery protocol's prototype, in a process of our
 own serving both (random content): one chunk in flight, a payword hash per chunk,
 proof and file write; what decides the ratio, measured: ``--sweep`` (64 KiB to 1 MiB
