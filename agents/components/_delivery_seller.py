@@ -38,11 +38,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
+import trio.testing
 
 from semper.agents.components._purse import redeem as purse_redeem
 from semper.agents.runtime._component import Component, Context, handles
 from semper.agents.runtime._config import ConfigError
-from semper.agents.runtime._faults import crash_point
+from semper.agents.runtime._faults import CRASH_AT, crash_point
 from semper.services.commerce import PaymentConfirmed, Refunded, SaleState, UnknownOffer
 from semper.services.delivery import (
     BadRequest,
@@ -422,6 +423,10 @@ class DeliverySeller(Component):
             stream.ticked = index + 1
             _wake(stream)
             await self._turn(stream, index, lambda: stream.next == index)
+            if CRASH_AT == f"stream.seller.chunk:{index}":
+                # The chunk before was answered, not necessarily written: let the
+                # writer send it, so the crash takes chunk ``index`` alone.
+                await trio.testing.wait_all_tasks_blocked()
             crash_point("stream.seller.chunk", index)
             data = stream.item.chunk(index)
             proof = stream.item.stream.tree.inclusion_proof(index)

@@ -26,8 +26,9 @@ A point may carry a number: ``crash_point("stream.seller.chunk", k)`` fires for
 ``SEMPER_CRASH_AT=stream.seller.chunk:K`` only when ``k == K`` (the seller sending
 chunk K), so that a test can kill a stream at a chosen chunk. A bare name matches a
 point called without a number. The streams' points: ``stream.seller.chunk:K`` (the
-seller, chunk K's tick committed, the chunk not sent) and ``stream.buyer.chunk:K`` (the
-buyer, chunk K's payword drawn, the chunk not asked for).
+seller, chunk K's tick committed and chunk K-1 sent, chunk K not sent) and
+``stream.buyer.chunk:K`` (the buyer, payword K+1 drawn: chunk K paid, asked on credit
+and not yet verified; chunk K+1 not asked for).
 """
 
 from __future__ import annotations
