@@ -48,10 +48,16 @@ at 0.62-0.68 (issue 9's last stop, brief T3). Two changes took it past 0.8:
   and commits a round) and the client a little more (~48 against ~43), but the two
   processes now run side by side on the 2 cores instead of in turns.
 
-Measured with the other sessions' tests loading the machine (load 2-3; this process
-and the notary at ``nice -15``): in one batch 0.69-0.72; split 0.91-0.93 when the
-disk's fsync is quick (batch p50 0.55-0.66 ms), 0.50 in a run where it was slow (p50
-1.6 ms). The figures of record are in README, Performance.
+Measured on a quiet machine, seven default runs: 0.73-0.89, median 0.81 (in one
+batch, ``--split-min 0``: 0.61-0.67). The spread follows the disk: a run's ratio
+tracks its fsync latency (``batch_latency_ms`` p50 0.52-0.70 ms here). Under other
+processes' writes (fsync 1-3 ms) the split loses: 0.43-0.60 against 0.60-0.66 in one
+batch. Tried and not kept: the batch written without its fsync
+(``synchronous=NORMAL``) and an fdatasync of the WAL in a worker thread, answering
+once it returned, so that the loop seals the next batch meanwhile: 0.56-0.61 (the
+thread hand-over, and a slower fsync); the commit as one INSERT ... SELECT ... WHERE
+in autocommit instead of BEGIN, SELECT, INSERT, COMMIT: no difference measurable
+(the fsync and the pages written are the cost, not the statements).
 
 Tried earlier, not kept (brief T3, A/B alternating runs): the answer without the
 certificate (~1 us a token); signing while the writer thread wakes (slower under the
