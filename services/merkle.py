@@ -26,7 +26,7 @@ delivery (issue 10) reuses it for chunks.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar, Final
 
 from ._errors import ServiceError
@@ -36,8 +36,10 @@ __all__ = [
     "HASH_SIZE",
     "InvalidProof",
     "MerkleTree",
+    "consistency_path",
     "consistency_proof",
     "inclusion_proof",
+    "split_point",
     "leaf_hash",
     "mth",
     "node_hash",
@@ -188,17 +190,7 @@ class MerkleTree:
         n = self.size
         if not 0 <= old_size <= n:
             raise ValueError(f"a tree of {n} has no earlier size {old_size}")
-        if old_size in (0, n):
-            return []
-        return self._subproof(old_size, 0, n, True)
-
-    def _subproof(self, m: int, lo: int, hi: int, b: bool) -> list[bytes]:
-        if m == hi - lo:
-            return [] if b else [self.subtree(lo, hi)]
-        k = _split(hi - lo)
-        if m <= k:
-            return [*self._subproof(m, lo, lo + k, b), self.subtree(lo + k, hi)]
-        return [*self._subproof(m - k, lo + k, hi, False), self.subtree(lo, lo + k)]
+        return consistency_path(old_size, n, self.subtree)
 
     def subtree(self, lo: int, hi: int) -> bytes:
         """MTH(D[lo:hi]) for a range the recursion visits: ``lo`` a multiple of a power
@@ -210,6 +202,27 @@ class MerkleTree:
             return self._levels[size.bit_length() - 1][lo // size]
         k = _split(size)
         return node_hash(self.subtree(lo, lo + k), self.subtree(lo + k, hi))
+
+
+def consistency_path(old: int, size: int, subtree: Callable[[int, int], bytes]
+                     ) -> list[bytes]:
+    """PROOF(old, D[size]) (RFC 6962 2.1.2) from ``subtree(lo, hi)`` = MTH(D[lo:hi]),
+    for any tree that can give the subtrees the recursion visits (a fixed tree, or
+    one that grows: the live streams' heads)."""
+    def sub(m: int, lo: int, hi: int, b: bool) -> list[bytes]:
+        if m == hi - lo:
+            return [] if b else [subtree(lo, hi)]
+        k = _split(hi - lo)
+        if m <= k:
+            return [*sub(m, lo, lo + k, b), subtree(lo + k, hi)]
+        return [*sub(m - k, lo + k, hi, False), subtree(lo, lo + k)]
+
+    return [] if old in (0, size) else sub(old, 0, size, True)
+
+
+def split_point(n: int) -> int:
+    """The largest power of two smaller than ``n`` (n >= 2): where RFC 6962 splits."""
+    return _split(n)
 
 
 def _levels(hashes: list[bytes]) -> list[list[bytes]]:

@@ -31,7 +31,14 @@ from cryptography import x509
 
 from .._errors import ServiceError
 from .._schema import DIGEST, TIME, Body, Schema, binary, integer
-from ..merkle import EMPTY_ROOT, InvalidProof, node_hash, verify_consistency
+from ..merkle import (
+    EMPTY_ROOT,
+    InvalidProof,
+    consistency_path,
+    node_hash,
+    split_point,
+    verify_consistency,
+)
 from ..statements import Statement, verify_statement
 from ._content import MAX_CHUNK_SIZE, MAX_CHUNKS, chunk_leaf, verify_chunk
 from ._errors import BadHead, Forked, NotYet, OutOfOrder
@@ -107,10 +114,6 @@ class HeadFork:
         return {"kind": self.kind, "heads": [self.first.to_wire(), self.second.to_wire()]}
 
 
-def _split(n: int) -> int:
-    return 1 << ((n - 1).bit_length() - 1)
-
-
 class _GrowingTree:
     """Every node of an RFC 6962 tree that grows by appending leaves."""
 
@@ -150,7 +153,7 @@ class _GrowingTree:
             return self._levels[0][lo]
         if width & (width - 1) == 0 and lo % width == 0:
             return self._levels[width.bit_length() - 1][lo // width]
-        k = _split(width)
+        k = split_point(width)
         return node_hash(self.subtree(lo, lo + k), self.subtree(lo + k, hi))
 
     def root(self, size: int) -> bytes:
@@ -161,7 +164,7 @@ class _GrowingTree:
         out: list[bytes] = []
         lo, hi = 0, size
         while hi - lo > 1:  # top down; the path lists the siblings bottom up
-            k = _split(hi - lo)
+            k = split_point(hi - lo)
             if index < lo + k:
                 out.append(self.subtree(lo + k, hi))
                 hi = lo + k
@@ -173,17 +176,7 @@ class _GrowingTree:
 
     def consistency(self, old: int, size: int) -> list[bytes]:
         """PROOF(old, D[size]) (RFC 6962 2.1.2)."""
-        if old in (0, size):
-            return []
-        return self._subproof(old, 0, size, True)
-
-    def _subproof(self, m: int, lo: int, hi: int, b: bool) -> list[bytes]:
-        if m == hi - lo:
-            return [] if b else [self.subtree(lo, hi)]
-        k = _split(hi - lo)
-        if m <= k:
-            return [*self._subproof(m, lo, lo + k, b), self.subtree(lo + k, hi)]
-        return [*self._subproof(m - k, lo + k, hi, False), self.subtree(lo, lo + k)]
+        return consistency_path(old, size, self.subtree)
 
 
 class LiveStream:
