@@ -254,11 +254,7 @@ class Purse(Component):
                 "DELETE FROM purse_chains WHERE chain = ? AND state = 'reserving'",
                 (record.chain,)))
             raise
-        verify_reservation(answer.reservation, bank_certificate=answer.bank_certificate,
-                           root=self.context.root, crl=self.context.crl,
-                           now=self.context.now(), commitment=record.commitment,
-                           expected_bank=record.bank)
-        await ctx.record(answer.reservation, answer.bank_certificate)
+        await self._keep_reservation(ctx, record, answer.reservation, answer.bank_certificate)
         now = self.context.now_ms()
         await self.context.database.transaction(lambda c: c.execute(
             "UPDATE purse_chains SET reservation = ?, bank_certificate = ?,"
@@ -268,6 +264,15 @@ class Purse(Component):
         return answer.reservation
 
     # -- paying -------------------------------------------------------------------------
+
+    async def _keep_reservation(self, ctx: AgentPaymentContext, record: ChainRecord,
+                                reservation: Statement, certificate: x509.Certificate
+                                ) -> None:
+        """Check our bank's ``purse.reservation`` of ``record`` and archive it."""
+        verify_reservation(reservation, bank_certificate=certificate, root=self.context.root,
+                           crl=self.context.crl, now=self.context.now(),
+                           commitment=record.commitment, expected_bank=record.bank)
+        await ctx.record(reservation, certificate)
 
     async def pay(self, chain: bytes, index: int) -> bytes:
         """The payword for chunk ``index`` (0-based) of a stream: payword
@@ -348,11 +353,8 @@ class Purse(Component):
                 await ctx.record(answer.redeemed, answer.bank_certificate)
         state = answer.state
         if record.state == "reserving":  # the bank reserved it: its answer was lost
-            verify_reservation(answer.reservation, bank_certificate=answer.bank_certificate,
-                               root=self.context.root, crl=self.context.crl,
-                               now=self.context.now(), commitment=record.commitment,
-                               expected_bank=record.bank)
-            await ctx.record(answer.reservation, answer.bank_certificate)
+            await self._keep_reservation(ctx, record, answer.reservation,
+                                         answer.bank_certificate)
         now = self.context.now_ms()
         await self.context.database.transaction(lambda c: c.execute(
             "UPDATE purse_chains SET state = ?, redeemed = ?, reservation = ?,"
