@@ -1,0 +1,264 @@
+"""The raw RSA private-key operation (RSASP1, RFC 8017 5.2.1) at OpenSSL's speed.
+
+Why this module exists: a blind signature is the bare ``m^d mod n`` of a value the
+signer cannot see, and ``cryptography`` exposes no raw RSA (every private operation
+pads). Python's ``pow`` with CRT runs at ~0.04-0.1x of OpenSSL and is not constant
+time. OpenSSL's own RSA *is* what ``openssl speed rsa2048`` measures: constant-time
+(``BN_FLG_CONSTTIME``) and blinded (``RSA_FLAG_BLINDING``, on by default). We reach it
+through the libcrypto that Python's ``ssl`` module already links (no new dependency),
+with ctypes: ``EVP_PKEY_sign`` under ``RSA_NO_PADDING`` on a context made once per key
+and reused (a context is not safe for two threads at once, so contexts live in a small
+pool: a thread takes one, or makes one, and puts it back).
+
+When libcrypto cannot be loaded (or lacks a symbol) the fallback is Python's ``pow``
+with CRT and message blinding (``backend == "python"``; a warning is logged once).
+
+Theory of the checks: every OpenSSL call's return code is checked and a failure
+clears OpenSSL's (thread-local, shared with ``ssl``) error queue before raising
+``RawRSAError``. Key material is never printed, and the DER handed to OpenSSL is
+wiped from the ctypes buffer once parsed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import secrets
+import threading
+import weakref
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+__all__ = ["RawRSA", "RawRSAError", "load_libcrypto"]
+
+_log = logging.getLogger(__name__)
+
+RSA_NO_PADDING = 3
+_EVP_PKEY_CTRL_RSA_PADDING = 0x1000 + 1  # EVP_PKEY_ALG_CTRL + 1 (OpenSSL 1.1 path)
+
+_c_p = ctypes.c_void_p
+_c_size_p = ctypes.POINTER(ctypes.c_size_t)
+
+
+class RawRSAError(Exception):
+    """A raw RSA operation failed inside OpenSSL (never a peer's fault: the caller
+    checks the input range first)."""
+
+
+def _libcrypto_path() -> str | None:
+    """The libcrypto mapped into this process by ``ssl`` (so it is the very library
+    Python's TLS uses), else the one the linker would find."""
+    import ssl  # noqa: F401  (maps _ssl's libcrypto into the process)
+
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                path = line.split()[-1] if line.strip() else ""
+                if "/libcrypto" in path and ".so" in path:
+                    return path
+    except OSError:
+        pass
+    return ctypes.util.find_library("crypto")
+
+
+_LIB_LOCK = threading.Lock()
+_LIB: list[Any] = []  # [] not tried yet; [None] unavailable; [lib] loaded
+
+
+def _declare(lib: Any) -> Any:
+    """Set the prototypes; raises AttributeError when a required symbol is missing."""
+    lib.d2i_AutoPrivateKey.restype = _c_p
+    lib.d2i_AutoPrivateKey.argtypes = [_c_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_long]
+    lib.EVP_PKEY_free.restype = None
+    lib.EVP_PKEY_free.argtypes = [_c_p]
+    lib.EVP_PKEY_CTX_new.restype = _c_p
+    lib.EVP_PKEY_CTX_new.argtypes = [_c_p, _c_p]
+    lib.EVP_PKEY_CTX_free.restype = None
+    lib.EVP_PKEY_CTX_free.argtypes = [_c_p]
+    for name in ("EVP_PKEY_sign_init", "EVP_PKEY_verify_recover_init"):
+        getattr(lib, name).restype = ctypes.c_int
+        getattr(lib, name).argtypes = [_c_p]
+    for name in ("EVP_PKEY_sign", "EVP_PKEY_verify_recover"):
+        getattr(lib, name).restype = ctypes.c_int
+        getattr(lib, name).argtypes = [_c_p, ctypes.c_char_p, _c_size_p, ctypes.c_char_p,
+                                       ctypes.c_size_t]
+    lib.ERR_clear_error.restype = None
+    lib.ERR_clear_error.argtypes = []
+    if hasattr(lib, "EVP_PKEY_CTX_set_rsa_padding"):  # a function from OpenSSL 3.0
+        lib.EVP_PKEY_CTX_set_rsa_padding.restype = ctypes.c_int
+        lib.EVP_PKEY_CTX_set_rsa_padding.argtypes = [_c_p, ctypes.c_int]
+    else:  # 1.1: the macro's expansion
+        lib.EVP_PKEY_CTX_ctrl.restype = ctypes.c_int
+        lib.EVP_PKEY_CTX_ctrl.argtypes = [_c_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                          ctypes.c_int, _c_p]
+    return lib
+
+
+def load_libcrypto() -> Any | None:
+    """The declared libcrypto, or None when it cannot be loaded (logged once)."""
+    with _LIB_LOCK:
+        if not _LIB:
+            lib = None
+            try:
+                path = _libcrypto_path()
+                if path:
+                    lib = _declare(ctypes.CDLL(path))
+            except (OSError, AttributeError) as exc:
+                _log.warning("ecash: libcrypto not usable (%s); blind signing falls back to "
+                             "Python's pow (slow, not constant time)", exc)
+                lib = None
+            else:
+                if lib is None:
+                    _log.warning("ecash: no libcrypto found; blind signing falls back to "
+                                 "Python's pow (slow, not constant time)")
+            _LIB.append(lib)
+        return _LIB[0]
+
+
+def _set_no_padding(lib: Any, ctx: int) -> int:
+    if hasattr(lib, "EVP_PKEY_CTX_set_rsa_padding"):
+        return int(lib.EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_NO_PADDING))
+    return int(lib.EVP_PKEY_CTX_ctrl(ctx, -1, -1, _EVP_PKEY_CTRL_RSA_PADDING,
+                                     RSA_NO_PADDING, None))
+
+
+def _free_all(lib: Any, pkey: int, contexts: list[int]) -> None:
+    """Finalizer: frees every context made for the key, then the key."""
+    while contexts:
+        lib.EVP_PKEY_CTX_free(contexts.pop())
+    lib.EVP_PKEY_free(pkey)
+
+
+class _OpenSSLKey:
+    """One EVP_PKEY and a pool of EVP_PKEY_CTX for it (sign and verify-recover)."""
+
+    def __init__(self, lib: Any, private_key: rsa.RSAPrivateKey) -> None:
+        self._lib = lib
+        der = private_key.private_bytes(serialization.Encoding.DER,
+                                        serialization.PrivateFormat.TraditionalOpenSSL,
+                                        serialization.NoEncryption())
+        buf = ctypes.create_string_buffer(der, len(der))
+        try:
+            cursor = ctypes.c_char_p(ctypes.addressof(buf))
+            pkey = lib.d2i_AutoPrivateKey(None, ctypes.byref(cursor), len(der))
+        finally:
+            ctypes.memset(buf, 0, len(der))
+            del der
+        if not pkey:
+            lib.ERR_clear_error()
+            raise RawRSAError("d2i_AutoPrivateKey failed")
+        self._pkey: int = pkey
+        self._all: list[int] = []  # every context made (freed by the finalizer)
+        self._sign_pool: list[int] = []
+        self._recover_pool: list[int] = []
+        self._lock = threading.Lock()
+        weakref.finalize(self, _free_all, lib, pkey, self._all)
+
+    def _new_ctx(self, for_sign: bool) -> int:
+        lib = self._lib
+        ctx = lib.EVP_PKEY_CTX_new(self._pkey, None)
+        if not ctx:
+            lib.ERR_clear_error()
+            raise RawRSAError("EVP_PKEY_CTX_new failed")
+        with self._lock:
+            self._all.append(ctx)
+        init = lib.EVP_PKEY_sign_init if for_sign else lib.EVP_PKEY_verify_recover_init
+        if init(ctx) <= 0 or _set_no_padding(lib, ctx) <= 0:
+            lib.ERR_clear_error()
+            raise RawRSAError("EVP_PKEY context set-up failed")
+        return int(ctx)
+
+    def _run(self, pool: list[int], for_sign: bool, block: bytes) -> bytes:
+        with self._lock:
+            ctx = pool.pop() if pool else None
+        if ctx is None:
+            ctx = self._new_ctx(for_sign)
+        lib = self._lib
+        out = ctypes.create_string_buffer(len(block))
+        out_len = ctypes.c_size_t(len(block))
+        op = lib.EVP_PKEY_sign if for_sign else lib.EVP_PKEY_verify_recover
+        ok = op(ctx, out, ctypes.byref(out_len), block, len(block))
+        with self._lock:
+            pool.append(ctx)  # an op's failure leaves the context reusable
+        if ok <= 0 or out_len.value != len(block):
+            lib.ERR_clear_error()
+            raise RawRSAError("EVP_PKEY_sign failed" if for_sign
+                              else "EVP_PKEY_verify_recover failed")
+        return out.raw
+
+    def private(self, block: bytes) -> bytes:
+        return self._run(self._sign_pool, True, block)
+
+    def public(self, block: bytes) -> bytes:
+        return self._run(self._recover_pool, False, block)
+
+
+class _PythonKey:
+    """RSASP1 by CRT with message blinding (RFC 8017 5.2.1 note; Kocher 1996): the
+    exponentiation sees m * r^e, never m, so its timing says nothing of m."""
+
+    def __init__(self, private_key: rsa.RSAPrivateKey) -> None:
+        numbers = private_key.private_numbers()
+        self._n = numbers.public_numbers.n
+        self._e = numbers.public_numbers.e
+        self._p, self._q = numbers.p, numbers.q
+        self._dp, self._dq, self._qinv = numbers.dmp1, numbers.dmq1, numbers.iqmp
+        self._k = (self._n.bit_length() + 7) // 8
+
+    def private(self, block: bytes) -> bytes:
+        n = self._n
+        m = int.from_bytes(block, "big")
+        while True:
+            r = secrets.randbelow(n - 2) + 2
+            try:
+                r_inv = pow(r, -1, n)
+            except ValueError:  # r shares a factor with n: astronomically unlikely
+                continue
+            break
+        c = m * pow(r, self._e, n) % n
+        m1 = pow(c % self._p, self._dp, self._p)
+        m2 = pow(c % self._q, self._dq, self._q)
+        h = self._qinv * (m1 - m2) % self._p
+        s = (m2 + h * self._q) * r_inv % n
+        return s.to_bytes(self._k, "big")
+
+    def public(self, block: bytes) -> bytes:
+        return pow(int.from_bytes(block, "big"), self._e, self._n).to_bytes(self._k, "big")
+
+
+class RawRSA:
+    """RSASP1 and RSAVP1 on ``k``-byte big-endian blocks for one private key.
+
+    The caller checks that a block is ``k`` bytes and below ``n`` (RFC 8017's
+    "message representative out of range"); OpenSSL refuses such a block too
+    (``RawRSAError``). Safe to call from several threads at once.
+
+    Args:
+        private_key: the RSA key.
+        backend: ``"openssl"``, ``"python"``, or None for OpenSSL when available.
+    """
+
+    def __init__(self, private_key: rsa.RSAPrivateKey, *, backend: str | None = None) -> None:
+        if backend not in (None, "openssl", "python"):
+            raise ValueError(f"unknown backend {backend!r}")
+        lib = load_libcrypto() if backend != "python" else None
+        if backend == "openssl" and lib is None:
+            raise RawRSAError("libcrypto is not available")
+        self._key: _OpenSSLKey | _PythonKey
+        if lib is not None:
+            self._key = _OpenSSLKey(lib, private_key)
+            self.backend = "openssl"
+        else:
+            self._key = _PythonKey(private_key)
+            self.backend = "python"
+
+    def private(self, block: bytes) -> bytes:
+        """s = block^d mod n, as k bytes (constant-time and blinded under OpenSSL)."""
+        return self._key.private(block)
+
+    def public(self, block: bytes) -> bytes:
+        """block^e mod n, as k bytes."""
+        return self._key.public(block)
