@@ -24,6 +24,7 @@ from semper.services.payment import (
     Limits,
     ModuleOffer,
     PaymentManager,
+    Unsupported,
     WrongBank,
     load_modules,
     our_bank,
@@ -101,6 +102,14 @@ class AgentPaymentContext:
 
     def now_ms(self) -> int:
         return self._agent.clock.now_ms()
+
+    def holder(self, module: str) -> Any:
+        """The first component whose ``holds`` names ``module`` (the Wallet, Cards)."""
+        for component in self._agent.components.values():
+            if module in getattr(component, "holds", ()):
+                return component
+        raise Unsupported(f"{self.our_id} holds no {module} instrument",
+                          detail={"module": module})
 
     async def sign(self, type: str, body: dict[str, Any]) -> Statement:
         statement = self._agent.evidence.sign(type, body)

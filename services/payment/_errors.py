@@ -24,6 +24,7 @@ __all__ = [
     "UnknownAccount",
     "UnknownModule",
     "UnknownPayment",
+    "Unsupported",
     "WrongCurrency",
     "WrongBank",
     "WrongPayee",
@@ -129,3 +130,12 @@ class AlreadyPaid(PaymentError):
     full). ``detail``: ``reference``."""
 
     code: ClassVar[str] = "payment.already_paid"
+
+
+class Unsupported(PaymentError):
+    """The instrument cannot make this payment here: a purse pays a stream chunk by
+    chunk (paywords on the delivery channel), not one whole amount through
+    ``payment.accept``; an agent holds no ecash wallet or card for the module asked
+    (``PayerContext.holder``). ``detail`` ``module``."""
+
+    code: ClassVar[str] = "payment.unsupported"

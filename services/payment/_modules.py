@@ -123,6 +123,11 @@ class PaymentContext(Protocol):
 class PayerContext(PaymentContext, Protocol):
     """The context of the side that pays (``PaymentModule.pay``)."""
 
+    def holder(self, module: str) -> Any:
+        """The component that holds this agent's ``module`` instrument (an ecash
+        wallet's coins, cards): the payer-side state a stateless module pays from.
+        Raises ``payment.unsupported`` (``Unsupported``) when the agent has none."""
+
 
 class PayeeContext(PaymentContext, Protocol):
     """The context of the side that is paid (``accept``, ``refund``); ``bank_id`` is

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from .._errors import PaymentError
+from .._errors import PaymentError, Unsupported
 
 __all__ = ["AlreadyRedeemed", "BadCommitment", "BadPayword", "BeyondChain", "OutOfOrder",
-           "PurseError", "PurseExpired", "Replayed", "UnknownChain", "Unsupported"]
+           "PurseError", "PurseExpired", "Replayed", "UnknownChain",
+           "Unsupported"]  # Unsupported: services.payment's, re-exported
 
 
 class PurseError(PaymentError):
@@ -75,11 +76,3 @@ class UnknownChain(PurseError):
     ``detail`` ``chain`` (hex)."""
 
     code: ClassVar[str] = "purse.unknown_chain"
-
-
-class Unsupported(PaymentError):
-    """The instrument cannot make this payment: a purse pays a stream chunk by chunk
-    (paywords on the delivery channel), not one whole amount through
-    ``payment.accept``."""
-
-    code: ClassVar[str] = "payment.unsupported"
