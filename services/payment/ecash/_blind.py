@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ._errors import BadBlindMessage, BadBlindSignature, BadCoinSignature
-from ._rawrsa import RawRSA, RawRSAError
+from ._rawrsa import RawRSA
 
 __all__ = ["MODULUS_BITS", "PREFIX_LEN", "SALT_LEN", "BlindSigner", "blind", "finalize",
            "prepare", "verify"]
@@ -173,8 +173,5 @@ class BlindSigner:
                                   detail={"length": len(blinded), "expected": self._k})
         if int.from_bytes(blinded, "big") >= self._n:
             raise BadBlindMessage("a blinded message is not below the key's modulus")
-        signature = self._raw.private(blinded)
-        # 4.3 step 3-4: m' = RSAVP1(pk, s); a fault attack on CRT would show here.
-        if self._raw.public(signature) != blinded:
-            raise RawRSAError("signing failure: s^e != m")
-        return signature
+        # 4.3 steps 2-4: s = RSASP1(sk, m), then RSAVP1(pk, s) must give m back.
+        return self._raw.sign_checked(blinded)

@@ -132,11 +132,26 @@ def _free_all(lib: Any, pkey: int, contexts: list[int]) -> None:
     lib.EVP_PKEY_free(pkey)
 
 
+class _Slot:
+    """What one thread holds while it signs: a sign context, a verify-recover context
+    and their output buffers, all made once and reused (no allocation per signature)."""
+
+    __slots__ = ("out", "out_len", "recover_ctx", "recovered", "recovered_len", "sign_ctx")
+
+    def __init__(self, sign_ctx: int, recover_ctx: int, k: int) -> None:
+        self.sign_ctx, self.recover_ctx = sign_ctx, recover_ctx
+        self.out = ctypes.create_string_buffer(k)
+        self.recovered = ctypes.create_string_buffer(k)
+        self.out_len = ctypes.c_size_t(k)
+        self.recovered_len = ctypes.c_size_t(k)
+
+
 class _OpenSSLKey:
-    """One EVP_PKEY and a pool of EVP_PKEY_CTX for it (sign and verify-recover)."""
+    """One EVP_PKEY and a pool of slots (EVP_PKEY_CTX pairs) for it."""
 
     def __init__(self, lib: Any, private_key: rsa.RSAPrivateKey) -> None:
         self._lib = lib
+        self._k = (private_key.key_size + 7) // 8
         der = private_key.private_bytes(serialization.Encoding.DER,
                                         serialization.PrivateFormat.TraditionalOpenSSL,
                                         serialization.NoEncryption())
@@ -152,12 +167,11 @@ class _OpenSSLKey:
             raise RawRSAError("d2i_AutoPrivateKey failed")
         self._pkey: int = pkey
         self._all: list[int] = []  # every context made (freed by the finalizer)
-        self._sign_pool: list[int] = []
-        self._recover_pool: list[int] = []
+        self._pool: list[_Slot] = []
         self._lock = threading.Lock()
         weakref.finalize(self, _free_all, lib, pkey, self._all)
 
-    def _new_ctx(self, for_sign: bool) -> int:
+    def _new_ctx(self, init: Any) -> int:
         lib = self._lib
         ctx = lib.EVP_PKEY_CTX_new(self._pkey, None)
         if not ctx:
@@ -165,35 +179,63 @@ class _OpenSSLKey:
             raise RawRSAError("EVP_PKEY_CTX_new failed")
         with self._lock:
             self._all.append(ctx)
-        init = lib.EVP_PKEY_sign_init if for_sign else lib.EVP_PKEY_verify_recover_init
         if init(ctx) <= 0 or _set_no_padding(lib, ctx) <= 0:
             lib.ERR_clear_error()
             raise RawRSAError("EVP_PKEY context set-up failed")
         return int(ctx)
 
-    def _run(self, pool: list[int], for_sign: bool, block: bytes) -> bytes:
+    def _take(self) -> _Slot:
         with self._lock:
-            ctx = pool.pop() if pool else None
-        if ctx is None:
-            ctx = self._new_ctx(for_sign)
-        lib = self._lib
-        out = ctypes.create_string_buffer(len(block))
-        out_len = ctypes.c_size_t(len(block))
-        op = lib.EVP_PKEY_sign if for_sign else lib.EVP_PKEY_verify_recover
-        ok = op(ctx, out, ctypes.byref(out_len), block, len(block))
-        with self._lock:
-            pool.append(ctx)  # an op's failure leaves the context reusable
-        if ok <= 0 or out_len.value != len(block):
-            lib.ERR_clear_error()
-            raise RawRSAError("EVP_PKEY_sign failed" if for_sign
-                              else "EVP_PKEY_verify_recover failed")
-        return out.raw
+            if self._pool:
+                return self._pool.pop()
+        return _Slot(self._new_ctx(self._lib.EVP_PKEY_sign_init),
+                     self._new_ctx(self._lib.EVP_PKEY_verify_recover_init), self._k)
+
+    def _sign(self, slot: _Slot, block: bytes) -> bytes:
+        slot.out_len.value = self._k
+        ok = self._lib.EVP_PKEY_sign(slot.sign_ctx, slot.out, ctypes.byref(slot.out_len),
+                                     block, len(block))
+        if ok <= 0 or slot.out_len.value != self._k:
+            self._lib.ERR_clear_error()
+            raise RawRSAError("EVP_PKEY_sign failed")
+        return slot.out.raw
+
+    def _recover(self, slot: _Slot, block: bytes) -> bytes:
+        slot.recovered_len.value = self._k
+        ok = self._lib.EVP_PKEY_verify_recover(slot.recover_ctx, slot.recovered,
+                                               ctypes.byref(slot.recovered_len),
+                                               block, len(block))
+        if ok <= 0 or slot.recovered_len.value != self._k:
+            self._lib.ERR_clear_error()
+            raise RawRSAError("EVP_PKEY_verify_recover failed")
+        return slot.recovered.raw
 
     def private(self, block: bytes) -> bytes:
-        return self._run(self._sign_pool, True, block)
+        slot = self._take()
+        try:
+            return self._sign(slot, block)
+        finally:
+            with self._lock:  # a failed op leaves the contexts reusable
+                self._pool.append(slot)
 
     def public(self, block: bytes) -> bytes:
-        return self._run(self._recover_pool, False, block)
+        slot = self._take()
+        try:
+            return self._recover(slot, block)
+        finally:
+            with self._lock:
+                self._pool.append(slot)
+
+    def sign_checked(self, block: bytes) -> bytes:
+        slot = self._take()
+        try:
+            signature = self._sign(slot, block)
+            if self._recover(slot, signature) != block:
+                raise RawRSAError("signing failure: s^e != m")
+            return signature
+        finally:
+            with self._lock:
+                self._pool.append(slot)
 
 
 class _PythonKey:
@@ -227,6 +269,12 @@ class _PythonKey:
 
     def public(self, block: bytes) -> bytes:
         return pow(int.from_bytes(block, "big"), self._e, self._n).to_bytes(self._k, "big")
+
+    def sign_checked(self, block: bytes) -> bytes:
+        signature = self.private(block)
+        if self.public(signature) != block:
+            raise RawRSAError("signing failure: s^e != m")
+        return signature
 
 
 class RawRSA:
@@ -262,3 +310,9 @@ class RawRSA:
     def public(self, block: bytes) -> bytes:
         """block^e mod n, as k bytes."""
         return self._key.public(block)
+
+    def sign_checked(self, block: bytes) -> bytes:
+        """``private(block)``, then RSAVP1 of the result must give ``block`` back
+        (RFC 9474 4.3 steps 3-4: a faulty CRT result would leak the key); raises
+        RawRSAError ("signing failure") when it does not. One slot for both ops."""
+        return self._key.sign_checked(block)
