@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from semper.agents.components import _purchase
+from semper.agents.components._cards import Cards
 from semper.agents.components._delivery_buyer import DeliveryDownloads
 from semper.agents.components._fair_buyer import FairPurchases
 from semper.agents.components._purse import Purse
@@ -26,4 +27,4 @@ class Purchases(Component):
 
 class Buyer(Role):
     name = "buyer"
-    components = (Purchases, FairPurchases, DeliveryDownloads, Purse)
+    components = (Purchases, FairPurchases, DeliveryDownloads, Purse, Cards)
