@@ -38,6 +38,7 @@ from . import (
     cmd_ping,
     cmd_purse,
     cmd_timestamp,
+    cmd_wallet,
 )
 
 __all__ = ["SemperGroup", "cli", "describe", "main"]
@@ -78,8 +79,9 @@ cli.add_command(cmd_mail.command)
 cli.add_command(cmd_purse.command)
 cli.add_command(cmd_live.command)
 for command in (cmd_commerce.catalogue, cmd_commerce.buy, cmd_commerce.refund,
-                cmd_commerce.wallet, cmd_commerce.goods):
+                cmd_commerce.goods):
     cli.add_command(command)
+cli.add_command(cmd_wallet.command)
 text_everywhere(cli)  # no text argument reaches SQLite or msgpack unencodable
 
 

@@ -1,5 +1,5 @@
-"""``semper catalogue``, ``semper buy``, ``semper refund``, ``semper wallet``,
-``semper goods``.
+"""``semper catalogue``, ``semper buy``, ``semper refund``, ``semper goods``
+(``semper wallet`` is cmd_wallet.py).
 
 Each runs the agent of ``--config`` for the length of the command (its database and
 archive, channels out, no listener), so it works whether or not that agent's own
@@ -41,9 +41,8 @@ from semper.agents.runtime._config import ConfigError
 from semper.agents.runtime._files import write_file
 from semper.services import Amount
 from semper.services.payment import MODULES_GROUP
-from semper.services.statements import canonical_decode
 
-__all__ = ["buy", "catalogue", "goods", "refund", "wallet"]
+__all__ = ["buy", "catalogue", "goods", "refund"]
 
 
 class UnknownPurchase(Exception):
@@ -395,87 +394,3 @@ def _print_purchase(console: Console, result: dict[str, Any]) -> None:
         table.add_row("refund", f"{_amount(result['refund_amount'])} refunded "
                                 "(seller's refund note kept)")
     console.print(table)
-
-
-@click.command("wallet")
-@config_option
-@passphrase_option
-@click.option("--json", "as_json", is_flag=True,
-              help="Print {balances, recent, purchases, balance_unavailable}.")
-def wallet(config_path: Path, passphrase_file: Path | None, as_json: bool) -> None:
-    """Balances at our bank, its latest entries, and our recent purchases.
-
-    The purchases are local: when the bank cannot be asked, they are still shown,
-    with the reason the balance is unavailable (exit 0).
-    """
-    agent = _agent(config_path, passphrase_file)
-    bank = agent.config.payment.bank or "bank"
-
-    async def run() -> tuple[dict[str, Any] | None, dict[str, str] | None,
-                             list[dict[str, Any]]]:
-        async with agent.session():
-            purchases = await agent.database.read(_purchases) if agent.role.name == "buyer" \
-                else []
-            try:
-                account = await agent.request(bank, "bank", "account", {})
-            except Exception as exc:
-                code = getattr(exc, "code", None)
-                if not isinstance(code, str):
-                    raise
-                message = getattr(exc, "message", None)
-                return None, {"code": code, "message": message if isinstance(message, str)
-                              else str(exc)}, purchases
-        return account, None, purchases
-
-    account, unavailable, purchases = trio.run(run)
-    if as_json:
-        click.echo(json.dumps({"agent": agent.id, "bank": bank,
-                               "balances": None if account is None else account["balances"],
-                               "recent": None if account is None else account["recent"],
-                               "purchases": purchases,
-                               "balance_unavailable": unavailable}))
-        return
-    console = make_console()
-    if account is None:
-        assert unavailable is not None
-        console.print(f"{agent.id} at {bank}: balance unavailable "
-                      f"({unavailable['code']}: {unavailable['message']})")
-    else:
-        _print_account(console, agent.id, bank, account)
-    if purchases:
-        table = Table(title="purchases", title_justify="left")
-        for column in ("key", "seller", "sku", "state"):
-            table.add_column(column)
-        for p in purchases:
-            table.add_row(p["key"], p["seller"], p["sku"], p["state"])
-        console.print(table)
-
-
-def _print_account(console: Console, agent_id: str, bank: str,
-                   account: dict[str, Any]) -> None:
-    table = Table(title=f"{agent_id} at {bank}", title_justify="left")
-    table.add_column("currency")
-    table.add_column("balance", justify="right")
-    for currency, units in sorted(account["balances"].items()):
-        table.add_row(currency, str(Amount(currency, units)))
-    console.print(table)
-    recent = Table(title="recent entries", title_justify="left")
-    for column in ("entry", "kind", "amount"):
-        recent.add_column(column)
-    for entry in account["recent"]:
-        recent.add_row(str(entry["entry"]), entry["kind"], _amount(entry["amount"]))
-    console.print(recent)
-
-
-def _purchases(c: Any) -> list[dict[str, Any]]:
-    try:
-        rows = c.execute("SELECT key, seller, sku, module, state, payment FROM commerce_purchases"
-                         " ORDER BY updated_ms DESC LIMIT 20").fetchall()
-    except Exception:  # pragma: no cover - not a buyer's database
-        return []
-    out = []
-    for key, seller, sku, module, state, payment in rows:
-        amount = canonical_decode(payment)["amount"] if payment else None
-        out.append({"key": key, "seller": seller, "sku": sku, "module": module, "state": state,
-                    "amount": amount})
-    return out

@@ -10,6 +10,7 @@ from semper.agents.components._cards import Cards
 from semper.agents.components._delivery_buyer import DeliveryDownloads
 from semper.agents.components._fair_buyer import FairPurchases
 from semper.agents.components._purse import Purse
+from semper.agents.components._wallet import Wallet
 from semper.agents.runtime._component import Component
 from semper.agents.runtime._roles import Role
 
@@ -27,4 +28,4 @@ class Purchases(Component):
 
 class Buyer(Role):
     name = "buyer"
-    components = (Purchases, FairPurchases, DeliveryDownloads, Purse, Cards)
+    components = (Purchases, FairPurchases, DeliveryDownloads, Purse, Cards, Wallet)

@@ -1,0 +1,718 @@
+"""The buyer's ecash wallet (``Wallet``, a component on every buyer): its coins, and
+their withdrawal, spending, exchange and refund, each safe against a crash at any
+point. docs/protocol.md 8.7 says what goes over the wire.
+
+Theory of operation. Every step that asks the bank for blind signatures (a
+withdrawal, an exchange of coins for others, a refund voucher's redemption) is a
+*batch*: the wallet draws the new coins (an Ed25519 coin key, a random prefix, the
+blinded message and its blinding inverse) and stores them, with the exact request it
+will send and the coins it gives up, in one transaction BEFORE it asks the bank. The
+bank answers a repeat under the same idempotency key with the same blind
+signatures, so after a crash anywhere the same request is sent again and the coins
+come out exactly once. Every use of the wallet first finishes the batches still
+pending (``finish_pending``).
+
+A coin is ``withdrawing`` (its batch pending), ``fresh`` (ours to spend),
+``spending`` (bound to one payment or exchange, its signed spend stored with it, so
+that the same key gives the same spends and the wallet never spends a coin under two
+contracts), or ``spent``. Coins shown to a seller who refused them before depositing
+are never offered again as they are: ``refused`` exchanges them for new ones.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from semper.agents.components._payments import AgentPaymentContext
+from semper.agents.runtime._component import Component
+from semper.agents.runtime._faults import crash_point
+from semper.services import Amount, ServiceError
+from semper.services.certificates import CertificateError, certificate_der
+from semper.services.payment import (
+    BANK_SERVICE,
+    BadConfirmation,
+    BadRequest,
+    IdempotencyConflict,
+    PaymentRequest,
+    PaymentResult,
+    RefundResult,
+    check_idempotency_key,
+)
+from semper.services.payment.ecash import (
+    BANK_ECASH_EXCHANGE,
+    BANK_ECASH_KEYS,
+    BANK_ECASH_WITHDRAW,
+    DENOMINATION,
+    MAX_COINS,
+    PREFIX_LEN,
+    REFUND_VOUCHER,
+    WITHDRAWN,
+    BadBlindSignature,
+    BadWithdrawal,
+    BlindedCoin,
+    Coin,
+    Denomination,
+    ExchangeAnswer,
+    ExchangeRequest,
+    InsufficientCoins,
+    KeysAnswer,
+    KeysRequest,
+    RefundVoucher,
+    WithdrawAnswer,
+    Withdrawn,
+    WithdrawRequest,
+    blind,
+    blinded_order,
+    coin_message,
+    denominations_for,
+    finalize,
+    load_denomination_key,
+    pick_coins,
+    prepare,
+    sign_spend,
+    spend_message,
+)
+from semper.services.statements import (
+    Statement,
+    StatementError,
+    canonical_decode,
+    canonical_encode,
+)
+from semper.transport import RemoteError, TransportError
+
+if TYPE_CHECKING:
+    from semper.agents.runtime._component import Context
+
+__all__ = ["MAX_COINS", "MIGRATIONS", "Wallet", "read_coins"]
+
+#: Binding coins to a payment may lose a race with another process; it retries this often.
+_BIND_TRIES: Final = 3
+
+MIGRATIONS: Final = {
+    "ecash_wallet": [
+        "CREATE TABLE ecash_denominations ("
+        " key_id BLOB PRIMARY KEY, bank TEXT NOT NULL, currency TEXT NOT NULL,"
+        " value INTEGER NOT NULL, public_key BLOB NOT NULL,"
+        " withdraw_from_ms INTEGER NOT NULL, withdraw_until_ms INTEGER NOT NULL,"
+        " deposit_until_ms INTEGER NOT NULL, statement BLOB NOT NULL,"
+        " bank_certificate BLOB NOT NULL) STRICT",
+        "CREATE TABLE ecash_batches ("
+        " batch TEXT PRIMARY KEY, kind TEXT NOT NULL, bank TEXT NOT NULL,"
+        " currency TEXT NOT NULL, amount INTEGER NOT NULL, request BLOB NOT NULL,"
+        " state TEXT NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL"
+        ") STRICT",
+        "CREATE TABLE ecash_coins ("
+        " coin_key BLOB PRIMARY KEY, secret BLOB NOT NULL, key_id BLOB NOT NULL,"
+        " currency TEXT NOT NULL, value INTEGER NOT NULL, prefix BLOB NOT NULL,"
+        " blinded BLOB NOT NULL, inv BLOB NOT NULL, position INTEGER NOT NULL,"
+        " signature BLOB, state TEXT NOT NULL, batch TEXT NOT NULL, spend TEXT,"
+        " spend_wire BLOB, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL"
+        ") STRICT",
+        "CREATE INDEX ecash_coins_state ON ecash_coins (state, currency, value)",
+        "CREATE INDEX ecash_coins_spend ON ecash_coins (spend)",
+        "CREATE INDEX ecash_coins_batch ON ecash_coins (batch, position)",
+    ],
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Denomination:
+    """A denomination key the bank published, its statement checked."""
+
+    key_id: bytes
+    currency: str
+    value: int
+    public_key: rsa.RSAPublicKey
+    withdraw_from_ms: int
+    withdraw_until_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class _NewCoin:
+    """A coin drawn and blinded, not yet signed."""
+
+    coin_key: bytes
+    secret: bytes
+    key_id: bytes
+    value: int
+    prefix: bytes
+    blinded: bytes
+    inv: bytes
+
+
+def _blinded(coins: Sequence[_NewCoin]) -> tuple[BlindedCoin, ...]:
+    return tuple(BlindedCoin(key_id=n.key_id, blinded=n.blinded) for n in coins)
+
+
+def _coin(row: Sequence[Any]) -> Coin:
+    key_id, coin_key, prefix, signature = row
+    return Coin(key_id=key_id, coin_key=coin_key, prefix=prefix, signature=signature)
+
+
+def _split(units: int, values: Iterable[int]) -> list[int]:
+    """``units`` as the bank's coin values (E2's greedy split).
+
+    Raises:
+        BadWithdrawal: no split, or one of more than MAX_COINS coins.
+    """
+    try:
+        out = denominations_for(units, list(values))
+    except ValueError as exc:
+        raise BadWithdrawal(f"{units} minor units is no sum of the bank's denominations: "
+                            f"{exc}", detail={"field": "amount"}) from None
+    if len(out) > MAX_COINS:
+        raise BadWithdrawal(f"{units} minor units needs {len(out)} coins, more than the "
+                            f"{MAX_COINS} one request may ask", detail={"field": "amount"})
+    return out
+
+
+def _secret(raw: bytes) -> ed25519.Ed25519PrivateKey:
+    return ed25519.Ed25519PrivateKey.from_private_bytes(raw)
+
+
+def _pick(held: Sequence[tuple[bytes, int]], units: int) -> list[bytes] | None:
+    """Keys of coins in ``held`` (key, value) worth exactly ``units``, or None."""
+    positions = pick_coins([value for _, value in held], units)
+    return None if positions is None else [held[i][0] for i in positions]
+
+
+def read_coins(c: Any) -> dict[str, dict[str, int]]:
+    """The fresh coins by currency and denomination: ``{"EUR": {"500": 2}}`` (for
+    ``semper wallet``, on the database alone)."""
+    out: dict[str, dict[str, int]] = {}
+    for currency, value, count in c.execute(
+            "SELECT currency, value, count(*) FROM ecash_coins WHERE state = 'fresh'"
+            " GROUP BY currency, value ORDER BY currency, value"):
+        out.setdefault(currency, {})[str(value)] = count
+    return out
+
+
+class Wallet(Component):
+    """The buyer's coins (tables ``ecash_coins``, ``ecash_batches``,
+    ``ecash_denominations``); the ecash module reaches it as ``ctx.holder("ecash")``."""
+
+    name = "wallet"
+    holds = ("ecash",)
+
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
+        self._lock = trio.Lock()
+
+    def migrations(self) -> Mapping[str, Sequence[str]]:
+        return MIGRATIONS
+
+    @property
+    def bank_id(self) -> str:
+        return self.context.config.payment.bank or "bank"
+
+    def _payments(self, transaction: str) -> AgentPaymentContext:
+        return AgentPaymentContext(self.context.agent, transaction, self.bank_id)
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def coins(self) -> dict[str, dict[str, int]]:
+        """Fresh coins: ``{currency: {"<value in minor units>": count}}``."""
+        return await self.context.database.read(read_coins)
+
+    async def balance(self, currency: str) -> int:
+        return sum(int(v) * n for v, n in (await self.coins()).get(currency, {}).items())
+
+    # -- the bank's keys ----------------------------------------------------------------
+
+    async def _keys(self, currency: str) -> dict[int, _Denomination]:
+        """The bank's denominations of ``currency`` withdrawable now (the newest key
+        per value), each statement checked and kept (``bank.ecash_keys``)."""
+        ctx = self._payments(f"ecash-keys:{currency}")
+        answer = await ctx.request(self.bank_id, BANK_SERVICE, BANK_ECASH_KEYS,
+                                   KeysRequest(currency=currency).to_wire())
+        now = self.context.now_ms()
+        try:
+            keys = KeysAnswer.from_wire(answer)
+        except BadRequest as exc:
+            raise BadConfirmation(f"the bank's ecash keys do not parse: {exc.message}",
+                                  detail=exc.detail) from None
+        rows, found = [], {}
+        for statement in keys.denominations:
+            self.context.verify(statement, keys.bank_certificate, expected_type=DENOMINATION,
+                                expected_signer=self.bank_id)
+            try:
+                body = Denomination.from_statement(statement)
+            except BadRequest as exc:
+                raise BadConfirmation(f"a denomination that does not parse: {exc.message}",
+                                      detail=exc.detail) from None
+            if body.bank != self.bank_id or body.currency != currency:
+                raise BadConfirmation("a denomination of another bank or currency",
+                                      detail={"field": "currency"})
+            rows.append((body.key_id, self.bank_id, currency, body.value.minor_units,
+                         body.public_key, body.withdraw_from_ms, body.withdraw_until_ms,
+                         body.deposit_until_ms, statement.to_bytes(),
+                         certificate_der(keys.bank_certificate)))
+            value = body.value.minor_units
+            if body.withdraws_at(now) and (
+                    value not in found or found[value].withdraw_from_ms < body.withdraw_from_ms):
+                found[value] = _Denomination(body.key_id, currency, value, body.rsa_key(),
+                                             body.withdraw_from_ms, body.withdraw_until_ms)
+        await self.context.database.transaction(lambda c: c.executemany(
+            "INSERT OR IGNORE INTO ecash_denominations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows))
+        return found
+
+    async def _public_keys(self, key_ids: Iterable[bytes]) -> dict[bytes, rsa.RSAPublicKey]:
+        """The kept denomination keys of ``key_ids`` (to unblind a batch's coins)."""
+        wanted = set(key_ids)
+
+        def read(c: Any) -> list[tuple[bytes, bytes]]:
+            return [c.execute("SELECT key_id, public_key FROM ecash_denominations"
+                              " WHERE key_id = ?", (key_id,)).fetchone() for key_id in wanted]
+
+        return {key_id: load_denomination_key(der)
+                for key_id, der in await self.context.database.read(read)}
+
+    async def _draw(self, currency: str, units: Sequence[int]) -> list[_NewCoin]:
+        """New coins worth each of ``units`` (split into the bank's denominations),
+        blinded for the bank's current keys (in a worker thread: RSA blinding).
+
+        Raises:
+            BadWithdrawal: an amount no split reaches, or more than MAX_COINS coins.
+        """
+        keys = await self._keys(currency)
+        values = [v for u in units for v in _split(u, keys)]
+        if len(values) > MAX_COINS:
+            raise BadWithdrawal(f"more than {MAX_COINS} coins in one request",
+                                detail={"field": "amount"})
+
+        def draw() -> list[_NewCoin]:
+            out = []
+            for value in values:
+                d = keys[value]
+                secret = ed25519.Ed25519PrivateKey.generate()
+                coin_key = secret.public_key().public_bytes_raw()
+                prepared = prepare(coin_message(d.key_id, coin_key))
+                blinded, inv = blind(d.public_key, prepared)
+                out.append(_NewCoin(coin_key, secret.private_bytes_raw(), d.key_id, value,
+                                    prepared[:PREFIX_LEN], blinded, inv))
+            return out
+
+        return await trio.to_thread.run_sync(draw)
+
+    # -- batches ------------------------------------------------------------------------
+
+    def _store_batch(self, c: Any, batch: str, kind: str, currency: str, amount: int,
+                     request: dict[str, Any], coins: Sequence[_NewCoin]) -> None:
+        now = self.context.now_ms()
+        c.execute("INSERT INTO ecash_batches VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                  (batch, kind, self.bank_id, currency, amount, canonical_encode(request),
+                   now, now))
+        c.executemany(
+            "INSERT INTO ecash_coins (coin_key, secret, key_id, currency, value, prefix,"
+            " blinded, inv, position, state, batch, created_ms, updated_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'withdrawing', ?, ?, ?)",
+            [(n.coin_key, n.secret, n.key_id, currency, n.value, n.prefix, n.blinded, n.inv,
+              i, batch, now, now) for i, n in enumerate(coins)])
+
+    async def _batch(self, batch: str) -> tuple[str, str, int, dict[str, Any], str] | None:
+        row = await self.context.database.read(lambda c: c.execute(
+            "SELECT kind, currency, amount, request, state FROM ecash_batches WHERE batch = ?",
+            (batch,)).fetchone())
+        if row is None:
+            return None
+        kind, currency, amount, request, state = row
+        return kind, currency, amount, canonical_decode(request), state
+
+    async def _finish(self, batch: str) -> None:
+        """Send batch ``batch``'s stored request (again) and turn its answer into coins.
+
+        Raises: the bank's refusal (the batch is dropped and the coins it gave up are
+        fresh again, but for one the bank says was spent), a transport error (kept
+        for a retry), BadBlindSignature or BadConfirmation (kept: the bank answers a
+        repeat with the same signatures, and may answer right next time)."""
+        found = await self._batch(batch)
+        if found is None or found[4] != "pending":
+            return
+        kind, _, _, request, _ = found
+        op = BANK_ECASH_WITHDRAW if kind == "withdraw" else BANK_ECASH_EXCHANGE
+        ctx = self._payments(f"ecash:{batch}")
+        try:
+            answer = await ctx.request(self.bank_id, BANK_SERVICE, op, request)
+        except RemoteError as exc:
+            await self._drop(batch, exc)
+            raise
+        crash_point(f"wallet.{kind}.answered")
+        rows = await self.context.database.read(lambda c: c.execute(
+            "SELECT coin_key, key_id, prefix, inv FROM ecash_coins WHERE batch = ?"
+            " AND state = 'withdrawing' ORDER BY position", (batch,)).fetchall())
+        try:
+            parsed = (WithdrawAnswer if kind == "withdraw" else ExchangeAnswer).from_wire(answer)
+        except BadRequest as exc:
+            raise BadConfirmation(f"the bank's answer to {op} does not parse: {exc.message}",
+                                  detail=exc.detail) from None
+        signatures, certificate = parsed.blind_signatures, parsed.bank_certificate
+        withdrawn = parsed.withdrawn if isinstance(parsed, WithdrawAnswer) else None
+        if len(signatures) != len(rows):
+            raise BadConfirmation(f"{len(signatures)} blind signatures for {len(rows)} coins",
+                                  detail={"field": "blind_signatures"})
+        if withdrawn is not None:
+            self._check_withdrawn(withdrawn, certificate, request)
+            await ctx.record(withdrawn, certificate)
+        keys = await self._public_keys(row[1] for row in rows)
+
+        def unblind() -> list[tuple[bytes, bytes]]:
+            out = []
+            for (coin_key, key_id, prefix, inv), blind_sig in zip(rows, signatures,
+                                                                  strict=True):
+                prepared = prefix + coin_message(key_id, coin_key)
+                out.append((finalize(keys[key_id], prepared, blind_sig, inv), coin_key))
+            return out
+
+        try:
+            signed = await trio.to_thread.run_sync(unblind)
+        except (TypeError, ValueError) as exc:
+            raise BadBlindSignature(f"a blind signature does not finalize: {exc!r:.200}"
+                                    ) from None
+        now = self.context.now_ms()
+
+        def done(c: Any) -> None:
+            c.executemany("UPDATE ecash_coins SET signature = ?, state = 'fresh',"
+                          " updated_ms = ? WHERE coin_key = ? AND state = 'withdrawing'",
+                          [(s, now, k) for s, k in signed])
+            c.execute("UPDATE ecash_coins SET state = 'spent', updated_ms = ?"
+                      " WHERE spend = ? AND state = 'spending'", (now, batch))
+            c.execute("UPDATE ecash_batches SET state = 'done', updated_ms = ? WHERE batch = ?",
+                      (now, batch))
+
+        await self.context.database.transaction(done)
+
+    def _check_withdrawn(self, withdrawn: Statement, certificate: Any,
+                         request: dict[str, Any]) -> None:
+        """Our bank's word that it debited us for exactly this request."""
+        self.context.verify(withdrawn, certificate, expected_type=WITHDRAWN,
+                            expected_signer=self.bank_id)
+        asked = WithdrawRequest.from_wire(request)
+        try:
+            body = Withdrawn.from_statement(withdrawn)
+        except BadRequest as exc:
+            raise BadConfirmation(f"an ecash.withdrawn that does not parse: {exc.message}",
+                                  detail=exc.detail) from None
+        want = {"bank": self.bank_id, "holder": self.context.id, "amount": asked.amount,
+                "coins": len(asked.blinded), "idempotency_key": asked.idempotency_key,
+                "order": blinded_order(asked.blinded)}
+        for field, value in want.items():
+            if getattr(body, field) != value:
+                raise BadConfirmation(f"the bank's ecash.withdrawn names another {field}",
+                                      detail={"field": field})
+
+    async def _drop(self, batch: str, refusal: RemoteError) -> None:
+        """The bank refused batch ``batch``: it signed nothing and took nothing, so its
+        new coins and the batch are forgotten (its key may be used again); the coins it
+        gave up are fresh again, except one the bank says was spent before."""
+        spent = (refusal.detail.get("coin_key") if refusal.code == "ecash.double_spent"
+                 else None)
+        now = self.context.now_ms()
+
+        def drop(c: Any) -> None:
+            c.execute("DELETE FROM ecash_coins WHERE batch = ? AND state = 'withdrawing'",
+                      (batch,))
+            c.execute("UPDATE ecash_coins SET state = CASE WHEN hex(coin_key) = upper(?)"
+                      " THEN 'spent' ELSE 'fresh' END, spend = NULL, spend_wire = NULL,"
+                      " updated_ms = ? WHERE spend = ? AND state = 'spending'",
+                      (spent if isinstance(spent, str) else "", now, batch))
+            c.execute("DELETE FROM ecash_batches WHERE batch = ?", (batch,))
+
+        await self.context.database.transaction(drop)
+
+    async def finish_pending(self) -> list[str]:
+        """Finish every batch still pending (a crash or a lost answer left it); one
+        that cannot be finished now stays pending. The reasons, one line each."""
+        batches = await self.context.database.read(lambda c: [row[0] for row in c.execute(
+            "SELECT batch FROM ecash_batches WHERE state = 'pending' ORDER BY created_ms")])
+        failed = []
+        for batch in batches:
+            try:
+                await self._finish(batch)
+            except (ServiceError, TransportError, StatementError, CertificateError) as exc:
+                failed.append(f"{batch}: {exc.code}")
+                self.context.log.warning("wallet: batch %s not finished: %s", batch, exc)
+        return failed
+
+    # -- withdrawing --------------------------------------------------------------------
+
+    async def withdraw(self, amount: Amount, key: str) -> dict[str, dict[str, int]]:
+        """Withdraw coins worth exactly ``amount`` from our account at our bank (no
+        fee); the same ``key`` again withdraws nothing more (it finishes a withdrawal
+        a crash or a lost answer interrupted). Returns the fresh coins held.
+
+        Raises:
+            BadRequest: a bad key or an amount not above zero (nothing stored).
+            IdempotencyConflict: ``key`` withdrew another amount.
+            BadWithdrawal: the amount is not 64 coins or fewer of the bank's series.
+            The bank's refusal (``payment.insufficient_funds``...): nothing withdrawn.
+            A transport error, BadBlindSignature: the withdrawal is kept; call again.
+        """
+        check_idempotency_key(key)
+        if not isinstance(amount, Amount) or amount.minor_units <= 0:
+            raise BadRequest(f"a withdrawal is of more than nothing, got {amount}",
+                             detail={"field": "amount"})
+        async with self._lock:
+            found = await self._batch(key)
+            if found is None:
+                coins = await self._draw(amount.currency, [amount.minor_units])
+                request = WithdrawRequest(amount=amount, blinded=_blinded(coins),
+                                          idempotency_key=key).to_wire()
+                await self.context.database.transaction(lambda c: self._store_batch(
+                    c, key, "withdraw", amount.currency, amount.minor_units, request, coins))
+                crash_point("wallet.withdraw.stored")
+            elif found[:3] != ("withdraw", amount.currency, amount.minor_units):
+                raise IdempotencyConflict(f"wallet key {key!r} withdrew something else",
+                                          detail={"key": key})
+            await self._finish(key)
+            await self._finish_others(key)
+        return await self.coins()
+
+    async def _finish_others(self, but: str) -> None:
+        pending = await self.context.database.read(lambda c: c.execute(
+            "SELECT count(*) FROM ecash_batches WHERE state = 'pending' AND batch != ?",
+            (but,)).fetchone()[0])
+        if pending:
+            await self.finish_pending()
+
+    # -- spending -----------------------------------------------------------------------
+
+    async def spend(self, request: PaymentRequest) -> list[dict[str, Any]]:
+        """Signed spends of coins worth exactly ``request.amount`` for this payment
+        (purpose payment, to ``request.payee``, bound to ``request.reference``),
+        recorded as bound to ``request.idempotency_key`` before they are returned;
+        the same key gives the same spends. Coins are exchanged at the bank first when
+        no exact subset is held.
+
+        Raises:
+            IdempotencyConflict: the key paid another payee, reference or amount.
+            InsufficientCoins: fewer fresh coins of the currency than the amount.
+            What an exchange raises (the bank's refusal, a transport error).
+        """
+        key = request.idempotency_key
+        async with self._lock:
+            bound = await self._bound(request)
+            if bound is not None:
+                return bound
+            await self.finish_pending()
+            for _ in range(_BIND_TRIES):
+                chosen = await self._choose(request.amount)
+                spends = await self._bind(chosen, request)
+                if spends is not None:
+                    crash_point("wallet.spend.bound")
+                    return spends
+            raise InsufficientCoins(f"coins for {request.amount} were taken meanwhile",
+                                    detail={"amount": request.amount.to_wire(), "key": key})
+
+    async def _bound(self, request: PaymentRequest) -> list[dict[str, Any]] | None:
+        rows = await self.context.database.read(lambda c: c.execute(
+            "SELECT spend_wire FROM ecash_coins WHERE spend = ? AND state IN"
+            " ('spending', 'spent') ORDER BY coin_key", (request.idempotency_key,)).fetchall())
+        if not rows:
+            return None
+        spends = [canonical_decode(row[0]) for row in rows]
+        total = sum(s["amount"]["minor_units"] for s in spends)
+        first = spends[0]
+        if (first["payee"], first["reference"], first["amount"]["currency"], total) != (
+                request.payee, request.reference, request.amount.currency,
+                request.amount.minor_units):
+            raise IdempotencyConflict(f"payment key {request.idempotency_key!r} paid "
+                                      "another payee, reference or amount",
+                                      detail={"key": request.idempotency_key})
+        return [s["spend"] for s in spends]
+
+    async def _fresh(self, currency: str) -> list[tuple[bytes, int]]:
+        return await self.context.database.read(lambda c: c.execute(
+            "SELECT coin_key, value FROM ecash_coins WHERE state = 'fresh' AND currency = ?"
+            " ORDER BY value DESC, coin_key", (currency,)).fetchall())
+
+    async def _choose(self, amount: Amount) -> list[bytes]:
+        """Fresh coins summing to ``amount`` exactly, exchanging first if needed."""
+        held = await self._fresh(amount.currency)
+        chosen = _pick(held, amount.minor_units)
+        if chosen is not None:
+            return chosen
+        total = sum(v for _, v in held)
+        if total < amount.minor_units:
+            raise InsufficientCoins(
+                f"the wallet holds {Amount(amount.currency, total)} in coins, not {amount}",
+                detail={"amount": amount.to_wire(),
+                        "held": Amount(amount.currency, total).to_wire()})
+        # The fewest large coins that cover the amount, exchanged into the amount and
+        # the change.
+        cover, covered = [], 0
+        for coin_key, value in sorted(held, key=lambda h: h[1]):
+            if value >= amount.minor_units:
+                cover, covered = [(coin_key, value)], value
+                break
+        if not cover:
+            for coin_key, value in held:  # largest first
+                cover.append((coin_key, value))
+                covered += value
+                if covered >= amount.minor_units:
+                    break
+        await self._exchange(cover, amount.currency,
+                             [amount.minor_units, covered - amount.minor_units])
+        chosen = _pick(await self._fresh(amount.currency), amount.minor_units)
+        if chosen is None:  # pragma: no cover - the exchange made the exact coins
+            raise InsufficientCoins(f"no exact coins for {amount} after an exchange",
+                                    detail={"amount": amount.to_wire()})
+        return chosen
+
+    async def _bind(self, chosen: Sequence[bytes], request: PaymentRequest
+                    ) -> list[dict[str, Any]] | None:
+        """Bind ``chosen`` to the payment in one transaction, or None if another
+        process took one of them first."""
+        now = self.context.now_ms()
+        bank = self.bank_id
+
+        def bind(c: Any) -> list[dict[str, Any]] | None:
+            out = []
+            for coin_key in sorted(chosen):
+                row = c.execute("SELECT secret, currency, value, key_id, coin_key, prefix,"
+                                " signature FROM ecash_coins WHERE coin_key = ?"
+                                " AND state = 'fresh'", (coin_key,)).fetchone()
+                if row is None:
+                    raise _Taken
+                amount = Amount(row[1], row[2])
+                spend = sign_spend(_secret(row[0]), _coin(row[3:]), purpose="payment",
+                                   bank=bank, payee=request.payee,
+                                   reference=request.reference, amount=amount).to_wire()
+                kept = {"spend": spend, "payee": request.payee,
+                        "reference": request.reference, "amount": amount.to_wire()}
+                c.execute("UPDATE ecash_coins SET state = 'spending', spend = ?,"
+                          " spend_wire = ?, updated_ms = ? WHERE coin_key = ?",
+                          (request.idempotency_key, canonical_encode(kept), now, coin_key))
+                out.append(spend)
+            return out
+
+        try:
+            return await self.context.database.transaction(bind)
+        except _Taken:
+            return None
+
+    async def settled(self, request: PaymentRequest, result: PaymentResult) -> None:
+        """The payment under ``request.idempotency_key`` was deposited: its coins are
+        spent."""
+        now = self.context.now_ms()
+        await self.context.database.transaction(lambda c: c.execute(
+            "UPDATE ecash_coins SET state = 'spent', updated_ms = ? WHERE spend = ?"
+            " AND state = 'spending'", (now, request.idempotency_key)))
+
+    async def refused(self, request: PaymentRequest) -> None:
+        """The payee refused the payment under ``request.idempotency_key`` before it
+        deposited it: the coins were shown, so they are exchanged for new ones (a coin
+        the payee did deposit after all is refused by the bank as double spent and
+        counted spent)."""
+        async with self._lock:
+            rows = await self.context.database.read(lambda c: c.execute(
+                "SELECT coin_key, value, currency FROM ecash_coins WHERE spend = ?"
+                " AND state = 'spending'", (request.idempotency_key,)).fetchall())
+            if rows:
+                await self._exchange([(k, v) for k, v, _ in rows], rows[0][2],
+                                     [sum(v for _, v, _ in rows)])
+
+    # -- exchanging ---------------------------------------------------------------------
+
+    async def _exchange(self, given: Sequence[tuple[bytes, int]], currency: str,
+                        units: Sequence[int]) -> None:
+        """Give up ``given`` coins for new ones of ``units`` (each split into the
+        bank's denominations), by ``bank.ecash_exchange``: the new coins and the spends
+        stored in one transaction before the bank is asked."""
+        batch = f"exchange-{secrets.token_hex(16)}"
+        coins = await self._draw(currency, [u for u in units if u])
+        reference = blinded_order(_blinded(coins))
+        now = self.context.now_ms()
+        bank = self.bank_id
+
+        def store(c: Any) -> None:
+            spends = []
+            for coin_key, _ in given:
+                row = c.execute("SELECT secret, value, key_id, coin_key, prefix, signature"
+                                " FROM ecash_coins WHERE coin_key = ? AND (state = 'fresh'"
+                                " OR (state = 'spending' AND spend NOT LIKE 'exchange-%'))",
+                                (coin_key,)).fetchone()
+                if row is None:
+                    raise _Taken
+                spends.append(sign_spend(_secret(row[0]), _coin(row[2:]), purpose="exchange",
+                                         bank=bank, payee=bank, reference=reference,
+                                         amount=Amount(currency, row[1])))
+                c.execute("UPDATE ecash_coins SET state = 'spending', spend = ?,"
+                          " spend_wire = NULL, updated_ms = ? WHERE coin_key = ?",
+                          (batch, now, coin_key))
+            request = ExchangeRequest(spends=tuple(spends), blinded=_blinded(coins),
+                                      idempotency_key=batch).to_wire()
+            self._store_batch(c, batch, "exchange", currency, sum(units), request, coins)
+
+        try:
+            await self.context.database.transaction(store)
+        except _Taken:
+            raise InsufficientCoins("the coins to exchange were taken meanwhile",
+                                    detail={"amount": Amount(currency, sum(units)).to_wire()}
+                                    ) from None
+        crash_point("wallet.exchange.stored")
+        await self._finish(batch)
+
+    # -- refunds ------------------------------------------------------------------------
+
+    async def refunded(self, result: RefundResult) -> None:
+        """Redeem the bank's ``ecash.refund_voucher`` of ``result`` into new coins
+        (``bank.ecash_exchange``), once: a voucher already redeemed or being redeemed
+        is only finished.
+
+        Raises:
+            BadConfirmation, StatementError, CertificateError: a voucher not our
+                bank's, not of ``result``, or naming no coin of ours.
+            What the exchange raises (kept for a retry but for the bank's refusal).
+        """
+        voucher = result.confirmation
+        self.context.verify(voucher, result.bank_certificate, expected_type=REFUND_VOUCHER,
+                            expected_signer=self.bank_id)
+        try:
+            body = RefundVoucher.from_statement(voucher)
+        except BadRequest as exc:
+            raise BadConfirmation(f"a refund voucher that does not parse: {exc.message}",
+                                  detail=exc.detail) from None
+        amount, refund_key = body.amount, body.refund_key
+        for field, got, want in (("original", body.original, result.original),
+                                 ("amount", amount, result.amount),
+                                 ("bank", body.bank, self.bank_id)):
+            if got != want:
+                raise BadConfirmation(f"the refund voucher names another {field}",
+                                      detail={"field": field})
+        batch = f"refund-{voucher.digest.hex()[:48]}"
+        async with self._lock:
+            if await self._batch(batch) is None:
+                secret = await self.context.database.read(lambda c: c.execute(
+                    "SELECT secret FROM ecash_coins WHERE coin_key = ? AND state IN"
+                    " ('spending', 'spent')", (refund_key,)).fetchone())
+                if secret is None:
+                    raise BadConfirmation("the refund voucher's key is no coin we spent",
+                                          detail={"field": "refund_key"})
+                coins = await self._draw(amount.currency, [amount.minor_units])
+                signature = _secret(secret[0]).sign(spend_message(
+                    purpose="refund", bank=self.bank_id, payee=self.bank_id,
+                    reference=blinded_order(_blinded(coins)), amount=amount))
+                request = ExchangeRequest(spends=(), blinded=_blinded(coins),
+                                          idempotency_key=batch, voucher=voucher,
+                                          voucher_signature=signature).to_wire()
+
+                def store(c: Any) -> None:
+                    if c.execute("SELECT 1 FROM ecash_batches WHERE batch = ?",
+                                 (batch,)).fetchone() is None:
+                        self._store_batch(c, batch, "refund", amount.currency,
+                                          amount.minor_units, request, coins)
+
+                await self.context.database.transaction(store)
+                crash_point("wallet.refund.stored")
+            await self._finish(batch)
+
+
+class _Taken(Exception):
+    """A coin chosen was bound by another process meanwhile (rolls the binding back)."""
