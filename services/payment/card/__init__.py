@@ -7,6 +7,21 @@ and never sees the order. The gateway authorises (holds) and the merchant captur
 up to the authorised amount. docs/protocol.md 8.8.
 """
 
+from ._checks import (
+    Authorizing,
+    CardOrder,
+    authorize,
+    capture,
+    card_expired,
+    check_authorize,
+    check_card_proof,
+    check_gateway_key,
+    decide_authorization,
+    decide_capture,
+    verify_authorization,
+    verify_captured,
+    verify_dual_signature,
+)
 from ._errors import (
     BadDualSignature,
     BadGatewayKey,
@@ -18,6 +33,7 @@ from ._errors import (
     UnknownAuthorization,
     UnknownCard,
 )
+from ._module import CardModule, authorize_key, capture_key
 from ._ops import CARD_AUTHORIZE, CARD_CAPTURE, CARD_GATEWAY_KEY
 from ._schema import (
     AUTHORIZATION,
@@ -31,6 +47,18 @@ from ._schema import (
     OrderInformation,
     PaymentInstructions,
     luhn_ok,
+)
+from ._set import (
+    SUITE,
+    authorization_id_of,
+    dual_signature,
+    instructions_digest,
+    oimd_of,
+    open_instructions,
+    pi_info,
+    pimd_of,
+    pomd_of,
+    seal_instructions,
 )
 from ._wire import (
     BANK_CARD_AUTHORIZE,
@@ -56,9 +84,11 @@ __all__ = [
     "CARD_GATEWAY_KEY",
     "DUAL_SIGNATURE",
     "GATEWAY_KEY",
+    "SUITE",
     "Authorization",
     "AuthorizeAnswer",
     "AuthorizeRequest",
+    "Authorizing",
     "BadDualSignature",
     "BadGatewayKey",
     "BadInstructions",
@@ -66,6 +96,8 @@ __all__ = [
     "CaptureRequest",
     "CardCaptured",
     "CardError",
+    "CardModule",
+    "CardOrder",
     "CardProof",
     "Declined",
     "DualSignature",
@@ -78,5 +110,27 @@ __all__ = [
     "PaymentInstructions",
     "UnknownAuthorization",
     "UnknownCard",
+    "authorization_id_of",
+    "authorize",
+    "authorize_key",
+    "capture",
+    "capture_key",
+    "card_expired",
+    "check_authorize",
+    "check_card_proof",
+    "check_gateway_key",
+    "decide_authorization",
+    "decide_capture",
+    "dual_signature",
+    "instructions_digest",
     "luhn_ok",
+    "oimd_of",
+    "open_instructions",
+    "pi_info",
+    "pimd_of",
+    "pomd_of",
+    "seal_instructions",
+    "verify_authorization",
+    "verify_captured",
+    "verify_dual_signature",
 ]
