@@ -12,7 +12,7 @@ hands the merchant, and the gateway's ``bank`` ops::
                         -> {"authorization": statement,        # card.authorization
                             "bank_certificate": bin}
     bank.card_capture      {"authorization_id": str, "amount": Amount,
-                            "idempotency_key": str}
+                            "idempotency_key": str, "final"?: bool}
                         -> {"captured": statement,             # payment.card_captured
                             "bank_certificate": bin}
 
@@ -22,12 +22,12 @@ is handed or sends carries a card number or expiry in the clear.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Final
 
 from cryptography import x509
 
-from ..._schema import STATEMENT_AS_IS, Body, Kind, Schema, binary
+from ..._schema import STATEMENT_AS_IS, Body, Kind, Schema, binary, wire
 from ...certificates import load_certificate
 from ...money import Amount
 from ...statements import Statement
@@ -75,6 +75,7 @@ _OPS_SCHEMA: Final = Schema(SCHEMA.error, {
     "sealed_pi": binary(49, MAX_SEALED_PI, f"49 to {MAX_SEALED_PI} bytes (HPKE enc || ct)"),
     "cardholder_certificate": CERTIFICATE,
     "bank_certificate": CERTIFICATE,
+    "final": Kind("a bool", lambda v: type(v) is bool),
 })
 
 
@@ -140,12 +141,15 @@ class AuthorizeAnswer(_OpBody):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CaptureRequest(_OpBody):
     """``bank.card_capture``, from the merchant: capture ``amount`` (at most what
-    remains) of its authorisation; one capture per (merchant, key)."""
+    remains) of its authorisation; one capture per (merchant, key). ``final`` (absent:
+    false) releases what remains to the cardholder with this capture and closes the
+    authorisation; a capture of all that remains closes it either way."""
 
     TYPE: ClassVar[str] = "bank.card_capture"
     authorization_id: str
     amount: Amount
     idempotency_key: str
+    final: bool | None = field(default=None, metadata=wire())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
