@@ -35,6 +35,7 @@ import trio
 from semper.agents.components._archive import append, entry
 from semper.agents.components._delivery_buyer import StreamClient, StreamOutcome, StreamProgress
 from semper.agents.components._payments import AgentPaymentContext, payment_manager
+from semper.agents.components._wallet import ecash_refunded
 from semper.services import Amount
 from semper.services.archive import Direction
 from semper.services.certificates import (
@@ -117,6 +118,8 @@ MIGRATIONS: Final = {
 
 #: The payment module that pays a streamed item chunk by chunk.
 PURSE: Final = "purse"
+#: The instrument whose refund is a bank's voucher the wallet redeems (issue 11).
+ECASH: Final = "ecash"
 #: How many machine steps one call may take: a bound on the driving loop.
 _MAX_STEPS: Final = 32
 #: Sellers whose last verified catalogue a shopper keeps (see ``Shopper.catalogue``).
@@ -549,11 +552,15 @@ class Shopper:
                 refund = RefundResult.from_wire(answer["refund"])
                 assert purchase.payment is not None
                 # The bank's word that the money came back, checked and kept as evidence.
-                verify_refund_confirmation(
-                    refund.confirmation, bank_certificate=refund.bank_certificate,
-                    root=self.agent.credentials.root, crl=self.agent.crl, now=self._now(),
-                    expected_original=purchase.payment.payment, expected_payee=self.agent.id,
-                    expected_amount=decision.amount)
+                if module == ECASH:  # a voucher, which the wallet turns into coins
+                    await ecash_refunded(self.agent, refund, original=purchase.payment.payment,
+                                         amount=decision.amount)
+                else:
+                    verify_refund_confirmation(
+                        refund.confirmation, bank_certificate=refund.bank_certificate,
+                        root=self.agent.credentials.root, crl=self.agent.crl,
+                        now=self._now(), expected_original=purchase.payment.payment,
+                        expected_payee=self.agent.id, expected_amount=decision.amount)
                 # Signed by a bank, and by ours: money back elsewhere is not back.
                 ctx = AgentPaymentContext(self.agent, purchase.order.digest.hex(), seller)
                 our_bank(ctx, identity_of(refund.bank_certificate).agent_id)

@@ -89,7 +89,7 @@ from semper.transport import RemoteError, TransportError
 if TYPE_CHECKING:
     from semper.agents.runtime._component import Context
 
-__all__ = ["MAX_COINS", "MIGRATIONS", "Wallet", "read_coins"]
+__all__ = ["MIGRATIONS", "Wallet", "ecash_refunded", "read_coins"]
 
 #: Binding coins to a payment may lose a race with another process; it retries this often.
 _BIND_TRIES: Final = 3
@@ -712,6 +712,24 @@ class Wallet(Component):
                 await self.context.database.transaction(store)
                 crash_point("wallet.refund.stored")
             await self._finish(batch)
+
+
+async def ecash_refunded(agent: Any, result: RefundResult, *, original: bytes,
+                         amount: Amount) -> None:
+    """A purchase's ecash refund: ``result`` must refund ``amount`` of the payment
+    whose settlement digest is ``original``; its voucher becomes coins in ``agent``'s
+    wallet (``Wallet.refunded``).
+
+    Raises:
+        BadConfirmation: the refund names another payment or amount; what
+            ``Wallet.refunded`` raises.
+    """
+    for field, got, want in (("original", result.original, original),
+                             ("amount", result.amount, amount)):
+        if got != want:
+            raise BadConfirmation(f"the seller's refund names another {field}",
+                                  detail={"field": field})
+    await agent.component(Wallet).refunded(result)
 
 
 class _Taken(Exception):
