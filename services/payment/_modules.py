@@ -28,6 +28,7 @@ reference), never by the digest of the statement they just re-signed.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -388,8 +389,13 @@ def now_of(ctx: PaymentContext) -> dt.datetime:
 
 
 async def refund_payment(ctx: PayeeContext, original: PaymentResult, amount: Amount,
-                         reason: str, key: str) -> RefundResult:
+                         reason: str, key: str, *,
+                         check: Callable[[RefundAnswer, RefundOrder], object] | None = None
+                         ) -> RefundResult:
     """The refund of any module: a ``payment.refund_order`` to the settling bank.
+    ``check(answer, order)`` verifies the bank's answer (raising), for an instrument
+    whose confirmation is its own statement (ecash: a refund voucher); by default it
+    is a ``payment.refund_confirmation``.
 
     Raises:
         BadRequest: ``original`` is not a payment to us, or a bad reason or key.
@@ -408,10 +414,13 @@ async def refund_payment(ctx: PayeeContext, original: PaymentResult, amount: Amo
     order = await ctx.sign(REFUND_ORDER, body.to_body())
     ask = RefundRequest(refund_order=order).to_wire()
     answer = RefundAnswer.from_wire(await ctx.request(bank, BANK_SERVICE, BANK_REFUND, ask))
-    verify_refund_confirmation(answer.confirmation, bank_certificate=answer.bank_certificate,
-                               root=ctx.root, crl=ctx.crl, now=now_of(ctx),
-                               expected_original=body.original, expected_payee=body.payee,
-                               expected_amount=amount, expected_bank=bank)
+    if check is not None:
+        check(answer, body)
+    else:
+        verify_refund_confirmation(answer.confirmation, bank_certificate=answer.bank_certificate,
+                                   root=ctx.root, crl=ctx.crl, now=now_of(ctx),
+                                   expected_original=body.original, expected_payee=body.payee,
+                                   expected_amount=amount, expected_bank=bank)
     await ctx.record(answer.confirmation, answer.bank_certificate)
     return RefundResult(original=body.original, payer=body.payer, payee=body.payee, amount=amount,
                         reason=reason, confirmation=answer.confirmation,
@@ -429,12 +438,21 @@ def our_bank(ctx: PaymentContext, bank: str) -> None:
 
 
 async def hand_over(ctx: PayerContext, request: PaymentRequest, module: str,
-                     proof: dict[str, Any]) -> PaymentResult:
+                    proof: dict[str, Any], *,
+                    failed: Callable[[BaseException], Awaitable[object]] | None = None
+                    ) -> PaymentResult:
     """``payment.accept`` at the payee with the proof of ``module``; its answer,
-    checked to name this payment. Every module's ``pay`` ends with it."""
+    checked to name this payment. Every module's ``pay`` ends with it. ``failed(exc)``
+    is awaited when the request itself fails (the payee's refusal, a timeout), before
+    the failure is raised: ecash gives up coins the payee saw but refused."""
     body = AcceptRequest(module=module, reference=request.reference, proof=proof).to_wire()
-    result = PaymentResult.from_wire(
-        await ctx.request(request.payee, PAYMENT_SERVICE, PAYMENT_ACCEPT, body))
+    try:
+        answer = await ctx.request(request.payee, PAYMENT_SERVICE, PAYMENT_ACCEPT, body)
+    except Exception as exc:
+        if failed is not None:
+            await failed(exc)
+        raise
+    result = PaymentResult.from_wire(answer)
     got = (result.module, result.payer, result.payee, result.amount, result.reference)
     if got != (module, ctx.our_id, request.payee, request.amount, request.reference):
         raise BadConfirmation("the payee acknowledged another payment than ours",

@@ -12,7 +12,7 @@ from .._errors import PaymentError
 
 __all__ = ["BadBlindMessage", "BadBlindSignature", "BadCoin", "BadCoinSignature", "BadSpend",
            "BadWithdrawal", "DoubleSpent", "EcashError", "ExpiredKey", "InsufficientCoins",
-           "UnknownKey", "VoucherUsed"]
+           "UnknownKey", "VoucherExpired", "VoucherUsed"]
 
 
 class EcashError(PaymentError):
@@ -90,6 +90,13 @@ class VoucherUsed(EcashError):
     ``voucher`` (hex digest)."""
 
     code: ClassVar[str] = "ecash.voucher_used"
+
+
+class VoucherExpired(EcashError):
+    """A refund voucher redeemed after its ``expires_ms``; ``detail`` ``voucher``
+    (hex digest), ``expires_ms``, ``now_ms``."""
+
+    code: ClassVar[str] = "ecash.voucher_expired"
 
 
 class InsufficientCoins(EcashError):

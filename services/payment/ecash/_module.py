@@ -1,0 +1,231 @@
+"""The ``ecash`` module: payer and payee halves (the bank half is
+agents/instruments/ecash.py, the payer's coins the Wallet component, reached by
+``ctx.holder("ecash")``).
+
+    payer: the wallet binds coins worth exactly the amount to the payment (contract:
+           payment, our bank, the payee, the order's reference) -> payment.accept at
+           the payee, proof = {spends} -> verify the payment.ecash_deposited the
+           payee answers with -> the wallet marks the coins spent
+    payee: check every spend offline (the bank's denomination keys, the coin's RSA
+           signature, the spend signature over our contract, the sum) ->
+           bank.ecash_deposit -> verify the payment.ecash_deposited
+    refund (payee): bank.refund as for every instrument; the bank's answer is an
+           ecash.refund_voucher that the payer's wallet redeems for new coins
+           (``refunded``), unlinkable to the coins it paid with
+
+A payee refusal of the proof gives the coins back to the wallet (``refused``): it
+exchanges them for new ones, since the payee saw them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any, ClassVar, Final
+
+from ...money import Amount
+from ...statements import Statement, canonical_encode
+from .._errors import BadConfirmation, BadRequest
+from .._modules import (
+    Invoice,
+    PayeeContext,
+    PayerContext,
+    PaymentContext,
+    PaymentRequest,
+    PaymentResult,
+    RefundResult,
+    hand_over,
+    now_of,
+    refund_payment,
+)
+from .._schema import RefundOrder
+from .._wire import BANK_SERVICE, RefundAnswer
+from ._checks import (
+    check_spends,
+    refund_key_of,
+    verify_denomination,
+    verify_deposited,
+    verify_refund_voucher,
+)
+from ._coins import Spend
+from ._schema import Denomination, EcashDeposited
+from ._wire import (
+    BANK_ECASH_DEPOSIT,
+    BANK_ECASH_KEYS,
+    DepositAnswer,
+    DepositRequest,
+    EcashProof,
+    KeysAnswer,
+    KeysRequest,
+)
+
+__all__ = ["EcashModule", "deposit_key"]
+
+_DEPOSIT_DOMAIN: Final = b"semper-ecash-deposit-v1\x00"
+#: Codes of a payee's own refusal of a proof (not a channel's failure: the payee may
+#: have deposited the coins before the answer was lost).
+_REFUSALS: Final = ("ecash.", "payment.", "commerce.")
+
+
+def deposit_key(reference: bytes, spends: Iterable[Spend]) -> str:
+    """The idempotency key a payee deposits ``spends`` for ``reference`` under: 40 hex
+    digits of SHA-256 over a domain prefix and the canonical ``[reference, [coin_key,
+    ...]]``, so that the same proof handed over again is deposited once."""
+    data = _DEPOSIT_DOMAIN + canonical_encode([reference, [s.coin.coin_key for s in spends]])
+    return "ecash-" + hashlib.sha256(data).hexdigest()[:40]
+
+
+class EcashModule:
+    """``ecash``: coins blindly signed by the bank, spent to the payee, deposited by it.
+
+    Holds one piece of state, a cache of the bank's verified denomination statements
+    (by bank and key id, at most ``MAX_KEYS``): public, signed and immutable.
+    """
+
+    name: ClassVar[str] = "ecash"
+    MAX_KEYS: ClassVar[int] = 512
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[str, bytes], Denomination] = {}
+
+    # -- payer ------------------------------------------------------------------------
+
+    async def pay(self, ctx: PayerContext, request: PaymentRequest) -> PaymentResult:
+        wallet = ctx.holder(self.name)
+        spends = await wallet.spend(request)
+        coins = [Spend.from_wire(s).coin.coin_key for s in spends]
+
+        async def failed(exc: BaseException) -> None:
+            code = getattr(exc, "code", None)
+            refused = getattr(wallet, "refused", None)
+            if refused is None or not isinstance(code, str) or not code.startswith(_REFUSALS):
+                return
+            try:
+                await refused(request)
+            except Exception:  # the payee's refusal is the failure to report; the coins
+                pass  # stay bound to the payment, for the wallet to retry
+
+        result = await hand_over(ctx, request, self.name, {"spends": list(spends)},
+                                 failed=failed)
+        verify_deposited(result.settlement, bank_certificate=result.bank_certificate,
+                         root=ctx.root, crl=ctx.crl, now=now_of(ctx),
+                         expected_payee=request.payee, expected_amount=request.amount,
+                         expected_reference=request.reference, expected_bank=ctx.bank_id,
+                         expected_coins=coins)
+        await ctx.record(result.settlement, result.bank_certificate)
+        await wallet.settled(request, result)
+        return result
+
+    async def refunded(self, ctx: PayerContext, result: RefundResult) -> None:
+        """A refund of our payment came back as ``result`` (its confirmation a refund
+        voucher): verified, and the wallet redeems it for new coins."""
+        self.verify_refund(result, root=ctx.root, crl=ctx.crl, now=now_of(ctx),
+                           expected_original=result.original, expected_payee=ctx.our_id,
+                           expected_amount=result.amount, expected_bank=ctx.bank_id)
+        await ctx.holder(self.name).refunded(result)
+
+    @staticmethod
+    def verify_refund(result: RefundResult, *, root: Any, crl: Any, now: Any,
+                      expected_original: bytes, expected_payee: str, expected_amount: Amount,
+                      expected_bank: str | None = None) -> None:
+        """The ecash form of ``verify_refund_confirmation`` for a payer: ``result``'s
+        confirmation is a bank's ``ecash.refund_voucher`` for ``expected_amount`` of
+        the deposit ``expected_original``, and the refund is to ``expected_payee``.
+
+        Raises: ``BadConfirmation`` (field ``payee`` for a refund to another agent),
+        ``statement.*``, ``auth.*``."""
+        if result.payee != expected_payee:
+            raise BadConfirmation("the refund is to another agent",
+                                  detail={"type": "refund result", "field": "payee"})
+        verify_refund_voucher(result.confirmation, bank_certificate=result.bank_certificate,
+                              root=root, crl=crl, now=now, expected_original=expected_original,
+                              expected_amount=expected_amount, expected_bank=expected_bank)
+
+    # -- payee ------------------------------------------------------------------------
+
+    async def _denominations(self, ctx: PaymentContext, bank: str, currency: str,
+                             wanted: Iterable[bytes]) -> dict[bytes, Denomination]:
+        """The denominations ``wanted`` (key ids) of ``bank``, from the cache, else
+        from ``bank.ecash_keys`` (each verified); unknown ids are left out."""
+        wanted = set(wanted)
+        if any((bank, key_id) not in self._keys for key_id in wanted):
+            answer = KeysAnswer.from_wire(await ctx.request(
+                bank, BANK_SERVICE, BANK_ECASH_KEYS, KeysRequest(currency=currency).to_wire()))
+            now = now_of(ctx)
+            for statement in answer.denominations:
+                body = verify_denomination(statement, bank_certificate=answer.bank_certificate,
+                                           root=ctx.root, crl=ctx.crl, now=now,
+                                           expected_bank=bank, expected_currency=currency)
+                if len(self._keys) >= self.MAX_KEYS:
+                    self._keys.clear()
+                self._keys[(bank, body.key_id)] = body
+        return {k: self._keys[(bank, k)] for k in wanted if (bank, k) in self._keys}
+
+    async def accept(self, ctx: PayeeContext, proof: dict[str, Any], *,
+                     invoice: Invoice) -> PaymentResult:
+        got = EcashProof.from_wire(proof)
+        if invoice.payer is None:
+            raise BadRequest("an ecash payee names the payer it invoiced",
+                             detail={"type": "invoice", "field": "payer"})
+        bank = ctx.bank_id  # coins of our bank only: the spends name it
+        keys = await self._denominations(ctx, bank, invoice.amount.currency,
+                                         (s.coin.key_id for s in got.spends))
+        total = check_spends(got.spends, bank=bank, payee=ctx.our_id,
+                             reference=invoice.reference, purpose="payment", keys_by_id=keys,
+                             now_ms=ctx.now_ms())
+        if total != invoice.amount:
+            raise BadRequest(f"the coins are worth {total}, the invoice {invoice.amount}",
+                             detail={"type": "payment.accept ecash proof", "field": "amount",
+                                     "expected": invoice.amount.to_wire(),
+                                     "got": total.to_wire()})
+        ask = DepositRequest(spends=got.spends, reference=invoice.reference,
+                             amount=invoice.amount,
+                             idempotency_key=deposit_key(invoice.reference, got.spends))
+        answer = DepositAnswer.from_wire(await ctx.request(
+            bank, BANK_SERVICE, BANK_ECASH_DEPOSIT, ask.to_wire()))
+        verify_deposited(answer.deposited, bank_certificate=answer.bank_certificate,
+                         root=ctx.root, crl=ctx.crl, now=now_of(ctx), expected_payee=ctx.our_id,
+                         expected_amount=invoice.amount, expected_reference=invoice.reference,
+                         expected_bank=bank,
+                         expected_coins=[s.coin.coin_key for s in got.spends])
+        await ctx.record(answer.deposited, answer.bank_certificate)
+        return PaymentResult(module=self.name, payer=invoice.payer, payee=ctx.our_id,
+                             amount=invoice.amount, reference=invoice.reference,
+                             settlement=answer.deposited,
+                             bank_certificate=answer.bank_certificate)
+
+    def same_payment(self, proof: Any, paid: PaymentResult) -> bool:
+        """Whether ``proof`` hands over again the coins that settled ``paid`` (the same
+        coin keys, in order: a payer retrying sends the same spends)."""
+        try:
+            spends = EcashProof.from_wire(proof).spends
+            coins = EcashDeposited.from_statement(paid.settlement).coins
+        except Exception:  # a proof that does not parse is not the payment
+            return False
+        return tuple(s.coin.coin_key for s in spends) == coins
+
+    def settles(self, settlement: Statement, *, bank_certificate: Any, root: Any, crl: Any,
+                now: Any, payer: str, payee: str, amount: Amount, reference: bytes,
+                idempotency_key: str) -> None:
+        """Raises unless ``settlement`` is a bank's deposit of coins worth ``amount``
+        spent to ``payee`` for the order ``reference`` (checked offline). The deposit
+        names no payer (the bank knows none): coins spent for that order by anyone
+        paid it."""
+        del payer, idempotency_key
+        verify_deposited(settlement, bank_certificate=bank_certificate, root=root, crl=crl,
+                         now=now, expected_payee=payee, expected_amount=amount,
+                         expected_reference=reference)
+
+    async def refund(self, ctx: PayeeContext, original: PaymentResult, amount: Amount,
+                     reason: str, key: str) -> RefundResult:
+        deposited = EcashDeposited.from_statement(original.settlement)
+        now = now_of(ctx)
+
+        def check(answer: RefundAnswer, order: RefundOrder) -> None:
+            verify_refund_voucher(answer.confirmation, bank_certificate=answer.bank_certificate,
+                                  root=ctx.root, crl=ctx.crl, now=now,
+                                  expected_original=order.original, expected_amount=amount,
+                                  expected_refund_key=refund_key_of(deposited),
+                                  expected_bank=original.bank)
+
+        return await refund_payment(ctx, original, amount, reason, key, check=check)
