@@ -169,7 +169,7 @@ class _OpenSSLKey:
         self._all: list[int] = []  # every context made (freed by the finalizer)
         self._pool: list[_Slot] = []
         self._lock = threading.Lock()
-        weakref.finalize(self, _free_all, lib, pkey, self._all)
+        self._finalizer = weakref.finalize(self, _free_all, lib, pkey, self._all)
 
     def _new_ctx(self, init: Any) -> int:
         lib = self._lib
