@@ -35,7 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from semper.agents.components import _bank, _ledger
+from semper.agents.components import _bank, _cards, _ledger
 from semper.agents.components._castore import (
     cancel_invitations,
     issued_for,
@@ -45,6 +45,7 @@ from semper.agents.components._castore import (
 )
 from semper.agents.components._catalogue import write_catalogue
 from semper.agents.components._reveal import add_pseudonym, pseudonyms_of
+from semper.agents.instruments import card as card_gateway
 from semper.agents.runtime._config import (
     AgentConfig,
     CaSettings,
@@ -324,12 +325,15 @@ DEMO_FUNDS: Final = Amount("EUR", 100_000)
 
 def _open_for_business(paths: MarketPaths, configs: list[AgentConfig],
                        now: dt.datetime) -> None:
-    """Open EUR accounts at the bank for the buyers and sellers, and fund the buyers."""
+    """Open EUR accounts at the bank for the buyers and sellers, fund the buyers, and
+    issue each buyer a card on its account (kept by the bank and by the buyer)."""
     bank = next((c for c in configs if c.role == "bank"), None)
     if bank is None:
         return
-    database = Database.open_sync(bank.data_dir / "agent.sqlite", _bank.MIGRATIONS)
+    database = Database.open_sync(bank.data_dir / "agent.sqlite",
+                                  {**_bank.MIGRATIONS, **card_gateway.MIGRATIONS})
     time_ms = int(now.timestamp() * 1000)
+    cards: dict[str, tuple[str, str]] = {}
 
     def open_accounts(c: sqlite3.Connection) -> None:
         for config in configs:
@@ -337,11 +341,22 @@ def _open_for_business(paths: MarketPaths, configs: list[AgentConfig],
                 _ledger.open_account(c, config.id, DEMO_FUNDS.currency)
             if config.role == "buyer":
                 _ledger.mint(c, config.id, DEMO_FUNDS, time_ms=time_ms, memo="market init")
+                cards[config.id] = card_gateway.issue_card(c, config.id, DEMO_FUNDS.currency,
+                                                           now_ms=time_ms)
 
     try:
         database.transaction_sync(open_accounts)
     finally:
         database.close()
+    for config in configs:
+        if config.id in cards:
+            number, expiry = cards[config.id]
+            held = Database.open_sync(config.data_dir / "agent.sqlite", _cards.MIGRATIONS)
+            try:
+                held.transaction_sync(lambda c, n=number, e=expiry: _cards.add_card(
+                    c, n, e, bank.id, now_ms=time_ms))
+            finally:
+                held.close()
 
 
 def ca_config(folder: Path) -> AgentConfig:
