@@ -1,0 +1,317 @@
+"""The card gateway at the bank (agents/instruments/card.py) and the buyer's cards
+(agents/components/_cards.py) against real bank, seller and buyer agents over
+loopback TLS and real SQLite, on one injected clock (issue 11 item 2).
+
+The gateway holds an authorisation's amount in ``@card-held``, pays the merchant
+what it captures (up to the rest of the hold), returns the rest at the final capture
+or at expiry (the sweep), refunds a capture through the generic ``bank.refund`` to
+the cardholder's account, and answers every repeat with its first statement. It
+refuses with a stable code, moving nothing: a card its signer does not hold, an
+expired card, an amount beyond the funds (``card.declined``), a capture beyond the
+hold or of another merchant's authorisation. The books balance after every step.
+
+Members of the kind found beyond the issue's list: the merchant replaying the same
+sealed instructions under another key (one hold, not two); a card number and expiry
+known to someone else, signed by that someone (``card.unknown_card``: the number
+alone pays nothing).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from cryptography.hazmat.primitives.asymmetric import x25519
+from market_helpers import DEADLINE, config_of, running
+
+from semper.agents import Agent
+from semper.agents.components import _ledger
+from semper.agents.components._cards import Card, Cards, check_card_number
+from semper.agents.components._payments import AgentPaymentContext
+from semper.agents.instruments.card import AUTH_VALIDITY_MS, HELD, CardGateway
+from semper.agents.operator._market import init_market
+from semper.services import Amount
+from semper.services.payment import PaymentResult, refund_payment
+from semper.services.payment.card import (
+    CARD_AUTHORIZE,
+    CARD_CAPTURE,
+    CARD_GATEWAY_KEY,
+    DUAL_SIGNATURE,
+    Authorization,
+    AuthorizeRequest,
+    CaptureRequest,
+    CardCaptured,
+    GatewayKey,
+    GatewayKeyRequest,
+    OrderInformation,
+    PaymentInstructions,
+)
+from semper.services.payment.card._checks import check_gateway_key
+from semper.services.payment.card._set import (
+    dual_signature,
+    oimd_of,
+    pimd_of,
+    seal_instructions,
+)
+from semper.services.statements import Statement
+from semper.transport import RemoteError
+
+HOLDERS = ("buyer", "seller", HELD)
+
+
+class Clock:
+    """One clock for all three agents, moved by the test."""
+
+    def __init__(self) -> None:
+        self.ms = time.time_ns() // 1_000_000
+
+    def now_ms(self) -> int:
+        return self.ms
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One market for the module: each test pays its own orders and looks at what
+    moved, so none depends on another's balances."""
+    folder = tmp_path_factory.mktemp("card") / "market"
+    init_market(folder)
+    return folder
+
+
+class World:
+    def __init__(self, bank: Agent, buyer: Agent, seller: Agent, clock: Clock) -> None:
+        self.bank, self.buyer, self.seller, self.clock = bank, buyer, seller, clock
+        self.before: dict[str, int] = {}
+
+    async def books(self) -> dict[str, int]:
+        def read(c: Any) -> dict[str, int]:
+            _ledger.check_books(c)  # customers, @card-held included, hold the minted
+            return {h: _ledger.balances(c, h).get("EUR", 0) for h in HOLDERS}
+
+        return await self.bank.database.read(read)
+
+    async def moved(self) -> dict[str, int]:
+        """What moved since the last call, per holder (zeros left out)."""
+        now = await self.books()
+        delta = {h: now[h] - self.before.get(h, now[h]) for h in now}
+        self.before = now
+        return {h: d for h, d in delta.items() if d}
+
+    async def refused(self, code: str, call: Any) -> RemoteError:
+        with pytest.raises(RemoteError) as refused:
+            await call
+        assert refused.value.code == code, refused.value
+        assert await self.moved() == {}
+        return refused.value
+
+    async def card(self) -> Card:
+        return await self.buyer.component(Cards).card()
+
+    async def instructions(self, amount: Amount, *, order: bytes | None = None,
+                           card: Card | None = None, signer: Agent | None = None,
+                           merchant: str = "seller", key: str = "pay-1",
+                           merchant_key: str | None = None) -> AuthorizeRequest:
+        """What the merchant forwards to authorise ``amount`` for an order: the PI
+        sealed to the gateway, the OIMD, the dual signature (by ``signer``, the
+        buyer unless told)."""
+        card = card or await self.card()
+        signer = signer or self.buyer
+        oi = OrderInformation(order=order or secrets.token_bytes(32), merchant=merchant,
+                              amount=amount, description="Map of the market")
+        oimd = oimd_of(oi)
+        pi = PaymentInstructions(number=card.number, expiry=card.expiry, amount=amount,
+                                 merchant=merchant, order=oimd, idempotency_key=key,
+                                 nonce=secrets.token_bytes(16))
+        answer = await signer.context.call("bank", CARD_GATEWAY_KEY, GatewayKeyRequest())
+        key_body = check_gateway_key(answer.key, bank_certificate=answer.bank_certificate,
+                                     root=signer.context.root, crl=signer.context.crl,
+                                     now=signer.context.now(), expected_bank="bank")
+        sealed = seal_instructions(pi, gateway_key=x25519.X25519PublicKey.from_public_bytes(
+            key_body.public_key))
+        dual = signer.context.sign(DUAL_SIGNATURE, dual_signature(pimd_of(pi), oimd).to_body())
+        return AuthorizeRequest(sealed_pi=sealed, oimd=oimd, dual=dual,
+                                cardholder_certificate=signer.context.certificate,
+                                amount=amount,
+                                idempotency_key=merchant_key or "auth-" + secrets.token_hex(4))
+
+    async def authorize(self, request: AuthorizeRequest, merchant: Agent | None = None
+                        ) -> Authorization:
+        answer = await (merchant or self.seller).context.call("bank", CARD_AUTHORIZE, request)
+        return Authorization.from_statement(answer.authorization)
+
+    async def capture(self, authorization_id: str, amount: Amount, key: str,
+                      merchant: Agent | None = None, **extra: Any) -> Statement:
+        request = CaptureRequest(authorization_id=authorization_id, amount=amount,
+                                 idempotency_key=key, **extra)
+        answer = await (merchant or self.seller).context.call("bank", CARD_CAPTURE, request)
+        return answer.captured
+
+
+@asynccontextmanager
+async def world(market: Path) -> AsyncIterator[World]:
+    clock = Clock()
+    bank = Agent(config_of(market, "bank"), clock=clock)
+    buyer = Agent(config_of(market, "buyer"), clock=clock)
+    seller = Agent(config_of(market, "seller"), clock=clock)
+    with trio.fail_after(DEADLINE):
+        async with running(bank), running(buyer), running(seller):
+            w = World(bank, buyer, seller, clock)
+            await w.moved()
+            yield w
+
+
+def eur(units: int) -> Amount:
+    return Amount("EUR", units)
+
+
+async def test_market_init_issues_the_buyer_a_card_at_the_bank(market: Path) -> None:
+    async with world(market) as w:
+        [card] = await w.buyer.component(Cards).list()
+        assert check_card_number(card.number) and card.bank == "bank"
+        assert card.to_json() == {"number": card.number, "expiry": card.expiry}
+        row = await w.bank.database.read(lambda c: c.execute(
+            "SELECT expiry, holder, currency FROM card_cards WHERE number = ?",
+            (card.number,)).fetchone())
+        assert row == (card.expiry, "buyer", "EUR")
+        assert int(card.expiry[:4]) >= time.gmtime().tm_year + 3
+        # The gateway's key: signed by the bank, for itself, valid now.
+        answer = await w.buyer.context.call("bank", CARD_GATEWAY_KEY, GatewayKeyRequest())
+        body = GatewayKey.from_statement(answer.key)
+        assert body.bank == "bank" and body.expires_ms > w.clock.ms
+        again = await w.buyer.context.call("bank", CARD_GATEWAY_KEY, GatewayKeyRequest())
+        assert again.key == answer.key
+
+
+async def test_authorize_capture_refund_each_once(market: Path) -> None:
+    async with world(market) as w:
+        request = await w.instructions(eur(480), merchant_key="auth-a")
+        auth = await w.authorize(request)
+        assert (auth.merchant, auth.amount, auth.oimd) == ("seller", eur(480), request.oimd)
+        assert auth.expires_ms == w.clock.ms + AUTH_VALIDITY_MS
+        assert await w.moved() == {"buyer": -480, HELD: 480}
+        # The same request again, and the cardholder's retry with fresh instructions
+        # (another nonce) for the same order under the merchant's same key: the same.
+        assert await w.authorize(request) == auth
+        retry = await w.instructions(eur(480), order=None, merchant_key="auth-a")
+        await w.refused("payment.idempotency_conflict", w.authorize(retry))  # another order
+        captured = await w.capture(auth.authorization_id, eur(480), "cap-a")
+        body = CardCaptured.from_statement(captured)
+        assert (body.merchant, body.amount, body.authorization_id) == \
+            ("seller", eur(480), auth.authorization_id)
+        assert await w.moved() == {"seller": 480, HELD: -480}
+        assert await w.capture(auth.authorization_id, eur(480), "cap-a") == captured
+        assert await w.moved() == {}
+        # Closed: nothing more to capture, under any key.
+        await w.refused("card.unknown_authorization",
+                        w.capture(auth.authorization_id, eur(1), "cap-b"))
+        # A refund through the generic bank.refund credits the card's account.
+        paid = PaymentResult(module="card", payer="buyer", payee="seller", amount=eur(480),
+                             reference=request.oimd, settlement=captured,
+                             bank_certificate=w.bank.context.certificate)
+        ctx = AgentPaymentContext(w.seller, "card-refund", "buyer")
+        await refund_payment(ctx, paid, eur(200), "returned", "refund-a")
+        assert await w.moved() == {"seller": -200, "buyer": 200}
+        await refund_payment(ctx, paid, eur(200), "returned", "refund-a")
+        assert await w.moved() == {}
+
+
+async def test_a_retry_with_fresh_instructions_for_the_same_order_holds_once(
+        market: Path) -> None:
+    async with world(market) as w:
+        order = secrets.token_bytes(32)
+        first = await w.authorize(await w.instructions(eur(99), order=order,
+                                                       merchant_key="auth-r"))
+        assert await w.moved() == {"buyer": -99, HELD: 99}
+        # The cardholder seals again (a new nonce) after a lost answer: the same key,
+        # or the merchant's new one, gets the first authorisation.
+        for merchant_key in ("auth-r", "auth-r2"):
+            again = await w.instructions(eur(99), order=order, merchant_key=merchant_key)
+            assert await w.authorize(again) == first
+        assert await w.moved() == {}
+        # Other instructions (the cardholder's other payment) for the order
+        # authorised: refused.
+        other = await w.instructions(eur(99), order=order, key="pay-2",
+                                     merchant_key="auth-r3")
+        await w.refused("payment.already_paid", w.authorize(other))
+        await w.capture(first.authorization_id, eur(99), "cap-r")
+        assert await w.moved() == {"seller": 99, HELD: -99}
+
+
+async def test_partial_capture_then_the_rest_goes_back(market: Path) -> None:
+    async with world(market) as w:
+        auth = await w.authorize(await w.instructions(eur(1000)))
+        assert await w.moved() == {"buyer": -1000, HELD: 1000}
+        await w.capture(auth.authorization_id, eur(300), "part-1")
+        assert await w.moved() == {"seller": 300, HELD: -300}
+        await w.refused("card.over_authorized",
+                        w.capture(auth.authorization_id, eur(701), "part-2"))
+        await w.refused("payment.currency_mismatch",
+                        w.capture(auth.authorization_id, Amount("USD", 1), "part-2"))
+        # Only its merchant captures it: to anyone else it is unknown.
+        await w.refused("card.unknown_authorization",
+                        w.capture(auth.authorization_id, eur(1), "part-x", merchant=w.buyer))
+        await w.capture(auth.authorization_id, eur(200), "part-2")
+        assert await w.moved() == {"seller": 200, HELD: -200}
+        # The rest (500) is held until the authorisation lapses, then the sweep
+        # returns it once; a capture after that is refused.
+        sweeper = w.bank.component(CardGateway)
+        w.clock.ms = auth.expires_ms
+        assert await sweeper.sweep() == 0
+        w.clock.ms += 1
+        await w.refused("card.unknown_authorization",
+                        w.capture(auth.authorization_id, eur(1), "part-3"))
+        assert await sweeper.sweep() >= 1
+        assert await w.moved() == {"buyer": 500, HELD: -500}
+        assert await sweeper.sweep() == 0
+        assert await w.moved() == {}
+
+
+async def test_a_final_capture_returns_the_rest_at_once(market: Path) -> None:
+    async with world(market) as w:
+        auth = await w.authorize(await w.instructions(eur(750)))
+        assert await w.moved() == {"buyer": -750, HELD: 750}
+        await w.capture(auth.authorization_id, eur(250), "final-1", final=True)
+        assert await w.moved() == {"seller": 250, "buyer": 500, HELD: -750}
+        await w.refused("card.unknown_authorization",
+                        w.capture(auth.authorization_id, eur(1), "final-2"))
+        # The same final capture again: its answer, nothing moves; under the same key
+        # as a non-final one: another request.
+        await w.capture(auth.authorization_id, eur(250), "final-1", final=True)
+        await w.refused("payment.idempotency_conflict",
+                        w.capture(auth.authorization_id, eur(250), "final-1"))
+        assert await w.bank.component(CardGateway).sweep() == 0
+
+
+async def test_refusals_move_nothing(market: Path) -> None:
+    async with world(market) as w:
+        balance = (await w.books())["buyer"]
+        # Beyond the funds: declined, nothing held.
+        await w.refused("card.declined", w.authorize(
+            await w.instructions(eur(balance + 1))))
+        # Someone who learnt the card's number and expiry signs for it: the number
+        # alone pays nothing (the gateway's holder is the buyer).
+        await w.refused("card.unknown_card", w.authorize(
+            await w.instructions(eur(10), signer=w.seller, merchant="seller")))
+        card = await w.card()
+        wrong = Card(number=card.number, expiry="2099-12", bank="bank")
+        await w.refused("card.unknown_card", w.authorize(await w.instructions(eur(10),
+                                                                             card=wrong)))
+        # Instructions for another merchant, forwarded by this one.
+        await w.refused("card.bad_instructions", w.authorize(
+            await w.instructions(eur(10), merchant="notary")))
+        # A card whose month is over (issued to the buyer long ago).
+        old = Card(number="4000000000000002", expiry="2020-01", bank="bank")
+        await w.bank.database.transaction(lambda c: c.execute(
+            "INSERT OR IGNORE INTO card_cards (number, expiry, holder, currency, issued_ms)"
+            " VALUES (?, ?, 'buyer', 'EUR', 0)", (old.number, old.expiry)))
+        refused = await w.refused("card.expired_card", w.authorize(
+            await w.instructions(eur(10), card=old)))
+        assert refused.detail == {"expiry": "2020-01"}
+        await w.refused("card.unknown_authorization",
+                        w.capture("0" * 32, eur(1), "nothing"))
