@@ -91,6 +91,9 @@ if TYPE_CHECKING:
 
 __all__ = ["MIGRATIONS", "Wallet", "ecash_refunded", "read_coins"]
 
+#: The bank's refusals that say it applied nothing (an internal.error or a transport
+#: code may follow a commit: the batch is kept and asked again).
+_REFUSALS: Final = ("payment.", "ecash.", "money.", "bank.", "ledger.")
 #: Binding coins to a payment may lose a race with another process; it retries this often.
 _BIND_TRIES: Final = 3
 
@@ -341,7 +344,8 @@ class Wallet(Component):
         try:
             answer = await ctx.request(self.bank_id, BANK_SERVICE, op, request)
         except RemoteError as exc:
-            await self._drop(batch, exc)
+            if exc.code.startswith(_REFUSALS):  # else it may have applied it: kept
+                await self._drop(batch, exc)
             raise
         crash_point(f"wallet.{kind}.answered")
         rows = await self.context.database.read(lambda c: c.execute(
