@@ -815,7 +815,9 @@ def test_every_payment_code_is_stable() -> None:
         "payment.cheque_expired", "payment.wrong_payee", "payment.cheque_stopped",
         "payment.cheque_reused", "payment.refund_exceeds_payment", "payment.unknown_account",
         "payment.unknown_payment", "payment.wrong_bank", "payment.already_paid",
-        "payment.too_many_stopped"}
+        "payment.too_many_stopped",
+        # protocol.md 8.9
+        "payment.policy_refused", "payment.forbidden_instrument", "payment.bad_market_policy"}
 
 
 # --- settles: a third party (the notary of a fair purchase) checks a settlement -----

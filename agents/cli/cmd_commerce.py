@@ -177,9 +177,10 @@ class PaymentModuleName(click.ParamType):
 @config_option
 @click.option("--seller", required=True, type=AGENT_ID, help="The seller's agent id.")
 @click.option("--item", "sku", required=True, help="The SKU to buy.")
-@click.option("--pay", "module", required=True, type=PaymentModuleName(),
+@click.option("--pay", "module", default=None, type=PaymentModuleName(),
               help="How to pay: a payment module installed (transfer, cheque, or one a "
-                   "package adds).")
+                   "package adds). Without it: the best the market allows and the seller "
+                   "takes from us, and the output says why.")
 @click.option("--idempotency-key", "key", default=None,
               help="Repeat a purchase safely: the same key returns the first outcome. "
                    "Without it a fresh key is made and printed on stderr first.")
@@ -193,11 +194,11 @@ class PaymentModuleName(click.ParamType):
                    "else 'notary').")
 @passphrase_option
 @click.option("--json", "as_json", is_flag=True, help="Print {receipt, payment, ...} as JSON.")
-def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
+def buy(config_path: Path, seller: str, sku: str, module: str | None, key: str | None,
         output: Path | None, fair: bool, notary: str | None, passphrase_file: Path | None,
         as_json: bool) -> None:
-    """Order --item from --seller, pay with --pay, take delivery, and print the
-    signed receipt."""
+    """Order --item from --seller, pay with --pay (or the instrument chosen), take
+    delivery, and print the signed receipt."""
     if notary is not None and not fair:
         raise CodedBadParameter("cli.usage", "--notary is for a fair purchase: add --fair",
                                 None, None)
@@ -211,6 +212,8 @@ def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
     console = make_console(stderr=as_json)
     bar = _StreamBar(console)
     shopper: Shopper | None = None
+    #: key -> why the instrument was chosen (without --pay).
+    choice: dict[str, str] = {}
 
     async def run() -> Any:
         nonlocal shopper
@@ -227,13 +230,19 @@ def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
 
             async with agent.session():
                 if fair:
-                    return await _fair_buyer.FairShopper(
+                    fair_shopper = _fair_buyer.FairShopper(
                         agent, progress=step, notary=notary or default_notary(agent.config),
-                        wait_ms=int(agent.config.timeouts.request * 1000),
-                    ).buy_fair(seller, sku, module, key)
+                        wait_ms=int(agent.config.timeouts.request * 1000))
+                    chosen = module
+                    if chosen is None:
+                        chosen, choice[key] = await fair_shopper.choose(seller, sku, key,
+                                                                        fair=True)
+                    return await fair_shopper.buy_fair(seller, sku, chosen, key)
                 shopper = Shopper(agent, progress=step, output=output, on_chunk=chunk)
                 try:
                     outcome = await shopper.buy(seller, sku, module, key)
+                    if module is None:
+                        choice[key] = shopper.choices[key]
                 finally:
                     bar.stop()
                 if key not in shopper.streamed:  # a stream finished by an earlier run
@@ -241,12 +250,17 @@ def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
                 return outcome
 
     outcome = trio.run(run)
+    why = choice.get(key)
+    instrument = {} if why is None else {
+        "instrument": {"module": why.partition(":")[0], "why": why}}
     if shopper is not None and key in shopper.streamed:  # a streamed item, in --output
         streamed = shopper.streamed[key]
         if as_json:  # the issue's keys, and the receipt as a whole purchase's
             click.echo(json.dumps({**streamed.to_json(),
-                                   "receipt": outcome.to_json()["receipt"]}))
+                                   "receipt": outcome.to_json()["receipt"], **instrument}))
             return
+        if why is not None:
+            click.echo(f"paid by {why}")
         click.echo(f"{streamed.chunks} chunks ({counted(streamed.bytes, 'byte')}) verified "
                    f"against root {streamed.root.hex()[:16]}... and written to "
                    f"{streamed.output}; paid {streamed.paid}"
@@ -263,7 +277,7 @@ def buy(config_path: Path, seller: str, sku: str, module: str, key: str | None,
                           f"nothing written to {output}")
         _write_goods(output, outcome.goods, after=f"; the purchase is {outcome.state}: "
                      f"semper goods --config {config_path} {key} -o FILE writes them")
-    result = outcome.to_json()
+    result = {**outcome.to_json(), **instrument}
     if resolved_by is not None:
         result["resolved_by"] = resolved_by
     if as_json:
@@ -388,6 +402,8 @@ def _print_purchase(console: Console, result: dict[str, Any]) -> None:
     if payment is not None:
         table.add_row("paid by", f"{payment['module']} through {payment['bank']} "
                                  f"({payment['settlement']})")
+    if "instrument" in result:  # chosen, not named by --pay: which and why
+        table.add_row("instrument", result["instrument"]["why"])
     if result["goods_size"] is not None:
         table.add_row("goods", f"{result['goods_size']} bytes, digest matches the offer")
     if result["refunded"]:

@@ -4,30 +4,41 @@
 ``PaymentContext`` protocol): it signs with the agent's key and archives what it
 signs and what it verified, under the transaction the caller names, and reaches
 peers over the agent's cached channels.
+
+``MarketPolicyBook`` keeps the newest market policy (``market.policy``, signed by
+the market root) that came with a CRL, and ``payment_manager`` keeps to it and to
+the agent's ``[payment.policy]`` (protocol.md 8.9).
 """
 
 from __future__ import annotations
 
 import logging
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import trio
 from cryptography import x509
 
-from semper.services import Amount
+from semper.agents.runtime._files import write_file
+from semper.services import Amount, ServiceError
 from semper.services.archive import Direction
 from semper.services.payment import (
+    ALL_ALLOWED,
     BANK_ROLE,
     BANK_SERVICE,
     MODULES_GROUP,
     Capabilities,
     Limits,
+    MarketPolicy,
     ModuleOffer,
+    PayeePolicy,
     PaymentManager,
     Unsupported,
     WrongBank,
     load_modules,
     our_bank,
+    verify_market_policy,
 )
 from semper.services.statements import Statement
 
@@ -36,9 +47,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("semper.payment")
 
-__all__ = ["AgentPaymentContext", "capabilities_of", "installed_modules", "installed_order",
-           "offered_modules",
-           "payment_manager"]
+__all__ = ["MARKET_POLICY_FILE", "AgentPaymentContext", "MarketPolicyBook", "capabilities_of",
+           "installed_modules", "installed_order", "offered_modules", "payment_manager"]
+
+#: Where an agent keeps the newest market policy it applied (in its data_dir), and
+#: where the CA keeps the one it serves (beside the root key that signed it).
+MARKET_POLICY_FILE = "market-policy.bin"
 
 
 def installed_order(group: str) -> list[str]:
@@ -70,7 +84,77 @@ def capabilities_of(agent: Agent) -> Capabilities:
 
 
 def payment_manager(agent: Agent) -> PaymentManager:
-    return PaymentManager(modules=installed_modules(), capabilities=capabilities_of(agent))
+    """The agent's manager: its capabilities, its ``[payment.policy]`` as payee, and
+    the market policy its ``market_policy`` book holds at each use."""
+    book = agent.market_policy
+    return PaymentManager(modules=installed_modules(), capabilities=capabilities_of(agent),
+                          policy=PayeePolicy.from_table(agent.config.payment.policy),
+                          market=lambda: book.policy)
+
+
+class MarketPolicyBook:
+    """The newest market policy this agent verified (by serial), kept in
+    ``data_dir/market-policy.bin`` across runs; every module permitted until one
+    arrives. A policy that does not verify against the market root, or is not newer
+    than the one kept, is ignored (logged): the kept one stays."""
+
+    def __init__(self, root: x509.Certificate, data_dir: Path) -> None:
+        self._root = root
+        self._path = data_dir / MARKET_POLICY_FILE
+        self.policy: MarketPolicy = ALL_ALLOWED
+        self.statement: Statement | None = None
+        try:
+            kept = self._path.read_bytes()
+        except OSError:
+            return
+        self._take(kept, quiet=True)
+
+    def _take(self, data: object, *, quiet: bool = False) -> bool:
+        try:
+            statement = Statement.from_bytes(data) if isinstance(data, bytes) \
+                else Statement.from_wire(data)
+            policy = verify_market_policy(statement, root=self._root)
+        except (ServiceError, ValueError) as exc:
+            if not quiet:
+                log.warning("ignoring a market policy: %s", getattr(exc, "message", exc))
+            return False
+        if policy.serial <= self.policy.serial:
+            if policy.serial == self.policy.serial and statement != self.statement \
+                    and not quiet:
+                log.warning("ignoring another market policy numbered %d, the serial of ours",
+                            policy.serial)
+            elif policy.serial < self.policy.serial and not quiet:
+                log.warning("ignoring market policy %d, older than %d", policy.serial,
+                            self.policy.serial)
+            return False
+        self.policy, self.statement = policy, statement
+        if not quiet:
+            log.info("applied market policy %d (forbidden: %s; required: %s)", policy.serial,
+                     ", ".join(sorted(policy.forbidden)) or "none",
+                     ", ".join(sorted(policy.required)) or "none")
+        return True
+
+    async def offer(self, answer: object) -> bool:
+        """Apply the ``policy`` a ``certificates.crl`` answer carries, if newer and
+        good, and keep it for the next run. True if applied."""
+        wire = answer.get("policy") if isinstance(answer, dict) else None
+        if wire is None or not self._take(wire):
+            return False
+        assert self.statement is not None
+        try:
+            await trio.to_thread.run_sync(write_file, self._path, self.statement.to_bytes())
+        except OSError as exc:
+            log.warning("cannot keep the market policy in %s: %s", self._path, exc)
+        return True
+
+
+def read_policy_file(path: Path) -> bytes | None:
+    """The ``market.policy`` statement's bytes kept in ``path`` (None: no file);
+    checked by whoever applies it (``MarketPolicyBook``)."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def installed_modules() -> dict[str, Any]:

@@ -52,6 +52,7 @@ from semper.services.commerce import (
     Catalogue,
     Failed,
     GoodsDelivered,
+    Offer,
     OfferChosen,
     Order,
     OrderAccepted,
@@ -74,11 +75,13 @@ from semper.services.payment import (
     PAYMENT_CAPABILITIES,
     PAYMENT_SERVICE,
     BadConfirmation,
+    Capabilities,
     IdempotencyConflict,
     PaymentRequest,
     PaymentResult,
     RefundConfirmation,
     RefundResult,
+    choose_instrument,
     our_bank,
     verify_refund_confirmation,
 )
@@ -144,7 +147,8 @@ _ORDER_REFUSALS: Final = ("commerce.", "payment.", "statement.")
 _PAYMENT_REFUSALS: Final = frozenset({
     "payment.insufficient_funds", "payment.unknown_account", "payment.no_common_instrument",
     "payment.unknown_module", "payment.currency_mismatch", "commerce.unsupported_payment",
-    "payment.already_paid", "payment.wrong_bank",
+    "payment.already_paid", "payment.wrong_bank", "payment.policy_refused",
+    "payment.forbidden_instrument",
 })
 
 
@@ -251,6 +255,8 @@ class Shopper:
         #: order (hex) -> what saves its accepted machine, with the first statement its
         #: payment signs, in one commit (see ``_ShopperContext``).
         self._unsaved: dict[str, Callable[[list[Any]], Awaitable[None]]] = {}
+        #: key -> why ``choose`` picked its instrument (one line, for ``semper buy``).
+        self.choices: dict[str, str] = {}
 
     async def catalogue(self, seller: str) -> tuple[Catalogue, Any]:
         """The seller's verified offers and its certificate.
@@ -285,14 +291,57 @@ class Shopper:
                                     certificate)
         return catalogue, certificate
 
-    async def buy(self, seller: str, sku: str, module: str, key: str) -> PurchaseOutcome:
-        """Buy ``sku`` from ``seller``, paying with ``module``; idempotent per ``key``.
+    async def choose(self, seller: str, sku: str, key: str, *, fair: bool = False
+                     ) -> tuple[str, str]:
+        """The instrument to buy ``sku`` from ``seller`` with, and why (protocol.md
+        8.9): the one a purchase under ``key`` began with, else the first of ours, in
+        our order, that the market permits and the seller takes from us for the
+        price, a guaranteed one first (a purse only for a streamed item; for a
+        ``fair`` purchase only one a notary can check). Nothing is signed.
+
+        Raises:
+            NoCommonInstrument: none fits (the message says why for each).
+            UnknownOffer, and the seller's refusals.
+        """
+        row = await self._row(key)
+        if row is not None:
+            module: str = row["module"]
+            why = f"{module}: the instrument purchase {key} began with"
+        else:
+            catalogue, _ = await self.catalogue(seller)
+            offer = _find(catalogue, sku)
+            streamed = offer.body.get("stream") is not None
+            price = Offer.from_statement(offer).price
+            ctx = _ShopperContext(self, offer.digest.hex(), seller)
+            theirs = Capabilities.from_wire(
+                await ctx.request(seller, PAYMENT_SERVICE, PAYMENT_CAPABILITIES, {}))
+
+            def unfit(name: str) -> str | None:
+                if name == PURSE and not streamed:
+                    return "pays streamed items only"
+                if fair and not hasattr(self.payments.module(name), "settles"):
+                    return "cannot pay a fair purchase"
+                return None
+
+            module, why = choose_instrument(
+                self.payments.capabilities, theirs, price, market=self.payments.market,
+                guaranteed=self.payments.guaranteed, unfit=unfit)
+        self.choices[key] = why
+        return module, why
+
+    async def buy(self, seller: str, sku: str, module: str | None, key: str
+                  ) -> PurchaseOutcome:
+        """Buy ``sku`` from ``seller``, paying with ``module`` (None: ``choose`` it);
+        idempotent per ``key``.
 
         Raises:
             IdempotencyConflict: ``key`` was used for another purchase.
             UnknownOffer: the seller offers no ``sku``.
+            ForbiddenInstrument: the market forbids ``module`` (nothing signed).
             and the seller's, the bank's or a verification's refusal, with its code.
         """
+        if module is None:
+            module, _ = await self.choose(seller, sku, key)
         if await self._row(key) is None:
             started = await self._start(key, seller, sku, module)
             if started is None:  # another run took the key since we looked
@@ -340,6 +389,8 @@ class Shopper:
         """
         catalogue, certificate = await self.catalogue(seller)
         offer = _find(catalogue, sku)
+        # After the catalogue: asking it fetched the market policy with the CRL.
+        self.payments.market.check(module)
         if offer.body.get("stream") is not None:
             self._stream_output(key)  # before anything is signed or paid
         elif module == PURSE:  # a purse pays chunks: this purchase could never end

@@ -2,7 +2,7 @@
 
 Layout written by ``init_market(DIR)`` (used from outside; keep it exactly):
 
-    DIR/ca/root.pem  root-key.pem (0600)  crl.pem
+    DIR/ca/root.pem  root-key.pem (0600)  crl.pem  market-policy.bin
     DIR/<id>/agent.toml  cert.pem  key.pem (0600)   for ca, bank, seller, buyer, notary, arbiter
 
 The CA agent's own folder is ``DIR/ca`` too; its ``agent.toml`` has a ``[ca]`` table
@@ -44,6 +44,7 @@ from semper.agents.components._castore import (
     record_issued,
 )
 from semper.agents.components._catalogue import write_catalogue
+from semper.agents.components._payments import MARKET_POLICY_FILE
 from semper.agents.components._reveal import add_pseudonym, pseudonyms_of
 from semper.agents.instruments import card as card_gateway
 from semper.agents.runtime._config import (
@@ -68,16 +69,26 @@ from semper.services.certificates import (
     private_key_pem,
 )
 from semper.services.certificates._pseudonym import check_pseudonym_profile
+from semper.services.payment import (
+    ALL_ALLOWED,
+    MarketPolicy,
+    sign_market_policy,
+    verify_market_policy,
+)
+from semper.services.statements import Statement
 
 __all__ = ["DEFAULT_AGENTS", "MarketError", "MarketPaths", "ca_config", "free_ports",
-           "init_market", "load_authority", "revoke", "revoke_agent"]
+           "init_market", "load_authority", "market_policy", "revoke", "revoke_agent",
+           "set_market_policy"]
 
 #: (agent id, role, level) of the agents a new local market has.
 DEFAULT_AGENTS: tuple[tuple[str, str, Level], ...] = (
     ("ca", "ca", Level.VERIFIED_IDENTITY),
     ("bank", "bank", Level.VERIFIED_IDENTITY),
     ("seller", "seller", Level.VERIFIED_CONTACT),
-    ("buyer", "buyer", Level.VERIFIED_CONTACT),
+    # verified-identity: a seller's default policy takes cheques only from such a
+    # buyer (protocol.md 8.9), and the demo pays by cheque
+    ("buyer", "buyer", Level.VERIFIED_IDENTITY),
     ("notary", "notary", Level.VERIFIED_IDENTITY),
     # judges filed evidence bundles (dispute.file) and may ask the CA to reveal a pseudonym
     ("arbiter", "arbiter", Level.VERIFIED_IDENTITY),
@@ -198,6 +209,8 @@ def _build_market(folder: Path, *, passphrase: bytes | None,
     write_file(paths.root_key, private_key_pem(ca.key, passphrase), private=True)
     crl = issue_crl(ca, [], now=now, number=1)
     write_file(paths.crl, crl.public_bytes(serialization.Encoding.PEM))
+    _write_market_policy(paths, ca, MarketPolicy(issued_ms=int(now.timestamp() * 1000),
+                                                 serial=1))
 
     *ports, enroll_port = free_ports(len(agents) + 1)
     addresses = {agent_id: f"127.0.0.1:{port}" for (agent_id, _, _), port in zip(agents, ports,
@@ -375,6 +388,48 @@ def ca_config(folder: Path) -> AgentConfig:
     if config.ca is None:
         raise MarketError(f"{path} has no [ca] table (made by an older semper?)")
     return config
+
+
+def _write_market_policy(paths: MarketPaths, ca: CertificateAuthority,
+                         policy: MarketPolicy) -> Statement:
+    statement = sign_market_policy(policy, key=ca.key, root=ca.certificate,
+                                   nonce=secrets.token_bytes(16))
+    write_file(paths.ca_dir / MARKET_POLICY_FILE, statement.to_bytes())
+    return statement
+
+
+def market_policy(folder: Path) -> MarketPolicy:
+    """The market policy the CA of the market in ``folder`` serves (checked against
+    its root); all allowed if it has none."""
+    paths = MarketPaths(folder)
+    try:
+        data = (paths.ca_dir / MARKET_POLICY_FILE).read_bytes()
+    except FileNotFoundError:
+        return ALL_ALLOWED
+    root = load_certificate(paths.root_cert.read_bytes())
+    return verify_market_policy(Statement.from_bytes(data), root=root)
+
+
+def set_market_policy(folder: Path, *, allowed: Iterable[str] | None = None,
+                      forbidden: Iterable[str] = (), required: Iterable[str] = (),
+                      passphrase: bytes | None = None, now: dt.datetime | None = None
+                      ) -> MarketPolicy:
+    """Sign the market's next instrument policy (the serial after the current one)
+    with the root key and put it where the CA agent serves it with the CRL
+    (protocol.md 8.9); agents apply it at their next CRL fetch.
+
+    Raises:
+        BadMarketPolicy: a bad module name, or one both required and forbidden.
+    """
+    paths = MarketPaths(folder)
+    ca = load_authority(paths.root_cert, paths.root_key, passphrase)
+    current = market_policy(folder)
+    policy = MarketPolicy(allowed=None if allowed is None else frozenset(allowed),
+                          forbidden=frozenset(forbidden), required=frozenset(required),
+                          issued_ms=int((now or utcnow()).timestamp() * 1000),
+                          serial=current.serial + 1)
+    _write_market_policy(paths, ca, policy)
+    return policy
 
 
 def load_authority(root_cert: Path, root_key: Path, passphrase: bytes | None

@@ -6,8 +6,10 @@ newcomers without a certificate redeem their enrollment tokens there, and nothin
 else is offered (``transport.serve_anonymous``). On its channels it offers:
 
 * ``certificates.crl`` and ``certificates.status``: its current CRL (reread from its
-  CRL file, which ``semper ca revoke`` rewrites, at every request) and one
-  certificate's status;
+  CRL file, which ``semper ca revoke`` rewrites, at every request), with the market
+  policy (``market-policy.bin`` beside the root key, which ``semper market policy``
+  signs; protocol.md 8.9) to a requester holding an older one, and one certificate's
+  status;
 
 It keeps the CRL current: at start (before it listens) and then every
 ``CRL_CHECK_INTERVAL`` seconds it issues the next CRL when less than half of the
@@ -41,6 +43,7 @@ from semper.agents.components._castore import (
     redeem,
 )
 from semper.agents.components._directory import DirectoryService
+from semper.agents.components._payments import MARKET_POLICY_FILE, read_policy_file
 from semper.agents.components._reveal import Reveal
 from semper.agents.operator._market import load_authority
 from semper.agents.runtime._component import Component, Context
@@ -232,7 +235,14 @@ class CertificationAuthority(Component):
             await self._issue_fresh_crl(fresh_after)
         crl = self.agent.crl
         number = crl_number(crl)
-        return {"number": number, "crl": crl.public_bytes(_DER) if number > known else None}
+        answer = {"number": number, "crl": crl.public_bytes(_DER) if number > known else None}
+        if request.policy is not None:
+            book = self.agent.market_policy
+            await book.offer({"policy": await trio.to_thread.run_sync(
+                read_policy_file, self.settings.root_key.parent / MARKET_POLICY_FILE)})
+            if book.statement is not None and book.policy.serial > request.policy:
+                answer["policy"] = book.statement.to_wire()
+        return answer
 
     async def _status(self, context: RequestContext, request: StatusRequest) -> StatusReport:
         query = request.query()

@@ -281,8 +281,9 @@ class Sales(Component):
 
     async def capabilities(self, context: Any, request: CapabilitiesRequest
                            ) -> dict[str, Any]:
-        # Our bank, so a buyer learns on the wire which bank to pay through.
-        return {**self.payments.capabilities.to_wire(),
+        # Our bank, so a buyer learns on the wire which bank to pay through; what we
+        # take from this buyer, by the market's policy and ours (protocol.md 8.9).
+        return {**self.payments.answer_capabilities(payer=context.peer),
                 "bank": self.agent.config.payment.bank or "bank"}
 
     async def accept(self, context: Any, request: AcceptRequest) -> dict[str, Any]:
@@ -335,7 +336,8 @@ class Sales(Component):
             try:
                 result = await self.payments.accept(
                     ctx, request, invoice=Invoice(amount=terms.amount,
-                                                  reference=request.reference, payer=buyer))
+                                                  reference=request.reference, payer=buyer),
+                    payer=peer)
                 # The money moved (a cheque deposited), the sale not yet stored paid.
                 crash_point("fair.seller.accepted")
                 decisions = sale.receive(PaymentConfirmed(

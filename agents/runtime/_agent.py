@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from semper.agents.components._archive import Archive
 from semper.agents.components._directory import PeerBook
 from semper.agents.components._evidence import EvidenceService
+from semper.agents.components._payments import MarketPolicyBook
 from semper.agents.runtime._component import C, Clock, Component, Context, SystemClock
 from semper.agents.runtime._config import AgentConfig, ConfigError, parse_address
 from semper.agents.runtime._events import EventLog
@@ -87,6 +88,8 @@ class Agent:
         self.verify_peer = CurrentVerifier(peer_verifier(self.credentials.root,
                                                          lambda: self._crl))
         self._tls_crl_pending: bytes | None = None  # a CRL the TLS contexts still lack
+        #: The newest market policy (protocol.md 8.9), which comes with the CRL.
+        self.market_policy = MarketPolicyBook(self.credentials.root, config.data_dir)
         self.peers = PeerBook(self)
         self.address: tuple[str, int] | None = None  # bound while run runs
         self.channel_config = config.timeouts.channel_config()
@@ -506,7 +509,7 @@ class Agent:
         self._crl_asked = True
         with trio.move_on_after(min(3.0, self.config.timeouts.handshake)):
             try:
-                answer = await self._fetch_crl_while_stale(ca, {"known": _crl_number(self._crl)})
+                answer = await self._fetch_crl_while_stale(ca, self._crl_query())
                 der = answer.get("crl") if isinstance(answer, dict) else None
                 pem = load_crl(der).public_bytes(serialization.Encoding.PEM) if der else None
             except Exception as exc:
@@ -514,6 +517,7 @@ class Agent:
                     raise
                 log.info("cannot ask %s for a newer CRL (using ours): %s", ca, exc)
                 return
+            await self.market_policy.offer(answer)
             if pem is None:
                 return
             async with self._crl_cache:  # as _fetch_crl: applied, and kept for next time
@@ -541,7 +545,7 @@ class Agent:
         needs no current CRL, instead of the cached channel.
         """
         try:
-            query = {"known": _crl_number(self._crl)}
+            query = self._crl_query()
             if crl_is_stale(self._crl, self.context.now()) if stale is None else stale:
                 answer = await self._fetch_crl_while_stale(ca, query)
             else:
@@ -559,12 +563,17 @@ class Agent:
         if self._crl_fetch_failures:
             log.info("fetching the CRL from %s again", ca)
             self._crl_fetch_failures = 0
+        await self.market_policy.offer(answer)
         if pem is None:
             return
         async with self._crl_cache:  # two fetches (watcher, a dial) must not race here
             if pem != self._crl_pem and self.apply_crl(pem):  # not twice the same
                 await trio.to_thread.run_sync(write_file, self.config.data_dir / "crl.pem",
                                               pem)
+
+    def _crl_query(self) -> dict[str, int]:
+        """``certificates.crl``'s body: the CRL and market policy we hold."""
+        return {"known": _crl_number(self._crl), "policy": self.market_policy.policy.serial}
 
     async def _fetch_crl_while_stale(self, ca: str, query: dict[str, int]) -> Any:
         """``certificates.crl`` from the CA agent while our CRL is stale.

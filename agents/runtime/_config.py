@@ -17,6 +17,7 @@ import tomli_w
 
 from semper.services.certificates import check_agent_id, check_name
 from semper.services.money import MAX_MINOR_UNITS
+from semper.services.payment._policy import PayeePolicy
 from semper.transport import ChannelConfig
 
 __all__ = ["AgentConfig", "CaSettings", "ConfigError", "FairExchangeSettings",
@@ -95,11 +96,14 @@ class PaymentSettings:
     """``[payment]``: ``bank`` is the agent id of the bank that holds our accounts;
     ``modules`` the payment modules we accept, most preferred first (None: every
     instrument installed, as a plugin anywhere is picked up on restart); ``limit`` the
-    largest single payment we take or make, per currency, in minor units."""
+    largest single payment we take or make, per currency, in minor units; ``policy``
+    the ``[payment.policy]`` table as written (``services.payment.PayeePolicy``;
+    None: its defaults)."""
 
     bank: str | None = None
     modules: tuple[str, ...] | None = None
     limit: dict[str, int] = field(default_factory=lambda: {"EUR": 100_000_000})
+    policy: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -107,6 +111,7 @@ class PaymentSettings:
                 check_agent_id(self.bank, "payment.bank")
             for name in self.modules or ():
                 check_name("payment module", name)
+            PayeePolicy.from_table(self.policy)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         for currency, units in self.limit.items():
@@ -308,6 +313,8 @@ class AgentConfig:
             data["payment"]["modules"] = list(pay.modules)
         if pay.bank is not None:
             data["payment"]["bank"] = pay.bank
+        if pay.policy is not None:
+            data["payment"]["policy"] = pay.policy
         if self.evidence_peer_quota != DEFAULT_EVIDENCE_QUOTA:
             data["evidence"] = {"peer_quota_bytes": self.evidence_peer_quota}
         if self.ca is not None:
@@ -357,7 +364,7 @@ def _payment_settings(raw: object, *, where: str) -> PaymentSettings:
         return PaymentSettings()
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: [payment] must be a table")
-    unknown = set(raw) - {"bank", "modules", "limit"}
+    unknown = set(raw) - {"bank", "modules", "limit", "policy"}
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) in [payment]: {', '.join(sorted(unknown))}")
     bank, modules, limit = raw.get("bank"), raw.get("modules"), raw.get("limit")
@@ -367,8 +374,10 @@ def _payment_settings(raw: object, *, where: str) -> PaymentSettings:
         raise ConfigError(f"{where}: [payment] has bank = 'ID', modules = ['transfer', ...] "
                           "and a [payment.limit] table of currency = minor units")
     defaults = PaymentSettings()
+    policy = raw.get("policy")
     return PaymentSettings(bank=bank, modules=tuple(modules) if modules else defaults.modules,
-                           limit=dict(limit) if limit else defaults.limit)
+                           limit=dict(limit) if limit else defaults.limit,
+                           policy=dict(policy) if isinstance(policy, dict) else policy)
 
 
 DEFAULT_EVIDENCE_QUOTA = 64 * 1024 * 1024

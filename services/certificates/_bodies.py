@@ -70,6 +70,8 @@ KINDS: Final[dict[str, Kind]] = {
     # a CRL number (RFC 5280: non-negative), any that msgpack carries
     "known": integer(0, (1 << 64) - 1, "a CRL number (a non-negative int)"),
     "fresh_after": TIME,
+    # the serial of the market policy the requester holds (protocol.md 8.9)
+    "policy": integer(0, (1 << 63) - 1, "a market policy serial (a non-negative int)"),
 }
 STATUS_SCHEMA: Final = Schema(BadStatusQuery, KINDS)
 CRL_SCHEMA: Final = Schema(BadCrlQuery, KINDS)
@@ -103,14 +105,16 @@ class StatusRequest(Body):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CrlRequest(Body):
-    """``{"known": int?, "fresh_after": int?}``: the CRL number the requester holds
-    (missing: none), and a time the CRL must have been issued after."""
+    """``{"known": int?, "fresh_after": int?, "policy": int?}``: the CRL number the
+    requester holds (missing: none), a time the CRL must have been issued after, and
+    the serial of the market policy it holds (missing: it asks for none)."""
 
     TYPE: ClassVar[str] = CRL_TYPE
     SCHEMA: ClassVar[Schema] = CRL_SCHEMA
 
     known: int | None = None
     fresh_after: int | None = None
+    policy: int | None = None
 
     @property
     def known_number(self) -> int:

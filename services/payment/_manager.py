@@ -10,16 +10,19 @@ instance, under the module's name::
 The manager holds this side's ``Capabilities``, restricted to the modules it has.
 As payer it asks the payee's ``payment.capabilities``, negotiates and runs the
 chosen module; as payee it answers ``payment.capabilities`` and routes a
-``payment.accept`` to its module after checking it against the invoice.
+``payment.accept`` to its module after checking it against the invoice. Both sides
+keep to the market's policy, and a payee to its own rules per payer level
+(``_policy``, protocol.md 8.9).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any, Final
 
 from .._errors import ServiceError
+from ..certificates import AgentIdentity
 from ..money import Amount
 from ..statements import Statement
 from ._errors import BadRequest, NoCommonInstrument, UnknownModule, WrongBank
@@ -32,6 +35,14 @@ from ._modules import (
     PaymentResult,
 )
 from ._negotiation import Capabilities, negotiate
+from ._policy import (
+    ALL_ALLOWED,
+    MarketPolicy,
+    PayeePolicy,
+    PolicyRefused,
+    is_guaranteed,
+    tailor_capabilities,
+)
 from ._wire import PAYMENT_CAPABILITIES, PAYMENT_SERVICE, AcceptRequest
 
 __all__ = ["MODULES_GROUP", "PaymentManager", "load_modules"]
@@ -89,12 +100,42 @@ class PaymentManager:
         modules: name -> module (``load_modules()``).
         capabilities: what this side accepts, in its order of preference; modules
             not in ``modules`` are dropped from it.
+        policy: as payee, the rules per payer level (None: every payer alike).
+        market: the market policy in force now (called at each use: a newer one
+            arrives with the CRL); None: every module permitted.
     """
 
     def __init__(self, *, modules: Mapping[str, PaymentModule],
-                 capabilities: Capabilities) -> None:
+                 capabilities: Capabilities, policy: PayeePolicy | None = None,
+                 market: Callable[[], MarketPolicy] | None = None) -> None:
         self._modules = dict(modules)
         self._capabilities = capabilities.restricted_to(frozenset(self._modules))
+        self.policy = policy
+        self._market = market
+
+    @property
+    def market(self) -> MarketPolicy:
+        """The market policy this side keeps to now."""
+        return ALL_ALLOWED if self._market is None else self._market()
+
+    def guaranteed(self, name: str) -> bool:
+        """Whether module ``name`` (installed here) says it is guaranteed."""
+        return is_guaranteed(self._modules.get(name))
+
+    def capabilities_for(self, payer: AgentIdentity | None) -> Capabilities:
+        """What we take from ``payer`` (the channel's peer): our capabilities without
+        what the market forbids, and tailored to its level by our policy (None: no
+        payer known, the level rules not applied)."""
+        return tailor_capabilities(
+            self._capabilities, payer_level=None if payer is None else payer.level,
+            liability=None if payer is None else payer.liability, policy=self.policy,
+            market=self.market, guaranteed=self.guaranteed)
+
+    def payer_capabilities(self) -> Capabilities:
+        """What we pay with, in our order, without what the market forbids."""
+        return tailor_capabilities(self._capabilities, payer_level=None, liability=None,
+                                   policy=None, market=self.market,
+                                   guaranteed=self.guaranteed)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -112,10 +153,12 @@ class PaymentManager:
         """The module to pay ``request`` with (``negotiate``), ``only`` that one if given.
 
         Raises:
+            ForbiddenInstrument: ``only`` is forbidden by the market policy.
             NoCommonInstrument: none fits.
         """
-        ours = self._capabilities
+        ours = self.payer_capabilities()
         if only is not None:
+            self.market.check(only)
             ours = ours.restricted_to(frozenset({only}))
         return negotiate(ours, payee, request.amount)
 
@@ -124,11 +167,14 @@ class PaymentManager:
         """Ask the payee's capabilities, choose a module, and pay with it.
 
         Raises:
+            ForbiddenInstrument: ``only`` is forbidden by the market (nothing asked).
             NoCommonInstrument: the two sides have no module in common for the amount.
             WrongBank: the payee names another bank than ours (nothing is signed).
             BadRequest: the payee's capabilities are malformed.
             Whatever the module's ``pay`` raises.
         """
+        if only is not None:
+            self.market.check(only)
         answer = await ctx.request(request.payee, PAYMENT_SERVICE, PAYMENT_CAPABILITIES, {})
         payee = Capabilities.from_wire(answer)
         if payee.bank is not None and payee.bank != ctx.bank_id:
@@ -139,13 +185,18 @@ class PaymentManager:
         return await self._modules[name].pay(ctx, request)
 
     async def accept(self, ctx: PayeeContext, request: AcceptRequest, *,
-                     invoice: Invoice) -> PaymentResult:
+                     invoice: Invoice, payer: AgentIdentity | None = None) -> PaymentResult:
         """Handle a ``payment.accept``: the agent decoded ``request`` and found the
-        ``invoice`` it issued for ``request.reference``.
+        ``invoice`` it issued for ``request.reference``; ``payer`` is the identity
+        the channel's certificate gives the peer handing it over (None: the level
+        rules are not applied). Every check is made before the module runs.
 
         Raises:
             UnknownModule: the module is not one we offer.
+            ForbiddenInstrument: the market forbids the module.
             NoCommonInstrument: we do not take the invoice's amount with that module.
+            PolicyRefused: our policy does not take it from this payer (its level,
+                or the amount over its cap).
             BadRequest: the invoice is for another reference.
             Whatever the module's ``accept`` raises.
         """
@@ -153,11 +204,26 @@ class PaymentManager:
         if request.reference != invoice.reference:
             raise BadRequest("the proof is for another reference than the invoice",
                              detail={"type": "payment.accept", "field": "reference"})
+        market = self.market
+        market.check(request.module)
         if not self._capabilities.admits(request.module, invoice.amount):
             raise NoCommonInstrument(
                 f"{request.module} is not accepted here for {invoice.amount}",
                 detail={"amount": invoice.amount.to_wire(), "payer": [],
                         "payee": self._capabilities.to_wire()["modules"]})
+        if payer is not None:
+            tailored = self.capabilities_for(payer)
+            if not tailored.admits(request.module, invoice.amount):
+                reason = dict(tailored.declined).get(request.module)
+                offer = tailored.offer(request.module)
+                if reason is None and offer is not None:
+                    reason = "is taken from it only for " + ", ".join(
+                        f"{x.minimum}..{x.maximum}" for x in offer.limits)
+                raise PolicyRefused(
+                    f"{request.module} {reason or 'is not taken'} here "
+                    f"(from {payer.agent_id}, {payer.level.label}, for {invoice.amount})",
+                    detail={"module": request.module, "level": payer.level.label,
+                            "reason": reason or ""})
         return await module.accept(ctx, request.proof, invoice=invoice)
 
     def received(self, ctx: PayeeContext, proof: Any, *, payer: str,
@@ -195,6 +261,8 @@ class PaymentManager:
                 return found  # type: ignore[no-any-return]
         return None
 
-    def answer_capabilities(self, body: Any = None) -> dict[str, Any]:
-        """The ``payment.capabilities`` answer (the request body is ignored)."""
-        return self._capabilities.to_wire()
+    def answer_capabilities(self, body: Any = None, *,
+                            payer: AgentIdentity | None = None) -> dict[str, Any]:
+        """The ``payment.capabilities`` answer (the request body is ignored), for the
+        peer ``payer`` asking (``capabilities_for``)."""
+        return self.capabilities_for(payer).to_wire()

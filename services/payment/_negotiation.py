@@ -12,7 +12,9 @@ Wire (``Capabilities.to_wire``; the ``payment.capabilities`` answer)::
     {"modules": [{"name": "transfer",
                   "limits": [{"min": {"currency": "EUR", "minor_units": 1},
                               "max": {"currency": "EUR", "minor_units": 100000000}}]},
-                 ...]}
+                 ...],
+     "bank": "bank",                                              (payee, optional)
+     "declined": [{"name": "cheque", "reason": "needs verified-identity"}]}  (optional)
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ __all__ = ["MAX_MODULES", "Capabilities", "Limits", "ModuleOffer", "negotiate"]
 #: Modules one side may list; currencies one module may list.
 MAX_MODULES: Final = 32
 MAX_CURRENCIES: Final = 64
+#: Characters of one reason in ``declined``.
+MAX_REASON: Final = 200
 
 _NAME: Final = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
 
@@ -136,6 +140,9 @@ class Capabilities:
 
     modules: tuple[ModuleOffer, ...]
     bank: str | None = None
+    #: In a payee's answer tailored to one payer (protocol.md 8.9): each module it has
+    #: but will not take from that payer, with why (``"needs verified-identity"``).
+    declined: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if type(self.modules) is not tuple or len(self.modules) > MAX_MODULES \
@@ -149,6 +156,10 @@ class Capabilities:
                 check_agent_id(self.bank, "bank")
             except ValueError:
                 raise _bad("bank must be an agent id", "bank") from None
+        if type(self.declined) is not tuple or len(self.declined) > MAX_MODULES or not all(
+                type(d) is tuple and len(d) == 2 and type(d[0]) is str and _NAME.match(d[0])
+                and type(d[1]) is str and 0 < len(d[1]) <= MAX_REASON for d in self.declined):
+            raise _bad(f"declined lists at most {MAX_MODULES} {{name, reason}}", "declined")
 
     def offer(self, name: str) -> ModuleOffer | None:
         """This side's offer for module ``name``, if it has one."""
@@ -162,24 +173,33 @@ class Capabilities:
     def restricted_to(self, names: set[str] | frozenset[str]) -> Capabilities:
         """The same offers, keeping only modules in ``names`` (those actually loaded)."""
         return Capabilities(modules=tuple(m for m in self.modules if m.name in names),
-                            bank=self.bank)
+                            bank=self.bank,
+                            declined=tuple(d for d in self.declined if d[0] in names))
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"modules": [m.to_wire() for m in self.modules]}
         if self.bank is not None:
             wire["bank"] = self.bank
+        if self.declined:
+            wire["declined"] = [{"name": n, "reason": r} for n, r in self.declined]
         return wire
 
     @classmethod
     def from_wire(cls, value: object) -> Capabilities:
         """Raises BadRequest for anything but the capabilities map."""
-        if type(value) is not dict or set(value) - {"bank"} != {"modules"} \
+        if type(value) is not dict or set(value) - {"bank", "declined"} != {"modules"} \
                 or type(value["modules"]) is not list:
-            raise _bad('capabilities are {"modules": [...], "bank": str (optional)}',
-                       "modules")
+            raise _bad('capabilities are {"modules": [...], "bank": str (optional), '
+                       '"declined": [...] (optional)}', "modules")
+        declined = value.get("declined", [])
+        if type(declined) is not list or not all(
+                type(d) is dict and set(d) == {"name", "reason"} for d in declined):
+            raise _bad('declined is [{"name", "reason"}, ...]', "declined")
         return cls(modules=tuple(ModuleOffer.from_wire(m)
                                  for m in value["modules"][:MAX_MODULES + 1]),
-                   bank=value.get("bank"))
+                   bank=value.get("bank"),
+                   declined=tuple((d["name"], d["reason"])
+                                  for d in declined[:MAX_MODULES + 1]))
 
 
 def negotiate(payer: Capabilities, payee: Capabilities, amount: Amount) -> str:

@@ -65,6 +65,8 @@ class ChequeModule:
     """
 
     name: ClassVar[str] = "cheque"
+    #: Guaranteed: deposited after the hand-over, a cheque may bounce (protocol.md 8.9).
+    guaranteed: ClassVar[bool] = False
     DEFAULT_VALIDITY_MS: ClassVar[int] = 7 * 86_400_000
 
     def __init__(self, *, validity_ms: int = DEFAULT_VALIDITY_MS) -> None:

@@ -31,6 +31,8 @@ class PurseModule:
     """``purse``: PayWord chains backed by a reservation at the bank."""
 
     name: ClassVar[str] = "purse"
+    #: Guaranteed: the bank reserved the chain's value for the payee (protocol.md 8.9).
+    guaranteed: ClassVar[bool] = True
 
     async def pay(self, ctx: PayerContext, request: PaymentRequest) -> PaymentResult:
         raise Unsupported("a purse pays a stream per chunk, not one whole amount: pay "

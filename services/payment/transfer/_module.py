@@ -49,6 +49,8 @@ class TransferModule:
     """``transfer``: an account-to-account transfer confirmed by the bank."""
 
     name: ClassVar[str] = "transfer"
+    #: Guaranteed: the bank moved the money before the payee is told (protocol.md 8.9).
+    guaranteed: ClassVar[bool] = True
 
     async def pay(self, ctx: PayerContext, request: PaymentRequest) -> PaymentResult:
         order = TransferOrder(payer=ctx.our_id, payee=request.payee, bank=ctx.bank_id,
