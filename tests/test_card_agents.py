@@ -18,7 +18,9 @@ alone pays nothing).
 
 from __future__ import annotations
 
+import logging
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,6 +36,7 @@ from semper.agents import Agent
 from semper.agents.components import _ledger
 from semper.agents.components._cards import Card, Cards, check_card_number
 from semper.agents.components._payments import AgentPaymentContext
+from semper.agents.components._purchase import Shopper
 from semper.agents.instruments.card import AUTH_VALIDITY_MS, HELD, CardGateway
 from semper.agents.operator._market import init_market
 from semper.services import Amount
@@ -315,3 +318,106 @@ async def test_refusals_move_nothing(market: Path) -> None:
         assert refused.detail == {"expiry": "2020-01"}
         await w.refused("card.unknown_authorization",
                         w.capture("0" * 32, eur(1), "nothing"))
+
+
+# -- whole purchases: buyer, seller and gateway ----------------------------------------
+
+
+async def test_a_card_purchase_pays_once_even_when_retried(market: Path) -> None:
+    async with world(market) as w:
+        shopper = Shopper(w.buyer)
+        done = await shopper.buy("seller", "map-002", "card", "card-buy-1")
+        assert done.state == "done" and done.receipt is not None
+        assert done.payment is not None and done.payment.module == "card"
+        captured = CardCaptured.from_statement(done.payment.settlement)
+        assert (captured.merchant, captured.amount) == ("seller", eur(480))
+        assert await w.moved() == {"buyer": -480, "seller": 480}
+        again = await shopper.buy("seller", "map-002", "card", "card-buy-1")
+        assert again.replayed and again.payment is not None
+        assert again.payment.settlement == done.payment.settlement
+        # A new shopper (a restarted `semper buy`) with the same key: nothing more.
+        assert (await Shopper(w.buyer).buy("seller", "map-002", "card",
+                                           "card-buy-1")).replayed
+        assert await w.moved() == {}
+        refunded = await shopper.refund("card-buy-1")
+        assert refunded.state == "refunded"
+        assert await w.moved() == {"buyer": 480, "seller": -480}
+        assert (await shopper.refund("card-buy-1")).state == "refunded"
+        assert await w.moved() == {}
+
+
+async def test_a_card_purchase_beyond_the_funds_is_declined(market: Path) -> None:
+    async with world(market) as w:
+        balance = (await w.books())["buyer"]
+        drained = await w.bank.database.transaction(lambda c: _ledger.move(
+            c, "buyer", "seller", eur(balance - 100), kind="transfer", time_ms=w.clock.ms))
+        assert drained and (await w.moved())["buyer"] == -(balance - 100)
+        try:
+            with pytest.raises(Exception) as refused:
+                await Shopper(w.buyer).buy("seller", "map-002", "card", "card-poor")
+            assert getattr(refused.value, "code", None) == "card.declined", refused.value
+            assert await w.moved() == {}
+        finally:  # give the buyer its money back for the module's other tests
+            await w.bank.database.transaction(lambda c: _ledger.move(
+                c, "seller", "buyer", eur(balance - 100), kind="transfer",
+                time_ms=w.clock.ms))
+            await w.moved()
+
+
+def _found_in_database(path: Path, needles: list[bytes]) -> list[str]:
+    """Every (table, column) of the SQLite file at ``path`` holding one of
+    ``needles`` in a text or blob value (read through SQLite, so WAL pages count)."""
+    found = []
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as c:
+        tables = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            columns = [r[1] for r in c.execute(f"PRAGMA table_info('{table}')")]
+            for row in c.execute(f"SELECT * FROM '{table}'"):
+                for column, value in zip(columns, row, strict=True):
+                    raw = value.encode() if isinstance(value, str) else value
+                    if isinstance(raw, bytes) and any(n in raw for n in needles):
+                        found.append(f"{table}.{column}")
+    return found
+
+
+def _found_in_files(folder: Path, needles: list[bytes]) -> list[str]:
+    """Every file under ``folder`` whose bytes hold one of ``needles``."""
+    return [str(p) for p in folder.rglob("*")
+            if p.is_file() and any(n in p.read_bytes() for n in needles)]
+
+
+async def test_the_seller_never_stores_the_card_nor_the_bank_the_order(
+        market: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 11's separation: after a card purchase and its refund, no table or column
+    of the seller's database (its archive included), no file of its folder (event
+    log, WAL) and nothing it logged holds the card's number or expiry; nothing of the
+    bank's holds the offer's title or sku."""
+    caplog.set_level(logging.DEBUG)
+    async with world(market) as w:
+        card = await w.card()
+        shopper = Shopper(w.buyer)
+        done = await shopper.buy("seller", "guide-001", "card", "card-sep-1")
+        assert done.payment is not None and done.payment.module == "card"
+        await shopper.refund("card-sep-1")
+        catalogue, _ = await shopper.catalogue("seller")
+        offer = next(o for o in catalogue.offers if o.body["sku"] == "guide-001")
+        # What the seller holds: the purchase went through it (the proof, the order).
+        assert _found_in_database(w.seller.config.data_dir / "agent.sqlite",
+                                  [done.order]) != []
+    secrets_of_card = [card.number.encode(), card.expiry.encode(),
+                       card.number.encode("utf-16-le"), int(card.number).to_bytes(8, "big")]
+    seller_dir = market / "seller"
+    for database in seller_dir.rglob("*.sqlite"):
+        assert _found_in_database(database, secrets_of_card) == [], database
+    assert _found_in_files(seller_dir, secrets_of_card) == []
+    logged = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records)
+    assert card.number not in logged and card.expiry not in logged  # any agent's log
+    # The bank's side: no title, no sku of the order (the OI stays with the seller).
+    order_words = [offer.body["title"].encode(), b"guide-001"]
+    bank_dir = market / "bank"
+    for database in bank_dir.rglob("*.sqlite"):
+        assert _found_in_database(database, order_words) == [], database
+    assert _found_in_files(bank_dir, order_words) == []
+    # ... while the buyer and the bank do hold the card (the check is not vacuous).
+    assert _found_in_database(market / "bank" / "data" / "agent.sqlite",
+                              [card.number.encode()]) != []

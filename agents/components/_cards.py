@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
@@ -54,6 +54,10 @@ class Card:
     number: str
     expiry: str  # "YYYY-MM": valid to the end of that month
     bank: str
+
+    def __iter__(self) -> Iterator[str]:
+        """Unpacks as ``(number, expiry)``: what payment instructions take."""
+        return iter((self.number, self.expiry))
 
     def to_json(self) -> dict[str, str]:
         """What ``semper wallet --json`` shows of it."""
