@@ -18,6 +18,7 @@ spend, ``semper wallet``) rather than by the same command.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -92,8 +93,8 @@ class World:
         that counts coins starts from none)."""
         total = await self.held()
         if total:
-            reference = b"drain" + bytes(27)
-            key = f"drain-{id(self)}-{total}"
+            key = f"drain-{secrets.token_hex(8)}"
+            reference = key.encode()
             spends = await self.wallet.spend(PaymentRequest(
                 payee="seller", amount=eur(total), reference=reference, idempotency_key=key))
             await self.deposit(spends, reference, eur(total), key)
@@ -169,6 +170,10 @@ async def test_withdraw_on_the_command_line_and_the_wallet_shows_coins(market: P
         status, out, err = await in_thread("wallet", "--config", config, "--json")
         assert status == 0, err
         wallet = json.loads(out)
+        # The table form names the coins too.
+        status, table, err = await in_thread("wallet", "--config", config)
+        assert status == 0, err
+        assert "ecash coins" in table and "EUR 20.00" in table
     assert {"agent", "bank", "balances", "recent", "purchases", "balance_unavailable",
             "coins", "cards"} <= set(wallet)
     coins = wallet["coins"]["EUR"]
@@ -177,9 +182,6 @@ async def test_withdraw_on_the_command_line_and_the_wallet_shows_coins(market: P
     assert isinstance(wallet["cards"], list)
     for card in wallet["cards"]:
         assert set(card) == {"number", "expiry"}
-    # The table form names the coins too.
-    status, out, _ = semper("wallet", "--config", config)
-    assert status == 0 and "ecash coins" in out and "EUR 20.00" in out
 
 
 async def test_withdraw_splits_into_denominations_once_per_key(market: Path) -> None:
