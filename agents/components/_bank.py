@@ -107,6 +107,10 @@ MIGRATIONS: Final = {
 
 #: Signs a body as the bank: (statement type, body) -> Statement.
 Signer = Callable[[str, dict[str, Any]], Statement]
+#: An instrument's refund of a payment it made from its own system account: moves
+#: the money inside the refund's transaction and returns the statement to answer
+#: (the refund's confirmation): (connection, refund order, its body) -> Statement.
+Refunder = Callable[[sqlite3.Connection, Statement, RefundOrder], Statement]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +131,10 @@ class BankBook:
         self.sign = sign
         self.certificate = certificate
         self.now_ms = now_ms
+        #: Payments an instrument made from its own system account (ecash pays a
+        #: seller from ``@ecash-outstanding``: the bank knows no payer) are refunded
+        #: by that instrument: the account's holder name -> its ``Refunder``.
+        self.refunders: dict[str, Refunder] = {}
 
     # -- refunds ------------------------------------------------------------------------
 
@@ -142,15 +150,19 @@ class BankBook:
             raise UnknownPayment("no payment with that confirmation at this bank",
                                  detail={"original": body.original})
         payer, payee, currency, amount, refunded = row
-        if payee != body.payer or payer != body.payee:
+        refunder = self.refunders.get(payer)  # paid from an instrument's own account
+        if payee != body.payer or (refunder is None and payer != body.payee):
             raise WrongPayee("a refund goes from the payment's payee back to its payer",
                              detail={"payee": payee, "payer": payer})
         total = decide_refund(Amount(currency, amount), Amount(currency, refunded), body.amount)
-        entry = _ledger.move(c, body.payer, body.payee, body.amount, kind="refund",
-                             time_ms=self.now_ms(), reference=refund_order.digest)
+        if refunder is None:
+            entry = _ledger.move(c, body.payer, body.payee, body.amount, kind="refund",
+                                 time_ms=self.now_ms(), reference=refund_order.digest)
+            confirmation = self.sign(*typed(confirm_refund(refund_order, entry)))
+        else:
+            confirmation = refunder(c, refund_order, body)
         c.execute("UPDATE bank_payments SET refunded = ? WHERE confirmation = ?",
                   (total.minor_units, body.original))
-        confirmation = self.sign(*typed(confirm_refund(refund_order, entry)))
         self.store(c, body.payer, body.idempotency_key, "refund", body.to_body(), confirmation)
         self.archive(c, body.payer, refund_order, confirmation, certificate)
         return Outcome(confirmation, True)
