@@ -37,6 +37,7 @@ from semper.agents.components import _ledger
 from semper.agents.components._cards import Card, Cards, check_card_number
 from semper.agents.components._payments import AgentPaymentContext
 from semper.agents.components._purchase import Shopper
+from semper.agents.instruments import card as card_gateway
 from semper.agents.instruments.card import AUTH_VALIDITY_MS, HELD, CardGateway
 from semper.agents.operator._market import init_market
 from semper.services import Amount
@@ -421,3 +422,59 @@ async def test_the_seller_never_stores_the_card_nor_the_bank_the_order(
     # ... while the buyer and the bank do hold the card (the check is not vacuous).
     assert _found_in_database(market / "bank" / "data" / "agent.sqlite",
                               [card.number.encode()]) != []
+
+
+class Crash(Exception):
+    """Where SIGKILL would stop the bank (agents/runtime/_faults.py): the handler
+    stops there, its transaction (if open) rolled back, as after a restart."""
+
+
+AUTHORIZE_POINTS = ("card.authorize.received", "card.authorize.checked",
+                    "card.authorize.applied", "card.authorize.committed")
+CAPTURE_POINTS = ("card.capture.received", "card.capture.applied", "card.capture.committed")
+
+
+async def test_a_crash_at_each_point_then_a_retry_moves_money_once(
+        market: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway stopped at each of its crash points (in-process: the handler
+    raises there, so what was not committed is rolled back, as SIGKILL leaves it),
+    then the merchant retries with the same key: one hold, one capture, the first
+    answer if the first attempt committed; the books balance throughout."""
+    armed: list[str] = []
+
+    def crash_point(name: str, number: int | None = None) -> None:
+        if armed and armed[0] == name:
+            armed.clear()
+            raise Crash(name)
+
+    monkeypatch.setattr(card_gateway, "crash_point", crash_point)
+    async with world(market) as w:
+        held = (await w.books())[HELD]
+        for point in AUTHORIZE_POINTS:
+            request = await w.instructions(eur(120), merchant_key="crash-" + point)
+            armed.append(point)
+            with pytest.raises(RemoteError) as crashed:
+                await w.authorize(request)
+            assert crashed.value.code == "internal.error", point
+            committed = point.endswith("committed")
+            assert await w.moved() == ({"buyer": -120, HELD: 120} if committed else {}), point
+            auth = await w.authorize(request)
+            assert await w.moved() == ({} if committed else {"buyer": -120, HELD: 120}), point
+            assert await w.authorize(request) == auth
+            for capture_point in CAPTURE_POINTS if point == AUTHORIZE_POINTS[-1] else ():
+                armed.append(capture_point)
+                key = "crash-" + capture_point
+                with pytest.raises(RemoteError):
+                    await w.capture(auth.authorization_id, eur(40), key)
+                captured_first = capture_point.endswith("committed")
+                assert await w.moved() == (
+                    {"seller": 40, HELD: -40} if captured_first else {}), capture_point
+                captured = await w.capture(auth.authorization_id, eur(40), key)
+                assert await w.moved() == (
+                    {} if captured_first else {"seller": 40, HELD: -40}), capture_point
+                assert await w.capture(auth.authorization_id, eur(40), key) == captured
+                assert await w.moved() == {}
+            if point != AUTHORIZE_POINTS[-1]:  # (there, three captures took it all)
+                await w.capture(auth.authorization_id, eur(120), "crash-rest-" + point)
+                assert await w.moved() == {"seller": 120, HELD: -120}
+        assert (await w.books())[HELD] == held  # every hold captured, none twice
