@@ -174,6 +174,34 @@ async def test_an_inline_commit_runs_on_the_loop_thread_and_is_durable(tmp_path:
             "inline", "inline", "queued"]
 
 
+async def test_a_commit_without_fsync_is_committed_and_the_next_is_durable(tmp_path: Path
+                                                                            ) -> None:
+    """``durable=False``: written to the WAL under synchronous=NORMAL (no fsync of its
+    own), visible to every connection once it returns; FULL again for the next."""
+    path = tmp_path / "a.sqlite"
+    db = await Database.open(path, NOTES)
+    modes: list[int] = []
+
+    def write(c: sqlite3.Connection) -> None:
+        modes.append(c.execute("PRAGMA synchronous").fetchone()[0])
+        c.execute("INSERT INTO notes (text) VALUES ('tick')")
+
+    def fail(c: sqlite3.Connection) -> None:
+        modes.append(c.execute("PRAGMA synchronous").fetchone()[0])
+        c.execute("INSERT INTO notes (text) VALUES ('rolled back')")
+        raise ValueError("no")
+
+    await db.transaction(write, durable=False)
+    with pytest.raises(ValueError, match="no"):
+        await db.transaction(fail, durable=False)
+    await db.transaction(write)
+    assert modes == [1, 1, 2]  # NORMAL, NORMAL, then FULL again
+    with sqlite3.connect(path) as c:  # another connection sees it before any close
+        assert [t for (t,) in c.execute("SELECT text FROM notes ORDER BY id")] == [
+            "tick", "tick"]
+    await db.aclose()
+
+
 async def test_an_inline_commit_queues_while_the_writer_thread_commits(tmp_path: Path) -> None:
     import threading
 

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 import trio.testing
 
+from semper.agents.components._purse import DURABLE_EVERY
 from semper.agents.components._purse import redeem as purse_redeem
 from semper.agents.runtime._component import Component, Context, handles
 from semper.agents.runtime._config import ConfigError
@@ -506,7 +507,11 @@ class DeliverySeller(Component):
                     raise AlreadyRedeemed("the chain was redeemed: no more ticks",
                                           detail={"chain": chain.hex()})
 
-            await self.context.database.transaction(commit)
+            # Fsync'd every DURABLE_EVERY paywords and at the last; in between a kill
+            # loses nothing and a power loss at most that many chunks' pay (we
+            # would redeem a lower payword): per-chunk fsyncs were the stream's limit.
+            await self.context.database.transaction(
+                commit, durable=done or highest % DURABLE_EVERY == 0)
             if highest > before:
                 checker.accept(count, payword)  # one hash again, after the commit
             self._sent[chain] = new_sent

@@ -121,7 +121,7 @@ class Database:
         return await trio.to_thread.run_sync(run)
 
     async def transaction(self, fn: Callable[[sqlite3.Connection], T], *,
-                          inline: bool = False) -> T:
+                          inline: bool = False, durable: bool = True) -> T:
         """Run ``fn(connection)`` in a write transaction; durable when this returns.
 
         Group commit: calls that arrive while a commit is in progress are run
@@ -136,15 +136,23 @@ class Database:
         and back, no GIL passed to and fro: for a caller whose loop has nothing else
         to do meanwhile, such as the notary's timestamp batches); otherwise queue as
         usual. Cancellation works as above.
+
+        ``durable=False``: committed when this returns, so it survives the process
+        being killed, but written to the WAL without an fsync (``synchronous=NORMAL``)
+        when the writer is idle: it becomes durable against power loss with the next
+        durable commit. For progress records that are cheap to lose on power loss
+        and too frequent to fsync one by one (a stream's per-chunk ticks, whose
+        callers make every Nth one durable). Implies ``inline``; when the writer is
+        busy it is queued as a durable commit.
         """
         if self._closed:
             raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
         if self._writer is None:
             self._writer = _Writer(self)
-        if inline:
+        if inline or not durable:
             if self._writer.claim():
                 try:
-                    ((ok, value),) = self._run_group([fn])
+                    ((ok, value),) = self._run_group([fn], durable=durable)
                 finally:
                     self._writer.release()
                 await trio.lowlevel.cancel_shielded_checkpoint()
@@ -153,9 +161,15 @@ class Database:
                 return value  # type: ignore[no-any-return]
         return await self._writer.run(fn)
 
-    def _run_group(self, fns: list[Callable[[sqlite3.Connection], Any]]
-                   ) -> list[tuple[bool, Any]]:
+    def _run_group(self, fns: list[Callable[[sqlite3.Connection], Any]], *,
+                   durable: bool = True) -> list[tuple[bool, Any]]:
         connection = self._connection
+        if not durable:
+            connection.execute("PRAGMA synchronous=NORMAL")
+            try:
+                return self._run_group(fns)
+            finally:
+                connection.execute("PRAGMA synchronous=FULL")
         connection.execute("BEGIN IMMEDIATE")
         results: list[tuple[bool, Any]] = []
         try:
