@@ -35,7 +35,6 @@ import trio
 from semper.agents.components._archive import append, entry
 from semper.agents.components._delivery_buyer import StreamClient, StreamOutcome, StreamProgress
 from semper.agents.components._payments import AgentPaymentContext, payment_manager
-from semper.agents.components._wallet import ecash_refunded
 from semper.services import Amount
 from semper.services.archive import Direction
 from semper.services.certificates import (
@@ -121,8 +120,6 @@ MIGRATIONS: Final = {
 
 #: The payment module that pays a streamed item chunk by chunk.
 PURSE: Final = "purse"
-#: The instrument whose refund is a bank's voucher the wallet redeems (issue 11).
-ECASH: Final = "ecash"
 #: How many machine steps one call may take: a bound on the driving loop.
 _MAX_STEPS: Final = 32
 #: Sellers whose last verified catalogue a shopper keeps (see ``Shopper.catalogue``).
@@ -603,9 +600,14 @@ class Shopper:
                 refund = RefundResult.from_wire(answer["refund"])
                 assert purchase.payment is not None
                 # The bank's word that the money came back, checked and kept as evidence.
-                if module == ECASH:  # a voucher, which the wallet turns into coins
-                    await ecash_refunded(self.agent, refund, original=purchase.payment.payment,
-                                         amount=decision.amount)
+                # An instrument whose refund is a statement of its own checks it and takes
+                # the money back (ecash: the bank's voucher becomes coins in the wallet).
+                refunded = getattr(self.payments.module(module), "refunded", None)
+                if refunded is not None:
+                    _check_refund(refund, purchase.payment.payment, decision.amount,
+                                  self.agent.id)
+                    await refunded(AgentPaymentContext(self.agent, purchase.order.digest.hex(),
+                                                       seller), refund)
                 else:
                     verify_refund_confirmation(
                         refund.confirmation, bank_certificate=refund.bank_certificate,
@@ -1000,6 +1002,17 @@ class _ShopperContext(AgentPaymentContext):
             del self._known[next(iter(self._known))]
         self._known[peer] = (channel, answer)
         return answer
+
+
+def _check_refund(refund: RefundResult, original: bytes, amount: Amount, payee: str) -> None:
+    """The seller's refund result names our payment, the amount asked and us (what
+    ``verify_refund_confirmation`` checks of a ``payment.refund_confirmation``, for an
+    instrument whose confirmation is its own statement and checked by it)."""
+    for field, got, want in (("original", refund.original, original),
+                             ("amount", refund.amount, amount), ("payee", refund.payee, payee)):
+        if got != want:
+            raise BadConfirmation(f"the seller's refund names another {field}",
+                                  detail={"field": field})
 
 
 def _returned(exc: RemoteError) -> bool:

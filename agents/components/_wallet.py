@@ -89,7 +89,7 @@ from semper.transport import RemoteError, TransportError
 if TYPE_CHECKING:
     from semper.agents.runtime._component import Context
 
-__all__ = ["MIGRATIONS", "Wallet", "ecash_refunded", "read_coins"]
+__all__ = ["MIGRATIONS", "Wallet", "read_coins"]
 
 #: The bank's refusals that say it applied nothing (an internal.error or a transport
 #: code may follow a commit: the batch is kept and asked again).
@@ -716,24 +716,6 @@ class Wallet(Component):
                 await self.context.database.transaction(store)
                 crash_point("wallet.refund.stored")
             await self._finish(batch)
-
-
-async def ecash_refunded(agent: Any, result: RefundResult, *, original: bytes,
-                         amount: Amount) -> None:
-    """A purchase's ecash refund: ``result`` must refund ``amount`` of the payment
-    whose settlement digest is ``original``; its voucher becomes coins in ``agent``'s
-    wallet (``Wallet.refunded``).
-
-    Raises:
-        BadConfirmation: the refund names another payment or amount; what
-            ``Wallet.refunded`` raises.
-    """
-    for field, got, want in (("original", result.original, original),
-                             ("amount", result.amount, amount)):
-        if got != want:
-            raise BadConfirmation(f"the seller's refund names another {field}",
-                                  detail={"field": field})
-    await agent.component(Wallet).refunded(result)
 
 
 class _Taken(Exception):
