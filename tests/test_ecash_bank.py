@@ -346,6 +346,7 @@ async def test_withdraw_then_deposit_keeps_the_books(market: Path) -> None:
         # The same deposit again, under the same key or another: the same settlement.
         assert await w.pay(coins) == deposited
         assert await w.pay(coins, key="d2") == deposited
+        assert (await w.ask_withdraw(pending, "w1")).withdrawn == withdrawn.withdrawn
         assert await w.moved() == {}
 
 
@@ -393,7 +394,9 @@ async def test_a_coin_spent_twice_is_refused_with_the_first_spend(market: Path) 
 async def test_a_coin_of_an_expired_key_is_refused(market: Path) -> None:
     async with world(market) as w:
         keys = await w.keys()
-        coins = await w.withdraw([2], "w1")
+        pending = blind_coins([keys[2]])
+        withdrawn = await w.ask_withdraw(pending, "w1")
+        coins = unblind(pending, withdrawn.blind_signatures)
         await w.moved()
         w.clock.ms = keys[2].deposit_until_ms + 1
         refused = await w.refused("ecash.expired_key", w.pay(coins))
@@ -405,8 +408,15 @@ async def test_a_coin_of_an_expired_key_is_refused(market: Path) -> None:
         assert newer[2].key_id != keys[2].key_id
         assert newer[2].withdraw_from_ms == w.clock.ms
         w.clock.ms = keys[2].deposit_until_ms  # the last instant it takes deposits
-        await w.pay(coins)
+        deposited = await w.pay(coins)
         assert await w.moved() == {"seller": 2, OUTSTANDING: -2}
+        # A member of the kind: the deposit retried after the window (its answer lost)
+        # gets the settlement, not ecash.expired_key; so does a withdrawal retried.
+        w.clock.ms += 1
+        assert await w.pay(coins) == deposited
+        assert await w.pay(coins, key="d2") == deposited
+        assert (await w.ask_withdraw(pending, "w1")).withdrawn == withdrawn.withdrawn
+        assert await w.moved() == {}
 
 
 async def test_keys_rotate_before_the_window_ends(market: Path) -> None:
@@ -427,9 +437,9 @@ async def test_keys_rotate_before_the_window_ends(market: Path) -> None:
 
 
 async def test_a_blind_signature_under_the_wrong_key(market: Path) -> None:
-    """The wallet blinds under key A (value 5) and names key B (value 5 of another
-    series? no: the 2-key) : the bank signs under B, and the wallet's finalize
-    under A fails; a message the key cannot sign the bank refuses."""
+    """The wallet blinds under key A (the 5-cent key) and names key B (the 2-cent
+    key): the bank signs under B, and the wallet's finalize under A fails
+    (ecash.bad_blind_signature); a message key B cannot sign the bank refuses."""
     async with world(market) as w:
         keys = await w.keys()
         a, b = keys[5], keys[2]

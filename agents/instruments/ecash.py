@@ -304,20 +304,24 @@ class EcashBank(Component):
         crash_point("ecash.deposit.received")
         book = self.context.component(BankService).book
         payee = context.peer.agent_id
-        await self._known()
-        keys = self._keys_by_id()
-        now = self.context.now_ms()
-        total = await _maybe_thread(len(request.spends), lambda: check_spends(
-            request.spends, bank=self.context.id, payee=payee, reference=request.reference,
-            purpose="payment", keys_by_id=keys, now_ms=now))
-        if total != request.amount:
-            raise BadRequest(f"the coins are worth {total}, not {request.amount}",
-                             detail={"field": "amount", "coins": total.to_wire()})
-        crash_point("ecash.deposit.checked")
-        values = {s.coin.coin_key: keys[s.coin.key_id].value for s in request.spends}
-        outcome = await self.context.database.transaction(lambda c: apply_deposit(
-            book, c, request, payee=payee, values=values))
-        crash_point("ecash.deposit.committed")
+        # A deposit applied before gets its settlement even after its keys' window.
+        outcome = await self.context.database.read(
+            lambda c: _stored_deposit(book, c, request, payee=payee))
+        if outcome is None:
+            await self._known()
+            keys = self._keys_by_id()
+            now = self.context.now_ms()
+            total = await _maybe_thread(len(request.spends), lambda: check_spends(
+                request.spends, bank=self.context.id, payee=payee,
+                reference=request.reference, purpose="payment", keys_by_id=keys, now_ms=now))
+            if total != request.amount:
+                raise BadRequest(f"the coins are worth {total}, not {request.amount}",
+                                 detail={"field": "amount", "coins": total.to_wire()})
+            crash_point("ecash.deposit.checked")
+            values = {s.coin.coin_key: keys[s.coin.key_id].value for s in request.spends}
+            outcome = await self.context.database.transaction(lambda c: apply_deposit(
+                book, c, request, payee=payee, values=values))
+            crash_point("ecash.deposit.committed")
         return DepositAnswer(deposited=outcome.statement,
                              bank_certificate=self.context.certificate)
 
@@ -480,25 +484,35 @@ def _record_spent(c: sqlite3.Connection, spends: Sequence[Spend], settlement: by
                    for s in spends])
 
 
-def apply_deposit(book: BankBook, c: sqlite3.Connection, request: DepositRequest, *,
-                  payee: str, values: Mapping[bytes, Amount]) -> Outcome:
-    """Credit ``payee`` the checked coins from ``@ecash-outstanding``, once per coin:
-    the same deposit again (same key, or the same spends) gets the first answer."""
+def _stored_deposit(book: BankBook, c: sqlite3.Connection, request: DepositRequest, *,
+                    payee: str) -> Outcome | None:
+    """The settlement answered to this deposit before: under the same key
+    (IdempotencyConflict: the key was used for another), or for the very same
+    spends (their payee and reference are in what the coin keys signed)."""
     replay = book.replay(c, payee, request.idempotency_key, "ecash_deposit", request.to_wire())
     if replay is not None:
         return replay
     spent = _spent(c, request.spends)
-    if spent:
-        settlements = {settlement for _, settlement in spent.values()}
-        if len(spent) == len(request.spends) and len(settlements) == 1 and all(
-                spent[s.coin.coin_key][0] == _spend_bytes(s) for s in request.spends):
-            row = c.execute("SELECT answer FROM ecash_deposits WHERE settlement = ? AND"
-                            " payee = ? AND reference = ?",
-                            (settlements.pop(), payee, request.reference)).fetchone()
-            if row is not None:
-                return Outcome(Statement.from_bytes(row[0]), False)
-        decide_double_spend(request.spends, {
-            key: canonical_decode(first) for key, (first, _) in spent.items()})
+    settlements = {settlement for _, settlement in spent.values()}
+    if len(spent) != len(request.spends) or len(settlements) != 1 or not all(
+            spent[s.coin.coin_key][0] == _spend_bytes(s) for s in request.spends):
+        return None
+    row = c.execute("SELECT answer FROM ecash_deposits WHERE settlement = ? AND payee = ?"
+                    " AND reference = ?", (settlements.pop(), payee, request.reference)
+                    ).fetchone()
+    return None if row is None else Outcome(Statement.from_bytes(row[0]), False)
+
+
+def apply_deposit(book: BankBook, c: sqlite3.Connection, request: DepositRequest, *,
+                  payee: str, values: Mapping[bytes, Amount]) -> Outcome:
+    """Credit ``payee`` the checked coins from ``@ecash-outstanding``, once per coin:
+    the same deposit again (same key, or the same spends) gets the first answer."""
+    stored = _stored_deposit(book, c, request, payee=payee)
+    if stored is not None:
+        return stored
+    spent = _spent(c, request.spends)
+    decide_double_spend(request.spends, {
+        key: canonical_decode(first) for key, (first, _) in spent.items()})
     coins = tuple(s.coin.coin_key for s in request.spends)
     payment = "ecash:" + request_digest(sorted(coins)).hex()
     book.one_payment(c, OUTSTANDING, payee, request.reference, payment)
