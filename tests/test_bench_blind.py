@@ -27,6 +27,7 @@ def test_blind_bench_json_keys() -> None:
     assert report["openssl_ratio"] == pytest.approx(
         report["blind_signs_per_s"] / report["openssl_signs_per_s"], abs=0.002)
     assert 0 < report["openssl_ratio"] < 3
+    assert 0 < report["blind_signs_per_wall_s"]
     assert 0 < report["python_ratio"] < report["openssl_ratio"] or report["backend"] == "python"
     assert report["rounds"] == 1 and report["seconds"] == 0.2
 
