@@ -84,8 +84,9 @@ def check_gateway_key(statement: Statement, *, bank_certificate: x509.Certificat
             (``field`` ``signer``), another bank named (``bank``), expired
             (``expires_ms``).
     """
-    key, signer = _verified(statement, GatewayKey, bank_certificate, (root, crl, now),
-                            BadGatewayKey)
+    # _verified's bound is PaymentBody (payer, payee); a card body is a plain Body.
+    key, signer = _verified(statement, GatewayKey, bank_certificate,  # type: ignore[type-var]
+                            (root, crl, now), BadGatewayKey)
     if signer.role != BANK_ROLE or signer.agent_id != expected_bank:
         raise _fail(BadGatewayKey, key.TYPE, "signer",
                     f"signed by {signer.agent_id} (role {signer.role}), not by {expected_bank}")
@@ -114,8 +115,8 @@ def verify_dual_signature(dual: Statement, *, certificate: x509.Certificate,
             ``oimd``/``pimd`` not ours; a signer other than ``expected_signer``
             (``field`` ``signer``).
     """
-    body, signer = _verified(dual, DualSignature, certificate, (root, crl, now),
-                             BadDualSignature)
+    body, signer = _verified(dual, DualSignature, certificate,  # type: ignore[type-var]
+                             (root, crl, now), BadDualSignature)
     if body.pomd != pomd_of(body.pimd, body.oimd):
         raise _fail(BadDualSignature, body.TYPE, "pomd", "pomd is not SHA-256(pimd || oimd)")
     if body.oimd != oimd:

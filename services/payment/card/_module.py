@@ -79,7 +79,7 @@ class CardModule:
     name: ClassVar[str] = "card"
 
     async def pay(self, ctx: PayerContext, request: PaymentRequest) -> PaymentResult:
-        cards = ctx.holder("card")  # type: ignore[attr-defined]  # issue 11's PayerContext
+        cards = ctx.holder("card")
         number, expiry = await cards.card()
         answer = GatewayKeyAnswer.from_wire(await ctx.request(
             ctx.bank_id, BANK_SERVICE, BANK_CARD_GATEWAY_KEY, GatewayKeyRequest().to_wire()))
