@@ -458,6 +458,18 @@ async def test_a_card_payment_authorises_captures_and_refunds_as_credit(w: World
     assert w.total() == total
 
 
+async def test_settles_names_the_order_amount_and_payee_of_a_capture(w: World) -> None:
+    result = await w.module.pay(w.buyer, w.request(640, reference=b"order-fair"))
+    args = {"bank_certificate": result.bank_certificate, "root": w.buyer.root,
+            "crl": w.buyer.crl, "now": w.buyer.now(), "payer": BUYER, "payee": SELLER,
+            "amount": eur(640), "reference": b"order-fair", "idempotency_key": "k-1"}
+    w.module.settles(result.settlement, **args)
+    for change in ({"reference": b"order-other"}, {"amount": eur(641)},
+                   {"payee": OTHER_SELLER}):
+        with pytest.raises(BadConfirmation):
+            w.module.settles(result.settlement, **{**args, **change})
+
+
 async def test_a_retried_payment_is_authorised_and_captured_once(w: World) -> None:
     request = w.request(700)
     first = await w.module.pay(w.buyer, request)
@@ -479,9 +491,15 @@ async def test_the_seller_never_receives_a_card_number_or_expiry(w: World) -> No
         data = statement.to_bytes()
         assert NUMBER.encode() not in data and EXPIRY.encode() not in data
     # ... and the gateway never receives the order information (its description).
-    await w.module.pay(w.buyer, dataclasses.replace(
-        w.request(998, reference=b"order-privacy-2"), idempotency_key="k-2"))
-    assert all(b"order-privacy" not in data for data in w.net.received[BANK])
+    w.request(998, reference=b"order-privacy-2")
+    proof = await w.proof(units=998, reference=b"order-privacy-2",
+                          description="The Secret Garden")
+    answer = await w.buyer.request(SELLER, PAYMENT_SERVICE, PAYMENT_ACCEPT, AcceptRequest(
+        module="card", reference=b"order-privacy-2", proof=proof.to_wire()).to_wire())
+    assert answer["settlement"]["type"] == "payment.card_captured"
+    assert any(b"The Secret Garden" in data for data in w.net.received[SELLER])
+    for data in w.net.received[BANK]:
+        assert b"order-privacy" not in data and b"Secret Garden" not in data
 
 
 # --- the merchant's check --------------------------------------------------------------

@@ -118,6 +118,19 @@ class CardModule:
             return False
         return bool(holder == paid.payer and oimd_of(got.oi) == paid.settlement.body.get("oimd"))
 
+    def settles(self, settlement: Any, *, bank_certificate: Any, root: Any, crl: Any,
+                now: Any, payer: str, payee: str, amount: Amount, reference: bytes,
+                idempotency_key: str) -> None:
+        """Raises unless ``settlement`` is a bank's capture of ``amount`` to ``payee`` for
+        the order ``reference`` (checked offline): the OIMD of the OI our ``pay`` writes
+        (its description empty) names the order. A capture names no payer: the order
+        digest does (a commerce order names its buyer)."""
+        del payer, idempotency_key
+        oi = OrderInformation(order=reference, merchant=payee, amount=amount, description="")
+        verify_captured(settlement, bank_certificate=bank_certificate, root=root, crl=crl,
+                        now=now, expected_merchant=payee, expected_amount=amount,
+                        expected_oimd=oimd_of(oi))
+
     async def accept(self, ctx: PayeeContext, proof: dict[str, Any], *,
                      invoice: Invoice) -> PaymentResult:
         got = CardProof.from_wire(proof)
