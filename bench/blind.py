@@ -20,7 +20,7 @@ figure did not move). ``blind_signs_per_wall_s`` is the wall-clock figure.
 
 What separates the two: ``BlindSign`` is the RSA private operation plus the
 RFC's s^e == m check (an RSA public operation, ~16 us of ~300 at 2048 bits:
-EVP_PKEY_verify_recover, seven times faster than Python's ``pow`` with e = 65537),
+EVP_PKEY_verify_recover, 7-10x faster than Python's ``pow`` with e = 65537),
 the range check of the blinded message, and a ctypes call or two (~2-3 us each).
 
     python bench/blind.py [--json] [--seconds S] [--rounds R] [--python-seconds S]

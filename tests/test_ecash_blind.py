@@ -183,6 +183,14 @@ def test_blind_signature_of_the_wrong_length_fails_finalize(signer: BlindSigner,
         finalize(signer.public_key, prepared, (blind_sig * 2)[:length], inv)
 
 
+def test_an_inv_of_the_wrong_length_is_misuse(signer: BlindSigner) -> None:
+    """inv is the wallet's own secret: a wrong one is a bug here, not the bank's fault."""
+    prepared = prepare(b"coin")
+    blinded, inv = blind(signer.public_key, prepared)
+    with pytest.raises(ValueError):
+        finalize(signer.public_key, prepared, signer.sign(blinded), inv[1:])
+
+
 def test_blind_signature_under_another_key_fails_finalize(
         key: rsa.RSAPrivateKey, other_key: rsa.RSAPrivateKey) -> None:
     """A bank that signs a withdrawal with another denomination's key (the issue's

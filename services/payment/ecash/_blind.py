@@ -116,7 +116,9 @@ def finalize(public_key: rsa.RSAPublicKey, prepared: bytes, blind_sig: bytes, in
     """
     n = public_key.public_numbers().n
     k = _k(public_key)
-    if len(blind_sig) != k or len(inv) != k:
+    if len(inv) != k:  # the wallet's own value: misuse, not the bank's fault
+        raise ValueError(f"inv must be {k} bytes")
+    if len(blind_sig) != k:
         raise BadBlindSignature("the blind signature is not the key's length",
                                 detail={"length": len(blind_sig), "expected": k})
     z = int.from_bytes(blind_sig, "big")

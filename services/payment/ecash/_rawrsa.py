@@ -10,7 +10,7 @@ with ctypes: ``EVP_PKEY_sign`` under ``RSA_NO_PADDING`` on a context made once p
 and reused (a context is not safe for two threads at once, so contexts live in a small
 pool: a thread takes one, or makes one, and puts it back). The RFC 9474 s^e == m check
 uses ``EVP_PKEY_verify_recover`` on a second context of the same slot: ~21 us against
-~150 for Python's ``pow`` with e = 65537 (measured). Not gmpy2 (a new dependency whose
+~210 for Python's ``pow`` with e = 65537 (measured). Not gmpy2 (a new dependency whose
 ``powmod`` is not constant time) nor pycryptodome: OpenSSL is the reference the
 issue measures against, and we reach it at ~0.9 of ``openssl speed``.
 
