@@ -6,19 +6,24 @@ One market for the module (the bank makes its denomination keys once): each test
 measures what moved at the bank (``World.moved``) and checks the books after each
 step (customers plus @ecash-outstanding hold exactly the minted).
 
-The instance from the issue: a crash between storing a withdrawal's coins and asking
-the bank, and a lost answer after the bank signed, then a retry, give the coins once
-and debit once (``test_a_crash_before_asking_then_a_retry_...``,
-``test_a_lost_answer_...``). Members of the kind found beyond it: the same loss for an
-exchange made for change (``test_a_lost_exchange_answer_...``) and for a refund
-voucher's redemption, and a withdrawal resumed by any later use of the wallet (a
-spend, ``semper wallet``) rather than by the same command.
+The instance from the issue: ``semper wallet withdraw`` killed between storing the
+coins and asking the bank, and after the bank answered, then run again, gives the
+coins once and debits once (``test_the_wallet_killed_inside_a_withdrawal_...``, a
+real SIGKILL at the wallet's crash points). Members of the kind found beyond it: a
+lost answer finished by another use of the wallet (a spend) in a restarted agent
+(``test_a_lost_answer_...``); the same loss for an exchange made for change
+(``test_a_lost_exchange_answer_...``) and for a refund voucher's redemption
+(``test_a_purchase_paid_in_coins_...``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,6 +37,7 @@ from market_helpers import DEADLINE, config_of, running
 from semper.agents import Agent
 from semper.agents.components import _ledger
 from semper.agents.components._payments import AgentPaymentContext
+from semper.agents.components._purchase import Shopper
 from semper.agents.components._wallet import Wallet
 from semper.agents.operator._market import init_market
 from semper.services import Amount
@@ -130,23 +136,20 @@ async def in_thread(*args: str | Path) -> tuple[int, str, str]:
     return await trio.to_thread.run_sync(lambda: semper(*args))
 
 
-def lose(monkeypatch: pytest.MonkeyPatch, op: str, *, after: bool, times: int = 1) -> list[int]:
-    """The next ``times`` requests of bank op ``op`` fail with a timeout: before they
-    leave (``after=False``: a crash between storing and asking) or after the bank
-    answered (the answer lost). Returns a counter of the losses."""
+def lose(monkeypatch: pytest.MonkeyPatch, op: str) -> None:
+    """The next answer to bank op ``op`` is lost (a timeout after the bank applied
+    it)."""
     real = AgentPaymentContext.request
     lost = [0]
 
     async def request(self: Any, peer: str, service: str, name: str, body: Any) -> Any:
-        if name != op or lost[0] >= times:
-            return await real(self, peer, service, name, body)
+        answer = await real(self, peer, service, name, body)
+        if name != op or lost[0]:
+            return answer
         lost[0] += 1
-        if after:
-            await real(self, peer, service, name, body)
-        raise RequestTimeout(f"{op}: lost by the test")
+        raise RequestTimeout(f"{op}: the answer lost by the test")
 
     monkeypatch.setattr(AgentPaymentContext, "request", request)
-    return lost
 
 
 # -- withdrawing ---------------------------------------------------------------------
@@ -197,22 +200,6 @@ async def test_withdraw_splits_into_denominations_once_per_key(market: Path) -> 
         assert await w.moved() == {}
 
 
-async def test_a_crash_before_asking_then_a_retry_withdraws_once(
-        market: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    async with world(market) as w:
-        await w.drain()
-        before = await w.held()
-        lose(monkeypatch, BANK_ECASH_WITHDRAW, after=False)
-        with pytest.raises(RequestTimeout):
-            await w.wallet.withdraw(eur(700), "w-crash")
-        assert await w.moved() == {}  # stored, not asked
-        assert (await w.states()).get("withdrawing") == 2  # 500 + 200
-        await w.wallet.withdraw(eur(700), "w-crash")
-        assert await w.moved() == {"buyer": -700, OUTSTANDING: 700}
-        assert await w.held() == before + 700
-        assert "withdrawing" not in await w.states()
-
-
 async def test_a_lost_answer_is_finished_by_the_next_use_of_the_wallet(
         market: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The bank signed and debited, the answer never came: the wallet restarted (a
@@ -221,7 +208,7 @@ async def test_a_lost_answer_is_finished_by_the_next_use_of_the_wallet(
     async with world(market) as w:
         await w.drain()
         before = await w.held()
-        lose(monkeypatch, BANK_ECASH_WITHDRAW, after=True)
+        lose(monkeypatch, BANK_ECASH_WITHDRAW)
         with pytest.raises(RequestTimeout):
             await w.wallet.withdraw(eur(1000), "w-lost")
         assert await w.moved() == {"buyer": -1000, OUTSTANDING: 1000}
@@ -238,6 +225,37 @@ async def test_a_lost_answer_is_finished_by_the_next_use_of_the_wallet(
         await w.wallet.refused(request)  # the coin shown comes back as a new one
         assert await w.held() == before + 1000
         assert await w.moved() == {}
+
+
+async def semper_killed_at(point: str | None, *args: str | Path) -> int:
+    """``semper ARGS`` in a process of its own, killed (SIGKILL) at crash point
+    ``point``; its exit status."""
+    env = {k: v for k, v in os.environ.items() if k != "SEMPER_CRASH_AT"}
+    if point is not None:
+        env["SEMPER_CRASH_AT"] = point
+    done = await trio.run_process([sys.executable, "-m", "semper.agents.cli",
+                                   *map(str, args)], env=env, check=False,
+                                  stdout=subprocess.DEVNULL, capture_stderr=True)
+    return done.returncode
+
+
+async def test_the_wallet_killed_inside_a_withdrawal_then_rerun_withdraws_once(
+        market: Path) -> None:
+    """SIGKILL of ``semper wallet withdraw`` after the coins are stored and before
+    the bank is asked, then after the bank answered and before the signatures are
+    stored, then the same command: the coins once, the account debited once."""
+    command = ("wallet", "withdraw", "--config", market / "buyer" / "agent.toml",
+               "EUR:3.00", "--idempotency-key", "w-killed")
+    async with world(market) as w:
+        await w.drain()
+        assert await semper_killed_at("wallet.withdraw.stored", *command) == -signal.SIGKILL
+        assert await w.moved() == {}
+        assert await semper_killed_at("wallet.withdraw.answered", *command) == -signal.SIGKILL
+        assert await w.moved() == {"buyer": -300, OUTSTANDING: 300}
+        assert await w.held() == 0 and (await w.states()).get("withdrawing") == 2
+        assert await semper_killed_at(None, *command) == 0
+        assert await w.moved() == {}
+        assert await w.held() == 300 and "withdrawing" not in await w.states()
 
 
 # -- spending ------------------------------------------------------------------------
@@ -291,7 +309,7 @@ async def test_a_lost_exchange_answer_gives_the_change_once(
         await w.wallet.withdraw(eur(2000), "w-for-lost-exchange")
         await w.moved()
         held = await w.held()
-        lose(monkeypatch, BANK_ECASH_EXCHANGE, after=True)
+        lose(monkeypatch, BANK_ECASH_EXCHANGE)
         request = PaymentRequest(payee="seller", amount=eur(3), reference=b"l" * 32,
                                  idempotency_key="p-lost-exchange")
         with pytest.raises(RequestTimeout):
@@ -301,6 +319,44 @@ async def test_a_lost_exchange_answer_gives_the_change_once(
         assert await w.held() == held - 3
         assert sum(Spend.from_wire(s).coin.coin_key != b"" for s in spends) == len(spends)
         assert await w.moved() == {}
+
+
+# -- a purchase and its refund ---------------------------------------------------------
+
+
+async def test_a_purchase_paid_in_coins_is_refunded_as_new_coins_once(
+        market: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``semper buy --pay ecash`` then ``semper refund``: the seller's refund is the
+    bank's voucher, which the wallet redeems into fresh coins (none of them a coin it
+    paid with). The redemption's answer lost: the refund asked again finishes it,
+    once."""
+    async with world(market) as w:
+        await w.drain()
+        await w.wallet.withdraw(eur(2000), "w-for-purchase")
+        await w.moved()
+        shopper = Shopper(w.buyer)
+        done = await shopper.buy("seller", "map-002", "ecash", "buy-ecash-1")
+        assert done.state == "done" and done.payment is not None
+        assert done.payment.module == "ecash"
+        price = done.payment.amount.minor_units
+        assert await w.moved() == {OUTSTANDING: -price, "seller": price}
+        assert await w.held() == 2000 - price
+        paid_with = {k for (k,) in await w.buyer.database.read(lambda c: c.execute(
+            "SELECT coin_key FROM ecash_coins WHERE spend = 'buy-ecash-1'").fetchall())}
+        lose(monkeypatch, BANK_ECASH_EXCHANGE)
+        with pytest.raises(RequestTimeout):
+            await shopper.refund("buy-ecash-1")
+        monkeypatch.undo()
+        assert await w.moved() == {"seller": -price, OUTSTANDING: price}  # the voucher
+        refunded = await Shopper(w.buyer).refund("buy-ecash-1")
+        assert refunded.state == "refunded"
+        assert await w.held() == 2000
+        assert await w.moved() == {}
+        assert (await shopper.refund("buy-ecash-1")).state == "refunded"
+        assert await w.held() == 2000 and await w.moved() == {}
+        fresh = {k for (k,) in await w.buyer.database.read(lambda c: c.execute(
+            "SELECT coin_key FROM ecash_coins WHERE state = 'fresh'").fetchall())}
+        assert not fresh & paid_with
 
 
 # -- the command line's refusals -------------------------------------------------------
