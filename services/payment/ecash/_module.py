@@ -83,6 +83,9 @@ class EcashModule:
     """
 
     name: ClassVar[str] = "ecash"
+    #: The bank backs every coin it signed (the money left the payer's account at
+    #: withdrawal): a payee's policy treats ecash like a transfer, not a cheque.
+    guaranteed: ClassVar[bool] = True
     MAX_KEYS: ClassVar[int] = 512
 
     def __init__(self) -> None:
