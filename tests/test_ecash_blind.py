@@ -324,12 +324,19 @@ def test_openssl_contexts_are_freed_with_the_signer(key: rsa.RSAPrivateKey) -> N
     assert not finalizer.alive and contexts == []
 
 
+@pytest.mark.skipif("openssl" not in BACKENDS, reason="no libcrypto")
+def test_the_libcrypto_is_the_one_ssl_links() -> None:
+    import ssl
+
+    assert _rawrsa._version(_rawrsa.load_libcrypto()) == ssl.OPENSSL_VERSION_NUMBER
+
+
 def test_fallback_when_libcrypto_cannot_be_loaded(key: rsa.RSAPrivateKey,
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     """No libcrypto: the Python CRT backend, said in ``backend``, warned once."""
     monkeypatch.setattr(_rawrsa, "_LIB", [])
-    monkeypatch.setattr(_rawrsa, "_libcrypto_path", lambda: None)
+    monkeypatch.setattr(_rawrsa, "_libcrypto_candidates", lambda: ["/nonexistent/libcrypto.so"])
     with caplog.at_level(logging.WARNING, logger=_rawrsa.__name__):
         first, second = BlindSigner(key), BlindSigner(key)
     assert first.backend == second.backend == "python"

@@ -52,20 +52,34 @@ class RawRSAError(Exception):
     checks the input range first)."""
 
 
-def _libcrypto_path() -> str | None:
-    """The libcrypto mapped into this process by ``ssl`` (so it is the very library
-    Python's TLS uses), else the one the linker would find."""
+def _libcrypto_candidates() -> list[str]:
+    """The libcrypto files mapped into this process (``ssl`` maps its own), then the
+    one the linker would find; ``load_libcrypto`` picks the one of ``ssl``'s version."""
     import ssl  # noqa: F401  (maps _ssl's libcrypto into the process)
 
+    paths: list[str] = []
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
             for line in maps:
-                path = line.split()[-1] if line.strip() else ""
-                if "/libcrypto" in path and ".so" in path:
-                    return path
+                fields = line.split()
+                path = fields[-1] if len(fields) >= 6 else ""
+                if "/libcrypto" in path and ".so" in path and path not in paths:
+                    paths.append(path)
     except OSError:
         pass
-    return ctypes.util.find_library("crypto")
+    found = ctypes.util.find_library("crypto")
+    if found and found not in paths:
+        paths.append(found)
+    return paths
+
+
+def _version(lib: Any) -> int | None:
+    try:
+        lib.OpenSSL_version_num.restype = ctypes.c_ulong
+        lib.OpenSSL_version_num.argtypes = []
+        return int(lib.OpenSSL_version_num())
+    except AttributeError:  # before 1.1
+        return None
 
 
 _LIB_LOCK = threading.Lock()
@@ -105,19 +119,23 @@ def load_libcrypto() -> Any | None:
     """The declared libcrypto, or None when it cannot be loaded (logged once)."""
     with _LIB_LOCK:
         if not _LIB:
-            lib = None
-            try:
-                path = _libcrypto_path()
-                if path:
+            import ssl
+
+            usable: list[Any] = []
+            for path in _libcrypto_candidates():
+                try:
                     lib = _declare(ctypes.CDLL(path))
-            except (OSError, AttributeError) as exc:
-                _log.warning("ecash: libcrypto not usable (%s); blind signing falls back to "
-                             "Python's pow (slow, not constant time)", exc)
-                lib = None
-            else:
-                if lib is None:
-                    _log.warning("ecash: no libcrypto found; blind signing falls back to "
-                                 "Python's pow (slow, not constant time)")
+                except (OSError, AttributeError) as exc:
+                    _log.debug("ecash: %s not usable: %s", path, exc)
+                    continue
+                usable.append(lib)
+            # ssl's own library first (the first mapped of its version): the one
+            # Python's TLS links; else any that declares every symbol.
+            same = [lib for lib in usable if _version(lib) == ssl.OPENSSL_VERSION_NUMBER]
+            lib = (same or usable or [None])[0]
+            if lib is None:
+                _log.warning("ecash: no usable libcrypto; blind signing falls back to "
+                             "Python's pow (slow, not constant time)")
             _LIB.append(lib)
         return _LIB[0]
 
