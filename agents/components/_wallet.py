@@ -17,6 +17,11 @@ A coin is ``withdrawing`` (its batch pending), ``fresh`` (ours to spend),
 that the same key gives the same spends and the wallet never spends a coin under two
 contracts), or ``spent``. Coins shown to a seller who refused them before depositing
 are never offered again as they are: ``refused`` exchanges them for new ones.
+
+Crash points (agents/runtime/_faults.py): ``wallet.withdraw.stored``,
+``wallet.exchange.stored``, ``wallet.refund.stored`` (the batch committed, the bank
+not asked), ``wallet.<kind>.answered`` (the bank's answer received, nothing of it
+stored), ``wallet.spend.bound`` (the spends bound to the payment, not returned).
 """
 
 from __future__ import annotations
