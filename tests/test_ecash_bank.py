@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import Encoding
 from market_helpers import DEADLINE, config_of, running
 
 from semper.agents import Agent
@@ -34,6 +35,7 @@ from semper.agents.components import _ledger
 from semper.agents.instruments.ecash import OUTSTANDING, EcashBank
 from semper.agents.operator._market import init_market
 from semper.services import Amount
+from semper.services.certificates import fingerprint
 from semper.services.payment import (
     BANK_REFUND,
     BANK_SERVICE,
@@ -570,3 +572,65 @@ async def test_a_refund_comes_back_as_a_voucher_redeemed_once(market: Path) -> N
         second = await w.refund(deposited, Amount("EUR", 1), key="r3")
         assert second.confirmation != answer.confirmation
         assert await w.moved() == {"seller": -1, OUTSTANDING: 1}
+
+
+def _rows(c: Any) -> set[tuple[str, tuple[tuple[str, Any], ...]]]:
+    """Every row of every table of the bank's database: (table, ((column, value), ...))."""
+    tables = [name for (name,) in c.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+    out = set()
+    for table in tables:
+        cursor = c.execute(f'SELECT * FROM "{table}"')
+        names = [d[0] for d in cursor.description]
+        out |= {(table, tuple(zip(names, row, strict=True))) for row in cursor}
+    return out
+
+
+def _texts(rows: set[tuple[str, tuple[tuple[str, Any], ...]]]) -> set[bytes]:
+    """The BLOB and TEXT values of ``rows``, as bytes, but for the archive chain's
+    link to the record before (``archive_records.prev``: the hash of whatever record
+    came last, an order in time like the row ids, which this test does not compare)."""
+    return {v if isinstance(v, bytes) else v.encode() for table, row in rows
+            for column, v in row if isinstance(v, bytes | str)
+            and (table, column) != ("archive_records", "prev")}
+
+
+async def test_what_the_bank_keeps_at_withdrawal_never_appears_at_deposit(market: Path) -> None:
+    async with world(market) as w:
+        keys = await w.keys()
+        before = await w.bank.database.read(_rows)
+        pending = blind_coins([keys[5], keys[2], keys[1]])
+        answer = await w.ask_withdraw(pending, "unlinkable-1")
+        coins = unblind(pending, answer.blind_signatures)
+        at_withdrawal = await w.bank.database.read(_rows) - before
+        await w.pay(coins, reference=b"u" * 32, key="unlinkable-deposit")
+        at_deposit = await w.bank.database.read(_rows) - before - at_withdrawal
+
+        tables = {table for table, _ in at_withdrawal}
+        assert {"ecash_withdrawals", "ledger_entries", "bank_requests"} <= tables
+        assert {"ecash_spent", "ecash_deposits", "ledger_entries", "bank_requests",
+                "bank_payments"} <= {table for table, _ in at_deposit}
+        # What both store and names no coin and no customer: the currency, the bank's
+        # own account, an empty memo, the archive's direction "sent", and the bank's
+        # certificate and its fingerprint (the signer of every statement it makes).
+        certificate = w.bank.context.certificate
+        generic = {b"EUR", OUTSTANDING.encode(), b"", b"sent", fingerprint(certificate),
+                   certificate.public_bytes(Encoding.DER)}
+        # Everything the withdrawal stored, and what it asked and answered.
+        kept = (_texts(at_withdrawal) | {p.blinded for p in pending}
+                | set(answer.blind_signatures) | {answer.withdrawn.to_bytes(),
+                                                   answer.withdrawn.digest}) - generic
+        assert b"buyer" in kept  # the holder is among them
+        found = _texts(at_deposit)
+        assert found
+        shared = [(value, stored[:80]) for value in kept for stored in found
+                  if value == stored or (len(value) >= 8 and value in stored)]
+        assert shared == []
+        # The tables of the two share no column that could join them.
+        def columns(c: Any, table: str) -> set[str]:
+            return {row[1] for row in c.execute(f'PRAGMA table_info("{table}")')}
+
+        withdrawals = await w.bank.database.read(lambda c: columns(c, "ecash_withdrawals"))
+        for table in ("ecash_spent", "ecash_deposits"):
+            other = await w.bank.database.read(lambda c, t=table: columns(c, t))
+            assert withdrawals & other == set(), table

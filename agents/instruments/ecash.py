@@ -122,7 +122,7 @@ MIGRATIONS: Final = {
         " currency TEXT NOT NULL, value INTEGER NOT NULL) STRICT;"
         "CREATE TABLE ecash_deposits ("
         " settlement BLOB PRIMARY KEY, payee TEXT NOT NULL, reference BLOB NOT NULL,"
-        " answer BLOB NOT NULL) STRICT;"
+        " deposited BLOB NOT NULL) STRICT;"
         # Exchanges by the blinded order of their new coins: the same request again
         # gets the same signatures.
         "CREATE TABLE ecash_exchanges ("
@@ -502,7 +502,7 @@ def _stored_deposit(book: BankBook, c: sqlite3.Connection, request: DepositReque
     if len(spent) != len(request.spends) or len(settlements) != 1 or not all(
             spent[s.coin.coin_key][0] == _spend_bytes(s) for s in request.spends):
         return None
-    row = c.execute("SELECT answer FROM ecash_deposits WHERE settlement = ? AND payee = ?"
+    row = c.execute("SELECT deposited FROM ecash_deposits WHERE settlement = ? AND payee = ?"
                     " AND reference = ?", (settlements.pop(), payee, request.reference)
                     ).fetchone()
     return None if row is None else Outcome(Statement.from_bytes(row[0]), False)
@@ -528,7 +528,7 @@ def apply_deposit(book: BankBook, c: sqlite3.Connection, request: DepositRequest
         bank=book.bank_id, payee=payee, amount=request.amount, reference=request.reference,
         coins=coins, entry=entry)))
     _record_spent(c, request.spends, deposited.digest, values)
-    c.execute("INSERT INTO ecash_deposits (settlement, payee, reference, answer)"
+    c.execute("INSERT INTO ecash_deposits (settlement, payee, reference, deposited)"
               " VALUES (?, ?, ?, ?)",
               (deposited.digest, payee, request.reference, deposited.to_bytes()))
     book.store(c, payee, request.idempotency_key, "ecash_deposit", request.to_wire(), deposited)
@@ -591,7 +591,7 @@ def refund_to_voucher(book: BankBook, c: sqlite3.Connection, refund_order: State
     """A refund of an ecash deposit (``BankBook.refunders``): the seller's money back
     to ``@ecash-outstanding``, and a voucher that the deposit's first coin's key (its
     payer, whoever that is) redeems for new coins."""
-    row = c.execute("SELECT answer FROM ecash_deposits WHERE settlement = ?",
+    row = c.execute("SELECT deposited FROM ecash_deposits WHERE settlement = ?",
                     (body.original,)).fetchone()
     assert row is not None  # bank_payments names it, written in the same transaction
     deposited = EcashDeposited.from_statement(Statement.from_bytes(row[0]))
