@@ -192,6 +192,29 @@ async def test_market_init_issues_the_buyer_a_card_at_the_bank(market: Path) -> 
         assert again.key == answer.key
 
 
+async def test_a_pi_sealed_before_the_key_rotated_still_opens(
+        market: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway publishes a new key once a quarter of the old one's period is left,
+    and keeps the old one: a cardholder that sealed just before is not refused."""
+    monkeypatch.setattr(card_gateway, "KEY_PERIOD_MS", 4_000)
+    async with world(market) as w:
+        async def published() -> GatewayKey:
+            answer = await w.buyer.context.call("bank", CARD_GATEWAY_KEY, GatewayKeyRequest())
+            return GatewayKey.from_statement(answer.key)
+
+        old = await published()
+        assert old.expires_ms - 4_000 <= w.clock.ms < old.expires_ms - 1_000
+        request = await w.instructions(eur(30))  # sealed to the old key
+        w.clock.ms = old.expires_ms - 1_000  # a quarter of its period left
+        new = await published()
+        assert new.public_key != old.public_key and new.expires_ms == w.clock.ms + 4_000
+        assert await published() == new
+        auth = await w.authorize(request)
+        assert await w.moved() == {"buyer": -30, HELD: 30}
+        await w.capture(auth.authorization_id, eur(30), "rotated")
+        assert await w.moved() == {"seller": 30, HELD: -30}
+
+
 async def test_authorize_capture_refund_each_once(market: Path) -> None:
     async with world(market) as w:
         request = await w.instructions(eur(480), merchant_key="auth-a")
