@@ -145,7 +145,8 @@ def command(ctx: click.Context, config_path: Path | None, passphrase_file: Path 
 @click.argument("amount", metavar="AMOUNT", type=WalletAmount())
 @click.option("--idempotency-key", "key", default=None,
               help="Repeat a withdrawal safely: the same key withdraws once. Without it a "
-                   "fresh key is made and printed on stderr first.")
+                   "fresh key is made (a withdrawal interrupted is finished by the next use "
+                   "of the wallet, whatever its key).")
 @passphrase_option
 @click.option("--json", "as_json", is_flag=True,
               help="Print {idempotency_key, withdrawn, coins}.")
@@ -159,10 +160,8 @@ def withdraw(config_path: Path, amount: Amount, key: str | None,
     if Wallet not in agent.components:
         raise ConfigError(f"{config_path} is the config of a {config.role}, which keeps no "
                           "ecash wallet: withdraw with a buyer's config")
-    if key is None:
-        key = f"withdraw-{secrets.token_hex(12)}"
-        # Before any network step: a withdrawal that fails halfway is resumed with it.
-        click.echo(f"idempotency key: {key}", err=True)
+    if key is None:  # printed with the outcome: one interrupted needs no key to finish,
+        key = f"withdraw-{secrets.token_hex(12)}"  # the wallet's next use finishes it
 
     async def run() -> dict[str, dict[str, int]]:
         async with agent.session():
