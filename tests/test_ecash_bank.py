@@ -34,6 +34,7 @@ from semper.agents import Agent
 from semper.agents.components import _ledger
 from semper.agents.instruments.ecash import OUTSTANDING, EcashBank
 from semper.agents.operator._market import init_market
+from semper.agents.runtime._config import ConfigError
 from semper.services import Amount
 from semper.services.certificates import fingerprint
 from semper.services.payment import (
@@ -294,8 +295,9 @@ class World:
             "bank", BANK_SERVICE, BANK_REFUND, RefundRequest(refund_order=order).to_wire()))
 
     async def redeem(self, voucher: Statement, refund_key: ed25519.Ed25519PrivateKey,
-                     values: Sequence[int], key: str = "v1") -> list[Held]:
-        keys = await self.keys()
+                     values: Sequence[int], key: str = "v1",
+                     keys: dict[int, Denomination] | None = None) -> list[Held]:
+        keys = keys or await self.keys()
         pending = blind_coins([keys[v] for v in values])
         body = RefundVoucher.from_statement(voucher)
         signature = refund_key.sign(spend_message(
@@ -572,6 +574,22 @@ async def test_a_refund_comes_back_as_a_voucher_redeemed_once(market: Path) -> N
         second = await w.refund(deposited, Amount("EUR", 1), key="r3")
         assert second.confirmation != answer.confirmation
         assert await w.moved() == {"seller": -1, OUTSTANDING: 1}
+        # Redeemed after it expired: refused, the cent stays outstanding.
+        keys = await w.keys()
+        w.clock.ms = RefundVoucher.from_statement(second.confirmation).expires_ms + 1
+        await w.refused("ecash.voucher_expired", w.redeem(
+            second.confirmation, coins[0].secret, [1], key="v3", keys=keys))
+
+
+def test_settings_are_checked(prebuilt: Path) -> None:
+    """[components.ecash] settings out of range stop the bank with a ConfigError
+    naming them (agent.bad_config at the command line)."""
+    bad = [{"denominations": []}, {"denominations": [1, 1]}, {"denominations": [0]},
+           {"key_period_ms": 10}, {"deposit_period_ms": "1"}, {"currencies": ["euro"]},
+           {"denominations": list(range(1, 33))}, {"colour": "red"}]
+    for settings in bad:
+        with pytest.raises(ConfigError, match=r"\[components.ecash\]"):
+            Agent(config_of(prebuilt, "bank", components={"ecash": settings}))
 
 
 def _rows(c: Any) -> set[tuple[str, tuple[tuple[str, Any], ...]]]:

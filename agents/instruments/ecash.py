@@ -69,6 +69,7 @@ from semper.services.payment.ecash._schema import (
     Withdrawn,
 )
 from semper.services.payment.ecash._wire import (
+    MAX_DENOMINATIONS,
     DepositAnswer,
     DepositRequest,
     ExchangeAnswer,
@@ -186,6 +187,15 @@ class EcashBank(Component):
         except Exception:
             raise ConfigError("[components.ecash] currencies is a list of ISO 4217 codes"
                               ) from None
+        # Keys of a value live key_period + deposit_period, and a new one comes every
+        # 3/4 key_period: all of them must fit one bank.ecash_keys answer.
+        live = -(-4 * (periods["key_period_ms"] + periods["deposit_period_ms"])
+                 // (3 * periods["key_period_ms"])) + 1
+        if live * len(values) > MAX_DENOMINATIONS:
+            raise ConfigError(f"[components.ecash] {len(values)} denominations with these "
+                              f"periods keep up to {live * len(values)} keys taking deposits, "
+                              f"more than one bank.ecash_keys answer holds "
+                              f"({MAX_DENOMINATIONS}): fewer values or a longer key_period_ms")
         self.denominations = tuple(sorted(values))
         self.key_period_ms = periods["key_period_ms"]
         self.deposit_period_ms = periods["deposit_period_ms"]
@@ -275,7 +285,8 @@ class EcashBank(Component):
         live = sorted((body for body, _ in keys.values()
                        if body.currency == request.currency and body.deposits_at(now)),
                       key=lambda b: (-b.withdraw_from_ms, b.value.minor_units))
-        return KeysAnswer(denominations=tuple(keys[b.key_id][1] for b in live),
+        return KeysAnswer(denominations=tuple(keys[b.key_id][1]
+                                              for b in live[:MAX_DENOMINATIONS]),
                           bank_certificate=self.context.certificate)
 
     @handles(ECASH_WITHDRAW)
