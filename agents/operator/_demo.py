@@ -16,7 +16,14 @@ a stream, and nothing streams before step 3). Then, in order:
    one ``semper buy ... --json`` per entry of ``PURCHASES`` (by transfer and by
    cheque), ``semper refund`` of one of them, and one bought again with the same
    ``--idempotency-key`` between two ``semper wallet --json``: the same receipt comes
-   back and the buyer's balance does not move.
+   back and the buyer's balance does not move. Then ecash and card (issue 11):
+   ``semper wallet withdraw EUR:20.00`` (one coin, blindly signed; the buyer's account
+   debited exactly that, the bank's ``@ecash-outstanding`` credited), ``semper buy
+   --pay ecash`` (the wallet exchanges its coin at the bank for change first) and
+   ``semper refund`` of it (back as fresh coins), ``semper buy --pay card`` and its
+   ``semper refund`` (a credit to the card's account); ``semper bank accounts --json``
+   after each step: the books balance and minted = accounts + ecash outstanding, and
+   at the end the ecash outstanding is what the buyer's wallet holds.
 3. A streamed purchase paid by purse (issue 10): ``semper buy --item course-004 --pay
    purse --output FILE --json`` (257 chunks, 32 MiB): the seller dies at chunk 100 and
    the buyer exits non-zero with one line naming its key; its purse (``semper purse
@@ -70,6 +77,8 @@ from typing import Any, Final
 
 import trio
 
+from semper.agents.instruments.card import HELD as CARD_HELD
+from semper.agents.instruments.ecash import OUTSTANDING as ECASH_OUTSTANDING
 from semper.agents.instruments.purse import RESERVED as PURSE_RESERVED
 from semper.agents.operator._market import init_market
 from semper.agents.runtime._agent import Agent
@@ -77,8 +86,8 @@ from semper.agents.runtime._config import AgentConfig
 from semper.services import Amount
 from semper.services.disputes._purchase import DELIVERED, PAID, RECEIPTED
 
-__all__ = ["CONTRACTS", "DISPUTED", "FAIR", "PURCHASES", "REFUND", "REPLAY", "STREAM",
-           "STREAM_AT", "Check", "DemoResult", "Reporter", "run_demo"]
+__all__ = ["CONTRACTS", "DISPUTED", "FAIR", "INSTRUMENTS", "PURCHASES", "REFUND", "REPLAY",
+           "STREAM", "STREAM_AT", "WITHDRAW", "Check", "DemoResult", "Reporter", "run_demo"]
 
 READY_TIMEOUT = 30.0
 PING_TIMEOUT = 10.0
@@ -124,6 +133,15 @@ REDEEM_TIMEOUT = 10.0
 #: Seconds between two ``semper purse list`` while waiting for the redemption: nothing
 #: tells the buyer's side of it, so the demo asks, within REDEEM_TIMEOUT.
 REDEEM_POLL = 0.25
+
+#: Ecash and card (issue 11): the buyer withdraws coins worth WITHDRAW (one coin of
+#: EUR 20.00, so paying needs change: an exchange at the bank), then buys and has
+#: refunded one item by each instrument: (idempotency key, SKU, instrument).
+WITHDRAW: Final = ("demo-withdraw", Amount("EUR", 2000))
+INSTRUMENTS: Final = (
+    ("demo-ecash", "map-002", "ecash"),
+    ("demo-card", "guide-001", "card"),
+)
 
 Account = tuple[str, str]  # (holder, currency)
 
@@ -241,6 +259,11 @@ class _Demo:
         #: refund went through: the books are checked against these at the end.
         self.bought: dict[str, dict[str, Any]] = {}
         self.refunded = False
+        #: The purchases by ecash and card (``INSTRUMENTS``), those refunded, and the
+        #: minor units withdrawn as coins (None: the withdrawal failed).
+        self.paid: dict[str, dict[str, Any]] = {}
+        self.refunded_keys: list[str] = []
+        self.withdrawn: int | None = None
         self.minted_before: dict[str, int] | None = None
         #: The seller's offers, from ``semper catalogue --json``.
         self.offers: dict[str, dict[str, Any]] = {}
@@ -494,6 +517,114 @@ class _Demo:
         self.refunded = await self.refund(bought)
         await self.replay(bought)
 
+    # -- ecash and card ---------------------------------------------------------------
+
+    async def balanced(self, when: str) -> dict[Account, int] | None:
+        """``semper bank accounts --json`` after a step: the books balance, and the
+        money minted is what the accounts hold with the ecash in circulation in them
+        (the bank's ``@ecash-outstanding``)."""
+        books = await self.accounts(when)
+        if books is None:
+            return None
+        balances = _balances(books)
+        held = _totals(balances)
+        ok = books.get("balanced") is True and held == books.get("minted")
+        self.check(f"the books balance {when}", ok,
+                   "minted " + ", ".join(_money(u, c) for c, u in sorted(
+                       books["minted"].items())) + " = accounts + "
+                   + ", ".join(_money(balances.get((ECASH_OUTSTANDING, c), 0), c)
+                               for c in sorted(books["minted"])) + " of ecash out")
+        return balances
+
+    async def coins(self) -> int | None:
+        """The value of the buyer's coins (``semper wallet --json`` ``coins``), EUR."""
+        wallet, error = await self.semper_json("wallet", "--config", self.config("buyer"),
+                                               "--json")
+        if wallet is None:
+            self.check("semper wallet --json (buyer's coins)", False, error)
+            return None
+        return sum(int(value) * count
+                   for value, count in wallet.get("coins", {}).get("EUR", {}).items())
+
+    async def instruments(self) -> None:
+        """Ecash withdrawn, spent (with change made at the bank) and refunded as coins;
+        a card authorised, captured and refunded as a credit; the books after each."""
+        buyer, seller = self.id("buyer"), self.id("seller")
+        key, amount = WITHDRAW
+        text = f"{amount.currency}:{amount.minor_units // 100}.{amount.minor_units % 100:02d}"
+        what = f"semper wallet withdraw {text}"
+        self.reporter.doing(f"{what} --idempotency-key {key} --json")
+        before = await self.balanced("before the withdrawal")
+        outcome, error = await self.semper_json(
+            "wallet", "withdraw", "--config", self.config("buyer"), text,
+            "--idempotency-key", key, "--json")
+        after = await self.balanced(f"after {what}")
+        coins = await self.coins()
+        if outcome is None or before is None or after is None or coins is None:
+            self.check(what, False, error or "the books or the wallet unavailable")
+            return
+        debited = before.get((buyer, "EUR"), 0) - after.get((buyer, "EUR"), 0)
+        out = after.get((ECASH_OUTSTANDING, "EUR"), 0) - before.get((ECASH_OUTSTANDING, "EUR"), 0)
+        self.withdrawn = amount.minor_units if debited == amount.minor_units else None
+        self.check(f"{what}: coins worth exactly that, blindly signed",
+                   debited == out == amount.minor_units and coins >= amount.minor_units,
+                   f"{buyer} debited {_money(debited, 'EUR')} (no fee), "
+                   f"{ECASH_OUTSTANDING} {_money(out, 'EUR', sign=True)}, the wallet holds "
+                   f"{_money(coins, 'EUR')} of coins")
+        for key, sku, module in INSTRUMENTS:
+            what = f"semper buy --item {sku} --pay {module}"
+            self.reporter.doing(f"{what} --idempotency-key {key} --json")
+            outcome, error = await self.semper_json(
+                "buy", "--config", self.config("buyer"), "--seller", seller, "--item", sku,
+                "--pay", module, "--idempotency-key", key, "--json")
+            price = self.offers.get(sku, {}).get("price")
+            problems = [error] if outcome is None else _purchase_problems(
+                outcome, sku=sku, module=module, buyer=buyer, seller=seller,
+                price=None if price is None else Amount(price["currency"],
+                                                        price["minor_units"]))
+            if not problems:
+                self.paid[key] = outcome
+                payment = outcome["payment"]
+                error = (f"{_money(payment['amount']['minor_units'], 'EUR')} by {module} "
+                         f"({payment['settlement']}), receipt "
+                         f"{outcome['receipt']['digest'][:16]}... signed by {seller}")
+            self.check(what, not problems, error if not problems else "; ".join(problems))
+            await self.balanced(f"after {what}")
+            if key not in self.paid:
+                continue
+            coins_before = await self.coins() if module == "ecash" else None
+            what = f"semper refund --idempotency-key {key} ({module})"
+            self.reporter.doing(what)
+            outcome, error = await self.semper_json(
+                "refund", "--config", self.config("buyer"), "--idempotency-key", key,
+                "--reason", "demo: changed my mind", "--json")
+            problems = [error] if outcome is None else (
+                [] if outcome.get("refunded") is True else [f"state {outcome.get('state')!r}"])
+            units = self.paid[key]["payment"]["amount"]["minor_units"]
+            detail = f"{_money(units, 'EUR')} back to {buyer}"
+            if module == "ecash" and not problems:
+                coins_after = await self.coins()
+                if coins_before is None or coins_after is None \
+                        or coins_after - coins_before != units:
+                    problems.append(f"the wallet's coins went from {coins_before} to "
+                                    f"{coins_after}, not up by {units}")
+                detail += f" as fresh coins (the wallet holds {_money(coins_after or 0, 'EUR')})"
+            elif not problems:
+                detail += "'s card account, a credit"
+            if not problems:
+                self.refunded_keys.append(key)
+            self.check(what, not problems, "; ".join(problems) or detail)
+            await self.balanced(f"after {what}")
+        coins = await self.coins()
+        final = await self.balanced("after the ecash and card payments")
+        if coins is not None and final is not None:
+            out = final.get((ECASH_OUTSTANDING, "EUR"), 0)
+            held = final.get((CARD_HELD, "EUR"), 0)
+            self.check("ecash in circulation is what the buyer's wallet holds, no card hold "
+                       "left", out == coins and held == 0,
+                       f"{ECASH_OUTSTANDING} {_money(out, 'EUR')}, the wallet's coins "
+                       f"{_money(coins, 'EUR')}; {CARD_HELD} {_money(held, 'EUR')}")
+
     async def books(self) -> None:
         """The balances after everything: each account moved by exactly what the
         payments reported (the fair purchase's too) and the refund imply."""
@@ -506,6 +637,17 @@ class _Demo:
         self.result.after = after = _balances(books)
         payments = [bought[key]["payment"] for key in bought]
         refunds = [bought[REFUND]["payment"]] if self.refunded else []
+        # Ecash moves the buyer's money at the withdrawal, into the bank's ecash in
+        # circulation, which pays the seller and takes back a refund (as coins).
+        for key, payment in ((k, o["payment"]) for k, o in self.paid.items()):
+            if payment["module"] == "ecash":
+                payment = {**payment, "payer": ECASH_OUTSTANDING}
+            payments.append(payment)
+            if key in self.refunded_keys:
+                refunds.append(payment)
+        if self.withdrawn:
+            payments.append({"payer": self.id("buyer"), "payee": ECASH_OUTSTANDING,
+                             "amount": {"currency": "EUR", "minor_units": self.withdrawn}})
         others = _implied(payments, refunds)  # all but the purse's
         streamed = None if self.streamed is None else {
             "payer": self.id("buyer"), "payee": self.id("seller"),
@@ -1153,7 +1295,7 @@ async def run_demo(folder: Path | None = None, reporter: Reporter | None = None
                     await demo.ping_all()
                     # Side by side where the steps touch apart: each command is a
                     # process that mostly keeps one core busy starting up.
-                    await _together([demo.commerce], [demo.timestamp])
+                    await _together([demo.commerce, demo.instruments], [demo.timestamp])
                     # The stream kills the seller: nothing else uses it meanwhile; the
                     # wait for its redemption goes with what follows.
                     await _together([demo.stream, functools.partial(
