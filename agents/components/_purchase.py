@@ -145,7 +145,14 @@ _PAYMENT_REFUSALS: Final = frozenset({
     "payment.insufficient_funds", "payment.unknown_account", "payment.no_common_instrument",
     "payment.unknown_module", "payment.currency_mismatch", "commerce.unsupported_payment",
     "payment.already_paid", "payment.wrong_bank", "payment.policy_refused",
-    "payment.forbidden_instrument",
+    "payment.forbidden_instrument", "payment.unsupported",
+    # card: refused at the gateway's authorisation, before anything is held
+    "card.declined", "card.unknown_card", "card.expired_card", "card.bad_instructions",
+    "card.bad_dual_signature", "card.bad_gateway_key",
+    # ecash: coins the wallet lacks, or the seller's deposit refused (nothing moved;
+    # the wallet refreshes the coins it showed)
+    "ecash.insufficient_coins", "ecash.bad_coin", "ecash.bad_spend", "ecash.expired_key",
+    "ecash.unknown_key", "ecash.double_spent",
 })
 
 
