@@ -17,17 +17,29 @@ bank stores at withdrawal never appears in what it stores at deposit.
 from __future__ import annotations
 
 import shutil
+import threading
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from market_helpers import DEADLINE, config_of, running
 
 from semper.agents import Agent
@@ -55,6 +67,7 @@ from semper.services.payment.ecash import (
     blind,
     blinded_order,
     coin_message,
+    denominations_for,
     finalize,
     new_coin_key,
     prepare,
@@ -587,9 +600,9 @@ def test_settings_are_checked(prebuilt: Path) -> None:
     bad = [{"denominations": []}, {"denominations": [1, 1]}, {"denominations": [0]},
            {"key_period_ms": 10}, {"deposit_period_ms": "1"}, {"currencies": ["euro"]},
            {"denominations": list(range(1, 33))}, {"colour": "red"}]
-    for settings in bad:
+    for table in bad:
         with pytest.raises(ConfigError, match=r"\[components.ecash\]"):
-            Agent(config_of(prebuilt, "bank", components={"ecash": settings}))
+            Agent(config_of(prebuilt, "bank", components={"ecash": table}))
 
 
 def _rows(c: Any) -> set[tuple[str, tuple[tuple[str, Any], ...]]]:
@@ -652,3 +665,250 @@ async def test_what_the_bank_keeps_at_withdrawal_never_appears_at_deposit(market
         for table in ("ecash_spent", "ecash_deposits"):
             other = await w.bank.database.read(lambda c, t=table: columns(c, t))
             assert withdrawals & other == set(), table
+
+
+# -- withdrawals, payments, exchanges and refunds mixed, against the running bank -------
+
+
+@contextmanager
+def live_world(market: Path) -> Iterator[tuple[World, Callable[..., Any]]]:
+    """The three agents running in a trio loop of their own thread, for a Hypothesis
+    state machine (synchronous) to drive: ``call(async_fn, *args)`` runs one step
+    there, bounded by DEADLINE."""
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def serve() -> None:
+        clock = Clock()
+        bank = Agent(bank_config(market), clock=clock)
+        buyer = Agent(config_of(market, "buyer"), clock=clock)
+        seller = Agent(config_of(market, "seller"), clock=clock)
+        async with running(bank), running(buyer), running(seller):
+            box["world"] = World(bank, buyer, seller, clock)
+            box["token"] = trio.lowlevel.current_trio_token()
+            box["stop"] = trio.Event()
+            ready.set()
+            await box["stop"].wait()
+
+    def main() -> None:
+        try:
+            trio.run(serve)
+        except BaseException as exc:  # surfaced by the test thread
+            box["error"] = exc
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=main, name="ecash-bank-agents")
+    thread.start()
+    try:
+        assert ready.wait(DEADLINE) and "error" not in box, box.get("error")
+
+        def call(fn: Callable[..., Any], *args: Any) -> Any:
+            async def bounded() -> Any:
+                with trio.fail_after(DEADLINE):
+                    return await fn(*args)
+
+            return trio.from_thread.run(bounded, trio_token=box["token"])
+
+        yield box["world"], call
+    finally:
+        if "stop" in box:
+            trio.from_thread.run_sync(box["stop"].set, trio_token=box["token"])
+        thread.join(DEADLINE)
+        assert not thread.is_alive()
+
+
+@dataclass
+class Deposit:
+    statement: Statement
+    amount: int
+    refunded: int
+    first: Held  # its first coin: whose key redeems a voucher
+
+
+class EcashTraffic(RuleBasedStateMachine):
+    """Withdrawals (and their retries), payments deposited by the seller, coins spent
+    again, exchanges, refunds and their vouchers' redemptions (and again), and the
+    clock moving through key rotations and expiries, all against the running bank.
+    After every step the books balance, each balance moved as the model says,
+    ``@ecash-outstanding`` holds the value of the coins out and the vouchers not
+    redeemed, and the bank took each coin at most once."""
+
+    world: World
+    call: Callable[..., Any]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start = self.call(self.world.books)
+        self.delta = {"buyer": 0, "seller": 0, OUTSTANDING: 0}
+        self.held: list[Held] = []
+        self.spent: list[tuple[Held, bytes]] = []  # the coin, the reference it paid
+        self.deposits: list[Deposit] = []
+        self.vouchers: list[tuple[Statement, Held, bool]] = []
+        self.withdrawals: list[tuple[list[Pending], str, WithdrawAnswer]] = []
+        self.taken: set[bytes] = set()  # coin keys the bank took (deposit or exchange)
+        self.count = 0
+
+    def fresh(self, what: str) -> str:
+        self.count += 1
+        return f"{what}-{time.time_ns()}-{self.count}"
+
+    def expect(self, code: str | None, fn: Callable[..., Any], *args: Any) -> Any:
+        before = self.call(self.world.books)
+        try:
+            result = self.call(fn, *args)
+        except RemoteError as exc:
+            assert exc.code == code, exc
+            assert self.call(self.world.books) == before, "a refusal moved money"
+            event(f"refused {code}")
+            return None
+        assert code is None, f"{code} expected"
+        return result
+
+    def alive(self, held: Held) -> bool:
+        return self.world.clock.ms <= self.key_of(held).deposit_until_ms
+
+    def key_of(self, held: Held) -> Denomination:
+        return self.keys_by_id[held.coin.key_id]
+
+    #: Every key a coin of any example was made under.
+    keys_by_id: ClassVar[dict[bytes, Denomination]] = {}
+
+    def newest(self) -> dict[int, Denomination]:
+        keys = self.call(self.world.keys)
+        for key in keys.values():
+            EcashTraffic.keys_by_id[key.key_id] = key
+        return keys
+
+    @initialize(values=st.lists(st.sampled_from([1, 2, 5]), min_size=2, max_size=5))
+    def first_withdrawal(self, values: list[int]) -> None:
+        self.withdraw(values)
+
+    @rule(values=st.lists(st.sampled_from([1, 2, 5]), min_size=1, max_size=4))
+    def withdraw(self, values: list[int]) -> None:
+        keys = self.newest()
+        pending = blind_coins([keys[v] for v in values])
+        key = self.fresh("w")
+        answer = self.expect(None, self.world.ask_withdraw, pending, key)
+        self.held += unblind(pending, answer.blind_signatures)
+        self.withdrawals.append((pending, key, answer))
+        self.delta["buyer"] -= sum(values)
+        self.delta[OUTSTANDING] += sum(values)
+
+    @precondition(lambda self: self.withdrawals)
+    @rule(data=st.data())
+    def withdraw_again(self, data: st.DataObject) -> None:
+        """A withdrawal's retry (a lost answer): the same answer, nothing moves."""
+        pending, key, answer = data.draw(st.sampled_from(self.withdrawals))
+        again = self.expect(None, self.world.ask_withdraw, pending, key)
+        assert again.withdrawn == answer.withdrawn
+        assert again.blind_signatures == answer.blind_signatures
+
+    def pick(self, data: st.DataObject) -> list[Held]:
+        count = data.draw(st.integers(1, min(3, len(self.held))))
+        positions = data.draw(st.lists(st.integers(0, len(self.held) - 1), min_size=count,
+                                       max_size=count, unique=True))
+        return [self.held[p] for p in positions]
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data())
+    def pay(self, data: st.DataObject) -> None:
+        coins = self.pick(data)
+        reference = self.fresh("order").encode()
+        amount = total(coins)
+        if not all(map(self.alive, coins)):
+            self.expect("ecash.expired_key", partial(self.world.pay, coins, reference=reference))
+            return
+        deposited = self.expect(None, partial(self.world.pay, coins, reference=reference,
+                                              key=self.fresh("d")))
+        for held in coins:
+            self.held.remove(held)
+            self.spent.append((held, reference))
+            self.taken.add(held.coin.coin_key)
+        self.deposits.append(Deposit(deposited, amount.minor_units, 0, coins[0]))
+        self.delta["seller"] += amount.minor_units
+        self.delta[OUTSTANDING] -= amount.minor_units
+
+    @precondition(lambda self: self.spent)
+    @rule(data=st.data())
+    def spend_again(self, data: st.DataObject) -> None:
+        """A spent coin paid for another order, or exchanged: refused."""
+        held, _ = data.draw(st.sampled_from(self.spent))
+        code = "ecash.double_spent" if self.alive(held) else "ecash.expired_key"
+        if data.draw(st.booleans()):
+            self.expect(code, partial(self.world.pay, [held],
+                                      reference=self.fresh("again").encode()))
+        else:
+            self.expect(code, self.world.swap, [held], [held.value.minor_units])
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data())
+    def exchange(self, data: st.DataObject) -> None:
+        coins = self.pick(data)
+        value = total(coins).minor_units
+        values = denominations_for(value, [1, 2, 5])
+        if data.draw(st.booleans()) and len(values) > 1:
+            values = values[::-1]  # another split of the same value
+        if not all(map(self.alive, coins)):
+            self.expect("ecash.expired_key", self.world.swap, coins, values)
+            return
+        change = self.expect(None, self.world.swap, coins, values, self.fresh("x"))
+        for held in coins:
+            self.held.remove(held)
+            self.taken.add(held.coin.coin_key)
+        self.held += change
+        self.newest()
+
+    @precondition(lambda self: any(d.refunded < d.amount for d in self.deposits))
+    @rule(data=st.data())
+    def refund(self, data: st.DataObject) -> None:
+        deposit = data.draw(st.sampled_from([d for d in self.deposits
+                                             if d.refunded < d.amount]))
+        amount = data.draw(st.integers(1, deposit.amount - deposit.refunded))
+        answer = self.expect(None, self.world.refund, deposit.statement, Amount("EUR", amount),
+                             self.fresh("r"))
+        deposit.refunded += amount
+        self.vouchers.append((answer.confirmation, deposit.first, False))
+        self.delta["seller"] -= amount
+        self.delta[OUTSTANDING] += amount
+
+    @precondition(lambda self: self.vouchers)
+    @rule(data=st.data())
+    def redeem(self, data: st.DataObject) -> None:
+        position = data.draw(st.integers(0, len(self.vouchers) - 1))
+        voucher, first, redeemed = self.vouchers[position]
+        amount = RefundVoucher.from_statement(voucher).amount.minor_units
+        values = denominations_for(amount, [1, 2, 5])
+        if redeemed:
+            self.expect("ecash.voucher_used", self.world.redeem, voucher, first.secret, values,
+                        self.fresh("v"))
+            return
+        self.held += self.expect(None, self.world.redeem, voucher, first.secret, values,
+                                 self.fresh("v"))
+        self.vouchers[position] = (voucher, first, True)
+        self.newest()
+
+    @rule(minutes=st.integers(0, 100))
+    def advance(self, minutes: int) -> None:
+        self.world.clock.ms += minutes * 60_000
+
+    @invariant()
+    def books_balance(self) -> None:
+        now = self.call(self.world.books)  # check_books, outstanding by the tables
+        assert {h: now[h] - self.start[h] for h in now} == self.delta
+        out = sum(h.value.minor_units for h in self.held) + sum(
+            RefundVoucher.from_statement(v).amount.minor_units
+            for v, _, redeemed in self.vouchers if not redeemed)
+        assert self.delta[OUTSTANDING] == out  # what this example's wallet holds
+        known = self.taken | {h.coin.coin_key for h in self.held}
+        taken = self.call(self.world.bank.database.read, lambda c: {
+            k for (k,) in c.execute("SELECT coin_key FROM ecash_spent")})
+        assert taken & known == self.taken  # each coin taken once, a held one never
+
+
+def test_ecash_traffic_keeps_the_books(market: Path) -> None:
+    with live_world(market) as (w, call):
+        EcashTraffic.world, EcashTraffic.call = w, staticmethod(call)
+        run_state_machine_as_test(EcashTraffic, settings=settings(
+            max_examples=15, stateful_step_count=15, deadline=None,
+            suppress_health_check=[HealthCheck.too_slow]))
