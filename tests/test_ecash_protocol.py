@@ -36,6 +36,7 @@ from semper.services.payment import (
     PaymentRequest,
     PaymentResult,
     RefundAnswer,
+    RefundOrder,
     RefundRequest,
     RefundResult,
     Unsupported,
@@ -933,3 +934,30 @@ async def test_a_voucher_redemption_is_checked(m: M) -> None:
                        voucher=voucher, voucher_signature=good, voucher_digest=digest)
     assert info.value.detail["voucher"] == digest.hex()
     m.books()
+
+
+async def test_every_refund_path_checks_an_ecash_refund_as_a_voucher(m: M) -> None:
+    """The seller refunds a sale with the generic ``refund_payment`` (agents/roles/
+    seller.py: commerce.refund and money given back), not the module's ``refund``: an
+    ecash refund is answered with a voucher, which the generic check (a
+    payment.refund_confirmation) refused as statement.wrong_type, so a purchase paid
+    in coins could not be refunded. The check now goes by the settlement's type
+    (REFUND_CHECKS), whoever calls; a voucher for another deposit is still refused."""
+    from semper.services.payment import refund_payment
+    from semper.services.payment._modules import REFUND_CHECKS
+
+    await m.wallet.withdraw([20, 10])
+    paid = await m.module.pay(m.buyer, m.invoice(20))
+    refund = await refund_payment(m.seller, paid, eur(5), "late", "r-1")
+    assert refund.confirmation.type == REFUND_VOUCHER and refund.amount == eur(5)
+    m.books()
+    other = await m.module.pay(m.buyer, m.invoice(10, OTHER_REF))
+    wrong = RefundAnswer.from_wire(await m.bank.refund(SELLER, RefundRequest(
+        refund_order=await m.seller.sign("payment.refund_order", {
+            "original": other.settlement.digest, "payer": SELLER, "payee": BUYER,
+            "amount": eur(1).to_wire(), "reason": "", "idempotency_key": "r-2"})).to_wire()))
+    order = RefundOrder(original=paid.settlement.digest, payer=SELLER, payee=BUYER,
+                        amount=eur(1), reason="", idempotency_key="r-3")
+    with pytest.raises(BadConfirmation) as info:
+        REFUND_CHECKS[DEPOSITED](m.seller, paid, wrong, order)
+    assert info.value.detail["field"] == "original"

@@ -67,6 +67,7 @@ __all__ = [
     "PaymentModule",
     "PaymentRequest",
     "PaymentResult",
+    "REFUND_CHECKS",
     "RefundResult",
     "hand_over",
     "now_of",
@@ -388,14 +389,20 @@ def now_of(ctx: PaymentContext) -> dt.datetime:
     return _EPOCH + dt.timedelta(milliseconds=ctx.now_ms())
 
 
+#: How the bank's answer to a refund is checked, by the type of the settlement refunded,
+#: for an instrument whose bank answers a refund with a statement of its own (ecash: a
+#: refund voucher): ``check(ctx, original, answer, order)`` raises unless it is right.
+#: Registered by the instrument's package at import; any other settlement's refund is
+#: answered with a ``payment.refund_confirmation``.
+RefundCheck = Callable[["PayeeContext", "PaymentResult", RefundAnswer, RefundOrder], object]
+REFUND_CHECKS: Final[dict[str, RefundCheck]] = {}
+
+
 async def refund_payment(ctx: PayeeContext, original: PaymentResult, amount: Amount,
-                         reason: str, key: str, *,
-                         check: Callable[[RefundAnswer, RefundOrder], object] | None = None
-                         ) -> RefundResult:
-    """The refund of any module: a ``payment.refund_order`` to the settling bank.
-    ``check(answer, order)`` verifies the bank's answer (raising), for an instrument
-    whose confirmation is its own statement (ecash: a refund voucher); by default it
-    is a ``payment.refund_confirmation``.
+                         reason: str, key: str) -> RefundResult:
+    """The refund of any module: a ``payment.refund_order`` to the settling bank; its
+    answer checked by ``REFUND_CHECKS`` for the settlement's type, else as a
+    ``payment.refund_confirmation``.
 
     Raises:
         BadRequest: ``original`` is not a payment to us, or a bad reason or key.
@@ -414,8 +421,9 @@ async def refund_payment(ctx: PayeeContext, original: PaymentResult, amount: Amo
     order = await ctx.sign(REFUND_ORDER, body.to_body())
     ask = RefundRequest(refund_order=order).to_wire()
     answer = RefundAnswer.from_wire(await ctx.request(bank, BANK_SERVICE, BANK_REFUND, ask))
+    check = REFUND_CHECKS.get(original.settlement.type)
     if check is not None:
-        check(answer, body)
+        check(ctx, original, answer, body)
     else:
         verify_refund_confirmation(answer.confirmation, bank_certificate=answer.bank_certificate,
                                    root=ctx.root, crl=ctx.crl, now=now_of(ctx),

@@ -27,6 +27,7 @@ from ...money import Amount
 from ...statements import Statement, canonical_encode
 from .._errors import BadConfirmation, BadRequest
 from .._modules import (
+    REFUND_CHECKS,
     Invoice,
     PayeeContext,
     PayerContext,
@@ -48,7 +49,7 @@ from ._checks import (
     verify_refund_voucher,
 )
 from ._coins import Spend
-from ._schema import Denomination, EcashDeposited
+from ._schema import DEPOSITED, Denomination, EcashDeposited
 from ._wire import (
     BANK_ECASH_DEPOSIT,
     BANK_ECASH_KEYS,
@@ -221,14 +222,22 @@ class EcashModule:
 
     async def refund(self, ctx: PayeeContext, original: PaymentResult, amount: Amount,
                      reason: str, key: str) -> RefundResult:
-        deposited = EcashDeposited.from_statement(original.settlement)
-        now = now_of(ctx)
+        """``bank.refund``, answered with an ``ecash.refund_voucher`` (checked by
+        ``check_refund_voucher``, registered for every caller of ``refund_payment``)."""
+        return await refund_payment(ctx, original, amount, reason, key)
 
-        def check(answer: RefundAnswer, order: RefundOrder) -> None:
-            verify_refund_voucher(answer.confirmation, bank_certificate=answer.bank_certificate,
-                                  root=ctx.root, crl=ctx.crl, now=now,
-                                  expected_original=order.original, expected_amount=amount,
-                                  expected_refund_key=refund_key_of(deposited),
-                                  expected_bank=original.bank)
 
-        return await refund_payment(ctx, original, amount, reason, key, check=check)
+def check_refund_voucher(ctx: PayeeContext, original: PaymentResult, answer: RefundAnswer,
+                         order: RefundOrder) -> None:
+    """The payee's check of the bank's answer to the refund ``order`` of the ecash
+    payment ``original``: an ``ecash.refund_voucher`` of that deposit and amount,
+    redeemable by the key of its first coin, signed by the bank that settled it."""
+    deposited = EcashDeposited.from_statement(original.settlement)
+    verify_refund_voucher(answer.confirmation, bank_certificate=answer.bank_certificate,
+                          root=ctx.root, crl=ctx.crl, now=now_of(ctx),
+                          expected_original=order.original, expected_amount=order.amount,
+                          expected_refund_key=refund_key_of(deposited),
+                          expected_bank=original.bank)
+
+
+REFUND_CHECKS[DEPOSITED] = check_refund_voucher
