@@ -217,5 +217,5 @@ class CardBooks(RuleBasedStateMachine):
 
 
 TestCardBooks = CardBooks.TestCase
-TestCardBooks.settings = settings(max_examples=20, stateful_step_count=30, deadline=None,
+TestCardBooks.settings = settings(max_examples=15, stateful_step_count=30, deadline=None,
                                   suppress_health_check=[HealthCheck.too_slow])
