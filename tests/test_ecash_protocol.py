@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pki import NOW, Market
 from pki import TestAgent as Agent  # not collected as a test class
 from test_payment_modules import Clock, Ctx, Net, caps
@@ -542,6 +545,19 @@ def test_pick_coins_is_bounded() -> None:
     assert pick_coins(have, 3001) is None  # odd: none, found out within the bound
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.sampled_from((1, 2, 5, 10, 20, 50)), max_size=9),
+       st.integers(min_value=1, max_value=120))
+def test_pick_coins_finds_a_subset_whenever_one_exists(have: list[int], amount: int) -> None:
+    sums = {sum(c) for r in range(len(have) + 1) for c in itertools.combinations(have, r)}
+    picked = pick_coins(have, amount)
+    if amount in sums:
+        assert picked is not None and sum(have[i] for i in picked) == amount
+        assert len(set(picked)) == len(picked)
+    else:
+        assert picked is None
+
+
 # --- statements and wire ----------------------------------------------------------------
 
 
@@ -961,3 +977,40 @@ async def test_every_refund_path_checks_an_ecash_refund_as_a_voucher(m: M) -> No
     with pytest.raises(BadConfirmation) as info:
         REFUND_CHECKS[DEPOSITED](m.seller, paid, wrong, order)
     assert info.value.detail["field"] == "original"
+
+
+async def test_a_failure_that_is_not_the_payees_refusal_keeps_the_coins_bound(m: M) -> None:
+    """A timeout or a closed channel during payment.accept may follow a deposit: the
+    wallet is not told the coins were refused (it would exchange coins the payee may
+    hold as paid); a payee's coded refusal does tell it."""
+    from semper.services import ServiceError
+
+    class Timeout(ServiceError):
+        code = "timeout.request"
+
+    await m.wallet.withdraw([10, 10])
+
+    async def lost(requester: str, service: str, op: str, body: Any) -> Any:
+        raise Timeout("no answer")
+
+    m.net.handlers[SELLER] = lost
+    first = m.invoice(10)
+    with pytest.raises(Timeout):
+        await m.module.pay(m.buyer, first)
+    assert m.wallet.refused_keys == [] and first.idempotency_key in m.wallet.bound
+    m.books()
+
+
+async def test_bank_statements_must_name_their_signer(m: M) -> None:
+    """A statement signed by a bank but naming another bank as ``bank`` is refused
+    (payment.bad_confirmation, field bank)."""
+    (held,) = await m.wallet.withdraw([10])
+    del held
+    body = Withdrawn(bank="bank.two", holder=BUYER, amount=eur(10), coins=1, order=bytes(32),
+                     idempotency_key="k", entry=1)
+    forged = await m.bank.ctx.sign(WITHDRAWN, body.to_body())
+    with pytest.raises(BadConfirmation) as info:
+        verify_withdrawn(forged, bank_certificate=m.bank.cert, root=m.buyer.root,
+                         crl=m.buyer.crl, now=m.buyer.now(), expected_holder=BUYER,
+                         expected_amount=eur(10), expected_order=bytes(32))
+    assert info.value.detail["field"] == "bank"
