@@ -407,3 +407,34 @@ async def test_a_withdrawal_the_bank_refuses_is_one_line_and_kept_nowhere(
         refused(done, "payment.insufficient_funds")
         assert await w.moved() == {}
         assert await w.batches() == batches  # the key is free again
+
+
+async def test_two_processes_withdrawing_or_paying_under_one_key_do_it_once(
+        market: Path) -> None:
+    """A member of the kind: the same withdrawal run twice at once (two `semper wallet
+    withdraw` with one key, or the command beside the running buyer) stored the batch
+    twice (the second failed with internal.error, sqlite's IntegrityError), and the
+    same payment bound two sets of coins to one key. Both wallets now end with the
+    coins once and the same spends."""
+    async with world(market) as w:
+        await w.drain()
+        other = Agent(config_of(market, "buyer"))
+        async with other.session():
+            wallets = (w.wallet, other.component(Wallet))
+            async with trio.open_nursery() as nursery:
+                for wallet in wallets:
+                    nursery.start_soon(wallet.withdraw, eur(500), "w-race")
+            assert await w.moved() == {"buyer": -500, OUTSTANDING: 500}
+            assert await w.held() == 500
+            request = PaymentRequest(payee="seller", amount=eur(200), reference=b"race",
+                                     idempotency_key="p-race")
+            spent: list[list[dict[str, Any]]] = []
+
+            async def spend(wallet: Wallet) -> None:
+                spent.append(await wallet.spend(request))
+
+            async with trio.open_nursery() as nursery:
+                for wallet in wallets:
+                    nursery.start_soon(spend, wallet)
+            assert spent[0] == spent[1]
+            assert await w.held() == 300

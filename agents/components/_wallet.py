@@ -26,6 +26,7 @@ stored), ``wallet.spend.bound`` (the spends bound to the payment, not returned).
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -312,17 +313,22 @@ class Wallet(Component):
     # -- batches ------------------------------------------------------------------------
 
     def _store_batch(self, c: Any, batch: str, kind: str, currency: str, amount: int,
-                     request: dict[str, Any], coins: Sequence[_NewCoin]) -> None:
+                     request: dict[str, Any], coins: Sequence[_NewCoin]) -> bool:
+        """Store a batch and its new coins, unless a batch of that key is stored (by
+        another process meanwhile): then nothing, and False."""
         now = self.context.now_ms()
-        c.execute("INSERT INTO ecash_batches VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
-                  (batch, kind, self.bank_id, currency, amount, canonical_encode(request),
-                   now, now))
+        if not c.execute("INSERT OR IGNORE INTO ecash_batches VALUES"
+                         " (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                         (batch, kind, self.bank_id, currency, amount,
+                          canonical_encode(request), now, now)).rowcount:
+            return False
         c.executemany(
             "INSERT INTO ecash_coins (coin_key, secret, key_id, currency, value, prefix,"
             " blinded, inv, position, state, batch, created_ms, updated_ms)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'withdrawing', ?, ?, ?)",
             [(n.coin_key, n.secret, n.key_id, currency, n.value, n.prefix, n.blinded, n.inv,
               i, batch, now, now) for i, n in enumerate(coins)])
+        return True
 
     async def _batch(self, batch: str) -> tuple[str, str, int, dict[str, Any], str] | None:
         row = await self.context.database.read(lambda c: c.execute(
@@ -476,7 +482,11 @@ class Wallet(Component):
                 await self.context.database.transaction(lambda c: self._store_batch(
                     c, key, "withdraw", amount.currency, amount.minor_units, request, coins))
                 crash_point("wallet.withdraw.stored")
-            elif found[:3] != ("withdraw", amount.currency, amount.minor_units):
+                found = await self._batch(key)  # ours, or another process's stored first
+            if found is None:  # another process's run of it was refused meanwhile
+                raise IdempotencyConflict(f"the bank refused withdrawal {key!r} meanwhile: "
+                                          "run it again", detail={"key": key})
+            if found[:3] != ("withdraw", amount.currency, amount.minor_units):
                 raise IdempotencyConflict(f"wallet key {key!r} withdrew something else",
                                           detail={"key": key})
             await self._finish(key)
@@ -506,12 +516,15 @@ class Wallet(Component):
         """
         key = request.idempotency_key
         async with self._lock:
-            bound = await self._bound(request)
-            if bound is not None:
-                return bound
-            await self.finish_pending()
             for _ in range(_BIND_TRIES):
-                chosen = await self._choose(request.amount)
+                bound = await self._bound(request)
+                if bound is not None:
+                    return bound
+                await self.finish_pending()  # another process's exchange, say
+                try:
+                    chosen = await self._choose(request.amount)
+                except _Taken:  # another process took a coin to exchange first
+                    continue
                 spends = await self._bind(chosen, request)
                 if spends is not None:
                     crash_point("wallet.spend.bound")
@@ -582,6 +595,9 @@ class Wallet(Component):
         bank = self.bank_id
 
         def bind(c: Any) -> list[dict[str, Any]] | None:
+            if c.execute("SELECT 1 FROM ecash_coins WHERE spend = ? LIMIT 1",
+                         (request.idempotency_key,)).fetchone():
+                raise _Taken  # another process bound coins to this payment meanwhile
             out = []
             for coin_key in sorted(chosen):
                 row = c.execute("SELECT secret, currency, value, key_id, coin_key, prefix,"
@@ -624,8 +640,9 @@ class Wallet(Component):
                 "SELECT coin_key, value, currency FROM ecash_coins WHERE spend = ?"
                 " AND state = 'spending'", (request.idempotency_key,)).fetchall())
             if rows:
-                await self._exchange([(k, v) for k, v, _ in rows], rows[0][2],
-                                     [sum(v for _, v, _ in rows)])
+                with contextlib.suppress(_Taken):  # another process refreshes them
+                    await self._exchange([(k, v) for k, v, _ in rows], rows[0][2],
+                                         [sum(v for _, v, _ in rows)])
 
     # -- exchanging ---------------------------------------------------------------------
 
@@ -659,12 +676,7 @@ class Wallet(Component):
                                       idempotency_key=batch).to_wire()
             self._store_batch(c, batch, "exchange", currency, sum(units), request, coins)
 
-        try:
-            await self.context.database.transaction(store)
-        except _Taken:
-            raise InsufficientCoins("the coins to exchange were taken meanwhile",
-                                    detail={"amount": Amount(currency, sum(units)).to_wire()}
-                                    ) from None
+        await self.context.database.transaction(store)  # _Taken: a coin was taken meanwhile
         crash_point("wallet.exchange.stored")
         await self._finish(batch)
 
@@ -712,13 +724,8 @@ class Wallet(Component):
                                           idempotency_key=batch, voucher=voucher,
                                           voucher_signature=signature).to_wire()
 
-                def store(c: Any) -> None:
-                    if c.execute("SELECT 1 FROM ecash_batches WHERE batch = ?",
-                                 (batch,)).fetchone() is None:
-                        self._store_batch(c, batch, "refund", amount.currency,
-                                          amount.minor_units, request, coins)
-
-                await self.context.database.transaction(store)
+                await self.context.database.transaction(lambda c: self._store_batch(
+                    c, batch, "refund", amount.currency, amount.minor_units, request, coins))
                 crash_point("wallet.refund.stored")
             await self._finish(batch)
 
