@@ -332,9 +332,12 @@ async def test_a_purchase_paid_in_coins_is_refunded_as_new_coins_once(
     once."""
     async with world(market) as w:
         await w.drain()
+        shopper = Shopper(w.buyer)
+        with pytest.raises(InsufficientCoins):  # no coins: refused, nothing moved
+            await shopper.buy("seller", "map-002", "ecash", "buy-ecash-poor")
+        assert await w.moved() == {}
         await w.wallet.withdraw(eur(2000), "w-for-purchase")
         await w.moved()
-        shopper = Shopper(w.buyer)
         done = await shopper.buy("seller", "map-002", "ecash", "buy-ecash-1")
         assert done.state == "done" and done.payment is not None
         assert done.payment.module == "ecash"
