@@ -574,6 +574,15 @@ async def test_a_refund_comes_back_as_a_voucher_redeemed_once(market: Path) -> N
         assert (await w.refund(deposited, Amount("EUR", 7))).confirmation == answer.confirmation
         await w.refused("payment.refund_exceeds_payment",
                         w.refund(deposited, Amount("EUR", 2), key="r2"))
+        # Only the deposit's payee refunds it; a voucher the bank did not issue (the
+        # seller signs one itself) buys nothing.
+        body = RefundOrder(original=deposited.digest, payer="buyer", payee="seller",
+                           amount=Amount("EUR", 1), reason="mine", idempotency_key="r9")
+        await w.refused("payment.wrong_payee", w.buyer.request(
+            "bank", BANK_SERVICE, BANK_REFUND, RefundRequest(
+                refund_order=w.buyer.context.sign(REFUND_ORDER, body.to_body())).to_wire()))
+        forged = w.seller.context.sign(answer.confirmation.type, answer.confirmation.body)
+        await w.refused("payment.bad_request", w.redeem(forged, coins[0].secret, [5, 2]))
         # A signature by another key than the refund key is no redemption.
         await w.refused("ecash.bad_spend", w.redeem(answer.confirmation, coins[1].secret,
                                                     [5, 2]))
