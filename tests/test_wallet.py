@@ -46,6 +46,7 @@ from semper.services.payment.ecash import (
     BANK_ECASH_DEPOSIT,
     BANK_ECASH_EXCHANGE,
     BANK_ECASH_WITHDRAW,
+    BadBlindSignature,
     DepositRequest,
     InsufficientCoins,
     Spend,
@@ -256,6 +257,33 @@ async def test_the_wallet_killed_inside_a_withdrawal_then_rerun_withdraws_once(
         await w.wallet.withdraw(eur(300), "w-killed")  # the same withdrawal, in-process
         assert await w.moved() == {}
         assert await w.held() == 300 and "withdrawing" not in await w.states()
+
+
+async def test_a_bad_blind_signature_keeps_the_coins_for_a_retry(
+        market: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blind signature that does not finalize (the answer garbled on its way, or
+    signed under another key) is ecash.bad_blind_signature; the withdrawal stays
+    stored, and the retry, answered with the bank's same true signatures, gives the
+    coins once."""
+    real = AgentPaymentContext.request
+
+    async def garbled(self: Any, peer: str, service: str, name: str, body: Any) -> Any:
+        answer = await real(self, peer, service, name, body)
+        if name == BANK_ECASH_WITHDRAW:
+            first = answer["blind_signatures"][0]
+            answer["blind_signatures"][0] = first[:-1] + bytes([first[-1] ^ 1])
+        return answer
+
+    async with world(market) as w:
+        await w.drain()
+        monkeypatch.setattr(AgentPaymentContext, "request", garbled)
+        with pytest.raises(BadBlindSignature):
+            await w.wallet.withdraw(eur(250), "w-garbled")
+        assert await w.moved() == {"buyer": -250, OUTSTANDING: 250}
+        assert await w.held() == 0 and (await w.states()).get("withdrawing") == 2
+        monkeypatch.undo()
+        await w.wallet.withdraw(eur(250), "w-garbled")
+        assert await w.moved() == {} and await w.held() == 250
 
 
 # -- spending ------------------------------------------------------------------------
