@@ -80,6 +80,7 @@ from semper.services.payment import (
     PaymentResult,
     RefundConfirmation,
     RefundResult,
+    UnknownModule,
     choose_instrument,
     our_bank,
     verify_refund_confirmation,
@@ -609,7 +610,7 @@ class Shopper:
                 # The bank's word that the money came back, checked and kept as evidence.
                 # An instrument whose refund is a statement of its own checks it and takes
                 # the money back (ecash: the bank's voucher becomes coins in the wallet).
-                refunded = getattr(self.payments.module(module), "refunded", None)
+                refunded = getattr(self._module(module), "refunded", None)
                 if refunded is not None:
                     _check_refund(refund, purchase.payment.payment, decision.amount,
                                   self.agent.id)
@@ -853,6 +854,14 @@ class Shopper:
                 raise BadTicket(f"the seller's ticket names another {name}",
                                 detail={"field": name})
         return statement
+
+    def _module(self, name: str) -> Any:
+        """The payment module ``name`` if this buyer still offers it (None: its
+        configuration no longer does; what every instrument shares is used)."""
+        try:
+            return self.payments.module(name)
+        except UnknownModule:
+            return None
 
     async def _pay(self, decision: Pay, purchase: Purchase) -> PaymentResult:
         assert purchase.order is not None
