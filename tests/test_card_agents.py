@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric import x25519
-from market_helpers import DEADLINE, config_of, running
+from market_helpers import DEADLINE, config_of, running, wait_until
 
 from semper.agents import Agent
 from semper.agents.components import _ledger
@@ -313,6 +313,33 @@ async def test_a_final_capture_returns_the_rest_at_once(market: Path) -> None:
         await w.refused("payment.idempotency_conflict",
                         w.capture(auth.authorization_id, eur(250), "final-1"))
         assert await w.bank.component(CardGateway).sweep() == 0
+
+
+async def test_a_bank_that_starts_after_an_authorisation_lapsed_sweeps_at_once(
+        market: Path) -> None:
+    """The sweep (``CardGateway.run``) runs at start, then every minute, deciding by
+    the injected clock: a hold whose authorisation lapsed while the bank was down goes
+    back to the holder when it starts."""
+    async with world(market) as w:
+        auth = await w.authorize(await w.instructions(eur(64)))
+        assert await w.moved() == {"buyer": -64, HELD: 64}
+        clock, before = w.clock, await w.books()
+    clock.ms = auth.expires_ms + 1
+    bank = Agent(config_of(market, "bank"), clock=clock)
+
+    def state() -> str:
+        with sqlite3.connect(market / "bank" / "data" / "agent.sqlite") as c:
+            return c.execute("SELECT state FROM card_authorizations WHERE"
+                             " authorization_id = ?", (auth.authorization_id,)).fetchone()[0]
+
+    assert state() == "open"
+    with trio.fail_after(DEADLINE):
+        async with running(bank):
+            await wait_until(lambda: state() == "expired", "the sweep at start")
+            after = await bank.database.read(lambda c: (
+                _ledger.check_books(c), {h: _ledger.balances(c, h)["EUR"]
+                                         for h in ("buyer", HELD)})[1])
+    assert after == {"buyer": before["buyer"] + 64, HELD: before[HELD] - 64}
 
 
 async def test_refusals_move_nothing(market: Path) -> None:
