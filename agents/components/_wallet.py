@@ -555,10 +555,11 @@ class Wallet(Component):
             " ORDER BY value DESC, coin_key", (currency,)).fetchall())
 
     async def _choose(self, amount: Amount) -> list[bytes]:
-        """Fresh coins summing to ``amount`` exactly, exchanging first if needed."""
+        """Fresh coins summing to ``amount`` exactly, at most MAX_COINS of them (what
+        one deposit takes), exchanging first if needed."""
         held = await self._fresh(amount.currency)
         chosen = _pick(held, amount.minor_units)
-        if chosen is not None:
+        if chosen is not None and len(chosen) <= MAX_COINS:
             return chosen
         total = sum(v for _, v in held)
         if total < amount.minor_units:
@@ -579,10 +580,15 @@ class Wallet(Component):
                 covered += value
                 if covered >= amount.minor_units:
                     break
+        if len(cover) > MAX_COINS:
+            raise InsufficientCoins(f"{amount} takes more than {MAX_COINS} of the wallet's "
+                                    "coins, more than one payment or exchange may hold",
+                                    detail={"amount": amount.to_wire(),
+                                            "held": Amount(amount.currency, total).to_wire()})
         await self._exchange(cover, amount.currency,
                              [amount.minor_units, covered - amount.minor_units])
         chosen = _pick(await self._fresh(amount.currency), amount.minor_units)
-        if chosen is None:  # pragma: no cover - the exchange made the exact coins
+        if chosen is None or len(chosen) > MAX_COINS:  # pragma: no cover - it made them
             raise InsufficientCoins(f"no exact coins for {amount} after an exchange",
                                     detail={"amount": amount.to_wire()})
         return chosen
