@@ -14,10 +14,11 @@ judged (``decide_authorization``: the signer must be the card's holder), then th
 amount moves from the holder's account to the bank's system account ``@card-held``
 and the bank signs a ``card.authorization``; once per (merchant, idempotency key),
 and once per order (the authorisation's id is derived from merchant and OIMD): the
-same card, amount and order again, under any key, is answered with the first
-authorisation (a cardholder's retry seals a fresh PI); anything else under the key
-is ``payment.idempotency_conflict``, and another PI for an order authorised is
-``payment.already_paid``.
+same instructions less their nonce (card, amount, order, the cardholder's key) for
+the same order, under any key, are answered with the first authorisation (a
+cardholder's retry seals a fresh PI); anything else under the key is
+``payment.idempotency_conflict``, and other instructions for an order authorised
+are ``payment.already_paid``.
 
 ``bank.card_capture`` (from the authorisation's merchant): up to what remains of
 the hold moves from ``@card-held`` to the merchant and the bank signs a
