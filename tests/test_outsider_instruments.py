@@ -174,6 +174,7 @@ class World:
     me: Agent  # the buyer's TLS channels only
     signer: Signer
     root: x509.Certificate
+    seller_certificate: bytes = b""
 
     async def call(self, peer: str, service: str, op: str, body: Any) -> Any:
         return await self.me.request(peer, service, op, body)
@@ -181,6 +182,7 @@ class World:
     async def order(self, sku: str, module: str, key: str) -> tuple[bytes, dict[str, Any]]:
         """commerce.catalogue then commerce.order (9.5): (the order digest, its amount)."""
         catalogue = await self.call("seller", "commerce", "catalogue", {})
+        self.seller_certificate = catalogue["certificate"]
         [offer] = [o for o in catalogue["offers"] if o["body"]["sku"] == sku]
         verify(offer, catalogue["certificate"], root=self.root, type="commerce.offer",
                signer="seller")
@@ -365,3 +367,89 @@ async def test_an_outside_cardholder_pays_by_dual_signature_and_gets_the_capture
         assert captured == {"bank": "bank", "merchant": "seller", "amount": amount,
                             "oimd": oimd, "authorization_id": authorization_id,
                             "entry": captured["entry"]}
+
+
+def draw(keys: dict[int, tuple[bytes, rsa.RSAPublicKey]], values: list[int]) -> list[Coin]:
+    return [Coin(v, keys[v][0], keys[v][1], ed25519.Ed25519PrivateKey.generate(),
+                 os.urandom(32)) for v in values]
+
+
+async def denominations(w: World) -> dict[int, tuple[bytes, rsa.RSAPublicKey]]:
+    answer = await w.call("bank", "bank", "ecash_keys", {"currency": "EUR"})
+    keys: dict[int, tuple[bytes, rsa.RSAPublicKey]] = {}
+    for statement in answer["denominations"]:
+        body = verify(statement, answer["bank_certificate"], root=w.root,
+                      type="ecash.denomination", signer="bank")
+        public = serialization.load_der_public_key(body["public_key"])
+        assert isinstance(public, rsa.RSAPublicKey)
+        keys.setdefault(body["value"]["minor_units"], (body["key_id"], public))
+    return keys
+
+
+async def exchange(w: World, new: list[Coin], key: str, spends: list[Coin],
+                   voucher: dict[str, Any] | None = None,
+                   refund_key: ed25519.Ed25519PrivateKey | None = None) -> None:
+    """The wallet's steps 4 and 5: ``bank.ecash_exchange`` for the coins ``new``, paid
+    with coins (``spends``, purpose exchange) and/or a refund voucher."""
+    blinded = [(coin, *blind(coin.public, coin.prepared)) for coin in new]
+    order = hashlib.sha256(canonical([[c.key_id, b] for c, b, _ in blinded])).digest()
+    body: dict[str, Any] = {
+        "spends": [c.spend(purpose="exchange", payee="bank", reference=order) for c in spends],
+        "blinded": [{"key_id": c.key_id, "blinded": b} for c, b, _ in blinded],
+        "idempotency_key": key}
+    if voucher is not None:
+        assert refund_key is not None
+        contract = {"purpose": "refund", "bank": "bank", "payee": "bank", "reference": order,
+                    "amount": voucher["body"]["amount"]}
+        body |= {"voucher": voucher, "voucher_signature": refund_key.sign(
+            b"semper-ecash-spend-v1\x00" + canonical(contract))}
+    answer = await w.call("bank", "bank", "ecash_exchange", body)
+    for (coin, _, inv), blind_sig in zip(blinded, answer["blind_signatures"], strict=True):
+        coin.signature = finalize(coin.public, coin.prepared, blind_sig, inv)
+
+
+async def pay(w: World, coins: list[Coin], reference: bytes, amount: dict[str, Any]
+              ) -> dict[str, Any]:
+    spends = [c.spend(purpose="payment", payee="seller", reference=reference) for c in coins]
+    result = await w.call("seller", "payment", "accept",
+                          {"module": "ecash", "reference": reference,
+                           "proof": {"spends": spends}})
+    settled = verify(result["settlement"], result["bank_certificate"], root=w.root,
+                     type="payment.ecash_deposited", signer="bank")
+    assert (settled["payee"], settled["amount"], settled["reference"], settled["coins"]) == (
+        "seller", amount, reference, [c.coin_pub for c in coins])
+    return result
+
+
+async def test_an_outside_wallet_redeems_a_refund_and_makes_change_at_the_bank(
+        market: Path) -> None:
+    async with world(market) as w:
+        coins = await withdraw(w, 1250, "outsider-withdraw-2")
+        [spare] = await withdraw(w, 20, "outsider-withdraw-3")
+        reference, amount = await w.order("guide-001", "ecash", "outsider-ecash-3")
+        result = await pay(w, coins, reference, amount)
+
+        # The buyer asks the seller for its money back: a voucher, redeemed for coins
+        # together with the coin left over (value in: the voucher's and the coin's).
+        answer = await w.call("seller", "commerce", "refund",
+                              {"order": reference, "reason": "changed my mind"})
+        refund = answer["refund"]
+        voucher = refund["confirmation"]
+        body = verify(voucher, refund["bank_certificate"], root=w.root,
+                      type="ecash.refund_voucher", signer="bank")
+        assert (body["original"], body["amount"], body["refund_key"]) == (
+            digest(result["settlement"]), amount, coins[0].coin_pub)  # only we sign for it
+        note = verify(answer["note"], w.seller_certificate, root=w.root,
+                      type="commerce.refund_note", signer="seller")
+        assert (note["refund"], note["refund_type"]) == (digest(voucher), "ecash.refund_voucher")
+        keys = await denominations(w)
+        back = draw(keys, [1000, 200, 50, 20])
+        await exchange(w, back, "outsider-redeem-1", [spare], voucher=voucher,
+                       refund_key=coins[0].coin_key)
+
+        # Change: the 1000 coin for smaller ones, then an exact 480 for the map.
+        change = draw(keys, [500, 200, 200, 50, 20, 20, 10])
+        await exchange(w, change, "outsider-change-1", [back[0]])
+        other, price = await w.order("map-002", "ecash", "outsider-ecash-4")
+        assert price == eur(480)
+        await pay(w, [change[1], change[2], change[3], change[4], change[6]], other, price)
