@@ -7,13 +7,16 @@ measures what moved at the bank (``World.moved``) and checks the books after eac
 step (customers plus @ecash-outstanding hold exactly the minted).
 
 The instance from the issue: ``semper wallet withdraw`` killed between storing the
-coins and asking the bank, and after the bank answered, then run again, gives the
-coins once and debits once (``test_the_wallet_killed_inside_a_withdrawal_...``, a
-real SIGKILL at the wallet's crash points). Members of the kind found beyond it: a
-lost answer finished by another use of the wallet (a spend) in a restarted agent
-(``test_a_lost_answer_...``); the same loss for an exchange made for change
-(``test_a_lost_exchange_answer_...``) and for a refund voucher's redemption
-(``test_a_purchase_paid_in_coins_...``).
+coins and asking the bank, and after the bank answered, then the wallet used again,
+gives the coins once and debits once (``test_the_wallet_killed_inside_a_withdrawal_...``,
+a real SIGKILL at the wallet's crash points). Members of the kind found beyond it: a
+lost answer finished by a spend in a restarted agent (``test_a_lost_answer_...``);
+the same loss for an exchange made for change (``test_a_lost_exchange_answer_...``)
+and for a refund voucher's redemption (``test_a_purchase_paid_in_coins_...``); a
+garbled blind signature (``test_a_bad_blind_signature_...``); and the same
+withdrawal or payment run by two processes at once, which stored the batch twice
+(internal.error) or bound two sets of coins to one payment
+(``test_two_processes_...``).
 """
 
 from __future__ import annotations
@@ -244,7 +247,7 @@ async def test_the_wallet_killed_inside_a_withdrawal_then_rerun_withdraws_once(
         market: Path) -> None:
     """SIGKILL of ``semper wallet withdraw`` after the coins are stored and before
     the bank is asked, then after the bank answered and before the signatures are
-    stored, then the same withdrawal again: the coins once, the account debited once."""
+    stored, then any use of the wallet: the coins once, the account debited once."""
     command = ("wallet", "withdraw", "--config", market / "buyer" / "agent.toml",
                "EUR:3.00", "--idempotency-key", "w-killed")
     async with world(market) as w:
@@ -254,7 +257,11 @@ async def test_the_wallet_killed_inside_a_withdrawal_then_rerun_withdraws_once(
         assert await semper_killed_at("wallet.withdraw.answered", *command) == -signal.SIGKILL
         assert await w.moved() == {"buyer": -300, OUTSTANDING: 300}
         assert await w.held() == 0 and (await w.states()).get("withdrawing") == 2
-        await w.wallet.withdraw(eur(300), "w-killed")  # the same withdrawal, in-process
+        # Any use of the wallet finishes it: here `semper wallet`, which shows the coins.
+        status, out, err = await in_thread("wallet", "--config", market / "buyer" / "agent.toml",
+                                           "--json")
+        assert status == 0, err
+        assert json.loads(out)["coins"] == {"EUR": {"100": 1, "200": 1}}
         assert await w.moved() == {}
         assert await w.held() == 300 and "withdrawing" not in await w.states()
 
