@@ -291,18 +291,21 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _agent(folder: Path, agent_id: str) -> Agent:
-    """Prefers transfer, then cheque; fetches the CRL (and the policy) every 0.2 s."""
-    config = config_of(folder, agent_id)
-    return Agent(dataclasses.replace(
-        config, timeouts=Timeouts(crl_refresh=0.2),
-        payment=dataclasses.replace(config.payment, modules=("transfer", "cheque"))))
+    """Fetches the CRL (and the policy) every 0.2 s; a buyer prefers transfer, then
+    cheque (whatever else is installed)."""
+    config = config_of(folder, agent_id, timeouts=Timeouts(crl_refresh=0.2))
+    if config.role != "buyer":
+        return Agent(config)
+    return Agent(dataclasses.replace(config, payment=dataclasses.replace(
+        config.payment, modules=("transfer", "cheque", "purse"))))
 
 
 async def _balance(agent: Agent) -> int:
     return (await agent.request("bank", "bank", "account", {}))["balances"]["EUR"]  # type: ignore[no-any-return]
 
 
-async def test_levels_and_the_market_policy_between_agents(folder: Path) -> None:
+async def test_levels_and_the_market_policy_between_agents(folder: Path,
+                                                            tmp_path: Path) -> None:
     assert market_policy(folder).serial == 1  # market init: all allowed
     assert market_policy(folder).allowed is None and not market_policy(folder).forbidden
     agents = [_agent(folder, name) for name in ("ca", "bank", "seller", "buyer", "low")]
@@ -336,8 +339,9 @@ async def test_levels_and_the_market_policy_between_agents(folder: Path) -> None
             assert done.payment is not None and done.payment.module == "transfer"
             assert shopper.choices["low-auto"] == "transfer: the seller accepts it for EUR 0.99"
 
-            # The market forbids transfer: the CA hands policy 2 out with the CRL.
-            set_market_policy(folder, forbidden=["transfer"])
+            # The market forbids transfer (and purse): the CA hands policy 2 out with
+            # the CRL.
+            set_market_policy(folder, forbidden=["transfer", "purse"])
             await wait_until(lambda: all(a.market_policy.policy.serial == 2 for a in agents),
                              "every agent took policy 2 with the CRL")
             shopper = Shopper(buyer)
@@ -350,6 +354,7 @@ async def test_levels_and_the_market_policy_between_agents(folder: Path) -> None
             assert done.payment is not None and done.payment.module == "cheque"
             assert shopper.choices["auto"] == ("cheque: the seller accepts it for EUR 4.80; "
                                                "transfer is forbidden by the market")
+            assert "purse" not in shopper.choices["auto"]  # after the pick: not said
             assert await _balance(buyer) == before - 480
             # Again with the same key: the instrument it began with, nothing paid again.
             again = await shopper.buy("seller", "map-002", None, "auto")
@@ -364,6 +369,14 @@ async def test_levels_and_the_market_policy_between_agents(folder: Path) -> None
             assert caught.value.code == "payment.forbidden_instrument"
             assert "returned" in caught.value.detail
             assert await _balance(buyer) == before - 480
+            # The same at a purse's other door, delivery.ticket: refused before a
+            # ticket is issued.
+            streamer = Shopper(buyer, output=tmp_path / "course.bin")
+            streamer.payments._market = None
+            with pytest.raises(RemoteError) as caught:
+                await streamer.buy("seller", "course-004", "purse", "rogue-purse")
+            assert caught.value.code == "payment.forbidden_instrument"
+            assert caught.value.detail["module"] == "purse"
             # A low-level buyer now has nothing: neither cheque nor transfer.
             with pytest.raises(NoCommonInstrument) as nothing:
                 await Shopper(low).buy("seller", "song-003", None, "low-none")

@@ -299,6 +299,8 @@ class DeliverySeller(Component):
         if terms.payment_module != "purse":
             raise BadRequest("this order is not to be paid by purse",
                              detail={"type": "delivery.ticket", "field": "order"})
+        # The market's policy and ours, as payment.accept applies them (protocol.md 8.9).
+        self._sales().payments.check_payer("purse", terms.amount, context.peer)
         bank = self.context.config.payment.bank or "bank"
         bank_channel = await self.context.agent.channel(bank)
         commitment, _ = verify_purse(

@@ -204,27 +204,38 @@ class PaymentManager:
         if request.reference != invoice.reference:
             raise BadRequest("the proof is for another reference than the invoice",
                              detail={"type": "payment.accept", "field": "reference"})
-        market = self.market
-        market.check(request.module)
+        self.market.check(request.module)
         if not self._capabilities.admits(request.module, invoice.amount):
             raise NoCommonInstrument(
                 f"{request.module} is not accepted here for {invoice.amount}",
                 detail={"amount": invoice.amount.to_wire(), "payer": [],
                         "payee": self._capabilities.to_wire()["modules"]})
-        if payer is not None:
-            tailored = self.capabilities_for(payer)
-            if not tailored.admits(request.module, invoice.amount):
-                reason = dict(tailored.declined).get(request.module)
-                offer = tailored.offer(request.module)
-                if reason is None and offer is not None:
-                    reason = "is taken from it only for " + ", ".join(
-                        f"{x.minimum}..{x.maximum}" for x in offer.limits)
-                raise PolicyRefused(
-                    f"{request.module} {reason or 'is not taken'} here "
-                    f"(from {payer.agent_id}, {payer.level.label}, for {invoice.amount})",
-                    detail={"module": request.module, "level": payer.level.label,
-                            "reason": reason or ""})
+        self.check_payer(request.module, invoice.amount, payer)
         return await module.accept(ctx, request.proof, invoice=invoice)
+
+    def check_payer(self, module: str, amount: Amount, payer: AgentIdentity | None) -> None:
+        """Raise unless the market permits ``module`` and our policy takes ``amount``
+        by it from ``payer`` (None: the market only): for every path a payment takes
+        to us, ``payment.accept`` or another (a purse's ``delivery.ticket``).
+
+        Raises:
+            ForbiddenInstrument, PolicyRefused.
+        """
+        self.market.check(module)
+        if payer is None:
+            return
+        tailored = self.capabilities_for(payer)
+        if tailored.admits(module, amount):
+            return
+        reason = dict(tailored.declined).get(module)
+        offer = tailored.offer(module)
+        if reason is None and offer is not None:
+            reason = "is taken from it only for " + ", ".join(
+                f"{x.minimum}..{x.maximum}" for x in offer.limits)
+        raise PolicyRefused(
+            f"{module} {reason or 'is not taken'} here "
+            f"(from {payer.agent_id}, {payer.level.label}, for {amount})",
+            detail={"module": module, "level": payer.level.label, "reason": reason or ""})
 
     def received(self, ctx: PayeeContext, proof: Any, *, payer: str,
                  reference: bytes) -> PaymentResult | None:
