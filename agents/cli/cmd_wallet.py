@@ -31,7 +31,7 @@ from semper.agents.components._wallet import Wallet, read_coins
 from semper.agents.runtime._agent import Agent
 from semper.agents.runtime._config import ConfigError
 from semper.services import Amount
-from semper.services.money import _EXPONENTS, BadAmount
+from semper.services.money import BadAmount
 from semper.services.statements import canonical_decode
 
 __all__ = ["command"]
@@ -55,7 +55,8 @@ class WalletAmount(click.ParamType):
             currency, _, units = text.partition(":")
             decimal = _DECIMAL.match(units)
             if decimal is not None:
-                digits = _EXPONENTS.get(currency, 2)
+                # The currency's minor digits, as an amount of it is shown ("EUR 0.00").
+                digits = len(str(Amount(currency, 0)).partition(".")[2])
                 whole, frac = decimal.groups()
                 if len(frac) != digits:
                     raise BadAmount(f"{currency} has {digits} minor digits: write "
