@@ -334,6 +334,8 @@ class Sales(Component):
         # money stayed with us and the sale unpaid, and a revoked buyer never retries.
         with trio.CancelScope(shield=True):
             try:
+                # The proof received and matched to the sale, nothing deposited yet.
+                crash_point("payment.seller.received")
                 result = await self.payments.accept(
                     ctx, request, invoice=Invoice(amount=terms.amount,
                                                   reference=request.reference, payer=buyer),
