@@ -450,19 +450,33 @@ async def test_the_seller_never_stores_the_card_nor_the_bank_the_order(
         done = await shopper.buy("seller", "guide-001", "card", "card-sep-1")
         assert done.payment is not None and done.payment.module == "card"
         await shopper.refund("card-sep-1")
+        # A refusal's path too (the gateway's error goes through the seller): the
+        # buyer's copy of its card with another expiry is no card of the bank's.
+        def expiry(value: str) -> Any:
+            return lambda c: c.execute("UPDATE cards_cards SET expiry = ? WHERE number = ?",
+                                       (value, card.number))
+
+        await w.buyer.database.transaction(expiry("2031-01"))
+        try:
+            with pytest.raises(Exception) as refused:
+                await shopper.buy("seller", "song-003", "card", "card-sep-2")
+            assert getattr(refused.value, "code", None) == "card.unknown_card"
+        finally:
+            await w.buyer.database.transaction(expiry(card.expiry))
         catalogue, _ = await shopper.catalogue("seller")
         offer = next(o for o in catalogue.offers if o.body["sku"] == "guide-001")
         # What the seller holds: the purchase went through it (the proof, the order).
         assert _found_in_database(w.seller.config.data_dir / "agent.sqlite",
                                   [done.order]) != []
-    secrets_of_card = [card.number.encode(), card.expiry.encode(),
+    secrets_of_card = [card.number.encode(), card.expiry.encode(), b"2031-01",
                        card.number.encode("utf-16-le"), int(card.number).to_bytes(8, "big")]
     seller_dir = market / "seller"
     for database in seller_dir.rglob("*.sqlite"):
         assert _found_in_database(database, secrets_of_card) == [], database
     assert _found_in_files(seller_dir, secrets_of_card) == []
     logged = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records)
-    assert card.number not in logged and card.expiry not in logged  # any agent's log
+    for text in (card.number, card.expiry, "2031-01"):
+        assert text not in logged  # any agent's log
     # The bank's side: no title, no sku of the order (the OI stays with the seller).
     order_words = [offer.body["title"].encode(), b"guide-001"]
     bank_dir = market / "bank"
