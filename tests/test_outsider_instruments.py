@@ -20,7 +20,7 @@ import secrets
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,11 +196,12 @@ class World:
 
 
 @asynccontextmanager
-async def world(folder: Path) -> AsyncIterator[World]:
+async def world(folder: Path, *also: str) -> AsyncIterator[World]:
     root = x509.load_pem_x509_certificate((folder / "ca" / "root.pem").read_bytes())
     with trio.fail_after(DEADLINE):
-        async with running(Agent(config_of(folder, "bank"))), \
-                running(Agent(config_of(folder, "seller"))):
+        async with AsyncExitStack() as stack:
+            for agent_id in ("bank", "seller", *also):
+                await stack.enter_async_context(running(Agent(config_of(folder, agent_id))))
             me = Agent(config_of(folder, "buyer"))
             async with me.session():
                 yield World(folder, me, Signer.of(folder / "buyer"), root)
@@ -331,7 +332,23 @@ async def my_card(folder: Path) -> dict[str, str]:
 
 async def test_an_outside_cardholder_pays_by_dual_signature_and_gets_the_capture(
         market: Path) -> None:
-    async with world(market) as w:
+    async with world(market, "ca") as w:
+        # 8.9: the market's policy, signed by the root itself, carried by the CRL op.
+        crl = await w.call("ca", "certificates", "crl", {"known": 0, "policy": 0})
+        policy = crl["policy"]
+        assert policy["signer"] == hashlib.sha256(
+            w.root.public_bytes(serialization.Encoding.DER)).digest()
+        root_key = w.root.public_key()
+        assert isinstance(root_key, ed25519.Ed25519PublicKey)
+        root_key.verify(policy["signature"], signed_bytes(policy))
+        assert policy["type"] == "market.policy"
+        assert {k: policy["body"][k] for k in ("allowed", "forbidden", "required", "serial")
+                } == {"allowed": None, "forbidden": [], "required": [], "serial": 1}
+        # 8.3 and 8.9: the seller takes both instruments from us, through its bank.
+        offered = await w.call("seller", "payment", "capabilities", {})
+        assert offered["bank"] == "bank"
+        assert {"ecash", "card"} <= {m["name"] for m in offered["modules"]}
+
         card = await my_card(market)
         answer = await w.call("bank", "bank", "card_gateway_key", {})
         key = verify(answer["key"], answer["bank_certificate"], root=w.root,
@@ -367,6 +384,28 @@ async def test_an_outside_cardholder_pays_by_dual_signature_and_gets_the_capture
         assert captured == {"bank": "bank", "merchant": "seller", "amount": amount,
                             "oimd": oimd, "authorization_id": authorization_id,
                             "entry": captured["entry"]}
+
+        # The answer lost, the cardholder retries: a new PI (nonce) and dual signature
+        # for the same OI (8.8) is the same payment, answered with the first result.
+        retry = dict(pi, nonce=os.urandom(16))
+        retry_pimd = hashlib.sha256(b"semper-set-pi-v1\x00" + canonical(retry)).digest()
+        proof_again = dict(proof, pimd=retry_pimd, dual=w.signer.sign("card.dual_signature", {
+            "pimd": retry_pimd, "oimd": oimd,
+            "pomd": hashlib.sha256(retry_pimd + oimd).digest()}),
+            sealed_pi=suite.encrypt(canonical(retry), x25519.X25519PublicKey.from_public_bytes(
+                key["public_key"]), info=b"semper-set-pi-v1\x00" + oimd))
+        assert await w.call("seller", "payment", "accept", {
+            "module": "card", "reference": reference, "proof": proof_again}) == result
+
+        # A refund by card is a credit to the card's account (bank.refund, 8.8).
+        answer = await w.call("seller", "commerce", "refund", {"order": reference})
+        refund = answer["refund"]
+        confirmation = verify(refund["confirmation"], refund["bank_certificate"], root=w.root,
+                              type="payment.refund_confirmation", signer="bank")
+        assert (refund["original"], refund["payee"], refund["amount"]) == (
+            digest(result["settlement"]), "buyer", amount)
+        assert (confirmation["original"], confirmation["payee"], confirmation["amount"]) == (
+            digest(result["settlement"]), "buyer", amount)
 
 
 def draw(keys: dict[int, tuple[bytes, rsa.RSAPublicKey]], values: list[int]) -> list[Coin]:
