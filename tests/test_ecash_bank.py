@@ -603,6 +603,42 @@ async def test_a_refund_comes_back_as_a_voucher_redeemed_once(market: Path) -> N
             second.confirmation, coins[0].secret, [1], key="v3", keys=keys))
 
 
+async def test_a_refused_request_costs_the_bank_no_blind_signature(market: Path) -> None:
+    """Found beyond the issue's list: refusals the transaction made after the coins
+    were signed (RSA private operations, up to 64 a request): a withdrawal the account
+    cannot pay, an exchange of a spent coin or of a used voucher. Each is refused
+    now before signing, after the checks that need the coin's key (so the evidence
+    of a first spend still goes only to a holder of the coin)."""
+    async with world(market) as w:
+        bank = w.bank.component(EcashBank)
+        signed: list[int] = []
+        sign = bank._sign
+
+        async def counting(blinded: Any) -> list[bytes]:
+            signed.append(len(blinded))
+            return await sign(blinded)
+
+        bank._sign = counting  # type: ignore[method-assign]
+        keys = await w.keys()
+        pending = blind_coins([keys[5]] * 4)
+        request = WithdrawRequest(amount=total(pending), blinded=tuple(p.asked for p in pending),
+                                  idempotency_key="poor")
+        await w.refused("payment.insufficient_funds", w.seller.request(  # holds EUR 0.00
+            "bank", BANK_SERVICE, "ecash_withdraw", request.to_wire()))
+        assert signed == []
+        coins = await w.withdraw([5, 2, 1], "w1")
+        deposited = await w.pay(coins[:1])
+        await w.moved()
+        signed.clear()
+        await w.refused("ecash.double_spent", w.swap(coins, [5, 2, 1]))
+        voucher = (await w.refund(deposited, Amount("EUR", 5))).confirmation
+        await w.redeem(voucher, coins[0].secret, [5])
+        await w.moved()
+        signed.clear()
+        await w.refused("ecash.voucher_used", w.redeem(voucher, coins[0].secret, [5], key="v2"))
+        assert signed == []
+
+
 def test_settings_are_checked(prebuilt: Path) -> None:
     """[components.ecash] settings out of range stop the bank with a ConfigError
     naming them (agent.bad_config at the command line)."""

@@ -45,7 +45,13 @@ from semper.agents.runtime._config import ConfigError
 from semper.agents.runtime._faults import crash_point
 from semper.services import Amount
 from semper.services.archive import Direction
-from semper.services.payment import BadRequest, RefundOrder, WrongCurrency, request_digest
+from semper.services.payment import (
+    BadRequest,
+    InsufficientFunds,
+    RefundOrder,
+    WrongCurrency,
+    request_digest,
+)
 from semper.services.payment.ecash._blind import BlindSigner
 from semper.services.payment.ecash._checks import (
     check_exchange,
@@ -300,6 +306,7 @@ class EcashBank(Component):
             await self._known()
             check_withdrawal(request.amount, request.blinded, self._keys_by_id(),
                              self.context.now_ms())
+            await self.context.database.read(lambda c: _covers(c, holder, request.amount))
             crash_point("ecash.withdraw.checked")
             signatures = await self._sign(request.blinded)
             stored = await self.context.database.transaction(lambda c: apply_withdrawal(
@@ -359,6 +366,9 @@ class EcashBank(Component):
                 request.spends, request.blinded, bank=self.context.id, keys_by_id=keys,
                 now_ms=now, voucher=voucher, voucher_signature=request.voucher_signature,
                 voucher_digest=voucher_digest))
+            # A coin or the voucher taken before: refused before any blind signature
+            # (and only to whoever holds the coin's key: the evidence is the first spend).
+            await self.context.database.read(lambda c: _takes(c, request))
             crash_point("ecash.exchange.checked")
             signatures = await self._sign(request.blinded)
             values = {s.coin.coin_key: keys[s.coin.key_id].value for s in request.spends}
@@ -553,6 +563,37 @@ def apply_deposit(book: BankBook, c: sqlite3.Connection, request: DepositRequest
     return Outcome(deposited, True)
 
 
+def _covers(c: sqlite3.Connection, holder: str, amount: Amount) -> None:
+    """Refuse, before any coin is signed, a withdrawal the holder's account cannot
+    pay (the transaction's move decides again).
+
+    Raises: UnknownAccount, InsufficientFunds (as ``ledger.move`` words them)."""
+    if _ledger.balance(c, holder, amount.currency) < amount:
+        raise InsufficientFunds(f"{holder}'s account does not cover {amount}",
+                                detail={"amount": amount.to_wire()})
+
+
+def _takes(c: sqlite3.Connection, request: ExchangeRequest) -> None:
+    """Refuse an exchange that brings a coin spent before or a voucher redeemed
+    before (or not issued here).
+
+    Raises: DoubleSpent, VoucherUsed, BadRequest (field ``voucher``)."""
+    if request.spends:
+        spent = _spent(c, request.spends)
+        decide_double_spend(request.spends, {
+            key: canonical_decode(first) for key, (first, _) in spent.items()})
+    if request.voucher is not None:
+        digest = request.voucher.digest
+        row = c.execute("SELECT redeemed FROM ecash_vouchers WHERE voucher = ?",
+                        (digest,)).fetchone()
+        if row is None:
+            raise BadRequest("no refund voucher of this bank has that digest",
+                             detail={"field": "voucher"})
+        if row[0] is not None:
+            raise VoucherUsed("the refund voucher was redeemed before",
+                              detail={"voucher": digest.hex()})
+
+
 def _stored_exchange(c: sqlite3.Connection, order: bytes, digest: bytes) -> list[bytes] | None:
     """The signatures answered to this very exchange before, if any.
 
@@ -577,17 +618,10 @@ def apply_exchange(book: BankBook, c: sqlite3.Connection, request: ExchangeReque
     stored = _stored_exchange(c, order, digest)
     if stored is not None:
         return stored
+    _takes(c, request)
     if request.spends:
-        spent = _spent(c, request.spends)
-        decide_double_spend(request.spends, {
-            key: canonical_decode(first) for key, (first, _) in spent.items()})
         _record_spent(c, request.spends, order, values)
     if request.voucher is not None:
-        row = c.execute("SELECT redeemed FROM ecash_vouchers WHERE voucher = ?",
-                        (request.voucher.digest,)).fetchone()
-        if row is None or row[0] is not None:
-            raise VoucherUsed("the refund voucher was redeemed before",
-                              detail={"voucher": request.voucher.digest.hex()})
         c.execute("UPDATE ecash_vouchers SET redeemed = ? WHERE voucher = ?",
                   (order, request.voucher.digest))
     c.execute("INSERT INTO ecash_exchanges (blinded_order, request, currency, value, answer)"
