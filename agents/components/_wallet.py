@@ -232,6 +232,15 @@ class Wallet(Component):
     async def balance(self, currency: str) -> int:
         return sum(int(v) * n for v, n in (await self.coins()).get(currency, {}).items())
 
+    async def unfit(self, amount: Amount) -> str | None:
+        """Why these coins cannot pay ``amount`` now (too few of its currency: an
+        exchange makes any change), or None: for choosing an instrument."""
+        held = await self.balance(amount.currency)
+        if held >= amount.minor_units:
+            return None
+        return (f"the wallet holds {Amount(amount.currency, held)} in coins "
+                "(semper wallet withdraw)")
+
     # -- the bank's keys ----------------------------------------------------------------
 
     async def _keys(self, currency: str) -> dict[int, _Denomination]:
