@@ -334,10 +334,10 @@ async def test_levels_and_the_market_policy_between_agents(folder: Path,
             assert (await pushy.outcome("low-cheque")).state == "failed"
             assert await _balance(low) == before
             # Without --pay it gets the transfer, its first choice.
-            shopper = Shopper(low)
-            done = await shopper.buy("seller", "song-003", None, "low-auto")
+            lows = Shopper(low)
+            done = await lows.buy("seller", "song-003", None, "low-auto")
             assert done.payment is not None and done.payment.module == "transfer"
-            assert shopper.choices["low-auto"] == "transfer: the seller accepts it for EUR 0.99"
+            assert lows.choices["low-auto"] == "transfer: the seller accepts it for EUR 0.99"
 
             # The market forbids transfer (and purse): the CA hands policy 2 out with
             # the CRL.
@@ -379,9 +379,15 @@ async def test_levels_and_the_market_policy_between_agents(folder: Path,
             assert caught.value.detail["module"] == "purse"
             # A low-level buyer now has nothing: neither cheque nor transfer.
             with pytest.raises(NoCommonInstrument) as nothing:
-                await Shopper(low).buy("seller", "song-003", None, "low-none")
+                await lows.buy("seller", "song-003", None, "low-none")
             assert "transfer is forbidden by the market" in nothing.value.message
             assert "cheque needs verified-identity" in nothing.value.message
+            # The seller's capabilities were asked again under the new policy, not
+            # taken from before it.
+            asked = lows._capabilities["seller"][1]
+            assert not {"transfer", "cheque"} & {m["name"] for m in asked["modules"]}
+            assert ["transfer", "is forbidden by the market"] in [
+                [d["name"], d["reason"]] for d in asked["declined"]]
 
 
 def test_market_policy_set_checks_its_input(tmp_path: Path) -> None:

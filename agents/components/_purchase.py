@@ -255,7 +255,8 @@ class Shopper:
         #: seller -> (certificate DER, offers as received, the verified catalogue and
         #: certificate): the last catalogue of each seller that verified.
         self._catalogues: dict[str, tuple[bytes, list[Any], Catalogue, Any]] = {}
-        #: seller -> (the channel it answered on, its payment capabilities).
+        #: seller -> (the channel it answered on and the market policy's serial then,
+        #: its payment capabilities).
         self._capabilities: dict[str, tuple[Any, Any]] = {}
         #: order (hex) -> what saves its accepted machine, with the first statement its
         #: payment signs, in one commit (see ``_ShopperContext``).
@@ -975,9 +976,10 @@ class Shopper:
 
 class _ShopperContext(AgentPaymentContext):
     """The payment context of a shopper's purchases: a seller's capabilities are
-    asked once per channel to it, not once per purchase. They are its configuration
-    (modules, limits, bank), which changes only with a restart, and a restarted
-    seller is reached over a new channel."""
+    asked once per channel to it and market policy, not once per purchase. They are
+    its configuration (modules, limits, bank, policy), which changes only with a
+    restart (a restarted seller is reached over a new channel), and the market
+    policy, which both sides take from the CA (protocol.md 8.9)."""
 
     def __init__(self, shopper: Shopper, transaction: str, peer: str) -> None:
         super().__init__(shopper.agent, transaction, peer)
@@ -1010,13 +1012,15 @@ class _ShopperContext(AgentPaymentContext):
             await self._save_accepted([])
             return await super().request(peer, service, op, body)
         channel = await self._agent.channel(peer)
+        asked = (channel, self._agent.market_policy.policy.serial)
         known = self._known.get(peer)
-        if known is not None and known[0] is channel and not channel.closed:
+        if known is not None and known[0][0] is channel and known[0][1] == asked[1] \
+                and not channel.closed:
             return known[1]
         answer = await super().request(peer, service, op, body)
         if len(self._known) >= _MAX_CATALOGUES:
             del self._known[next(iter(self._known))]
-        self._known[peer] = (channel, answer)
+        self._known[peer] = (asked, answer)
         return answer
 
 
