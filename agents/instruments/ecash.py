@@ -274,8 +274,10 @@ class EcashBank(Component):
             rows = await self.context.database.read(lambda c: [c.execute(
                 "SELECT key_id, private_key FROM ecash_keys WHERE key_id = ?",
                 (key_id,)).fetchone() for key_id in missing])
-            for key_id, pem in rows:
-                self._signers[key_id] = BlindSigner(_private_key(pem))
+            # ~50 ms a key (OpenSSL checks the RSA key as it loads): off the loop.
+            loaded = await trio.to_thread.run_sync(
+                lambda: [(key_id, BlindSigner(_private_key(pem))) for key_id, pem in rows])
+            self._signers.update(loaded)
         signers = [(self._signers[b.key_id], b.blinded) for b in blinded]
         if len(signers) > _THREAD_SIGNS:
             return await trio.to_thread.run_sync(_sign_all, signers)
