@@ -270,6 +270,38 @@ async def test_a_retry_with_fresh_instructions_for_the_same_order_holds_once(
         assert await w.moved() == {"seller": 99, HELD: -99}
 
 
+async def test_two_authorisations_of_one_order_racing_hold_once(market: Path) -> None:
+    """A member of the kind beyond the issue's list: the cardholder's retry and its
+    first attempt reach the gateway at once, under the merchant's two keys (the PI is
+    opened outside the transaction): one hold, both answered with it; and two
+    captures racing under two keys for the whole amount: one pays, the other is
+    refused."""
+    async with world(market) as w:
+        order = secrets.token_bytes(32)
+        requests = [await w.instructions(eur(77), order=order, merchant_key=f"race-{i}")
+                    for i in range(2)]
+        got: list[Any] = []
+
+        async def one(call: Any) -> None:
+            try:
+                got.append(await call)
+            except RemoteError as exc:
+                got.append(exc.code)
+
+        async with trio.open_nursery() as nursery:
+            for request in requests:
+                nursery.start_soon(one, w.authorize(request))
+        assert len(got) == 2 and got[0] == got[1] and isinstance(got[0], Authorization)
+        assert await w.moved() == {"buyer": -77, HELD: 77}
+        auth_id, got = got[0].authorization_id, []
+        async with trio.open_nursery() as nursery:
+            for key in ("race-cap-1", "race-cap-2"):
+                nursery.start_soon(one, w.capture(auth_id, eur(77), key))
+        assert sorted(map(str, (type(g).__name__ if isinstance(g, Statement) else g
+                                for g in got))) == ["Statement", "card.unknown_authorization"]
+        assert await w.moved() == {"seller": 77, HELD: -77}
+
+
 async def test_partial_capture_then_the_rest_goes_back(market: Path) -> None:
     async with world(market) as w:
         auth = await w.authorize(await w.instructions(eur(1000)))
