@@ -400,6 +400,27 @@ async def test_a_purchase_paid_in_coins_is_refunded_as_new_coins_once(
         assert not fresh & paid_with
 
 
+async def test_the_buyer_killed_inside_an_ecash_payment_then_rerun_pays_once(
+        market: Path) -> None:
+    """SIGKILL of ``semper buy --pay ecash`` after the bank answered the exchange made
+    for change (nothing of it stored), then after the coins were bound to the payment
+    (not yet shown to the seller), then the same command: paid once, the change kept,
+    no coin lost."""
+    command = ("buy", "--config", market / "buyer" / "agent.toml", "--seller", "seller",
+               "--item", "map-002", "--pay", "ecash", "--idempotency-key", "buy-killed")
+    async with world(market) as w:
+        await w.drain()
+        await w.wallet.withdraw(eur(2000), "w-for-killed-buy")  # one coin: change needed
+        await w.moved()
+        for point in ("wallet.exchange.answered", "wallet.spend.bound"):
+            assert await semper_killed_at(point, *command) == -signal.SIGKILL, point
+            assert await w.moved() == {}, point  # nothing deposited yet
+        assert await semper_killed_at(None, *command) == 0
+        assert await w.moved() == {OUTSTANDING: -480, "seller": 480}
+        assert await w.held() == 2000 - 480
+        assert set(await w.states()) <= {"fresh", "spent"}
+
+
 # -- the command line's refusals -------------------------------------------------------
 
 
