@@ -339,6 +339,21 @@ async def test_levels_and_the_market_policy_between_agents(folder: Path,
             assert done.payment is not None and done.payment.module == "transfer"
             assert lows.choices["low-auto"] == "transfer: the seller accepts it for EUR 0.99"
 
+            # What holds an instrument of ours may say it cannot pay the price now.
+            class Purse:
+                holds = ("transfer",)
+
+                async def can_pay(self, amount: Amount) -> str | None:
+                    return f"has only EUR 0.10 for {amount}"
+
+            buyer.components[Purse] = Purse()  # type: ignore[index,assignment]
+            try:
+                assert await Shopper(buyer).choose("seller", "song-003", "k") == (
+                    "cheque", "cheque: the seller accepts it for EUR 0.99; "
+                              "transfer has only EUR 0.10 for EUR 0.99")
+            finally:
+                del buyer.components[Purse]  # type: ignore[arg-type]
+
             # The market forbids transfer (and purse): the CA hands policy 2 out with
             # the CRL.
             set_market_policy(folder, forbidden=["transfer", "purse"])

@@ -321,13 +321,22 @@ class Shopper:
             ctx = _ShopperContext(self, offer.digest.hex(), seller)
             theirs = Capabilities.from_wire(
                 await ctx.request(seller, PAYMENT_SERVICE, PAYMENT_CAPABILITIES, {}))
+            # What holds an instrument of ours (coins, cards) may say it cannot pay
+            # the price now (optional ``can_pay(amount) -> reason or None``).
+            short: dict[str, str] = {}
+            for ours in self.payments.capabilities.modules:
+                holder = next((c for c in self.agent.components.values()
+                               if ours.name in getattr(c, "holds", ())), None)
+                can_pay = getattr(holder, "can_pay", None)
+                if can_pay is not None and (why := await can_pay(price)):
+                    short[ours.name] = str(why)
 
             def unfit(name: str) -> str | None:
                 if name == PURSE and not streamed:
                     return "pays streamed items only"
                 if fair and not hasattr(self.payments.module(name), "settles"):
                     return "cannot pay a fair purchase"
-                return None
+                return short.get(name)
 
             module, why = choose_instrument(
                 self.payments.capabilities, theirs, price, market=self.payments.market,
