@@ -321,12 +321,19 @@ async def test_an_outside_wallet_withdraws_pays_and_is_refused_the_same_coins_ag
 # -- 8.8: card -----------------------------------------------------------------------
 
 
+_CARDS: dict[Path, dict[str, str]] = {}
+
+
 async def my_card(folder: Path) -> dict[str, str]:
-    """The card `semper market init` issued: `semper wallet --json`'s `cards`."""
+    """The card `semper market init` issued: `semper wallet --json`'s `cards` (asked
+    once per market: a process)."""
+    if folder in _CARDS:
+        return _CARDS[folder]
     done = await trio.run_process(
         [str(Path(sys.executable).parent / "semper"), "wallet", "--json", "--config",
          str(folder / "buyer" / "agent.toml")], capture_stdout=True, capture_stderr=True)
     [card] = json.loads(done.stdout)["cards"]
+    _CARDS[folder] = card
     return card
 
 
@@ -492,3 +499,104 @@ async def test_an_outside_wallet_redeems_a_refund_and_makes_change_at_the_bank(
         other, price = await w.order("map-002", "ecash", "outsider-ecash-4")
         assert price == eur(480)
         await pay(w, [change[1], change[2], change[3], change[4], change[6]], other, price)
+
+
+async def test_the_refusals_an_outside_wallet_meets_are_the_documented_ones(
+        market: Path) -> None:
+    """8.7's codes and details, as the document says them, for what an outside wallet
+    gets wrong: a coin bound to another payee, a forged coin, a coin twice in one
+    proof, a withdrawal whose coins are not worth its amount or whose blinded
+    message is not below n, a withdrawal key reused for other coins."""
+    async with world(market) as w:
+        keys = await denominations(w)
+        [coin] = await withdraw(w, 200, "outsider-withdraw-4")
+        reference, _ = await w.order("map-002", "ecash", "outsider-ecash-5")  # EUR 4.80
+        [c20] = await withdraw(w, 20, "outsider-withdraw-5")
+        [c10] = await withdraw(w, 10, "outsider-withdraw-6")
+        [c50] = await withdraw(w, 50, "outsider-withdraw-7")
+
+        async def refused(spends: list[dict[str, Any]]) -> RemoteError:
+            with pytest.raises(RemoteError) as caught:
+                await w.call("seller", "payment", "accept", {
+                    "module": "ecash", "reference": reference, "proof": {"spends": spends}})
+            return caught.value
+
+        good = [c.spend(purpose="payment", payee="seller", reference=reference)
+                for c in (coin, coin, c50, c20, c10)]
+        elsewhere = coin.spend(purpose="payment", payee="notary", reference=reference)
+        forged = dict(good[0], coin=dict(good[0]["coin"], signature=bytes(256)))
+        for spends, code, detail in (
+                ([elsewhere], "ecash.bad_spend", {"coin_key": coin.coin_pub.hex()}),
+                ([forged], "ecash.bad_coin", {"coin_key": coin.coin_pub.hex()}),
+                (good, "ecash.bad_spend", {"field": "spends"}),
+                (good[1:], "payment.bad_request", {"field": "amount"})):
+            error = await refused(spends)
+            assert error.code == code, error
+            assert {k: error.detail.get(k) for k in detail} == detail, error.detail
+
+        async def withdrawal(values: list[int], units: int, key: str,
+                             blinded: bytes | None = None) -> RemoteError:
+            coins = draw(keys, values)
+            listed = [{"key_id": c.key_id,
+                       "blinded": blinded or blind(c.public, c.prepared)[0]} for c in coins]
+            with pytest.raises(RemoteError) as caught:
+                await w.call("bank", "bank", "ecash_withdraw", {
+                    "amount": eur(units), "blinded": listed, "idempotency_key": key})
+            return caught.value
+
+        error = await withdrawal([200, 50], 200, "outsider-bad-1")
+        assert (error.code, error.detail["field"]) == ("ecash.bad_withdrawal", "amount")
+        assert error.detail["amount"] == eur(200) and error.detail["coins"] == eur(250)
+        error = await withdrawal([20], 20, "outsider-bad-2", blinded=b"\xff" * 256)
+        assert (error.code, error.detail["field"], error.detail["index"]) == (
+            "ecash.bad_withdrawal", "blinded", 0)
+        error = await withdrawal([10], 10, "outsider-withdraw-6")  # that key, other coins
+        assert error.code == "payment.idempotency_conflict"
+
+
+async def test_the_refusals_an_outside_cardholder_meets_are_the_documented_ones(
+        market: Path) -> None:
+    """8.8's codes and fields for what an outside cardholder gets wrong: an OI of
+    another amount, a dual signature whose POMD or PIMD is not the proof's, a PI
+    sealed for another order (its OIMD not in the HPKE info); then the right proof
+    pays the same order."""
+    async with world(market) as w:
+        card = await my_card(market)
+        answer = await w.call("bank", "bank", "card_gateway_key", {})
+        gateway = x25519.X25519PublicKey.from_public_bytes(answer["key"]["body"]["public_key"])
+        suite = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.CHACHA20_POLY1305)
+        reference, amount = await w.order("song-003", "card", "outsider-card-2")
+
+        def proof(*, oi_amount: Any = None, pomd: bytes | None = None,
+                  pimd: bytes | None = None, info: bytes | None = None) -> dict[str, Any]:
+            oi = {"order": reference, "merchant": "seller", "amount": oi_amount or amount,
+                  "description": ""}
+            oimd = hashlib.sha256(b"semper-set-oi-v1\x00" + canonical(oi)).digest()
+            pi = {"number": card["number"], "expiry": card["expiry"], "amount": amount,
+                  "merchant": "seller", "order": oimd, "idempotency_key": "outsider-card-2",
+                  "nonce": os.urandom(16)}
+            real = hashlib.sha256(b"semper-set-pi-v1\x00" + canonical(pi)).digest()
+            dual = w.signer.sign("card.dual_signature", {
+                "pimd": real, "oimd": oimd,
+                "pomd": pomd or hashlib.sha256(real + oimd).digest()})
+            sealed = suite.encrypt(canonical(pi), gateway,
+                                   info=b"semper-set-pi-v1\x00" + (info or oimd))
+            return {"oi": oi, "pimd": pimd or real, "dual": dual, "sealed_pi": sealed,
+                    "cardholder_certificate": w.signer.certificate}
+
+        async def accept(proof: dict[str, Any]) -> Any:
+            return await w.call("seller", "payment", "accept",
+                                {"module": "card", "reference": reference, "proof": proof})
+
+        for wrong, code, detail in (
+                (proof(oi_amount=eur(1)), "payment.bad_request",
+                 {"type": "card.order_information", "field": "amount"}),
+                (proof(pomd=bytes(32)), "card.bad_dual_signature", {"field": "pomd"}),
+                (proof(pimd=bytes(32)), "card.bad_dual_signature", {"field": "pimd"}),
+                (proof(info=bytes(32)), "card.bad_instructions", {"field": "sealed_pi"})):
+            with pytest.raises(RemoteError) as refused:
+                await accept(wrong)
+            assert refused.value.code == code, refused.value
+            assert {k: refused.value.detail.get(k) for k in detail} == detail
+        result = await accept(proof())
+        assert result["settlement"]["type"] == "payment.card_captured"
