@@ -234,6 +234,13 @@ async def test_authorize_capture_refund_each_once(market: Path) -> None:
         assert await w.moved() == {"seller": 480, HELD: -480}
         assert await w.capture(auth.authorization_id, eur(480), "cap-a") == captured
         assert await w.moved() == {}
+        # The bank's evidence of the order, once each, under its OIMD.
+        answer = await w.seller.context.call("bank", CARD_AUTHORIZE, request)
+        kept = await w.bank.database.read(lambda c: c.execute(
+            "SELECT direction, digest FROM archive_records WHERE txn = ? ORDER BY seq",
+            (request.oimd.hex(),)).fetchall())
+        assert kept == [("received", request.dual.digest),
+                        ("sent", answer.authorization.digest), ("sent", captured.digest)]
         # Closed: nothing more to capture, under any key.
         await w.refused("card.unknown_authorization",
                         w.capture(auth.authorization_id, eur(1), "cap-b"))

@@ -238,7 +238,15 @@ def authorize_card(book: BankBook, c: sqlite3.Connection, request: AuthorizeRequ
               (checked.authorization_id, merchant, key, instructions, pi.number, holder,
                currency, pi.amount.minor_units, checked.oimd, checked.pimd, expires_ms,
                authorization.to_bytes(), entry, book.now_ms()))
-    book.archive(c, merchant, request.dual, authorization, request.cardholder_certificate)
+    # The order's statements at the bank go under one transaction, its OIMD (hex): the
+    # dual signature received, the authorisation sent, then each capture sent.
+    _archive.append(c, [
+        _archive.entry(request.dual, direction=Direction.RECEIVED, peer=merchant,
+                       transaction=checked.oimd.hex(),
+                       certificate=request.cardholder_certificate),
+        _archive.entry(authorization, direction=Direction.SENT, peer=merchant,
+                       transaction=checked.oimd.hex(), certificate=book.certificate),
+    ], now_ms=book.now_ms())
     crash_point("card.authorize.applied")  # all written, not committed
     return Outcome(authorization, True)
 
@@ -299,8 +307,7 @@ def capture_card(book: BankBook, c: sqlite3.Connection, request: CaptureRequest,
     book.settled(c, captured, payer=held.holder, payee=merchant, amount=request.amount,
                  entry=entry, reference=held.oimd, request=request_name)
     _archive.append(c, [_archive.entry(captured, direction=Direction.SENT, peer=merchant,
-                                       transaction=Statement.from_bytes(
-                                           held.authorization).digest.hex(),
+                                       transaction=held.oimd.hex(),
                                        certificate=book.certificate)], now_ms=now_ms)
     crash_point("card.capture.applied")  # all written, not committed
     return Outcome(captured, True)
