@@ -552,6 +552,9 @@ async def test_the_refusals_an_outside_wallet_meets_are_the_documented_ones(
             "ecash.bad_withdrawal", "blinded", 0)
         error = await withdrawal([10], 10, "outsider-withdraw-6")  # that key, other coins
         assert error.code == "payment.idempotency_conflict"
+        with pytest.raises(RemoteError) as caught:
+            await w.call("bank", "bank", "ecash_keys", {"currency": "USD"})
+        assert caught.value.code == "payment.currency_mismatch"
 
 
 async def test_the_refusals_an_outside_cardholder_meets_are_the_documented_ones(
@@ -562,6 +565,9 @@ async def test_the_refusals_an_outside_cardholder_meets_are_the_documented_ones(
     pays the same order."""
     async with world(market) as w:
         card = await my_card(market)
+        with pytest.raises(RemoteError) as caught:
+            await w.call("bank", "bank", "card_gateway_key", {"currency": "EUR"})
+        assert caught.value.code == "payment.bad_request"
         answer = await w.call("bank", "bank", "card_gateway_key", {})
         gateway = x25519.X25519PublicKey.from_public_bytes(answer["key"]["body"]["public_key"])
         suite = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.CHACHA20_POLY1305)
@@ -600,3 +606,45 @@ async def test_the_refusals_an_outside_cardholder_meets_are_the_documented_ones(
             assert {k: refused.value.detail.get(k) for k in detail} == detail
         result = await accept(proof())
         assert result["settlement"]["type"] == "payment.card_captured"
+
+
+async def test_an_outside_payee_deposits_coins_as_the_document_says(market: Path) -> None:
+    """The payee's steps of 8.7 by an outsider (the buyer, which has an account, paid
+    by its own coins): the spends checked, ``bank.ecash_deposit`` under the
+    documented key, the same deposit again answered the same, the coins for another
+    reference refused with the first spend as evidence; and a withdrawal sent again
+    after a lost answer gets the same blind signatures."""
+    async with world(market) as w:
+        coins = await withdraw(w, 70, "outsider-withdraw-8")
+        reference = os.urandom(32)
+        spends = [c.spend(purpose="payment", payee="buyer", reference=reference)
+                  for c in coins]
+        key = "ecash-" + hashlib.sha256(b"semper-ecash-deposit-v1\x00" + canonical(
+            [reference, [c.coin_pub for c in coins]])).hexdigest()[:40]
+        request = {"spends": spends, "reference": reference, "amount": eur(70),
+                   "idempotency_key": key}
+        answer = await w.call("bank", "bank", "ecash_deposit", request)
+        body = verify(answer["deposited"], answer["bank_certificate"], root=w.root,
+                      type="payment.ecash_deposited", signer="bank")
+        assert body == {"bank": "bank", "payee": "buyer", "amount": eur(70),
+                        "reference": reference, "coins": [c.coin_pub for c in coins],
+                        "entry": body["entry"]}
+        assert await w.call("bank", "bank", "ecash_deposit", request) == answer
+        other = [c.spend(purpose="payment", payee="buyer", reference=b"other")
+                 for c in coins]
+        with pytest.raises(RemoteError) as refused:
+            await w.call("bank", "bank", "ecash_deposit", {
+                "spends": other, "reference": b"other", "amount": eur(70),
+                "idempotency_key": "outsider-deposit-2"})
+        assert refused.value.code == "ecash.double_spent"
+        assert refused.value.detail == {"coin_key": coins[0].coin_pub.hex(), "first": spends[0]}
+
+        # Step 2's crash rule: the stored request again, the same signatures.
+        keys = await denominations(w)
+        [coin] = draw(keys, [5])
+        blinded, inv = blind(coin.public, coin.prepared)
+        withdrawal = {"amount": eur(5), "blinded": [{"key_id": coin.key_id, "blinded": blinded}],
+                      "idempotency_key": "outsider-withdraw-9"}
+        first = await w.call("bank", "bank", "ecash_withdraw", withdrawal)
+        assert await w.call("bank", "bank", "ecash_withdraw", withdrawal) == first
+        finalize(coin.public, coin.prepared, first["blind_signatures"][0], inv)
