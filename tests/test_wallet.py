@@ -384,6 +384,7 @@ async def test_a_purchase_paid_in_coins_is_refunded_as_new_coins_once(
         assert await w.held() == 2000 - price
         paid_with = {k for (k,) in await w.buyer.database.read(lambda c: c.execute(
             "SELECT coin_key FROM ecash_coins WHERE spend = 'buy-ecash-1'").fetchall())}
+        assert paid_with  # the coins the purchase was paid with, bound to its key
         lose(monkeypatch, BANK_ECASH_EXCHANGE)
         with pytest.raises(RequestTimeout):
             await shopper.refund("buy-ecash-1")
@@ -418,7 +419,12 @@ async def test_the_buyer_killed_inside_an_ecash_payment_then_rerun_pays_once(
         assert await semper_killed_at(None, *command) == 0
         assert await w.moved() == {OUTSTANDING: -480, "seller": 480}
         assert await w.held() == 2000 - 480
-        assert set(await w.states()) <= {"fresh", "spent"}
+        paid = await w.buyer.database.read(lambda c: c.execute(
+            "SELECT state, sum(value) FROM ecash_coins WHERE spend = 'buy-killed'"
+            " GROUP BY state").fetchall())
+        assert paid == [("spent", 480)]
+        assert await w.buyer.database.read(lambda c: c.execute(
+            "SELECT count(*) FROM ecash_batches WHERE state = 'pending'").fetchone()[0]) == 0
 
 
 # -- the command line's refusals -------------------------------------------------------
