@@ -305,6 +305,11 @@ async def test_an_outside_wallet_withdraws_pays_and_is_refused_the_same_coins_ag
                            "entry": settled["entry"]}
         # The same proof handed over again is the same payment: the first result.
         assert await w.call("seller", "payment", "accept", accept) == result
+        fetched = await w.call("seller", "commerce", "fetch", {"order": reference})
+        receipt = verify(fetched["receipt"], w.seller_certificate, root=w.root,
+                         type="commerce.receipt", signer="seller")
+        assert (receipt["payment"], receipt["payment_type"]) == (
+            digest(result["settlement"]), "payment.ecash_deposited")
 
         # The same coins for another order: the seller deposits, the bank refuses.
         other, _ = await w.order("guide-001", "ecash", "outsider-ecash-2")
@@ -481,6 +486,8 @@ async def test_an_outside_wallet_redeems_a_refund_and_makes_change_at_the_bank(
                               {"order": reference, "reason": "changed my mind"})
         refund = answer["refund"]
         voucher = refund["confirmation"]
+        assert (refund["original"], refund["payer"], refund["payee"], refund["amount"]) == (
+            digest(result["settlement"]), "seller", "buyer", amount)
         body = verify(voucher, refund["bank_certificate"], root=w.root,
                       type="ecash.refund_voucher", signer="bank")
         assert (body["original"], body["amount"], body["refund_key"]) == (
