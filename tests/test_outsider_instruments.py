@@ -7,8 +7,12 @@ signature and the HPKE-sealed PI (8.8), handed over with ``payment.accept`` (8.3
 to a real seller paid through a real bank. Nothing instrument-specific comes from
 semper: only the TLS channel (an ``Agent`` used as a transport, as
 tests/test_hardening_outsider.py does) and, for the card, ``semper wallet --json``.
-Each place where the document was not enough was fixed there (see the report of
-issue 11, helper I2).
+Where the document was not enough it was fixed there: the payment result's
+settlement, a refund order's original, a receipt's payment_type and the refund's
+confirmation named only transfer and cheque statements (an ecash refund is an
+``ecash.refund_voucher``); ``bank.ecash_exchange`` takes coins and a voucher together;
+a card proof handed over again with a new PI is the same payment; the spend checks'
+``key_id``/``coin_key`` details are hex and ``ecash.bad_withdrawal``'s are amounts.
 """
 
 from __future__ import annotations
