@@ -59,8 +59,9 @@ class WalletAmount(click.ParamType):
                 digits = len(str(Amount(currency, 0)).partition(".")[2])
                 whole, frac = decimal.groups()
                 if len(frac) != digits:
-                    raise BadAmount(f"{currency} has {digits} minor digits: write "
-                                    f"{currency}:{whole}.{'0' * digits}, not {text!r:.40}")
+                    shape = f"{whole}.{'0' * digits}" if digits else whole
+                    raise BadAmount(f"{currency} amounts have {digits} digits after the "
+                                    f"point (as {currency}:{shape}), not {text!r:.40}")
                 amount = Amount.parse(f"{currency}:{int(whole) * 10**digits + int(frac)}")
             else:
                 amount = Amount.parse(text)
