@@ -719,21 +719,45 @@ async def test_what_the_bank_keeps_at_withdrawal_never_appears_at_deposit(market
 def live_world(market: Path) -> Iterator[tuple[World, Callable[..., Any]]]:
     """The three agents running in a trio loop of their own thread, for a Hypothesis
     state machine (synchronous) to drive: ``call(async_fn, *args)`` runs one step
-    there, bounded by DEADLINE."""
+    there, bounded by DEADLINE. ``call(restart)`` stops the bank and starts another
+    on the same files (its caches of keys and signers start empty)."""
     ready = threading.Event()
-    box: dict[str, Any] = {}
+    box: dict[str, Any] = {"again": None, "restarted": []}
+
+    async def first_of(*events: trio.Event) -> None:
+        async with trio.open_nursery() as nursery:
+            async def wait(event: trio.Event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+
+            for event in events:
+                nursery.start_soon(wait, event)
 
     async def serve() -> None:
         clock = Clock()
-        bank = Agent(bank_config(market), clock=clock)
         buyer = Agent(config_of(market, "buyer"), clock=clock)
         seller = Agent(config_of(market, "seller"), clock=clock)
-        async with running(bank), running(buyer), running(seller):
-            box["world"] = World(bank, buyer, seller, clock)
-            box["token"] = trio.lowlevel.current_trio_token()
-            box["stop"] = trio.Event()
-            ready.set()
-            await box["stop"].wait()
+        async with running(buyer), running(seller):
+            world = World(None, buyer, seller, clock)  # type: ignore[arg-type]
+            stop = trio.Event()
+            box.update(world=world, token=trio.lowlevel.current_trio_token(), stop=stop)
+            for _ in range(10_000):  # one bank a round; bounded
+                box["again"] = again = trio.Event()
+                async with running(Agent(bank_config(market), clock=clock)) as bank:
+                    world.bank = bank
+                    ready.set()
+                    for done in box["restarted"]:
+                        done.set()
+                    box["restarted"].clear()
+                    await first_of(stop, again)
+                if stop.is_set():
+                    break
+
+    async def restart() -> None:
+        done = trio.Event()
+        box["restarted"].append(done)
+        box["again"].set()
+        await done.wait()
 
     def main() -> None:
         try:
@@ -755,12 +779,14 @@ def live_world(market: Path) -> Iterator[tuple[World, Callable[..., Any]]]:
 
             return trio.from_thread.run(bounded, trio_token=box["token"])
 
+        box["world"].restart = partial(call, restart)
         yield box["world"], call
     finally:
         if "stop" in box:
             trio.from_thread.run_sync(box["stop"].set, trio_token=box["token"])
         thread.join(DEADLINE)
-        assert not thread.is_alive()
+        assert not thread.is_alive(), box.get("error")
+        assert "error" not in box, box["error"]
 
 
 @dataclass
@@ -768,7 +794,8 @@ class Deposit:
     statement: Statement
     amount: int
     refunded: int
-    first: Held  # its first coin: whose key redeems a voucher
+    coins: list[Held]  # the first one's key redeems a voucher
+    reference: bytes
 
 
 class EcashTraffic(RuleBasedStateMachine):
@@ -793,6 +820,7 @@ class EcashTraffic(RuleBasedStateMachine):
         self.withdrawals: list[tuple[list[Pending], str, WithdrawAnswer]] = []
         self.taken: set[bytes] = set()  # coin keys the bank took (deposit or exchange)
         self.count = 0
+        self.restarted = False
 
     def fresh(self, what: str) -> str:
         self.count += 1
@@ -870,7 +898,7 @@ class EcashTraffic(RuleBasedStateMachine):
             self.held.remove(held)
             self.spent.append((held, reference))
             self.taken.add(held.coin.coin_key)
-        self.deposits.append(Deposit(deposited, amount.minor_units, 0, coins[0]))
+        self.deposits.append(Deposit(deposited, amount.minor_units, 0, coins, reference))
         self.delta["seller"] += amount.minor_units
         self.delta[OUTSTANDING] -= amount.minor_units
 
@@ -913,7 +941,7 @@ class EcashTraffic(RuleBasedStateMachine):
         answer = self.expect(None, self.world.refund, deposit.statement, Amount("EUR", amount),
                              self.fresh("r"))
         deposit.refunded += amount
-        self.vouchers.append((answer.confirmation, deposit.first, False))
+        self.vouchers.append((answer.confirmation, deposit.coins[0], False))
         self.delta["seller"] -= amount
         self.delta[OUTSTANDING] += amount
 
@@ -932,6 +960,24 @@ class EcashTraffic(RuleBasedStateMachine):
                                  self.fresh("v"))
         self.vouchers[position] = (voucher, first, True)
         self.newest()
+
+    @precondition(lambda self: not self.restarted)  # once an example: a start costs
+    @rule()
+    def restart(self) -> None:
+        """The bank stopped and started again: what it answered stays answered."""
+        self.world.restart()  # type: ignore[attr-defined]
+        self.restarted = True
+        event("bank restarted")
+
+    @precondition(lambda self: self.deposits)
+    @rule(data=st.data())
+    def deposit_again(self, data: st.DataObject) -> None:
+        """The seller's retry of a deposit (a lost answer, under another key): the
+        same settlement, even after the coins' keys stopped taking deposits."""
+        deposit = data.draw(st.sampled_from(self.deposits))
+        again = self.expect(None, partial(self.world.pay, deposit.coins,
+                                          reference=deposit.reference, key=self.fresh("d")))
+        assert again == deposit.statement
 
     @rule(minutes=st.integers(0, 100))
     def advance(self, minutes: int) -> None:
