@@ -175,7 +175,8 @@ def test_market_help_promises_only_what_it_has() -> None:
     status, out, _ = semper("market", "--help")
     assert status == 0
     assert "inspect" not in out
-    assert [name for name in cli.commands["market"].commands] == ["init"]  # type: ignore[attr-defined]
+    assert [name for name in cli.commands["market"].commands] == [  # type: ignore[attr-defined]
+        "init", "policy"]
 
 
 def test_market_init_says_to_start_the_ca_first(tmp_path: Path) -> None:
