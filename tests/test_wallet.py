@@ -366,11 +366,11 @@ async def test_a_purchase_paid_in_coins_is_refunded_as_new_coins_once(
         with pytest.raises(InsufficientCoins):  # no coins: refused, nothing moved
             await shopper.buy("seller", "map-002", "ecash", "buy-ecash-poor")
         assert await w.moved() == {}
-        assert await w.wallet.unfit(eur(1)) == ("the wallet holds EUR 0.00 in coins "
+        assert await w.wallet.can_pay(eur(1)) == ("the wallet holds EUR 0.00 in coins "
                                                 "(semper wallet withdraw)")
         await w.wallet.withdraw(eur(2000), "w-for-purchase")
         await w.moved()
-        assert await w.wallet.unfit(eur(2000)) is None
+        assert await w.wallet.can_pay(eur(2000)) is None
         done = await shopper.buy("seller", "map-002", "ecash", "buy-ecash-1")
         assert done.state == "done" and done.payment is not None
         assert done.payment.module == "ecash"

@@ -232,7 +232,7 @@ class Wallet(Component):
     async def balance(self, currency: str) -> int:
         return sum(int(v) * n for v, n in (await self.coins()).get(currency, {}).items())
 
-    async def unfit(self, amount: Amount) -> str | None:
+    async def can_pay(self, amount: Amount) -> str | None:
         """Why these coins cannot pay ``amount`` now (too few of its currency: an
         exchange makes any change), or None: for choosing an instrument."""
         held = await self.balance(amount.currency)
