@@ -110,6 +110,8 @@ class MarketPolicyBook:
         self._take(kept, quiet=True)
 
     def _take(self, data: object, *, quiet: bool = False) -> bool:
+        if self.statement is not None and data == self.statement.to_bytes():
+            return False  # the one we hold (the CA rereads its file at every request)
         try:
             statement = Statement.from_bytes(data) if isinstance(data, bytes) \
                 else Statement.from_wire(data)
