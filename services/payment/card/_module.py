@@ -77,6 +77,9 @@ class CardModule:
     the bank's gateway; the merchant never sees the card, the gateway never the order."""
 
     name: ClassVar[str] = "card"
+    #: The gateway holds the amount at authorisation and captures it before the goods
+    #: go: a card payment the seller accepted cannot bounce (services/payment/_policy).
+    guaranteed: ClassVar[bool] = True
 
     async def pay(self, ctx: PayerContext, request: PaymentRequest) -> PaymentResult:
         cards = ctx.holder("card")
