@@ -36,7 +36,18 @@ receipt), timed here in the same run, on every core the machine gives this proce
 ``crypto_floor_ratio`` = purchases_per_s / crypto_floor_purchases_per_s.
 
     python bench/payments.py [--json] [--seconds S] [--buyers B] [--concurrency C]
-                             [--pay transfer|cheque|both] [--profile DIR]
+                             [--pay transfer|cheque|ecash|card|both] [--coins N]
+                             [--profile DIR]
+
+``--pay ecash``: before the window, each buyer process withdraws its coins one
+purchase's worth (the SKU's price) at a time, ``--coins`` times (default: 60 a second
+of the window, plus one for each purchase in flight), so that every purchase in the
+window pays with exact coins from its wallet (no exchange) and the seller deposits
+them. ``--pay card``: the seller's ``payment.accept`` authorises and captures at the
+bank's gateway. For both the census also counts, and the floor times, what these
+instruments add: RSA-PSS verifications of coins (``verify_rsa``), blind signatures
+(``blind_sign``, the bank's exchanges, if any) and HPKE seals and opens of the card's
+payment instructions (``hpke_seal``, ``hpke_open``).
 
 Defaults: 2 buyer processes of 32 purchases in flight, 20 s, ``transfer``.
 ``--json`` prints one object with ``purchases_per_s``, ``floor_purchases_per_s``,
@@ -68,17 +79,23 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from cryptography.hazmat.primitives.asymmetric import rsa, x25519
 
 from semper.agents import Agent, AgentConfig
 from semper.agents.components import _bank, _ledger
 from semper.agents.components._purchase import Shopper
+from semper.agents.components._wallet import Wallet
 from semper.agents.operator._market import init_market
 from semper.agents.runtime._storage import Database
 from semper.services import Amount
 from semper.services.certificates import Level, load_certificate, load_crl
+from semper.services.payment.card import _set as card_set
+from semper.services.payment.ecash import _blind as blind_rsa
+from semper.services.payment.ecash._blind import BlindSigner
 from semper.transport import Channel, ServiceRegistry, make_hello, open_channel, serve
 
 SKU = "song-003"  # EUR 0.99 in the market's demo catalogue
+PRICE = Amount("EUR", 99)  # its price: the coins one purchase by ecash spends
 SELLER = "seller"
 FUNDS = Amount("EUR", 100_000_000)  # minted for each buyer: a million purchases
 CENSUS_PURCHASES = 3
@@ -96,6 +113,20 @@ ED25519_OPS = {
     "Certificate.verify_directly_issued_by": "verify_certificate",
     "CertificateRevocationList.is_signature_valid": "verify_crl",
 }
+#: The other public-key operations of an instrument, by the census's names: a coin's
+#: RSA-PSS signature checked (ecash), the card's payment instructions sealed to the
+#: gateway and opened by it (HPKE). A blind signature is counted apart (``blind_sign``:
+#: ``BlindSigner.sign``, OpenSSL through ctypes, which the profiler hook does not see).
+OTHER_OPS = {
+    "RSAPublicKey.verify": "verify_rsa",
+    "Suite.encrypt": "hpke_seal",
+    "Suite.decrypt": "hpke_open",
+}
+CRYPTO_OPS = {**ED25519_OPS, **OTHER_OPS}
+#: The ledger entry kind of one payment of each instrument at the bank.
+PAYMENT_KINDS = {"transfer": "transfer", "cheque": "cheque", "ecash": "ecash.deposited",
+                 "card": "card.captured"}
+MODULES = tuple(PAYMENT_KINDS)
 
 
 def agent_config(market: Path, agent_id: str) -> AgentConfig:
@@ -112,7 +143,7 @@ def make_market(folder: Path, buyers: int) -> Path:
     market = folder / "market"
     agents = [("bank", "bank", Level.VERIFIED_IDENTITY),
               (SELLER, "seller", Level.VERIFIED_CONTACT)]
-    agents += [(b, "buyer", Level.VERIFIED_CONTACT) for b in buyer_ids(buyers)]
+    agents += [(b, "buyer", Level.VERIFIED_IDENTITY) for b in buyer_ids(buyers)]
     init_market(market, agents=agents)
     database = Database.open_sync(market / "bank" / "data" / "agent.sqlite", _bank.MIGRATIONS)
     try:
@@ -135,12 +166,18 @@ def census(market: Path, module: str) -> dict[str, float]:
 
     def hook(frame: Any, event: str, arg: Any) -> None:
         if event == "c_call" and active[0]:
-            name = ED25519_OPS.get(getattr(arg, "__qualname__", ""))
+            name = CRYPTO_OPS.get(getattr(arg, "__qualname__", ""))
             if name is not None:
                 counts[name] += 1
 
     run_group, transaction_sync = Database._run_group, Database.transaction_sync
     request = Channel.request
+    blind_sign = BlindSigner.sign
+
+    def counting_blind_sign(self: BlindSigner, blinded: bytes) -> bytes:
+        if active[0]:
+            counts["blind_sign"] += 1
+        return blind_sign(self, blinded)
 
     def counting_group(self: Database, fns: list[Any]) -> Any:
         if active[0]:
@@ -162,6 +199,7 @@ def census(market: Path, module: str) -> dict[str, float]:
     Database._run_group = counting_group  # type: ignore[method-assign]
     Database.transaction_sync = counting_sync  # type: ignore[method-assign]
     Channel.request = counting_request  # type: ignore[method-assign]
+    BlindSigner.sign = counting_blind_sign  # type: ignore[method-assign]
     threading.setprofile(hook)  # the worker threads SQLite work runs in (the bank signs there)
     sys.setprofile(hook)
 
@@ -173,6 +211,7 @@ def census(market: Path, module: str) -> dict[str, float]:
             await nursery.start(seller.run)
             async with buyer.session():
                 shopper = Shopper(buyer)
+                await withdraw_coins(buyer, module, CENSUS_PURCHASES + 1, "census")
                 await shopper.buy(SELLER, SKU, module, f"census-warm-{module}")  # channels
                 active[0] = True
                 for n in range(CENSUS_PURCHASES):
@@ -184,6 +223,17 @@ def census(market: Path, module: str) -> dict[str, float]:
     sys.setprofile(None)
     threading.setprofile(None)  # type: ignore[arg-type]
     return {key: value / CENSUS_PURCHASES for key, value in counts.items()}
+
+
+async def withdraw_coins(buyer: Agent, module: str, count: int, tag: str) -> None:
+    """For ``--pay ecash``: ``count`` purchases' worth of coins into ``buyer``'s
+    wallet, one purchase's (``PRICE``) per withdrawal, so that each purchase finds
+    exact coins and exchanges none. Nothing for another instrument."""
+    if module != "ecash":
+        return
+    wallet = buyer.component(Wallet)
+    for n in range(count):
+        await wallet.withdraw(PRICE, f"{buyer.id}-{tag}-coins-{n}")
 
 
 def run_census(market: Path, module: str) -> dict[str, float]:
@@ -224,6 +274,29 @@ def time_signatures(market: Path) -> dict[str, float]:
         "verify": _best_mean(lambda: public.verify(signature, message), 500),
         "verify_certificate": _best_mean(lambda: certificate.verify_directly_issued_by(root), 500),
         "verify_crl": _best_mean(lambda: crl.is_signature_valid(root_key), 500),
+        **time_instrument_ops(),
+    }
+
+
+def time_instrument_ops() -> dict[str, float]:
+    """Seconds per operation of ``OTHER_OPS`` and a blind signature, as the
+    instruments make them: RSA-2048 PSS/SHA-384 (RFC 9474's coins; the bank's
+    ``BlindSigner``) and the card's HPKE suite on a payment-instructions-sized body."""
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    rsa_public = rsa_key.public_key()
+    prepared = blind_rsa.prepare(os.urandom(85))  # a coin's message: domain, key id, key
+    blinded, inv = blind_rsa.blind(rsa_public, prepared)
+    signer = BlindSigner(rsa_key)
+    coin = blind_rsa.finalize(rsa_public, prepared, signer.sign(blinded), inv)
+    gateway = x25519.X25519PrivateKey.generate()
+    plain, info = os.urandom(220), os.urandom(64)
+    sealed = card_set.SUITE.encrypt(plain, gateway.public_key(), info=info)
+    return {
+        "verify_rsa": _best_mean(lambda: blind_rsa.verify(rsa_public, prepared, coin), 300),
+        "blind_sign": _best_mean(lambda: signer.sign(blinded), 100),
+        "hpke_seal": _best_mean(
+            lambda: card_set.SUITE.encrypt(plain, gateway.public_key(), info=info), 300),
+        "hpke_open": _best_mean(lambda: card_set.SUITE.decrypt(sealed, gateway, info=info), 300),
     }
 
 
@@ -291,12 +364,17 @@ def time_round_trip(market: Path, count: int = 1000) -> float:
     return result[0]
 
 
+#: What the floor adds up, in the order the report lists it.
+FLOOR_PARTS = (*ED25519_OPS.values(), *OTHER_OPS.values(), "blind_sign", "commits",
+               "round_trips")
+
+
 def floor_of(counts: dict[str, float], times: dict[str, float]) -> dict[str, Any]:
     """The floor's parts: per purchase, how many of each, microseconds each, and the
     milliseconds they add up to."""
     parts: dict[str, Any] = {}
     total = 0.0
-    for name in (*ED25519_OPS.values(), "commits", "round_trips"):
+    for name in FLOOR_PARTS:
         count = counts.get(name, 0.0)
         seconds = count * times[name]
         total += seconds
@@ -326,7 +404,7 @@ def _ready(process: subprocess.Popen, prefix: bytes) -> None:
 
 
 def purchases(market: Path, *, module: str, seconds: float, buyers: int, concurrency: int,
-              profile: Path | None) -> dict[str, Any]:
+              coins: int, profile: Path | None) -> dict[str, Any]:
     """Purchases per second with the bank and the seller each one process, and
     ``buyers`` buyer processes of ``concurrency`` purchases in flight each."""
     paid_before = _check_bank(market, module)
@@ -342,7 +420,8 @@ def purchases(market: Path, *, module: str, seconds: float, buyers: int, concurr
         for buyer in buyer_ids(buyers):
             workers.append(_spawn(
                 [sys.executable, str(HERE), "--worker", str(market), "--buyer", buyer,
-                 "--pay", module, "--seconds", str(seconds), "--concurrency", str(concurrency)],
+                 "--pay", module, "--seconds", str(seconds), "--concurrency", str(concurrency),
+                 "--coins", str(coins)],
                 profile, buyer, stdin=subprocess.PIPE))
         for worker in workers:
             _ready(worker, b"ready")
@@ -398,25 +477,29 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def _check_bank(market: Path, module: str) -> int:
     """Checks that the bank's books balance; returns how many payments of ``module``
-    it has applied."""
+    it has applied (its ``PAYMENT_KINDS`` entries)."""
     database = Database.open_sync(market / "bank" / "data" / "agent.sqlite", _bank.MIGRATIONS)
     try:
         database.read_sync(_ledger.check_books)
         paid = database.read_sync(lambda c: c.execute(
-            "SELECT count(*) FROM ledger_entries WHERE kind = ?", (module,)).fetchone()[0])
+            "SELECT count(*) FROM ledger_entries WHERE kind = ?",
+            (PAYMENT_KINDS[module],)).fetchone()[0])
     finally:
         database.close()
     return paid  # type: ignore[no-any-return]
 
 
-def worker(market: Path, buyer: str, module: str, seconds: float, concurrency: int) -> None:
+def worker(market: Path, buyer: str, module: str, seconds: float, concurrency: int,
+           coins: int) -> None:
     """One buyer process: ``concurrency`` purchases at a time for ``seconds`` after
-    ``go`` on stdin; prints ``{purchases, failed, latencies_ms}``."""
+    ``go`` on stdin; prints ``{purchases, failed, latencies_ms}``. For ecash it
+    first withdraws ``coins`` purchases' worth of coins (and one for its warm-up)."""
 
     async def run() -> dict[str, Any]:
         agent = Agent(agent_config(market, buyer))
         async with agent.session():
             shopper = Shopper(agent)
+            await withdraw_coins(agent, module, coins + 1, "worker")
             await shopper.buy(SELLER, SKU, module, f"{buyer}-warm-{module}")  # the channels
             print("ready", flush=True)
             await trio.to_thread.run_sync(sys.stdin.readline)
@@ -513,7 +596,7 @@ def print_report(report: dict[str, Any], args: argparse.Namespace) -> None:
     print("  CPU ms per purchase: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
           + f" (total {sum(cpu.values()):.2f})")
     print(f"  the floor, per purchase: {'count':>7} {'us each':>9} {'ms':>8}")
-    for name in (*ED25519_OPS.values(), "commits", "round_trips"):
+    for name in FLOOR_PARTS:
         part = floor[name]
         print(f"    {name:22} {part['count']:7.2f} {part['us_each']:9.1f} {part['ms']:8.3f}")
 
@@ -526,7 +609,11 @@ def main() -> None:
     parser.add_argument("--buyers", type=int, default=2, help="buyer processes")
     parser.add_argument("--concurrency", type=int, default=32,
                         help="purchases in flight per buyer process")
-    parser.add_argument("--pay", choices=("transfer", "cheque", "both"), default="transfer")
+    parser.add_argument("--pay", choices=(*MODULES, "both"), default="transfer",
+                        help="the instrument (both: transfer, then cheque)")
+    parser.add_argument("--coins", type=int, help="ecash: purchases' worth of coins each "
+                        "buyer withdraws before the window (default 60 per second of it "
+                        "plus --concurrency)")
     parser.add_argument("--profile", type=Path, help="cProfile the processes into DIR")
     parser.add_argument("--dir", type=Path, help="where the market goes (default: a "
                         "temporary folder); the floor's commits are timed there too")
@@ -538,11 +625,12 @@ def main() -> None:
         print(json.dumps(census(args.census, args.pay)))
         return
     if args.worker is not None:
-        worker(args.worker, args.buyer, args.pay, args.seconds, args.concurrency)
+        worker(args.worker, args.buyer, args.pay, args.seconds, args.concurrency, args.coins)
         return
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     modules = ("transfer", "cheque") if args.pay == "both" else (args.pay,)
+    coins = args.coins if args.coins is not None else int(60 * args.seconds) + args.concurrency
     with tempfile.TemporaryDirectory(dir=args.dir) as name:
         folder = Path(name)
         market = make_market(folder, args.buyers)
@@ -552,7 +640,7 @@ def main() -> None:
             counts = run_census(market, module)
             runs.append((module, counts, purchases(
                 market, module=module, seconds=args.seconds, buyers=args.buyers,
-                concurrency=args.concurrency, profile=args.profile)))
+                concurrency=args.concurrency, coins=coins, profile=args.profile)))
         # Timed before and after the purchases; the faster of the two is kept, so a
         # slow spell of the disk or the machine cannot lower the floor.
         after = time_floor(market, folder)
