@@ -11,15 +11,18 @@ import re
 from collections.abc import Iterator
 
 import pytest
+from cli_helpers import refused as refused_in_process
+from cli_helpers import semper as in_process
 from test_cli import AgentProcess, Market, assert_one_line_failure, semper, start_agents
 
+from semper.agents.operator._market import init_market
 from semper.agents.runtime._config import AgentConfig
 
 
 @pytest.fixture(scope="module")
 def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
     market = Market(tmp_path_factory.mktemp("policy-cli") / "market", None)
-    assert semper("market", "init", market.root, timeout=30).returncode == 0
+    init_market(market.root)
     # The buyer prefers transfer, then cheque (whatever else is installed).
     path = market.config("buyer")
     config = AgentConfig.load(path)
@@ -51,11 +54,13 @@ def buy(market: Market, sku: str, *extra: str) -> object:
 
 def test_a_forbidden_instrument_is_refused_and_another_chosen(
         market: Market, agents: dict[str, AgentProcess]) -> None:
-    shown = semper("market", "policy", market.root)
-    assert shown.stdout == ("market policy 1: allowed any; forbidden none; required none\n")
-    done = semper("market", "policy", market.root, "--set", "--forbid", "transfer")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("market policy 2: allowed any; forbidden transfer;")
+    # The operator's commands need no network: in this process.
+    status, out, _ = in_process("market", "policy", market.root)
+    assert (status, out) == (0, "market policy 1: allowed any; forbidden none; required none\n")
+    status, out, err = in_process("market", "policy", market.root, "--set", "--forbid",
+                                  "transfer")
+    assert status == 0, err
+    assert out.startswith("market policy 2: allowed any; forbidden transfer;")
     refused = buy(market, "guide-001", "--pay", "transfer")
     line = assert_one_line_failure(refused, "payment.forbidden_instrument")
     assert "transfer is forbidden by the market (market policy 2)" in line
@@ -72,6 +77,5 @@ def test_a_forbidden_instrument_is_refused_and_another_chosen(
     text = re.sub(r"[\s│|]+", " ", table.stdout)
     assert "cheque: the seller accepts it for EUR 4.80; transfer is forbidden by the market" \
         in text
-    bad = semper("market", "policy", market.root, "--set", "--forbid", "cheque", "--require",
-                 "cheque")
-    assert_one_line_failure(bad, "payment.bad_market_policy")
+    refused_in_process(in_process("market", "policy", market.root, "--set", "--forbid",
+                                  "cheque", "--require", "cheque"), "payment.bad_market_policy")
