@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from market_helpers import DEADLINE, config_of, running, wait_until
 
 from semper.agents.components._payments import MARKET_POLICY_FILE, MarketPolicyBook
@@ -419,3 +421,38 @@ def test_market_policy_set_checks_its_input(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         sign_market_policy(MarketPolicy(serial=3), key=ed25519.Ed25519PrivateKey.generate(),
                            root=ca.certificate, nonce=bytes(16))
+
+
+# -- the pick, as a property --------------------------------------------------------------
+
+NAMES = ("card", "cheque", "ecash", "purse", "transfer")
+
+
+@settings(max_examples=40, deadline=None)
+@given(ours=st.permutations(NAMES).flatmap(lambda p: st.integers(0, 5).map(lambda n: p[:n])),
+       theirs=st.lists(st.tuples(st.sampled_from(NAMES), st.integers(1, 3_000)), max_size=5,
+                       unique_by=lambda t: t[0]),
+       forbidden=st.frozensets(st.sampled_from(NAMES)),
+       guaranteed=st.frozensets(st.sampled_from(NAMES)),
+       units=st.integers(1, 3_000))
+def test_the_pick_is_permitted_taken_and_guaranteed_first(
+        ours: tuple[str, ...], theirs: list[tuple[str, int]], forbidden: frozenset[str],
+        guaranteed: frozenset[str], units: int) -> None:
+    payee = Capabilities(modules=tuple(
+        ModuleOffer(name=n, limits=(Limits(minimum=Amount(EUR, 1),
+                                           maximum=Amount(EUR, top)),)) for n, top in theirs))
+    market = MarketPolicy(forbidden=forbidden, serial=1)
+    amount = Amount(EUR, units)
+    fits = [n for n in ours if n not in forbidden and payee.admits(n, amount)]
+    try:
+        name, why = choose_instrument(caps(*ours), payee, amount, market=market,
+                                      guaranteed=guaranteed.__contains__)
+    except NoCommonInstrument as exc:
+        assert fits == []
+        for n in ours:  # every module of ours is named with its reason
+            assert n in exc.message
+        return
+    assert name in fits and why.startswith(f"{name}: the seller accepts it for {amount}")
+    assert name == next((n for n in fits if n in guaranteed), fits[0])
+    before = ours[:ours.index(name)]
+    assert why.count("; ") == len(before)  # one reason for each module before the pick
