@@ -344,7 +344,7 @@ def choose_instrument(payer: Capabilities, payee: Capabilities, amount: Amount, 
         name = offer.name
         why = market.why_not(name) or unfit(name)
         if why is None and not offer.admits(amount):
-            why = f"is not ours for {amount}"
+            why = f"is beyond our own limit for {amount}"
         if why is None:
             why = declined.get(name) or _payee_limits(payee, name, amount)
         if why is None:
