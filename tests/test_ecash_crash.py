@@ -26,8 +26,8 @@ bank's tables and every wallet's:
   wallet holds EUR 15.20 in fresh coins;
 * the purchase is done, and its repeat gives the same receipt.
 
-Every point is a case; a plain run makes six of them (``FAST``: each process killed
-before and after a commit), ``SEMPER_SLOW=1`` or ``-m slow`` all nineteen (~60 s).
+Every point is a case; a plain run makes three of them (``FAST``), ``SEMPER_SLOW=1``
+or ``-m slow`` all nineteen (~60 s).
 """
 
 from __future__ import annotations
@@ -151,10 +151,26 @@ CASES: list[tuple[str, str]] = [
 ]
 
 
+#: The cases every run makes (~2-4 s each: a restart of the bank or the seller, or
+#: ``semper`` processes): the wallet killed with its coins bound to the payment, the
+#: bank after a deposit it committed and never answered, the seller after the
+#: deposit. The others are the same kind at the other points (SEMPER_SLOW=1 or ``-m
+#: slow``); tests/test_wallet.py kills ``semper wallet withdraw`` at both its points
+#: and tests/test_ecash_bank_crash.py the bank at ``ecash.deposit.applied`` by default.
+FAST = frozenset({"wallet.spend.bound", "ecash.deposit.committed", "fair.seller.accepted"})
+
+
+def _slow_requested(config: pytest.Config) -> bool:
+    return bool(os.environ.get("SEMPER_SLOW")) or "slow" in (config.option.markexpr or "")
+
+
 @pytest.fixture(scope="module")
-def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Processes]]:
+def market(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+           ) -> Iterator[tuple[Path, Processes]]:
     folder = tmp_path_factory.mktemp("ecash-crash") / "market"
-    buyers = [(f"buyer-{n}", "buyer", Level.VERIFIED_IDENTITY) for n in range(len(CASES))]
+    slow = _slow_requested(request.config)
+    buyers = [(f"buyer-{n}", "buyer", Level.VERIFIED_IDENTITY)
+              for n, (_, point) in enumerate(CASES) if slow or point in FAST]
     init_market(folder, agents=[*DEFAULT_AGENTS, *buyers])
     agents = Processes(folder, tmp_path_factory.mktemp("logs"))
     try:
@@ -225,14 +241,6 @@ def accounts(folder: Path, buyer: str) -> Accounts:
     return Accounts(*figures, withdrawals, deposits, own_fresh)
 
 
-#: The cases every run makes (~2-4 s each: a restart of the bank or the seller, or
-#: ``semper`` processes): each process killed before and after a commit, in each of
-#: withdraw (tests/test_wallet.py kills the wallet there too), spend and deposit. The
-#: others are the same kind at the other points: SEMPER_SLOW=1 or ``-m slow``.
-FAST = frozenset({"ecash.withdraw.applied", "wallet.exchange.answered", "wallet.spend.bound",
-                  "payment.seller.received", "ecash.deposit.committed",
-                  "fair.seller.accepted"})
-
 
 # -- the flow -----------------------------------------------------------------------------
 
@@ -257,10 +265,6 @@ async def flow_killed(folder: Path, n: int, point: str) -> None:
             return
         assert done.returncode == 0, done.stderr.decode()
     raise AssertionError(f"the flow never reached {point}")
-
-
-def _slow_requested(config: pytest.Config) -> bool:
-    return bool(os.environ.get("SEMPER_SLOW")) or "slow" in (config.option.markexpr or "")
 
 
 @pytest.mark.parametrize("n", [
