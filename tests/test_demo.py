@@ -18,6 +18,7 @@ from test_cli import _env, semper_argv
 
 from semper.agents.operator._demo import (
     FAIR,
+    INSTRUMENTS,
     PURCHASES,
     STREAM,
     STREAM_AT,
@@ -107,22 +108,36 @@ def test_semper_demo_buys_uses_the_notary_and_balances_the_books() -> None:
     assert line("✓ the purse at the bank: seller paid what the stream cost, the rest of "
                 "buyer's reservation back").endswith(
         "seller EUR +5.14, buyer EUR -5.14 by purse; @purse-reserved EUR 0.00")
+    # issue 11: ecash withdrawn, spent (change made), refunded as coins; card paid and
+    # refunded; the books after each step
+    assert "buyer debited EUR 20.00 (no fee), @ecash-outstanding EUR +20.00" in line(
+        "✓ semper wallet withdraw EUR:20.00: coins worth exactly that, blindly signed")
+    for key, sku, pay in INSTRUMENTS:
+        assert f" by {pay} (payment." in line(f"✓ semper buy --item {sku} --pay {pay}")
+        assert " back to buyer" in line(f"✓ semper refund --idempotency-key {key} ({pay})")
+    assert "as fresh coins (the wallet holds EUR 20.00)" in line(
+        "✓ semper refund --idempotency-key demo-ecash (ecash)")
+    assert len([x for x in lines if x.startswith("✓ the books balance ")]) == 7, out
+    assert line("✓ ecash in circulation is what the buyer's wallet holds, no card hold left"
+                ).endswith("@ecash-outstanding EUR 20.00, the wallet's coins EUR 20.00; "
+                           "@card-held EUR 0.00")
     # 12.50 + 4.80 + 0.99 paid, 12.50 refunded, 4.80 paid in the fair purchase, 5.14 by
-    # purse
-    assert "the bank says @purse-reserved EUR 0.00, buyer EUR -15.73, seller EUR +15.73" in line(
+    # purse; 20.00 withdrawn as coins (ecash and card paid and refunded)
+    assert ("the bank says @card-held EUR 0.00, @ecash-outstanding EUR +20.00, "
+            "@purse-reserved EUR 0.00, buyer EUR -35.73, seller EUR +15.73") in line(
         "✓ each account changed by what the payments and the refund imply")
     assert "EUR 1,000.00 before, EUR 1,000.00 after" in line(
         "✓ the total over all customer accounts is unchanged")
     assert "balanced: true" in line("✓ semper bank accounts: the books balance")
     assert line("✓ every agent stopped by SIGTERM exited 0").endswith(
         "ca 0, bank 0, seller 0, buyer 0, notary 0, arbiter 0")
-    assert re.search(r"│ buyer\s+│ EUR 1,000.00 │\s+EUR 984.27 │ EUR -15.73 │ EUR -15.73 │ ✓",
+    assert re.search(r"│ buyer\s+│ EUR 1,000.00 │\s+EUR 964.27 │ EUR -35.73 │ EUR -35.73 │ ✓",
                      out), out
     assert re.search(r"│ seller\s+│\s+EUR 0.00 │\s+EUR 15.73 │ EUR \+15.73 │ EUR \+15.73 │ ✓",
                      out), out
     assert re.search(r"│ @purse-reserved\s+│\s+EUR 0.00 │\s+EUR 0.00 │\s+EUR 0.00 │\s+EUR 0.00 │ ✓",
                      out), out
-    assert lines[-1].startswith("ok: 32 checks held in "), lines[-1]
+    assert lines[-1].startswith("ok: 45 checks held in "), lines[-1]
     assert took < DEMO_BOUND
 
 
