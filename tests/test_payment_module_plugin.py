@@ -315,7 +315,11 @@ def test_prepaid_is_a_voucher_bought_and_not_taken_back(parties: Parties) -> Non
 
 def test_the_voucher_is_taken_back_on_the_refusals_the_buyer_does_not_retry() -> None:
     from semper.agents.components._purchase import _PAYMENT_REFUSALS
-    assert DEFINITE_REFUSALS == _PAYMENT_REFUSALS
+
+    # Those any instrument's payee may raise; the card's and ecash's own codes come
+    # only from their modules.
+    shared = {code for code in _PAYMENT_REFUSALS if code.startswith(("payment.", "commerce."))}
+    assert DEFINITE_REFUSALS == shared
 
 
 class PayerContext:

@@ -75,7 +75,8 @@ __all__ = ["DEFINITE_REFUSALS", "VoucherModule"]
 DEFINITE_REFUSALS: Final = frozenset({
     "payment.insufficient_funds", "payment.unknown_account", "payment.no_common_instrument",
     "payment.unknown_module", "payment.currency_mismatch", "commerce.unsupported_payment",
-    "payment.already_paid", "payment.wrong_bank",
+    "payment.already_paid", "payment.wrong_bank", "payment.policy_refused",
+    "payment.forbidden_instrument", "payment.unsupported",
 })
 
 
