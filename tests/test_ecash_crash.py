@@ -241,7 +241,6 @@ def accounts(folder: Path, buyer: str) -> Accounts:
     return Accounts(*figures, withdrawals, deposits, own_fresh)
 
 
-
 # -- the flow -----------------------------------------------------------------------------
 
 
