@@ -558,19 +558,34 @@ class Wallet(Component):
                                       detail={"key": request.idempotency_key})
         return [s["spend"] for s in spends]
 
-    async def _fresh(self, currency: str) -> list[tuple[bytes, int]]:
-        return await self.context.database.read(lambda c: c.execute(
-            "SELECT coin_key, value FROM ecash_coins WHERE state = 'fresh' AND currency = ?"
-            " ORDER BY value DESC, coin_key", (currency,)).fetchall())
+    async def _fresh(self, currency: str) -> tuple[list[tuple[bytes, int]], int]:
+        """The fresh coins a payment may take, largest value first, and what all the
+        fresh coins of ``currency`` are worth. At most MAX_COINS of each value: no
+        payment or exchange takes more, so no exact split is missed, and a wallet
+        holding thousands of coins reads a few hundred rows a payment, not all
+        (bench/payments.py --pay ecash: reading every coin was its limit)."""
+        def read(c: Any) -> tuple[list[tuple[bytes, int]], int]:
+            held: list[tuple[bytes, int]] = []
+            total = 0
+            for value, count in c.execute(
+                    "SELECT value, count(*) FROM ecash_coins WHERE state = 'fresh' AND"
+                    " currency = ? GROUP BY value ORDER BY value DESC", (currency,)).fetchall():
+                total += value * count
+                held += c.execute(
+                    "SELECT coin_key, value FROM ecash_coins WHERE state = 'fresh' AND"
+                    " currency = ? AND value = ? ORDER BY coin_key LIMIT ?",
+                    (currency, value, MAX_COINS)).fetchall()
+            return held, total
+
+        return await self.context.database.read(read)
 
     async def _choose(self, amount: Amount) -> list[bytes]:
         """Fresh coins summing to ``amount`` exactly, at most MAX_COINS of them (what
         one deposit takes), exchanging first if needed."""
-        held = await self._fresh(amount.currency)
+        held, total = await self._fresh(amount.currency)
         chosen = _pick(held, amount.minor_units)
         if chosen is not None and len(chosen) <= MAX_COINS:
             return chosen
-        total = sum(v for _, v in held)
         if total < amount.minor_units:
             raise InsufficientCoins(
                 f"the wallet holds {Amount(amount.currency, total)} in coins, not {amount}",
@@ -596,7 +611,7 @@ class Wallet(Component):
                                             "held": Amount(amount.currency, total).to_wire()})
         await self._exchange(cover, amount.currency,
                              [amount.minor_units, covered - amount.minor_units])
-        chosen = _pick(await self._fresh(amount.currency), amount.minor_units)
+        chosen = _pick((await self._fresh(amount.currency))[0], amount.minor_units)
         if chosen is None or len(chosen) > MAX_COINS:  # pragma: no cover - it made them
             raise InsufficientCoins(f"no exact coins for {amount} after an exchange",
                                     detail={"amount": amount.to_wire()})
