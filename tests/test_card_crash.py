@@ -12,11 +12,14 @@ without the point and the buyer buys again under the same key, and once more. Th
 the books balance; the buyer's card has one authorisation, captured in full, with
 one capture, nothing left held (``@card-held`` is zero); the buyer was debited EUR
 4.80 once and the seller credited once; the purchase is done with the same receipt.
+A purchase captures all it authorised; so that "the rest released" is shown too, the
+seller's own calls (in this process) capture EUR 3.00 of EUR 4.80 with ``final``
+while the bank dies at each ``card.capture.*`` point: EUR 1.80 released once.
 
 (tests/test_card_agents.py stops the gateway at every point in-process, and
 tests/test_card_agents_crash.py kills it with the seller in-process; here the whole
 purchase crosses real processes.) A plain run makes two cases (``FAST``),
-SEMPER_SLOW=1 or ``-m slow`` all nine (~25 s).
+SEMPER_SLOW=1 or ``-m slow`` all twelve (~35 s).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 import pytest
 import trio
 from market_helpers import config_of, running
+from test_card_agents import World
 from test_ecash_crash import DEADLINE, Processes, _read, _slow_requested
 
 from semper.agents import Agent
@@ -38,9 +42,9 @@ from semper.agents.components import _ledger
 from semper.agents.components._purchase import PurchaseOutcome, Shopper
 from semper.agents.instruments.card import HELD
 from semper.agents.operator._market import DEFAULT_AGENTS, DEMO_FUNDS, init_market
-from semper.services import ServiceError
+from semper.services import Amount, ServiceError
 from semper.services.certificates import Level
-from semper.transport import TransportError
+from semper.transport import ChannelClosed, TransportError
 
 SKU, PRICE = "map-002", 480
 
@@ -52,10 +56,13 @@ CASES: list[tuple[str, str]] = [
     *[("bank", f"card.capture.{step}") for step in ("received", "applied", "committed")],
     ("seller", "fair.seller.accepted"),  # captured, the sale not stored paid
 ]
-#: Every run: a capture durable and unanswered, the seller dead with the money moved
-#: (tests/test_card_agents_crash.py kills the gateway at card.authorize.applied). The
-#: rest: SEMPER_SLOW=1 or -m slow.
-FAST = frozenset({"card.capture.committed", "fair.seller.accepted"})
+#: The points of a partial capture that closes the authorisation (``final``), made by
+#: the seller's own code: ``partial-<n>`` is the buyer of point n.
+PARTIAL = ["card.capture.received", "card.capture.applied", "card.capture.committed"]
+#: Every run: the seller dead with the money moved, and a partial final capture
+#: durable and unanswered (tests/test_card_agents_crash.py kills the gateway at
+#: card.authorize.applied). The rest: SEMPER_SLOW=1 or -m slow.
+FAST = frozenset({"fair.seller.accepted", "partial:card.capture.committed"})
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +72,8 @@ def market(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequ
     slow = _slow_requested(request.config)
     buyers = [(f"buyer-{n}", "buyer", Level.VERIFIED_IDENTITY)
               for n, (_, point) in enumerate(CASES) if slow or point in FAST]
+    buyers += [(f"partial-{n}", "buyer", Level.VERIFIED_IDENTITY)
+               for n, point in enumerate(PARTIAL) if slow or f"partial:{point}" in FAST]
     init_market(folder, agents=[*DEFAULT_AGENTS, *buyers])
     agents = Processes(folder, tmp_path_factory.mktemp("logs"))
     try:
@@ -146,3 +155,44 @@ async def test_killed_then_retried_holds_and_captures_once(
     assert after.captured == before.captured + 1
     assert (after.buyer, after.seller) == (DEMO_FUNDS.minor_units - PRICE,
                                            before.seller + PRICE)
+
+
+@pytest.mark.parametrize("n", [
+    pytest.param(n, id=point, marks=() if f"partial:{point}" in FAST else pytest.mark.slow)
+    for n, point in enumerate(PARTIAL)])
+async def test_a_final_partial_capture_killed_then_retried_releases_the_rest_once(
+        market: tuple[Path, Processes], n: int, request: pytest.FixtureRequest) -> None:
+    """The seller (in this process, for its own calls) authorises EUR 4.80 and
+    captures EUR 3.00 with ``final``: the bank dies inside the capture, restarts, and
+    the capture is sent again, twice: EUR 3.00 captured once, EUR 1.80 released to the
+    buyer once, nothing held."""
+    if "slow" in request.node.keywords and not _slow_requested(request.config):
+        pytest.skip("one of the kind: SEMPER_SLOW=1 or -m slow runs every crash point")
+    folder, agents = market
+    buyer_id = f"partial-{n}"
+    before = await trio.to_thread.run_sync(accounts, folder, buyer_id)
+    await trio.to_thread.run_sync(agents.stop, "seller")  # its port, for this process
+    try:
+        with trio.fail_after(DEADLINE):
+            buyer, seller = Agent(config_of(folder, buyer_id)), Agent(config_of(folder, "seller"))
+            w = World(None, buyer, seller, None)  # type: ignore[arg-type]  # bank: a process
+            async with running(buyer), running(seller):
+                asked = await w.instructions(Amount("EUR", PRICE), merchant_key=f"auth-p{n}")
+                auth = await w.authorize(asked)
+                await trio.to_thread.run_sync(agents.start, "bank", PARTIAL[n])
+                capture = (auth.authorization_id, Amount("EUR", 300), f"capture-p{n}")
+                with pytest.raises(ChannelClosed):
+                    await w.capture(*capture, final=True)
+                assert await trio.to_thread.run_sync(agents.killed, "bank") == -signal.SIGKILL
+                await trio.to_thread.run_sync(agents.start, "bank")
+                captured = await w.capture(*capture, final=True)
+                assert await w.capture(*capture, final=True) == captured
+    finally:
+        await trio.to_thread.run_sync(agents.start, "seller")
+    after = await trio.to_thread.run_sync(accounts, folder, buyer_id)
+    assert after.holds == [(PRICE, 300, PRICE - 300, "closed")]
+    assert after.captures == [300]
+    assert after.held == 0
+    assert after.entries == {"card.authorized": 1, "card.released": 1}
+    assert (after.buyer, after.seller) == (DEMO_FUNDS.minor_units - 300, before.seller + 300)
+    assert after.captured == before.captured + 1
