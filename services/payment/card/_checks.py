@@ -238,25 +238,28 @@ def decide_authorization(checked: Authorizing, *, holder: str | None, expiry: st
     (``holder`` and ``expiry`` of the card with the PI's number; None: no such card)
     and the holder's ``balance`` in the amount's currency (None: no account).
 
+    The merchant reads (and passes on) every refusal: none names anything of the
+    card (its expiry, its account's currency or balance) that the PI alone held.
+
     Raises (in this order):
         UnknownCard: no such card, or another holder than the dual signature's
             signer, or another expiry than the PI's (one code: a guess learns nothing).
-        ExpiredCard: the card's month is over.
-        WrongCurrency: the account is of another currency.
-        Declined: the balance does not cover the amount.
+        ExpiredCard: the card's month is over (no detail).
+        Declined: the balance does not cover the amount, or the account is of
+            another currency (not named).
     """
     pi = checked.pi
     if holder is None or expiry is None or holder != checked.cardholder or expiry != pi.expiry:
         raise UnknownCard("no such card for this cardholder",
                           detail={"type": pi.TYPE, "field": "number"})
     if card_expired(expiry, now_ms):
-        raise ExpiredCard(f"the card expired at the end of {expiry}", detail={"expiry": expiry})
+        raise ExpiredCard("the card has expired")
     if balance is None:
         raise Declined("the card's account does not cover the amount",
                        detail={"amount": pi.amount.to_wire()})
     try:
         _cover(pi.amount, balance)
-    except InsufficientFunds:
+    except (InsufficientFunds, WrongCurrency):
         raise Declined("the card's account does not cover the amount",
                        detail={"amount": pi.amount.to_wire()}) from None
 

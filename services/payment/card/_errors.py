@@ -36,7 +36,8 @@ class UnknownCard(CardError):
 
 
 class ExpiredCard(CardError):
-    """The card's expiry month is over; ``detail`` ``expiry``."""
+    """The card's expiry month is over; no detail (the merchant reads it: the
+    expiry is the PI's, which only the gateway sees)."""
 
     code: ClassVar[str] = "card.expired_card"
 
@@ -65,7 +66,8 @@ class UnknownAuthorization(CardError):
 
 
 class Declined(CardError):
-    """The card's account does not cover the amount (the balance is not disclosed)."""
+    """The card's account does not cover the amount, or is of another currency
+    (neither its balance nor its currency is disclosed); ``detail`` ``amount``."""
 
     code: ClassVar[str] = "card.declined"
 
