@@ -1,0 +1,124 @@
+"""The ecash instrument attacked as an outsider who read protocol.md 8.7 would (issue
+11, brief A1): a hostile buyer, seller or third party with a valid certificate of the
+market, talking to a real bank (agents/instruments/ecash.py) over loopback TLS with
+its own wallet code (tests/test_ecash_bank.py's). Each attack is refused with its
+stable code, moves no money, and the books balance after it (``World.books``:
+``check_books`` and ``@ecash-outstanding`` == what the ecash tables say is out).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import test_ecash_bank
+import trio
+from test_ecash_bank import World, blind_coins, total, world
+
+from semper.agents.instruments.ecash import OUTSTANDING, EcashBank
+from semper.services import Amount
+from semper.services.payment import BANK_SERVICE
+from semper.services.payment.ecash import blinded_order
+from semper.services.payment.ecash._wire import WithdrawRequest
+from semper.transport import RemoteError
+
+#: tests/test_ecash_bank's market (its bank's keys made once for the module).
+prebuilt = test_ecash_bank.prebuilt
+market = test_ecash_bank.market
+
+
+def count_signatures(w: World) -> list[int]:
+    """The number of blind signatures of each ``_sign`` call the bank makes from now."""
+    bank = w.bank.component(EcashBank)
+    signed: list[int] = []
+    sign = bank._sign
+
+    async def counting(blinded: Any) -> list[bytes]:
+        signed.append(len(blinded))
+        return await sign(blinded)
+
+    bank._sign = counting  # type: ignore[method-assign]
+    return signed
+
+
+async def at_once(*calls: Any) -> list[Any]:
+    """Run ``calls`` concurrently; each one's answer or RemoteError code, in order."""
+    out: list[Any] = [None] * len(calls)
+
+    async def one(i: int, call: Any) -> None:
+        try:
+            out[i] = await call
+        except RemoteError as exc:
+            out[i] = exc.code
+
+    async with trio.open_nursery() as nursery:
+        for i, call in enumerate(calls):
+            nursery.start_soon(one, i, call)
+    return out
+
+
+# -- DoS: blind signatures for free --------------------------------------------------------
+
+
+async def test_one_coin_exchanged_many_times_at_once_is_signed_for_once(market: Path) -> None:
+    """A holder of one coin sends 8 exchanges of it at once, each for other new coins:
+    one is signed, the others are ecash.double_spent, and the bank made blind
+    signatures for that one only (channels take 1024 requests in flight: without
+    this, one coin bought 1024 x 64 RSA private operations)."""
+    async with world(market) as w:
+        [coin] = await w.withdraw([5], "w1")
+        await w.moved()
+        keys = await w.keys()
+        signed = count_signatures(w)
+        calls = []
+        for _ in range(8):
+            pending = blind_coins([keys[2], keys[2], keys[1]])
+            order = blinded_order([p.asked for p in pending])
+            calls.append(w.exchange([coin.spend(purpose="exchange", payee="bank",
+                                                reference=order)], pending))
+        got = await at_once(*calls)
+        assert sorted(map(str, got)).count("ecash.double_spent") == 7, got
+        assert signed == [3], signed
+        assert await w.moved() == {}
+
+
+async def test_withdrawals_beyond_the_account_at_once_are_signed_for_once(
+        market: Path) -> None:
+    """The same kind from an account: the seller, holding EUR 0.05, asks 6 withdrawals
+    of EUR 0.05 at once under 6 keys: one is signed, 5 are
+    payment.insufficient_funds, and the bank signed for that one only."""
+    async with world(market) as w:
+        await w.pay(await w.withdraw([5], "w1"))
+        assert (await w.books())["seller"] == 5
+        await w.moved()
+        keys = await w.keys()
+        signed = count_signatures(w)
+        calls = []
+        for n in range(6):
+            pending = blind_coins([keys[2], keys[2], keys[1]])
+            request = WithdrawRequest(amount=total(pending),
+                                      blinded=tuple(p.asked for p in pending),
+                                      idempotency_key=f"s{n}")
+            calls.append(w.seller.request("bank", BANK_SERVICE, "ecash_withdraw",
+                                          request.to_wire()))
+        got = await at_once(*calls)
+        assert got.count("payment.insufficient_funds") == 5, got
+        assert signed == [3], signed
+        assert await w.moved() == {"seller": -5, OUTSTANDING: 5}
+
+
+async def test_one_voucher_redeemed_many_times_at_once_is_signed_for_once(
+        market: Path) -> None:
+    """And from a refund voucher: its holder redeems it 6 times at once for other new
+    coins: one is signed, 5 are ecash.voucher_used, one set of signatures."""
+    async with world(market) as w:
+        coins = await w.withdraw([5], "w1")
+        voucher = (await w.refund(await w.pay(coins), Amount("EUR", 5))).confirmation
+        await w.moved()
+        keys = await w.keys()
+        signed = count_signatures(w)
+        got = await at_once(*(w.redeem(voucher, coins[0].secret, [2, 2, 1], key=f"v{n}",
+                                       keys=keys) for n in range(6)))
+        assert got.count("ecash.voucher_used") == 5, got
+        assert signed == [3], signed
+        assert await w.moved() == {}
