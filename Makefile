@@ -19,8 +19,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/semper demo
 
+# Two processes (pytest-xdist), a test file each at a time, so that a file's module-scoped
+# markets and agents are made once; SEMPER_TEST_WORKERS=0 runs the suite in one process.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $${SEMPER_TEST_WORKERS:-2} --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python bench/channel.py

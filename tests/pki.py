@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +24,10 @@ from semper.services.certificates import (
 )
 from semper.transport import ChannelConfig, ServiceRegistry, TlsConfig, TlsContexts, make_hello
 
-NOW = dt.datetime.now(dt.UTC)
+#: One instant for the whole run: tests/conftest.py sets SEMPER_TEST_NOW, which xdist's
+#: workers inherit, so that values and test ids built from NOW agree between them.
+NOW = dt.datetime.fromtimestamp(float(os.environ.get("SEMPER_TEST_NOW") or time.time()),
+                                dt.UTC)
 
 
 def pem(cert: x509.Certificate) -> bytes:

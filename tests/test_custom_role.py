@@ -5,6 +5,7 @@ channel."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +24,14 @@ DEADLINE = 30.0
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """pip builds a local folder in place (build/, *.egg-info): a copy of its own, so that
+    two test processes installing the example at once (xdist) do not share one build."""
+    source = shutil.copytree(EXAMPLE, tmp_path_factory.mktemp("src") / EXAMPLE.name,
+                             ignore=shutil.ignore_patterns("build", "*.egg-info"))
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-         "--no-build-isolation", "--no-index", "--target", str(target), str(EXAMPLE)],
+         "--no-build-isolation", "--no-index", "--target", str(target), str(source)],
         check=True, timeout=120, capture_output=True,
     )
     return target
