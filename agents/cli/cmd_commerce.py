@@ -31,7 +31,7 @@ from semper.agents.cli._common import (
     passphrase_option,
 )
 from semper.agents.cli._text import console as make_console
-from semper.agents.cli._text import counted, styled
+from semper.agents.cli._text import counted, shown, styled
 from semper.agents.components import _fair_buyer, _purchase
 from semper.agents.components._delivery_buyer import StreamClient, StreamOutcome, StreamProgress
 from semper.agents.components._escrow_keys import default_notary
@@ -260,7 +260,7 @@ def buy(config_path: Path, seller: str, sku: str, module: str | None, key: str |
                                    "receipt": outcome.to_json()["receipt"], **instrument}))
             return
         if why is not None:
-            click.echo(f"paid by {why}")
+            click.echo(f"paid by {shown(why)}")  # a seller's words in it: escaped
         click.echo(f"{streamed.chunks} chunks ({counted(streamed.bytes, 'byte')}) verified "
                    f"against root {streamed.root.hex()[:16]}... and written to "
                    f"{streamed.output}; paid {streamed.paid}"

@@ -158,8 +158,12 @@ class Capabilities:
                 raise _bad("bank must be an agent id", "bank") from None
         if type(self.declined) is not tuple or len(self.declined) > MAX_MODULES or not all(
                 type(d) is tuple and len(d) == 2 and type(d[0]) is str and _NAME.match(d[0])
-                and type(d[1]) is str and 0 < len(d[1]) <= MAX_REASON for d in self.declined):
-            raise _bad(f"declined lists at most {MAX_MODULES} {{name, reason}}", "declined")
+                and type(d[1]) is str and 0 < len(d[1]) <= MAX_REASON and d[1].isprintable()
+                for d in self.declined):
+            # A reason is the payer's words to its user (semper buy prints it): printable
+            # only, or a payee could send escape sequences or a bidi override.
+            raise _bad(f"declined lists at most {MAX_MODULES} {{name, reason}}, each reason "
+                       f"printable", "declined")
 
     def offer(self, name: str) -> ModuleOffer | None:
         """This side's offer for module ``name``, if it has one."""
