@@ -8,18 +8,21 @@ stable code, moves no money, and the books balance after it (``World.books``:
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import test_ecash_bank
 import trio
-from test_ecash_bank import World, blind_coins, total, world
+from test_ecash_bank import ORDER, World, blind_coins, total, world
 
+from semper.agents.components._wallet import Wallet
 from semper.agents.instruments.ecash import OUTSTANDING, EcashBank
 from semper.services import Amount
-from semper.services.payment import BANK_SERVICE
-from semper.services.payment.ecash import blinded_order
+from semper.services.payment import BANK_SERVICE, PaymentRequest
+from semper.services.payment.ecash import Spend, blinded_order
 from semper.services.payment.ecash._wire import WithdrawRequest
+from semper.services.statements import Statement
 from semper.transport import RemoteError
 
 #: tests/test_ecash_bank's market (its bank's keys made once for the module).
@@ -122,3 +125,62 @@ async def test_one_voucher_redeemed_many_times_at_once_is_signed_for_once(
         assert got.count("ecash.voucher_used") == 5, got
         assert signed == [3], signed
         assert await w.moved() == {}
+
+
+# -- a seller that refuses after seeing the coins ------------------------------------------
+
+
+async def shown_and_refused(w: World, deposited: int) -> tuple[Wallet, list[Spend], int]:
+    """The buyer's wallet pays EUR 0.08 (coins 5, 2, 1) to a hostile seller, which
+    deposits the first ``deposited`` of the spends it was shown for that order, then
+    refuses the payment: the wallet gets its ``refused`` (as the module calls it).
+    The wallet, the spends shown, and the value of those kept back."""
+    wallet = w.buyer.component(Wallet)
+    await wallet.withdraw(Amount("EUR", 8), "w1")
+    request = PaymentRequest(payee="seller", amount=Amount("EUR", 8), reference=ORDER,
+                             idempotency_key="p1")
+    spends = [Spend.from_wire(s) for s in await wallet.spend(request)]
+    value = {k.key_id: k.value.minor_units for k in (await w.keys()).values()}
+    taken = spends[:deposited]
+    if taken:
+        await w.deposit(taken, amount=Amount("EUR", sum(value[s.coin.key_id] for s in taken)))
+    await w.moved()
+    with contextlib.suppress(RemoteError):
+        await wallet.refused(request)
+    return wallet, spends, sum(value[s.coin.key_id] for s in spends[deposited:])
+
+
+async def test_coins_a_refusing_seller_deposited_are_all_counted_spent(market: Path) -> None:
+    """The seller deposited all three coins and refused: the wallet exchanges them
+    (they were shown), the bank says ecash.double_spent: every coin is spent, and the
+    wallet must hold none (it held the two the bank did not name as fresh, which
+    later payments would offer and see refused, one coin per failed payment)."""
+    async with world(market) as w:
+        wallet, _, _ = await shown_and_refused(w, 3)
+        assert await wallet.balance("EUR") == 0
+        assert await w.moved() == {}
+
+
+async def test_coins_a_refusing_seller_kept_back_are_exchanged_all_the_same(
+        market: Path) -> None:
+    """Another member: the seller deposited one of the three coins and refused. The
+    wallet's exchange of the three is refused (ecash.double_spent): the deposited
+    coin is spent, and the two it kept back, whose spends the seller still holds,
+    are exchanged again (they were fresh again, for the seller to deposit whenever
+    it liked and the wallet to offer again), so the seller's later deposit of them
+    is refused and the wallet holds new coins of their value."""
+    async with world(market) as w:
+        wallet, spends, kept = await shown_and_refused(w, 1)
+        assert await wallet.balance("EUR") == kept
+        assert await w.moved() == {}
+        shown = {s.coin.coin_key for s in spends}
+        fresh = await w.buyer.database.read(lambda c: [row[0] for row in c.execute(
+            "SELECT coin_key FROM ecash_coins WHERE state = 'fresh'")])
+        assert fresh and not shown & set(fresh)
+        # The seller refunds its deposit in full (its reference is free again) and
+        # deposits the coins it kept back: they were exchanged.
+        await w.refund(Statement.from_bytes(await w.bank.database.read(lambda c: c.execute(
+            "SELECT deposited FROM ecash_deposits").fetchone()[0])), Amount("EUR", 8 - kept))
+        await w.moved()
+        await w.refused("ecash.double_spent",
+                        w.deposit(spends[1:], amount=Amount("EUR", kept), key="d2"))

@@ -434,18 +434,24 @@ class Wallet(Component):
     async def _drop(self, batch: str, refusal: RemoteError) -> None:
         """The bank refused batch ``batch``: it signed nothing and took nothing, so its
         new coins and the batch are forgotten (its key may be used again); the coins it
-        gave up are fresh again, except one the bank says was spent before."""
-        spent = (refusal.detail.get("coin_key") if refusal.code == "ecash.double_spent"
-                 else None)
+        gave up are fresh again, except those the bank says were spent before (all
+        of them: a seller shown coins may have deposited any)."""
+        spent: set[str] = set()
+        if refusal.code == "ecash.double_spent":
+            named = refusal.detail.get("spent")
+            named = named if isinstance(named, list) else [refusal.detail.get("coin_key")]
+            spent = {k.upper() for k in named if isinstance(k, str)}
         now = self.context.now_ms()
 
         def drop(c: Any) -> None:
             c.execute("DELETE FROM ecash_coins WHERE batch = ? AND state = 'withdrawing'",
                       (batch,))
-            c.execute("UPDATE ecash_coins SET state = CASE WHEN hex(coin_key) = upper(?)"
-                      " THEN 'spent' ELSE 'fresh' END, spend = NULL, spend_wire = NULL,"
-                      " updated_ms = ? WHERE spend = ? AND state = 'spending'",
-                      (spent if isinstance(spent, str) else "", now, batch))
+            for coin_key, in c.execute("SELECT coin_key FROM ecash_coins WHERE spend = ?"
+                                       " AND state = 'spending'", (batch,)).fetchall():
+                c.execute("UPDATE ecash_coins SET state = ?, spend = NULL, spend_wire = NULL,"
+                          " updated_ms = ? WHERE coin_key = ?",
+                          ("spent" if coin_key.hex().upper() in spent else "fresh", now,
+                           coin_key))
             c.execute("DELETE FROM ecash_batches WHERE batch = ?", (batch,))
 
         await self.context.database.transaction(drop)
@@ -573,7 +579,7 @@ class Wallet(Component):
                 total += value * count
                 held += c.execute(
                     "SELECT coin_key, value FROM ecash_coins WHERE state = 'fresh' AND"
-                    " currency = ? AND value = ? ORDER BY coin_key LIMIT ?",
+                    " currency = ? AND value = ? LIMIT ?",  # any of them: in index order
                     (currency, value, MAX_COINS)).fetchall()
             return held, total
 
@@ -664,15 +670,27 @@ class Wallet(Component):
         """The payee refused the payment under ``request.idempotency_key`` before it
         deposited it: the coins were shown, so they are exchanged for new ones (a coin
         the payee did deposit after all is refused by the bank as double spent and
-        counted spent)."""
+        counted spent, and the others exchanged again: the payee holds their spends)."""
         async with self._lock:
             rows = await self.context.database.read(lambda c: c.execute(
                 "SELECT coin_key, value, currency FROM ecash_coins WHERE spend = ?"
                 " AND state = 'spending'", (request.idempotency_key,)).fetchall())
-            if rows:
-                with contextlib.suppress(_Taken):  # another process refreshes them
-                    await self._exchange([(k, v) for k, v, _ in rows], rows[0][2],
-                                         [sum(v for _, v, _ in rows)])
+            shown = [row[0] for row in rows]
+            for attempt in range(_BIND_TRIES):
+                if not rows:
+                    return
+                try:
+                    with contextlib.suppress(_Taken):  # another process refreshes them
+                        await self._exchange([(k, v) for k, v, _ in rows], rows[0][2],
+                                             [sum(v for _, v, _ in rows)])
+                    return
+                except RemoteError as exc:  # the spent ones are marked: the rest again
+                    if exc.code != "ecash.double_spent" or attempt == _BIND_TRIES - 1:
+                        raise
+                rows = await self.context.database.read(lambda c: [row for row in (
+                    c.execute("SELECT coin_key, value, currency FROM ecash_coins WHERE"
+                              " coin_key = ? AND state = 'fresh'", (k,)).fetchone()
+                    for k in shown) if row is not None])
 
     # -- exchanging ---------------------------------------------------------------------
 

@@ -184,13 +184,17 @@ def decide_double_spend(spends: Sequence[Spend], spent: Mapping[bytes, Any]) -> 
     this is called.
 
     Raises:
-        DoubleSpent: ``detail`` ``coin_key`` (hex) and ``first`` (the evidence).
+        DoubleSpent: ``detail`` ``coin_key`` (hex) and ``first`` (the evidence), and
+            ``spent``: every coin of ``spends`` spent before (hex, in order), so that
+            a wallet learns them all at once, not one refused request per coin.
     """
+    taken = [s.coin.coin_key.hex() for s in spends if s.coin.coin_key in spent]
     for spend in spends:
         first = spent.get(spend.coin.coin_key)
         if first is not None:
             raise DoubleSpent("the coin was spent before",
-                              detail={"coin_key": spend.coin.coin_key.hex(), "first": first})
+                              detail={"coin_key": spend.coin.coin_key.hex(), "first": first,
+                                      "spent": taken})
 
 
 def check_voucher_redemption(voucher: RefundVoucher, signature: bytes, *, voucher_digest: bytes,
