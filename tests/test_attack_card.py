@@ -17,14 +17,26 @@ moved, the books balanced after each).
 
 from __future__ import annotations
 
+import logging
 import secrets
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric import x25519
-from test_card_agents import HELD, Card, eur, market, world
+from test_card_agents import (
+    HELD,
+    Card,
+    _found_in_database,
+    _found_in_files,
+    eur,
+    market,
+    world,
+)
 
 from semper.agents.components._payments import AgentPaymentContext
+from semper.agents.components._purchase import Shopper
 from semper.services import Amount
 from semper.services.payment import PaymentResult, refund_payment
 from semper.services.payment.card import (
@@ -55,10 +67,11 @@ def _said(refused: RemoteError) -> bytes:
 
 
 async def test_an_expired_cards_refusal_tells_the_merchant_nothing_of_the_card(
-        market: Path) -> None:
+        market: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The instance: the merchant forwards instructions it cannot read for a card
     whose month is over; the gateway's refusal, which the merchant reads (and passes
     on), names neither the card's expiry nor its number."""
+    caplog.set_level(logging.DEBUG)
     async with world(market) as w:
         old = Card(number="4000000000000036", expiry="2019-03", bank="bank")
         await w.bank.database.transaction(lambda c: c.execute(
@@ -69,6 +82,30 @@ async def test_an_expired_cards_refusal_tells_the_merchant_nothing_of_the_card(
         said = _said(refused)
         for secret in (old.expiry, old.number, old.expiry.replace("-", "")):
             assert secret.encode() not in said, refused
+        # The whole purchase with that card: the seller's database, files and every
+        # agent's log hold nothing of it either.
+        card = await w.card()
+
+        def holds(number: str, expiry: str) -> Any:
+            return lambda c: c.execute("UPDATE cards_cards SET number = ?, expiry = ?"
+                                       " WHERE number = ?", (number, expiry, card.number))
+
+        await w.buyer.database.transaction(holds(old.number, old.expiry))
+        try:
+            with pytest.raises(Exception) as failed:
+                await Shopper(w.buyer).buy("seller", "map-002", "card", "expired-1")
+            assert getattr(failed.value, "code", None) == "card.expired_card", failed.value
+        finally:
+            await w.buyer.database.transaction(lambda c: c.execute(
+                "UPDATE cards_cards SET number = ?, expiry = ? WHERE number = ?",
+                (card.number, card.expiry, old.number)))
+        assert await w.moved() == {}
+    needles = [old.expiry.encode(), old.number.encode()]
+    for database in (market / "seller").rglob("*.sqlite"):
+        assert _found_in_database(database, needles) == [], database
+    assert _found_in_files(market / "seller", needles) == []
+    logged = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records)
+    assert old.expiry not in logged and old.number not in logged
 
 
 async def test_a_pi_in_another_currency_tells_the_merchant_nothing_of_the_card(
