@@ -24,6 +24,7 @@ from typing import Final, TypeVar
 
 from cryptography import x509
 
+from .._schema import Body
 from ..certificates import AgentIdentity
 from ..money import Amount
 from ..statements import Statement, verify_statement
@@ -184,7 +185,7 @@ def _from_bank(
     return body
 
 
-def _expect(body: PaymentBody, error: type[PaymentError], **expected: object) -> None:
+def _expect(body: Body, error: type[PaymentError], **expected: object) -> None:
     """Compare fields with their expected values (None: not checked), in order."""
     for name, wanted in expected.items():
         if wanted is not None:
@@ -192,7 +193,7 @@ def _expect(body: PaymentBody, error: type[PaymentError], **expected: object) ->
                      f"{name} is not the one expected")
 
 
-def _require(ok: bool, error: type[PaymentError], body: PaymentBody, field: str, why: str) -> None:
+def _require(ok: bool, error: type[PaymentError], body: Body, field: str, why: str) -> None:
     if not ok:
         raise error(f"{body.TYPE}: {why}", detail={"type": body.TYPE, "field": field})
 
