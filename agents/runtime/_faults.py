@@ -29,23 +29,37 @@ point called without a number. The streams' points: ``stream.seller.chunk:K`` (t
 seller, chunk K's tick committed and chunk K-1 sent, chunk K not sent) and
 ``stream.buyer.chunk:K`` (the buyer, payword K+1 drawn: chunk K paid, asked on credit
 and not yet verified; chunk K+1 not asked for).
+
+In-process tests simulate a kill without a process of their own: they set
+``on_crash`` to a callable, which every crash point calls with its name
+(``name:number`` when numbered) before it looks at ``SEMPER_CRASH_AT``, and which
+raises a BaseException of the test's at the point it picks. Raised inside a
+transaction function (``.applied``) it rolls the transaction back, as a kill leaves
+it; raised after a commit the commit stands and no answer is sent; the test then
+discards the agent and starts another on its files (tests/test_ecash_statemachine.py,
+whose faithfulness to a real SIGKILL tests/test_ecash_bank_crash.py checks).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from typing import Final
 
-__all__ = ["CRASH_AT", "crash_point"]
+__all__ = ["CRASH_AT", "crash_point", "on_crash"]
 
 #: The point this process dies at, or None (the usual case).
 CRASH_AT: Final = os.environ.get("SEMPER_CRASH_AT") or None
+#: A test's simulated kill, called at every crash point (see above); None in use.
+on_crash: Callable[[str], None] | None = None
 
 
 def crash_point(name: str, number: int | None = None) -> None:
     """SIGKILL this process if ``SEMPER_CRASH_AT`` names ``name`` (``name:number``
-    when a number is given)."""
+    when a number is given); first call ``on_crash`` if a test set it."""
+    if on_crash is not None:
+        on_crash(name if number is None else f"{name}:{number}")
     if CRASH_AT is None:
         return
     if (name if number is None else f"{name}:{number}") == CRASH_AT:
