@@ -14,7 +14,7 @@ from typing import Any
 
 import test_ecash_bank
 import trio
-from test_ecash_bank import ORDER, World, blind_coins, total, world
+from test_ecash_bank import ORDER, World, blind_coins, total, unblind, world
 
 from semper.agents.components._wallet import Wallet
 from semper.agents.instruments.ecash import OUTSTANDING, EcashBank
@@ -184,3 +184,96 @@ async def test_coins_a_refusing_seller_kept_back_are_exchanged_all_the_same(
         await w.moved()
         await w.refused("ecash.double_spent",
                         w.deposit(spends[1:], amount=Amount("EUR", kept), key="d2"))
+
+
+# -- attacks that found nothing (kept: each refusal's code, nothing moved) -----------------
+
+
+async def test_double_spends_at_once_settle_once(market: Path) -> None:
+    """A hostile buyer spends one coin to two payees (the seller, and itself as a
+    payee) and both deposit at once; another coin is deposited and exchanged at
+    once; a deposit is refunded twice at once under two keys for more than it was
+    in all. Each time one wins and the other gets its code; the books balance."""
+    async with world(market) as w:
+        five, two = await w.withdraw([5, 2], "w1")
+        await w.moved()
+        got = await at_once(
+            w.deposit([five.spend()], amount=five.value),
+            w.deposit([five.spend(payee="buyer")], amount=five.value, agent=w.buyer))
+        assert [g for g in got if isinstance(g, str)] == ["ecash.double_spent"], got
+        moved = await w.moved()
+        assert moved[OUTSTANDING] == -5 and sum(moved.values()) == 0, moved
+        keys = await w.keys()
+        pending = blind_coins([keys[2]])
+        order = blinded_order([p.asked for p in pending])
+        got = await at_once(
+            w.deposit([two.spend(reference=b"t" * 32)], reference=b"t" * 32,
+                      amount=two.value, key="d2"),
+            w.exchange([two.spend(purpose="exchange", payee="bank", reference=order)],
+                       pending))
+        assert [g for g in got if isinstance(g, str)] == ["ecash.double_spent"], got
+        assert (await w.moved()).get(OUTSTANDING, 0) in (0, -2)
+        deposited = got[0]
+        if isinstance(deposited, str):  # the exchange won: pay with its new coin
+            [new] = unblind(pending, got[1].blind_signatures)
+            deposited = await w.pay([new], reference=b"u" * 32, key="d3")
+            await w.moved()
+        got = await at_once(w.refund(deposited, Amount("EUR", 2), key="r1"),
+                            w.refund(deposited, Amount("EUR", 1), key="r2"))
+        refusals = [g for g in got if isinstance(g, str)]
+        assert refusals == ["payment.refund_exceeds_payment"], got
+        moved = await w.moved()
+        assert moved[OUTSTANDING] in (1, 2) and sum(moved.values()) == 0, moved
+
+
+async def test_inflation_and_misdirection_are_refused(market: Path) -> None:
+    """Value out of nothing: withdrawals whose keys are worth more than the amount, of
+    another currency, of 65 coins, of an int64 amount; a deposit claiming more
+    than its coins, of one coin twice, for another reference, by a payee the coins
+    were not spent to, naming another bank; an exchange out of more than in or of
+    nothing; a refund of a deposit by one who did not receive it, in another
+    currency; keys of a currency the bank does not issue."""
+    async with world(market) as w:
+        coins = await w.withdraw([5, 2, 1], "w1")
+        await w.moved()
+        keys = await w.keys()
+        five = blind_coins([keys[5]])
+        for pending, amount, code in (
+                (five, Amount("EUR", 2), "ecash.bad_withdrawal"),
+                (five, Amount("USD", 5), "ecash.unknown_key"),
+                (five, Amount("EUR", (1 << 63) - 1), "ecash.bad_withdrawal"),
+                (blind_coins([keys[1]] * 65), Amount("EUR", 65), "payment.bad_request")):
+            body = {"amount": amount.to_wire(), "idempotency_key": "w2",
+                    "blinded": [{"key_id": p.key.key_id, "blinded": p.blinded}
+                                for p in pending]}
+            await w.refused(code, w.buyer.request("bank", BANK_SERVICE, "ecash_withdraw", body))
+        spends = [h.spend() for h in coins]
+        for call, code in (
+                (w.deposit(spends, amount=Amount("EUR", 9)), "payment.bad_request"),
+                (w.deposit(spends[:1] * 2, amount=Amount("EUR", 10)), "ecash.bad_spend"),
+                (w.deposit(spends, reference=b"x" * 32, amount=Amount("EUR", 8)),
+                 "ecash.bad_spend"),
+                (w.deposit(spends, amount=Amount("EUR", 8), agent=w.buyer), "ecash.bad_spend"),
+                (w.deposit([h.spend(bank="seller") for h in coins], amount=Amount("EUR", 8)),
+                 "ecash.bad_spend")):
+            await w.refused(code, call)
+        pending = blind_coins([keys[5], keys[5]])
+        order = blinded_order([p.asked for p in pending])
+        await w.refused("ecash.bad_withdrawal", w.exchange(
+            [h.spend(purpose="exchange", payee="bank", reference=order) for h in coins],
+            pending))
+        await w.refused("payment.bad_request", w.buyer.request(
+            "bank", BANK_SERVICE, "ecash_exchange", {
+                "spends": [], "idempotency_key": "x9",
+                "blinded": [{"key_id": p.key.key_id, "blinded": p.blinded} for p in pending]}))
+        deposited = await w.pay(coins)
+        await w.moved()
+        mine = await w.withdraw([1], "w3")
+        await w.moved()
+        theirs = await w.deposit([mine[0].spend(payee="buyer")], amount=Amount("EUR", 1),
+                                 agent=w.buyer, key="d9")
+        await w.moved()
+        await w.refused("payment.wrong_payee", w.refund(theirs, Amount("EUR", 1)))
+        await w.refused("payment.currency_mismatch", w.refund(deposited, Amount("USD", 1)))
+        await w.refused("payment.currency_mismatch", w.buyer.request(
+            "bank", BANK_SERVICE, "ecash_keys", {"currency": "USD"}))
