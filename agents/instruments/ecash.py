@@ -380,38 +380,44 @@ class EcashBank(Component):
         book = self.context.component(BankService).book
         order = blinded_order(request.blinded)
         digest = request_digest(request.to_wire())
-        # Requests taking the same coins, voucher or new coins one after another.
-        names = [s.coin.coin_key for s in request.spends] + [order] + (
-            [request.voucher.digest] if request.voucher is not None else [])
-        async with self._one_at_a_time(names):
-            stored = await self.context.database.read(lambda c: _stored_exchange(c, order, digest))
-            if stored is None:
-                voucher = voucher_digest = None
-                if request.voucher is not None:
-                    voucher_digest = request.voucher.digest
-                    if await self.context.database.read(lambda c: c.execute(
-                            "SELECT 1 FROM ecash_vouchers WHERE voucher = ?",
-                            (voucher_digest,)).fetchone()) is None:
-                        raise BadRequest("no refund voucher of this bank has that digest",
-                                         detail={"field": "voucher"})
-                    voucher = RefundVoucher.from_statement(request.voucher)
-                await self._known()
-                keys = self._keys_by_id()
-                now = self.context.now_ms()
-                value = await _maybe_thread(len(request.spends), lambda: check_exchange(
-                    request.spends, request.blinded, bank=self.context.id, keys_by_id=keys,
-                    now_ms=now, voucher=voucher, voucher_signature=request.voucher_signature,
-                    voucher_digest=voucher_digest))
-                # A coin or the voucher taken before: refused before any blind signature
-                # (and only to whoever holds the coin's key: the evidence is the first spend).
-                await self.context.database.read(lambda c: _takes(c, request))
-                crash_point("ecash.exchange.checked")
-                signatures = await self._sign(request.blinded)
-                values = {s.coin.coin_key: keys[s.coin.key_id].value for s in request.spends}
-                stored = await self.context.database.transaction(lambda c: apply_exchange(
-                    book, c, request, order=order, digest=digest, value=value, values=values,
-                    signatures=signatures))
-                crash_point("ecash.exchange.committed")
+        stored = await self.context.database.read(lambda c: _stored_exchange(c, order, digest))
+        if stored is None:
+            voucher = voucher_digest = None
+            if request.voucher is not None:
+                voucher_digest = request.voucher.digest
+                if await self.context.database.read(lambda c: c.execute(
+                        "SELECT 1 FROM ecash_vouchers WHERE voucher = ?",
+                        (voucher_digest,)).fetchone()) is None:
+                    raise BadRequest("no refund voucher of this bank has that digest",
+                                     detail={"field": "voucher"})
+                voucher = RefundVoucher.from_statement(request.voucher)
+            await self._known()
+            keys = self._keys_by_id()
+            now = self.context.now_ms()
+            value = await _maybe_thread(len(request.spends), lambda: check_exchange(
+                request.spends, request.blinded, bank=self.context.id, keys_by_id=keys,
+                now_ms=now, voucher=voucher, voucher_signature=request.voucher_signature,
+                voucher_digest=voucher_digest))
+            # Requests taking the same coins, voucher or new coins, one after another
+            # (only once they proved they hold them: no one else can make a holder wait).
+            names = [s.coin.coin_key for s in request.spends] + [order] + (
+                [voucher_digest] if voucher_digest is not None else [])
+            async with self._one_at_a_time(names):
+                stored = await self.context.database.read(
+                    lambda c: _stored_exchange(c, order, digest))  # the same, just committed
+                if stored is None:
+                    # A coin or the voucher taken before: refused before any blind
+                    # signature (and only to whoever holds the coin's key: the evidence
+                    # is the first spend).
+                    await self.context.database.read(lambda c: _takes(c, request))
+                    crash_point("ecash.exchange.checked")
+                    signatures = await self._sign(request.blinded)
+                    values = {s.coin.coin_key: keys[s.coin.key_id].value
+                              for s in request.spends}
+                    stored = await self.context.database.transaction(lambda c: apply_exchange(
+                        book, c, request, order=order, digest=digest, value=value,
+                        values=values, signatures=signatures))
+                    crash_point("ecash.exchange.committed")
         return ExchangeAnswer(blind_signatures=tuple(stored),
                               bank_certificate=self.context.certificate)
 
