@@ -648,7 +648,8 @@ async def test_an_outside_payee_deposits_coins_as_the_document_says(market: Path
                 "spends": other, "reference": b"other", "amount": eur(70),
                 "idempotency_key": "outsider-deposit-2"})
         assert refused.value.code == "ecash.double_spent"
-        assert refused.value.detail == {"coin_key": coins[0].coin_pub.hex(), "first": spends[0]}
+        assert refused.value.detail == {"coin_key": coins[0].coin_pub.hex(), "first": spends[0],
+                                        "spent": [c.coin_pub.hex() for c in coins]}
 
         # Step 2's crash rule: the stored request again, the same signatures.
         keys = await denominations(w)
