@@ -275,5 +275,9 @@ async def test_inflation_and_misdirection_are_refused(market: Path) -> None:
         await w.moved()
         await w.refused("payment.wrong_payee", w.refund(theirs, Amount("EUR", 1)))
         await w.refused("payment.currency_mismatch", w.refund(deposited, Amount("USD", 1)))
+        voucher = (await w.refund(deposited, Amount("EUR", 5), key="r5")).confirmation
+        await w.moved()
+        await w.refused("ecash.bad_withdrawal", w.redeem(voucher, coins[0].secret, [5, 2]))
+        await w.refused("ecash.bad_spend", w.redeem(voucher, mine[0].secret, [5]))
         await w.refused("payment.currency_mismatch", w.buyer.request(
             "bank", BANK_SERVICE, "ecash_keys", {"currency": "USD"}))
