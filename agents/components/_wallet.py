@@ -682,7 +682,8 @@ class Wallet(Component):
                 try:
                     with contextlib.suppress(_Taken):  # another process refreshes them
                         await self._exchange([(k, v) for k, v, _ in rows], rows[0][2],
-                                             [sum(v for _, v, _ in rows)])
+                                             [sum(v for _, v, _ in rows)],
+                                             bound_to=request.idempotency_key)
                     return
                 except RemoteError as exc:  # the spent ones are marked: the rest again
                     if exc.code != "ecash.double_spent" or attempt == _BIND_TRIES - 1:
@@ -695,10 +696,13 @@ class Wallet(Component):
     # -- exchanging ---------------------------------------------------------------------
 
     async def _exchange(self, given: Sequence[tuple[bytes, int]], currency: str,
-                        units: Sequence[int]) -> None:
+                        units: Sequence[int], *, bound_to: str | None = None) -> None:
         """Give up ``given`` coins for new ones of ``units`` (each split into the
         bank's denominations), by ``bank.ecash_exchange``: the new coins and the spends
-        stored in one transaction before the bank is asked."""
+        stored in one transaction before the bank is asked. Each coin must still be
+        fresh, or bound to payment ``bound_to`` (one refused): ``given`` was read
+        before the bank was awaited, and a coin another process bound to a payment
+        meanwhile would be spent under two contracts (_Taken)."""
         batch = f"exchange-{secrets.token_hex(16)}"
         coins = await self._draw(currency, [u for u in units if u])
         reference = blinded_order(_blinded(coins))
@@ -710,8 +714,8 @@ class Wallet(Component):
             for coin_key, _ in given:
                 row = c.execute("SELECT secret, value, key_id, coin_key, prefix, signature"
                                 " FROM ecash_coins WHERE coin_key = ? AND (state = 'fresh'"
-                                " OR (state = 'spending' AND spend NOT LIKE 'exchange-%'))",
-                                (coin_key,)).fetchone()
+                                " OR (state = 'spending' AND spend = ?))",
+                                (coin_key, bound_to)).fetchone()
                 if row is None:
                     raise _Taken
                 spends.append(sign_spend(_secret(row[0]), _coin(row[2:]), purpose="exchange",

@@ -1,0 +1,189 @@
+"""A reviewer's read of issue 11's instruments (brief R1): each fault found, as a
+failing test first, then the member of its kind found beyond it.
+
+Kind 1, a read outside the transaction that decides a write: the wallet reads its
+fresh coins, awaits the bank (keys, blinding), then stores an exchange of them; its
+store took a coin that another process bound to a payment meanwhile (any coin
+``spending`` for a payment, not only the one being refreshed), so one coin was
+spent under two contracts and the other payment's deposit was refused as double
+spent (``test_an_exchange_for_change_does_not_take_a_coin_bound_meanwhile``).
+Member: ``refused`` (a payee refused a payment and deposited one of its coins): the
+wallet re-reads the rest as fresh and exchanges them again, and that store took one
+that another process bound to its own payment meanwhile
+(``test_refreshing_a_refused_payment_takes_only_its_own_coins``).
+
+Kind 2, linking data kept where it should not be: a coin unblinded and fresh kept its
+blinding inverse and blinded message, and the done batch its request (the blinded
+list), so the wallet's database joined each coin to the withdrawal the bank signed
+(``test_a_withdrawn_coin_keeps_no_blinding_data``); member: the same for an exchange
+batch's new coins (``test_an_exchanged_coin_keeps_no_blinding_data``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from market_helpers import DEADLINE, config_of, running
+
+from semper.agents import Agent
+from semper.agents.components import _ledger
+from semper.agents.components._wallet import Wallet
+from semper.agents.operator._market import init_market
+from semper.services import Amount
+from semper.services.payment import PaymentRequest
+from semper.services.payment.ecash import (
+    BANK_ECASH_DEPOSIT,
+    DepositRequest,
+    InsufficientCoins,
+    Spend,
+)
+
+OUTSTANDING = _ledger.system_account("ecash-outstanding")
+
+
+def eur(units: int) -> Amount:
+    return Amount("EUR", units)
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("review") / "market"
+    init_market(folder)
+    return folder
+
+
+class World:
+    def __init__(self, bank: Agent, buyer: Agent, seller: Agent) -> None:
+        self.bank, self.buyer, self.seller = bank, buyer, seller
+        self.wallet = buyer.component(Wallet)
+
+    async def books(self) -> dict[str, int]:
+        def read(c: Any) -> dict[str, int]:
+            _ledger.check_books(c)
+            return {holder: _ledger.balances(c, holder).get("EUR", 0)
+                    for holder in ("buyer", "seller", OUTSTANDING)}
+
+        return await self.bank.database.read(read)
+
+    async def held(self) -> int:
+        return await self.wallet.balance("EUR")
+
+    async def pay(self, amount: int, tag: str) -> tuple[PaymentRequest, list[dict[str, Any]]]:
+        request = PaymentRequest(payee="seller", amount=eur(amount),
+                                 reference=tag.encode().ljust(32, b"."),
+                                 idempotency_key=f"{tag}-{secrets.token_hex(4)}")
+        return request, await self.wallet.spend(request)
+
+    async def deposit(self, request: PaymentRequest, spends: list[dict[str, Any]]) -> Any:
+        """The seller deposits what it was paid (its side of the module, by hand)."""
+        return await self.seller.request("bank", "bank", BANK_ECASH_DEPOSIT, DepositRequest(
+            spends=tuple(Spend.from_wire(s) for s in spends), reference=request.reference,
+            amount=request.amount, idempotency_key="d-" + request.idempotency_key).to_wire())
+
+    async def drain(self) -> None:
+        """Pay every coin held to the seller (tests share one wallet)."""
+        total = await self.held()
+        if total:
+            request, spends = await self.pay(total, "drain")
+            await self.deposit(request, spends)
+        assert await self.held() == 0
+
+    async def rows(self, sql: str, *args: Any) -> list[Any]:
+        return await self.buyer.database.read(lambda c: c.execute(sql, args).fetchall())
+
+
+@asynccontextmanager
+async def world(market: Path) -> AsyncIterator[World]:
+    bank = Agent(config_of(market, "bank"))
+    buyer = Agent(config_of(market, "buyer"))
+    seller = Agent(config_of(market, "seller"))
+    with trio.fail_after(DEADLINE * 3):
+        async with running(bank), running(buyer), running(seller):
+            yield World(bank, buyer, seller)
+
+
+def bind_during_draw(monkeypatch: pytest.MonkeyPatch, w: World,
+                     other: PaymentRequest, coins: list[bytes], *, at: int = 0) -> list[Any]:
+    """While the wallet awaits the bank for new coins (``_draw`` number ``at``: keys,
+    blinding), another process binds ``coins`` to payment ``other`` (its ``_bind``,
+    which no lock of this process orders). Returns [the other's spends] once done."""
+    real = Wallet._draw
+    done: list[Any] = []
+    calls = [0]
+
+    async def draw(self: Wallet, currency: str, units: Any) -> Any:
+        out = await real(self, currency, units)
+        calls[0] += 1
+        if calls[0] == at + 1:
+            done.append(await self._bind(coins, other))
+        return out
+
+    monkeypatch.setattr(Wallet, "_draw", draw)
+    return done
+
+
+# -- kind 1: a read outside the transaction that decides a write ---------------------
+
+
+async def test_an_exchange_for_change_does_not_take_a_coin_bound_meanwhile(
+        market: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with world(market) as w:
+        await w.drain()
+        await w.wallet.withdraw(eur(500), f"w-{secrets.token_hex(4)}")  # one 5.00 coin
+        [(coin,)] = await w.rows("SELECT coin_key FROM ecash_coins WHERE state = 'fresh'")
+        other = PaymentRequest(payee="seller", amount=eur(500), reference=b"o".ljust(32, b"."),
+                               idempotency_key=f"other-{secrets.token_hex(4)}")
+        theirs = bind_during_draw(monkeypatch, w, other, [coin])
+        before = await w.books()
+        # Ours needs change: the 5.00 coin is to be exchanged, but is bound meanwhile.
+        with pytest.raises(InsufficientCoins):
+            await w.pay(300, "ours")
+        assert theirs and theirs[0] is not None
+        # The other payment's coin was spent under its contract only: it deposits.
+        await w.deposit(other, theirs[0])
+        after = await w.books()
+        assert (after["seller"] - before["seller"], after[OUTSTANDING] - before[OUTSTANDING]) \
+            == (500, -500)
+        assert await w.rows("SELECT state, spend FROM ecash_coins WHERE coin_key = ?",
+                            coin) == [("spending", other.idempotency_key)]
+        assert await w.rows("SELECT count(*) FROM ecash_batches WHERE state = 'pending'") \
+            == [(0,)]
+
+
+async def test_refreshing_a_refused_payment_takes_only_its_own_coins(
+        market: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with world(market) as w:
+        await w.drain()
+        await w.wallet.withdraw(eur(700), f"w-{secrets.token_hex(4)}")  # 5.00 + 2.00
+        ours, spends = await w.pay(700, "refused")
+        coins = {Spend.from_wire(s).coin.coin_key: s for s in spends}
+        assert len(coins) == 2
+        # The payee deposits one of the coins shown (for itself, under our order) and
+        # refuses the payment: the wallet refreshes the coins, learns that one was
+        # spent, and exchanges the other again; meanwhile another process binds that
+        # one to a payment of its own.
+        values = dict(await w.rows("SELECT coin_key, value FROM ecash_coins WHERE spend = ?",
+                                   ours.idempotency_key))
+        (first, first_value), (kept, kept_value) = sorted(values.items(), key=lambda kv: -kv[1])
+        part = PaymentRequest(payee="seller", amount=eur(first_value),
+                              reference=ours.reference, idempotency_key=ours.idempotency_key)
+        await w.deposit(part, [coins[first]])
+        other = PaymentRequest(payee="seller", amount=eur(kept_value),
+                               reference=b"q".ljust(32, b"."),
+                               idempotency_key=f"other-{secrets.token_hex(4)}")
+        theirs = bind_during_draw(monkeypatch, w, other, [kept], at=1)
+        before = await w.books()
+        await w.wallet.refused(ours)
+        assert theirs and theirs[0] is not None
+        await w.deposit(other, theirs[0])  # spent under its own contract only
+        after = await w.books()
+        assert after["seller"] - before["seller"] == kept_value
+        assert await w.rows("SELECT coin_key, state, spend FROM ecash_coins WHERE coin_key"
+                            " IN (?, ?) ORDER BY value DESC", first, kept) == [
+            (first, "spent", None), (kept, "spending", other.idempotency_key)]
