@@ -3,7 +3,10 @@
 applied|committed``), as tests/test_bank_crash.py does for transfers and cheques:
 the bank runs as its own process with ``SEMPER_CRASH_AT``, the buyer or the seller
 (in-process, over TLS) sees its channel close, the bank restarts without the
-variable, and the same request is sent again, twice: the money moved once, the
+variable, and the same request is sent again, twice: right after the kill the
+books hold the request applied exactly when the point was ``.committed``
+(``books_after``: tests/test_ecash_statemachine.py checks that its in-process
+simulation of a kill leaves the same); after the retries the money moved once, the
 retries answered alike (the same blind signatures, the same settlement), every coin
 taken once, the books balanced. A bank start costs 1-4 s: one point runs by
 default, the others with SEMPER_SLOW=1 or ``-m slow``.
@@ -66,6 +69,19 @@ def _books(folder: Path) -> dict[str, int]:
         connection.close()
 
 
+def books_after(op: str, *, done: bool) -> dict[str, int]:
+    """What ``_books`` reads once the scenario below has run up to ``op`` (a
+    withdrawal of 8 in three coins, then their deposit or their exchange): ``op``
+    applied (``done``) or not."""
+    withdrawn = op != "withdraw" or done
+    paid = 8 if op == "deposit" and done else 0
+    return {"buyer": DEMO_FUNDS.minor_units - 8 * withdrawn, "seller": paid,
+            OUTSTANDING: 8 * withdrawn - paid,
+            **({"ecash.withdrawn": 1} if withdrawn else {}),
+            **({"ecash.deposited": 1} if paid else {}),
+            "spent": 3 if op != "withdraw" and done else 0}
+
+
 @pytest.mark.parametrize("point", [
     pytest.param(f"ecash.{op}.{step}",
                  marks=() if f"ecash.{op}.{step}" == DEFAULT else pytest.mark.slow)
@@ -77,6 +93,7 @@ async def test_the_bank_killed_then_retried_moves_the_money_once(
         pytest.skip("another crash point: SEMPER_SLOW=1 or -m slow")
     folder = Path(shutil.copytree(prebuilt, tmp_path / "market"))
     op = point.split(".")[1]
+    killed = books_after(op, done=point.endswith(".committed"))  # as the kill leaves it
     buyer, seller = Agent(config_of(folder, "buyer")), Agent(config_of(folder, "seller"))
     w = World(None, buyer, seller, Clock())  # type: ignore[arg-type]  # the bank is a process
     with trio.fail_after(DEADLINE * 3):
@@ -89,6 +106,7 @@ async def test_the_bank_killed_then_retried_moves_the_money_once(
                     with pytest.raises(ChannelClosed):
                         await w.ask_withdraw(pending, "w1")
                     assert await bank.wait() == -signal.SIGKILL
+                    assert _books(folder) == killed
                     bank = await start_bank(folder, None)
                 answer = await w.ask_withdraw(pending, "w1")
                 assert await w.ask_withdraw(pending, "w1") == answer
@@ -97,6 +115,7 @@ async def test_the_bank_killed_then_retried_moves_the_money_once(
                     with pytest.raises(ChannelClosed):
                         await w.pay(coins)
                     assert await bank.wait() == -signal.SIGKILL
+                    assert _books(folder) == killed
                     bank = await start_bank(folder, None)
                     deposited = await w.pay(coins)
                     assert await w.pay(coins) == deposited
@@ -108,14 +127,11 @@ async def test_the_bank_killed_then_retried_moves_the_money_once(
                     with pytest.raises(ChannelClosed):
                         await w.exchange(spends, new)
                     assert await bank.wait() == -signal.SIGKILL
+                    assert _books(folder) == killed
                     bank = await start_bank(folder, None)
                     exchanged = await w.exchange(spends, new)
                     assert await w.exchange(spends, new) == exchanged
                     assert len(unblind(new, exchanged.blind_signatures)) == 5
         finally:
             await stop(bank, signal.SIGKILL)
-    paid = 8 if op == "deposit" else 0
-    assert _books(folder) == {
-        "buyer": DEMO_FUNDS.minor_units - 8, "seller": paid, OUTSTANDING: 8 - paid,
-        "ecash.withdrawn": 1, **({"ecash.deposited": 1} if paid else {}),
-        "spent": 0 if op == "withdraw" else 3}
+    assert _books(folder) == books_after(op, done=True)

@@ -37,7 +37,8 @@ raises a BaseException of the test's at the point it picks. Raised inside a
 transaction function (``.applied``) it rolls the transaction back, as a kill leaves
 it; raised after a commit the commit stands and no answer is sent; the test then
 discards the agent and starts another on its files (tests/test_ecash_statemachine.py,
-whose faithfulness to a real SIGKILL tests/test_ecash_bank_crash.py checks).
+which checks that this leaves the bank's files as a real SIGKILL in
+tests/test_ecash_bank_crash.py does).
 """
 
 from __future__ import annotations
