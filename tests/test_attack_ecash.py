@@ -281,3 +281,73 @@ async def test_inflation_and_misdirection_are_refused(market: Path) -> None:
         await w.refused("ecash.bad_spend", w.redeem(voucher, mine[0].secret, [5]))
         await w.refused("payment.currency_mismatch", w.buyer.request(
             "bank", BANK_SERVICE, "ecash_keys", {"currency": "USD"}))
+
+
+# -- a buyer that makes the seller ask the bank -------------------------------------------
+
+
+async def hostile_order(w: World, key: str = "hostile-1") -> bytes:
+    """An order of the seller's cheapest offer, to be paid by ecash: its digest."""
+    catalogue = await w.buyer.request("seller", "commerce", "catalogue", {})
+    offer = min((Statement.from_wire(o) for o in catalogue["offers"]),
+                key=lambda o: o.body["price"]["minor_units"])
+    order = w.buyer.context.sign("commerce.order", {
+        "buyer": "buyer", "seller": "seller", "offer": offer.to_wire(),
+        "offer_digest": offer.digest, "quantity": 1, "payment_module": "ecash",
+        "idempotency_key": key})
+    answer = await w.buyer.request("seller", "commerce", "order", {"order": order.to_wire()})
+    return bytes(answer["order"])
+
+
+def count_key_fetches(w: World) -> list[str]:
+    """The currencies of each ``bank.ecash_keys`` the bank serves from now."""
+    bank = w.bank.component(EcashBank)
+    fetched: list[str] = []
+    keys_of = bank.keys_of
+
+    async def counting(currency: str) -> Any:
+        fetched.append(currency)
+        return await keys_of(currency)
+
+    bank.keys_of = counting  # type: ignore[method-assign]
+    return fetched
+
+
+async def test_coins_of_unknown_keys_do_not_make_the_seller_ask_the_bank_each_time(
+        market: Path) -> None:
+    """A buyer hands the seller 20 proofs whose coin names a key id no bank has: each
+    is ecash.unknown_key, and the seller asked the bank for its keys (and verified
+    every statement of the answer: 13 a month of rotation, up to 256) once, not once
+    a proof: one payment.accept made the seller make a bank request and verify up
+    to 256 statements."""
+    async with world(market) as w:
+        reference = await hostile_order(w)
+        fetched = count_key_fetches(w)
+        for n in range(20):
+            await w.refused("ecash.unknown_key", made_up(w, reference, n))
+        assert len(fetched) <= 1, fetched
+
+
+def made_up(w: World, reference: bytes, n: int) -> Any:
+    """payment.accept of a coin of a made-up key id (``n``) for the order."""
+    fake = {"coin": {"key_id": bytes([n]) * 32, "coin_key": bytes(32), "prefix": bytes(32),
+                     "signature": bytes(256)}, "signature": bytes(64)}
+    return w.buyer.request("seller", "payment", "accept", {
+        "module": "ecash", "reference": reference, "proof": {"spends": [fake]}})
+
+
+async def test_many_such_proofs_at_once_make_the_seller_ask_once(market: Path) -> None:
+    """Another member: the made-up proofs come 16 at a time, for 16 orders (a
+    channel takes 1024 in flight; the seller takes one proof at a time per order),
+    each burst a second after the last: the seller asks the bank once a burst, not
+    once a proof (they all saw the cache miss before the first answer came)."""
+    async with world(market) as w:
+        references = [await hostile_order(w, f"hostile-{n}") for n in range(16)]
+        await w.refused("ecash.unknown_key", made_up(w, references[0], 0))
+        fetched = count_key_fetches(w)
+        for burst in range(3):
+            w.clock.ms += 1_001
+            got = await at_once(*(made_up(w, r, n) for n, r in enumerate(references)))
+            assert set(got) == {"ecash.unknown_key"}, got
+            assert len(fetched) == burst + 1, fetched
+        assert await w.moved() == {}

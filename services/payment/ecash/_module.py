@@ -84,6 +84,10 @@ class EcashModule:
     """
 
     name: ClassVar[str] = "ecash"
+    #: After asking a bank for its keys, a key id still unknown is refused without
+    #: asking again for this long (ms): else each proof naming a made-up key id made
+    #: us ask the bank and verify its whole answer (up to 256 statements).
+    REFETCH_MS: ClassVar[int] = 1_000
     #: The bank backs every coin it signed (the money left the payer's account at
     #: withdrawal): a payee's policy treats ecash like a transfer, not a cheque.
     guaranteed: ClassVar[bool] = True
@@ -91,6 +95,8 @@ class EcashModule:
 
     def __init__(self) -> None:
         self._keys: dict[tuple[str, bytes], Denomination] = {}
+        #: (bank, currency) -> when we last asked it for its keys (ms).
+        self._asked: dict[tuple[str, str], int] = {}
 
     # -- payer ------------------------------------------------------------------------
 
@@ -150,18 +156,28 @@ class EcashModule:
     async def _denominations(self, ctx: PaymentContext, bank: str, currency: str,
                              wanted: Iterable[bytes]) -> dict[bytes, Denomination]:
         """The denominations ``wanted`` (key ids) of ``bank``, from the cache, else
-        from ``bank.ecash_keys`` (each verified); unknown ids are left out."""
+        from ``bank.ecash_keys`` (each new one verified), asked at most once a
+        ``REFETCH_MS`` while we hold some of the bank's keys; unknown ids are left
+        out."""
         wanted = set(wanted)
-        if any((bank, key_id) not in self._keys for key_id in wanted):
+        asked = self._asked.get((bank, currency))
+        if any((bank, key_id) not in self._keys for key_id in wanted) and (
+                asked is None or not 0 <= ctx.now_ms() - asked < self.REFETCH_MS):
+            if asked is not None:  # others arriving meanwhile wait for no second answer
+                self._asked[(bank, currency)] = ctx.now_ms()
             answer = KeysAnswer.from_wire(await ctx.request(
                 bank, BANK_SERVICE, BANK_ECASH_KEYS, KeysRequest(currency=currency).to_wire()))
+            self._asked[(bank, currency)] = ctx.now_ms()
             now = now_of(ctx)
             for statement in answer.denominations:
+                if (bank, statement.body.get("key_id")) in self._keys:
+                    continue  # verified when it came first: a statement is immutable
                 body = verify_denomination(statement, bank_certificate=answer.bank_certificate,
                                            root=ctx.root, crl=ctx.crl, now=now,
                                            expected_bank=bank, expected_currency=currency)
                 if len(self._keys) >= self.MAX_KEYS:
                     self._keys.clear()
+                    self._asked.clear()
                 self._keys[(bank, body.key_id)] = body
         return {k: self._keys[(bank, k)] for k in wanted if (bank, k) in self._keys}
 
