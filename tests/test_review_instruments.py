@@ -187,3 +187,37 @@ async def test_refreshing_a_refused_payment_takes_only_its_own_coins(
         assert await w.rows("SELECT coin_key, state, spend FROM ecash_coins WHERE coin_key"
                             " IN (?, ?) ORDER BY value DESC", first, kept) == [
             (first, "spent", None), (kept, "spending", other.idempotency_key)]
+
+
+# -- kind 2: linking data kept after use -----------------------------------------------
+
+
+async def linking(w: World) -> tuple[list[Any], list[Any]]:
+    """Fresh coins that still hold a blinded message or its inverse; done batches
+    that still hold their request (which lists the blinded messages)."""
+    coins = await w.rows("SELECT coin_key FROM ecash_coins WHERE state != 'withdrawing'"
+                         " AND (length(blinded) OR length(inv))")
+    batches = await w.rows("SELECT batch FROM ecash_batches WHERE state = 'done'"
+                           " AND length(request) > 8")
+    return coins, batches
+
+
+async def test_a_withdrawn_coin_keeps_no_blinding_data(market: Path) -> None:
+    async with world(market) as w:
+        key = f"w-{secrets.token_hex(4)}"
+        await w.wallet.withdraw(eur(1234), key)
+        assert await linking(w) == ([], [])
+        assert await w.wallet.withdraw(eur(1234), key)  # the same key: still once
+        request, spends = await w.pay(1234, "blinding")
+        await w.deposit(request, spends)
+
+
+async def test_an_exchanged_coin_keeps_no_blinding_data(market: Path) -> None:
+    async with world(market) as w:
+        await w.drain()
+        await w.wallet.withdraw(eur(500), f"w-{secrets.token_hex(4)}")
+        request, spends = await w.pay(300, "change")  # an exchange for change first
+        assert await w.rows("SELECT count(*) FROM ecash_batches WHERE kind = 'exchange'"
+                            " AND state = 'done'") != [(0,)]
+        assert await linking(w) == ([], [])
+        await w.deposit(request, spends)

@@ -402,13 +402,17 @@ class Wallet(Component):
         now = self.context.now_ms()
 
         def done(c: Any) -> None:
+            # The blinded messages and their inverses (and the request listing them)
+            # are forgotten once the coins are signed: kept, they join each coin to
+            # the withdrawal the bank signed, for whoever reads this database.
             c.executemany("UPDATE ecash_coins SET signature = ?, state = 'fresh',"
-                          " updated_ms = ? WHERE coin_key = ? AND state = 'withdrawing'",
+                          " blinded = x'', inv = x'', updated_ms = ?"
+                          " WHERE coin_key = ? AND state = 'withdrawing'",
                           [(s, now, k) for s, k in signed])
             c.execute("UPDATE ecash_coins SET state = 'spent', updated_ms = ?"
                       " WHERE spend = ? AND state = 'spending'", (now, batch))
-            c.execute("UPDATE ecash_batches SET state = 'done', updated_ms = ? WHERE batch = ?",
-                      (now, batch))
+            c.execute("UPDATE ecash_batches SET state = 'done', request = ?, updated_ms = ?"
+                      " WHERE batch = ?", (canonical_encode(None), now, batch))
 
         await self.context.database.transaction(done)
 
