@@ -12,6 +12,14 @@ wallet re-reads the rest as fresh and exchanges them again, and that store took 
 that another process bound to its own payment meanwhile
 (``test_refreshing_a_refused_payment_takes_only_its_own_coins``).
 
+Kind 3, an input that is not checked before use: a ``market.policy`` body (signed by
+the root, or read back from the agent's file) whose list holds a map or a list made
+``MarketPolicy.from_body`` raise TypeError, not ``payment.bad_market_policy``
+(``test_a_policy_naming_no_string_is_a_bad_market_policy``); member: the agent's
+``MarketPolicyBook``, which catches only the coded errors, let that TypeError out of
+the CRL answer's handling instead of keeping its policy
+(``test_the_policy_book_ignores_a_signed_policy_naming_no_string``).
+
 Kind 2, linking data kept where it should not be: a coin unblinded and fresh kept its
 blinding inverse and blinded message, and the done batch its request (the blinded
 list), so the wallet's database joined each coin to the withdrawal the bank signed
@@ -33,16 +41,20 @@ from market_helpers import DEADLINE, config_of, running
 
 from semper.agents import Agent
 from semper.agents.components import _ledger
+from semper.agents.components._payments import MarketPolicyBook
 from semper.agents.components._wallet import Wallet
 from semper.agents.operator._market import init_market
 from semper.services import Amount
+from semper.services.certificates import create_ca
 from semper.services.payment import PaymentRequest
+from semper.services.payment._policy import MARKET_POLICY, BadMarketPolicy, MarketPolicy
 from semper.services.payment.ecash import (
     BANK_ECASH_DEPOSIT,
     DepositRequest,
     InsufficientCoins,
     Spend,
 )
+from semper.services.statements import sign_statement
 
 OUTSTANDING = _ledger.system_account("ecash-outstanding")
 
@@ -221,3 +233,29 @@ async def test_an_exchanged_coin_keeps_no_blinding_data(market: Path) -> None:
                             " AND state = 'done'") != [(0,)]
         assert await linking(w) == ([], [])
         await w.deposit(request, spends)
+
+
+# -- kind 3: an input not checked before use -------------------------------------------
+
+_POLICY = {"allowed": None, "forbidden": [], "required": [], "issued_ms": 1, "serial": 5}
+
+
+@pytest.mark.parametrize("body", [{**_POLICY, "forbidden": [["cheque"]]},
+                                  {**_POLICY, "allowed": [{"a": 1}]},
+                                  {**_POLICY, "required": [7]}])
+def test_a_policy_naming_no_string_is_a_bad_market_policy(body: dict[str, Any]) -> None:
+    with pytest.raises(BadMarketPolicy) as caught:
+        MarketPolicy.from_body(body)
+    assert caught.value.code == "payment.bad_market_policy"
+
+
+async def test_the_policy_book_ignores_a_signed_policy_naming_no_string(
+        tmp_path: Path) -> None:
+    import datetime as dt
+    root = create_ca("review root", now=dt.datetime.now(dt.UTC))
+    book = MarketPolicyBook(root.certificate, tmp_path)
+    statement = sign_statement(MARKET_POLICY, {**_POLICY, "forbidden": [["cheque"]]},
+                               key=root.key, certificate=root.certificate, now_ms=1,
+                               nonce=bytes(16))
+    assert not await book.offer({"number": 1, "crl": None, "policy": statement.to_wire()})
+    assert book.statement is None and book.policy.serial == 0

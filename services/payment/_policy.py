@@ -271,7 +271,9 @@ class MarketPolicy:
 
         def names(what: str) -> frozenset[str]:
             value = body[what]
-            if type(value) is not list or len(value) > MAX_LISTED:
+            # Strings only before the set: a map or a list in it is unhashable.
+            if type(value) is not list or len(value) > MAX_LISTED or not all(
+                    type(name) is str for name in value):
                 raise _bad(f"{what} must be a list of module names", what)
             return frozenset(value)
 
