@@ -14,7 +14,7 @@ Faults found, each an instance and another member of its kind:
   kept back, which the seller could still deposit, were fresh again);
 - a made-up key id made the seller ask the bank for its keys and verify them all,
   once a proof (one after another; 16 at once).
-The attacks that found nothing stay as regressions (the last two sections).
+The attacks that found nothing stay as regressions ("attacks that found nothing").
 """
 
 from __future__ import annotations
