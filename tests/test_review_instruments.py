@@ -20,6 +20,14 @@ the root, or read back from the agent's file) whose list holds a map or a list m
 the CRL answer's handling instead of keeping its policy
 (``test_the_policy_book_ignores_a_signed_policy_naming_no_string``).
 
+Kind 4, a holder's instrument of another bank taken as ours: the card module paid
+with the buyer's first card whatever bank issued it, sealed for our bank's gateway,
+which refused it (``card.unknown_card``) though a card of our bank was held
+(``test_a_card_of_another_bank_is_not_paid_with``); member: ``semper buy`` without
+``--pay`` picked the card with no card of our bank held, to fail at the gateway,
+where the wallet says why it cannot pay (``can_pay``)
+(``test_choosing_passes_over_the_card_without_a_card_of_our_bank``).
+
 Kind 2, linking data kept where it should not be: a coin unblinded and fresh kept its
 blinding inverse and blinded message, and the done batch its request (the blinded
 list), so the wallet's database joined each coin to the withdrawal the bank signed
@@ -41,7 +49,9 @@ from market_helpers import DEADLINE, config_of, running
 
 from semper.agents import Agent
 from semper.agents.components import _ledger
+from semper.agents.components._cards import add_card, luhn_digit
 from semper.agents.components._payments import MarketPolicyBook
+from semper.agents.components._purchase import Shopper
 from semper.agents.components._wallet import Wallet
 from semper.agents.operator._market import init_market
 from semper.services import Amount
@@ -259,3 +269,46 @@ async def test_the_policy_book_ignores_a_signed_policy_naming_no_string(
                                nonce=bytes(16))
     assert not await book.offer({"number": 1, "crl": None, "policy": statement.to_wire()})
     assert book.statement is None and book.policy.serial == 0
+
+
+# -- kind 4: an instrument of another bank taken as ours ---------------------------------
+
+
+async def test_a_card_of_another_bank_is_not_paid_with(market: Path) -> None:
+    body = "49" + "".join(secrets.choice("0123456789") for _ in range(13))
+    foreign = body + luhn_digit(body)
+    async with world(market) as w:
+        # Held before our bank's (kept first: the order cards are listed in).
+        await w.buyer.database.transaction(lambda c: add_card(
+            c, foreign, "2099-12", "otherbank", now_ms=0))
+        try:
+            before = await w.books()
+            done = await Shopper(w.buyer).buy("seller", "map-002", "card",
+                                              f"card-{secrets.token_hex(4)}")
+            assert done.state == "done" and done.payment is not None
+            after = await w.books()
+            assert after["seller"] - before["seller"] == 480
+            assert after["buyer"] - before["buyer"] == -480
+        finally:
+            await w.buyer.database.transaction(lambda c: c.execute(
+                "DELETE FROM cards_cards WHERE number = ?", (foreign,)))
+
+
+async def test_choosing_passes_over_the_card_without_a_card_of_our_bank(
+        market: Path) -> None:
+    async with world(market) as w:
+        key = f"choose-{secrets.token_hex(4)}"
+        mine = await w.rows("SELECT number FROM cards_cards WHERE bank = 'bank'")
+        assert mine
+        shopper = Shopper(w.buyer)
+        first, _ = await shopper.choose("seller", "map-002", key)
+        await w.buyer.database.transaction(lambda c: c.execute(
+            "UPDATE cards_cards SET bank = 'otherbank'"))
+        try:
+            module, why = await shopper.choose("seller", "map-002", key)
+        finally:
+            await w.buyer.database.transaction(lambda c: c.execute(
+                "UPDATE cards_cards SET bank = 'bank'"))
+        assert first == "card" or "card" not in why
+        assert module != "card"
+        assert "card" in why and "no card" in why

@@ -99,18 +99,31 @@ class Cards(Component):
         """Every card, the first issued first."""
         return await self.context.database.read(_cards)
 
+    def _bank(self) -> str:
+        return self.context.config.payment.bank or "bank"
+
     async def card(self, bank: str | None = None) -> Card:
-        """The card to pay with: the first one (issued by ``bank``, if given).
+        """The card to pay with: the first one issued by ``bank`` (None: our payment
+        bank, whose gateway the card module seals the instructions for: a card of
+        another bank is unknown there).
 
         Raises:
-            UnknownCard: none (at that bank): nothing to pay a card payment with.
+            UnknownCard: none at that bank: nothing to pay a card payment with.
         """
+        bank = bank or self._bank()
         for card in await self.list():
-            if bank is None or card.bank == bank:
+            if card.bank == bank:
                 return card
-        where = "" if bank is None else f" issued by {bank!r}"
-        raise UnknownCard(f"{self.context.id} holds no card{where}",
-                     detail={} if bank is None else {"bank": bank})
+        raise UnknownCard(f"{self.context.id} holds no card issued by {bank!r}",
+                          detail={"bank": bank})
+
+    async def can_pay(self, amount: Any) -> str | None:
+        """Why no card can pay now (none of our bank, whose gateway a card payment
+        goes to), or None: for choosing an instrument before the gateway refuses."""
+        bank = self._bank()
+        if any(card.bank == bank for card in await self.list()):
+            return None
+        return f"cannot pay: no card issued by {bank} is held"
 
     async def add(self, number: str, expiry: str, bank: str) -> None:
         """Keep a card issued later (see ``add_card``)."""
