@@ -38,96 +38,42 @@ batch's new coins (``test_an_exchanged_coin_keeps_no_blinding_data``).
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
-from market_helpers import DEADLINE, config_of, running
+from test_wallet import OUTSTANDING, World, eur, market, world
 
-from semper.agents import Agent
-from semper.agents.components import _ledger
 from semper.agents.components._cards import add_card, luhn_digit
 from semper.agents.components._payments import MarketPolicyBook
 from semper.agents.components._purchase import Shopper
 from semper.agents.components._wallet import Wallet
-from semper.agents.operator._market import init_market
-from semper.services import Amount
 from semper.services.certificates import create_ca
 from semper.services.payment import PaymentRequest
 from semper.services.payment._policy import MARKET_POLICY, BadMarketPolicy, MarketPolicy
-from semper.services.payment.ecash import (
-    BANK_ECASH_DEPOSIT,
-    DepositRequest,
-    InsufficientCoins,
-    Spend,
-)
+from semper.services.payment.ecash import InsufficientCoins, Spend
 from semper.services.statements import sign_statement
 
-OUTSTANDING = _ledger.system_account("ecash-outstanding")
+__all__ = ["market"]  # test_wallet's fixture: one market for this module
 
 
-def eur(units: int) -> Amount:
-    return Amount("EUR", units)
+async def pay(w: World, amount: int, tag: str) -> tuple[PaymentRequest, list[dict[str, Any]]]:
+    """Coins worth ``amount`` bound to a new payment to the seller."""
+    request = PaymentRequest(payee="seller", amount=eur(amount),
+                             reference=tag.encode().ljust(32, b"."),
+                             idempotency_key=f"{tag}-{secrets.token_hex(4)}")
+    return request, await w.wallet.spend(request)
 
 
-@pytest.fixture(scope="module")
-def market(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("review") / "market"
-    init_market(folder)
-    return folder
+async def deposit(w: World, request: PaymentRequest, spends: list[dict[str, Any]]) -> Any:
+    """The seller deposits ``spends`` for ``request`` (its half of the module, by hand)."""
+    return await w.deposit(spends, request.reference, request.amount,
+                           "d-" + request.idempotency_key)
 
 
-class World:
-    def __init__(self, bank: Agent, buyer: Agent, seller: Agent) -> None:
-        self.bank, self.buyer, self.seller = bank, buyer, seller
-        self.wallet = buyer.component(Wallet)
-
-    async def books(self) -> dict[str, int]:
-        def read(c: Any) -> dict[str, int]:
-            _ledger.check_books(c)
-            return {holder: _ledger.balances(c, holder).get("EUR", 0)
-                    for holder in ("buyer", "seller", OUTSTANDING)}
-
-        return await self.bank.database.read(read)
-
-    async def held(self) -> int:
-        return await self.wallet.balance("EUR")
-
-    async def pay(self, amount: int, tag: str) -> tuple[PaymentRequest, list[dict[str, Any]]]:
-        request = PaymentRequest(payee="seller", amount=eur(amount),
-                                 reference=tag.encode().ljust(32, b"."),
-                                 idempotency_key=f"{tag}-{secrets.token_hex(4)}")
-        return request, await self.wallet.spend(request)
-
-    async def deposit(self, request: PaymentRequest, spends: list[dict[str, Any]]) -> Any:
-        """The seller deposits what it was paid (its side of the module, by hand)."""
-        return await self.seller.request("bank", "bank", BANK_ECASH_DEPOSIT, DepositRequest(
-            spends=tuple(Spend.from_wire(s) for s in spends), reference=request.reference,
-            amount=request.amount, idempotency_key="d-" + request.idempotency_key).to_wire())
-
-    async def drain(self) -> None:
-        """Pay every coin held to the seller (tests share one wallet)."""
-        total = await self.held()
-        if total:
-            request, spends = await self.pay(total, "drain")
-            await self.deposit(request, spends)
-        assert await self.held() == 0
-
-    async def rows(self, sql: str, *args: Any) -> list[Any]:
-        return await self.buyer.database.read(lambda c: c.execute(sql, args).fetchall())
-
-
-@asynccontextmanager
-async def world(market: Path) -> AsyncIterator[World]:
-    bank = Agent(config_of(market, "bank"))
-    buyer = Agent(config_of(market, "buyer"))
-    seller = Agent(config_of(market, "seller"))
-    with trio.fail_after(DEADLINE * 3):
-        async with running(bank), running(buyer), running(seller):
-            yield World(bank, buyer, seller)
+async def rows(w: World, sql: str, *args: Any) -> list[Any]:
+    """Rows of the buyer's database."""
+    return await w.buyer.database.read(lambda c: c.execute(sql, args).fetchall())
 
 
 def bind_during_draw(monkeypatch: pytest.MonkeyPatch, w: World,
@@ -158,23 +104,23 @@ async def test_an_exchange_for_change_does_not_take_a_coin_bound_meanwhile(
     async with world(market) as w:
         await w.drain()
         await w.wallet.withdraw(eur(500), f"w-{secrets.token_hex(4)}")  # one 5.00 coin
-        [(coin,)] = await w.rows("SELECT coin_key FROM ecash_coins WHERE state = 'fresh'")
+        [(coin,)] = await rows(w, "SELECT coin_key FROM ecash_coins WHERE state = 'fresh'")
         other = PaymentRequest(payee="seller", amount=eur(500), reference=b"o".ljust(32, b"."),
                                idempotency_key=f"other-{secrets.token_hex(4)}")
         theirs = bind_during_draw(monkeypatch, w, other, [coin])
         before = await w.books()
         # Ours needs change: the 5.00 coin is to be exchanged, but is bound meanwhile.
         with pytest.raises(InsufficientCoins):
-            await w.pay(300, "ours")
+            await pay(w, 300, "ours")
         assert theirs and theirs[0] is not None
         # The other payment's coin was spent under its contract only: it deposits.
-        await w.deposit(other, theirs[0])
+        await deposit(w, other, theirs[0])
         after = await w.books()
         assert (after["seller"] - before["seller"], after[OUTSTANDING] - before[OUTSTANDING]) \
             == (500, -500)
-        assert await w.rows("SELECT state, spend FROM ecash_coins WHERE coin_key = ?",
+        assert await rows(w, "SELECT state, spend FROM ecash_coins WHERE coin_key = ?",
                             coin) == [("spending", other.idempotency_key)]
-        assert await w.rows("SELECT count(*) FROM ecash_batches WHERE state = 'pending'") \
+        assert await rows(w, "SELECT count(*) FROM ecash_batches WHERE state = 'pending'") \
             == [(0,)]
 
 
@@ -183,19 +129,19 @@ async def test_refreshing_a_refused_payment_takes_only_its_own_coins(
     async with world(market) as w:
         await w.drain()
         await w.wallet.withdraw(eur(700), f"w-{secrets.token_hex(4)}")  # 5.00 + 2.00
-        ours, spends = await w.pay(700, "refused")
+        ours, spends = await pay(w, 700, "refused")
         coins = {Spend.from_wire(s).coin.coin_key: s for s in spends}
         assert len(coins) == 2
         # The payee deposits one of the coins shown (for itself, under our order) and
         # refuses the payment: the wallet refreshes the coins, learns that one was
         # spent, and exchanges the other again; meanwhile another process binds that
         # one to a payment of its own.
-        values = dict(await w.rows("SELECT coin_key, value FROM ecash_coins WHERE spend = ?",
+        values = dict(await rows(w, "SELECT coin_key, value FROM ecash_coins WHERE spend = ?",
                                    ours.idempotency_key))
         (first, first_value), (kept, kept_value) = sorted(values.items(), key=lambda kv: -kv[1])
         part = PaymentRequest(payee="seller", amount=eur(first_value),
                               reference=ours.reference, idempotency_key=ours.idempotency_key)
-        await w.deposit(part, [coins[first]])
+        await deposit(w, part, [coins[first]])
         other = PaymentRequest(payee="seller", amount=eur(kept_value),
                                reference=b"q".ljust(32, b"."),
                                idempotency_key=f"other-{secrets.token_hex(4)}")
@@ -203,10 +149,10 @@ async def test_refreshing_a_refused_payment_takes_only_its_own_coins(
         before = await w.books()
         await w.wallet.refused(ours)
         assert theirs and theirs[0] is not None
-        await w.deposit(other, theirs[0])  # spent under its own contract only
+        await deposit(w, other, theirs[0])  # spent under its own contract only
         after = await w.books()
         assert after["seller"] - before["seller"] == kept_value
-        assert await w.rows("SELECT coin_key, state, spend FROM ecash_coins WHERE coin_key"
+        assert await rows(w, "SELECT coin_key, state, spend FROM ecash_coins WHERE coin_key"
                             " IN (?, ?) ORDER BY value DESC", first, kept) == [
             (first, "spent", None), (kept, "spending", other.idempotency_key)]
 
@@ -217,9 +163,9 @@ async def test_refreshing_a_refused_payment_takes_only_its_own_coins(
 async def linking(w: World) -> tuple[list[Any], list[Any]]:
     """Fresh coins that still hold a blinded message or its inverse; done batches
     that still hold their request (which lists the blinded messages)."""
-    coins = await w.rows("SELECT coin_key FROM ecash_coins WHERE state != 'withdrawing'"
+    coins = await rows(w, "SELECT coin_key FROM ecash_coins WHERE state != 'withdrawing'"
                          " AND (length(blinded) OR length(inv))")
-    batches = await w.rows("SELECT batch FROM ecash_batches WHERE state = 'done'"
+    batches = await rows(w, "SELECT batch FROM ecash_batches WHERE state = 'done'"
                            " AND length(request) > 8")
     return coins, batches
 
@@ -230,19 +176,19 @@ async def test_a_withdrawn_coin_keeps_no_blinding_data(market: Path) -> None:
         await w.wallet.withdraw(eur(1234), key)
         assert await linking(w) == ([], [])
         assert await w.wallet.withdraw(eur(1234), key)  # the same key: still once
-        request, spends = await w.pay(1234, "blinding")
-        await w.deposit(request, spends)
+        request, spends = await pay(w, 1234, "blinding")
+        await deposit(w, request, spends)
 
 
 async def test_an_exchanged_coin_keeps_no_blinding_data(market: Path) -> None:
     async with world(market) as w:
         await w.drain()
         await w.wallet.withdraw(eur(500), f"w-{secrets.token_hex(4)}")
-        request, spends = await w.pay(300, "change")  # an exchange for change first
-        assert await w.rows("SELECT count(*) FROM ecash_batches WHERE kind = 'exchange'"
+        request, spends = await pay(w, 300, "change")  # an exchange for change first
+        assert await rows(w, "SELECT count(*) FROM ecash_batches WHERE kind = 'exchange'"
                             " AND state = 'done'") != [(0,)]
         assert await linking(w) == ([], [])
-        await w.deposit(request, spends)
+        await deposit(w, request, spends)
 
 
 # -- kind 3: an input not checked before use -------------------------------------------
@@ -298,7 +244,7 @@ async def test_choosing_passes_over_the_card_without_a_card_of_our_bank(
         market: Path) -> None:
     async with world(market) as w:
         key = f"choose-{secrets.token_hex(4)}"
-        mine = await w.rows("SELECT number FROM cards_cards WHERE bank = 'bank'")
+        mine = await rows(w, "SELECT number FROM cards_cards WHERE bank = 'bank'")
         assert mine
         shopper = Shopper(w.buyer)
         first, _ = await shopper.choose("seller", "map-002", key)
