@@ -27,6 +27,7 @@ from semper.agents.cli._common import (
     passphrase_option,
 )
 from semper.agents.cli._text import console as make_console
+from semper.agents.components._cards import read_cards
 from semper.agents.components._wallet import Wallet, read_coins
 from semper.agents.runtime._agent import Agent
 from semper.agents.runtime._config import ConfigError
@@ -183,7 +184,7 @@ def _local(c: sqlite3.Connection) -> tuple[list[dict[str, Any]], dict[str, dict[
                                            list[dict[str, str]]]:
     """What the agent's own database holds: purchases, coins, cards (each empty when
     the role keeps none)."""
-    return _purchases(c), _optional(c, read_coins, {}), _optional(c, _cards, [])
+    return _purchases(c), _optional(c, read_coins, {}), _optional(c, read_cards, [])
 
 
 def _optional(c: sqlite3.Connection, read: Any, empty: Any) -> Any:
@@ -191,12 +192,6 @@ def _optional(c: sqlite3.Connection, read: Any, empty: Any) -> Any:
         return read(c)
     except sqlite3.OperationalError:  # not this role's table
         return empty
-
-
-def _cards(c: sqlite3.Connection) -> list[dict[str, str]]:
-    """The cardholder's cards (the Cards component's table ``cards_cards``)."""
-    return [{"number": number, "expiry": expiry} for number, expiry in c.execute(
-        "SELECT number, expiry FROM cards_cards ORDER BY added_ms, number")]
 
 
 def _print_holdings(console: Console, coins: dict[str, dict[str, int]],

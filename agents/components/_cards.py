@@ -18,8 +18,8 @@ from typing import Any, ClassVar, Final
 from semper.agents.runtime._component import Component
 from semper.services.payment.card import UnknownCard, luhn_ok
 
-__all__ = ["MIGRATIONS", "Card", "Cards", "add_card", "cards_json", "check_card_number",
-           "luhn_digit"]
+__all__ = ["MIGRATIONS", "Card", "Cards", "add_card", "check_card_number", "luhn_digit",
+           "read_cards"]
 
 MIGRATIONS: Final = {
     "cards": [
@@ -132,6 +132,7 @@ class Cards(Component):
             lambda c: add_card(c, number, expiry, bank, now_ms=now_ms))
 
 
-def cards_json(cards: Sequence[Card]) -> list[dict[str, Any]]:
-    """``"cards"`` of ``semper wallet --json``."""
-    return [card.to_json() for card in cards]
+def read_cards(c: sqlite3.Connection) -> list[dict[str, str]]:
+    """``"cards"`` of ``semper wallet --json``, on the database alone (the command
+    shows them without running the agent)."""
+    return [card.to_json() for card in _cards(c)]

@@ -89,9 +89,10 @@ class CardModule:
         key = check_gateway_key(answer.key, bank_certificate=answer.bank_certificate,
                                 root=ctx.root, crl=ctx.crl, now=now_of(ctx),
                                 expected_bank=ctx.bank_id)
+        # No description: a PaymentRequest has none, and ``settles`` (the notary's
+        # check) rebuilds this OI from the order alone.
         oi = OrderInformation(order=request.reference, merchant=request.payee,
-                              amount=request.amount,
-                              description=getattr(request, "description", None) or "")
+                              amount=request.amount, description="")
         oimd = oimd_of(oi)
         pi = PaymentInstructions(number=number, expiry=expiry, amount=request.amount,
                                  merchant=request.payee, order=oimd,
