@@ -28,6 +28,16 @@ which refused it (``card.unknown_card``) though a card of our bank was held
 where the wallet says why it cannot pay (``can_pay``)
 (``test_choosing_passes_over_the_card_without_a_card_of_our_bank``).
 
+Kind 5, money that moves while the sale does not: the seller checked only that the
+item ordered was still sold before taking the payment, not that its goods were still
+those the order quoted; goods changed since the order failed the delivery check after
+an ecash deposit (or a card capture), where no instrument gives the money back
+(``received`` is the transfer's and the cheque's: money moved before the proof), so
+the seller kept the money of an unpaid sale and the buyer's coins were counted spent
+(``test_ecash_for_goods_changed_since_the_order_is_refused_before_the_deposit``);
+member: the same by card, captured and kept
+(``test_a_card_for_goods_changed_since_the_order_is_refused_before_the_capture``).
+
 Kind 2, linking data kept where it should not be: a coin unblinded and fresh kept its
 blinding inverse and blinded message, and the done batch its request (the blinded
 list), so the wallet's database joined each coin to the withdrawal the bank signed
@@ -37,6 +47,7 @@ batch's new coins (``test_an_exchanged_coin_keeps_no_blinding_data``).
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from pathlib import Path
 from typing import Any
@@ -48,11 +59,13 @@ from semper.agents.components._cards import add_card, luhn_digit
 from semper.agents.components._payments import MarketPolicyBook
 from semper.agents.components._purchase import Shopper
 from semper.agents.components._wallet import Wallet
+from semper.agents.roles.seller import Sales
 from semper.services.certificates import create_ca
 from semper.services.payment import PaymentRequest
 from semper.services.payment._policy import MARKET_POLICY, BadMarketPolicy, MarketPolicy
 from semper.services.payment.ecash import InsufficientCoins, Spend
 from semper.services.statements import sign_statement
+from semper.transport import RemoteError
 
 __all__ = ["market"]  # test_wallet's fixture: one market for this module
 
@@ -258,3 +271,48 @@ async def test_choosing_passes_over_the_card_without_a_card_of_our_bank(
         assert first == "card" or "card" not in why
         assert module != "card"
         assert "card" in why and "no card" in why
+
+
+# -- kind 5: money that moves while the sale does not ------------------------------------
+
+
+async def buy_while_the_goods_change(w: World, module: str) -> RemoteError:
+    """Buy map-002 by ``module``; the seller's goods for it change once the order is
+    accepted, before the payment (a new edition under the same sku). Returns the
+    refusal; the goods are put back after."""
+    sales = w.seller.component(Sales)
+    item = sales.items["map-002"]
+
+    def progress(step: str) -> None:
+        if step.startswith("paying"):
+            sales.items["map-002"] = dataclasses.replace(
+                item, goods=item.goods + b" (second edition)", digest=b"")
+
+    try:
+        with pytest.raises(RemoteError) as refused:
+            await Shopper(w.buyer, progress).buy("seller", "map-002", module,
+                                                 f"{module}-changed-{secrets.token_hex(4)}")
+    finally:
+        sales.items["map-002"] = item
+    return refused.value
+
+
+async def test_ecash_for_goods_changed_since_the_order_is_refused_before_the_deposit(
+        market: Path) -> None:
+    async with world(market) as w:
+        await w.drain()
+        await w.wallet.withdraw(eur(480), f"w-{secrets.token_hex(4)}")
+        before = await w.books()
+        refusal = await buy_while_the_goods_change(w, "ecash")
+        assert await w.books() == before  # nothing deposited
+        assert refusal.code == "commerce.unknown_offer"
+        assert await w.held() == 480  # the coins shown were refreshed, not lost
+
+
+async def test_a_card_for_goods_changed_since_the_order_is_refused_before_the_capture(
+        market: Path) -> None:
+    async with world(market) as w:
+        before = await w.books()
+        refusal = await buy_while_the_goods_change(w, "card")
+        assert refusal.code == "commerce.unknown_offer"
+        assert await w.books() == before  # nothing captured, nothing held

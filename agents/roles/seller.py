@@ -324,9 +324,14 @@ class Sales(Component):
             raise UnsupportedPayment(
                 f"the order is to be paid by {terms.payment_module}, not {request.module}",
                 detail={"expected": terms.payment_module, "module": request.module})
-        sku = terms.offer_terms().sku
-        if sku not in self.items:  # withdrawn since the order: nothing to deliver
-            raise UnknownOffer(f"{sku!r} is no longer sold here", detail={"sku": sku})
+        sold = terms.offer_terms()
+        item = self.items.get(sold.sku)
+        # Withdrawn, or its goods changed, since the order: nothing to deliver, refused
+        # before the money moves (after, the delivery check refused the sale, and an
+        # ecash deposit or a card capture made in ``accept`` has no give-back).
+        if item is None or item.content_digest != sold.content_digest:
+            raise UnknownOffer(f"{sold.sku!r} is no longer sold here as ordered",
+                               detail={"sku": sold.sku})
         ctx = _SettleContext(self.agent, request.reference.hex(), buyer)
         # Shielded: once the bank may move the money (a cheque's deposit), the step
         # runs to its end (bounded by the request timeout) even if the buyer's channel
