@@ -1,5 +1,6 @@
 """``semper wallet``: what an agent holds (balances at its bank, ecash coins, cards,
-recent purchases); ``semper wallet withdraw``: ecash coins from the bank account.
+recent purchases); ``semper wallet withdraw``: ecash coins from the bank account;
+``semper wallet reclaim``: coins of payments that never settled, and coins near expiry.
 
 ``semper wallet --json`` is read by scripts: keep its keys (``agent``, ``bank``,
 ``balances``, ``recent``, ``purchases``, ``balance_unavailable``, ``coins``,
@@ -178,6 +179,51 @@ def withdraw(config_path: Path, amount: Amount, key: str | None,
     console = make_console()
     console.print(f"withdrew {amount} as ecash coins (idempotency key {key})")
     _print_holdings(console, coins, None)
+
+
+@command.command("reclaim")
+@config_option
+@passphrase_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {payments, refreshed, failed, coins}.")
+def reclaim(config_path: Path, passphrase_file: Path | None, as_json: bool) -> None:
+    """Take back the coins of payments that did not settle: bound longer than
+    [components.wallet] reclaim_after_ms (1 hour), or at once when their purchase
+    failed. Each comes back as new coins, or, when the seller deposited it, stays paid
+    with the bank's evidence (a retry of the purchase pays nothing more). Also
+    refreshes coins whose key stops being deposited within refresh_margin_ms (30
+    days). The running wallet does this by itself every housekeeping_ms."""
+    config, passphrase = load_config(config_path, passphrase_file)
+    agent = Agent(config, passphrase=passphrase)
+    if Wallet not in agent.components:
+        raise ConfigError(f"{config_path} is the config of a {config.role}, which keeps no "
+                          "ecash wallet: reclaim with a buyer's config")
+
+    async def run() -> dict[str, Any]:
+        async with agent.session():
+            return await agent.component(Wallet).reclaim()
+
+    report = trio.run(run)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    console = make_console()
+    if report["payments"]:
+        table = Table(title="payments reclaimed", title_justify="left")
+        for column in ("key", "amount", "outcome"):
+            table.add_column(column)
+        outcomes = {"refreshed": "coins back (the seller never deposited them)",
+                    "paid": "paid: the seller deposited them (evidence kept)",
+                    "pending": "not finished (the bank did not answer): run again"}
+        for p in report["payments"]:
+            table.add_row(p["key"], _amount(p["amount"]), outcomes.get(p["state"], p["state"]))
+        console.print(table)
+    else:
+        console.print("no payment to reclaim")
+    console.print(f"{report['refreshed']} coins refreshed before their key expires")
+    for line in report["failed"]:
+        console.print(f"not done: {line}")
+    _print_holdings(console, report["coins"], None)
 
 
 def _local(c: sqlite3.Connection) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]],

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -37,9 +38,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from semper.agents.components._payments import AgentPaymentContext
 from semper.agents.runtime._component import Component
+from semper.agents.runtime._config import ConfigError
 from semper.agents.runtime._faults import crash_point
 from semper.services import Amount, ServiceError
 from semper.services.certificates import CertificateError, certificate_der
+from semper.services.commerce import PurchaseState
 from semper.services.payment import (
     BANK_SERVICE,
     BadConfirmation,
@@ -102,6 +105,13 @@ __all__ = ["MIGRATIONS", "Wallet", "read_coins"]
 _REFUSALS: Final = ("payment.", "ecash.", "money.", "bank.", "ledger.")
 #: Binding coins to a payment may lose a race with another process; it retries this often.
 _BIND_TRIES: Final = 3
+#: ``[components.wallet]`` defaults (ms): a payment's coins bound this long and not
+#: settled are reclaimed; coins whose key's deposit window ends within the margin are
+#: refreshed; the running wallet does both this often.
+RECLAIM_AFTER_MS: Final = 3_600_000
+REFRESH_MARGIN_MS: Final = 30 * 86_400_000
+HOUSEKEEPING_MS: Final = 600_000
+_MAX_SETTING_MS: Final = 10 * 365 * 86_400_000
 
 MIGRATIONS: Final = {
     "ecash_wallet": [
@@ -126,6 +136,13 @@ MIGRATIONS: Final = {
         "CREATE INDEX ecash_coins_state ON ecash_coins (state, currency, value)",
         "CREATE INDEX ecash_coins_spend ON ecash_coins (spend)",
         "CREATE INDEX ecash_coins_batch ON ecash_coins (batch, position)",
+        # A payment's coins given back by an exchange (``reclaim``): the spends it had
+        # bound (restored if the seller deposited them) and the bank's evidence.
+        "CREATE TABLE ecash_reclaims ("
+        " payment TEXT PRIMARY KEY, batch TEXT NOT NULL, state TEXT NOT NULL,"
+        " spends BLOB NOT NULL, evidence BLOB, created_ms INTEGER NOT NULL,"
+        " updated_ms INTEGER NOT NULL) STRICT",
+        "CREATE INDEX ecash_reclaims_batch ON ecash_reclaims (batch)",
     ],
 }
 
@@ -140,6 +157,7 @@ class _Denomination:
     public_key: rsa.RSAPublicKey
     withdraw_from_ms: int
     withdraw_until_ms: int
+    deposit_until_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +230,38 @@ class Wallet(Component):
     def __init__(self, context: Context) -> None:
         super().__init__(context)
         self._lock = trio.Lock()
+        self.reclaim_after_ms: int = RECLAIM_AFTER_MS
+        self.refresh_margin_ms: int = REFRESH_MARGIN_MS
+        self.housekeeping_ms: int = HOUSEKEEPING_MS
+
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        """``[components.wallet]``: reclaim_after_ms, refresh_margin_ms and
+        housekeeping_ms (ms; see ``reclaim``)."""
+        names = ("reclaim_after_ms", "refresh_margin_ms", "housekeeping_ms")
+        unknown = set(settings) - set(names)
+        if unknown:
+            raise ConfigError(f"[components.wallet] takes {', '.join(names)}, not "
+                              f"{', '.join(sorted(unknown))}")
+        for name in names:
+            value = settings.get(name, getattr(self, name))
+            if type(value) is not int or not 0 <= value <= _MAX_SETTING_MS:
+                raise ConfigError(f"[components.wallet] {name} is 0 to {_MAX_SETTING_MS} "
+                                  "(milliseconds)")
+            setattr(self, name, value)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Housekeeping while the agent runs: ``reclaim`` every ``housekeeping_ms``
+        (0: never), first after one period (a short-lived command does its own work)."""
+        task_status.started()
+        if not self.housekeeping_ms:
+            return
+        while True:
+            await trio.sleep(self.housekeeping_ms / 1000)
+            try:
+                await self.reclaim()
+            except (ServiceError, TransportError, StatementError, CertificateError) as exc:
+                self.context.log.warning("wallet: housekeeping: %s", exc)
 
     def migrations(self) -> Mapping[str, Sequence[str]]:
         return MIGRATIONS
@@ -275,7 +325,8 @@ class Wallet(Component):
             if body.withdraws_at(now) and (
                     value not in found or found[value].withdraw_from_ms < body.withdraw_from_ms):
                 found[value] = _Denomination(body.key_id, currency, value, body.rsa_key(),
-                                             body.withdraw_from_ms, body.withdraw_until_ms)
+                                             body.withdraw_from_ms, body.withdraw_until_ms,
+                                             body.deposit_until_ms)
         await self.context.database.transaction(lambda c: c.executemany(
             "INSERT OR IGNORE INTO ecash_denominations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows))
@@ -413,6 +464,8 @@ class Wallet(Component):
                       " WHERE spend = ? AND state = 'spending'", (now, batch))
             c.execute("UPDATE ecash_batches SET state = 'done', request = ?, updated_ms = ?"
                       " WHERE batch = ?", (canonical_encode(None), now, batch))
+            c.execute("UPDATE ecash_reclaims SET state = 'refreshed', updated_ms = ?"
+                      " WHERE batch = ? AND state = 'pending'", (now, batch))
 
         await self.context.database.transaction(done)
 
@@ -450,6 +503,9 @@ class Wallet(Component):
         def drop(c: Any) -> None:
             c.execute("DELETE FROM ecash_coins WHERE batch = ? AND state = 'withdrawing'",
                       (batch,))
+            if self._drop_reclaim(c, batch, refusal, spent, now):
+                c.execute("DELETE FROM ecash_batches WHERE batch = ?", (batch,))
+                return
             for coin_key, in c.execute("SELECT coin_key FROM ecash_coins WHERE spend = ?"
                                        " AND state = 'spending'", (batch,)).fetchall():
                 c.execute("UPDATE ecash_coins SET state = ?, spend = NULL, spend_wire = NULL,"
@@ -638,6 +694,9 @@ class Wallet(Component):
             if c.execute("SELECT 1 FROM ecash_coins WHERE spend = ? LIMIT 1",
                          (request.idempotency_key,)).fetchone():
                 raise _Taken  # another process bound coins to this payment meanwhile
+            if c.execute("SELECT 1 FROM ecash_reclaims WHERE payment = ? AND state ="
+                         " 'pending'", (request.idempotency_key,)).fetchone():
+                raise _Taken  # its coins are being reclaimed: finish_pending decides
             out = []
             for coin_key in sorted(chosen):
                 row = c.execute("SELECT secret, currency, value, key_id, coin_key, prefix,"
@@ -700,13 +759,15 @@ class Wallet(Component):
     # -- exchanging ---------------------------------------------------------------------
 
     async def _exchange(self, given: Sequence[tuple[bytes, int]], currency: str,
-                        units: Sequence[int], *, bound_to: str | None = None) -> None:
+                        units: Sequence[int], *, bound_to: str | None = None,
+                        on_store: Callable[[Any, str], None] | None = None) -> None:
         """Give up ``given`` coins for new ones of ``units`` (each split into the
         bank's denominations), by ``bank.ecash_exchange``: the new coins and the spends
         stored in one transaction before the bank is asked. Each coin must still be
         fresh, or bound to payment ``bound_to`` (one refused): ``given`` was read
         before the bank was awaited, and a coin another process bound to a payment
-        meanwhile would be spent under two contracts (_Taken)."""
+        meanwhile would be spent under two contracts (_Taken). ``on_store(c, batch)``
+        writes more in the same transaction (a reclaim's note)."""
         batch = f"exchange-{secrets.token_hex(16)}"
         coins = await self._draw(currency, [u for u in units if u])
         reference = blinded_order(_blinded(coins))
@@ -731,10 +792,182 @@ class Wallet(Component):
             request = ExchangeRequest(spends=tuple(spends), blinded=_blinded(coins),
                                       idempotency_key=batch).to_wire()
             self._store_batch(c, batch, "exchange", currency, sum(units), request, coins)
+            if on_store is not None:
+                on_store(c, batch)
 
         await self.context.database.transaction(store)  # _Taken: a coin was taken meanwhile
         crash_point("wallet.exchange.stored")
         await self._finish(batch)
+
+    # -- reclaiming ---------------------------------------------------------------------
+
+    async def reclaim(self) -> dict[str, Any]:
+        """Give back what a vanished payee or time would take (housekeeping; ``semper
+        wallet reclaim``):
+
+        * each payment whose coins are bound and not settled ``reclaim_after_ms``
+          after the binding, or at once when its purchase ended FAILED, is exchanged
+          at the bank: either the coins come back as new ones (the payee never
+          deposited them, and now never can: a retry under the payment's key binds
+          new coins and pays once), or the bank refuses ``ecash.double_spent`` (the
+          payee deposited them): the coins are spent and stay bound to the payment,
+          so a retry hands over the same spends (the payee answers its first
+          deposit, never a second), and the bank's evidence is kept (``reclaims``);
+        * fresh coins whose key's deposit window ends within ``refresh_margin_ms``
+          are exchanged for coins of the bank's current keys.
+
+        Returns ``{"payments": [{"key", "state", "amount", "evidence"}], "refreshed":
+        n, "failed": ["<what>: <code>"], "coins": coins()}``."""
+        async with self._lock:
+            failed = await self.finish_pending()
+            due = await self.context.database.read(
+                lambda c: self._due(c, self.context.now_ms()))
+            for key in due:
+                try:
+                    await self._reclaim(key)
+                except (ServiceError, TransportError, StatementError,
+                        CertificateError) as exc:
+                    failed.append(f"{key}: {exc.code}")
+            refreshed = await self._refresh_expiring(failed)
+        payments = []
+        for key in due:
+            row = await self.context.database.read(lambda c, k=key: c.execute(
+                "SELECT state, spends, evidence FROM ecash_reclaims WHERE payment = ?",
+                (k,)).fetchone())
+            if row is None:
+                continue
+            spends = canonical_decode(row[1])
+            total = sum(canonical_decode(w)["amount"]["minor_units"] for _, w in spends)
+            currency = canonical_decode(spends[0][1])["amount"]["currency"]
+            payments.append({"key": key, "state": row[0],
+                             "amount": Amount(currency, total).to_wire(),
+                             "evidence": None if row[2] is None else canonical_decode(row[2])})
+        return {"payments": payments, "refreshed": refreshed, "failed": failed,
+                "coins": await self.coins()}
+
+    async def reclaims(self) -> list[dict[str, Any]]:
+        """Every payment reclaimed: ``[{"key", "state", "evidence"}]`` (state pending,
+        refreshed or paid; evidence the bank's ``ecash.double_spent`` refusal, whose
+        ``first`` is the payee's deposited spend)."""
+        rows = await self.context.database.read(lambda c: c.execute(
+            "SELECT payment, state, evidence FROM ecash_reclaims ORDER BY created_ms"
+        ).fetchall())
+        return [{"key": k, "state": s, "evidence": None if e is None else canonical_decode(e)}
+                for k, s, e in rows]
+
+    def _due(self, c: Any, now: int) -> list[str]:
+        """Keys of the payments to reclaim now (coins bound by ``_bind``, not settled)."""
+        keys = {row[0] for row in c.execute(
+            "SELECT spend FROM ecash_coins WHERE state = 'spending' AND spend_wire IS NOT NULL"
+            " GROUP BY spend HAVING max(updated_ms) <= ?", (now - self.reclaim_after_ms,))}
+        with contextlib.suppress(sqlite3.OperationalError):  # an agent without purchases
+            keys |= {row[0] for row in c.execute(
+                "SELECT DISTINCT e.spend FROM ecash_coins e JOIN commerce_purchases p"
+                " ON p.key = e.spend WHERE e.state = 'spending' AND e.spend_wire IS NOT NULL"
+                " AND p.state = ?", (PurchaseState.FAILED.value,))}
+        return sorted(keys)
+
+    async def _reclaim(self, key: str) -> None:
+        """Exchange the coins bound to payment ``key`` (see ``reclaim``); the spends
+        they had are noted with the exchange's batch, in its transaction, so that
+        ``_drop`` can bind them to the payment again if the payee deposited them."""
+        rows = await self.context.database.read(lambda c: c.execute(
+            "SELECT coin_key, value, currency, spend_wire FROM ecash_coins WHERE spend = ?"
+            " AND state = 'spending' AND spend_wire IS NOT NULL ORDER BY coin_key",
+            (key,)).fetchall())
+        if not rows:
+            return
+        kept = canonical_encode([[k, w] for k, _, _, w in rows])
+        now = self.context.now_ms()
+
+        def note(c: Any, batch: str) -> None:
+            c.execute("INSERT OR REPLACE INTO ecash_reclaims VALUES"
+                      " (?, ?, 'pending', ?, NULL, ?, ?)", (key, batch, kept, now, now))
+
+        currency = rows[0][2]
+        try:
+            await self._exchange([(k, v) for k, v, _, _ in rows], currency,
+                                 [sum(v for _, v, _, _ in rows)], bound_to=key,
+                                 on_store=note)
+        except _Taken:  # another process reclaims or spends them
+            return
+        except RemoteError as exc:
+            if exc.code != "ecash.double_spent":
+                raise
+            # Coins shown but not deposited (a payee that deposited only some) are
+            # fresh again: the payee saw them, so they are exchanged once more.
+            shown = [row[0] for row in rows]
+            again = await self.context.database.read(lambda c: [r for r in (c.execute(
+                "SELECT coin_key, value FROM ecash_coins WHERE coin_key = ? AND"
+                " state = 'fresh'", (k,)).fetchone() for k in shown) if r is not None])
+            if again:
+                with contextlib.suppress(_Taken, RemoteError):  # else kept fresh
+                    await self._exchange(again, currency, [sum(v for _, v in again)])
+
+    def _drop_reclaim(self, c: Any, batch: str, refusal: RemoteError, spent: set[str],
+                      now: int) -> bool:
+        """``_drop`` of a reclaim's exchange (True; False: not a reclaim's): on
+        ``ecash.double_spent`` the coins the bank names are spent and bound to the
+        payment again with their spends, the others fresh, and the evidence kept;
+        on another refusal every coin is bound to the payment again as it was (the
+        next housekeeping tries again)."""
+        row = c.execute("SELECT payment, spends FROM ecash_reclaims WHERE batch = ? AND"
+                        " state = 'pending'", (batch,)).fetchone()
+        if row is None:
+            return False
+        payment, kept = row
+        paid = refusal.code == "ecash.double_spent" and any(
+            k.hex().upper() in spent for k, _ in canonical_decode(kept))
+        for coin_key, wire in canonical_decode(kept):
+            if not paid:
+                change: tuple[Any, ...] = ("spending", payment, wire)
+            elif coin_key.hex().upper() in spent:
+                change = ("spent", payment, wire)
+            else:
+                change = ("fresh", None, None)
+            c.execute("UPDATE ecash_coins SET state = ?, spend = ?, spend_wire = ?,"
+                      " updated_ms = ? WHERE coin_key = ? AND spend = ? AND state = 'spending'",
+                      (*change, now, coin_key, batch))
+        if paid:
+            evidence = {"code": refusal.code, "message": str(getattr(refusal, "message", "")),
+                        "detail": refusal.detail}
+            c.execute("UPDATE ecash_reclaims SET state = 'paid', evidence = ?, updated_ms = ?"
+                      " WHERE payment = ?", (canonical_encode(evidence), now, payment))
+        else:
+            c.execute("DELETE FROM ecash_reclaims WHERE payment = ?", (payment,))
+        return True
+
+    async def _refresh_expiring(self, failed: list[str]) -> int:
+        """Exchange fresh coins whose key's deposit window ends within
+        ``refresh_margin_ms`` (at most MAX_COINS an exchange, 16 exchanges a call), unless
+        the bank's current keys end within it too (a refresh would gain nothing).
+        Returns how many coins were given up."""
+        now = self.context.now_ms()
+        limit = now + self.refresh_margin_ms
+        rows = await self.context.database.read(lambda c: c.execute(
+            "SELECT e.coin_key, e.value, e.currency FROM ecash_coins e JOIN"
+            " ecash_denominations d ON d.key_id = e.key_id WHERE e.state = 'fresh' AND"
+            " d.deposit_until_ms <= ? ORDER BY e.currency, e.value DESC LIMIT ?",
+            (limit, 16 * MAX_COINS)).fetchall())
+        by_currency: dict[str, list[tuple[bytes, int]]] = {}
+        for coin_key, value, currency in rows:
+            by_currency.setdefault(currency, []).append((coin_key, value))
+        done = 0
+        for currency, coins in by_currency.items():
+            try:
+                keys = await self._keys(currency)
+                if not keys or any(d.deposit_until_ms <= limit for d in keys.values()):
+                    failed.append(f"refresh {currency}: the bank's current keys end within "
+                                  "the margin too")
+                    continue
+                for start in range(0, len(coins), MAX_COINS):
+                    chunk = coins[start:start + MAX_COINS]
+                    with contextlib.suppress(_Taken):  # spent meanwhile: not ours to refresh
+                        await self._exchange(chunk, currency, [sum(v for _, v in chunk)])
+                        done += len(chunk)
+            except (ServiceError, TransportError, StatementError, CertificateError) as exc:
+                failed.append(f"refresh {currency}: {exc.code}")
+        return done
 
     # -- refunds ------------------------------------------------------------------------
 

@@ -14,7 +14,9 @@ agents/instruments/ecash.py, the payer's coins the Wallet component, reached by
            (``refunded``), unlinkable to the coins it paid with
 
 A payee refusal of the proof gives the coins back to the wallet (``refused``): it
-exchanges them for new ones, since the payee saw them.
+exchanges them for new ones, since the payee saw them. A payee that deposited them
+before refusing gives the money back as the bank's refund voucher (the refusal's
+``returned``, docs/protocol.md 8.3): the wallet redeems it (``refunded``) instead.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any, ClassVar, Final
 
+from cryptography import x509
+
 from ...money import Amount
-from ...statements import Statement, canonical_encode
+from ...statements import Statement, StatementError, canonical_encode
 from .._errors import BadConfirmation, BadRequest
 from .._modules import (
     REFUND_CHECKS,
@@ -49,7 +53,7 @@ from ._checks import (
     verify_refund_voucher,
 )
 from ._coins import Spend
-from ._schema import DEPOSITED, Denomination, EcashDeposited
+from ._schema import DEPOSITED, REFUND_VOUCHER, Denomination, EcashDeposited, RefundVoucher
 from ._wire import (
     BANK_ECASH_DEPOSIT,
     BANK_ECASH_KEYS,
@@ -111,7 +115,8 @@ class EcashModule:
             if refused is None or not isinstance(code, str) or not code.startswith(_REFUSALS):
                 return
             try:
-                await refused(request)
+                if not await self._take_back(ctx, request, coins, getattr(exc, "detail", None)):
+                    await refused(request)
             except Exception:  # the payee's refusal is the failure to report; the coins
                 pass  # stay bound to the payment, for the wallet to retry
 
@@ -125,6 +130,37 @@ class EcashModule:
         await ctx.record(result.settlement, result.bank_certificate)
         await wallet.settled(request, result)
         return result
+
+    async def _take_back(self, ctx: PayerContext, request: PaymentRequest,
+                         coins: list[bytes], detail: Any) -> bool:
+        """Redeem the refund voucher a payee's refusal carries (``returned``: it
+        deposited our coins, then refused the sale): the bank's, of the whole payment,
+        redeemable by a coin of this payment; archived in the payment's transaction
+        once redeemed (what tells the purchase the money is back). False: the
+        refusal gives no voucher back (the coins are then refreshed).
+
+        Raises: BadConfirmation, ``statement.*``, ``auth.*`` for a voucher not ours;
+        what the redemption raises."""
+        returned = detail.get("returned") if isinstance(detail, dict) else None
+        if not isinstance(returned, dict):
+            return False
+        try:
+            voucher = Statement.from_bytes(returned["confirmation"])
+            certificate = x509.load_der_x509_certificate(returned["bank_certificate"])
+        except (KeyError, TypeError, ValueError, StatementError):
+            return False
+        if voucher.type != REFUND_VOUCHER:
+            return False
+        body = RefundVoucher.from_statement(voucher)
+        if body.refund_key not in coins or body.amount != request.amount:
+            raise BadConfirmation("the voucher returned is not of this payment",
+                                  detail={"type": REFUND_VOUCHER, "field": "refund_key"})
+        await self.refunded(ctx, RefundResult(
+            original=body.original, payer=request.payee, payee=ctx.our_id,
+            amount=body.amount, reason="returned", confirmation=voucher,
+            bank_certificate=certificate))
+        await ctx.record(voucher, certificate)
+        return True
 
     async def refunded(self, ctx: PayerContext, result: RefundResult) -> None:
         """A refund of our payment came back as ``result`` (its confirmation a refund
@@ -226,15 +262,17 @@ class EcashModule:
 
     def settles(self, settlement: Statement, *, bank_certificate: Any, root: Any, crl: Any,
                 now: Any, payer: str, payee: str, amount: Amount, reference: bytes,
-                idempotency_key: str) -> None:
+                idempotency_key: str, bank: str | None = None) -> None:
         """Raises unless ``settlement`` is a bank's deposit of coins worth ``amount``
-        spent to ``payee`` for the order ``reference`` (checked offline). The deposit
-        names no payer (the bank knows none): coins spent for that order by anyone
-        paid it."""
+        spent to ``payee`` for the order ``reference`` (checked offline), signed by
+        ``bank`` (the payee's bank, whose coins the payer spent) when given: a deposit
+        of coins of another bank of the market, where the payee may keep an account,
+        did not pay this payee at the bank the order's coins name. The deposit names no
+        payer (the bank knows none): coins spent for that order by anyone paid it."""
         del payer, idempotency_key
         verify_deposited(settlement, bank_certificate=bank_certificate, root=root, crl=crl,
                          now=now, expected_payee=payee, expected_amount=amount,
-                         expected_reference=reference)
+                         expected_reference=reference, expected_bank=bank)
 
     async def refund(self, ctx: PayeeContext, original: PaymentResult, amount: Amount,
                      reason: str, key: str) -> RefundResult:
