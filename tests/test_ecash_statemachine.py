@@ -1,7 +1,8 @@
 """Ecash with crashes, as a Hypothesis state machine (issue 11, Done when): the
 buyer's real wallet (agents/components/_wallet.py) withdraws, pays the seller (who
-deposits), has a payment refused (its coins exchanged for new ones), and gets
-refunds as vouchers it redeems, against a real bank (agents/instruments/ecash.py)
+deposits), has a payment refused (its coins exchanged for new ones) or "refused" by
+a seller that deposited some of the coins shown, gets refunds as vouchers it
+redeems, and sees a coin it spent spent again (refused as ecash.double_spent), against a real bank (agents/instruments/ecash.py)
 over loopback TLS and real SQLite; and the bank or the buyer dies at any of the
 ecash crash points of the operation under way, is started again from its files, and
 the operation is run again with the same idempotency keys.
@@ -15,8 +16,12 @@ after the commit (``.committed``) the commit stands. In the buyer it escapes the
 wallet call. ``test_a_simulated_crash_leaves_what_a_kill_leaves`` runs the scenario
 of tests/test_ecash_bank_crash.py, which SIGKILLs a bank process, with the kill
 simulated, and checks the same books (``books_after``) right after the crash and
-after the retries: at that file's default point, ecash.deposit.applied, and three
+after the retries: at that file's default point, ecash.deposit.applied, and two
 more by default, at all 12 with SEMPER_SLOW=1 (as the real kill).
+
+Found by the machine: a crash while the wallet refreshes coins a seller was shown
+and partly deposited leaves the others fresh (``test_shown_coins_...``, xfail until
+the wallet handles it; ``KNOWN_GAP`` keeps those points out of the machine).
 
 Every example shares one market (its agents start once): the model counts from the
 books at the example's start. A failure leaves the books inconsistent for the
@@ -110,7 +115,14 @@ POINTS = {
                                                                "applied", "committed"))),
     "refuse": ("wallet.exchange.stored", "wallet.exchange.answered", *EXCHANGE_POINTS),
     "refund": ("wallet.refund.stored", "wallet.refund.answered", *EXCHANGE_POINTS),
+    "shown": ("wallet.spend.bound", *(f"ecash.deposit.{s}" for s in ("received", "checked",
+                                                                    "applied", "committed")),
+              "wallet.exchange.stored", "wallet.exchange.answered", *EXCHANGE_POINTS),
 }
+#: Where a crash still leaves shown coins fresh (the xfail test at the end); left out
+#: of the machine's "shown" until the wallet handles them.
+KNOWN_GAP: frozenset[str] = frozenset({"ecash.exchange.received", "wallet.exchange.stored"})
+POINTS["shown"] = tuple(p for p in POINTS["shown"] if p not in KNOWN_GAP)
 
 
 def eur(units: int) -> Amount:
@@ -308,6 +320,27 @@ async def refuse(a: Agents, paid: Paid, bound: list[bool]) -> None:
     await a.wallet.finish_pending()  # the next use of the wallet finishes an exchange
 
 
+async def shown(a: Agents, units: int, key: str, part: int, progress: dict[str, Any]
+                ) -> None:
+    """The seller, shown coins for ``units``, deposits some of them (``part``: how
+    many, modulo their number) and says it refused the payment: the wallet counts
+    those spent and exchanges the others, which the seller also holds spends of.
+    ``progress`` is the caller's memory of what returned (the spends, the deposit)."""
+    request = payment(units, key)
+    if "spends" not in progress:
+        progress["spends"] = await a.wallet.spend(request)
+    spends = [Spend.from_wire(s) for s in progress["spends"]]
+    taken = spends[:1 + (part - 1) % len(spends)]
+    if "deposited" not in progress:
+        values = await a.buyer.database.read(lambda c: [c.execute(
+            "SELECT value FROM ecash_coins WHERE coin_key = ?", (s.coin.coin_key,)
+        ).fetchone()[0] for s in taken])
+        answer = await deposit(a, taken, request.reference, eur(sum(values)), key)
+        progress["deposited"] = Paid(key, sum(values), answer.deposited)
+    await a.wallet.refused(request)
+    await a.wallet.finish_pending()
+
+
 async def refund(a: Agents, paid: Paid, units: int, key: str) -> None:
     """The seller refunds ``units`` of ``paid`` (the bank's voucher), which the wallet
     redeems into new coins."""
@@ -396,6 +429,8 @@ class EcashCrashes(RuleBasedStateMachine):
         self.withdrawn: dict[str, int] = {}  # key -> units
         self.paid: list[Paid] = []
         self.refunds = 0
+        self.shown_asked = 0  # the amounts of payments shown, then partly deposited
+        self.shown_deposited = 0  # what of them was deposited (the wallet's choice)
         self.count = 0
 
     def fresh(self, what: str) -> str:
@@ -403,10 +438,11 @@ class EcashCrashes(RuleBasedStateMachine):
         return f"{what}-{secrets.token_hex(6)}-{self.count}"
 
     def held(self) -> int:
-        """The value of the coins this example gave the wallet, by the model (what
-        it draws from: the wallet's coins from examples before are not counted)."""
+        """At most the value of the coins this example gave the wallet, by the model
+        alone (what amounts are drawn up to: the wallet's coins from the examples
+        before are not counted, and a shown payment counts whole)."""
         return (sum(self.withdrawn.values()) - sum(p.units for p in self.paid if p.deposited)
-                + self.refunds)
+                - self.shown_asked + self.refunds)
 
     # -- running an operation, crashed or not
 
@@ -449,6 +485,18 @@ class EcashCrashes(RuleBasedStateMachine):
     def refuse_op(self, point: str | None, units: int) -> None:
         self.run(point, refuse, Paid(self.fresh("n"), units), [False])
 
+    def shown_op(self, point: str | None, units: int, part: int) -> None:
+        progress: dict[str, Any] = {}
+        self.run(point, shown, units, self.fresh("s"), part, progress)
+        self.shown_asked += units
+        self.shown_deposited += progress["deposited"].units
+        # Every coin the seller was shown is spent now: deposited, or exchanged.
+        keys = [Spend.from_wire(s).coin.coin_key for s in progress["spends"]]
+        states = self.call(self.agents.buyer.database.read, lambda c: {c.execute(
+            "SELECT state FROM ecash_coins WHERE coin_key = ?", (k,)).fetchone()[0]
+            for k in keys})
+        assert states == {"spent"}, states
+
     def refund_op(self, point: str | None, paid: Paid, units: int) -> None:
         self.run(point, refund, paid, units, self.fresh("r"))
         paid.refunded += units
@@ -476,6 +524,11 @@ class EcashCrashes(RuleBasedStateMachine):
     @rule(data=st.data())
     def refuse_(self, data: st.DataObject) -> None:
         self.refuse_op(None, data.draw(st.integers(1, self.held())))
+
+    @precondition(lambda self: self.held() > 0)
+    @rule(data=st.data(), part=st.integers(1, 8))
+    def shown_(self, data: st.DataObject, part: int) -> None:
+        self.shown_op(None, data.draw(st.integers(1, self.held())), part)
 
     @precondition(lambda self: self.refundable())
     @rule(data=st.data())
@@ -519,6 +572,11 @@ class EcashCrashes(RuleBasedStateMachine):
     def crash_refuse(self, data: st.DataObject) -> None:
         self.refuse_op(self.point(data, "refuse"), data.draw(st.integers(1, self.held())))
 
+    @precondition(lambda self: self.held() > 0)
+    @rule(data=st.data(), part=st.integers(1, 8))
+    def crash_shown(self, data: st.DataObject, part: int) -> None:
+        self.shown_op(self.point(data, "shown"), data.draw(st.integers(1, self.held())), part)
+
     @precondition(lambda self: self.refundable())
     @rule(data=st.data())
     def crash_refund(self, data: st.DataObject) -> None:
@@ -533,7 +591,7 @@ class EcashCrashes(RuleBasedStateMachine):
         bank = self.call(bank_state, self.agents)
         wallet = self.call(wallet_state, self.agents)
         withdrawn = sum(self.withdrawn.values())
-        deposited = sum(p.units for p in self.paid if p.deposited)
+        deposited = sum(p.units for p in self.paid if p.deposited) + self.shown_deposited
         # The books by the model: the buyer debited once per withdrawal key.
         assert bank["buyer"] - self.start["buyer"] == -withdrawn
         assert bank["seller"] - self.start["seller"] == deposited - self.refunds
@@ -552,7 +610,7 @@ class EcashCrashes(RuleBasedStateMachine):
         assert set(wallet["coins"]) <= {"fresh", "spent"}, wallet["coins"].keys()
         assert wallet["value"].get("fresh", 0) == bank[OUTSTANDING]
         assert (wallet["value"].get("fresh", 0) - self.start_wallet["value"].get("fresh", 0)
-                == self.held())
+                == withdrawn - deposited + self.refunds)
         # No coin taken twice; the bank took exactly the coins the wallet gave up,
         # and never one the wallet holds as fresh.
         assert bank["spent_rows"] == len(bank["spent"])
@@ -568,17 +626,17 @@ def test_ecash_with_crashes_keeps_the_books(market: Path,
         EcashCrashes.agents, EcashCrashes.call, EcashCrashes.armed = (
             agents, staticmethod(call), armed)
         run_state_machine_as_test(EcashCrashes, settings=settings(
-            max_examples=12, stateful_step_count=12, deadline=None,
+            max_examples=10, stateful_step_count=12, deadline=None,
             suppress_health_check=[HealthCheck.too_slow]))
 
 
 # -- the simulation against a real kill --------------------------------------------------
 
 
-#: The points simulated by default (the real kill's own, and one of each other kind);
+#: The points simulated by default (the real kill's own, a commit whose answer is lost,
+#: a crash before the transaction);
 #: all 12 with SEMPER_SLOW=1 or ``-m slow`` (~0.8 s each).
-SIMULATED = ("ecash.deposit.applied", "ecash.deposit.committed", "ecash.withdraw.committed",
-             "ecash.exchange.checked")
+SIMULATED = ("ecash.deposit.applied", "ecash.deposit.committed", "ecash.exchange.checked")
 
 
 @pytest.mark.parametrize("point", [
@@ -644,3 +702,50 @@ async def test_a_simulated_crash_leaves_what_a_kill_leaves(
                 agents.stops[name].set()
     assert _books(market) == books_after(op, done=True)
     assert agents.crashed == ["bank"]
+
+
+# -- found by the machine ----------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the wallet's retry of refused() after the crash finds the coins moved to the "
+    "exchange batch; finish_pending's _drop then makes the coins not deposited fresh "
+    "again without exchanging them (W2/E4: fix, then drop this mark and KNOWN_GAP)"))
+@pytest.mark.parametrize("point", sorted(KNOWN_GAP))
+async def test_shown_coins_refreshed_through_a_crash_are_not_fresh_again(
+        market: Path, point: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A seller shown three coins deposits one and says it refused the payment; the
+    wallet's exchange of the coins (the bank refuses it: one is spent) is cut by a
+    crash of the bank (instance) or of the buyer (member), and the refusal and the
+    next use of the wallet run again: every coin shown ends spent (deposited, or
+    exchanged for new ones), none fresh to be offered again while the seller holds
+    its spend."""
+    armed = Armed()
+    monkeypatch.setattr(_faults, "on_crash", armed)
+    agents = Agents(market, Clock())
+    bank_dies = point.startswith("ecash.")
+    with trio.fail_after(DEADLINE * 3):
+        async with trio.open_nursery() as nursery:
+            agents.nursery = nursery
+            for name in ("bank", "buyer", "seller"):
+                await agents.start(name)
+            await withdraw(agents, 8, "w-shown")  # coins of 5, 2 and 1
+            progress: dict[str, Any] = {}
+            armed.arm(point)
+            with pytest.raises((Crash, TransportError)):
+                await shown(agents, 8, "s-shown", 1, progress)  # the seller takes one
+            assert armed.fired
+            armed.arm(None)
+            await agents.restart("bank" if bank_dies else "buyer", crashed=bank_dies)
+            await shown(agents, 8, "s-shown", 1, progress)
+            keys = [Spend.from_wire(s).coin.coin_key for s in progress["spends"]]
+            assert len(keys) == 3
+            states = await agents.buyer.database.read(lambda c: [c.execute(
+                "SELECT state FROM ecash_coins WHERE coin_key = ?", (k,)).fetchone()[0]
+                for k in keys])
+            bank, wallet = await bank_state(agents), await wallet_state(agents)
+            for name in ("seller", "buyer", "bank"):
+                agents.stops[name].set()
+    assert states == ["spent"] * 3
+    assert bank["spent"] == wallet["coins"]["spent"] and len(bank["spent"]) == 3
+    assert wallet["value"]["fresh"] == 8 - progress["deposited"].units == bank[OUTSTANDING]
