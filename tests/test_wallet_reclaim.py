@@ -31,9 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import semper
 from test_wallet import OUTSTANDING, World, eur, in_thread, lose, market, world
 
 from semper.agents.components._wallet import RECLAIM_AFTER_MS, Wallet
+from semper.agents.runtime._config import ConfigError
 from semper.services.payment import BadConfirmation, PaymentRequest
 from semper.services.payment.ecash import (
     BANK_ECASH_EXCHANGE,
@@ -209,6 +211,26 @@ async def test_semper_wallet_reclaim_on_the_command_line(market: Path) -> None:
     got = json.loads(out)
     assert set(got) == {"payments", "refreshed", "failed", "coins"}
     assert got["payments"] == [] and got["refreshed"] == 0
+
+
+def test_reclaim_with_a_config_that_keeps_no_wallet_is_one_line(market: Path) -> None:
+    code, out, err = semper("wallet", "reclaim", "--config", market / "seller" / "agent.toml")
+    assert code != 0 and not out
+    assert err.startswith("semper: ") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("settings", [{"reclaim_after_ms": "1h"}, {"refresh_margin_ms": -1},
+                                      {"housekeeping_ms": 1.5}, {"reclaim_ms": 1},
+                                      {"reclaim_after_ms": 5, "refresh_margin_ms": True}])
+async def test_bad_wallet_settings_are_a_config_error_and_change_nothing(
+        market: Path, settings: dict[str, Any]) -> None:
+    async with world(market) as w:
+        before = (w.wallet.reclaim_after_ms, w.wallet.refresh_margin_ms,
+                  w.wallet.housekeeping_ms)
+        with pytest.raises(ConfigError):
+            w.wallet.configure(settings)
+        assert (w.wallet.reclaim_after_ms, w.wallet.refresh_margin_ms,
+                w.wallet.housekeeping_ms) == before
 
 
 # -- kind 2: coins that lose their value with time ------------------------------------

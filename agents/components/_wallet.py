@@ -242,11 +242,12 @@ class Wallet(Component):
         if unknown:
             raise ConfigError(f"[components.wallet] takes {', '.join(names)}, not "
                               f"{', '.join(sorted(unknown))}")
-        for name in names:
-            value = settings.get(name, getattr(self, name))
+        values = {name: settings.get(name, getattr(self, name)) for name in names}
+        for name, value in values.items():  # all checked before any is taken
             if type(value) is not int or not 0 <= value <= _MAX_SETTING_MS:
                 raise ConfigError(f"[components.wallet] {name} is 0 to {_MAX_SETTING_MS} "
                                   "(milliseconds)")
+        for name, value in values.items():
             setattr(self, name, value)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
