@@ -702,6 +702,11 @@ class Shopper:
         transaction = purchase.order.digest.hex()
         try:
             refund = Statement.from_bytes(exc.detail["returned"]["confirmation"])
+            if refund.type != RefundConfirmation.TYPE:
+                # An instrument's own refund (an ecash voucher): back only once our
+                # module took it back, which archives it here (EcashModule.pay).
+                return any(r.statement == refund.to_bytes()
+                           for r in await self.agent.archive.records(transaction))
             body = RefundConfirmation.from_statement(refund)
             ours = [Statement.from_bytes(r.statement)
                     for r in await self.agent.archive.records(transaction)]

@@ -297,21 +297,30 @@ class Sales(Component):
             if returned:
                 await self._returned_before(request, buyer, known=True)
                 row = _UNREAD  # a return may have moved on meanwhile: read it again
+            settled: list[PaymentResult] = []  # what the module's accept settled
             try:
                 # Inside: money citing no order of this buyer's (one we lost, a
                 # mistyped reference, another buyer's order) reached us all the same.
                 sale, (stored, _) = await self._paid_sale_of(request.reference, buyer,
                                                              row=row)
-                answer = await self._settle(sale, request, context.peer, stored)
+                answer = await self._settle(sale, request, context.peer, stored, settled,
+                                            returns=returned)
             except ServiceError as exc:
-                await self._give_back(request, buyer, exc)
+                # Shielded once money moved in our accept: nothing else gives it back.
+                with trio.CancelScope(shield=bool(settled)):
+                    await self._give_back(request, buyer, exc,
+                                          settled[0] if settled else None)
                 raise
         return answer
 
     async def _settle(self, sale: Sale, request: AcceptRequest, peer: Any,
-                      stored: bytes | None) -> dict[str, Any]:
+                      stored: bytes | None, settled: list[PaymentResult], *,
+                      returns: bool = False) -> dict[str, Any]:
         """Check the payment against the sale and settle it, or raise why not;
-        ``stored`` is the payment the sale's row holds (read with the sale)."""
+        ``stored`` is the payment the sale's row holds (read with the sale). What the
+        module's accept settled is put in ``settled`` before the sale takes it, so
+        that a refusal after gives it back; ``returns``: the buyer was given money
+        back before (a settlement of ours given back never settles the sale)."""
         buyer = peer.agent_id
         if stored is not None:
             paid = PaymentResult.from_wire(canonical_decode(stored))
@@ -345,6 +354,9 @@ class Sales(Component):
                     ctx, request, invoice=Invoice(amount=terms.amount,
                                                   reference=request.reference, payer=buyer),
                     payer=peer)
+                if returns:  # the bank answers a deposit or capture again: given back?
+                    await self._refused_again(result.settlement.digest)
+                settled.append(result)
                 # The money moved (a cheque deposited), the sale not yet stored paid.
                 crash_point("fair.seller.accepted")
                 decisions = sale.receive(PaymentConfirmed(
@@ -358,12 +370,14 @@ class Sales(Component):
             await self._save(sale, buyer, payment=result, entries=ctx.received + entries)
         return result.to_wire()
 
-    async def _same_payment(self, sale: Sale, paid: PaymentResult, request: AcceptRequest,
-                            buyer: str) -> bool:
+    async def _same_payment(self, sale: Sale | None, paid: PaymentResult,
+                            request: AcceptRequest, buyer: str, *, offline: bool = False
+                            ) -> bool:
         """Whether ``request`` hands over again the payment that settled the sale. The
         instrument says (``same_payment``), or else accepts the proof again: the
         bank answers a repeat with the statement it gave first (and refuses a second
-        payment for the same order), so the same settlement means the same payment."""
+        payment for the same order), so the same settlement means the same payment.
+        ``offline``: the instrument's word only (no ``sale``; not accepted again)."""
         if request.module != paid.module:
             return False
         try:
@@ -373,6 +387,8 @@ class Sales(Component):
         same = getattr(module, "same_payment", None)
         if same is not None:
             return bool(same(request.proof, paid))
+        if offline or sale is None:
+            return False
         ctx = AgentPaymentContext(self.agent, request.reference.hex(), buyer)
         invoice = Invoice(amount=_terms(sale).amount, reference=request.reference, payer=buyer)
         try:
@@ -396,10 +412,21 @@ class Sales(Component):
         ctx = AgentPaymentContext(self.agent, request.reference.hex(), buyer)
         moved = self.payments.received(ctx, request.proof, payer=buyer,
                                        reference=request.reference)
-        if moved is None:
-            return
-        digest = moved.settlement.digest
+        if moved is not None:
+            await self._refused_again(moved.settlement.digest)
+        # Settled in our accept and given back (a cheque, ecash, a card): the same
+        # payment handed over again, as its instrument tells offline (``same_payment``).
+        for digest, paid in await self.agent.database.read(lambda c: c.execute(
+                "SELECT settlement, paid FROM commerce_returns WHERE order_digest = ?"
+                " AND buyer = ? AND paid IS NOT NULL", (request.reference, buyer)).fetchall()):
+            given = PaymentResult.from_wire(canonical_decode(paid))
+            if given.module == request.module and await self._same_payment(
+                    None, given, request, buyer, offline=True):
+                await self._refused_again(digest)
 
+    async def _refused_again(self, digest: bytes) -> None:
+        """Raise the first refusal of payment ``digest`` if it was given back (or is
+        being: tried again now); return if it never was."""
         def refusal_of(c: sqlite3.Connection) -> Any:
             return c.execute("SELECT refusal, state FROM commerce_returns"
                              " WHERE settlement = ?", (digest,)).fetchone()
@@ -414,21 +441,23 @@ class Sales(Component):
         raise _refusal(refusal["code"], refusal["message"], refusal["detail"])
 
     async def _give_back(self, request: AcceptRequest, buyer: str,
-                         refusal: ServiceError) -> None:
+                         refusal: ServiceError, settled: PaymentResult | None = None
+                         ) -> None:
         """Refund money that ``request``'s proof shows already moved to us from
         ``buyer`` for this order (an installed instrument says: ``received``, under
-        whatever module it came), and that ``refusal`` keeps from settling it, and say
-        so in the refusal's ``returned``. Anything else handed over is not money for
-        us."""
+        whatever module it came), or that the module's accept ``settled`` (a cheque
+        deposited, ecash deposited, a card captured) before the sale failed, and that
+        ``refusal`` keeps from settling it, and say so in the refusal's ``returned``.
+        Anything else handed over is not money for us."""
         ctx = AgentPaymentContext(self.agent, request.reference.hex(), buyer)
-        moved = self.payments.received(ctx, request.proof, payer=buyer,
-                                       reference=request.reference)
+        moved = settled or self.payments.received(ctx, request.proof, payer=buyer,
+                                                  reference=request.reference)
         if moved is None:
             return
         digest = moved.settlement.digest
-        stored = await self.agent.database.read(lambda c: c.execute(
-            "SELECT payment FROM commerce_sales WHERE order_digest = ?",
-            (request.reference,)).fetchone())
+        stored = None if settled is not None else await self.agent.database.read(
+            lambda c: c.execute("SELECT payment FROM commerce_sales WHERE order_digest = ?",
+                                (request.reference,)).fetchone())
         if stored is not None and stored[0] is not None and PaymentResult.from_wire(
                 canonical_decode(stored[0])).settlement.digest == digest:
             return  # the payment that settled this sale, handed over again: it is used
@@ -475,9 +504,11 @@ class Sales(Component):
             log.warning("could not give back payment %s of %s yet: %s", digest.hex()[:16],
                         buyer, exc)
             return None
-        # The bank's own word, so that the buyer need not take ours (it checks it).
+        # The bank's own word, so that the buyer need not take ours (it checks it);
+        # for ecash a voucher the buyer's wallet redeems (its bank's certificate too).
         returned = {"refund": result.confirmation.digest, "amount": paid.amount.to_wire(),
-                    "confirmation": result.confirmation.to_bytes()}
+                    "confirmation": result.confirmation.to_bytes(),
+                    "bank_certificate": result.bank_certificate.public_bytes(Encoding.DER)}
         first = canonical_decode(refusal)
         why = canonical_encode({**first, "detail": {**first["detail"], "returned": returned}})
         await self.agent.database.transaction(lambda c: c.execute(
