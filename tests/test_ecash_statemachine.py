@@ -2,10 +2,11 @@
 buyer's real wallet (agents/components/_wallet.py) withdraws, pays the seller (who
 deposits), has a payment refused (its coins exchanged for new ones) or "refused" by
 a seller that deposited some of the coins shown, gets refunds as vouchers it
-redeems, and sees a coin it spent spent again (refused as ecash.double_spent), against a real bank (agents/instruments/ecash.py)
-over loopback TLS and real SQLite; and the bank or the buyer dies at any of the
-ecash crash points of the operation under way, is started again from its files, and
-the operation is run again with the same idempotency keys.
+redeems, and sees a coin it spent spent again (refused as ecash.double_spent),
+against a real bank (agents/instruments/ecash.py) over loopback TLS and real SQLite;
+and the bank or the buyer dies at any of the ecash crash points of the operation
+under way, is started again from its files, and the operation is run again with the
+same idempotency keys.
 
 A crash is simulated in-process (agents/runtime/_faults.py ``on_crash``): the point
 raises ``Crash``, a BaseException, in the agent that reaches it. In the bank it
@@ -20,8 +21,11 @@ after the retries: at that file's default point, ecash.deposit.applied, and two
 more by default, at all 12 with SEMPER_SLOW=1 (as the real kill).
 
 Found by the machine: a crash while the wallet refreshes coins a seller was shown
-and partly deposited leaves the others fresh (``test_shown_coins_...``, xfail until
-the wallet handles it; ``KNOWN_GAP`` keeps those points out of the machine).
+and partly deposited leaves the others fresh, to be offered again as they are
+(``test_shown_coins_...``: refused, bank or buyer killed; and the same in the
+wallet's reclaim; xfail until the wallet handles it, ``KNOWN_GAP`` keeps those
+points out of the machine). No money is at stake: the bank takes one deposit per
+reference, so the seller cannot deposit the others.
 
 Every example shares one market (its agents start once): the model counts from the
 books at the example's start. A failure leaves the books inconsistent for the
@@ -320,8 +324,8 @@ async def refuse(a: Agents, paid: Paid, bound: list[bool]) -> None:
     await a.wallet.finish_pending()  # the next use of the wallet finishes an exchange
 
 
-async def shown(a: Agents, units: int, key: str, part: int, progress: dict[str, Any]
-                ) -> None:
+async def shown(a: Agents, units: int, key: str, part: int, progress: dict[str, Any], *,
+                refuse: bool = True) -> None:
     """The seller, shown coins for ``units``, deposits some of them (``part``: how
     many, modulo their number) and says it refused the payment: the wallet counts
     those spent and exchanges the others, which the seller also holds spends of.
@@ -337,6 +341,8 @@ async def shown(a: Agents, units: int, key: str, part: int, progress: dict[str, 
         ).fetchone()[0] for s in taken])
         answer = await deposit(a, taken, request.reference, eur(sum(values)), key)
         progress["deposited"] = Paid(key, sum(values), answer.deposited)
+    if not refuse:  # the seller vanished instead
+        return
     await a.wallet.refused(request)
     await a.wallet.finish_pending()
 
@@ -708,22 +714,35 @@ async def test_a_simulated_crash_leaves_what_a_kill_leaves(
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "the wallet's retry of refused() after the crash finds the coins moved to the "
-    "exchange batch; finish_pending's _drop then makes the coins not deposited fresh "
-    "again without exchanging them (W2/E4: fix, then drop this mark and KNOWN_GAP)"))
-@pytest.mark.parametrize("point", sorted(KNOWN_GAP))
+    "after the crash the coins are under the exchange batch: the refusal's retry "
+    "finds none bound to the payment, and finish_pending's _drop (_drop_reclaim for a "
+    "reclaim) makes the coins not deposited fresh again without exchanging them "
+    "(W2/E4: fix, then drop this mark and KNOWN_GAP)"))
+@pytest.mark.parametrize(("how", "point"), [
+    ("refused", "ecash.exchange.received"), ("refused", "wallet.exchange.stored"),
+    ("reclaim", "wallet.exchange.stored")])
 async def test_shown_coins_refreshed_through_a_crash_are_not_fresh_again(
-        market: Path, point: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A seller shown three coins deposits one and says it refused the payment; the
+        market: Path, how: str, point: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A seller shown three coins deposits one and says it refused the payment (or
+    vanishes: the wallet's housekeeping reclaims the payment an hour later); the
     wallet's exchange of the coins (the bank refuses it: one is spent) is cut by a
-    crash of the bank (instance) or of the buyer (member), and the refusal and the
-    next use of the wallet run again: every coin shown ends spent (deposited, or
-    exchanged for new ones), none fresh to be offered again while the seller holds
-    its spend."""
+    crash of the bank (instance) or of the buyer (members), and the refusal (or
+    reclaim) and the next use of the wallet run again: every coin shown ends spent
+    (deposited, or exchanged for new ones). None may be fresh: the seller cannot
+    deposit them (one payment per reference), but it saw them, and a coin shown is
+    never offered again as it is (Wallet.refused) lest two payments be linked."""
     armed = Armed()
     monkeypatch.setattr(_faults, "on_crash", armed)
-    agents = Agents(market, Clock())
+    clock = Clock()
+    agents = Agents(market, clock)
     bank_dies = point.startswith("ecash.")
+
+    async def again(progress: dict[str, Any]) -> None:
+        if how == "refused":
+            await shown(agents, 8, "s-shown", 1, progress)  # the seller takes one
+        else:
+            await agents.wallet.reclaim()
+
     with trio.fail_after(DEADLINE * 3):
         async with trio.open_nursery() as nursery:
             agents.nursery = nursery
@@ -731,13 +750,16 @@ async def test_shown_coins_refreshed_through_a_crash_are_not_fresh_again(
                 await agents.start(name)
             await withdraw(agents, 8, "w-shown")  # coins of 5, 2 and 1
             progress: dict[str, Any] = {}
+            if how == "reclaim":  # shown, one deposited, then nothing for an hour
+                await shown(agents, 8, "s-shown", 1, progress, refuse=False)
+                clock.ms += agents.wallet.reclaim_after_ms + 1
             armed.arm(point)
             with pytest.raises((Crash, TransportError)):
-                await shown(agents, 8, "s-shown", 1, progress)  # the seller takes one
+                await again(progress)
             assert armed.fired
             armed.arm(None)
             await agents.restart("bank" if bank_dies else "buyer", crashed=bank_dies)
-            await shown(agents, 8, "s-shown", 1, progress)
+            await again(progress)
             keys = [Spend.from_wire(s).coin.coin_key for s in progress["spends"]]
             assert len(keys) == 3
             states = await agents.buyer.database.read(lambda c: [c.execute(
