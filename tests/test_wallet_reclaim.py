@@ -9,7 +9,8 @@ members: the seller deposited them before it vanished (the coins are spent, the 
 evidence kept, and a retry under the key hands over the same spends, paying once:
 ``test_coins_a_vanished_seller_deposited_stay_paid_with_the_evidence``); a purchase
 that ended FAILED is reclaimed at once (``test_a_failed_purchase_is_reclaimed_at_once``);
-the reclaim's answer lost (``test_a_lost_reclaim_answer_is_finished_before_a_retry_pays``).
+the reclaim's answer lost (``test_a_lost_reclaim_answer_is_finished_before_a_retry_pays``)
+or the wallet killed inside it (``test_a_reclaim_killed_midway_is_finished_once``).
 
 Kind 2, coins that lose their value with time: fresh coins were never refreshed before
 their key's deposit window closed (``test_coins_whose_key_expires_soon_are_refreshed``);
@@ -35,6 +36,7 @@ from cli_helpers import semper
 from test_wallet import OUTSTANDING, World, eur, in_thread, lose, market, world
 
 from semper.agents.components._wallet import RECLAIM_AFTER_MS, Wallet
+from semper.agents.runtime import _faults
 from semper.agents.runtime._config import ConfigError
 from semper.services.payment import BadConfirmation, PaymentRequest
 from semper.services.payment.ecash import (
@@ -200,6 +202,40 @@ async def test_a_lost_reclaim_answer_is_finished_before_a_retry_pays(
         await deposit(w, request, again)
         assert await w.moved() == {"seller": 500, OUTSTANDING: -500}
         assert await w.held() == 0
+
+
+class Killed(Exception):
+    """The wallet's process dies here (what it committed stays, nothing else)."""
+
+
+@pytest.mark.parametrize("point", ["wallet.exchange.stored", "wallet.exchange.answered"])
+async def test_a_reclaim_killed_midway_is_finished_once(
+        market: Path, monkeypatch: pytest.MonkeyPatch, point: str) -> None:
+    async with world(market) as w:
+        await w.drain()
+        with later(w, RECLAIM_AFTER_MS + 1_000):  # earlier tests' payments: not killed
+            await w.wallet.reclaim()
+        await w.wallet.withdraw(eur(200), f"w-{secrets.token_hex(4)}")
+        request, spends = await pay(w, 200, "killed")
+        held = await w.held()
+        await w.moved()
+
+        def crash(name: str) -> None:
+            if name == point:
+                raise Killed(name)
+
+        monkeypatch.setattr(_faults, "on_crash", crash)
+        with later(w, RECLAIM_AFTER_MS + 1_000), pytest.raises(Killed):
+            await w.wallet.reclaim()
+        monkeypatch.setattr(_faults, "on_crash", None)
+        assert await w.held() == held  # not yet back
+        report = await w.wallet.reclaim()  # the next use finishes it, once
+        assert [r["state"] for r in await w.wallet.reclaims()
+                if r["key"] == request.idempotency_key] == ["refreshed"]
+        assert await w.held() == held + 200 and await w.moved() == {}
+        assert report["failed"] == []
+        again = await w.wallet.spend(request)
+        assert not coin_keys(again) & coin_keys(spends)
 
 
 async def test_semper_wallet_reclaim_on_the_command_line(market: Path) -> None:
