@@ -15,8 +15,10 @@ event twice. Ops (the ``commerce`` and ``payment`` services, docs/protocol.md):
 
 A payment handed over that does not settle its sale is not kept: money an installed
 instrument says already moved to us from the buyer for one of its orders (a bank
-transfer: ``PaymentModule.received``) is refunded at once and recorded in
-``commerce_returns`` with the refusal that said why (docs/protocol.md 8.3). Refunds
+transfer: ``PaymentModule.received``), or that the module's accept moved (a cheque
+deposited, ecash deposited, a card captured) before the sale refused it, is refunded
+at once and recorded in ``commerce_returns`` with the refusal that said why
+(docs/protocol.md 8.3); handed over again, it gets that refusal again. Refunds
 follow the offer's signed ``refund_days``; a refunded order's goods are not
 delivered again.
 """

@@ -360,7 +360,9 @@ class PaymentModule(Protocol):
     # archived statements of the payment's transaction, the settlement of a payment
     # we made before the hand-over, and its amount, so that the payer knows a
     # refusal did not leave the money with it. A module without them moves no money
-    # before the payee accepts. Neither signs, archives nor asks anyone.
+    # before the payee accepts. Neither signs, archives nor asks anyone. (Money that
+    # ``accept`` itself moved, a payee that then refuses the sale gives back by
+    # ``refund_payment``, with no hook: it holds the PaymentResult.)
     #
     # Optional, for a third party that must tell offline whether a payment was made
     # (the notary of a fair purchase, protocol.md 10.5): ``settles(settlement, *,
