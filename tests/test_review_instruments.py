@@ -167,7 +167,7 @@ async def test_refreshing_a_refused_payment_takes_only_its_own_coins(
         assert after["seller"] - before["seller"] == kept_value
         assert await rows(w, "SELECT coin_key, state, spend FROM ecash_coins WHERE coin_key"
                             " IN (?, ?) ORDER BY value DESC", first, kept) == [
-            (first, "spent", None), (kept, "spending", other.idempotency_key)]
+            (first, "spent", ours.idempotency_key), (kept, "spending", other.idempotency_key)]
 
 
 # -- kind 2: linking data kept after use -----------------------------------------------

@@ -7,7 +7,10 @@ then vanished stayed bound to the payment forever, outside the balance
 (``test_coins_handed_to_a_vanished_seller_come_back_after_the_grace``, the instance);
 members: the seller deposited them before it vanished (the coins are spent, the bank's
 evidence kept, and a retry under the key hands over the same spends, paying once:
-``test_coins_a_vanished_seller_deposited_stay_paid_with_the_evidence``); a purchase
+``test_coins_a_vanished_seller_deposited_stay_paid_with_the_evidence``); a payee that
+deposited the coins and refused the payment (``refused``): the coins were counted
+spent but unbound, so a retry under the key bound new coins and paid twice
+(``test_a_payee_that_deposits_then_refuses_is_not_paid_again_by_a_retry``); a purchase
 that ended FAILED is reclaimed at once (``test_a_failed_purchase_is_reclaimed_at_once``);
 the reclaim's answer lost (``test_a_lost_reclaim_answer_is_finished_before_a_retry_pays``)
 or the wallet killed inside it (``test_a_reclaim_killed_midway_is_finished_once``).
@@ -163,6 +166,25 @@ async def test_coins_a_vanished_seller_deposited_stay_paid_with_the_evidence(
         assert await w.moved() == {}
         with later(w, RECLAIM_AFTER_MS * 2):
             assert of(await w.wallet.reclaim(), request) == []
+
+
+async def test_a_payee_that_deposits_then_refuses_is_not_paid_again_by_a_retry(
+        market: Path) -> None:
+    async with world(market) as w:
+        await w.drain()
+        await w.wallet.withdraw(eur(500), f"w-{secrets.token_hex(4)}")
+        await w.wallet.withdraw(eur(500), f"w-{secrets.token_hex(4)}")
+        request, spends = await pay(w, 500, "lying")
+        first = await deposit(w, request, spends)  # the payee deposits, then refuses
+        await w.moved()
+        await w.wallet.refused(request)
+        assert [r["state"] for r in await w.wallet.reclaims()
+                if r["key"] == request.idempotency_key] == ["paid"]
+        assert await w.held() == 500 and await w.moved() == {}
+        # A retry under the key hands over the same spends: paid once, not twice.
+        assert await w.wallet.spend(request) == spends
+        assert await deposit(w, request, spends) == first
+        assert await w.moved() == {} and await w.held() == 500
 
 
 async def test_a_failed_purchase_is_reclaimed_at_once(market: Path) -> None:

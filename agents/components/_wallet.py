@@ -732,30 +732,16 @@ class Wallet(Component):
 
     async def refused(self, request: PaymentRequest) -> None:
         """The payee refused the payment under ``request.idempotency_key`` before it
-        deposited it: the coins were shown, so they are exchanged for new ones (a coin
-        the payee did deposit after all is refused by the bank as double spent and
-        counted spent, and the others exchanged again: the payee holds their spends)."""
+        deposited it: the coins were shown, so they are exchanged for new ones, as
+        ``reclaim`` does (a coin the payee did deposit after all is refused by the
+        bank as double spent: it stays spent and bound to the payment, with the
+        evidence, so that a retry under the key hands over the same spends and pays
+        nothing more; the others are exchanged again: the payee holds their spends).
+
+        Raises: the bank's refusal of the exchange (but ecash.double_spent), a
+        transport error (the exchange is kept, for the next use to finish)."""
         async with self._lock:
-            rows = await self.context.database.read(lambda c: c.execute(
-                "SELECT coin_key, value, currency FROM ecash_coins WHERE spend = ?"
-                " AND state = 'spending'", (request.idempotency_key,)).fetchall())
-            shown = [row[0] for row in rows]
-            for attempt in range(_BIND_TRIES):
-                if not rows:
-                    return
-                try:
-                    with contextlib.suppress(_Taken):  # another process refreshes them
-                        await self._exchange([(k, v) for k, v, _ in rows], rows[0][2],
-                                             [sum(v for _, v, _ in rows)],
-                                             bound_to=request.idempotency_key)
-                    return
-                except RemoteError as exc:  # the spent ones are marked: the rest again
-                    if exc.code != "ecash.double_spent" or attempt == _BIND_TRIES - 1:
-                        raise
-                rows = await self.context.database.read(lambda c: [row for row in (
-                    c.execute("SELECT coin_key, value, currency FROM ecash_coins WHERE"
-                              " coin_key = ? AND state = 'fresh'", (k,)).fetchone()
-                    for k in shown) if row is not None])
+            await self._reclaim(request.idempotency_key)
 
     # -- exchanging ---------------------------------------------------------------------
 
@@ -895,15 +881,24 @@ class Wallet(Component):
         except RemoteError as exc:
             if exc.code != "ecash.double_spent":
                 raise
-            # Coins shown but not deposited (a payee that deposited only some) are
-            # fresh again: the payee saw them, so they are exchanged once more.
-            shown = [row[0] for row in rows]
+        # Coins shown but not deposited (a payee that deposited only some) are fresh
+        # again: the payee saw them, so they are exchanged once more (a coin the bank
+        # names spent again is counted spent by ``_drop``: the rest once more).
+        shown = [row[0] for row in rows]
+        for _ in range(_BIND_TRIES):
             again = await self.context.database.read(lambda c: [r for r in (c.execute(
                 "SELECT coin_key, value FROM ecash_coins WHERE coin_key = ? AND"
                 " state = 'fresh'", (k,)).fetchone() for k in shown) if r is not None])
-            if again:
-                with contextlib.suppress(_Taken, RemoteError):  # else kept fresh
-                    await self._exchange(again, currency, [sum(v for _, v in again)])
+            if not again:
+                return
+            try:
+                await self._exchange(again, currency, [sum(v for _, v in again)])
+                return
+            except _Taken:  # another process took them first: theirs now
+                return
+            except RemoteError as exc:
+                if exc.code != "ecash.double_spent":
+                    raise
 
     def _drop_reclaim(self, c: Any, batch: str, refusal: RemoteError, spent: set[str],
                       now: int) -> bool:
