@@ -12,10 +12,16 @@ cheque, ecash and a card (``test_money_settled_then_refused_is_given_back``): th
 buyer's money comes back (for ecash the bank's voucher, redeemed by the buyer's
 wallet into new coins), and the buyer's retry of the purchase gets the same refusal
 and moves nothing (the bank answers the same deposit or capture again: without the
-seller's record of the return it settled the sale with money given back). Member
-found beyond it: the sale's own step refuses the settlement (``sale.receive`` of the
-payment: another amount than the order's, as a bank's deposit of coins worth more
-would be) (``test_a_settlement_the_sale_refuses_is_given_back``).
+seller's record of the return it settled the sale with money given back); the
+sale's own step refusing the settlement (``sale.receive``) is the same path
+(``test_a_settlement_the_sale_refuses_is_given_back``). Member found beyond it: the
+give-back ran outside the shielded step, so the buyer's channel closing meanwhile
+(revoked, a write deadline) cancelled it at its first wait and the deposited coins
+stayed with the seller
+(``test_money_settled_is_given_back_when_the_buyers_channel_closes_meanwhile``).
+Also: the refund's answer lost (a seller killed between refund and record) is
+finished under the same key, and the buyer's retry gets the voucher
+(``test_a_give_back_whose_answer_is_lost_is_finished_under_the_same_key``).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 
 import pytest
 import trio
-from test_wallet import OUTSTANDING, World, eur, market, world
+from test_wallet import OUTSTANDING, World, eur, lose, market, world
 
 from semper.agents.components import _ledger
 from semper.agents.components._purchase import PurchaseFailed, Shopper
@@ -35,6 +41,7 @@ from semper.agents.roles.seller import Sales
 from semper.services.certificates import identity_of
 from semper.services.commerce import BadDelivery, Order, PaymentConfirmed, Sale
 from semper.services.payment import AcceptRequest, BadRequest, PaymentRequest
+from semper.services.payment._wire import BANK_REFUND
 from semper.services.statements import Statement, canonical_decode
 from semper.transport import RemoteError
 
@@ -191,3 +198,32 @@ async def test_money_settled_is_given_back_when_the_buyers_channel_closes_meanwh
         assert after["seller"] == before["seller"]  # given back: a voucher for the buyer
         assert after[OUTSTANDING] == before[OUTSTANDING]
         assert [r[1] for r in await seller_returns(w)][-1] == "returned"
+
+
+async def test_a_give_back_whose_answer_is_lost_is_finished_under_the_same_key(
+        market: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bank applied the give-back's refund but its answer was lost (as a seller
+    killed between the refund and its record): the refusal says nothing returned, the
+    seller's retry refunds under the same key (nothing more moves), and the buyer's
+    retry of the purchase gets the refusal with the voucher, which its wallet redeems."""
+    async with world(market) as w:
+        await w.drain()
+        await w.wallet.withdraw(eur(PRICE), f"w-{secrets.token_hex(4)}")
+        before = await books(w)
+        fail_once(monkeypatch, "_fulfil",
+                  BadDelivery("the delivery failed (the test)", detail={"field": "goods"}))
+        lose(monkeypatch, BANK_REFUND)
+        key = f"ecash-lost-{secrets.token_hex(4)}"
+        refusal = await buy_refused(w, "ecash", key)
+        assert refusal.code == "commerce.bad_delivery" and "returned" not in refusal.detail
+        assert [r[1] for r in await seller_returns(w)][-1] == "returning"
+        given = await books(w)
+        assert given["seller"] == before["seller"]  # applied at the bank all the same
+        assert await w.seller.component(Sales).retry_returns() == 0
+        assert await books(w) == given  # the same key: refunded once
+        assert [r[1] for r in await seller_returns(w)][-1] == "returned"
+        again = await buy_refused(w, "ecash", key)  # the same spends: the voucher now
+        assert again.detail["returned"]["amount"] == eur(PRICE).to_wire()
+        with pytest.raises(PurchaseFailed, match="the payment was returned to us"):
+            await Shopper(w.buyer).buy("seller", "map-002", "ecash", key)
+        assert await books(w) == before  # the voucher redeemed: the coins are back
