@@ -339,7 +339,8 @@ class Sales(Component):
         item = self.items.get(sold.sku)
         # Withdrawn, or its goods changed, since the order: nothing to deliver, refused
         # before the money moves (after, the delivery check refused the sale, and an
-        # ecash deposit or a card capture made in ``accept`` has no give-back).
+        # ecash deposit or a card capture made in ``accept`` was given back: two bank
+        # round trips for nothing).
         if item is None or item.content_digest != sold.content_digest:
             raise UnknownOffer(f"{sold.sku!r} is no longer sold here as ordered",
                                detail={"sku": sold.sku})
