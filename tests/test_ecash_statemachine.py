@@ -125,7 +125,7 @@ POINTS = {
 }
 #: Where a crash still leaves shown coins fresh (the xfail test at the end); left out
 #: of the machine's "shown" until the wallet handles them.
-KNOWN_GAP: frozenset[str] = frozenset({"ecash.exchange.received", "wallet.exchange.stored"})
+KNOWN_GAP: frozenset[str] = frozenset()  # none since W2's ``shown`` coins
 POINTS["shown"] = tuple(p for p in POINTS["shown"] if p not in KNOWN_GAP)
 
 
@@ -713,11 +713,6 @@ async def test_a_simulated_crash_leaves_what_a_kill_leaves(
 # -- found by the machine ----------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "after the crash the coins are under the exchange batch: the refusal's retry "
-    "finds none bound to the payment, and finish_pending's _drop (_drop_reclaim for a "
-    "reclaim) makes the coins not deposited fresh again without exchanging them "
-    "(W2/E4: fix, then drop this mark and KNOWN_GAP)"))
 @pytest.mark.parametrize(("how", "point"), [
     ("refused", "ecash.exchange.received"), ("refused", "wallet.exchange.stored"),
     ("reclaim", "wallet.exchange.stored")])

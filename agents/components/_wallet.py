@@ -15,8 +15,10 @@ pending (``finish_pending``).
 A coin is ``withdrawing`` (its batch pending), ``fresh`` (ours to spend),
 ``spending`` (bound to one payment or exchange, its signed spend stored with it, so
 that the same key gives the same spends and the wallet never spends a coin under two
-contracts), or ``spent``. Coins shown to a seller who refused them before depositing
-are never offered again as they are: ``refused`` exchanges them for new ones.
+contracts), ``shown`` (a payee saw it and did not deposit it: exchanged before any
+use), or ``spent``. Coins shown to a seller who refused them before depositing
+are never offered again as they are: ``refused`` exchanges them for new ones, and
+``reclaim`` those of a payment that never settled.
 
 Crash points (agents/runtime/_faults.py): ``wallet.withdraw.stored``,
 ``wallet.exchange.stored``, ``wallet.refund.stored`` (the batch committed, the bank
@@ -495,6 +497,7 @@ class Wallet(Component):
         gave up are fresh again, except those the bank says were spent before (all
         of them: a seller shown coins may have deposited any)."""
         spent: set[str] = set()
+        back = "shown" if batch.startswith("shown-") else "fresh"  # _refresh_shown's
         if refusal.code == "ecash.double_spent":
             named = refusal.detail.get("spent")
             named = named if isinstance(named, list) else [refusal.detail.get("coin_key")]
@@ -511,7 +514,7 @@ class Wallet(Component):
                                        " AND state = 'spending'", (batch,)).fetchall():
                 c.execute("UPDATE ecash_coins SET state = ?, spend = NULL, spend_wire = NULL,"
                           " updated_ms = ? WHERE coin_key = ?",
-                          ("spent" if coin_key.hex().upper() in spent else "fresh", now,
+                          ("spent" if coin_key.hex().upper() in spent else back, now,
                            coin_key))
             c.execute("DELETE FROM ecash_batches WHERE batch = ?", (batch,))
 
@@ -529,6 +532,32 @@ class Wallet(Component):
             except (ServiceError, TransportError, StatementError, CertificateError) as exc:
                 failed.append(f"{batch}: {exc.code}")
                 self.context.log.warning("wallet: batch %s not finished: %s", batch, exc)
+        return failed + await self._refresh_shown()
+
+    async def _refresh_shown(self) -> list[str]:
+        """Exchange the coins a payee saw and did not deposit (state ``shown``, left
+        by ``_drop_reclaim``) for new ones: never offered again as they are, lest
+        two payments be linked. A coin the bank says was spent again is counted spent
+        (``_drop``); the rest again, at most _BIND_TRIES times. The reasons it could
+        not, one line each (the coins stay shown for the next use)."""
+        failed: list[str] = []
+        for _ in range(_BIND_TRIES):
+            rows = await self.context.database.read(lambda c: c.execute(
+                "SELECT coin_key, value, currency FROM ecash_coins WHERE state = 'shown'"
+                " ORDER BY currency LIMIT ?", (MAX_COINS,)).fetchall())
+            if not rows:
+                return failed
+            currency = rows[0][2]
+            given = [(k, v) for k, v, cur in rows if cur == currency]
+            try:
+                await self._exchange(given, currency, [sum(v for _, v in given)], shown=True)
+            except _Taken:  # another process exchanged them meanwhile
+                continue
+            except (ServiceError, TransportError, StatementError, CertificateError) as exc:
+                if getattr(exc, "code", None) == "ecash.double_spent":
+                    continue  # _drop counted the spent ones; the rest again
+                failed.append(f"shown coins: {exc.code}")
+                return failed
         return failed
 
     # -- withdrawing --------------------------------------------------------------------
@@ -747,15 +776,17 @@ class Wallet(Component):
 
     async def _exchange(self, given: Sequence[tuple[bytes, int]], currency: str,
                         units: Sequence[int], *, bound_to: str | None = None,
-                        on_store: Callable[[Any, str], None] | None = None) -> None:
+                        on_store: Callable[[Any, str], None] | None = None,
+                        shown: bool = False) -> None:
         """Give up ``given`` coins for new ones of ``units`` (each split into the
         bank's denominations), by ``bank.ecash_exchange``: the new coins and the spends
         stored in one transaction before the bank is asked. Each coin must still be
         fresh, or bound to payment ``bound_to`` (one refused): ``given`` was read
         before the bank was awaited, and a coin another process bound to a payment
         meanwhile would be spent under two contracts (_Taken). ``on_store(c, batch)``
-        writes more in the same transaction (a reclaim's note)."""
-        batch = f"exchange-{secrets.token_hex(16)}"
+        writes more in the same transaction (a reclaim's note). ``shown``: the coins
+        given are ``shown`` ones (a refusal of the bank leaves them shown, not fresh)."""
+        batch = f"{'shown' if shown else 'exchange'}-{secrets.token_hex(16)}"
         coins = await self._draw(currency, [u for u in units if u])
         reference = blinded_order(_blinded(coins))
         now = self.context.now_ms()
@@ -765,8 +796,8 @@ class Wallet(Component):
             spends = []
             for coin_key, _ in given:
                 row = c.execute("SELECT secret, value, key_id, coin_key, prefix, signature"
-                                " FROM ecash_coins WHERE coin_key = ? AND (state = 'fresh'"
-                                " OR (state = 'spending' AND spend = ?))",
+                                " FROM ecash_coins WHERE coin_key = ? AND (state IN"
+                                " ('fresh', 'shown') OR (state = 'spending' AND spend = ?))",
                                 (coin_key, bound_to)).fetchone()
                 if row is None:
                     raise _Taken
@@ -881,30 +912,19 @@ class Wallet(Component):
         except RemoteError as exc:
             if exc.code != "ecash.double_spent":
                 raise
-        # Coins shown but not deposited (a payee that deposited only some) are fresh
-        # again: the payee saw them, so they are exchanged once more (a coin the bank
-        # names spent again is counted spent by ``_drop``: the rest once more).
-        shown = [row[0] for row in rows]
-        for _ in range(_BIND_TRIES):
-            again = await self.context.database.read(lambda c: [r for r in (c.execute(
-                "SELECT coin_key, value FROM ecash_coins WHERE coin_key = ? AND"
-                " state = 'fresh'", (k,)).fetchone() for k in shown) if r is not None])
-            if not again:
-                return
-            try:
-                await self._exchange(again, currency, [sum(v for _, v in again)])
-                return
-            except _Taken:  # another process took them first: theirs now
-                return
-            except RemoteError as exc:
-                if exc.code != "ecash.double_spent":
-                    raise
+            # Coins shown but not deposited (a payee that deposited only some) are
+            # ``shown``: the payee saw them, so they are exchanged once more.
+            failed = await self._refresh_shown()
+            if failed:
+                self.context.log.warning("wallet: shown coins not exchanged: %s", failed)
 
     def _drop_reclaim(self, c: Any, batch: str, refusal: RemoteError, spent: set[str],
                       now: int) -> bool:
         """``_drop`` of a reclaim's exchange (True; False: not a reclaim's): on
         ``ecash.double_spent`` the coins the bank names are spent and bound to the
-        payment again with their spends, the others fresh, and the evidence kept;
+        payment again with their spends, the others ``shown`` (to be exchanged, in
+        this run or, after a crash, the next use's ``finish_pending``), and the
+        evidence kept;
         on another refusal every coin is bound to the payment again as it was (the
         next housekeeping tries again)."""
         row = c.execute("SELECT payment, spends FROM ecash_reclaims WHERE batch = ? AND"
@@ -919,8 +939,8 @@ class Wallet(Component):
                 change: tuple[Any, ...] = ("spending", payment, wire)
             elif coin_key.hex().upper() in spent:
                 change = ("spent", payment, wire)
-            else:
-                change = ("fresh", None, None)
+            else:  # the payee saw it: exchanged before any use (_refresh_shown)
+                change = ("shown", None, None)
             c.execute("UPDATE ecash_coins SET state = ?, spend = ?, spend_wire = ?,"
                       " updated_ms = ? WHERE coin_key = ? AND spend = ? AND state = 'spending'",
                       (*change, now, coin_key, batch))
