@@ -23,8 +23,8 @@ more by default, at all 12 with SEMPER_SLOW=1 (as the real kill).
 Found by the machine: a crash while the wallet refreshes coins a seller was shown
 and partly deposited leaves the others fresh, to be offered again as they are
 (``test_shown_coins_...``: refused, bank or buyer killed; and the same in the
-wallet's reclaim; xfail until the wallet handles it, ``KNOWN_GAP`` keeps those
-points out of the machine). No money is at stake: the bank takes one deposit per
+wallet's reclaim; fixed by W2: such coins are ``shown`` until exchanged, and the
+machine crashes at those points too). No money is at stake: the bank takes one deposit per
 reference, so the seller cannot deposit the others.
 
 Every example shares one market (its agents start once): the model counts from the

@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from cli_helpers import semper
+from market_helpers import DEADLINE
 from test_wallet import OUTSTANDING, World, eur, in_thread, lose, market, world
 
 from semper.agents.components._wallet import RECLAIM_AFTER_MS, Wallet
@@ -258,6 +260,26 @@ async def test_a_reclaim_killed_midway_is_finished_once(
         assert report["failed"] == []
         again = await w.wallet.spend(request)
         assert not coin_keys(again) & coin_keys(spends)
+
+
+async def test_the_running_wallet_reclaims_by_itself(
+        market: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with world(market) as w:
+        ran = trio.Event()
+        real = Wallet.reclaim
+
+        async def reclaim(self: Wallet) -> dict[str, Any]:
+            out = await real(self)
+            ran.set()
+            return out
+
+        monkeypatch.setattr(Wallet, "reclaim", reclaim)
+        monkeypatch.setattr(w.wallet, "housekeeping_ms", 1)
+        with trio.fail_after(DEADLINE):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(w.wallet.run)
+                await ran.wait()
+                nursery.cancel_scope.cancel()
 
 
 async def test_semper_wallet_reclaim_on_the_command_line(market: Path) -> None:
