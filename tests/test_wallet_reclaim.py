@@ -283,14 +283,32 @@ async def test_the_running_wallet_reclaims_by_itself(
 
 
 async def test_semper_wallet_reclaim_on_the_command_line(market: Path) -> None:
+    config = market / "buyer" / "agent.toml"
     async with world(market) as w:
         await w.drain()
-    code, out, err = await in_thread("wallet", "reclaim", "--config",
-                                     market / "buyer" / "agent.toml", "--json")
-    assert code == 0, err
-    got = json.loads(out)
-    assert set(got) == {"payments", "refreshed", "failed", "coins"}
-    assert got["payments"] == [] and got["refreshed"] == 0
+        await w.wallet.withdraw(eur(300), f"w-{secrets.token_hex(4)}")
+        paid, spends = await pay(w, 100, "cli-paid")
+        await deposit(w, paid, spends)
+        back, _ = await pay(w, 200, "cli-back")
+        await w.moved()
+        await w.buyer.database.transaction(lambda c: c.executemany(
+            "INSERT INTO commerce_purchases (key, seller, sku, module, state, machine,"
+            " updated_ms) VALUES (?, 'seller', 'x', 'ecash', 'failed', x'', 0)",
+            [(paid.idempotency_key,), (back.idempotency_key,)]))
+        code, out, err = await in_thread("wallet", "reclaim", "--config", config, "--json")
+        assert code == 0, err
+        got = json.loads(out)
+        assert set(got) == {"payments", "refreshed", "failed", "coins"}
+        states = {p["key"]: p["state"] for p in got["payments"]}
+        assert states[paid.idempotency_key] == "paid"
+        assert states[back.idempotency_key] == "refreshed"
+        [evidence] = [p["evidence"] for p in got["payments"]
+                      if p["key"] == paid.idempotency_key]
+        assert evidence["code"] == "ecash.double_spent"
+        assert await w.moved() == {}
+        code, out, err = await in_thread("wallet", "reclaim", "--config", config)
+        assert code == 0, err
+        assert "no payment to reclaim" in out
 
 
 def test_reclaim_with_a_config_that_keeps_no_wallet_is_one_line(market: Path) -> None:

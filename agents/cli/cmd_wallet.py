@@ -28,6 +28,7 @@ from semper.agents.cli._common import (
     passphrase_option,
 )
 from semper.agents.cli._text import console as make_console
+from semper.agents.cli.cmd_call import to_json
 from semper.agents.components._cards import read_cards
 from semper.agents.components._wallet import Wallet, read_coins
 from semper.agents.runtime._agent import Agent
@@ -204,8 +205,8 @@ def reclaim(config_path: Path, passphrase_file: Path | None, as_json: bool) -> N
             return await agent.component(Wallet).reclaim()
 
     report = trio.run(run)
-    if as_json:
-        click.echo(json.dumps(report))
+    if as_json:  # the evidence is the bank's wire refusal: bytes as {"$hex": ...}
+        click.echo(json.dumps(to_json(report)))
         return
     console = make_console()
     if report["payments"]:
