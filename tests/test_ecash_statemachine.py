@@ -472,8 +472,16 @@ class EcashCrashes(RuleBasedStateMachine):
             event(f"crashed at {point}")
             self.call(op, self.agents, *args)
         else:
-            if point is not None:
-                assert not self.armed.fired
+            if point is not None and self.armed.fired:
+                # The agent died all the same, but the operation did not fail: the
+                # wallet keeps coins it could not refresh ``shown`` for its next use
+                # and says so in its log. Start the bank again and run it once more.
+                dead = "bank" if point.startswith("ecash.") else "buyer"
+                self.armed.arm(None)
+                self.call(partial(self.agents.restart, dead, crashed=dead == "bank"))
+                event(f"crashed at {point}, the operation went on")
+                self.call(op, self.agents, *args)
+            elif point is not None:
                 event(f"{point} not reached")
         finally:
             self.armed.arm(None)
