@@ -129,14 +129,42 @@ class MarketPaths:
         return self.root / agent_id
 
 
+#: Where ``free_ports`` looks first: below the kernel's ephemeral range (read from
+#: /proc where it can be), so that no outgoing connection's source port, nor another
+#: program's bind to port 0, takes a port between ``market init`` writing it into a
+#: config and the agent listening on it (two test processes at once did).
+_PORT_FLOOR: Final = 10_000
+_EPHEMERAL_RANGE: Final = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _below_ephemeral() -> range:
+    try:
+        low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return range(0)
+    return range(_PORT_FLOOR, low) if low - _PORT_FLOOR >= 1024 else range(0)
+
+
 def free_ports(count: int) -> list[int]:
-    """Ports the kernel says are free now. Held open together so they differ."""
-    sockets = []
+    """Ports free now, all different: random ones below the ephemeral range that bind
+    (each held open until all are found), else ones the kernel picks."""
+    sockets: list[socket.socket] = []
+    candidates = _below_ephemeral()
     try:
         for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
+            for _attempt in range(64 if candidates else 0):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    s.bind(("127.0.0.1", secrets.choice(candidates)))
+                except OSError:  # in use (or held by us already): another
+                    s.close()
+                    continue
+                sockets.append(s)
+                break
+            else:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.bind(("127.0.0.1", 0))
+                sockets.append(s)
         return [s.getsockname()[1] for s in sockets]
     finally:
         for s in sockets:
