@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tomllib
 from pathlib import Path
@@ -182,9 +181,9 @@ def test_the_cas_enrollment_address_in_use_is_named_too(
     """Other members: the CA agent's second listener ([ca] enroll_listen), and an
     address that is not this machine's (agent.cannot_listen)."""
     copy = Path(shutil.copytree(market.root / "ca", tmp_path / "ca"))
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    from semper.agents.operator._market import free_ports
+
+    [port] = free_ports(1)  # below the ephemeral range: nobody takes it meanwhile
     config = copy / "agent.toml"
     text = re.sub(r'(?m)^listen = ".*"$', f'listen = "127.0.0.1:{port}"', config.read_text())
     config.write_text(text)
