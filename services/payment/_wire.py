@@ -88,6 +88,18 @@ def der(certificate: x509.Certificate) -> bytes:
     return certificate_der(certificate)  # encoded once per certificate
 
 
+def _der_certificate(value: object) -> x509.Certificate:
+    if type(value) is not bytes:
+        raise ValueError("not DER bytes")
+    return load_certificate(value)
+
+
+#: A certificate in an instrument's typed op bodies (``bank_certificate`` and the
+#: like): DER on the wire, an ``x509.Certificate`` in the body.
+CERTIFICATE: Final = Kind("a DER certificate", lambda v: isinstance(v, x509.Certificate),
+                          decode=_der_certificate, encode=der)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RefundRequest:
     """``bank.refund`` request: the original payee's signed ``payment.refund_order``."""

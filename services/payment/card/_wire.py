@@ -28,10 +28,9 @@ from typing import ClassVar, Final
 from cryptography import x509
 
 from ..._schema import STATEMENT_AS_IS, Body, Kind, Schema, binary, wire
-from ...certificates import load_certificate
 from ...money import Amount
 from ...statements import Statement
-from .._wire import der
+from .._wire import CERTIFICATE
 from ._schema import SCHEMA, OrderInformation
 
 __all__ = [
@@ -56,14 +55,6 @@ BANK_CARD_CAPTURE: Final = "card_capture"
 MAX_SEALED_PI: Final = 1024
 
 
-def _load(value: object) -> x509.Certificate:
-    if type(value) is not bytes:
-        raise ValueError("not DER bytes")
-    return load_certificate(value)
-
-
-CERTIFICATE: Final = Kind("a DER certificate", lambda v: isinstance(v, x509.Certificate),
-                          decode=_load, encode=der)
 OI: Final = Kind("an order information map", lambda v: type(v) is OrderInformation,
                  decode=OrderInformation.from_wire, encode=OrderInformation.to_wire)
 

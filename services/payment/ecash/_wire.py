@@ -32,10 +32,9 @@ from typing import Any, ClassVar, Final
 from cryptography import x509
 
 from ..._schema import IDEMPOTENCY_KEY, STATEMENT_AS_IS, Body, Kind, Schema, binary, wire
-from ...certificates import load_certificate
 from ...money import Amount
 from ...statements import Statement
-from .._wire import der
+from .._wire import CERTIFICATE
 from ._coins import MAX_COINS, RSA_BYTES, SPEND_SIGNATURE_SIZE, BlindedCoin, Spend
 from ._schema import SCHEMA
 
@@ -78,14 +77,6 @@ def _is(cls: type) -> Callable[[Any], bool]:
 _RSA: Final = binary(RSA_BYTES, RSA_BYTES)
 
 
-def _load(value: object) -> x509.Certificate:
-    if type(value) is not bytes:
-        raise ValueError("not DER bytes")
-    return load_certificate(value)
-
-
-CERTIFICATE: Final = Kind("a DER certificate", lambda v: isinstance(v, x509.Certificate),
-                          decode=_load, encode=der)
 
 _OPS_SCHEMA: Final = Schema(SCHEMA.error, {
     **SCHEMA.kinds,

@@ -23,9 +23,8 @@ from cryptography import x509
 
 from ..._schema import IDEMPOTENCY_KEY, STATEMENT_AS_IS, Body, Kind, Schema, binary, form, wire
 from ..._schema import MAX_INT64 as _MAX_INT64
-from ...certificates import load_certificate
 from ...statements import Statement
-from .._wire import der
+from .._wire import CERTIFICATE
 from ._chain import PAYWORD_SIZE
 from ._schema import SCHEMA
 
@@ -41,14 +40,6 @@ BANK_PURSE_STATUS: Final = "purse_status"
 PURSE_STATES: Final = ("reserved", "redeemed", "released")
 
 
-def _load(value: object) -> x509.Certificate:
-    if type(value) is not bytes:
-        raise ValueError("not DER bytes")
-    return load_certificate(value)
-
-
-CERTIFICATE: Final = Kind("a DER certificate", lambda v: isinstance(v, x509.Certificate),
-                          decode=_load, encode=der)
 _OPS_SCHEMA: Final = Schema(SCHEMA.error, {
     **SCHEMA.kinds,
     "commitment": STATEMENT_AS_IS, "reservation": STATEMENT_AS_IS, "redeemed": STATEMENT_AS_IS,
