@@ -41,7 +41,10 @@ at the default 1 MiB chunks (164-257 MB/s, 160-250 ticks/s; CPU ms per MB seller
 ticks/s) and 0.21 at course-004's 128 KiB; one chunk in flight gave 0.51, 0.28 and
 0.19. Short of 0.8: the buyer's CPU (the chunk's SHA-256, 0.7 ms per MiB, and the
 per-chunk work) and the fsync'd commit each side per chunk, which the window (one
-chunk each way) lets overlap only one chunk deep.
+chunk each way) lets overlap only one chunk deep. Later (stop 16) the per-chunk
+records commit without their own fsync (every 16th fsync'd): quiet, load ~1, best of
+6, ``stream_ratio`` 0.64-0.92, median ~0.72, buyer 3.1-3.3 ms per MB against 2.5-2.7:
+its chunk SHA-256 is the limit; a dedicated hashing thread measured worse (0.67).
 
 ``--prototype`` runs instead the delivery protocol's prototype, in a process of our
 own serving both (random content): one chunk in flight, a payword hash per chunk,
