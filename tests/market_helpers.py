@@ -65,3 +65,42 @@ async def wait_until(predicate: Callable[[], bool], what: str,
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s: {what}")
         await trio.testing.wait_all_tasks_blocked(cushion=0.005)
+
+
+class SharedClock:
+    """One clock for the agents of a test, moved by the test (``ms += ...``)."""
+
+    def __init__(self) -> None:
+        self.ms = time.time_ns() // 1_000_000
+
+    def now_ms(self) -> int:
+        return self.ms
+
+
+class BankBooks:
+    """What a bank test watches: ``books()`` (the subclass's: balances by holder, the
+    books checked), what moved since last asked, and refusals that move nothing."""
+
+    before: dict[str, int]
+
+    async def books(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    async def moved(self) -> dict[str, int]:
+        """What moved since the last call, per holder (zeros left out)."""
+        now = await self.books()
+        delta = {h: now[h] - self.before.get(h, now[h]) for h in now}
+        self.before = now
+        return {h: d for h, d in delta.items() if d}
+
+    async def refused(self, code: str, call: Any) -> Any:
+        """``call`` is refused with ``code`` and moves nothing; the refusal."""
+        import pytest
+
+        from semper.transport import RemoteError
+
+        with pytest.raises(RemoteError) as refused:
+            await call
+        assert refused.value.code == code, refused.value
+        assert await self.moved() == {}
+        return refused.value

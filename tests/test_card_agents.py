@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric import x25519
-from market_helpers import DEADLINE, config_of, running, wait_until
+from market_helpers import DEADLINE, BankBooks, SharedClock, config_of, running, wait_until
 
 from semper.agents import Agent
 from semper.agents.components import _ledger
@@ -69,14 +69,7 @@ from semper.transport import RemoteError
 HOLDERS = ("buyer", "seller", HELD)
 
 
-class Clock:
-    """One clock for all three agents, moved by the test."""
-
-    def __init__(self) -> None:
-        self.ms = time.time_ns() // 1_000_000
-
-    def now_ms(self) -> int:
-        return self.ms
+Clock = SharedClock  # one clock for all three agents, moved by the test
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +81,7 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-class World:
+class World(BankBooks):
     def __init__(self, bank: Agent, buyer: Agent, seller: Agent, clock: Clock) -> None:
         self.bank, self.buyer, self.seller, self.clock = bank, buyer, seller, clock
         self.before: dict[str, int] = {}
@@ -99,20 +92,6 @@ class World:
             return {h: _ledger.balances(c, h).get("EUR", 0) for h in HOLDERS}
 
         return await self.bank.database.read(read)
-
-    async def moved(self) -> dict[str, int]:
-        """What moved since the last call, per holder (zeros left out)."""
-        now = await self.books()
-        delta = {h: now[h] - self.before.get(h, now[h]) for h in now}
-        self.before = now
-        return {h: d for h, d in delta.items() if d}
-
-    async def refused(self, code: str, call: Any) -> RemoteError:
-        with pytest.raises(RemoteError) as refused:
-            await call
-        assert refused.value.code == code, refused.value
-        assert await self.moved() == {}
-        return refused.value
 
     async def card(self) -> Card:
         return await self.buyer.component(Cards).card()

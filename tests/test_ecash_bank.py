@@ -40,7 +40,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from market_helpers import DEADLINE, config_of, running
+from market_helpers import DEADLINE, BankBooks, SharedClock, config_of, running
 
 from semper.agents import Agent
 from semper.agents.components import _ledger
@@ -97,14 +97,7 @@ SETTINGS = {"denominations": [1, 2, 5], "key_period_ms": HOUR_MS, "deposit_perio
 ORDER = b"o" * 32
 
 
-class Clock:
-    """One clock for all three agents, moved by the test."""
-
-    def __init__(self) -> None:
-        self.ms = time.time_ns() // 1_000_000
-
-    def now_ms(self) -> int:
-        return self.ms
+Clock = SharedClock  # one clock for all three agents, moved by the test
 
 
 def bank_config(market: Path) -> Any:
@@ -190,7 +183,7 @@ def total(values: Sequence[Held] | Sequence[Pending]) -> Amount:
     return Amount("EUR", units)
 
 
-class World:
+class World(BankBooks):
     def __init__(self, bank: Agent, buyer: Agent, seller: Agent, clock: Clock) -> None:
         self.bank, self.buyer, self.seller, self.clock = bank, buyer, seller, clock
         self.before: dict[str, int] = {}
@@ -208,21 +201,6 @@ class World:
             return got
 
         return await self.bank.database.read(read)
-
-    async def moved(self) -> dict[str, int]:
-        """What moved since the last call, per holder (zeros left out)."""
-        now = await self.books()
-        delta = {h: now[h] - self.before.get(h, now[h]) for h in now}
-        self.before = now
-        return {h: d for h, d in delta.items() if d}
-
-    async def refused(self, code: str, call: Any) -> RemoteError:
-        """``call`` is refused with ``code`` and moves nothing."""
-        with pytest.raises(RemoteError) as refused:
-            await call
-        assert refused.value.code == code, refused.value
-        assert await self.moved() == {}
-        return refused.value
 
     # -- the wallet's side
 

@@ -37,7 +37,7 @@ import trio
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from market_helpers import DEADLINE, config_of, running
+from market_helpers import DEADLINE, BankBooks, SharedClock, config_of, running
 from pki import Market as PkiMarket
 
 from semper.agents import Agent
@@ -72,14 +72,7 @@ UNIT = Amount("EUR", 25)
 ORDER = b"o" * 32
 
 
-class Clock:
-    """One clock for all three agents, moved by the test."""
-
-    def __init__(self) -> None:
-        self.ms = time.time_ns() // 1_000_000
-
-    def now_ms(self) -> int:
-        return self.ms
+Clock = SharedClock  # one clock for all three agents, moved by the test
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +87,7 @@ def market(prebuilt: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(prebuilt, tmp_path / "market"))
 
 
-class World:
+class World(BankBooks):
     def __init__(self, bank: Agent, buyer: Agent, seller: Agent, clock: Clock) -> None:
         self.bank, self.buyer, self.seller, self.clock = bank, buyer, seller, clock
         self.purse = buyer.component(Purse)
@@ -108,21 +101,6 @@ class World:
                     for holder in ("buyer", "seller", RESERVED)}
 
         return await self.bank.database.read(read)
-
-    async def moved(self) -> dict[str, int]:
-        """What moved since the last call, per holder (zeros left out)."""
-        now = await self.books()
-        delta = {h: now[h] - self.before.get(h, now[h]) for h in now}
-        self.before = now
-        return {h: d for h, d in delta.items() if d}
-
-    async def refused(self, code: str, call: Any) -> RemoteError:
-        """``call`` is refused with ``code`` and moves nothing."""
-        with pytest.raises(RemoteError) as refused:
-            await call
-        assert refused.value.code == code, refused.value
-        assert await self.moved() == {}
-        return refused.value
 
     async def secret_chain(self, chain: bytes) -> PayWordChain:
         secret = await self.buyer.database.read(lambda c: c.execute(
